@@ -1,0 +1,227 @@
+// Package layout mirrors, in Go, the key and value structs the BPF programs
+// use (bpf/include/km_types.h). Field order, sizes and padding match the C
+// exactly; layout_test.go checks them against the compiled object's BTF.
+package layout
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
+// another version are replaced, never reinterpreted.
+const Version = 1
+
+// MaxPrio is the number of locality priority levels per service.
+const MaxPrio = 8
+
+// Addr is a 16-byte address: IPv6, or IPv4 mapped as ::ffff:a.b.c.d.
+type Addr [16]byte
+
+// AddrFrom converts a netip.Addr; IPv4 is stored v4-mapped.
+func AddrFrom(a netip.Addr) Addr {
+	return Addr(a.As16())
+}
+
+// Netip converts back, unmapping IPv4.
+func (a Addr) Netip() netip.Addr {
+	return netip.AddrFrom16(a).Unmap()
+}
+
+// IsZero reports whether no address is set.
+func (a Addr) IsZero() bool { return a == Addr{} }
+
+func (a Addr) String() string {
+	if a.IsZero() {
+		return ""
+	}
+	return a.Netip().String()
+}
+
+// Upstream kinds in a frontend entry.
+const (
+	KindService  uint8 = 1
+	KindWorkload uint8 = 2
+)
+
+type FrontendKey struct {
+	Addr Addr
+}
+
+type FrontendValue struct {
+	UpstreamID uint32
+	Kind       uint8
+	Pad        [3]uint8
+}
+
+// Load-balancing policies.
+const (
+	LBRandom     uint8 = 0
+	LBRoundRobin uint8 = 1
+	LBMaglev     uint8 = 2
+)
+
+// Service flags.
+const (
+	SvcStrict   uint8 = 1 << 0
+	SvcWaypoint uint8 = 1 << 1
+	SvcAffinity uint8 = 1 << 2
+)
+
+type ServiceValue struct {
+	EndpointCount    [MaxPrio]uint32
+	RRCursor         uint32
+	AffinityTimeoutS uint32
+	LBPolicy         uint8
+	Flags            uint8
+	WaypointPort     uint16
+	Waypoint         Addr
+}
+
+type PortKey struct {
+	ServiceID uint32
+	Port      uint16
+	Pad       uint16
+}
+
+// PortOverrides marks a port some backends remap (see PortOverrideKey).
+const PortOverrides uint8 = 1 << 0
+
+type PortValue struct {
+	TargetPort uint16
+	Flags      uint8
+	Pad        uint8
+}
+
+type PortOverrideKey struct {
+	ServiceID  uint32
+	WorkloadID uint32
+	Port       uint16
+	Pad        uint16
+}
+
+type PortOverrideValue struct {
+	TargetPort uint16
+	Pad        uint16
+}
+
+type EndpointKey struct {
+	ServiceID uint32
+	Prio      uint32
+	Index     uint32
+}
+
+type EndpointValue struct {
+	WorkloadID uint32
+}
+
+// Backend flags.
+const (
+	BackendHasV4    uint8 = 1 << 0
+	BackendHasV6    uint8 = 1 << 1
+	BackendWaypoint uint8 = 1 << 2
+)
+
+type BackendValue struct {
+	IP4          [4]byte
+	IP6          [16]byte
+	IdentityID   uint32
+	Flags        uint8
+	Pad          uint8
+	WaypointPort uint16
+	Waypoint     Addr
+}
+
+// Manage flags.
+const (
+	ManageEnrolled uint32 = 1 << 0
+	ManageWaypoint uint32 = 1 << 1
+)
+
+type ManageValue struct {
+	Flags    uint32
+	ClientID uint32
+}
+
+type AffinityKey struct {
+	NetnsCookie uint64
+	ServiceID   uint32
+	Pad         uint32
+}
+
+type AffinityValue struct {
+	WorkloadID uint32
+	Prio       uint32
+	Index      uint32
+	Pad        uint32
+	LastUsedNs uint64
+}
+
+// Socket storage flags.
+const (
+	SockRewritten uint32 = 1 << 0
+	SockWaypoint  uint32 = 1 << 1
+)
+
+type SockValue struct {
+	Orig        Addr
+	Backend     Addr
+	OrigPort    uint16 // network order
+	BackendPort uint16 // network order
+	ServiceID   uint32
+	WorkloadID  uint32
+	Prio        uint32
+	Index       uint32
+	Flags       uint32
+}
+
+type UDPRevKey struct {
+	SockCookie  uint64
+	Backend     Addr
+	BackendPort uint16
+	Pad         [3]uint16
+}
+
+type UDPRevValue struct {
+	Orig     Addr
+	OrigPort uint16
+	Pad      [3]uint16
+}
+
+type ConfigValue struct {
+	LayoutVersion uint32
+	MaglevSize    uint32
+}
+
+// Stat indexes km_stats.
+type Stat uint32
+
+const (
+	StatServiceRewrite Stat = iota
+	StatWaypointRewrite
+	StatNoEndpoint
+	StatNoPort
+	StatNoBackend
+	StatFamilyMismatch
+	StatUDPReverse
+	StatAffinityHit
+	StatMax
+)
+
+var statNames = [...]string{
+	StatServiceRewrite:  "service_rewrite",
+	StatWaypointRewrite: "waypoint_rewrite",
+	StatNoEndpoint:      "no_endpoint",
+	StatNoPort:          "no_port",
+	StatNoBackend:       "no_backend",
+	StatFamilyMismatch:  "family_mismatch",
+	StatUDPReverse:      "udp_reverse",
+	StatAffinityHit:     "affinity_hit",
+}
+
+func (s Stat) String() string {
+	if int(s) < len(statNames) {
+		return statNames[s]
+	}
+	return fmt.Sprintf("stat%d", uint32(s))
+}

@@ -1,0 +1,596 @@
+// Package loader loads the kmesh eBPF programs, pins them and their maps under
+// a bpffs directory, and attaches them to a cgroup v2 directory.
+//
+// It is built for restarts: when the pins of a previous run are there and
+// match this build's layout, the maps are reused as they are and the pinned
+// cgroup links are switched to the new programs atomically, so sockets never
+// see a moment without the data path. A pinned set of another layout is
+// replaced, never reinterpreted.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	kbpf "github.com/kmesh-go/kmesh/bpf"
+	"github.com/kmesh-go/kmesh/bpf/layout"
+)
+
+// Map names, as pinned under <PinDir>/maps.
+const (
+	MapManage     = "km_manage"
+	MapFrontend   = "km_frontend"
+	MapService    = "km_service"
+	MapPort       = "km_port"
+	MapPortOvr    = "km_portovr"
+	MapEndpoint   = "km_endpoint"
+	MapBackend    = "km_backend"
+	MapMaglev     = "km_maglev"
+	MapAffinity   = "km_affinity"
+	MapSock       = "km_sock"
+	MapUDPRev     = "km_udp_rev"
+	MapConfig     = "km_config"
+	MapStats      = "km_stats"
+	mapsSubdir    = "maps"
+	linksSubdir   = "links"
+	defaultMaglev = 4093
+)
+
+// Sizes caps every map. Zero fields take the default.
+type Sizes struct {
+	Manage         uint32 `json:"manage"`
+	Frontends      uint32 `json:"frontends"`
+	Services       uint32 `json:"services"`
+	Ports          uint32 `json:"ports"`
+	PortOverrides  uint32 `json:"portOverrides"`
+	Endpoints      uint32 `json:"endpoints"`
+	Backends       uint32 `json:"backends"`
+	MaglevServices uint32 `json:"maglevServices"`
+	// MaglevTableSize is the slot count of each Maglev table; it must be a
+	// prime well above the largest backend count (100x keeps disruption near
+	// the ideal 1/N).
+	MaglevTableSize uint32 `json:"maglevTableSize"`
+	Affinity        uint32 `json:"affinity"`
+	UDPReverse      uint32 `json:"udpReverse"`
+}
+
+// DefaultSizes suit a node with a few tens of thousands of services. Hash
+// maps are not preallocated, so a generous cap costs nothing until used.
+func DefaultSizes() Sizes {
+	return Sizes{
+		Manage:          16384,
+		Frontends:       262144,
+		Services:        131072,
+		Ports:           262144,
+		PortOverrides:   65536,
+		Endpoints:       1048576,
+		Backends:        262144,
+		MaglevServices:  8192,
+		MaglevTableSize: defaultMaglev,
+		Affinity:        65536,
+		UDPReverse:      65536,
+	}
+}
+
+func (s Sizes) withDefaults() Sizes {
+	d := DefaultSizes()
+	pick := func(v, def uint32) uint32 {
+		if v == 0 {
+			return def
+		}
+		return v
+	}
+	return Sizes{
+		Manage:          pick(s.Manage, d.Manage),
+		Frontends:       pick(s.Frontends, d.Frontends),
+		Services:        pick(s.Services, d.Services),
+		Ports:           pick(s.Ports, d.Ports),
+		PortOverrides:   pick(s.PortOverrides, d.PortOverrides),
+		Endpoints:       pick(s.Endpoints, d.Endpoints),
+		Backends:        pick(s.Backends, d.Backends),
+		MaglevServices:  pick(s.MaglevServices, d.MaglevServices),
+		MaglevTableSize: pick(s.MaglevTableSize, d.MaglevTableSize),
+		Affinity:        pick(s.Affinity, d.Affinity),
+		UDPReverse:      pick(s.UDPReverse, d.UDPReverse),
+	}
+}
+
+func (s Sizes) byMap() map[string]uint32 {
+	return map[string]uint32{
+		MapManage:   s.Manage,
+		MapFrontend: s.Frontends,
+		MapService:  s.Services,
+		MapPort:     s.Ports,
+		MapPortOvr:  s.PortOverrides,
+		MapEndpoint: s.Endpoints,
+		MapBackend:  s.Backends,
+		MapMaglev:   s.MaglevServices,
+		MapAffinity: s.Affinity,
+		MapUDPRev:   s.UDPReverse,
+	}
+}
+
+// Config says where to pin and what to attach to.
+type Config struct {
+	// PinDir is a directory on a bpffs mount, e.g. /sys/fs/bpf/kmesh.
+	PinDir string
+	// CgroupPath is the cgroup v2 directory the programs attach to. Only
+	// sockets of processes below it pass through them.
+	CgroupPath string
+	Sizes      Sizes
+}
+
+// Datapath is a loaded and attached set of programs and maps.
+type Datapath struct {
+	cfg   Config
+	sizes Sizes
+	maps  map[string]*ebpf.Map
+	progs map[string]*ebpf.Program
+	links map[string]link.Link
+	// Reused tells whether the maps came from a previous run's pins.
+	Reused bool
+	// Replaced names pinned maps that did not fit this build and were
+	// replaced (their contents dropped or migrated).
+	Replaced []string
+}
+
+// Open loads the programs, reusing pinned maps where they fit, attaches or
+// re-points the cgroup links, and pins everything under cfg.PinDir.
+func Open(cfg Config) (*Datapath, error) {
+	if cfg.PinDir == "" {
+		return nil, errors.New("loader: no pin directory given")
+	}
+	if cfg.CgroupPath == "" {
+		return nil, errors.New("loader: no cgroup directory given")
+	}
+	if err := checkBPFFS(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	cgID, err := cgroupID(cfg.CgroupPath)
+	if err != nil {
+		return nil, err
+	}
+	sizes := cfg.Sizes.withDefaults()
+	if !isPrime(sizes.MaglevTableSize) {
+		return nil, fmt.Errorf("loader: Maglev table size %d is not a prime", sizes.MaglevTableSize)
+	}
+	spec, err := Spec(sizes)
+	if err != nil {
+		return nil, err
+	}
+	for _, sub := range []string{mapsSubdir, linksSubdir} {
+		if err := os.MkdirAll(filepath.Join(cfg.PinDir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("loader: create pin directory: %w", err)
+		}
+	}
+
+	d := &Datapath{cfg: cfg, sizes: sizes, links: map[string]link.Link{}}
+	pinned, stale, sameLayout, err := d.openPinned(spec, sizes)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, m := range stale {
+			m.Close()
+		}
+	}()
+	d.Reused = len(pinned) > 0 && len(stale) == 0
+
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
+	if err != nil {
+		for _, m := range pinned {
+			m.Close()
+		}
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loader: verifier rejected the programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("loader: load programs: %w", err)
+	}
+	for _, m := range pinned {
+		// The collection holds its own references to replaced maps.
+		m.Close()
+	}
+	d.maps = coll.Maps
+	d.progs = coll.Programs
+
+	// Carry enrollment (and, on a pure resize, everything) over before the
+	// new maps go live, so no enrolled pod is dropped by an upgrade.
+	for name, old := range stale {
+		if err := migrate(name, old, d.maps[name], sameLayout); err != nil {
+			d.closeAll()
+			return nil, err
+		}
+		d.Replaced = append(d.Replaced, name)
+	}
+	sort.Strings(d.Replaced)
+
+	cfgVal := layout.ConfigValue{LayoutVersion: layout.Version, MaglevSize: sizes.MaglevTableSize}
+	if err := d.maps[MapConfig].Put(uint32(0), cfgVal); err != nil {
+		d.closeAll()
+		return nil, fmt.Errorf("loader: write %s: %w", MapConfig, err)
+	}
+
+	if err := d.attach(cgID); err != nil {
+		d.closeAll()
+		return nil, err
+	}
+	// Pins last: programs already point at the new maps, so swapping the
+	// pinned names cannot strand a running program on an unpinned map.
+	if err := d.pinMaps(); err != nil {
+		d.closeAll()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Spec returns the collection spec sized for s, not loaded.
+func Spec(s Sizes) (*ebpf.CollectionSpec, error) {
+	s = s.withDefaults()
+	spec, err := kbpf.SockSpec()
+	if err != nil {
+		return nil, fmt.Errorf("loader: read embedded objects: %w", err)
+	}
+	for name, n := range s.byMap() {
+		ms, ok := spec.Maps[name]
+		if !ok {
+			return nil, fmt.Errorf("loader: object has no map %s", name)
+		}
+		ms.MaxEntries = n
+	}
+	spec.Maps[MapMaglev].InnerMap.MaxEntries = s.MaglevTableSize
+	if err := spec.Variables["km_maglev_size"].Set(s.MaglevTableSize); err != nil {
+		return nil, fmt.Errorf("loader: set Maglev size: %w", err)
+	}
+	var v uint32
+	if err := spec.Variables["km_layout_version"].Get(&v); err != nil || v != layout.Version {
+		return nil, fmt.Errorf("loader: objects built for layout %d, this binary speaks %d", v, layout.Version)
+	}
+	return spec, nil
+}
+
+// openPinned returns the pinned maps that fit spec, and separately those that
+// exist but do not (to be replaced).
+func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stale map[string]*ebpf.Map, sameLayout bool, err error) {
+	fit, stale = map[string]*ebpf.Map{}, map[string]*ebpf.Map{}
+	closeAll := func() {
+		for _, m := range fit {
+			m.Close()
+		}
+		for _, m := range stale {
+			m.Close()
+		}
+	}
+
+	// The config map tells which layout wrote the pinned set.
+	var pinnedCfg layout.ConfigValue
+	layoutOK := false
+	if m, err := ebpf.LoadPinnedMap(d.mapPin(MapConfig), nil); err == nil {
+		if err := m.Lookup(uint32(0), &pinnedCfg); err == nil && pinnedCfg.LayoutVersion == layout.Version {
+			layoutOK = true
+		}
+		m.Close()
+	}
+
+	for name, ms := range spec.Maps {
+		if isInternal(name) {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(d.mapPin(name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			closeAll()
+			return nil, nil, false, fmt.Errorf("loader: open pinned map %s: %w", name, err)
+		}
+		ok := layoutOK && ms.Compatible(m) == nil
+		if name == MapMaglev && pinnedCfg.MaglevSize != sizes.MaglevTableSize {
+			ok = false
+		}
+		if ok {
+			fit[name] = m
+		} else {
+			stale[name] = m
+		}
+	}
+	return fit, stale, layoutOK, nil
+}
+
+// migrate copies entries from a replaced map where that is meaningful: the
+// manage map keeps its layout across versions by promise (enrollment must
+// survive upgrades), and under the same layout a hash map whose key and value
+// sizes are unchanged was only resized. Everything else is the daemon's to
+// rewrite.
+func migrate(name string, old, cur *ebpf.Map, sameLayout bool) error {
+	if name == MapConfig || name == MapMaglev || name == MapSock {
+		return nil
+	}
+	if old.Type() != cur.Type() || old.KeySize() != cur.KeySize() || old.ValueSize() != cur.ValueSize() {
+		return nil
+	}
+	if name != MapManage && (!sameLayout || (old.Type() != ebpf.Hash && old.Type() != ebpf.LRUHash)) {
+		return nil
+	}
+	key := make([]byte, old.KeySize())
+	val := make([]byte, old.ValueSize())
+	it := old.Iterate()
+	n := 0
+	for it.Next(&key, &val) {
+		if err := cur.Put(key, val); err != nil {
+			return fmt.Errorf("loader: migrate %s entry %d into the resized map: %w", name, n, err)
+		}
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("loader: migrate %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *Datapath) attach(cgID uint64) error {
+	names := make([]string, 0, len(d.progs))
+	for name := range d.progs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		prog := d.progs[name]
+		if prog.Type() != ebpf.CGroupSockAddr {
+			continue
+		}
+		l, err := d.attachOne(name, prog, cgID)
+		if err != nil {
+			return err
+		}
+		d.links[name] = l
+	}
+	return nil
+}
+
+// attachOne re-points a pinned link at prog when it is attached to our
+// cgroup; otherwise it attaches afresh and pins the new link.
+func (d *Datapath) attachOne(name string, prog *ebpf.Program, cgID uint64) (link.Link, error) {
+	path := d.linkPin(name)
+	attachType := attachTypeOf(name)
+	if old, err := link.LoadPinnedLink(path, nil); err == nil {
+		info, ierr := old.Info()
+		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == cgID {
+			if err := old.Update(prog); err != nil {
+				old.Close()
+				return nil, fmt.Errorf("loader: switch pinned link %s to the new program: %w", name, err)
+			}
+			return old, nil
+		}
+		// Attached elsewhere (the cgroup root changed): detach the old one.
+		_ = old.Unpin()
+		old.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		// A pin we cannot read is removed so that attaching can proceed.
+		_ = os.Remove(path)
+	}
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: d.cfg.CgroupPath, Attach: attachType, Program: prog})
+	if err != nil {
+		return nil, fmt.Errorf("loader: attach %s to %s: %w", name, d.cfg.CgroupPath, err)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("loader: pin link %s: %w", name, err)
+	}
+	return l, nil
+}
+
+func attachTypeOf(prog string) ebpf.AttachType {
+	switch prog {
+	case "km_connect4":
+		return ebpf.AttachCGroupInet4Connect
+	case "km_connect6":
+		return ebpf.AttachCGroupInet6Connect
+	case "km_sendmsg4":
+		return ebpf.AttachCGroupUDP4Sendmsg
+	case "km_sendmsg6":
+		return ebpf.AttachCGroupUDP6Sendmsg
+	case "km_recvmsg4":
+		return ebpf.AttachCGroupUDP4Recvmsg
+	case "km_recvmsg6":
+		return ebpf.AttachCGroupUDP6Recvmsg
+	case "km_getpeername4":
+		return ebpf.AttachCgroupInet4GetPeername
+	case "km_getpeername6":
+		return ebpf.AttachCgroupInet6GetPeername
+	}
+	return ebpf.AttachNone
+}
+
+func (d *Datapath) pinMaps() error {
+	for name, m := range d.maps {
+		if isInternal(name) {
+			continue
+		}
+		path := d.mapPin(name)
+		if m.IsPinned() {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("loader: remove stale pin %s: %w", path, err)
+		}
+		if err := m.Pin(path); err != nil {
+			return fmt.Errorf("loader: pin map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Map returns a loaded map by name (see the Map* constants).
+func (d *Datapath) Map(name string) *ebpf.Map { return d.maps[name] }
+
+// Sizes returns the effective map sizes.
+func (d *Datapath) Sizes() Sizes { return d.sizes }
+
+// PinDir returns the directory everything is pinned under.
+func (d *Datapath) PinDir() string { return d.cfg.PinDir }
+
+// Links names the attached programs.
+func (d *Datapath) Links() []string {
+	out := make([]string, 0, len(d.links))
+	for n := range d.links {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Close releases this process's handles. The pins keep programs attached and
+// maps alive, so traffic goes on until the next Open switches over.
+func (d *Datapath) Close() error {
+	d.closeAll()
+	return nil
+}
+
+func (d *Datapath) closeAll() {
+	for _, l := range d.links {
+		l.Close()
+	}
+	for _, p := range d.progs {
+		p.Close()
+	}
+	for _, m := range d.maps {
+		m.Close()
+	}
+	d.links, d.progs, d.maps = nil, nil, nil
+}
+
+// Uninstall detaches every program and removes every pin under the pin
+// directory, then closes. Used when the data path is removed from a node.
+func (d *Datapath) Uninstall() error {
+	var errs []error
+	for name, l := range d.links {
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin link %s: %w", name, err))
+		}
+	}
+	for name, m := range d.maps {
+		if m.IsPinned() {
+			if err := m.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))
+			}
+		}
+	}
+	d.closeAll()
+	for _, sub := range []string{linksSubdir, mapsSubdir, ""} {
+		if err := os.Remove(filepath.Join(d.cfg.PinDir, sub)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RemovePins detaches and deletes a pinned set without loading anything: for
+// uninstall and for tests cleaning up after a failure.
+func RemovePins(pinDir string) error {
+	var errs []error
+	for _, sub := range []string{linksSubdir, mapsSubdir} {
+		dir := filepath.Join(pinDir, sub)
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range entries {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := os.Remove(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// OpenPinnedMap opens one map of a running data path, for processes (the CNI
+// plugin, kmeshctl) that use the maps without loading programs.
+func OpenPinnedMap(pinDir, name string) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapsSubdir, name), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open pinned map %s under %s (is the kmesh data path loaded?): %w", name, pinDir, err)
+	}
+	return m, nil
+}
+
+func (d *Datapath) mapPin(name string) string {
+	return filepath.Join(d.cfg.PinDir, mapsSubdir, name)
+}
+
+func (d *Datapath) linkPin(name string) string {
+	return filepath.Join(d.cfg.PinDir, linksSubdir, name)
+}
+
+// Internal maps (.rodata, .bss) belong to one program load and are not pinned.
+func isInternal(name string) bool {
+	return len(name) > 0 && name[0] == '.' || filepath.Ext(name) != ""
+}
+
+func checkBPFFS(dir string) error {
+	// The directory may not exist yet: check the closest existing parent.
+	p := dir
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(p, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("loader: %s is not on a bpffs mount (mount -t bpf bpf /sys/fs/bpf)", dir)
+			}
+			return nil
+		}
+		if !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("loader: statfs %s: %w", p, err)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return fmt.Errorf("loader: %s: no existing parent", dir)
+		}
+		p = parent
+	}
+}
+
+// cgroupID is the kernel's id for a cgroup v2 directory: its inode number.
+func cgroupID(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("loader: cgroup %s: %w", path, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return 0, fmt.Errorf("loader: %s is not a cgroup v2 directory", path)
+	}
+	var s unix.Stat_t
+	if err := unix.Stat(path, &s); err != nil {
+		return 0, fmt.Errorf("loader: cgroup %s: %w", path, err)
+	}
+	return s.Ino, nil
+}
+
+func isPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for i := uint32(2); i*i <= n; i++ {
+		if n%i == 0 {
+			return false
+		}
+	}
+	return true
+}

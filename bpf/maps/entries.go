@@ -1,0 +1,214 @@
+package maps
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+	"github.com/kmesh-go/kmesh/bpf/maglev"
+)
+
+// svcEntries is everything one service owns in the kernel maps.
+type svcEntries struct {
+	fe    map[layout.FrontendKey]layout.FrontendValue
+	ports map[layout.PortKey]layout.PortValue
+	ovr   map[layout.PortOverrideKey]layout.PortOverrideValue
+	value layout.ServiceValue // RRCursor always zero here: the kernel owns it
+	// slots[p][i] is the workload at endpoint index i+1 of priority p.
+	slots [layout.MaxPrio][]uint32
+	// maglev is the lookup table when the policy is Maglev and some endpoint
+	// is usable; nil otherwise.
+	maglev []uint32
+}
+
+// beEntries is everything one backend owns.
+type beEntries struct {
+	fe    map[layout.FrontendKey]layout.FrontendValue
+	value layout.BackendValue
+}
+
+func (e *svcEntries) workloads() []uint32 {
+	var out []uint32
+	for _, s := range e.slots {
+		out = append(out, s...)
+	}
+	return out
+}
+
+// serviceEntries turns a Service into map entries. Endpoint slots are planned
+// later against what the kernel already holds, so only the wanted lists are
+// returned here.
+func serviceEntries(s *Service, maglevSize uint32) (*svcEntries, [layout.MaxPrio][]uint32) {
+	e := &svcEntries{
+		fe:    map[layout.FrontendKey]layout.FrontendValue{},
+		ports: map[layout.PortKey]layout.PortValue{},
+		ovr:   map[layout.PortOverrideKey]layout.PortOverrideValue{},
+	}
+	for _, v := range s.VIPs {
+		e.fe[layout.FrontendKey{Addr: layout.AddrFrom(v)}] = layout.FrontendValue{UpstreamID: s.ID, Kind: layout.KindService}
+	}
+	for _, p := range s.Ports {
+		pv := layout.PortValue{TargetPort: p.TargetPort}
+		if len(p.Overrides) > 0 {
+			pv.Flags |= layout.PortOverrides
+		}
+		e.ports[layout.PortKey{ServiceID: s.ID, Port: p.Port}] = pv
+		for wid, tp := range p.Overrides {
+			e.ovr[layout.PortOverrideKey{ServiceID: s.ID, WorkloadID: wid, Port: p.Port}] = layout.PortOverrideValue{TargetPort: tp}
+		}
+	}
+	v := layout.ServiceValue{LBPolicy: uint8(s.Policy)}
+	if s.Strict {
+		v.Flags |= layout.SvcStrict
+	}
+	if s.Affinity > 0 {
+		v.Flags |= layout.SvcAffinity
+		v.AffinityTimeoutS = uint32((s.Affinity + time.Second - 1) / time.Second)
+	}
+	if s.Waypoint.IsValid() {
+		v.Flags |= layout.SvcWaypoint
+		v.Waypoint = layout.AddrFrom(s.Waypoint.Addr())
+		v.WaypointPort = s.Waypoint.Port()
+	}
+	var want [layout.MaxPrio][]uint32
+	for p, list := range s.Endpoints {
+		want[p] = list
+	}
+	if s.Policy == Maglev {
+		e.maglev = maglev.Table(maglevSet(s.Strict, want), maglevSize)
+	}
+	e.value = v
+	return e, want
+}
+
+// maglevSet is the set a consistent-hash service spreads over: the same
+// priority a random pick would use.
+func maglevSet(strict bool, want [layout.MaxPrio][]uint32) []uint32 {
+	if strict {
+		return want[0]
+	}
+	for _, l := range want {
+		if len(l) > 0 {
+			return l
+		}
+	}
+	return nil
+}
+
+func backendEntries(b *Backend) *beEntries {
+	e := &beEntries{fe: map[layout.FrontendKey]layout.FrontendValue{}}
+	v := layout.BackendValue{IdentityID: b.Identity}
+	for _, a := range b.Addresses {
+		e.fe[layout.FrontendKey{Addr: layout.AddrFrom(a)}] = layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload}
+		a = a.Unmap()
+		if a.Is4() && v.Flags&layout.BackendHasV4 == 0 {
+			v.IP4 = a.As4()
+			v.Flags |= layout.BackendHasV4
+		}
+		if a.Is6() && v.Flags&layout.BackendHasV6 == 0 {
+			v.IP6 = a.As16()
+			v.Flags |= layout.BackendHasV6
+		}
+	}
+	if b.Waypoint.IsValid() {
+		v.Flags |= layout.BackendWaypoint
+		v.Waypoint = layout.AddrFrom(b.Waypoint.Addr())
+		v.WaypointPort = b.Waypoint.Port()
+	}
+	e.value = v
+	return e
+}
+
+// planSlots decides where each wanted workload sits so that as few slots as
+// possible change: workloads keep their index when it still exists, the ones
+// past the new end and the new ones fill the holes left by removals.
+func planSlots(old, want []uint32) []uint32 {
+	m := len(want)
+	wanted := make(map[uint32]bool, m)
+	for _, w := range want {
+		wanted[w] = true
+	}
+	next := make([]uint32, m)
+	placed := make(map[uint32]bool, m)
+	for i := 0; i < min(len(old), m); i++ {
+		if wanted[old[i]] {
+			next[i] = old[i]
+			placed[old[i]] = true
+		}
+	}
+	var movers []uint32
+	for i := m; i < len(old); i++ {
+		if wanted[old[i]] && !placed[old[i]] {
+			movers = append(movers, old[i])
+			placed[old[i]] = true
+		}
+	}
+	for _, w := range want {
+		if !placed[w] {
+			movers = append(movers, w)
+			placed[w] = true
+		}
+	}
+	j := 0
+	for i := range next {
+		if next[i] == 0 {
+			next[i] = movers[j]
+			j++
+		}
+	}
+	return next
+}
+
+// Service turns stored entries back into the Service they describe (for
+// dumps and for rebuilding the caller's view after a restart).
+func (e *svcEntries) service(id uint32) Service {
+	s := Service{ID: id, Policy: LBPolicy(e.value.LBPolicy)}
+	for k := range e.fe {
+		s.VIPs = append(s.VIPs, k.Addr.Netip())
+	}
+	slices.SortFunc(s.VIPs, func(a, b netip.Addr) int { return a.Compare(b) })
+	for _, pk := range slices.SortedFunc(maps.Keys(e.ports), func(a, b layout.PortKey) int { return int(a.Port) - int(b.Port) }) {
+		pv := e.ports[pk]
+		p := Port{Port: pk.Port, TargetPort: pv.TargetPort}
+		for ok, ov := range e.ovr {
+			if ok.Port == pk.Port {
+				if p.Overrides == nil {
+					p.Overrides = map[uint32]uint16{}
+				}
+				p.Overrides[ok.WorkloadID] = ov.TargetPort
+			}
+		}
+		s.Ports = append(s.Ports, p)
+	}
+	s.Strict = e.value.Flags&layout.SvcStrict != 0
+	if e.value.Flags&layout.SvcAffinity != 0 {
+		s.Affinity = time.Duration(e.value.AffinityTimeoutS) * time.Second
+	}
+	if e.value.Flags&layout.SvcWaypoint != 0 {
+		s.Waypoint = netip.AddrPortFrom(e.value.Waypoint.Netip(), e.value.WaypointPort)
+	}
+	last := -1
+	for p := range e.slots {
+		if len(e.slots[p]) > 0 {
+			last = p
+		}
+	}
+	for p := 0; p <= last; p++ {
+		s.Endpoints = append(s.Endpoints, slices.Clone(e.slots[p]))
+	}
+	return s
+}
+
+func (e *beEntries) backend(id uint32) Backend {
+	b := Backend{ID: id, Identity: e.value.IdentityID}
+	for k := range e.fe {
+		b.Addresses = append(b.Addresses, k.Addr.Netip())
+	}
+	slices.SortFunc(b.Addresses, func(a, b netip.Addr) int { return a.Compare(b) })
+	if e.value.Flags&layout.BackendWaypoint != 0 {
+		b.Waypoint = netip.AddrPortFrom(e.value.Waypoint.Netip(), e.value.WaypointPort)
+	}
+	return b
+}

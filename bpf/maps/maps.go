@@ -1,0 +1,418 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+	"github.com/kmesh-go/kmesh/bpf/loader"
+)
+
+// Maps writes services and backends into a loaded data path. It keeps a
+// mirror of what it wrote so that every update is a diff; on a data path
+// reused from pins the mirror is read back from the kernel first.
+type Maps struct {
+	mu sync.Mutex
+
+	frontend, service, port, portovr, endpoint, backend, maglevOuter, stats *ebpf.Map
+	maglevSize                                                              uint32
+	max                                                                     map[string]int
+
+	services map[uint32]*svcEntries
+	backends map[uint32]*beEntries
+	inner    map[uint32]*ebpf.Map // Maglev table per service
+	// feOwner says which object holds a frontend address, to refuse a VIP
+	// that is already another service's or a workload's address.
+	feOwner map[layout.FrontendKey]owner
+	// refs counts, per workload, the services listing it.
+	refs map[uint32]map[uint32]struct{}
+	// count of entries per map, for capacity checks.
+	count map[string]int
+}
+
+type owner struct {
+	kind uint8
+	id   uint32
+}
+
+// Txn is one atomic change: either all of it reaches the maps or none.
+type Txn struct {
+	Backends       []Backend // created or replaced
+	Services       []Service // created or replaced
+	DeleteServices []uint32
+	DeleteBackends []uint32
+}
+
+// New builds the typed API over a loaded data path, reading back whatever
+// the maps already hold.
+func New(dp *loader.Datapath) (*Maps, error) {
+	s := dp.Sizes()
+	m := &Maps{
+		frontend:    dp.Map(loader.MapFrontend),
+		service:     dp.Map(loader.MapService),
+		port:        dp.Map(loader.MapPort),
+		portovr:     dp.Map(loader.MapPortOvr),
+		endpoint:    dp.Map(loader.MapEndpoint),
+		backend:     dp.Map(loader.MapBackend),
+		maglevOuter: dp.Map(loader.MapMaglev),
+		stats:       dp.Map(loader.MapStats),
+		maglevSize:  s.MaglevTableSize,
+		max: map[string]int{
+			loader.MapFrontend: int(s.Frontends),
+			loader.MapService:  int(s.Services),
+			loader.MapPort:     int(s.Ports),
+			loader.MapPortOvr:  int(s.PortOverrides),
+			loader.MapEndpoint: int(s.Endpoints),
+			loader.MapBackend:  int(s.Backends),
+			loader.MapMaglev:   int(s.MaglevServices),
+		},
+	}
+	if err := m.readBack(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// Close releases the Maglev table handles this API opened. The maps stay.
+func (m *Maps) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, in := range m.inner {
+		in.Close()
+	}
+	m.inner = nil
+}
+
+// UpsertService creates or replaces one service.
+func (m *Maps) UpsertService(s Service) error { return m.Apply(Txn{Services: []Service{s}}) }
+
+// DeleteService removes one service; unknown ids are not an error.
+func (m *Maps) DeleteService(id uint32) error { return m.Apply(Txn{DeleteServices: []uint32{id}}) }
+
+// UpsertBackend creates or replaces one backend.
+func (m *Maps) UpsertBackend(b Backend) error { return m.Apply(Txn{Backends: []Backend{b}}) }
+
+// DeleteBackend removes one backend; it must no longer be any service's
+// endpoint.
+func (m *Maps) DeleteBackend(id uint32) error { return m.Apply(Txn{DeleteBackends: []uint32{id}}) }
+
+// Services returns the services in the maps, sorted by id.
+func (m *Maps) Services() []Service {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Service, 0, len(m.services))
+	for id, e := range m.services {
+		out = append(out, e.service(id))
+	}
+	slices.SortFunc(out, func(a, b Service) int { return int(a.ID) - int(b.ID) })
+	return out
+}
+
+// Backends returns the backends in the maps, sorted by id.
+func (m *Maps) Backends() []Backend {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Backend, 0, len(m.backends))
+	for id, e := range m.backends {
+		out = append(out, e.backend(id))
+	}
+	slices.SortFunc(out, func(a, b Backend) int { return int(a.ID) - int(b.ID) })
+	return out
+}
+
+// Usage reports entries in use and capacity per map.
+func (m *Maps) Usage() map[string][2]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string][2]int{}
+	for name, max := range m.max {
+		out[name] = [2]int{m.count[name], max}
+	}
+	return out
+}
+
+// Stats sums the kernel's per-CPU counters.
+func (m *Maps) Stats() (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for i := layout.Stat(0); i < layout.StatMax; i++ {
+		var per []uint64
+		if err := m.stats.Lookup(uint32(i), &per); err != nil {
+			return nil, fmt.Errorf("read %s: %w", loader.MapStats, err)
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		out[i.String()] = sum
+	}
+	return out, nil
+}
+
+// Apply writes a transaction. On any error the maps are as they were.
+func (m *Maps) Apply(t Txn) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	p, next, err := m.plan(t)
+	if err != nil {
+		return err
+	}
+	if err := m.checkCapacity(p); err != nil {
+		return err
+	}
+	if err := m.execute(p, false); err != nil {
+		// Undo: walk from the intended state back to the old one. Writes
+		// are idempotent and deletes of keys never written are ignored.
+		back := m.reversePlan(next, p)
+		if rerr := m.execute(back, true); rerr != nil {
+			return fmt.Errorf("%w (and rolling back failed too: %v; the maps may be inconsistent until the next full sync)", err, rerr)
+		}
+		m.closeNewInner(p)
+		return err
+	}
+	m.commit(p, next)
+	return nil
+}
+
+// state is the mirror after a transaction, for the objects it touches.
+type state struct {
+	services map[uint32]*svcEntries // nil value: deleted
+	backends map[uint32]*beEntries
+}
+
+func (m *Maps) plan(t Txn) (*plan, *state, error) {
+	next := &state{services: map[uint32]*svcEntries{}, backends: map[uint32]*beEntries{}}
+
+	for i := range t.Backends {
+		b := &t.Backends[i]
+		if err := b.validate(); err != nil {
+			return nil, nil, err
+		}
+		if _, dup := next.backends[b.ID]; dup {
+			return nil, nil, invalid("workload %d appears twice in one update", b.ID)
+		}
+		next.backends[b.ID] = backendEntries(b)
+	}
+	for _, id := range t.DeleteBackends {
+		if _, dup := next.backends[id]; dup {
+			return nil, nil, invalid("workload %d is both updated and deleted", id)
+		}
+		next.backends[id] = nil
+	}
+	wanted := map[uint32][layout.MaxPrio][]uint32{}
+	for i := range t.Services {
+		s := &t.Services[i]
+		if err := s.validate(); err != nil {
+			return nil, nil, err
+		}
+		if _, dup := next.services[s.ID]; dup {
+			return nil, nil, invalid("service %d appears twice in one update", s.ID)
+		}
+		e, want := serviceEntries(s, m.maglevSize)
+		for p := range want {
+			var old []uint32
+			if cur := m.services[s.ID]; cur != nil {
+				old = cur.slots[p]
+			}
+			e.slots[p] = planSlots(old, want[p])
+			e.value.EndpointCount[p] = uint32(len(e.slots[p]))
+		}
+		next.services[s.ID] = e
+		wanted[s.ID] = want
+	}
+	for _, id := range t.DeleteServices {
+		if _, dup := next.services[id]; dup {
+			return nil, nil, invalid("service %d is both updated and deleted", id)
+		}
+		next.services[id] = nil
+	}
+
+	if err := m.checkRefs(next); err != nil {
+		return nil, nil, err
+	}
+	if err := m.checkFrontends(next); err != nil {
+		return nil, nil, err
+	}
+	return m.diff(next), next, nil
+}
+
+// checkRefs insists every endpoint is a known backend and no backend still
+// listed by a service is deleted.
+func (m *Maps) checkRefs(next *state) error {
+	exists := func(wid uint32) bool {
+		if e, ok := next.backends[wid]; ok {
+			return e != nil
+		}
+		return m.backends[wid] != nil
+	}
+	for id, e := range next.services {
+		if e == nil {
+			continue
+		}
+		for _, w := range e.workloads() {
+			if !exists(w) {
+				return invalid("service %d lists workload %d, which is not in the data path", id, w)
+			}
+		}
+	}
+	for wid, e := range next.backends {
+		if e != nil {
+			continue
+		}
+		for sid := range m.refs[wid] {
+			if ns, touched := next.services[sid]; touched {
+				if ns == nil || !slices.Contains(ns.workloads(), wid) {
+					continue
+				}
+			}
+			return invalid("workload %d is still an endpoint of service %d", wid, sid)
+		}
+	}
+	return nil
+}
+
+// checkFrontends refuses an address claimed by two objects.
+func (m *Maps) checkFrontends(next *state) error {
+	claimed := map[layout.FrontendKey]owner{}
+	released := map[layout.FrontendKey]bool{}
+	claim := func(o owner, fe map[layout.FrontendKey]layout.FrontendValue) error {
+		for k := range fe {
+			if prev, ok := claimed[k]; ok && prev != o {
+				return invalid("address %s is claimed by both %s and %s", k.Addr, prev, o)
+			}
+			claimed[k] = o
+		}
+		return nil
+	}
+	release := func(old map[layout.FrontendKey]layout.FrontendValue, cur map[layout.FrontendKey]layout.FrontendValue) {
+		for k := range old {
+			if _, still := cur[k]; !still {
+				released[k] = true
+			}
+		}
+	}
+	for id, e := range next.services {
+		var fe map[layout.FrontendKey]layout.FrontendValue
+		if e != nil {
+			fe = e.fe
+			if err := claim(owner{layout.KindService, id}, fe); err != nil {
+				return err
+			}
+		}
+		if old := m.services[id]; old != nil {
+			release(old.fe, fe)
+		}
+	}
+	for id, e := range next.backends {
+		var fe map[layout.FrontendKey]layout.FrontendValue
+		if e != nil {
+			fe = e.fe
+			if err := claim(owner{layout.KindWorkload, id}, fe); err != nil {
+				return err
+			}
+		}
+		if old := m.backends[id]; old != nil {
+			release(old.fe, fe)
+		}
+	}
+	for k, o := range claimed {
+		if cur, ok := m.feOwner[k]; ok && cur != o && !released[k] {
+			return invalid("address %s is already used by %s", k.Addr, cur)
+		}
+	}
+	return nil
+}
+
+func (o owner) String() string {
+	if o.kind == layout.KindService {
+		return fmt.Sprintf("service %d", o.id)
+	}
+	return fmt.Sprintf("workload %d", o.id)
+}
+
+// commit folds a written transaction into the mirror.
+func (m *Maps) commit(p *plan, next *state) {
+	for id, e := range next.services {
+		if old := m.services[id]; old != nil {
+			for k := range old.fe {
+				delete(m.feOwner, k)
+			}
+			for _, w := range old.workloads() {
+				delete(m.refs[w], id)
+			}
+		}
+		if e == nil {
+			delete(m.services, id)
+			if in := m.inner[id]; in != nil {
+				in.Close()
+				delete(m.inner, id)
+			}
+			continue
+		}
+		m.services[id] = e
+		if in := m.inner[id]; in != nil && e.maglev == nil {
+			in.Close()
+			delete(m.inner, id)
+		}
+		for k := range e.fe {
+			m.feOwner[k] = owner{layout.KindService, id}
+		}
+		for _, w := range e.workloads() {
+			if m.refs[w] == nil {
+				m.refs[w] = map[uint32]struct{}{}
+			}
+			m.refs[w][id] = struct{}{}
+		}
+	}
+	for id, e := range next.backends {
+		if old := m.backends[id]; old != nil {
+			for k := range old.fe {
+				delete(m.feOwner, k)
+			}
+		}
+		if e == nil {
+			delete(m.backends, id)
+			delete(m.refs, id)
+			continue
+		}
+		m.backends[id] = e
+		for k := range e.fe {
+			m.feOwner[k] = owner{layout.KindWorkload, id}
+		}
+	}
+	for id, in := range p.newInner {
+		m.inner[id] = in
+	}
+	for name, n := range p.added {
+		m.count[name] += n
+	}
+	for name, n := range p.removed {
+		m.count[name] -= n
+	}
+}
+
+func (m *Maps) checkCapacity(p *plan) error {
+	for name, add := range p.added {
+		if add == 0 {
+			continue
+		}
+		if m.count[name]+add > m.max[name] {
+			return &FullError{Map: name, Need: add, Used: m.count[name], Max: m.max[name]}
+		}
+	}
+	return nil
+}
+
+func (m *Maps) closeNewInner(p *plan) {
+	for _, in := range p.newInner {
+		in.Close()
+	}
+}
+
+// isNotExist matches a delete of a key that is already gone.
+func isNotExist(err error) bool { return errors.Is(err, ebpf.ErrKeyNotExist) }

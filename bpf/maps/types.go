@@ -1,0 +1,172 @@
+// Package maps is the typed API over the kmesh BPF maps and the only code
+// that writes them. Callers describe the state they want (services,
+// backends); the package works out the smallest set of map writes, orders
+// them so the kernel never sees a half-built service or a hole in an
+// endpoint list, checks capacity before writing anything, and rolls back if
+// the kernel refuses a write part-way.
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+)
+
+// LBPolicy picks an endpoint within the chosen locality priority.
+type LBPolicy uint8
+
+const (
+	Random     = LBPolicy(layout.LBRandom)
+	RoundRobin = LBPolicy(layout.LBRoundRobin)
+	// Maglev hashes the client onto a per-service lookup table: a client
+	// keeps its backend, and removing one of N backends moves ~1/N clients.
+	Maglev = LBPolicy(layout.LBMaglev)
+)
+
+func (p LBPolicy) String() string {
+	switch p {
+	case Random:
+		return "random"
+	case RoundRobin:
+		return "round_robin"
+	case Maglev:
+		return "maglev"
+	}
+	return fmt.Sprintf("policy(%d)", uint8(p))
+}
+
+// Port maps a service port to the port backends listen on.
+type Port struct {
+	Port       uint16
+	TargetPort uint16 // 0: same as Port
+	// Overrides gives a different target port for some workloads (Istio's
+	// per-workload service port lists).
+	Overrides map[uint32]uint16
+}
+
+// Service is the whole state of one service in the data path.
+type Service struct {
+	ID     uint32 // non-zero, chosen by the caller
+	VIPs   []netip.Addr
+	Ports  []Port
+	Policy LBPolicy
+	// Strict locality never leaves priority 0; otherwise connections go to the
+	// first priority that has endpoints (failover).
+	Strict bool
+	// Affinity keeps a client on its endpoint while it reconnects within the
+	// timeout (rounded up to whole seconds). Zero turns it off.
+	Affinity time.Duration
+	// Waypoint, when valid, receives every connection to the service.
+	Waypoint netip.AddrPort
+	// Endpoints lists workload ids per locality priority (index 0 first).
+	Endpoints [][]uint32
+}
+
+// Backend is a workload as the data path sees it.
+type Backend struct {
+	ID uint32 // non-zero, chosen by the caller
+	// Addresses of the workload; the first IPv4 and the first IPv6 are where
+	// service connections go. All of them resolve back to the workload.
+	Addresses []netip.Addr
+	// Waypoint, when valid, receives connections made to the workload's own
+	// addresses.
+	Waypoint netip.AddrPort
+	Identity uint32
+}
+
+// FullError reports a map that cannot take what an update needs. Nothing of
+// the update was written.
+type FullError struct {
+	Map  string
+	Need int // entries the update adds
+	Used int
+	Max  int
+}
+
+func (e *FullError) Error() string {
+	return fmt.Sprintf("map %s is full: the update needs %d new entries, %d of %d are in use (raise its size)",
+		e.Map, e.Need, e.Used, e.Max)
+}
+
+// ErrInvalid wraps every rejection of a malformed update.
+var ErrInvalid = errors.New("invalid data path update")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+func (s *Service) validate() error {
+	if s.ID == 0 {
+		return invalid("service id 0 is reserved")
+	}
+	if len(s.Endpoints) > layout.MaxPrio {
+		return invalid("service %d: %d locality priorities, at most %d", s.ID, len(s.Endpoints), layout.MaxPrio)
+	}
+	switch s.Policy {
+	case Random, RoundRobin, Maglev:
+	default:
+		return invalid("service %d: unknown load-balancing policy %d", s.ID, s.Policy)
+	}
+	seen := map[uint32]bool{}
+	for p, list := range s.Endpoints {
+		for _, w := range list {
+			if w == 0 {
+				return invalid("service %d: workload id 0 at priority %d", s.ID, p)
+			}
+			if seen[w] {
+				return invalid("service %d: workload %d listed twice", s.ID, w)
+			}
+			seen[w] = true
+		}
+	}
+	ports := map[uint16]bool{}
+	for _, p := range s.Ports {
+		if p.Port == 0 {
+			return invalid("service %d: port 0", s.ID)
+		}
+		if ports[p.Port] {
+			return invalid("service %d: port %d listed twice", s.ID, p.Port)
+		}
+		ports[p.Port] = true
+	}
+	vips := map[netip.Addr]bool{}
+	for _, v := range s.VIPs {
+		if !v.IsValid() {
+			return invalid("service %d: invalid VIP", s.ID)
+		}
+		if vips[v.Unmap()] {
+			return invalid("service %d: VIP %s listed twice", s.ID, v)
+		}
+		vips[v.Unmap()] = true
+	}
+	if s.Waypoint.IsValid() && s.Waypoint.Port() == 0 {
+		return invalid("service %d: waypoint %s has no port", s.ID, s.Waypoint)
+	}
+	if s.Affinity < 0 || s.Affinity > 24*time.Hour {
+		return invalid("service %d: affinity timeout %s out of range", s.ID, s.Affinity)
+	}
+	return nil
+}
+
+func (b *Backend) validate() error {
+	if b.ID == 0 {
+		return invalid("workload id 0 is reserved")
+	}
+	seen := map[netip.Addr]bool{}
+	for _, a := range b.Addresses {
+		if !a.IsValid() {
+			return invalid("workload %d: invalid address", b.ID)
+		}
+		if seen[a.Unmap()] {
+			return invalid("workload %d: address %s listed twice", b.ID, a)
+		}
+		seen[a.Unmap()] = true
+	}
+	if b.Waypoint.IsValid() && b.Waypoint.Port() == 0 {
+		return invalid("workload %d: waypoint %s has no port", b.ID, b.Waypoint)
+	}
+	return nil
+}

@@ -1,0 +1,292 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Socket-address hooks: connect, UDP sendmsg/recvmsg and getpeername, for
+ * IPv4 and IPv6. They act only for sockets whose network namespace is
+ * enrolled in km_manage, so attaching them high in the cgroup tree is safe.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "km_lb.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* bpf_sock_addr carries the port in network order in the low 16 bits. */
+static __always_inline __u16 km_ctx_port(const struct bpf_sock_addr *ctx)
+{
+	return bpf_ntohs((__u16)ctx->user_port);
+}
+
+static __always_inline void km_ctx_dst6(const struct bpf_sock_addr *ctx, struct km_addr *a)
+{
+	a->a[0] = ctx->user_ip6[0];
+	a->a[1] = ctx->user_ip6[1];
+	a->a[2] = ctx->user_ip6[2];
+	a->a[3] = ctx->user_ip6[3];
+}
+
+static __always_inline void km_ctx_set4(struct bpf_sock_addr *ctx, const struct km_addr *a,
+					__u16 port_net)
+{
+	ctx->user_ip4 = a->a[3];
+	ctx->user_port = port_net;
+}
+
+static __always_inline void km_ctx_set6(struct bpf_sock_addr *ctx, const struct km_addr *a,
+					__u16 port_net)
+{
+	ctx->user_ip6[0] = a->a[0];
+	ctx->user_ip6[1] = a->a[1];
+	ctx->user_ip6[2] = a->a[2];
+	ctx->user_ip6[3] = a->a[3];
+	ctx->user_port = port_net;
+}
+
+/* Remembers the original destination on the socket for getpeername, UDP
+ * replies and telemetry. */
+static __always_inline void km_remember(struct bpf_sock_addr *ctx, const struct km_addr *orig,
+					__u16 orig_port_net, const struct km_pick *pick)
+{
+	struct km_sock_value *s;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	s = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s)
+		return;
+	s->orig = *orig;
+	s->orig_port = orig_port_net;
+	s->backend = pick->addr;
+	s->backend_port = bpf_htons(pick->port);
+	s->service_id = pick->service_id;
+	s->workload_id = pick->workload_id;
+	s->prio = pick->prio;
+	s->index = pick->index;
+	s->flags = pick->flags;
+}
+
+static __always_inline int km_refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
+/* Shared body of connect4/connect6. v4 tells how to write the result back. */
+static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr *dst, int v4,
+				      int ctx_is_v4)
+{
+	struct km_client c;
+	struct km_pick pick = {};
+	__u16 port_net = (__u16)ctx->user_port;
+
+	if (!km_client_of(ctx, &c))
+		return 1;
+
+	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, &pick)) {
+	case KM_PASS:
+		return 1;
+	case KM_REFUSE:
+		return km_refuse();
+	default:
+		break;
+	}
+	if (ctx_is_v4)
+		km_ctx_set4(ctx, &pick.addr, bpf_htons(pick.port));
+	else
+		km_ctx_set6(ctx, &pick.addr, bpf_htons(pick.port));
+	km_remember(ctx, dst, port_net, &pick);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int km_connect4(struct bpf_sock_addr *ctx)
+{
+	struct km_addr dst;
+
+	km_addr_from_v4(&dst, ctx->user_ip4);
+	return km_connect(ctx, &dst, 1, 1);
+}
+
+SEC("cgroup/connect6")
+int km_connect6(struct bpf_sock_addr *ctx)
+{
+	struct km_addr dst;
+
+	km_ctx_dst6(ctx, &dst);
+	return km_connect(ctx, &dst, km_addr_is_v4mapped(&dst), 0);
+}
+
+/*
+ * Unconnected UDP: every datagram goes through sendmsg. A socket keeps the
+ * backend it was given for the service it first talked to (socket storage),
+ * as long as that endpoint is still in place, so a flow does not spray over
+ * backends. Further services on the same socket are translated per datagram
+ * and their replies found through km_udp_rev.
+ */
+static __always_inline int km_cached_pick_valid(const struct km_sock_value *s)
+{
+	struct km_backend_value *be;
+
+	if (s->index && km_endpoint_at(s->service_id, s->prio, s->index) != s->workload_id)
+		return 0;
+	be = bpf_map_lookup_elem(&km_backend, &s->workload_id);
+	return be != 0;
+}
+
+static __always_inline int km_sendmsg(struct bpf_sock_addr *ctx, struct km_addr *dst, int v4,
+				      int ctx_is_v4)
+{
+	struct km_client c;
+	struct km_pick pick = {};
+	struct km_sock_value *s;
+	__u16 port_net = (__u16)ctx->user_port;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!km_client_of(ctx, &c))
+		return 1;
+
+	s = sk ? bpf_sk_storage_get(&km_sock, sk, 0, 0) : 0;
+	if (s && (s->flags & KM_SOCK_REWRITTEN) && s->orig_port == port_net &&
+	    km_addr_eq(&s->orig, dst) && km_cached_pick_valid(s)) {
+		if (ctx_is_v4)
+			km_ctx_set4(ctx, &s->backend, s->backend_port);
+		else
+			km_ctx_set6(ctx, &s->backend, s->backend_port);
+		return 1;
+	}
+
+	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, &pick)) {
+	case KM_PASS:
+		return 1;
+	case KM_REFUSE:
+		return km_refuse();
+	default:
+		break;
+	}
+	if (ctx_is_v4)
+		km_ctx_set4(ctx, &pick.addr, bpf_htons(pick.port));
+	else
+		km_ctx_set6(ctx, &pick.addr, bpf_htons(pick.port));
+
+	if (!s || !(s->flags & KM_SOCK_REWRITTEN) ||
+	    (s->orig_port == port_net && km_addr_eq(&s->orig, dst))) {
+		km_remember(ctx, dst, port_net, &pick);
+	} else {
+		struct km_udp_rev_key rk = {
+			.sock_cookie = bpf_get_socket_cookie(ctx),
+			.backend = pick.addr,
+			.backend_port = bpf_htons(pick.port),
+		};
+		struct km_udp_rev_value rv = { .orig = *dst, .orig_port = port_net };
+
+		bpf_map_update_elem(&km_udp_rev, &rk, &rv, BPF_ANY);
+	}
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int km_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct km_addr dst;
+
+	km_addr_from_v4(&dst, ctx->user_ip4);
+	return km_sendmsg(ctx, &dst, 1, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int km_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct km_addr dst;
+
+	km_ctx_dst6(ctx, &dst);
+	return km_sendmsg(ctx, &dst, km_addr_is_v4mapped(&dst), 0);
+}
+
+/* Replies: a datagram from the backend we chose appears to come from the
+ * service address the application sent to. */
+static __always_inline int km_recvmsg(struct bpf_sock_addr *ctx, struct km_addr *src,
+				      int ctx_is_v4)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct km_sock_value *s;
+	struct km_udp_rev_key rk = {};
+	struct km_udp_rev_value *rv;
+	__u16 port_net = (__u16)ctx->user_port;
+
+	if (!sk)
+		return 1;
+	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	if (!s)
+		return 1;
+	if ((s->flags & KM_SOCK_REWRITTEN) && s->backend_port == port_net &&
+	    km_addr_eq(&s->backend, src)) {
+		if (ctx_is_v4)
+			km_ctx_set4(ctx, &s->orig, s->orig_port);
+		else
+			km_ctx_set6(ctx, &s->orig, s->orig_port);
+		km_count(KM_STAT_UDP_REVERSE);
+		return 1;
+	}
+	rk.sock_cookie = bpf_get_socket_cookie(ctx);
+	rk.backend = *src;
+	rk.backend_port = port_net;
+	rv = bpf_map_lookup_elem(&km_udp_rev, &rk);
+	if (rv) {
+		if (ctx_is_v4)
+			km_ctx_set4(ctx, &rv->orig, rv->orig_port);
+		else
+			km_ctx_set6(ctx, &rv->orig, rv->orig_port);
+		km_count(KM_STAT_UDP_REVERSE);
+	}
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int km_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct km_addr src;
+
+	km_addr_from_v4(&src, ctx->user_ip4);
+	return km_recvmsg(ctx, &src, 1);
+}
+
+SEC("cgroup/recvmsg6")
+int km_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct km_addr src;
+
+	km_ctx_dst6(ctx, &src);
+	return km_recvmsg(ctx, &src, 0);
+}
+
+/* The application sees the address it dialled, not the backend. */
+static __always_inline int km_getpeername(struct bpf_sock_addr *ctx, int ctx_is_v4)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct km_sock_value *s;
+
+	if (!sk)
+		return 1;
+	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	if (!s || !(s->flags & KM_SOCK_REWRITTEN))
+		return 1;
+	if (ctx_is_v4)
+		km_ctx_set4(ctx, &s->orig, s->orig_port);
+	else
+		km_ctx_set6(ctx, &s->orig, s->orig_port);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int km_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return km_getpeername(ctx, 1);
+}
+
+SEC("cgroup/getpeername6")
+int km_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return km_getpeername(ctx, 0);
+}

@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Map definitions. Sizes here are defaults only: the Go loader sets every
+ * max_entries from its configuration before loading, and pins the maps itself
+ * so it can decide between reusing and replacing a pinned set.
+ *
+ * Large hash maps are created without preallocation: memory follows what the
+ * daemon writes rather than the configured ceiling, and an element replaced
+ * by an update is freed only after readers are done with it (RCU), so a
+ * connect() never reads a half-reused entry.
+ */
+#ifndef KM_MAPS_H
+#define KM_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "km_types.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct km_manage_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_manage SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct km_frontend_key);
+	__type(value, struct km_frontend_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_frontend SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u32);
+	__type(value, struct km_service_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_service SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct km_port_key);
+	__type(value, struct km_port_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_portovr_key);
+	__type(value, struct km_portovr_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_portovr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__type(key, struct km_endpoint_key);
+	__type(value, struct km_endpoint_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_endpoint SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct km_backend_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_backend SEC(".maps");
+
+/* One Maglev lookup table per consistent-hash service: slot -> workload id.
+ * The table size (a prime) is fixed per load; see km_maglev_size. */
+struct km_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4093);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__array(values, struct km_maglev_inner);
+} km_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_affinity_key);
+	__type(value, struct km_affinity_value);
+} km_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct km_sock_value);
+} km_sock SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_udp_rev_key);
+	__type(value, struct km_udp_rev_value);
+} km_udp_rev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct km_config_value);
+} km_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KM_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} km_stats SEC(".maps");
+
+/* The layout these programs were built for; the loader checks it against
+ * its own, so objects and Go can never disagree silently. */
+volatile const __u32 km_layout_version = KM_LAYOUT_VERSION;
+
+/* Set by the loader before load: the Maglev table size (prime). */
+volatile const __u32 km_maglev_size = 4093;
+
+static __always_inline void km_count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&km_stats, &stat);
+
+	if (v)
+		*v += 1;
+}
+
+#endif

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Key and value layouts shared by every kmesh BPF program and mirrored in Go
+ * (bpf/layout). Every struct is naturally aligned with explicit padding so the
+ * Go mirror can be checked field by field against the object's BTF.
+ *
+ * Bump KM_LAYOUT_VERSION whenever a struct or a map's meaning changes: the
+ * loader then replaces pinned maps instead of misreading them.
+ */
+#ifndef KM_TYPES_H
+#define KM_TYPES_H
+
+#include <linux/types.h>
+
+#define KM_LAYOUT_VERSION 1
+
+/* Locality priorities: Istio has six routing-preference scopes, so seven
+ * levels (all match .. none match); eight keeps the array aligned. */
+#define KM_MAX_PRIO 8
+
+/* An address is always 16 bytes: IPv6, or IPv4 mapped as ::ffff:a.b.c.d, so
+ * one frontend lookup serves both families. */
+struct km_addr {
+	__u32 a[4];
+};
+
+/* km_frontend: destination address -> what lives there. 16 + 8 bytes. */
+struct km_frontend_key {
+	struct km_addr addr;
+};
+
+enum km_upstream_kind {
+	KM_KIND_SERVICE = 1,
+	KM_KIND_WORKLOAD = 2,
+};
+
+struct km_frontend_value {
+	__u32 upstream_id; /* service id or workload id */
+	__u8 kind;         /* enum km_upstream_kind */
+	__u8 pad[3];
+};
+
+/* km_service: service id -> load-balancing state. 64 bytes. */
+enum km_lb_policy {
+	KM_LB_RANDOM = 0,
+	KM_LB_ROUND_ROBIN = 1,
+	KM_LB_MAGLEV = 2,
+};
+
+enum km_service_flags {
+	KM_SVC_STRICT = 1 << 0,   /* locality strict: never leave priority 0 */
+	KM_SVC_WAYPOINT = 1 << 1, /* send clients to the waypoint instead */
+	KM_SVC_AFFINITY = 1 << 2, /* session affinity, see affinity_timeout_s */
+};
+
+struct km_service_value {
+	__u32 ep_count[KM_MAX_PRIO]; /* dense endpoints per priority, 1..n */
+	__u32 rr_cursor;             /* round robin; bumped atomically by BPF */
+	__u32 affinity_timeout_s;
+	__u8 lb_policy;              /* enum km_lb_policy */
+	__u8 flags;                  /* enum km_service_flags */
+	__u16 waypoint_port;         /* host order */
+	struct km_addr waypoint;
+};
+
+/* km_port: (service, service port) -> target port. 8 + 4 bytes. */
+struct km_port_key {
+	__u32 service_id;
+	__u16 port; /* host order */
+	__u16 pad;
+};
+
+enum km_port_flags {
+	KM_PORT_OVERRIDES = 1 << 0, /* some backends remap it: see km_portovr */
+};
+
+struct km_port_value {
+	__u16 target_port; /* host order; 0 means same as the service port */
+	__u8 flags;
+	__u8 pad;
+};
+
+/* km_portovr: (service, workload, service port) -> the workload's own target
+ * port (Istio's Workload.services port lists). 12 + 4 bytes. */
+struct km_portovr_key {
+	__u32 service_id;
+	__u32 workload_id;
+	__u16 port;
+	__u16 pad;
+};
+
+struct km_portovr_value {
+	__u16 target_port;
+	__u16 pad;
+};
+
+/* km_endpoint: (service, priority, index) -> workload id. Indexes are dense,
+ * 1..ep_count[prio]; writers never leave a hole. 12 + 4 bytes. */
+struct km_endpoint_key {
+	__u32 service_id;
+	__u32 prio;
+	__u32 index;
+};
+
+struct km_endpoint_value {
+	__u32 workload_id;
+};
+
+/* km_backend: workload id -> addresses and waypoint. 48 bytes. */
+enum km_backend_flags {
+	KM_BE_HAS_V4 = 1 << 0,
+	KM_BE_HAS_V6 = 1 << 1,
+	KM_BE_WAYPOINT = 1 << 2,
+};
+
+struct km_backend_value {
+	__u32 ip4;  /* network order */
+	__u32 ip6[4];
+	__u32 identity_id;
+	__u8 flags; /* enum km_backend_flags */
+	__u8 pad;
+	__u16 waypoint_port; /* host order */
+	struct km_addr waypoint;
+};
+
+/* km_manage: netns cookie -> enrollment. 8 + 8 bytes. */
+enum km_manage_flags {
+	KM_MANAGE_ENROLLED = 1 << 0,
+	KM_MANAGE_WAYPOINT = 1 << 1, /* this pod is a waypoint: never redirect it */
+};
+
+struct km_manage_value {
+	__u32 flags;
+	__u32 client_id; /* stable client key for consistent hashing; 0: use cookie */
+};
+
+/* km_affinity: (client netns, service) -> sticky endpoint. 16 + 24 bytes. */
+struct km_affinity_key {
+	__u64 netns_cookie;
+	__u32 service_id;
+	__u32 pad;
+};
+
+struct km_affinity_value {
+	__u32 workload_id;
+	__u32 prio;
+	__u32 index;
+	__u32 pad;
+	__u64 last_used_ns;
+};
+
+/* km_sock (socket-local storage): what a socket's destination was before the
+ * rewrite, and what it became. 56 bytes. */
+enum km_sock_flags {
+	KM_SOCK_REWRITTEN = 1 << 0,
+	KM_SOCK_WAYPOINT = 1 << 1,
+};
+
+struct km_sock_value {
+	struct km_addr orig;
+	struct km_addr backend;
+	__u16 orig_port;    /* network order, as in bpf_sock_addr */
+	__u16 backend_port; /* network order */
+	__u32 service_id;
+	__u32 workload_id;
+	__u32 prio;
+	__u32 index;
+	__u32 flags;
+};
+
+/* km_udp_rev: replies on a UDP socket that talks to more than one service. */
+struct km_udp_rev_key {
+	__u64 sock_cookie;
+	struct km_addr backend;
+	__u16 backend_port; /* network order */
+	__u16 pad[3];
+};
+
+struct km_udp_rev_value {
+	struct km_addr orig;
+	__u16 orig_port; /* network order */
+	__u16 pad[3];
+};
+
+/* km_config: one entry of knobs the daemon sets at run time. */
+struct km_config_value {
+	__u32 layout_version;
+	__u32 maglev_size; /* slots per table in km_maglev's inner maps */
+};
+
+/* km_stats: per-CPU counters, index by enum km_stat. */
+enum km_stat {
+	KM_STAT_SVC_REWRITE = 0,
+	KM_STAT_WAYPOINT_REWRITE,
+	KM_STAT_NO_ENDPOINT,
+	KM_STAT_NO_PORT,
+	KM_STAT_NO_BACKEND,
+	KM_STAT_FAMILY_MISMATCH,
+	KM_STAT_UDP_REVERSE,
+	KM_STAT_AFFINITY_HIT,
+	KM_STAT_MAX,
+};
+
+#endif
