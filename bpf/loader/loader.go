@@ -431,6 +431,9 @@ func (d *Datapath) pinMaps() error {
 // Map returns a loaded map by name (see the Map* constants).
 func (d *Datapath) Map(name string) *ebpf.Map { return d.maps[name] }
 
+// Program returns a loaded program by name (e.g. "km_connect4").
+func (d *Datapath) Program(name string) *ebpf.Program { return d.progs[name] }
+
 // Sizes returns the effective map sizes.
 func (d *Datapath) Sizes() Sizes { return d.sizes }
 

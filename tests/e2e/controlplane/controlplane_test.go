@@ -8,10 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,13 +30,12 @@ import (
 const (
 	addressTypeURL = "type.googleapis.com/istio.workload.Address"
 
-	netnsPrefix = "kmesh-e2e-cp-"
-	testNS      = "kmesh-e2e"
-	nodeName    = "kmesh-e2e-node"
-	podName     = "echo-0"
-	svcName     = "echo"
-	podIP       = "10.244.0.10"
-	serviceVIP  = "10.96.0.50"
+	testNS     = "kmesh-e2e"
+	nodeName   = "kmesh-e2e-node"
+	podName    = "echo-0"
+	svcName    = "echo"
+	podIP      = "10.244.0.10"
+	serviceVIP = "10.96.0.50"
 )
 
 // TestIstiodServesAmbientWorkloads starts the real control plane in a network
@@ -50,26 +46,13 @@ func TestIstiodServesAmbientWorkloads(t *testing.T) {
 	if os.Getenv("KMESH_E2E") != "1" {
 		t.Skip("end-to-end test: set KMESH_E2E=1 (needs root, etcd and tests/e2e/tools/build.sh)")
 	}
-	if os.Geteuid() != 0 {
-		t.Fatal("KMESH_E2E=1 but not root: network namespaces need root")
-	}
-	removeStaleNetNS(t)
-	ns := netnsPrefix + strconv.Itoa(os.Getpid())
-	removeNS, err := controlplane.AddLoopbackNetNS(ns)
-	if err != nil {
-		t.Fatalf("create network namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := removeNS(); err != nil {
-			t.Errorf("delete network namespace %s: %v", ns, err)
-		}
-	})
+	ns, dir := controlplane.Sandbox(t, "kmesh-e2e-cp")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
 	start := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Options{Dir: t.TempDir(), NetNS: ns})
+	cp, err := controlplane.Start(ctx, controlplane.Options{Dir: dir, NetNS: ns})
 	if err != nil {
 		t.Fatalf("start control plane: %v", err)
 	}
@@ -79,9 +62,11 @@ func TestIstiodServesAmbientWorkloads(t *testing.T) {
 				t.Logf("end of %s.log:\n%s", c, cp.LogTail(c, 3000))
 			}
 		}
+		stopStart := time.Now()
 		if err := cp.Stop(); err != nil {
 			t.Errorf("stop control plane: %v", err)
 		}
+		t.Logf("control plane stopped in %s", time.Since(stopStart).Round(time.Millisecond))
 	})
 	t.Logf("control plane ready in %s (netns %s)", time.Since(start).Round(time.Millisecond), ns)
 
@@ -370,25 +355,4 @@ func (s *addressStream) summary() string {
 		parts = append(parts, kind+" "+name)
 	}
 	return fmt.Sprintf("%d addresses [%s]", len(parts), strings.Join(parts, ", "))
-}
-
-// removeStaleNetNS deletes namespaces that an earlier run of this test left
-// behind when it was killed (their owner PID is gone).
-func removeStaleNetNS(t *testing.T) {
-	entries, err := os.ReadDir("/var/run/netns")
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), netnsPrefix))
-		if !strings.HasPrefix(e.Name(), netnsPrefix) || err != nil {
-			continue
-		}
-		if syscall.Kill(pid, 0) == syscall.ESRCH {
-			t.Logf("removing network namespace %s left by an earlier run", e.Name())
-			if out, err := exec.Command("ip", "netns", "delete", e.Name()).CombinedOutput(); err != nil {
-				t.Logf("ip netns delete %s: %v: %s", e.Name(), err, out)
-			}
-		}
-	}
 }

@@ -1,0 +1,175 @@
+package maps
+
+import (
+	"errors"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+)
+
+// planSlots must place exactly the wanted set, keep every surviving workload
+// whose index still exists where it was, and change no more slots than the
+// removals and additions force.
+func TestPlanSlotsKeepsPlacesAndMovesLittle(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		old := randomSet(r, r.IntN(12))
+		want := randomSet(r, r.IntN(12))
+		next := planSlots(old, want)
+
+		if !slices.Equal(slices.Sorted(slices.Values(next)), slices.Sorted(slices.Values(want))) {
+			t.Fatalf("old %v want %v: placed %v", old, want, next)
+		}
+		changed := 0
+		for i := range next {
+			if i < len(old) && slices.Contains(want, old[i]) && next[i] != old[i] {
+				t.Fatalf("old %v want %v: %d moved from its slot %d (%v)", old, want, old[i], i+1, next)
+			}
+			if i >= len(old) || next[i] != old[i] {
+				changed++
+			}
+		}
+		// Lower bound on writes: every slot whose old occupant is gone, plus
+		// every index past the old end.
+		forced := 0
+		for i := range min(len(old), len(want)) {
+			if !slices.Contains(want, old[i]) {
+				forced++
+			}
+		}
+		forced += max(0, len(want)-len(old))
+		if changed != forced {
+			t.Fatalf("old %v want %v: %d slot writes, %d needed (%v)", old, want, changed, forced, next)
+		}
+	}
+}
+
+func randomSet(r *rand.Rand, n int) []uint32 {
+	seen := map[uint32]bool{}
+	var out []uint32
+	for len(out) < n {
+		v := uint32(r.IntN(20) + 1)
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// mirrorOnly is a Maps with no kernel behind it: plans can be made and
+// committed, never executed.
+func mirrorOnly() *Maps {
+	return &Maps{
+		maglevSize: 13,
+		services:   map[uint32]*svcEntries{},
+		backends:   map[uint32]*beEntries{},
+		inner:      map[uint32]*ebpf.Map{},
+		feOwner:    map[layout.FrontendKey]owner{},
+		refs:       map[uint32]map[uint32]struct{}{},
+		count:      map[string]int{},
+		max:        map[string]int{},
+	}
+}
+
+func (m *Maps) planAndCommit(t *testing.T, txn Txn) *plan {
+	t.Helper()
+	p, next, err := m.plan(txn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.commit(p, next)
+	return p
+}
+
+func (p *plan) writes() int {
+	return len(p.feDel) + len(p.beUp.keys) + len(p.portUp.keys) + len(p.ovrUp.keys) + len(p.epUp.keys) +
+		len(p.maglevUp) + len(p.svcUp.keys) + len(p.feUp.keys) + len(p.epDel) + len(p.ovrDel) +
+		len(p.portDel) + len(p.maglevDel) + len(p.svcDel) + len(p.beDel)
+}
+
+// One endpoint added or removed costs one or two map writes (plus the delete
+// of the slot that fell off the end), never a rewrite of the service.
+func TestOneEndpointChangeIsOneOrTwoWrites(t *testing.T) {
+	m := mirrorOnly()
+	var bes []Backend
+	for i := uint32(1); i <= 50; i++ {
+		bes = append(bes, Backend{ID: i, Addresses: []netip.Addr{netip.AddrFrom4([4]byte{10, 244, 0, byte(i)})}})
+	}
+	svc := Service{ID: 7, VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.7")}, Ports: []Port{{Port: 80, TargetPort: 8080}}}
+	list := make([]uint32, 40)
+	for i := range list {
+		list[i] = uint32(i + 1)
+	}
+	svc.Endpoints = [][]uint32{list}
+	m.planAndCommit(t, Txn{Backends: bes, Services: []Service{svc}})
+
+	svc.Endpoints = [][]uint32{append(slices.Clone(list), 41)}
+	p := m.planAndCommit(t, Txn{Services: []Service{svc}})
+	if len(p.epUp.keys) != 1 || len(p.svcUp.keys) != 1 || p.writes() != 2 {
+		t.Fatalf("adding one endpoint: %d writes (%d endpoint, %d service)", p.writes(), len(p.epUp.keys), len(p.svcUp.keys))
+	}
+	if p.epUp.keys[0].Index != 41 {
+		t.Fatalf("new endpoint written at index %d, want 41 (past the end)", p.epUp.keys[0].Index)
+	}
+
+	// Remove one from the middle: the last moves into its slot, the count
+	// drops, the old last slot is deleted.
+	cur := append(slices.Clone(list), 41)
+	without := slices.DeleteFunc(slices.Clone(cur), func(w uint32) bool { return w == 10 })
+	svc.Endpoints = [][]uint32{without}
+	p = m.planAndCommit(t, Txn{Services: []Service{svc}})
+	if len(p.epUp.keys) != 1 || p.epUp.keys[0].Index != 10 || p.epUp.vals[0].WorkloadID != 41 ||
+		len(p.svcUp.keys) != 1 || len(p.epDel) != 1 || p.epDel[0].Index != 41 || p.writes() != 3 {
+		t.Fatalf("removing one endpoint: %+v", p)
+	}
+
+	// Removing the one in the last slot (40, since 41 moved to slot 10) is a
+	// count change and a delete.
+	svc.Endpoints = [][]uint32{slices.DeleteFunc(slices.Clone(without), func(w uint32) bool { return w == 40 })}
+	p = m.planAndCommit(t, Txn{Services: []Service{svc}})
+	if len(p.epUp.keys) != 0 || len(p.svcUp.keys) != 1 || len(p.epDel) != 1 || p.writes() != 2 {
+		t.Fatalf("removing the last endpoint: %+v", p)
+	}
+
+	// Nothing changed: nothing written.
+	if p = m.planAndCommit(t, Txn{Services: []Service{svc}}); p.writes() != 0 {
+		t.Fatalf("unchanged service: %d writes", p.writes())
+	}
+}
+
+func TestBadUpdatesAreRefusedBeforeAnyWrite(t *testing.T) {
+	m := mirrorOnly()
+	m.planAndCommit(t, Txn{Backends: []Backend{{ID: 1, Addresses: []netip.Addr{netip.MustParseAddr("10.244.0.1")}}}})
+	vip := []netip.Addr{netip.MustParseAddr("10.96.0.1")}
+	m.planAndCommit(t, Txn{Services: []Service{{ID: 1, VIPs: vip, Endpoints: [][]uint32{{1}}}}})
+	cases := map[string]Txn{
+		"unknown workload":      {Services: []Service{{ID: 2, Endpoints: [][]uint32{{9}}}}},
+		"service id 0":          {Services: []Service{{ID: 0}}},
+		"duplicate endpoint":    {Services: []Service{{ID: 2, Endpoints: [][]uint32{{1}, {1}}}}},
+		"too many priorities":   {Services: []Service{{ID: 2, Endpoints: make([][]uint32, 9)}}},
+		"unknown policy":        {Services: []Service{{ID: 2, Policy: 9}}},
+		"VIP of another":        {Services: []Service{{ID: 2, VIPs: vip}}},
+		"VIP is a pod address":  {Services: []Service{{ID: 2, VIPs: []netip.Addr{netip.MustParseAddr("10.244.0.1")}}}},
+		"delete used backend":   {DeleteBackends: []uint32{1}},
+		"port 0":                {Services: []Service{{ID: 2, Ports: []Port{{Port: 0}}}}},
+		"waypoint without port": {Services: []Service{{ID: 2, Waypoint: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 0)}}},
+	}
+	for name, txn := range cases {
+		if _, _, err := m.plan(txn); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+	// Deleting the service and its backend together is fine; a VIP can move
+	// from a deleted service to a new one in one update.
+	if _, _, err := m.plan(Txn{DeleteServices: []uint32{1}, Services: []Service{{ID: 2, VIPs: vip}}, DeleteBackends: []uint32{1}}); err != nil {
+		t.Fatal(err)
+	}
+}
