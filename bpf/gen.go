@@ -5,10 +5,9 @@
 // are committed and CI checks that they match the sources.
 package bpf
 
-//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -go-package bpf -no-global-types sock src/cgroup_sock.c -- -I./src/include
+//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -go-package bpf -no-global-types kmesh src/kmesh.c -- -I./src/include
 
 import "github.com/cilium/ebpf"
 
-// SockSpec returns the socket-address programs (connect, sendmsg, recvmsg,
-// getpeername) and the maps they share, not yet loaded.
-func SockSpec() (*ebpf.CollectionSpec, error) { return loadSock() }
+// Spec returns every kmesh program and the maps they share, not yet loaded.
+func Spec() (*ebpf.CollectionSpec, error) { return loadKmesh() }

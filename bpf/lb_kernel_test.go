@@ -556,7 +556,7 @@ func TestKernelEndpointChurnLosesNoConnect(t *testing.T) {
 				}
 				if _, err := f.ask(hostPort(vip4, 80)); err != nil {
 					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
+					firstErr.CompareAndSwap(nil, err.Error())
 				} else {
 					ok.Add(1)
 				}
@@ -609,7 +609,7 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 			}
 			if _, err := f.ask(hostPort(vip4, 80)); err != nil {
 				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err)
+				firstErr.CompareAndSwap(nil, err.Error())
 			} else {
 				ok.Add(1)
 			}

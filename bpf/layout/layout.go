@@ -205,6 +205,7 @@ const (
 	StatFamilyMismatch
 	StatUDPReverse
 	StatAffinityHit
+	StatTCSeen
 	StatMax
 )
 
@@ -217,6 +218,7 @@ var statNames = [...]string{
 	StatFamilyMismatch:  "family_mismatch",
 	StatUDPReverse:      "udp_reverse",
 	StatAffinityHit:     "affinity_hit",
+	StatTCSeen:          "tc_seen",
 }
 
 func (s Stat) String() string {

@@ -14,7 +14,7 @@ import (
 // and the same field offsets as its Go mirror, or the daemon would write
 // garbage the kernel misreads.
 func TestLayoutsMatchBTF(t *testing.T) {
-	spec, err := kbpf.SockSpec()
+	spec, err := kbpf.Spec()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func compare(t *testing.T, what string, bt btf.Type, gt reflect.Type) {
 }
 
 func TestVersionMatchesC(t *testing.T) {
-	spec, err := kbpf.SockSpec()
+	spec, err := kbpf.Spec()
 	if err != nil {
 		t.Fatal(err)
 	}

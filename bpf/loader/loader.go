@@ -40,6 +40,8 @@ const (
 	MapStats      = "km_stats"
 	mapsSubdir    = "maps"
 	linksSubdir   = "links"
+	progsSubdir   = "progs"
+	tcSubdir      = "tc"
 	defaultMaglev = 4093
 )
 
@@ -165,7 +167,7 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, sub := range []string{mapsSubdir, linksSubdir} {
+	for _, sub := range []string{mapsSubdir, linksSubdir, progsSubdir, tcSubdir} {
 		if err := os.MkdirAll(filepath.Join(cfg.PinDir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("loader: create pin directory: %w", err)
 		}
@@ -222,6 +224,10 @@ func Open(cfg Config) (*Datapath, error) {
 		d.closeAll()
 		return nil, err
 	}
+	if err := d.publishPodPrograms(); err != nil {
+		d.closeAll()
+		return nil, err
+	}
 	// Pins last: programs already point at the new maps, so swapping the
 	// pinned names cannot strand a running program on an unpinned map.
 	if err := d.pinMaps(); err != nil {
@@ -234,7 +240,7 @@ func Open(cfg Config) (*Datapath, error) {
 // Spec returns the collection spec sized for s, not loaded.
 func Spec(s Sizes) (*ebpf.CollectionSpec, error) {
 	s = s.withDefaults()
-	spec, err := kbpf.SockSpec()
+	spec, err := kbpf.Spec()
 	if err != nil {
 		return nil, fmt.Errorf("loader: read embedded objects: %w", err)
 	}
@@ -487,7 +493,17 @@ func (d *Datapath) Uninstall() error {
 		}
 	}
 	d.closeAll()
-	for _, sub := range []string{linksSubdir, mapsSubdir, ""} {
+	// Pod programs and their per-pod links: removing the pins detaches them.
+	for _, sub := range []string{tcSubdir, progsSubdir} {
+		dir := filepath.Join(d.cfg.PinDir, sub)
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, sub := range []string{tcSubdir, progsSubdir, linksSubdir, mapsSubdir, ""} {
 		if err := os.Remove(filepath.Join(d.cfg.PinDir, sub)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -499,7 +515,7 @@ func (d *Datapath) Uninstall() error {
 // uninstall and for tests cleaning up after a failure.
 func RemovePins(pinDir string) error {
 	var errs []error
-	for _, sub := range []string{linksSubdir, mapsSubdir} {
+	for _, sub := range []string{tcSubdir, progsSubdir, linksSubdir, mapsSubdir} {
 		dir := filepath.Join(pinDir, sub)
 		entries, err := os.ReadDir(dir)
 		if errors.Is(err, os.ErrNotExist) {

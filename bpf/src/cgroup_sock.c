@@ -10,8 +10,6 @@
 #include <bpf/bpf_endian.h>
 #include "km_lb.h"
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
 /* bpf_sock_addr carries the port in network order in the low 16 bits. */
 static __always_inline __u16 km_ctx_port(const struct bpf_sock_addr *ctx)
 {

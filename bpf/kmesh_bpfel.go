@@ -16,53 +16,54 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockMapKmAffinity      = "km_affinity"
-	sockMapKmBackend       = "km_backend"
-	sockMapKmConfig        = "km_config"
-	sockMapKmEndpoint      = "km_endpoint"
-	sockMapKmFrontend      = "km_frontend"
-	sockMapKmMaglev        = "km_maglev"
-	sockMapKmManage        = "km_manage"
-	sockMapKmPort          = "km_port"
-	sockMapKmPortovr       = "km_portovr"
-	sockMapKmService       = "km_service"
-	sockMapKmSock          = "km_sock"
-	sockMapKmStats         = "km_stats"
-	sockMapKmUdpRev        = "km_udp_rev"
-	sockProgKmConnect4     = "km_connect4"
-	sockProgKmConnect6     = "km_connect6"
-	sockProgKmGetpeername4 = "km_getpeername4"
-	sockProgKmGetpeername6 = "km_getpeername6"
-	sockProgKmRecvmsg4     = "km_recvmsg4"
-	sockProgKmRecvmsg6     = "km_recvmsg6"
-	sockProgKmSendmsg4     = "km_sendmsg4"
-	sockProgKmSendmsg6     = "km_sendmsg6"
-	sockVarKmLayoutVersion = "km_layout_version"
-	sockVarKmMaglevSize    = "km_maglev_size"
+	kmeshMapKmAffinity      = "km_affinity"
+	kmeshMapKmBackend       = "km_backend"
+	kmeshMapKmConfig        = "km_config"
+	kmeshMapKmEndpoint      = "km_endpoint"
+	kmeshMapKmFrontend      = "km_frontend"
+	kmeshMapKmMaglev        = "km_maglev"
+	kmeshMapKmManage        = "km_manage"
+	kmeshMapKmPort          = "km_port"
+	kmeshMapKmPortovr       = "km_portovr"
+	kmeshMapKmService       = "km_service"
+	kmeshMapKmSock          = "km_sock"
+	kmeshMapKmStats         = "km_stats"
+	kmeshMapKmUdpRev        = "km_udp_rev"
+	kmeshProgKmConnect4     = "km_connect4"
+	kmeshProgKmConnect6     = "km_connect6"
+	kmeshProgKmGetpeername4 = "km_getpeername4"
+	kmeshProgKmGetpeername6 = "km_getpeername6"
+	kmeshProgKmRecvmsg4     = "km_recvmsg4"
+	kmeshProgKmRecvmsg6     = "km_recvmsg6"
+	kmeshProgKmSendmsg4     = "km_sendmsg4"
+	kmeshProgKmSendmsg6     = "km_sendmsg6"
+	kmeshProgKmTcToPod      = "km_tc_to_pod"
+	kmeshVarKmLayoutVersion = "km_layout_version"
+	kmeshVarKmMaglevSize    = "km_maglev_size"
 )
 
-// loadSock returns the embedded CollectionSpec for sock.
-func loadSock() (*ebpf.CollectionSpec, error) {
-	reader := bytes.NewReader(_SockBytes)
+// loadKmesh returns the embedded CollectionSpec for kmesh.
+func loadKmesh() (*ebpf.CollectionSpec, error) {
+	reader := bytes.NewReader(_KmeshBytes)
 	spec, err := ebpf.LoadCollectionSpecFromReader(reader)
 	if err != nil {
-		return nil, fmt.Errorf("can't load sock: %w", err)
+		return nil, fmt.Errorf("can't load kmesh: %w", err)
 	}
 
 	return spec, err
 }
 
-// loadSockObjects loads sock and converts it into a struct.
+// loadKmeshObjects loads kmesh and converts it into a struct.
 //
 // The following types are suitable as obj argument:
 //
-//	*sockObjects
-//	*sockPrograms
-//	*sockMaps
+//	*kmeshObjects
+//	*kmeshPrograms
+//	*kmeshMaps
 //
 // See ebpf.CollectionSpec.LoadAndAssign documentation for details.
-func loadSockObjects(obj any, opts *ebpf.CollectionOptions) error {
-	spec, err := loadSock()
+func loadKmeshObjects(obj any, opts *ebpf.CollectionOptions) error {
+	spec, err := loadKmesh()
 	if err != nil {
 		return err
 	}
@@ -70,19 +71,19 @@ func loadSockObjects(obj any, opts *ebpf.CollectionOptions) error {
 	return spec.LoadAndAssign(obj, opts)
 }
 
-// sockSpecs contains maps and programs before they are loaded into the kernel.
+// kmeshSpecs contains maps and programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type sockSpecs struct {
-	sockProgramSpecs
-	sockMapSpecs
-	sockVariableSpecs
+type kmeshSpecs struct {
+	kmeshProgramSpecs
+	kmeshMapSpecs
+	kmeshVariableSpecs
 }
 
-// sockProgramSpecs contains programs before they are loaded into the kernel.
+// kmeshProgramSpecs contains programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type sockProgramSpecs struct {
+type kmeshProgramSpecs struct {
 	KmConnect4     *ebpf.ProgramSpec `ebpf:"km_connect4"`
 	KmConnect6     *ebpf.ProgramSpec `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
@@ -91,12 +92,13 @@ type sockProgramSpecs struct {
 	KmRecvmsg6     *ebpf.ProgramSpec `ebpf:"km_recvmsg6"`
 	KmSendmsg4     *ebpf.ProgramSpec `ebpf:"km_sendmsg4"`
 	KmSendmsg6     *ebpf.ProgramSpec `ebpf:"km_sendmsg6"`
+	KmTcToPod      *ebpf.ProgramSpec `ebpf:"km_tc_to_pod"`
 }
 
-// sockMapSpecs contains maps before they are loaded into the kernel.
+// kmeshMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type sockMapSpecs struct {
+type kmeshMapSpecs struct {
 	KmAffinity *ebpf.MapSpec `ebpf:"km_affinity"`
 	KmBackend  *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig   *ebpf.MapSpec `ebpf:"km_config"`
@@ -112,34 +114,34 @@ type sockMapSpecs struct {
 	KmUdpRev   *ebpf.MapSpec `ebpf:"km_udp_rev"`
 }
 
-// sockVariableSpecs contains global variables before they are loaded into the kernel.
+// kmeshVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type sockVariableSpecs struct {
+type kmeshVariableSpecs struct {
 	KmLayoutVersion *ebpf.VariableSpec `ebpf:"km_layout_version"`
 	KmMaglevSize    *ebpf.VariableSpec `ebpf:"km_maglev_size"`
 }
 
-// sockObjects contains all objects after they have been loaded into the kernel.
+// kmeshObjects contains all objects after they have been loaded into the kernel.
 //
-// It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
-type sockObjects struct {
-	sockPrograms
-	sockMaps
-	sockVariables
+// It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
+type kmeshObjects struct {
+	kmeshPrograms
+	kmeshMaps
+	kmeshVariables
 }
 
-func (o *sockObjects) Close() error {
-	return _SockClose(
-		&o.sockPrograms,
-		&o.sockMaps,
+func (o *kmeshObjects) Close() error {
+	return _KmeshClose(
+		&o.kmeshPrograms,
+		&o.kmeshMaps,
 	)
 }
 
-// sockMaps contains all maps after they have been loaded into the kernel.
+// kmeshMaps contains all maps after they have been loaded into the kernel.
 //
-// It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
-type sockMaps struct {
+// It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
+type kmeshMaps struct {
 	KmAffinity *ebpf.Map `ebpf:"km_affinity"`
 	KmBackend  *ebpf.Map `ebpf:"km_backend"`
 	KmConfig   *ebpf.Map `ebpf:"km_config"`
@@ -155,8 +157,8 @@ type sockMaps struct {
 	KmUdpRev   *ebpf.Map `ebpf:"km_udp_rev"`
 }
 
-func (m *sockMaps) Close() error {
-	return _SockClose(
+func (m *kmeshMaps) Close() error {
+	return _KmeshClose(
 		m.KmAffinity,
 		m.KmBackend,
 		m.KmConfig,
@@ -173,18 +175,18 @@ func (m *sockMaps) Close() error {
 	)
 }
 
-// sockVariables contains all global variables after they have been loaded into the kernel.
+// kmeshVariables contains all global variables after they have been loaded into the kernel.
 //
-// It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
-type sockVariables struct {
+// It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
+type kmeshVariables struct {
 	KmLayoutVersion *ebpf.Variable `ebpf:"km_layout_version"`
 	KmMaglevSize    *ebpf.Variable `ebpf:"km_maglev_size"`
 }
 
-// sockPrograms contains all programs after they have been loaded into the kernel.
+// kmeshPrograms contains all programs after they have been loaded into the kernel.
 //
-// It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
-type sockPrograms struct {
+// It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
+type kmeshPrograms struct {
 	KmConnect4     *ebpf.Program `ebpf:"km_connect4"`
 	KmConnect6     *ebpf.Program `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
@@ -193,10 +195,11 @@ type sockPrograms struct {
 	KmRecvmsg6     *ebpf.Program `ebpf:"km_recvmsg6"`
 	KmSendmsg4     *ebpf.Program `ebpf:"km_sendmsg4"`
 	KmSendmsg6     *ebpf.Program `ebpf:"km_sendmsg6"`
+	KmTcToPod      *ebpf.Program `ebpf:"km_tc_to_pod"`
 }
 
-func (p *sockPrograms) Close() error {
-	return _SockClose(
+func (p *kmeshPrograms) Close() error {
+	return _KmeshClose(
 		p.KmConnect4,
 		p.KmConnect6,
 		p.KmGetpeername4,
@@ -205,10 +208,11 @@ func (p *sockPrograms) Close() error {
 		p.KmRecvmsg6,
 		p.KmSendmsg4,
 		p.KmSendmsg6,
+		p.KmTcToPod,
 	)
 }
 
-func _SockClose(closers ...io.Closer) error {
+func _KmeshClose(closers ...io.Closer) error {
 	for _, closer := range closers {
 		if err := closer.Close(); err != nil {
 			return err
@@ -219,5 +223,5 @@ func _SockClose(closers ...io.Closer) error {
 
 // Do not access this directly.
 //
-//go:embed sock_bpfel.o
-var _SockBytes []byte
+//go:embed kmesh_bpfel.o
+var _KmeshBytes []byte
