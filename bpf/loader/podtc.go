@@ -151,3 +151,16 @@ func checkKey(key string) error {
 	}
 	return nil
 }
+
+// PodTCKey names a pod's tc attachment: the sandbox's container id and the
+// host-side interface, so GC can match it against the runtime's list of
+// valid attachments.
+func PodTCKey(containerID, ifname string) string {
+	k := containerID + "_" + ifname
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == '.' || r == 0 {
+			return '-'
+		}
+		return r
+	}, k)
+}

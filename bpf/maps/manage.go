@@ -3,6 +3,8 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"net/netip"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -105,4 +107,20 @@ func (x *Manage) List() (map[uint64]Enrollment, error) {
 		return nil, fmt.Errorf("list %s: %w", loader.MapManage, err)
 	}
 	return out, nil
+}
+
+// ClientIDFor derives the consistent-hashing key of a pod from its address,
+// so a pod keeps its place in Maglev tables on every node and across
+// restarts of the daemon. Both the CNI plugin and the daemon enroll with it.
+func ClientIDFor(ip netip.Addr) uint32 {
+	if !ip.IsValid() {
+		return 0
+	}
+	h := fnv.New32a()
+	b := ip.Unmap().AsSlice()
+	h.Write(b)
+	if id := h.Sum32(); id != 0 {
+		return id
+	}
+	return 1
 }

@@ -1,0 +1,159 @@
+// Package admin serves the daemon's localhost HTTP API: readiness, dumps of
+// the model and the kernel maps, Prometheus metrics and pprof.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/daemon/dataplane"
+	"github.com/kmesh-go/kmesh/daemon/model"
+)
+
+// Source is what the admin API reports on.
+type Source struct {
+	Dataplane *dataplane.Dataplane
+	// Ready reports whether the first complete state is in the kernel.
+	Ready func() bool
+	// Status adds source-specific fields to /debug/status.
+	Status func() map[string]any
+	// Pods lists the CNI registry.
+	Pods func() any
+}
+
+// ConfigDump is /debug/config_dump: the model as the daemon holds it.
+type ConfigDump struct {
+	Node      model.Node           `json:"node"`
+	Services  []ServiceDump        `json:"services"`
+	Workloads []WorkloadDump       `json:"workloads"`
+	Policies  []*model.AuthzPolicy `json:"policies"`
+}
+
+type ServiceDump struct {
+	*model.Service
+	ID        uint32   `json:"id"`
+	Endpoints []string `json:"backing"`
+}
+
+type WorkloadDump struct {
+	*model.Workload
+	ID uint32 `json:"id"`
+}
+
+// MapDump is /debug/maps: the kernel's state, decoded.
+type MapDump struct {
+	Services []maps.Service             `json:"services"`
+	Backends []maps.Backend             `json:"backends"`
+	Enrolled map[uint64]maps.Enrollment `json:"enrolled"`
+	Usage    map[string][2]int          `json:"usage"`
+	Stats    map[string]uint64          `json:"stats"`
+}
+
+// Handler builds the HTTP handler.
+func Handler(src Source, reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
+		if src.Ready() {
+			w.Write([]byte("ready\n"))
+			return
+		}
+		http.Error(w, "not ready: waiting for the first complete mesh state", http.StatusServiceUnavailable)
+	})
+	mux.HandleFunc("/debug/config_dump", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, configDump(src.Dataplane))
+	})
+	mux.HandleFunc("/debug/maps", func(w http.ResponseWriter, r *http.Request) {
+		d, err := mapDump(src.Dataplane)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, d)
+	})
+	mux.HandleFunc("/debug/status", func(w http.ResponseWriter, r *http.Request) {
+		st := map[string]any{"ready": src.Ready()}
+		sv, wl, po := src.Dataplane.Store().Counts()
+		st["services"], st["workloads"], st["policies"] = sv, wl, po
+		if src.Status != nil {
+			for k, v := range src.Status() {
+				st[k] = v
+			}
+		}
+		writeJSON(w, st)
+	})
+	mux.HandleFunc("/debug/pods", func(w http.ResponseWriter, r *http.Request) {
+		if src.Pods == nil {
+			writeJSON(w, []any{})
+			return
+		}
+		writeJSON(w, src.Pods())
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+func configDump(d *dataplane.Dataplane) ConfigDump {
+	st := d.Store()
+	out := ConfigDump{Node: d.Node(), Policies: st.Policies()}
+	for _, s := range st.Services() {
+		out.Services = append(out.Services, ServiceDump{Service: s, ID: d.ServiceID(s.Key), Endpoints: st.Backing(s.Key)})
+	}
+	for _, w := range st.Workloads() {
+		out.Workloads = append(out.Workloads, WorkloadDump{Workload: w, ID: d.WorkloadID(w.UID)})
+	}
+	return out
+}
+
+func mapDump(d *dataplane.Dataplane) (MapDump, error) {
+	m := d.Maps()
+	out := MapDump{Services: m.Services(), Backends: m.Backends(), Usage: m.Usage()}
+	var err error
+	if out.Enrolled, err = d.Manage().List(); err != nil {
+		return out, err
+	}
+	if out.Stats, err = m.Stats(); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// Serve listens on addr until ctx ends. The address should be loopback: the
+// API has no authentication.
+func Serve(ctx context.Context, addr string, h http.Handler) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

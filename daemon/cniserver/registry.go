@@ -1,0 +1,275 @@
+// Package cniserver is the daemon's side of the CNI plugin API: a registry
+// of pod sandboxes on this node, served over gRPC on a root-only unix
+// socket, and the kernel enrollment of pods the daemon decides on itself
+// (when a label changes after the pod started).
+package cniserver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+)
+
+// Enroller puts a pod's netns under the data path or takes it out. The
+// registry calls it for enrollment decisions the daemon makes; the plugin
+// enrolls pods itself at creation.
+type Enroller interface {
+	Enroll(p *cniv1.Pod) (cookie uint64, err error)
+	Release(p *cniv1.Pod) error
+	// Enrolled reports whether the cookie is in the manage map.
+	Enrolled(cookie uint64) (bool, error)
+	// List returns every enrolled cookie.
+	List() (map[uint64]bool, error)
+}
+
+// Registry holds the pods of this node, persisted to a file so a restarted
+// daemon knows them before any plugin calls again.
+type Registry struct {
+	mu       sync.Mutex
+	path     string
+	pods     map[string]*cniv1.Pod // by container id
+	enroller Enroller
+	// watchers are told when a pod is added or removed (the Kubernetes
+	// watcher re-evaluates labels for it).
+	watchers []func(*cniv1.Pod, bool)
+}
+
+// NewRegistry loads the state file at path (missing is fine) and reconciles
+// it with the kernel: records of enrolled pods whose cookie vanished are
+// marked not enrolled, and enrolled cookies nobody recorded are kept as
+// anonymous records so nothing enrolled is forgotten.
+func NewRegistry(path string, e Enroller) (*Registry, error) {
+	r := &Registry{path: path, pods: map[string]*cniv1.Pod{}, enroller: e}
+	if err := r.load(); err != nil {
+		return nil, err
+	}
+	cookies, err := e.List()
+	if err != nil {
+		return nil, err
+	}
+	known := map[uint64]bool{}
+	for _, p := range r.pods {
+		if p.Enrolled && !cookies[p.NetnsCookie] {
+			p.Enrolled = false
+			p.Reason = "not in the manage map after restart"
+		}
+		known[p.NetnsCookie] = true
+	}
+	for c := range cookies {
+		if !known[c] {
+			id := fmt.Sprintf("unknown-netns-%d", c)
+			r.pods[id] = &cniv1.Pod{ContainerId: id, NetnsCookie: c, Enrolled: true,
+				Reason: "enrolled in the kernel, not yet re-signalled by the plugin"}
+		}
+	}
+	return r, r.saveLocked()
+}
+
+// Watch registers fn for pod additions (true) and removals (false).
+func (r *Registry) Watch(fn func(p *cniv1.Pod, added bool)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.watchers = append(r.watchers, fn)
+}
+
+// Add records a pod, replacing the record for its sandbox.
+func (r *Registry) Add(p *cniv1.Pod) (bool, error) {
+	if p.GetContainerId() == "" {
+		return false, errors.New("pod record without a container id")
+	}
+	p = clone(p)
+	r.mu.Lock()
+	if p.Enrolled && p.NetnsCookie != 0 {
+		ok, err := r.enroller.Enrolled(p.NetnsCookie)
+		if err != nil {
+			r.mu.Unlock()
+			return false, err
+		}
+		if !ok {
+			// The plugin said enrolled but the kernel has no entry (the
+			// pins were replaced in between): enroll again.
+			if _, err := r.enroller.Enroll(p); err != nil {
+				r.mu.Unlock()
+				return false, err
+			}
+		}
+	}
+	// An anonymous record for the same netns is replaced by the real one.
+	for id, old := range r.pods {
+		if id != p.ContainerId && old.NetnsCookie == p.NetnsCookie && old.NetnsCookie != 0 && old.Name == "" {
+			delete(r.pods, id)
+		}
+	}
+	r.pods[p.ContainerId] = p
+	err := r.saveLocked()
+	ws := slices.Clone(r.watchers)
+	r.mu.Unlock()
+	for _, fn := range ws {
+		fn(clone(p), true)
+	}
+	return p.Enrolled, err
+}
+
+// Remove forgets a sandbox and takes its netns out of the data path.
+func (r *Registry) Remove(containerID string, cookie uint64) (bool, error) {
+	r.mu.Lock()
+	p, ok := r.pods[containerID]
+	if !ok && cookie != 0 {
+		for id, q := range r.pods {
+			if q.NetnsCookie == cookie {
+				p, ok, containerID = q, true, id
+				break
+			}
+		}
+	}
+	if !ok {
+		r.mu.Unlock()
+		return false, nil
+	}
+	delete(r.pods, containerID)
+	var err error
+	if p.Enrolled {
+		err = r.enroller.Release(p)
+	}
+	err = errors.Join(err, r.saveLocked())
+	ws := slices.Clone(r.watchers)
+	r.mu.Unlock()
+	for _, fn := range ws {
+		fn(clone(p), false)
+	}
+	return true, err
+}
+
+// SetEnrolled enrolls or releases a registered pod (label changes).
+func (r *Registry) SetEnrolled(containerID string, enrolled bool, reason string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p, ok := r.pods[containerID]
+	if !ok {
+		return fmt.Errorf("pod sandbox %s is not registered", containerID)
+	}
+	if p.Enrolled == enrolled {
+		return nil
+	}
+	if enrolled {
+		cookie, err := r.enroller.Enroll(p)
+		if err != nil {
+			return err
+		}
+		p.NetnsCookie = cookie
+	} else if err := r.enroller.Release(p); err != nil {
+		return err
+	}
+	p.Enrolled = enrolled
+	p.Reason = reason
+	return r.saveLocked()
+}
+
+// Pods returns every record, sorted by namespace, name, container id.
+func (r *Registry) Pods() []*cniv1.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*cniv1.Pod, 0, len(r.pods))
+	for _, p := range r.pods {
+		out = append(out, clone(p))
+	}
+	slices.SortFunc(out, func(a, b *cniv1.Pod) int {
+		for _, c := range [][2]string{{a.Namespace, b.Namespace}, {a.Name, b.Name}, {a.ContainerId, b.ContainerId}} {
+			if c[0] != c[1] {
+				if c[0] < c[1] {
+					return -1
+				}
+				return 1
+			}
+		}
+		return 0
+	})
+	return out
+}
+
+// ByUID finds the sandboxes of a Kubernetes pod.
+func (r *Registry) ByUID(uid string) []*cniv1.Pod {
+	var out []*cniv1.Pod
+	for _, p := range r.Pods() {
+		if p.Uid == uid {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func clone(p *cniv1.Pod) *cniv1.Pod { return proto.Clone(p).(*cniv1.Pod) }
+
+type stateFile struct {
+	Pods []json.RawMessage `json:"pods"`
+}
+
+func (r *Registry) load() error {
+	if r.path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(r.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read pod registry %s: %w", r.path, err)
+	}
+	var sf stateFile
+	if err := json.Unmarshal(b, &sf); err != nil {
+		// A corrupt file must not stop the daemon: the manage map and the
+		// plugin's re-signals rebuild the registry.
+		return nil
+	}
+	for _, raw := range sf.Pods {
+		p := &cniv1.Pod{}
+		if err := protojson.Unmarshal(raw, p); err == nil && p.ContainerId != "" {
+			r.pods[p.ContainerId] = p
+		}
+	}
+	return nil
+}
+
+// saveLocked writes the registry atomically.
+func (r *Registry) saveLocked() error {
+	if r.path == "" {
+		return nil
+	}
+	sf := stateFile{}
+	ids := make([]string, 0, len(r.pods))
+	for id := range r.pods {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		b, err := protojson.Marshal(r.pods[id])
+		if err != nil {
+			return err
+		}
+		sf.Pods = append(sf.Pods, b)
+	}
+	b, err := json.MarshalIndent(sf, "", " ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(r.path), 0o700); err != nil {
+		return err
+	}
+	tmp := r.path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write pod registry: %w", err)
+	}
+	if err := os.Rename(tmp, r.path); err != nil {
+		return fmt.Errorf("write pod registry: %w", err)
+	}
+	return nil
+}

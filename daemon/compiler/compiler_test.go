@@ -1,0 +1,278 @@
+package compiler
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/daemon/model"
+)
+
+var node = model.Node{Name: "node-a", ClusterID: "c1", Locality: model.Locality{Region: "r1", Zone: "z1", Subzone: "s1"}}
+
+const svcKey = model.ServiceKey("default/web.default.svc.cluster.local")
+
+func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func web(mut ...func(*model.Service)) *model.Service {
+	s := &model.Service{
+		Key: svcKey, Name: "web", Namespace: "default", Hostname: "web.default.svc.cluster.local",
+		VIPs:  []netip.Addr{addr("10.96.0.10"), addr("fd00::10")},
+		Ports: []model.Port{{ServicePort: 80, TargetPort: 8080}},
+		LB:    model.LoadBalancing{Policy: model.PolicyRandom},
+	}
+	for _, m := range mut {
+		m(s)
+	}
+	return s
+}
+
+func pod(uid, ip string, mut ...func(*model.Workload)) *model.Workload {
+	w := &model.Workload{
+		UID: uid, Name: uid, Namespace: "default", Addresses: []netip.Addr{addr(ip)},
+		Healthy: true, Node: "node-a", ClusterID: "c1",
+		Locality: model.Locality{Region: "r1", Zone: "z1", Subzone: "s1"},
+		Services: map[model.ServiceKey][]model.Port{svcKey: {{ServicePort: 80, TargetPort: 8080}}},
+	}
+	for _, m := range mut {
+		m(w)
+	}
+	return w
+}
+
+type harness struct {
+	t     *testing.T
+	store *model.Store
+	c     *Compiler
+}
+
+func newHarness(t *testing.T) *harness {
+	st := model.NewStore()
+	return &harness{t: t, store: st, c: New(node, st)}
+}
+
+func (h *harness) apply(rs []model.Resource, removes ...string) maps.Txn {
+	h.t.Helper()
+	ch := h.store.Apply(rs, removes)
+	txn := h.c.Changes(ch)
+	h.c.Settle()
+	return txn
+}
+
+func svcRes(s *model.Service) model.Resource { return model.Resource{Name: string(s.Key), Service: s} }
+func wlRes(w *model.Workload) model.Resource { return model.Resource{Name: w.UID, Workload: w} }
+
+func endpoints(t *testing.T, txn maps.Txn) [][]uint32 {
+	t.Helper()
+	if len(txn.Services) != 1 {
+		t.Fatalf("want one service in %+v", txn)
+	}
+	return txn.Services[0].Endpoints
+}
+
+func TestServiceWithHealthyEndpoints(t *testing.T) {
+	h := newHarness(t)
+	txn := h.apply([]model.Resource{
+		svcRes(web()),
+		wlRes(pod("a", "10.244.0.11")),
+		wlRes(pod("b", "10.244.0.12")),
+		wlRes(pod("c", "10.244.0.13", func(w *model.Workload) { w.Healthy = false })),
+	})
+	if len(txn.Backends) != 3 {
+		t.Fatalf("backends %+v: an unhealthy workload keeps its backend (identity)", txn.Backends)
+	}
+	eps := endpoints(t, txn)
+	if len(eps) != 1 || len(eps[0]) != 2 {
+		t.Fatalf("endpoints %v: want the two healthy ones at priority 0", eps)
+	}
+	s := txn.Services[0]
+	if !slices.Equal(s.VIPs, []netip.Addr{addr("10.96.0.10"), addr("fd00::10")}) || s.Ports[0].TargetPort != 8080 {
+		t.Fatalf("service %+v", s)
+	}
+
+	// Health policy ALLOW_ALL takes the unhealthy one too.
+	txn = h.apply([]model.Resource{svcRes(web(func(s *model.Service) { s.LB.AllowUnhealthy = true }))})
+	if eps := endpoints(t, txn); len(eps[0]) != 3 {
+		t.Fatalf("ALLOW_ALL endpoints %v", eps)
+	}
+}
+
+func TestLocalityPriorities(t *testing.T) {
+	prefs := []model.Scope{model.ScopeRegion, model.ScopeZone, model.ScopeSubzone}
+	for _, mode := range []model.LBMode{model.LBModeFailover, model.LBModeStrict} {
+		h := newHarness(t)
+		txn := h.apply([]model.Resource{
+			svcRes(web(func(s *model.Service) { s.LB.Mode = mode; s.LB.RoutingPreference = prefs })),
+			wlRes(pod("same", "10.244.0.11")),
+			wlRes(pod("other-subzone", "10.244.0.12", func(w *model.Workload) { w.Locality.Subzone = "s2" })),
+			wlRes(pod("other-zone", "10.244.0.13", func(w *model.Workload) { w.Locality.Zone = "z2"; w.Locality.Subzone = "s9" })),
+			wlRes(pod("other-region", "10.244.0.14", func(w *model.Workload) { w.Locality.Region = "r2" })),
+		})
+		eps := endpoints(t, txn)
+		id := func(uid string) uint32 { return h.c.WorkloadID(uid) }
+		want := [][]uint32{{id("same")}, {id("other-subzone")}, {id("other-zone")}, {id("other-region")}}
+		if len(eps) != 4 {
+			t.Fatalf("%s: priorities %v, want %v", mode, eps, want)
+		}
+		for p := range want {
+			if !slices.Equal(eps[p], want[p]) {
+				t.Fatalf("%s: priorities %v, want %v", mode, eps, want)
+			}
+		}
+		if got := txn.Services[0].Strict; got != (mode == model.LBModeStrict) {
+			t.Fatalf("%s: strict=%v", mode, got)
+		}
+	}
+	// No mode: preferences are ignored, everything at priority 0.
+	h := newHarness(t)
+	txn := h.apply([]model.Resource{
+		svcRes(web(func(s *model.Service) { s.LB.RoutingPreference = prefs })),
+		wlRes(pod("same", "10.244.0.11")),
+		wlRes(pod("far", "10.244.0.14", func(w *model.Workload) { w.Locality.Region = "r2" })),
+	})
+	if eps := endpoints(t, txn); len(eps) != 1 || len(eps[0]) != 2 {
+		t.Fatalf("unspecified mode: %v", eps)
+	}
+}
+
+func TestPerWorkloadTargetPorts(t *testing.T) {
+	h := newHarness(t)
+	txn := h.apply([]model.Resource{
+		svcRes(web(func(s *model.Service) { s.Ports = []model.Port{{ServicePort: 80}} })), // named target port
+		wlRes(pod("a", "10.244.0.11", func(w *model.Workload) { w.Services[svcKey] = []model.Port{{ServicePort: 80, TargetPort: 9090}} })),
+		wlRes(pod("b", "10.244.0.12", func(w *model.Workload) { w.Services[svcKey] = []model.Port{{ServicePort: 80, TargetPort: 80}} })),
+	})
+	p := txn.Services[0].Ports[0]
+	if p.Port != 80 || p.TargetPort != 0 || p.Overrides[h.c.WorkloadID("a")] != 9090 || len(p.Overrides) != 1 {
+		t.Fatalf("port %+v", p)
+	}
+}
+
+func TestPolicyAndAffinityCarryOver(t *testing.T) {
+	h := newHarness(t)
+	txn := h.apply([]model.Resource{
+		svcRes(web(func(s *model.Service) { s.LB.Policy = model.PolicyMaglev; s.LB.Affinity = 30 * time.Second })),
+		wlRes(pod("a", "10.244.0.11")),
+	})
+	if s := txn.Services[0]; s.Policy != maps.Maglev || s.Affinity != 30*time.Second {
+		t.Fatalf("service %+v", s)
+	}
+}
+
+// One workload going away touches its backend and its service, nothing else.
+func TestOneWorkloadChangeTouchesOnlyItsServices(t *testing.T) {
+	h := newHarness(t)
+	other := model.ServiceKey("default/db.default.svc.cluster.local")
+	h.apply([]model.Resource{
+		svcRes(web()),
+		svcRes(&model.Service{Key: other, Namespace: "default", Hostname: "db.default.svc.cluster.local", VIPs: []netip.Addr{addr("10.96.0.20")}, Ports: []model.Port{{ServicePort: 5432}}}),
+		wlRes(pod("a", "10.244.0.11")),
+		wlRes(pod("b", "10.244.0.12")),
+		wlRes(pod("db", "10.244.0.20", func(w *model.Workload) { w.Services = map[model.ServiceKey][]model.Port{other: nil} })),
+	})
+	txn := h.apply(nil, "b")
+	if len(txn.Services) != 1 || txn.Services[0].ID != h.c.ServiceID(svcKey) {
+		t.Fatalf("services touched: %+v", txn.Services)
+	}
+	if len(txn.DeleteBackends) != 1 || len(txn.Backends) != 0 {
+		t.Fatalf("backends: %+v", txn)
+	}
+	if eps := txn.Services[0].Endpoints; len(eps[0]) != 1 || eps[0][0] != h.c.WorkloadID("a") {
+		t.Fatalf("endpoints %v", eps)
+	}
+}
+
+func TestWaypointsResolveAndFollow(t *testing.T) {
+	h := newHarness(t)
+	wpKey := model.ServiceKey("default/waypoint.default.svc.cluster.local")
+	wp := &model.Service{Key: wpKey, Namespace: "default", Hostname: "waypoint.default.svc.cluster.local",
+		VIPs: []netip.Addr{addr("fd00::50"), addr("10.96.0.50")}, Ports: []model.Port{{ServicePort: 15008}}}
+	txn := h.apply([]model.Resource{
+		svcRes(wp),
+		svcRes(web(func(s *model.Service) { s.Waypoint = &model.Gateway{Service: wpKey, Port: 15008} })),
+		wlRes(pod("a", "10.244.0.11")),
+	})
+	var webSvc maps.Service
+	for _, s := range txn.Services {
+		if s.ID == h.c.ServiceID(svcKey) {
+			webSvc = s
+		}
+	}
+	if webSvc.Waypoint != netip.MustParseAddrPort("10.96.0.50:15008") {
+		t.Fatalf("service waypoint %v, want the waypoint's IPv4 VIP", webSvc.Waypoint)
+	}
+	// The workload inherits its service's waypoint for direct connects.
+	if b := txn.Backends[0]; b.Waypoint != netip.MustParseAddrPort("10.96.0.50:15008") {
+		t.Fatalf("backend waypoint %v", b.Waypoint)
+	}
+	// The waypoint moves: its users follow in the same transaction.
+	wp2 := *wp
+	wp2.VIPs = []netip.Addr{addr("10.96.0.51")}
+	txn = h.apply([]model.Resource{svcRes(&wp2)})
+	found := false
+	for _, s := range txn.Services {
+		if s.ID == h.c.ServiceID(svcKey) {
+			found = s.Waypoint == netip.MustParseAddrPort("10.96.0.51:15008")
+		}
+	}
+	if !found || len(txn.Backends) != 1 || txn.Backends[0].Waypoint.Addr() != addr("10.96.0.51") {
+		t.Fatalf("users did not follow the waypoint: %+v", txn)
+	}
+}
+
+func TestPassthroughLeavesTheVIPAlone(t *testing.T) {
+	h := newHarness(t)
+	h.apply([]model.Resource{svcRes(web()), wlRes(pod("a", "10.244.0.11"))})
+	id := h.c.ServiceID(svcKey)
+	txn := h.apply([]model.Resource{svcRes(web(func(s *model.Service) { s.LB.Mode = model.LBModePassthrough }))})
+	if len(txn.Services) != 0 || !slices.Equal(txn.DeleteServices, []uint32{id}) {
+		t.Fatalf("passthrough: %+v", txn)
+	}
+}
+
+// Two workloads claim one address (a pod replaced by one that got its IP
+// before the old one is gone): the newer owns it; when it leaves, the older
+// gets it back.
+func TestAddressConflictsResolveToTheLatest(t *testing.T) {
+	h := newHarness(t)
+	h.apply([]model.Resource{svcRes(web()), wlRes(pod("old", "10.244.0.11"))})
+	oldID := h.c.WorkloadID("old")
+	txn := h.apply([]model.Resource{wlRes(pod("new", "10.244.0.11"))})
+	var got []uint32
+	for _, b := range txn.Backends {
+		got = append(got, b.ID)
+	}
+	if !slices.Contains(txn.DeleteBackends, oldID) || len(txn.Backends) != 1 || txn.Backends[0].ID != h.c.WorkloadID("new") {
+		t.Fatalf("new claim: backends %v, deleted %v", got, txn.DeleteBackends)
+	}
+	txn = h.apply(nil, "new")
+	if len(txn.Backends) != 1 || txn.Backends[0].ID == 0 || txn.Backends[0].Addresses[0] != addr("10.244.0.11") {
+		t.Fatalf("old workload did not get its address back: %+v", txn)
+	}
+}
+
+func TestFullDeletesWhatTheKernelHasExtra(t *testing.T) {
+	h := newHarness(t)
+	h.store.Apply([]model.Resource{svcRes(web()), wlRes(pod("a", "10.244.0.11"))}, nil)
+	// The kernel holds service 7 at the same VIP and backend 9 at a's
+	// address, plus leftovers 8 and 10.
+	h.c.Adopt(
+		[]maps.Service{{ID: 7, VIPs: []netip.Addr{addr("10.96.0.10")}}, {ID: 8, VIPs: []netip.Addr{addr("10.96.9.9")}}},
+		[]maps.Backend{{ID: 9, Addresses: []netip.Addr{addr("10.244.0.11")}}, {ID: 10, Addresses: []netip.Addr{addr("10.244.9.9")}}},
+	)
+	txn := h.c.Full([]uint32{7, 8}, []uint32{9, 10})
+	if len(txn.Services) != 1 || txn.Services[0].ID != 7 || len(txn.Backends) != 1 || txn.Backends[0].ID != 9 {
+		t.Fatalf("adopted ids not reused: %+v", txn)
+	}
+	if !slices.Equal(txn.DeleteServices, []uint32{8}) || !slices.Equal(txn.DeleteBackends, []uint32{10}) {
+		t.Fatalf("leftovers not deleted: %+v", txn)
+	}
+	h.c.Settle()
+	// A new object does not collide with adopted ids.
+	txn = h.apply([]model.Resource{wlRes(pod("b", "10.244.0.12"))})
+	if id := h.c.WorkloadID("b"); id == 9 {
+		t.Fatalf("new workload reused a live id %d", id)
+	}
+}

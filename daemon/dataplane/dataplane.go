@@ -1,0 +1,215 @@
+// Package dataplane ties the daemon's model to the kernel: it owns the
+// loaded programs and maps, applies model updates through the compiler and
+// the typed map API, and keeps the last good state when an update is
+// refused.
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/daemon/compiler"
+	"github.com/kmesh-go/kmesh/daemon/model"
+)
+
+// Config opens a data path.
+type Config struct {
+	Loader loader.Config
+	Node   model.Node
+}
+
+// Dataplane is the daemon's handle on the kernel.
+type Dataplane struct {
+	dp     *loader.Datapath
+	maps   *maps.Maps
+	manage *maps.Manage
+	store  *model.Store
+
+	mu     sync.Mutex
+	comp   *compiler.Compiler
+	synced bool
+
+	// Observers (metrics) are told about every kernel write.
+	observers []func(Event)
+}
+
+// Event reports one update's outcome to observers.
+type Event struct {
+	Took     time.Duration
+	Services int
+	Backends int
+	Deletes  int
+	Err      error
+}
+
+// Open loads (or reuses) the data path. Nothing is written to the service
+// maps until the first full sync: the kernel keeps serving what a previous
+// run left there.
+func Open(cfg Config) (*Dataplane, error) {
+	dp, err := loader.Open(cfg.Loader)
+	if err != nil {
+		return nil, err
+	}
+	m, err := maps.New(dp)
+	if err != nil {
+		dp.Close()
+		return nil, err
+	}
+	store := model.NewStore()
+	return &Dataplane{
+		dp:     dp,
+		maps:   m,
+		manage: maps.NewManage(dp),
+		store:  store,
+		comp:   compiler.New(cfg.Node, store),
+	}, nil
+}
+
+// Close releases handles; the pinned data path keeps running.
+func (d *Dataplane) Close() error {
+	d.maps.Close()
+	return d.dp.Close()
+}
+
+// Observe registers a callback for every kernel update.
+func (d *Dataplane) Observe(fn func(Event)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.observers = append(d.observers, fn)
+}
+
+// Store is the model the data path is built from.
+func (d *Dataplane) Store() *model.Store { return d.store }
+
+// Maps is the typed map API (reads for dumps and metrics).
+func (d *Dataplane) Maps() *maps.Maps { return d.maps }
+
+// Manage is the enrollment map.
+func (d *Dataplane) Manage() *maps.Manage { return d.manage }
+
+// Datapath is the loaded programs and maps.
+func (d *Dataplane) Datapath() *loader.Datapath { return d.dp }
+
+// Synced reports whether the first full state has been written.
+func (d *Dataplane) Synced() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.synced
+}
+
+// Node returns the node the data path ranks localities against.
+func (d *Dataplane) Node() model.Node {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.comp.Node()
+}
+
+// ServiceID and WorkloadID expose the compiled ids (for dumps, telemetry).
+func (d *Dataplane) ServiceID(k model.ServiceKey) uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.comp.ServiceID(k)
+}
+
+func (d *Dataplane) WorkloadID(uid string) uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.comp.WorkloadID(uid)
+}
+
+// Update applies converted resources and removals. Resources that cannot
+// apply (a waypoint nobody knows) are returned as rejected and leave their
+// previous state untouched; the rest reach the kernel as one transaction.
+// If the kernel refuses that transaction (a full map), the whole update is
+// undone and err says why.
+func (d *Dataplane) Update(upserts []model.Resource, removes []string) (rejected map[string]error, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	rejected = d.store.Check(upserts, removes)
+	good := upserts[:0:0]
+	for _, r := range upserts {
+		if _, bad := rejected[r.Name]; !bad {
+			good = append(good, r)
+		}
+	}
+	ch, undo := d.store.ApplyWithUndo(good, removes)
+	if !d.synced || ch.Empty() {
+		// Before the first sync only the model fills up.
+		return rejected, nil
+	}
+	start := time.Now()
+	txn := d.comp.Changes(ch)
+	err = d.maps.Apply(txn)
+	d.notify(Event{Took: time.Since(start), Services: len(txn.Services), Backends: len(txn.Backends),
+		Deletes: len(txn.DeleteServices) + len(txn.DeleteBackends), Err: err})
+	if err == nil {
+		d.comp.Settle()
+		return rejected, nil
+	}
+	// The kernel kept the old state; put the model back and start the
+	// compiler over from what the kernel holds.
+	undo()
+	if rerr := d.rebuildLocked(); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("resync after the refused update: %w", rerr))
+	}
+	return rejected, err
+}
+
+// Sync writes the full model into the kernel, adopting what a previous run
+// left there and deleting what the model no longer has. Called once the
+// first complete state has arrived; later calls resync everything.
+func (d *Dataplane) Sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.rebuildLocked(); err != nil {
+		return err
+	}
+	d.synced = true
+	return nil
+}
+
+// SetNode changes the node's locality and recomputes every priority.
+func (d *Dataplane) SetNode(n model.Node) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.comp.SetNode(n)
+	if !d.synced {
+		return nil
+	}
+	return d.rebuildLocked()
+}
+
+func (d *Dataplane) rebuildLocked() error {
+	node := d.comp.Node()
+	d.comp = compiler.New(node, d.store)
+	svcs, bes := d.maps.Services(), d.maps.Backends()
+	d.comp.Adopt(svcs, bes)
+	var sids, bids []uint32
+	for _, s := range svcs {
+		sids = append(sids, s.ID)
+	}
+	for _, b := range bes {
+		bids = append(bids, b.ID)
+	}
+	start := time.Now()
+	txn := d.comp.Full(sids, bids)
+	err := d.maps.Apply(txn)
+	d.notify(Event{Took: time.Since(start), Services: len(txn.Services), Backends: len(txn.Backends),
+		Deletes: len(txn.DeleteServices) + len(txn.DeleteBackends), Err: err})
+	if err != nil {
+		return err
+	}
+	d.comp.Settle()
+	return nil
+}
+
+func (d *Dataplane) notify(e Event) {
+	for _, fn := range d.observers {
+		fn(e)
+	}
+}

@@ -1,0 +1,248 @@
+// kmesh-daemon is the node agent: it keeps the kernel's service maps in step
+// with istiod (or a local config file), serves the CNI plugin, and exposes
+// readiness, dumps and metrics on a localhost admin port.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/daemon/admin"
+	"github.com/kmesh-go/kmesh/daemon/cniserver"
+	"github.com/kmesh-go/kmesh/daemon/configfile"
+	"github.com/kmesh-go/kmesh/daemon/dataplane"
+	"github.com/kmesh-go/kmesh/daemon/kube"
+	"github.com/kmesh-go/kmesh/daemon/meshsync"
+	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/daemon/xds"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+type options struct {
+	xdsAddress, xdsRootCert, xdsToken, xdsServerName string
+	xdsPlaintext                                     bool
+	nodeName, nodeIP, clusterID, network, locality   string
+	podName, podNamespace, serviceAccount            string
+	configFile                                       string
+	cgroupRoot, bpfDir, cniSocket, adminAddress      string
+	stateDir, kubeconfig, logLevel                   string
+	sizes                                            loader.Sizes
+}
+
+func main() {
+	var o options
+	fs := flag.NewFlagSet("kmesh-daemon", flag.ExitOnError)
+	fs.StringVar(&o.xdsAddress, "xds-address", "", "istiod's xDS address, e.g. istiod.istio-system.svc:15012")
+	fs.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "use istiod's plaintext port (15010) without TLS")
+	fs.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "CA certificate of istiod (ConfigMap istio-ca-root-cert)")
+	fs.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "service-account token with audience istio-ca")
+	fs.StringVar(&o.xdsServerName, "xds-server-name", "istiod.istio-system.svc", "name in istiod's serving certificate")
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (locality, node metadata)")
+	fs.StringVar(&o.nodeIP, "node-ip", envOr("INSTANCE_IP", "127.0.0.1"), "this node's IP, for the xDS node id")
+	fs.StringVar(&o.clusterID, "cluster-id", envOr("CLUSTER_ID", "Kubernetes"), "the cluster id istiod knows this cluster by")
+	fs.StringVar(&o.network, "network", os.Getenv("NETWORK"), "this node's network (locality scope NETWORK)")
+	fs.StringVar(&o.locality, "locality", os.Getenv("KMESH_LOCALITY"), "region/zone/subzone of this node (else read from the Node's labels)")
+	fs.StringVar(&o.podName, "pod-name", envOr("POD_NAME", "kmesh-daemon"), "the daemon's pod name (xDS metadata)")
+	fs.StringVar(&o.podNamespace, "pod-namespace", envOr("POD_NAMESPACE", "kmesh-system"), "the daemon's namespace (xDS metadata; must match the token)")
+	fs.StringVar(&o.serviceAccount, "service-account", envOr("SERVICE_ACCOUNT", "kmesh"), "the daemon's service account (xDS metadata; must match the token)")
+	fs.StringVar(&o.configFile, "config-file", "", "YAML/JSON file with addresses: and authorizations: to use instead of xDS; reloaded on change")
+	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "cgroup v2 directory the programs attach to (on a node: the cgroup2 mount itself)")
+	fs.StringVar(&o.bpfDir, "bpf-dir", "/sys/fs/bpf/kmesh", "bpffs directory for pinned maps, programs and links")
+	fs.StringVar(&o.cniSocket, "cni-socket", "/var/run/kmesh/cni.sock", "unix socket the CNI plugin talks to")
+	fs.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15200", "localhost address of the admin API")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/run/kmesh", "directory for the pod registry")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for watching pods and namespaces (default: in-cluster when available)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	d := loader.DefaultSizes()
+	fs.Func("max-services", fmt.Sprintf("service map size (default %d)", d.Services), u32(&o.sizes.Services))
+	fs.Func("max-endpoints", fmt.Sprintf("endpoint map size (default %d)", d.Endpoints), u32(&o.sizes.Endpoints))
+	fs.Func("max-backends", fmt.Sprintf("backend (workload) map size (default %d)", d.Backends), u32(&o.sizes.Backends))
+	fs.Func("max-frontends", fmt.Sprintf("frontend (VIP and workload address) map size (default %d)", d.Frontends), u32(&o.sizes.Frontends))
+	fs.Func("max-ports", fmt.Sprintf("service port map size (default %d)", d.Ports), u32(&o.sizes.Ports))
+	fs.Func("max-pods", fmt.Sprintf("enrolled pod netns map size (default %d)", d.Manage), u32(&o.sizes.Manage))
+	fs.Func("maglev-table-size", fmt.Sprintf("slots per Maglev table, a prime (default %d)", d.MaglevTableSize), u32(&o.sizes.MaglevTableSize))
+	_ = fs.Parse(os.Args[1:])
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(o.logLevel)}))
+	slog.SetDefault(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("kmesh-daemon failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	if o.cgroupRoot == "" {
+		return errors.New("--cgroup-root is required: the cgroup v2 directory whose sockets the mesh handles")
+	}
+	if o.xdsAddress == "" && o.configFile == "" {
+		return errors.New("give --xds-address (istiod) or --config-file (local state)")
+	}
+	node := model.Node{Name: o.nodeName, ClusterID: o.clusterID, Network: o.network, Locality: model.ParseLocality(o.locality)}
+
+	dp, err := dataplane.Open(dataplane.Config{
+		Loader: loader.Config{PinDir: o.bpfDir, CgroupPath: o.cgroupRoot, Sizes: o.sizes},
+		Node:   node,
+	})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	if dp.Datapath().Reused {
+		log.Info("data path reused from pins; traffic kept flowing across the restart", "pins", o.bpfDir)
+	} else {
+		log.Info("data path loaded", "pins", o.bpfDir, "cgroup", o.cgroupRoot, "replaced", dp.Datapath().Replaced)
+	}
+
+	syncer := meshsync.New(dp, log)
+	reg, err := cniserver.NewRegistry(filepath.Join(o.stateDir, "pods.json"),
+		cniserver.KernelEnroller{Manage: dp.Manage(), PinDir: o.bpfDir})
+	if err != nil {
+		return err
+	}
+
+	errc := make(chan error, 4)
+	var xdsClient *xds.Client
+	if o.configFile != "" {
+		go func() { errc <- configfile.Watch(ctx, o.configFile, syncer, log) }()
+	} else {
+		xdsClient = xds.New(xds.Config{
+			Address:      o.xdsAddress,
+			Plaintext:    o.xdsPlaintext,
+			RootCertFile: o.xdsRootCert,
+			TokenFile:    o.xdsToken,
+			ServerName:   o.xdsServerName,
+			NodeID:       fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", o.nodeIP, o.podName, o.podNamespace, o.podNamespace),
+			Metadata: map[string]string{
+				"NODE_NAME":       o.nodeName,
+				"NAME":            o.podName,
+				"NAMESPACE":       o.podNamespace,
+				"SERVICE_ACCOUNT": o.serviceAccount,
+				"CLUSTER_ID":      o.clusterID,
+				"ISTIO_VERSION":   "1.28.0",
+			},
+			Logger: log,
+		}, syncer)
+		go func() { xdsClient.Run(ctx); errc <- nil }()
+	}
+
+	if kcfg, ok, err := kube.Config(o.kubeconfig); err != nil {
+		return err
+	} else if ok {
+		w, err := kube.NewWatcher(kcfg, o.nodeName, reg, log)
+		if err != nil {
+			return err
+		}
+		if o.locality == "" && o.nodeName != "" {
+			if l, err := w.NodeLocality(ctx); err == nil && l != (model.Locality{}) {
+				node.Locality = l
+				if err := dp.SetNode(node); err != nil {
+					return err
+				}
+				log.Info("locality from the Node's labels", "locality", l.String())
+			}
+		}
+		go func() { errc <- w.Run(ctx) }()
+	}
+
+	l, err := cniserver.Listen(o.cniSocket)
+	if err != nil {
+		return err
+	}
+	srv := cniserver.NewServer(reg, syncer, Version)
+	go func() { errc <- srv.Serve(ctx, l) }()
+
+	counters := admin.Counters{
+		Connected: syncer.IsConnected,
+		Pushes:    func() uint64 { p, _ := syncer.Counters(); return p },
+		NACKs:     func() uint64 { _, n := syncer.Counters(); return n },
+		Pods: func() (int, int) {
+			all := reg.Pods()
+			e := 0
+			for _, p := range all {
+				if p.Enrolled {
+					e++
+				}
+			}
+			return len(all), e
+		},
+	}
+	h := admin.Handler(admin.Source{
+		Dataplane: dp,
+		Ready:     syncer.Ready,
+		Pods:      func() any { return reg.Pods() },
+		Status: func() map[string]any {
+			st := map[string]any{"version": Version, "node": node.Name, "locality": dp.Node().Locality.String(),
+				"connected": syncer.IsConnected(), "lastError": syncer.LastError()}
+			p, n := syncer.Counters()
+			st["pushes"], st["nacks"] = p, n
+			if o.configFile != "" {
+				st["source"] = "file:" + o.configFile
+			} else {
+				st["source"] = "xds:" + o.xdsAddress
+				xs := xdsClient.Stats()
+				st["xdsConnects"], st["xdsACKs"], st["xdsNACKs"] = xs.Connects, xs.ACKs, xs.NACKs
+			}
+			a, e := counters.Pods()
+			st["pods"], st["enrolledPods"] = a, e
+			return st
+		},
+	}, admin.Metrics(dp, counters))
+	go func() { errc <- admin.Serve(ctx, o.adminAddress, h) }()
+	log.Info("kmesh-daemon running", "admin", o.adminAddress, "cni", o.cniSocket, "version", Version)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping; the data path stays attached and keeps serving")
+		return nil
+	case err := <-errc:
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		<-ctx.Done()
+		return nil
+	}
+}
+
+func u32(dst *uint32) func(string) error {
+	return func(s string) error {
+		var v uint32
+		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v == 0 {
+			return fmt.Errorf("want a positive number, got %q", s)
+		}
+		*dst = v
+		return nil
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func level(s string) slog.Level {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}

@@ -1,0 +1,449 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"istio.io/istio/pkg/workloadapi/security"
+)
+
+// PolicyScope says which workloads a policy applies to.
+type PolicyScope int
+
+const (
+	// ScopeWorkloadSelector: only workloads that list the policy.
+	ScopeWorkloadSelector PolicyScope = iota
+	// ScopeNamespace: every workload in the policy's namespace.
+	ScopeNamespaceWide
+	// ScopeGlobal: every workload (policies in the root namespace).
+	ScopeGlobal
+)
+
+// Action of a policy.
+type Action int
+
+const (
+	ActionAllow Action = iota
+	ActionDeny
+)
+
+func (a Action) String() string {
+	if a == ActionDeny {
+		return "DENY"
+	}
+	return "ALLOW"
+}
+
+// StringMatch is one Istio string match (exact, prefix, suffix, presence).
+type StringMatch struct {
+	Exact    string `json:"exact,omitempty"`
+	Prefix   string `json:"prefix,omitempty"`
+	Suffix   string `json:"suffix,omitempty"`
+	Presence bool   `json:"presence,omitempty"`
+	kind     int
+}
+
+const (
+	matchExact = iota
+	matchPrefix
+	matchSuffix
+	matchPresence
+)
+
+// Matches tells whether s satisfies the match.
+func (m StringMatch) Matches(s string) bool {
+	switch m.kind {
+	case matchPrefix:
+		return strings.HasPrefix(s, m.Prefix)
+	case matchSuffix:
+		return strings.HasSuffix(s, m.Suffix)
+	case matchPresence:
+		return s != ""
+	}
+	return s == m.Exact
+}
+
+// SAMatch matches a service account in a namespace (empty namespace: any).
+type SAMatch struct {
+	Namespace      string `json:"namespace,omitempty"`
+	ServiceAccount string `json:"serviceAccount"`
+}
+
+// Match is a conjunction of conditions; each condition is a disjunction of
+// values, each not_ condition must match none of its values.
+type Match struct {
+	Namespaces          []StringMatch  `json:"namespaces,omitempty"`
+	NotNamespaces       []StringMatch  `json:"notNamespaces,omitempty"`
+	ServiceAccounts     []SAMatch      `json:"serviceAccounts,omitempty"`
+	NotServiceAccounts  []SAMatch      `json:"notServiceAccounts,omitempty"`
+	Principals          []StringMatch  `json:"principals,omitempty"`
+	NotPrincipals       []StringMatch  `json:"notPrincipals,omitempty"`
+	SourceIPs           []netip.Prefix `json:"sourceIps,omitempty"`
+	NotSourceIPs        []netip.Prefix `json:"notSourceIps,omitempty"`
+	DestinationIPs      []netip.Prefix `json:"destinationIps,omitempty"`
+	NotDestinationIPs   []netip.Prefix `json:"notDestinationIps,omitempty"`
+	DestinationPorts    []uint16       `json:"destinationPorts,omitempty"`
+	NotDestinationPorts []uint16       `json:"notDestinationPorts,omitempty"`
+}
+
+// AuthzPolicy is one istio.security.Authorization. A policy matches a
+// connection when any group matches; a group when all its rules match; a
+// rule when any of its matches matches.
+type AuthzPolicy struct {
+	Key       string      `json:"key"` // namespace/name
+	Name      string      `json:"name"`
+	Namespace string      `json:"namespace"`
+	Scope     PolicyScope `json:"scope"`
+	Action    Action      `json:"action"`
+	DryRun    bool        `json:"dryRun,omitempty"`
+	Groups    [][][]Match `json:"groups"` // groups -> rules -> matches
+}
+
+// PolicyKey is the resource name istiod uses for an Authorization.
+func PolicyKey(namespace, name string) string { return namespace + "/" + name }
+
+// FromAuthorization validates and converts an istio.security.Authorization.
+func FromAuthorization(a *security.Authorization) (*AuthzPolicy, error) {
+	if a.GetName() == "" {
+		return nil, fmt.Errorf("authorization in %q: name is required", a.GetNamespace())
+	}
+	p := &AuthzPolicy{Key: PolicyKey(a.GetNamespace(), a.GetName()), Name: a.GetName(), Namespace: a.GetNamespace(), DryRun: a.GetDryRun()}
+	where := func(format string, args ...any) error {
+		return fmt.Errorf("authorization %s: %s", p.Key, fmt.Sprintf(format, args...))
+	}
+	switch a.GetScope() {
+	case security.Scope_WORKLOAD_SELECTOR:
+		p.Scope = ScopeWorkloadSelector
+	case security.Scope_NAMESPACE:
+		p.Scope = ScopeNamespaceWide
+	case security.Scope_GLOBAL:
+		p.Scope = ScopeGlobal
+	default:
+		return nil, where("unknown scope %d", a.GetScope())
+	}
+	switch a.GetAction() {
+	case security.Action_ALLOW:
+		p.Action = ActionAllow
+	case security.Action_DENY:
+		p.Action = ActionDeny
+	default:
+		return nil, where("unknown action %d", a.GetAction())
+	}
+	for gi, g := range a.GetGroups() {
+		var rules [][]Match
+		for ri, r := range g.GetRules() {
+			var ms []Match
+			for mi, m := range r.GetMatches() {
+				cm, err := matchFrom(m)
+				if err != nil {
+					return nil, where("groups[%d].rules[%d].matches[%d]: %v", gi, ri, mi, err)
+				}
+				ms = append(ms, cm)
+			}
+			rules = append(rules, ms)
+		}
+		p.Groups = append(p.Groups, rules)
+	}
+	return p, nil
+}
+
+func matchFrom(m *security.Match) (Match, error) {
+	var out Match
+	var err error
+	strs := func(in []*security.StringMatch) []StringMatch {
+		var o []StringMatch
+		for _, s := range in {
+			if err != nil {
+				return nil
+			}
+			var sm StringMatch
+			switch t := s.GetMatchType().(type) {
+			case *security.StringMatch_Exact:
+				sm = StringMatch{Exact: t.Exact, kind: matchExact}
+			case *security.StringMatch_Prefix:
+				sm = StringMatch{Prefix: t.Prefix, kind: matchPrefix}
+			case *security.StringMatch_Suffix:
+				sm = StringMatch{Suffix: t.Suffix, kind: matchSuffix}
+			case *security.StringMatch_Presence:
+				sm = StringMatch{Presence: true, kind: matchPresence}
+			default:
+				err = fmt.Errorf("string match without a type")
+				return nil
+			}
+			o = append(o, sm)
+		}
+		return o
+	}
+	cidrs := func(in []*security.Address) []netip.Prefix {
+		var o []netip.Prefix
+		for _, a := range in {
+			if err != nil {
+				return nil
+			}
+			ip, e := addrFromBytes(a.GetAddress())
+			if e != nil {
+				err = e
+				return nil
+			}
+			if int(a.GetLength()) > ip.BitLen() {
+				err = fmt.Errorf("prefix length %d too long for %s", a.GetLength(), ip)
+				return nil
+			}
+			o = append(o, netip.PrefixFrom(ip, int(a.GetLength())).Masked())
+		}
+		return o
+	}
+	ports := func(in []uint32) []uint16 {
+		var o []uint16
+		for _, p := range in {
+			if err != nil {
+				return nil
+			}
+			if p == 0 || p > 65535 {
+				err = fmt.Errorf("port %d out of range 1-65535", p)
+				return nil
+			}
+			o = append(o, uint16(p))
+		}
+		return o
+	}
+	sas := func(in []*security.ServiceAccountMatch) []SAMatch {
+		var o []SAMatch
+		for _, s := range in {
+			o = append(o, SAMatch{Namespace: s.GetNamespace(), ServiceAccount: s.GetServiceAccount()})
+		}
+		return o
+	}
+	out.Namespaces = strs(m.GetNamespaces())
+	out.NotNamespaces = strs(m.GetNotNamespaces())
+	out.Principals = strs(m.GetPrincipals())
+	out.NotPrincipals = strs(m.GetNotPrincipals())
+	out.ServiceAccounts = sas(m.GetServiceAccounts())
+	out.NotServiceAccounts = sas(m.GetNotServiceAccounts())
+	out.SourceIPs = cidrs(m.GetSourceIps())
+	out.NotSourceIPs = cidrs(m.GetNotSourceIps())
+	out.DestinationIPs = cidrs(m.GetDestinationIps())
+	out.NotDestinationIPs = cidrs(m.GetNotDestinationIps())
+	out.DestinationPorts = ports(m.GetDestinationPorts())
+	out.NotDestinationPorts = ports(m.GetNotDestinationPorts())
+	return out, err
+}
+
+// Peer is the source of a connection as authorization sees it. Identity
+// fields are empty when the source address is not a known workload.
+type Peer struct {
+	IP             netip.Addr
+	Known          bool
+	Namespace      string
+	ServiceAccount string
+	TrustDomain    string
+}
+
+// Principal is the peer's identity without the spiffe:// scheme, as Istio
+// principals are written.
+func (p Peer) Principal() string {
+	if !p.Known {
+		return ""
+	}
+	td := p.TrustDomain
+	if td == "" {
+		td = "cluster.local"
+	}
+	return fmt.Sprintf("%s/ns/%s/sa/%s", td, p.Namespace, p.ServiceAccount)
+}
+
+// Conn is a connection attempt toward a workload.
+type Conn struct {
+	Src     Peer
+	DstIP   netip.Addr
+	DstPort uint16
+}
+
+// Matches evaluates the policy's rules on a connection.
+func (p *AuthzPolicy) Matches(c Conn) bool {
+	for _, g := range p.Groups {
+		if groupMatches(g, c) {
+			return true
+		}
+	}
+	return false
+}
+
+func groupMatches(rules [][]Match, c Conn) bool {
+	for _, r := range rules {
+		any := false
+		for _, m := range r {
+			if m.matches(c) {
+				any = true
+				break
+			}
+		}
+		if !any {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Match) matches(c Conn) bool {
+	ns := ""
+	if c.Src.Known {
+		ns = c.Src.Namespace
+	}
+	if len(m.Namespaces) > 0 && (!c.Src.Known || !anyString(m.Namespaces, ns)) {
+		return false
+	}
+	if c.Src.Known && anyString(m.NotNamespaces, ns) {
+		return false
+	}
+	if len(m.ServiceAccounts) > 0 && (!c.Src.Known || !anySA(m.ServiceAccounts, c.Src)) {
+		return false
+	}
+	if c.Src.Known && anySA(m.NotServiceAccounts, c.Src) {
+		return false
+	}
+	if len(m.Principals) > 0 && (!c.Src.Known || !anyString(m.Principals, c.Src.Principal())) {
+		return false
+	}
+	if c.Src.Known && anyString(m.NotPrincipals, c.Src.Principal()) {
+		return false
+	}
+	if len(m.SourceIPs) > 0 && !anyPrefix(m.SourceIPs, c.Src.IP) {
+		return false
+	}
+	if anyPrefix(m.NotSourceIPs, c.Src.IP) {
+		return false
+	}
+	if len(m.DestinationIPs) > 0 && !anyPrefix(m.DestinationIPs, c.DstIP) {
+		return false
+	}
+	if anyPrefix(m.NotDestinationIPs, c.DstIP) {
+		return false
+	}
+	if len(m.DestinationPorts) > 0 && !anyPort(m.DestinationPorts, c.DstPort) {
+		return false
+	}
+	if anyPort(m.NotDestinationPorts, c.DstPort) {
+		return false
+	}
+	return true
+}
+
+func anyString(ms []StringMatch, s string) bool {
+	for _, m := range ms {
+		if m.Matches(s) {
+			return true
+		}
+	}
+	return false
+}
+
+func anySA(ms []SAMatch, p Peer) bool {
+	for _, m := range ms {
+		if m.ServiceAccount == p.ServiceAccount && (m.Namespace == "" || m.Namespace == p.Namespace) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyPrefix(ps []netip.Prefix, ip netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(ip.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyPort(ps []uint16, port uint16) bool {
+	for _, p := range ps {
+		if p == port {
+			return true
+		}
+	}
+	return false
+}
+
+// Verdict of authorization for one connection.
+type Verdict struct {
+	Allow bool
+	// Policy decided it (the matching DENY, or the missing ALLOW).
+	Policy string
+	// DryRunDeny lists dry-run policies that would have denied.
+	DryRunDeny []string
+}
+
+// Evaluate applies Istio's L4 semantics to the policies that select a
+// workload: any matching DENY denies; with no ALLOW policy the connection
+// is allowed; otherwise some ALLOW must match. Dry-run policies are
+// evaluated for the record, never enforced. This is the reference the
+// kernel's decisions are tested against.
+func Evaluate(policies []*AuthzPolicy, c Conn) Verdict {
+	v := Verdict{Allow: true}
+	for _, p := range policies {
+		if p.Action == ActionDeny && p.Matches(c) {
+			if p.DryRun {
+				v.DryRunDeny = append(v.DryRunDeny, p.Key)
+				continue
+			}
+			if v.Allow {
+				v = Verdict{Allow: false, Policy: p.Key, DryRunDeny: v.DryRunDeny}
+			}
+		}
+	}
+	if !v.Allow {
+		return v
+	}
+	haveAllow, allowed := false, false
+	var dryAllows []*AuthzPolicy
+	for _, p := range policies {
+		if p.Action != ActionAllow {
+			continue
+		}
+		if p.DryRun {
+			dryAllows = append(dryAllows, p)
+			continue
+		}
+		haveAllow = true
+		if p.Matches(c) {
+			allowed = true
+		}
+	}
+	if haveAllow && !allowed {
+		v.Allow = false
+		v.Policy = "no ALLOW policy matched"
+	}
+	// A dry-run ALLOW would deny when, counting it as real, nothing allows.
+	if len(dryAllows) > 0 && v.Allow {
+		matched := allowed
+		for _, p := range dryAllows {
+			if p.Matches(c) {
+				matched = true
+			}
+		}
+		if !matched {
+			for _, p := range dryAllows {
+				v.DryRunDeny = append(v.DryRunDeny, p.Key)
+			}
+		}
+	}
+	return v
+}
+
+// Selects tells whether a policy applies to a workload.
+func (p *AuthzPolicy) Selects(w *Workload) bool {
+	switch p.Scope {
+	case ScopeGlobal:
+		return true
+	case ScopeNamespaceWide:
+		return p.Namespace == w.Namespace
+	}
+	for _, k := range w.Policies {
+		if k == p.Key {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,321 @@
+package model
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Resource is one named xDS resource, converted. Exactly one of the
+// pointers is set.
+type Resource struct {
+	Name     string
+	Service  *Service
+	Workload *Workload
+	Policy   *AuthzPolicy
+}
+
+// Changes lists what an update touched (created, changed or removed).
+type Changes struct {
+	Services  []ServiceKey
+	Workloads []string
+	Policies  []string
+}
+
+// Empty reports whether nothing changed.
+func (c Changes) Empty() bool {
+	return len(c.Services) == 0 && len(c.Workloads) == 0 && len(c.Policies) == 0
+}
+
+type ref struct {
+	kind int // 1 service, 2 workload, 3 policy
+	key  string
+}
+
+// Store is the current mesh: what istiod (or the config file) said, minus
+// what was rejected. It is safe for concurrent use.
+type Store struct {
+	mu        sync.RWMutex
+	services  map[ServiceKey]*Service
+	workloads map[string]*Workload
+	policies  map[string]*AuthzPolicy
+	byName    map[string]ref
+	// backing indexes workloads by the services they list.
+	backing map[ServiceKey]map[string]struct{}
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	return &Store{
+		services:  map[ServiceKey]*Service{},
+		workloads: map[string]*Workload{},
+		policies:  map[string]*AuthzPolicy{},
+		byName:    map[string]ref{},
+		backing:   map[ServiceKey]map[string]struct{}{},
+	}
+}
+
+// Check finds the upserts that cannot apply against the store as it would
+// be after the update: today, a waypoint naming a service nobody knows.
+// It returns an error per rejected resource name.
+func (s *Store) Check(upserts []Resource, removes []string) map[string]error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	known := func(k ServiceKey) bool {
+		for _, r := range upserts {
+			if r.Service != nil && r.Service.Key == k {
+				return true
+			}
+		}
+		if _, ok := s.services[k]; !ok {
+			return false
+		}
+		for _, n := range removes {
+			if r, ok := s.byName[n]; ok && r.kind == 1 && ServiceKey(r.key) == k {
+				return false
+			}
+		}
+		return true
+	}
+	bad := map[string]error{}
+	for _, r := range upserts {
+		var g *Gateway
+		switch {
+		case r.Service != nil:
+			g = r.Service.Waypoint
+		case r.Workload != nil:
+			g = r.Workload.Waypoint
+		}
+		if g.IsSet() && g.Service != "" && !known(g.Service) {
+			bad[r.Name] = fmt.Errorf("%s: waypoint service %s cannot be resolved (no such service)", r.Name, g.Service)
+		}
+	}
+	return bad
+}
+
+// Apply stores upserts and drops removed names (unknown names are fine).
+func (s *Store) Apply(upserts []Resource, removes []string) Changes {
+	ch, _ := s.ApplyWithUndo(upserts, removes)
+	return ch
+}
+
+// ApplyWithUndo is Apply that also returns how to put back exactly what was
+// there before, for when the kernel refuses the result.
+func (s *Store) ApplyWithUndo(upserts []Resource, removes []string) (Changes, func() Changes) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// Remember every name the update touches, as it is now.
+	before := map[string]*Resource{}
+	remember := func(n string) {
+		if _, ok := before[n]; ok {
+			return
+		}
+		before[n] = s.resourceLocked(n)
+	}
+	for _, n := range removes {
+		remember(n)
+	}
+	for _, r := range upserts {
+		remember(r.Name)
+	}
+	ch := s.applyLocked(upserts, removes)
+	undo := func() Changes {
+		var up []Resource
+		var rm []string
+		for n, r := range before {
+			if r == nil {
+				rm = append(rm, n)
+			} else {
+				up = append(up, *r)
+			}
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.applyLocked(up, rm)
+	}
+	return ch, undo
+}
+
+func (s *Store) resourceLocked(name string) *Resource {
+	r, ok := s.byName[name]
+	if !ok {
+		return nil
+	}
+	switch r.kind {
+	case 1:
+		return &Resource{Name: name, Service: s.services[ServiceKey(r.key)]}
+	case 2:
+		return &Resource{Name: name, Workload: s.workloads[r.key]}
+	case 3:
+		return &Resource{Name: name, Policy: s.policies[r.key]}
+	}
+	return nil
+}
+
+func (s *Store) applyLocked(upserts []Resource, removes []string) Changes {
+	var ch Changes
+	for _, n := range removes {
+		r, ok := s.byName[n]
+		if !ok {
+			continue
+		}
+		s.drop(r, &ch)
+		delete(s.byName, n)
+	}
+	for _, r := range upserts {
+		if old, ok := s.byName[r.Name]; ok {
+			// A name can change kind (rare); drop the old object first.
+			s.drop(old, &ch)
+		}
+		switch {
+		case r.Service != nil:
+			s.services[r.Service.Key] = r.Service
+			s.byName[r.Name] = ref{1, string(r.Service.Key)}
+			ch.Services = append(ch.Services, r.Service.Key)
+		case r.Workload != nil:
+			w := r.Workload
+			s.workloads[w.UID] = w
+			s.byName[r.Name] = ref{2, w.UID}
+			for k := range w.Services {
+				if s.backing[k] == nil {
+					s.backing[k] = map[string]struct{}{}
+				}
+				s.backing[k][w.UID] = struct{}{}
+			}
+			ch.Workloads = append(ch.Workloads, w.UID)
+		case r.Policy != nil:
+			s.policies[r.Policy.Key] = r.Policy
+			s.byName[r.Name] = ref{3, r.Policy.Key}
+			ch.Policies = append(ch.Policies, r.Policy.Key)
+		}
+	}
+	ch.Services = uniq(ch.Services)
+	ch.Workloads = uniq(ch.Workloads)
+	ch.Policies = uniq(ch.Policies)
+	return ch
+}
+
+func (s *Store) drop(r ref, ch *Changes) {
+	switch r.kind {
+	case 1:
+		delete(s.services, ServiceKey(r.key))
+		ch.Services = append(ch.Services, ServiceKey(r.key))
+	case 2:
+		if w := s.workloads[r.key]; w != nil {
+			for k := range w.Services {
+				delete(s.backing[k], w.UID)
+				if len(s.backing[k]) == 0 {
+					delete(s.backing, k)
+				}
+			}
+		}
+		delete(s.workloads, r.key)
+		ch.Workloads = append(ch.Workloads, r.key)
+	case 3:
+		delete(s.policies, r.key)
+		ch.Policies = append(ch.Policies, r.key)
+	}
+}
+
+func uniq[T ~string](in []T) []T {
+	slices.Sort(in)
+	return slices.Compact(in)
+}
+
+// Service returns a service by key.
+func (s *Store) Service(k ServiceKey) *Service {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.services[k]
+}
+
+// Workload returns a workload by uid.
+func (s *Store) Workload(uid string) *Workload {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.workloads[uid]
+}
+
+// Policy returns a policy by key.
+func (s *Store) Policy(key string) *AuthzPolicy {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.policies[key]
+}
+
+// Backing returns the uids of workloads that list the service, sorted.
+func (s *Store) Backing(k ServiceKey) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.backing[k]))
+	for uid := range s.backing[k] {
+		out = append(out, uid)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Services returns every service, sorted by key.
+func (s *Store) Services() []*Service {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Service, 0, len(s.services))
+	for _, v := range s.services {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b *Service) int { return compare(string(a.Key), string(b.Key)) })
+	return out
+}
+
+// Workloads returns every workload, sorted by uid.
+func (s *Store) Workloads() []*Workload {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Workload, 0, len(s.workloads))
+	for _, v := range s.workloads {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b *Workload) int { return compare(a.UID, b.UID) })
+	return out
+}
+
+// Policies returns every authorization policy, sorted by key.
+func (s *Store) Policies() []*AuthzPolicy {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*AuthzPolicy, 0, len(s.policies))
+	for _, v := range s.policies {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b *AuthzPolicy) int { return compare(a.Key, b.Key) })
+	return out
+}
+
+// Names returns every resource name held, for xDS resumption.
+func (s *Store) Names() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.byName))
+	for n := range s.byName {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Counts returns how many services, workloads and policies are held.
+func (s *Store) Counts() (services, workloads, policies int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.services), len(s.workloads), len(s.policies)
+}
+
+func compare(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
