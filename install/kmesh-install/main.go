@@ -8,19 +8,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
-	"time"
 
-	"github.com/kmesh-go/kmesh/install/cniconf"
 	"github.com/kmesh-go/kmesh/install/installer"
 )
-
-const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 func main() {
 	err := run(os.Args[1:])
@@ -34,64 +27,15 @@ func main() {
 }
 
 func run(args []string) error {
-	fs := flag.NewFlagSet("kmesh-install", flag.ContinueOnError)
-	var (
-		cfg           installer.Config
-		binaries      string
-		defaultEnroll string
-		logLevel      string
-	)
-	fs.StringVar(&cfg.HostRoot, "host-root", "", "where the node's root is mounted; prefixes every host path")
-	fs.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "the node's CNI bin directory")
-	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI conf directory")
-	fs.StringVar(&cfg.ConflistName, "conflist-name", "", "the conf file to add the entry to (default: the primary network's, first in lexical order)")
-	fs.StringVar(&cfg.BinariesDir, "binaries-dir", "/opt/kmesh/bin", "where this image keeps the binaries to copy")
-	fs.StringVar(&binaries, "binaries", cniconf.PluginType, "comma-separated names of the binaries to copy into the CNI bin directory")
-	fs.StringVar(&cfg.KubeconfigPath, "kubeconfig", "/etc/cni/net.d/kmesh-cni-kubeconfig", "host path of the plugin's kubeconfig; empty for none")
-	fs.StringVar(&cfg.TokenFile, "token-file", serviceAccountDir+"/token", "the service-account token the kubeconfig carries")
-	fs.StringVar(&cfg.CAFile, "ca-file", serviceAccountDir+"/ca.crt", "the cluster CA the kubeconfig trusts")
-	fs.StringVar(&cfg.APIServer, "api-server", "", "API server URL (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
-	fs.StringVar(&cfg.Entry.DaemonSocket, "daemon-socket", "/var/run/kmesh/cni.sock", "the entry's daemonSocket: the daemon's gRPC socket")
-	fs.StringVar(&cfg.Entry.BPFDir, "bpf-dir", "/sys/fs/bpf/kmesh", "the entry's bpfDir: where the daemon pins its maps")
-	fs.StringVar(&cfg.Entry.FailurePolicy, "failure-policy", "open", "the entry's failurePolicy: open (pods start while the daemon is down) or closed")
-	fs.StringVar(&defaultEnroll, "default-enroll", "", "the entry's defaultEnroll (true or false), used without a kubeconfig; empty leaves it out")
-	fs.StringVar(&cfg.Entry.LogFile, "plugin-log-file", "", "the entry's logFile; empty leaves it out")
-	fs.StringVar(&cfg.Entry.LogLevel, "plugin-log-level", "info", "the entry's logLevel")
-	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "how often to check the installation without a file event")
-	fs.StringVar(&logLevel, "log-level", "info", "this installer's log level: debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	cfg, err := installer.ParseArgs(args, os.Stderr)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if p := cfg.Entry.FailurePolicy; p != "open" && p != "closed" {
-		return fmt.Errorf("--failure-policy must be open or closed, not %q", p)
-	}
-	if defaultEnroll != "" {
-		v, err := strconv.ParseBool(defaultEnroll)
-		if err != nil {
-			return fmt.Errorf("--default-enroll must be true or false, not %q", defaultEnroll)
-		}
-		cfg.Entry.DefaultEnroll = &v
-	}
-	for _, b := range strings.Split(binaries, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			cfg.Binaries = append(cfg.Binaries, b)
-		}
-	}
-
 	in, err := installer.New(cfg)
 	if err != nil {
 		return err
 	}
-	// The kubelet sends SIGTERM when the pod goes; uninstall then.
+	// The kubelet sends SIGTERM when the pod goes: uninstall, then exit 0.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := in.Run(ctx); err != nil {

@@ -136,16 +136,3 @@ func TestSIGTERMUninstalls(t *testing.T) {
 		}
 	}
 }
-
-func TestBadFlags(t *testing.T) {
-	for _, args := range [][]string{
-		{"--failure-policy", "maybe"},
-		{"--default-enroll", "perhaps"},
-		{"--log-level", "loud"},
-		{"stray"},
-	} {
-		if err := run(args); err == nil {
-			t.Errorf("run(%q): no error", args)
-		}
-	}
-}
