@@ -79,6 +79,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Backoff bounds; zero means 100ms .. 15s.
 	MinBackoff, MaxBackoff time.Duration
+	// SyncGrace is how long to wait for the other types after the first one
+	// answered before declaring the first sync done (default 3s).
+	SyncGrace time.Duration
 }
 
 // Client is one delta ADS session, re-established as needed.
@@ -110,6 +113,9 @@ func New(cfg Config, h Handler) *Client {
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 15 * time.Second
+	}
+	if cfg.SyncGrace == 0 {
+		cfg.SyncGrace = 3 * time.Second
 	}
 	if len(cfg.TypeURLs) == 0 {
 		cfg.TypeURLs = []string{TypeAddress, TypeAuthorization}
@@ -237,6 +243,16 @@ func (c *Client) session(ctx context.Context) error {
 	for _, t := range c.cfg.TypeURLs {
 		pending[t] = true
 	}
+	var syncOnce sync.Once
+	synced := func() { syncOnce.Do(c.h.Synced) }
+	// A server may stay silent on a type it has nothing of: once the first
+	// type (the addresses) arrived, the others get a grace period.
+	var grace *time.Timer
+	defer func() {
+		if grace != nil {
+			grace.Stop()
+		}
+	}()
 	connected := false
 	for {
 		resp, err := stream.Recv()
@@ -259,7 +275,9 @@ func (c *Client) session(ctx context.Context) error {
 		if pending[resp.GetTypeUrl()] {
 			delete(pending, resp.GetTypeUrl())
 			if len(pending) == 0 {
-				c.h.Synced()
+				synced()
+			} else if grace == nil {
+				grace = time.AfterFunc(c.cfg.SyncGrace, synced)
 			}
 		}
 	}
