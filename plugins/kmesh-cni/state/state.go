@@ -1,0 +1,223 @@
+// Package state keeps one small JSON record per attachment (container id +
+// interface) that kmesh-cni set up: which netns cookie it enrolled, which
+// tc link it pinned, and what it told the daemon.
+//
+// DEL, CHECK and GC read it to undo or verify exactly what ADD did, even
+// when the netns is gone. The daemon reads it (Read) when it starts, to
+// learn every pod that was added while it was away: this is the re-signal
+// path after a restart or an outage under failurePolicy "open".
+package state
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+)
+
+// Interface is one interface of the attachment, as the chain reported it.
+type Interface struct {
+	Name    string `json:"name"`
+	Mac     string `json:"mac,omitempty"`
+	Sandbox string `json:"sandbox,omitempty"`
+}
+
+// Record is what ADD did for one attachment.
+type Record struct {
+	// Network is the conflist's name: GC of one network leaves the
+	// records of others alone.
+	Network      string      `json:"network"`
+	ContainerID  string      `json:"containerID"`
+	IfName       string      `json:"ifName"`
+	Netns        string      `json:"netns"`
+	Cookie       uint64      `json:"cookie"`
+	PodName      string      `json:"podName,omitempty"`
+	PodNamespace string      `json:"podNamespace,omitempty"`
+	PodUID       string      `json:"podUID,omitempty"`
+	IPs          []string    `json:"ips,omitempty"`
+	Interfaces   []Interface `json:"interfaces,omitempty"`
+	HostVeth     string      `json:"hostVeth,omitempty"`
+	HostIfindex  int         `json:"hostIfindex,omitempty"`
+	// BPFDir is the data path the entries below were written to.
+	BPFDir string `json:"bpfDir"`
+	// Enrolled: ADD wrote Cookie into the manage map.
+	Enrolled bool `json:"enrolled"`
+	// TCKey names the tc link ADD pinned on HostVeth (loader.PodTCKey,
+	// the name the daemon uses too); empty when none was.
+	TCKey      string `json:"tcKey,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	CgroupPath string `json:"cgroupPath,omitempty"`
+	CgroupID   uint64 `json:"cgroupID,omitempty"`
+	// Signaled: the daemon acknowledged the pod during ADD. False means
+	// it still has to learn of it (Read at its start, or CHECK).
+	Signaled bool      `json:"signaled"`
+	Created  time.Time `json:"created"`
+}
+
+// Key names an attachment's record file: a hash, since container ids and
+// interface names may hold any characters CNI allows.
+func Key(containerID, ifName string) string {
+	h := sha256.Sum256([]byte(containerID + "\x00" + ifName))
+	return "km" + hex.EncodeToString(h[:16])
+}
+
+// Key is the record's file name, without extension.
+func (r *Record) Key() string { return Key(r.ContainerID, r.IfName) }
+
+// Pod is the record as the daemon's API describes a pod.
+func (r *Record) Pod() *cniv1.Pod {
+	p := &cniv1.Pod{
+		Name:        r.PodName,
+		Namespace:   r.PodNamespace,
+		Uid:         r.PodUID,
+		ContainerId: r.ContainerID,
+		NetnsPath:   r.Netns,
+		NetnsCookie: r.Cookie,
+		Ips:         r.IPs,
+		HostVeth:    r.HostVeth,
+		Enrolled:    r.Enrolled,
+		Reason:      r.Reason,
+		CgroupPath:  r.CgroupPath,
+		CgroupId:    r.CgroupID,
+		CniIfname:   r.IfName,
+	}
+	for _, i := range r.Interfaces {
+		p.Interfaces = append(p.Interfaces, &cniv1.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
+	}
+	return p
+}
+
+// Dir is an open state directory. Plugin runs hold it shared; GC holds it
+// exclusive, so it never removes an attachment an ADD is halfway through.
+type Dir struct {
+	path string
+	lock *os.File
+}
+
+const lockName = "lock"
+
+// Open creates the directory if needed and takes its lock.
+func Open(path string, exclusive bool) (*Dir, error) {
+	if err := os.MkdirAll(path, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(path, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state lock: %w", err)
+	}
+	how := syscall.LOCK_SH
+	if exclusive {
+		how = syscall.LOCK_EX
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), how)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock state directory %s: %w", path, err)
+	}
+	return &Dir{path: path, lock: f}, nil
+}
+
+// Close releases the lock.
+func (d *Dir) Close() error { return d.lock.Close() }
+
+// Path is the directory.
+func (d *Dir) Path() string { return d.path }
+
+func (d *Dir) file(key string) string { return filepath.Join(d.path, key+".json") }
+
+// Save writes a record atomically: readers see the old one or the new one.
+func (d *Dir) Save(r *Record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	final := d.file(r.Key())
+	tmp := final + ".tmp" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write state record: %w", err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write state record: %w", err)
+	}
+	return nil
+}
+
+// Load returns the record of an attachment, if there is one.
+func (d *Dir) Load(containerID, ifName string) (*Record, bool, error) {
+	r, err := readRecord(d.file(Key(containerID, ifName)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return r, true, nil
+}
+
+// Remove deletes an attachment's record; a missing one is not an error.
+func (d *Dir) Remove(containerID, ifName string) error {
+	if err := os.Remove(d.file(Key(containerID, ifName))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove state record: %w", err)
+	}
+	return nil
+}
+
+// List returns every record in the directory.
+func (d *Dir) List() ([]*Record, error) { return Read(d.path) }
+
+// Read returns every record under path without taking the lock (records
+// are replaced atomically, so each is whole). A missing directory holds no
+// records. The daemon calls it at start to learn the node's pods.
+func Read(path string) ([]*Record, error) {
+	entries, err := os.ReadDir(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state directory: %w", err)
+	}
+	var out []*Record
+	var errs []error
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		r, err := readRecord(filepath.Join(path, e.Name()))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, errors.Join(errs...)
+}
+
+func readRecord(file string) (*Record, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	r := &Record{}
+	if err := json.Unmarshal(b, r); err != nil {
+		return nil, fmt.Errorf("state record %s is corrupt: %w", file, err)
+	}
+	return r, nil
+}

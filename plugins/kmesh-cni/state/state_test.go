@@ -1,0 +1,102 @@
+package state
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestKeyIsAFileName(t *testing.T) {
+	k := Key("3f1c.a-b_c", "eth0.100")
+	if strings.ContainsAny(k, "./") || len(k) != 34 || !strings.HasPrefix(k, "km") {
+		t.Fatalf("key %q", k)
+	}
+	if Key("a", "bc") == Key("ab", "c") || Key("a", "b") != Key("a", "b") {
+		t.Fatal("keys collide or are not stable")
+	}
+}
+
+func TestSaveLoadListRemove(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	d, err := Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, ok, err := d.Load("c1", "eth0"); ok || err != nil {
+		t.Fatalf("load before save: %v %v", ok, err)
+	}
+	r := &Record{Network: "k8s", ContainerID: "c1", IfName: "eth0", Netns: "/var/run/netns/x", Cookie: 42,
+		PodName: "web", PodNamespace: "shop", PodUID: "u", IPs: []string{"10.244.0.5"},
+		Interfaces: []Interface{{Name: "eth0", Mac: "aa", Sandbox: "/var/run/netns/x"}}, HostVeth: "veth1", HostIfindex: 7,
+		BPFDir: "/sys/fs/bpf/kmesh", Enrolled: true, TCKey: "c1_veth1", Reason: "r", Created: time.Now().UTC().Round(0)}
+	if err := d.Save(r); err != nil {
+		t.Fatal(err)
+	}
+	r2 := &Record{Network: "k8s", ContainerID: "c2", IfName: "eth0"}
+	if err := d.Save(r2); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := d.Load("c1", "eth0")
+	if err != nil || !ok || got.Cookie != 42 || got.HostVeth != "veth1" || !got.Created.Equal(r.Created) {
+		t.Fatalf("load: %+v %v %v", got, ok, err)
+	}
+	p := got.Pod()
+	if p.GetName() != "web" || p.GetNamespace() != "shop" || p.GetContainerId() != "c1" || p.GetNetnsCookie() != 42 ||
+		p.GetCniIfname() != "eth0" || !p.GetEnrolled() || p.GetHostVeth() != "veth1" || len(p.GetInterfaces()) != 1 {
+		t.Fatalf("pod message %v", p)
+	}
+	// Leftovers of a killed writer and foreign files are not records.
+	os.WriteFile(filepath.Join(path, Key("c3", "eth0")+".json.tmp123"), []byte("{"), 0o600)
+	all, err := Read(path)
+	if err != nil || len(all) != 2 {
+		t.Fatalf("read: %d records, %v", len(all), err)
+	}
+	if err := d.Remove("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove("c1", "eth0"); err != nil {
+		t.Fatalf("second remove: %v", err)
+	}
+	if all, _ := d.List(); len(all) != 1 || all[0].ContainerID != "c2" {
+		t.Fatalf("after remove: %+v", all)
+	}
+	// A corrupt record is reported, the others still read.
+	os.WriteFile(filepath.Join(path, "kmbad.json"), []byte("{"), 0o600)
+	if all, err := Read(path); err == nil || len(all) != 1 {
+		t.Fatalf("corrupt record: %d %v", len(all), err)
+	}
+	if all, err := Read(filepath.Join(path, "nothing")); err != nil || len(all) != 0 {
+		t.Fatalf("missing dir: %v %v", all, err)
+	}
+}
+
+func TestExclusiveLockWaitsForShared(t *testing.T) {
+	path := t.TempDir()
+	shared, err := Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *Dir)
+	go func() {
+		d, err := Open(path, true)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- d
+	}()
+	select {
+	case <-got:
+		t.Fatal("exclusive lock taken while a shared one is held")
+	case <-time.After(100 * time.Millisecond):
+	}
+	shared.Close()
+	select {
+	case d := <-got:
+		d.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("exclusive lock never taken")
+	}
+}
