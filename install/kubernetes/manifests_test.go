@@ -236,8 +236,16 @@ func TestManifests(t *testing.T) {
 	if daemonBPF != "/sys/fs/bpf/kmesh" || daemonSocket != "/var/run/kmesh/cni.sock" {
 		t.Errorf("daemon pins in %q and serves CNI on %q on the node", daemonBPF, daemonSocket)
 	}
-	if !fromField(daemon, "NODE_NAME", "spec.nodeName") {
-		t.Error("NODE_NAME does not come from spec.nodeName")
+	for name, field := range map[string]string{
+		"NODE_NAME":       "spec.nodeName",
+		"POD_NAME":        "metadata.name",
+		"POD_NAMESPACE":   "metadata.namespace",
+		"INSTANCE_IP":     "status.hostIP",
+		"SERVICE_ACCOUNT": "spec.serviceAccountName",
+	} {
+		if !fromField(daemon, name, field) {
+			t.Errorf("daemon env %s does not come from %s", name, field)
+		}
 	}
 	if p := daemon.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Host != "127.0.0.1" ||
 		p.HTTPGet.Path != "/ready" || p.HTTPGet.Port.IntValue() != 15200 {
