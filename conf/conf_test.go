@@ -18,6 +18,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/configfile"
 	"github.com/kmesh-go/kmesh/install/cniconf"
 	"github.com/kmesh-go/kmesh/install/installer"
+	pluginconf "github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 )
 
 // decodeDemo reads the demo file the strict way: unknown top-level keys and
@@ -152,6 +153,23 @@ func TestExampleConflist(t *testing.T) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&entry); err != nil {
 		t.Errorf("kmesh-cni entry: %v", err)
+	}
+
+	// The plugin reads it as a runtime hands it over (libcni adds the list's
+	// name and cniVersion).
+	var fields map[string]any
+	if err := json.Unmarshal(list.Plugins[2].Bytes, &fields); err != nil {
+		t.Fatal(err)
+	}
+	fields["name"], fields["cniVersion"] = list.Name, list.CNIVersion
+	stdin, _ := json.Marshal(fields)
+	pc, err := pluginconf.Parse(stdin)
+	if err != nil {
+		t.Fatalf("kmesh-cni rejects the example entry: %v", err)
+	}
+	if pc.Kubeconfig != entry.Kubeconfig || pc.DaemonSocket != entry.DaemonSocket || pc.BPFDir != entry.BPFDir ||
+		pc.FailurePolicy != entry.FailurePolicy || pc.LogLevel != entry.LogLevel {
+		t.Errorf("kmesh-cni reads %+v", pc)
 	}
 
 	// It is exactly what kmesh-install writes with its defaults.

@@ -18,6 +18,7 @@ type Entry struct {
 	Kubeconfig    string `json:"kubeconfig,omitempty"`
 	DaemonSocket  string `json:"daemonSocket,omitempty"`
 	BPFDir        string `json:"bpfDir,omitempty"`
+	StateDir      string `json:"stateDir,omitempty"`
 	FailurePolicy string `json:"failurePolicy,omitempty"`
 	DefaultEnroll *bool  `json:"defaultEnroll,omitempty"`
 	LogFile       string `json:"logFile,omitempty"`

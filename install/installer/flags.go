@@ -1,7 +1,6 @@
 package installer
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,7 +15,8 @@ import (
 const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 // ParseArgs reads kmesh-install's command line into a Config whose logger
-// writes to logs. It is here rather than in main so the manifests' test can
+// writes to logs. The entry's values are checked by New, with the plugin's
+// own parser. It is here rather than in main so the manifests' test can
 // check the DaemonSet's arguments with the same parser.
 func ParseArgs(args []string, logs io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("kmesh-install", flag.ContinueOnError)
@@ -39,6 +39,7 @@ func ParseArgs(args []string, logs io.Writer) (Config, error) {
 	fs.StringVar(&cfg.APIServer, "api-server", "", "API server URL (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
 	fs.StringVar(&cfg.Entry.DaemonSocket, "daemon-socket", "/var/run/kmesh/cni.sock", "the entry's daemonSocket: the daemon's gRPC socket (host path)")
 	fs.StringVar(&cfg.Entry.BPFDir, "bpf-dir", "/sys/fs/bpf/kmesh", "the entry's bpfDir: where the daemon pins its maps (host path)")
+	fs.StringVar(&cfg.Entry.StateDir, "plugin-state-dir", "", "the entry's stateDir: where the plugin keeps one record per pod (host path); empty leaves it out")
 	fs.StringVar(&cfg.Entry.FailurePolicy, "failure-policy", "open", "the entry's failurePolicy: open (pods start while the daemon is down) or closed")
 	fs.StringVar(&defaultEnroll, "default-enroll", "", "the entry's defaultEnroll (true or false), used without a kubeconfig; empty leaves it out")
 	fs.StringVar(&cfg.Entry.LogFile, "plugin-log-file", "", "the entry's logFile; empty leaves it out")
@@ -57,18 +58,12 @@ func ParseArgs(args []string, logs io.Writer) (Config, error) {
 		return Config{}, fmt.Errorf("--log-level: %w", err)
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))
-	if p := cfg.Entry.FailurePolicy; p != "open" && p != "closed" {
-		return Config{}, fmt.Errorf("--failure-policy must be open or closed, not %q", p)
-	}
 	if defaultEnroll != "" {
 		v, err := strconv.ParseBool(defaultEnroll)
 		if err != nil {
 			return Config{}, fmt.Errorf("--default-enroll must be true or false, not %q", defaultEnroll)
 		}
 		cfg.Entry.DefaultEnroll = &v
-	}
-	if cfg.Entry.LogLevel == "" {
-		return Config{}, errors.New("--plugin-log-level must not be empty")
 	}
 	for _, b := range strings.Split(binaries, ",") {
 		if b = strings.TrimSpace(b); b != "" {

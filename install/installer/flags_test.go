@@ -2,6 +2,7 @@ package installer
 
 import (
 	"io"
+	"strings"
 	"testing"
 )
 
@@ -30,15 +31,41 @@ func TestParseArgs(t *testing.T) {
 
 func TestParseArgsRejects(t *testing.T) {
 	for _, args := range [][]string{
-		{"--failure-policy", "maybe"},
 		{"--default-enroll", "perhaps"},
 		{"--log-level", "loud"},
-		{"--plugin-log-level="},
 		{"--no-such-flag"},
 		{"stray"},
 	} {
 		if _, err := ParseArgs(args, io.Discard); err == nil {
 			t.Errorf("ParseArgs(%q): no error", args)
 		}
+	}
+}
+
+func TestNewChecksTheEntryWithThePlugin(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--failure-policy=maybe"}, "failurePolicy"},
+		{[]string{"--plugin-log-level=loud"}, "logLevel"},
+		{[]string{"--daemon-socket=relative.sock"}, "absolute path"},
+		{[]string{"--bpf-dir=/"}, "not /"},
+	} {
+		cfg, err := ParseArgs(tc.args, io.Discard)
+		if err != nil {
+			t.Fatalf("ParseArgs(%q): %v", tc.args, err)
+		}
+		if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New with %q: %v, want an error about %s", tc.args, err, tc.want)
+		}
+	}
+	cfg, err := ParseArgs([]string{"--failure-policy=closed", "--plugin-log-level=debug"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HostRoot = t.TempDir()
+	if _, err := New(cfg); err != nil {
+		t.Errorf("New rejects a good entry: %v", err)
 	}
 }

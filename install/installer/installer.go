@@ -17,11 +17,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/kmesh-go/kmesh/install/atomicfile"
 	"github.com/kmesh-go/kmesh/install/cniconf"
 	"github.com/kmesh-go/kmesh/install/kubeconfig"
+	pluginconf "github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 )
 
 // Config says where things are. Host paths (CNIBinDir, CNIConfDir,
@@ -105,6 +107,9 @@ func New(cfg Config) (*Installer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkEntry(entry); err != nil {
+		return nil, err
+	}
 	in := &Installer{
 		cfg:     cfg,
 		log:     cfg.Log,
@@ -120,6 +125,29 @@ func New(cfg Config) (*Installer, error) {
 		return nil, err
 	}
 	return in, nil
+}
+
+// checkEntry runs the entry through kmesh-cni's own parser, as a runtime
+// would hand it over, so a value the plugin rejects never reaches a node.
+func checkEntry(entry []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(entry, &fields); err != nil {
+		return err
+	}
+	fields["cniVersion"] = json.RawMessage(`"1.0.0"`)
+	fields["name"] = json.RawMessage(`"kmesh-install-check"`)
+	stdin, err := json.Marshal(fields)
+	if err != nil {
+		return err
+	}
+	if _, err := pluginconf.Parse(stdin); err != nil {
+		var cniErr *types.Error
+		if errors.As(err, &cniErr) && cniErr.Details != "" {
+			return fmt.Errorf("kmesh-cni would reject its entry: %s: %s", cniErr.Msg, cniErr.Details)
+		}
+		return fmt.Errorf("kmesh-cni would reject its entry: %w", err)
+	}
+	return nil
 }
 
 func hostPath(root, p string) string {
