@@ -135,15 +135,6 @@ func Remove(doc []byte) ([]byte, bool, error) {
 	return doc, removed, nil
 }
 
-// Has reports whether doc, a conflist, has a kmesh-cni entry.
-func Has(doc []byte) (bool, error) {
-	l, err := parseList(doc)
-	if err != nil {
-		return false, err
-	}
-	return len(l.indexes()) > 0, nil
-}
-
 // Types returns the plugin types of a conflist, in chain order.
 func Types(doc []byte) ([]string, error) {
 	l, err := parseList(doc)
