@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/internal/cgroupv2"
+	"github.com/kmesh-go/kmesh/internal/enrollment"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/kube"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/podcgroup"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
+)
+
+func cmdAdd(args *skel.CmdArgs) error {
+	r, err := newRun("ADD", args)
+	if err != nil {
+		return err
+	}
+	return r.done(r.add())
+}
+
+func (r *run) add() error {
+	c, args := r.conf, r.args
+	// 1. Validate everything before touching anything.
+	if err := c.RequirePrevResult(); err != nil {
+		return err
+	}
+	prev, err := current.NewResultFromResult(c.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "convert prevResult: "+err.Error(), "")
+	}
+	pod, err := conf.ParseArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	if err := checkNetns(args.Netns); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err),
+			"the runtime must pass the path of the pod sandbox's network namespace")
+	}
+
+	// 2. Decide: Kubernetes labels, or defaultEnroll without a kubeconfig.
+	decision, kc, err := r.decide(pod)
+	if err != nil {
+		return err
+	}
+	r.step("decided")
+
+	// 3. One visit to the pod netns: its cookie and its interface.
+	pl, err := inspectPod(args.Netns, args.IfName)
+	if err != nil {
+		return types.NewError(conf.ErrEnroll, "read the pod's network namespace: "+err.Error(), "")
+	}
+	rec := r.newRecord(pod, prev, pl.cookie, decision)
+	r.step("inspected netns")
+
+	dir, err := r.stateDir(false)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+
+	// 4. Enroll in the kernel: manage entry, then tc on the host veth.
+	if decision.Enroll {
+		if err := r.enroll(dir, rec, pl, prev); err != nil {
+			return err
+		}
+	}
+	if err := dir.Save(rec); err != nil {
+		r.undo(dir, rec)
+		return types.NewError(conf.ErrState, err.Error(), "")
+	}
+	r.step("enrolled in the kernel")
+
+	// 5. Tell the daemon, enrolled or not, within a bounded time.
+	daemonEnrolled := false
+	err = r.daemon(func(ctx context.Context, cl *registry.Client) error {
+		var err error
+		daemonEnrolled, err = cl.Enroll(ctx, rec.Pod())
+		return err
+	})
+	if err != nil {
+		if c.Closed() && decision.Enroll {
+			r.undo(dir, rec)
+			return types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("kmesh-cni: pod %s not enrolled: %v", pod, err),
+				"failurePolicy is closed, so the pod waits for the kmesh daemon and the runtime retries; start the daemon on this node or set failurePolicy to open")
+		}
+		r.log.Warn("daemon not told; it reads the state directory when it is back", "error", err)
+	} else {
+		rec.Signaled = true
+		if err := dir.Save(rec); err != nil {
+			r.log.Warn("update state record", "error", err)
+		}
+	}
+	r.step("told the daemon")
+
+	// 6. Mark the pod, for operators and tools that look for it.
+	if kc != nil && (rec.Enrolled || daemonEnrolled) {
+		ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
+		err := kc.AnnotatePod(ctx, pod.Namespace, pod.Name, enrollment.AnnotationRedirection, "enabled")
+		cancel()
+		if err != nil {
+			r.log.Warn("annotate pod", "pod", pod, "error", err)
+		}
+	}
+	r.log.Info("added", "pod", pod, "enrolled", rec.Enrolled, "reason", rec.Reason, "cookie", rec.Cookie,
+		"hostVeth", rec.HostVeth, "daemon", rec.Signaled, "took", time.Since(r.start).Round(time.Microsecond))
+
+	// 7. Pass the chain's result on unchanged.
+	return types.PrintResult(c.PrevResult, c.CNIVersion)
+}
+
+// decide returns the enrollment decision and, with a kubeconfig, the
+// client for the annotation. Failing to reach the API fails ADD under the
+// closed policy; under open the pod starts without the mesh and the daemon
+// decides when it sees the pod.
+func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
+	c := r.conf
+	if c.Kubeconfig == "" {
+		return kube.Decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("no kubeconfig; defaultEnroll is %v", c.DefaultEnroll)}, nil, nil
+	}
+	if !pod.IsSet() {
+		return kube.Decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("CNI_ARGS names no Kubernetes pod; defaultEnroll is %v", c.DefaultEnroll)}, nil, nil
+	}
+	hint := "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
+	cfg, err := kube.LoadConfig(c.Kubeconfig, kubeTimeout)
+	if err != nil {
+		return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
+	}
+	kc, err := kube.New(cfg)
+	if err != nil {
+		return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
+	defer cancel()
+	d, err := kc.Decide(ctx, pod)
+	switch {
+	case err == nil:
+		return d, kc, nil
+	case errors.Is(err, kube.ErrStalePod):
+		return kube.Decision{Reason: err.Error()}, nil, nil
+	case apierrors.IsNotFound(err):
+		return kube.Decision{Reason: "not in the Kubernetes API: " + err.Error()}, nil, nil
+	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+		if c.Closed() {
+			return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig,
+				"kmesh-cni cannot read pods: "+err.Error(), "grant kmesh-cni's service account get on pods and namespaces, and patch on pods")
+		}
+		return kube.Decision{Reason: "Kubernetes API refused kmesh-cni: " + err.Error()}, nil, nil
+	default:
+		if c.Closed() {
+			return kube.Decision{}, nil, types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("kmesh-cni: Kubernetes API did not answer for pod %s: %v", pod, err),
+				"failurePolicy is closed: the runtime retries; check the API server's reachability from this node")
+		}
+		return kube.Decision{Reason: "Kubernetes API unreachable, enrollment left to the daemon: " + err.Error()}, nil, nil
+	}
+}
+
+func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kube.Decision) *state.Record {
+	rec := &state.Record{
+		Network:      r.conf.Name,
+		ContainerID:  r.args.ContainerID,
+		IfName:       r.args.IfName,
+		Netns:        r.args.Netns,
+		Cookie:       cookie,
+		PodName:      pod.Name,
+		PodNamespace: pod.Namespace,
+		PodUID:       pod.UID,
+		BPFDir:       r.conf.BPFDir,
+		Reason:       d.Reason,
+		Created:      time.Now().UTC(),
+	}
+	for _, ip := range prev.IPs {
+		rec.IPs = append(rec.IPs, ip.Address.IP.String())
+	}
+	for _, i := range prev.Interfaces {
+		rec.Interfaces = append(rec.Interfaces, state.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
+	}
+	return rec
+}
+
+// enroll writes the manage entry and attaches tc. The record is saved
+// first, so a run killed halfway leaves what DEL and GC need to undo it.
+// On error nothing is left behind.
+func (r *run) enroll(dir *state.Dir, rec *state.Record, pl podLink, prev *current.Result) error {
+	c := r.conf
+	veth, ifindex, err := hostVeth(pl, r.args.IfName, prev)
+	if err != nil {
+		return types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+err.Error(),
+			"kmesh needs a veth-based primary plugin (bridge, ptp, ...); or opt the pod out with label istio.io/dataplane-mode=none")
+	}
+	rec.HostVeth, rec.HostIfindex = veth, ifindex
+	if rec.PodUID != "" {
+		if mnt, err := cgroupv2.Mountpoint(); err == nil {
+			rec.CgroupPath, rec.CgroupID, _ = podcgroup.Find(mnt, rec.PodUID)
+		}
+	}
+
+	r.step("found host veth and cgroup")
+	m, err := openManage(c.BPFDir)
+	if errors.Is(err, errNoDatapath) {
+		if c.Closed() {
+			return types.NewError(types.ErrTryAgainLater, "kmesh-cni: "+err.Error(),
+				"failurePolicy is closed: the runtime retries until the kmesh daemon has loaded the data path")
+		}
+		rec.Reason += "; not enrolled yet: " + err.Error()
+		return nil
+	}
+	if err != nil {
+		return types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
+	}
+	defer m.Close()
+
+	rec.Enrolled, rec.TCKey = true, loader.PodTCKey(rec.ContainerID, veth)
+	if err := dir.Save(rec); err != nil {
+		return types.NewError(conf.ErrState, err.Error(), "")
+	}
+	// The consistent-hashing key from the pod's address, as the daemon
+	// computes it when it enrolls a pod.
+	var ip netip.Addr
+	if len(prev.IPs) > 0 {
+		ip, _ = netip.AddrFromSlice(prev.IPs[0].Address.IP)
+	}
+	if err := m.Enroll(rec.Cookie, maps.Enrollment{ClientID: maps.ClientIDFor(ip.Unmap())}); err != nil {
+		r.undo(dir, rec)
+		return types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
+	}
+	r.step("wrote manage entry")
+	if err := loader.AttachPodTC(c.BPFDir, rec.TCKey, ifindex); err != nil {
+		r.undo(dir, rec)
+		return types.NewError(conf.ErrAttachTC, fmt.Sprintf("kmesh-cni: host veth %s: %v", veth, err), "")
+	}
+	return nil
+}
+
+// undo removes what ADD wrote for rec; used when ADD fails.
+func (r *run) undo(dir *state.Dir, rec *state.Record) {
+	if rec.Enrolled || rec.TCKey != "" {
+		if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
+			r.log.Error("undo enrollment", "error", err)
+		}
+	}
+	rec.Enrolled, rec.TCKey = false, ""
+	if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
+		r.log.Error("undo state record", "error", err)
+	}
+}

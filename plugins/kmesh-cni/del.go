@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
+)
+
+func cmdDel(args *skel.CmdArgs) error {
+	r, err := newRun("DEL", args)
+	if err != nil {
+		return err
+	}
+	return r.done(r.del())
+}
+
+// del undoes ADD, best effort: a missing record, netns, map entry, link or
+// daemon is not an error. It fails only when the kernel refuses to remove
+// something that is there, and then keeps the record so a retry can.
+func (r *run) del() error {
+	c, args := r.conf, r.args
+	dir, err := r.stateDir(false)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+
+	rec, ok, err := dir.Load(args.ContainerID, args.IfName)
+	if err != nil {
+		r.log.Warn("unreadable state record; cleaning up from the netns", "error", err)
+	}
+	if !ok {
+		// No record (ADD failed early, or the state was lost): undo what
+		// can be found from the attachment itself.
+		rec = &state.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, BPFDir: c.BPFDir}
+	}
+	if (rec.Cookie == 0 || rec.TCKey == "") && args.Netns != "" {
+		// Also when ADD did not enroll: the daemon may have since, and
+		// its tc link carries the same name.
+		if pl, err := inspectPod(args.Netns, args.IfName); err == nil {
+			if rec.Cookie == 0 {
+				rec.Cookie = pl.cookie
+			}
+			if veth, _, err := hostVeth(pl, args.IfName, &current.Result{}); err == nil && rec.TCKey == "" {
+				rec.TCKey = loader.PodTCKey(args.ContainerID, veth)
+			}
+		}
+	}
+	// The cookie is released even when ADD did not enroll: the daemon may
+	// have enrolled the pod since. Cookies are never reused, so this
+	// cannot touch another pod.
+	if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
+		return types.NewError(conf.ErrEnroll, "kmesh-cni DEL: "+err.Error(), "the runtime retries DEL; the state record is kept until it succeeds")
+	}
+	if err := r.daemon(func(ctx context.Context, cl *registry.Client) error {
+		return cl.Release(ctx, rec.ContainerID, rec.Netns, rec.Cookie)
+	}); err != nil {
+		r.log.Warn("daemon not told; it reconciles with the state directory when it starts", "error", err)
+	}
+	if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
+		return types.NewError(conf.ErrState, err.Error(), "")
+	}
+	r.log.Info("deleted", "cookie", rec.Cookie, "hadRecord", ok)
+	return nil
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
+)
+
+func cmdGC(args *skel.CmdArgs) error {
+	r, err := newRun("GC", args)
+	if err != nil {
+		return err
+	}
+	return r.done(r.gc())
+}
+
+// gc removes the enrollment of every attachment of this network that is
+// not in cni.dev/valid-attachments, then tc links whose interface is gone
+// and that no record owns. It removes as much as it can and reports the
+// rest.
+func (r *run) gc() error {
+	c := r.conf
+	valid := map[types.GCAttachment]bool{}
+	for _, a := range c.ValidAttachments {
+		valid[a] = true
+	}
+	// Exclusive: no ADD is halfway through while GC decides what is stale.
+	dir, err := r.stateDir(true)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+
+	recs, err := dir.List()
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	owned := map[string]bool{}
+	var stale []*state.Record
+	for _, rec := range recs {
+		owned[rec.TCKey] = true
+		if rec.Network != c.Name || valid[types.GCAttachment{ContainerID: rec.ContainerID, IfName: rec.IfName}] {
+			continue
+		}
+		stale = append(stale, rec)
+	}
+	var cl *registry.Client
+	if len(stale) > 0 {
+		if cl, err = registry.Dial(c.DaemonSocket); err != nil {
+			cl = nil
+		}
+	}
+	defer func() {
+		if cl != nil {
+			cl.Close()
+		}
+	}()
+	for _, rec := range stale {
+		if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
+			errs = append(errs, fmt.Errorf("container %s: %w", rec.ContainerID, err))
+			continue
+		}
+		if cl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), daemonTimeout)
+			if err := cl.Release(ctx, rec.ContainerID, rec.Netns, rec.Cookie); err != nil {
+				r.log.Warn("daemon not told of a stale pod", "container", rec.ContainerID, "error", err)
+				if errors.Is(err, registry.ErrUnreachable) {
+					cl.Close()
+					cl = nil // do not wait for it again
+				}
+			}
+			cancel()
+		}
+		if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.log.Info("removed stale attachment", "container", rec.ContainerID, "ifname", rec.IfName, "cookie", rec.Cookie)
+	}
+
+	// Links left by runs that lost their record, on interfaces that are gone.
+	keys, err := loader.PodTCKeys(c.BPFDir)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, key := range keys {
+		if owned[key] {
+			continue
+		}
+		a, ok, err := loader.PodTC(c.BPFDir, key)
+		if err != nil || !ok || a.Live {
+			continue
+		}
+		if err := detachTC(c.BPFDir, key); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(conf.ErrGC, "kmesh-cni GC could not remove everything: "+err.Error(), "GC runs again later; the rest was removed")
+	}
+	return nil
+}

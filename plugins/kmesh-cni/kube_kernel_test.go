@@ -1,0 +1,183 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kmesh-go/kmesh/internal/enrollment"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakeapi"
+)
+
+// fakeAPIServer serves api on loopback inside the node namespace, where
+// kmesh-cni runs, and returns a kubeconfig for it.
+func (e *env) fakeAPIServer(api *fakeapi.API) string {
+	e.t.Helper()
+	var l net.Listener
+	if err := e.inNode(func() error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(api)
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	e.t.Cleanup(srv.Close)
+	return e.kubeconfig("http://" + l.Addr().String())
+}
+
+func (e *env) kubeconfig(server string) string {
+	e.t.Helper()
+	path := filepath.Join(e.dir, fmt.Sprintf("kubeconfig-%d", len(server)))
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: %q}}]
+users: [{name: kmesh-cni, user: {token: test-token}}]
+contexts: [{name: c, context: {cluster: c, user: kmesh-cni}}]
+current-context: c
+`, server)
+	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return path
+}
+
+// inNamespace points a pod's CNI_ARGS at a Kubernetes namespace.
+func (p *pod) inNamespace(ns string) *pod {
+	for i, a := range p.rt.Args {
+		if a[0] == "K8S_POD_NAMESPACE" {
+			p.rt.Args[i][1] = ns
+		}
+	}
+	return p
+}
+
+func (p *pod) uid() string {
+	for _, a := range p.rt.Args {
+		if a[0] == "K8S_POD_UID" {
+			return a[1]
+		}
+	}
+	return ""
+}
+
+// The decision as the binary makes it from the Kubernetes API, and the
+// annotation on enrolled pods.
+func TestKernelKubernetesDecision(t *testing.T) {
+	e := newEnv(t)
+	api := fakeapi.New()
+	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
+	api.AddNamespace("mesh", kmesh)
+	api.AddNamespace("plain", nil)
+	list := e.conflist(netOpts{kubeconfig: e.fakeAPIServer(api), defaultEnroll: true})
+
+	cases := []struct {
+		name, ns string
+		labels   map[string]string
+		mod      func(*corev1.Pod)
+		enroll   bool
+		reason   string
+	}{
+		{"labelled-namespace", "mesh", nil, nil, true, "namespace label"},
+		{"labelled-pod", "plain", kmesh, nil, true, "pod label"},
+		{"plain", "plain", nil, nil, false, "no istio.io/dataplane-mode=kmesh label"},
+		{"opt-out", "mesh", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeNone}, nil, false, "opted out"},
+		{"sidecar", "mesh", nil, func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "istio-proxy"})
+		}, false, "sidecar"},
+		{"sidecar-annotation", "mesh", nil, func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"sidecar.istio.io/status": "{}"}
+		}, false, "sidecar"},
+		{"host-network", "mesh", nil, func(p *corev1.Pod) { p.Spec.HostNetwork = true }, false, "host-network"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := e.newPod(tc.name).inNamespace(tc.ns)
+			mods := []func(*corev1.Pod){}
+			if tc.mod != nil {
+				mods = append(mods, tc.mod)
+			}
+			api.AddPod(tc.ns, tc.name, p.uid(), tc.labels, nil, mods...)
+			e.mustAdd(list, p)
+			d := e.daemon.Pod(p.rt.ContainerID)
+			if d == nil || d.GetEnrolled() != tc.enroll || !strings.Contains(d.GetReason(), tc.reason) {
+				t.Fatalf("daemon's record: %v, want enrolled=%v, reason saying %q", d, tc.enroll, tc.reason)
+			}
+			if got := e.enrolled(e.cookie(p)); got != tc.enroll {
+				t.Fatalf("in the manage map: %v, want %v", got, tc.enroll)
+			}
+			ann, has := api.Annotations(tc.ns, tc.name)[enrollment.AnnotationRedirection]
+			if has != tc.enroll || tc.enroll && ann != "enabled" {
+				t.Fatalf("annotation %s=%q (set: %v), want set: %v", enrollment.AnnotationRedirection, ann, has, tc.enroll)
+			}
+			if tc.enroll {
+				e.requireEnrolled(p)
+			}
+			if err := e.del(list, p); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+
+	t.Run("recreated pod", func(t *testing.T) {
+		p := e.newPod("recreated").inNamespace("mesh")
+		api.AddPod("mesh", "recreated", "another-uid", nil, nil)
+		e.mustAdd(list, p)
+		if d := e.daemon.Pod(p.rt.ContainerID); d == nil || d.GetEnrolled() || !strings.Contains(d.GetReason(), "UID") {
+			t.Fatalf("daemon's record: %v", d)
+		}
+		if err := e.del(list, p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	e.requireClean()
+
+	// The API does not answer: open lets the pod start outside the mesh
+	// (the daemon decides later); closed fails with code 11.
+	var closedPort string
+	if err := e.inNode(func() error {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		closedPort = l.Addr().String()
+		return l.Close()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	down := e.kubeconfig("http://" + closedPort)
+	t.Run("API down, open", func(t *testing.T) {
+		p := e.newPod("down-open").inNamespace("mesh")
+		e.mustAdd(e.conflist(netOpts{kubeconfig: down, policy: conf.FailOpen}), p)
+		if d := e.daemon.Pod(p.rt.ContainerID); d == nil || d.GetEnrolled() || !strings.Contains(d.GetReason(), "Kubernetes API unreachable") {
+			t.Fatalf("daemon's record: %v", d)
+		}
+		if err := e.del(list, p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("API down, closed", func(t *testing.T) {
+		p := e.newPod("down-closed").inNamespace("mesh")
+		err := e.add(e.conflist(netOpts{kubeconfig: down, policy: conf.FailClosed}), p)
+		if ce := cniError(t, err); ce.Code != types.ErrTryAgainLater {
+			t.Fatalf("code %d: %v", ce.Code, err)
+		}
+		mustContain(t, "error", err.Error(), "Kubernetes API did not answer", "connection refused")
+		e.requireClean()
+		if err := e.del(list, p); err != nil {
+			t.Fatal(err)
+		}
+	})
+	e.requireClean()
+}

@@ -1,0 +1,25 @@
+// Command kmesh-cni is the chained CNI plugin that enrolls pods in the kmesh
+// data path at creation. It runs after the primary network plugin (e.g.
+// bridge), decides from the Kubernetes API whether the pod joins the mesh,
+// writes the pod's netns cookie into the pinned manage map, attaches the tc
+// program to the pod's host-side veth, and tells the node daemon.
+//
+// Every CNI 1.1 operation is served: ADD, DEL, CHECK, GC, STATUS, VERSION.
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+)
+
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    cmdAdd,
+		Del:    cmdDel,
+		Check:  cmdCheck,
+		GC:     cmdGC,
+		Status: cmdStatus,
+	}, version.PluginSupports(conf.SupportedVersions...), "CNI plugin kmesh-cni: enrolls pods in the kmesh sidecarless data path")
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
+)
+
+// Bounds on what a plugin run waits for. A runtime runs the chain while a
+// pod waits to start, so nothing here may hang.
+const (
+	daemonTimeout = 2 * time.Second
+	kubeTimeout   = 3 * time.Second
+)
+
+// run is one plugin invocation: the parsed conf, the logger and what the
+// command has opened.
+type run struct {
+	args    *skel.CmdArgs
+	conf    *conf.Conf
+	log     *slog.Logger
+	logFile io.Closer
+	start   time.Time
+}
+
+// newRun parses the conf and sets up logging.
+func newRun(op string, args *skel.CmdArgs) (*run, error) {
+	c, err := conf.Parse(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	r := &run{args: args, conf: c, start: time.Now()}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.LogLevel))
+	var w io.Writer = os.Stderr
+	if c.LogFile != "" {
+		// Logging must never break a pod: fall back to stderr.
+		if err := os.MkdirAll(filepath.Dir(c.LogFile), 0o755); err == nil {
+			if f, err := os.OpenFile(c.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err == nil {
+				w, r.logFile = f, f
+			} else {
+				fmt.Fprintf(os.Stderr, "kmesh-cni: open log file: %v\n", err)
+			}
+		}
+	}
+	r.log = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With(
+		"op", op, "container", args.ContainerID, "ifname", args.IfName, "network", c.Name)
+	return r, nil
+}
+
+// done logs how the command ended and closes the log.
+func (r *run) done(err error) error {
+	d := time.Since(r.start).Round(time.Microsecond)
+	if err != nil {
+		r.log.Error("failed", "took", d, "error", err)
+	} else {
+		r.log.Debug("done", "took", d)
+	}
+	if r.logFile != nil {
+		r.logFile.Close()
+	}
+	return err
+}
+
+// step logs at debug level how long the run has taken so far.
+func (r *run) step(what string) {
+	r.log.Debug(what, "at", time.Since(r.start).Round(time.Microsecond))
+}
+
+// stateDir opens the state directory, as a CNI error on failure.
+func (r *run) stateDir(exclusive bool) (*state.Dir, error) {
+	d, err := state.Open(r.conf.StateDir, exclusive)
+	if err != nil {
+		return nil, types.NewError(conf.ErrState, fmt.Sprintf("kmesh-cni state directory %s: %v", r.conf.StateDir, err),
+			"the plugin runs as root and needs a writable directory there (conf field stateDir)")
+	}
+	return d, nil
+}
+
+// daemon runs fn against the daemon with the daemon timeout.
+func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) error {
+	c, err := registry.Dial(r.conf.DaemonSocket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), daemonTimeout)
+	defer cancel()
+	return fn(ctx, c)
+}
+
+// errNoDatapath means the pinned maps are not there: no daemon has loaded
+// the data path on this node since boot.
+var errNoDatapath = errors.New("kmesh data path not loaded")
+
+// openManage opens the pinned manage map under dir.
+func openManage(dir string) (*maps.Manage, error) {
+	m, err := maps.OpenManage(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no pinned maps under %s (is the kmesh daemon running, with the same bpfDir?)", errNoDatapath, dir)
+	}
+	return m, err
+}
+
+// release takes the attachment's netns out of the data path and removes
+// its tc link (tcKey, if any); what is already gone is not an error.
+func release(bpfDir, tcKey string, cookie uint64) error {
+	var errs []error
+	if cookie != 0 {
+		m, err := openManage(bpfDir)
+		switch {
+		case errors.Is(err, errNoDatapath):
+			// Nothing pinned: nothing enrolled.
+		case err != nil:
+			errs = append(errs, err)
+		default:
+			errs = append(errs, m.Release(cookie))
+			m.Close()
+		}
+	}
+	if tcKey != "" {
+		errs = append(errs, detachTC(bpfDir, tcKey))
+	}
+	return errors.Join(errs...)
+}
