@@ -71,17 +71,26 @@ func (r *run) add() error {
 	}
 	defer dir.Close()
 
-	// 4. Enroll in the kernel: manage entry, then tc on the host veth.
+	// 4. Enroll in the kernel: the manage entry now, the tc program on the
+	// host veth alongside the daemon call (a tcx attach waits for an RCU
+	// grace period, the longest step of ADD).
+	var tc <-chan error
 	if decision.Enroll {
-		if err := r.enroll(dir, rec, pl, prev); err != nil {
+		if tc, err = r.enroll(dir, rec, pl, prev); err != nil {
 			return err
 		}
-	}
-	if err := dir.Save(rec); err != nil {
-		r.undo(dir, rec)
+	} else if err := dir.Save(rec); err != nil {
 		return types.NewError(conf.ErrState, err.Error(), "")
 	}
-	r.step("enrolled in the kernel")
+	// fail undoes ADD once the attach has finished, so nothing is attached
+	// after the undo.
+	fail := func(err error) error {
+		if tc != nil {
+			<-tc
+		}
+		r.undo(dir, rec)
+		return err
+	}
 
 	// 5. Tell the daemon, enrolled or not, within a bounded time.
 	daemonEnrolled := false
@@ -92,19 +101,33 @@ func (r *run) add() error {
 	})
 	if err != nil {
 		if c.Closed() && decision.Enroll {
-			r.undo(dir, rec)
-			return types.NewError(types.ErrTryAgainLater,
+			return fail(types.NewError(types.ErrTryAgainLater,
 				fmt.Sprintf("kmesh-cni: pod %s not enrolled: %v", pod, err),
-				"failurePolicy is closed, so the pod waits for the kmesh daemon and the runtime retries; start the daemon on this node or set failurePolicy to open")
+				"failurePolicy is closed, so the pod waits for the kmesh daemon and the runtime retries; start the daemon on this node or set failurePolicy to open"))
 		}
 		r.log.Warn("daemon not told; it reads the state directory when it is back", "error", err)
 	} else {
 		rec.Signaled = true
+	}
+	r.step("told the daemon")
+	if tc != nil {
+		if err := <-tc; err != nil {
+			tc = nil
+			err = fail(types.NewError(conf.ErrAttachTC, fmt.Sprintf("kmesh-cni: attach tc to host veth %s: %v", rec.HostVeth, err), ""))
+			if rec.Signaled {
+				_ = r.daemon(func(ctx context.Context, cl *registry.Client) error {
+					return cl.Release(ctx, rec.ContainerID, rec.Netns, rec.Cookie)
+				})
+			}
+			return err
+		}
+		r.step("attached tc")
+	}
+	if rec.Signaled {
 		if err := dir.Save(rec); err != nil {
 			r.log.Warn("update state record", "error", err)
 		}
 	}
-	r.step("told the daemon")
 
 	// 6. Mark the pod, for operators and tools that look for it.
 	if kc != nil && (rec.Enrolled || daemonEnrolled) {
@@ -192,14 +215,15 @@ func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kub
 	return rec
 }
 
-// enroll writes the manage entry and attaches tc. The record is saved
-// first, so a run killed halfway leaves what DEL and GC need to undo it.
-// On error nothing is left behind.
-func (r *run) enroll(dir *state.Dir, rec *state.Record, pl podLink, prev *current.Result) error {
+// enroll starts the tc attachment, whose outcome arrives on the returned
+// channel, and writes the manage entry. The record is saved first, so a
+// run killed halfway leaves what DEL and GC need to undo it. On error
+// nothing is left behind.
+func (r *run) enroll(dir *state.Dir, rec *state.Record, pl podLink, prev *current.Result) (<-chan error, error) {
 	c := r.conf
 	veth, ifindex, err := hostVeth(pl, r.args.IfName, prev)
 	if err != nil {
-		return types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+err.Error(),
+		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+err.Error(),
 			"kmesh needs a veth-based primary plugin (bridge, ptp, ...); or opt the pod out with label istio.io/dataplane-mode=none")
 	}
 	rec.HostVeth, rec.HostIfindex = veth, ifindex
@@ -208,26 +232,32 @@ func (r *run) enroll(dir *state.Dir, rec *state.Record, pl podLink, prev *curren
 			rec.CgroupPath, rec.CgroupID, _ = podcgroup.Find(mnt, rec.PodUID)
 		}
 	}
-
 	r.step("found host veth and cgroup")
+
 	m, err := openManage(c.BPFDir)
 	if errors.Is(err, errNoDatapath) {
 		if c.Closed() {
-			return types.NewError(types.ErrTryAgainLater, "kmesh-cni: "+err.Error(),
+			return nil, types.NewError(types.ErrTryAgainLater, "kmesh-cni: "+err.Error(),
 				"failurePolicy is closed: the runtime retries until the kmesh daemon has loaded the data path")
 		}
 		rec.Reason += "; not enrolled yet: " + err.Error()
-		return nil
+		if err := dir.Save(rec); err != nil {
+			return nil, types.NewError(conf.ErrState, err.Error(), "")
+		}
+		return nil, nil
 	}
 	if err != nil {
-		return types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
+		return nil, types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
 	}
 	defer m.Close()
 
 	rec.Enrolled, rec.TCKey = true, loader.PodTCKey(rec.ContainerID, veth)
 	if err := dir.Save(rec); err != nil {
-		return types.NewError(conf.ErrState, err.Error(), "")
+		return nil, types.NewError(conf.ErrState, err.Error(), "")
 	}
+	done := make(chan error, 1)
+	go func() { done <- loader.AttachPodTC(c.BPFDir, rec.TCKey, ifindex) }()
+
 	// The consistent-hashing key from the pod's address, as the daemon
 	// computes it when it enrolls a pod.
 	var ip netip.Addr
@@ -235,15 +265,12 @@ func (r *run) enroll(dir *state.Dir, rec *state.Record, pl podLink, prev *curren
 		ip, _ = netip.AddrFromSlice(prev.IPs[0].Address.IP)
 	}
 	if err := m.Enroll(rec.Cookie, maps.Enrollment{ClientID: maps.ClientIDFor(ip.Unmap())}); err != nil {
+		<-done
 		r.undo(dir, rec)
-		return types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
+		return nil, types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
 	}
 	r.step("wrote manage entry")
-	if err := loader.AttachPodTC(c.BPFDir, rec.TCKey, ifindex); err != nil {
-		r.undo(dir, rec)
-		return types.NewError(conf.ErrAttachTC, fmt.Sprintf("kmesh-cni: host veth %s: %v", veth, err), "")
-	}
-	return nil
+	return done, nil
 }
 
 // undo removes what ADD wrote for rec; used when ADD fails.

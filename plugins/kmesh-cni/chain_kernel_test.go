@@ -6,6 +6,7 @@ package main
 
 import (
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -372,4 +373,49 @@ func deleteLink(name string) error {
 		return err
 	}
 	return netlink.LinkDel(l)
+}
+
+// A tc attachment that fails undoes the manage entry, the record and the
+// daemon's registration: ADD fails with code 101 and leaves nothing.
+func TestKernelTCFailureLeavesNothing(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{defaultEnroll: true})
+	if err := os.Remove(filepath.Join(e.pins, "progs", loader.ProgToPod)); err != nil {
+		t.Fatal(err)
+	}
+	p := e.newPod("p")
+	err := e.add(list, p)
+	if ce := cniError(t, err); ce.Code != conf.ErrAttachTC {
+		t.Fatalf("code %d: %v", ce.Code, err)
+	}
+	mustContain(t, "error", err.Error(), "attach tc to host veth", "is the kmesh data path loaded")
+	e.requireClean()
+	if e.daemon.Pod(p.rt.ContainerID) != nil {
+		t.Fatal("the daemon still has the pod whose ADD failed")
+	}
+	if err := e.del(list, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Without a loaded data path, open lets the pod start unenrolled (the
+// daemon enrolls it once it has loaded one); closed fails with code 11.
+func TestKernelNoDatapath(t *testing.T) {
+	e := newEnv(t)
+	e.pins += "-not-loaded"
+	p := e.newPod("p")
+	e.mustAdd(e.conflist(netOpts{defaultEnroll: true}), p)
+	d := e.daemon.Pod(p.rt.ContainerID)
+	if d == nil || d.GetEnrolled() || !strings.Contains(d.GetReason(), "data path not loaded") {
+		t.Fatalf("daemon's record: %v", d)
+	}
+	q := e.newPod("q")
+	err := e.add(e.conflist(netOpts{defaultEnroll: true, policy: conf.FailClosed}), q)
+	if ce := cniError(t, err); ce.Code != types.ErrTryAgainLater {
+		t.Fatalf("closed: %v", err)
+	}
+	mustContain(t, "error", err.Error(), "data path not loaded", "is the kmesh daemon running")
+	if e.record(q) != nil || e.daemon.Pod(q.rt.ContainerID) != nil {
+		t.Fatal("the failed ADD left a record or a registration")
+	}
 }

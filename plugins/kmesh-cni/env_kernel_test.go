@@ -34,7 +34,7 @@ import (
 
 const (
 	bridgeName = "kmbr0"
-	subnet     = "10.244.0.0/24"
+	subnet     = "10.244.0.0/16"
 )
 
 type env struct {

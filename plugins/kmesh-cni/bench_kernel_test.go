@@ -1,0 +1,239 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+)
+
+// timedExec runs plugins like libcni does and records how long each
+// plugin's process took.
+type timedExec struct {
+	invoke.RawExec
+	mu   sync.Mutex
+	took map[string][]time.Duration
+}
+
+func (x *timedExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
+	start := time.Now()
+	out, err := x.RawExec.ExecPlugin(ctx, path, stdin, env)
+	d := time.Since(start)
+	x.mu.Lock()
+	x.took[filepath.Base(path)] = append(x.took[filepath.Base(path)], d)
+	x.mu.Unlock()
+	return out, err
+}
+
+func (x *timedExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+func (x *timedExec) Decode(b []byte) (version.PluginInfo, error) {
+	return (&version.PluginDecoder{}).Decode(b)
+}
+
+// TestBenchChainAdd measures what kmesh-cni adds to pod network setup: ADD
+// of the whole chain (loopback, then bridge + host-local + portmap
+// [+ kmesh-cni]) for 100 pods each way, interleaved so both see the same
+// machine. It prints a table and asserts nothing about time.
+//
+//	KMESH_KERNEL_TESTS=1 KMESH_BENCH=1 go test ./plugins/kmesh-cni -run TestBenchChainAdd -v
+func TestBenchChainAdd(t *testing.T) {
+	if os.Getenv("KMESH_BENCH") != "1" {
+		t.Skip("benchmark: set KMESH_BENCH=1")
+	}
+	e := newEnv(t)
+	te := &timedExec{took: map[string][]time.Duration{}}
+	e.cni = libcni.NewCNIConfigWithCacheDir(pluginPaths(t), filepath.Join(e.dir, "cache"), te)
+	with := e.conflist(netOpts{defaultEnroll: true})
+	without := e.conflist(netOpts{noKmesh: true})
+	// Info level: one log line per ADD, as in production.
+	for _, p := range with.Plugins {
+		if p.Network.Type == "kmesh-cni" {
+			p.Bytes = []byte(strings.Replace(string(p.Bytes), `"logLevel":"debug"`, `"logLevel":"info"`, 1))
+		}
+	}
+
+	const n = 100
+	var tWith, tWithout []time.Duration
+	timeAdd := func(list *libcni.NetworkConfigList, p *pod) time.Duration {
+		start := time.Now()
+		e.mustAdd(list, p)
+		return time.Since(start)
+	}
+	for i := range 3 { // warm the page cache and the data path
+		timeAdd(with, e.newPod(fmt.Sprintf("warm%d", i)))
+		timeAdd(without, e.newPod(fmt.Sprintf("warmx%d", i)))
+	}
+	te.took = map[string][]time.Duration{}
+	for i := range n {
+		a, b := e.newPod(fmt.Sprintf("w%d", i)), e.newPod(fmt.Sprintf("x%d", i))
+		if i%2 == 0 {
+			tWith = append(tWith, timeAdd(with, a))
+			tWithout = append(tWithout, timeAdd(without, b))
+		} else {
+			tWithout = append(tWithout, timeAdd(without, b))
+			tWith = append(tWith, timeAdd(with, a))
+		}
+	}
+	if all, _ := e.manage.List(); len(all) != n+3 {
+		t.Fatalf("%d pods enrolled, want %d", len(all), n+3)
+	}
+
+	pc := func(ds []time.Duration, q float64) time.Duration {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return s[int(q*float64(len(s)-1)+0.5)]
+	}
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+	row := func(name string, ds []time.Duration) string {
+		return fmt.Sprintf("| %s | %s | %s | %s |", name, ms(pc(ds, 0.5)), ms(pc(ds, 0.9)), ms(pc(ds, 0.99)))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nCNI ADD, %d pods each way, interleaved (loopback, then bridge + host-local + portmap [+ kmesh-cni], defaultEnroll, fake daemon up):\n\n", n)
+	fmt.Fprintln(&b, "| | p50 | p90 | p99 |\n|---|---|---|---|")
+	fmt.Fprintln(&b, row("chain without kmesh-cni", tWithout))
+	fmt.Fprintln(&b, row("chain with kmesh-cni", tWith))
+	fmt.Fprintf(&b, "| **added by kmesh-cni** (difference of the percentiles) | **%s** | %s | **%s** |\n",
+		ms(pc(tWith, 0.5)-pc(tWithout, 0.5)), ms(pc(tWith, 0.9)-pc(tWithout, 0.9)), ms(pc(tWith, 0.99)-pc(tWithout, 0.99)))
+	for _, name := range []string{"kmesh-cni", "bridge", "portmap", "loopback"} {
+		if ds := te.took[name]; len(ds) > 0 {
+			fmt.Fprintln(&b, row("process "+name+" (exec to exit)", ds))
+		}
+	}
+	fmt.Fprintf(&b, "\nkmesh-cni ADD inside the process (median of each step's end, from its debug log over %d extra pods):\n\n", 20)
+	fmt.Fprint(&b, stepTable(t, e, 20))
+	fmt.Fprintf(&b, "\nAttaching the pod program to a host veth, %d veths each way, in the node namespace:\n\n", 20)
+	fmt.Fprint(&b, attachTable(t, e, 20))
+	t.Log(b.String())
+}
+
+// attachTable compares what the plugin does (a pinned tcx link, through
+// the loader) with the classic clsact qdisc + cls_bpf filter, which the
+// loader does not use: the number behind the largest step of ADD.
+func attachTable(t *testing.T, e *env, n int) string {
+	list := e.conflist(netOpts{noKmesh: true})
+	var pods []*pod
+	for i := range 2 * n {
+		p := e.newPod(fmt.Sprintf("t%d", i))
+		e.mustAdd(list, p)
+		pods = append(pods, p)
+	}
+	prog, err := ebpf.LoadPinnedProgram(filepath.Join(e.pins, "progs", loader.ProgToPod), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	var tcxAttach, tcxDetach, clsAttach, clsDetach []time.Duration
+	err = e.inNode(func() error {
+		for i, p := range pods {
+			l, err := netlink.LinkByName(p.hostVeth)
+			if err != nil {
+				return err
+			}
+			idx := l.Attrs().Index
+			if i%2 == 0 {
+				key := fmt.Sprintf("bench%d", i)
+				start := time.Now()
+				if err := loader.AttachPodTC(e.pins, key, idx); err != nil {
+					return err
+				}
+				tcxAttach = append(tcxAttach, time.Since(start))
+				start = time.Now()
+				if err := loader.DetachPodTC(e.pins, key); err != nil {
+					return err
+				}
+				tcxDetach = append(tcxDetach, time.Since(start))
+				continue
+			}
+			qdisc := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}, QdiscType: "clsact"}
+			filter := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_EGRESS, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1},
+				Fd: prog.FD(), Name: loader.ProgToPod, DirectAction: true}
+			start := time.Now()
+			if err := netlink.QdiscAdd(qdisc); err != nil {
+				return err
+			}
+			if err := netlink.FilterAdd(filter); err != nil {
+				return err
+			}
+			clsAttach = append(clsAttach, time.Since(start))
+			start = time.Now()
+			if err := netlink.QdiscDel(qdisc); err != nil {
+				return err
+			}
+			clsDetach = append(clsDetach, time.Since(start))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	med := func(ds []time.Duration) string {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return fmt.Sprintf("%.2f ms (p90 %.2f ms)", float64(s[len(s)/2].Microseconds())/1000, float64(s[len(s)*9/10].Microseconds())/1000)
+	}
+	return fmt.Sprintf("| | attach (median) | detach (median) |\n|---|---|---|\n"+
+		"| tcx link, pinned (loader.AttachPodTC, what kmesh-cni does) | %s | %s |\n"+
+		"| clsact qdisc + cls_bpf filter (netlink) | %s | %s |\n",
+		med(tcxAttach), med(tcxDetach), med(clsAttach), med(clsDetach))
+}
+
+// stepTable adds pods with the debug log on and reports, per step, the
+// median time since the process's ADD began.
+func stepTable(t *testing.T, e *env, n int) string {
+	list := e.conflist(netOpts{defaultEnroll: true})
+	logFile := filepath.Join(e.dir, "kmesh-cni.log")
+	os.Remove(logFile)
+	for i := range n {
+		e.mustAdd(list, e.newPod(fmt.Sprintf("s%d", i)))
+	}
+	f, err := os.Open(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	re := regexp.MustCompile(`level=DEBUG msg="?([^"=]+?)"? op=ADD .* at=(\S+)`)
+	steps := map[string][]time.Duration{}
+	var order []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		m := re.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		d, err := time.ParseDuration(m[2])
+		if err != nil {
+			continue
+		}
+		if _, ok := steps[m[1]]; !ok {
+			order = append(order, m[1])
+		}
+		steps[m[1]] = append(steps[m[1]], d)
+	}
+	var b strings.Builder
+	fmt.Fprintln(&b, "| step | done at (median) |\n|---|---|")
+	for _, s := range order {
+		ds := slices.Clone(steps[s])
+		slices.Sort(ds)
+		fmt.Fprintf(&b, "| %s | %.2f ms |\n", s, float64(ds[len(ds)/2].Microseconds())/1000)
+	}
+	return b.String()
+}
