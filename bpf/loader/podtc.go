@@ -70,6 +70,21 @@ func AttachPodTC(pinDir, key string, ifindex int) error {
 	}
 	defer prog.Close()
 	path := filepath.Join(pinDir, tcSubdir, key)
+	// Already attached here: just make sure it runs the current program.
+	// (Detaching and attaching again would race the kernel's deferred
+	// release of the old link.)
+	if old, err := link.LoadPinnedLink(path, nil); err == nil {
+		info, ierr := old.Info()
+		if ierr == nil && info.TCX() != nil && int(info.TCX().Ifindex) == ifindex {
+			err := old.Update(prog)
+			old.Close()
+			if err != nil {
+				return fmt.Errorf("update tc link %s: %w", key, err)
+			}
+			return nil
+		}
+		old.Close()
+	}
 	if err := DetachPodTC(pinDir, key); err != nil {
 		return err
 	}

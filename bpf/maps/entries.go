@@ -1,7 +1,6 @@
 package maps
 
 import (
-	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -12,9 +11,9 @@ import (
 
 // svcEntries is everything one service owns in the kernel maps.
 type svcEntries struct {
-	fe    map[layout.FrontendKey]layout.FrontendValue
-	ports map[layout.PortKey]layout.PortValue
-	ovr   map[layout.PortOverrideKey]layout.PortOverrideValue
+	fe    small[layout.FrontendKey, layout.FrontendValue]
+	ports small[layout.PortKey, layout.PortValue]
+	ovr   small[layout.PortOverrideKey, layout.PortOverrideValue]
 	value layout.ServiceValue // RRCursor always zero here: the kernel owns it
 	// slots[p][i] is the workload at endpoint index i+1 of priority p.
 	slots [layout.MaxPrio][]uint32
@@ -25,7 +24,7 @@ type svcEntries struct {
 
 // beEntries is everything one backend owns.
 type beEntries struct {
-	fe    map[layout.FrontendKey]layout.FrontendValue
+	fe    small[layout.FrontendKey, layout.FrontendValue]
 	value layout.BackendValue
 }
 
@@ -41,22 +40,18 @@ func (e *svcEntries) workloads() []uint32 {
 // later against what the kernel already holds, so only the wanted lists are
 // returned here.
 func serviceEntries(s *Service, maglevSize uint32) (*svcEntries, [layout.MaxPrio][]uint32) {
-	e := &svcEntries{
-		fe:    map[layout.FrontendKey]layout.FrontendValue{},
-		ports: map[layout.PortKey]layout.PortValue{},
-		ovr:   map[layout.PortOverrideKey]layout.PortOverrideValue{},
-	}
+	e := &svcEntries{}
 	for _, v := range s.VIPs {
-		e.fe[layout.FrontendKey{Addr: layout.AddrFrom(v)}] = layout.FrontendValue{UpstreamID: s.ID, Kind: layout.KindService}
+		e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(v)}, layout.FrontendValue{UpstreamID: s.ID, Kind: layout.KindService})
 	}
 	for _, p := range s.Ports {
 		pv := layout.PortValue{TargetPort: p.TargetPort}
 		if len(p.Overrides) > 0 {
 			pv.Flags |= layout.PortOverrides
 		}
-		e.ports[layout.PortKey{ServiceID: s.ID, Port: p.Port}] = pv
+		e.ports.put(layout.PortKey{ServiceID: s.ID, Port: p.Port}, pv)
 		for wid, tp := range p.Overrides {
-			e.ovr[layout.PortOverrideKey{ServiceID: s.ID, WorkloadID: wid, Port: p.Port}] = layout.PortOverrideValue{TargetPort: tp}
+			e.ovr.put(layout.PortOverrideKey{ServiceID: s.ID, WorkloadID: wid, Port: p.Port}, layout.PortOverrideValue{TargetPort: tp})
 		}
 	}
 	v := layout.ServiceValue{LBPolicy: uint8(s.Policy)}
@@ -98,10 +93,10 @@ func maglevSet(strict bool, want [layout.MaxPrio][]uint32) []uint32 {
 }
 
 func backendEntries(b *Backend) *beEntries {
-	e := &beEntries{fe: map[layout.FrontendKey]layout.FrontendValue{}}
+	e := &beEntries{fe: make(small[layout.FrontendKey, layout.FrontendValue], 0, len(b.Addresses))}
 	v := layout.BackendValue{IdentityID: b.Identity}
 	for _, a := range b.Addresses {
-		e.fe[layout.FrontendKey{Addr: layout.AddrFrom(a)}] = layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload}
+		e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(a)}, layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload})
 		a = a.Unmap()
 		if a.Is4() && v.Flags&layout.BackendHasV4 == 0 {
 			v.IP4 = a.As4()
@@ -125,6 +120,48 @@ func backendEntries(b *Backend) *beEntries {
 // possible change: workloads keep their index when it still exists, the ones
 // past the new end and the new ones fill the holes left by removals.
 func planSlots(old, want []uint32) []uint32 {
+	m := len(want)
+	next := make([]uint32, m)
+	if m == 0 {
+		return next
+	}
+	if len(old)+m > 64 {
+		return planSlotsLarge(old, want)
+	}
+	// Short lists (the common case): linear scans beat maps.
+	in := func(list []uint32, w uint32) bool { return slices.Contains(list, w) }
+	var placed []uint32
+	for i := 0; i < min(len(old), m); i++ {
+		if in(want, old[i]) {
+			next[i] = old[i]
+			placed = append(placed, old[i])
+		}
+	}
+	var movers []uint32
+	for i := m; i < len(old); i++ {
+		if in(want, old[i]) && !in(placed, old[i]) {
+			movers = append(movers, old[i])
+			placed = append(placed, old[i])
+		}
+	}
+	for _, w := range want {
+		if !in(placed, w) {
+			movers = append(movers, w)
+			placed = append(placed, w)
+		}
+	}
+	j := 0
+	for i := range next {
+		if next[i] == 0 {
+			next[i] = movers[j]
+			j++
+		}
+	}
+	return next
+}
+
+// planSlotsLarge is planSlots with sets, for long endpoint lists.
+func planSlotsLarge(old, want []uint32) []uint32 {
 	m := len(want)
 	wanted := make(map[uint32]bool, m)
 	for _, w := range want {
@@ -165,23 +202,23 @@ func planSlots(old, want []uint32) []uint32 {
 // dumps and for rebuilding the caller's view after a restart).
 func (e *svcEntries) service(id uint32) Service {
 	s := Service{ID: id, Policy: LBPolicy(e.value.LBPolicy)}
-	for k := range e.fe {
-		s.VIPs = append(s.VIPs, k.Addr.Netip())
+	for _, f := range e.fe {
+		s.VIPs = append(s.VIPs, f.k.Addr.Netip())
 	}
 	slices.SortFunc(s.VIPs, func(a, b netip.Addr) int { return a.Compare(b) })
-	for _, pk := range slices.SortedFunc(maps.Keys(e.ports), func(a, b layout.PortKey) int { return int(a.Port) - int(b.Port) }) {
-		pv := e.ports[pk]
-		p := Port{Port: pk.Port, TargetPort: pv.TargetPort}
-		for ok, ov := range e.ovr {
-			if ok.Port == pk.Port {
+	for _, pp := range e.ports {
+		p := Port{Port: pp.k.Port, TargetPort: pp.v.TargetPort}
+		for _, o := range e.ovr {
+			if o.k.Port == pp.k.Port {
 				if p.Overrides == nil {
 					p.Overrides = map[uint32]uint16{}
 				}
-				p.Overrides[ok.WorkloadID] = ov.TargetPort
+				p.Overrides[o.k.WorkloadID] = o.v.TargetPort
 			}
 		}
 		s.Ports = append(s.Ports, p)
 	}
+	slices.SortFunc(s.Ports, func(a, b Port) int { return int(a.Port) - int(b.Port) })
 	s.Strict = e.value.Flags&layout.SvcStrict != 0
 	if e.value.Flags&layout.SvcAffinity != 0 {
 		s.Affinity = time.Duration(e.value.AffinityTimeoutS) * time.Second
@@ -203,8 +240,8 @@ func (e *svcEntries) service(id uint32) Service {
 
 func (e *beEntries) backend(id uint32) Backend {
 	b := Backend{ID: id, Identity: e.value.IdentityID}
-	for k := range e.fe {
-		b.Addresses = append(b.Addresses, k.Addr.Netip())
+	for _, f := range e.fe {
+		b.Addresses = append(b.Addresses, f.k.Addr.Netip())
 	}
 	slices.SortFunc(b.Addresses, func(a, b netip.Addr) int { return a.Compare(b) })
 	if e.value.Flags&layout.BackendWaypoint != 0 {

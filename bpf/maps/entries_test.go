@@ -18,8 +18,12 @@ import (
 func TestPlanSlotsKeepsPlacesAndMovesLittle(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
-		old := randomSet(r, r.IntN(12))
-		want := randomSet(r, r.IntN(12))
+		size := 12
+		if r.IntN(4) == 0 {
+			size = 80 // exercise the large-list path too
+		}
+		old := randomSet(r, r.IntN(size))
+		want := randomSet(r, r.IntN(size))
 		next := planSlots(old, want)
 
 		if !slices.Equal(slices.Sorted(slices.Values(next)), slices.Sorted(slices.Values(want))) {
@@ -53,7 +57,7 @@ func randomSet(r *rand.Rand, n int) []uint32 {
 	seen := map[uint32]bool{}
 	var out []uint32
 	for len(out) < n {
-		v := uint32(r.IntN(20) + 1)
+		v := uint32(r.IntN(2*n+8) + 1)
 		if !seen[v] {
 			seen[v] = true
 			out = append(out, v)
@@ -71,7 +75,7 @@ func mirrorOnly() *Maps {
 		backends:   map[uint32]*beEntries{},
 		inner:      map[uint32]*ebpf.Map{},
 		feOwner:    map[layout.FrontendKey]owner{},
-		refs:       map[uint32]map[uint32]struct{}{},
+		refs:       map[uint32][]uint32{},
 		count:      map[string]int{},
 		max:        map[string]int{},
 	}

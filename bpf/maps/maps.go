@@ -28,11 +28,13 @@ type Maps struct {
 	// feOwner says which object holds a frontend address, to refuse a VIP
 	// that is already another service's or a workload's address.
 	feOwner map[layout.FrontendKey]owner
-	// refs counts, per workload, the services listing it.
-	refs map[uint32]map[uint32]struct{}
+	// refs lists, per workload, the services listing it (usually one).
+	refs map[uint32][]uint32
 	// count of entries per map, for capacity checks.
 	count map[string]int
 }
+
+type feSet = small[layout.FrontendKey, layout.FrontendValue]
 
 type owner struct {
 	kind uint8
@@ -264,7 +266,7 @@ func (m *Maps) checkRefs(next *state) error {
 		if e != nil {
 			continue
 		}
-		for sid := range m.refs[wid] {
+		for _, sid := range m.refs[wid] {
 			if ns, touched := next.services[sid]; touched {
 				if ns == nil || !slices.Contains(ns.workloads(), wid) {
 					continue
@@ -280,24 +282,24 @@ func (m *Maps) checkRefs(next *state) error {
 func (m *Maps) checkFrontends(next *state) error {
 	claimed := map[layout.FrontendKey]owner{}
 	released := map[layout.FrontendKey]bool{}
-	claim := func(o owner, fe map[layout.FrontendKey]layout.FrontendValue) error {
-		for k := range fe {
-			if prev, ok := claimed[k]; ok && prev != o {
-				return invalid("address %s is claimed by both %s and %s", k.Addr, prev, o)
+	claim := func(o owner, fe feSet) error {
+		for _, f := range fe {
+			if prev, ok := claimed[f.k]; ok && prev != o {
+				return invalid("address %s is claimed by both %s and %s", f.k.Addr, prev, o)
 			}
-			claimed[k] = o
+			claimed[f.k] = o
 		}
 		return nil
 	}
-	release := func(old map[layout.FrontendKey]layout.FrontendValue, cur map[layout.FrontendKey]layout.FrontendValue) {
-		for k := range old {
-			if _, still := cur[k]; !still {
-				released[k] = true
+	release := func(old, cur feSet) {
+		for _, f := range old {
+			if !cur.has(f.k) {
+				released[f.k] = true
 			}
 		}
 	}
 	for id, e := range next.services {
-		var fe map[layout.FrontendKey]layout.FrontendValue
+		var fe feSet
 		if e != nil {
 			fe = e.fe
 			if err := claim(owner{layout.KindService, id}, fe); err != nil {
@@ -309,7 +311,7 @@ func (m *Maps) checkFrontends(next *state) error {
 		}
 	}
 	for id, e := range next.backends {
-		var fe map[layout.FrontendKey]layout.FrontendValue
+		var fe feSet
 		if e != nil {
 			fe = e.fe
 			if err := claim(owner{layout.KindWorkload, id}, fe); err != nil {
@@ -339,11 +341,14 @@ func (o owner) String() string {
 func (m *Maps) commit(p *plan, next *state) {
 	for id, e := range next.services {
 		if old := m.services[id]; old != nil {
-			for k := range old.fe {
-				delete(m.feOwner, k)
+			for _, f := range old.fe {
+				delete(m.feOwner, f.k)
 			}
 			for _, w := range old.workloads() {
-				delete(m.refs[w], id)
+				m.refs[w] = slices.DeleteFunc(m.refs[w], func(s uint32) bool { return s == id })
+				if len(m.refs[w]) == 0 {
+					delete(m.refs, w)
+				}
 			}
 		}
 		if e == nil {
@@ -359,20 +364,17 @@ func (m *Maps) commit(p *plan, next *state) {
 			in.Close()
 			delete(m.inner, id)
 		}
-		for k := range e.fe {
-			m.feOwner[k] = owner{layout.KindService, id}
+		for _, f := range e.fe {
+			m.feOwner[f.k] = owner{layout.KindService, id}
 		}
 		for _, w := range e.workloads() {
-			if m.refs[w] == nil {
-				m.refs[w] = map[uint32]struct{}{}
-			}
-			m.refs[w][id] = struct{}{}
+			m.refs[w] = append(m.refs[w], id)
 		}
 	}
 	for id, e := range next.backends {
 		if old := m.backends[id]; old != nil {
-			for k := range old.fe {
-				delete(m.feOwner, k)
+			for _, f := range old.fe {
+				delete(m.feOwner, f.k)
 			}
 		}
 		if e == nil {
@@ -381,8 +383,8 @@ func (m *Maps) commit(p *plan, next *state) {
 			continue
 		}
 		m.backends[id] = e
-		for k := range e.fe {
-			m.feOwner[k] = owner{layout.KindWorkload, id}
+		for _, f := range e.fe {
+			m.feOwner[f.k] = owner{layout.KindWorkload, id}
 		}
 	}
 	for id, in := range p.newInner {

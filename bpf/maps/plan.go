@@ -124,20 +124,20 @@ func diffStates(cur view, next *state) *plan {
 	claimed := map[layout.FrontendKey]bool{}
 	var released []layout.FrontendKey
 
-	feDiff := func(old, nw map[layout.FrontendKey]layout.FrontendValue) {
-		for k, v := range nw {
-			claimed[k] = true
-			if ov, ok := old[k]; ok && ov == v {
+	feDiff := func(old, nw feSet) {
+		for _, f := range nw {
+			claimed[f.k] = true
+			if ov, ok := old.get(f.k); ok && ov == f.v {
 				continue
 			}
-			p.feUp.add(k, v)
-			if !cur.feExists(k) {
+			p.feUp.add(f.k, f.v)
+			if !cur.feExists(f.k) {
 				p.added[loader.MapFrontend]++
 			}
 		}
-		for k := range old {
-			if _, ok := nw[k]; !ok {
-				released = append(released, k)
+		for _, f := range old {
+			if !nw.has(f.k) {
+				released = append(released, f.k)
 			}
 		}
 	}
@@ -145,9 +145,9 @@ func diffStates(cur view, next *state) *plan {
 	for _, id := range sortedKeys(next.services) {
 		nw, old := next.services[id], cur.service(id)
 		var (
-			oldFE, newFE     map[layout.FrontendKey]layout.FrontendValue
-			oldPorts, nPorts map[layout.PortKey]layout.PortValue
-			oldOvr, nOvr     map[layout.PortOverrideKey]layout.PortOverrideValue
+			oldFE, newFE     feSet
+			oldPorts, nPorts small[layout.PortKey, layout.PortValue]
+			oldOvr, nOvr     small[layout.PortOverrideKey, layout.PortOverrideValue]
 			oldSlots, nSlots [layout.MaxPrio][]uint32
 			oldTable, nTable []uint32
 		)
@@ -214,7 +214,7 @@ func diffStates(cur view, next *state) *plan {
 
 	for _, id := range sortedKeys(next.backends) {
 		nw, old := next.backends[id], cur.backend(id)
-		var oldFE, newFE map[layout.FrontendKey]layout.FrontendValue
+		var oldFE, newFE feSet
 		if old != nil {
 			oldFE = old.fe
 		}
@@ -245,20 +245,20 @@ func diffStates(cur view, next *state) *plan {
 	return p
 }
 
-func mapDiff[K comparable, V comparable](old, nw map[K]V, up *kv[K, V], del *[]K, p *plan, name string) {
-	for k, v := range nw {
-		ov, ok := old[k]
-		if ok && ov == v {
+func mapDiff[K comparable, V comparable](old, nw small[K, V], up *kv[K, V], del *[]K, p *plan, name string) {
+	for _, n := range nw {
+		ov, ok := old.get(n.k)
+		if ok && ov == n.v {
 			continue
 		}
-		up.add(k, v)
+		up.add(n.k, n.v)
 		if !ok {
 			p.added[name]++
 		}
 	}
-	for k := range old {
-		if _, ok := nw[k]; !ok {
-			*del = append(*del, k)
+	for _, o := range old {
+		if !nw.has(o.k) {
+			*del = append(*del, o.k)
 			p.removed[name]++
 		}
 	}

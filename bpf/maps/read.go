@@ -17,17 +17,13 @@ func (m *Maps) readBack() error {
 	m.backends = map[uint32]*beEntries{}
 	m.inner = map[uint32]*ebpf.Map{}
 	m.feOwner = map[layout.FrontendKey]owner{}
-	m.refs = map[uint32]map[uint32]struct{}{}
+	m.refs = map[uint32][]uint32{}
 	m.count = map[string]int{}
 
 	svc := func(id uint32) *svcEntries {
 		e := m.services[id]
 		if e == nil {
-			e = &svcEntries{
-				fe:    map[layout.FrontendKey]layout.FrontendValue{},
-				ports: map[layout.PortKey]layout.PortValue{},
-				ovr:   map[layout.PortOverrideKey]layout.PortOverrideValue{},
-			}
+			e = &svcEntries{}
 			m.services[id] = e
 		}
 		return e
@@ -46,7 +42,7 @@ func (m *Maps) readBack() error {
 	var bid uint32
 	var bv layout.BackendValue
 	if err := iterate(m.backend, loader.MapBackend, &bid, &bv, func() {
-		m.backends[bid] = &beEntries{fe: map[layout.FrontendKey]layout.FrontendValue{}, value: bv}
+		m.backends[bid] = &beEntries{value: bv}
 		m.count[loader.MapBackend]++
 	}); err != nil {
 		return err
@@ -59,9 +55,9 @@ func (m *Maps) readBack() error {
 		m.count[loader.MapFrontend]++
 		switch {
 		case fv.Kind == layout.KindService && m.services[fv.UpstreamID] != nil:
-			m.services[fv.UpstreamID].fe[fk] = fv
+			m.services[fv.UpstreamID].fe.put(fk, fv)
 		case fv.Kind == layout.KindWorkload && m.backends[fv.UpstreamID] != nil:
-			m.backends[fv.UpstreamID].fe[fk] = fv
+			m.backends[fv.UpstreamID].fe.put(fk, fv)
 		default:
 			orphanFE = append(orphanFE, fk)
 			return
@@ -74,7 +70,7 @@ func (m *Maps) readBack() error {
 	var pk layout.PortKey
 	var pv layout.PortValue
 	if err := iterate(m.port, loader.MapPort, &pk, &pv, func() {
-		svc(pk.ServiceID).ports[pk] = pv
+		svc(pk.ServiceID).ports.put(pk, pv)
 		m.count[loader.MapPort]++
 	}); err != nil {
 		return err
@@ -83,7 +79,7 @@ func (m *Maps) readBack() error {
 	var ok layout.PortOverrideKey
 	var ov layout.PortOverrideValue
 	if err := iterate(m.portovr, loader.MapPortOvr, &ok, &ov, func() {
-		svc(ok.ServiceID).ovr[ok] = ov
+		svc(ok.ServiceID).ovr.put(ok, ov)
 		m.count[loader.MapPortOvr]++
 	}); err != nil {
 		return err
@@ -151,10 +147,7 @@ func (m *Maps) readBack() error {
 
 	for id, e := range m.services {
 		for _, w := range e.workloads() {
-			if m.refs[w] == nil {
-				m.refs[w] = map[uint32]struct{}{}
-			}
-			m.refs[w][id] = struct{}{}
+			m.refs[w] = append(m.refs[w], id)
 		}
 	}
 	// Frontends nobody owns would route to nothing: drop them now.

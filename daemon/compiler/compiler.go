@@ -7,35 +7,68 @@ package compiler
 import (
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/model"
 )
 
-// Compiler keeps what it compiled last, so a change recompiles only what it
-// can affect.
+// Compiler keeps, per service and workload, what it compiled last, so a
+// change recompiles only what it can affect. Model objects are immutable
+// (the store replaces them), so keeping the previous pointer is enough to
+// know the previous addresses and memberships.
 type Compiler struct {
 	node  model.Node
 	store *model.Store
 
-	svcIDs ids[model.ServiceKey]
-	wlIDs  ids[string]
-	// Identities are interned to small ids the kernel carries per backend.
-	identIDs ids[string]
+	svcIDs   ids
+	wlIDs    ids
+	identIDs map[string]uint32
 
-	// compiled: what is in the data path now.
-	services map[model.ServiceKey]bool
-	backends map[string]bool
-	// members: services a workload is an endpoint of, as last compiled.
-	members map[string][]model.ServiceKey
+	svc map[model.ServiceKey]*svcRec
+	wl  map[string]*wlRec
+
 	// waypointUsers: services and workloads whose waypoint names a service.
-	waypointUsers map[model.ServiceKey]map[string]bool
-	// Address ownership. Objects are "s:<service key>" or "w:<uid>".
-	claims  map[netip.Addr][]string // claimants of an address, oldest first
-	claimed map[string][]netip.Addr // addresses an object claims
-	owner   map[netip.Addr]string   // who owns an address now
-	owned   map[string][]netip.Addr // addresses an object owns now
+	waypointUsers map[model.ServiceKey]map[obj]bool
+	// claims: the claimants of each address, oldest first; the owner is
+	// computed from them. Most addresses have exactly one.
+	claims map[netip.Addr]claim
+}
+
+type svcRec struct {
+	id       uint32
+	prev     *model.Service // as last compiled (its VIPs are its claims)
+	compiled bool           // in the kernel
+	waypoint model.ServiceKey
+}
+
+type wlRec struct {
+	id       uint32
+	prev     *model.Workload
+	compiled bool
+	waypoint model.ServiceKey
+}
+
+// obj names a service or a workload.
+type obj struct {
+	svc bool
+	key string
+}
+
+type claim struct {
+	first obj
+	more  []obj // later claimants, oldest first
+}
+
+func (c claim) owner() obj {
+	for i := len(c.more) - 1; i >= 0; i-- {
+		if c.more[i].svc {
+			return c.more[i]
+		}
+	}
+	if c.first.svc || len(c.more) == 0 {
+		return c.first
+	}
+	return c.more[len(c.more)-1]
 }
 
 // New makes a compiler for this node over a store.
@@ -43,17 +76,13 @@ func New(node model.Node, store *model.Store) *Compiler {
 	return &Compiler{
 		node:          node,
 		store:         store,
-		svcIDs:        newIDs[model.ServiceKey](),
-		wlIDs:         newIDs[string](),
-		identIDs:      newIDs[string](),
-		services:      map[model.ServiceKey]bool{},
-		backends:      map[string]bool{},
-		members:       map[string][]model.ServiceKey{},
-		waypointUsers: map[model.ServiceKey]map[string]bool{},
-		claims:        map[netip.Addr][]string{},
-		claimed:       map[string][]netip.Addr{},
-		owner:         map[netip.Addr]string{},
-		owned:         map[string][]netip.Addr{},
+		svcIDs:        newIDs(),
+		wlIDs:         newIDs(),
+		identIDs:      map[string]uint32{},
+		svc:           map[model.ServiceKey]*svcRec{},
+		wl:            map[string]*wlRec{},
+		waypointUsers: map[model.ServiceKey]map[obj]bool{},
+		claims:        map[netip.Addr]claim{},
 	}
 }
 
@@ -63,6 +92,24 @@ func (c *Compiler) SetNode(n model.Node) { c.node = n }
 
 // Node returns the node the compiler ranks localities against.
 func (c *Compiler) Node() model.Node { return c.node }
+
+func (c *Compiler) svcRec(k model.ServiceKey) *svcRec {
+	r := c.svc[k]
+	if r == nil {
+		r = &svcRec{}
+		c.svc[k] = r
+	}
+	return r
+}
+
+func (c *Compiler) wlRec(uid string) *wlRec {
+	r := c.wl[uid]
+	if r == nil {
+		r = &wlRec{}
+		c.wl[uid] = r
+	}
+	return r
+}
 
 // Adopt takes over ids already in the kernel (after a daemon restart), so
 // the first build rewrites nothing that is right: a backend is matched by
@@ -74,77 +121,81 @@ func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend) {
 			byAddr[a] = b.ID
 		}
 	}
-	for _, w := range c.store.Workloads() {
-		for _, a := range w.Addresses {
-			if id, ok := byAddr[a]; ok && c.wlIDs.reserve(w.UID, id) {
-				break
-			}
-		}
-	}
 	byVIP := map[netip.Addr]uint32{}
 	for _, s := range services {
 		for _, v := range s.VIPs {
 			byVIP[v] = s.ID
 		}
 	}
-	for _, s := range c.store.Services() {
-		for _, v := range s.VIPs {
-			if id, ok := byVIP[v]; ok && c.svcIDs.reserve(s.Key, id) {
-				break
+	c.store.Read(func(v model.View) {
+		v.EachWorkload(func(w *model.Workload) {
+			for _, a := range w.Addresses {
+				if id, ok := byAddr[a]; ok && c.wlIDs.reserve(id) {
+					c.wlRec(w.UID).id = id
+					break
+				}
 			}
-		}
-	}
-	// Everything else in the kernel keeps its id reserved until the first
-	// build deletes it, so new objects never collide with it.
+		})
+		v.EachService(func(s *model.Service) {
+			for _, a := range s.VIPs {
+				if id, ok := byVIP[a]; ok && c.svcIDs.reserve(id) {
+					c.svcRec(s.Key).id = id
+					break
+				}
+			}
+		})
+	})
+	// Everything else in the kernel keeps its id until the first build
+	// deletes it, so new objects never collide with it.
 	for _, s := range services {
-		c.svcIDs.hold(s.ID)
+		c.svcIDs.reserve(s.ID)
 	}
 	for _, b := range backends {
-		c.wlIDs.hold(b.ID)
+		c.wlIDs.reserve(b.ID)
 	}
 }
 
 // Full compiles the whole store. present lists what the kernel holds (ids);
 // anything there the store does not produce is deleted.
 func (c *Compiler) Full(presentServices, presentBackends []uint32) maps.Txn {
-	ch := model.Changes{}
-	for _, s := range c.store.Services() {
-		ch.Services = append(ch.Services, s.Key)
-	}
-	for _, w := range c.store.Workloads() {
-		ch.Workloads = append(ch.Workloads, w.UID)
-	}
-	for k := range c.services {
+	var ch model.Changes
+	c.store.Read(func(v model.View) {
+		v.EachService(func(s *model.Service) { ch.Services = append(ch.Services, s.Key) })
+		v.EachWorkload(func(w *model.Workload) { ch.Workloads = append(ch.Workloads, w.UID) })
+	})
+	for k := range c.svc {
 		ch.Services = append(ch.Services, k)
 	}
-	for uid := range c.backends {
+	for uid := range c.wl {
 		ch.Workloads = append(ch.Workloads, uid)
 	}
 	txn := c.Changes(ch)
-	wantSvc := map[uint32]bool{}
-	for k := range c.services {
-		wantSvc[c.svcIDs.get(k)] = true
+	want := map[uint32]bool{}
+	for _, r := range c.svc {
+		if r.compiled {
+			want[r.id] = true
+		}
 	}
-	wantBe := map[uint32]bool{}
-	for uid := range c.backends {
-		wantBe[c.wlIDs.get(uid)] = true
-	}
-	deleted := map[uint32]bool{}
 	for _, id := range txn.DeleteServices {
-		deleted[id] = true
+		want[id] = true // already deleted by the transaction
 	}
 	for _, id := range presentServices {
-		if !wantSvc[id] && !deleted[id] {
+		if !want[id] {
 			txn.DeleteServices = append(txn.DeleteServices, id)
 			c.svcIDs.release(id)
 		}
 	}
-	deleted = map[uint32]bool{}
+	want = map[uint32]bool{}
+	for _, r := range c.wl {
+		if r.compiled {
+			want[r.id] = true
+		}
+	}
 	for _, id := range txn.DeleteBackends {
-		deleted[id] = true
+		want[id] = true
 	}
 	for _, id := range presentBackends {
-		if !wantBe[id] && !deleted[id] {
+		if !want[id] {
 			txn.DeleteBackends = append(txn.DeleteBackends, id)
 			c.wlIDs.release(id)
 		}
@@ -155,174 +206,271 @@ func (c *Compiler) Full(presentServices, presentBackends []uint32) maps.Txn {
 // Changes compiles what a model update can affect. The returned
 // transaction is complete: callers apply it as one.
 func (c *Compiler) Changes(ch model.Changes) maps.Txn {
-	svcs := map[model.ServiceKey]bool{}
-	wls := map[string]bool{}
+	var txn maps.Txn
+	c.store.Read(func(v model.View) { txn = c.changes(v, ch) })
+	return txn
+}
+
+// work is a workload being recompiled, looked up once.
+type work struct {
+	w *model.Workload // now (nil: removed)
+	r *wlRec
+}
+
+func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
+	svcs := make(map[model.ServiceKey]bool, len(ch.Services))
+	wls := make(map[string]*work, len(ch.Workloads))
+	addWl := func(uid string) {
+		if _, ok := wls[uid]; !ok {
+			wls[uid] = &work{w: v.Workload(uid), r: c.wlRec(uid)}
+		}
+	}
 	for _, k := range ch.Services {
 		svcs[k] = true
 		// Users of a waypoint service follow its address.
 		for u := range c.waypointUsers[k] {
-			if uid, ok := strings.CutPrefix(u, "w:"); ok {
-				wls[uid] = true
+			if u.svc {
+				svcs[model.ServiceKey(u.key)] = true
 			} else {
-				svcs[model.ServiceKey(strings.TrimPrefix(u, "s:"))] = true
+				addWl(u.key)
 			}
 		}
 		// Workloads that may take their waypoint from this service.
-		for _, uid := range c.store.Backing(k) {
-			wls[uid] = true
+		var prev *model.Service
+		if r := c.svc[k]; r != nil {
+			prev = r.prev
+		}
+		if !sameWaypoint(prev, v.Service(k)) {
+			for uid := range v.Backing(k) {
+				addWl(uid)
+			}
 		}
 	}
 	for _, uid := range ch.Workloads {
-		wls[uid] = true
+		addWl(uid)
 	}
 
 	// Addresses first: they decide which backend or service owns an IP, and
 	// a change of owner pulls the loser and the winner into this transaction.
-	c.claimAddresses(svcs, wls)
+	c.claimAddresses(v, svcs, wls, addWl)
 
 	// A workload's services, before and after, see its endpoint change.
-	for uid := range wls {
-		for _, k := range c.members[uid] {
-			svcs[k] = true
+	for _, wk := range wls {
+		if wk.r.prev != nil {
+			for _, sp := range wk.r.prev.Services {
+				svcs[sp.Service] = true
+			}
 		}
-		if w := c.store.Workload(uid); w != nil {
-			for k := range w.Services {
-				svcs[k] = true
+		if wk.w != nil {
+			for _, sp := range wk.w.Services {
+				svcs[sp.Service] = true
 			}
 		}
 	}
 
-	var txn maps.Txn
-	for _, uid := range sortedKeys(wls) {
-		w := c.store.Workload(uid)
-		if w == nil || len(c.owned["w:"+uid]) == 0 {
-			if c.backends[uid] {
+	txn := maps.Txn{Backends: make([]maps.Backend, 0, len(wls))}
+	for uid, wk := range wls {
+		w, r := wk.w, wk.r
+		if w == nil || !c.ownsAny(obj{key: uid}, w.Addresses) {
+			if r.compiled {
 				// maps deletes it after the services that listed it.
-				txn.DeleteBackends = append(txn.DeleteBackends, c.wlIDs.get(uid))
-				delete(c.backends, uid)
+				txn.DeleteBackends = append(txn.DeleteBackends, r.id)
+				r.compiled = false
 			}
-			c.unuseWaypoint("w:" + uid)
+			c.unuseWaypoint(obj{key: uid}, &r.waypoint)
+			r.prev = w
 			if w == nil {
-				c.wlIDs.drop(uid)
-				delete(c.members, uid)
+				c.wlIDs.drop(r.id)
+				delete(c.wl, uid)
 			}
 			continue
 		}
-		txn.Backends = append(txn.Backends, c.backend(w))
-		c.backends[uid] = true
-		c.members[uid] = c.members[uid][:0]
-		for k := range w.Services {
-			c.members[uid] = append(c.members[uid], k)
+		if r.id == 0 {
+			r.id = c.wlIDs.next()
 		}
+		txn.Backends = append(txn.Backends, c.backend(v, w, r))
+		r.compiled = true
+		r.prev = w
 	}
-	for _, k := range sortedKeys(svcs) {
-		s := c.store.Service(k)
+	txn.Services = make([]maps.Service, 0, len(svcs))
+	for k := range svcs {
+		s := v.Service(k)
+		r := c.svcRec(k)
 		if s == nil || s.LB.Mode == model.LBModePassthrough {
 			// Passthrough: the VIP is left alone and reaches whatever it
 			// reaches without us.
-			if c.services[k] {
-				txn.DeleteServices = append(txn.DeleteServices, c.svcIDs.get(k))
-				delete(c.services, k)
+			if r.compiled {
+				txn.DeleteServices = append(txn.DeleteServices, r.id)
+				r.compiled = false
 			}
-			c.unuseWaypoint("s:" + string(k))
+			c.unuseWaypoint(obj{svc: true, key: string(k)}, &r.waypoint)
+			r.prev = s
 			if s == nil {
-				c.svcIDs.drop(k)
+				c.svcIDs.drop(r.id)
+				delete(c.svc, k)
 			}
 			continue
 		}
-		txn.Services = append(txn.Services, c.service(s))
-		c.services[k] = true
+		if r.id == 0 {
+			r.id = c.svcIDs.next()
+		}
+		txn.Services = append(txn.Services, c.service(v, s, r))
+		r.compiled = true
+		r.prev = s
 	}
 	return txn
+}
+
+func sameWaypoint(a, b *model.Service) bool {
+	var wa, wb *model.Gateway
+	if a != nil {
+		wa = a.Waypoint
+	}
+	if b != nil {
+		wb = b.Waypoint
+	}
+	if wa.IsSet() != wb.IsSet() {
+		return false
+	}
+	return !wa.IsSet() || *wa == *wb
+}
+
+// claimsOf is what an object claimed when last compiled.
+func (c *Compiler) claimsOf(o obj) []netip.Addr {
+	if o.svc {
+		if r := c.svc[model.ServiceKey(o.key)]; r != nil && r.prev != nil && r.prev.LB.Mode != model.LBModePassthrough {
+			return r.prev.VIPs
+		}
+		return nil
+	}
+	if r := c.wl[o.key]; r != nil && r.prev != nil {
+		return r.prev.Addresses
+	}
+	return nil
 }
 
 // claimAddresses settles ownership of every address the touched objects
 // hold or held. A service VIP beats a workload address; otherwise the most
 // recent claim wins, and when the owner lets go the previous claimant gets
 // the address back. Whoever gains or loses an address is recompiled.
-func (c *Compiler) claimAddresses(svcs map[model.ServiceKey]bool, wls map[string]bool) {
-	touched := map[netip.Addr]bool{}
-	update := func(owner string, now []netip.Addr) {
-		for _, a := range c.claimed[owner] {
-			if !slices.Contains(now, a) {
-				c.claims[a] = slices.DeleteFunc(c.claims[a], func(o string) bool { return o == owner })
-				if len(c.claims[a]) == 0 {
-					delete(c.claims, a)
-				}
-				touched[a] = true
+func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, wls map[string]*work, addWl func(string)) {
+	type change struct {
+		addr netip.Addr
+		was  obj
+		had  bool
+	}
+	var touched []change
+	ownerOf := func(a netip.Addr) (obj, bool) {
+		cl, ok := c.claims[a]
+		if !ok {
+			return obj{}, false
+		}
+		return cl.owner(), true
+	}
+	update := func(o obj, now []netip.Addr) {
+		old := c.claimsOf(o)
+		if slices.Equal(old, now) {
+			return
+		}
+		for _, a := range old {
+			if slices.Contains(now, a) {
+				continue
 			}
+			was, had := ownerOf(a)
+			touched = append(touched, change{a, was, had})
+			cl := c.claims[a]
+			if cl.first == o {
+				if len(cl.more) == 0 {
+					delete(c.claims, a)
+					continue
+				}
+				cl = claim{first: cl.more[0], more: cl.more[1:]}
+			} else {
+				cl.more = slices.DeleteFunc(slices.Clone(cl.more), func(x obj) bool { return x == o })
+			}
+			c.claims[a] = cl
 		}
 		for _, a := range now {
-			if !slices.Contains(c.claims[a], owner) {
-				c.claims[a] = append(c.claims[a], owner)
-				touched[a] = true
+			cl, ok := c.claims[a]
+			switch {
+			case !ok:
+				touched = append(touched, change{addr: a})
+				c.claims[a] = claim{first: o}
+			case cl.first != o && !slices.Contains(cl.more, o):
+				touched = append(touched, change{a, cl.owner(), true})
+				cl.more = append(slices.Clone(cl.more), o)
+				c.claims[a] = cl
 			}
-		}
-		if len(now) == 0 {
-			delete(c.claimed, owner)
-		} else {
-			c.claimed[owner] = slices.Clone(now)
 		}
 	}
 	for k := range svcs {
 		var vips []netip.Addr
-		if s := c.store.Service(k); s != nil && s.LB.Mode != model.LBModePassthrough {
+		if s := v.Service(k); s != nil && s.LB.Mode != model.LBModePassthrough {
 			vips = s.VIPs
 		}
-		update("s:"+string(k), vips)
+		update(obj{svc: true, key: string(k)}, vips)
 	}
-	for uid := range wls {
+	for uid, wk := range wls {
 		var addrs []netip.Addr
-		if w := c.store.Workload(uid); w != nil {
-			addrs = w.Addresses
+		if wk.w != nil {
+			addrs = wk.w.Addresses
 		}
-		update("w:"+uid, addrs)
+		update(obj{key: uid}, addrs)
 	}
-	recompile := func(o string) {
-		if uid, ok := strings.CutPrefix(o, "w:"); ok {
-			wls[uid] = true
-		} else if k, ok := strings.CutPrefix(o, "s:"); ok {
-			svcs[model.ServiceKey(k)] = true
+	recompile := func(o obj) {
+		if o.svc {
+			svcs[model.ServiceKey(o.key)] = true
+		} else {
+			addWl(o.key)
 		}
 	}
-	for a := range touched {
-		was, now := c.owner[a], ownerAmong(c.claims[a])
-		if was == now {
+	for _, ch := range touched {
+		now, has := ownerOf(ch.addr)
+		if has == ch.had && now == ch.was {
 			continue
 		}
-		if was != "" {
-			c.owned[was] = slices.DeleteFunc(c.owned[was], func(x netip.Addr) bool { return x == a })
-			if len(c.owned[was]) == 0 {
-				delete(c.owned, was)
-			}
-			recompile(was)
+		if ch.had {
+			recompile(ch.was)
 		}
-		if now != "" {
-			c.owned[now] = append(c.owned[now], a)
-			c.owner[a] = now
+		if has {
 			recompile(now)
-		} else {
-			delete(c.owner, a)
 		}
 	}
 }
 
-// ownerAmong picks the owner of an address from its claimants, oldest first.
-func ownerAmong(list []string) string {
-	for i := len(list) - 1; i >= 0; i-- {
-		if strings.HasPrefix(list[i], "s:") {
-			return list[i]
+// owned returns the addresses (of addrs) an object owns now, IPv4 first:
+// the first IPv4 and the first IPv6 are where connections go.
+func (c *Compiler) owned(o obj, addrs []netip.Addr) []netip.Addr {
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if cl, ok := c.claims[a]; ok && cl.owner() == o {
+			out = append(out, a)
 		}
 	}
-	if len(list) == 0 {
-		return ""
-	}
-	return list[len(list)-1]
+	slices.SortStableFunc(out, func(a, b netip.Addr) int {
+		switch {
+		case a.Is4() == b.Is4():
+			return 0
+		case a.Is4():
+			return -1
+		}
+		return 1
+	})
+	return out
 }
 
-func (c *Compiler) service(s *model.Service) maps.Service {
-	id := c.svcIDs.get(s.Key)
-	out := maps.Service{ID: id, VIPs: c.ownedAddrs("s:" + string(s.Key))}
+func (c *Compiler) ownsAny(o obj, addrs []netip.Addr) bool {
+	for _, a := range addrs {
+		if cl, ok := c.claims[a]; ok && cl.owner() == o {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Compiler) service(v model.View, s *model.Service, r *svcRec) maps.Service {
+	self := obj{svc: true, key: string(s.Key)}
+	out := maps.Service{ID: r.id, VIPs: c.owned(self, s.VIPs)}
 	switch s.LB.Policy {
 	case model.PolicyRoundRobin:
 		out.Policy = maps.RoundRobin
@@ -335,22 +483,21 @@ func (c *Compiler) service(s *model.Service) maps.Service {
 	usePrefs := s.LB.Mode == model.LBModeStrict || s.LB.Mode == model.LBModeFailover
 	out.Strict = s.LB.Mode == model.LBModeStrict && len(s.LB.RoutingPreference) > 0
 
-	c.unuseWaypoint("s:" + string(s.Key))
+	c.unuseWaypoint(self, &r.waypoint)
 	if s.Waypoint.IsSet() {
-		out.Waypoint = c.resolveWaypoint("s:"+string(s.Key), s.Waypoint)
+		out.Waypoint = c.resolveWaypoint(v, self, s.Waypoint, &r.waypoint)
 		if !out.Waypoint.IsValid() {
 			// The waypoint is gone: fail closed rather than bypass it.
-			out.Waypoint = netip.AddrPort{}
 			out.Ports = c.ports(s, nil)
 			return out
 		}
 	}
 
-	var eps [][]uint32
-	var members []*model.Workload
-	for _, uid := range c.store.Backing(s.Key) {
-		w := c.store.Workload(uid)
-		if w == nil || len(c.owned["w:"+uid]) == 0 {
+	backing := v.Backing(s.Key)
+	members := make([]*model.Workload, 0, len(backing))
+	for uid, w := range backing {
+		wr := c.wl[uid]
+		if wr == nil || !wr.compiled {
 			continue
 		}
 		if !w.Healthy && !s.LB.AllowUnhealthy {
@@ -360,13 +507,12 @@ func (c *Compiler) service(s *model.Service) maps.Service {
 		if usePrefs {
 			prio = model.Priority(s.LB, c.node, w)
 		}
-		for len(eps) <= prio {
-			eps = append(eps, nil)
+		for len(out.Endpoints) <= prio {
+			out.Endpoints = append(out.Endpoints, nil)
 		}
-		eps[prio] = append(eps[prio], c.wlIDs.get(uid))
+		out.Endpoints[prio] = append(out.Endpoints[prio], wr.id)
 		members = append(members, w)
 	}
-	out.Endpoints = eps
 	out.Ports = c.ports(s, members)
 	return out
 }
@@ -386,7 +532,7 @@ func (c *Compiler) ports(s *model.Service, members []*model.Workload) []maps.Por
 				if mp.Overrides == nil {
 					mp.Overrides = map[uint32]uint16{}
 				}
-				mp.Overrides[c.wlIDs.get(w.UID)] = tp
+				mp.Overrides[c.wl[w.UID].id] = tp
 			}
 		}
 		out = append(out, mp)
@@ -394,80 +540,61 @@ func (c *Compiler) ports(s *model.Service, members []*model.Workload) []maps.Por
 	return out
 }
 
-func (c *Compiler) backend(w *model.Workload) maps.Backend {
-	b := maps.Backend{
-		ID:        c.wlIDs.get(w.UID),
-		Addresses: c.ownedAddrs("w:" + w.UID),
-		Identity:  c.identIDs.get(w.Identity()),
-	}
-	c.unuseWaypoint("w:" + w.UID)
+func (c *Compiler) backend(v model.View, w *model.Workload, r *wlRec) maps.Backend {
+	self := obj{key: w.UID}
+	b := maps.Backend{ID: r.id, Addresses: c.owned(self, w.Addresses), Identity: c.IdentityID(w.Identity())}
+	c.unuseWaypoint(self, &r.waypoint)
 	g := w.Waypoint
 	if !g.IsSet() {
-		// The workload's service's waypoint covers direct connects too.
-		keys := make([]model.ServiceKey, 0, len(w.Services))
-		for k := range w.Services {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			if s := c.store.Service(k); s != nil && s.Waypoint.IsSet() {
+		// The workload's service's waypoint covers direct connects too
+		// (Services is sorted, so the choice is stable).
+		for _, sp := range w.Services {
+			if s := v.Service(sp.Service); s != nil && s.Waypoint.IsSet() {
 				g = s.Waypoint
 				break
 			}
 		}
 	}
 	if g.IsSet() {
-		b.Waypoint = c.resolveWaypoint("w:"+w.UID, g)
+		b.Waypoint = c.resolveWaypoint(v, self, g, &r.waypoint)
 	}
 	return b
 }
 
-func (c *Compiler) resolveWaypoint(user string, g *model.Gateway) netip.AddrPort {
+func (c *Compiler) resolveWaypoint(v model.View, user obj, g *model.Gateway, used *model.ServiceKey) netip.AddrPort {
 	if g.Address.IsValid() {
 		return netip.AddrPortFrom(g.Address, g.Port)
 	}
 	if c.waypointUsers[g.Service] == nil {
-		c.waypointUsers[g.Service] = map[string]bool{}
+		c.waypointUsers[g.Service] = map[obj]bool{}
 	}
 	c.waypointUsers[g.Service][user] = true
-	ws := c.store.Service(g.Service)
+	*used = g.Service
+	ws := v.Service(g.Service)
 	if ws == nil || len(ws.VIPs) == 0 {
 		return netip.AddrPort{}
 	}
 	// One address per waypoint in the kernel: IPv4 when there is one.
 	vip := ws.VIPs[0]
-	for _, v := range ws.VIPs {
-		if v.Is4() {
-			vip = v
+	for _, a := range ws.VIPs {
+		if a.Is4() {
+			vip = a
 			break
 		}
 	}
 	return netip.AddrPortFrom(vip, g.Port)
 }
 
-func (c *Compiler) unuseWaypoint(user string) {
-	for k, users := range c.waypointUsers {
-		delete(users, user)
-		if len(users) == 0 {
-			delete(c.waypointUsers, k)
-		}
+func (c *Compiler) unuseWaypoint(user obj, used *model.ServiceKey) {
+	if *used == "" {
+		return
 	}
-}
-
-func (c *Compiler) ownedAddrs(owner string) []netip.Addr {
-	out := slices.Clone(c.owned[owner])
-	slices.SortFunc(out, func(a, b netip.Addr) int {
-		// IPv4 first: the first IPv4 and the first IPv6 are where
-		// connections go.
-		if a.Is4() != b.Is4() {
-			if a.Is4() {
-				return -1
-			}
-			return 1
-		}
-		return a.Compare(b)
-	})
-	return out
+	k := *used
+	*used = ""
+	delete(c.waypointUsers[k], user)
+	if len(c.waypointUsers[k]) == 0 {
+		delete(c.waypointUsers, k)
+	}
 }
 
 // Settle tells the compiler the last transaction reached the kernel: ids it
@@ -479,30 +606,26 @@ func (c *Compiler) Settle() {
 
 // ServiceID returns the data-path id of a service (0 if not compiled).
 func (c *Compiler) ServiceID(k model.ServiceKey) uint32 {
-	if !c.services[k] {
-		return 0
+	if r := c.svc[k]; r != nil && r.compiled {
+		return r.id
 	}
-	id, _ := c.svcIDs.lookup(k)
-	return id
+	return 0
 }
 
 // WorkloadID returns the data-path id of a workload (0 if not compiled).
 func (c *Compiler) WorkloadID(uid string) uint32 {
-	if !c.backends[uid] {
-		return 0
+	if r := c.wl[uid]; r != nil && r.compiled {
+		return r.id
 	}
-	id, _ := c.wlIDs.lookup(uid)
-	return id
+	return 0
 }
 
 // IdentityID returns the id interned for a SPIFFE identity.
-func (c *Compiler) IdentityID(identity string) uint32 { return c.identIDs.get(identity) }
-
-func sortedKeys[K ~string](m map[K]bool) []K {
-	out := make([]K, 0, len(m))
-	for k := range m {
-		out = append(out, k)
+func (c *Compiler) IdentityID(identity string) uint32 {
+	id, ok := c.identIDs[identity]
+	if !ok {
+		id = uint32(len(c.identIDs) + 1)
+		c.identIDs[identity] = id
 	}
-	slices.Sort(out)
-	return out
+	return id
 }

@@ -34,7 +34,7 @@ func pod(uid, ip string, mut ...func(*model.Workload)) *model.Workload {
 		UID: uid, Name: uid, Namespace: "default", Addresses: []netip.Addr{addr(ip)},
 		Healthy: true, Node: "node-a", ClusterID: "c1",
 		Locality: model.Locality{Region: "r1", Zone: "z1", Subzone: "s1"},
-		Services: map[model.ServiceKey][]model.Port{svcKey: {{ServicePort: 80, TargetPort: 8080}}},
+		Services: []model.ServicePorts{{Service: svcKey, Ports: []model.Port{{ServicePort: 80, TargetPort: 8080}}}},
 	}
 	for _, m := range mut {
 		m(w)
@@ -141,8 +141,12 @@ func TestPerWorkloadTargetPorts(t *testing.T) {
 	h := newHarness(t)
 	txn := h.apply([]model.Resource{
 		svcRes(web(func(s *model.Service) { s.Ports = []model.Port{{ServicePort: 80}} })), // named target port
-		wlRes(pod("a", "10.244.0.11", func(w *model.Workload) { w.Services[svcKey] = []model.Port{{ServicePort: 80, TargetPort: 9090}} })),
-		wlRes(pod("b", "10.244.0.12", func(w *model.Workload) { w.Services[svcKey] = []model.Port{{ServicePort: 80, TargetPort: 80}} })),
+		wlRes(pod("a", "10.244.0.11", func(w *model.Workload) {
+			w.Services = []model.ServicePorts{{Service: svcKey, Ports: []model.Port{{ServicePort: 80, TargetPort: 9090}}}}
+		})),
+		wlRes(pod("b", "10.244.0.12", func(w *model.Workload) {
+			w.Services = []model.ServicePorts{{Service: svcKey, Ports: []model.Port{{ServicePort: 80, TargetPort: 80}}}}
+		})),
 	})
 	p := txn.Services[0].Ports[0]
 	if p.Port != 80 || p.TargetPort != 0 || p.Overrides[h.c.WorkloadID("a")] != 9090 || len(p.Overrides) != 1 {
@@ -170,7 +174,7 @@ func TestOneWorkloadChangeTouchesOnlyItsServices(t *testing.T) {
 		svcRes(&model.Service{Key: other, Namespace: "default", Hostname: "db.default.svc.cluster.local", VIPs: []netip.Addr{addr("10.96.0.20")}, Ports: []model.Port{{ServicePort: 5432}}}),
 		wlRes(pod("a", "10.244.0.11")),
 		wlRes(pod("b", "10.244.0.12")),
-		wlRes(pod("db", "10.244.0.20", func(w *model.Workload) { w.Services = map[model.ServiceKey][]model.Port{other: nil} })),
+		wlRes(pod("db", "10.244.0.20", func(w *model.Workload) { w.Services = []model.ServicePorts{{Service: other}} })),
 	})
 	txn := h.apply(nil, "b")
 	if len(txn.Services) != 1 || txn.Services[0].ID != h.c.ServiceID(svcKey) {

@@ -7,6 +7,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -129,6 +130,7 @@ func (d *Dataplane) WorkloadID(uid string) uint32 {
 func (d *Dataplane) Update(upserts []model.Resource, removes []string) (rejected map[string]error, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	t0 := time.Now()
 
 	rejected = d.store.Check(upserts, removes)
 	good := upserts[:0:0]
@@ -144,7 +146,10 @@ func (d *Dataplane) Update(upserts []model.Resource, removes []string) (rejected
 	}
 	start := time.Now()
 	txn := d.comp.Changes(ch)
+	compiled := time.Since(start)
 	err = d.maps.Apply(txn)
+	slog.Debug("mesh update", "services", len(txn.Services), "backends", len(txn.Backends),
+		"store", start.Sub(t0), "compile", compiled, "apply", time.Since(start)-compiled, "err", err)
 	d.notify(Event{Took: time.Since(start), Services: len(txn.Services), Backends: len(txn.Backends),
 		Deletes: len(txn.DeleteServices) + len(txn.DeleteBackends), Err: err})
 	if err == nil {

@@ -6,6 +6,8 @@ package meshsync
 import (
 	"fmt"
 	"log/slog"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +16,10 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/model"
 	"github.com/kmesh-go/kmesh/daemon/xds"
 )
+
+// bigUpdate is the size from which an update's garbage is returned to the
+// OS right away.
+const bigUpdate = 10000
 
 // Syncer implements xds.Handler over a Dataplane.
 type Syncer struct {
@@ -39,17 +45,54 @@ func New(dp *dataplane.Dataplane, log *slog.Logger) *Syncer {
 // Apply decodes and applies one xDS response.
 func (s *Syncer) Apply(typeURL string, upserts []xds.Resource, removes []string) (map[string]error, error) {
 	s.pushes.Add(1)
+	if len(upserts) >= bigUpdate {
+		// A snapshot allocates a lot that lives until it is applied: let the
+		// heap grow instead of collecting it over and over, then give the
+		// memory back in one go (update does).
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+	}
+	t0 := time.Now()
+	good, rejected := decodeAll(typeURL, upserts)
+	s.log.Debug("decoded", "type", typeURL, "resources", len(upserts), "took", time.Since(t0))
+	return s.update(good, removes, rejected)
+}
+
+// decodeAll decodes a response on every core: a full snapshot is hundreds
+// of thousands of protobuf messages, and order does not matter until the
+// store.
+func decodeAll(typeURL string, upserts []xds.Resource) ([]model.Resource, map[string]error) {
+	out := make([]model.Resource, len(upserts))
+	errs := make([]error, len(upserts))
+	workers := runtime.GOMAXPROCS(0)
+	if len(upserts) < 512 {
+		workers = 1
+	}
+	var wg sync.WaitGroup
+	chunk := (len(upserts) + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		lo, hi := w*chunk, min((w+1)*chunk, len(upserts))
+		if lo >= hi {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := lo; i < hi; i++ {
+				out[i], errs[i] = xds.Decode(typeURL, upserts[i])
+			}
+		}()
+	}
+	wg.Wait()
 	rejected := map[string]error{}
-	good := make([]model.Resource, 0, len(upserts))
-	for _, r := range upserts {
-		m, err := xds.Decode(typeURL, r)
-		if err != nil {
-			rejected[r.Name] = err
+	good := out[:0]
+	for i := range out {
+		if errs[i] != nil {
+			rejected[upserts[i].Name] = errs[i]
 			continue
 		}
-		good = append(good, m)
+		good = append(good, out[i])
 	}
-	return s.update(good, removes, rejected)
+	return good, rejected
 }
 
 // ApplyResources applies already converted resources (the config file).
@@ -63,6 +106,11 @@ func (s *Syncer) ApplyResources(upserts []model.Resource, removes []string, reje
 
 func (s *Syncer) update(good []model.Resource, removes []string, rejected map[string]error) (map[string]error, error) {
 	more, err := s.dp.Update(good, removes)
+	if len(good)+len(removes) >= bigUpdate {
+		// A snapshot leaves a heap of decoded messages behind; hand it back
+		// to the node now rather than when the scavenger gets to it.
+		go debug.FreeOSMemory()
+	}
 	for n, e := range more {
 		rejected[n] = e
 	}

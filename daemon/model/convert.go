@@ -3,8 +3,10 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
+	"unique"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -41,9 +43,9 @@ func FromService(s *workloadapi.Service) (*Service, error) {
 		return nil, fmt.Errorf("service %q: namespace and hostname are required", s.GetName())
 	}
 	out := &Service{
-		Key:       ServiceKey(s.GetNamespace() + "/" + s.GetHostname()),
+		Key:       ServiceKey(intern(s.GetNamespace() + "/" + s.GetHostname())),
 		Name:      s.GetName(),
-		Namespace: s.GetNamespace(),
+		Namespace: intern(s.GetNamespace()),
 		Hostname:  s.GetHostname(),
 		LB:        LoadBalancing{Policy: PolicyRandom},
 	}
@@ -144,21 +146,26 @@ func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 	if w.GetUid() == "" {
 		return nil, fmt.Errorf("workload %s/%s: uid is required", w.GetNamespace(), w.GetName())
 	}
+	// Strings most workloads share are interned: a node may hold 100k
+	// workloads in a handful of namespaces and service accounts.
 	out := &Workload{
 		UID:               w.GetUid(),
 		Name:              w.GetName(),
-		Namespace:         w.GetNamespace(),
-		Network:           w.GetNetwork(),
-		Node:              w.GetNode(),
-		ClusterID:         w.GetClusterId(),
+		Namespace:         intern(w.GetNamespace()),
+		Network:           intern(w.GetNetwork()),
+		Node:              intern(w.GetNode()),
+		ClusterID:         intern(w.GetClusterId()),
 		Healthy:           w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
-		TrustDomain:       w.GetTrustDomain(),
-		ServiceAccount:    w.GetServiceAccount(),
-		CanonicalName:     w.GetCanonicalName(),
-		CanonicalRevision: w.GetCanonicalRevision(),
-		WorkloadName:      w.GetWorkloadName(),
-		Policies:          append([]string(nil), w.GetAuthorizationPolicies()...),
+		TrustDomain:       intern(w.GetTrustDomain()),
+		ServiceAccount:    intern(w.GetServiceAccount()),
+		CanonicalName:     intern(w.GetCanonicalName()),
+		CanonicalRevision: intern(w.GetCanonicalRevision()),
+		WorkloadName:      intern(w.GetWorkloadName()),
 	}
+	for _, p := range w.GetAuthorizationPolicies() {
+		out.Policies = append(out.Policies, intern(p))
+	}
+	out.identity = intern(identityOf(out.TrustDomain, out.Namespace, out.ServiceAccount))
 	where := func(format string, args ...any) error {
 		return fmt.Errorf("workload %s (%s/%s): %s", out.UID, out.Namespace, out.Name, fmt.Sprintf(format, args...))
 	}
@@ -173,25 +180,26 @@ func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 		out.Addresses = append(out.Addresses, ip)
 	}
 	if l := w.GetLocality(); l != nil {
-		out.Locality = Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubzone()}
+		out.Locality = Locality{Region: intern(l.GetRegion()), Zone: intern(l.GetZone()), Subzone: intern(l.GetSubzone())}
+	}
+	if len(w.GetServices()) > 0 {
+		out.Services = make([]ServicePorts, 0, len(w.GetServices()))
 	}
 	for key, pl := range w.GetServices() {
 		if ns, host, ok := strings.Cut(key, "/"); !ok || ns == "" || host == "" {
 			return nil, where("services key %q is not namespace/hostname", key)
 		}
-		if out.Services == nil {
-			out.Services = map[ServiceKey][]Port{}
-		}
-		ports := []Port{}
+		sp := ServicePorts{Service: ServiceKey(intern(key))}
 		for i, p := range pl.GetPorts() {
 			port, err := portFrom(p)
 			if err != nil {
 				return nil, where("services[%s].ports[%d]: %v", key, i, err)
 			}
-			ports = append(ports, port)
+			sp.Ports = append(sp.Ports, port)
 		}
-		out.Services[ServiceKey(key)] = ports
+		out.Services = append(out.Services, sp)
 	}
+	slices.SortFunc(out.Services, func(a, b ServicePorts) int { return strings.Compare(string(a.Service), string(b.Service)) })
 	if w.GetWaypoint() != nil {
 		g, err := gatewayFrom(w.GetWaypoint())
 		if err != nil {
@@ -200,6 +208,14 @@ func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 		out.Waypoint = g
 	}
 	return out, nil
+}
+
+// intern shares one copy of equal strings.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
 }
 
 func addrFromBytes(b []byte) (netip.Addr, error) {

@@ -134,31 +134,60 @@ type Workload struct {
 	WorkloadName      string       `json:"workloadName,omitempty"`
 	// Services lists the services the workload backs, with the workload's
 	// own port mapping for each (Istio resolves named target ports here).
-	Services map[ServiceKey][]Port `json:"services,omitempty"`
-	Waypoint *Gateway              `json:"waypoint,omitempty"`
+	// A slice, not a map: a node holds many workloads and few services each.
+	Services []ServicePorts `json:"services,omitempty"`
+	Waypoint *Gateway       `json:"waypoint,omitempty"`
 	// Policies names the authorization policies that select the workload.
 	Policies []string `json:"authorizationPolicies,omitempty"`
+
+	identity string // interned SPIFFE id, set on conversion
+}
+
+// ServicePorts is one service a workload backs and its ports for it.
+type ServicePorts struct {
+	Service ServiceKey `json:"service"`
+	Ports   []Port     `json:"ports,omitempty"`
+}
+
+// Backs reports whether the workload lists the service.
+func (w *Workload) Backs(k ServiceKey) bool {
+	for _, sp := range w.Services {
+		if sp.Service == k {
+			return true
+		}
+	}
+	return false
 }
 
 // Identity is the workload's SPIFFE identity.
 func (w *Workload) Identity() string {
-	td := w.TrustDomain
+	if w.identity != "" {
+		return w.identity
+	}
+	return identityOf(w.TrustDomain, w.Namespace, w.ServiceAccount)
+}
+
+func identityOf(td, ns, sa string) string {
 	if td == "" {
 		td = "cluster.local"
 	}
-	sa := w.ServiceAccount
 	if sa == "" {
 		sa = "default"
 	}
-	return fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", td, w.Namespace, sa)
+	return "spiffe://" + td + "/ns/" + ns + "/sa/" + sa
 }
 
 // TargetPort is where connections to the service's port go on this
 // workload: its own mapping first, then the service's, then the port itself.
 func (w *Workload) TargetPort(svc ServiceKey, p Port) uint16 {
-	for _, wp := range w.Services[svc] {
-		if wp.ServicePort == p.ServicePort && wp.TargetPort != 0 {
-			return wp.TargetPort
+	for _, sp := range w.Services {
+		if sp.Service != svc {
+			continue
+		}
+		for _, wp := range sp.Ports {
+			if wp.ServicePort == p.ServicePort && wp.TargetPort != 0 {
+				return wp.TargetPort
+			}
 		}
 	}
 	if p.TargetPort != 0 {

@@ -41,7 +41,7 @@ type Store struct {
 	policies  map[string]*AuthzPolicy
 	byName    map[string]ref
 	// backing indexes workloads by the services they list.
-	backing map[ServiceKey]map[string]struct{}
+	backing map[ServiceKey]map[string]*Workload
 }
 
 // NewStore returns an empty store.
@@ -51,7 +51,7 @@ func NewStore() *Store {
 		workloads: map[string]*Workload{},
 		policies:  map[string]*AuthzPolicy{},
 		byName:    map[string]ref{},
-		backing:   map[ServiceKey]map[string]struct{}{},
+		backing:   map[ServiceKey]map[string]*Workload{},
 	}
 }
 
@@ -104,29 +104,33 @@ func (s *Store) Apply(upserts []Resource, removes []string) Changes {
 func (s *Store) ApplyWithUndo(upserts []Resource, removes []string) (Changes, func() Changes) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Remember every name the update touches, as it is now.
-	before := map[string]*Resource{}
-	remember := func(n string) {
-		if _, ok := before[n]; ok {
-			return
-		}
-		before[n] = s.resourceLocked(n)
+	// Remember every name the update touches, as it is now (model objects
+	// are immutable, so the old pointers are the old state).
+	type was struct {
+		name string
+		res  *Resource
 	}
+	before := make([]was, 0, len(upserts)+len(removes))
 	for _, n := range removes {
-		remember(n)
+		before = append(before, was{n, s.resourceLocked(n)})
 	}
 	for _, r := range upserts {
-		remember(r.Name)
+		before = append(before, was{r.Name, s.resourceLocked(r.Name)})
 	}
 	ch := s.applyLocked(upserts, removes)
 	undo := func() Changes {
 		var up []Resource
 		var rm []string
-		for n, r := range before {
-			if r == nil {
-				rm = append(rm, n)
+		seen := make(map[string]bool, len(before))
+		for _, b := range before {
+			if seen[b.name] {
+				continue
+			}
+			seen[b.name] = true
+			if b.res == nil {
+				rm = append(rm, b.name)
 			} else {
-				up = append(up, *r)
+				up = append(up, *b.res)
 			}
 		}
 		s.mu.Lock()
@@ -176,11 +180,11 @@ func (s *Store) applyLocked(upserts []Resource, removes []string) Changes {
 			w := r.Workload
 			s.workloads[w.UID] = w
 			s.byName[r.Name] = ref{2, w.UID}
-			for k := range w.Services {
-				if s.backing[k] == nil {
-					s.backing[k] = map[string]struct{}{}
+			for _, sp := range w.Services {
+				if s.backing[sp.Service] == nil {
+					s.backing[sp.Service] = map[string]*Workload{}
 				}
-				s.backing[k][w.UID] = struct{}{}
+				s.backing[sp.Service][w.UID] = w
 			}
 			ch.Workloads = append(ch.Workloads, w.UID)
 		case r.Policy != nil:
@@ -202,10 +206,10 @@ func (s *Store) drop(r ref, ch *Changes) {
 		ch.Services = append(ch.Services, ServiceKey(r.key))
 	case 2:
 		if w := s.workloads[r.key]; w != nil {
-			for k := range w.Services {
-				delete(s.backing[k], w.UID)
-				if len(s.backing[k]) == 0 {
-					delete(s.backing, k)
+			for _, sp := range w.Services {
+				delete(s.backing[sp.Service], w.UID)
+				if len(s.backing[sp.Service]) == 0 {
+					delete(s.backing, sp.Service)
 				}
 			}
 		}
@@ -318,4 +322,42 @@ func compare(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// View reads the store without locking per call. It is valid only inside
+// the function given to Read, which holds the read lock throughout.
+type View struct{ s *Store }
+
+// Read runs fn with a consistent view of the store.
+func (s *Store) Read(fn func(View)) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	fn(View{s})
+}
+
+func (v View) Service(k ServiceKey) *Service  { return v.s.services[k] }
+func (v View) Workload(uid string) *Workload  { return v.s.workloads[uid] }
+func (v View) Policy(key string) *AuthzPolicy { return v.s.policies[key] }
+
+// Backing is the workloads listing a service, by uid; callers must not
+// modify it.
+func (v View) Backing(k ServiceKey) map[string]*Workload { return v.s.backing[k] }
+
+// EachService and EachWorkload visit everything, in no particular order.
+func (v View) EachService(fn func(*Service)) {
+	for _, s := range v.s.services {
+		fn(s)
+	}
+}
+
+func (v View) EachWorkload(fn func(*Workload)) {
+	for _, w := range v.s.workloads {
+		fn(w)
+	}
+}
+
+func (v View) EachPolicy(fn func(*AuthzPolicy)) {
+	for _, p := range v.s.policies {
+		fn(p)
+	}
 }

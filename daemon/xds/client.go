@@ -269,11 +269,13 @@ func (c *Client) session(ctx context.Context) error {
 			c.log.Info("xDS stream up", "address", c.cfg.Address)
 		}
 		ack := c.handle(resp)
+		t := resp.GetTypeUrl()
+		resp = nil // a big response is garbage now, not in a minute
 		if err := stream.Send(ack); err != nil {
 			return fmt.Errorf("send ACK: %w", err)
 		}
-		if pending[resp.GetTypeUrl()] {
-			delete(pending, resp.GetTypeUrl())
+		if pending[t] {
+			delete(pending, t)
 			if len(pending) == 0 {
 				synced()
 			} else if grace == nil {
