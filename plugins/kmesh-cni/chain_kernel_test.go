@@ -5,6 +5,7 @@ package main
 // test made, on a real data path. Run with KMESH_KERNEL_TESTS=1 as root.
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -418,4 +419,43 @@ func TestKernelNoDatapath(t *testing.T) {
 	if e.record(q) != nil || e.daemon.Pod(q.rt.ContainerID) != nil {
 		t.Fatal("the failed ADD left a record or a registration")
 	}
+}
+
+// Runtimes add pods in parallel: each gets its own entry, link and record,
+// and parallel DELs leave nothing.
+func TestKernelConcurrentAddsAndDels(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true})
+	pods := make([]*pod, 8)
+	for i := range pods {
+		pods[i] = e.newPod(fmt.Sprintf("p%d", i))
+	}
+	parallel := func(fn func(p *pod) error) {
+		t.Helper()
+		errs := make(chan error, len(pods))
+		for _, p := range pods {
+			go func() { errs <- fn(p) }()
+		}
+		for range pods {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	parallel(func(p *pod) error { return e.add(list, p) })
+	for _, p := range pods {
+		p.hostVeth = hostVethOf(p)
+		e.requireEnrolled(p)
+		if e.daemon.Pod(p.rt.ContainerID) == nil {
+			t.Fatalf("daemon does not know %s", p.Name)
+		}
+	}
+	if err := e.gc(list, pods...); err != nil {
+		t.Fatalf("GC with every pod valid: %v", err)
+	}
+	for _, p := range pods {
+		e.requireEnrolled(p)
+	}
+	parallel(func(p *pod) error { return e.del(list, p) })
+	e.requireClean()
 }
