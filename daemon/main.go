@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/daemon/admin"
@@ -117,6 +120,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	errc := make(chan error, 4)
 	var xdsClient *xds.Client
 	if o.configFile != "" {
+		syncer.Connected(true) // the file is always there to read
 		go func() { errc <- configfile.Watch(ctx, o.configFile, syncer, log) }()
 	} else {
 		xdsClient = xds.New(xds.Config{
@@ -183,7 +187,14 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	h := admin.Handler(admin.Source{
 		Dataplane: dp,
 		Ready:     syncer.Ready,
-		Pods:      func() any { return reg.Pods() },
+		Pods: func() any {
+			out := []json.RawMessage{}
+			for _, p := range reg.Pods() {
+				b, _ := protojson.Marshal(p)
+				out = append(out, b)
+			}
+			return out
+		},
 		Status: func() map[string]any {
 			st := map[string]any{"version": Version, "node": node.Name, "locality": dp.Node().Locality.String(),
 				"connected": syncer.IsConnected(), "lastError": syncer.LastError()}
