@@ -38,6 +38,10 @@ func Dial(socket string) (*Client, error) {
 	return &Client{socket: socket, conn: conn, api: cniv1.NewPodRegistryClient(conn)}, nil
 }
 
+// Connect starts connecting in the background, so a later call finds the
+// connection (or its failure) ready.
+func (c *Client) Connect() { c.conn.Connect() }
+
 // Close releases the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
