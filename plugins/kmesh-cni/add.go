@@ -65,6 +65,10 @@ func (r *run) add() error {
 		return types.NewError(conf.ErrEnroll, "read the pod's network namespace: "+err.Error(), "")
 	}
 	rec := r.newRecord(pod, prev, pl.cookie, decision)
+	// The host veth of every pod: the daemon needs it to attach tc when a
+	// label change enrolls the pod later.
+	veth, ifindex, vethErr := hostVeth(pl, args.IfName, prev)
+	rec.HostVeth, rec.HostIfindex = veth, ifindex
 	r.step("inspected netns")
 
 	dir, err := r.stateDir(false)
@@ -78,7 +82,7 @@ func (r *run) add() error {
 	// grace period, the longest step of ADD).
 	var tc <-chan error
 	if decision.Enroll {
-		if tc, err = r.enroll(dir, rec, pl, prev); err != nil {
+		if tc, err = r.enroll(dir, rec, vethErr, prev); err != nil {
 			return err
 		}
 	} else if err := dir.Save(rec); err != nil {
@@ -217,18 +221,18 @@ func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kub
 	return rec
 }
 
-// enroll starts the tc attachment, whose outcome arrives on the returned
-// channel, and writes the manage entry. The record is saved first, so a
+// enroll starts the tc attachment on the host veth (vethErr says why there
+// is none), whose outcome arrives on the returned channel, and writes the
+// manage entry. The record is saved first, so a
 // run killed halfway leaves what DEL and GC need to undo it. On error
 // nothing is left behind.
-func (r *run) enroll(dir *state.Dir, rec *state.Record, pl podLink, prev *current.Result) (<-chan error, error) {
+func (r *run) enroll(dir *state.Dir, rec *state.Record, vethErr error, prev *current.Result) (<-chan error, error) {
 	c := r.conf
-	veth, ifindex, err := hostVeth(pl, r.args.IfName, prev)
-	if err != nil {
-		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+err.Error(),
+	if vethErr != nil {
+		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+vethErr.Error(),
 			"kmesh needs a veth-based primary plugin (bridge, ptp, ...); or opt the pod out with label istio.io/dataplane-mode=none")
 	}
-	rec.HostVeth, rec.HostIfindex = veth, ifindex
+	veth, ifindex := rec.HostVeth, rec.HostIfindex
 	if rec.PodUID != "" {
 		if mnt, err := cgroupv2.Mountpoint(); err == nil {
 			rec.CgroupPath, rec.CgroupID, _ = podcgroup.Find(mnt, rec.PodUID)

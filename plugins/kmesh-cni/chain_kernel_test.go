@@ -171,7 +171,8 @@ func TestKernelNotEnrolledPodIsStillReported(t *testing.T) {
 		t.Fatalf("tc attached for a pod that is not enrolled: %v", keys)
 	}
 	d := e.daemon.Pod(p.rt.ContainerID)
-	if d == nil || d.GetEnrolled() || d.GetNetnsPath() != p.NSPath || d.GetNetnsCookie() != e.cookie(p) || !strings.Contains(d.GetReason(), "defaultEnroll is false") {
+	if d == nil || d.GetEnrolled() || d.GetNetnsPath() != p.NSPath || d.GetNetnsCookie() != e.cookie(p) || !strings.Contains(d.GetReason(), "defaultEnroll is false") ||
+		d.GetHostVeth() != p.hostVeth {
 		t.Fatalf("daemon's record: %v", d)
 	}
 	if err := e.check(list, p); err != nil {
@@ -457,5 +458,55 @@ func TestKernelConcurrentAddsAndDels(t *testing.T) {
 		e.requireEnrolled(p)
 	}
 	parallel(func(p *pod) error { return e.del(list, p) })
+	e.requireClean()
+}
+
+// After ADD the daemon owns enrollment (labels change): CHECK checks the
+// kernel against the daemon's view, and DEL removes what the daemon added.
+func TestKernelDaemonChangesEnrollmentAfterAdd(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{defaultEnroll: true})
+	in, out := e.newPod("in"), e.newPod("out")
+	e.mustAdd(list, in)
+	e.mustAdd(e.conflist(netOpts{defaultEnroll: false}), out)
+
+	// The daemon releases "in" (label removed): CHECK passes.
+	if err := e.manage.Release(e.cookie(in)); err != nil {
+		t.Fatal(err)
+	}
+	if err := loader.DetachPodTC(e.pins, loader.PodTCKey(in.rt.ContainerID, in.hostVeth)); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon.SetEnrolled(in.rt.ContainerID, false)
+	if err := e.check(list, in); err != nil {
+		t.Fatalf("CHECK of a pod the daemon released: %v", err)
+	}
+
+	// The daemon enrolls "out" (label added) with the host veth ADD
+	// reported: CHECK wants the kernel side, and DEL removes it.
+	d := e.daemon.Pod(out.rt.ContainerID)
+	if d.GetHostVeth() != out.hostVeth {
+		t.Fatalf("ADD did not report the host veth of a pod it did not enroll: %v", d)
+	}
+	e.daemon.SetEnrolled(out.rt.ContainerID, true)
+	if err := e.check(list, out); err == nil {
+		t.Fatal("CHECK passed a pod the daemon enrolled but the kernel does not have")
+	}
+	if err := e.manage.Enroll(e.cookie(out), maps.Enrollment{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.inNode(func() error {
+		return loader.AttachPodTC(e.pins, loader.PodTCKey(out.rt.ContainerID, d.GetHostVeth()), e.ifindex(out.hostVeth))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.check(list, out); err != nil {
+		t.Fatalf("CHECK of a pod the daemon enrolled: %v", err)
+	}
+	for _, p := range []*pod{in, out} {
+		if err := e.del(list, p); err != nil {
+			t.Fatal(err)
+		}
+	}
 	e.requireClean()
 }

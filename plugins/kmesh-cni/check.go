@@ -8,6 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
@@ -21,9 +22,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 	return r.done(r.check())
 }
 
-// check verifies what ADD set up: the same netns, its manage entry and tc
-// link when ADD enrolled it, and the daemon's record. A daemon that lost
-// the pod (it was down at ADD, or restarted) is told again here: CHECK
+// check verifies what ADD set up: the same netns, the daemon's record, and
+// the manage entry and tc link of an enrolled pod. A daemon that lost the
+// pod (it was down at ADD, or restarted) is told again here: CHECK
 // repairs the registration and fails only when it cannot.
 func (r *run) check() error {
 	c, args := r.conf, r.args
@@ -50,7 +51,34 @@ func (r *run) check() error {
 		return checkFailed("netns %s has cookie %d, ADD enrolled %d: the sandbox's namespace was replaced", args.Netns, pl.cookie, rec.Cookie)
 	}
 
-	if rec.Enrolled {
+	// The daemon's record, registering the pod again if the daemon lost
+	// it. What the daemon says is the truth to check the kernel against:
+	// it enrolls and releases pods when their labels change after ADD.
+	var known *cniv1.Pod
+	derr := r.daemon(func(ctx context.Context, cl *registry.Client) error {
+		p, err := cl.Pod(ctx, rec.ContainerID)
+		if err != nil {
+			return err
+		}
+		if p == nil {
+			r.log.Info("daemon did not know the pod; registering it again")
+			if _, err := cl.Enroll(ctx, rec.Pod()); err != nil {
+				return err
+			}
+			p = rec.Pod()
+		}
+		known = p
+		return nil
+	})
+	want, veth := rec.Enrolled, rec.HostVeth
+	if known != nil {
+		want = known.GetEnrolled()
+		if known.GetHostVeth() != "" {
+			veth = known.GetHostVeth()
+		}
+	}
+
+	if want {
 		m, err := openManage(rec.BPFDir)
 		if err != nil {
 			return checkFailed("%v", err)
@@ -64,33 +92,28 @@ func (r *run) check() error {
 			return checkFailed("netns %d of pod %s is missing from the manage map: the pod is out of the mesh", rec.Cookie, args.ContainerID)
 		}
 	}
-	if rec.TCKey != "" {
-		a, present, err := loader.PodTC(rec.BPFDir, rec.TCKey)
+	if want && veth != "" {
+		a, present, err := loader.PodTC(rec.BPFDir, loader.PodTCKey(rec.ContainerID, veth))
+		ifindex := rec.HostIfindex
+		if veth != rec.HostVeth {
+			ifindex = 0
+		}
 		switch {
 		case err != nil:
 			return checkFailed("%v", err)
 		case !present:
-			return checkFailed("no tc link pinned for the pod on %s", rec.HostVeth)
-		case !a.Live || a.Ifindex != rec.HostIfindex:
-			return checkFailed("tc link of the pod is on ifindex %d (live %v), want %s (ifindex %d)", a.Ifindex, a.Live, rec.HostVeth, rec.HostIfindex)
+			return checkFailed("no tc link pinned for the pod on %s", veth)
+		case !a.Live || ifindex != 0 && a.Ifindex != ifindex:
+			return checkFailed("tc link of the pod is on ifindex %d (live %v), want %s (ifindex %d)", a.Ifindex, a.Live, veth, ifindex)
 		}
 	}
 
-	err = r.daemon(func(ctx context.Context, cl *registry.Client) error {
-		known, err := cl.Pod(ctx, rec.ContainerID)
-		if err != nil || known != nil {
-			return err
-		}
-		r.log.Info("daemon did not know the pod; registering it again")
-		_, err = cl.Enroll(ctx, rec.Pod())
-		return err
-	})
-	if err != nil {
+	if derr != nil {
 		code := conf.ErrCheck
-		if errors.Is(err, registry.ErrUnreachable) {
+		if errors.Is(derr, registry.ErrUnreachable) {
 			code = types.ErrTryAgainLater
 		}
-		return types.NewError(code, "kmesh-cni CHECK: the daemon does not know the pod: "+err.Error(), "start the kmesh daemon on this node; CHECK registers the pod again once it answers")
+		return types.NewError(code, "kmesh-cni CHECK: the daemon does not know the pod: "+derr.Error(), "start the kmesh daemon on this node; CHECK registers the pod again once it answers")
 	}
 	if !rec.Signaled {
 		rec.Signaled = true

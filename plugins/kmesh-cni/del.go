@@ -41,6 +41,7 @@ func (r *run) del() error {
 		// can be found from the attachment itself.
 		rec = &state.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, BPFDir: c.BPFDir}
 	}
+	rec.TCKey = tcKey(rec)
 	if (rec.Cookie == 0 || rec.TCKey == "") && args.Netns != "" {
 		// Also when ADD did not enroll: the daemon may have since, and
 		// its tc link carries the same name.

@@ -47,7 +47,7 @@ func (r *run) gc() error {
 	owned := map[string]bool{}
 	var stale []*state.Record
 	for _, rec := range recs {
-		owned[rec.TCKey] = true
+		owned[tcKey(rec)] = true
 		if rec.Network != c.Name || valid[types.GCAttachment{ContainerID: rec.ContainerID, IfName: rec.IfName}] {
 			continue
 		}
@@ -65,7 +65,7 @@ func (r *run) gc() error {
 		}
 	}()
 	for _, rec := range stale {
-		if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
+		if err := release(rec.BPFDir, tcKey(rec), rec.Cookie); err != nil {
 			errs = append(errs, fmt.Errorf("container %s: %w", rec.ContainerID, err))
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
@@ -145,6 +146,15 @@ func openManage(dir string) (*maps.Manage, error) {
 		return nil, fmt.Errorf("%w: no pinned maps under %s (is the kmesh daemon running, with the same bpfDir?)", errNoDatapath, dir)
 	}
 	return m, err
+}
+
+// tcKey names the attachment's tc link: the one ADD pinned, or the one the
+// daemon pins when it enrolls the pod later (same name).
+func tcKey(rec *state.Record) string {
+	if rec.TCKey == "" && rec.HostVeth != "" {
+		return loader.PodTCKey(rec.ContainerID, rec.HostVeth)
+	}
+	return rec.TCKey
 }
 
 // release takes the attachment's netns out of the data path and removes

@@ -115,6 +115,16 @@ func (d *Daemon) Pod(containerID string) *cniv1.Pod {
 	return nil
 }
 
+// SetEnrolled changes a registered pod's enrollment, as the daemon does
+// when labels change after ADD.
+func (d *Daemon) SetEnrolled(containerID string, enrolled bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p, ok := d.pods[containerID]; ok {
+		p.Enrolled = enrolled
+	}
+}
+
 // Released lists the container ids ReleasePod was called for, in order.
 func (d *Daemon) Released() []string {
 	d.mu.Lock()
