@@ -238,7 +238,7 @@ func (r *run) enroll(dir *state.Dir, rec *state.Record, vethErr error, prev *cur
 			rec.CgroupPath, rec.CgroupID, _ = podcgroup.Find(mnt, rec.PodUID)
 		}
 	}
-	r.step("found host veth and cgroup")
+	r.step("found pod cgroup")
 
 	m, err := openManage(c.BPFDir)
 	if errors.Is(err, errNoDatapath) {
