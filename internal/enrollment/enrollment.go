@@ -34,11 +34,15 @@ func Decide(pod *corev1.Pod, ns *corev1.Namespace) (bool, string) {
 			return false, "pod has an Istio sidecar"
 		}
 	}
-	switch pod.Labels[LabelDataplaneMode] {
-	case ModeNone:
-		return false, "pod opted out (" + LabelDataplaneMode + "=none)"
-	case ModeKmesh:
+	switch mode, set := pod.Labels[LabelDataplaneMode]; {
+	case mode == ModeKmesh:
 		return true, "pod label " + LabelDataplaneMode + "=kmesh"
+	case mode == ModeNone:
+		return false, "pod opted out (" + LabelDataplaneMode + "=none)"
+	case set:
+		// The pod asked for another data plane (ambient, ...): not ours,
+		// whatever its namespace says.
+		return false, "pod label " + LabelDataplaneMode + "=" + mode + " selects another data plane"
 	}
 	if ns != nil && ns.Labels[LabelDataplaneMode] == ModeKmesh {
 		return true, "namespace label " + LabelDataplaneMode + "=kmesh"
