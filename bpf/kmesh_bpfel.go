@@ -17,6 +17,13 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	kmeshMapKmAffinity      = "km_affinity"
+	kmeshMapKmAuthzDst      = "km_authz_dst"
+	kmeshMapKmAuthzIdent    = "km_authz_ident"
+	kmeshMapKmAuthzPort     = "km_authz_port"
+	kmeshMapKmAuthzPs       = "km_authz_ps"
+	kmeshMapKmAuthzSrc      = "km_authz_src"
+	kmeshMapKmAuthzStats    = "km_authz_stats"
+	kmeshMapKmAuthzVerdict  = "km_authz_verdict"
 	kmeshMapKmBackend       = "km_backend"
 	kmeshMapKmConfig        = "km_config"
 	kmeshMapKmEndpoint      = "km_endpoint"
@@ -99,19 +106,26 @@ type kmeshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kmeshMapSpecs struct {
-	KmAffinity *ebpf.MapSpec `ebpf:"km_affinity"`
-	KmBackend  *ebpf.MapSpec `ebpf:"km_backend"`
-	KmConfig   *ebpf.MapSpec `ebpf:"km_config"`
-	KmEndpoint *ebpf.MapSpec `ebpf:"km_endpoint"`
-	KmFrontend *ebpf.MapSpec `ebpf:"km_frontend"`
-	KmMaglev   *ebpf.MapSpec `ebpf:"km_maglev"`
-	KmManage   *ebpf.MapSpec `ebpf:"km_manage"`
-	KmPort     *ebpf.MapSpec `ebpf:"km_port"`
-	KmPortovr  *ebpf.MapSpec `ebpf:"km_portovr"`
-	KmService  *ebpf.MapSpec `ebpf:"km_service"`
-	KmSock     *ebpf.MapSpec `ebpf:"km_sock"`
-	KmStats    *ebpf.MapSpec `ebpf:"km_stats"`
-	KmUdpRev   *ebpf.MapSpec `ebpf:"km_udp_rev"`
+	KmAffinity     *ebpf.MapSpec `ebpf:"km_affinity"`
+	KmAuthzDst     *ebpf.MapSpec `ebpf:"km_authz_dst"`
+	KmAuthzIdent   *ebpf.MapSpec `ebpf:"km_authz_ident"`
+	KmAuthzPort    *ebpf.MapSpec `ebpf:"km_authz_port"`
+	KmAuthzPs      *ebpf.MapSpec `ebpf:"km_authz_ps"`
+	KmAuthzSrc     *ebpf.MapSpec `ebpf:"km_authz_src"`
+	KmAuthzStats   *ebpf.MapSpec `ebpf:"km_authz_stats"`
+	KmAuthzVerdict *ebpf.MapSpec `ebpf:"km_authz_verdict"`
+	KmBackend      *ebpf.MapSpec `ebpf:"km_backend"`
+	KmConfig       *ebpf.MapSpec `ebpf:"km_config"`
+	KmEndpoint     *ebpf.MapSpec `ebpf:"km_endpoint"`
+	KmFrontend     *ebpf.MapSpec `ebpf:"km_frontend"`
+	KmMaglev       *ebpf.MapSpec `ebpf:"km_maglev"`
+	KmManage       *ebpf.MapSpec `ebpf:"km_manage"`
+	KmPort         *ebpf.MapSpec `ebpf:"km_port"`
+	KmPortovr      *ebpf.MapSpec `ebpf:"km_portovr"`
+	KmService      *ebpf.MapSpec `ebpf:"km_service"`
+	KmSock         *ebpf.MapSpec `ebpf:"km_sock"`
+	KmStats        *ebpf.MapSpec `ebpf:"km_stats"`
+	KmUdpRev       *ebpf.MapSpec `ebpf:"km_udp_rev"`
 }
 
 // kmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -142,24 +156,38 @@ func (o *kmeshObjects) Close() error {
 //
 // It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kmeshMaps struct {
-	KmAffinity *ebpf.Map `ebpf:"km_affinity"`
-	KmBackend  *ebpf.Map `ebpf:"km_backend"`
-	KmConfig   *ebpf.Map `ebpf:"km_config"`
-	KmEndpoint *ebpf.Map `ebpf:"km_endpoint"`
-	KmFrontend *ebpf.Map `ebpf:"km_frontend"`
-	KmMaglev   *ebpf.Map `ebpf:"km_maglev"`
-	KmManage   *ebpf.Map `ebpf:"km_manage"`
-	KmPort     *ebpf.Map `ebpf:"km_port"`
-	KmPortovr  *ebpf.Map `ebpf:"km_portovr"`
-	KmService  *ebpf.Map `ebpf:"km_service"`
-	KmSock     *ebpf.Map `ebpf:"km_sock"`
-	KmStats    *ebpf.Map `ebpf:"km_stats"`
-	KmUdpRev   *ebpf.Map `ebpf:"km_udp_rev"`
+	KmAffinity     *ebpf.Map `ebpf:"km_affinity"`
+	KmAuthzDst     *ebpf.Map `ebpf:"km_authz_dst"`
+	KmAuthzIdent   *ebpf.Map `ebpf:"km_authz_ident"`
+	KmAuthzPort    *ebpf.Map `ebpf:"km_authz_port"`
+	KmAuthzPs      *ebpf.Map `ebpf:"km_authz_ps"`
+	KmAuthzSrc     *ebpf.Map `ebpf:"km_authz_src"`
+	KmAuthzStats   *ebpf.Map `ebpf:"km_authz_stats"`
+	KmAuthzVerdict *ebpf.Map `ebpf:"km_authz_verdict"`
+	KmBackend      *ebpf.Map `ebpf:"km_backend"`
+	KmConfig       *ebpf.Map `ebpf:"km_config"`
+	KmEndpoint     *ebpf.Map `ebpf:"km_endpoint"`
+	KmFrontend     *ebpf.Map `ebpf:"km_frontend"`
+	KmMaglev       *ebpf.Map `ebpf:"km_maglev"`
+	KmManage       *ebpf.Map `ebpf:"km_manage"`
+	KmPort         *ebpf.Map `ebpf:"km_port"`
+	KmPortovr      *ebpf.Map `ebpf:"km_portovr"`
+	KmService      *ebpf.Map `ebpf:"km_service"`
+	KmSock         *ebpf.Map `ebpf:"km_sock"`
+	KmStats        *ebpf.Map `ebpf:"km_stats"`
+	KmUdpRev       *ebpf.Map `ebpf:"km_udp_rev"`
 }
 
 func (m *kmeshMaps) Close() error {
 	return _KmeshClose(
 		m.KmAffinity,
+		m.KmAuthzDst,
+		m.KmAuthzIdent,
+		m.KmAuthzPort,
+		m.KmAuthzPs,
+		m.KmAuthzSrc,
+		m.KmAuthzStats,
+		m.KmAuthzVerdict,
 		m.KmBackend,
 		m.KmConfig,
 		m.KmEndpoint,

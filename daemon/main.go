@@ -18,11 +18,13 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/daemon/admin"
 	"github.com/kmesh-go/kmesh/daemon/cniserver"
 	"github.com/kmesh-go/kmesh/daemon/configfile"
 	"github.com/kmesh-go/kmesh/daemon/dataplane"
+	"github.com/kmesh-go/kmesh/daemon/enforcer"
 	"github.com/kmesh-go/kmesh/daemon/kube"
 	"github.com/kmesh-go/kmesh/daemon/meshsync"
 	"github.com/kmesh-go/kmesh/daemon/model"
@@ -74,6 +76,8 @@ func main() {
 	fs.Func("max-frontends", fmt.Sprintf("frontend (VIP and workload address) map size (default %d)", d.Frontends), u32(&o.sizes.Frontends))
 	fs.Func("max-ports", fmt.Sprintf("service port map size (default %d)", d.Ports), u32(&o.sizes.Ports))
 	fs.Func("max-pods", fmt.Sprintf("enrolled pod netns map size (default %d)", d.Manage), u32(&o.sizes.Manage))
+	fs.Func("max-authz-verdicts", fmt.Sprintf("authorization verdict map size (default %d)", d.AuthzVerdicts), u32(&o.sizes.AuthzVerdicts))
+	fs.Func("max-authz-sets", fmt.Sprintf("authorization policy-set map size (default %d)", d.AuthzSets), u32(&o.sizes.AuthzSets))
 	fs.Func("maglev-table-size", fmt.Sprintf("slots per Maglev table, a prime (default %d)", d.MaglevTableSize), u32(&o.sizes.MaglevTableSize))
 	_ = fs.Parse(os.Args[1:])
 
@@ -161,6 +165,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		go func() { errc <- w.Run(ctx) }()
 	}
+
+	enf := enforcer.New(dp, reg.Pods, log)
+	reg.Watch(func(*cniv1.Pod, bool) { enf.PodsChanged() })
+	go enf.Run(ctx)
 
 	l, err := cniserver.Listen(o.cniSocket)
 	if err != nil {

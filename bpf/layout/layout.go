@@ -10,7 +10,7 @@ import (
 
 // Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
 // another version are replaced, never reinterpreted.
-const Version = 1
+const Version = 2
 
 // MaxPrio is the number of locality priority levels per service.
 const MaxPrio = 8
@@ -130,6 +130,7 @@ type BackendValue struct {
 	Pad          uint8
 	WaypointPort uint16
 	Waypoint     Addr
+	AuthzPS      uint32
 }
 
 // Manage flags.
@@ -139,8 +140,10 @@ const (
 )
 
 type ManageValue struct {
-	Flags    uint32
-	ClientID uint32
+	Flags      uint32
+	ClientID   uint32
+	WorkloadID uint32
+	Reserved   uint32
 }
 
 type AffinityKey struct {
@@ -206,19 +209,27 @@ const (
 	StatUDPReverse
 	StatAffinityHit
 	StatTCSeen
+	StatAuthzAllow
+	StatAuthzDeny
+	StatAuthzResetSent
+	StatAuthzConnectDeny
 	StatMax
 )
 
 var statNames = [...]string{
-	StatServiceRewrite:  "service_rewrite",
-	StatWaypointRewrite: "waypoint_rewrite",
-	StatNoEndpoint:      "no_endpoint",
-	StatNoPort:          "no_port",
-	StatNoBackend:       "no_backend",
-	StatFamilyMismatch:  "family_mismatch",
-	StatUDPReverse:      "udp_reverse",
-	StatAffinityHit:     "affinity_hit",
-	StatTCSeen:          "tc_seen",
+	StatServiceRewrite:   "service_rewrite",
+	StatWaypointRewrite:  "waypoint_rewrite",
+	StatNoEndpoint:       "no_endpoint",
+	StatNoPort:           "no_port",
+	StatNoBackend:        "no_backend",
+	StatFamilyMismatch:   "family_mismatch",
+	StatUDPReverse:       "udp_reverse",
+	StatAffinityHit:      "affinity_hit",
+	StatTCSeen:           "tc_seen",
+	StatAuthzAllow:       "authz_allow",
+	StatAuthzDeny:        "authz_deny",
+	StatAuthzResetSent:   "authz_reset_sent",
+	StatAuthzConnectDeny: "authz_connect_deny",
 }
 
 func (s Stat) String() string {
@@ -226,4 +237,68 @@ func (s Stat) String() string {
 		return statNames[s]
 	}
 	return fmt.Sprintf("stat%d", uint32(s))
+}
+
+// Authorization tables (see km_types.h).
+
+type AuthzPSValue struct {
+	DefaultIdent uint16
+	DefaultPort  uint16
+	Pad          uint32
+}
+
+type AuthzIdentKey struct {
+	PS       uint32
+	Identity uint32
+}
+
+type AuthzClass struct {
+	Cls uint16
+	Pad uint16
+}
+
+// AuthzCIDRKey is an LPM key: PrefixLen counts the 32 bits of PS first.
+type AuthzCIDRKey struct {
+	PrefixLen uint32
+	PS        uint32
+	Addr      Addr
+}
+
+type AuthzPortKey struct {
+	PS   uint32
+	Port uint16
+	Pad  uint16
+}
+
+type AuthzVerdictKey struct {
+	PS    uint32
+	Ident uint16
+	Src   uint16
+	Dst   uint16
+	Port  uint16
+}
+
+// Verdict flags.
+const (
+	AuthzDeny       uint32 = 1 << 0
+	AuthzDryRunDeny uint32 = 1 << 1
+)
+
+type AuthzVerdict struct {
+	Flags     uint32
+	Policy    uint32
+	DryPolicy uint32
+	Pad       uint32
+}
+
+// Outcomes counted per policy.
+const (
+	AuthzOutAllow      uint32 = 0
+	AuthzOutDeny       uint32 = 1
+	AuthzOutDryRunDeny uint32 = 2
+)
+
+type AuthzStatKey struct {
+	Policy  uint32
+	Outcome uint32
 }

@@ -33,6 +33,13 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		{"km_sock", int32(0), layout.SockValue{}},
 		{"km_udp_rev", layout.UDPRevKey{}, layout.UDPRevValue{}},
 		{"km_config", uint32(0), layout.ConfigValue{}},
+		{"km_authz_ps", uint32(0), layout.AuthzPSValue{}},
+		{"km_authz_ident", layout.AuthzIdentKey{}, layout.AuthzClass{}},
+		{"km_authz_src", layout.AuthzCIDRKey{}, layout.AuthzClass{}},
+		{"km_authz_dst", layout.AuthzCIDRKey{}, layout.AuthzClass{}},
+		{"km_authz_port", layout.AuthzPortKey{}, layout.AuthzClass{}},
+		{"km_authz_verdict", layout.AuthzVerdictKey{}, layout.AuthzVerdict{}},
+		{"km_authz_stats", layout.AuthzStatKey{}, uint64(0)},
 	}
 	for _, c := range cases {
 		ms, ok := spec.Maps[c.mapName]

@@ -38,6 +38,13 @@ const (
 	MapUDPRev     = "km_udp_rev"
 	MapConfig     = "km_config"
 	MapStats      = "km_stats"
+	MapAuthzPS    = "km_authz_ps"
+	MapAuthzIdent = "km_authz_ident"
+	MapAuthzSrc   = "km_authz_src"
+	MapAuthzDst   = "km_authz_dst"
+	MapAuthzPort  = "km_authz_port"
+	MapAuthzVerd  = "km_authz_verdict"
+	MapAuthzStats = "km_authz_stats"
 	mapsSubdir    = "maps"
 	linksSubdir   = "links"
 	progsSubdir   = "progs"
@@ -61,6 +68,13 @@ type Sizes struct {
 	MaglevTableSize uint32 `json:"maglevTableSize"`
 	Affinity        uint32 `json:"affinity"`
 	UDPReverse      uint32 `json:"udpReverse"`
+	// Authorization tables: policy sets, identity entries, CIDR entries
+	// (each of source and destination), port entries, verdicts.
+	AuthzSets       uint32 `json:"authzSets"`
+	AuthzIdentities uint32 `json:"authzIdentities"`
+	AuthzCIDRs      uint32 `json:"authzCIDRs"`
+	AuthzPorts      uint32 `json:"authzPorts"`
+	AuthzVerdicts   uint32 `json:"authzVerdicts"`
 }
 
 // DefaultSizes suit a node with a few tens of thousands of services. Hash
@@ -78,6 +92,11 @@ func DefaultSizes() Sizes {
 		MaglevTableSize: defaultMaglev,
 		Affinity:        65536,
 		UDPReverse:      65536,
+		AuthzSets:       16384,
+		AuthzIdentities: 262144,
+		AuthzCIDRs:      65536,
+		AuthzPorts:      65536,
+		AuthzVerdicts:   1048576,
 	}
 }
 
@@ -101,21 +120,32 @@ func (s Sizes) withDefaults() Sizes {
 		MaglevTableSize: pick(s.MaglevTableSize, d.MaglevTableSize),
 		Affinity:        pick(s.Affinity, d.Affinity),
 		UDPReverse:      pick(s.UDPReverse, d.UDPReverse),
+		AuthzSets:       pick(s.AuthzSets, d.AuthzSets),
+		AuthzIdentities: pick(s.AuthzIdentities, d.AuthzIdentities),
+		AuthzCIDRs:      pick(s.AuthzCIDRs, d.AuthzCIDRs),
+		AuthzPorts:      pick(s.AuthzPorts, d.AuthzPorts),
+		AuthzVerdicts:   pick(s.AuthzVerdicts, d.AuthzVerdicts),
 	}
 }
 
 func (s Sizes) byMap() map[string]uint32 {
 	return map[string]uint32{
-		MapManage:   s.Manage,
-		MapFrontend: s.Frontends,
-		MapService:  s.Services,
-		MapPort:     s.Ports,
-		MapPortOvr:  s.PortOverrides,
-		MapEndpoint: s.Endpoints,
-		MapBackend:  s.Backends,
-		MapMaglev:   s.MaglevServices,
-		MapAffinity: s.Affinity,
-		MapUDPRev:   s.UDPReverse,
+		MapManage:     s.Manage,
+		MapFrontend:   s.Frontends,
+		MapService:    s.Services,
+		MapPort:       s.Ports,
+		MapPortOvr:    s.PortOverrides,
+		MapEndpoint:   s.Endpoints,
+		MapBackend:    s.Backends,
+		MapMaglev:     s.MaglevServices,
+		MapAffinity:   s.Affinity,
+		MapUDPRev:     s.UDPReverse,
+		MapAuthzPS:    s.AuthzSets,
+		MapAuthzIdent: s.AuthzIdentities,
+		MapAuthzSrc:   s.AuthzCIDRs,
+		MapAuthzDst:   s.AuthzCIDRs,
+		MapAuthzPort:  s.AuthzPorts,
+		MapAuthzVerd:  s.AuthzVerdicts,
 	}
 }
 

@@ -94,7 +94,7 @@ func maglevSet(strict bool, want [layout.MaxPrio][]uint32) []uint32 {
 
 func backendEntries(b *Backend) *beEntries {
 	e := &beEntries{fe: make(small[layout.FrontendKey, layout.FrontendValue], 0, len(b.Addresses))}
-	v := layout.BackendValue{IdentityID: b.Identity}
+	v := layout.BackendValue{IdentityID: b.Identity, AuthzPS: b.PolicySet}
 	for _, a := range b.Addresses {
 		e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(a)}, layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload})
 		a = a.Unmap()
@@ -239,7 +239,7 @@ func (e *svcEntries) service(id uint32) Service {
 }
 
 func (e *beEntries) backend(id uint32) Backend {
-	b := Backend{ID: id, Identity: e.value.IdentityID}
+	b := Backend{ID: id, Identity: e.value.IdentityID, PolicySet: e.value.AuthzPS}
 	for _, f := range e.fe {
 		b.Addresses = append(b.Addresses, f.k.Addr.Netip())
 	}

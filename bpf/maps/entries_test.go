@@ -77,6 +77,7 @@ func mirrorOnly() *Maps {
 		feOwner:    map[layout.FrontendKey]owner{},
 		refs:       map[uint32][]uint32{},
 		count:      map[string]int{},
+		policySets: map[uint32]*AuthzTables{},
 		max:        map[string]int{},
 	}
 }

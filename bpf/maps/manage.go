@@ -22,6 +22,9 @@ type Enrollment struct {
 	// ClientID is the stable key consistent hashing places the pod by (e.g. a
 	// hash of its IP); 0 means the netns cookie.
 	ClientID uint32 `json:"clientId,omitempty"`
+	// WorkloadID is the pod's own workload in the data path, once the daemon
+	// knows it: the connect hook authorizes with its identity.
+	WorkloadID uint32 `json:"workloadId,omitempty"`
 }
 
 // Manage is the enrollment map: netns cookie -> enrollment. The CNI plugin
@@ -58,7 +61,7 @@ func (x *Manage) Enroll(cookie uint64, e Enrollment) error {
 	if cookie == 0 {
 		return fmt.Errorf("%w: netns cookie 0", ErrInvalid)
 	}
-	v := layout.ManageValue{Flags: layout.ManageEnrolled, ClientID: e.ClientID}
+	v := layout.ManageValue{Flags: layout.ManageEnrolled, ClientID: e.ClientID, WorkloadID: e.WorkloadID}
 	if e.Waypoint {
 		v.Flags |= layout.ManageWaypoint
 	}
@@ -69,6 +72,30 @@ func (x *Manage) Enroll(cookie uint64, e Enrollment) error {
 		return fmt.Errorf("enroll netns %d: %w", cookie, err)
 	}
 	return nil
+}
+
+// SetWorkload records which workload an enrolled netns is; a netns that is
+// not enrolled is left alone (false).
+func (x *Manage) SetWorkload(cookie uint64, wid uint32) (bool, error) {
+	var v layout.ManageValue
+	if err := x.m.Lookup(cookie, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	if v.WorkloadID == wid {
+		return true, nil
+	}
+	v.WorkloadID = wid
+	// Only update: a concurrent release must win.
+	if err := x.m.Update(cookie, v, ebpf.UpdateExist); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("record workload of netns %d: %w", cookie, err)
+	}
+	return true, nil
 }
 
 // Release takes a netns out of the data path; releasing an unknown one is
@@ -89,7 +116,7 @@ func (x *Manage) Get(cookie uint64) (Enrollment, bool, error) {
 		}
 		return Enrollment{}, false, fmt.Errorf("look up netns %d: %w", cookie, err)
 	}
-	return Enrollment{Waypoint: v.Flags&layout.ManageWaypoint != 0, ClientID: v.ClientID}, v.Flags&layout.ManageEnrolled != 0, nil
+	return Enrollment{Waypoint: v.Flags&layout.ManageWaypoint != 0, ClientID: v.ClientID, WorkloadID: v.WorkloadID}, v.Flags&layout.ManageEnrolled != 0, nil
 }
 
 // List returns every enrolled netns.
@@ -100,7 +127,7 @@ func (x *Manage) List() (map[uint64]Enrollment, error) {
 	it := x.m.Iterate()
 	for it.Next(&k, &v) {
 		if v.Flags&layout.ManageEnrolled != 0 {
-			out[k] = Enrollment{Waypoint: v.Flags&layout.ManageWaypoint != 0, ClientID: v.ClientID}
+			out[k] = Enrollment{Waypoint: v.Flags&layout.ManageWaypoint != 0, ClientID: v.ClientID, WorkloadID: v.WorkloadID}
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -18,9 +18,13 @@ import (
 type Maps struct {
 	mu sync.Mutex
 
-	frontend, service, port, portovr, endpoint, backend, maglevOuter, stats *ebpf.Map
-	maglevSize                                                              uint32
-	max                                                                     map[string]int
+	frontend, service, port, portovr, endpoint, backend, maglevOuter, stats      *ebpf.Map
+	authzPS, authzIdent, authzSrc, authzDst, authzPort, authzVerdict, authzStats *ebpf.Map
+	maglevSize                                                                   uint32
+	max                                                                          map[string]int
+
+	// policySets mirrors the authorization tables per policy set id.
+	policySets map[uint32]*AuthzTables
 
 	services map[uint32]*svcEntries
 	backends map[uint32]*beEntries
@@ -47,6 +51,11 @@ type Txn struct {
 	Services       []Service // created or replaced
 	DeleteServices []uint32
 	DeleteBackends []uint32
+	// PolicySets are new authorization policy sets (an id is written once;
+	// changed policies come as a new id). They reach the kernel before the
+	// backends that point at them; DeletePolicySets go after.
+	PolicySets       []PolicySet
+	DeletePolicySets []uint32
 }
 
 // New builds the typed API over a loaded data path, reading back whatever
@@ -54,23 +63,36 @@ type Txn struct {
 func New(dp *loader.Datapath) (*Maps, error) {
 	s := dp.Sizes()
 	m := &Maps{
-		frontend:    dp.Map(loader.MapFrontend),
-		service:     dp.Map(loader.MapService),
-		port:        dp.Map(loader.MapPort),
-		portovr:     dp.Map(loader.MapPortOvr),
-		endpoint:    dp.Map(loader.MapEndpoint),
-		backend:     dp.Map(loader.MapBackend),
-		maglevOuter: dp.Map(loader.MapMaglev),
-		stats:       dp.Map(loader.MapStats),
-		maglevSize:  s.MaglevTableSize,
+		frontend:     dp.Map(loader.MapFrontend),
+		service:      dp.Map(loader.MapService),
+		port:         dp.Map(loader.MapPort),
+		portovr:      dp.Map(loader.MapPortOvr),
+		endpoint:     dp.Map(loader.MapEndpoint),
+		backend:      dp.Map(loader.MapBackend),
+		maglevOuter:  dp.Map(loader.MapMaglev),
+		stats:        dp.Map(loader.MapStats),
+		authzPS:      dp.Map(loader.MapAuthzPS),
+		authzIdent:   dp.Map(loader.MapAuthzIdent),
+		authzSrc:     dp.Map(loader.MapAuthzSrc),
+		authzDst:     dp.Map(loader.MapAuthzDst),
+		authzPort:    dp.Map(loader.MapAuthzPort),
+		authzVerdict: dp.Map(loader.MapAuthzVerd),
+		authzStats:   dp.Map(loader.MapAuthzStats),
+		maglevSize:   s.MaglevTableSize,
 		max: map[string]int{
-			loader.MapFrontend: int(s.Frontends),
-			loader.MapService:  int(s.Services),
-			loader.MapPort:     int(s.Ports),
-			loader.MapPortOvr:  int(s.PortOverrides),
-			loader.MapEndpoint: int(s.Endpoints),
-			loader.MapBackend:  int(s.Backends),
-			loader.MapMaglev:   int(s.MaglevServices),
+			loader.MapFrontend:   int(s.Frontends),
+			loader.MapService:    int(s.Services),
+			loader.MapPort:       int(s.Ports),
+			loader.MapPortOvr:    int(s.PortOverrides),
+			loader.MapEndpoint:   int(s.Endpoints),
+			loader.MapBackend:    int(s.Backends),
+			loader.MapMaglev:     int(s.MaglevServices),
+			loader.MapAuthzPS:    int(s.AuthzSets),
+			loader.MapAuthzIdent: int(s.AuthzIdentities),
+			loader.MapAuthzSrc:   int(s.AuthzCIDRs),
+			loader.MapAuthzDst:   int(s.AuthzCIDRs),
+			loader.MapAuthzPort:  int(s.AuthzPorts),
+			loader.MapAuthzVerd:  int(s.AuthzVerdicts),
 		},
 	}
 	if err := m.readBack(); err != nil {
@@ -234,13 +256,24 @@ func (m *Maps) plan(t Txn) (*plan, *state, error) {
 		next.services[id] = nil
 	}
 
+	for _, ps := range t.PolicySets {
+		if err := ps.Tables.validate(ps.ID); err != nil {
+			return nil, nil, err
+		}
+		if _, live := m.policySets[ps.ID]; live {
+			return nil, nil, invalid("policy set %d is already in the kernel; changed policies need a new id", ps.ID)
+		}
+	}
 	if err := m.checkRefs(next); err != nil {
+		return nil, nil, err
+	}
+	if err := m.checkPolicySetRefs(t, next); err != nil {
 		return nil, nil, err
 	}
 	if err := m.checkFrontends(next); err != nil {
 		return nil, nil, err
 	}
-	return m.diff(next), next, nil
+	return m.diff(next, t), next, nil
 }
 
 // checkRefs insists every endpoint is a known backend and no backend still
@@ -273,6 +306,37 @@ func (m *Maps) checkRefs(next *state) error {
 				}
 			}
 			return invalid("workload %d is still an endpoint of service %d", wid, sid)
+		}
+	}
+	return nil
+}
+
+// checkPolicySetRefs insists every backend's policy set exists after the
+// transaction, and no set still in use is deleted.
+func (m *Maps) checkPolicySetRefs(t Txn, next *state) error {
+	exists := map[uint32]bool{}
+	for id := range m.policySets {
+		exists[id] = true
+	}
+	for _, ps := range t.PolicySets {
+		exists[ps.ID] = true
+	}
+	for _, id := range t.DeletePolicySets {
+		delete(exists, id)
+	}
+	for id, e := range next.backends {
+		if e != nil && e.value.AuthzPS != 0 && !exists[e.value.AuthzPS] {
+			return invalid("workload %d is guarded by policy set %d, which is not in the data path", id, e.value.AuthzPS)
+		}
+	}
+	if len(t.DeletePolicySets) > 0 {
+		for id, e := range m.backends {
+			if _, touched := next.backends[id]; touched {
+				continue
+			}
+			if slices.Contains(t.DeletePolicySets, e.value.AuthzPS) {
+				return invalid("policy set %d still guards workload %d", e.value.AuthzPS, id)
+			}
 		}
 	}
 	return nil
@@ -389,6 +453,12 @@ func (m *Maps) commit(p *plan, next *state) {
 	}
 	for id, in := range p.newInner {
 		m.inner[id] = in
+	}
+	for _, ps := range p.psUp {
+		m.policySets[ps.ID] = ps.Tables
+	}
+	for _, id := range p.psDel {
+		delete(m.policySets, id)
 	}
 	for name, n := range p.added {
 		m.count[name] += n

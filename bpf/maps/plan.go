@@ -49,6 +49,9 @@ type plan struct {
 	maglevDel []uint32
 	svcDel    []uint32
 	beDel     []uint32
+	psUp      []PolicySet
+	psDel     []uint32
+	psDelTabs map[uint32]*AuthzTables
 
 	added, removed map[string]int
 	newInner       map[uint32]*ebpf.Map
@@ -70,8 +73,27 @@ func (m *Maps) mirrorView() view {
 	}
 }
 
-func (m *Maps) diff(next *state) *plan {
-	return diffStates(m.mirrorView(), next)
+func (m *Maps) diff(next *state, t Txn) *plan {
+	p := diffStates(m.mirrorView(), next)
+	p.psUp = t.PolicySets
+	p.psDelTabs = map[uint32]*AuthzTables{}
+	for _, ps := range t.PolicySets {
+		for name, n := range psEntries(ps.Tables) {
+			p.added[name] += n
+		}
+	}
+	for _, id := range t.DeletePolicySets {
+		tabs, ok := m.policySets[id]
+		if !ok {
+			continue
+		}
+		p.psDel = append(p.psDel, id)
+		p.psDelTabs[id] = tabs
+		for name, n := range psEntries(tabs) {
+			p.removed[name] += n
+		}
+	}
+	return p
 }
 
 // reversePlan leads from the state a transaction was heading for back to the
@@ -109,6 +131,14 @@ func (m *Maps) reversePlan(next *state, forward *plan) *plan {
 		old.backends[id] = m.backends[id]
 	}
 	p := diffStates(cur, old)
+	p.psDelTabs = map[uint32]*AuthzTables{}
+	for _, ps := range forward.psUp {
+		p.psDel = append(p.psDel, ps.ID)
+		p.psDelTabs[ps.ID] = ps.Tables
+	}
+	for _, id := range forward.psDel {
+		p.psUp = append(p.psUp, PolicySet{ID: id, Tables: forward.psDelTabs[id]})
+	}
 	// Tables created by the failed forward pass are not in the mirror yet.
 	for i := range p.maglevUp {
 		if in := forward.newInner[p.maglevUp[i].service]; in != nil {
@@ -285,6 +315,7 @@ func (m *Maps) execute(p *plan, rollback bool) error {
 		return false
 	}
 	if step(batchDelete(m.frontend, loader.MapFrontend, p.feDel, rollback)) ||
+		step(m.writePolicySets(p, rollback)) ||
 		step(batchPut(m.backend, loader.MapBackend, &p.beUp)) ||
 		step(batchPut(m.port, loader.MapPort, &p.portUp)) ||
 		step(batchPut(m.portovr, loader.MapPortOvr, &p.ovrUp)) ||
@@ -297,8 +328,29 @@ func (m *Maps) execute(p *plan, rollback bool) error {
 		step(batchDelete(m.port, loader.MapPort, p.portDel, rollback)) ||
 		step(batchDelete(m.maglevOuter, loader.MapMaglev, p.maglevDel, rollback)) ||
 		step(batchDelete(m.service, loader.MapService, p.svcDel, rollback)) ||
-		step(batchDelete(m.backend, loader.MapBackend, p.beDel, rollback)) {
+		step(batchDelete(m.backend, loader.MapBackend, p.beDel, rollback)) ||
+		step(m.deletePolicySets(p)) {
 		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Maps) writePolicySets(p *plan, rollback bool) error {
+	for _, ps := range p.psUp {
+		if err := m.writePolicySet(ps); err != nil {
+			if rollback {
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Maps) deletePolicySets(p *plan) error {
+	var errs []error
+	for _, id := range p.psDel {
+		errs = append(errs, m.deletePolicySet(id, p.psDelTabs[id]))
 	}
 	return errors.Join(errs...)
 }

@@ -19,6 +19,10 @@ func (m *Maps) readBack() error {
 	m.feOwner = map[layout.FrontendKey]owner{}
 	m.refs = map[uint32][]uint32{}
 	m.count = map[string]int{}
+	m.policySets = map[uint32]*AuthzTables{}
+	if err := m.readPolicySets(); err != nil {
+		return err
+	}
 
 	svc := func(id uint32) *svcEntries {
 		e := m.services[id]

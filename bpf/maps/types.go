@@ -75,6 +75,8 @@ type Backend struct {
 	// addresses.
 	Waypoint netip.AddrPort
 	Identity uint32
+	// PolicySet guards connections to the workload (0: no policies).
+	PolicySet uint32
 }
 
 // FullError reports a map that cannot take what an update needs. Nothing of

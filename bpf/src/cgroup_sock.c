@@ -9,6 +9,11 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "km_lb.h"
+#include "km_authz.h"
+
+#ifndef EACCES
+#define EACCES 13
+#endif
 
 /* bpf_sock_addr carries the port in network order in the low 16 bits. */
 static __always_inline __u16 km_ctx_port(const struct bpf_sock_addr *ctx)
@@ -71,6 +76,36 @@ static __always_inline int km_refuse(void)
 	return 0;
 }
 
+/*
+ * An enrolled client knows its own identity, so a connection the
+ * destination's policies deny is refused here, before any packet: EACCES.
+ * With the client's workload not known yet, the destination's tc program
+ * decides instead.
+ */
+static __always_inline int km_connect_denied(const struct km_client *c, __u32 dst_wid,
+					     const struct km_addr *dst, __u16 port, int v4)
+{
+	struct km_backend_value *to, *self;
+	struct km_addr src;
+
+	if (!dst_wid || !c->workload_id)
+		return 0;
+	to = bpf_map_lookup_elem(&km_backend, &dst_wid);
+	if (!to || !to->authz_ps)
+		return 0;
+	self = bpf_map_lookup_elem(&km_backend, &c->workload_id);
+	if (!self || !km_backend_addr(self, v4, &src))
+		return 0;
+	return km_authz_decide(to->authz_ps, self->identity_id, &src, dst, port);
+}
+
+static __always_inline int km_deny(void)
+{
+	km_count(KM_STAT_AUTHZ_CONNECT_DENY);
+	bpf_set_retval(-EACCES);
+	return 0;
+}
+
 /* Shared body of connect4/connect6. v4 tells how to write the result back. */
 static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr *dst, int v4,
 				      int ctx_is_v4)
@@ -78,18 +113,26 @@ static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr 
 	struct km_client c;
 	struct km_pick pick = {};
 	__u16 port_net = (__u16)ctx->user_port;
+	int tcp = ctx->protocol == IPPROTO_TCP;
 
 	if (!km_client_of(ctx, &c))
 		return 1;
 
 	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, &pick)) {
 	case KM_PASS:
+		if (tcp && km_connect_denied(&c, pick.workload_id, dst, km_ctx_port(ctx), v4))
+			return km_deny();
 		return 1;
 	case KM_REFUSE:
 		return km_refuse();
 	default:
 		break;
 	}
+	/* Service traffic to a backend: its policies apply. (A waypoint
+	 * enforces its own.) */
+	if (tcp && !(pick.flags & KM_SOCK_WAYPOINT) &&
+	    km_connect_denied(&c, pick.workload_id, &pick.addr, pick.port, v4))
+		return km_deny();
 	if (ctx_is_v4)
 		km_ctx_set4(ctx, &pick.addr, bpf_htons(pick.port));
 	else

@@ -40,7 +40,7 @@ func BenchmarkFullSnapshot(b *testing.B) {
 		st := model.NewStore()
 		ch := st.Apply(res, nil)
 		c := New(model.Node{}, st)
-		txn := c.Changes(ch)
+		txn, _ := c.Changes(ch)
 		if len(txn.Services) != 10000 || len(txn.Backends) != 100000 {
 			b.Fatalf("%d services %d backends", len(txn.Services), len(txn.Backends))
 		}

@@ -5,10 +5,13 @@
 package compiler
 
 import (
+	"errors"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/daemon/authz"
 	"github.com/kmesh-go/kmesh/daemon/model"
 )
 
@@ -23,6 +26,14 @@ type Compiler struct {
 	svcIDs   ids
 	wlIDs    ids
 	identIDs map[string]uint32
+	idents   []authz.Identity // every identity the kernel may report
+
+	// Authorization: one policy set per distinct list of policies guarding
+	// workloads, compiled to tables; ids of policies for the counters.
+	psIDs      ids
+	ps         map[string]*psRec // by policy list
+	policyIDs  map[string]uint32
+	authzLimit int
 
 	svc map[model.ServiceKey]*svcRec
 	wl  map[string]*wlRec
@@ -32,6 +43,16 @@ type Compiler struct {
 	// claims: the claimants of each address, oldest first; the owner is
 	// computed from them. Most addresses have exactly one.
 	claims map[netip.Addr]claim
+
+	adoptedPS map[uint32]*maps.AuthzTables // kernel sets not claimed yet
+
+	// Per transaction: sets to write and delete, identities added.
+	newPS      []maps.PolicySet
+	deadPS     []uint32
+	identsGrew bool
+	txnErrs    []error
+	// scopes: policies that apply by namespace or globally, per transaction.
+	scopes *policyScopes
 }
 
 type svcRec struct {
@@ -46,6 +67,16 @@ type wlRec struct {
 	prev     *model.Workload
 	compiled bool
 	waypoint model.ServiceKey
+	ps       string // the policy list guarding it, as compiled
+}
+
+// psRec is a compiled policy set.
+type psRec struct {
+	policies []string
+	id       uint32
+	tables   *maps.AuthzTables
+	users    map[string]bool
+	err      error // the set could not compile: its workloads fail closed
 }
 
 // obj names a service or a workload.
@@ -79,12 +110,23 @@ func New(node model.Node, store *model.Store) *Compiler {
 		svcIDs:        newIDs(),
 		wlIDs:         newIDs(),
 		identIDs:      map[string]uint32{},
+		psIDs:         newIDs(),
+		ps:            map[string]*psRec{},
+		policyIDs:     map[string]uint32{},
+		authzLimit:    DefaultAuthzLimit,
 		svc:           map[model.ServiceKey]*svcRec{},
 		wl:            map[string]*wlRec{},
 		waypointUsers: map[model.ServiceKey]map[obj]bool{},
 		claims:        map[netip.Addr]claim{},
 	}
 }
+
+// DefaultAuthzLimit bounds the verdict combinations of one policy set.
+const DefaultAuthzLimit = 65536
+
+// SetAuthzLimit changes that bound (the kernel's verdict map size is the
+// real ceiling).
+func (c *Compiler) SetAuthzLimit(n int) { c.authzLimit = n }
 
 // SetNode changes the node's locality (priorities are recomputed on the
 // next full build).
@@ -114,12 +156,21 @@ func (c *Compiler) wlRec(uid string) *wlRec {
 // Adopt takes over ids already in the kernel (after a daemon restart), so
 // the first build rewrites nothing that is right: a backend is matched by
 // its addresses, a service by its VIPs.
-func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend) {
+func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend, policySets map[uint32]*maps.AuthzTables) {
 	byAddr := map[netip.Addr]uint32{}
+	identOf := map[uint32]uint32{}
 	for _, b := range backends {
 		for _, a := range b.Addresses {
 			byAddr[a] = b.ID
 		}
+		identOf[b.ID] = b.Identity
+	}
+	// Policy sets the kernel holds are reused when a set compiles to the
+	// same tables; the rest go once nothing points at them.
+	c.adoptedPS = map[uint32]*maps.AuthzTables{}
+	for id, t := range policySets {
+		c.psIDs.reserve(id)
+		c.adoptedPS[id] = t
 	}
 	byVIP := map[netip.Addr]uint32{}
 	for _, s := range services {
@@ -132,6 +183,7 @@ func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend) {
 			for _, a := range w.Addresses {
 				if id, ok := byAddr[a]; ok && c.wlIDs.reserve(id) {
 					c.wlRec(w.UID).id = id
+					c.adoptIdentity(w, identOf[id])
 					break
 				}
 			}
@@ -145,6 +197,7 @@ func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend) {
 			}
 		})
 	})
+	c.identsGrew = false
 	// Everything else in the kernel keeps its id until the first build
 	// deletes it, so new objects never collide with it.
 	for _, s := range services {
@@ -157,7 +210,7 @@ func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend) {
 
 // Full compiles the whole store. present lists what the kernel holds (ids);
 // anything there the store does not produce is deleted.
-func (c *Compiler) Full(presentServices, presentBackends []uint32) maps.Txn {
+func (c *Compiler) Full(presentServices, presentBackends []uint32) (maps.Txn, error) {
 	var ch model.Changes
 	c.store.Read(func(v model.View) {
 		v.EachService(func(s *model.Service) { ch.Services = append(ch.Services, s.Key) })
@@ -169,7 +222,15 @@ func (c *Compiler) Full(presentServices, presentBackends []uint32) maps.Txn {
 	for uid := range c.wl {
 		ch.Workloads = append(ch.Workloads, uid)
 	}
-	txn := c.Changes(ch)
+	txn, err := c.Changes(ch)
+	if err != nil {
+		return txn, err
+	}
+	for id := range c.adoptedPS {
+		txn.DeletePolicySets = append(txn.DeletePolicySets, id)
+		c.psIDs.drop(id)
+	}
+	c.adoptedPS = nil
 	want := map[uint32]bool{}
 	for _, r := range c.svc {
 		if r.compiled {
@@ -200,15 +261,19 @@ func (c *Compiler) Full(presentServices, presentBackends []uint32) maps.Txn {
 			c.wlIDs.release(id)
 		}
 	}
-	return txn
+	return txn, nil
 }
 
 // Changes compiles what a model update can affect. The returned
-// transaction is complete: callers apply it as one.
-func (c *Compiler) Changes(ch model.Changes) maps.Txn {
+// transaction is complete: callers apply it as one. An error (policies that
+// cannot be enforced exactly) means the update must be refused; the
+// compiler must then be rebuilt from the store as it was.
+func (c *Compiler) Changes(ch model.Changes) (maps.Txn, error) {
 	var txn maps.Txn
 	c.store.Read(func(v model.View) { txn = c.changes(v, ch) })
-	return txn
+	err := errors.Join(c.txnErrs...)
+	c.txnErrs = nil
+	return txn, err
 }
 
 // work is a workload being recompiled, looked up once.
@@ -249,6 +314,16 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	for _, uid := range ch.Workloads {
 		addWl(uid)
 	}
+	c.scopes = newPolicyScopes(v)
+	if len(ch.Policies) > 0 {
+		// Namespace-wide and global policies guard workloads that did not
+		// change: find those whose policy list did.
+		for uid, r := range c.wl {
+			if r.compiled && r.prev != nil && c.policyList(r.prev) != r.ps {
+				addWl(uid)
+			}
+		}
+	}
 
 	// Addresses first: they decide which backend or service owns an IP, and
 	// a change of owner pulls the loser and the winner into this transaction.
@@ -265,6 +340,13 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 			for _, sp := range wk.w.Services {
 				svcs[sp.Service] = true
 			}
+		}
+	}
+
+	// Every identity first: policy sets compile against all of them.
+	for _, wk := range wls {
+		if wk.w != nil {
+			c.identity(wk.w)
 		}
 	}
 
@@ -318,6 +400,7 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 		r.compiled = true
 		r.prev = s
 	}
+	c.finishPolicySets(v, &txn, wls, len(ch.Policies) > 0)
 	return txn
 }
 
@@ -542,7 +625,8 @@ func (c *Compiler) ports(s *model.Service, members []*model.Workload) []maps.Por
 
 func (c *Compiler) backend(v model.View, w *model.Workload, r *wlRec) maps.Backend {
 	self := obj{key: w.UID}
-	b := maps.Backend{ID: r.id, Addresses: c.owned(self, w.Addresses), Identity: c.IdentityID(w.Identity())}
+	b := maps.Backend{ID: r.id, Addresses: c.owned(self, w.Addresses), Identity: c.identity(w)}
+	b.PolicySet = c.policySet(v, w, r)
 	c.unuseWaypoint(self, &r.waypoint)
 	g := w.Waypoint
 	if !g.IsSet() {
@@ -620,12 +704,113 @@ func (c *Compiler) WorkloadID(uid string) uint32 {
 	return 0
 }
 
-// IdentityID returns the id interned for a SPIFFE identity.
-func (c *Compiler) IdentityID(identity string) uint32 {
-	id, ok := c.identIDs[identity]
+// IdentityID returns the id interned for a SPIFFE identity (0: unknown).
+func (c *Compiler) IdentityID(identity string) uint32 { return c.identIDs[identity] }
+
+// identity interns a workload's identity; a new one makes every policy set
+// recompile before the transaction ends (its class must be right before
+// any backend carries it).
+func (c *Compiler) identity(w *model.Workload) uint32 {
+	key := w.Identity()
+	id, ok := c.identIDs[key]
 	if !ok {
-		id = uint32(len(c.identIDs) + 1)
-		c.identIDs[identity] = id
+		id = c.nextIdentity()
+		c.identIDs[key] = id
+		c.idents = append(c.idents, authz.Identity{ID: id, TrustDomain: w.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount})
+		c.identsGrew = true
 	}
+	return id
+}
+
+// WorkloadAt returns the compiled workload owning an address (0: none).
+func (c *Compiler) WorkloadAt(a netip.Addr) (uid string, id uint32) {
+	cl, ok := c.claims[a.Unmap()]
+	if !ok {
+		return "", 0
+	}
+	o := cl.owner()
+	if o.svc {
+		return "", 0
+	}
+	if r := c.wl[o.key]; r != nil && r.compiled {
+		return o.key, r.id
+	}
+	return "", 0
+}
+
+// IdentityOf returns the identity id the kernel carries for a workload.
+func (c *Compiler) IdentityOf(uid string) uint32 {
+	r := c.wl[uid]
+	if r == nil || r.prev == nil {
+		return 0
+	}
+	return c.identIDs[r.prev.Identity()]
+}
+
+// adoptIdentity keeps the id a previous run gave an identity, so backends
+// and policy tables compile to what the kernel already holds.
+func (c *Compiler) adoptIdentity(w *model.Workload, id uint32) {
+	key := w.Identity()
+	if id == 0 {
+		return
+	}
+	if _, ok := c.identIDs[key]; ok {
+		return
+	}
+	for _, x := range c.idents {
+		if x.ID == id {
+			return // taken by another identity
+		}
+	}
+	c.identIDs[key] = id
+	c.idents = append(c.idents, authz.Identity{ID: id, TrustDomain: w.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount})
+	c.identsGrew = true
+}
+
+// PolicyID returns the counter id of a policy key (0: none yet).
+func (c *Compiler) PolicyID(key string) uint32 { return c.policyIDs[key] }
+
+// PolicyKeys maps counter ids back to policy keys.
+func (c *Compiler) PolicyKeys() map[uint32]string {
+	out := make(map[uint32]string, len(c.policyIDs))
+	for k, id := range c.policyIDs {
+		out[id] = k
+	}
+	return out
+}
+
+func (c *Compiler) nextIdentity() uint32 {
+	max := uint32(0)
+	for _, x := range c.idents {
+		max = maxU32(max, x.ID)
+	}
+	return max + 1
+}
+
+func maxU32(a, b uint32) uint32 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// policyID numbers a policy for the kernel's counters. The number is a
+// hash of the key, so it is the same after a restart and on every node;
+// a collision (rare) takes the next free number.
+func (c *Compiler) policyID(key string) uint32 {
+	if id, ok := c.policyIDs[key]; ok {
+		return id
+	}
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	id := h.Sum32()
+	taken := map[uint32]bool{0: true, authz.NoAllowID: true}
+	for _, x := range c.policyIDs {
+		taken[x] = true
+	}
+	for taken[id] {
+		id++
+	}
+	c.policyIDs[key] = id
 	return id
 }

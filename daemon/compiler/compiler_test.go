@@ -3,6 +3,7 @@ package compiler
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,7 +57,10 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) apply(rs []model.Resource, removes ...string) maps.Txn {
 	h.t.Helper()
 	ch := h.store.Apply(rs, removes)
-	txn := h.c.Changes(ch)
+	txn, err := h.c.Changes(ch)
+	if err != nil {
+		h.t.Fatal(err)
+	}
 	h.c.Settle()
 	return txn
 }
@@ -265,8 +269,12 @@ func TestFullDeletesWhatTheKernelHasExtra(t *testing.T) {
 	h.c.Adopt(
 		[]maps.Service{{ID: 7, VIPs: []netip.Addr{addr("10.96.0.10")}}, {ID: 8, VIPs: []netip.Addr{addr("10.96.9.9")}}},
 		[]maps.Backend{{ID: 9, Addresses: []netip.Addr{addr("10.244.0.11")}}, {ID: 10, Addresses: []netip.Addr{addr("10.244.9.9")}}},
+		nil,
 	)
-	txn := h.c.Full([]uint32{7, 8}, []uint32{9, 10})
+	txn, err := h.c.Full([]uint32{7, 8}, []uint32{9, 10})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(txn.Services) != 1 || txn.Services[0].ID != 7 || len(txn.Backends) != 1 || txn.Backends[0].ID != 9 {
 		t.Fatalf("adopted ids not reused: %+v", txn)
 	}
@@ -278,5 +286,99 @@ func TestFullDeletesWhatTheKernelHasExtra(t *testing.T) {
 	txn = h.apply([]model.Resource{wlRes(pod("b", "10.244.0.12"))})
 	if id := h.c.WorkloadID("b"); id == 9 {
 		t.Fatalf("new workload reused a live id %d", id)
+	}
+}
+
+func denyFrom(ns, name string, scope model.PolicyScope, fromNS string) *model.AuthzPolicy {
+	return &model.AuthzPolicy{
+		Key: ns + "/" + name, Name: name, Namespace: ns, Scope: scope, Action: model.ActionDeny,
+		Groups: [][][]model.Match{{{{Namespaces: []model.StringMatch{model.NewStringMatch(model.MatchExact, fromNS)}}}}},
+	}
+}
+
+func polRes(p *model.AuthzPolicy) model.Resource { return model.Resource{Name: p.Key, Policy: p} }
+
+func TestPolicySetsFollowPoliciesAndIdentities(t *testing.T) {
+	h := newHarness(t)
+	sel := denyFrom("default", "deny-evil", model.ScopeWorkloadSelector, "evil")
+	txn := h.apply([]model.Resource{
+		svcRes(web()),
+		polRes(sel),
+		wlRes(pod("a", "10.244.0.11", func(w *model.Workload) { w.Policies = []string{sel.Key} })),
+		wlRes(pod("b", "10.244.0.12")),
+	})
+	if len(txn.PolicySets) != 1 {
+		t.Fatalf("policy sets %+v", txn.PolicySets)
+	}
+	set := txn.PolicySets[0]
+	for _, b := range txn.Backends {
+		want := uint32(0)
+		if b.ID == h.c.WorkloadID("a") {
+			want = set.ID
+		}
+		if b.PolicySet != want {
+			t.Fatalf("backend %d policy set %d, want %d", b.ID, b.PolicySet, want)
+		}
+	}
+
+	// A workload from namespace "evil" appears: its identity must be in
+	// the tables before its backend exists, so the set is rewritten.
+	txn = h.apply([]model.Resource{wlRes(pod("e", "10.244.0.66", func(w *model.Workload) { w.Namespace = "evil"; w.Services = nil }))})
+	if len(txn.PolicySets) != 1 || txn.PolicySets[0].ID == set.ID || len(txn.DeletePolicySets) != 1 || txn.DeletePolicySets[0] != set.ID {
+		t.Fatalf("new identity: sets %+v deleted %v", txn.PolicySets, txn.DeletePolicySets)
+	}
+	newSet := txn.PolicySets[0]
+	evil := h.c.IdentityID(h.store.Workload("e").Identity())
+	if v := newSet.Tables.Decide(evil, addr("10.244.0.66"), addr("10.244.0.11"), 8080); !v.Deny {
+		t.Fatalf("evil not denied: %+v", v)
+	}
+	if v := newSet.Tables.Decide(h.c.IdentityID(h.store.Workload("b").Identity()), addr("10.244.0.12"), addr("10.244.0.11"), 8080); v.Deny {
+		t.Fatalf("b denied: %+v", v)
+	}
+	switched := false
+	for _, b := range txn.Backends {
+		if b.ID == h.c.WorkloadID("a") {
+			switched = b.PolicySet == newSet.ID
+		}
+	}
+	if !switched {
+		t.Fatalf("a did not move to the new set: %+v", txn.Backends)
+	}
+
+	// A namespace-wide policy guards b (and a) without either changing.
+	nsWide := denyFrom("default", "deny-all-c", model.ScopeNamespaceWide, "c")
+	txn = h.apply([]model.Resource{polRes(nsWide)})
+	guarded := map[uint32]uint32{}
+	for _, b := range txn.Backends {
+		guarded[b.ID] = b.PolicySet
+	}
+	if guarded[h.c.WorkloadID("b")] == 0 || guarded[h.c.WorkloadID("a")] == 0 || guarded[h.c.WorkloadID("e")] != 0 {
+		t.Fatalf("namespace-wide policy: %v", guarded)
+	}
+
+	// Removing the policies returns everyone to no set and deletes the sets.
+	txn = h.apply(nil, sel.Key, nsWide.Key)
+	for _, b := range txn.Backends {
+		if b.PolicySet != 0 {
+			t.Fatalf("backend %d still guarded by %d", b.ID, b.PolicySet)
+		}
+	}
+	if len(txn.DeletePolicySets) == 0 {
+		t.Fatal("sets not deleted")
+	}
+}
+
+func TestTooLargePolicyIsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.c.SetAuthzLimit(4)
+	p := &model.AuthzPolicy{Key: "default/ports", Namespace: "default", Scope: model.ScopeNamespaceWide, Action: model.ActionAllow}
+	var rule []model.Match
+	for i := range 10 {
+		rule = append(rule, model.Match{DestinationPorts: []uint16{uint16(100 + i)}})
+	}
+	p.Groups = [][][]model.Match{{rule}}
+	ch := h.store.Apply([]model.Resource{polRes(p), wlRes(pod("a", "10.244.0.11"))}, nil)
+	if _, err := h.c.Changes(ch); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("got %v, want a too-large error", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -44,7 +45,10 @@ type Event struct {
 	Services int
 	Backends int
 	Deletes  int
-	Err      error
+	// PolicySets tells that authorization tables changed: established
+	// connections may now be denied.
+	PolicySets bool
+	Err        error
 }
 
 // Open loads (or reuses) the data path. Nothing is written to the service
@@ -145,13 +149,16 @@ func (d *Dataplane) Update(upserts []model.Resource, removes []string) (rejected
 		return rejected, nil
 	}
 	start := time.Now()
-	txn := d.comp.Changes(ch)
+	txn, err := d.comp.Changes(ch)
 	compiled := time.Since(start)
-	err = d.maps.Apply(txn)
+	if err == nil {
+		err = d.maps.Apply(txn)
+	}
 	slog.Debug("mesh update", "services", len(txn.Services), "backends", len(txn.Backends),
 		"store", start.Sub(t0), "compile", compiled, "apply", time.Since(start)-compiled, "err", err)
 	d.notify(Event{Took: time.Since(start), Services: len(txn.Services), Backends: len(txn.Backends),
-		Deletes: len(txn.DeleteServices) + len(txn.DeleteBackends), Err: err})
+		Deletes:    len(txn.DeleteServices) + len(txn.DeleteBackends),
+		PolicySets: len(txn.PolicySets)+len(txn.DeletePolicySets) > 0, Err: err})
 	if err == nil {
 		d.comp.Settle()
 		return rejected, nil
@@ -193,7 +200,7 @@ func (d *Dataplane) rebuildLocked() error {
 	node := d.comp.Node()
 	d.comp = compiler.New(node, d.store)
 	svcs, bes := d.maps.Services(), d.maps.Backends()
-	d.comp.Adopt(svcs, bes)
+	d.comp.Adopt(svcs, bes, d.maps.PolicySets())
 	var sids, bids []uint32
 	for _, s := range svcs {
 		sids = append(sids, s.ID)
@@ -202,15 +209,55 @@ func (d *Dataplane) rebuildLocked() error {
 		bids = append(bids, b.ID)
 	}
 	start := time.Now()
-	txn := d.comp.Full(sids, bids)
-	err := d.maps.Apply(txn)
+	txn, err := d.comp.Full(sids, bids)
+	if err != nil {
+		return err
+	}
+	err = d.maps.Apply(txn)
 	d.notify(Event{Took: time.Since(start), Services: len(txn.Services), Backends: len(txn.Backends),
-		Deletes: len(txn.DeleteServices) + len(txn.DeleteBackends), Err: err})
+		Deletes:    len(txn.DeleteServices) + len(txn.DeleteBackends),
+		PolicySets: len(txn.PolicySets)+len(txn.DeletePolicySets) > 0, Err: err})
 	if err != nil {
 		return err
 	}
 	d.comp.Settle()
 	return nil
+}
+
+// WorkloadAt returns the data-path id of the workload owning an address.
+func (d *Dataplane) WorkloadAt(a netip.Addr) uint32 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, id := d.comp.WorkloadAt(a)
+	return id
+}
+
+// Authorize decides a connection toward a local workload as the kernel
+// would, from the same tables. ok is false when dst is no workload or has
+// no policies.
+func (d *Dataplane) Authorize(src, dst netip.Addr, port uint16) (v maps.AuthzVerdict, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dstUID, _ := d.comp.WorkloadAt(dst)
+	if dstUID == "" {
+		return v, false
+	}
+	t := d.comp.PolicySetOf(dstUID)
+	if t == nil {
+		return v, false
+	}
+	var ident uint32
+	if srcUID, _ := d.comp.WorkloadAt(src); srcUID != "" {
+		ident = d.comp.IdentityOf(srcUID)
+	}
+	return t.Decide(ident, src, dst, port), true
+}
+
+// PolicyKeys maps the kernel's policy counter ids to policy keys.
+func (d *Dataplane) PolicyKeys() map[uint32]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.comp.PolicyKeys()
 }
 
 func (d *Dataplane) notify(e Event) {

@@ -41,24 +41,43 @@ type StringMatch struct {
 	Prefix   string `json:"prefix,omitempty"`
 	Suffix   string `json:"suffix,omitempty"`
 	Presence bool   `json:"presence,omitempty"`
-	kind     int
+	kind     MatchKind
 }
 
+// MatchKind says how a StringMatch compares.
+type MatchKind int
+
 const (
-	matchExact = iota
-	matchPrefix
-	matchSuffix
-	matchPresence
+	MatchExact MatchKind = iota
+	MatchPrefix
+	MatchSuffix
+	MatchPresence
 )
+
+// NewStringMatch builds a match of the given kind.
+func NewStringMatch(kind MatchKind, value string) StringMatch {
+	m := StringMatch{kind: kind}
+	switch kind {
+	case MatchPrefix:
+		m.Prefix = value
+	case MatchSuffix:
+		m.Suffix = value
+	case MatchPresence:
+		m.Presence = true
+	default:
+		m.Exact = value
+	}
+	return m
+}
 
 // Matches tells whether s satisfies the match.
 func (m StringMatch) Matches(s string) bool {
 	switch m.kind {
-	case matchPrefix:
+	case MatchPrefix:
 		return strings.HasPrefix(s, m.Prefix)
-	case matchSuffix:
+	case MatchSuffix:
 		return strings.HasSuffix(s, m.Suffix)
-	case matchPresence:
+	case MatchPresence:
 		return s != ""
 	}
 	return s == m.Exact
@@ -160,13 +179,13 @@ func matchFrom(m *security.Match) (Match, error) {
 			var sm StringMatch
 			switch t := s.GetMatchType().(type) {
 			case *security.StringMatch_Exact:
-				sm = StringMatch{Exact: t.Exact, kind: matchExact}
+				sm = NewStringMatch(MatchExact, t.Exact)
 			case *security.StringMatch_Prefix:
-				sm = StringMatch{Prefix: t.Prefix, kind: matchPrefix}
+				sm = NewStringMatch(MatchPrefix, t.Prefix)
 			case *security.StringMatch_Suffix:
-				sm = StringMatch{Suffix: t.Suffix, kind: matchSuffix}
+				sm = NewStringMatch(MatchSuffix, t.Suffix)
 			case *security.StringMatch_Presence:
-				sm = StringMatch{Presence: true, kind: matchPresence}
+				sm = NewStringMatch(MatchPresence, "")
 			default:
 				err = fmt.Errorf("string match without a type")
 				return nil
@@ -369,11 +388,16 @@ func anyPort(ps []uint16, port uint16) bool {
 // Verdict of authorization for one connection.
 type Verdict struct {
 	Allow bool
-	// Policy decided it (the matching DENY, or the missing ALLOW).
+	// Policy decided it: the matching DENY, the matching ALLOW, NoAllowMatched,
+	// or empty when allowed with no ALLOW policy in force.
 	Policy string
 	// DryRunDeny lists dry-run policies that would have denied.
 	DryRunDeny []string
 }
+
+// NoAllowMatched is the deciding "policy" of a connection denied because
+// ALLOW policies exist and none matched.
+const NoAllowMatched = "(no ALLOW policy matched)"
 
 // Evaluate applies Istio's L4 semantics to the policies that select a
 // workload: any matching DENY denies; with no ALLOW policy the connection
@@ -381,22 +405,27 @@ type Verdict struct {
 // evaluated for the record, never enforced. This is the reference the
 // kernel's decisions are tested against.
 func Evaluate(policies []*AuthzPolicy, c Conn) Verdict {
+	return EvaluateWith(policies, func(p *AuthzPolicy) bool { return p.Matches(c) })
+}
+
+// EvaluateWith is Evaluate with the matching of each policy given.
+func EvaluateWith(policies []*AuthzPolicy, matches func(*AuthzPolicy) bool) Verdict {
 	v := Verdict{Allow: true}
 	for _, p := range policies {
-		if p.Action == ActionDeny && p.Matches(c) {
+		if p.Action == ActionDeny && matches(p) {
 			if p.DryRun {
 				v.DryRunDeny = append(v.DryRunDeny, p.Key)
 				continue
 			}
 			if v.Allow {
-				v = Verdict{Allow: false, Policy: p.Key, DryRunDeny: v.DryRunDeny}
+				v.Allow, v.Policy = false, p.Key
 			}
 		}
 	}
 	if !v.Allow {
 		return v
 	}
-	haveAllow, allowed := false, false
+	haveAllow := false
 	var dryAllows []*AuthzPolicy
 	for _, p := range policies {
 		if p.Action != ActionAllow {
@@ -407,20 +436,21 @@ func Evaluate(policies []*AuthzPolicy, c Conn) Verdict {
 			continue
 		}
 		haveAllow = true
-		if p.Matches(c) {
-			allowed = true
+		if v.Policy == "" && matches(p) {
+			v.Policy = p.Key
 		}
 	}
-	if haveAllow && !allowed {
+	if haveAllow && v.Policy == "" {
 		v.Allow = false
-		v.Policy = "no ALLOW policy matched"
+		v.Policy = NoAllowMatched
 	}
 	// A dry-run ALLOW would deny when, counting it as real, nothing allows.
-	if len(dryAllows) > 0 && v.Allow {
-		matched := allowed
+	if len(dryAllows) > 0 && v.Allow && v.Policy == "" {
+		matched := false
 		for _, p := range dryAllows {
-			if p.Matches(c) {
+			if matches(p) {
 				matched = true
+				break
 			}
 		}
 		if !matched {

@@ -38,8 +38,10 @@ struct km_pick {
 /* The client as the load balancer sees it. */
 struct km_client {
 	__u64 netns_cookie;
-	__u32 flags;     /* enum km_manage_flags */
-	__u32 client_id; /* consistent-hash key */
+	__u32 flags;       /* enum km_manage_flags */
+	__u32 client_id;   /* consistent-hash key */
+	__u32 workload_id; /* the client's own workload, 0 if unknown */
+	__u32 pad;
 };
 
 static __always_inline int km_addr_is_v4mapped(const struct km_addr *a)
@@ -72,6 +74,7 @@ static __always_inline int km_client_of(void *ctx, struct km_client *c)
 	c->netns_cookie = cookie;
 	c->flags = mv->flags;
 	c->client_id = mv->client_id;
+	c->workload_id = mv->workload_id;
 	return 1;
 }
 
@@ -318,6 +321,9 @@ static __always_inline enum km_verdict km_translate_workload(const struct km_cli
 {
 	struct km_backend_value *be;
 
+	/* Passing through, the caller still wants to know whose address it is
+	 * (authorization). */
+	pick->workload_id = wid;
 	if (c->flags & KM_MANAGE_WAYPOINT)
 		return KM_PASS;
 	be = bpf_map_lookup_elem(&km_backend, &wid);

@@ -117,6 +117,61 @@ struct {
 } km_config SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct km_authz_ps_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_authz_ps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct km_authz_ident_key);
+	__type(value, struct km_authz_class);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_authz_ident SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct km_authz_cidr_key);
+	__type(value, struct km_authz_class);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_authz_src SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct km_authz_cidr_key);
+	__type(value, struct km_authz_class);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_authz_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_authz_port_key);
+	__type(value, struct km_authz_class);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_authz_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1048576);
+	__type(key, struct km_authz_verdict_key);
+	__type(value, struct km_authz_verdict);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} km_authz_verdict SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_authz_stat_key);
+	__type(value, __u64);
+} km_authz_stats SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, KM_STAT_MAX);
 	__type(key, __u32);

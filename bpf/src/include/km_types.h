@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define KM_LAYOUT_VERSION 1
+#define KM_LAYOUT_VERSION 2
 
 /* Locality priorities: Istio has six routing-preference scopes, so seven
  * levels (all match .. none match); eight keeps the array aligned. */
@@ -121,9 +121,13 @@ struct km_backend_value {
 	__u8 pad;
 	__u16 waypoint_port; /* host order */
 	struct km_addr waypoint;
+	__u32 authz_ps; /* policy set guarding connections to it; 0: none */
 };
 
-/* km_manage: netns cookie -> enrollment. 8 + 8 bytes. */
+/* km_manage: netns cookie -> enrollment. 8 + 16 bytes. This layout is a
+ * promise: enrollment survives upgrades because the loader copies this map
+ * whenever its key and value sizes are unchanged. Only grow it by using the
+ * reserved field. */
 enum km_manage_flags {
 	KM_MANAGE_ENROLLED = 1 << 0,
 	KM_MANAGE_WAYPOINT = 1 << 1, /* this pod is a waypoint: never redirect it */
@@ -131,7 +135,9 @@ enum km_manage_flags {
 
 struct km_manage_value {
 	__u32 flags;
-	__u32 client_id; /* stable client key for consistent hashing; 0: use cookie */
+	__u32 client_id;   /* stable client key for consistent hashing; 0: use cookie */
+	__u32 workload_id; /* the pod's own workload (its identity); 0: not known yet */
+	__u32 reserved;
 };
 
 /* km_affinity: (client netns, service) -> sticky endpoint. 16 + 24 bytes. */
@@ -182,6 +188,79 @@ struct km_udp_rev_value {
 	__u16 pad[3];
 };
 
+/*
+ * Authorization. Policies are compiled per policy set (the policies guarding
+ * one group of workloads) into equivalence classes of each connection
+ * attribute and a verdict per combination of classes, so a new connection
+ * costs five lookups however many policies there are.
+ */
+
+/* km_authz_ps: policy set -> classes of attributes not found in the maps. */
+struct km_authz_ps_value {
+	__u16 default_ident;
+	__u16 default_port;
+	__u32 pad;
+};
+
+/* km_authz_ident: (set, source identity) -> identity class. */
+struct km_authz_ident_key {
+	__u32 ps;
+	__u32 identity;
+};
+
+struct km_authz_class {
+	__u16 cls;
+	__u16 pad;
+};
+
+/* km_authz_src / km_authz_dst (LPM): (set, address prefix) -> class. The
+ * prefix length counts the 32 bits of ps first. Every set has a /0 entry. */
+struct km_authz_cidr_key {
+	__u32 prefixlen;
+	__u32 ps;
+	struct km_addr addr;
+};
+
+/* km_authz_port: (set, destination port) -> class. */
+struct km_authz_port_key {
+	__u32 ps;
+	__u16 port; /* host order */
+	__u16 pad;
+};
+
+/* km_authz_verdict: (set, four classes) -> decision. */
+struct km_authz_verdict_key {
+	__u32 ps;
+	__u16 ident;
+	__u16 src;
+	__u16 dst;
+	__u16 port;
+};
+
+enum km_authz_flags {
+	KM_AUTHZ_DENY = 1 << 0,
+	KM_AUTHZ_DRYRUN_DENY = 1 << 1, /* a dry-run policy would deny */
+};
+
+struct km_authz_verdict {
+	__u32 flags;
+	__u32 policy;     /* deciding policy id (0: allowed, no ALLOW policy) */
+	__u32 dry_policy; /* dry-run policy that would deny */
+	__u32 pad;
+};
+
+/* km_authz_stats (per CPU): (policy, outcome) -> connections. */
+enum km_authz_outcome {
+	KM_AUTHZ_OUT_ALLOW = 0,
+	KM_AUTHZ_OUT_DENY = 1,
+	KM_AUTHZ_OUT_DRYRUN_DENY = 2,
+};
+
+struct km_authz_stat_key {
+	__u32 policy;
+	__u32 outcome;
+};
+
 /* km_config: one entry of knobs the daemon sets at run time. */
 struct km_config_value {
 	__u32 layout_version;
@@ -199,6 +278,10 @@ enum km_stat {
 	KM_STAT_UDP_REVERSE,
 	KM_STAT_AFFINITY_HIT,
 	KM_STAT_TC_SEEN,
+	KM_STAT_AUTHZ_ALLOW,
+	KM_STAT_AUTHZ_DENY,
+	KM_STAT_AUTHZ_RESET_SENT,
+	KM_STAT_AUTHZ_CONNECT_DENY,
 	KM_STAT_MAX,
 };
 

@@ -1,0 +1,207 @@
+package authz
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/kmesh-go/kmesh/daemon/model"
+)
+
+var (
+	namespaces = []string{"a", "b", "c"}
+	accounts   = []string{"web", "db", "default"}
+	prefixes   = []netip.Prefix{
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("10.1.2.0/24"),
+		netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("10.1.2.3/32"),
+		netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("fd00:1::/32"), netip.MustParsePrefix("::/0"),
+	}
+	addrs = []netip.Addr{
+		netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("10.1.2.4"), netip.MustParseAddr("10.1.9.9"), netip.MustParseAddr("10.9.9.9"),
+		netip.MustParseAddr("192.168.1.1"), netip.MustParseAddr("172.16.0.1"), netip.MustParseAddr("fd00:1::5"), netip.MustParseAddr("fd00:2::5"),
+		netip.MustParseAddr("2001:db8::1"),
+	}
+	ports = []uint16{80, 443, 8080, 9090}
+)
+
+func pick[T any](r *rand.Rand, from []T, n int) []T {
+	var out []T
+	for range n {
+		out = append(out, from[r.IntN(len(from))])
+	}
+	return out
+}
+
+func randomStrings(r *rand.Rand, from []string) []model.StringMatch {
+	var out []model.StringMatch
+	for _, s := range pick(r, from, 1+r.IntN(2)) {
+		switch r.IntN(4) {
+		case 0:
+			out = append(out, model.NewStringMatch(model.MatchPrefix, s[:1]))
+		case 1:
+			out = append(out, model.NewStringMatch(model.MatchSuffix, s[len(s)-1:]))
+		default:
+			out = append(out, model.NewStringMatch(model.MatchExact, s))
+		}
+	}
+	return out
+}
+
+func randomMatch(r *rand.Rand) model.Match {
+	var m model.Match
+	for field := range 12 {
+		if r.IntN(5) != 0 {
+			continue
+		}
+		switch field {
+		case 0:
+			m.Namespaces = randomStrings(r, namespaces)
+		case 1:
+			m.NotNamespaces = randomStrings(r, namespaces)
+		case 2, 3:
+			var sas []model.SAMatch
+			for range 1 + r.IntN(2) {
+				ns := ""
+				if r.IntN(2) == 0 {
+					ns = namespaces[r.IntN(len(namespaces))]
+				}
+				sas = append(sas, model.SAMatch{Namespace: ns, ServiceAccount: accounts[r.IntN(len(accounts))]})
+			}
+			if field == 2 {
+				m.ServiceAccounts = sas
+			} else {
+				m.NotServiceAccounts = sas
+			}
+		case 4:
+			m.Principals = []model.StringMatch{model.NewStringMatch(model.MatchExact, fmt.Sprintf("cluster.local/ns/%s/sa/%s", namespaces[r.IntN(3)], accounts[r.IntN(3)]))}
+		case 5:
+			m.NotPrincipals = []model.StringMatch{model.NewStringMatch(model.MatchPrefix, "cluster.local/ns/"+namespaces[r.IntN(3)])}
+		case 6:
+			m.SourceIPs = pick(r, prefixes, 1+r.IntN(2))
+		case 7:
+			m.NotSourceIPs = pick(r, prefixes, 1+r.IntN(2))
+		case 8:
+			m.DestinationIPs = pick(r, prefixes, 1+r.IntN(2))
+		case 9:
+			m.NotDestinationIPs = pick(r, prefixes, 1+r.IntN(2))
+		case 10:
+			m.DestinationPorts = pick(r, ports, 1+r.IntN(2))
+		case 11:
+			m.NotDestinationPorts = pick(r, ports, 1+r.IntN(2))
+		}
+	}
+	return m
+}
+
+// RandomPolicies makes n random policies (for property tests here and in
+// the kernel tests).
+func randomPolicies(r *rand.Rand, n int) []*model.AuthzPolicy {
+	var out []*model.AuthzPolicy
+	for i := range n {
+		p := &model.AuthzPolicy{Key: fmt.Sprintf("ns/p%d", i), Namespace: "ns", Name: fmt.Sprintf("p%d", i)}
+		if r.IntN(2) == 0 {
+			p.Action = model.ActionDeny
+		}
+		p.DryRun = r.IntN(6) == 0
+		for range 1 + r.IntN(2) {
+			var g [][]model.Match
+			for range 1 + r.IntN(3) {
+				var rule []model.Match
+				for range 1 + r.IntN(2) {
+					rule = append(rule, randomMatch(r))
+				}
+				g = append(g, rule)
+			}
+			p.Groups = append(p.Groups, g)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func identities() []Identity {
+	var out []Identity
+	id := uint32(1)
+	for _, ns := range namespaces {
+		for _, sa := range accounts {
+			out = append(out, Identity{ID: id, TrustDomain: "cluster.local", Namespace: ns, ServiceAccount: sa})
+			id++
+		}
+	}
+	return out
+}
+
+func policyIDs(key string) uint32 {
+	var n uint32
+	fmt.Sscanf(key, "ns/p%d", &n)
+	return n + 1
+}
+
+// The compiled tables decide every connection exactly as the reference
+// evaluator does.
+func TestTablesMatchReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 11))
+	ids := identities()
+	for round := range 400 {
+		policies := randomPolicies(r, 1+r.IntN(5))
+		tables, err := Compile(policies, ids, policyIDs, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 200 {
+			id := Identity{}
+			if r.IntN(5) != 0 {
+				id = ids[r.IntN(len(ids))]
+			}
+			src, dst, port := addrs[r.IntN(len(addrs))], addrs[r.IntN(len(addrs))], ports[r.IntN(len(ports))]
+			if r.IntN(4) == 0 {
+				port = 1234
+			}
+			conn := model.Conn{Src: model.Peer{IP: src, Known: id.ID != 0, Namespace: id.Namespace, ServiceAccount: id.ServiceAccount, TrustDomain: id.TrustDomain}, DstIP: dst, DstPort: port}
+			want := verdictOf(model.Evaluate(policies, conn), policyIDs)
+			if got := tables.Decide(id.ID, src, dst, port); got != want {
+				t.Fatalf("round %d: %+v from %+v: tables say %+v, reference %+v\npolicies: %s", round, conn, id, got, want, dump(policies))
+			}
+		}
+	}
+}
+
+func dump(ps []*model.AuthzPolicy) string {
+	out := ""
+	for _, p := range ps {
+		out += fmt.Sprintf("%s %v dry=%v %+v\n", p.Key, p.Action, p.DryRun, p.Groups)
+	}
+	return out
+}
+
+// Many policies, rules and matches cost classes, not lookups: 64 policies
+// of 64 rules (groups) of 64 matches still compile.
+func TestLargeSetsCompile(t *testing.T) {
+	var policies []*model.AuthzPolicy
+	for i := range 64 {
+		p := &model.AuthzPolicy{Key: fmt.Sprintf("ns/p%d", i), Action: model.ActionAllow}
+		for j := range 64 {
+			var rule []model.Match
+			for k := range 64 {
+				rule = append(rule, model.Match{DestinationPorts: []uint16{uint16(1000 + (i*64*64+j*64+k)%512)}})
+			}
+			p.Groups = append(p.Groups, [][]model.Match{rule})
+		}
+		policies = append(policies, p)
+	}
+	tables, err := Compile(policies, identities(), policyIDs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d verdicts, %d port entries", len(tables.Verdicts), len(tables.Ports))
+	if v := tables.Decide(1, addrs[0], addrs[1], 1000); v.Deny {
+		t.Fatalf("port 1000 should be allowed: %+v", v)
+	}
+	if v := tables.Decide(1, addrs[0], addrs[1], 80); !v.Deny || v.Policy != NoAllowID {
+		t.Fatalf("port 80 should be denied for want of an ALLOW: %+v", v)
+	}
+	if _, err := Compile(policies, identities(), policyIDs, 100); err == nil {
+		t.Fatal("a set over the limit compiled")
+	}
+}
