@@ -113,9 +113,9 @@ func policyIDs(key string) uint32 {
 type outcome int
 
 const (
-	allowed outcome = iota
-	refused         // ECONNREFUSED: reset by the server side's tc program
-	forbidden       // EACCES: refused by connect() in the client
+	allowed   outcome = iota
+	refused           // ECONNREFUSED: reset by the server side's tc program
+	forbidden         // EACCES: refused by connect() in the client
 	timedOut
 )
 

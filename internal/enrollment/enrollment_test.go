@@ -32,7 +32,9 @@ func TestDecide(t *testing.T) {
 		{"other data plane", pod(func(p *corev1.Pod) { p.Labels[LabelDataplaneMode] = "ambient" }), plain, false},
 		{"other data plane in a kmesh namespace", pod(func(p *corev1.Pod) { p.Labels[LabelDataplaneMode] = "ambient" }), labelled, false},
 		{"host network", pod(func(p *corev1.Pod) { p.Spec.HostNetwork = true; p.Labels[LabelDataplaneMode] = ModeKmesh }), labelled, false},
-		{"sidecar container", pod(func(p *corev1.Pod) { p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "istio-proxy"}) }), labelled, false},
+		{"sidecar container", pod(func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "istio-proxy"})
+		}), labelled, false},
 		{"native sidecar", pod(func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "istio-proxy"}} }), labelled, false},
 		{"sidecar annotation", pod(func(p *corev1.Pod) { p.Annotations["sidecar.istio.io/status"] = "{}" }), labelled, false},
 	}
