@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -167,6 +168,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 
 	enf := enforcer.New(dp, reg.Pods, log)
+	var swept atomic.Uint64
+	enf.Swept = func(n int) { swept.Add(uint64(n)) }
 	reg.Watch(func(*cniv1.Pod, bool) { enf.PodsChanged() })
 	go enf.Run(ctx)
 
@@ -178,6 +181,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	go func() { errc <- srv.Serve(ctx, l) }()
 
 	counters := admin.Counters{
+		Swept:     swept.Load,
 		Connected: syncer.IsConnected,
 		Pushes:    func() uint64 { p, _ := syncer.Counters(); return p },
 		NACKs:     func() uint64 { _, n := syncer.Counters(); return n },

@@ -12,6 +12,7 @@ type Counters struct {
 	Pushes    func() uint64
 	NACKs     func() uint64
 	Pods      func() (all, enrolled int)
+	Swept     func() uint64
 }
 
 // Metrics registers the daemon's metrics and returns the registry.
@@ -64,6 +65,11 @@ func Metrics(d *dataplane.Dataplane, c Counters) *prometheus.Registry {
 		}, func() float64 { _, e := c.Pods(); return float64(e) }))
 	}
 	reg.MustRegister(&mapCollector{d: d})
+	if c.Swept != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kmesh_authz_connections_closed_total", Help: "Established connections closed because a new policy denies them.",
+		}, func() float64 { return float64(c.Swept()) }))
+	}
 	return reg
 }
 
@@ -71,6 +77,9 @@ var (
 	entriesDesc  = prometheus.NewDesc("kmesh_map_entries", "Entries in use per BPF map.", []string{"map"}, nil)
 	capacityDesc = prometheus.NewDesc("kmesh_map_capacity", "Maximum entries per BPF map.", []string{"map"}, nil)
 	eventsDesc   = prometheus.NewDesc("kmesh_datapath_events_total", "Kernel data-path decisions, by kind.", []string{"event"}, nil)
+	authzDesc    = prometheus.NewDesc("kmesh_authz_connections_total",
+		"New connections decided by authorization, by deciding policy and outcome (allowed, denied, dry_run_denied: a dry-run policy would have denied).",
+		[]string{"policy", "outcome"}, nil)
 )
 
 type mapCollector struct{ d *dataplane.Dataplane }
@@ -79,6 +88,7 @@ func (m *mapCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- entriesDesc
 	ch <- capacityDesc
 	ch <- eventsDesc
+	ch <- authzDesc
 }
 
 func (m *mapCollector) Collect(ch chan<- prometheus.Metric) {
@@ -89,6 +99,25 @@ func (m *mapCollector) Collect(ch chan<- prometheus.Metric) {
 	if st, err := m.d.Maps().Stats(); err == nil {
 		for k, v := range st {
 			ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue, float64(v), k)
+		}
+	}
+	if st, err := m.d.Maps().AuthzStats(); err == nil {
+		keys := m.d.PolicyKeys()
+		for id, counts := range st {
+			name := keys[id]
+			switch {
+			case id == 0:
+				name = "(no policies)"
+			case id == ^uint32(0):
+				name = "(no ALLOW policy matched)"
+			case name == "":
+				name = "(removed policy)"
+			}
+			for outcome, n := range counts {
+				if n > 0 {
+					ch <- prometheus.MustNewConstMetric(authzDesc, prometheus.CounterValue, float64(n), name, [...]string{"allowed", "denied", "dry_run_denied"}[outcome])
+				}
+			}
 		}
 	}
 }
