@@ -21,6 +21,8 @@ import (
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
 func TestBenchDatapath(t *testing.T) {
@@ -278,4 +280,103 @@ func mapMemory(t *testing.T, dp *loader.Datapath) float64 {
 		}
 	}
 	return total
+}
+
+// TestBenchAuthz: new-connection rate toward a pod with no policies and
+// with 64 (allowing) policies, and established throughput with each.
+func TestBenchAuthz(t *testing.T) {
+	if os.Getenv("KMESH_BENCH") != "1" {
+		t.Skip("benchmark: make bench")
+	}
+	f := newAuthzFixture(t)
+	// 64 ALLOW policies, each with a few matches; the client's identity
+	// (frontend/web, id 1) is allowed by the last one only.
+	var many []*model.AuthzPolicy
+	for i := range 64 {
+		m := model.Match{Namespaces: strs(model.MatchExact, fmt.Sprintf("team-%d", i)), DestinationPorts: []uint16{uint16(10000 + i)}}
+		if i == 63 {
+			m = model.Match{Namespaces: strs(model.MatchExact, "frontend")}
+		}
+		p := pol(i, model.ActionAllow, m)
+		p.Groups[0] = append(p.Groups[0], []model.Match{{NotSourceIPs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("192.0.%d.0/24", i))}}})
+		many = append(many, p)
+	}
+	dst := []netip.AddrPort{netip.AddrPortFrom(f.server.IP4, serverPort)}
+	const rounds, perRound = 21, 1000
+	configs := []struct {
+		name     string
+		policies []*model.AuthzPolicy
+	}{{"no policies", nil}, {"64 policies", many}}
+
+	// Rounds alternate the two configurations (re-pointing the pod's
+	// policy set), so drift on this shared machine hits both alike.
+	var outsider, enrolled, thr [2][]float64
+	for round := range rounds {
+		for ci, c := range configs {
+			f.guard(c.policies)
+			d, _, err := connectFirstByte(f.outsider.NSPath, dst, perRound)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outsider[ci] = append(outsider[ci], 1e9/float64(d[0]))
+			d, _, err = connectFirstByte(f.client.NSPath, dst, perRound)
+			if err != nil {
+				t.Fatal(err)
+			}
+			enrolled[ci] = append(enrolled[ci], 1e9/float64(d[0]))
+			if round%3 == 0 {
+				thr[ci] = append(thr[ci], throughput(t, f.outsider, netip.AddrPortFrom(f.server.IP4, 9090), 128<<20))
+			}
+		}
+	}
+	med := func(v []float64) float64 {
+		v = slices.Clone(v)
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	fmt.Printf("\n### authorization cost toward a guarded pod (medians of %d alternating rounds x %d connects; throughput: %d x 128 MiB)\n\n", rounds, perRound, len(thr[0]))
+	fmt.Println("| policies on the pod | new conn/s, client outside the mesh (tc decides) | ratio | new conn/s, enrolled client (connect() decides) | ratio | established throughput | ratio |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for ci, c := range configs {
+		fmt.Printf("| %s | %.0f | %.3f | %.0f | %.3f | %.2f Gbit/s | %.3f |\n", c.name,
+			med(outsider[ci]), med(outsider[ci])/med(outsider[0]), med(enrolled[ci]), med(enrolled[ci])/med(enrolled[0]),
+			med(thr[ci])/1e9, med(thr[ci])/med(thr[0]))
+	}
+}
+
+// throughput streams n bytes from the pod to dst (an echo server whose
+// greeting is skipped) and returns bits per second of the one-way stream.
+func throughput(t *testing.T, p *testbed.Pod, dst netip.AddrPort, n int) float64 {
+	t.Helper()
+	c, err := p.Dial("tcp", dst.String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64<<10)
+	done := make(chan error, 1)
+	go func() {
+		// Read the greeting and the echo back, discarding.
+		total, want := 0, n
+		for total < want {
+			k, err := c.Read(buf)
+			if err != nil {
+				done <- err
+				return
+			}
+			total += k
+		}
+		done <- nil
+	}()
+	out := make([]byte, 64<<10)
+	start := time.Now()
+	for sent := 0; sent < n; sent += len(out) {
+		if _, err := c.Write(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	return float64(n) * 8 / time.Since(start).Seconds()
 }
