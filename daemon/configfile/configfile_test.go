@@ -1,0 +1,149 @@
+package configfile
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/conf"
+	"github.com/kmesh-go/kmesh/daemon/model"
+)
+
+func TestDemoConfigParses(t *testing.T) {
+	res, rejected, err := Parse(conf.DemoDaemonConfig)
+	if err != nil || len(rejected) != 0 {
+		t.Fatalf("demo config: %v %v", err, rejected)
+	}
+	if len(res) < 4 {
+		t.Fatalf("demo config has %d resources", len(res))
+	}
+}
+
+func TestParseRejectsPerResource(t *testing.T) {
+	doc := `
+addresses:
+  - service: {name: a, namespace: ns, hostname: a.ns.svc.cluster.local, addresses: [{address: CmAAAQ==}], ports: [{servicePort: 80, targetPort: 8080}]}
+  - service: {name: b, namespace: ns, hostname: b.ns.svc.cluster.local, ports: [{servicePort: 70000}]}
+  - workload: {uid: w1, namespace: ns, addresses: ["AQID"]}
+  - workload: {uid: w2, namespace: ns, addresses: ["CvQAAQ=="], status: HEALTHY}
+  - workload: {uid: w2, namespace: ns, addresses: ["CvQAAg=="]}
+authorizations:
+  - {name: p, namespace: ns, action: DENY, groups: [{rules: [{matches: [{destinationPorts: [0]}]}]}]}
+`
+	res, rejected, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range res {
+		names = append(names, r.Name)
+	}
+	if !slices.Equal(names, []string{"ns/a.ns.svc.cluster.local", "w2"}) {
+		t.Fatalf("accepted %v", names)
+	}
+	for name, want := range map[string]string{
+		"ns/b.ns.svc.cluster.local": "service port 70000",
+		"w1":                        "invalid address bytes",
+		"w2":                        "defined twice",
+		"ns/p":                      "port 0 out of range",
+	} {
+		if err := rejected[name]; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", name, err, want)
+		}
+	}
+	if _, _, err := Parse([]byte("services: []")); err == nil {
+		t.Fatal("unknown top-level field accepted")
+	}
+}
+
+type sink struct {
+	mu      sync.Mutex
+	applied [][]string
+	removed [][]string
+	synced  int
+}
+
+func (s *sink) ApplyResources(up []model.Resource, rm []string, rejected map[string]error) (map[string]error, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for _, r := range up {
+		names = append(names, r.Name)
+	}
+	slices.Sort(rm)
+	s.applied = append(s.applied, names)
+	s.removed = append(s.removed, rm)
+	return rejected, nil
+}
+
+func (s *sink) Synced() { s.mu.Lock(); s.synced++; s.mu.Unlock() }
+
+func (s *sink) last() ([]string, []string, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.applied) == 0 {
+		return nil, nil, 0
+	}
+	return s.applied[len(s.applied)-1], s.removed[len(s.removed)-1], len(s.applied)
+}
+
+// The file is watched: an edit (even by rename, as editors and ConfigMaps
+// do) replaces the state; names that disappear are removed; a broken
+// version is skipped and the last good state stays.
+func TestWatchReloads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mesh.yaml")
+	write := func(doc string) {
+		tmp := filepath.Join(dir, ".tmp")
+		if err := os.WriteFile(tmp, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svcA := `{service: {name: a, namespace: ns, hostname: a.ns.svc.cluster.local, ports: [{servicePort: 80}]}}`
+	svcB := `{service: {name: b, namespace: ns, hostname: b.ns.svc.cluster.local, ports: [{servicePort: 80}]}}`
+	write("addresses: [" + svcA + ", " + svcB + "]")
+	s := &sink{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- Watch(ctx, path, s, nil) }()
+	defer func() { cancel(); <-done }()
+
+	wait := func(n int) ([]string, []string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if a, r, k := s.last(); k >= n {
+				return a, r
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("no reload #%d", n)
+		return nil, nil
+	}
+	if a, _ := wait(1); len(a) != 2 {
+		t.Fatalf("first load %v", a)
+	}
+	write("addresses: [" + svcB + "]")
+	if a, r := wait(2); len(a) != 1 || !slices.Equal(r, []string{"ns/a.ns.svc.cluster.local"}) {
+		t.Fatalf("reload: applied %v removed %v", a, r)
+	}
+	write("addresses: [ this is not yaml")
+	time.Sleep(400 * time.Millisecond)
+	if _, _, n := s.last(); n != 2 {
+		t.Fatalf("a broken file was applied")
+	}
+	s.mu.Lock()
+	synced := s.synced
+	s.mu.Unlock()
+	if synced != 1 {
+		t.Fatalf("synced %d times", synced)
+	}
+}

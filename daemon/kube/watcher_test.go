@@ -1,0 +1,121 @@
+package kube
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/daemon/cniserver"
+	"github.com/kmesh-go/kmesh/internal/enrollment"
+)
+
+// fakeKernel stands in for the manage map.
+type fakeKernel struct {
+	mu       sync.Mutex
+	enrolled map[uint64]bool
+}
+
+func (k *fakeKernel) Enroll(p *cniv1.Pod) (uint64, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.enrolled[p.NetnsCookie] = true
+	return p.NetnsCookie, nil
+}
+
+func (k *fakeKernel) Release(p *cniv1.Pod) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.enrolled, p.NetnsCookie)
+	return nil
+}
+
+func (k *fakeKernel) Enrolled(c uint64) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.enrolled[c], nil
+}
+
+func (k *fakeKernel) List() (map[uint64]bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := map[uint64]bool{}
+	for c := range k.enrolled {
+		out[c] = true
+	}
+	return out, nil
+}
+
+func (k *fakeKernel) is(c uint64) bool { ok, _ := k.Enrolled(c); return ok }
+
+// A label added to a running pod's namespace enrolls it within 2 s, and
+// removing it releases it; the annotation follows.
+func TestLabelChangesEnrollRunningPods(t *testing.T) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "cart", Namespace: "shop", UID: "u1"},
+		Spec:       corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "app"}}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	other := pod.DeepCopy()
+	other.Name, other.UID, other.Spec.NodeName = "elsewhere", "u2", "n2"
+	client := fake.NewClientset(ns, pod, other)
+	kernel := &fakeKernel{enrolled: map[uint64]bool{}}
+	reg, err := cniserver.NewRegistry("", kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Add(&cniv1.Pod{Name: "cart", Namespace: "shop", Uid: "u1", ContainerId: "c1", NetnsCookie: 42}); err != nil {
+		t.Fatal(err)
+	}
+	w := NewWatcherFor(client, "n1", reg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			if cond() {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatalf("not within 2s: %s", what)
+	}
+	annotation := func() string {
+		p, err := client.CoreV1().Pods("shop").Get(ctx, "cart", metav1.GetOptions{})
+		if err != nil {
+			return "error"
+		}
+		return p.Annotations[enrollment.AnnotationRedirection]
+	}
+	time.Sleep(200 * time.Millisecond)
+	if kernel.is(42) {
+		t.Fatal("enrolled without a label")
+	}
+
+	ns.Labels = map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
+	if _, err := client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("enrolled after the namespace label", func() bool { return kernel.is(42) && annotation() == "enabled" })
+	if p := reg.ByUID("u1")[0]; !p.Enrolled || p.Reason == "" {
+		t.Fatalf("registry: %+v", p)
+	}
+
+	// The pod opts out while its namespace stays labelled.
+	cur, _ := client.CoreV1().Pods("shop").Get(ctx, "cart", metav1.GetOptions{})
+	cur.Labels = map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeNone}
+	if _, err := client.CoreV1().Pods("shop").Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually("released after the pod opted out", func() bool { return !kernel.is(42) && annotation() == "" })
+}

@@ -1,0 +1,144 @@
+package model
+
+import (
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
+)
+
+func svc(mut func(*workloadapi.Service)) *workloadapi.Address {
+	s := &workloadapi.Service{Name: "web", Namespace: "default", Hostname: "web.default.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: []byte{10, 96, 0, 10}}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
+	if mut != nil {
+		mut(s)
+	}
+	return &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}}
+}
+
+func wl(mut func(*workloadapi.Workload)) *workloadapi.Address {
+	w := &workloadapi.Workload{Uid: "u1", Name: "p", Namespace: "default", Addresses: [][]byte{{10, 244, 0, 1}},
+		Status: workloadapi.WorkloadStatus_HEALTHY, ServiceAccount: "sa",
+		Services: map[string]*workloadapi.PortList{"default/web.default.svc.cluster.local": {Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 9090}}}}}
+	if mut != nil {
+		mut(w)
+	}
+	return &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
+}
+
+func TestConversionRejectsWithActionableReasons(t *testing.T) {
+	lbExt := func(fields map[string]any) *workloadapi.Extension {
+		st, _ := structpb.NewStruct(fields)
+		a, _ := anypb.New(st)
+		return &workloadapi.Extension{Name: ExtensionLB, Config: a}
+	}
+	cases := map[string]struct {
+		a    *workloadapi.Address
+		want string
+	}{
+		"5-byte VIP":       {svc(func(s *workloadapi.Service) { s.Addresses[0].Address = []byte{1, 2, 3, 4, 5} }), "invalid address bytes: 5 bytes"},
+		"port 70000":       {svc(func(s *workloadapi.Service) { s.Ports[0].ServicePort = 70000 }), "service port 70000 out of range"},
+		"target port":      {svc(func(s *workloadapi.Service) { s.Ports[0].TargetPort = 65536 }), "target port 65536 out of range"},
+		"unknown LB mode":  {svc(func(s *workloadapi.Service) { s.LoadBalancing = &workloadapi.LoadBalancing{Mode: 7} }), "unknown load-balancing mode 7"},
+		"unknown scope":    {svc(func(s *workloadapi.Service) { s.LoadBalancing = &workloadapi.LoadBalancing{RoutingPreference: []workloadapi.LoadBalancing_Scope{9}} }), "unknown scope 9"},
+		"no hostname":      {svc(func(s *workloadapi.Service) { s.Hostname = "" }), "namespace and hostname are required"},
+		"waypoint nowhere": {svc(func(s *workloadapi.Service) { s.Waypoint = &workloadapi.GatewayAddress{} }), "no destination"},
+		"bad LB policy":    {svc(func(s *workloadapi.Service) { s.Extensions = []*workloadapi.Extension{lbExt(map[string]any{"policy": "fastest"})} }), `unknown policy "fastest"`},
+		"bad affinity":     {svc(func(s *workloadapi.Service) { s.Extensions = []*workloadapi.Extension{lbExt(map[string]any{"affinityTimeout": "forever"})} }), "affinityTimeout"},
+		"workload no uid":  {wl(func(w *workloadapi.Workload) { w.Uid = "" }), "uid is required"},
+		"workload bad ip":  {wl(func(w *workloadapi.Workload) { w.Addresses = [][]byte{{1}} }), "addresses[0]: invalid address bytes: 1 bytes"},
+		"bad services key": {wl(func(w *workloadapi.Workload) { w.Services = map[string]*workloadapi.PortList{"web": {}} }), `services key "web" is not namespace/hostname`},
+		"bad status":       {wl(func(w *workloadapi.Workload) { w.Status = 5 }), "unknown status 5"},
+	}
+	for name, c := range cases {
+		_, _, err := FromAddress(c.a)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error saying %q", name, err, c.want)
+		}
+	}
+}
+
+func TestConversionKeepsWhatMatters(t *testing.T) {
+	st, _ := structpb.NewStruct(map[string]any{"policy": "maglev", "affinityTimeout": "30s"})
+	cfg, _ := anypb.New(st)
+	s, _, err := FromAddress(svc(func(s *workloadapi.Service) {
+		s.LoadBalancing = &workloadapi.LoadBalancing{Mode: workloadapi.LoadBalancing_FAILOVER,
+			RoutingPreference: []workloadapi.LoadBalancing_Scope{workloadapi.LoadBalancing_REGION, workloadapi.LoadBalancing_ZONE},
+			HealthPolicy:      workloadapi.LoadBalancing_ALLOW_ALL}
+		s.Extensions = []*workloadapi.Extension{{Name: ExtensionLB, Config: cfg}}
+		s.Addresses = append(s.Addresses, &workloadapi.NetworkAddress{Address: make([]byte, 16)})
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Key != "default/web.default.svc.cluster.local" || len(s.VIPs) != 2 || s.LB.Mode != LBModeFailover ||
+		len(s.LB.RoutingPreference) != 2 || !s.LB.AllowUnhealthy || s.LB.Policy != PolicyMaglev || s.LB.Affinity.Seconds() != 30 {
+		t.Fatalf("service %+v", s)
+	}
+	_, w, err := FromAddress(wl(func(w *workloadapi.Workload) {
+		w.Status = workloadapi.WorkloadStatus_UNHEALTHY
+		w.Locality = &workloadapi.Locality{Region: "r", Zone: "z"}
+		w.AuthorizationPolicies = []string{"default/p"}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Healthy || w.Locality.Zone != "z" || w.Identity() != "spiffe://cluster.local/ns/default/sa/sa" ||
+		w.TargetPort("default/web.default.svc.cluster.local", Port{ServicePort: 80, TargetPort: 8080}) != 9090 || w.Policies[0] != "default/p" {
+		t.Fatalf("workload %+v", w)
+	}
+}
+
+func TestAuthorizationConversion(t *testing.T) {
+	a := &security.Authorization{Name: "p", Namespace: "ns", Scope: security.Scope_GLOBAL, Action: security.Action_DENY,
+		Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{
+			SourceIps:        []*security.Address{{Address: []byte{10, 0, 0, 0}, Length: 8}},
+			DestinationPorts: []uint32{443},
+		}}}}}}}
+	p, err := FromAuthorization(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Key != "ns/p" || p.Scope != ScopeGlobal || p.Action != ActionDeny || p.Groups[0][0][0].SourceIPs[0].String() != "10.0.0.0/8" {
+		t.Fatalf("%+v", p)
+	}
+	bad := []*security.Authorization{
+		{Name: "x", Action: 5},
+		{Name: "x", Scope: 9},
+		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{DestinationPorts: []uint32{0}}}}}}}},
+		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{SourceIps: []*security.Address{{Address: []byte{1, 2, 3, 4}, Length: 40}}}}}}}}},
+		{Name: ""},
+	}
+	for i, b := range bad {
+		if _, err := FromAuthorization(b); err == nil {
+			t.Errorf("bad authorization %d accepted", i)
+		}
+	}
+}
+
+func TestPriorityFollowsRoutingPreference(t *testing.T) {
+	node := Node{Name: "n1", ClusterID: "c", Network: "net", Locality: Locality{Region: "r1", Zone: "z1", Subzone: "s1"}}
+	lb := LoadBalancing{RoutingPreference: []Scope{ScopeNetwork, ScopeRegion, ScopeZone, ScopeNode}}
+	w := &Workload{Network: "net", Node: "n1", Locality: Locality{Region: "r1", Zone: "z1"}}
+	cases := []struct {
+		mut  func(*Workload)
+		want int
+	}{
+		{func(*Workload) {}, 0},
+		{func(w *Workload) { w.Node = "n2" }, 1},
+		{func(w *Workload) { w.Locality.Zone = "z2" }, 2},
+		{func(w *Workload) { w.Locality.Region = "r2" }, 3},
+		{func(w *Workload) { w.Network = "other" }, 4},
+	}
+	for i, c := range cases {
+		x := *w
+		c.mut(&x)
+		if got := Priority(lb, node, &x); got != c.want {
+			t.Errorf("case %d: priority %d, want %d", i, got, c.want)
+		}
+	}
+}
