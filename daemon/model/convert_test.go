@@ -40,15 +40,21 @@ func TestConversionRejectsWithActionableReasons(t *testing.T) {
 		a    *workloadapi.Address
 		want string
 	}{
-		"5-byte VIP":       {svc(func(s *workloadapi.Service) { s.Addresses[0].Address = []byte{1, 2, 3, 4, 5} }), "invalid address bytes: 5 bytes"},
-		"port 70000":       {svc(func(s *workloadapi.Service) { s.Ports[0].ServicePort = 70000 }), "service port 70000 out of range"},
-		"target port":      {svc(func(s *workloadapi.Service) { s.Ports[0].TargetPort = 65536 }), "target port 65536 out of range"},
-		"unknown LB mode":  {svc(func(s *workloadapi.Service) { s.LoadBalancing = &workloadapi.LoadBalancing{Mode: 7} }), "unknown load-balancing mode 7"},
-		"unknown scope":    {svc(func(s *workloadapi.Service) { s.LoadBalancing = &workloadapi.LoadBalancing{RoutingPreference: []workloadapi.LoadBalancing_Scope{9}} }), "unknown scope 9"},
+		"5-byte VIP":      {svc(func(s *workloadapi.Service) { s.Addresses[0].Address = []byte{1, 2, 3, 4, 5} }), "invalid address bytes: 5 bytes"},
+		"port 70000":      {svc(func(s *workloadapi.Service) { s.Ports[0].ServicePort = 70000 }), "service port 70000 out of range"},
+		"target port":     {svc(func(s *workloadapi.Service) { s.Ports[0].TargetPort = 65536 }), "target port 65536 out of range"},
+		"unknown LB mode": {svc(func(s *workloadapi.Service) { s.LoadBalancing = &workloadapi.LoadBalancing{Mode: 7} }), "unknown load-balancing mode 7"},
+		"unknown scope": {svc(func(s *workloadapi.Service) {
+			s.LoadBalancing = &workloadapi.LoadBalancing{RoutingPreference: []workloadapi.LoadBalancing_Scope{9}}
+		}), "unknown scope 9"},
 		"no hostname":      {svc(func(s *workloadapi.Service) { s.Hostname = "" }), "namespace and hostname are required"},
 		"waypoint nowhere": {svc(func(s *workloadapi.Service) { s.Waypoint = &workloadapi.GatewayAddress{} }), "no destination"},
-		"bad LB policy":    {svc(func(s *workloadapi.Service) { s.Extensions = []*workloadapi.Extension{lbExt(map[string]any{"policy": "fastest"})} }), `unknown policy "fastest"`},
-		"bad affinity":     {svc(func(s *workloadapi.Service) { s.Extensions = []*workloadapi.Extension{lbExt(map[string]any{"affinityTimeout": "forever"})} }), "affinityTimeout"},
+		"bad LB policy": {svc(func(s *workloadapi.Service) {
+			s.Extensions = []*workloadapi.Extension{lbExt(map[string]any{"policy": "fastest"})}
+		}), `unknown policy "fastest"`},
+		"bad affinity": {svc(func(s *workloadapi.Service) {
+			s.Extensions = []*workloadapi.Extension{lbExt(map[string]any{"affinityTimeout": "forever"})}
+		}), "affinityTimeout"},
 		"workload no uid":  {wl(func(w *workloadapi.Workload) { w.Uid = "" }), "uid is required"},
 		"workload bad ip":  {wl(func(w *workloadapi.Workload) { w.Addresses = [][]byte{{1}} }), "addresses[0]: invalid address bytes: 1 bytes"},
 		"bad services key": {wl(func(w *workloadapi.Workload) { w.Services = map[string]*workloadapi.PortList{"web": {}} }), `services key "web" is not namespace/hostname`},
