@@ -70,6 +70,7 @@ func main() {
 	fs.StringVar(&o.stateDir, "state-dir", "/var/run/kmesh", "directory for the pod registry")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for watching pods and namespaces (default: in-cluster when available)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	uninstall := fs.Bool("uninstall", false, "detach every program and remove every pin under --bpf-dir, then exit (node uninstall; a plain restart keeps them)")
 	d := loader.DefaultSizes()
 	fs.Func("max-services", fmt.Sprintf("service map size (default %d)", d.Services), u32(&o.sizes.Services))
 	fs.Func("max-endpoints", fmt.Sprintf("endpoint map size (default %d)", d.Endpoints), u32(&o.sizes.Endpoints))
@@ -84,6 +85,14 @@ func main() {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(o.logLevel)}))
 	slog.SetDefault(log)
+	if *uninstall {
+		if err := loader.RemovePins(o.bpfDir); err != nil {
+			log.Error("uninstall", "err", err)
+			os.Exit(1)
+		}
+		log.Info("data path removed", "pins", o.bpfDir)
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, log); err != nil {
