@@ -10,7 +10,7 @@ import (
 
 // Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
 // another version are replaced, never reinterpreted.
-const Version = 2
+const Version = 3
 
 // MaxPrio is the number of locality priority levels per service.
 const MaxPrio = 8
@@ -244,8 +244,16 @@ func (s Stat) String() string {
 type AuthzPSValue struct {
 	DefaultIdent uint16
 	DefaultPort  uint16
-	Pad          uint32
+	Src4, Src6   uint16
+	Dst4, Dst6   uint16
+	Flags        uint32
 }
+
+// Policy-set flags.
+const (
+	AuthzSrcByFamily uint32 = 1 << 0
+	AuthzDstByFamily uint32 = 1 << 1
+)
 
 type AuthzIdentKey struct {
 	PS       uint32

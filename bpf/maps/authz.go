@@ -197,10 +197,39 @@ func (m *Maps) writePolicySet(ps PolicySet) error {
 	if err := putAll(m.authzVerdict, loader.MapAuthzVerd, vk, vv); err != nil {
 		return err
 	}
-	if err := m.authzPS.Put(ps.ID, layout.AuthzPSValue{DefaultIdent: t.DefaultIdent, DefaultPort: t.DefaultPort}); err != nil {
+	if err := m.authzPS.Put(ps.ID, psHeader(t)); err != nil {
 		return mapErr(loader.MapAuthzPS, err)
 	}
 	return nil
+}
+
+// psHeader is a set's km_authz_ps value: defaults, and the family shortcut
+// when an address table holds nothing but the two roots.
+func psHeader(t *AuthzTables) layout.AuthzPSValue {
+	h := layout.AuthzPSValue{DefaultIdent: t.DefaultIdent, DefaultPort: t.DefaultPort}
+	byFamily := func(list []AuthzCIDR) (v4, v6 uint16, ok bool) {
+		if len(list) != 2 {
+			return 0, 0, false
+		}
+		for _, c := range list {
+			if c.Prefix.Bits() != 0 {
+				return 0, 0, false
+			}
+			if c.Prefix.Addr().Is4() {
+				v4 = c.Class
+			} else {
+				v6 = c.Class
+			}
+		}
+		return v4, v6, true
+	}
+	if v4, v6, ok := byFamily(t.Src); ok {
+		h.Src4, h.Src6, h.Flags = v4, v6, h.Flags|layout.AuthzSrcByFamily
+	}
+	if v4, v6, ok := byFamily(t.Dst); ok {
+		h.Dst4, h.Dst6, h.Flags = v4, v6, h.Flags|layout.AuthzDstByFamily
+	}
+	return h
 }
 
 // deletePolicySet removes a set, header first. Missing entries are fine.

@@ -59,8 +59,14 @@ static __always_inline int km_authz_decide(__u32 ps, __u32 identity, const struc
 	vk.ident = c ? c->cls : set->default_ident;
 	c = bpf_map_lookup_elem(&km_authz_port, &pk);
 	vk.port = c ? c->cls : set->default_port;
-	vk.src = km_authz_cidr_class(&km_authz_src, ps, src);
-	vk.dst = km_authz_cidr_class(&km_authz_dst, ps, dst);
+	if (set->flags & KM_AUTHZ_SRC_BY_FAMILY)
+		vk.src = km_addr_is_v4mapped(src) ? set->src4 : set->src6;
+	else
+		vk.src = km_authz_cidr_class(&km_authz_src, ps, src);
+	if (set->flags & KM_AUTHZ_DST_BY_FAMILY)
+		vk.dst = km_addr_is_v4mapped(dst) ? set->dst4 : set->dst6;
+	else
+		vk.dst = km_authz_cidr_class(&km_authz_dst, ps, dst);
 
 	v = bpf_map_lookup_elem(&km_authz_verdict, &vk);
 	if (!v) {

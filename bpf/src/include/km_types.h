@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define KM_LAYOUT_VERSION 2
+#define KM_LAYOUT_VERSION 3
 
 /* Locality priorities: Istio has six routing-preference scopes, so seven
  * levels (all match .. none match); eight keeps the array aligned. */
@@ -195,11 +195,20 @@ struct km_udp_rev_value {
  * costs five lookups however many policies there are.
  */
 
-/* km_authz_ps: policy set -> classes of attributes not found in the maps. */
+/* km_authz_ps: policy set -> classes of attributes not found in the maps.
+ * When no policy of the set names a source (destination) address, the class
+ * only depends on the family and the trie lookup is skipped. */
+enum km_authz_ps_flags {
+	KM_AUTHZ_SRC_BY_FAMILY = 1 << 0,
+	KM_AUTHZ_DST_BY_FAMILY = 1 << 1,
+};
+
 struct km_authz_ps_value {
 	__u16 default_ident;
 	__u16 default_port;
-	__u32 pad;
+	__u16 src4, src6; /* classes of the family roots */
+	__u16 dst4, dst6;
+	__u32 flags;
 };
 
 /* km_authz_ident: (set, source identity) -> identity class. */
