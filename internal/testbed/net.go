@@ -210,7 +210,34 @@ func (n *Network) AddPod(t testing.TB, name string) *Pod {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The kernel turns carrier changes into operstate (and the bridge port
+	// into forwarding) from a deferred worker, up to a second later; until
+	// then the bridge drops the pod's frames and a first connect stalls on
+	// a lost ARP. Wait for both ends to be up.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		hostUp, podUp := operUp(n.Node, p.HostVeth), operUp(nsName, "eth0")
+		if hostUp && podUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s: veth not up after 3s (host side %v, pod side %v)", name, hostUp, podUp)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	return p
+}
+
+func operUp(ns, ifname string) bool {
+	up := false
+	_ = inNS(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(ifname)
+		if err == nil {
+			up = l.Attrs().OperState == netlink.OperUp
+		}
+		return nil
+	})
+	return up
 }
 
 func nthAddr(p netip.Prefix, n int) netip.Addr {
