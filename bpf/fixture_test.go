@@ -48,10 +48,17 @@ func wid(i int) uint32 { return uint32(100 + i) }
 
 func newFixture(t *testing.T, nServers int, sizes loader.Sizes) *fixture {
 	t.Helper()
+	return newFixtureWith(t, nServers, loader.Config{Sizes: sizes})
+}
+
+// newFixtureWith is newFixture with kernel features (telemetry,
+// acceleration) set in cfg.
+func newFixtureWith(t *testing.T, nServers int, cfg loader.Config) *fixture {
+	t.Helper()
 	testbed.Require(t)
 	f := &fixture{t: t}
 	f.cg = testbed.NewCgroup(t)
-	f.dp, f.pins = testbed.Datapath(t, f.cg, sizes)
+	f.dp, f.pins = testbed.DatapathWith(t, f.cg, cfg)
 	m, err := maps.New(f.dp)
 	if err != nil {
 		t.Fatal(err)

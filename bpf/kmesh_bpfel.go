@@ -26,16 +26,22 @@ const (
 	kmeshMapKmAuthzVerdict  = "km_authz_verdict"
 	kmeshMapKmBackend       = "km_backend"
 	kmeshMapKmConfig        = "km_config"
+	kmeshMapKmConn          = "km_conn"
 	kmeshMapKmEndpoint      = "km_endpoint"
+	kmeshMapKmEvents        = "km_events"
 	kmeshMapKmFrontend      = "km_frontend"
 	kmeshMapKmMaglev        = "km_maglev"
 	kmeshMapKmManage        = "km_manage"
+	kmeshMapKmOrigin        = "km_origin"
 	kmeshMapKmPort          = "km_port"
 	kmeshMapKmPortovr       = "km_portovr"
+	kmeshMapKmRedirIn       = "km_redir_in"
 	kmeshMapKmService       = "km_service"
 	kmeshMapKmSock          = "km_sock"
+	kmeshMapKmSockhash      = "km_sockhash"
 	kmeshMapKmStats         = "km_stats"
 	kmeshMapKmUdpRev        = "km_udp_rev"
+	kmeshProgKmConnIter     = "km_conn_iter"
 	kmeshProgKmConnect4     = "km_connect4"
 	kmeshProgKmConnect6     = "km_connect6"
 	kmeshProgKmGetpeername4 = "km_getpeername4"
@@ -44,7 +50,10 @@ const (
 	kmeshProgKmRecvmsg6     = "km_recvmsg6"
 	kmeshProgKmSendmsg4     = "km_sendmsg4"
 	kmeshProgKmSendmsg6     = "km_sendmsg6"
+	kmeshProgKmSkMsg        = "km_sk_msg"
+	kmeshProgKmSockops      = "km_sockops"
 	kmeshProgKmTcToPod      = "km_tc_to_pod"
+	kmeshVarKmEventsWakeup  = "km_events_wakeup"
 	kmeshVarKmLayoutVersion = "km_layout_version"
 	kmeshVarKmMaglevSize    = "km_maglev_size"
 )
@@ -91,6 +100,7 @@ type kmeshSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kmeshProgramSpecs struct {
+	KmConnIter     *ebpf.ProgramSpec `ebpf:"km_conn_iter"`
 	KmConnect4     *ebpf.ProgramSpec `ebpf:"km_connect4"`
 	KmConnect6     *ebpf.ProgramSpec `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.ProgramSpec `ebpf:"km_getpeername4"`
@@ -99,6 +109,8 @@ type kmeshProgramSpecs struct {
 	KmRecvmsg6     *ebpf.ProgramSpec `ebpf:"km_recvmsg6"`
 	KmSendmsg4     *ebpf.ProgramSpec `ebpf:"km_sendmsg4"`
 	KmSendmsg6     *ebpf.ProgramSpec `ebpf:"km_sendmsg6"`
+	KmSkMsg        *ebpf.ProgramSpec `ebpf:"km_sk_msg"`
+	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 	KmTcToPod      *ebpf.ProgramSpec `ebpf:"km_tc_to_pod"`
 }
 
@@ -116,14 +128,19 @@ type kmeshMapSpecs struct {
 	KmAuthzVerdict *ebpf.MapSpec `ebpf:"km_authz_verdict"`
 	KmBackend      *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig       *ebpf.MapSpec `ebpf:"km_config"`
+	KmConn         *ebpf.MapSpec `ebpf:"km_conn"`
 	KmEndpoint     *ebpf.MapSpec `ebpf:"km_endpoint"`
+	KmEvents       *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend     *ebpf.MapSpec `ebpf:"km_frontend"`
 	KmMaglev       *ebpf.MapSpec `ebpf:"km_maglev"`
 	KmManage       *ebpf.MapSpec `ebpf:"km_manage"`
+	KmOrigin       *ebpf.MapSpec `ebpf:"km_origin"`
 	KmPort         *ebpf.MapSpec `ebpf:"km_port"`
 	KmPortovr      *ebpf.MapSpec `ebpf:"km_portovr"`
+	KmRedirIn      *ebpf.MapSpec `ebpf:"km_redir_in"`
 	KmService      *ebpf.MapSpec `ebpf:"km_service"`
 	KmSock         *ebpf.MapSpec `ebpf:"km_sock"`
+	KmSockhash     *ebpf.MapSpec `ebpf:"km_sockhash"`
 	KmStats        *ebpf.MapSpec `ebpf:"km_stats"`
 	KmUdpRev       *ebpf.MapSpec `ebpf:"km_udp_rev"`
 }
@@ -132,6 +149,7 @@ type kmeshMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kmeshVariableSpecs struct {
+	KmEventsWakeup  *ebpf.VariableSpec `ebpf:"km_events_wakeup"`
 	KmLayoutVersion *ebpf.VariableSpec `ebpf:"km_layout_version"`
 	KmMaglevSize    *ebpf.VariableSpec `ebpf:"km_maglev_size"`
 }
@@ -166,14 +184,19 @@ type kmeshMaps struct {
 	KmAuthzVerdict *ebpf.Map `ebpf:"km_authz_verdict"`
 	KmBackend      *ebpf.Map `ebpf:"km_backend"`
 	KmConfig       *ebpf.Map `ebpf:"km_config"`
+	KmConn         *ebpf.Map `ebpf:"km_conn"`
 	KmEndpoint     *ebpf.Map `ebpf:"km_endpoint"`
+	KmEvents       *ebpf.Map `ebpf:"km_events"`
 	KmFrontend     *ebpf.Map `ebpf:"km_frontend"`
 	KmMaglev       *ebpf.Map `ebpf:"km_maglev"`
 	KmManage       *ebpf.Map `ebpf:"km_manage"`
+	KmOrigin       *ebpf.Map `ebpf:"km_origin"`
 	KmPort         *ebpf.Map `ebpf:"km_port"`
 	KmPortovr      *ebpf.Map `ebpf:"km_portovr"`
+	KmRedirIn      *ebpf.Map `ebpf:"km_redir_in"`
 	KmService      *ebpf.Map `ebpf:"km_service"`
 	KmSock         *ebpf.Map `ebpf:"km_sock"`
+	KmSockhash     *ebpf.Map `ebpf:"km_sockhash"`
 	KmStats        *ebpf.Map `ebpf:"km_stats"`
 	KmUdpRev       *ebpf.Map `ebpf:"km_udp_rev"`
 }
@@ -190,14 +213,19 @@ func (m *kmeshMaps) Close() error {
 		m.KmAuthzVerdict,
 		m.KmBackend,
 		m.KmConfig,
+		m.KmConn,
 		m.KmEndpoint,
+		m.KmEvents,
 		m.KmFrontend,
 		m.KmMaglev,
 		m.KmManage,
+		m.KmOrigin,
 		m.KmPort,
 		m.KmPortovr,
+		m.KmRedirIn,
 		m.KmService,
 		m.KmSock,
+		m.KmSockhash,
 		m.KmStats,
 		m.KmUdpRev,
 	)
@@ -207,6 +235,7 @@ func (m *kmeshMaps) Close() error {
 //
 // It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kmeshVariables struct {
+	KmEventsWakeup  *ebpf.Variable `ebpf:"km_events_wakeup"`
 	KmLayoutVersion *ebpf.Variable `ebpf:"km_layout_version"`
 	KmMaglevSize    *ebpf.Variable `ebpf:"km_maglev_size"`
 }
@@ -215,6 +244,7 @@ type kmeshVariables struct {
 //
 // It can be passed to loadKmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kmeshPrograms struct {
+	KmConnIter     *ebpf.Program `ebpf:"km_conn_iter"`
 	KmConnect4     *ebpf.Program `ebpf:"km_connect4"`
 	KmConnect6     *ebpf.Program `ebpf:"km_connect6"`
 	KmGetpeername4 *ebpf.Program `ebpf:"km_getpeername4"`
@@ -223,11 +253,14 @@ type kmeshPrograms struct {
 	KmRecvmsg6     *ebpf.Program `ebpf:"km_recvmsg6"`
 	KmSendmsg4     *ebpf.Program `ebpf:"km_sendmsg4"`
 	KmSendmsg6     *ebpf.Program `ebpf:"km_sendmsg6"`
+	KmSkMsg        *ebpf.Program `ebpf:"km_sk_msg"`
+	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 	KmTcToPod      *ebpf.Program `ebpf:"km_tc_to_pod"`
 }
 
 func (p *kmeshPrograms) Close() error {
 	return _KmeshClose(
+		p.KmConnIter,
 		p.KmConnect4,
 		p.KmConnect6,
 		p.KmGetpeername4,
@@ -236,6 +269,8 @@ func (p *kmeshPrograms) Close() error {
 		p.KmRecvmsg6,
 		p.KmSendmsg4,
 		p.KmSendmsg6,
+		p.KmSkMsg,
+		p.KmSockops,
 		p.KmTcToPod,
 	)
 }

@@ -651,7 +651,7 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d connects failed; first: %v", failed.Load(), firstErr.Load())
 	}
-	if len(f.dp.Links()) != 8 {
+	if len(f.dp.Links()) != 10 { // 8 socket-address hooks, sockops, sk_msg
 		t.Fatalf("links %v", f.dp.Links())
 	}
 	// An update after the restart is a diff against what the kernel holds.

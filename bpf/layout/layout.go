@@ -10,7 +10,7 @@ import (
 
 // Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
 // another version are replaced, never reinterpreted.
-const Version = 3
+const Version = 4
 
 // MaxPrio is the number of locality priority levels per service.
 const MaxPrio = 8
@@ -191,9 +191,103 @@ type UDPRevValue struct {
 	Pad      [3]uint16
 }
 
+// Features in ConfigValue.Features.
+const (
+	FeatTelemetry uint32 = 1 << 0
+	FeatSockmap   uint32 = 1 << 1
+)
+
 type ConfigValue struct {
 	LayoutVersion uint32
 	MaglevSize    uint32
+	Features      uint32
+	Pad           uint32
+}
+
+// Tuple is one end's view of a TCP connection (ports in host order).
+type Tuple struct {
+	Local      Addr
+	Remote     Addr
+	LocalPort  uint16
+	RemotePort uint16
+	Pad        uint32
+}
+
+// Reverse is the tuple as the other end sees it.
+func (t Tuple) Reverse() Tuple {
+	return Tuple{Local: t.Remote, Remote: t.Local, LocalPort: t.RemotePort, RemotePort: t.LocalPort}
+}
+
+type OriginValue struct {
+	Orig      Addr
+	OrigPort  uint16
+	Pad       uint16
+	ServiceID uint32
+}
+
+// Connection roles.
+const (
+	RoleClient uint8 = 1
+	RoleServer uint8 = 2
+)
+
+// Connection flags.
+const (
+	ConnRewritten uint8 = 1 << 0
+	ConnSockhash  uint8 = 1 << 1
+	ConnRedirect  uint8 = 1 << 2
+	ConnTCPOnly   uint8 = 1 << 3
+	ConnClosed    uint8 = 1 << 4
+	ConnTelemetry uint8 = 1 << 5
+)
+
+// ConnValue is km_conn: one end of an enrolled TCP connection.
+type ConnValue struct {
+	Cookie     uint64
+	StartNs    uint64
+	RedirSent  uint64
+	Local      Addr
+	Remote     Addr
+	Orig       Addr
+	LocalPort  uint16
+	RemotePort uint16
+	OrigPort   uint16
+	Role       uint8
+	Flags      uint8
+	ServiceID  uint32
+	WorkloadID uint32
+}
+
+// Event types.
+const (
+	EventOpen     uint8 = 1
+	EventClose    uint8 = 2
+	EventSnapshot uint8 = 3
+)
+
+// How a connection ended.
+const (
+	EndNone    uint8 = 0
+	EndFIN     uint8 = 1
+	EndReset   uint8 = 2
+	EndAbort   uint8 = 3
+	EndTimeout uint8 = 4
+	EndError   uint8 = 5
+)
+
+// ConnEvent is a km_events record (and an iterator record).
+type ConnEvent struct {
+	Conn          ConnValue
+	NowNs         uint64
+	BytesSent     uint64
+	BytesReceived uint64
+	SRTTus        uint32
+	TotalRetrans  uint32
+	Type          uint8
+	End           uint8
+	OldState      uint8
+	Pad           uint8
+	SkErr         uint32
 }
 
 // Stat indexes km_stats.
@@ -213,6 +307,13 @@ const (
 	StatAuthzDeny
 	StatAuthzResetSent
 	StatAuthzConnectDeny
+	StatConnOpen
+	StatConnClose
+	StatEventsLost
+	StatSockhashAdd
+	StatSockhashFail
+	StatMsgRedirect
+	StatMsgPass
 	StatMax
 )
 
@@ -230,6 +331,13 @@ var statNames = [...]string{
 	StatAuthzDeny:        "authz_deny",
 	StatAuthzResetSent:   "authz_reset_sent",
 	StatAuthzConnectDeny: "authz_connect_deny",
+	StatConnOpen:         "conn_open",
+	StatConnClose:        "conn_close",
+	StatEventsLost:       "events_lost",
+	StatSockhashAdd:      "sockhash_add",
+	StatSockhashFail:     "sockhash_fail",
+	StatMsgRedirect:      "msg_redirect",
+	StatMsgPass:          "msg_pass",
 }
 
 func (s Stat) String() string {

@@ -40,6 +40,10 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		{"km_authz_port", layout.AuthzPortKey{}, layout.AuthzClass{}},
 		{"km_authz_verdict", layout.AuthzVerdictKey{}, layout.AuthzVerdict{}},
 		{"km_authz_stats", layout.AuthzStatKey{}, uint64(0)},
+		{"km_conn", int32(0), layout.ConnValue{}},
+		{"km_sockhash", layout.Tuple{}, uint64(0)},
+		{"km_origin", layout.Tuple{}, layout.OriginValue{}},
+		{"km_redir_in", layout.Tuple{}, uint64(0)},
 	}
 	for _, c := range cases {
 		ms, ok := spec.Maps[c.mapName]
@@ -50,6 +54,12 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		compare(t, c.mapName+" key", ms.Key, reflect.TypeOf(c.key))
 		compare(t, c.mapName+" value", ms.Value, reflect.TypeOf(c.value))
 	}
+	// The event record has no map of its own: find it in the object's BTF.
+	var ev *btf.Struct
+	if err := spec.Types.TypeByName("km_conn_event", &ev); err != nil {
+		t.Fatalf("km_conn_event: %v", err)
+	}
+	compare(t, "km_conn_event", ev, reflect.TypeOf(layout.ConnEvent{}))
 	if got := spec.Maps["km_stats"].MaxEntries; got != uint32(layout.StatMax) {
 		t.Errorf("km_stats has %d entries, Go knows %d stats", got, layout.StatMax)
 	}

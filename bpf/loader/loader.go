@@ -45,6 +45,11 @@ const (
 	MapAuthzPort  = "km_authz_port"
 	MapAuthzVerd  = "km_authz_verdict"
 	MapAuthzStats = "km_authz_stats"
+	MapConn       = "km_conn"
+	MapEvents     = "km_events"
+	MapSockhash   = "km_sockhash"
+	MapOrigin     = "km_origin"
+	MapRedirIn    = "km_redir_in"
 	mapsSubdir    = "maps"
 	linksSubdir   = "links"
 	progsSubdir   = "progs"
@@ -75,6 +80,35 @@ type Sizes struct {
 	AuthzCIDRs      uint32 `json:"authzCIDRs"`
 	AuthzPorts      uint32 `json:"authzPorts"`
 	AuthzVerdicts   uint32 `json:"authzVerdicts"`
+	// Sockhash caps the sockets in same-node acceleration; a socket that
+	// does not fit simply stays on TCP.
+	Sockhash uint32 `json:"sockhash"`
+	// Origins caps client tuples waiting for their server end (LRU).
+	Origins uint32 `json:"origins"`
+	// EventsBytes is the connection event ring buffer's size: a power of
+	// two, a multiple of the page size.
+	EventsBytes uint32 `json:"eventsBytes"`
+}
+
+// Features turns kernel-side functions on and off at run time (km_config).
+type Features struct {
+	// Telemetry records enrolled TCP connections and sends events.
+	Telemetry bool `json:"telemetry"`
+	// SockmapAccel sends data between two enrolled sockets on this node
+	// past TCP/IP. Turning it off affects new connections only: sockets
+	// already accelerated stay so until they close.
+	SockmapAccel bool `json:"sockmapAccel"`
+}
+
+func (f Features) bits() uint32 {
+	var b uint32
+	if f.Telemetry {
+		b |= layout.FeatTelemetry
+	}
+	if f.SockmapAccel {
+		b |= layout.FeatSockmap
+	}
+	return b
 }
 
 // DefaultSizes suit a node with a few tens of thousands of services. Hash
@@ -97,6 +131,9 @@ func DefaultSizes() Sizes {
 		AuthzCIDRs:      65536,
 		AuthzPorts:      65536,
 		AuthzVerdicts:   1048576,
+		Sockhash:        65536,
+		Origins:         65536,
+		EventsBytes:     4 << 20,
 	}
 }
 
@@ -125,6 +162,9 @@ func (s Sizes) withDefaults() Sizes {
 		AuthzCIDRs:      pick(s.AuthzCIDRs, d.AuthzCIDRs),
 		AuthzPorts:      pick(s.AuthzPorts, d.AuthzPorts),
 		AuthzVerdicts:   pick(s.AuthzVerdicts, d.AuthzVerdicts),
+		Sockhash:        pick(s.Sockhash, d.Sockhash),
+		Origins:         pick(s.Origins, d.Origins),
+		EventsBytes:     pick(s.EventsBytes, d.EventsBytes),
 	}
 }
 
@@ -146,6 +186,10 @@ func (s Sizes) byMap() map[string]uint32 {
 		MapAuthzDst:   s.AuthzCIDRs,
 		MapAuthzPort:  s.AuthzPorts,
 		MapAuthzVerd:  s.AuthzVerdicts,
+		MapSockhash:   s.Sockhash,
+		MapRedirIn:    s.Sockhash,
+		MapOrigin:     s.Origins,
+		MapEvents:     s.EventsBytes,
 	}
 }
 
@@ -157,6 +201,7 @@ type Config struct {
 	// sockets of processes below it pass through them.
 	CgroupPath string
 	Sizes      Sizes
+	Features   Features
 }
 
 // Datapath is a loaded and attached set of programs and maps.
@@ -193,6 +238,9 @@ func Open(cfg Config) (*Datapath, error) {
 	if !isPrime(sizes.MaglevTableSize) {
 		return nil, fmt.Errorf("loader: Maglev table size %d is not a prime", sizes.MaglevTableSize)
 	}
+	if n := sizes.EventsBytes; n < uint32(os.Getpagesize()) || n&(n-1) != 0 {
+		return nil, fmt.Errorf("loader: event ring size %d is not a power of two of at least a page", n)
+	}
 	spec, err := Spec(sizes)
 	if err != nil {
 		return nil, err
@@ -214,6 +262,7 @@ func Open(cfg Config) (*Datapath, error) {
 		}
 	}()
 	d.Reused = len(pinned) > 0 && len(stale) == 0
+	sockhashReused := pinned[MapSockhash] != nil
 
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
 	if err != nil {
@@ -244,13 +293,17 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	sort.Strings(d.Replaced)
 
-	cfgVal := layout.ConfigValue{LayoutVersion: layout.Version, MaglevSize: sizes.MaglevTableSize}
+	cfgVal := layout.ConfigValue{LayoutVersion: layout.Version, MaglevSize: sizes.MaglevTableSize, Features: cfg.Features.bits()}
 	if err := d.maps[MapConfig].Put(uint32(0), cfgVal); err != nil {
 		d.closeAll()
 		return nil, fmt.Errorf("loader: write %s: %w", MapConfig, err)
 	}
 
 	if err := d.attach(cgID); err != nil {
+		d.closeAll()
+		return nil, err
+	}
+	if err := d.attachSkMsg(sockhashReused); err != nil {
 		d.closeAll()
 		return nil, err
 	}
@@ -284,6 +337,10 @@ func Spec(s Sizes) (*ebpf.CollectionSpec, error) {
 	spec.Maps[MapMaglev].InnerMap.MaxEntries = s.MaglevTableSize
 	if err := spec.Variables["km_maglev_size"].Set(s.MaglevTableSize); err != nil {
 		return nil, fmt.Errorf("loader: set Maglev size: %w", err)
+	}
+	// Wake the event reader early once a quarter of the ring is in use.
+	if err := spec.Variables["km_events_wakeup"].Set(uint64(s.EventsBytes / 4)); err != nil {
+		return nil, fmt.Errorf("loader: set event wakeup threshold: %w", err)
 	}
 	var v uint32
 	if err := spec.Variables["km_layout_version"].Get(&v); err != nil || v != layout.Version {
@@ -328,6 +385,13 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 			return nil, nil, false, fmt.Errorf("loader: open pinned map %s: %w", name, err)
 		}
 		ok := layoutOK && ms.Compatible(m) == nil
+		if name == MapSockhash && keepSockhash(ms, m) {
+			// The sockhash outlives layout versions and size changes by
+			// promise: replacing it would drop the sockets in it, and with
+			// them data already passed to a peer but not yet read.
+			ms.MaxEntries = m.MaxEntries()
+			ok = true
+		}
 		if name == MapMaglev && pinnedCfg.MaglevSize != sizes.MaglevTableSize {
 			ok = false
 		}
@@ -346,7 +410,8 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 // sizes are unchanged was only resized. Everything else is the daemon's to
 // rewrite.
 func migrate(name string, old, cur *ebpf.Map, sameLayout bool) error {
-	if name == MapConfig || name == MapMaglev || name == MapSock {
+	if name == MapConfig || name == MapMaglev || name == MapSock || name == MapConn ||
+		name == MapEvents || name == MapSockhash {
 		return nil
 	}
 	if old.Type() != cur.Type() || old.KeySize() != cur.KeySize() || old.ValueSize() != cur.ValueSize() {
@@ -379,7 +444,7 @@ func (d *Datapath) attach(cgID uint64) error {
 	sort.Strings(names)
 	for _, name := range names {
 		prog := d.progs[name]
-		if prog.Type() != ebpf.CGroupSockAddr {
+		if prog.Type() != ebpf.CGroupSockAddr && prog.Type() != ebpf.SockOps {
 			continue
 		}
 		l, err := d.attachOne(name, prog, cgID)
@@ -441,6 +506,8 @@ func attachTypeOf(prog string) ebpf.AttachType {
 		return ebpf.AttachCgroupInet4GetPeername
 	case "km_getpeername6":
 		return ebpf.AttachCgroupInet6GetPeername
+	case ProgSockops:
+		return ebpf.AttachCGroupSockOps
 	}
 	return ebpf.AttachNone
 }

@@ -5,5 +5,8 @@
  */
 #include "cgroup_sock.c"
 #include "tc_pod.c"
+#include "sockops.c"
+#include "sk_msg.c"
+#include "conn_iter.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -131,6 +131,20 @@ func Datapath(t testing.TB, cg *Cgroup, sizes loader.Sizes) (*loader.Datapath, s
 	return dp, pins
 }
 
+// DatapathWith is Datapath with features turned on (cfg's PinDir and
+// CgroupPath are filled in).
+func DatapathWith(t testing.TB, cg *Cgroup, cfg loader.Config) (*loader.Datapath, string) {
+	t.Helper()
+	pins := PinDir(t)
+	cfg.PinDir, cfg.CgroupPath = pins, cg.Path
+	dp, err := loader.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dp.Close() })
+	return dp, pins
+}
+
 func ensureBPFFS() error {
 	b, err := os.ReadFile("/proc/self/mounts")
 	if err != nil {

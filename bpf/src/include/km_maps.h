@@ -116,6 +116,47 @@ struct {
 	__type(value, struct km_config_value);
 } km_config SEC(".maps");
 
+/* Telemetry and acceleration state per enrolled TCP socket (see km_conn.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct km_conn_value);
+} km_conn SEC(".maps");
+
+/* Connection events for the daemon: struct km_conn_event records. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} km_events SEC(".maps");
+
+/* Enrolled sockets on this node, each under its own tuple. The sk_msg
+ * program sends a socket's data straight to the socket found under the
+ * reversed tuple: its peer, when that peer is enrolled on this node too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_tuple);
+	__type(value, __u64);
+} km_sockhash SEC(".maps");
+
+/* Bytes a socket received past TCP, under its tuple: its peer's sk_msg
+ * program adds to it (sk_msg cannot reach another socket's storage). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_tuple);
+	__type(value, __u64);
+} km_redir_in SEC(".maps");
+
+/* Client tuple -> dialled service, for the server end's telemetry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct km_tuple);
+	__type(value, struct km_origin_value);
+} km_origin SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
@@ -185,12 +226,25 @@ volatile const __u32 km_layout_version = KM_LAYOUT_VERSION;
 /* Set by the loader before load: the Maglev table size (prime). */
 volatile const __u32 km_maglev_size = 4093;
 
+/* Set by the loader: ring buffer fill level (bytes) above which a new event
+ * wakes the reader at once; below it the reader drains on its own tick, so
+ * a busy node does not pay a wakeup per connection. */
+volatile const __u64 km_events_wakeup = 1 << 20;
+
 static __always_inline void km_count(__u32 stat)
 {
 	__u64 *v = bpf_map_lookup_elem(&km_stats, &stat);
 
 	if (v)
 		*v += 1;
+}
+
+static __always_inline __u32 km_features(void)
+{
+	__u32 zero = 0;
+	struct km_config_value *c = bpf_map_lookup_elem(&km_config, &zero);
+
+	return c ? c->features : 0;
 }
 
 #endif

@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define KM_LAYOUT_VERSION 3
+#define KM_LAYOUT_VERSION 4
 
 /* Locality priorities: Istio has six routing-preference scopes, so seven
  * levels (all match .. none match); eight keeps the array aligned. */
@@ -271,9 +271,100 @@ struct km_authz_stat_key {
 };
 
 /* km_config: one entry of knobs the daemon sets at run time. */
+enum km_features {
+	KM_FEAT_TELEMETRY = 1 << 0, /* connection records and events (sockops) */
+	KM_FEAT_SOCKMAP = 1 << 1,   /* same-node acceleration (sockhash + sk_msg) */
+};
+
 struct km_config_value {
 	__u32 layout_version;
 	__u32 maglev_size; /* slots per table in km_maglev's inner maps */
+	__u32 features;    /* enum km_features */
+	__u32 pad;
+};
+
+/* A TCP connection as one end sees it. Addresses as in km_addr, ports in
+ * host order. Keys km_sockhash (each socket under its own tuple: its peer is
+ * found under the tuple reversed) and km_origin. 40 bytes. */
+struct km_tuple {
+	struct km_addr local;
+	struct km_addr remote;
+	__u16 local_port;
+	__u16 remote_port;
+	__u32 pad;
+};
+
+/* km_origin: what a client dialled, left by the client's sockops for the
+ * server end on the same node (keyed by the client's tuple). 24 bytes. */
+struct km_origin_value {
+	struct km_addr orig;
+	__u16 orig_port; /* host order */
+	__u16 pad;
+	__u32 service_id;
+};
+
+/* km_conn (socket-local storage): one end of an enrolled TCP connection, for
+ * telemetry and acceleration. 88 bytes. */
+enum km_conn_role {
+	KM_ROLE_CLIENT = 1, /* connect()ed: reports as the source */
+	KM_ROLE_SERVER = 2, /* accept()ed: reports as the destination */
+};
+
+enum km_conn_flags {
+	KM_CONN_REWRITTEN = 1 << 0, /* orig/service_id are set */
+	KM_CONN_SOCKHASH = 1 << 1,  /* this socket is in km_sockhash */
+	KM_CONN_REDIRECT = 1 << 2,  /* its sends go to the peer past TCP */
+	KM_CONN_TCP_ONLY = 1 << 3,  /* its sends stay on TCP for good */
+	KM_CONN_CLOSED = 1 << 4,    /* reported closed; iterator skips it */
+	KM_CONN_TELEMETRY = 1 << 5, /* opened with telemetry on */
+};
+
+struct km_conn_value {
+	__u64 cookie;     /* socket cookie: the connection end's id */
+	__u64 start_ns;   /* bpf_ktime_get_ns at established */
+	__u64 redir_sent; /* bytes this socket sent to its peer past TCP */
+	struct km_addr local;
+	struct km_addr remote;
+	struct km_addr orig; /* the address the client dialled (service VIP) */
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 orig_port;
+	__u8 role;  /* enum km_conn_role */
+	__u8 flags; /* enum km_conn_flags */
+	__u32 service_id;
+	__u32 workload_id; /* the backend the connect hook chose */
+};
+
+/* km_events (ring buffer) and the km_conn iterator: a connection end at a
+ * point in its life. Byte counts are totals since established (TCP's own
+ * counters plus what went past TCP), so a lost record costs no bytes. */
+enum km_event_type {
+	KM_EV_OPEN = 1,
+	KM_EV_CLOSE = 2,
+	KM_EV_SNAPSHOT = 3, /* from the iterator: still open */
+};
+
+enum km_conn_end {
+	KM_END_NONE = 0,    /* still open */
+	KM_END_FIN = 1,     /* orderly close, both FINs */
+	KM_END_RESET = 2,   /* reset by the peer */
+	KM_END_ABORT = 3,   /* aborted here (close with unread data, SO_LINGER 0) */
+	KM_END_TIMEOUT = 4, /* retransmissions or keepalives gave up */
+	KM_END_ERROR = 5,   /* any other socket error */
+};
+
+struct km_conn_event {
+	struct km_conn_value conn;
+	__u64 now_ns;
+	__u64 bytes_sent;     /* acknowledged by the peer */
+	__u64 bytes_received;
+	__u32 srtt_us;
+	__u32 total_retrans;
+	__u8 type; /* enum km_event_type */
+	__u8 end;  /* enum km_conn_end */
+	__u8 old_state; /* TCP state before CLOSE (close events) */
+	__u8 pad;
+	__u32 sk_err;
 };
 
 /* km_stats: per-CPU counters, index by enum km_stat. */
@@ -291,6 +382,13 @@ enum km_stat {
 	KM_STAT_AUTHZ_DENY,
 	KM_STAT_AUTHZ_RESET_SENT,
 	KM_STAT_AUTHZ_CONNECT_DENY,
+	KM_STAT_CONN_OPEN,      /* connection ends recorded */
+	KM_STAT_CONN_CLOSE,
+	KM_STAT_EVENTS_LOST,    /* ring buffer full: an event was dropped */
+	KM_STAT_SOCKHASH_ADD,   /* sockets put in km_sockhash */
+	KM_STAT_SOCKHASH_FAIL,
+	KM_STAT_MSG_REDIRECT,   /* sendmsg calls sent to the peer past TCP */
+	KM_STAT_MSG_PASS,       /* sendmsg calls left on TCP */
 	KM_STAT_MAX,
 };
 

@@ -1,0 +1,90 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Programs beside the socket-address hooks.
+const (
+	// ProgSockops records TCP connections and fills the sockhash; attached
+	// to the cgroup with the other socket programs.
+	ProgSockops = "km_sockops"
+	// ProgSkMsg redirects data between sockets in the sockhash; attached to
+	// the sockhash by a pinned link.
+	ProgSkMsg = "km_sk_msg"
+	// ProgConnIter walks km_conn for the daemon's periodic reports.
+	ProgConnIter = "km_conn_iter"
+)
+
+// keepSockhash reports whether a pinned sockhash can stay in service under
+// spec: same kind of map, same key and value.
+func keepSockhash(spec *ebpf.MapSpec, m *ebpf.Map) bool {
+	return m.Type() == spec.Type && m.KeySize() == spec.KeySize && m.ValueSize() == spec.ValueSize
+}
+
+// attachSkMsg attaches the sk_msg program to the sockhash through a pinned
+// link. On a restart with the sockhash reused, the link is switched to the
+// new program atomically; sockets already in the map keep the program they
+// were given until they close (same maps, same behaviour), new ones get the
+// new one. A link to a sockhash that was replaced is dropped.
+func (d *Datapath) attachSkMsg(sockhashReused bool) error {
+	prog, hash := d.progs[ProgSkMsg], d.maps[MapSockhash]
+	if prog == nil || hash == nil {
+		return fmt.Errorf("loader: object has no %s or %s", ProgSkMsg, MapSockhash)
+	}
+	path := d.linkPin(ProgSkMsg)
+	if old, err := link.LoadPinnedLink(path, nil); err == nil {
+		if sockhashReused {
+			if err := old.Update(prog); err != nil {
+				old.Close()
+				return fmt.Errorf("loader: switch pinned link %s to the new program: %w", ProgSkMsg, err)
+			}
+			d.links[ProgSkMsg] = old
+			return nil
+		}
+		_ = old.Unpin()
+		old.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		_ = os.Remove(path)
+	}
+	l, err := link.AttachRawLink(link.RawLinkOptions{Target: hash.FD(), Program: prog, Attach: ebpf.AttachSkMsgVerdict})
+	if err != nil {
+		return fmt.Errorf("loader: attach %s to %s (sockmap links need Linux 6.10): %w", ProgSkMsg, MapSockhash, err)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return fmt.Errorf("loader: pin link %s: %w", ProgSkMsg, err)
+	}
+	d.links[ProgSkMsg] = l
+	return nil
+}
+
+// ConnIter walks the open connections' records (km_conn) on demand.
+type ConnIter struct {
+	it *link.Iter
+}
+
+// NewConnIter attaches the iterator program to km_conn.
+func (d *Datapath) NewConnIter() (*ConnIter, error) {
+	prog, m := d.progs[ProgConnIter], d.maps[MapConn]
+	if prog == nil || m == nil {
+		return nil, fmt.Errorf("loader: object has no %s or %s", ProgConnIter, MapConn)
+	}
+	it, err := link.AttachIter(link.IterOptions{Program: prog, Map: m})
+	if err != nil {
+		return nil, fmt.Errorf("loader: attach %s: %w", ProgConnIter, err)
+	}
+	return &ConnIter{it: it}, nil
+}
+
+// Open starts one walk; reading returns layout.ConnEvent records.
+func (c *ConnIter) Open() (io.ReadCloser, error) { return c.it.Open() }
+
+// Close detaches the iterator.
+func (c *ConnIter) Close() error { return c.it.Close() }

@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The daemon's periodic sweep over open connections: one km_conn_event
+ * (type SNAPSHOT) per enrolled TCP socket still open, written to the
+ * iterator's reader. Driven from userspace on the daemon's interval, so it
+ * reports idle and accelerated connections (which see no ACKs) alike and
+ * costs nothing on the packet path.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "km_conn.h"
+
+SEC("iter/bpf_sk_storage_map")
+int km_conn_iter(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct km_conn_value *c = ctx->value;
+	struct sock *sk = ctx->sk;
+	struct km_conn_event e = {};
+	struct tcp_sock *tp;
+
+	if (!c || !sk)
+		return 0;
+	if (!(c->flags & KM_CONN_TELEMETRY) || (c->flags & KM_CONN_CLOSED))
+		return 0;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	e.conn = *c;
+	e.now_ns = bpf_ktime_get_ns();
+	e.bytes_sent = tp->bytes_acked + c->redir_sent;
+	e.bytes_received = tp->bytes_received + km_redir_in_of(c);
+	e.srtt_us = tp->srtt_us >> 3;
+	e.total_retrans = tp->total_retrans;
+	e.type = KM_EV_SNAPSHOT;
+	bpf_seq_write(ctx->meta->seq, &e, sizeof(e));
+	return 0;
+}

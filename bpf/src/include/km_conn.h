@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Connection records shared by the sockops, sk_msg and iterator programs:
+ * tuples, the per-socket km_conn storage and the events sent to the daemon.
+ *
+ * A few kernel structs are read through BTF (CO-RE): only the fields named
+ * here, relocated against the running kernel at load time.
+ */
+#ifndef KM_CONN_H
+#define KM_CONN_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "km_maps.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* The fields of the kernel's own structs that the programs read. */
+struct sock {
+	int sk_err;
+	__u8 sk_shutdown;
+} __attribute__((preserve_access_index));
+
+#ifndef SEND_SHUTDOWN
+#define SEND_SHUTDOWN 2
+#endif
+
+struct tcp_sock {
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	__u32 srtt_us; /* smoothed RTT << 3, microseconds */
+	__u32 total_retrans;
+} __attribute__((preserve_access_index));
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_map;
+
+struct bpf_iter__bpf_sk_storage_map {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	struct sock *sk;
+	void *value;
+} __attribute__((preserve_access_index));
+
+static __always_inline void km_v4mapped(struct km_addr *a, __u32 ip4)
+{
+	a->a[0] = 0;
+	a->a[1] = 0;
+	a->a[2] = bpf_htonl(0x0000ffff);
+	a->a[3] = ip4;
+}
+
+/* The socket's tuple from the sockops context. IPv4 is written v4-mapped,
+ * so an AF_INET socket and a dual-stack AF_INET6 one agree on keys. */
+static __always_inline int km_tuple_of_ops(const struct bpf_sock_ops *ops, struct km_tuple *t)
+{
+	if (ops->family == AF_INET) {
+		km_v4mapped(&t->local, ops->local_ip4);
+		km_v4mapped(&t->remote, ops->remote_ip4);
+	} else if (ops->family == AF_INET6) {
+		t->local.a[0] = ops->local_ip6[0];
+		t->local.a[1] = ops->local_ip6[1];
+		t->local.a[2] = ops->local_ip6[2];
+		t->local.a[3] = ops->local_ip6[3];
+		t->remote.a[0] = ops->remote_ip6[0];
+		t->remote.a[1] = ops->remote_ip6[1];
+		t->remote.a[2] = ops->remote_ip6[2];
+		t->remote.a[3] = ops->remote_ip6[3];
+	} else {
+		return 0;
+	}
+	t->local_port = (__u16)ops->local_port;
+	/* remote_port holds the port in network order in its upper half. */
+	t->remote_port = (__u16)bpf_ntohl(ops->remote_port);
+	t->pad = 0;
+	return 1;
+}
+
+/* The tuple under which a socket's peer is filed. */
+static __always_inline void km_tuple_reverse(const struct km_tuple *t, struct km_tuple *r)
+{
+	r->local = t->remote;
+	r->remote = t->local;
+	r->local_port = t->remote_port;
+	r->remote_port = t->local_port;
+	r->pad = 0;
+}
+
+static __always_inline void km_conn_tuple(const struct km_conn_value *c, struct km_tuple *t)
+{
+	t->local = c->local;
+	t->remote = c->remote;
+	t->local_port = c->local_port;
+	t->remote_port = c->remote_port;
+	t->pad = 0;
+}
+
+/* What the socket received past TCP (from its peer's sk_msg program). */
+static __always_inline __u64 km_redir_in_of(const struct km_conn_value *c)
+{
+	struct km_tuple t;
+	__u64 *in;
+
+	if (!(c->flags & KM_CONN_SOCKHASH))
+		return 0;
+	km_conn_tuple(c, &t);
+	in = bpf_map_lookup_elem(&km_redir_in, &t);
+	return in ? *in : 0;
+}
+
+/* Copies a record into the ring buffer. Below the wakeup threshold the
+ * reader is not woken: it drains on its own tick. (A real function, not
+ * inlined, so the record's type is in the object's BTF for layout_test.) */
+static __noinline void km_emit(const struct km_conn_event *e)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= km_events_wakeup)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&km_events, (void *)e, sizeof(*e), flags))
+		km_count(KM_STAT_EVENTS_LOST);
+}
+
+#endif

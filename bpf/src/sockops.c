@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * TCP life cycle of enrolled sockets (cgroup sock_ops, attached with the
+ * socket-address hooks and gated the same way, by the netns cookie).
+ *
+ * At established, each end gets a km_conn record (who, what it dialled,
+ * when) and an open event; at the transition to CLOSE, a close event with
+ * TCP's own byte counters, RTT and retransmits and how it ended. Long-lived
+ * connections are reported by the daemon's sweep over km_conn (conn_iter.c),
+ * which needs no callback per packet and sees idle and accelerated
+ * connections as well as busy ones.
+ *
+ * With acceleration on, each end also goes into km_sockhash under its own
+ * tuple, and sk_msg.c sends its data straight to the peer when the peer is
+ * there too.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "km_conn.h"
+
+#ifndef ECONNRESET
+#define ECONNRESET 104
+#endif
+#ifndef EPIPE
+#define EPIPE 32
+#endif
+#ifndef ETIMEDOUT
+#define ETIMEDOUT 110
+#endif
+
+static __always_inline int km_enrolled(struct bpf_sock_ops *ops)
+{
+	__u64 cookie = bpf_get_netns_cookie(ops);
+	struct km_manage_value *mv = bpf_map_lookup_elem(&km_manage, &cookie);
+
+	return mv && (mv->flags & KM_MANAGE_ENROLLED);
+}
+
+/* Fills an event from the socket's record and TCP's counters. */
+static __always_inline void km_event_fill(struct km_conn_event *e, const struct km_conn_value *c,
+					  struct bpf_sock_ops *ops, __u8 type)
+{
+	e->conn = *c;
+	e->now_ns = bpf_ktime_get_ns();
+	e->bytes_sent = ops->bytes_acked + c->redir_sent;
+	e->bytes_received = ops->bytes_received + km_redir_in_of(c);
+	e->srtt_us = ops->srtt_us >> 3;
+	e->total_retrans = ops->total_retrans;
+	e->type = type;
+}
+
+/* The client end: what its connect() asked for, from the connect hook's
+ * socket storage; left in km_origin for a server end on this node. */
+static __always_inline void km_client_origin(struct bpf_sock_ops *ops, struct km_conn_value *c,
+					     const struct km_tuple *t)
+{
+	struct km_sock_value *s;
+	struct bpf_sock *sk = ops->sk;
+	struct km_origin_value o = {};
+
+	if (!sk)
+		return;
+	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	if (!s || !(s->flags & KM_SOCK_REWRITTEN))
+		return;
+	c->orig = s->orig;
+	c->orig_port = bpf_ntohs(s->orig_port);
+	c->service_id = s->service_id;
+	c->workload_id = s->workload_id;
+	c->flags |= KM_CONN_REWRITTEN;
+	o.orig = c->orig;
+	o.orig_port = c->orig_port;
+	o.service_id = c->service_id;
+	bpf_map_update_elem(&km_origin, t, &o, BPF_ANY);
+}
+
+/* The server end: what its client dialled, if the client is on this node. */
+static __always_inline void km_server_origin(struct km_conn_value *c, const struct km_tuple *t)
+{
+	struct km_tuple client;
+	struct km_origin_value *o;
+
+	km_tuple_reverse(t, &client);
+	o = bpf_map_lookup_elem(&km_origin, &client);
+	if (!o)
+		return;
+	c->orig = o->orig;
+	c->orig_port = o->orig_port;
+	c->service_id = o->service_id;
+	c->flags |= KM_CONN_REWRITTEN;
+	bpf_map_delete_elem(&km_origin, &client);
+}
+
+static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
+{
+	__u32 feat = km_features();
+	struct km_conn_value *c;
+	struct bpf_sock *sk = ops->sk;
+	struct km_tuple t;
+
+	if (!(feat & (KM_FEAT_TELEMETRY | KM_FEAT_SOCKMAP)) || !sk)
+		return;
+	if (!km_tuple_of_ops(ops, &t) || !km_enrolled(ops))
+		return;
+	c = bpf_sk_storage_get(&km_conn, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c)
+		return;
+	/* A socket can connect again after a disconnect: start afresh. */
+	__builtin_memset(c, 0, sizeof(*c));
+	c->cookie = bpf_get_socket_cookie(ops);
+	c->start_ns = bpf_ktime_get_ns();
+	c->local = t.local;
+	c->remote = t.remote;
+	c->local_port = t.local_port;
+	c->remote_port = t.remote_port;
+	c->role = role;
+
+	if (feat & KM_FEAT_TELEMETRY) {
+		struct km_conn_event e = {};
+
+		c->flags |= KM_CONN_TELEMETRY;
+		if (role == KM_ROLE_CLIENT)
+			km_client_origin(ops, c, &t);
+		else
+			km_server_origin(c, &t);
+		km_count(KM_STAT_CONN_OPEN);
+		km_event_fill(&e, c, ops, KM_EV_OPEN);
+		km_emit(&e);
+	}
+	if (feat & KM_FEAT_SOCKMAP) {
+		if (c->flags & KM_CONN_TELEMETRY) {
+			__u64 zero = 0;
+
+			bpf_map_update_elem(&km_redir_in, &t, &zero, BPF_ANY);
+		}
+		if (bpf_sock_hash_update(ops, &km_sockhash, &t, BPF_ANY) == 0) {
+			c->flags |= KM_CONN_SOCKHASH;
+			km_count(KM_STAT_SOCKHASH_ADD);
+		} else {
+			km_count(KM_STAT_SOCKHASH_FAIL);
+		}
+	}
+	/* Be told when the connection closes. */
+	if (c->flags & KM_CONN_TELEMETRY)
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
+					       BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* How the connection ended, from the error TCP recorded and the state it
+ * left for CLOSE. */
+static __always_inline __u8 km_end_of(struct bpf_sock *sk, __u32 old_state, __u32 *err_out)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	int err = 0;
+
+	if (tp)
+		err = ((struct sock *)tp)->sk_err;
+	*err_out = err;
+	switch (err) {
+	case 0:
+		break;
+	case ECONNRESET:
+	case EPIPE:
+		return KM_END_RESET;
+	case ETIMEDOUT:
+		return KM_END_TIMEOUT;
+	default:
+		return KM_END_ERROR;
+	}
+	switch (old_state) {
+	case BPF_TCP_FIN_WAIT1:
+	case BPF_TCP_FIN_WAIT2:
+	case BPF_TCP_CLOSING:
+	case BPF_TCP_LAST_ACK:
+	case BPF_TCP_TIME_WAIT:
+		return KM_END_FIN;
+	}
+	return KM_END_ABORT;
+}
+
+static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct km_conn_value *c;
+	struct km_conn_event e = {};
+	__u32 err = 0;
+
+	if (!sk)
+		return;
+	c = bpf_sk_storage_get(&km_conn, sk, 0, 0);
+	if (!c || (c->flags & KM_CONN_CLOSED))
+		return;
+	c->flags |= KM_CONN_CLOSED;
+	if (!(c->flags & KM_CONN_TELEMETRY))
+		return;
+	km_count(KM_STAT_CONN_CLOSE);
+	km_event_fill(&e, c, ops, KM_EV_CLOSE);
+	e.end = km_end_of(sk, old_state, &err);
+	e.old_state = old_state;
+	e.sk_err = err;
+	km_emit(&e);
+	if (c->flags & KM_CONN_SOCKHASH) {
+		struct km_tuple t;
+
+		km_conn_tuple(c, &t);
+		bpf_map_delete_elem(&km_redir_in, &t);
+	}
+}
+
+SEC("sockops")
+int km_sockops(struct bpf_sock_ops *ops)
+{
+	switch (ops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		km_established(ops, KM_ROLE_CLIENT);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		km_established(ops, KM_ROLE_SERVER);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == BPF_TCP_CLOSE)
+			km_closed(ops, ops->args[0]);
+		break;
+	}
+	return 1;
+}
