@@ -239,6 +239,8 @@ const (
 	ConnTCPOnly   uint8 = 1 << 3
 	ConnClosed    uint8 = 1 << 4
 	ConnTelemetry uint8 = 1 << 5
+	// ConnRedirectIn is set in events only: the peer's data came past TCP.
+	ConnRedirectIn uint8 = 1 << 6
 )
 
 // ConnValue is km_conn: one end of an enrolled TCP connection.
@@ -256,6 +258,8 @@ type ConnValue struct {
 	Flags      uint8
 	ServiceID  uint32
 	WorkloadID uint32
+	AckedBase  uint32
+	Pad        uint32
 }
 
 // Event types.

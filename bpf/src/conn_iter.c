@@ -27,10 +27,7 @@ int km_conn_iter(struct bpf_iter__bpf_sk_storage_map *ctx)
 		return 0;
 	e.conn = *c;
 	e.now_ns = bpf_ktime_get_ns();
-	e.bytes_sent = tp->bytes_acked + c->redir_sent;
-	e.bytes_received = tp->bytes_received + km_redir_in_of(c);
-	e.srtt_us = tp->srtt_us >> 3;
-	e.total_retrans = tp->total_retrans;
+	km_event_tcp(&e, c, tp, ((struct sock *)tp)->__sk_common.skc_state);
 	e.type = KM_EV_SNAPSHOT;
 	bpf_seq_write(ctx->meta->seq, &e, sizeof(e));
 	return 0;

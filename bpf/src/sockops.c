@@ -37,18 +37,6 @@ static __always_inline int km_enrolled(struct bpf_sock_ops *ops)
 	return mv && (mv->flags & KM_MANAGE_ENROLLED);
 }
 
-/* Fills an event from the socket's record and TCP's counters. */
-static __always_inline void km_event_fill(struct km_conn_event *e, const struct km_conn_value *c,
-					  struct bpf_sock_ops *ops, __u8 type)
-{
-	e->conn = *c;
-	e->now_ns = bpf_ktime_get_ns();
-	e->bytes_sent = ops->bytes_acked + c->redir_sent;
-	e->bytes_received = ops->bytes_received + km_redir_in_of(c);
-	e->srtt_us = ops->srtt_us >> 3;
-	e->total_retrans = ops->total_retrans;
-	e->type = type;
-}
 
 /* The client end: what its connect() asked for, from the connect hook's
  * socket storage; left in km_origin for a server end on this node. */
@@ -115,6 +103,7 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	c->local_port = t.local_port;
 	c->remote_port = t.remote_port;
 	c->role = role;
+	c->acked_base = ops->bytes_acked;
 
 	if (feat & KM_FEAT_TELEMETRY) {
 		struct km_conn_event e = {};
@@ -125,7 +114,10 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 		else
 			km_server_origin(c, &t);
 		km_count(KM_STAT_CONN_OPEN);
-		km_event_fill(&e, c, ops, KM_EV_OPEN);
+		e.conn = *c;
+		e.now_ns = c->start_ns;
+		e.srtt_us = ops->srtt_us >> 3;
+		e.type = KM_EV_OPEN;
 		km_emit(&e);
 	}
 	if (feat & KM_FEAT_SOCKMAP) {
@@ -149,14 +141,8 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 
 /* How the connection ended, from the error TCP recorded and the state it
  * left for CLOSE. */
-static __always_inline __u8 km_end_of(struct bpf_sock *sk, __u32 old_state, __u32 *err_out)
+static __always_inline __u8 km_end_of(int err, __u32 old_state)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	int err = 0;
-
-	if (tp)
-		err = ((struct sock *)tp)->sk_err;
-	*err_out = err;
 	switch (err) {
 	case 0:
 		break;
@@ -184,7 +170,7 @@ static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
 	struct bpf_sock *sk = ops->sk;
 	struct km_conn_value *c;
 	struct km_conn_event e = {};
-	__u32 err = 0;
+	struct tcp_sock *tp;
 
 	if (!sk)
 		return;
@@ -194,11 +180,17 @@ static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
 	c->flags |= KM_CONN_CLOSED;
 	if (!(c->flags & KM_CONN_TELEMETRY))
 		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
 	km_count(KM_STAT_CONN_CLOSE);
-	km_event_fill(&e, c, ops, KM_EV_CLOSE);
-	e.end = km_end_of(sk, old_state, &err);
+	e.conn = *c;
+	e.now_ns = bpf_ktime_get_ns();
+	km_event_tcp(&e, c, tp, old_state);
+	e.type = KM_EV_CLOSE;
+	e.sk_err = ((struct sock *)tp)->sk_err;
+	e.end = km_end_of(e.sk_err, old_state);
 	e.old_state = old_state;
-	e.sk_err = err;
 	km_emit(&e);
 	if (c->flags & KM_CONN_SOCKHASH) {
 		struct km_tuple t;

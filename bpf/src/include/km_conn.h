@@ -22,10 +22,18 @@
 #endif
 
 /* The fields of the kernel's own structs that the programs read. */
+struct sock_common {
+	unsigned char skc_state;
+	unsigned long skc_flags;
+} __attribute__((preserve_access_index));
+
 struct sock {
+	struct sock_common __sk_common;
 	int sk_err;
 	__u8 sk_shutdown;
 } __attribute__((preserve_access_index));
+
+#define KM_SOCK_DONE 1 /* enum sock_flags: the peer's FIN arrived */
 
 #ifndef SEND_SHUTDOWN
 #define SEND_SHUTDOWN 2
@@ -34,6 +42,8 @@ struct sock {
 struct tcp_sock {
 	__u64 bytes_received;
 	__u64 bytes_acked;
+	__u32 snd_una;
+	__u32 write_seq;
 	__u32 srtt_us; /* smoothed RTT << 3, microseconds */
 	__u32 total_retrans;
 } __attribute__((preserve_access_index));
@@ -117,6 +127,39 @@ static __always_inline __u64 km_redir_in_of(const struct km_conn_value *c)
 	km_conn_tuple(c, &t);
 	in = bpf_map_lookup_elem(&km_redir_in, &t);
 	return in ? *in : 0;
+}
+
+/* Fills the TCP part of an event: payload bytes each way (TCP counts the
+ * SYN and FINs in sequence space; they are taken out again), what went past
+ * TCP, RTT and retransmits. state is the TCP state the socket is (or, at
+ * close, was) in. */
+static __always_inline void km_event_tcp(struct km_conn_event *e, const struct km_conn_value *c,
+					 struct tcp_sock *tp, __u32 state)
+{
+	struct sock *sk = (struct sock *)tp;
+	__u64 acked = tp->bytes_acked, got = tp->bytes_received, in;
+
+	acked = acked > c->acked_base ? acked - c->acked_base : 0;
+	/* Our FIN is in bytes_acked once it went out and all up to it is
+	 * acknowledged. */
+	switch (state) {
+	case BPF_TCP_FIN_WAIT1:
+	case BPF_TCP_FIN_WAIT2:
+	case BPF_TCP_CLOSING:
+	case BPF_TCP_LAST_ACK:
+		if (acked && tp->snd_una == tp->write_seq)
+			acked--;
+	}
+	/* The peer's FIN is in bytes_received once it arrived. */
+	if (got && (sk->__sk_common.skc_flags & (1UL << KM_SOCK_DONE)))
+		got--;
+	in = km_redir_in_of(c);
+	e->bytes_sent = acked + c->redir_sent;
+	e->bytes_received = got + in;
+	if (in)
+		e->conn.flags |= KM_CONN_REDIRECT_IN;
+	e->srtt_us = tp->srtt_us >> 3;
+	e->total_retrans = tp->total_retrans;
 }
 
 /* Copies a record into the ring buffer. Below the wakeup threshold the

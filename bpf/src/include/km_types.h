@@ -304,7 +304,7 @@ struct km_origin_value {
 };
 
 /* km_conn (socket-local storage): one end of an enrolled TCP connection, for
- * telemetry and acceleration. 88 bytes. */
+ * telemetry and acceleration. 96 bytes. */
 enum km_conn_role {
 	KM_ROLE_CLIENT = 1, /* connect()ed: reports as the source */
 	KM_ROLE_SERVER = 2, /* accept()ed: reports as the destination */
@@ -317,6 +317,7 @@ enum km_conn_flags {
 	KM_CONN_TCP_ONLY = 1 << 3,  /* its sends stay on TCP for good */
 	KM_CONN_CLOSED = 1 << 4,    /* reported closed; iterator skips it */
 	KM_CONN_TELEMETRY = 1 << 5, /* opened with telemetry on */
+	KM_CONN_REDIRECT_IN = 1 << 6, /* events only: its peer's sends came past TCP */
 };
 
 struct km_conn_value {
@@ -333,11 +334,14 @@ struct km_conn_value {
 	__u8 flags; /* enum km_conn_flags */
 	__u32 service_id;
 	__u32 workload_id; /* the backend the connect hook chose */
+	__u32 acked_base;  /* TCP's bytes_acked at established (the SYN) */
+	__u32 pad;
 };
 
 /* km_events (ring buffer) and the km_conn iterator: a connection end at a
- * point in its life. Byte counts are totals since established (TCP's own
- * counters plus what went past TCP), so a lost record costs no bytes. */
+ * point in its life. Byte counts are payload totals since established
+ * (TCP's counters less SYN and FIN, plus what went past TCP), so a lost
+ * record costs no bytes. */
 enum km_event_type {
 	KM_EV_OPEN = 1,
 	KM_EV_CLOSE = 2,
@@ -356,7 +360,7 @@ enum km_conn_end {
 struct km_conn_event {
 	struct km_conn_value conn;
 	__u64 now_ns;
-	__u64 bytes_sent;     /* acknowledged by the peer */
+	__u64 bytes_sent;     /* payload acknowledged by the peer */
 	__u64 bytes_received;
 	__u32 srtt_us;
 	__u32 total_retrans;

@@ -1,0 +1,140 @@
+package telemetry
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+	"github.com/kmesh-go/kmesh/bpf/loader"
+)
+
+// drainTick is how long the ring buffer reader waits before it drains
+// records the kernel queued without waking it (see km_events_wakeup).
+const drainTick = 200 * time.Millisecond
+
+// Run reads the data path's connection events and sweeps its open
+// connections every interval until ctx ends.
+func (t *Telemetry) Run(ctx context.Context, dp *loader.Datapath) error {
+	rd, err := ringbuf.NewReader(dp.Map(loader.MapEvents))
+	if err != nil {
+		return fmt.Errorf("telemetry: open the event ring buffer: %w", err)
+	}
+	it, err := dp.NewConnIter()
+	if err != nil {
+		rd.Close()
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	defer it.Close()
+	t.mu.Lock()
+	t.iter = it
+	t.mu.Unlock()
+
+	done := make(chan error, 1)
+	go func() { done <- t.readEvents(rd) }()
+
+	tick := time.NewTicker(t.cfg.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			rd.Close()
+			<-done
+			t.mu.Lock()
+			t.iter = nil
+			t.flush()
+			t.mu.Unlock()
+			return nil
+		case err := <-done:
+			return fmt.Errorf("telemetry: read events: %w", err)
+		case <-tick.C:
+			if err := t.Sweep(); err != nil {
+				t.log.Warn("telemetry sweep failed", "err", err)
+			}
+		}
+	}
+}
+
+func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
+	var rec ringbuf.Record
+	var e layout.ConnEvent
+	batch := 0
+	for {
+		rd.SetDeadline(time.Now().Add(drainTick))
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if derr := decode(rec.RawSample, &e); derr != nil {
+				t.log.Warn("telemetry: bad record", "err", derr)
+				continue
+			}
+			t.mu.Lock()
+			t.handle(&e)
+			batch++
+			// Keep access log lines moving under a steady stream.
+			if batch >= 256 {
+				t.flush()
+				batch = 0
+			}
+			t.mu.Unlock()
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			t.mu.Lock()
+			t.flush()
+			t.mu.Unlock()
+			batch = 0
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return err
+		}
+	}
+}
+
+// Sweep reports every open connection now (the periodic report; also used
+// for a fresh /debug/connections).
+func (t *Telemetry) Sweep() error {
+	t.sweepMu.Lock()
+	defer t.sweepMu.Unlock()
+	t.mu.Lock()
+	it := t.iter
+	t.mu.Unlock()
+	if it == nil {
+		return errors.New("telemetry is not running")
+	}
+	start := monotonicNs()
+	r, err := it.Open()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64*recordSize)
+	buf := make([]byte, recordSize)
+	seen := map[uint64]bool{}
+	var e layout.ConnEvent
+	for {
+		if _, err := io.ReadFull(br, buf); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return fmt.Errorf("read connection records: %w", err)
+		}
+		if err := decode(buf, &e); err != nil {
+			return err
+		}
+		seen[e.Conn.Cookie] = true
+		t.mu.Lock()
+		t.handle(&e)
+		t.mu.Unlock()
+	}
+	t.mu.Lock()
+	t.endSweep(seen, start)
+	t.lastSweep = time.Now()
+	t.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,459 @@
+// Package telemetry turns the kernel's connection records into Istio's
+// standard TCP metrics, our own connection histograms, access logs and a
+// live view of open connections.
+//
+// The kernel (bpf/src/sockops.c) sends an event when an enrolled TCP end
+// opens and when it closes; the daemon sweeps the records of open
+// connections every interval (bpf/src/conn_iter.c) so long-lived ones are
+// reported before they close. Every record carries byte totals, not
+// increments, so a lost event costs no bytes: the next record of the
+// connection carries them.
+package telemetry
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+	"github.com/kmesh-go/kmesh/bpf/loader"
+)
+
+// Config configures telemetry.
+type Config struct {
+	Resolver Resolver
+	// Interval is how often open connections are reported.
+	Interval time.Duration
+	// MaxSeries caps the distinct label sets of the Istio metrics.
+	MaxSeries int
+	// AccessLog, when set, gets one JSON line per closed connection end.
+	AccessLog io.Writer
+	// KernelLost reads the kernel's count of events the ring buffer had no
+	// room for.
+	KernelLost func() uint64
+	Logger     *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultInterval  = 10 * time.Second
+	DefaultMaxSeries = 10000
+	recentLines      = 1000
+)
+
+// Telemetry accounts connections. Its methods are safe for concurrent use.
+type Telemetry struct {
+	cfg Config
+	log *slog.Logger
+	// bootWall is the wall time of kernel monotonic time zero.
+	bootWall time.Time
+
+	// sweepMu serialises sweeps (the ticker and on-demand ones).
+	sweepMu   sync.Mutex
+	mu        sync.Mutex
+	iter      *loader.ConnIter
+	lastSweep time.Time
+	conns     map[uint64]*conn
+	closed    map[uint64]uint64 // cookie -> kernel time it closed
+	series    *seriesSet
+	cache     map[resolveKey]*resolved
+	gen       uint64
+	sweeps    uint64
+
+	istio    istioMetrics
+	duration *prometheus.HistogramVec
+	rtt      *prometheus.HistogramVec
+	retrans  *prometheus.CounterVec
+	events   *prometheus.CounterVec
+	ovf      prometheus.Counter
+
+	stream *stream
+	out    *lineWriter
+}
+
+// conn is one connection end being accounted.
+type conn struct {
+	rec      layout.ConnValue
+	reporter Reporter
+	res      *resolved
+	// request and response bytes already counted.
+	request, response uint64
+	srtt, retrans     uint32
+	lastNs            uint64
+	missed            uint64 // sweeps that did not see it
+}
+
+// resolveKey is what the labels of a connection end depend on.
+type resolveKey struct {
+	reporter      Reporter
+	local, remote netip.Addr
+	orig          netip.Addr
+}
+
+// resolved is a connection end's identities and its label set for an
+// orderly life ("-" response flags).
+type resolved struct {
+	src, dst *Peer
+	svc      *Service
+	open     *series
+	// byFlags holds the label sets of abnormal ends, made on demand.
+	byFlags map[string]*series
+}
+
+// New builds telemetry; Register its metrics and Run it on a data path.
+func New(cfg Config) *Telemetry {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.MaxSeries <= 0 {
+		cfg.MaxSeries = DefaultMaxSeries
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	t := &Telemetry{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		bootWall: bootWall(),
+		conns:    map[uint64]*conn{},
+		closed:   map[uint64]uint64{},
+		cache:    map[resolveKey]*resolved{},
+		istio:    newIstioMetrics(),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kmesh_tcp_connection_duration_seconds",
+			Help:    "How long enrolled TCP connections lived, from established to closed.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 12),
+		}, []string{"reporter"}),
+		rtt: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kmesh_tcp_rtt_seconds",
+			Help:    "Smoothed round-trip time of enrolled TCP connections when they closed.",
+			Buckets: prometheus.ExponentialBuckets(10e-6, 4, 10),
+		}, []string{"reporter"}),
+		retrans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmesh_tcp_retransmits_total",
+			Help: "Segments enrolled TCP connections retransmitted, counted when they closed.",
+		}, []string{"reporter"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kmesh_telemetry_records_total",
+			Help: "Connection records read from the kernel, by kind (open, close, snapshot).",
+		}, []string{"kind"}),
+		ovf: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kmesh_telemetry_series_overflow_total",
+			Help: "Connections counted under the overflow label set because the cap on label sets was reached.",
+		}),
+		stream: newStream(recentLines),
+	}
+	t.series = newSeriesSet(t.istio, cfg.MaxSeries)
+	if cfg.AccessLog != nil {
+		t.out = newLineWriter(cfg.AccessLog)
+	}
+	return t
+}
+
+// Register adds the metrics to reg.
+func (t *Telemetry) Register(reg prometheus.Registerer) error {
+	cs := []prometheus.Collector{
+		t.istio.opened, t.istio.closed, t.istio.sent, t.istio.received,
+		t.duration, t.rtt, t.retrans, t.events, t.ovf,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kmesh_telemetry_series",
+			Help: "Label sets in use by the Istio TCP metrics (capped by --metrics-max-series).",
+		}, func() float64 {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			return float64(t.series.size())
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kmesh_tcp_connections_open",
+			Help: "Enrolled TCP connection ends open on this node.",
+		}, func() float64 {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			return float64(len(t.conns))
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kmesh_accesslog_stream_dropped_total",
+			Help: "Access log lines a slow /debug/accesslog follower missed.",
+		}, func() float64 { return float64(t.stream.dropped.Load()) }),
+	}
+	if t.cfg.KernelLost != nil {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kmesh_telemetry_events_lost_total",
+			Help: "Connection events the kernel dropped because the ring buffer was full (their bytes arrive with the connection's next record).",
+		}, func() float64 { return float64(t.cfg.KernelLost()) }))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var kindNames = map[uint8]string{layout.EventOpen: "open", layout.EventClose: "close", layout.EventSnapshot: "snapshot"}
+
+// handle accounts one record. Caller holds t.mu.
+func (t *Telemetry) handle(e *layout.ConnEvent) {
+	if k, ok := kindNames[e.Type]; ok {
+		t.events.WithLabelValues(k).Inc()
+	} else {
+		return
+	}
+	cookie := e.Conn.Cookie
+	if _, done := t.closed[cookie]; done {
+		// A snapshot taken before the close, read after it.
+		return
+	}
+	x := t.conns[cookie]
+	if x == nil {
+		x = t.track(e)
+		t.conns[cookie] = x
+	}
+	x.lastNs = max(x.lastNs, e.NowNs)
+	x.missed = 0
+	x.rec.Flags |= e.Conn.Flags
+	if e.Type == layout.EventSnapshot && e.SRTTus != 0 {
+		x.srtt, x.retrans = e.SRTTus, e.TotalRetrans
+	}
+	if e.Type != layout.EventClose {
+		t.account(x, x.res.open, e)
+		return
+	}
+	flags := responseFlags(x.reporter, e.End)
+	s := t.withFlags(x, flags)
+	t.account(x, s, e)
+	s.closed.Inc()
+	r := string(x.reporter)
+	if e.NowNs > x.rec.StartNs {
+		t.duration.WithLabelValues(r).Observe(float64(e.NowNs-x.rec.StartNs) / 1e9)
+	}
+	if e.SRTTus != 0 {
+		t.rtt.WithLabelValues(r).Observe(float64(e.SRTTus) / 1e6)
+	}
+	if e.TotalRetrans != 0 {
+		t.retrans.WithLabelValues(r).Add(float64(e.TotalRetrans))
+	}
+	x.srtt, x.retrans = e.SRTTus, e.TotalRetrans
+	t.emit(t.entry(x, e.NowNs, endName(e.End), flags))
+	delete(t.conns, cookie)
+	t.closed[cookie] = e.NowNs
+}
+
+// track starts accounting a connection end seen for the first time (by its
+// open event, or by a later record if the open event was lost).
+func (t *Telemetry) track(e *layout.ConnEvent) *conn {
+	x := &conn{rec: e.Conn, reporter: ReporterSource}
+	if e.Conn.Role == layout.RoleServer {
+		x.reporter = ReporterDestination
+	}
+	x.srtt = e.SRTTus
+	x.res = t.resolve(x)
+	x.res.open.opened.Inc()
+	if x.res.open.overflow {
+		t.ovf.Inc()
+	}
+	return x
+}
+
+// account adds what a record says beyond what was counted. Request bytes
+// go client to server, response bytes server to client, whichever end
+// reports (Istio's received and sent).
+func (t *Telemetry) account(x *conn, s *series, e *layout.ConnEvent) {
+	req, resp := e.BytesSent, e.BytesReceived
+	if x.reporter == ReporterDestination {
+		req, resp = resp, req
+	}
+	if req > x.request {
+		s.received.Add(float64(req - x.request))
+		x.request = req
+	}
+	if resp > x.response {
+		s.sent.Add(float64(resp - x.response))
+		x.response = resp
+	}
+}
+
+func (t *Telemetry) resolve(x *conn) *resolved {
+	r := t.cfg.Resolver
+	if g := r.Generation(); g != t.gen || len(t.cache) > 4*t.cfg.MaxSeries+1024 {
+		clear(t.cache)
+		t.gen = g
+	}
+	k := resolveKey{reporter: x.reporter, local: x.rec.Local.Netip(), remote: x.rec.Remote.Netip()}
+	if x.rec.Flags&layout.ConnRewritten != 0 {
+		k.orig = x.rec.Orig.Netip()
+	}
+	if res, ok := t.cache[k]; ok {
+		return res
+	}
+	res := &resolved{}
+	local, remote := r.Peer(k.local), r.Peer(k.remote)
+	if x.reporter == ReporterSource {
+		res.src, res.dst = local, remote
+	} else {
+		res.src, res.dst = remote, local
+	}
+	if k.orig.IsValid() {
+		res.svc = r.Service(k.orig)
+	}
+	res.open = t.series.get(labelValues(x.reporter, res.src, res.dst, res.svc, noFlags))
+	t.cache[k] = res
+	return res
+}
+
+func (t *Telemetry) withFlags(x *conn, flags string) *series {
+	if flags == noFlags {
+		return x.res.open
+	}
+	if s := x.res.byFlags[flags]; s != nil {
+		return s
+	}
+	s := t.series.get(labelValues(x.reporter, x.res.src, x.res.dst, x.res.svc, flags))
+	if x.res.byFlags == nil {
+		x.res.byFlags = map[string]*series{}
+	}
+	x.res.byFlags[flags] = s
+	return s
+}
+
+// endSweep finishes one sweep over the kernel's open connections: a
+// connection missing from two sweeps in a row is gone although its close
+// event was lost, and is closed here with what was last known. Closed
+// connections are forgotten after two intervals. Caller holds t.mu.
+func (t *Telemetry) endSweep(seen map[uint64]bool, startNs uint64) {
+	t.sweeps++
+	for cookie, x := range t.conns {
+		if seen[cookie] || x.lastNs >= startNs {
+			continue
+		}
+		x.missed++
+		if x.missed < 2 {
+			continue
+		}
+		x.res.open.closed.Inc()
+		t.emit(t.entry(x, x.lastNs, "unknown", noFlags))
+		delete(t.conns, cookie)
+		t.closed[cookie] = x.lastNs
+	}
+	horizon := uint64(2 * t.cfg.Interval)
+	for cookie, at := range t.closed {
+		if startNs > at && startNs-at > horizon {
+			delete(t.closed, cookie)
+		}
+	}
+	t.flush()
+}
+
+// Entry is one connection end: an access log line, or a live connection in
+// /debug/connections.
+type Entry struct {
+	Time          time.Time `json:"time"`
+	Start         time.Time `json:"start"`
+	Reporter      Reporter  `json:"reporter"`
+	Source        Endpoint  `json:"source"`
+	Destination   Endpoint  `json:"destination"`
+	Dialled       string    `json:"dialled,omitempty"`
+	Service       string    `json:"service,omitempty"`
+	RequestBytes  uint64    `json:"request_bytes"`
+	ResponseBytes uint64    `json:"response_bytes"`
+	DurationMs    float64   `json:"duration_ms"`
+	RTTMicros     uint32    `json:"rtt_us"`
+	Retransmits   uint32    `json:"retransmits"`
+	Result        string    `json:"result,omitempty"`
+	ResponseFlags string    `json:"response_flags,omitempty"`
+	Accelerated   bool      `json:"accelerated,omitempty"`
+	ID            uint64    `json:"id"`
+}
+
+// Endpoint is one end of a connection.
+type Endpoint struct {
+	Address   string `json:"address"`
+	Workload  string `json:"workload,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Principal string `json:"principal,omitempty"`
+}
+
+func (t *Telemetry) entry(x *conn, nowNs uint64, result, flags string) Entry {
+	local := netip.AddrPortFrom(x.rec.Local.Netip(), x.rec.LocalPort)
+	remote := netip.AddrPortFrom(x.rec.Remote.Netip(), x.rec.RemotePort)
+	e := Entry{
+		Time:          t.wall(nowNs),
+		Start:         t.wall(x.rec.StartNs),
+		Reporter:      x.reporter,
+		RequestBytes:  x.request,
+		ResponseBytes: x.response,
+		RTTMicros:     x.srtt,
+		Retransmits:   x.retrans,
+		Result:        result,
+		ResponseFlags: flags,
+		Accelerated:   x.rec.Flags&(layout.ConnRedirect|layout.ConnRedirectIn) != 0,
+		ID:            x.rec.Cookie,
+	}
+	if nowNs > x.rec.StartNs {
+		e.DurationMs = float64(nowNs-x.rec.StartNs) / 1e6
+	}
+	src, dst := local, remote
+	if x.reporter == ReporterDestination {
+		src, dst = remote, local
+	}
+	e.Source, e.Destination = endpoint(src, x.res.src), endpoint(dst, x.res.dst)
+	if x.rec.Flags&layout.ConnRewritten != 0 {
+		e.Dialled = netip.AddrPortFrom(x.rec.Orig.Netip(), x.rec.OrigPort).String()
+	}
+	if x.res.svc != nil {
+		e.Service = x.res.svc.Hostname
+	}
+	return e
+}
+
+func endpoint(a netip.AddrPort, p *Peer) Endpoint {
+	ep := Endpoint{Address: a.String()}
+	if p != nil {
+		ep.Workload, ep.Namespace, ep.Principal = p.Workload, p.Namespace, p.Principal
+	}
+	return ep
+}
+
+// Connections lists the open connection ends as last reported, oldest
+// first.
+func (t *Telemetry) Connections() []Entry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Entry, 0, len(t.conns))
+	for _, x := range t.conns {
+		out = append(out, t.entry(x, x.lastNs, "", ""))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Start.Equal(out[j].Start) {
+			return out[i].Start.Before(out[j].Start)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// wall converts kernel monotonic nanoseconds to wall time.
+func (t *Telemetry) wall(ns uint64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return t.bootWall.Add(time.Duration(ns)).UTC()
+}
+
+func monotonicNs() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return uint64(ts.Nano())
+}
+
+func bootWall() time.Time {
+	return time.Now().Add(-time.Duration(monotonicNs()))
+}

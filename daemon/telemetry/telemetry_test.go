@@ -1,0 +1,349 @@
+package telemetry
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
+)
+
+type fakeResolver struct {
+	peers map[netip.Addr]*Peer
+	svcs  map[netip.Addr]*Service
+	gen   uint64
+}
+
+func (f *fakeResolver) Peer(a netip.Addr) *Peer       { return f.peers[a] }
+func (f *fakeResolver) Service(a netip.Addr) *Service { return f.svcs[a] }
+func (f *fakeResolver) Generation() uint64            { return f.gen }
+
+var (
+	ipClient = netip.MustParseAddr("10.244.0.10")
+	ipServer = netip.MustParseAddr("10.244.0.11")
+	ipVIP    = netip.MustParseAddr("10.96.0.10")
+	client   = &Peer{UID: "c", Workload: "sleep", Namespace: "demo", CanonicalService: "sleep", CanonicalRevision: "v1",
+		Principal: "spiffe://cluster.local/ns/demo/sa/sleep", Cluster: "Kubernetes"}
+	server = &Peer{UID: "s", Workload: "echo-v2", Namespace: "demo", CanonicalService: "echo",
+		Principal: "spiffe://cluster.local/ns/demo/sa/echo", Cluster: "Kubernetes"}
+	echoSvc = &Service{Hostname: "echo.demo.svc.cluster.local", Name: "echo", Namespace: "demo"}
+)
+
+func labelMap(values []string) map[string]string {
+	m := map[string]string{}
+	for i, n := range istioLabels {
+		m[n] = values[i]
+	}
+	return m
+}
+
+func TestLabelValuesFollowIstio(t *testing.T) {
+	got := labelMap(labelValues(ReporterSource, client, server, echoSvc, noFlags))
+	want := map[string]string{
+		"reporter":                       "source",
+		"source_workload":                "sleep",
+		"source_canonical_service":       "sleep",
+		"source_canonical_revision":      "v1",
+		"source_workload_namespace":      "demo",
+		"source_principal":               "spiffe://cluster.local/ns/demo/sa/sleep",
+		"source_app":                     "sleep",
+		"source_version":                 "v1",
+		"source_cluster":                 "Kubernetes",
+		"destination_service":            "echo.demo.svc.cluster.local",
+		"destination_service_namespace":  "demo",
+		"destination_service_name":       "echo",
+		"destination_workload":           "echo-v2",
+		"destination_canonical_service":  "echo",
+		"destination_canonical_revision": "latest",
+		"destination_workload_namespace": "demo",
+		"destination_principal":          "spiffe://cluster.local/ns/demo/sa/echo",
+		"destination_app":                "echo",
+		"destination_version":            "latest",
+		"destination_cluster":            "Kubernetes",
+		"request_protocol":               "tcp",
+		"response_flags":                 "-",
+		"connection_security_policy":     "unknown",
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("source labels\n got %v\nwant %v", got, want)
+	}
+
+	// The destination reports plaintext as "none"; unknown ends and
+	// services read "unknown".
+	got = labelMap(labelValues(ReporterDestination, nil, server, nil, "DC"))
+	for name, v := range map[string]string{
+		"reporter": "destination", "source_workload": "unknown", "source_principal": "unknown",
+		"source_canonical_revision": "unknown", "destination_service": "unknown",
+		"destination_service_name": "unknown", "destination_workload": "echo-v2",
+		"response_flags": "DC", "connection_security_policy": "none",
+	} {
+		if got[name] != v {
+			t.Errorf("%s = %q, want %q", name, got[name], v)
+		}
+	}
+	if len(istioLabels) != 23 {
+		t.Errorf("%d labels", len(istioLabels))
+	}
+}
+
+func TestResponseFlags(t *testing.T) {
+	for _, c := range []struct {
+		r    Reporter
+		end  uint8
+		want string
+	}{
+		{ReporterSource, layout.EndFIN, "-"},
+		{ReporterDestination, layout.EndFIN, "-"},
+		{ReporterSource, layout.EndReset, "UC"},
+		{ReporterSource, layout.EndTimeout, "UC"},
+		{ReporterDestination, layout.EndReset, "DC"},
+		{ReporterDestination, layout.EndAbort, "DC"},
+	} {
+		if got := responseFlags(c.r, c.end); got != c.want {
+			t.Errorf("%s %d: %q, want %q", c.r, c.end, got, c.want)
+		}
+	}
+}
+
+// Past the cap, new label sets are counted under the overflow set; existing
+// sets keep counting as before; the number of series stays bounded.
+func TestSeriesCapAndOverflow(t *testing.T) {
+	m := newIstioMetrics()
+	s := newSeriesSet(m, 3)
+	peer := func(i int) *Peer { return &Peer{Workload: fmt.Sprintf("w%d", i), Namespace: "ns"} }
+	for i := range 10 {
+		s.get(labelValues(ReporterSource, peer(i), server, echoSvc, noFlags)).opened.Inc()
+	}
+	s.get(labelValues(ReporterSource, peer(0), server, echoSvc, noFlags)).opened.Inc()
+	s.get(labelValues(ReporterDestination, peer(42), server, echoSvc, noFlags)).opened.Inc()
+	s.get(labelValues(ReporterDestination, peer(43), server, echoSvc, "DC")).opened.Inc()
+
+	if got := testutil.CollectAndCount(m.opened); got != 3+3 {
+		t.Fatalf("%d series, want 3 kept + 3 overflow sets", got)
+	}
+	if s.size() != 6 {
+		t.Errorf("size %d", s.size())
+	}
+	if v := testutil.ToFloat64(m.opened.WithLabelValues(labelValues(ReporterSource, peer(0), server, echoSvc, noFlags)...)); v != 2 {
+		t.Errorf("first set counted %v, want 2", v)
+	}
+	if v := testutil.ToFloat64(m.opened.WithLabelValues(overflowValues(ReporterSource, noFlags)...)); v != 7 {
+		t.Errorf("source overflow counted %v, want 7", v)
+	}
+	ov := labelMap(overflowValues(ReporterDestination, "DC"))
+	if ov["reporter"] != "destination" || ov["source_workload"] != "overflow" || ov["response_flags"] != "DC" || ov["request_protocol"] != "tcp" {
+		t.Errorf("overflow labels %v", ov)
+	}
+}
+
+func newTestTelemetry(t *testing.T, max int, log *bytes.Buffer) (*Telemetry, *fakeResolver) {
+	t.Helper()
+	r := &fakeResolver{
+		peers: map[netip.Addr]*Peer{ipClient: client, ipServer: server},
+		svcs:  map[netip.Addr]*Service{ipVIP: echoSvc},
+	}
+	cfg := Config{Resolver: r, MaxSeries: max}
+	if log != nil {
+		cfg.AccessLog = log
+	}
+	tel := New(cfg)
+	if err := tel.Register(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	return tel, r
+}
+
+// ev builds a record of the client end (or, with server, the server end)
+// of one connection from ipClient:40000 to ipServer:8080 dialled as the VIP.
+func ev(cookie uint64, typ uint8, server bool, sent, recv uint64, now uint64) *layout.ConnEvent {
+	e := &layout.ConnEvent{Type: typ, BytesSent: sent, BytesReceived: recv, NowNs: now}
+	c := &e.Conn
+	c.Cookie, c.StartNs = cookie, 1_000_000_000
+	c.Local, c.Remote = layout.AddrFrom(ipClient), layout.AddrFrom(ipServer)
+	c.LocalPort, c.RemotePort = 40000, 8080
+	c.Role = layout.RoleClient
+	if server {
+		c.Local, c.Remote = c.Remote, c.Local
+		c.LocalPort, c.RemotePort = c.RemotePort, c.LocalPort
+		c.Role = layout.RoleServer
+	}
+	c.Orig, c.OrigPort = layout.AddrFrom(ipVIP), 80
+	c.Flags = layout.ConnRewritten | layout.ConnTelemetry
+	if typ == layout.EventClose {
+		e.End = layout.EndFIN
+		e.SRTTus = 50
+	}
+	return e
+}
+
+func value(c *prometheus.CounterVec, r Reporter, flags string) float64 {
+	return testutil.ToFloat64(c.WithLabelValues(labelValues(r, client, server, echoSvc, flags)...))
+}
+
+func TestAccountingFromRecords(t *testing.T) {
+	var log bytes.Buffer
+	tel, _ := newTestTelemetry(t, 100, &log)
+	m := tel.istio
+
+	// Client end: open, two snapshots with growing totals, close.
+	tel.handle(ev(1, layout.EventOpen, false, 0, 0, 1_000_000_000))
+	tel.handle(ev(1, layout.EventSnapshot, false, 100, 1000, 2_000_000_000))
+	tel.handle(ev(1, layout.EventSnapshot, false, 150, 1000, 3_000_000_000))
+	// A stale snapshot (read before the one above) changes nothing.
+	tel.handle(ev(1, layout.EventSnapshot, false, 120, 900, 2_500_000_000))
+	if v := value(m.received, ReporterSource, noFlags); v != 150 {
+		t.Errorf("request bytes so far %v, want 150", v)
+	}
+	tel.handle(ev(1, layout.EventClose, false, 200, 5000, 4_000_000_000))
+	// A snapshot taken before the close but read after it is ignored.
+	tel.handle(ev(1, layout.EventSnapshot, false, 180, 4000, 3_900_000_000))
+
+	// Server end of the same connection: its open event was lost; the
+	// close alone accounts it. Its sent bytes are the response.
+	tel.handle(ev(2, layout.EventClose, true, 5000, 200, 4_000_000_000))
+
+	for _, r := range []Reporter{ReporterSource, ReporterDestination} {
+		if v := value(m.opened, r, noFlags); v != 1 {
+			t.Errorf("%s opened %v", r, v)
+		}
+		if v := value(m.closed, r, noFlags); v != 1 {
+			t.Errorf("%s closed %v", r, v)
+		}
+		if v := value(m.received, r, noFlags); v != 200 {
+			t.Errorf("%s received (request) bytes %v, want 200", r, v)
+		}
+		if v := value(m.sent, r, noFlags); v != 5000 {
+			t.Errorf("%s sent (response) bytes %v, want 5000", r, v)
+		}
+	}
+	if len(tel.conns) != 0 {
+		t.Errorf("%d connections still tracked", len(tel.conns))
+	}
+
+	// One access log line per closed end.
+	tel.flush()
+	lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("access log:\n%s", log.String())
+	}
+	var e Entry
+	if err := json.Unmarshal([]byte(lines[0]), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Reporter != ReporterSource || e.Source.Workload != "sleep" || e.Destination.Workload != "echo-v2" ||
+		e.Source.Address != "10.244.0.10:40000" || e.Destination.Address != "10.244.0.11:8080" ||
+		e.Dialled != "10.96.0.10:80" || e.Service != "echo.demo.svc.cluster.local" ||
+		e.RequestBytes != 200 || e.ResponseBytes != 5000 || e.DurationMs != 3000 || e.Result != "closed" ||
+		e.ResponseFlags != "-" || e.RTTMicros != 50 {
+		t.Errorf("access log line %s", lines[0])
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Reporter != ReporterDestination || e.Source.Address != "10.244.0.10:40000" || e.RequestBytes != 200 {
+		t.Errorf("server access log line %s", lines[1])
+	}
+}
+
+func TestAbnormalEndAndLostClose(t *testing.T) {
+	tel, _ := newTestTelemetry(t, 100, nil)
+	m := tel.istio
+
+	tel.handle(ev(1, layout.EventOpen, false, 0, 0, 1_000_000_000))
+	cl := ev(1, layout.EventClose, false, 10, 0, 2_000_000_000)
+	cl.End = layout.EndReset
+	tel.handle(cl)
+	if v := value(m.closed, ReporterSource, "UC"); v != 1 {
+		t.Errorf("reset close counted %v under UC", v)
+	}
+	if v := value(m.opened, ReporterSource, noFlags); v != 1 {
+		t.Errorf("opened %v", v)
+	}
+	if v := value(m.received, ReporterSource, "UC"); v != 10 {
+		t.Errorf("final bytes %v under UC", v)
+	}
+
+	// A connection whose close event was lost: two sweeps without it
+	// close it with what was last known.
+	tel.handle(ev(3, layout.EventOpen, false, 0, 0, 5_000_000_000))
+	tel.handle(ev(3, layout.EventSnapshot, false, 7, 9, 6_000_000_000))
+	tel.endSweep(map[uint64]bool{}, 7_000_000_000)
+	if len(tel.conns) != 1 {
+		t.Fatal("dropped after one sweep")
+	}
+	tel.endSweep(map[uint64]bool{}, 8_000_000_000)
+	if len(tel.conns) != 0 {
+		t.Fatal("kept after two sweeps without it")
+	}
+	if v := value(m.closed, ReporterSource, noFlags); v != 1 {
+		t.Errorf("lost close counted %v", v)
+	}
+	// Its late close event changes nothing.
+	tel.handle(ev(3, layout.EventClose, false, 7, 9, 6_500_000_000))
+	if v := value(m.closed, ReporterSource, noFlags); v != 1 {
+		t.Errorf("late close counted again: %v", v)
+	}
+}
+
+// However many workloads talk, the Istio metrics never hold more than the
+// cap plus the overflow sets.
+func TestCardinalityBoundUnderChurn(t *testing.T) {
+	tel, r := newTestTelemetry(t, 50, nil)
+	for i := range 1000 {
+		ip := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
+		r.peers[ip] = &Peer{Workload: fmt.Sprintf("w%d", i), Namespace: "ns"}
+		r.gen++
+		e := ev(uint64(100+i), layout.EventClose, false, 1, 1, 2_000_000_000)
+		e.Conn.Local = layout.AddrFrom(ip)
+		if i%3 == 0 {
+			e.End = layout.EndReset
+		}
+		tel.handle(e)
+	}
+	for _, c := range []*prometheus.CounterVec{tel.istio.opened, tel.istio.closed, tel.istio.sent, tel.istio.received} {
+		if n := testutil.CollectAndCount(c); n > 50+4 {
+			t.Errorf("%d series", n)
+		}
+	}
+	var total float64
+	ch := make(chan prometheus.Metric, 100)
+	go func() { tel.istio.closed.Collect(ch); close(ch) }()
+	for m := range ch {
+		total += testutil.ToFloat64(m.(prometheus.Collector))
+	}
+	if total != 1000 {
+		t.Errorf("closed adds up to %v, want 1000", total)
+	}
+}
+
+func TestDecodeMatchesLayout(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 100 {
+		var in layout.ConnEvent
+		b := make([]byte, recordSize)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		if err := binary.Read(bytes.NewReader(b), binary.LittleEndian, &in); err != nil {
+			t.Fatal(err)
+		}
+		var out layout.ConnEvent
+		if err := decode(b, &out); err != nil {
+			t.Fatal(err)
+		}
+		if in != out {
+			t.Fatalf("decode differs from the layout:\n%+v\n%+v", in, out)
+		}
+	}
+	if n := binary.Size(layout.ConnEvent{}); n != recordSize {
+		t.Fatalf("layout.ConnEvent is %d bytes, recordSize %d", n, recordSize)
+	}
+}
