@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -29,8 +31,14 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/kube"
 	"github.com/kmesh-go/kmesh/daemon/meshsync"
 	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/daemon/telemetry"
 	"github.com/kmesh-go/kmesh/daemon/xds"
 )
+
+// defaultSockmapAccel is off: the same-node benchmark (README) decides, and
+// a kernel limit (splice(2) readers do not see redirected data) argues for
+// opting in.
+const defaultSockmapAccel = false
 
 // Version is set at build time.
 var Version = "dev"
@@ -44,6 +52,10 @@ type options struct {
 	cgroupRoot, bpfDir, cniSocket, adminAddress      string
 	stateDir, kubeconfig, logLevel                   string
 	sizes                                            loader.Sizes
+	features                                         loader.Features
+	telemetryInterval                                time.Duration
+	accessLog                                        string
+	maxSeries                                        int
 }
 
 func main() {
@@ -81,6 +93,12 @@ func main() {
 	fs.Func("max-authz-verdicts", fmt.Sprintf("authorization verdict map size (default %d)", d.AuthzVerdicts), u32(&o.sizes.AuthzVerdicts))
 	fs.Func("max-authz-sets", fmt.Sprintf("authorization policy-set map size (default %d)", d.AuthzSets), u32(&o.sizes.AuthzSets))
 	fs.Func("maglev-table-size", fmt.Sprintf("slots per Maglev table, a prime (default %d)", d.MaglevTableSize), u32(&o.sizes.MaglevTableSize))
+	fs.BoolVar(&o.features.Telemetry, "telemetry", true, "record enrolled TCP connections: Istio TCP metrics, histograms, access logs")
+	fs.DurationVar(&o.telemetryInterval, "telemetry-interval", telemetry.DefaultInterval, "how often open connections are reported (long-lived connections show up in metrics within this)")
+	fs.StringVar(&o.accessLog, "access-log", "", "one JSON line per closed connection end: stdout or a file path (default off)")
+	fs.IntVar(&o.maxSeries, "metrics-max-series", telemetry.DefaultMaxSeries, "cap on distinct label sets of the Istio TCP metrics; beyond it connections count under an overflow set")
+	fs.BoolVar(&o.features.SockmapAccel, "sockmap-accel", defaultSockmapAccel, "same-node acceleration: data between two enrolled pods on this node skips TCP/IP (not for applications that read with splice(2); see README)")
+	fs.Func("max-sockhash", fmt.Sprintf("sockets in same-node acceleration (default %d; fixed once created)", d.Sockhash), u32(&o.sizes.Sockhash))
 	_ = fs.Parse(os.Args[1:])
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(o.logLevel)}))
@@ -108,10 +126,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.xdsAddress == "" && o.configFile == "" {
 		return errors.New("give --xds-address (istiod) or --config-file (local state)")
 	}
+	if o.accessLog != "" && !o.features.Telemetry {
+		return errors.New("--access-log needs --telemetry")
+	}
 	node := model.Node{Name: o.nodeName, ClusterID: o.clusterID, Network: o.network, Locality: model.ParseLocality(o.locality)}
 
 	dp, err := dataplane.Open(dataplane.Config{
-		Loader: loader.Config{PinDir: o.bpfDir, CgroupPath: o.cgroupRoot, Sizes: o.sizes},
+		Loader: loader.Config{PinDir: o.bpfDir, CgroupPath: o.cgroupRoot, Sizes: o.sizes, Features: o.features},
 		Node:   node,
 	})
 	if err != nil {
@@ -131,7 +152,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 
-	errc := make(chan error, 4)
+	errc := make(chan error, 8)
 	var xdsClient *xds.Client
 	if o.configFile != "" {
 		syncer.Connected(true) // the file is always there to read
@@ -205,7 +226,41 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			return len(all), e
 		},
 	}
+	metrics := admin.Metrics(dp, counters)
+	var tel *telemetry.Telemetry
+	if o.features.Telemetry {
+		var out io.Writer
+		switch o.accessLog {
+		case "":
+		case "stdout", "-":
+			out = os.Stdout
+		default:
+			f, err := os.OpenFile(o.accessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+			if err != nil {
+				return fmt.Errorf("open the access log: %w", err)
+			}
+			defer f.Close()
+			out = f
+		}
+		resolver := telemetry.NewModelResolver(dp.Store())
+		dp.Observe(func(dataplane.Event) { resolver.Invalidate() })
+		tel = telemetry.New(telemetry.Config{
+			Resolver: resolver, Interval: o.telemetryInterval, MaxSeries: o.maxSeries, AccessLog: out, Logger: log,
+			KernelLost: func() uint64 {
+				st, err := dp.Maps().Stats()
+				if err != nil {
+					return 0
+				}
+				return st["events_lost"]
+			},
+		})
+		if err := tel.Register(metrics); err != nil {
+			return err
+		}
+		go func() { errc <- tel.Run(ctx, dp.Datapath()) }()
+	}
 	h := admin.Handler(admin.Source{
+		Telemetry: tel,
 		Dataplane: dp,
 		Ready:     syncer.Ready,
 		Pods: func() any {
@@ -232,9 +287,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			st["pods"], st["enrolledPods"] = a, e
 			return st
 		},
-	}, admin.Metrics(dp, counters))
+	}, metrics)
 	go func() { errc <- admin.Serve(ctx, o.adminAddress, h) }()
-	log.Info("kmesh-daemon running", "admin", o.adminAddress, "cni", o.cniSocket, "version", Version)
+	log.Info("kmesh-daemon running", "admin", o.adminAddress, "cni", o.cniSocket, "version", Version,
+		"telemetry", o.features.Telemetry, "sockmapAccel", o.features.SockmapAccel, "accessLog", o.accessLog)
 
 	select {
 	case <-ctx.Done():

@@ -3,6 +3,9 @@
 //	kmeshctl status
 //	kmeshctl dump services|workloads|policies|maps|pods [-o json]
 //	kmeshctl metrics
+//	kmeshctl connections [-o json]     open connections, live
+//	kmeshctl top [-n rounds] [-interval 2s]
+//	kmeshctl logs [-f] [-o json]       the access log, followed with -f
 package main
 
 import (
@@ -23,18 +26,40 @@ func main() {
 	admin := fs.String("admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"), "the daemon's admin address")
 	output := fs.String("o", "table", "output: table or json")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics\n")
+		fmt.Fprintf(os.Stderr, "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f]\n")
 		fs.PrintDefaults()
 	}
 	_ = fs.Parse(os.Args[1:])
 	args := fs.Args()
 	// Flags may also follow the command (kmeshctl dump maps -o json).
+	follow := false
+	rounds, interval := 0, 2*time.Second
 	for i := 0; i < len(args); i++ {
-		if (args[i] == "-o" || args[i] == "--o") && i+1 < len(args) {
+		switch {
+		case (args[i] == "-o" || args[i] == "--o") && i+1 < len(args):
 			*output = args[i+1]
-			args = append(args[:i], args[i+2:]...)
+		case args[i] == "-f" || args[i] == "--follow":
+			follow = true
+			args = append(args[:i], args[i+1:]...)
 			i--
+			continue
+		case args[i] == "-n" && i+1 < len(args):
+			if _, err := fmt.Sscanf(args[i+1], "%d", &rounds); err != nil {
+				fmt.Fprintln(os.Stderr, "kmeshctl: -n wants a number")
+				os.Exit(2)
+			}
+		case args[i] == "-interval" && i+1 < len(args):
+			d, err := time.ParseDuration(args[i+1])
+			if err != nil || d <= 0 {
+				fmt.Fprintln(os.Stderr, "kmeshctl: -interval wants a duration such as 2s")
+				os.Exit(2)
+			}
+			interval = d
+		default:
+			continue
 		}
+		args = append(args[:i], args[i+2:]...)
+		i--
 	}
 	c := client{base: "http://" + *admin, json: *output == "json"}
 	var err error
@@ -45,6 +70,12 @@ func main() {
 		err = c.dump(args[1])
 	case len(args) == 1 && args[0] == "metrics":
 		err = c.raw("/metrics")
+	case len(args) == 1 && args[0] == "connections":
+		err = c.showConnections()
+	case len(args) == 1 && args[0] == "top":
+		err = c.top(interval, rounds)
+	case len(args) == 1 && args[0] == "logs":
+		err = c.logs(follow)
 	default:
 		fs.Usage()
 		os.Exit(2)

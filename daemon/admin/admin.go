@@ -17,6 +17,7 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/dataplane"
 	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/daemon/telemetry"
 )
 
 // Source is what the admin API reports on.
@@ -28,6 +29,9 @@ type Source struct {
 	Status func() map[string]any
 	// Pods lists the CNI registry.
 	Pods func() any
+	// Telemetry serves /debug/connections and /debug/accesslog; nil when
+	// telemetry is off.
+	Telemetry *telemetry.Telemetry
 }
 
 // ConfigDump is /debug/config_dump: the model as the daemon holds it.
@@ -97,6 +101,25 @@ func Handler(src Source, reg *prometheus.Registry) http.Handler {
 		}
 		writeJSON(w, src.Pods())
 	})
+	mux.HandleFunc("/debug/connections", func(w http.ResponseWriter, r *http.Request) {
+		if src.Telemetry == nil {
+			http.Error(w, "telemetry is off (--telemetry=false)", http.StatusNotFound)
+			return
+		}
+		// A view at most a second old, without sweeping per request.
+		if err := src.Telemetry.Fresh(time.Second); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		writeJSON(w, src.Telemetry.Connections())
+	})
+	mux.HandleFunc("/debug/accesslog", func(w http.ResponseWriter, r *http.Request) {
+		if src.Telemetry == nil {
+			http.Error(w, "telemetry is off (--telemetry=false)", http.StatusNotFound)
+			return
+		}
+		accessLog(w, r, src.Telemetry)
+	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -129,6 +152,45 @@ func mapDump(d *dataplane.Dataplane) (MapDump, error) {
 		return out, err
 	}
 	return out, nil
+}
+
+// accessLog writes the recent access log lines (JSON, one per line) and,
+// with ?follow=1, every new one as it comes until the client goes away.
+// Lines are kept for this view from the first request on.
+func accessLog(w http.ResponseWriter, r *http.Request, t *telemetry.Telemetry) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	follow := r.URL.Query().Get("follow") == "1"
+	var lines <-chan []byte
+	if follow {
+		var cancel func()
+		lines, cancel = t.Follow()
+		defer cancel()
+	}
+	for _, l := range t.Recent() {
+		if _, err := w.Write(l); err != nil {
+			return
+		}
+	}
+	if !follow {
+		return
+	}
+	fl, _ := w.(http.Flusher)
+	if fl != nil {
+		fl.Flush()
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case l := <-lines:
+			if _, err := w.Write(l); err != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+	}
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

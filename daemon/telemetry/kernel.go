@@ -96,6 +96,17 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 	}
 }
 
+// Fresh sweeps unless the last sweep is at most maxAge old.
+func (t *Telemetry) Fresh(maxAge time.Duration) error {
+	t.mu.Lock()
+	age := time.Since(t.lastSweep)
+	t.mu.Unlock()
+	if age <= maxAge {
+		return nil
+	}
+	return t.Sweep()
+}
+
 // Sweep reports every open connection now (the periodic report; also used
 // for a fresh /debug/connections).
 func (t *Telemetry) Sweep() error {
