@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/kmesh-go/kmesh/bpf/layout"
 )
 
 // Programs beside the socket-address hooks.
@@ -88,3 +90,18 @@ func (c *ConnIter) Open() (io.ReadCloser, error) { return c.it.Open() }
 
 // Close detaches the iterator.
 func (c *ConnIter) Close() error { return c.it.Close() }
+
+// SetFeatures switches kernel-side functions at run time (km_config). New
+// connections see the change; established ones keep what they started with.
+func (d *Datapath) SetFeatures(f Features) error {
+	m := d.maps[MapConfig]
+	var v layout.ConfigValue
+	if err := m.Lookup(uint32(0), &v); err != nil {
+		return fmt.Errorf("loader: read %s: %w", MapConfig, err)
+	}
+	v.Features = f.bits()
+	if err := m.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("loader: write %s: %w", MapConfig, err)
+	}
+	return nil
+}

@@ -106,7 +106,7 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	c->acked_base = ops->bytes_acked;
 
 	if (feat & KM_FEAT_TELEMETRY) {
-		struct km_conn_event e = {};
+		struct km_conn_event *e;
 
 		c->flags |= KM_CONN_TELEMETRY;
 		if (role == KM_ROLE_CLIENT)
@@ -114,11 +114,14 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 		else
 			km_server_origin(c, &t);
 		km_count(KM_STAT_CONN_OPEN);
-		e.conn = *c;
-		e.now_ns = c->start_ns;
-		e.srtt_us = ops->srtt_us >> 3;
-		e.type = KM_EV_OPEN;
-		km_emit(&e);
+		e = km_reserve();
+		if (e) {
+			e->conn = *c;
+			e->now_ns = c->start_ns;
+			e->srtt_us = ops->srtt_us >> 3;
+			e->type = KM_EV_OPEN;
+			km_submit(e);
+		}
 	}
 	if (feat & KM_FEAT_SOCKMAP) {
 		if (c->flags & KM_CONN_TELEMETRY) {
@@ -169,7 +172,7 @@ static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
 {
 	struct bpf_sock *sk = ops->sk;
 	struct km_conn_value *c;
-	struct km_conn_event e = {};
+	struct km_conn_event *e;
 	struct tcp_sock *tp;
 
 	if (!sk)
@@ -184,14 +187,17 @@ static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
 	if (!tp)
 		return;
 	km_count(KM_STAT_CONN_CLOSE);
-	e.conn = *c;
-	e.now_ns = bpf_ktime_get_ns();
-	km_event_tcp(&e, c, tp, old_state);
-	e.type = KM_EV_CLOSE;
-	e.sk_err = ((struct sock *)tp)->sk_err;
-	e.end = km_end_of(e.sk_err, old_state);
-	e.old_state = old_state;
-	km_emit(&e);
+	e = km_reserve();
+	if (e) {
+		e->conn = *c;
+		e->now_ns = bpf_ktime_get_ns();
+		km_event_tcp(e, c, tp, old_state);
+		e->type = KM_EV_CLOSE;
+		e->sk_err = ((struct sock *)tp)->sk_err;
+		e->end = km_end_of(e->sk_err, old_state);
+		e->old_state = old_state;
+		km_submit(e);
+	}
 	if (c->flags & KM_CONN_SOCKHASH) {
 		struct km_tuple t;
 

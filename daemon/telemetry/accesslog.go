@@ -57,12 +57,14 @@ func (l *lineWriter) flush() { _ = l.w.Flush() }
 // (/debug/accesslog?follow=1). A follower that cannot keep up loses lines
 // (counted) rather than slowing the daemon.
 type stream struct {
-	mu      sync.Mutex
-	recent  [][]byte
-	next    int
-	full    bool
-	subs    map[chan []byte]struct{}
-	keep    bool // lines are kept for the recent view once anyone asked
+	mu     sync.Mutex
+	recent [][]byte
+	next   int
+	full   bool
+	subs   map[chan []byte]struct{}
+	// on is set once anyone asked for lines (recent or followed): from then
+	// on lines are built and kept even with no access log configured.
+	on      atomic.Bool
 	dropped atomic.Uint64
 }
 
@@ -72,11 +74,7 @@ func newStream(n int) *stream {
 
 // active reports whether anyone reads the stream (or has asked for recent
 // lines), so lines are not built for nobody.
-func (s *stream) active() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.keep || len(s.subs) > 0
-}
+func (s *stream) active() bool { return s.on.Load() }
 
 func (s *stream) publish(line []byte) {
 	s.mu.Lock()
@@ -98,9 +96,9 @@ func (s *stream) publish(line []byte) {
 // Recent returns the last lines, oldest first.
 func (t *Telemetry) Recent() [][]byte {
 	s := t.stream
+	s.on.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.keep = true
 	var out [][]byte
 	if s.full {
 		out = append(out, s.recent[s.next:]...)
@@ -113,9 +111,9 @@ func (t *Telemetry) Recent() [][]byte {
 func (t *Telemetry) Follow() (lines <-chan []byte, cancel func()) {
 	s := t.stream
 	ch := make(chan []byte, 4096)
+	s.on.Store(true)
 	s.mu.Lock()
 	s.subs[ch] = struct{}{}
-	s.keep = true
 	s.mu.Unlock()
 	return ch, func() {
 		s.mu.Lock()

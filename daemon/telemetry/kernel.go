@@ -118,10 +118,29 @@ func (t *Telemetry) Sweep() error {
 	if it == nil {
 		return errors.New("telemetry is not running")
 	}
+	t.mu.Lock()
+	t.startSweep()
+	t.mu.Unlock()
 	start := monotonicNs()
+	seen, err := t.readSnapshots(it)
+	if err != nil {
+		t.mu.Lock()
+		t.abortSweep()
+		t.mu.Unlock()
+		return err
+	}
+	t.mu.Lock()
+	t.endSweep(seen, start)
+	t.lastSweep = time.Now()
+	t.mu.Unlock()
+	return nil
+}
+
+// readSnapshots walks km_conn once and applies every record.
+func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) {
 	r, err := it.Open()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer r.Close()
 	br := bufio.NewReaderSize(r, 64*recordSize)
@@ -131,21 +150,16 @@ func (t *Telemetry) Sweep() error {
 	for {
 		if _, err := io.ReadFull(br, buf); err != nil {
 			if errors.Is(err, io.EOF) {
-				break
+				return seen, nil
 			}
-			return fmt.Errorf("read connection records: %w", err)
+			return nil, fmt.Errorf("read connection records: %w", err)
 		}
 		if err := decode(buf, &e); err != nil {
-			return err
+			return nil, err
 		}
 		seen[e.Conn.Cookie] = true
 		t.mu.Lock()
 		t.handle(&e)
 		t.mu.Unlock()
 	}
-	t.mu.Lock()
-	t.endSweep(seen, start)
-	t.lastSweep = time.Now()
-	t.mu.Unlock()
-	return nil
 }

@@ -60,7 +60,17 @@ type Telemetry struct {
 	iter      *loader.ConnIter
 	lastSweep time.Time
 	conns     map[uint64]*conn
-	closed    map[uint64]uint64 // cookie -> kernel time it closed
+	// sweeping is set while a sweep's snapshots are being applied; the
+	// connections that close meanwhile are remembered in closedInSweep, so
+	// a snapshot taken just before a close and read after it is ignored.
+	// (A snapshot cannot be taken after a close: the kernel marks the
+	// record closed before it sends the close event.)
+	sweeping      bool
+	closedInSweep map[uint64]bool
+	// finalized holds ends closed by endSweep for lack of a close event,
+	// with the sweep that did it, so a close event that was only late
+	// (not lost) is not counted twice. Normally empty.
+	finalized map[uint64]uint64
 	series    *seriesSet
 	cache     map[resolveKey]*resolved
 	gen       uint64
@@ -72,9 +82,17 @@ type Telemetry struct {
 	retrans  *prometheus.CounterVec
 	events   *prometheus.CounterVec
 	ovf      prometheus.Counter
+	// The same, looked up once: label lookups per record add up.
+	byKind     [4]prometheus.Counter // by event type
+	byReporter map[Reporter]*reporterMetrics
 
 	stream *stream
 	out    *lineWriter
+}
+
+type reporterMetrics struct {
+	duration, rtt prometheus.Observer
+	retrans       prometheus.Counter
 }
 
 // conn is one connection end being accounted.
@@ -118,13 +136,14 @@ func New(cfg Config) *Telemetry {
 		cfg.Logger = slog.Default()
 	}
 	t := &Telemetry{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		bootWall: bootWall(),
-		conns:    map[uint64]*conn{},
-		closed:   map[uint64]uint64{},
-		cache:    map[resolveKey]*resolved{},
-		istio:    newIstioMetrics(),
+		cfg:           cfg,
+		log:           cfg.Logger,
+		bootWall:      bootWall(),
+		conns:         map[uint64]*conn{},
+		closedInSweep: map[uint64]bool{},
+		finalized:     map[uint64]uint64{},
+		cache:         map[resolveKey]*resolved{},
+		istio:         newIstioMetrics(),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kmesh_tcp_connection_duration_seconds",
 			Help:    "How long enrolled TCP connections lived, from established to closed.",
@@ -150,6 +169,17 @@ func New(cfg Config) *Telemetry {
 		stream: newStream(recentLines),
 	}
 	t.series = newSeriesSet(t.istio, cfg.MaxSeries)
+	for typ, k := range kindNames {
+		t.byKind[typ] = t.events.WithLabelValues(k)
+	}
+	t.byReporter = map[Reporter]*reporterMetrics{}
+	for _, r := range []Reporter{ReporterSource, ReporterDestination} {
+		t.byReporter[r] = &reporterMetrics{
+			duration: t.duration.WithLabelValues(string(r)),
+			rtt:      t.rtt.WithLabelValues(string(r)),
+			retrans:  t.retrans.WithLabelValues(string(r)),
+		}
+	}
 	if cfg.AccessLog != nil {
 		t.out = newLineWriter(cfg.AccessLog)
 	}
@@ -200,14 +230,16 @@ var kindNames = map[uint8]string{layout.EventOpen: "open", layout.EventClose: "c
 
 // handle accounts one record. Caller holds t.mu.
 func (t *Telemetry) handle(e *layout.ConnEvent) {
-	if k, ok := kindNames[e.Type]; ok {
-		t.events.WithLabelValues(k).Inc()
-	} else {
+	if e.Type == 0 || int(e.Type) >= len(t.byKind) {
 		return
 	}
+	t.byKind[e.Type].Inc()
 	cookie := e.Conn.Cookie
-	if _, done := t.closed[cookie]; done {
-		// A snapshot taken before the close, read after it.
+	if e.Type == layout.EventSnapshot && t.closedInSweep[cookie] {
+		// Taken before the close, read after it.
+		return
+	}
+	if _, gone := t.finalized[cookie]; gone {
 		return
 	}
 	x := t.conns[cookie]
@@ -229,20 +261,27 @@ func (t *Telemetry) handle(e *layout.ConnEvent) {
 	s := t.withFlags(x, flags)
 	t.account(x, s, e)
 	s.closed.Inc()
-	r := string(x.reporter)
+	rm := t.byReporter[x.reporter]
 	if e.NowNs > x.rec.StartNs {
-		t.duration.WithLabelValues(r).Observe(float64(e.NowNs-x.rec.StartNs) / 1e9)
+		rm.duration.Observe(float64(e.NowNs-x.rec.StartNs) / 1e9)
 	}
 	if e.SRTTus != 0 {
-		t.rtt.WithLabelValues(r).Observe(float64(e.SRTTus) / 1e6)
+		rm.rtt.Observe(float64(e.SRTTus) / 1e6)
 	}
 	if e.TotalRetrans != 0 {
-		t.retrans.WithLabelValues(r).Add(float64(e.TotalRetrans))
+		rm.retrans.Add(float64(e.TotalRetrans))
 	}
 	x.srtt, x.retrans = e.SRTTus, e.TotalRetrans
 	t.emit(t.entry(x, e.NowNs, endName(e.End), flags))
+	t.forget(cookie)
+}
+
+// forget drops a closed connection end.
+func (t *Telemetry) forget(cookie uint64) {
 	delete(t.conns, cookie)
-	t.closed[cookie] = e.NowNs
+	if t.sweeping {
+		t.closedInSweep[cookie] = true
+	}
 }
 
 // track starts accounting a connection end seen for the first time (by its
@@ -322,12 +361,25 @@ func (t *Telemetry) withFlags(x *conn, flags string) *series {
 	return s
 }
 
+// startSweep marks the start of a sweep. Caller holds t.mu.
+func (t *Telemetry) startSweep() {
+	t.sweeping = true
+}
+
+// abortSweep ends a sweep that failed midway. Caller holds t.mu.
+func (t *Telemetry) abortSweep() {
+	t.sweeping = false
+	clear(t.closedInSweep)
+}
+
 // endSweep finishes one sweep over the kernel's open connections: a
 // connection missing from two sweeps in a row is gone although its close
-// event was lost, and is closed here with what was last known. Closed
-// connections are forgotten after two intervals. Caller holds t.mu.
+// event was lost, and is closed here with what was last known. Caller
+// holds t.mu.
 func (t *Telemetry) endSweep(seen map[uint64]bool, startNs uint64) {
 	t.sweeps++
+	t.sweeping = false
+	clear(t.closedInSweep)
 	for cookie, x := range t.conns {
 		if seen[cookie] || x.lastNs >= startNs {
 			continue
@@ -338,13 +390,12 @@ func (t *Telemetry) endSweep(seen map[uint64]bool, startNs uint64) {
 		}
 		x.res.open.closed.Inc()
 		t.emit(t.entry(x, x.lastNs, "unknown", noFlags))
-		delete(t.conns, cookie)
-		t.closed[cookie] = x.lastNs
+		t.forget(cookie)
+		t.finalized[cookie] = t.sweeps
 	}
-	horizon := uint64(2 * t.cfg.Interval)
-	for cookie, at := range t.closed {
-		if startNs > at && startNs-at > horizon {
-			delete(t.closed, cookie)
+	for cookie, n := range t.finalized {
+		if t.sweeps-n > 3 {
+			delete(t.finalized, cookie)
 		}
 	}
 	t.flush()

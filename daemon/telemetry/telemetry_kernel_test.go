@@ -73,6 +73,13 @@ func (s *syncBuffer) lines() []string {
 
 func newNode(t *testing.T, feat loader.Features, interval time.Duration) *node {
 	t.Helper()
+	return newNodeWith(t, feat, interval, true, true)
+}
+
+// newNodeWith: accessLog keeps an access log; run reads the kernel's
+// records (without it they pile up in the ring buffer).
+func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, accessLog, run bool) *node {
+	t.Helper()
 	testbed.Require(t)
 	n := &node{t: t, reg: prometheus.NewRegistry(), log: &syncBuffer{}}
 	cg := testbed.NewCgroup(t)
@@ -121,20 +128,25 @@ func newNode(t *testing.T, feat loader.Features, interval time.Duration) *node {
 		}
 		return st["events_lost"]
 	}
-	n.tel = telemetry.New(telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval,
-		AccessLog: n.log, KernelLost: stats})
+	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelLost: stats}
+	if accessLog {
+		cfg.AccessLog = n.log
+	}
+	n.tel = telemetry.New(cfg)
 	if err := n.tel.Register(n.reg); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.tel.Run(ctx, n.dp) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("telemetry: %v", err)
-		}
-	})
+	if run {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- n.tel.Run(ctx, n.dp) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("telemetry: %v", err)
+			}
+		})
+	}
 
 	cg.Join(t)
 	n.ln, err = n.server.Listen("tcp", fmt.Sprintf(":%d", serverPort))

@@ -202,9 +202,12 @@ func TestAccountingFromRecords(t *testing.T) {
 	if v := value(m.received, ReporterSource, noFlags); v != 150 {
 		t.Errorf("request bytes so far %v, want 150", v)
 	}
+	// A sweep is under way when the connection closes: a snapshot taken
+	// before the close but read after it is ignored.
+	tel.startSweep()
 	tel.handle(ev(1, layout.EventClose, false, 200, 5000, 4_000_000_000))
-	// A snapshot taken before the close but read after it is ignored.
 	tel.handle(ev(1, layout.EventSnapshot, false, 180, 4000, 3_900_000_000))
+	tel.endSweep(map[uint64]bool{}, 3_800_000_000)
 
 	// Server end of the same connection: its open event was lost; the
 	// close alone accounts it. Its sent bytes are the response.

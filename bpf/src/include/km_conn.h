@@ -162,17 +162,29 @@ static __always_inline void km_event_tcp(struct km_conn_event *e, const struct k
 	e->total_retrans = tp->total_retrans;
 }
 
-/* Copies a record into the ring buffer. Below the wakeup threshold the
- * reader is not woken: it drains on its own tick. (A real function, not
- * inlined, so the record's type is in the object's BTF for layout_test.) */
-static __noinline void km_emit(const struct km_conn_event *e)
+/* A record in the ring buffer, written in place and handed over with
+ * km_submit, or NULL (counted) when the ring is full. */
+static __always_inline struct km_conn_event *km_reserve(void)
+{
+	struct km_conn_event *e = bpf_ringbuf_reserve(&km_events, sizeof(*e), 0);
+
+	if (!e) {
+		km_count(KM_STAT_EVENTS_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	return e;
+}
+
+/* Below the wakeup threshold the reader is not woken: it drains on its
+ * own tick, so a busy node does not pay a wakeup per connection. */
+static __always_inline void km_submit(struct km_conn_event *e)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
 	if (bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= km_events_wakeup)
 		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&km_events, (void *)e, sizeof(*e), flags))
-		km_count(KM_STAT_EVENTS_LOST);
+	bpf_ringbuf_submit(e, flags);
 }
 
 #endif
