@@ -37,21 +37,26 @@ func TestBenchSockmapAcceleration(t *testing.T) {
 	f.upsert(maps.Service{ID: 1, VIPs: []netip.Addr{vip4}, Ports: []maps.Port{{Port: 80, TargetPort: echoPort}},
 		Endpoints: [][]uint32{{1}}})
 
-	runs := 3
+	runs := 5
 	if v, err := strconv.Atoi(os.Getenv("KMESH_BENCH_RUNS")); err == nil && v > 0 {
 		runs = v
 	}
-	dur := "5s"
+	const dur = "3s"
 	type key struct {
 		conns, size int
 		accel       bool
 	}
+	type combo struct{ conns, size int }
 	results := map[key][]testbed.FortioResult{}
+	qpsRatio, p99Ratio := map[combo][]float64{}, map[combo][]float64{}
 	before, _ := f.maps.Stats()
+	// Pairs of runs, off and on back to back (order alternating), so the
+	// shared machine's drift hits both; ratios are taken per pair.
 	for r := range runs {
 		for _, conns := range []int{1, 16} {
 			for _, size := range []int{64, 1024} {
-				for _, accel := range []bool{r%2 == 0, r%2 != 0} { // alternate which goes first
+				var pair [2]testbed.FortioResult
+				for _, accel := range []bool{r%2 == 0, r%2 != 0} {
 					if err := f.dp.SetFeatures(loader.Features{SockmapAccel: accel}); err != nil {
 						t.Fatal(err)
 					}
@@ -61,7 +66,15 @@ func TestBenchSockmapAcceleration(t *testing.T) {
 						t.Fatalf("fortio: %+v", res)
 					}
 					results[key{conns, size, accel}] = append(results[key{conns, size, accel}], res)
+					if accel {
+						pair[1] = res
+					} else {
+						pair[0] = res
+					}
 				}
+				c := combo{conns, size}
+				qpsRatio[c] = append(qpsRatio[c], pair[1].QPS/pair[0].QPS)
+				p99Ratio[c] = append(p99Ratio[c], float64(pair[1].P99)/float64(pair[0].P99))
 			}
 		}
 	}
@@ -70,29 +83,33 @@ func TestBenchSockmapAcceleration(t *testing.T) {
 		t.Fatal("no run was accelerated")
 	}
 
-	fmt.Printf("\n### Same-node request/response, fortio %s TCP echo through the service VIP (%d runs of %s each, medians; runs alternate off/on; 2 shared cores)\n\n",
+	fmt.Printf("\n### Same-node request/response, fortio %s TCP echo through the service VIP (%d pairs of %s runs, off and on back to back; medians; 2 shared cores)\n\n",
 		testbed.FortioVersion, runs, dur)
-	fmt.Println("| connections | payload | req/s off | req/s on | ratio | p50 off | p50 on | p99 off | p99 on | p99 ratio |")
+	fmt.Println("| connections | payload | req/s off | req/s on | req/s ratio (median of pairs) | p50 off | p50 on | p99 off | p99 on | p99 ratio (median of pairs) |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1e3) }
 	for _, conns := range []int{1, 16} {
 		for _, size := range []int{64, 1024} {
 			off, on := results[key{conns, size, false}], results[key{conns, size, true}]
-			qOff, qOn := medianF(off, func(r testbed.FortioResult) float64 { return r.QPS }), medianF(on, func(r testbed.FortioResult) float64 { return r.QPS })
-			p50Off, p50On := medianD(off, func(r testbed.FortioResult) time.Duration { return r.P50 }), medianD(on, func(r testbed.FortioResult) time.Duration { return r.P50 })
-			p99Off, p99On := medianD(off, func(r testbed.FortioResult) time.Duration { return r.P99 }), medianD(on, func(r testbed.FortioResult) time.Duration { return r.P99 })
-			fmt.Printf("| %d | %d B | %.0f | %.0f | %.2f | %s | %s | %s | %s | %.2f |\n", conns, size, qOff, qOn, qOn/qOff,
-				us(p50Off), us(p50On), us(p99Off), us(p99On), float64(p99On)/float64(p99Off))
+			q := func(r testbed.FortioResult) float64 { return r.QPS }
+			p50 := func(r testbed.FortioResult) time.Duration { return r.P50 }
+			p99 := func(r testbed.FortioResult) time.Duration { return r.P99 }
+			c := combo{conns, size}
+			fmt.Printf("| %d | %d B | %.0f | %.0f | %.2f | %s | %s | %s | %s | %.2f |\n", conns, size,
+				medianF(off, q), medianF(on, q), medianOf(qpsRatio[c]),
+				us(medianD(off, p50)), us(medianD(on, p50)), us(medianD(off, p99)), us(medianD(on, p99)), medianOf(p99Ratio[c]))
 		}
 	}
 	fmt.Println()
-	for k, rs := range results {
-		var qs []string
-		for _, r := range rs {
-			qs = append(qs, fmt.Sprintf("%.0f", r.QPS))
-		}
-		t.Logf("c=%d size=%d accel=%v: qps %v", k.conns, k.size, k.accel, qs)
+	for c, rs := range qpsRatio {
+		t.Logf("c=%d size=%d: req/s ratios %v, p99 ratios %v", c.conns, c.size, rs, p99Ratio[c])
 	}
+}
+
+func medianOf(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
 }
 
 func medianF(rs []testbed.FortioResult, f func(testbed.FortioResult) float64) float64 {

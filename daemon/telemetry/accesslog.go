@@ -8,12 +8,12 @@ import (
 	"sync/atomic"
 )
 
+// logging reports whether anyone wants access log lines.
+func (t *Telemetry) logging() bool { return t.out != nil || t.stream.active() }
+
 // emit writes an access log line and hands it to followers. Caller holds
 // t.mu, which keeps lines in order.
 func (t *Telemetry) emit(e Entry) {
-	if t.out == nil && !t.stream.active() {
-		return
-	}
 	line, err := json.Marshal(e)
 	if err != nil {
 		return

@@ -272,7 +272,9 @@ func (t *Telemetry) handle(e *layout.ConnEvent) {
 		rm.retrans.Add(float64(e.TotalRetrans))
 	}
 	x.srtt, x.retrans = e.SRTTus, e.TotalRetrans
-	t.emit(t.entry(x, e.NowNs, endName(e.End), flags))
+	if t.logging() {
+		t.emit(t.entry(x, e.NowNs, endName(e.End), flags))
+	}
 	t.forget(cookie)
 }
 
@@ -389,7 +391,9 @@ func (t *Telemetry) endSweep(seen map[uint64]bool, startNs uint64) {
 			continue
 		}
 		x.res.open.closed.Inc()
-		t.emit(t.entry(x, x.lastNs, "unknown", noFlags))
+		if t.logging() {
+			t.emit(t.entry(x, x.lastNs, "unknown", noFlags))
+		}
 		t.forget(cookie)
 		t.finalized[cookie] = t.sweeps
 	}

@@ -350,3 +350,32 @@ func TestDecodeMatchesLayout(t *testing.T) {
 		t.Fatalf("layout.ConnEvent is %d bytes, recordSize %d", n, recordSize)
 	}
 }
+
+// One connection's four records (open and close of both ends), as the
+// reader sees them: the per-connection cost of the accounting.
+func BenchmarkHandleConnection(b *testing.B) {
+	tel, _ := newTestTelemetry(&testing.T{}, 100, nil)
+	recs := []*layout.ConnEvent{
+		ev(0, layout.EventOpen, false, 0, 0, 1_000_000_000),
+		ev(0, layout.EventOpen, true, 0, 0, 1_000_000_000),
+		ev(0, layout.EventClose, false, 100, 1000, 2_000_000_000),
+		ev(0, layout.EventClose, true, 1000, 100, 2_000_000_000),
+	}
+	buf := make([][]byte, len(recs))
+	for i, r := range recs {
+		var bb bytes.Buffer
+		_ = binary.Write(&bb, binary.LittleEndian, r)
+		buf[i] = bb.Bytes()
+	}
+	var e layout.ConnEvent
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		for j, raw := range buf {
+			_ = decode(raw, &e)
+			e.Conn.Cookie = uint64(2*i + j%2 + 1)
+			tel.mu.Lock()
+			tel.handle(&e)
+			tel.mu.Unlock()
+		}
+	}
+}

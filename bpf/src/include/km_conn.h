@@ -176,13 +176,18 @@ static __always_inline struct km_conn_event *km_reserve(void)
 	return e;
 }
 
-/* Below the wakeup threshold the reader is not woken: it drains on its
- * own tick, so a busy node does not pay a wakeup per connection. */
+/* The reader is woken only by the record that takes the ring past the
+ * wakeup threshold; otherwise it drains on its own tick. So a busy node
+ * pays no wakeup per connection, and a reader that is slow to run is not
+ * sent one per record either (it drains everything once it runs). */
 static __always_inline void km_submit(struct km_conn_event *e)
 {
+	__u64 avail = bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA);
 	__u64 flags = BPF_RB_NO_WAKEUP;
 
-	if (bpf_ringbuf_query(&km_events, BPF_RB_AVAIL_DATA) >= km_events_wakeup)
+	/* avail counts reserved records, with their 8-byte headers; a window
+	 * of a few records, as CPUs reserve concurrently. */
+	if (avail >= km_events_wakeup && avail < km_events_wakeup + 16 * (sizeof(*e) + 8))
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
 }
