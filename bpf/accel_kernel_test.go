@@ -35,6 +35,7 @@ type accelPair struct {
 	*fixture
 	server *testbed.Pod
 	ln     net.Listener
+	v6     bool // dial the server's IPv6 address
 }
 
 func newAccelPair(t *testing.T, feat loader.Features, enrollServer bool) *accelPair {
@@ -65,7 +66,11 @@ func (p *accelPair) dial() (client, server *net.TCPConn) {
 		c, err := p.ln.Accept()
 		acc <- res{c, err}
 	}()
-	c, err := p.client.Dial("tcp", hostPort(p.server.IP4, accelPort), 2*time.Second)
+	ip := p.server.IP4
+	if p.v6 {
+		ip = p.server.IP6
+	}
+	c, err := p.client.Dial("tcp", hostPort(ip, accelPort), 2*time.Second)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -154,6 +159,13 @@ func tcpBytesAcked(t *testing.T, c *net.TCPConn) uint64 {
 
 func TestKernelAccelRedirectsBetweenEnrolledPods(t *testing.T) {
 	p := newAccelPair(t, loader.Features{SockmapAccel: true}, true)
+	for _, v6 := range []bool{false, true} {
+		p.v6 = v6
+		checkRedirects(t, p)
+	}
+}
+
+func checkRedirects(t *testing.T, p *accelPair) {
 	before := p.stats()
 	c, s := p.dial()
 
@@ -208,6 +220,40 @@ func TestKernelAccelRedirectsBetweenEnrolledPods(t *testing.T) {
 	c.Close()
 	s.Close()
 	waitFor(t, "sockhash to empty", func() bool { return len(p.sockhash()) == 0 })
+}
+
+// Two pods each talking to themselves over loopback with the same ports
+// would file the same tuples: loopback is left alone.
+func TestKernelAccelLeavesLoopbackAlone(t *testing.T) {
+	p := newAccelPair(t, loader.Features{SockmapAccel: true, Telemetry: true}, true)
+	for _, addr := range []string{"127.0.0.1", "[::1]"} {
+		ln, err := p.server.Listen("tcp", addr+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		acc := make(chan net.Conn, 1)
+		go func() { c, _ := ln.Accept(); acc <- c }()
+		c, err := p.server.Dial("tcp", ln.Addr().String(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := <-acc
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if h := p.sockhash(); len(h) != 0 {
+			t.Errorf("%s: sockhash holds %v", addr, h)
+		}
+		if _, ok := p.record(c.(*net.TCPConn)); ok {
+			t.Errorf("%s: loopback connection has a record", addr)
+		}
+		c.Close()
+		s.Close()
+		ln.Close()
+	}
 }
 
 // With one end not enrolled, nothing is redirected: the enrolled end is in

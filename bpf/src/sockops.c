@@ -89,7 +89,10 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 
 	if (!(feat & (KM_FEAT_TELEMETRY | KM_FEAT_SOCKMAP)) || !sk)
 		return;
-	if (!km_tuple_of_ops(ops, &t) || !km_enrolled(ops))
+	/* Traffic inside a pod over loopback never leaves it (Istio's proxies
+	 * do not see it either), and its tuples repeat from pod to pod: a
+	 * sockhash keyed by them would mix pods up. */
+	if (!km_tuple_of_ops(ops, &t) || km_addr_is_loopback(&t.remote) || !km_enrolled(ops))
 		return;
 	c = bpf_sk_storage_get(&km_conn, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!c)

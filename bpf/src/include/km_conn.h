@@ -97,6 +97,16 @@ static __always_inline int km_tuple_of_ops(const struct bpf_sock_ops *ops, struc
 	return 1;
 }
 
+/* Loopback: 127.0.0.0/8 (v4-mapped) or ::1. */
+static __always_inline int km_addr_is_loopback(const struct km_addr *a)
+{
+	if (a->a[0] || a->a[1])
+		return 0;
+	if (a->a[2] == bpf_htonl(0x0000ffff))
+		return (a->a[3] & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	return a->a[2] == 0 && a->a[3] == bpf_htonl(1);
+}
+
 /* The tuple under which a socket's peer is filed. */
 static __always_inline void km_tuple_reverse(const struct km_tuple *t, struct km_tuple *r)
 {
