@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build generate verify-generate lint test fuzz test-unit bench clean
+.PHONY: all deps build generate verify-generate lint test fuzz test-unit bench fortio clean
 
 all: build
 
@@ -51,9 +51,15 @@ test-unit:
 	CGO_ENABLED=0 $(GO) test -count=1 ./...
 
 # Benchmarks print markdown tables; they never fail on a time.
-bench: deps
+bench: deps fortio
 	KMESH_KERNEL_TESTS=1 KMESH_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v \
-		./bpf/ ./daemon/ ./plugins/kmesh-cni/ | grep -v -e '^=== RUN' -e '^--- ' -e '^PASS' -e '^ok ' -e '^\s*$$'
+		./bpf/ ./daemon/ ./daemon/telemetry/ ./plugins/kmesh-cni/ | grep -v -e '^=== RUN' -e '^--- ' -e '^PASS' -e '^ok ' -e '^\s*$$'
+
+# The load generator of the acceleration and telemetry benchmarks (later
+# releases need a module the module proxy here refuses).
+FORTIO_VERSION := v1.66.5
+fortio:
+	@command -v fortio >/dev/null || $(GO) install fortio.org/fortio@$(FORTIO_VERSION)
 
 clean:
 	rm -rf $(BIN)

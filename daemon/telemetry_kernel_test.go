@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,10 +24,13 @@ import (
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"golang.org/x/sys/unix"
 	"istio.io/istio/pkg/workloadapi"
 
+	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/daemon/xds"
 	"github.com/kmesh-go/kmesh/daemon/xds/xdstest"
+	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
@@ -60,6 +64,9 @@ func kmeshctlBinary(t *testing.T) string {
 type telFixture struct {
 	t         *testing.T
 	cg        *testbed.Cgroup
+	pins      string
+	network   *testbed.Network
+	xds       *xdstest.Server
 	client    *testbed.Pod
 	server    *testbed.Pod
 	d         *daemon
@@ -71,15 +78,16 @@ func newTelFixture(t *testing.T, extra ...string) *telFixture {
 	testbed.Require(t)
 	f := &telFixture{t: t}
 	f.cg = testbed.NewCgroup(t)
-	pins := testbed.PinDir(t)
-	network := testbed.NewNetwork(t)
-	f.client = network.AddPod(t, "client")
-	f.server = network.AddPod(t, "server")
+	f.pins = testbed.PinDir(t)
+	f.network = testbed.NewNetwork(t)
+	f.client = f.network.AddPod(t, "client")
+	f.server = f.network.AddPod(t, "server")
 	x, err := xdstest.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(x.Stop)
+	f.xds = x
 	res := map[string]types.Resource{}
 	n, svc := xdstest.Service("default", "web", []string{"10.96.0.10"}, map[uint32]uint32{80: 8080})
 	res[n] = svc
@@ -97,7 +105,7 @@ func newTelFixture(t *testing.T, extra ...string) *telFixture {
 	}
 	f.accessLog = filepath.Join(t.TempDir(), "access.log")
 	args := append([]string{"--xds-address", x.Addr, "--xds-plaintext", "--access-log", f.accessLog}, extra...)
-	f.d = startDaemon(t, f.cg, pins, args...)
+	f.d = startDaemon(t, f.cg, f.pins, args...)
 	f.d.waitReady(10 * time.Second)
 	f.cg.Join(t)
 	f.d.enroll(f.client, "client-sandbox")
@@ -396,5 +404,56 @@ func TestKernelDaemonRestartKeepsAcceleratedStream(t *testing.T) {
 	f.exchange(100, 100)
 	if after := f.metric("kmesh_datapath_events_total", `event="msg_redirect"`); after <= before {
 		t.Error("a connection after the restarts was not accelerated")
+	}
+}
+
+// Accelerated data passes no veth, so the tc authorization never sees it;
+// but a new DENY still ends an accelerated connection (the enforcer
+// destroys the server's socket, which is a TCP socket like any other), and
+// new connections are refused at connect().
+func TestKernelDaemonDenyResetsAcceleratedConnection(t *testing.T) {
+	f := newTelFixture(t, "--sockmap-accel")
+	err := podns.Do(testbed.NSPath(f.network.Node), func() error {
+		ifc, err := net.InterfaceByName(f.server.HostVeth)
+		if err != nil {
+			return err
+		}
+		return loader.AttachPodTC(f.pins, loader.PodTCKey("server-sandbox", f.server.HostVeth), ifc.Index)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, s := f.pair()
+	before := f.metric("kmesh_datapath_events_total", `event="msg_redirect"`)
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if f.metric("kmesh_datapath_events_total", `event="msg_redirect"`) == before {
+		t.Fatal("the connection is not accelerated")
+	}
+
+	// The client (namespace default) may no longer reach the server.
+	pn, p := denyNamespace("deny-default", "default", false)
+	if err := f.xds.Set(xds.TypeAuthorization, map[string]types.Resource{pn: p}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Read(make([]byte, 1))
+	if !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("accelerated connection after the DENY: %v, want a reset", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := f.client.Dial("tcp", "10.96.0.10:80", time.Second)
+		if errors.Is(err, unix.EACCES) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new connection after the DENY: %v, want EACCES", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
