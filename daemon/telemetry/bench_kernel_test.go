@@ -8,6 +8,7 @@ package telemetry_test
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,6 +47,28 @@ func fmtAll(v []float64) string {
 	return b.String()
 }
 
+// cgroupCPU is the CPU time used by everything in cg so far (the fortio
+// client and server, and this process with its event reader, all run in
+// it): a cost measure the machine's other load does not inflate.
+func cgroupCPU(t *testing.T, cg *testbed.Cgroup) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cg.Path, "cpu.stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return time.Duration(us) * time.Microsecond
+		}
+	}
+	t.Fatal("no usage_usec in cpu.stat")
+	return 0
+}
+
 // cpuTime is this process's user and system CPU time so far.
 func cpuTime() time.Duration {
 	var ru unix.Rusage
@@ -81,6 +104,7 @@ func TestBenchTelemetryCost(t *testing.T) {
 	var ratios []float64
 	var progNs [2][]float64 // sockops run time per connection, off/on
 	var userUs []float64    // this process's CPU (the event reader) per connection, on
+	var cgUs [2][]float64   // CPU of everything in the test's cgroup per connection, off/on
 	for r := range runs {
 		var pair [2]float64
 		for _, on := range []bool{r%2 == 0, r%2 != 0} {
@@ -89,9 +113,11 @@ func TestBenchTelemetryCost(t *testing.T) {
 			}
 			before, _ := sockops.Stats()
 			cpu0 := cpuTime()
+			cg0 := cgroupCPU(t, n.cg)
 			res := n.client.FortioLoad(t, nil, fortio, "-qps", "0", "-c", "4", "-keepalive=false", "-t", dur,
 				fmt.Sprintf("http://%s:%d/", vip, vipPort))
 			cpu := cpuTime() - cpu0
+			cg := cgroupCPU(t, n.cg) - cg0
 			after, _ := sockops.Stats()
 			if res.Errors != 0 || res.Calls == 0 {
 				t.Fatalf("fortio: %+v", res)
@@ -104,6 +130,7 @@ func TestBenchTelemetryCost(t *testing.T) {
 			}
 			pair[i] = res.QPS
 			progNs[i] = append(progNs[i], float64((after.Runtime-before.Runtime).Nanoseconds())/float64(res.Calls))
+			cgUs[i] = append(cgUs[i], float64(cg.Microseconds())/float64(res.Calls))
 		}
 		ratios = append(ratios, pair[1]/pair[0])
 	}
@@ -115,11 +142,12 @@ func TestBenchTelemetryCost(t *testing.T) {
 	off, on := results[false], results[true]
 	fmt.Printf("\n### Telemetry cost: a new connection per request (fortio %s HTTP, -keepalive=false, 4 connections, through the service VIP; %d pairs of %s runs, off and on back to back; medians; 2 shared cores)\n\n",
 		testbed.FortioVersion, runs, dur)
-	fmt.Println("| telemetry | connections/s | p99 | sockops run time per connection | reader CPU per connection |")
-	fmt.Println("|---|---|---|---|---|")
-	fmt.Printf("| off | %.0f | %.0f µs | %.0f ns | - |\n", med(off, qps), med(off, p99), medOf(progNs[0]))
-	fmt.Printf("| on (both ends recorded, events read) | %.0f | %.0f µs | %.0f ns | %.1f µs |\n\n", med(on, qps), med(on, p99), medOf(progNs[1]), medOf(userUs))
+	fmt.Println("| telemetry | connections/s | p99 | CPU per connection (all of client, server, reader) | sockops run time per connection | reader CPU per connection |")
+	fmt.Println("|---|---|---|---|---|---|")
+	fmt.Printf("| off | %.0f | %.0f µs | %.1f µs | %.0f ns | - |\n", med(off, qps), med(off, p99), medOf(cgUs[0]), medOf(progNs[0]))
+	fmt.Printf("| on (both ends recorded, events read) | %.0f | %.0f µs | %.1f µs | %.0f ns | %.1f µs |\n\n", med(on, qps), med(on, p99), medOf(cgUs[1]), medOf(progNs[1]), medOf(userUs))
 	fmt.Printf("Median of per-pair ratios (on/off connections/s): **%.3f** (pairs: %s)\n\n", medOf(ratios), fmtAll(ratios))
+	fmt.Printf("CPU cost ratio (off/on CPU per connection; the connection rate a CPU-bound node keeps): **%.3f**\n\n", medOf(cgUs[0])/medOf(cgUs[1]))
 	for _, on := range []bool{false, true} {
 		var qs []string
 		for _, r := range results[on] {

@@ -39,6 +39,7 @@ var vip = netip.MustParseAddr("10.96.0.20")
 // model that names them.
 type node struct {
 	t      *testing.T
+	cg     *testbed.Cgroup
 	dp     *loader.Datapath
 	maps   *maps.Maps
 	tel    *telemetry.Telemetry
@@ -83,6 +84,7 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 	testbed.Require(t)
 	n := &node{t: t, reg: prometheus.NewRegistry(), log: &syncBuffer{}}
 	cg := testbed.NewCgroup(t)
+	n.cg = cg
 	n.dp, _ = testbed.DatapathWith(t, cg, loader.Config{Features: feat})
 	m, err := maps.New(n.dp)
 	if err != nil {
