@@ -49,7 +49,7 @@ func fmtAll(v []float64) string {
 
 // cgroupCPU is the CPU time used by everything in cg so far (the fortio
 // client and server, and this process with its event reader, all run in
-// it): a cost measure the machine's other load does not inflate.
+// it): a cost measure less swayed than rates by the machine's other load.
 func cgroupCPU(t *testing.T, cg *testbed.Cgroup) time.Duration {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(cg.Path, "cpu.stat"))
