@@ -245,7 +245,7 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, sub := range []string{mapsSubdir, linksSubdir, progsSubdir, tcSubdir} {
+	for _, sub := range []string{mapsSubdir, linksSubdir, progsSubdir} {
 		if err := os.MkdirAll(filepath.Join(cfg.PinDir, sub), 0o700); err != nil {
 			return nil, fmt.Errorf("loader: create pin directory: %w", err)
 		}
@@ -577,6 +577,10 @@ func (d *Datapath) closeAll() {
 // directory, then closes. Used when the data path is removed from a node.
 func (d *Datapath) Uninstall() error {
 	var errs []error
+	// Filters are not held by pins: take each recorded one off its veth.
+	if err := detachAllPodTC(d.cfg.PinDir); err != nil {
+		errs = append(errs, err)
+	}
 	for name, l := range d.links {
 		if err := l.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpin link %s: %w", name, err))
@@ -590,7 +594,7 @@ func (d *Datapath) Uninstall() error {
 		}
 	}
 	d.closeAll()
-	// Pod programs and their per-pod links: removing the pins detaches them.
+	// Pod programs and legacy per-pod links: removing the pins detaches them.
 	for _, sub := range []string{tcSubdir, progsSubdir} {
 		dir := filepath.Join(d.cfg.PinDir, sub)
 		entries, _ := os.ReadDir(dir)
@@ -612,6 +616,9 @@ func (d *Datapath) Uninstall() error {
 // uninstall and for tests cleaning up after a failure.
 func RemovePins(pinDir string) error {
 	var errs []error
+	if err := detachAllPodTC(pinDir); err != nil {
+		errs = append(errs, err)
+	}
 	for _, sub := range []string{tcSubdir, progsSubdir, linksSubdir, mapsSubdir} {
 		dir := filepath.Join(pinDir, sub)
 		entries, err := os.ReadDir(dir)

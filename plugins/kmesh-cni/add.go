@@ -77,9 +77,8 @@ func (r *run) add() error {
 	}
 	defer dir.Close()
 
-	// 4. Enroll in the kernel: the manage entry now, the tc program on the
-	// host veth alongside the daemon call (a tcx attach waits for an RCU
-	// grace period, the longest step of ADD).
+	// 4. Enroll in the kernel: the manage entry now, the tc filter on the
+	// host veth alongside the daemon call.
 	var tc <-chan error
 	if decision.Enroll {
 		if tc, err = r.enroll(dir, rec, vethErr, prev); err != nil {

@@ -122,7 +122,7 @@ func testChain(t *testing.T, version string) {
 			t.Fatal("GC left the stale sandbox's manage entry")
 		}
 		if _, ok, _ := loader.PodTC(e.pins, loader.PodTCKey(stale.rt.ContainerID, stale.hostVeth)); ok {
-			t.Fatal("GC left the stale sandbox's tc link")
+			t.Fatal("GC left the stale sandbox's tc filter")
 		}
 		if e.record(stale) != nil || e.daemon.Pod(stale.rt.ContainerID) != nil {
 			t.Fatal("GC left the stale sandbox's record or daemon registration")
@@ -207,9 +207,9 @@ func TestKernelCheckFindsWhatIsMissing(t *testing.T) {
 	}
 	err = e.check(list, p)
 	if ce := cniError(t, err); ce.Code != conf.ErrCheck {
-		t.Fatalf("CHECK without tc link: %v", err)
+		t.Fatalf("CHECK without tc filter: %v", err)
 	}
-	mustContain(t, "CHECK error", err.Error(), "no tc link", p.hostVeth)
+	mustContain(t, "CHECK error", err.Error(), "no tc filter", p.hostVeth)
 }
 
 // Open policy, daemon absent: ADD succeeds at once and the pod is enrolled
@@ -331,7 +331,7 @@ func TestKernelStatusReportsTheDaemon(t *testing.T) {
 	mustContain(t, "STATUS error", err.Error(), "data path not loaded")
 }
 
-// GC also removes tc links whose interface is gone and that no record
+// GC also removes tc attachments whose interface is gone and that no record
 // owns (a run killed between attach and record, or a lost state dir).
 func TestKernelGCRemovesDefunctLinks(t *testing.T) {
 	e := newEnv(t)
@@ -350,7 +350,7 @@ func TestKernelGCRemovesDefunctLinks(t *testing.T) {
 		t.Fatalf("GC: %v", err)
 	}
 	if _, ok, _ := loader.PodTC(e.pins, loader.PodTCKey(p.rt.ContainerID, p.hostVeth)); ok {
-		t.Fatal("GC left a defunct tc link")
+		t.Fatal("GC left a defunct tc attachment")
 	}
 	e.requireEnrolled(q)
 }

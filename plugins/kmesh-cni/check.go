@@ -23,7 +23,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 }
 
 // check verifies what ADD set up: the same netns, the daemon's record, and
-// the manage entry and tc link of an enrolled pod. A daemon that lost the
+// the manage entry and tc filter of an enrolled pod. A daemon that lost the
 // pod (it was down at ADD, or restarted) is told again here: CHECK
 // repairs the registration and fails only when it cannot.
 func (r *run) check() error {
@@ -102,9 +102,9 @@ func (r *run) check() error {
 		case err != nil:
 			return checkFailed("%v", err)
 		case !present:
-			return checkFailed("no tc link pinned for the pod on %s", veth)
+			return checkFailed("no tc filter recorded for the pod on %s", veth)
 		case !a.Live || ifindex != 0 && a.Ifindex != ifindex:
-			return checkFailed("tc link of the pod is on ifindex %d (live %v), want %s (ifindex %d)", a.Ifindex, a.Live, veth, ifindex)
+			return checkFailed("tc filter of the pod is on ifindex %d (live %v), want %s (ifindex %d)", a.Ifindex, a.Live, veth, ifindex)
 		}
 	}
 

@@ -44,7 +44,7 @@ func (r *run) del() error {
 	rec.TCKey = tcKey(rec)
 	if (rec.Cookie == 0 || rec.TCKey == "") && args.Netns != "" {
 		// Also when ADD did not enroll: the daemon may have since, and
-		// its tc link carries the same name.
+		// its tc attachment carries the same name.
 		if pl, err := inspectPod(args.Netns, args.IfName); err == nil {
 			if rec.Cookie == 0 {
 				rec.Cookie = pl.cookie

@@ -285,7 +285,7 @@ func (e *env) requireEnrolled(p *pod) {
 }
 
 // requireClean checks that nothing of kmesh-cni is left: no manage entry,
-// no tc link, no state record.
+// no tc attachment, no state record.
 func (e *env) requireClean() {
 	e.t.Helper()
 	all, err := e.manage.List()
@@ -293,7 +293,7 @@ func (e *env) requireClean() {
 		e.t.Fatalf("manage map not empty: %v %v", all, err)
 	}
 	if keys, err := loader.PodTCKeys(e.pins); err != nil || len(keys) != 0 {
-		e.t.Fatalf("tc links left: %v %v", keys, err)
+		e.t.Fatalf("tc attachments left: %v %v", keys, err)
 	}
 	if recs, err := state.Read(e.state); err != nil || len(recs) != 0 {
 		e.t.Fatalf("state records left: %d %v", len(recs), err)

@@ -23,7 +23,7 @@ func cmdGC(args *skel.CmdArgs) error {
 }
 
 // gc removes the enrollment of every attachment of this network that is
-// not in cni.dev/valid-attachments, then tc links whose interface is gone
+// not in cni.dev/valid-attachments, then tc attachments whose filter or interface is gone
 // and that no record owns. It removes as much as it can and reports the
 // rest.
 func (r *run) gc() error {
@@ -87,7 +87,8 @@ func (r *run) gc() error {
 		r.log.Info("removed stale attachment", "container", rec.ContainerID, "ifname", rec.IfName, "cookie", rec.Cookie)
 	}
 
-	// Links left by runs that lost their record, on interfaces that are gone.
+	// Attachments left by runs that lost their record, whose filter or
+	// interface is gone.
 	keys, err := loader.PodTCKeys(c.BPFDir)
 	if err != nil {
 		errs = append(errs, err)

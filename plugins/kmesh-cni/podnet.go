@@ -114,7 +114,7 @@ func hostVeth(pl podLink, ifName string, prev *current.Result) (string, int, err
 	return "", 0, fmt.Errorf("%w: the veth peer of %s (ifindex %d on the node) is not in kmesh-cni's network namespace or not among prevResult's host interfaces %v", errTopology, ifName, pl.peer, hostNames)
 }
 
-// detachTC removes an attachment's pinned tc link, if any.
+// detachTC removes an attachment's tc filter and its record, if any.
 func detachTC(bpfDir, key string) error {
 	if err := loader.DetachPodTC(bpfDir, key); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

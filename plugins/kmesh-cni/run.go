@@ -148,8 +148,8 @@ func openManage(dir string) (*maps.Manage, error) {
 	return m, err
 }
 
-// tcKey names the attachment's tc link: the one ADD pinned, or the one the
-// daemon pins when it enrolls the pod later (same name).
+// tcKey names the attachment's tc filter: the one ADD attached, or the
+// one the daemon attaches when it enrolls the pod later (same name).
 func tcKey(rec *state.Record) string {
 	if rec.TCKey == "" && rec.HostVeth != "" {
 		return loader.PodTCKey(rec.ContainerID, rec.HostVeth)
@@ -158,7 +158,7 @@ func tcKey(rec *state.Record) string {
 }
 
 // release takes the attachment's netns out of the data path and removes
-// its tc link (tcKey, if any); what is already gone is not an error.
+// its tc filter (tcKey, if any); what is already gone is not an error.
 func release(bpfDir, tcKey string, cookie uint64) error {
 	var errs []error
 	if cookie != 0 {

@@ -1,6 +1,6 @@
 // Package state keeps one small JSON record per attachment (container id +
 // interface) that kmesh-cni set up: which netns cookie it enrolled, which
-// tc link it pinned, and what it told the daemon.
+// tc filter it attached, and what it told the daemon.
 //
 // DEL, CHECK and GC read it to undo or verify exactly what ADD did, even
 // when the netns is gone. The daemon reads it (Read) when it starts, to
@@ -51,7 +51,7 @@ type Record struct {
 	BPFDir string `json:"bpfDir"`
 	// Enrolled: ADD wrote Cookie into the manage map.
 	Enrolled bool `json:"enrolled"`
-	// TCKey names the tc link ADD pinned on HostVeth (loader.PodTCKey,
+	// TCKey names the tc filter ADD attached to HostVeth (loader.PodTCKey,
 	// the name the daemon uses too); empty when none was.
 	TCKey      string `json:"tcKey,omitempty"`
 	Reason     string `json:"reason,omitempty"`

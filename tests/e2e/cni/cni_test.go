@@ -229,7 +229,7 @@ func testBinary(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane
 		t.Errorf("manage map after every DEL: %v %v", all, err)
 	}
 	if keys, _ := loader.PodTCKeys(pins); len(keys) != 0 {
-		t.Errorf("tc links after every DEL: %v", keys)
+		t.Errorf("tc attachments after every DEL: %v", keys)
 	}
 }
 
