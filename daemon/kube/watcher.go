@@ -183,11 +183,11 @@ func (w *Watcher) reconcile(ctx context.Context, uid string) error {
 	if pod == nil {
 		return nil
 	}
-	var ns *corev1.Namespace
+	var nsLabels map[string]string
 	if o, ok, _ := w.nss.GetStore().GetByKey(pod.Namespace); ok {
-		ns = o.(*corev1.Namespace)
+		nsLabels = o.(*corev1.Namespace).Labels
 	}
-	want, why := enrollment.Decide(pod, ns)
+	want, why := enrollment.Decide(enrollmentView(pod), nsLabels)
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		want, why = false, "pod has finished"
 	}
@@ -201,6 +201,18 @@ func (w *Watcher) reconcile(ctx context.Context, uid string) error {
 		w.log.Info("enrollment changed", "pod", pod.Namespace+"/"+pod.Name, "enrolled", want, "why", why)
 	}
 	return w.annotate(ctx, pod, want)
+}
+
+// enrollmentView is what the enrollment rules read of a pod.
+func enrollmentView(pod *corev1.Pod) enrollment.Pod {
+	v := enrollment.Pod{HostNetwork: pod.Spec.HostNetwork, Labels: pod.Labels, Annotations: pod.Annotations}
+	for _, c := range pod.Spec.InitContainers {
+		v.Containers = append(v.Containers, c.Name)
+	}
+	for _, c := range pod.Spec.Containers {
+		v.Containers = append(v.Containers, c.Name)
+	}
+	return v
 }
 
 // annotate keeps kmesh.net/redirection in step: "enabled" while enrolled,

@@ -1,11 +1,12 @@
 // Package enrollment decides whether a Kubernetes pod belongs in the mesh
 // data path. The CNI plugin decides at pod creation and the daemon again
 // whenever labels change; both use this one function.
+//
+// It takes the few fields it reads, not the Kubernetes API types: the
+// plugin is a short-lived process, and linking k8s.io/api would cost it
+// its package initialisation on every pod (about 1.5 ms of the 5 ms the
+// plugin may add to pod start-up).
 package enrollment
-
-import (
-	corev1 "k8s.io/api/core/v1"
-)
 
 const (
 	// LabelDataplaneMode selects the data plane; "kmesh" enrolls.
@@ -20,17 +21,26 @@ const (
 	annotationSidecarStatus = "sidecar.istio.io/status"
 )
 
-// Decide says whether pod (in namespace ns, which may be nil) is enrolled,
-// and why, in words an operator can act on.
-func Decide(pod *corev1.Pod, ns *corev1.Namespace) (bool, string) {
-	if pod.Spec.HostNetwork {
+// Pod is what the decision reads of a pod.
+type Pod struct {
+	HostNetwork bool
+	Labels      map[string]string
+	Annotations map[string]string
+	// Containers names the pod's init and regular containers.
+	Containers []string
+}
+
+// Decide says whether pod (in a namespace with labels nsLabels, nil when
+// unknown) is enrolled, and why, in words an operator can act on.
+func Decide(pod Pod, nsLabels map[string]string) (bool, string) {
+	if pod.HostNetwork {
 		return false, "host-network pod: it shares the node's network namespace"
 	}
 	if _, ok := pod.Annotations[annotationSidecarStatus]; ok {
 		return false, "pod has an Istio sidecar"
 	}
-	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		if c.Name == "istio-proxy" {
+	for _, c := range pod.Containers {
+		if c == "istio-proxy" {
 			return false, "pod has an Istio sidecar"
 		}
 	}
@@ -44,7 +54,7 @@ func Decide(pod *corev1.Pod, ns *corev1.Namespace) (bool, string) {
 		// whatever its namespace says.
 		return false, "pod label " + LabelDataplaneMode + "=" + mode + " selects another data plane"
 	}
-	if ns != nil && ns.Labels[LabelDataplaneMode] == ModeKmesh {
+	if nsLabels[LabelDataplaneMode] == ModeKmesh {
 		return true, "namespace label " + LabelDataplaneMode + "=kmesh"
 	}
 	return false, "no " + LabelDataplaneMode + "=kmesh label on the pod or its namespace"

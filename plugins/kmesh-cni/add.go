@@ -10,7 +10,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
@@ -179,9 +178,9 @@ func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
 		return d, kc, nil
 	case errors.Is(err, kube.ErrStalePod):
 		return kube.Decision{Reason: err.Error()}, nil, nil
-	case apierrors.IsNotFound(err):
+	case kube.IsNotFound(err):
 		return kube.Decision{Reason: "not in the Kubernetes API: " + err.Error()}, nil, nil
-	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+	case kube.IsForbidden(err) || kube.IsUnauthorized(err):
 		if c.Closed() {
 			return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig,
 				"kmesh-cni cannot read pods: "+err.Error(), "grant kmesh-cni's service account get on pods and namespaces, and patch on pods")

@@ -2,16 +2,15 @@ package kube
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/rest"
 
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
@@ -22,7 +21,7 @@ func newFake(t *testing.T) (*fakeapi.API, *Client) {
 	f := fakeapi.New()
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	c, err := New(&rest.Config{Host: srv.URL, Timeout: time.Second})
+	c, err := New(&Config{Server: srv.URL, Timeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +59,7 @@ func TestDecideReadsPodAndNamespace(t *testing.T) {
 	if _, err := c.Decide(ctx, conf.Pod{Namespace: "mesh", Name: "a", UID: "other"}); !errors.Is(err, ErrStalePod) {
 		t.Errorf("stale UID: %v", err)
 	}
-	if _, err := c.Decide(ctx, conf.Pod{Namespace: "mesh", Name: "gone"}); !apierrors.IsNotFound(err) {
+	if _, err := c.Decide(ctx, conf.Pod{Namespace: "mesh", Name: "gone"}); !IsNotFound(err) {
 		t.Errorf("missing pod: %v", err)
 	}
 
@@ -88,7 +87,7 @@ func TestAnnotatePodMergesOneAnnotation(t *testing.T) {
 	if len(f.Patches()) != 1 || !strings.HasPrefix(f.Patches()[0], "application/merge-patch+json ") {
 		t.Fatalf("patches %q", f.Patches())
 	}
-	if err := c.AnnotatePod(context.Background(), "ns", "gone", "a", "b"); !apierrors.IsNotFound(errors.Unwrap(err)) {
+	if err := c.AnnotatePod(context.Background(), "ns", "gone", "a", "b"); !IsNotFound(err) {
 		t.Fatalf("missing pod: %v", err)
 	}
 }
@@ -136,8 +135,78 @@ current-context: x
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Host != "https://127.0.0.1:6443" || cfg.BearerToken != "secret" || cfg.Timeout != 2*time.Second ||
-		cfg.TLSClientConfig.CAFile != filepath.Join(dir, "ca.crt") {
+	if cfg.Server != "https://127.0.0.1:6443" || cfg.Token != "secret" || cfg.Timeout != 2*time.Second || string(cfg.CAData) != "x" {
 		t.Fatalf("config %+v", cfg)
+	}
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "PEM") {
+		t.Fatalf("a CA that is not PEM: %v", err)
+	}
+
+	// What a node agent's kubeconfig may hold, and what kmesh-cni refuses.
+	os.WriteFile(filepath.Join(dir, "token"), []byte("from-file\n"), 0o600)
+	for _, tc := range []struct {
+		name, user string
+		check      func(*Config) bool
+		refuse     string
+	}{
+		{"token file", "{tokenFile: token}", func(c *Config) bool { return c.Token == "from-file" }, ""},
+		{"client certificate data", "{client-certificate-data: Y2VydA==, client-key-data: a2V5}",
+			func(c *Config) bool { return string(c.CertData) == "cert" && string(c.KeyData) == "key" }, ""},
+		{"exec plugin", "{exec: {command: aws}}", nil, "exec credential plugins are not supported"},
+		{"auth provider", "{auth-provider: {name: gcp}}", nil, "auth-provider is not supported"},
+		{"basic auth", "{username: a, password: b}", nil, "basic authentication is not supported"},
+	} {
+		path := filepath.Join(dir, "kc-"+strings.ReplaceAll(tc.name, " ", "-"))
+		os.WriteFile(path, []byte(`{"clusters":[{"name":"c","cluster":{"server":"https://k:6443","insecure-skip-tls-verify":true}}],
+"users":[{"name":"u","user":`+yamlFlowToJSON(tc.user)+`}],"contexts":[{"name":"x","context":{"cluster":"c","user":"u"}}]}`), 0o600)
+		cfg, err := LoadConfig(path, time.Second)
+		switch {
+		case tc.refuse != "" && (err == nil || !strings.Contains(err.Error(), tc.refuse)):
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.refuse)
+		case tc.refuse == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.refuse == "" && (!tc.check(cfg) || !cfg.Insecure):
+			t.Errorf("%s: config %+v", tc.name, cfg)
+		}
+	}
+}
+
+// yamlFlowToJSON quotes a one-level YAML flow map's keys and values.
+func yamlFlowToJSON(s string) string {
+	b, err := yamlToJSON([]byte(s))
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// The client verifies the server with the kubeconfig's CA and sends the
+// token, over HTTPS as against a real API server.
+func TestClientOverTLS(t *testing.T) {
+	f := fakeapi.New()
+	f.AddNamespace("ns", nil)
+	f.AddPod("ns", "p", "u", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}, nil)
+	var auth string
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth = r.Header.Get("Authorization")
+		f.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	c, err := New(&Config{Server: srv.URL, CAData: ca, Token: "tok", Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.Decide(context.Background(), conf.Pod{Namespace: "ns", Name: "p", UID: "u"})
+	if err != nil || !d.Enroll {
+		t.Fatalf("decision %+v %v", d, err)
+	}
+	if auth != "Bearer tok" {
+		t.Fatalf("Authorization %q", auth)
+	}
+	// Without the CA the server is not trusted.
+	c, _ = New(&Config{Server: srv.URL, Timeout: 2 * time.Second})
+	if _, err := c.Pod(context.Background(), "ns", "p"); err == nil {
+		t.Fatal("a server signed by an unknown CA was trusted")
 	}
 }

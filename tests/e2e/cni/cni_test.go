@@ -24,7 +24,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
@@ -265,8 +264,9 @@ func client(t *testing.T, cp *controlplane.ControlPlane, token string) *kube.Cli
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg = rest.AnonymousClientConfig(cfg)
-	cfg.BearerToken = token
+	// Only the token authenticates: no credentials from the kubeconfig.
+	cfg.CertData, cfg.KeyData = nil, nil
+	cfg.Token = token
 	cfg.Dial = cp.DialContext
 	kc, err := kube.New(cfg)
 	if err != nil {
