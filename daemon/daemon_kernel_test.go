@@ -27,6 +27,7 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
 	"github.com/kmesh-go/kmesh/daemon/xds"
 	"github.com/kmesh-go/kmesh/daemon/xds/xdstest"
 	"github.com/kmesh-go/kmesh/internal/podns"
@@ -220,7 +221,7 @@ func (d *daemon) enroll(p *testbed.Pod, id string) {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := cniv1.NewPodRegistryClient(conn).EnrollPod(ctx, &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{
+	resp, err := podregistry.NewPodRegistryClient(conn).EnrollPod(ctx, &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{
 		Name: p.Name, Namespace: "default", Uid: id, ContainerId: id, NetnsPath: p.NSPath,
 		NetnsCookie: cookie, Ips: []string{p.IP4.String()}, Enrolled: true,
 	}})

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
 )
 
 // Readiness tells the plugin whether the data path has its first state.
@@ -23,7 +24,7 @@ type Readiness interface {
 
 // Server implements the PodRegistry gRPC service.
 type Server struct {
-	cniv1.UnimplementedPodRegistryServer
+	podregistry.UnimplementedPodRegistryServer
 	reg     *Registry
 	ready   Readiness
 	version string
@@ -107,7 +108,7 @@ func Listen(path string) (net.Listener, error) {
 // Serve runs the gRPC service on l until ctx ends.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	g := grpc.NewServer()
-	cniv1.RegisterPodRegistryServer(g, s)
+	podregistry.RegisterPodRegistryServer(g, s)
 	go func() {
 		<-ctx.Done()
 		g.GracefulStop()

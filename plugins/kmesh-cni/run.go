@@ -35,10 +35,8 @@ type run struct {
 	log     *slog.Logger
 	logFile io.Closer
 	start   time.Time
-	// registry is the connection to the daemon, once one is made;
-	// dialing delivers the one connectDaemon makes.
+	// registry is the connection to the daemon, once one is made.
 	registry *registry.Client
-	dialing  chan *registry.Client
 }
 
 // newRun parses the conf and sets up logging.
@@ -74,9 +72,6 @@ func (r *run) done(err error) error {
 	} else {
 		r.log.Debug("done", "took", d)
 	}
-	if r.dialing != nil {
-		r.registry = <-r.dialing
-	}
 	if r.registry != nil {
 		r.registry.Close()
 	}
@@ -104,9 +99,6 @@ func (r *run) stateDir(exclusive bool) (*state.Dir, error) {
 // daemon runs fn against the daemon with the daemon timeout, on one
 // connection per run.
 func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) error {
-	if r.dialing != nil {
-		r.registry, r.dialing = <-r.dialing, nil
-	}
 	if r.registry == nil {
 		c, err := registry.Dial(r.conf.DaemonSocket)
 		if err != nil {
@@ -117,22 +109,6 @@ func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) err
 	ctx, cancel := context.WithTimeout(context.Background(), daemonTimeout)
 	defer cancel()
 	return fn(ctx, r.registry)
-}
-
-// connectDaemon connects to the daemon in the background while the run
-// does its other work: a fresh process pays ~2 ms for its first call.
-func (r *run) connectDaemon() {
-	ch := make(chan *registry.Client, 1)
-	r.dialing = ch
-	go func() {
-		c, err := registry.Dial(r.conf.DaemonSocket)
-		if err != nil {
-			ch <- nil
-			return
-		}
-		c.Connect()
-		ch <- c
-	}()
 }
 
 // errNoDatapath means the pinned maps are not there: no daemon has loaded

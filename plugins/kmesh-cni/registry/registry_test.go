@@ -3,11 +3,19 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakedaemon"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
@@ -78,5 +86,65 @@ func TestHungDaemonIsBoundedByTheContext(t *testing.T) {
 	}
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("took %v, bound was 200ms", took)
+	}
+}
+
+// daemonServer is a PodRegistry with scripted answers, served by grpc-go
+// as the daemon serves it.
+type daemonServer struct {
+	podregistry.UnimplementedPodRegistryServer
+	pods    []*cniv1.Pod
+	timeout atomic.Int64 // the deadline the last call carried
+}
+
+func (s *daemonServer) ListPods(ctx context.Context, _ *cniv1.ListPodsRequest) (*cniv1.ListPodsResponse, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		s.timeout.Store(int64(time.Until(dl)))
+	}
+	return &cniv1.ListPodsResponse{Pods: s.pods}, nil
+}
+
+func (s *daemonServer) ReleasePod(context.Context, *cniv1.ReleasePodRequest) (*cniv1.ReleasePodResponse, error) {
+	return nil, status.Error(codes.FailedPrecondition, "détaché: 100% fini")
+}
+
+func serve(t *testing.T, s *daemonServer) string {
+	sock := fakedaemon.Socket(t)
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	podregistry.RegisterPodRegistryServer(g, s)
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+	return sock
+}
+
+// An answer larger than HTTP/2's initial flow-control window (64 KiB)
+// arrives whole; the deadline travels to the daemon as grpc-timeout; an
+// error status is the daemon's answer, not "unreachable", with its
+// message decoded.
+func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
+	s := &daemonServer{}
+	for i := range 3000 {
+		s.pods = append(s.pods, &cniv1.Pod{ContainerId: fmt.Sprintf("c%04d", i), Name: strings.Repeat("p", 60), Ips: []string{"10.0.0.1/24"}})
+	}
+	c, err := registry.Dial(serve(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := c.Pod(ctx(t, 3*time.Second), "c2999")
+	if err != nil || p == nil || p.GetName() != s.pods[2999].GetName() {
+		t.Fatalf("pod: %v %v", p, err)
+	}
+	if d := time.Duration(s.timeout.Load()); d <= 0 || d > 3*time.Second {
+		t.Fatalf("the daemon saw a deadline of %v, want up to 3s", d)
+	}
+	err = c.Release(ctx(t, time.Second), "c1", "", 1)
+	var se *registry.StatusError
+	if errors.Is(err, registry.ErrUnreachable) || !errors.As(err, &se) || se.Code != int(codes.FailedPrecondition) || se.Message != "détaché: 100% fini" {
+		t.Fatalf("error %v", err)
 	}
 }

@@ -16,11 +16,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
 )
 
 // Daemon is a running fake. Its zero value is not usable; call Start.
 type Daemon struct {
-	cniv1.UnimplementedPodRegistryServer
+	podregistry.UnimplementedPodRegistryServer
 	Socket string
 
 	mu       sync.Mutex
@@ -64,7 +65,7 @@ func (d *Daemon) Serve(t testing.TB) {
 		t.Fatalf("fake daemon: listen on %s: %v", d.Socket, err)
 	}
 	d.srv = grpc.NewServer()
-	cniv1.RegisterPodRegistryServer(d.srv, d)
+	podregistry.RegisterPodRegistryServer(d.srv, d)
 	d.done = make(chan struct{})
 	go func(srv *grpc.Server, done chan struct{}) {
 		_ = srv.Serve(l)
