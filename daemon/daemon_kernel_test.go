@@ -96,7 +96,7 @@ func startDaemon(t *testing.T, cg *testbed.Cgroup, pins string, extra ...string)
 	d := &daemon{t: t, admin: freePort(t), sock: filepath.Join(dir, "cni.sock")}
 	d.args = append([]string{
 		"--cgroup-root", cg.Path, "--bpf-dir", pins, "--cni-socket", d.sock,
-		"--admin-address", d.admin, "--state-dir", dir, "--node-name", "node-a",
+		"--admin-address", d.admin, "--state-dir", dir, "--cni-state-dir", filepath.Join(dir, "cni"), "--node-name", "node-a",
 	}, extra...)
 	var err error
 	d.log, err = os.Create(filepath.Join(dir, "daemon.log"))

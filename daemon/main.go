@@ -50,7 +50,7 @@ type options struct {
 	podName, podNamespace, serviceAccount            string
 	configFile                                       string
 	cgroupRoot, bpfDir, cniSocket, adminAddress      string
-	stateDir, kubeconfig, logLevel                   string
+	stateDir, cniStateDir, kubeconfig, logLevel      string
 	sizes                                            loader.Sizes
 	features                                         loader.Features
 	telemetryInterval                                time.Duration
@@ -80,6 +80,7 @@ func main() {
 	fs.StringVar(&o.cniSocket, "cni-socket", "/var/run/kmesh/cni.sock", "unix socket the CNI plugin talks to")
 	fs.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15200", "localhost address of the admin API")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/run/kmesh", "directory for the pod registry")
+	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/kmesh/cni", "kmesh-cni's stateDir: its per-pod records, read at start to learn the pods added and deleted while the daemon was away")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for watching pods and namespaces (default: in-cluster when available)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	uninstall := fs.Bool("uninstall", false, "detach every program and remove every pin under --bpf-dir, then exit (node uninstall; a plain restart keeps them)")
@@ -203,11 +204,17 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	reg.Watch(func(*cniv1.Pod, bool) { enf.PodsChanged() })
 	go enf.Run(ctx)
 
+	// Bind the socket, then read the plugin's records, then serve: a plugin
+	// that could not reach the daemon wrote its record before trying, and
+	// one that reaches it waits in the listen queue until the records are
+	// in, so no pod falls between the two.
 	l, err := cniserver.Listen(o.cniSocket)
 	if err != nil {
 		return err
 	}
-	srv := cniserver.NewServer(reg, syncer, Version)
+	adoptPluginPods(reg, o, log)
+	enf.PodsChanged() // the adopted pods too
+	srv := cniserver.NewServer(reg, health{pinDir: o.bpfDir, syncer: syncer}, Version)
 	go func() { errc <- srv.Serve(ctx, l) }()
 
 	counters := admin.Counters{
@@ -304,6 +311,37 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return nil
 	}
 }
+
+// adoptPluginPods registers the pods kmesh-cni set up while the daemon was
+// away, and forgets those it deleted meanwhile.
+func adoptPluginPods(reg *cniserver.Registry, o options, log *slog.Logger) {
+	pods, complete, err := cniserver.PluginPods(o.cniStateDir, o.bpfDir)
+	if err != nil {
+		log.Warn("kmesh-cni state records", "dir", o.cniStateDir, "err", err)
+	}
+	if !complete && err == nil {
+		log.Info("no kmesh-cni state directory; pods are learnt from the plugin's calls", "dir", o.cniStateDir)
+	}
+	a, err := reg.Adopt(pods, complete)
+	if err != nil {
+		log.Warn("adopt kmesh-cni state records", "err", err)
+		return
+	}
+	if len(a.Added)+len(a.Dropped) > 0 {
+		log.Info("pod registry caught up with kmesh-cni's records", "added", a.Added, "dropped", a.Dropped)
+	}
+}
+
+// health is what the CNI Status call reports: the data path's pins for
+// readiness, the mesh sync beside it.
+type health struct {
+	pinDir string
+	syncer *meshsync.Syncer
+}
+
+func (h health) Datapath() error   { return loader.CheckPinned(h.pinDir) }
+func (h health) Synced() bool      { return h.syncer.Ready() }
+func (h health) LastError() string { return h.syncer.LastError() }
 
 func u32(dst *uint32) func(string) error {
 	return func(s string) error {

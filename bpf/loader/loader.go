@@ -717,3 +717,19 @@ func isPrime(n uint32) bool {
 	}
 	return true
 }
+
+// CheckPinned fails unless the pins kmesh-cni uses are under pinDir: the
+// manage map, the pod-attachment records and the pod program. It loads
+// nothing.
+func CheckPinned(pinDir string) error {
+	for _, p := range []string{
+		filepath.Join(pinDir, mapsSubdir, MapManage),
+		filepath.Join(pinDir, mapsSubdir, MapPodTC),
+		filepath.Join(pinDir, progsSubdir, ProgToPod),
+	} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("pin %s: %w", p, err)
+		}
+	}
+	return nil
+}

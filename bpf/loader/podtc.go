@@ -410,15 +410,31 @@ func detachAllPodTC(pinDir string) error {
 	}
 	defer recs.Close()
 	var errs []error
+	byNetns := map[netnsID][]podTCRecord{}
 	key, val := make([]byte, podTCKeySize), make([]byte, podTCValueSize)
 	it := recs.Iterate()
 	for it.Next(&key, &val) {
-		if err := detachRecorded(unmarshalPodTC(val)); err != nil {
-			errs = append(errs, fmt.Errorf("detach tc %s: %w", podTCKeyString(key), err))
-		}
+		r := unmarshalPodTC(val)
+		byNetns[r.Netns] = append(byNetns[r.Netns], r)
 	}
 	if err := it.Err(); err != nil {
 		errs = append(errs, err)
+	}
+	for ns, rs := range byNetns {
+		c, err := dialTC(ns)
+		if errors.Is(err, errNetnsNotFound) {
+			continue // gone, and its interfaces and filters with it
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range rs {
+			if err := c.detach(r.Ifindex, r.Ifname); err != nil && !errors.Is(err, errLinkGone) {
+				errs = append(errs, fmt.Errorf("detach tc from %s: %w", r.Ifname, err))
+			}
+		}
+		c.close()
 	}
 	if err := os.Remove(filepath.Join(pinDir, mapsSubdir, MapPodTC)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)

@@ -20,6 +20,11 @@ type KernelEnroller struct {
 	PinDir string
 }
 
+// Enroll writes the pod's manage entry and attaches the tc program to its
+// host veth. A cookie that is already in the manage map was enrolled by
+// kmesh-cni, which attaches tc itself (possibly at this very moment:
+// EnrollPod runs while the plugin's attach does), or by an earlier Enroll:
+// then the tc attachment is left to whoever wrote the entry.
 func (k KernelEnroller) Enroll(p *cniv1.Pod) (uint64, error) {
 	cookie := p.GetNetnsCookie()
 	if p.GetNetnsPath() != "" {
@@ -33,6 +38,11 @@ func (k KernelEnroller) Enroll(p *cniv1.Pod) (uint64, error) {
 	}
 	if cookie == 0 {
 		return 0, fmt.Errorf("pod %s/%s: netns %q is gone and no cookie is known", p.GetNamespace(), p.GetName(), p.GetNetnsPath())
+	}
+	if _, present, err := k.Manage.Get(cookie); err != nil {
+		return 0, err
+	} else if present {
+		return cookie, nil
 	}
 	var ip netip.Addr
 	if len(p.GetIps()) > 0 {

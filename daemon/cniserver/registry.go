@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -66,13 +67,19 @@ func NewRegistry(path string, e Enroller) (*Registry, error) {
 	}
 	for c := range cookies {
 		if !known[c] {
-			id := fmt.Sprintf("unknown-netns-%d", c)
+			id := fmt.Sprintf("%s%d", anonymousPrefix, c)
 			r.pods[id] = &cniv1.Pod{ContainerId: id, NetnsCookie: c, Enrolled: true,
 				Reason: "enrolled in the kernel, not yet re-signalled by the plugin"}
 		}
 	}
 	return r, r.saveLocked()
 }
+
+// anonymousPrefix names the record of an enrolled cookie that no plugin
+// call or record has named yet.
+const anonymousPrefix = "unknown-netns-"
+
+func isAnonymous(containerID string) bool { return strings.HasPrefix(containerID, anonymousPrefix) }
 
 // Watch registers fn for pod additions (true) and removals (false).
 func (r *Registry) Watch(fn func(p *cniv1.Pod, added bool)) {
@@ -105,7 +112,7 @@ func (r *Registry) Add(p *cniv1.Pod) (bool, error) {
 	}
 	// An anonymous record for the same netns is replaced by the real one.
 	for id, old := range r.pods {
-		if id != p.ContainerId && old.NetnsCookie == p.NetnsCookie && old.NetnsCookie != 0 && old.Name == "" {
+		if id != p.ContainerId && old.NetnsCookie == p.NetnsCookie && old.NetnsCookie != 0 && isAnonymous(id) {
 			delete(r.pods, id)
 		}
 	}

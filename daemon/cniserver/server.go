@@ -16,9 +16,14 @@ import (
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
 )
 
-// Readiness tells the plugin whether the data path has its first state.
-type Readiness interface {
-	Ready() bool
+// Health is what Status reports.
+type Health interface {
+	// Datapath is nil while the data path is loaded (its pins in place):
+	// what a pod's network setup needs.
+	Datapath() error
+	// Synced reports whether the first complete mesh state is in the maps.
+	Synced() bool
+	// LastError is the mesh source's last error, if any.
 	LastError() string
 }
 
@@ -26,13 +31,13 @@ type Readiness interface {
 type Server struct {
 	podregistry.UnimplementedPodRegistryServer
 	reg     *Registry
-	ready   Readiness
+	health  Health
 	version string
 }
 
 // NewServer serves reg.
-func NewServer(reg *Registry, ready Readiness, version string) *Server {
-	return &Server{reg: reg, ready: ready, version: version}
+func NewServer(reg *Registry, health Health, version string) *Server {
+	return &Server{reg: reg, health: health, version: version}
 }
 
 func (s *Server) EnrollPod(_ context.Context, req *cniv1.EnrollPodRequest) (*cniv1.EnrollPodResponse, error) {
@@ -65,6 +70,15 @@ func (s *Server) ListPods(context.Context, *cniv1.ListPodsRequest) (*cniv1.ListP
 	return &cniv1.ListPodsResponse{Pods: s.reg.Pods()}, nil
 }
 
+// Status is ready once the data path is loaded, not only after the first
+// mesh sync: kmesh-cni's CNI STATUS follows it, and a runtime marks the
+// node's network not ready (kubelet: NetworkReady=false, no new pods on
+// the node) while STATUS fails. The mesh state is not needed to set a pod
+// up: the plugin enrolls it in the kernel, and the maps keep the last
+// state (or, before the first sync, pass connections through unchanged).
+// Failing STATUS whenever istiod is unreachable would turn a control-plane
+// outage into every node refusing pods. The sync state is reported beside
+// it (mesh_synced, the message) and on the daemon's /ready.
 func (s *Server) Status(context.Context, *cniv1.StatusRequest) (*cniv1.StatusResponse, error) {
 	pods := s.reg.Pods()
 	enrolled := 0
@@ -73,12 +87,18 @@ func (s *Server) Status(context.Context, *cniv1.StatusRequest) (*cniv1.StatusRes
 			enrolled++
 		}
 	}
-	resp := &cniv1.StatusResponse{Ready: s.ready.Ready(), Pods: uint32(len(pods)), EnrolledPods: uint32(enrolled), Version: s.version}
-	if resp.Ready {
+	resp := &cniv1.StatusResponse{Pods: uint32(len(pods)), EnrolledPods: uint32(enrolled), Version: s.version,
+		MeshSynced: s.health.Synced()}
+	dpErr := s.health.Datapath()
+	resp.Ready = dpErr == nil
+	switch {
+	case dpErr != nil:
+		resp.Message = "data path not loaded: " + dpErr.Error()
+	case resp.MeshSynced:
 		resp.Message = "ready"
-	} else {
-		resp.Message = "waiting for the first complete mesh state"
-		if e := s.ready.LastError(); e != "" {
+	default:
+		resp.Message = "ready (data path loaded); mesh state not synced yet"
+		if e := s.health.LastError(); e != "" {
 			resp.Message += ": " + e
 		}
 	}

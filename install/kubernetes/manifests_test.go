@@ -18,6 +18,7 @@ import (
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 
 	"github.com/kmesh-go/kmesh/install/installer"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 )
 
 // objects are the decoded manifests, by kind.
@@ -292,6 +293,15 @@ func TestManifests(t *testing.T) {
 	}
 	if cfg.Entry.BPFDir != daemonBPF {
 		t.Errorf("kmesh-cni looks for maps in %q; the daemon pins them in %q", cfg.Entry.BPFDir, daemonBPF)
+	}
+	// The daemon reads the records where the plugin writes them.
+	pluginState := cfg.Entry.StateDir
+	if pluginState == "" {
+		pluginState = conf.DefaultStateDir
+	}
+	if host, _ := hostPathOf(spec, daemon, args["cni-state-dir"]); host != pluginState {
+		t.Errorf("the daemon reads kmesh-cni's records from %q on the node (--cni-state-dir=%q); the plugin writes them to %q",
+			host, args["cni-state-dir"], pluginState)
 	}
 	if cfg.Entry.FailurePolicy != "open" {
 		t.Errorf("failurePolicy %q: a cluster's default should let pods start while the daemon is down", cfg.Entry.FailurePolicy)

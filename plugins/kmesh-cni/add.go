@@ -14,12 +14,12 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/internal/cgroupv2"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/kube"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/podcgroup"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 )
 
 func cmdAdd(args *skel.CmdArgs) error {
@@ -194,8 +194,8 @@ func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
 	}
 }
 
-func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kube.Decision) *state.Record {
-	rec := &state.Record{
+func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kube.Decision) *cnistate.Record {
+	rec := &cnistate.Record{
 		Network:      r.conf.Name,
 		ContainerID:  r.args.ContainerID,
 		IfName:       r.args.IfName,
@@ -212,7 +212,7 @@ func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kub
 		rec.IPs = append(rec.IPs, ip.Address.IP.String())
 	}
 	for _, i := range prev.Interfaces {
-		rec.Interfaces = append(rec.Interfaces, state.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
+		rec.Interfaces = append(rec.Interfaces, cnistate.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
 	}
 	return rec
 }
@@ -222,7 +222,7 @@ func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kub
 // manage entry. The record is saved first, so a
 // run killed halfway leaves what DEL and GC need to undo it. On error
 // nothing is left behind.
-func (r *run) enroll(dir *state.Dir, rec *state.Record, vethErr error, prev *current.Result) (<-chan error, error) {
+func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *current.Result) (<-chan error, error) {
 	c := r.conf
 	if vethErr != nil {
 		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+vethErr.Error(),
@@ -276,7 +276,7 @@ func (r *run) enroll(dir *state.Dir, rec *state.Record, vethErr error, prev *cur
 }
 
 // undo removes what ADD wrote for rec; used when ADD fails.
-func (r *run) undo(dir *state.Dir, rec *state.Record) {
+func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) {
 	if rec.Enrolled || rec.TCKey != "" {
 		if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
 			r.log.Error("undo enrollment", "error", err)

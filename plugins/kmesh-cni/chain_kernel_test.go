@@ -20,8 +20,8 @@ import (
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 )
 
 var vip = netip.MustParseAddr("10.96.0.10")
@@ -356,7 +356,7 @@ func TestKernelGCRemovesDefunctLinks(t *testing.T) {
 }
 
 func removeRecord(e *env, p *pod) error {
-	d, err := state.Open(e.state, false)
+	d, err := cnistate.Open(e.state, false)
 	if err != nil {
 		return err
 	}

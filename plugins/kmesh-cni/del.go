@@ -8,9 +8,9 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 )
 
 func cmdDel(args *skel.CmdArgs) error {
@@ -39,7 +39,7 @@ func (r *run) del() error {
 	if !ok {
 		// No record (ADD failed early, or the state was lost): undo what
 		// can be found from the attachment itself.
-		rec = &state.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, BPFDir: c.BPFDir}
+		rec = &cnistate.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, BPFDir: c.BPFDir}
 	}
 	rec.TCKey = tcKey(rec)
 	if (rec.Cookie == 0 || rec.TCKey == "") && args.Netns != "" {

@@ -26,10 +26,10 @@ import (
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakedaemon"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 )
 
 const (
@@ -295,19 +295,19 @@ func (e *env) requireClean() {
 	if keys, err := loader.PodTCKeys(e.pins); err != nil || len(keys) != 0 {
 		e.t.Fatalf("tc attachments left: %v %v", keys, err)
 	}
-	if recs, err := state.Read(e.state); err != nil || len(recs) != 0 {
+	if recs, err := cnistate.Read(e.state); err != nil || len(recs) != 0 {
 		e.t.Fatalf("state records left: %d %v", len(recs), err)
 	}
 }
 
 // record returns the state record of a pod, or nil.
-func (e *env) record(p *pod) *state.Record {
+func (e *env) record(p *pod) *cnistate.Record {
 	e.t.Helper()
-	recs, err := state.Read(e.state)
+	recs, err := cnistate.Read(e.state)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	i := slices.IndexFunc(recs, func(r *state.Record) bool { return r.ContainerID == p.rt.ContainerID })
+	i := slices.IndexFunc(recs, func(r *cnistate.Record) bool { return r.ContainerID == p.rt.ContainerID })
 	if i < 0 {
 		return nil
 	}

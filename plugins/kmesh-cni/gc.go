@@ -9,9 +9,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 )
 
 func cmdGC(args *skel.CmdArgs) error {
@@ -45,7 +45,7 @@ func (r *run) gc() error {
 		errs = append(errs, err)
 	}
 	owned := map[string]bool{}
-	var stale []*state.Record
+	var stale []*cnistate.Record
 	for _, rec := range recs {
 		owned[tcKey(rec)] = true
 		if rec.Network != c.Name || valid[types.GCAttachment{ContainerID: rec.ContainerID, IfName: rec.IfName}] {

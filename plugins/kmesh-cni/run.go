@@ -15,9 +15,9 @@ import (
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 )
 
 // Bounds on what a plugin run waits for. A runtime runs the chain while a
@@ -87,8 +87,8 @@ func (r *run) step(what string) {
 }
 
 // stateDir opens the state directory, as a CNI error on failure.
-func (r *run) stateDir(exclusive bool) (*state.Dir, error) {
-	d, err := state.Open(r.conf.StateDir, exclusive)
+func (r *run) stateDir(exclusive bool) (*cnistate.Dir, error) {
+	d, err := cnistate.Open(r.conf.StateDir, exclusive)
 	if err != nil {
 		return nil, types.NewError(conf.ErrState, fmt.Sprintf("kmesh-cni state directory %s: %v", r.conf.StateDir, err),
 			"the plugin runs as root and needs a writable directory there (conf field stateDir)")
@@ -126,7 +126,7 @@ func openManage(dir string) (*maps.Manage, error) {
 
 // tcKey names the attachment's tc filter: the one ADD attached, or the
 // one the daemon attaches when it enrolls the pod later (same name).
-func tcKey(rec *state.Record) string {
+func tcKey(rec *cnistate.Record) string {
 	if rec.TCKey == "" && rec.HostVeth != "" {
 		return loader.PodTCKey(rec.ContainerID, rec.HostVeth)
 	}

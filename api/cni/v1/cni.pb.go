@@ -555,12 +555,19 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ready         bool                   `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
-	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	Pods          uint32                 `protobuf:"varint,3,opt,name=pods,proto3" json:"pods,omitempty"`
-	EnrolledPods  uint32                 `protobuf:"varint,4,opt,name=enrolled_pods,json=enrolledPods,proto3" json:"enrolled_pods,omitempty"`
-	Version       string                 `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ready: the daemon serves the plugin and the data path is loaded, so
+	// pods can be set up (kmesh-cni's CNI STATUS follows it). It does not
+	// wait for the mesh state: the kernel keeps serving the last one while
+	// istiod is away, and a node must not lose its pod network for that.
+	Ready        bool   `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
+	Message      string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Pods         uint32 `protobuf:"varint,3,opt,name=pods,proto3" json:"pods,omitempty"`
+	EnrolledPods uint32 `protobuf:"varint,4,opt,name=enrolled_pods,json=enrolledPods,proto3" json:"enrolled_pods,omitempty"`
+	Version      string `protobuf:"bytes,5,opt,name=version,proto3" json:"version,omitempty"`
+	// mesh_synced: the first complete mesh state is in the maps (the
+	// daemon's /ready).
+	MeshSynced    bool `protobuf:"varint,6,opt,name=mesh_synced,json=meshSynced,proto3" json:"mesh_synced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -630,6 +637,13 @@ func (x *StatusResponse) GetVersion() string {
 	return ""
 }
 
+func (x *StatusResponse) GetMeshSynced() bool {
+	if x != nil {
+		return x.MeshSynced
+	}
+	return false
+}
+
 var File_cni_proto protoreflect.FileDescriptor
 
 const file_cni_proto_rawDesc = "" +
@@ -674,13 +688,15 @@ const file_cni_proto_rawDesc = "" +
 	"\x0fListPodsRequest\"9\n" +
 	"\x10ListPodsResponse\x12%\n" +
 	"\x04pods\x18\x01 \x03(\v2\x11.kmesh.cni.v1.PodR\x04pods\"\x0f\n" +
-	"\rStatusRequest\"\x93\x01\n" +
+	"\rStatusRequest\"\xb4\x01\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\bR\x05ready\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
 	"\x04pods\x18\x03 \x01(\rR\x04pods\x12#\n" +
 	"\renrolled_pods\x18\x04 \x01(\rR\fenrolledPods\x12\x18\n" +
-	"\aversion\x18\x05 \x01(\tR\aversionB,Z*github.com/kmesh-go/kmesh/api/cni/v1;cniv1b\x06proto3"
+	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1f\n" +
+	"\vmesh_synced\x18\x06 \x01(\bR\n" +
+	"meshSyncedB,Z*github.com/kmesh-go/kmesh/api/cni/v1;cniv1b\x06proto3"
 
 var (
 	file_cni_proto_rawDescOnce sync.Once

@@ -27,12 +27,12 @@ import (
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/kube"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/state"
 	"github.com/kmesh-go/kmesh/tests/e2e/controlplane"
 )
 
@@ -200,7 +200,7 @@ func testBinary(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane
 		if got := pod.Annotations[enrollment.AnnotationRedirection] == "enabled"; got != c.enroll {
 			t.Errorf("%s/%s: annotation %s=enabled: %v, want %v", c.ns, c.name, enrollment.AnnotationRedirection, got, c.enroll)
 		}
-		recs, err := state.Read(stateDir)
+		recs, err := cnistate.Read(stateDir)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-// Package state keeps one small JSON record per attachment (container id +
+// Package cnistate keeps one small JSON record per attachment (container id +
 // interface) that kmesh-cni set up: which netns cookie it enrolled, which
 // tc filter it attached, and what it told the daemon.
 //
@@ -6,7 +6,7 @@
 // when the netns is gone. The daemon reads it (Read) when it starts, to
 // learn every pod that was added while it was away: this is the re-signal
 // path after a restart or an outage under failurePolicy "open".
-package state
+package cnistate
 
 import (
 	"crypto/sha256"

@@ -1,0 +1,107 @@
+package cniserver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
+)
+
+// PluginPods reads kmesh-cni's attachment records in stateDir (the
+// plugin's conf field stateDir) and returns them as pods, skipping those
+// written for another data path than the one pinned at pinDir. complete
+// is false when the directory does not exist: then the records cannot
+// tell which pods are gone. Unreadable records are reported in err; the
+// others are returned all the same.
+func PluginPods(stateDir, pinDir string) (pods []*cniv1.Pod, complete bool, err error) {
+	if _, serr := os.Stat(stateDir); errors.Is(serr, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	recs, err := cnistate.Read(stateDir)
+	if err != nil && len(recs) == 0 {
+		return nil, false, fmt.Errorf("read kmesh-cni state %s: %w", stateDir, err)
+	}
+	for _, r := range recs {
+		if r.BPFDir != "" && filepath.Clean(r.BPFDir) != filepath.Clean(pinDir) {
+			continue
+		}
+		pods = append(pods, r.Pod())
+	}
+	if err != nil {
+		// Some records are corrupt: what they described cannot be told
+		// apart from what is gone, so nothing is dropped.
+		return pods, false, fmt.Errorf("read kmesh-cni state %s: %w", stateDir, err)
+	}
+	return pods, true, nil
+}
+
+// Adoption says what Adopt changed.
+type Adoption struct {
+	// Added are pods the plugin set up while the daemon was away.
+	Added []string
+	// Dropped are pods whose DEL ran while the daemon was away.
+	Dropped []string
+}
+
+// Adopt takes the plugin's records (PluginPods) as the node's pods when
+// the daemon starts, so it knows what was added and deleted while it was
+// away even if the plugin could not tell it:
+//   - a pod the registry does not know is registered as the plugin left it,
+//     enrolled only if its cookie is still in the manage map (nothing is
+//     enrolled or attached here: the plugin did that, or its DEL undid it);
+//   - a pod the registry knows keeps the registry's record: the daemon's
+//     later decisions (labels changed after ADD) win over ADD's;
+//   - an anonymous record (an enrolled cookie nobody had named) gives way
+//     to the plugin's record of that cookie;
+//   - when complete, a registered pod with no record whose cookie is not
+//     in the manage map is dropped: its DEL ran while the daemon was away.
+//
+// The daemon calls it before it serves the plugin, so no EnrollPod or
+// ReleasePod interleaves.
+func (r *Registry) Adopt(plugin []*cniv1.Pod, complete bool) (Adoption, error) {
+	cookies, err := r.enroller.List()
+	if err != nil {
+		return Adoption{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var a Adoption
+	recorded := map[string]bool{}
+	for _, p := range plugin {
+		if p.GetContainerId() == "" {
+			continue
+		}
+		recorded[p.ContainerId] = true
+		if _, ok := r.pods[p.ContainerId]; ok {
+			continue
+		}
+		p = clone(p)
+		if p.Enrolled && !cookies[p.NetnsCookie] {
+			p.Enrolled = false
+			p.Reason = "not in the manage map when the daemon started (was: " + p.Reason + ")"
+		}
+		for id, old := range r.pods {
+			if isAnonymous(id) && old.NetnsCookie != 0 && old.NetnsCookie == p.NetnsCookie {
+				delete(r.pods, id)
+			}
+		}
+		r.pods[p.ContainerId] = p
+		a.Added = append(a.Added, p.ContainerId)
+	}
+	if complete {
+		for id, p := range r.pods {
+			if recorded[id] || p.NetnsCookie != 0 && cookies[p.NetnsCookie] {
+				continue
+			}
+			delete(r.pods, id)
+			a.Dropped = append(a.Dropped, id)
+		}
+	}
+	if len(a.Added) == 0 && len(a.Dropped) == 0 {
+		return a, nil
+	}
+	return a, r.saveLocked()
+}

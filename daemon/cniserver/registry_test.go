@@ -1,0 +1,216 @@
+package cniserver
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
+)
+
+// fakeEnroller is the manage map as a set; it records every Enroll.
+type fakeEnroller struct {
+	cookies  map[uint64]bool
+	enrolled []uint64
+}
+
+func (f *fakeEnroller) Enroll(p *cniv1.Pod) (uint64, error) {
+	f.cookies[p.NetnsCookie] = true
+	f.enrolled = append(f.enrolled, p.NetnsCookie)
+	return p.NetnsCookie, nil
+}
+func (f *fakeEnroller) Release(p *cniv1.Pod) error { delete(f.cookies, p.NetnsCookie); return nil }
+func (f *fakeEnroller) Enrolled(c uint64) (bool, error) {
+	return f.cookies[c], nil
+}
+func (f *fakeEnroller) List() (map[uint64]bool, error) {
+	out := map[uint64]bool{}
+	for c, in := range f.cookies {
+		if in {
+			out[c] = true
+		}
+	}
+	return out, nil
+}
+
+func ids(pods []*cniv1.Pod) []string {
+	var out []string
+	for _, p := range pods {
+		out = append(out, p.ContainerId)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func byID(r *Registry, id string) *cniv1.Pod {
+	for _, p := range r.Pods() {
+		if p.ContainerId == id {
+			return p
+		}
+	}
+	return nil
+}
+
+// What the daemon knows at start from its own file, the manage map and
+// kmesh-cni's records, when pods came and went while it was away.
+func TestAdoptPluginRecords(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pods.json")
+	e := &fakeEnroller{cookies: map[uint64]bool{}}
+	// The previous run knew: kept (enrolled, record), relabelled (the
+	// daemon released it after ADD enrolled it), gone (DEL ran while
+	// away: no record, cookie released), gone-unenrolled (same, never
+	// enrolled) and held (no record, but still in the manage map).
+	prev, err := NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*cniv1.Pod{
+		{ContainerId: "kept", Name: "kept", NetnsCookie: 1, Enrolled: true},
+		{ContainerId: "relabelled", Name: "relabelled", NetnsCookie: 2, Enrolled: false, Reason: "label removed"},
+		{ContainerId: "gone", Name: "gone", NetnsCookie: 3, Enrolled: true},
+		{ContainerId: "gone-unenrolled", Name: "gone-unenrolled", NetnsCookie: 4},
+		{ContainerId: "held", Name: "held", NetnsCookie: 5, Enrolled: true},
+	} {
+		e.cookies[p.NetnsCookie] = p.Enrolled
+		if _, err := prev.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// While it was away: gone's DEL released cookie 3; new pods were
+	// added, one enrolled (cookie 6), one not (7), one whose ADD enrolled
+	// it but whose entry is gone again (8).
+	delete(e.cookies, 3)
+	delete(e.cookies, 2)
+	delete(e.cookies, 4)
+	e.cookies[6] = true
+	e.enrolled = nil
+	plugin := []*cniv1.Pod{
+		{ContainerId: "kept", Name: "kept", NetnsCookie: 1, Enrolled: true},
+		{ContainerId: "relabelled", Name: "relabelled", NetnsCookie: 2, Enrolled: true, Reason: "pod label"},
+		{ContainerId: "held", Name: "held", NetnsCookie: 5, Enrolled: true},
+		{ContainerId: "new", Name: "new", NetnsCookie: 6, Enrolled: true, HostVeth: "veth6"},
+		{ContainerId: "new-unenrolled", Name: "new-unenrolled", NetnsCookie: 7},
+		{ContainerId: "new-lost", Name: "new-lost", NetnsCookie: 8, Enrolled: true},
+	}
+
+	r, err := NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// NewRegistry named cookie 6 anonymously; the record names it.
+	if got := ids(r.Pods()); !slices.Contains(got, "unknown-netns-6") {
+		t.Fatalf("before adoption %v", got)
+	}
+	a, err := r.Adopt(plugin, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(a.Added)
+	slices.Sort(a.Dropped)
+	if !slices.Equal(a.Added, []string{"new", "new-lost", "new-unenrolled"}) || !slices.Equal(a.Dropped, []string{"gone", "gone-unenrolled"}) {
+		t.Fatalf("adoption %+v", a)
+	}
+	want := []string{"held", "kept", "new", "new-lost", "new-unenrolled", "relabelled"}
+	if got := ids(r.Pods()); !slices.Equal(got, want) {
+		t.Fatalf("pods %v, want %v", got, want)
+	}
+	if p := byID(r, "relabelled"); p.Enrolled || p.Reason != "label removed" {
+		t.Errorf("the daemon's own decision lost to ADD's record: %v", p)
+	}
+	if p := byID(r, "new"); !p.Enrolled || p.HostVeth != "veth6" {
+		t.Errorf("new pod %v", p)
+	}
+	if p := byID(r, "new-lost"); p.Enrolled || !strings.Contains(p.Reason, "not in the manage map") {
+		t.Errorf("a record whose cookie is gone is registered enrolled: %v", p)
+	}
+	if len(e.enrolled) != 0 {
+		t.Errorf("adoption enrolled cookies %v: the plugin enrolls, the daemon only learns", e.enrolled)
+	}
+	// It was saved: a third start knows the same.
+	r2, err := NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(r2.Pods()); !slices.Equal(got, want) {
+		t.Fatalf("after a restart %v", got)
+	}
+
+	// Without the state directory nothing can be called gone.
+	if _, err := r2.Adopt(nil, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(r2.Pods()); !slices.Equal(got, want) {
+		t.Fatalf("incomplete records dropped pods: %v", got)
+	}
+}
+
+func TestPluginPods(t *testing.T) {
+	dir := t.TempDir()
+	pods, complete, err := PluginPods(filepath.Join(dir, "missing"), "/sys/fs/bpf/kmesh")
+	if err != nil || complete || len(pods) != 0 {
+		t.Fatalf("missing directory: %v %v %v", pods, complete, err)
+	}
+	d, err := cnistate.Open(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, r := range []*cnistate.Record{
+		{ContainerID: "a", IfName: "eth0", BPFDir: "/sys/fs/bpf/kmesh/", Cookie: 1, Enrolled: true, PodName: "a"},
+		{ContainerID: "b", IfName: "eth0", BPFDir: "/sys/fs/bpf/other", Cookie: 2},
+	} {
+		if err := d.Save(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods, complete, err = PluginPods(dir, "/sys/fs/bpf/kmesh")
+	if err != nil || !complete || len(pods) != 1 || pods[0].ContainerId != "a" || pods[0].Name != "a" || !pods[0].Enrolled {
+		t.Fatalf("records %v %v %v", pods, complete, err)
+	}
+	// A corrupt record: the others come back, and nothing may be dropped.
+	if err := os.WriteFile(filepath.Join(dir, "kmbroken.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pods, complete, err = PluginPods(dir, "/sys/fs/bpf/kmesh")
+	if err == nil || complete || len(pods) != 1 {
+		t.Fatalf("with a corrupt record: %v %v %v", pods, complete, err)
+	}
+}
+
+type fakeHealth struct {
+	dpErr  error
+	synced bool
+}
+
+func (h fakeHealth) Datapath() error   { return h.dpErr }
+func (h fakeHealth) Synced() bool      { return h.synced }
+func (h fakeHealth) LastError() string { return "istiod unreachable" }
+
+// CNI STATUS follows the data path, not the mesh sync.
+func TestStatusReadyWithTheDataPath(t *testing.T) {
+	reg, err := NewRegistry("", &fakeEnroller{cookies: map[uint64]bool{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		h        fakeHealth
+		ready    bool
+		contains string
+	}{
+		{fakeHealth{synced: true}, true, "ready"},
+		{fakeHealth{synced: false}, true, "not synced yet: istiod unreachable"},
+		{fakeHealth{dpErr: os.ErrNotExist, synced: true}, false, "data path not loaded"},
+	} {
+		st, err := NewServer(reg, tc.h, "test").Status(ctx, &cniv1.StatusRequest{})
+		if err != nil || st.Ready != tc.ready || st.MeshSynced != tc.h.synced || !strings.Contains(st.Message, tc.contains) {
+			t.Errorf("%+v: %v %v, want ready=%v and a message saying %q", tc.h, st, err, tc.ready, tc.contains)
+		}
+	}
+}
