@@ -21,11 +21,13 @@ import (
 
 	kbpf "github.com/kmesh-go/kmesh/bpf"
 	"github.com/kmesh-go/kmesh/bpf/layout"
+	"github.com/kmesh-go/kmesh/bpf/manage"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 )
 
 // Map names, as pinned under <PinDir>/maps.
 const (
-	MapManage     = "km_manage"
+	MapManage     = manage.MapName
 	MapFrontend   = "km_frontend"
 	MapService    = "km_service"
 	MapPort       = "km_port"
@@ -578,7 +580,7 @@ func (d *Datapath) closeAll() {
 func (d *Datapath) Uninstall() error {
 	var errs []error
 	// Filters are not held by pins: take each recorded one off its veth.
-	if err := detachAllPodTC(d.cfg.PinDir); err != nil {
+	if err := podtc.DetachAll(d.cfg.PinDir); err != nil {
 		errs = append(errs, err)
 	}
 	for name, l := range d.links {
@@ -616,7 +618,7 @@ func (d *Datapath) Uninstall() error {
 // uninstall and for tests cleaning up after a failure.
 func RemovePins(pinDir string) error {
 	var errs []error
-	if err := detachAllPodTC(pinDir); err != nil {
+	if err := podtc.DetachAll(pinDir); err != nil {
 		errs = append(errs, err)
 	}
 	for _, sub := range []string{tcSubdir, progsSubdir, linksSubdir, mapsSubdir} {
@@ -722,11 +724,7 @@ func isPrime(n uint32) bool {
 // manage map, the pod-attachment records and the pod program. It loads
 // nothing.
 func CheckPinned(pinDir string) error {
-	for _, p := range []string{
-		filepath.Join(pinDir, mapsSubdir, MapManage),
-		filepath.Join(pinDir, mapsSubdir, MapPodTC),
-		filepath.Join(pinDir, progsSubdir, ProgToPod),
-	} {
+	for _, p := range []string{manage.Pin(pinDir), podtc.RecordsPin(pinDir), podtc.ProgPin(pinDir)} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("pin %s: %w", p, err)
 		}

@@ -7,12 +7,12 @@
 package maps
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/kmesh-go/kmesh/bpf/layout"
+	"github.com/kmesh-go/kmesh/bpf/manage"
 )
 
 // LBPolicy picks an endpoint within the chosen locality priority.
@@ -94,7 +94,7 @@ func (e *FullError) Error() string {
 }
 
 // ErrInvalid wraps every rejection of a malformed update.
-var ErrInvalid = errors.New("invalid data path update")
+var ErrInvalid = manage.ErrInvalid
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))

@@ -11,8 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/kmesh-go/kmesh/bpf/loader"
-	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/bpf/manage"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/cgroupv2"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/internal/enrollment"
@@ -253,12 +253,12 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	}
 	defer m.Close()
 
-	rec.Enrolled, rec.TCKey = true, loader.PodTCKey(rec.ContainerID, veth)
+	rec.Enrolled, rec.TCKey = true, podtc.Key(rec.ContainerID, veth)
 	if err := dir.Save(rec); err != nil {
 		return nil, types.NewError(conf.ErrState, err.Error(), "")
 	}
 	done := make(chan error, 1)
-	go func() { done <- loader.AttachPodTC(c.BPFDir, rec.TCKey, ifindex) }()
+	go func() { done <- podtc.Attach(c.BPFDir, rec.TCKey, ifindex) }()
 
 	// The consistent-hashing key from the pod's address, as the daemon
 	// computes it when it enrolls a pod.
@@ -266,7 +266,7 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	if len(prev.IPs) > 0 {
 		ip, _ = netip.AddrFromSlice(prev.IPs[0].Address.IP)
 	}
-	if err := m.Enroll(rec.Cookie, maps.Enrollment{ClientID: maps.ClientIDFor(ip.Unmap())}); err != nil {
+	if err := m.Enroll(rec.Cookie, manage.Enrollment{ClientID: manage.ClientIDFor(ip.Unmap())}); err != nil {
 		<-done
 		r.undo(dir, rec)
 		return nil, types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")

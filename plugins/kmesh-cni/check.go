@@ -9,7 +9,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
-	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
@@ -93,7 +93,7 @@ func (r *run) check() error {
 		}
 	}
 	if want && veth != "" {
-		a, present, err := loader.PodTC(rec.BPFDir, loader.PodTCKey(rec.ContainerID, veth))
+		a, present, err := podtc.Get(rec.BPFDir, podtc.Key(rec.ContainerID, veth))
 		ifindex := rec.HostIfindex
 		if veth != rec.HostVeth {
 			ifindex = 0

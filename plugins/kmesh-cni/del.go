@@ -7,7 +7,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
@@ -50,7 +50,7 @@ func (r *run) del() error {
 				rec.Cookie = pl.cookie
 			}
 			if veth, _, err := hostVeth(pl, args.IfName, &current.Result{}); err == nil && rec.TCKey == "" {
-				rec.TCKey = loader.PodTCKey(args.ContainerID, veth)
+				rec.TCKey = podtc.Key(args.ContainerID, veth)
 			}
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
@@ -89,7 +89,7 @@ func (r *run) gc() error {
 
 	// Attachments left by runs that lost their record, whose filter or
 	// interface is gone.
-	keys, err := loader.PodTCKeys(c.BPFDir)
+	keys, err := podtc.Keys(c.BPFDir)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -97,7 +97,7 @@ func (r *run) gc() error {
 		if owned[key] {
 			continue
 		}
-		a, ok, err := loader.PodTC(c.BPFDir, key)
+		a, ok, err := podtc.Get(c.BPFDir, key)
 		if err != nil || !ok || a.Live {
 			continue
 		}

@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/podns"
 )
 
@@ -116,7 +116,7 @@ func hostVeth(pl podLink, ifName string, prev *current.Result) (string, int, err
 
 // detachTC removes an attachment's tc filter and its record, if any.
 func detachTC(bpfDir, key string) error {
-	if err := loader.DetachPodTC(bpfDir, key); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := podtc.Detach(bpfDir, key); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil

@@ -13,8 +13,8 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/kmesh-go/kmesh/bpf/loader"
-	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/bpf/manage"
+	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
@@ -116,8 +116,8 @@ func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) err
 var errNoDatapath = errors.New("kmesh data path not loaded")
 
 // openManage opens the pinned manage map under dir.
-func openManage(dir string) (*maps.Manage, error) {
-	m, err := maps.OpenManage(dir)
+func openManage(dir string) (*manage.Map, error) {
+	m, err := manage.Open(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no pinned maps under %s (is the kmesh daemon running, with the same bpfDir?)", errNoDatapath, dir)
 	}
@@ -128,7 +128,7 @@ func openManage(dir string) (*maps.Manage, error) {
 // one the daemon attaches when it enrolls the pod later (same name).
 func tcKey(rec *cnistate.Record) string {
 	if rec.TCKey == "" && rec.HostVeth != "" {
-		return loader.PodTCKey(rec.ContainerID, rec.HostVeth)
+		return podtc.Key(rec.ContainerID, rec.HostVeth)
 	}
 	return rec.TCKey
 }

@@ -1,4 +1,4 @@
-package loader
+package podtc
 
 import (
 	"errors"
@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
@@ -150,21 +149,19 @@ func clsact(ifindex int) *netlink.GenericQdisc {
 	}
 }
 
-func podFilter(ifindex int, prog *ebpf.Program) *netlink.BpfFilter {
-	fd := -1
-	if prog != nil {
-		fd = prog.FD()
-	}
+// podFilter is kmesh's filter running the program behind progFD (-1: no
+// program, for a delete).
+func podFilter(ifindex, progFD int) *netlink.BpfFilter {
 	return &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: ifindex,
 			Parent:    netlink.HANDLE_MIN_EGRESS,
-			Handle:    podTCHandle,
+			Handle:    handle,
 			Protocol:  unix.ETH_P_ALL,
-			Priority:  podTCPriority,
+			Priority:  priority,
 		},
-		Fd:           fd,
-		Name:         ProgToPod,
+		Fd:           progFD,
+		Name:         Prog,
 		DirectAction: true,
 	}
 }
@@ -172,20 +169,20 @@ func podFilter(ifindex int, prog *ebpf.Program) *netlink.BpfFilter {
 // attach makes sure the interface has a clsact qdisc (one that is there
 // already, ours or another tool's, is used as it is) and creates or
 // replaces kmesh's filter on its egress.
-func (c *tcConn) attach(ifindex int, prog *ebpf.Program) error {
+func (c *tcConn) attach(ifindex, progFD int) error {
 	if err := c.h.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add clsact qdisc: %w", err)
 	}
-	if err := c.h.FilterReplace(podFilter(ifindex, prog)); err != nil {
+	if err := c.h.FilterReplace(podFilter(ifindex, progFD)); err != nil {
 		return fmt.Errorf("add cls_bpf filter: %w", err)
 	}
 	return nil
 }
 
 // replace points kmesh's existing filter on interface ifindex (still
-// called name) at prog. It never creates one: a filter DEL removed
+// called name) at the program behind progFD. It never creates one: a filter DEL removed
 // meanwhile stays removed (os.ErrNotExist).
-func (c *tcConn) replace(ifindex int, name string, prog *ebpf.Program) error {
+func (c *tcConn) replace(ifindex int, name string, progFD int) error {
 	if err := c.sameLink(ifindex, name); err != nil {
 		return err
 	}
@@ -203,14 +200,14 @@ func (c *tcConn) replace(ifindex int, name string, prog *ebpf.Program) error {
 	req.AddData(&nl.TcMsg{
 		Family:  nl.FAMILY_ALL,
 		Ifindex: int32(ifindex),
-		Handle:  podTCHandle,
+		Handle:  handle,
 		Parent:  netlink.HANDLE_MIN_EGRESS,
-		Info:    netlink.MakeHandle(podTCPriority, nl.Swap16(unix.ETH_P_ALL)),
+		Info:    netlink.MakeHandle(priority, nl.Swap16(unix.ETH_P_ALL)),
 	})
 	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("bpf")))
 	opts := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
-	opts.AddRtAttr(nl.TCA_BPF_FD, nl.Uint32Attr(uint32(prog.FD())))
-	opts.AddRtAttr(nl.TCA_BPF_NAME, nl.ZeroTerminated(ProgToPod))
+	opts.AddRtAttr(nl.TCA_BPF_FD, nl.Uint32Attr(uint32(progFD)))
+	opts.AddRtAttr(nl.TCA_BPF_NAME, nl.ZeroTerminated(Prog))
 	opts.AddRtAttr(nl.TCA_BPF_FLAGS, nl.Uint32Attr(nl.TCA_BPF_FLAG_ACT_DIRECT))
 	req.AddData(opts)
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
@@ -233,7 +230,7 @@ func (c *tcConn) present(ifindex int, name string) (bool, error) {
 	}
 	for _, f := range fs {
 		a := f.Attrs()
-		if _, ok := f.(*netlink.BpfFilter); ok && a.Priority == podTCPriority && a.Handle == podTCHandle {
+		if _, ok := f.(*netlink.BpfFilter); ok && a.Priority == priority && a.Handle == handle {
 			return true, nil
 		}
 	}
@@ -247,7 +244,7 @@ func (c *tcConn) detach(ifindex int, name string) error {
 	if err != nil || !ok {
 		return err
 	}
-	if err := c.h.FilterDel(podFilter(ifindex, nil)); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := c.h.FilterDel(podFilter(ifindex, -1)); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete cls_bpf filter: %w", err)
 	}
 	return nil
