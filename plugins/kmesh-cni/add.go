@@ -49,6 +49,8 @@ func (r *run) add() error {
 			"the runtime must pass the path of the pod sandbox's network namespace")
 	}
 
+	r.connectDaemon()
+
 	// 2. Decide: Kubernetes labels, or defaultEnroll without a kubeconfig.
 	decision, kc, err := r.decide(pod)
 	if err != nil {

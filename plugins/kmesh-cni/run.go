@@ -111,6 +111,19 @@ func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) err
 	return fn(ctx, r.registry)
 }
 
+// connectDaemon opens the connection to the daemon in the background, so
+// its handshake overlaps the run's own work and the call is one round trip.
+func (r *run) connectDaemon() {
+	if r.registry == nil {
+		c, err := registry.Dial(r.conf.DaemonSocket)
+		if err != nil {
+			return
+		}
+		r.registry = c
+	}
+	r.registry.Connect(daemonTimeout)
+}
+
 // errNoDatapath means the pinned maps are not there: no daemon has loaded
 // the data path on this node since boot.
 var errNoDatapath = errors.New("kmesh data path not loaded")

@@ -3,26 +3,21 @@
 // context; a daemon that is not there fails at once instead of waiting.
 //
 // It speaks gRPC (unary calls: HTTP/2 POST, length-prefixed protobuf,
-// grpc-status trailers) with net/http's HTTP/2 client rather than
-// grpc-go: kmesh-cni is a process per pod, and grpc-go's package
-// initialisation alone costs it about 1.2 ms on every run, a quarter of
-// its budget, for four unary calls that need none of its machinery. The
-// daemon serves with grpc-go (api/cni/v1/podregistry); the tests run this
-// client against it.
+// grpc-status trailers) with a small HTTP/2 client of its own (h2.go)
+// rather than grpc-go: kmesh-cni is a process per pod, grpc-go's package
+// initialisation alone costs it about 1.2 ms on every run, and a client
+// of its own can open the connection at the start of ADD, so the call
+// itself is one round trip. The daemon serves with grpc-go
+// (api/cni/v1/podregistry); the tests run this client against it.
 package registry
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
-	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -40,7 +35,8 @@ const (
 	codeUnavailable      = 14
 )
 
-// StatusError is a gRPC error status the daemon answered with.
+// StatusError is a gRPC error status the daemon answered with (or, with
+// code Unavailable, a failure to get an answer).
 type StatusError struct {
 	Code    int
 	Message string
@@ -50,40 +46,89 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("rpc error: code = %d desc = %s", e.Code, e.Message)
 }
 
-// Client talks to one daemon.
+// Client talks to one daemon over one connection, made on the first call
+// or by Connect.
 type Client struct {
 	socket string
-	tr     *http.Transport
-	http   *http.Client
+
+	mu      sync.Mutex
+	conn    *h2conn
+	err     error         // why conn is nil
+	dialing chan struct{} // closed when Connect's dial is done
 }
 
 // service is the path prefix of PodRegistry's methods.
-const service = "http://kmesh-daemon/kmesh.cni.v1.PodRegistry/"
+const service = "/kmesh.cni.v1.PodRegistry/"
 
 // Dial prepares a client for the daemon at socket. It does not connect:
-// the first call does, within its context.
+// Connect or the first call does.
 func Dial(socket string) (*Client, error) {
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true) // HTTP/2 with prior knowledge, as gRPC is
-	tr := &http.Transport{
-		Protocols: &protos,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableCompression: true,
+	return &Client{socket: socket}, nil
+}
+
+// Connect opens the connection in the background (and sends the HTTP/2
+// preface), so that the first call finds it ready. Within timeout.
+func (c *Client) Connect(timeout time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil || c.dialing != nil {
+		return
 	}
-	return &Client{socket: socket, tr: tr, http: &http.Client{Transport: tr}}, nil
+	done := make(chan struct{})
+	c.dialing = done
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		h, err := dialH2(ctx, c.socket)
+		c.mu.Lock()
+		c.conn, c.err = h, err
+		c.mu.Unlock()
+		close(done)
+	}()
+}
+
+// connection returns the connection, dialing it if nobody has.
+func (c *Client) connection(ctx context.Context) (*h2conn, error) {
+	c.mu.Lock()
+	dialing := c.dialing
+	c.mu.Unlock()
+	if dialing != nil {
+		select {
+		case <-dialing:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dialing = nil
+	if c.conn == nil {
+		// Not dialed yet, or the last dial or connection failed: try now.
+		c.conn, c.err = dialH2(ctx, c.socket)
+	}
+	return c.conn, c.err
 }
 
 // Close releases the connection.
 func (c *Client) Close() error {
-	c.tr.CloseIdleConnections()
+	c.mu.Lock()
+	dialing := c.dialing
+	c.mu.Unlock()
+	if dialing != nil {
+		<-dialing
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		err := c.conn.Close()
+		c.conn = nil
+		return err
+	}
 	return nil
 }
 
 // call makes one unary call of method with req and decodes the answer
-// into resp.
+// into resp. Calls on one client do not overlap.
 func (c *Client) call(ctx context.Context, method string, req, resp proto.Message) error {
 	msg, err := proto.Marshal(req)
 	if err != nil {
@@ -92,47 +137,33 @@ func (c *Client) call(ctx context.Context, method string, req, resp proto.Messag
 	body := make([]byte, 5+len(msg)) // uncompressed flag, length, message
 	binary.BigEndian.PutUint32(body[1:], uint32(len(msg)))
 	copy(body[5:], msg)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, service+method, bytes.NewReader(body))
-	if err != nil {
+	var a *answer
+	for {
+		h, err := c.connection(ctx)
+		if err != nil {
+			return &StatusError{Code: codeUnavailable, Message: err.Error()}
+		}
+		if a, err = h.unary(ctx, service+method, body); err == nil {
+			h.used = true
+			break
+		}
+		// The connection is in an unknown state: drop it.
+		c.mu.Lock()
+		if c.conn == h {
+			h.Close()
+			c.conn = nil
+		}
+		c.mu.Unlock()
+		if !h.used || ctx.Err() != nil {
+			return &StatusError{Code: codeUnavailable, Message: err.Error()}
+		}
+		// It had served a call: the daemon restarted since. Every method
+		// is idempotent, so the call is made again on a new connection.
+	}
+	if err := a.err(); err != nil {
 		return err
 	}
-	hreq.Header = http.Header{
-		"Content-Type": {"application/grpc"},
-		"Te":           {"trailers"},
-		"User-Agent":   {"kmesh-cni"},
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		// So the daemon gives up too; gRPC allows at most 8 digits.
-		ms := max(time.Until(dl).Milliseconds(), 1)
-		hreq.Header.Set("Grpc-Timeout", strconv.FormatInt(min(ms, 99999999), 10)+"m")
-	}
-	hresp, err := c.http.Do(hreq)
-	if err != nil {
-		return &StatusError{Code: codeUnavailable, Message: err.Error()}
-	}
-	defer hresp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(hresp.Body, 64<<20))
-	if err != nil {
-		return &StatusError{Code: codeUnavailable, Message: "read the answer: " + err.Error()}
-	}
-	if hresp.StatusCode != http.StatusOK {
-		return &StatusError{Code: codeUnavailable, Message: "HTTP status " + hresp.Status}
-	}
-	// The status is in the trailers, or in the headers of an answer that
-	// is only an error.
-	st, stMsg := hresp.Trailer.Get("Grpc-Status"), hresp.Trailer.Get("Grpc-Message")
-	if st == "" {
-		st, stMsg = hresp.Header.Get("Grpc-Status"), hresp.Header.Get("Grpc-Message")
-	}
-	if m, err := url.PathUnescape(stMsg); err == nil {
-		stMsg = m
-	}
-	switch code, err := strconv.Atoi(st); {
-	case err != nil:
-		return &StatusError{Code: codeUnavailable, Message: fmt.Sprintf("answer without a grpc-status (%q)", st)}
-	case code != 0:
-		return &StatusError{Code: code, Message: stMsg}
-	}
+	data := a.data
 	if len(data) < 5 || data[0] != 0 || int(binary.BigEndian.Uint32(data[1:])) != len(data)-5 {
 		return fmt.Errorf("malformed answer to %s (%d bytes)", method, len(data))
 	}

@@ -148,3 +148,35 @@ func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
 		t.Fatalf("error %v", err)
 	}
 }
+
+// Connect opens the connection ahead of the first call; a daemon that
+// restarts under a connection that served calls is called again on a new
+// one (every method is idempotent).
+func TestConnectAheadAndDaemonRestart(t *testing.T) {
+	d := fakedaemon.Start(t, fakedaemon.Socket(t))
+	c, err := registry.Dial(d.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Connect(time.Second)
+	if _, err := c.Enroll(ctx(t, 2*time.Second), &cniv1.Pod{ContainerId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	d.Stop()
+	d.Serve(t)
+	if _, err := c.Enroll(ctx(t, 2*time.Second), &cniv1.Pod{ContainerId: "b"}); err != nil {
+		t.Fatalf("after the daemon restarted: %v", err)
+	}
+	if d.Pod("b") == nil {
+		t.Fatal("the restarted daemon did not get the call")
+	}
+	// Connect to a daemon that is not there: the call says so.
+	d.Stop()
+	c2, _ := registry.Dial(d.Socket)
+	defer c2.Close()
+	c2.Connect(time.Second)
+	if _, err := c2.Status(ctx(t, time.Second)); !errors.Is(err, registry.ErrUnreachable) {
+		t.Fatalf("no daemon: %v", err)
+	}
+}

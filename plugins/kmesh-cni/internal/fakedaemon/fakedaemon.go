@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
@@ -133,7 +134,10 @@ func (d *Daemon) Released() []string {
 	return slices.Clone(d.released)
 }
 
-func (d *Daemon) wait(ctx context.Context) {
+// wait holds a call for the delay; a call whose deadline (the client's
+// grpc-timeout) passes meanwhile fails, as with grpc-go's own servers'
+// handlers that respect their context.
+func (d *Daemon) wait(ctx context.Context) error {
 	d.mu.Lock()
 	delay := d.delay
 	d.mu.Unlock()
@@ -141,12 +145,16 @@ func (d *Daemon) wait(ctx context.Context) {
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		}
 	}
+	return nil
 }
 
 func (d *Daemon) EnrollPod(ctx context.Context, r *cniv1.EnrollPodRequest) (*cniv1.EnrollPodResponse, error) {
-	d.wait(ctx)
+	if err := d.wait(ctx); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	p := proto.Clone(r.GetPod()).(*cniv1.Pod)
@@ -155,7 +163,9 @@ func (d *Daemon) EnrollPod(ctx context.Context, r *cniv1.EnrollPodRequest) (*cni
 }
 
 func (d *Daemon) ReleasePod(ctx context.Context, r *cniv1.ReleasePodRequest) (*cniv1.ReleasePodResponse, error) {
-	d.wait(ctx)
+	if err := d.wait(ctx); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	_, known := d.pods[r.GetContainerId()]
@@ -165,7 +175,9 @@ func (d *Daemon) ReleasePod(ctx context.Context, r *cniv1.ReleasePodRequest) (*c
 }
 
 func (d *Daemon) ListPods(ctx context.Context, _ *cniv1.ListPodsRequest) (*cniv1.ListPodsResponse, error) {
-	d.wait(ctx)
+	if err := d.wait(ctx); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := &cniv1.ListPodsResponse{}
@@ -176,7 +188,9 @@ func (d *Daemon) ListPods(ctx context.Context, _ *cniv1.ListPodsRequest) (*cniv1
 }
 
 func (d *Daemon) Status(ctx context.Context, _ *cniv1.StatusRequest) (*cniv1.StatusResponse, error) {
-	d.wait(ctx)
+	if err := d.wait(ctx); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := &cniv1.StatusResponse{Ready: d.ready, Pods: uint32(len(d.pods))}
