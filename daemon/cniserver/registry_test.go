@@ -81,6 +81,10 @@ func TestAdoptPluginRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The previous run stops (and writes its file).
+	if err := prev.Close(); err != nil {
+		t.Fatal(err)
+	}
 	// While it was away: gone's DEL released cookie 3; new pods were
 	// added, one enrolled (cookie 6), one not (7), one whose ADD enrolled
 	// it but whose entry is gone again (8).
@@ -102,6 +106,7 @@ func TestAdoptPluginRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer r.Close()
 	// NewRegistry named cookie 6 anonymously; the record names it.
 	if got := ids(r.Pods()); !slices.Contains(got, "unknown-netns-6") {
 		t.Fatalf("before adoption %v", got)
@@ -136,6 +141,7 @@ func TestAdoptPluginRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer r2.Close()
 	if got := ids(r2.Pods()); !slices.Equal(got, want) {
 		t.Fatalf("after a restart %v", got)
 	}
@@ -197,6 +203,7 @@ func TestStatusReadyWithTheDataPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer reg.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for _, tc := range []struct {
@@ -212,5 +219,44 @@ func TestStatusReadyWithTheDataPath(t *testing.T) {
 		if err != nil || st.Ready != tc.ready || st.MeshSynced != tc.h.synced || !strings.Contains(st.Message, tc.contains) {
 			t.Errorf("%+v: %v %v, want ready=%v and a message saying %q", tc.h, st, err, tc.ready, tc.contains)
 		}
+	}
+}
+
+// EnrollPod does not wait for the file; the file follows within moments,
+// and Close writes what is pending.
+func TestRegistryWritesInTheBackground(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pods.json")
+	e := &fakeEnroller{cookies: map[uint64]bool{}}
+	r, err := NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Add(&cniv1.Pod{ContainerId: "a", Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		b, _ := os.ReadFile(file)
+		if strings.Contains(string(b), `"a"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the registry file never got the pod")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := r.Add(&cniv1.Pod{ContainerId: "b", Name: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if got := ids(r2.Pods()); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("after Close and a restart: %v", got)
 	}
 }
