@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * tc program on a pod's host-side veth, egress: every packet on its way into
- * the pod passes here. kmesh-cni attaches it per pod (tcx, so it chains with
- * other tc users).
+ * the pod passes here. kmesh-cni attaches it per pod (a cls_bpf filter under
+ * clsact, so it chains with other tc users; see bpf/podtc).
  *
  * It authorizes new TCP connections toward the pod: a SYN that the pod's
  * policies deny is turned around into a RST+ACK and sent back toward the
@@ -20,7 +20,7 @@
 #include <bpf/bpf_endian.h>
 #include "km_authz.h"
 
-/* TC_ACT_UNSPEC is tcx "next": later programs on the chain see the packet. */
+/* TC_ACT_UNSPEC: the next filter (cls_bpf; tcx "next") sees the packet. */
 #define KM_TC_NEXT TC_ACT_UNSPEC
 
 struct km_pseudo4 {
