@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -278,5 +279,47 @@ func TestKernelPodTCInterfaceGone(t *testing.T) {
 	}
 	if keys, _ := loader.PodTCKeys(f.pins); len(keys) != 0 {
 		t.Fatalf("keys %v after detach", keys)
+	}
+}
+
+// A plugin newer than the daemon: the data path it finds has no km_pod_tc
+// (an older daemon loaded it). Attaching makes the map; the daemon, when
+// it restarts, keeps it and re-points the filter it records.
+func TestKernelPodTCRecordsMadeByThePlugin(t *testing.T) {
+	f := newFixture(t, 1, loader.Sizes{})
+	srv := f.servers[0]
+	node := testbed.NSPath(f.net.Node)
+	if err := os.Remove(filepath.Join(f.pins, "maps", loader.MapPodTC)); err != nil {
+		t.Fatal(err)
+	}
+	err := podns.Do(node, func() error {
+		l, err := netlink.LinkByName(srv.HostVeth)
+		if err != nil {
+			return err
+		}
+		return loader.AttachPodTC(f.pins, "pod-s0", l.Attrs().Index)
+	})
+	if err != nil {
+		t.Fatalf("attach without km_pod_tc: %v", err)
+	}
+	oldID := filterProgID(t, node, srv.HostVeth)
+	f.maps.Close()
+	f.dp.Close()
+	dp, err := loader.Open(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	m, err := maps.New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	f.dp, f.maps = dp, m
+	if keys, _ := loader.PodTCKeys(f.pins); !slices.Equal(keys, []string{"pod-s0"}) {
+		t.Fatalf("the restarted daemon dropped the plugin's record: %v", keys)
+	}
+	if id := filterProgID(t, node, srv.HostVeth); id == oldID || id != pinnedProgID(t, f.pins) {
+		t.Fatalf("filter runs program %d after the restart (was %d)", id, oldID)
 	}
 }

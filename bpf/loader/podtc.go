@@ -29,23 +29,37 @@ var podTCSpec = &ebpf.MapSpec{
 	Flags:      unix.BPF_F_NO_PREALLOC,
 }
 
-// openOrCreatePodTC makes sure km_pod_tc is pinned. A pinned map of
-// another shape (an older layout) is replaced: the filters it described
-// keep running their program until their pods go.
+// openOrCreatePodTC makes sure km_pod_tc is pinned. One that kmesh-cni
+// made (it does when it finds none, see podtc) has this shape and is kept.
+// A pinned map of another shape (an older layout) is replaced: the filters
+// it described keep running their program until their pods go.
 func openOrCreatePodTC(pinDir string) error {
 	path := podtc.RecordsPin(pinDir)
-	if m, err := ebpf.LoadPinnedMap(path, nil); err == nil {
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err == nil {
 		ok := podTCSpec.Compatible(m) == nil
 		m.Close()
 		if ok {
 			return nil
 		}
 	}
-	m, err := ebpf.NewMap(podTCSpec)
+	fresh := errors.Is(err, os.ErrNotExist)
+	m, err = ebpf.NewMap(podTCSpec)
 	if err != nil {
 		return fmt.Errorf("loader: create %s: %w", MapPodTC, err)
 	}
 	defer m.Close()
+	if fresh {
+		// Pin only if nobody (a plugin run) pinned one meanwhile.
+		if err := m.Pin(path); err != nil {
+			if theirs, lerr := ebpf.LoadPinnedMap(path, nil); lerr == nil {
+				theirs.Close()
+				return nil
+			}
+			return fmt.Errorf("loader: pin %s: %w", MapPodTC, err)
+		}
+		return nil
+	}
 	tmp := path + "_new"
 	_ = os.Remove(tmp)
 	if err := m.Pin(tmp); err != nil {

@@ -120,6 +120,32 @@ func openRecords(pinDir string) (*bpfsys.Object, error) {
 	return bpfsys.Open(RecordsPin(pinDir), bpfsys.TypeMap)
 }
 
+// openOrCreateRecords opens km_pod_tc, making it when a data path loaded
+// by an older daemon has none (a plugin upgraded before its daemon): the
+// daemon adopts a map of this shape when it starts. Pinning fails rather
+// than replace a map someone pinned meanwhile; then that one is used.
+func openOrCreateRecords(pinDir string) (*bpfsys.Object, error) {
+	o, err := openRecords(pinDir)
+	if !errors.Is(err, os.ErrNotExist) {
+		return o, err
+	}
+	if _, err := os.Stat(filepath.Dir(RecordsPin(pinDir))); err != nil {
+		return nil, err // no data path at all
+	}
+	m, err := bpfsys.CreateHash(MapName, KeySize, ValueSize, MaxEntries)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Pin(RecordsPin(pinDir)); err != nil {
+		m.Close()
+		if errors.Is(err, os.ErrExist) {
+			return openRecords(pinDir)
+		}
+		return nil, err
+	}
+	return m, nil
+}
+
 // each calls fn for every record.
 func each(recs *bpfsys.Object, fn func(key string, r record)) error {
 	var prev []byte
@@ -153,7 +179,7 @@ func Attach(pinDir, key string, ifindex int) error {
 		return fmt.Errorf("open pinned %s under %s (is the kmesh data path loaded?): %w", Prog, pinDir, err)
 	}
 	defer prog.Close()
-	recs, err := openRecords(pinDir)
+	recs, err := openOrCreateRecords(pinDir)
 	if err != nil {
 		return fmt.Errorf("open pinned %s under %s (is the kmesh data path loaded?): %w", MapName, pinDir, err)
 	}

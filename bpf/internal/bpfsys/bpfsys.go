@@ -208,3 +208,45 @@ func ptr(b []byte) pointer {
 
 // Borrow wraps an fd someone else owns; do not Close it.
 func Borrow(fd int, typ ObjectType) *Object { return &Object{fd: fd, typ: typ} }
+
+// CreateHash makes a hash map without preallocation (BPF_F_NO_PREALLOC).
+func CreateHash(name string, keySize, valueSize, maxEntries uint32) (*Object, error) {
+	attr := struct {
+		mapType    uint32
+		keySize    uint32
+		valueSize  uint32
+		maxEntries uint32
+		mapFlags   uint32
+		innerMapFD uint32
+		numaNode   uint32
+		mapName    [unix.BPF_OBJ_NAME_LEN]byte
+	}{mapType: unix.BPF_MAP_TYPE_HASH, keySize: keySize, valueSize: valueSize, maxEntries: maxEntries, mapFlags: unix.BPF_F_NO_PREALLOC}
+	copy(attr.mapName[:unix.BPF_OBJ_NAME_LEN-1], name)
+	fd, err := bpf(unix.BPF_MAP_CREATE, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if err != nil {
+		return nil, fmt.Errorf("create map %s: %w", name, err)
+	}
+	return &Object{fd: int(fd), typ: TypeMap}, nil
+}
+
+// Pin pins the object at path; a pin already there is os.ErrExist.
+func (o *Object) Pin(path string) error {
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return err
+	}
+	attr := struct {
+		pathname  pointer
+		bpfFD     uint32
+		fileFlags uint32
+	}{pathname: pointer{p: unsafe.Pointer(p)}, bpfFD: uint32(o.fd)}
+	_, err = bpf(unix.BPF_OBJ_PIN, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	runtime.KeepAlive(p)
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("pin %s: %w", path, os.ErrExist)
+	}
+	if err != nil {
+		return fmt.Errorf("pin %s: %w", path, err)
+	}
+	return nil
+}
