@@ -308,21 +308,39 @@ func TestBenchAuthz(t *testing.T) {
 		policies []*model.AuthzPolicy
 	}{{"no policies", nil}, {"64 policies", many}}
 
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enable BPF run-time stats: %v", err)
+	}
+	defer stats.Close()
+	tcProg, connProg := f.dp.Program(loader.ProgToPod), f.dp.Program("km_connect4")
+	runtime := func(p *ebpf.Program) time.Duration {
+		st, err := p.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Runtime
+	}
+
 	// Rounds alternate the two configurations (re-pointing the pod's
 	// policy set), so drift on this shared machine hits both alike.
-	var outsider, enrolled, thr [2][]float64
+	var outsider, enrolled, thr, tcPerConn, connPerCall [2][]float64
 	for range rounds {
 		for ci, c := range configs {
 			f.guard(c.policies)
+			tc0 := runtime(tcProg)
 			d, _, err := connectFirstByte(f.outsider.NSPath, dst, perRound)
 			if err != nil {
 				t.Fatal(err)
 			}
+			tcPerConn[ci] = append(tcPerConn[ci], float64(runtime(tcProg)-tc0)/perRound)
 			outsider[ci] = append(outsider[ci], 1e9/float64(d[0]))
+			c0 := runtime(connProg)
 			d, _, err = connectFirstByte(f.client.NSPath, dst, perRound)
 			if err != nil {
 				t.Fatal(err)
 			}
+			connPerCall[ci] = append(connPerCall[ci], float64(runtime(connProg)-c0)/perRound)
 			enrolled[ci] = append(enrolled[ci], 1e9/float64(d[0]))
 			thr[ci] = append(thr[ci], throughput(t, f.outsider, netip.AddrPortFrom(f.server.IP4, 9090), 64<<20))
 		}
@@ -333,11 +351,12 @@ func TestBenchAuthz(t *testing.T) {
 		return v[len(v)/2]
 	}
 	fmt.Printf("\n### authorization cost toward a guarded pod (medians of %d alternating rounds x %d connects; throughput: %d x 64 MiB)\n\n", rounds, perRound, len(thr[0]))
-	fmt.Println("| policies on the pod | new conn/s, client outside the mesh (tc decides) | ratio | new conn/s, enrolled client (connect() decides) | ratio | established throughput | ratio |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| policies on the pod | new conn/s, client outside the mesh (tc decides) | ratio | tc program time per connection | new conn/s, enrolled client (connect() decides) | ratio | connect4 program time per call | established throughput | ratio |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for ci, c := range configs {
-		fmt.Printf("| %s | %.0f | %.3f | %.0f | %.3f | %.2f Gbit/s | %.3f |\n", c.name,
-			med(outsider[ci]), med(outsider[ci])/med(outsider[0]), med(enrolled[ci]), med(enrolled[ci])/med(enrolled[0]),
+		fmt.Printf("| %s | %.0f | %.3f | %.0f ns | %.0f | %.3f | %.0f ns | %.2f Gbit/s | %.3f |\n", c.name,
+			med(outsider[ci]), med(outsider[ci])/med(outsider[0]), med(tcPerConn[ci]),
+			med(enrolled[ci]), med(enrolled[ci])/med(enrolled[0]), med(connPerCall[ci]),
 			med(thr[ci])/1e9, med(thr[ci])/med(thr[0]))
 	}
 }
