@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -109,10 +110,11 @@ type ControlPlane struct {
 	// IstioCAAudience.
 	IstiodTLSAddr string
 
-	ownDir   bool
-	procs    []*process // in start order
-	stopOnce sync.Once
-	stopErr  error
+	ownDir     bool
+	procs      []*process // in start order
+	istiodOpts Options    // to start istiod again
+	stopOnce   sync.Once
+	stopErr    error
 }
 
 // Start brings up etcd, kube-apiserver, the Istio CRDs, the istio-system
@@ -339,6 +341,7 @@ func (cp *ControlPlane) installIstioBase(ctx context.Context, opts Options) erro
 }
 
 func (cp *ControlPlane) startIstiod(ctx context.Context, opts Options) error {
+	cp.istiodOpts = opts
 	env := cp.env(
 		"POD_NAMESPACE="+IstioNamespace,
 		"POD_NAME=istiod-0",
@@ -367,6 +370,36 @@ func (cp *ControlPlane) startIstiod(ctx context.Context, opts Options) error {
 	return p.waitReady(ctx, opts.ReadyTimeout, func(ctx context.Context) error {
 		return httpOK(ctx, client, "http://"+istiodHTTPAddr+"/ready", "")
 	})
+}
+
+// StopIstiod stops istiod (SIGTERM, then SIGKILL after a few seconds),
+// leaving etcd and the apiserver running; StartIstiod brings it back.
+// Clients of istiod see their streams end, as in a rolling update.
+func (cp *ControlPlane) StopIstiod() error {
+	i := slices.IndexFunc(cp.procs, func(p *process) bool { return p.name == "istiod" })
+	if i < 0 {
+		return errors.New("istiod is not running")
+	}
+	p := cp.procs[i]
+	cp.procs = slices.Delete(cp.procs, i, i+1)
+	return p.stop(5 * time.Second)
+}
+
+// StartIstiod starts istiod again after StopIstiod, with the same flags and
+// environment, and waits until it is ready. Its log continues in istiod.log.
+func (cp *ControlPlane) StartIstiod(ctx context.Context) error {
+	if slices.ContainsFunc(cp.procs, func(p *process) bool { return p.name == "istiod" }) {
+		return errors.New("istiod is already running")
+	}
+	return cp.startIstiod(ctx, cp.istiodOpts)
+}
+
+// RestartIstiod is StopIstiod then StartIstiod.
+func (cp *ControlPlane) RestartIstiod(ctx context.Context) error {
+	if err := cp.StopIstiod(); err != nil {
+		return err
+	}
+	return cp.StartIstiod(ctx)
 }
 
 // DialContext connects to an address of the control plane, from inside its
