@@ -1,0 +1,137 @@
+package nodebox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// Versions of the outside programs a box runs, installed with `go install`
+// from the Go module proxy (each with its own go.mod, not ours).
+const (
+	// CNIPluginsVersion is the release of the CNI reference plugins
+	// (bridge, host-local, loopback, portmap); kmesh-cni's kernel tests
+	// use the same one and share the cache under bin/cni-plugins.
+	CNIPluginsVersion = "v1.10.0"
+	// FortioVersion is the newest fortio the module proxy serves whole
+	// (later ones need a module it refuses).
+	FortioVersion = "v1.66.5"
+)
+
+var referencePlugins = []string{
+	"plugins/main/bridge",
+	"plugins/ipam/host-local",
+	"plugins/main/loopback",
+	"plugins/meta/portmap",
+}
+
+// Bins are the programs a box runs.
+type Bins struct {
+	Daemon, CNI, Kmeshctl string
+	// CNIPath is CNI_PATH: the reference plugins' folder, then kmesh-cni's.
+	CNIPath []string
+	// Fortio is empty unless BuildOptions.Fortio asked for it.
+	Fortio string
+}
+
+// BuildOptions says what to build and where.
+type BuildOptions struct {
+	// Root is the repository root. Default: found from this source file.
+	Root string
+	// Out receives kmesh-daemon, kmesh-cni and kmeshctl. Default: Root/bin.
+	Out string
+	// Fortio also installs fortio (cached under Root/bin/fortio/<version>).
+	Fortio bool
+	// Logf reports each step; nil is quiet.
+	Logf func(format string, args ...any)
+}
+
+// RepoRoot is the repository root, found from this source file.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Build compiles the product's binaries from the working tree (static, no
+// cgo) and installs the reference CNI plugins (and fortio) once per version.
+// One `go` command at a time: the machines have two cores.
+func Build(ctx context.Context, o BuildOptions) (Bins, error) {
+	if o.Root == "" {
+		o.Root = RepoRoot()
+	}
+	if o.Out == "" {
+		o.Out = filepath.Join(o.Root, "bin")
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	b := Bins{
+		Daemon:   filepath.Join(o.Out, "kmesh-daemon"),
+		CNI:      filepath.Join(o.Out, "kmesh-cni"),
+		Kmeshctl: filepath.Join(o.Out, "kmeshctl"),
+	}
+	for _, x := range []struct{ out, pkg string }{
+		{b.Daemon, "./daemon"}, {b.CNI, "./plugins/kmesh-cni"}, {b.Kmeshctl, "./kmeshctl"},
+	} {
+		o.Logf("building %s", filepath.Base(x.out))
+		if err := goCmd(ctx, o.Root, nil, "build", "-o", x.out, x.pkg); err != nil {
+			return b, err
+		}
+	}
+
+	refDir := filepath.Join(o.Root, "bin", "cni-plugins", CNIPluginsVersion)
+	var missing []string
+	for _, p := range referencePlugins {
+		if _, err := os.Stat(filepath.Join(refDir, filepath.Base(p))); err != nil {
+			missing = append(missing, "github.com/containernetworking/plugins/"+p+"@"+CNIPluginsVersion)
+		}
+	}
+	if len(missing) > 0 {
+		o.Logf("installing the CNI reference plugins %s", CNIPluginsVersion)
+		if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + refDir}, append([]string{"install"}, missing...)...); err != nil {
+			return b, err
+		}
+	}
+	b.CNIPath = []string{refDir, filepath.Dir(b.CNI)}
+
+	if o.Fortio {
+		dir := filepath.Join(o.Root, "bin", "fortio", FortioVersion)
+		b.Fortio = filepath.Join(dir, "fortio")
+		if _, err := os.Stat(b.Fortio); err != nil {
+			o.Logf("installing fortio %s", FortioVersion)
+			if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + dir}, "install", "fortio.org/fortio@"+FortioVersion); err != nil {
+				return b, err
+			}
+		}
+	}
+	return b, nil
+}
+
+// GoTool is the go command: on PATH, else next to the running toolchain,
+// else where Debian's setup puts it.
+func GoTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	for _, p := range []string{filepath.Join(runtime.GOROOT(), "bin", "go"), "/usr/local/go/bin/go"} {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "go"
+}
+
+func goCmd(ctx context.Context, dir string, env []string, args ...string) error {
+	cmd := exec.CommandContext(ctx, GoTool(), args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), append([]string{"CGO_ENABLED=0", "GOWORK=off"}, env...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
