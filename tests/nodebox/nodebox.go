@@ -265,7 +265,9 @@ func (b *Box) removeCgroup() error {
 // JoinCgroup moves this very process into the box's cgroup, so sockets it
 // opens inside an enrolled pod's namespace go through the data path (tests
 // that dial from pods in-process need it). LeaveCgroup, or Close, moves it
-// back.
+// back. While joined, programs this process starts land in the cgroup too
+// (Start places its own where asked); leave before starting long-lived
+// ones elsewhere, or Close finds the cgroup busy.
 func (b *Box) JoinCgroup() error {
 	prev, err := cgroupv2.Of(os.Getpid())
 	if err != nil {

@@ -75,13 +75,19 @@ func (b *Box) Start(spec ProcSpec) (*Proc, error) {
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Outside the box's cgroup means where we were before JoinCgroup, not
+	// where we are now.
+	cg := b.joined
 	if spec.InCgroup {
-		fd, err := unix.Open(b.Cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		cg = b.Cgroup
+	}
+	if cg != "" {
+		fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			if logFile != nil {
 				logFile.Close()
 			}
-			return nil, fmt.Errorf("open cgroup %s: %w", b.Cgroup, err)
+			return nil, fmt.Errorf("open cgroup %s: %w", cg, err)
 		}
 		defer unix.Close(fd)
 		cmd.SysProcAttr.UseCgroupFD = true
