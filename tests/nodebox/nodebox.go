@@ -89,6 +89,7 @@ type Box struct {
 	base     string
 	cni      *libcni.CNIConfig
 	chain    *libcni.NetworkConfigList
+	chainOut *libcni.NetworkConfigList // kmesh-cni with defaultEnroll false
 	lo       *libcni.NetworkConfigList
 	podSeq   atomic.Int32
 	mu       sync.Mutex
@@ -333,12 +334,36 @@ func (b *Box) inNodeNetlink(fn func(h *netlink.Handle) error) error {
 // kmesh-cni. Pods get no default route: only the pod subnet is reachable,
 // so a destination the mesh does not rewrite fails inside the namespace.
 func (b *Box) buildCNIConfig() error {
+	raw, err := b.conflist(b.cfg.DefaultEnroll)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(b.path("10-kmesh-box.conflist"), raw, 0o644); err != nil {
+		return err
+	}
+	if b.chain, err = libcni.NetworkConfFromBytes(raw); err != nil {
+		return fmt.Errorf("conflist: %w", err)
+	}
+	if raw, err = b.conflist(false); err != nil {
+		return err
+	}
+	if b.chainOut, err = libcni.NetworkConfFromBytes(raw); err != nil {
+		return fmt.Errorf("conflist: %w", err)
+	}
+	if b.lo, err = libcni.NetworkConfFromBytes([]byte(`{"cniVersion":"1.1.0","name":"lo","plugins":[{"type":"loopback"}]}`)); err != nil {
+		return err
+	}
+	b.cni = libcni.NewCNIConfigWithCacheDir(b.cfg.Bins.CNIPath, b.path("cni-cache"), nil)
+	return nil
+}
+
+func (b *Box) conflist(defaultEnroll bool) ([]byte, error) {
 	kmesh := map[string]any{
 		"type":          "kmesh-cni",
 		"daemonSocket":  b.DaemonSocket,
 		"bpfDir":        b.PinDir,
 		"stateDir":      b.CNIStateDir,
-		"defaultEnroll": b.cfg.DefaultEnroll,
+		"defaultEnroll": defaultEnroll,
 		"failurePolicy": "open",
 		"logFile":       b.path("kmesh-cni.log"),
 		"logLevel":      "debug",
@@ -346,7 +371,8 @@ func (b *Box) buildCNIConfig() error {
 	if b.cfg.Kubeconfig != "" {
 		kmesh["kubeconfig"] = b.cfg.Kubeconfig
 	}
-	chain := map[string]any{
+	// One network name for both: they share host-local's reservations.
+	return json.MarshalIndent(map[string]any{
 		"cniVersion": "1.1.0",
 		"name":       "kmesh-box",
 		"plugins": []any{
@@ -366,22 +392,7 @@ func (b *Box) buildCNIConfig() error {
 			},
 			kmesh,
 		},
-	}
-	raw, err := json.MarshalIndent(chain, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(b.path("10-kmesh-box.conflist"), raw, 0o644); err != nil {
-		return err
-	}
-	if b.chain, err = libcni.NetworkConfFromBytes(raw); err != nil {
-		return fmt.Errorf("conflist: %w", err)
-	}
-	if b.lo, err = libcni.NetworkConfFromBytes([]byte(`{"cniVersion":"1.1.0","name":"lo","plugins":[{"type":"loopback"}]}`)); err != nil {
-		return err
-	}
-	b.cni = libcni.NewCNIConfigWithCacheDir(b.cfg.Bins.CNIPath, b.path("cni-cache"), nil)
-	return nil
+	}, "", "  ")
 }
 
 // InNode runs fn on a thread inside the node's network namespace; programs

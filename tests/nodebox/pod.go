@@ -22,6 +22,10 @@ import (
 // looks the pod up by these in the API server.
 type PodSpec struct {
 	Name, Namespace, UID string
+	// OutOfMesh runs kmesh-cni with defaultEnroll false for this pod, as
+	// for a pod of a namespace that is not labelled (only matters without
+	// a kubeconfig, where defaultEnroll decides).
+	OutOfMesh bool
 }
 
 // Pod is a sandbox: a network namespace wired by the CNI chain.
@@ -37,6 +41,7 @@ type Pod struct {
 	HostVeth string
 
 	rt      *libcni.RuntimeConf
+	chain   *libcni.NetworkConfigList
 	removed bool
 }
 
@@ -50,7 +55,10 @@ func (b *Box) AddPod(ctx context.Context, spec PodSpec) (_ *Pod, err error) {
 		spec.UID = "uid-" + spec.Namespace + "-" + spec.Name
 	}
 	n := b.podSeq.Add(1)
-	p := &Pod{PodSpec: spec, NetNS: fmt.Sprintf("%s-p%d", b.base, n)}
+	p := &Pod{PodSpec: spec, NetNS: fmt.Sprintf("%s-p%d", b.base, n), chain: b.chain}
+	if spec.OutOfMesh {
+		p.chain = b.chainOut
+	}
 	p.NSPath = filepath.Join(netnsDir, p.NetNS)
 	p.ContainerID = p.NetNS
 	if err := addNetNS(p.NetNS); err != nil {
@@ -82,7 +90,7 @@ func (b *Box) AddPod(ctx context.Context, spec PodSpec) (_ *Pod, err error) {
 		if _, err := b.cni.AddNetworkList(ctx, b.lo, p.rt); err != nil {
 			return fmt.Errorf("loopback: %w", err)
 		}
-		r, err := b.cni.AddNetworkList(ctx, b.chain, p.rt)
+		r, err := b.cni.AddNetworkList(ctx, p.chain, p.rt)
 		if err != nil {
 			return err
 		}
@@ -133,7 +141,7 @@ func (b *Box) RemovePod(ctx context.Context, p *Pod) error {
 	}
 	if p.rt != nil {
 		err := b.InNode(func() error {
-			return errors.Join(b.cni.DelNetworkList(ctx, b.chain, p.rt), b.cni.DelNetworkList(ctx, b.lo, p.rt))
+			return errors.Join(b.cni.DelNetworkList(ctx, p.chain, p.rt), b.cni.DelNetworkList(ctx, b.lo, p.rt))
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("CNI DEL %s/%s: %w", p.Namespace, p.Name, err))

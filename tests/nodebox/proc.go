@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,6 +113,11 @@ func (b *Box) Start(spec ProcSpec) (*Proc, error) {
 		close(p.done)
 	}()
 	b.mu.Lock()
+	// Forget processes that ended long ago (a benchmark starts hundreds).
+	b.procs = slices.DeleteFunc(b.procs, func(q *Proc) bool {
+		done, _ := q.Exited()
+		return done
+	})
 	b.procs = append(b.procs, p)
 	b.mu.Unlock()
 	return p, nil

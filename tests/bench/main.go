@@ -1,0 +1,431 @@
+// Side-by-side benchmark of the paths a request can take from a client pod
+// to a server pod, in one run, on the same two pods, with fortio:
+//
+//   - direct to the server pod's IP, no mesh (the limit);
+//   - kube-proxy style: a service VIP DNATed by iptables;
+//   - a userspace proxy hop: HAProxy (Debian) beside the client, in TCP mode
+//     (standing in for a ztunnel-like L4 proxy) and in HTTP mode (standing
+//     in for an Envoy sidecar);
+//   - ours: the VIP rewritten at connect() by kmesh's cgroup hook, and the
+//     same with kmesh's tc program also on the server pod's veth.
+//
+// Each measurement runs several times, paths interleaved, and the tables
+// show medians. Nothing fails on a number: the targets are read off the
+// table. The pods are a node in a box (see tests/nodebox): nothing touches
+// the host's interfaces, and everything is removed at the end, also on
+// Ctrl-C.
+//
+//	make bench                      # or: cd tests && go run ./bench
+//	go run ./bench -runs 5 -fixed 30s
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/tests/nodebox"
+)
+
+// Addresses in the box. host-local hands out .10 (client) then .11 (server).
+var (
+	clientIP  = netip.MustParseAddr("10.244.0.10")
+	serverIP  = netip.MustParseAddr("10.244.0.11")
+	meshVIP   = netip.MustParseAddr("10.96.0.10") // kmesh's service address
+	dnatVIP   = netip.MustParseAddr("10.96.0.20") // the iptables one
+	serverURL = fmt.Sprintf("http://%s:8080/", serverIP)
+)
+
+const (
+	haproxyTCPPort  = 15001
+	haproxyHTTPPort = 15002
+)
+
+// path is one way from the client to the server.
+type path struct {
+	key, label string
+	url        string
+	// inMesh runs fortio inside the box's cgroup, where kmesh's hook is.
+	inMesh bool
+	// proxy is the userspace hop whose CPU counts for this path.
+	proxy *nodebox.Proc
+	// serverTC attaches kmesh's tc program to the server's veth while
+	// this path runs (both ends enrolled).
+	serverTC bool
+}
+
+type bench struct {
+	box            *nodebox.Box
+	bins           nodebox.Bins
+	client, server *nodebox.Pod
+	fortioServer   *nodebox.Proc
+	daemon         *nodebox.Proc
+	haproxy        *nodebox.Proc
+	paths          []*path
+	fixed, sat, nc time.Duration
+	runs           int
+	kinds          string
+	results        *results
+	seq            int
+}
+
+func main() {
+	runs := flag.Int("runs", 3, "times each measurement runs (the tables show medians)")
+	fixed := flag.Duration("fixed", 10*time.Second, "length of each fixed-rate run (1000 qps, 16 connections)")
+	sat := flag.Duration("sat", 5*time.Second, "length of each saturation run (qps 0)")
+	nc := flag.Duration("newconn", 5*time.Second, "length of each new-connection-per-request run")
+	only := flag.String("paths", "", "comma-separated path keys to run (default: all): direct,dnat,haproxy-tcp,haproxy-http,kmesh,kmesh-tc,direct-in-mesh")
+	which := flag.String("measure", "fixed,sat,newconn", "measurements to run: fixed, sat, newconn")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which}
+	err := b.run(ctx, *only)
+	if ctx.Err() != nil {
+		fmt.Println("\nInterrupted.")
+		err = nil
+	}
+	if b.box != nil {
+		if cerr := b.box.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("cleanup: %w", cerr))
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func (b *bench) run(ctx context.Context, only string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("run as root (network namespaces, iptables in a pod, BPF)")
+	}
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		return errors.New("haproxy not found (.ci/deps installs Debian's)")
+	}
+	fmt.Println("kmesh benchmark: one client pod, one server pod, every path side by side")
+	fmt.Println("(setting up: building, a node in a box, fortio server, HAProxy, iptables DNAT, kmesh-daemon)")
+	var err error
+	b.bins, err = nodebox.Build(ctx, nodebox.BuildOptions{Fortio: true})
+	if err != nil {
+		return err
+	}
+	if err := b.setUp(ctx); err != nil {
+		return err
+	}
+	if only == "" {
+		only = "direct,dnat,haproxy-tcp,haproxy-http,kmesh,kmesh-tc"
+	}
+	for _, p := range b.paths {
+		if !strings.Contains(","+only+",", ","+p.key+",") {
+			p.key = ""
+		}
+	}
+	var chosen []*path
+	for _, p := range b.paths {
+		if p.key != "" {
+			chosen = append(chosen, p)
+		}
+	}
+	b.paths = chosen
+	if len(b.paths) == 0 {
+		return fmt.Errorf("no path matches -paths %q", only)
+	}
+	// Each path must work before anything is measured.
+	for _, p := range b.paths {
+		if err := b.check(ctx, p); err != nil {
+			return fmt.Errorf("path %s does not work: %w", p.key, err)
+		}
+	}
+
+	load1, _ := os.ReadFile("/proc/loadavg")
+	start := time.Now()
+	b.results = newResults()
+	var kinds []kind
+	for _, k := range measurements(b.fixed, b.sat, b.nc) {
+		if strings.Contains(","+b.kinds+",", ","+k.group+",") {
+			kinds = append(kinds, k)
+		}
+	}
+	total := b.runs * len(kinds) * len(b.paths)
+	for run := 1; run <= b.runs; run++ {
+		for _, k := range kinds {
+			for _, p := range b.paths {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				b.seq++
+				fmt.Printf("\r  run %d/%d: %-28s %-14s (%d/%d)   ", run, b.runs, k.name, p.key, b.seq, total)
+				s, err := b.measure(ctx, p, k)
+				if err != nil {
+					return fmt.Errorf("%s on %s: %w", k.name, p.key, err)
+				}
+				b.results.add(p.key, k.name, s)
+			}
+		}
+	}
+	fmt.Printf("\r%80s\r", "")
+	load2, _ := os.ReadFile("/proc/loadavg")
+	b.print(time.Since(start), strings.Fields(string(load1)), strings.Fields(string(load2)))
+	return nil
+}
+
+// setUp makes the node, the pods and every path's machinery.
+func (b *bench) setUp(ctx context.Context) error {
+	var err error
+	b.box, err = nodebox.New(ctx, nodebox.Config{Prefix: "kmbench", Bins: b.bins, DefaultEnroll: true})
+	if err != nil {
+		return err
+	}
+	// The daemon first (kmesh-cni enrolls into its pinned maps), with a
+	// mesh of one service whose one backend is the server pod.
+	cfg := filepath.Join(b.box.Dir, "mesh.json")
+	if err := writeMesh(cfg); err != nil {
+		return err
+	}
+	b.daemon, err = b.box.StartDaemon("--config-file", cfg, "--node-name", "bench")
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := b.box.WaitDaemonReady(rctx, b.daemon); err != nil {
+		return err
+	}
+
+	// The client is enrolled; the server is not (its namespace would not
+	// be labelled): the "direct" path has no kmesh anywhere, and kmesh's
+	// server-side cost is its own row (kmesh-tc).
+	if b.client, err = b.box.AddPod(ctx, nodebox.PodSpec{Name: "client", Namespace: "bench"}); err != nil {
+		return err
+	}
+	if b.server, err = b.box.AddPod(ctx, nodebox.PodSpec{Name: "server", Namespace: "bench", OutOfMesh: true}); err != nil {
+		return err
+	}
+	if b.client.IP != clientIP || b.server.IP != serverIP {
+		return fmt.Errorf("host-local gave client %s and server %s, want %s and %s", b.client.IP, b.server.IP, clientIP, serverIP)
+	}
+
+	b.fortioServer, err = b.box.Start(nodebox.ProcSpec{Name: "fortio-server", Pod: b.server, Argv: []string{
+		b.bins.Fortio, "server", "-http-port", "8080", "-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-tcp-port", "disabled", "-udp-port", "disabled", "-ui-path", "", "-quiet",
+	}})
+	if err != nil {
+		return err
+	}
+	if err := waitTCP(ctx, b.client, netip.AddrPortFrom(serverIP, 8080)); err != nil {
+		return fmt.Errorf("fortio server: %w", err)
+	}
+
+	// kube-proxy style: DNAT in the client pod's own netfilter (the node
+	// namespace cannot do it for bridged pod traffic without br_netfilter,
+	// a host-wide module). A route makes the VIP routable before DNAT.
+	for _, c := range [][]string{
+		{"ip", "route", "add", dnatVIP.String() + "/32", "dev", "eth0"},
+		{"iptables", "-t", "nat", "-A", "OUTPUT", "-d", dnatVIP.String() + "/32", "-p", "tcp", "--dport", "80",
+			"-j", "DNAT", "--to-destination", netip.AddrPortFrom(serverIP, 8080).String()},
+	} {
+		if err := b.client.Run(c[0], c[1:]...); err != nil {
+			return err
+		}
+	}
+
+	// HAProxy next to the client, as a sidecar would be.
+	hcfg := filepath.Join(b.box.Dir, "haproxy.cfg")
+	if err := os.WriteFile(hcfg, []byte(haproxyConfig()), 0o644); err != nil {
+		return err
+	}
+	b.haproxy, err = b.box.Start(nodebox.ProcSpec{Name: "haproxy", Pod: b.client, Argv: []string{"/usr/sbin/haproxy", "-db", "-f", hcfg}})
+	if err != nil {
+		return err
+	}
+	for _, port := range []uint16{haproxyTCPPort, haproxyHTTPPort} {
+		if err := waitTCP(ctx, b.client, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)); err != nil {
+			return fmt.Errorf("haproxy: %w; end of its log:\n%s", err, nodebox.Tail(b.haproxy.LogPath, 2000))
+		}
+	}
+
+	b.paths = []*path{
+		{key: "direct", label: "direct to the pod IP, no mesh", url: serverURL},
+		{key: "dnat", label: "iptables DNAT on a VIP (kube-proxy)", url: fmt.Sprintf("http://%s:80/", dnatVIP)},
+		{key: "haproxy-tcp", label: "HAProxy TCP hop (ztunnel-like)", url: fmt.Sprintf("http://127.0.0.1:%d/", haproxyTCPPort), proxy: b.haproxy},
+		{key: "haproxy-http", label: "HAProxy HTTP hop (sidecar-like)", url: fmt.Sprintf("http://127.0.0.1:%d/", haproxyHTTPPort), proxy: b.haproxy},
+		{key: "kmesh", label: "kmesh: VIP rewritten at connect()", url: fmt.Sprintf("http://%s:80/", meshVIP), inMesh: true},
+		{key: "kmesh-tc", label: "kmesh + tc on the server's veth", url: fmt.Sprintf("http://%s:80/", meshVIP), inMesh: true, serverTC: true},
+		// Not run by default: the pod IP from inside the mesh, to tell the
+		// cost of the cgroup programs from the cost of the rewrite.
+		{key: "direct-in-mesh", label: "pod IP from an enrolled client", url: serverURL, inMesh: true},
+	}
+	return nil
+}
+
+func haproxyConfig() string {
+	srv := netip.AddrPortFrom(serverIP, 8080).String()
+	return fmt.Sprintf(`global
+    maxconn 8000
+defaults
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend tcp_in
+    mode tcp
+    bind 127.0.0.1:%d
+    default_backend tcp_out
+backend tcp_out
+    mode tcp
+    server s %s
+frontend http_in
+    mode http
+    bind 127.0.0.1:%d
+    default_backend http_out
+backend http_out
+    mode http
+    http-reuse always
+    server s %s
+`, haproxyTCPPort, srv, haproxyHTTPPort, srv)
+}
+
+// writeMesh writes the daemon's --config-file: service bench.bench at
+// meshVIP:80 -> 8080 on the server pod.
+func writeMesh(path string) error {
+	const host = "bench.bench.svc.cluster.local"
+	port := []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}
+	addrs := []*workloadapi.Address{
+		{Type: &workloadapi.Address_Service{Service: &workloadapi.Service{
+			Name: "bench", Namespace: "bench", Hostname: host,
+			Addresses: []*workloadapi.NetworkAddress{{Address: meshVIP.AsSlice()}},
+			Ports:     port,
+		}}},
+		{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{
+			Uid: "Kubernetes//Pod/bench/server", Name: "server", Namespace: "bench",
+			Addresses: [][]byte{serverIP.AsSlice()}, TrustDomain: "cluster.local", ServiceAccount: "server",
+			Services: map[string]*workloadapi.PortList{"bench/" + host: {Ports: port}},
+			Status:   workloadapi.WorkloadStatus_HEALTHY,
+		}}},
+	}
+	var doc struct {
+		Addresses []json.RawMessage `json:"addresses"`
+	}
+	for _, a := range addrs {
+		raw, err := protojson.Marshal(a)
+		if err != nil {
+			return err
+		}
+		doc.Addresses = append(doc.Addresses, raw)
+	}
+	raw, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, raw, 0o644)
+}
+
+// check sends a short burst down a path.
+func (b *bench) check(ctx context.Context, p *path) error {
+	r, err := b.fortio(ctx, p, "-qps", "50", "-c", "1", "-t", "1s")
+	if err != nil {
+		return err
+	}
+	if r.failed() > 0 || r.count() == 0 {
+		return fmt.Errorf("%d of %d requests failed (codes %v)", r.failed(), r.count(), r.RetCodes)
+	}
+	return nil
+}
+
+// measure runs one measurement on one path and collects CPU use.
+func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
+	if p.serverTC {
+		if err := b.serverTC(true); err != nil {
+			return sample{}, err
+		}
+		defer b.serverTC(false)
+	}
+	watch := []*nodebox.Proc{b.fortioServer}
+	if p.proxy != nil {
+		watch = append(watch, p.proxy)
+	}
+	if p.inMesh {
+		watch = append(watch, b.daemon)
+	}
+	before := make([]time.Duration, len(watch))
+	for i, w := range watch {
+		u, s, err := w.CPU()
+		if err != nil {
+			return sample{}, err
+		}
+		before[i] = u + s
+	}
+	r, err := b.fortio(ctx, p, k.args...)
+	if err != nil {
+		return sample{}, err
+	}
+	s := sample{
+		qps: r.ActualQPS, p50: r.percentile(50), p90: r.percentile(90), p99: r.percentile(99),
+		requests: r.count(), failed: r.failed(), clientCPU: r.cpu,
+	}
+	for i, w := range watch {
+		u, sy, err := w.CPU()
+		if err != nil {
+			return sample{}, err
+		}
+		d := u + sy - before[i]
+		switch w {
+		case b.fortioServer:
+			s.serverCPU = d
+		case b.daemon:
+			s.meshCPU = d
+		default:
+			s.proxyCPU = d
+		}
+	}
+	return s, nil
+}
+
+// serverTC attaches or detaches kmesh's tc program on the server pod's
+// host-side veth, as kmesh-cni does for an enrolled pod.
+func (b *bench) serverTC(on bool) error {
+	key := loader.PodTCKey(b.server.ContainerID, b.server.HostVeth)
+	if !on {
+		return loader.DetachPodTC(b.box.PinDir, key)
+	}
+	return b.box.InNode(func() error {
+		ifc, err := net.InterfaceByName(b.server.HostVeth)
+		if err != nil {
+			return err
+		}
+		return loader.AttachPodTC(b.box.PinDir, key, ifc.Index)
+	})
+}
+
+// waitTCP waits until addr accepts connections from the pod.
+func waitTCP(ctx context.Context, from *nodebox.Pod, addr netip.AddrPort) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := from.DialContext(cctx, "tcp", addr.String())
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// sample is one fortio run's figures.
+type sample struct {
+	qps                                     float64
+	p50, p90, p99                           time.Duration
+	requests, failed                        int64
+	clientCPU, serverCPU, proxyCPU, meshCPU time.Duration
+}
+
+// results holds every sample by path and measurement.
+type results struct {
+	by map[string]map[string][]sample
+}
+
+func newResults() *results { return &results{by: map[string]map[string][]sample{}} }
+
+func (r *results) add(path, kind string, s sample) {
+	if r.by[path] == nil {
+		r.by[path] = map[string][]sample{}
+	}
+	r.by[path][kind] = append(r.by[path][kind], s)
+}
+
+// median of one figure over the runs of a path's measurement.
+func (r *results) median(path, kind string, f func(sample) float64) float64 {
+	var v []float64
+	for _, s := range r.by[path][kind] {
+		v = append(v, f(s))
+	}
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// sum of one figure over every run of a path's measurement.
+func (r *results) sum(path, kind string, f func(sample) float64) float64 {
+	t := 0.0
+	for _, s := range r.by[path][kind] {
+		t += f(s)
+	}
+	return t
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func qps(s sample) float64 { return s.qps }
+func p50(s sample) float64 { return ms(s.p50) }
+func p90(s sample) float64 { return ms(s.p90) }
+func p99(s sample) float64 { return ms(s.p99) }
+
+func ratio(v, base float64) string {
+	if base == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", v/base)
+}
+
+func (b *bench) print(took time.Duration, load1, load2 []string) {
+	r := b.results
+	const fixed = "fixed 1000qps c16"
+	const newConn = "new conn c4"
+	direct := "direct"
+	var t *table
+	row := func(cells ...string) {
+		if t == nil {
+			t = &table{header: cells}
+		} else {
+			t.rows = append(t.rows, cells)
+		}
+	}
+	flush := func() {
+		t.print()
+		t = nil
+	}
+	label := func(p *path) string { return p.label }
+	host, _ := os.Hostname()
+	la := func(l []string) string {
+		if len(l) >= 3 {
+			return strings.Join(l[:3], " ")
+		}
+		return "?"
+	}
+
+	fmt.Printf("\nkmesh side-by-side benchmark (%s, %d CPUs, shared with other builds: load average %s at start, %s at end)\n",
+		host, runtime.NumCPU(), la(load1), la(load2))
+	fmt.Printf("fortio %s, 1 KiB POSTed and echoed; medians of %d runs per cell, paths interleaved; %s in all.\n",
+		"v1.66.5", b.runs, took.Round(time.Second))
+	fmt.Println("Client and server are pods (netns on a bridge) on the same 2 cores as fortio, HAProxy and the daemon:")
+	fmt.Println("ratios measured side by side are the result, not the absolute times.")
+
+	fmt.Printf("\n1. Fixed rate: 1000 qps, 16 connections, %s per run (latency in ms)\n\n", b.fixed)
+	row("path", "p50", "p90", "p99", "p90 vs direct", "failed")
+	for _, p := range b.paths {
+		row(label(p),
+			fmt.Sprintf("%.3f", r.median(p.key, fixed, p50)),
+			fmt.Sprintf("%.3f", r.median(p.key, fixed, p90)),
+			fmt.Sprintf("%.3f", r.median(p.key, fixed, p99)),
+			ratio(r.median(p.key, fixed, p90), r.median(direct, fixed, p90)),
+			fmt.Sprintf("%.0f", r.sum(p.key, fixed, func(s sample) float64 { return float64(s.failed) })))
+	}
+	flush()
+
+	fmt.Printf("\n2. Saturation (qps 0), %s per run: requests/s and p90 in ms\n\n", b.sat)
+	row("path", "c=1 qps", "p90", "c=16 qps", "p90", "c=64 qps", "p90", "max qps", "vs direct")
+	maxQPS := func(key string) float64 {
+		m := 0.0
+		for _, c := range []int{1, 16, 64} {
+			m = max(m, r.median(key, fmt.Sprintf("max qps c%d", c), qps))
+		}
+		return m
+	}
+	for _, p := range b.paths {
+		cells := []string{label(p)}
+		for _, c := range []int{1, 16, 64} {
+			k := fmt.Sprintf("max qps c%d", c)
+			cells = append(cells, fmt.Sprintf("%.0f", r.median(p.key, k, qps)), fmt.Sprintf("%.3f", r.median(p.key, k, p90)))
+		}
+		cells = append(cells, fmt.Sprintf("%.0f", maxQPS(p.key)), ratio(maxQPS(p.key), maxQPS(direct)))
+		row(cells...)
+	}
+	flush()
+
+	fmt.Printf("\n3. A new connection per request (-keepalive=false), 4 connections, %s per run\n\n", b.nc)
+	row("path", "requests/s", "vs direct", "p90 ms", "failed")
+	for _, p := range b.paths {
+		row(label(p),
+			fmt.Sprintf("%.0f", r.median(p.key, newConn, qps)),
+			ratio(r.median(p.key, newConn, qps), r.median(direct, newConn, qps)),
+			fmt.Sprintf("%.3f", r.median(p.key, newConn, p90)),
+			fmt.Sprintf("%.0f", r.sum(p.key, newConn, func(s sample) float64 { return float64(s.failed) })))
+	}
+	flush()
+
+	fmt.Println("\n4. CPU seconds (user+system, from /proc) per 10,000 requests at the fixed rate")
+	fmt.Println("   (the proxy column is HAProxy for its paths, kmesh-daemon for kmesh's; kernel softirq time is nobody's)")
+	fmt.Println()
+	row("path", "fortio client", "fortio server", "proxy / daemon", "total")
+	per10k := func(key string, f func(s sample) time.Duration) float64 {
+		n := r.sum(key, fixed, func(s sample) float64 { return float64(s.requests) })
+		if n == 0 {
+			return 0
+		}
+		return r.sum(key, fixed, func(s sample) float64 { return f(s).Seconds() }) / n * 10000
+	}
+	for _, p := range b.paths {
+		c := per10k(p.key, func(s sample) time.Duration { return s.clientCPU })
+		s := per10k(p.key, func(s sample) time.Duration { return s.serverCPU })
+		x := per10k(p.key, func(s sample) time.Duration { return s.proxyCPU + s.meshCPU })
+		row(label(p), fmt.Sprintf("%.3f", c), fmt.Sprintf("%.3f", s), fmt.Sprintf("%.3f", x), fmt.Sprintf("%.3f", c+s+x))
+	}
+	flush()
+
+	if slices.ContainsFunc(b.paths, func(p *path) bool { return p.key == "kmesh" }) && slices.ContainsFunc(b.paths, func(p *path) bool { return p.key == direct }) {
+		fmt.Println("\nTargets (kmesh vs direct):")
+		check := func(what string, v, limit float64, atMost bool) {
+			ok := v >= limit
+			cmp := ">="
+			if atMost {
+				ok, cmp = v <= limit, "<="
+			}
+			verdict := "met"
+			if !ok {
+				verdict = "NOT met"
+			}
+			fmt.Printf("  %-44s %.3fx (target %s %.2fx): %s\n", what, v, cmp, limit, verdict)
+		}
+		check("p90 at 1000 qps", r.median("kmesh", fixed, p90)/r.median(direct, fixed, p90), 1.05, true)
+		check("max qps", maxQPS("kmesh")/maxQPS(direct), 0.95, false)
+		check("new connections per second", r.median("kmesh", newConn, qps)/r.median(direct, newConn, qps), 0.95, false)
+	}
+	fmt.Println("\nPaths: fortio runs in the client pod; for kmesh's paths inside the cgroup the data path is attached")
+	fmt.Println("to (the client pod is enrolled), for the others outside it, so they meet no kmesh program. The server")
+	fmt.Println("pod is not enrolled; kmesh-tc adds kmesh's tc program on its veth, as for an enrolled server.")
+	fmt.Println("iptables DNAT runs in the client pod's netfilter (kube-proxy's rules, per pod); HAProxy listens on")
+	fmt.Println("the client pod's loopback, as a sidecar would, in TCP mode (like a ztunnel hop) and HTTP mode (like")
+	fmt.Println("an Envoy sidecar; it reuses server connections).")
+}
+
+// table prints as Markdown with aligned columns: readable in a terminal,
+// pasteable into a note. The first column is left-aligned, the rest right.
+type table struct {
+	header []string
+	rows   [][]string
+}
+
+func (t *table) print() {
+	width := make([]int, len(t.header))
+	for _, r := range append([][]string{t.header}, t.rows...) {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	line := func(r []string) {
+		var b strings.Builder
+		b.WriteString("|")
+		for i, c := range r {
+			if i == 0 {
+				fmt.Fprintf(&b, " %-*s |", width[i], c)
+			} else {
+				fmt.Fprintf(&b, " %*s |", width[i], c)
+			}
+		}
+		fmt.Println(b.String())
+	}
+	line(t.header)
+	sep := make([]string, len(width))
+	for i, w := range width {
+		if i == 0 {
+			sep[i] = strings.Repeat("-", w)
+		} else {
+			sep[i] = strings.Repeat("-", w-1) + ":"
+		}
+	}
+	var b strings.Builder
+	b.WriteString("|")
+	for _, s := range sep {
+		fmt.Fprintf(&b, " %s |", s)
+	}
+	fmt.Println(b.String())
+	for _, r := range t.rows {
+		line(r)
+	}
+}
