@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build generate verify-generate lint test fuzz test-unit bench fortio clean
+.PHONY: all deps build generate verify-generate lint test fuzz test-unit e2e e2e-tools demo bench fortio clean
 
 all: build
 
@@ -33,12 +33,15 @@ verify-generate: generate
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd tests && $(GO) vet ./...
 
-# Every test, kernel tests included (root, real kernel), then short fuzz
-# runs of the parsers that take untrusted input.
+# Every test, kernel tests included (root, real kernel), short fuzz runs of
+# the parsers that take untrusted input, then the end-to-end suite against
+# the real control plane.
 test: deps lint
 	KMESH_KERNEL_TESTS=1 CGO_ENABLED=0 $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
+	$(MAKE) e2e
 
 FUZZTIME ?= 15s
 fuzz:
@@ -46,14 +49,36 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseArgs$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/conf/
 	$(GO) test -run '^$$' -fuzz '^FuzzUpsertRemove$$' -fuzztime $(FUZZTIME) ./install/cniconf/
 
+# kube-apiserver and pilot-discovery for the end-to-end suite, built from the
+# versions pinned in tests/e2e/tools (about 10 minutes cold; then a no-op).
+e2e-tools:
+	tests/e2e/tools/build.sh
+
+# The end-to-end suite (tests/, its own module): real etcd, kube-apiserver
+# and istiod, the real CNI chain, kmesh-daemon as a process, real traffic.
+# One package at a time: each starts its own control plane on 2 cores.
+e2e: deps e2e-tools
+	cd tests && KMESH_E2E=1 CGO_ENABLED=0 $(GO) test -count=1 -p 1 -timeout 20m ./...
+
+# A node in a box on the embedded default mesh (conf/kmesh-demo.yaml): no
+# cluster needed. Builds what it runs and removes what it made, also on ^C.
+demo: deps
+	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmesh-demo ./demo
+	$(BIN)/kmesh-demo
+
 # Pure-Go tests only: no root, no kernel.
 test-unit:
 	CGO_ENABLED=0 $(GO) test -count=1 ./...
+	cd tests && CGO_ENABLED=0 $(GO) test -count=1 ./...
 
-# Benchmarks print markdown tables; they never fail on a time.
+# Benchmarks print markdown tables; they never fail on a time. The last one
+# puts every path side by side with fortio (direct, iptables DNAT, HAProxy,
+# kmesh) on the same pods: about 12 minutes.
 bench: deps fortio
 	KMESH_KERNEL_TESTS=1 KMESH_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v \
 		./bpf/ ./daemon/ ./daemon/telemetry/ ./plugins/kmesh-cni/ | grep -v -e '^=== RUN' -e '^--- ' -e '^PASS' -e '^ok ' -e '^\s*$$'
+	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmesh-bench ./bench
+	$(BIN)/kmesh-bench
 
 # The load generator of the acceleration and telemetry benchmarks (later
 # releases need a module the module proxy here refuses).
