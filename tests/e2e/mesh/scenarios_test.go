@@ -223,12 +223,9 @@ var authorizationPolicies = schema.GroupVersionResource{Group: "security.istio.i
 
 // (5) AuthorizationPolicy: DENY from a namespace, ALLOW by service account.
 // Blocked clients fail fast (refused or reset, not a timeout); others pass.
-//
-// TODO(authz, issue 6): the kernel enforcement is being built now. This
-// scenario checks that istiod's policies reach the daemon, then skips
-// unless the daemon's /debug/status reports "authorization": "enforcing",
-// the marker the authorization work should set once the tc program and
-// the connect hook enforce the policies. No change here is needed then.
+// The clients are enrolled, so the connect hook refuses a denied connect()
+// before a packet leaves; the server's tc program would reset the SYN of a
+// client outside the mesh.
 func (m *mesh) testAuthorization(t *testing.T) {
 	const (
 		srvNS     = "authz"
@@ -239,12 +236,24 @@ func (m *mesh) testAuthorization(t *testing.T) {
 		m.namespace(t, ns, true)
 	}
 	url := m.service(t, srvNS, "guarded", "10.96.5.10", "guarded")
-	m.addPod(t, srvNS, "guarded-0", podOpts{app: "guarded", sa: "guarded"})
+	guarded := m.addPod(t, srvNS, "guarded-0", podOpts{app: "guarded", sa: "guarded"})
+	podURL := fmt.Sprintf("http://%s:%d/", guarded.IP, podPort)
 	good := m.addPod(t, clientNS, "good", podOpts{sa: "good"})
 	wrongSA := m.addPod(t, clientNS, "wrong-sa", podOpts{sa: "other"})
 	blocked := m.addPod(t, blockedNS, "blocked", podOpts{sa: "good"})
+	// The same identities outside the mesh (opted out): no connect hook,
+	// only the guarded pod's tc program decides, on the SYN.
+	optOut := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeNone}
+	goodOut := m.addPod(t, clientNS, "good-outside", podOpts{sa: "good", labels: optOut})
+	blockedOut := m.addPod(t, blockedNS, "blocked-outside", podOpts{sa: "good", labels: optOut})
 	for _, c := range []*pod{good, wrongSA, blocked} {
 		c.waitServedBy(t, url, 15*time.Second, "guarded-0")
+	}
+	for _, c := range []*pod{goodOut, blockedOut} {
+		if m.enrolled(t, c) {
+			t.Fatalf("%s opted out but is enrolled", c.Name)
+		}
+		c.waitServedBy(t, podURL, 15*time.Second, "guarded-0")
 	}
 
 	// DENY whatever comes from the blocked namespace, to every workload of
@@ -296,38 +305,56 @@ func (m *mesh) testAuthorization(t *testing.T) {
 	})
 	t.Logf("istiod's Authorization resources reached the daemon %s after the policies were created", took.Round(time.Millisecond))
 
-	if st := m.status(t); st["authorization"] != "enforcing" {
-		t.Skipf("the daemon does not enforce authorization yet (/debug/status has authorization=%v, want \"enforcing\"; issue 6)", st["authorization"])
-	}
-
-	eventually(t, 5*time.Second, "the service account ALLOW lets the good client through", func() (bool, string) {
-		who, err := good.get(m.ctx, url)
-		return err == nil && who == "guarded-0", fmt.Sprint(who, err)
-	})
-	for _, c := range []struct {
+	type client struct {
 		p   *pod
+		url string
 		why string
-	}{{wrongSA, "no ALLOW matches service account other"}, {blocked, "DENY from namespace " + blockedNS}} {
-		eventually(t, 5*time.Second, c.p.Name+" is refused: "+c.why, func() (bool, string) {
-			start := time.Now()
-			_, err := c.p.get(m.ctx, url)
-			took := time.Since(start)
-			return err != nil && took < 500*time.Millisecond, fmt.Sprintf("err %v after %s", err, took)
+	}
+	allowed := []client{
+		{good, url, "ALLOW by service account good"},
+		{goodOut, podURL, "ALLOW by service account good, outside the mesh"},
+	}
+	denied := []client{
+		{wrongSA, url, "no ALLOW matches service account other: connect() refused"},
+		{blocked, url, "DENY from namespace " + blockedNS + ": connect() refused"},
+		{blockedOut, podURL, "DENY from namespace " + blockedNS + ", outside the mesh: the SYN is reset"},
+	}
+	for _, c := range denied {
+		// The policies are in the daemon; the kernel follows within a push.
+		eventually(t, 5*time.Second, c.p.Name+" is refused", func() (bool, string) {
+			_, err := c.p.get(m.ctx, c.url)
+			return err != nil, "still allowed"
 		})
 		start := time.Now()
-		_, err := c.p.get(m.ctx, url)
+		_, err := c.p.get(m.ctx, c.url)
 		took := time.Since(start)
 		t.Logf("%s (%s): %v after %s", c.p.Name, c.why, err, took.Round(time.Microsecond))
-		if err == nil || took > 100*time.Millisecond {
-			t.Errorf("%s: want a fast failure (refused or reset), got %v after %s", c.p.Name, err, took)
-		}
 		var errno syscall.Errno
-		if err != nil && errors.As(err, &errno) && errno == syscall.ETIMEDOUT {
-			t.Errorf("%s: timed out instead of failing fast", c.p.Name)
+		switch {
+		case err == nil:
+			t.Errorf("%s got through: %s", c.p.Name, c.why)
+		case !errors.As(err, &errno) || (errno != syscall.EACCES && errno != syscall.ECONNREFUSED && errno != syscall.ECONNRESET):
+			t.Errorf("%s: want refused or reset, got %v", c.p.Name, err)
+		case took > 100*time.Millisecond:
+			t.Errorf("%s: failed after %s, want at once (no SYN retries, no timeout)", c.p.Name, took)
 		}
 	}
-	if got := good.spread(t, url, 20); got["guarded-0"] != 20 {
-		t.Errorf("the allowed client: %v", got)
+	for _, c := range allowed {
+		if got := c.p.spread(t, c.url, 20); got["guarded-0"] != 20 {
+			t.Errorf("%s (%s): %v", c.p.Name, c.why, got)
+		}
+	}
+
+	// The denials are counted per policy.
+	code, body, err := m.box.Admin(m.ctx, "/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("/metrics: %d %v", code, err)
+	}
+	for _, policy := range []string{srvNS + "/deny-blocked-namespace", "(no ALLOW policy matched)"} {
+		want := fmt.Sprintf(`kmesh_authz_connections_total{outcome="denied",policy=%q}`, policy)
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }
 
