@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -84,10 +85,10 @@ type bench struct {
 }
 
 func main() {
-	runs := flag.Int("runs", 3, "times each measurement runs (the tables show medians)")
-	fixed := flag.Duration("fixed", 10*time.Second, "length of each fixed-rate run (1000 qps, 16 connections)")
-	sat := flag.Duration("sat", 5*time.Second, "length of each saturation run (qps 0)")
-	nc := flag.Duration("newconn", 5*time.Second, "length of each new-connection-per-request run")
+	runs := flag.Int("runs", 5, "times each measurement runs (the tables show medians)")
+	fixed := flag.Duration("fixed", 8*time.Second, "length of each fixed-rate run (1000 qps, 16 connections)")
+	sat := flag.Duration("sat", 3*time.Second, "length of each saturation run (qps 0)")
+	nc := flag.Duration("newconn", 4*time.Second, "length of each new-connection-per-request run")
 	only := flag.String("paths", "", "comma-separated path keys to run (default: all): direct,dnat,haproxy-tcp,haproxy-http,kmesh,kmesh-tc,direct-in-mesh")
 	which := flag.String("measure", "fixed,sat,newconn", "measurements to run: fixed, sat, newconn")
 	flag.Parse()
@@ -164,8 +165,12 @@ func (b *bench) run(ctx context.Context, only string) error {
 	}
 	total := b.runs * len(kinds) * len(b.paths)
 	for run := 1; run <= b.runs; run++ {
+		order := slices.Clone(b.paths)
+		if run%2 == 0 {
+			slices.Reverse(order)
+		}
 		for _, k := range kinds {
-			for _, p := range b.paths {
+			for _, p := range order {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
