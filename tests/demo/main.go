@@ -128,7 +128,13 @@ func (d *demo) run(ctx context.Context) error {
 	say("done in %s; binaries in %s", since(start), filepath.Dir(bins.Daemon))
 
 	d.title("Making the node: a network namespace with a bridge, a cgroup, a BPF pin folder")
-	d.box, err = nodebox.New(ctx, nodebox.Config{Prefix: "kmdemo", Bins: bins, DefaultEnroll: true})
+	d.box, err = nodebox.New(ctx, nodebox.Config{Prefix: "kmdemo", Bins: bins, DefaultEnroll: true,
+		Logf: func(f string, a ...any) {
+			// Only what a killed earlier run left and this one removes.
+			if msg := fmt.Sprintf(f, a...); strings.Contains(msg, "earlier run") {
+				say("%s", msg)
+			}
+		}})
 	if err != nil {
 		return err
 	}
