@@ -408,13 +408,22 @@ func (b *bench) serverTC(on bool) error {
 	if !on {
 		return loader.DetachPodTC(b.box.PinDir, key)
 	}
-	return b.box.InNode(func() error {
-		ifc, err := net.InterfaceByName(b.server.HostVeth)
-		if err != nil {
+	// The kernel releases a detached (unpinned) link after an RCU grace
+	// period; until then attaching the program again is EEXIST.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		err := b.box.InNode(func() error {
+			ifc, err := net.InterfaceByName(b.server.HostVeth)
+			if err != nil {
+				return err
+			}
+			return loader.AttachPodTC(b.box.PinDir, key, ifc.Index)
+		})
+		if err == nil || !errors.Is(err, syscall.EEXIST) || time.Now().After(deadline) {
 			return err
 		}
-		return loader.AttachPodTC(b.box.PinDir, key, ifc.Index)
-	})
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // waitTCP waits until addr accepts connections from the pod.
