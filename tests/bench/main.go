@@ -85,10 +85,13 @@ type bench struct {
 }
 
 func main() {
-	runs := flag.Int("runs", 5, "times each measurement runs (the tables show medians)")
-	fixed := flag.Duration("fixed", 8*time.Second, "length of each fixed-rate run (1000 qps, 16 connections)")
-	sat := flag.Duration("sat", 3*time.Second, "length of each saturation run (qps 0)")
-	nc := flag.Duration("newconn", 4*time.Second, "length of each new-connection-per-request run")
+	// Many short runs beat a few long ones on a shared machine: each run's
+	// ratio to direct is taken next to direct, and the median of those
+	// shrugs off the runs another build disturbed.
+	runs := flag.Int("runs", 9, "times each measurement runs (the tables show medians)")
+	fixed := flag.Duration("fixed", 5*time.Second, "length of each fixed-rate run (1000 qps, 16 connections)")
+	sat := flag.Duration("sat", 2*time.Second, "length of each saturation run (qps 0)")
+	nc := flag.Duration("newconn", 2*time.Second, "length of each new-connection-per-request run")
 	only := flag.String("paths", "", "comma-separated path keys to run (default: all): direct,dnat,haproxy-tcp,haproxy-http,kmesh,kmesh-tc,direct-in-mesh")
 	which := flag.String("measure", "fixed,sat,newconn", "measurements to run: fixed, sat, newconn")
 	flag.Parse()
