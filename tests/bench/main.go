@@ -411,8 +411,9 @@ func (b *bench) serverTC(on bool) error {
 	if !on {
 		return loader.DetachPodTC(b.box.PinDir, key)
 	}
-	// The kernel releases a detached (unpinned) link after an RCU grace
-	// period; until then attaching the program again is EEXIST.
+	// A detach the kernel finishes late (a tcx link unpinned is released
+	// after an RCU grace period) makes an attach right after it EEXIST:
+	// the next run may start at once, so give it a moment.
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		err := b.box.InNode(func() error {
