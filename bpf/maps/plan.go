@@ -3,7 +3,9 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -396,12 +398,39 @@ func batchPut[K comparable, V any](mp *ebpf.Map, name string, b *kv[K, V]) error
 		}
 		return nil
 	}
-	n, err := mp.BatchUpdate(b.keys, b.vals, nil)
-	if err != nil {
-		return mapErr(name, fmt.Errorf("after %d of %d entries: %w", n, len(b.keys), err))
+	// A big batch (a full sync) is split over the CPUs: the kernel's hash
+	// maps lock per bucket, so the parts proceed side by side. Order within
+	// one map's batch never mattered.
+	parts := 1
+	if len(b.keys) >= parallelBatch {
+		parts = min(runtime.GOMAXPROCS(0), len(b.keys)/(parallelBatch/2))
 	}
-	return nil
+	if parts <= 1 {
+		n, err := mp.BatchUpdate(b.keys, b.vals, nil)
+		if err != nil {
+			return mapErr(name, fmt.Errorf("after %d of %d entries: %w", n, len(b.keys), err))
+		}
+		return nil
+	}
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	size := (len(b.keys) + parts - 1) / parts
+	for i := range parts {
+		lo, hi := i*size, min((i+1)*size, len(b.keys))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if n, err := mp.BatchUpdate(b.keys[lo:hi], b.vals[lo:hi], nil); err != nil {
+				errs[i] = mapErr(name, fmt.Errorf("after %d of entries %d-%d: %w", n, lo, hi, err))
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
+
+// parallelBatch is the batch size from which writes are split over CPUs.
+const parallelBatch = 16384
 
 func batchDelete[K comparable](mp *ebpf.Map, name string, keys []K, tolerant bool) error {
 	if len(keys) == 0 {
