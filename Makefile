@@ -73,9 +73,10 @@ test-unit:
 
 # Benchmarks print markdown tables; they never fail on a time. The last one
 # puts every path side by side with fortio (direct, iptables DNAT, HAProxy,
-# kmesh) on the same pods: about 12 minutes.
+# kmesh) on the same pods: about 12 minutes. One package at a time (-p 1):
+# two benchmarks sharing the 2 cores would each measure the other.
 bench: deps fortio
-	KMESH_KERNEL_TESTS=1 KMESH_BENCH=1 $(GO) test -count=1 -timeout 60m -run '^TestBench' -v \
+	KMESH_KERNEL_TESTS=1 KMESH_BENCH=1 $(GO) test -count=1 -p 1 -timeout 60m -run '^TestBench' -v \
 		./bpf/ ./daemon/ ./daemon/telemetry/ ./plugins/kmesh-cni/ | grep -v -e '^=== RUN' -e '^--- ' -e '^PASS' -e '^ok ' -e '^\s*$$'
 	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmesh-bench ./bench
 	$(BIN)/kmesh-bench
