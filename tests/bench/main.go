@@ -236,7 +236,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := waitTCP(ctx, b.client, netip.AddrPortFrom(serverIP, 8080)); err != nil {
+	if err := b.client.WaitListening(ctx, netip.AddrPortFrom(serverIP, 8080), 10*time.Second); err != nil {
 		return fmt.Errorf("fortio server: %w", err)
 	}
 
@@ -263,7 +263,7 @@ func (b *bench) setUp(ctx context.Context) error {
 		return err
 	}
 	for _, port := range []uint16{haproxyTCPPort, haproxyHTTPPort} {
-		if err := waitTCP(ctx, b.client, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)); err != nil {
+		if err := b.client.WaitListening(ctx, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), 10*time.Second); err != nil {
 			return fmt.Errorf("haproxy: %w; end of its log:\n%s", err, nodebox.Tail(b.haproxy.LogPath, 2000))
 		}
 	}
@@ -424,24 +424,6 @@ func (b *bench) serverTC(on bool) error {
 			return loader.AttachPodTC(b.box.PinDir, key, ifc.Index)
 		})
 		if err == nil || !errors.Is(err, syscall.EEXIST) || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// waitTCP waits until addr accepts connections from the pod.
-func waitTCP(ctx context.Context, from *nodebox.Pod, addr netip.AddrPort) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		c, err := from.DialContext(cctx, "tcp", addr.String())
-		cancel()
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -198,7 +198,7 @@ func (d *demo) run(ctx context.Context) error {
 		}
 	}
 	for _, be := range backends {
-		if err := waitListening(ctx, clientPod, netip.AddrPortFrom(be.ip, be.port)); err != nil {
+		if err := clientPod.WaitListening(ctx, netip.AddrPortFrom(be.ip, be.port), 10*time.Second); err != nil {
 			return fmt.Errorf("server in %s: %w", be.name, err)
 		}
 	}
@@ -366,26 +366,6 @@ func readMesh(path string) (*model.Service, []backend, error) {
 
 func vipPort(s *model.Service) string {
 	return netip.AddrPortFrom(s.VIPs[0], s.Ports[0].ServicePort).String()
-}
-
-// waitListening waits until a server pod accepts connections (from the
-// client pod, straight to the pod address: this process is not in the
-// mesh's cgroup).
-func waitListening(ctx context.Context, from *nodebox.Pod, addr netip.AddrPort) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		c, err := from.DialContext(cctx, "tcp", addr.String())
-		cancel()
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func rel(root, path string) string {

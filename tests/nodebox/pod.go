@@ -170,6 +170,26 @@ func (p *Pod) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 	return c, err
 }
 
+// WaitListening waits up to within until addr accepts TCP connections
+// from the pod (a server started in another pod is not listening the
+// moment its process exists).
+func (p *Pod) WaitListening(ctx context.Context, addr netip.AddrPort, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := p.DialContext(cctx, "tcp", addr.String())
+		cancel()
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Listen opens a listener inside the pod.
 func (p *Pod) Listen(network, addr string) (net.Listener, error) {
 	var l net.Listener
