@@ -80,6 +80,7 @@ type bench struct {
 	fixed, sat, nc time.Duration
 	runs           int
 	kinds          string
+	telemetry      bool
 	results        *results
 	seq            int
 }
@@ -94,11 +95,12 @@ func main() {
 	nc := flag.Duration("newconn", 2*time.Second, "length of each new-connection-per-request run")
 	only := flag.String("paths", "", "comma-separated path keys to run (default: all): direct,dnat,haproxy-tcp,haproxy-http,kmesh,kmesh-tc,direct-in-mesh")
 	which := flag.String("measure", "fixed,sat,newconn", "measurements to run: fixed, sat, newconn")
+	telemetry := flag.Bool("telemetry", true, "run kmesh-daemon with telemetry (its default); false shows what the connection records cost")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which}
+	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which, telemetry: *telemetry}
 	err := b.run(ctx, *only)
 	if ctx.Err() != nil {
 		fmt.Println("\nInterrupted.")
@@ -206,7 +208,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err := writeMesh(cfg); err != nil {
 		return err
 	}
-	b.daemon, err = b.box.StartDaemon("--config-file", cfg, "--node-name", "bench")
+	b.daemon, err = b.box.StartDaemon("--config-file", cfg, "--node-name", "bench", fmt.Sprintf("--telemetry=%v", b.telemetry))
 	if err != nil {
 		return err
 	}

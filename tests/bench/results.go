@@ -135,6 +135,9 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 	fmt.Printf("every other run); \"vs direct\" is the median of each run's ratio to direct in that run; %s in all.\n", took.Round(time.Second))
 	fmt.Println("Client and server are pods (netns on a bridge) on the same 2 cores as fortio, HAProxy and the daemon:")
 	fmt.Println("ratios measured side by side are the result, not the absolute times.")
+	if !b.telemetry {
+		fmt.Println("kmesh-daemon ran with --telemetry=false (no connection records, no sockops work per connection).")
+	}
 
 	maxQPS := func(key string) float64 {
 		m := 0.0
