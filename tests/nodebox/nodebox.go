@@ -402,8 +402,13 @@ func (b *Box) InNode(fn func() error) error { return podns.Do(b.NodeNSPath, fn) 
 // DialNode connects from the node's network namespace (to the daemon's
 // admin API, or the control plane on the node's loopback).
 func (b *Box) DialNode(ctx context.Context, network, addr string) (net.Conn, error) {
+	return dialIn(ctx, b.NodeNSPath, network, addr)
+}
+
+// dialIn connects from a thread inside the network namespace at nsPath.
+func dialIn(ctx context.Context, nsPath, network, addr string) (net.Conn, error) {
 	var c net.Conn
-	err := b.InNode(func() error {
+	err := podns.Do(nsPath, func() error {
 		var d net.Dialer
 		var err error
 		c, err = d.DialContext(ctx, network, addr)

@@ -160,14 +160,7 @@ func (p *Pod) Do(fn func() error) error { return podns.Do(p.NSPath, fn) }
 // DialContext connects from inside the pod. The socket belongs to this
 // process's cgroup: after Box.JoinCgroup it goes through the data path.
 func (p *Pod) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := p.Do(func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return dialIn(ctx, p.NSPath, network, addr)
 }
 
 // WaitListening waits up to within until addr accepts TCP connections
