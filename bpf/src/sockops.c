@@ -186,6 +186,17 @@ static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
 	c->flags |= KM_CONN_CLOSED;
 	if (!(c->flags & KM_CONN_TELEMETRY))
 		return;
+	if (c->role == KM_ROLE_CLIENT && (c->flags & KM_CONN_REWRITTEN)) {
+		/* A server end on this node took its origin at established;
+		 * for any other server (not enrolled, or on another node) the
+		 * entry would sit in the LRU until evicted, and with the map
+		 * full every new connection would pay an eviction (~1.8 us in
+		 * a profile). */
+		struct km_tuple t;
+
+		km_conn_tuple(c, &t);
+		bpf_map_delete_elem(&km_origin, &t);
+	}
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;
