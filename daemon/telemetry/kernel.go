@@ -61,33 +61,56 @@ func (t *Telemetry) Run(ctx context.Context, dp *loader.Datapath) error {
 	}
 }
 
+// readEvents accounts records as they come. While the ring holds more
+// records the reader keeps t.mu and its deadline (each costs a lock or a
+// clock read per record otherwise, and a busy node sends tens of thousands
+// a second); it lets go when the ring is drained, its next read may block.
 func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 	var rec ringbuf.Record
 	var e layout.ConnEvent
 	batch := 0
+	locked := false
+	unlock := func() {
+		if locked {
+			t.mu.Unlock()
+			locked = false
+		}
+	}
+	defer unlock()
+	rd.SetDeadline(time.Now().Add(drainTick))
 	for {
-		rd.SetDeadline(time.Now().Add(drainTick))
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:
+			if !locked {
+				t.mu.Lock()
+				locked = true
+			}
 			if derr := decode(rec.RawSample, &e); derr != nil {
 				t.log.Warn("telemetry: bad record", "err", derr)
-				continue
+			} else {
+				t.handle(&e)
+				batch++
 			}
-			t.mu.Lock()
-			t.handle(&e)
-			batch++
 			// Keep access log lines moving under a steady stream.
 			if batch >= 256 {
 				t.flush()
 				batch = 0
+				unlock()
 			}
-			t.mu.Unlock()
+			if rec.Remaining == 0 {
+				unlock()
+				rd.SetDeadline(time.Now().Add(drainTick))
+			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			t.mu.Lock()
+			if !locked {
+				t.mu.Lock()
+				locked = true
+			}
 			t.flush()
-			t.mu.Unlock()
+			unlock()
 			batch = 0
+			rd.SetDeadline(time.Now().Add(drainTick))
 		case errors.Is(err, ringbuf.ErrClosed):
 			return nil
 		default:
@@ -147,10 +170,11 @@ func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) 
 	buf := make([]byte, recordSize)
 	seen := map[uint64]bool{}
 	var e layout.ConnEvent
+	var servers []layout.ConnEvent
 	for {
 		if _, err := io.ReadFull(br, buf); err != nil {
 			if errors.Is(err, io.EOF) {
-				return seen, nil
+				break
 			}
 			return nil, fmt.Errorf("read connection records: %w", err)
 		}
@@ -158,8 +182,20 @@ func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) 
 			return nil, err
 		}
 		seen[e.Conn.Cookie] = true
+		if e.Conn.Role == layout.RoleServer {
+			// After every client record: a server end new to the daemon
+			// learns what its client dialled from the client's record.
+			servers = append(servers, e)
+			continue
+		}
 		t.mu.Lock()
 		t.handle(&e)
 		t.mu.Unlock()
 	}
+	t.mu.Lock()
+	for i := range servers {
+		t.handle(&servers[i])
+	}
+	t.mu.Unlock()
+	return seen, nil
 }
