@@ -32,7 +32,6 @@ const (
 	kmeshMapKmFrontend      = "km_frontend"
 	kmeshMapKmMaglev        = "km_maglev"
 	kmeshMapKmManage        = "km_manage"
-	kmeshMapKmOrigin        = "km_origin"
 	kmeshMapKmPort          = "km_port"
 	kmeshMapKmPortovr       = "km_portovr"
 	kmeshMapKmRedirIn       = "km_redir_in"
@@ -134,7 +133,6 @@ type kmeshMapSpecs struct {
 	KmFrontend     *ebpf.MapSpec `ebpf:"km_frontend"`
 	KmMaglev       *ebpf.MapSpec `ebpf:"km_maglev"`
 	KmManage       *ebpf.MapSpec `ebpf:"km_manage"`
-	KmOrigin       *ebpf.MapSpec `ebpf:"km_origin"`
 	KmPort         *ebpf.MapSpec `ebpf:"km_port"`
 	KmPortovr      *ebpf.MapSpec `ebpf:"km_portovr"`
 	KmRedirIn      *ebpf.MapSpec `ebpf:"km_redir_in"`
@@ -190,7 +188,6 @@ type kmeshMaps struct {
 	KmFrontend     *ebpf.Map `ebpf:"km_frontend"`
 	KmMaglev       *ebpf.Map `ebpf:"km_maglev"`
 	KmManage       *ebpf.Map `ebpf:"km_manage"`
-	KmOrigin       *ebpf.Map `ebpf:"km_origin"`
 	KmPort         *ebpf.Map `ebpf:"km_port"`
 	KmPortovr      *ebpf.Map `ebpf:"km_portovr"`
 	KmRedirIn      *ebpf.Map `ebpf:"km_redir_in"`
@@ -219,7 +216,6 @@ func (m *kmeshMaps) Close() error {
 		m.KmFrontend,
 		m.KmMaglev,
 		m.KmManage,
-		m.KmOrigin,
 		m.KmPort,
 		m.KmPortovr,
 		m.KmRedirIn,

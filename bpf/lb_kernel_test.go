@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/bpf/layout"
@@ -673,6 +676,17 @@ func TestKernelIncompatiblePinsAreReplaced(t *testing.T) {
 	if err := f.dp.Map(loader.MapConfig).Put(uint32(0), layout.ConfigValue{LayoutVersion: layout.Version + 100}); err != nil {
 		t.Fatal(err)
 	}
+	// And a map this version no longer has (as km_origin after layout 4).
+	retired, err := ebpf.NewMap(&ebpf.MapSpec{Name: "km_retired", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	retiredPin := filepath.Join(f.pins, "maps", "km_retired")
+	if err := retired.Pin(retiredPin); err != nil {
+		t.Fatal(err)
+	}
+	retired.Close()
+	t.Cleanup(func() { os.Remove(retiredPin) })
 	f.maps.Close()
 	f.dp.Close()
 	dp, err := loader.Open(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path})
@@ -680,6 +694,9 @@ func TestKernelIncompatiblePinsAreReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
+	if _, err := os.Stat(retiredPin); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the pin of a retired map is still there: %v", err)
+	}
 	if dp.Reused || !slices.Contains(dp.Replaced, loader.MapService) || !slices.Contains(dp.Replaced, loader.MapManage) {
 		t.Fatalf("reused=%v replaced=%v, want a replaced set", dp.Reused, dp.Replaced)
 	}

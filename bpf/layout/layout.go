@@ -10,7 +10,7 @@ import (
 
 // Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
 // another version are replaced, never reinterpreted.
-const Version = 4
+const Version = 5
 
 // MaxPrio is the number of locality priority levels per service.
 const MaxPrio = 8
@@ -216,13 +216,6 @@ type Tuple struct {
 // Reverse is the tuple as the other end sees it.
 func (t Tuple) Reverse() Tuple {
 	return Tuple{Local: t.Remote, Remote: t.Local, LocalPort: t.RemotePort, RemotePort: t.LocalPort}
-}
-
-type OriginValue struct {
-	Orig      Addr
-	OrigPort  uint16
-	Pad       uint16
-	ServiceID uint32
 }
 
 // Connection roles.

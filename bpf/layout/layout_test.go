@@ -42,7 +42,6 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		{"km_authz_stats", layout.AuthzStatKey{}, uint64(0)},
 		{"km_conn", int32(0), layout.ConnValue{}},
 		{"km_sockhash", layout.Tuple{}, uint64(0)},
-		{"km_origin", layout.Tuple{}, layout.OriginValue{}},
 		{"km_redir_in", layout.Tuple{}, uint64(0)},
 	}
 	for _, c := range cases {

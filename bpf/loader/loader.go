@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -50,7 +51,6 @@ const (
 	MapConn       = "km_conn"
 	MapEvents     = "km_events"
 	MapSockhash   = "km_sockhash"
-	MapOrigin     = "km_origin"
 	MapRedirIn    = "km_redir_in"
 	mapsSubdir    = "maps"
 	linksSubdir   = "links"
@@ -85,8 +85,6 @@ type Sizes struct {
 	// Sockhash caps the sockets in same-node acceleration; a socket that
 	// does not fit simply stays on TCP.
 	Sockhash uint32 `json:"sockhash"`
-	// Origins caps client tuples waiting for their server end (LRU).
-	Origins uint32 `json:"origins"`
 	// EventsBytes is the connection event ring buffer's size: a power of
 	// two, a multiple of the page size.
 	EventsBytes uint32 `json:"eventsBytes"`
@@ -134,7 +132,6 @@ func DefaultSizes() Sizes {
 		AuthzPorts:      65536,
 		AuthzVerdicts:   1048576,
 		Sockhash:        65536,
-		Origins:         65536,
 		EventsBytes:     4 << 20,
 	}
 }
@@ -165,7 +162,6 @@ func (s Sizes) withDefaults() Sizes {
 		AuthzPorts:      pick(s.AuthzPorts, d.AuthzPorts),
 		AuthzVerdicts:   pick(s.AuthzVerdicts, d.AuthzVerdicts),
 		Sockhash:        pick(s.Sockhash, d.Sockhash),
-		Origins:         pick(s.Origins, d.Origins),
 		EventsBytes:     pick(s.EventsBytes, d.EventsBytes),
 	}
 }
@@ -190,7 +186,6 @@ func (s Sizes) byMap() map[string]uint32 {
 		MapAuthzVerd:  s.AuthzVerdicts,
 		MapSockhash:   s.Sockhash,
 		MapRedirIn:    s.Sockhash,
-		MapOrigin:     s.Origins,
 		MapEvents:     s.EventsBytes,
 	}
 }
@@ -528,6 +523,27 @@ func (d *Datapath) pinMaps() error {
 		}
 		if err := m.Pin(path); err != nil {
 			return fmt.Errorf("loader: pin map %s: %w", name, err)
+		}
+	}
+	return d.unpinRetired()
+}
+
+// unpinRetired removes the pins of maps an earlier version had and this one
+// does not (km_origin went in layout 5): nothing would ever open them again,
+// and a pin keeps the map's memory.
+func (d *Datapath) unpinRetired() error {
+	dir := filepath.Join(d.cfg.PinDir, mapsSubdir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("loader: list pinned maps: %w", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "km_") || d.maps[name] != nil {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("loader: remove the pin of retired map %s: %w", name, err)
 		}
 	}
 	return nil

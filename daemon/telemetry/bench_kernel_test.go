@@ -31,6 +31,9 @@ func med(rs []testbed.FortioResult, f func(testbed.FortioResult) float64) float6
 }
 
 func medOf(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
 	v = slices.Clone(v)
 	slices.Sort(v)
 	return v[len(v)/2]
@@ -99,7 +102,10 @@ func TestBenchTelemetryCost(t *testing.T) {
 
 	// Pairs of short runs, off and on back to back (order alternating), so
 	// the shared machine's drift hits both; the ratio is taken per pair.
-	const dur = "3s"
+	dur := "3s"
+	if v := os.Getenv("KMESH_BENCH_DUR"); v != "" {
+		dur = v
+	}
 	results := map[bool][]testbed.FortioResult{}
 	var ratios []float64
 	var progNs [2][]float64 // sockops run time per connection, off/on
@@ -107,7 +113,11 @@ func TestBenchTelemetryCost(t *testing.T) {
 	var cgUs [2][]float64   // CPU of everything in the test's cgroup per connection, off/on
 	for r := range runs {
 		var pair [2]float64
-		for _, on := range []bool{r%2 == 0, r%2 != 0} {
+		order := []bool{r%2 == 0, r%2 != 0}
+		if v := os.Getenv("KMESH_BENCH_ONLY"); v != "" {
+			order = []bool{v == "on"}
+		}
+		for _, on := range order {
 			if err := n.dp.SetFeatures(loader.Features{Telemetry: on}); err != nil {
 				t.Fatal(err)
 			}
@@ -132,7 +142,11 @@ func TestBenchTelemetryCost(t *testing.T) {
 			progNs[i] = append(progNs[i], float64((after.Runtime-before.Runtime).Nanoseconds())/float64(res.Calls))
 			cgUs[i] = append(cgUs[i], float64(cg.Microseconds())/float64(res.Calls))
 		}
-		ratios = append(ratios, pair[1]/pair[0])
+		if pair[0] > 0 {
+			ratios = append(ratios, pair[1]/pair[0])
+		} else {
+			ratios = append(ratios, 1)
+		}
 	}
 	if n.metric("istio_tcp_connections_opened_total", nil) == 0 {
 		t.Fatal("telemetry recorded nothing")

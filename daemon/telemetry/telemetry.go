@@ -71,10 +71,18 @@ type Telemetry struct {
 	// with the sweep that did it, so a close event that was only late
 	// (not lost) is not counted twice. Normally empty.
 	finalized map[uint64]uint64
-	series    *seriesSet
-	cache     map[resolveKey]*resolved
-	gen       uint64
-	sweeps    uint64
+	// dialled holds what client ends on this node dialled, under the
+	// client's tuple, until the server end (if it is enrolled here) takes
+	// it or the client closes: the kernel records the service only at the
+	// client, which is the end that knows it.
+	dialled map[layout.Tuple]dialled
+	// spare holds conn records of closed ends for reuse: one per new
+	// connection end otherwise, which keeps the collector busy.
+	spare  []*conn
+	series *seriesSet
+	cache  map[resolveKey]*resolved
+	gen    uint64
+	sweeps uint64
 
 	istio    istioMetrics
 	duration *prometheus.HistogramVec
@@ -105,6 +113,18 @@ type conn struct {
 	srtt, retrans     uint32
 	lastNs            uint64
 	missed            uint64 // sweeps that did not see it
+}
+
+// dialled is what a client end asked its connect() for.
+type dialled struct {
+	cookie    uint64 // the client end's
+	orig      layout.Addr
+	origPort  uint16
+	serviceID uint32
+}
+
+func tupleOf(c *layout.ConnValue) layout.Tuple {
+	return layout.Tuple{Local: c.Local, Remote: c.Remote, LocalPort: c.LocalPort, RemotePort: c.RemotePort}
 }
 
 // resolveKey is what the labels of a connection end depend on.
@@ -142,6 +162,7 @@ func New(cfg Config) *Telemetry {
 		conns:         map[uint64]*conn{},
 		closedInSweep: map[uint64]bool{},
 		finalized:     map[uint64]uint64{},
+		dialled:       map[layout.Tuple]dialled{},
 		cache:         map[resolveKey]*resolved{},
 		istio:         newIstioMetrics(),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -275,25 +296,73 @@ func (t *Telemetry) handle(e *layout.ConnEvent) {
 	if t.logging() {
 		t.emit(t.entry(x, e.NowNs, endName(e.End), flags))
 	}
-	t.forget(cookie)
+	t.forget(cookie, x)
 }
 
-// forget drops a closed connection end.
-func (t *Telemetry) forget(cookie uint64) {
+// pairOrigin files what a client end dialled for its server end, or gives
+// a server end what its client dialled. The client's record comes first:
+// the kernel records the client at established, before the client's ACK
+// establishes the server, and the ring keeps that order. (A sweep reads
+// client records before server records for the same reason.)
+func (t *Telemetry) pairOrigin(x *conn) {
+	c := &x.rec
+	if x.reporter == ReporterSource {
+		if c.Flags&layout.ConnRewritten != 0 {
+			t.dialled[tupleOf(c)] = dialled{cookie: c.Cookie, orig: c.Orig, origPort: c.OrigPort, serviceID: c.ServiceID}
+		}
+		return
+	}
+	if c.Flags&layout.ConnRewritten != 0 {
+		return
+	}
+	k := tupleOf(c).Reverse()
+	d, ok := t.dialled[k]
+	if !ok {
+		return
+	}
+	delete(t.dialled, k)
+	c.Orig, c.OrigPort, c.ServiceID = d.orig, d.origPort, d.serviceID
+	c.Flags |= layout.ConnRewritten
+}
+
+// forget drops a closed connection end; nothing may use x afterwards.
+func (t *Telemetry) forget(cookie uint64, x *conn) {
 	delete(t.conns, cookie)
+	if x.reporter == ReporterSource && x.rec.Flags&layout.ConnRewritten != 0 {
+		// Its server end was not enrolled here (or is gone already).
+		k := tupleOf(&x.rec)
+		if d, ok := t.dialled[k]; ok && d.cookie == cookie {
+			delete(t.dialled, k)
+		}
+	}
 	if t.sweeping {
 		t.closedInSweep[cookie] = true
 	}
+	if len(t.spare) < maxSpare {
+		*x = conn{}
+		t.spare = append(t.spare, x)
+	}
 }
+
+// maxSpare bounds the closed ends kept for reuse.
+const maxSpare = 4096
 
 // track starts accounting a connection end seen for the first time (by its
 // open event, or by a later record if the open event was lost).
 func (t *Telemetry) track(e *layout.ConnEvent) *conn {
-	x := &conn{rec: e.Conn, reporter: ReporterSource}
+	var x *conn
+	if n := len(t.spare); n > 0 {
+		x = t.spare[n-1]
+		t.spare = t.spare[:n-1]
+	} else {
+		x = &conn{}
+	}
+	x.rec, x.reporter = e.Conn, ReporterSource
 	if e.Conn.Role == layout.RoleServer {
 		x.reporter = ReporterDestination
 	}
 	x.srtt = e.SRTTus
+	t.pairOrigin(x)
 	x.res = t.resolve(x)
 	x.res.open.opened.Inc()
 	if x.res.open.overflow {
@@ -394,7 +463,7 @@ func (t *Telemetry) endSweep(seen map[uint64]bool, startNs uint64) {
 		if t.logging() {
 			t.emit(t.entry(x, x.lastNs, "unknown", noFlags))
 		}
-		t.forget(cookie)
+		t.forget(cookie, x)
 		t.finalized[cookie] = t.sweeps
 	}
 	for cookie, n := range t.finalized {

@@ -324,24 +324,23 @@ func TestKernelTelemetryCountsExactly(t *testing.T) {
 	checkExactTotals(t, loader.Features{Telemetry: true})
 }
 
-// What a client dialled is left in km_origin for a server end on this
-// node, which takes it at established. For a server that is not enrolled
-// the client's close removes it: the LRU map never fills with entries
-// nobody reads (a full one makes every new connection pay an eviction).
-func TestKernelTelemetryOriginLeavesNothingBehind(t *testing.T) {
+// Only the client's record says what it dialled; the daemon gives it to
+// the server end on this node (the destination reports the service too),
+// and a client whose server is not enrolled leaves nothing waiting once it
+// closes.
+func TestKernelTelemetryDestinationLearnsTheService(t *testing.T) {
 	n := newNode(t, loader.Features{Telemetry: true}, time.Hour)
 	for range 3 {
 		n.exchange(10, 20)
 	}
 	n.waitMetric("istio_tcp_connections_closed_total", src(), 3)
 	n.waitMetric("istio_tcp_connections_closed_total", dst(), 3)
-	if got := n.originEntries(); got != 0 {
-		t.Errorf("%d km_origin entries after connections to an enrolled server, want 0", got)
-	}
-	// The destination's service still came through km_origin.
 	if got := n.metric("istio_tcp_connections_closed_total", map[string]string{
 		"reporter": "destination", "destination_service": "echo.demo.svc.cluster.local"}); got != 3 {
 		t.Errorf("destination reports with the service: %v, want 3", got)
+	}
+	if got := n.tel.PendingDialled(); got != 0 {
+		t.Errorf("%d dialled services waiting after connections to an enrolled server, want 0", got)
 	}
 
 	cookie, err := podns.Cookie(n.server.NSPath)
@@ -358,24 +357,9 @@ func TestKernelTelemetryOriginLeavesNothingBehind(t *testing.T) {
 	if got := n.metric("istio_tcp_connections_closed_total", dst()); got != 3 {
 		t.Errorf("destination reports %v, want 3 (the server left the mesh)", got)
 	}
-	if got := n.originEntries(); got != 0 {
-		t.Errorf("%d km_origin entries left by closed connections to a server out of the mesh, want 0", got)
+	if got := n.tel.PendingDialled(); got != 0 {
+		t.Errorf("%d dialled services left by closed connections to a server out of the mesh, want 0", got)
 	}
-}
-
-// originEntries counts the entries in km_origin.
-func (n *node) originEntries() int {
-	n.t.Helper()
-	var k, v []byte
-	count := 0
-	it := n.dp.Map(loader.MapOrigin).Iterate()
-	for it.Next(&k, &v) {
-		count++
-	}
-	if err := it.Err(); err != nil {
-		n.t.Fatal(err)
-	}
-	return count
 }
 
 func TestKernelTelemetryCountsExactlyWhenAccelerated(t *testing.T) {

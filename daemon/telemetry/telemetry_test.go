@@ -162,7 +162,8 @@ func newTestTelemetry(t *testing.T, max int, log *bytes.Buffer) (*Telemetry, *fa
 }
 
 // ev builds a record of the client end (or, with server, the server end)
-// of one connection from ipClient:40000 to ipServer:8080 dialled as the VIP.
+// of one connection from ipClient:40000 to ipServer:8080 dialled as the VIP,
+// as the kernel writes them.
 func ev(cookie uint64, typ uint8, server bool, sent, recv uint64, now uint64) *layout.ConnEvent {
 	e := &layout.ConnEvent{Type: typ, BytesSent: sent, BytesReceived: recv, NowNs: now}
 	c := &e.Conn
@@ -175,8 +176,12 @@ func ev(cookie uint64, typ uint8, server bool, sent, recv uint64, now uint64) *l
 		c.LocalPort, c.RemotePort = c.RemotePort, c.LocalPort
 		c.Role = layout.RoleServer
 	}
-	c.Orig, c.OrigPort = layout.AddrFrom(ipVIP), 80
-	c.Flags = layout.ConnRewritten | layout.ConnTelemetry
+	c.Flags = layout.ConnTelemetry
+	if !server {
+		// Only the client end knows what it dialled (see pairOrigin).
+		c.Orig, c.OrigPort = layout.AddrFrom(ipVIP), 80
+		c.Flags |= layout.ConnRewritten
+	}
 	if typ == layout.EventClose {
 		e.End = layout.EndFIN
 		e.SRTTus = 50
@@ -202,16 +207,17 @@ func TestAccountingFromRecords(t *testing.T) {
 	if v := value(m.received, ReporterSource, noFlags); v != 150 {
 		t.Errorf("request bytes so far %v, want 150", v)
 	}
-	// A sweep is under way when the connection closes: a snapshot taken
+	// Server end of the same connection: its open event was lost; the
+	// close alone accounts it (and learns the service from the client's
+	// record). Its sent bytes are the response.
+	tel.handle(ev(2, layout.EventClose, true, 5000, 200, 4_000_000_000))
+
+	// A sweep is under way when the client closes: a snapshot taken
 	// before the close but read after it is ignored.
 	tel.startSweep()
 	tel.handle(ev(1, layout.EventClose, false, 200, 5000, 4_000_000_000))
 	tel.handle(ev(1, layout.EventSnapshot, false, 180, 4000, 3_900_000_000))
 	tel.endSweep(map[uint64]bool{}, 3_800_000_000)
-
-	// Server end of the same connection: its open event was lost; the
-	// close alone accounts it. Its sent bytes are the response.
-	tel.handle(ev(2, layout.EventClose, true, 5000, 200, 4_000_000_000))
 
 	for _, r := range []Reporter{ReporterSource, ReporterDestination} {
 		if v := value(m.opened, r, noFlags); v != 1 {
@@ -237,8 +243,9 @@ func TestAccountingFromRecords(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("access log:\n%s", log.String())
 	}
+	// The server end closed first.
 	var e Entry
-	if err := json.Unmarshal([]byte(lines[0]), &e); err != nil {
+	if err := json.Unmarshal([]byte(lines[1]), &e); err != nil {
 		t.Fatal(err)
 	}
 	if e.Reporter != ReporterSource || e.Source.Workload != "sleep" || e.Destination.Workload != "echo-v2" ||
@@ -246,13 +253,14 @@ func TestAccountingFromRecords(t *testing.T) {
 		e.Dialled != "10.96.0.10:80" || e.Service != "echo.demo.svc.cluster.local" ||
 		e.RequestBytes != 200 || e.ResponseBytes != 5000 || e.DurationMs != 3000 || e.Result != "closed" ||
 		e.ResponseFlags != "-" || e.RTTMicros != 50 {
-		t.Errorf("access log line %s", lines[0])
+		t.Errorf("access log line %s", lines[1])
 	}
-	if err := json.Unmarshal([]byte(lines[1]), &e); err != nil {
+	if err := json.Unmarshal([]byte(lines[0]), &e); err != nil {
 		t.Fatal(err)
 	}
-	if e.Reporter != ReporterDestination || e.Source.Address != "10.244.0.10:40000" || e.RequestBytes != 200 {
-		t.Errorf("server access log line %s", lines[1])
+	if e.Reporter != ReporterDestination || e.Source.Address != "10.244.0.10:40000" || e.RequestBytes != 200 ||
+		e.Service != "echo.demo.svc.cluster.local" {
+		t.Errorf("server access log line %s", lines[0])
 	}
 }
 
@@ -377,5 +385,54 @@ func BenchmarkHandleConnection(b *testing.B) {
 			tel.handle(&e)
 			tel.mu.Unlock()
 		}
+	}
+}
+
+// The server end learns what its client dialled from the client's record;
+// a client whose server never shows up (not enrolled, another node) leaves
+// nothing waiting once it closes, and a tuple used again by a newer
+// client is not taken from it by the older one's close.
+func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
+	tel, _ := newTestTelemetry(t, 100, nil)
+	m := tel.istio
+	tel.handle(ev(1, layout.EventOpen, false, 0, 0, 1_000_000_000))
+	tel.handle(ev(2, layout.EventOpen, true, 0, 0, 1_000_000_000))
+	if n := len(tel.dialled); n != 0 {
+		t.Errorf("%d dialled services waiting after the server end took its own", n)
+	}
+	tel.handle(ev(2, layout.EventClose, true, 10, 20, 2_000_000_000))
+	tel.handle(ev(1, layout.EventClose, false, 20, 10, 2_000_000_000))
+	if v := value(m.closed, ReporterDestination, noFlags); v != 1 {
+		t.Errorf("destination reports with the service: %v, want 1", v)
+	}
+
+	// No server end: the entry goes with the client.
+	tel.handle(ev(3, layout.EventOpen, false, 0, 0, 3_000_000_000))
+	if n := len(tel.dialled); n != 1 {
+		t.Fatalf("%d dialled services waiting, want 1", n)
+	}
+	tel.handle(ev(3, layout.EventClose, false, 0, 0, 4_000_000_000))
+	if n := len(tel.dialled); n != 0 {
+		t.Errorf("%d dialled services left after the client closed", n)
+	}
+
+	// The same tuple again: the newer client's entry survives the older
+	// one's late close, and its server end still gets it.
+	tel.handle(ev(4, layout.EventOpen, false, 0, 0, 5_000_000_000))
+	tel.handle(ev(5, layout.EventOpen, false, 0, 0, 5_100_000_000))
+	tel.handle(ev(4, layout.EventClose, false, 0, 0, 5_200_000_000))
+	tel.handle(ev(6, layout.EventClose, true, 0, 0, 6_000_000_000))
+	if v := value(m.closed, ReporterDestination, noFlags); v != 2 {
+		t.Errorf("destination reports with the service: %v, want 2", v)
+	}
+	if n := len(tel.dialled); n != 0 {
+		t.Errorf("%d dialled services left", n)
+	}
+
+	// A server end whose client dialled the pod itself has no service.
+	e := ev(7, layout.EventClose, true, 0, 0, 7_000_000_000)
+	tel.handle(e)
+	if v := testutil.ToFloat64(m.closed.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...)); v != 1 {
+		t.Errorf("destination reports without a service: %v, want 1", v)
 	}
 }

@@ -149,14 +149,6 @@ struct {
 	__type(value, __u64);
 } km_redir_in SEC(".maps");
 
-/* Client tuple -> dialled service, for the server end's telemetry. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct km_tuple);
-	__type(value, struct km_origin_value);
-} km_origin SEC(".maps");
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);

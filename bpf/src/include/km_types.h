@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define KM_LAYOUT_VERSION 4
+#define KM_LAYOUT_VERSION 5
 
 /* Locality priorities: Istio has six routing-preference scopes, so seven
  * levels (all match .. none match); eight keeps the array aligned. */
@@ -285,22 +285,13 @@ struct km_config_value {
 
 /* A TCP connection as one end sees it. Addresses as in km_addr, ports in
  * host order. Keys km_sockhash (each socket under its own tuple: its peer is
- * found under the tuple reversed) and km_origin. 40 bytes. */
+ * found under the tuple reversed). 40 bytes. */
 struct km_tuple {
 	struct km_addr local;
 	struct km_addr remote;
 	__u16 local_port;
 	__u16 remote_port;
 	__u32 pad;
-};
-
-/* km_origin: what a client dialled, left by the client's sockops for the
- * server end on the same node (keyed by the client's tuple). 24 bytes. */
-struct km_origin_value {
-	struct km_addr orig;
-	__u16 orig_port; /* host order */
-	__u16 pad;
-	__u32 service_id;
 };
 
 /* km_conn (socket-local storage): one end of an enrolled TCP connection, for
