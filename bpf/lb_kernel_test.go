@@ -676,12 +676,12 @@ func TestKernelIncompatiblePinsAreReplaced(t *testing.T) {
 	if err := f.dp.Map(loader.MapConfig).Put(uint32(0), layout.ConfigValue{LayoutVersion: layout.Version + 100}); err != nil {
 		t.Fatal(err)
 	}
-	// And a map this version no longer has (as km_origin after layout 4).
-	retired, err := ebpf.NewMap(&ebpf.MapSpec{Name: "km_retired", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	// And a map this version no longer has.
+	retired, err := ebpf.NewMap(&ebpf.MapSpec{Name: "km_origin", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	retiredPin := filepath.Join(f.pins, "maps", "km_retired")
+	retiredPin := filepath.Join(f.pins, "maps", "km_origin")
 	if err := retired.Pin(retiredPin); err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -528,21 +527,19 @@ func (d *Datapath) pinMaps() error {
 	return d.unpinRetired()
 }
 
-// unpinRetired removes the pins of maps an earlier version had and this one
-// does not (km_origin went in layout 5): nothing would ever open them again,
-// and a pin keeps the map's memory.
+// retiredMaps are maps earlier layouts had and this one does not. Only
+// these are unpinned: other pins in the directory (km_pod_tc, made by the
+// CNI plugin) are not the program set's.
+var retiredMaps = []string{
+	"km_origin", // layout 4: the daemon pairs the ends of a connection now
+}
+
+// unpinRetired removes the pins of retired maps: nothing would ever open
+// them again, and a pin keeps the map's memory.
 func (d *Datapath) unpinRetired() error {
-	dir := filepath.Join(d.cfg.PinDir, mapsSubdir)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("loader: list pinned maps: %w", err)
-	}
-	for _, e := range ents {
-		name := e.Name()
-		if !strings.HasPrefix(name, "km_") || d.maps[name] != nil {
-			continue
-		}
-		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, name := range retiredMaps {
+		path := d.mapPin(name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("loader: remove the pin of retired map %s: %w", name, err)
 		}
 	}
