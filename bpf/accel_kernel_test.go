@@ -109,20 +109,21 @@ func (p *accelPair) sockhash() map[layout.Tuple]uint64 {
 	return out
 }
 
-// record reads a socket's km_conn storage (keyed by its fd).
+// record reads a socket's connection record from its km_sock storage
+// (keyed by its fd).
 func (p *accelPair) record(c *net.TCPConn) (layout.ConnValue, bool) {
 	p.t.Helper()
-	var v layout.ConnValue
+	var v layout.SockValue
 	var found bool
 	withFD(p.t, c, func(fd int) {
-		err := p.dp.Map(loader.MapConn).Lookup(int32(fd), &v)
+		err := p.dp.Map(loader.MapSock).Lookup(int32(fd), &v)
 		if err == nil {
-			found = true
+			found = v.Conn.Cookie != 0
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			p.t.Fatalf("look up km_conn: %v", err)
+			p.t.Fatalf("look up km_sock: %v", err)
 		}
 	})
-	return v, found
+	return v.Conn, found
 }
 
 func tupleOf(c net.Conn) layout.Tuple {

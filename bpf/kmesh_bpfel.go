@@ -26,7 +26,6 @@ const (
 	kmeshMapKmAuthzVerdict  = "km_authz_verdict"
 	kmeshMapKmBackend       = "km_backend"
 	kmeshMapKmConfig        = "km_config"
-	kmeshMapKmConn          = "km_conn"
 	kmeshMapKmEndpoint      = "km_endpoint"
 	kmeshMapKmEvents        = "km_events"
 	kmeshMapKmFrontend      = "km_frontend"
@@ -127,7 +126,6 @@ type kmeshMapSpecs struct {
 	KmAuthzVerdict *ebpf.MapSpec `ebpf:"km_authz_verdict"`
 	KmBackend      *ebpf.MapSpec `ebpf:"km_backend"`
 	KmConfig       *ebpf.MapSpec `ebpf:"km_config"`
-	KmConn         *ebpf.MapSpec `ebpf:"km_conn"`
 	KmEndpoint     *ebpf.MapSpec `ebpf:"km_endpoint"`
 	KmEvents       *ebpf.MapSpec `ebpf:"km_events"`
 	KmFrontend     *ebpf.MapSpec `ebpf:"km_frontend"`
@@ -182,7 +180,6 @@ type kmeshMaps struct {
 	KmAuthzVerdict *ebpf.Map `ebpf:"km_authz_verdict"`
 	KmBackend      *ebpf.Map `ebpf:"km_backend"`
 	KmConfig       *ebpf.Map `ebpf:"km_config"`
-	KmConn         *ebpf.Map `ebpf:"km_conn"`
 	KmEndpoint     *ebpf.Map `ebpf:"km_endpoint"`
 	KmEvents       *ebpf.Map `ebpf:"km_events"`
 	KmFrontend     *ebpf.Map `ebpf:"km_frontend"`
@@ -210,7 +207,6 @@ func (m *kmeshMaps) Close() error {
 		m.KmAuthzVerdict,
 		m.KmBackend,
 		m.KmConfig,
-		m.KmConn,
 		m.KmEndpoint,
 		m.KmEvents,
 		m.KmFrontend,

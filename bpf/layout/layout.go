@@ -176,6 +176,9 @@ type SockValue struct {
 	Prio        uint32
 	Index       uint32
 	Flags       uint32
+	// Conn is sockops' record of an enrolled TCP end (zero until it is
+	// established).
+	Conn ConnValue
 }
 
 type UDPRevKey struct {
@@ -236,7 +239,7 @@ const (
 	ConnRedirectIn uint8 = 1 << 6
 )
 
-// ConnValue is km_conn: one end of an enrolled TCP connection.
+// ConnValue is the connection record in km_sock: one end of an enrolled TCP connection.
 type ConnValue struct {
 	Cookie     uint64
 	StartNs    uint64

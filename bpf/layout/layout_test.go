@@ -40,7 +40,6 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		{"km_authz_port", layout.AuthzPortKey{}, layout.AuthzClass{}},
 		{"km_authz_verdict", layout.AuthzVerdictKey{}, layout.AuthzVerdict{}},
 		{"km_authz_stats", layout.AuthzStatKey{}, uint64(0)},
-		{"km_conn", int32(0), layout.ConnValue{}},
 		{"km_sockhash", layout.Tuple{}, uint64(0)},
 		{"km_redir_in", layout.Tuple{}, uint64(0)},
 	}

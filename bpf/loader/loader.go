@@ -47,7 +47,6 @@ const (
 	MapAuthzPort  = "km_authz_port"
 	MapAuthzVerd  = "km_authz_verdict"
 	MapAuthzStats = "km_authz_stats"
-	MapConn       = "km_conn"
 	MapEvents     = "km_events"
 	MapSockhash   = "km_sockhash"
 	MapRedirIn    = "km_redir_in"
@@ -406,7 +405,7 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 // sizes are unchanged was only resized. Everything else is the daemon's to
 // rewrite.
 func migrate(name string, old, cur *ebpf.Map, sameLayout bool) error {
-	if name == MapConfig || name == MapMaglev || name == MapSock || name == MapConn ||
+	if name == MapConfig || name == MapMaglev || name == MapSock ||
 		name == MapEvents || name == MapSockhash {
 		return nil
 	}
@@ -532,6 +531,7 @@ func (d *Datapath) pinMaps() error {
 // CNI plugin) are not the program set's.
 var retiredMaps = []string{
 	"km_origin", // layout 4: the daemon pairs the ends of a connection now
+	"km_conn",   // layout 4: the connection record lives in km_sock now
 }
 
 // unpinRetired removes the pins of retired maps: nothing would ever open

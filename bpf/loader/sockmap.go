@@ -20,7 +20,7 @@ const (
 	// ProgSkMsg redirects data between sockets in the sockhash; attached to
 	// the sockhash by a pinned link.
 	ProgSkMsg = "km_sk_msg"
-	// ProgConnIter walks km_conn for the daemon's periodic reports.
+	// ProgConnIter walks the connection records in km_sock for the daemon's periodic reports.
 	ProgConnIter = "km_conn_iter"
 )
 
@@ -67,16 +67,16 @@ func (d *Datapath) attachSkMsg(sockhashReused bool) error {
 	return nil
 }
 
-// ConnIter walks the open connections' records (km_conn) on demand.
+// ConnIter walks the open connections' records (in km_sock) on demand.
 type ConnIter struct {
 	it *link.Iter
 }
 
-// NewConnIter attaches the iterator program to km_conn.
+// NewConnIter attaches the iterator program to km_sock.
 func (d *Datapath) NewConnIter() (*ConnIter, error) {
-	prog, m := d.progs[ProgConnIter], d.maps[MapConn]
+	prog, m := d.progs[ProgConnIter], d.maps[MapSock]
 	if prog == nil || m == nil {
-		return nil, fmt.Errorf("loader: object has no %s or %s", ProgConnIter, MapConn)
+		return nil, fmt.Errorf("loader: object has no %s or %s", ProgConnIter, MapSock)
 	}
 	it, err := link.AttachIter(link.IterOptions{Program: prog, Map: m})
 	if err != nil {

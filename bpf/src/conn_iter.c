@@ -20,13 +20,16 @@ static __noinline int km_seq_write(struct seq_file *seq, const struct km_conn_ev
 SEC("iter/bpf_sk_storage_map")
 int km_conn_iter(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
-	struct km_conn_value *c = ctx->value;
+	struct km_sock_value *s = ctx->value;
 	struct sock *sk = ctx->sk;
 	struct km_conn_event e = {};
+	struct km_conn_value *c;
 	struct tcp_sock *tp;
 
-	if (!c || !sk)
+	if (!s || !sk)
 		return 0;
+	/* UDP sockets and TCP ends not yet established have no record. */
+	c = &s->conn;
 	if (!(c->flags & KM_CONN_TELEMETRY) || (c->flags & KM_CONN_CLOSED))
 		return 0;
 	tp = bpf_skc_to_tcp_sock(sk);

@@ -44,6 +44,7 @@ SEC("sk_msg")
 int km_sk_msg(struct sk_msg_md *msg)
 {
 	struct bpf_sock *sk = msg->sk;
+	struct km_sock_value *s;
 	struct km_conn_value *c;
 	struct km_tuple p;
 	struct tcp_sock *tp;
@@ -52,8 +53,11 @@ int km_sk_msg(struct sk_msg_md *msg)
 
 	if (!sk)
 		return SK_PASS;
-	c = bpf_sk_storage_get(&km_conn, sk, 0, 0);
-	if (!c || (c->flags & KM_CONN_TCP_ONLY) || !km_peer_of_msg(msg, &p))
+	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	if (!s)
+		goto pass;
+	c = &s->conn;
+	if (!c->cookie || (c->flags & KM_CONN_TCP_ONLY) || !km_peer_of_msg(msg, &p))
 		goto pass;
 	/* After shutdown(SHUT_WR) TCP refuses to send (EPIPE); the shortcut
 	 * would not. Leave it to TCP. */

@@ -3,10 +3,10 @@
  * TCP life cycle of enrolled sockets (cgroup sock_ops, attached with the
  * socket-address hooks and gated the same way, by the netns cookie).
  *
- * At established, each end gets a km_conn record (who, what it dialled,
- * when) and an open event; at the transition to CLOSE, a close event with
+ * At established, each end gets a connection record in its km_sock storage
+ * (who, what it dialled, when) and an open event; at the transition to CLOSE, a close event with
  * TCP's own byte counters, RTT and retransmits and how it ended. Long-lived
- * connections are reported by the daemon's sweep over km_conn (conn_iter.c),
+ * connections are reported by the daemon's sweep over km_sock (conn_iter.c),
  * which needs no callback per packet and sees idle and accelerated
  * connections as well as busy ones.
  *
@@ -39,20 +39,15 @@ static __always_inline int km_enrolled(struct bpf_sock_ops *ops)
 
 
 /* The client end: what its connect() asked for, from the connect hook's
- * socket storage. A server end on this node learns it in the daemon, which
- * pairs the two ends' records by tuple (the client's open event is always
- * in the ring before the server's: the client is established before it
- * sends the ACK that establishes the server). Pairing in the kernel took an
- * LRU map write per connection and a delete at each end, ~0.8 us. */
-static __always_inline void km_client_origin(struct bpf_sock_ops *ops, struct km_conn_value *c)
+ * half of the same storage. A server end on this node learns it in the
+ * daemon, which pairs the two ends' records by tuple (the client's open
+ * event is always in the ring before the server's: the client is
+ * established before it sends the ACK that establishes the server).
+ * Pairing in the kernel took an LRU map write per connection and a delete
+ * at each end, ~0.8 us. */
+static __always_inline void km_client_origin(const struct km_sock_value *s, struct km_conn_value *c)
 {
-	struct km_sock_value *s;
-	struct bpf_sock *sk = ops->sk;
-
-	if (!sk)
-		return;
-	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
-	if (!s || !(s->flags & KM_SOCK_REWRITTEN))
+	if (!(s->flags & KM_SOCK_REWRITTEN))
 		return;
 	c->orig = s->orig;
 	c->orig_port = bpf_ntohs(s->orig_port);
@@ -64,6 +59,7 @@ static __always_inline void km_client_origin(struct bpf_sock_ops *ops, struct km
 static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 {
 	__u32 feat = km_features();
+	struct km_sock_value *s;
 	struct km_conn_value *c;
 	struct bpf_sock *sk = ops->sk;
 	struct km_tuple t;
@@ -75,9 +71,12 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	 * sockhash keyed by them would mix pods up. */
 	if (!km_tuple_of_ops(ops, &t) || km_addr_is_loopback(&t.remote) || !km_enrolled(ops))
 		return;
-	c = bpf_sk_storage_get(&km_conn, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!c)
+	/* A client rewritten at connect() has its storage already; the
+	 * record goes beside what the connect hook left there. */
+	s = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!s)
 		return;
+	c = &s->conn;
 	/* A socket can connect again after a disconnect: start afresh. */
 	__builtin_memset(c, 0, sizeof(*c));
 	c->cookie = bpf_get_socket_cookie(ops);
@@ -94,7 +93,7 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 
 		c->flags |= KM_CONN_TELEMETRY;
 		if (role == KM_ROLE_CLIENT)
-			km_client_origin(ops, c);
+			km_client_origin(s, c);
 		km_count(KM_STAT_CONN_OPEN);
 		e = km_reserve();
 		if (e) {
@@ -153,14 +152,18 @@ static __always_inline __u8 km_end_of(int err, __u32 old_state)
 static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
 {
 	struct bpf_sock *sk = ops->sk;
+	struct km_sock_value *s;
 	struct km_conn_value *c;
 	struct km_conn_event *e;
 	struct tcp_sock *tp;
 
 	if (!sk)
 		return;
-	c = bpf_sk_storage_get(&km_conn, sk, 0, 0);
-	if (!c || (c->flags & KM_CONN_CLOSED))
+	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	if (!s)
+		return;
+	c = &s->conn;
+	if (!c->cookie || (c->flags & KM_CONN_CLOSED))
 		return;
 	c->flags |= KM_CONN_CLOSED;
 	if (!(c->flags & KM_CONN_TELEMETRY))

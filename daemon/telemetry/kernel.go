@@ -159,7 +159,7 @@ func (t *Telemetry) Sweep() error {
 	return nil
 }
 
-// readSnapshots walks km_conn once and applies every record.
+// readSnapshots walks the connection records (km_sock) once and applies every record.
 func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) {
 	r, err := it.Open()
 	if err != nil {

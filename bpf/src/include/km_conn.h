@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Connection records shared by the sockops, sk_msg and iterator programs:
- * tuples, the per-socket km_conn storage and the events sent to the daemon.
+ * tuples, the connection record in each socket's km_sock storage and the
+ * events sent to the daemon.
  *
  * A few kernel structs are read through BTF (CO-RE): only the fields named
  * here, relocated against the running kernel at load time.

@@ -116,14 +116,6 @@ struct {
 	__type(value, struct km_config_value);
 } km_config SEC(".maps");
 
-/* Telemetry and acceleration state per enrolled TCP socket (see km_conn.h). */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct km_conn_value);
-} km_conn SEC(".maps");
-
 /* Connection events for the daemon: struct km_conn_event records. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -155,25 +155,6 @@ struct km_affinity_value {
 	__u64 last_used_ns;
 };
 
-/* km_sock (socket-local storage): what a socket's destination was before the
- * rewrite, and what it became. 56 bytes. */
-enum km_sock_flags {
-	KM_SOCK_REWRITTEN = 1 << 0,
-	KM_SOCK_WAYPOINT = 1 << 1,
-};
-
-struct km_sock_value {
-	struct km_addr orig;
-	struct km_addr backend;
-	__u16 orig_port;    /* network order, as in bpf_sock_addr */
-	__u16 backend_port; /* network order */
-	__u32 service_id;
-	__u32 workload_id;
-	__u32 prio;
-	__u32 index;
-	__u32 flags;
-};
-
 /* km_udp_rev: replies on a UDP socket that talks to more than one service. */
 struct km_udp_rev_key {
 	__u64 sock_cookie;
@@ -294,8 +275,8 @@ struct km_tuple {
 	__u32 pad;
 };
 
-/* km_conn (socket-local storage): one end of an enrolled TCP connection, for
- * telemetry and acceleration. 96 bytes. */
+/* The connection record of one end of an enrolled TCP connection, for
+ * telemetry and acceleration (in km_sock). 96 bytes. */
 enum km_conn_role {
 	KM_ROLE_CLIENT = 1, /* connect()ed: reports as the source */
 	KM_ROLE_SERVER = 2, /* accept()ed: reports as the destination */
@@ -329,7 +310,30 @@ struct km_conn_value {
 	__u32 pad;
 };
 
-/* km_events (ring buffer) and the km_conn iterator: a connection end at a
+/* km_sock (socket-local storage): what a socket's destination was before the
+ * rewrite, and what it became (the connect hook's), and for an enrolled TCP
+ * end its connection record (sockops'). One storage per socket: a second
+ * one cost an allocation at established and a free with the socket on
+ * every client connection. 56 + 96 bytes. */
+enum km_sock_flags {
+	KM_SOCK_REWRITTEN = 1 << 0,
+	KM_SOCK_WAYPOINT = 1 << 1,
+};
+
+struct km_sock_value {
+	struct km_addr orig;
+	struct km_addr backend;
+	__u16 orig_port;    /* network order, as in bpf_sock_addr */
+	__u16 backend_port; /* network order */
+	__u32 service_id;
+	__u32 workload_id;
+	__u32 prio;
+	__u32 index;
+	__u32 flags;
+	struct km_conn_value conn; /* zero until sockops sees it established */
+};
+
+/* km_events (ring buffer) and the km_sock iterator: a connection end at a
  * point in its life. Byte counts are payload totals since established
  * (TCP's counters less SYN and FIN, plus what went past TCP), so a lost
  * record costs no bytes. */
