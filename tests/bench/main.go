@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -52,6 +53,7 @@ var (
 )
 
 const (
+	dnatPort        = 8081 // the DNAT path's server port (see setUp)
 	haproxyTCPPort  = 15001
 	haproxyHTTPPort = 15002
 )
@@ -67,6 +69,9 @@ type path struct {
 	// serverTC attaches kmesh's tc program to the server's veth while
 	// this path runs (both ends enrolled).
 	serverTC bool
+	// server is the fortio server this path reaches (the one on 8080
+	// unless set).
+	server *nodebox.Proc
 }
 
 type bench struct {
@@ -74,6 +79,7 @@ type bench struct {
 	bins           nodebox.Bins
 	client, server *nodebox.Pod
 	fortioServer   *nodebox.Proc
+	dnatServer     *nodebox.Proc
 	daemon         *nodebox.Proc
 	haproxy        *nodebox.Proc
 	paths          []*path
@@ -241,6 +247,24 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err := b.client.WaitListening(ctx, netip.AddrPortFrom(serverIP, 8080), 10*time.Second); err != nil {
 		return fmt.Errorf("fortio server: %w", err)
 	}
+	// The DNAT path's target: the same server pod, another port. With one
+	// port, a DNATed connection's conntrack entry (its reply tuple is
+	// server:8080 -> client:port) outlives the socket by two minutes, and a
+	// later connection of another path from the same client port to
+	// server:8080 meets it as a packet of the wrong direction: its SYN is
+	// dropped and retried a second later. That collapsed the other paths'
+	// new-connection rate in the same run (direct fell from ~9800/s to
+	// ~1400/s in one) and made the rows measure each other.
+	b.dnatServer, err = b.box.Start(nodebox.ProcSpec{Name: "fortio-server-dnat", Pod: b.server, Argv: []string{
+		b.bins.Fortio, "server", "-http-port", strconv.Itoa(dnatPort), "-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-tcp-port", "disabled", "-udp-port", "disabled", "-ui-path", "", "-quiet",
+	}})
+	if err != nil {
+		return err
+	}
+	if err := b.client.WaitListening(ctx, netip.AddrPortFrom(serverIP, dnatPort), 10*time.Second); err != nil {
+		return fmt.Errorf("fortio server for DNAT: %w", err)
+	}
 
 	// kube-proxy style: DNAT in the client pod's own netfilter (the node
 	// namespace cannot do it for bridged pod traffic without br_netfilter,
@@ -248,7 +272,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	for _, c := range [][]string{
 		{"ip", "route", "add", dnatVIP.String() + "/32", "dev", "eth0"},
 		{"iptables", "-t", "nat", "-A", "OUTPUT", "-d", dnatVIP.String() + "/32", "-p", "tcp", "--dport", "80",
-			"-j", "DNAT", "--to-destination", netip.AddrPortFrom(serverIP, 8080).String()},
+			"-j", "DNAT", "--to-destination", netip.AddrPortFrom(serverIP, dnatPort).String()},
 	} {
 		if err := b.client.Run(c[0], c[1:]...); err != nil {
 			return err
@@ -272,7 +296,7 @@ func (b *bench) setUp(ctx context.Context) error {
 
 	b.paths = []*path{
 		{key: "direct", label: "direct to the pod IP, no mesh", url: serverURL},
-		{key: "dnat", label: "iptables DNAT on a VIP (kube-proxy)", url: fmt.Sprintf("http://%s:80/", dnatVIP)},
+		{key: "dnat", label: "iptables DNAT on a VIP (kube-proxy)", url: fmt.Sprintf("http://%s:80/", dnatVIP), server: b.dnatServer},
 		{key: "haproxy-tcp", label: "HAProxy TCP hop (ztunnel-like)", url: fmt.Sprintf("http://127.0.0.1:%d/", haproxyTCPPort), proxy: b.haproxy},
 		{key: "haproxy-http", label: "HAProxy HTTP hop (sidecar-like)", url: fmt.Sprintf("http://127.0.0.1:%d/", haproxyHTTPPort), proxy: b.haproxy},
 		{key: "kmesh", label: "kmesh: VIP rewritten at connect()", url: fmt.Sprintf("http://%s:80/", meshVIP), inMesh: true},
@@ -365,7 +389,11 @@ func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
 		}
 		defer b.serverTC(false)
 	}
-	watch := []*nodebox.Proc{b.fortioServer}
+	server := b.fortioServer
+	if p.server != nil {
+		server = p.server
+	}
+	watch := []*nodebox.Proc{server}
 	if p.proxy != nil {
 		watch = append(watch, p.proxy)
 	}
@@ -395,7 +423,7 @@ func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
 		}
 		d := u + sy - before[i]
 		switch w {
-		case b.fortioServer:
+		case server:
 			s.serverCPU = d
 		case b.daemon:
 			s.meshCPU = d

@@ -266,7 +266,9 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 	fmt.Println("\nPaths: fortio runs in the client pod; for kmesh's paths inside the cgroup the data path is attached")
 	fmt.Println("to (the client pod is enrolled), for the others outside it, so they meet no kmesh program. The server")
 	fmt.Println("pod is not enrolled; kmesh-tc adds kmesh's tc program on its veth, as for an enrolled server.")
-	fmt.Println("iptables DNAT runs in the client pod's netfilter (kube-proxy's rules, per pod); HAProxy listens on")
+	fmt.Println("iptables DNAT runs in the client pod's netfilter (kube-proxy's rules, per pod) to a second fortio")
+	fmt.Println("server in the server pod (port 8081), so its conntrack entries never meet the other paths' connections")
+	fmt.Println("to port 8080 (they did, and dropped their SYNs: every row's new-connection rate fell); HAProxy listens on")
 	fmt.Println("the client pod's loopback, as a sidecar would, in TCP mode (like a ztunnel hop) and HTTP mode (like")
 	fmt.Println("an Envoy sidecar; it reuses server connections).")
 }
