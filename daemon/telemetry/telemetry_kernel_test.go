@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/ringbuf"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
@@ -482,5 +483,82 @@ func TestKernelTelemetryAbnormalEnd(t *testing.T) {
 	}
 	if results[telemetry.ReporterSource] != "aborted" || results[telemetry.ReporterDestination] != "reset" {
 		t.Errorf("results %v, want the source aborted and the destination reset", results)
+	}
+}
+
+// A daemon that starts while connections are open (a restart) never sees
+// their open records; its first sweep reads the client ends before the
+// server ends, so the destination still learns the service its client
+// dialled.
+func TestKernelTelemetrySweepPairsEndsAfterRestart(t *testing.T) {
+	n := newNodeWith(t, loader.Features{Telemetry: true}, time.Hour, false, false)
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, err := n.ln.Accept()
+		if err != nil {
+			t.Error(err)
+			close(acc)
+			return
+		}
+		acc <- c
+	}()
+	c, err := n.client.Dial("tcp", netip.AddrPortFrom(vip, vipPort).String(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := <-acc
+	if s == nil {
+		t.FailNow()
+	}
+	defer s.Close()
+
+	// The records of the opens went to a daemon that is gone.
+	rd, err := ringbuf.NewReader(n.dp.Map(loader.MapEvents))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opens := 0
+	for {
+		rd.SetDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := rd.Read(); err != nil {
+			break
+		}
+		opens++
+	}
+	rd.Close()
+	if opens != 2 {
+		t.Fatalf("%d open records, want 2", opens)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.tel.Run(ctx, n.dp) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("telemetry: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := n.tel.Sweep()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sweep: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	svc := map[string]string{"destination_service": "echo.demo.svc.cluster.local"}
+	for _, r := range []string{"source", "destination"} {
+		svc["reporter"] = r
+		if got := n.metric("istio_tcp_connections_opened_total", svc); got != 1 {
+			t.Errorf("%s: opened with the service %v, want 1", r, got)
+		}
+	}
+	if got := n.tel.PendingDialled(); got != 0 {
+		t.Errorf("%d dialled services waiting, want 0", got)
 	}
 }
