@@ -160,6 +160,33 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 	return n
 }
 
+// open makes a connection through the VIP and leaves it open; the test's
+// end closes both ends.
+func (n *node) open() (client, server net.Conn) {
+	n.t.Helper()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, err := n.ln.Accept()
+		if err != nil {
+			n.t.Error(err)
+			close(acc)
+			return
+		}
+		acc <- c
+	}()
+	c, err := n.client.Dial("tcp", netip.AddrPortFrom(vip, vipPort).String(), 2*time.Second)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { c.Close() })
+	s := <-acc
+	if s == nil {
+		n.t.FailNow()
+	}
+	n.t.Cleanup(func() { s.Close() })
+	return c, s
+}
+
 // exchange makes one connection through the VIP: the client sends req
 // bytes and half-closes, the server reads them all, answers with resp
 // bytes and closes, the client reads to EOF and closes.
@@ -372,26 +399,7 @@ func TestKernelTelemetryReportsLongLivedConnections(t *testing.T) {
 	for _, feat := range []loader.Features{{Telemetry: true}, {Telemetry: true, SockmapAccel: true}} {
 		t.Run(fmt.Sprintf("accel=%v", feat.SockmapAccel), func(t *testing.T) {
 			n := newNode(t, feat, 300*time.Millisecond)
-			acc := make(chan net.Conn, 1)
-			go func() {
-				c, err := n.ln.Accept()
-				if err != nil {
-					t.Error(err)
-					close(acc)
-					return
-				}
-				acc <- c
-			}()
-			c, err := n.client.Dial("tcp", netip.AddrPortFrom(vip, vipPort).String(), 2*time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			s := <-acc
-			if s == nil {
-				t.FailNow()
-			}
-			defer s.Close()
+			c, s := n.open()
 			if _, err := c.Write(make([]byte, 12345)); err != nil {
 				t.Fatal(err)
 			}
@@ -492,26 +500,7 @@ func TestKernelTelemetryAbnormalEnd(t *testing.T) {
 // dialled.
 func TestKernelTelemetrySweepPairsEndsAfterRestart(t *testing.T) {
 	n := newNodeWith(t, loader.Features{Telemetry: true}, time.Hour, false, false)
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, err := n.ln.Accept()
-		if err != nil {
-			t.Error(err)
-			close(acc)
-			return
-		}
-		acc <- c
-	}()
-	c, err := n.client.Dial("tcp", netip.AddrPortFrom(vip, vipPort).String(), 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s := <-acc
-	if s == nil {
-		t.FailNow()
-	}
-	defer s.Close()
+	n.open()
 
 	// The records of the opens went to a daemon that is gone.
 	rd, err := ringbuf.NewReader(n.dp.Map(loader.MapEvents))
