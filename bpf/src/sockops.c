@@ -4,11 +4,11 @@
  * socket-address hooks and gated the same way, by the netns cookie).
  *
  * At established, each end gets a connection record in its km_sock storage
- * (who, what it dialled, when) and an open event; at the transition to CLOSE, a close event with
- * TCP's own byte counters, RTT and retransmits and how it ended. Long-lived
- * connections are reported by the daemon's sweep over km_sock (conn_iter.c),
- * which needs no callback per packet and sees idle and accelerated
- * connections as well as busy ones.
+ * (who, what it dialled, when) and an open event; at the transition to
+ * CLOSE, a close event with TCP's own byte counters, RTT and retransmits and
+ * how it ended. Long-lived connections are reported by the daemon's sweep
+ * over km_sock (conn_iter.c), which needs no callback per packet and sees
+ * idle and accelerated connections as well as busy ones.
  *
  * With acceleration on, each end also goes into km_sockhash under its own
  * tuple, and sk_msg.c sends its data straight to the peer when the peer is
