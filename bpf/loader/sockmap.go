@@ -20,7 +20,8 @@ const (
 	// ProgSkMsg redirects data between sockets in the sockhash; attached to
 	// the sockhash by a pinned link.
 	ProgSkMsg = "km_sk_msg"
-	// ProgConnIter walks the connection records in km_sock for the daemon's periodic reports.
+	// ProgConnIter walks the connection records in km_sock for the
+	// daemon's periodic reports.
 	ProgConnIter = "km_conn_iter"
 )
 

@@ -31,9 +31,6 @@ func med(rs []testbed.FortioResult, f func(testbed.FortioResult) float64) float6
 }
 
 func medOf(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
 	v = slices.Clone(v)
 	slices.Sort(v)
 	return v[len(v)/2]
@@ -106,6 +103,11 @@ func TestBenchTelemetryCost(t *testing.T) {
 	if v := os.Getenv("KMESH_BENCH_DUR"); v != "" {
 		dur = v
 	}
+	// KMESH_BENCH_ONLY=on or off runs one side alone (for a profiler).
+	only := os.Getenv("KMESH_BENCH_ONLY")
+	if only != "" && only != "on" && only != "off" {
+		t.Fatalf("KMESH_BENCH_ONLY=%q: want on or off", only)
+	}
 	results := map[bool][]testbed.FortioResult{}
 	var ratios []float64
 	var progNs [2][]float64 // sockops run time per connection, off/on
@@ -114,8 +116,8 @@ func TestBenchTelemetryCost(t *testing.T) {
 	for r := range runs {
 		var pair [2]float64
 		order := []bool{r%2 == 0, r%2 != 0}
-		if v := os.Getenv("KMESH_BENCH_ONLY"); v != "" {
-			order = []bool{v == "on"}
+		if only != "" {
+			order = []bool{only == "on"}
 		}
 		for _, on := range order {
 			if err := n.dp.SetFeatures(loader.Features{Telemetry: on}); err != nil {
@@ -142,13 +144,11 @@ func TestBenchTelemetryCost(t *testing.T) {
 			progNs[i] = append(progNs[i], float64((after.Runtime-before.Runtime).Nanoseconds())/float64(res.Calls))
 			cgUs[i] = append(cgUs[i], float64(cg.Microseconds())/float64(res.Calls))
 		}
-		if pair[0] > 0 {
+		if only == "" {
 			ratios = append(ratios, pair[1]/pair[0])
-		} else {
-			ratios = append(ratios, 1)
 		}
 	}
-	if n.metric("istio_tcp_connections_opened_total", nil) == 0 {
+	if only != "off" && n.metric("istio_tcp_connections_opened_total", nil) == 0 {
 		t.Fatal("telemetry recorded nothing")
 	}
 	qps := func(r testbed.FortioResult) float64 { return r.QPS }
@@ -158,10 +158,17 @@ func TestBenchTelemetryCost(t *testing.T) {
 		testbed.FortioVersion, runs, dur)
 	fmt.Println("| telemetry | connections/s | p99 | CPU per connection (all of client, server, reader) | sockops run time per connection | reader CPU per connection |")
 	fmt.Println("|---|---|---|---|---|---|")
-	fmt.Printf("| off | %.0f | %.0f µs | %.1f µs | %.0f ns | - |\n", med(off, qps), med(off, p99), medOf(cgUs[0]), medOf(progNs[0]))
-	fmt.Printf("| on (both ends recorded, events read) | %.0f | %.0f µs | %.1f µs | %.0f ns | %.1f µs |\n\n", med(on, qps), med(on, p99), medOf(cgUs[1]), medOf(progNs[1]), medOf(userUs))
-	fmt.Printf("Median of per-pair ratios (on/off connections/s): **%.3f** (pairs: %s)\n\n", medOf(ratios), fmtAll(ratios))
-	fmt.Printf("CPU cost ratio (off/on CPU per connection; the connection rate a CPU-bound node keeps): **%.3f**\n\n", medOf(cgUs[0])/medOf(cgUs[1]))
+	if len(off) > 0 {
+		fmt.Printf("| off | %.0f | %.0f µs | %.1f µs | %.0f ns | - |\n", med(off, qps), med(off, p99), medOf(cgUs[0]), medOf(progNs[0]))
+	}
+	if len(on) > 0 {
+		fmt.Printf("| on (both ends recorded, events read) | %.0f | %.0f µs | %.1f µs | %.0f ns | %.1f µs |\n", med(on, qps), med(on, p99), medOf(cgUs[1]), medOf(progNs[1]), medOf(userUs))
+	}
+	fmt.Println()
+	if only == "" {
+		fmt.Printf("Median of per-pair ratios (on/off connections/s): **%.3f** (pairs: %s)\n\n", medOf(ratios), fmtAll(ratios))
+		fmt.Printf("CPU cost ratio (off/on CPU per connection; the connection rate a CPU-bound node keeps): **%.3f**\n\n", medOf(cgUs[0])/medOf(cgUs[1]))
+	}
 	for _, on := range []bool{false, true} {
 		var qs []string
 		for _, r := range results[on] {

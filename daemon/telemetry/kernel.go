@@ -159,7 +159,8 @@ func (t *Telemetry) Sweep() error {
 	return nil
 }
 
-// readSnapshots walks the connection records (km_sock) once and applies every record.
+// readSnapshots walks the connection records (in km_sock) once and
+// applies every one.
 func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) {
 	r, err := it.Open()
 	if err != nil {
