@@ -28,7 +28,7 @@ func PluginPods(stateDir, pinDir string) (pods []*cniv1.Pod, complete bool, err 
 		if r.BPFDir != "" && filepath.Clean(r.BPFDir) != filepath.Clean(pinDir) {
 			continue
 		}
-		pods = append(pods, r.Pod())
+		pods = append(pods, PodOf(r))
 	}
 	if err != nil {
 		// Some records are corrupt: what they described cannot be told
@@ -36,6 +36,29 @@ func PluginPods(stateDir, pinDir string) (pods []*cniv1.Pod, complete bool, err 
 		return pods, false, fmt.Errorf("read kmesh-cni state %s: %w", stateDir, err)
 	}
 	return pods, true, nil
+}
+
+// PodOf is a plugin record as the daemon's API describes a pod.
+func PodOf(r *cnistate.Record) *cniv1.Pod {
+	p := &cniv1.Pod{
+		Name:        r.PodName,
+		Namespace:   r.PodNamespace,
+		Uid:         r.PodUID,
+		ContainerId: r.ContainerID,
+		NetnsPath:   r.Netns,
+		NetnsCookie: r.Cookie,
+		Ips:         r.IPs,
+		HostVeth:    r.HostVeth,
+		Enrolled:    r.Enrolled,
+		Reason:      r.Reason,
+		CgroupPath:  r.CgroupPath,
+		CgroupId:    r.CgroupID,
+		CniIfname:   r.IfName,
+	}
+	for _, i := range r.Interfaces {
+		p.Interfaces = append(p.Interfaces, &cniv1.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
+	}
+	return p
 }
 
 // Adoption says what Adopt changed.

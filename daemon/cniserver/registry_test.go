@@ -260,3 +260,17 @@ func TestRegistryWritesInTheBackground(t *testing.T) {
 		t.Fatalf("after Close and a restart: %v", got)
 	}
 }
+
+func TestPodOfCarriesTheRecord(t *testing.T) {
+	r := &cnistate.Record{Network: "k8s", ContainerID: "c1", IfName: "eth0", Netns: "/var/run/netns/x", Cookie: 42,
+		PodName: "web", PodNamespace: "shop", PodUID: "u", IPs: []string{"10.244.0.5"},
+		Interfaces: []cnistate.Interface{{Name: "eth0", Mac: "aa", Sandbox: "/var/run/netns/x"}}, HostVeth: "veth1", HostIfindex: 7,
+		BPFDir: "/sys/fs/bpf/kmesh", Enrolled: true, TCKey: "c1_veth1", Reason: "r", CgroupPath: "/kubepods/u", CgroupID: 77}
+	p := PodOf(r)
+	if p.GetName() != "web" || p.GetNamespace() != "shop" || p.GetUid() != "u" || p.GetContainerId() != "c1" ||
+		p.GetNetnsPath() != "/var/run/netns/x" || p.GetNetnsCookie() != 42 || p.GetCniIfname() != "eth0" || !p.GetEnrolled() ||
+		p.GetHostVeth() != "veth1" || len(p.GetInterfaces()) != 1 || p.GetInterfaces()[0].GetMac() != "aa" ||
+		len(p.GetIps()) != 1 || p.GetReason() != "r" || p.GetCgroupPath() != "/kubepods/u" || p.GetCgroupId() != 77 {
+		t.Fatalf("pod message %v", p)
+	}
+}

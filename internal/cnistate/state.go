@@ -20,8 +20,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 )
 
 // Interface is one interface of the attachment, as the chain reported it.
@@ -72,29 +70,6 @@ func Key(containerID, ifName string) string {
 
 // Key is the record's file name, without extension.
 func (r *Record) Key() string { return Key(r.ContainerID, r.IfName) }
-
-// Pod is the record as the daemon's API describes a pod.
-func (r *Record) Pod() *cniv1.Pod {
-	p := &cniv1.Pod{
-		Name:        r.PodName,
-		Namespace:   r.PodNamespace,
-		Uid:         r.PodUID,
-		ContainerId: r.ContainerID,
-		NetnsPath:   r.Netns,
-		NetnsCookie: r.Cookie,
-		Ips:         r.IPs,
-		HostVeth:    r.HostVeth,
-		Enrolled:    r.Enrolled,
-		Reason:      r.Reason,
-		CgroupPath:  r.CgroupPath,
-		CgroupId:    r.CgroupID,
-		CniIfname:   r.IfName,
-	}
-	for _, i := range r.Interfaces {
-		p.Interfaces = append(p.Interfaces, &cniv1.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
-	}
-	return p
-}
 
 // Dir is an open state directory. Plugin runs hold it shared; GC holds it
 // exclusive, so it never removes an attachment an ADD is halfway through.

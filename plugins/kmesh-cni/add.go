@@ -50,6 +50,10 @@ func (r *run) add() error {
 	}
 
 	r.connectDaemon()
+	// What enrollment needs besides the pod's netns is found meanwhile;
+	// for a pod that is not enrolled it is thrown away.
+	prep := prepare(c.BPFDir, pod.UID)
+	defer prep.close()
 
 	// 2. Decide: Kubernetes labels, or defaultEnroll without a kubeconfig.
 	decision, kc, err := r.decide(pod)
@@ -80,7 +84,7 @@ func (r *run) add() error {
 	// host veth alongside the daemon call.
 	var tc <-chan error
 	if decision.Enroll {
-		if tc, err = r.enroll(dir, rec, vethErr, prev); err != nil {
+		if tc, err = r.enroll(dir, rec, vethErr, prev, prep.wait()); err != nil {
 			return err
 		}
 	} else if err := dir.Save(rec); err != nil {
@@ -100,7 +104,7 @@ func (r *run) add() error {
 	daemonEnrolled := false
 	err = r.daemon(func(ctx context.Context, cl *registry.Client) error {
 		var err error
-		daemonEnrolled, err = cl.Enroll(ctx, rec.Pod())
+		daemonEnrolled, err = cl.Enroll(ctx, podOf(rec))
 		return err
 	})
 	if err != nil {
@@ -219,26 +223,60 @@ func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kub
 	return rec
 }
 
+// prepared is what enrolling a pod needs that does not depend on its
+// netns: its cgroup and the pinned manage map. prepare finds them on
+// another goroutine while ADD decides and visits the pod's netns, which
+// takes about as long; close releases them.
+type prepared struct {
+	done       chan struct{}
+	cgroupPath string
+	cgroupID   uint64
+	manage     *manage.Map
+	manageErr  error
+}
+
+func prepare(bpfDir, podUID string) *prepared {
+	p := &prepared{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		if podUID != "" {
+			if mnt, err := cgroupv2.Mountpoint(); err == nil {
+				p.cgroupPath, p.cgroupID, _ = podcgroup.Find(mnt, podUID)
+			}
+		}
+		p.manage, p.manageErr = openManage(bpfDir)
+	}()
+	return p
+}
+
+func (p *prepared) wait() *prepared {
+	<-p.done
+	return p
+}
+
+func (p *prepared) close() {
+	<-p.done
+	if p.manage != nil {
+		p.manage.Close()
+	}
+}
+
 // enroll starts the tc attachment on the host veth (vethErr says why there
 // is none), whose outcome arrives on the returned channel, and writes the
 // manage entry. The record is saved first, so a
 // run killed halfway leaves what DEL and GC need to undo it. On error
 // nothing is left behind.
-func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *current.Result) (<-chan error, error) {
+func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *current.Result, p *prepared) (<-chan error, error) {
 	c := r.conf
 	if vethErr != nil {
 		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+vethErr.Error(),
 			"kmesh needs a veth-based primary plugin (bridge, ptp, ...); or opt the pod out with label istio.io/dataplane-mode=none")
 	}
 	veth, ifindex := rec.HostVeth, rec.HostIfindex
-	if rec.PodUID != "" {
-		if mnt, err := cgroupv2.Mountpoint(); err == nil {
-			rec.CgroupPath, rec.CgroupID, _ = podcgroup.Find(mnt, rec.PodUID)
-		}
-	}
+	rec.CgroupPath, rec.CgroupID = p.cgroupPath, p.cgroupID
 	r.step("found pod cgroup")
 
-	m, err := openManage(c.BPFDir)
+	m, err := p.manage, p.manageErr
 	if errors.Is(err, errNoDatapath) {
 		if c.Closed() {
 			return nil, types.NewError(types.ErrTryAgainLater, "kmesh-cni: "+err.Error(),
@@ -253,7 +291,6 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	if err != nil {
 		return nil, types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
 	}
-	defer m.Close()
 
 	rec.Enrolled, rec.TCKey = true, podtc.Key(rec.ContainerID, veth)
 	if err := dir.Save(rec); err != nil {

@@ -227,7 +227,7 @@ func TestKernelDaemonDownOpen(t *testing.T) {
 	}
 	e.requireEnrolled(p)
 	r := e.record(p)
-	if r == nil || r.Signaled || !r.Enrolled || r.Pod().GetNetnsCookie() != e.cookie(p) {
+	if r == nil || r.Signaled || !r.Enrolled || r.Cookie != e.cookie(p) {
 		t.Fatalf("state record: %+v", r)
 	}
 

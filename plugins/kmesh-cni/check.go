@@ -8,7 +8,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
@@ -54,7 +53,7 @@ func (r *run) check() error {
 	// The daemon's record, registering the pod again if the daemon lost
 	// it. What the daemon says is the truth to check the kernel against:
 	// it enrolls and releases pods when their labels change after ADD.
-	var known *cniv1.Pod
+	var known *registry.Pod
 	derr := r.daemon(func(ctx context.Context, cl *registry.Client) error {
 		p, err := cl.Pod(ctx, rec.ContainerID)
 		if err != nil {
@@ -62,19 +61,19 @@ func (r *run) check() error {
 		}
 		if p == nil {
 			r.log.Info("daemon did not know the pod; registering it again")
-			if _, err := cl.Enroll(ctx, rec.Pod()); err != nil {
+			if _, err := cl.Enroll(ctx, podOf(rec)); err != nil {
 				return err
 			}
-			p = rec.Pod()
+			p = podOf(rec)
 		}
 		known = p
 		return nil
 	})
 	want, veth := rec.Enrolled, rec.HostVeth
 	if known != nil {
-		want = known.GetEnrolled()
-		if known.GetHostVeth() != "" {
-			veth = known.GetHostVeth()
+		want = known.Enrolled
+		if known.HostVeth != "" {
+			veth = known.HostVeth
 		}
 	}
 

@@ -137,6 +137,29 @@ func openManage(dir string) (*manage.Map, error) {
 	return m, err
 }
 
+// podOf is an attachment record as the daemon's API describes a pod.
+func podOf(rec *cnistate.Record) *registry.Pod {
+	p := &registry.Pod{
+		Name:        rec.PodName,
+		Namespace:   rec.PodNamespace,
+		UID:         rec.PodUID,
+		ContainerID: rec.ContainerID,
+		NetnsPath:   rec.Netns,
+		NetnsCookie: rec.Cookie,
+		IPs:         rec.IPs,
+		HostVeth:    rec.HostVeth,
+		Enrolled:    rec.Enrolled,
+		Reason:      rec.Reason,
+		CgroupPath:  rec.CgroupPath,
+		CgroupID:    rec.CgroupID,
+		CNIIfname:   rec.IfName,
+	}
+	for _, i := range rec.Interfaces {
+		p.Interfaces = append(p.Interfaces, registry.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
+	}
+	return p
+}
+
 // tcKey names the attachment's tc filter: the one ADD attached, or the
 // one the daemon attaches when it enrolls the pod later (same name).
 func tcKey(rec *cnistate.Record) string {

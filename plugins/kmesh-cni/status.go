@@ -31,7 +31,7 @@ func (r *run) status() error {
 	err = r.daemon(func(ctx context.Context, cl *registry.Client) error {
 		st, err := cl.Status(ctx)
 		if err == nil {
-			ready, msg = st.GetReady(), st.GetMessage()
+			ready, msg = st.Ready, st.Message
 		}
 		return err
 	})

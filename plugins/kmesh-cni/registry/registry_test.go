@@ -33,18 +33,18 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	pod := &cniv1.Pod{Name: "web", Namespace: "shop", ContainerId: "c1", NetnsCookie: 9, Enrolled: true}
+	pod := &registry.Pod{Name: "web", Namespace: "shop", ContainerID: "c1", NetnsCookie: 9, Enrolled: true}
 	if enrolled, err := c.Enroll(ctx(t, 2*time.Second), pod); err != nil || !enrolled {
 		t.Fatalf("enroll: %v %v", enrolled, err)
 	}
 	got, err := c.Pod(ctx(t, 2*time.Second), "c1")
-	if err != nil || got.GetNetnsCookie() != 9 {
+	if err != nil || got.NetnsCookie != 9 {
 		t.Fatalf("pod: %v %v", got, err)
 	}
 	if got, err := c.Pod(ctx(t, 2*time.Second), "other"); err != nil || got != nil {
 		t.Fatalf("unknown pod: %v %v", got, err)
 	}
-	if st, err := c.Status(ctx(t, 2*time.Second)); err != nil || !st.GetReady() || st.GetPods() != 1 {
+	if st, err := c.Status(ctx(t, 2*time.Second)); err != nil || !st.Ready || st.Pods != 1 {
 		t.Fatalf("status: %v %v", st, err)
 	}
 	if err := c.Release(ctx(t, 2*time.Second), "c1", "", 9); err != nil {
@@ -62,7 +62,7 @@ func TestDaemonAbsentFailsAtOnce(t *testing.T) {
 	}
 	defer c.Close()
 	start := time.Now()
-	_, err = c.Enroll(ctx(t, 2*time.Second), &cniv1.Pod{ContainerId: "c"})
+	_, err = c.Enroll(ctx(t, 2*time.Second), &registry.Pod{ContainerID: "c"})
 	if !errors.Is(err, registry.ErrUnreachable) || !strings.Contains(err.Error(), "is the kmesh daemon running") {
 		t.Fatalf("error %v", err)
 	}
@@ -80,7 +80,7 @@ func TestHungDaemonIsBoundedByTheContext(t *testing.T) {
 	}
 	defer c.Close()
 	start := time.Now()
-	_, err = c.Enroll(ctx(t, 200*time.Millisecond), &cniv1.Pod{ContainerId: "c"})
+	_, err = c.Enroll(ctx(t, 200*time.Millisecond), &registry.Pod{ContainerID: "c"})
 	if !errors.Is(err, registry.ErrUnreachable) {
 		t.Fatalf("error %v", err)
 	}
@@ -136,7 +136,7 @@ func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
 	}
 	defer c.Close()
 	p, err := c.Pod(ctx(t, 3*time.Second), "c2999")
-	if err != nil || p == nil || p.GetName() != s.pods[2999].GetName() {
+	if err != nil || p == nil || p.Name != s.pods[2999].GetName() {
 		t.Fatalf("pod: %v %v", p, err)
 	}
 	if d := time.Duration(s.timeout.Load()); d <= 0 || d > 3*time.Second {
@@ -160,12 +160,12 @@ func TestConnectAheadAndDaemonRestart(t *testing.T) {
 	}
 	defer c.Close()
 	c.Connect(time.Second)
-	if _, err := c.Enroll(ctx(t, 2*time.Second), &cniv1.Pod{ContainerId: "a"}); err != nil {
+	if _, err := c.Enroll(ctx(t, 2*time.Second), &registry.Pod{ContainerID: "a"}); err != nil {
 		t.Fatal(err)
 	}
 	d.Stop()
 	d.Serve(t)
-	if _, err := c.Enroll(ctx(t, 2*time.Second), &cniv1.Pod{ContainerId: "b"}); err != nil {
+	if _, err := c.Enroll(ctx(t, 2*time.Second), &registry.Pod{ContainerID: "b"}); err != nil {
 		t.Fatalf("after the daemon restarted: %v", err)
 	}
 	if d.Pod("b") == nil {
