@@ -60,6 +60,9 @@ func (r *run) add() error {
 	if err != nil {
 		return err
 	}
+	if kc != nil {
+		defer kc.Close()
+	}
 	r.step("decided")
 
 	// 3. One visit to the pod netns: its cookie and its interface.
@@ -177,6 +180,9 @@ func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
 	defer cancel()
 	d, err := kc.Decide(ctx, pod)
+	if err != nil {
+		kc.Close()
+	}
 	switch {
 	case err == nil:
 		return d, kc, nil

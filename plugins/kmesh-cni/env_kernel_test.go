@@ -23,6 +23,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
@@ -78,7 +79,18 @@ func newEnv(t *testing.T) *env {
 		t.Fatalf("create the node's bridge: %v", err)
 	}
 	e.dir = t.TempDir()
+	// The plugin's records live in /var/run/kmesh/cni on a node: tmpfs.
+	// Here too, rather than on the disk the test's folder is on, where
+	// ext4 makes every new file scan the inodes deleted in the last
+	// seconds: hundreds in a benchmark, and on a node not kmesh-cni's cost.
 	e.state = filepath.Join(e.dir, "state")
+	if err := os.Mkdir(e.state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("kmesh-cni-state", e.state, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=16m"); err != nil {
+		t.Fatalf("mount a tmpfs for the plugin's state: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(e.state, unix.MNT_DETACH) })
 	e.daemon = fakedaemon.Start(t, fakedaemon.Socket(t))
 	e.cni = libcni.NewCNIConfigWithCacheDir(paths, filepath.Join(e.dir, "cache"), nil)
 	t.Cleanup(func() {

@@ -5,6 +5,12 @@
 // program to the pod's host-side veth, and tells the node daemon.
 //
 // Every CNI 1.1 operation is served: ADD, DEL, CHECK, GC, STATUS, VERSION.
+
+// A run is one short process: reading the cgroup's CPU limit at start (and
+// updating GOMAXPROCS from it later) is time spent for nothing.
+//
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
 package main
 
 import (

@@ -1,8 +1,8 @@
 // Package kube is kmesh-cni's narrow view of the Kubernetes API: read a pod
 // and its namespace, annotate a pod.
 //
-// It speaks the REST API with net/http and encoding/json and reads the
-// kubeconfig itself, without client-go. The plugin is a process per pod:
+// It speaks the REST API with a small HTTP/1.1 client of its own (httpc.go)
+// and encoding/json and reads the kubeconfig itself, without client-go. The plugin is a process per pod:
 // linking client-go, apimachinery and k8s.io/api costs about 1.5-2 ms of
 // package initialisation (and a 30 MB binary) on every run, whether it
 // talks to the API or not, against a 5 ms budget for the whole plugin.
@@ -12,16 +12,13 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -210,44 +207,46 @@ func LoadConfig(path string, timeout time.Duration) (*Config, error) {
 type Client struct {
 	base  *url.URL
 	token string
-	http  *http.Client
+	http  *httpClient
 }
 
-// New builds a client from cfg (not modified).
+// New builds a client from cfg (not modified). Proxy settings come from
+// the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as client-go
+// reads them.
 func New(cfg *Config) (*Client, error) {
 	base, err := url.Parse(strings.TrimSuffix(cfg.Server, "/"))
 	if err != nil || base.Host == "" || (base.Scheme != "https" && base.Scheme != "http") {
 		return nil, fmt.Errorf("API server %q is not an http(s) URL", cfg.Server)
 	}
-	tlsCfg := &tls.Config{ServerName: cfg.ServerName, InsecureSkipVerify: cfg.Insecure} //nolint:gosec // the kubeconfig asked for it
-	if len(cfg.CAData) > 0 {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(cfg.CAData) {
-			return nil, errors.New("the kubeconfig's certificate authority holds no PEM certificate")
+	h := &httpClient{base: base, dial: cfg.Dial, timeout: cfg.Timeout}
+	if base.Scheme == "https" {
+		h.tls = &tls.Config{ServerName: cfg.ServerName, InsecureSkipVerify: cfg.Insecure} //nolint:gosec // the kubeconfig asked for it
+		if len(cfg.CAData) > 0 {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(cfg.CAData) {
+				return nil, errors.New("the kubeconfig's certificate authority holds no PEM certificate")
+			}
+			h.tls.RootCAs = pool
 		}
-		tlsCfg.RootCAs = pool
-	}
-	if len(cfg.CertData) > 0 || len(cfg.KeyData) > 0 {
-		cert, err := tls.X509KeyPair(cfg.CertData, cfg.KeyData)
-		if err != nil {
-			return nil, fmt.Errorf("the kubeconfig's client certificate: %w", err)
+		if len(cfg.CertData) > 0 || len(cfg.KeyData) > 0 {
+			cert, err := tls.X509KeyPair(cfg.CertData, cfg.KeyData)
+			if err != nil {
+				return nil, fmt.Errorf("the kubeconfig's client certificate: %w", err)
+			}
+			h.tls.Certificates = []tls.Certificate{cert}
 		}
-		tlsCfg.Certificates = []tls.Certificate{cert}
 	}
-	dial := cfg.Dial
-	if dial == nil {
-		dial = (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext
+	if h.dial == nil {
+		h.dial = (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext
 	}
-	tr := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment, // as client-go does
-		DialContext:         dial,
-		TLSClientConfig:     tlsCfg,
-		TLSHandshakeTimeout: cfg.Timeout,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConnsPerHost: 4,
+	if h.proxy, err = proxyFor(base, os.Getenv); err != nil {
+		return nil, err
 	}
-	return &Client{base: base, token: cfg.Token, http: &http.Client{Transport: tr, Timeout: cfg.Timeout}}, nil
+	return &Client{base: base, token: cfg.Token, http: h}, nil
 }
+
+// Close drops the connections the client keeps for its next requests.
+func (c *Client) Close() { c.http.close() }
 
 // StatusError is an error answer of the API server.
 type StatusError struct {
@@ -269,45 +268,34 @@ func isStatus(err error, code int) bool {
 }
 
 // IsNotFound tells whether err is the API server's 404.
-func IsNotFound(err error) bool { return isStatus(err, http.StatusNotFound) }
+func IsNotFound(err error) bool { return isStatus(err, 404) }
 
 // IsForbidden tells whether err is the API server's 403.
-func IsForbidden(err error) bool { return isStatus(err, http.StatusForbidden) }
+func IsForbidden(err error) bool { return isStatus(err, 403) }
 
 // IsUnauthorized tells whether err is the API server's 401.
-func IsUnauthorized(err error) bool { return isStatus(err, http.StatusUnauthorized) }
+func IsUnauthorized(err error) bool { return isStatus(err, 401) }
+
+// statusReason names the statuses kmesh-cni tells apart, for an answer
+// without a Status body.
+var statusReason = map[int]string{401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+	422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 // do sends one request and decodes a JSON answer into out (if not nil).
 func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte, out any) error {
-	u := *c.base
-	u.Path += path
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "kmesh-cni")
+	header := []string{"Accept", "application/json", "User-Agent", "kmesh-cni"}
 	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+		header = append(header, "Content-Type", contentType)
 	}
 	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
+		header = append(header, "Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.http.Do(req)
+	status, b, err := c.http.do(ctx, method, c.base.EscapedPath()+path, header, body)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("read the API server's answer: %w", err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		se := &StatusError{Code: resp.StatusCode, Reason: http.StatusText(resp.StatusCode)}
+	if status < 200 || status > 299 {
+		se := &StatusError{Code: status, Reason: statusReason[status]}
 		var st struct {
 			Reason  string `json:"reason"`
 			Message string `json:"message"`
@@ -372,7 +360,7 @@ type Namespace struct {
 // Pod reads a pod.
 func (c *Client) Pod(ctx context.Context, namespace, name string) (*Pod, error) {
 	pod := &Pod{}
-	if err := c.do(ctx, http.MethodGet, "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name), "", nil, pod); err != nil {
+	if err := c.do(ctx, "GET", "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name), "", nil, pod); err != nil {
 		return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
 	}
 	return pod, nil
@@ -381,7 +369,7 @@ func (c *Client) Pod(ctx context.Context, namespace, name string) (*Pod, error) 
 // Namespace reads a namespace.
 func (c *Client) Namespace(ctx context.Context, name string) (*Namespace, error) {
 	ns := &Namespace{}
-	if err := c.do(ctx, http.MethodGet, "/api/v1/namespaces/"+url.PathEscape(name), "", nil, ns); err != nil {
+	if err := c.do(ctx, "GET", "/api/v1/namespaces/"+url.PathEscape(name), "", nil, ns); err != nil {
 		return nil, fmt.Errorf("get namespace %s: %w", name, err)
 	}
 	return ns, nil
@@ -394,7 +382,7 @@ func (c *Client) AnnotatePod(ctx context.Context, namespace, name, key, value st
 	if err != nil {
 		return err
 	}
-	err = c.do(ctx, http.MethodPatch, "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name),
+	err = c.do(ctx, "PATCH", "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name),
 		"application/merge-patch+json", patch, nil)
 	if err != nil {
 		return fmt.Errorf("annotate pod %s/%s with %s=%s: %w", namespace, name, key, value, err)

@@ -3,17 +3,64 @@ package registry
 import (
 	"errors"
 	"fmt"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // This file encodes and decodes the PodRegistry messages (api/cni/v1,
-// cni.proto) by hand with protowire, so the plugin does not link the
-// protobuf runtime: its package initialisation and the lazy set-up of a
-// message type on first use cost a process that lives for one call about
-// 0.5 ms. The field numbers below are cni.proto's; wire_test.go checks
-// every message against the generated types both ways, and fails when a
-// field is added to the proto and not here.
+// cni.proto) by hand, so the plugin links no protobuf package: the
+// runtime's package initialisation and the lazy set-up of a message type
+// on first use cost a process that lives for one call about 0.5 ms, and
+// even protowire's dependencies initialise at start. The wire format is
+// the protobuf encoding (varints, length-delimited fields); the field
+// numbers below are cni.proto's. wire_test.go checks every message
+// against the generated types both ways, and fails when a field is added
+// to the proto and not here.
+
+// Wire types of the protobuf encoding.
+type wireType uint8
+
+const (
+	varintType  wireType = 0
+	fixed64Type wireType = 1
+	bytesType   wireType = 2
+	fixed32Type wireType = 5
+)
+
+func appendVarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
+}
+
+func sizeVarint(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+// consumeVarint returns the varint at the start of b and its length, or
+// a length of 0 if b does not start with a valid one.
+func consumeVarint(b []byte) (uint64, int) {
+	var v uint64
+	for i := 0; i < len(b) && i < 10; i++ {
+		if i == 9 && b[i] > 1 {
+			return 0, 0 // more than 64 bits
+		}
+		v |= uint64(b[i]&0x7f) << (7 * i)
+		if b[i] < 0x80 {
+			return v, i + 1
+		}
+	}
+	return 0, 0
+}
+
+func appendTag(b []byte, num int, t wireType) []byte {
+	return appendVarint(b, uint64(num)<<3|uint64(t))
+}
 
 // Interface is one interface of a pod's CNI result (message Interface).
 type Interface struct {
@@ -50,23 +97,24 @@ type Status struct {
 
 // Proto3 leaves fields at their zero value out of the encoding.
 
-func appendString(b []byte, num protowire.Number, s string) []byte {
+func appendString(b []byte, num int, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	b = appendTag(b, num, bytesType)
+	b = appendVarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
-func appendUint(b []byte, num protowire.Number, v uint64) []byte {
+func appendUint(b []byte, num int, v uint64) []byte {
 	if v == 0 {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
+	b = appendTag(b, num, varintType)
+	return appendVarint(b, v)
 }
 
-func appendBool(b []byte, num protowire.Number, v bool) []byte {
+func appendBool(b []byte, num int, v bool) []byte {
 	if !v {
 		return b
 	}
@@ -74,19 +122,19 @@ func appendBool(b []byte, num protowire.Number, v bool) []byte {
 }
 
 // appendMessage appends a length-delimited sub-message that enc writes.
-func appendMessage(b []byte, num protowire.Number, enc func([]byte) []byte) []byte {
-	b = protowire.AppendTag(b, num, protowire.BytesType)
+func appendMessage(b []byte, num int, enc func([]byte) []byte) []byte {
+	b = appendTag(b, num, bytesType)
 	// Reserve one length byte, the usual case, and move the body if the
 	// length needs more.
 	at := len(b)
 	b = append(b, 0)
 	b = enc(b)
 	n := len(b) - at - 1
-	if size := protowire.SizeVarint(uint64(n)); size > 1 {
+	if size := sizeVarint(uint64(n)); size > 1 {
 		b = append(b, make([]byte, size-1)...)
 		copy(b[at+size:], b[at+1:at+1+n])
 	}
-	protowire.AppendVarint(b[:at], uint64(n))
+	appendVarint(b[:at], uint64(n))
 	return b
 }
 
@@ -105,8 +153,9 @@ func (p *Pod) append(b []byte) []byte {
 	b = appendUint(b, 6, p.NetnsCookie)
 	for _, ip := range p.IPs {
 		// Repeated strings are written even when empty.
-		b = protowire.AppendTag(b, 7, protowire.BytesType)
-		b = protowire.AppendString(b, ip)
+		b = appendTag(b, 7, bytesType)
+		b = appendVarint(b, uint64(len(ip)))
+		b = append(b, ip...)
 	}
 	for i := range p.Interfaces {
 		b = appendMessage(b, 8, p.Interfaces[i].append)
@@ -137,28 +186,39 @@ var errMalformed = errors.New("malformed protobuf")
 // type and the field's value: the varint for varints, the bytes for
 // length-delimited fields; other types are skipped. Unknown fields are
 // for fn to ignore, as protobuf readers must.
-func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64, data []byte) error) error {
+func fields(b []byte, fn func(num int, typ wireType, v uint64, data []byte) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("%w: %v", errMalformed, protowire.ParseError(n))
+		tag, n := consumeVarint(b)
+		num, typ := tag>>3, wireType(tag&7)
+		if n == 0 || num == 0 || num > 1<<29-1 {
+			return fmt.Errorf("%w: bad field tag", errMalformed)
 		}
 		b = b[n:]
 		var v uint64
 		var data []byte
 		switch typ {
-		case protowire.VarintType:
-			v, n = protowire.ConsumeVarint(b)
-		case protowire.BytesType:
-			data, n = protowire.ConsumeBytes(b)
+		case varintType:
+			v, n = consumeVarint(b)
+		case bytesType:
+			var size uint64
+			size, n = consumeVarint(b)
+			if n > 0 && size <= uint64(len(b)-n) {
+				data, n = b[n:n+int(size)], n+int(size)
+			} else {
+				n = 0
+			}
+		case fixed64Type:
+			n = 8
+		case fixed32Type:
+			n = 4
 		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
+			return fmt.Errorf("%w: field %d has wire type %d, which kmesh-cni does not read", errMalformed, num, typ)
 		}
-		if n < 0 {
-			return fmt.Errorf("%w: field %d: %v", errMalformed, num, protowire.ParseError(n))
+		if n == 0 || n > len(b) {
+			return fmt.Errorf("%w: field %d is truncated", errMalformed, num)
 		}
 		b = b[n:]
-		if err := fn(num, typ, v, data); err != nil {
+		if err := fn(int(num), typ, v, data); err != nil {
 			return err
 		}
 	}
@@ -166,7 +226,7 @@ func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v uint64
 }
 
 // want checks a known field's wire type, as the generated decoder does.
-func want(num protowire.Number, got, want protowire.Type) error {
+func want(num int, got, want wireType) error {
 	if got != want {
 		return fmt.Errorf("%w: field %d has wire type %d, want %d", errMalformed, num, got, want)
 	}
@@ -175,7 +235,7 @@ func want(num protowire.Number, got, want protowire.Type) error {
 
 func decodeInterface(b []byte) (Interface, error) {
 	var i Interface
-	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, data []byte) error {
+	err := fields(b, func(num int, typ wireType, _ uint64, data []byte) error {
 		var s *string
 		switch num {
 		case 1:
@@ -187,7 +247,7 @@ func decodeInterface(b []byte) (Interface, error) {
 		default:
 			return nil
 		}
-		if err := want(num, typ, protowire.BytesType); err != nil {
+		if err := want(num, typ, bytesType); err != nil {
 			return err
 		}
 		*s = string(data)
@@ -198,7 +258,7 @@ func decodeInterface(b []byte) (Interface, error) {
 
 func decodePod(b []byte) (*Pod, error) {
 	p := &Pod{}
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, data []byte) error {
+	err := fields(b, func(num int, typ wireType, v uint64, data []byte) error {
 		var s *string
 		switch num {
 		case 1:
@@ -220,7 +280,7 @@ func decodePod(b []byte) (*Pod, error) {
 		case 14:
 			s = &p.CNIIfname
 		case 6, 10, 13:
-			if err := want(num, typ, protowire.VarintType); err != nil {
+			if err := want(num, typ, varintType); err != nil {
 				return err
 			}
 			switch num {
@@ -233,13 +293,13 @@ func decodePod(b []byte) (*Pod, error) {
 			}
 			return nil
 		case 7:
-			if err := want(num, typ, protowire.BytesType); err != nil {
+			if err := want(num, typ, bytesType); err != nil {
 				return err
 			}
 			p.IPs = append(p.IPs, string(data))
 			return nil
 		case 8:
-			if err := want(num, typ, protowire.BytesType); err != nil {
+			if err := want(num, typ, bytesType); err != nil {
 				return err
 			}
 			i, err := decodeInterface(data)
@@ -251,7 +311,7 @@ func decodePod(b []byte) (*Pod, error) {
 		default:
 			return nil
 		}
-		if err := want(num, typ, protowire.BytesType); err != nil {
+		if err := want(num, typ, bytesType); err != nil {
 			return err
 		}
 		*s = string(data)
@@ -264,11 +324,11 @@ func decodePod(b []byte) (*Pod, error) {
 // EnrollPodResponse.enrolled, ReleasePodResponse.known.
 func decodeBool(b []byte) (bool, error) {
 	var out bool
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+	err := fields(b, func(num int, typ wireType, v uint64, _ []byte) error {
 		if num != 1 {
 			return nil
 		}
-		if err := want(num, typ, protowire.VarintType); err != nil {
+		if err := want(num, typ, varintType); err != nil {
 			return err
 		}
 		out = v != 0
@@ -280,11 +340,11 @@ func decodeBool(b []byte) (bool, error) {
 // decodePods is message ListPodsResponse.
 func decodePods(b []byte) ([]*Pod, error) {
 	var pods []*Pod
-	err := fields(b, func(num protowire.Number, typ protowire.Type, _ uint64, data []byte) error {
+	err := fields(b, func(num int, typ wireType, _ uint64, data []byte) error {
 		if num != 1 {
 			return nil
 		}
-		if err := want(num, typ, protowire.BytesType); err != nil {
+		if err := want(num, typ, bytesType); err != nil {
 			return err
 		}
 		p, err := decodePod(data)
@@ -300,10 +360,10 @@ func decodePods(b []byte) ([]*Pod, error) {
 // decodeStatus is message StatusResponse.
 func decodeStatus(b []byte) (*Status, error) {
 	st := &Status{}
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v uint64, data []byte) error {
+	err := fields(b, func(num int, typ wireType, v uint64, data []byte) error {
 		switch num {
 		case 2, 5:
-			if err := want(num, typ, protowire.BytesType); err != nil {
+			if err := want(num, typ, bytesType); err != nil {
 				return err
 			}
 			if num == 2 {
@@ -312,7 +372,7 @@ func decodeStatus(b []byte) (*Status, error) {
 				st.Version = string(data)
 			}
 		case 1, 3, 4, 6:
-			if err := want(num, typ, protowire.VarintType); err != nil {
+			if err := want(num, typ, varintType); err != nil {
 				return err
 			}
 			switch num {

@@ -131,3 +131,27 @@ func BenchmarkEncodeEnroll(b *testing.B) {
 		encodeEnroll(ours)
 	}
 }
+
+// Whatever the daemon sends, decoding does not panic, and what both
+// decoders accept they read alike.
+func FuzzDecodePod(f *testing.F) {
+	_, theirs := full()
+	b, _ := proto.Marshal(theirs)
+	f.Add(b)
+	f.Add([]byte{0x22, 5, 'a'})
+	f.Add([]byte{0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ours, err := decodePod(b)
+		theirs := &cniv1.Pod{}
+		if err != nil || (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, theirs) != nil {
+			return
+		}
+		back := &cniv1.Pod{}
+		if err := proto.Unmarshal(ours.append(nil), back); err != nil {
+			t.Fatalf("re-encoding what was read: %v", err)
+		}
+		if !proto.Equal(back, theirs) {
+			t.Fatalf("read %v, protobuf reads %v", back, theirs)
+		}
+	})
+}
