@@ -10,6 +10,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/internal/rtlink"
 )
 
 // netnsID names a network namespace by its nsfs inode, which is what a
@@ -118,6 +120,14 @@ func (c *tcConn) close() {
 // linkName returns the name of interface ifindex, errLinkGone if there is
 // none.
 func (c *tcConn) linkName(ifindex int) (string, error) {
+	if !c.ns.IsOpen() {
+		// The calling thread's namespace: one small request.
+		l, err := rtlink.ByIndex(ifindex)
+		if errors.Is(err, rtlink.ErrNotFound) {
+			return "", errLinkGone
+		}
+		return l.Name, err
+	}
 	l, err := c.h.LinkByIndex(ifindex)
 	var nf netlink.LinkNotFoundError
 	if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
