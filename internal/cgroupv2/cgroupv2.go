@@ -9,11 +9,21 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Mountpoint returns where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup
 // on a pure v2 host, often /sys/fs/cgroup/unified on a hybrid one.
 func Mountpoint() (string, error) {
+	// The usual places first: one statfs each, where the mount table can
+	// run to thousands of lines on a node (every pod's volumes).
+	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var st unix.Statfs_t
+		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return p, nil
+		}
+	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return "", err
