@@ -16,6 +16,7 @@ import (
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/daemon/cniserver"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/testbed"
@@ -105,7 +106,7 @@ func TestKernelDaemonAdoptsPluginRecordsAndStatusFollowsDataPath(t *testing.T) {
 		if daemonUp {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if _, err := c.EnrollPod(ctx, &cniv1.EnrollPodRequest{Pod: rec.Pod()}); err != nil {
+			if _, err := c.EnrollPod(ctx, &cniv1.EnrollPodRequest{Pod: cniserver.PodOf(rec)}); err != nil {
 				t.Fatal(err)
 			}
 			rec.Signaled = true
