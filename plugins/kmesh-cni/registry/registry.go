@@ -78,6 +78,9 @@ func (c *Client) Connect(timeout time.Duration) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		h, err := dialH2(ctx, c.socket)
+		if err == nil {
+			warmUp()
+		}
 		c.mu.Lock()
 		c.conn, c.err = h, err
 		c.mu.Unlock()
