@@ -49,6 +49,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseArgs$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/conf/
 	$(GO) test -run '^$$' -fuzz '^FuzzUpsertRemove$$' -fuzztime $(FUZZTIME) ./install/cniconf/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePod$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/registry/
+	$(GO) test -run '^$$' -fuzz '^FuzzKubeconfig$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/kube/
 
 # kube-apiserver and pilot-discovery for the end-to-end suite, built from the
 # versions pinned in tests/e2e/tools (about 10 minutes cold; then a no-op).

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,11 +211,21 @@ func (h *httpClient) exchange(ctx context.Context, hc *httpConn, method, path st
 	_ = hc.c.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { _ = hc.c.SetDeadline(time.Unix(1, 0)) })
 	defer func() {
-		if !stop() || ctx.Err() != nil {
+		if !stop() {
+			// Cancelled at the end: the connection's deadline is spoilt.
 			keep = false
-			if err != nil {
-				err = fmt.Errorf("%w (%v)", ctx.Err(), err)
-			}
+		}
+		if err == nil {
+			return
+		}
+		// The connection's deadline may fire a moment before the
+		// context's timer: the error is the context's all the same.
+		cerr := ctx.Err()
+		if cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) && !dl.IsZero() && !time.Now().Before(dl) {
+			cerr = context.DeadlineExceeded
+		}
+		if cerr != nil {
+			err = fmt.Errorf("%w (%v)", cerr, err)
 		}
 	}()
 

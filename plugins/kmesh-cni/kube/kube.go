@@ -25,8 +25,6 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 )
@@ -56,12 +54,12 @@ type kubeconfig struct {
 	Clusters       []struct {
 		Name    string `json:"name"`
 		Cluster struct {
-			Server                   string `json:"server"`
-			CertificateAuthority     string `json:"certificate-authority"`
-			CertificateAuthorityData []byte `json:"certificate-authority-data"`
-			InsecureSkipTLSVerify    bool   `json:"insecure-skip-tls-verify"`
-			TLSServerName            string `json:"tls-server-name"`
-			ProxyURL                 string `json:"proxy-url"`
+			Server                   string   `json:"server"`
+			CertificateAuthority     string   `json:"certificate-authority"`
+			CertificateAuthorityData []byte   `json:"certificate-authority-data"`
+			InsecureSkipTLSVerify    yamlBool `json:"insecure-skip-tls-verify"`
+			TLSServerName            string   `json:"tls-server-name"`
+			ProxyURL                 string   `json:"proxy-url"`
 		} `json:"cluster"`
 	} `json:"clusters"`
 	Users []struct {
@@ -98,7 +96,7 @@ func LoadConfig(path string, timeout time.Duration) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read kubeconfig: %w", err)
 	}
-	js, err := yamlToJSON(b)
+	js, err := kubeconfigJSON(b)
 	if err != nil {
 		return nil, fmt.Errorf("parse kubeconfig %s: %w", path, err)
 	}
@@ -151,7 +149,7 @@ func LoadConfig(path string, timeout time.Duration) (*Config, error) {
 		if cl.ProxyURL != "" {
 			return nil, bad("cluster %q: proxy-url is not supported by kmesh-cni", clusterName)
 		}
-		cfg.Server, cfg.Insecure, cfg.ServerName = cl.Server, cl.InsecureSkipTLSVerify, cl.TLSServerName
+		cfg.Server, cfg.Insecure, cfg.ServerName = cl.Server, bool(cl.InsecureSkipTLSVerify), cl.TLSServerName
 		cfg.CAData = cl.CertificateAuthorityData
 		if cl.CertificateAuthority != "" {
 			if cfg.CAData, err = readFile("certificate-authority", cl.CertificateAuthority); err != nil {
@@ -438,6 +436,3 @@ func (c *Client) Decide(ctx context.Context, p conf.Pod) (Decision, error) {
 	}
 	return d, nil
 }
-
-// yamlToJSON turns a kubeconfig (YAML, or JSON, which is YAML) into JSON.
-func yamlToJSON(b []byte) ([]byte, error) { return yaml.YAMLToJSON(b) }

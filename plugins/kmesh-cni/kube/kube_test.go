@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakeapi"
@@ -173,7 +175,7 @@ current-context: x
 
 // yamlFlowToJSON quotes a one-level YAML flow map's keys and values.
 func yamlFlowToJSON(s string) string {
-	b, err := yamlToJSON([]byte(s))
+	b, err := yaml.YAMLToJSON([]byte(s))
 	if err != nil {
 		panic(err)
 	}
