@@ -78,14 +78,14 @@ func (c *Client) Connect(timeout time.Duration) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		h, err := dialH2(ctx, c.socket)
-		if err == nil {
-			warmUp()
-		}
 		c.mu.Lock()
 		c.conn, c.err = h, err
 		c.mu.Unlock()
 		close(done)
 	}()
+	// On a goroutine of its own, so the connection is ready as soon as it
+	// is made; a call that comes first waits for the parts it shares.
+	go warmUp()
 }
 
 // connection returns the connection, dialing it if nobody has.
