@@ -172,10 +172,14 @@ func testBinary(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane
 			cp.Kubeconfig, pins, stateDir, filepath.Join(stateDir, "no-daemon.sock"), prev)
 		args := fmt.Sprintf("IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s;K8S_POD_UID=%s", c.ns, c.name, uids[c.ns+"/"+c.name])
 
+		start := time.Now()
 		out, err := runPlugin(nodeNS, bin, "ADD", containerID, podNS, args, stdin)
 		if err != nil {
 			t.Fatalf("%s/%s: ADD: %v\n%s", c.ns, c.name, err, out)
 		}
+		// For the record, not a check: ADD with the API server's TLS
+		// handshake and reads (and the annotation when enrolled).
+		t.Logf("%s/%s: ADD took %v (enrolled %v)", c.ns, c.name, time.Since(start).Round(10*time.Microsecond), c.enroll)
 		var res struct {
 			IPs []struct{ Address string } `json:"ips"`
 		}
