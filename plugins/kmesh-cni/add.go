@@ -93,6 +93,13 @@ func (r *run) add() error {
 	} else if err := dir.Save(rec); err != nil {
 		return types.NewError(conf.ErrState, err.Error(), "")
 	}
+	// 5. Mark an enrolled pod, for operators and tools that look for it:
+	// now, alongside the daemon call and the attach (an API round trip
+	// each way); a failure below takes the mark back.
+	var marked <-chan error
+	if kc != nil && rec.Enrolled {
+		marked = r.annotate(kc, pod)
+	}
 	// fail undoes ADD once the attach has finished, so nothing is attached
 	// after the undo.
 	fail := func(err error) error {
@@ -100,10 +107,17 @@ func (r *run) add() error {
 			<-tc
 		}
 		r.undo(dir, rec)
+		if marked != nil && <-marked == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
+			if err := kc.RemovePodAnnotation(ctx, pod.Namespace, pod.Name, enrollment.AnnotationRedirection); err != nil {
+				r.log.Warn("take the annotation back", "pod", pod, "error", err)
+			}
+			cancel()
+		}
 		return err
 	}
 
-	// 5. Tell the daemon, enrolled or not, within a bounded time.
+	// 6. Tell the daemon, enrolled or not, within a bounded time.
 	daemonEnrolled := false
 	err = r.daemon(func(ctx context.Context, cl *registry.Client) error {
 		var err error
@@ -140,12 +154,13 @@ func (r *run) add() error {
 		}
 	}
 
-	// 6. Mark the pod, for operators and tools that look for it.
-	if kc != nil && (rec.Enrolled || daemonEnrolled) {
-		ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
-		err := kc.AnnotatePod(ctx, pod.Namespace, pod.Name, enrollment.AnnotationRedirection, "enabled")
-		cancel()
-		if err != nil {
+	// The mark's outcome; or, for a pod the daemon enrolled where ADD did
+	// not (no data path loaded yet), the mark now.
+	if marked == nil && kc != nil && daemonEnrolled {
+		marked = r.annotate(kc, pod)
+	}
+	if marked != nil {
+		if err := <-marked; err != nil {
 			r.log.Warn("annotate pod", "pod", pod, "error", err)
 		}
 	}
@@ -154,6 +169,18 @@ func (r *run) add() error {
 
 	// 7. Pass the chain's result on unchanged.
 	return types.PrintResult(c.PrevResult, c.CNIVersion)
+}
+
+// annotate marks the pod as redirected, on a goroutine of its own, within
+// the API timeout.
+func (r *run) annotate(kc *kube.Client, pod conf.Pod) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
+		defer cancel()
+		done <- kc.AnnotatePod(ctx, pod.Namespace, pod.Name, enrollment.AnnotationRedirection, "enabled")
+	}()
+	return done
 }
 
 // decide returns the enrollment decision and, with a kubeconfig, the

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakeapi"
@@ -180,4 +181,30 @@ func TestKernelKubernetesDecision(t *testing.T) {
 		}
 	})
 	e.requireClean()
+}
+
+// An enrolled pod is marked while ADD attaches tc and tells the daemon;
+// when the attach fails, ADD takes the mark back.
+func TestKernelFailedADDTakesTheAnnotationBack(t *testing.T) {
+	e := newEnv(t)
+	api := fakeapi.New()
+	api.AddNamespace("mesh", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh})
+	list := e.conflist(netOpts{kubeconfig: e.fakeAPIServer(api)})
+	if err := os.Remove(filepath.Join(e.pins, "progs", loader.ProgToPod)); err != nil {
+		t.Fatal(err)
+	}
+	p := e.newPod("p").inNamespace("mesh")
+	api.AddPod("mesh", "p", p.uid(), nil, map[string]string{"keep": "me"})
+	err := e.add(list, p)
+	if ce := cniError(t, err); ce.Code != conf.ErrAttachTC {
+		t.Fatalf("code %d: %v", ce.Code, err)
+	}
+	e.requireClean()
+	ann := api.Annotations("mesh", "p")
+	if _, has := ann[enrollment.AnnotationRedirection]; has || ann["keep"] != "me" {
+		t.Fatalf("annotations after the failed ADD: %v", ann)
+	}
+	if patches := api.Patches(); len(patches) != 2 {
+		t.Fatalf("patches %q, want the mark and its removal", patches)
+	}
 }

@@ -376,16 +376,29 @@ func (c *Client) Namespace(ctx context.Context, name string) (*Namespace, error)
 // AnnotatePod sets one annotation on a pod with a merge patch, leaving the
 // others alone.
 func (c *Client) AnnotatePod(ctx context.Context, namespace, name, key, value string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{key: value}}})
-	if err != nil {
-		return err
-	}
-	err = c.do(ctx, "PATCH", "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name),
-		"application/merge-patch+json", patch, nil)
-	if err != nil {
+	if err := c.patchAnnotation(ctx, namespace, name, key, &value); err != nil {
 		return fmt.Errorf("annotate pod %s/%s with %s=%s: %w", namespace, name, key, value, err)
 	}
 	return nil
+}
+
+// RemovePodAnnotation removes one annotation from a pod (absent is fine).
+func (c *Client) RemovePodAnnotation(ctx context.Context, namespace, name, key string) error {
+	if err := c.patchAnnotation(ctx, namespace, name, key, nil); err != nil {
+		return fmt.Errorf("remove annotation %s from pod %s/%s: %w", key, namespace, name, err)
+	}
+	return nil
+}
+
+// patchAnnotation sets key to *value, or removes it when value is nil (a
+// merge patch's null).
+func (c *Client) patchAnnotation(ctx context.Context, namespace, name, key string, value *string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]*string{key: value}}})
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, "PATCH", "/api/v1/namespaces/"+url.PathEscape(namespace)+"/pods/"+url.PathEscape(name),
+		"application/merge-patch+json", patch, nil)
 }
 
 // Decision is whether a pod is enrolled and why, in words an operator

@@ -127,9 +127,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ok && r.Method == http.MethodPatch {
 			body, _ := io.ReadAll(r.Body)
 			a.patches = append(a.patches, r.Header.Get("Content-Type")+" "+string(body))
+			// A JSON merge patch: null removes a key.
 			var patch struct {
 				Metadata struct {
-					Annotations map[string]string `json:"annotations"`
+					Annotations map[string]*string `json:"annotations"`
 				} `json:"metadata"`
 			}
 			if err := json.Unmarshal(body, &patch); err != nil {
@@ -140,7 +141,11 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				pod.Annotations = map[string]string{}
 			}
 			for k, v := range patch.Metadata.Annotations {
-				pod.Annotations[k] = v
+				if v == nil {
+					delete(pod.Annotations, k)
+				} else {
+					pod.Annotations[k] = *v
+				}
 			}
 		}
 		if ok {
