@@ -180,6 +180,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		go func() { xdsClient.Run(ctx); errc <- nil }()
 	}
 
+	var decider cniserver.Decider
 	if kcfg, ok, err := kube.Config(o.kubeconfig); err != nil {
 		return err
 	} else if ok {
@@ -187,6 +188,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		decider = w
 		if o.locality == "" && o.nodeName != "" {
 			if l, err := w.NodeLocality(ctx); err == nil && l != (model.Locality{}) {
 				node.Locality = l
@@ -215,7 +217,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	adoptPluginPods(reg, o, log)
 	enf.PodsChanged() // the adopted pods too
-	srv := cniserver.NewServer(reg, health{pinDir: o.bpfDir, syncer: syncer}, Version)
+	srv := cniserver.NewServer(reg, health{pinDir: o.bpfDir, syncer: syncer}, Version, decider)
 	go func() { errc <- srv.Serve(ctx, l) }()
 
 	counters := admin.Counters{

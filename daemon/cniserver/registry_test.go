@@ -215,7 +215,7 @@ func TestStatusReadyWithTheDataPath(t *testing.T) {
 		{fakeHealth{synced: false}, true, "not synced yet: istiod unreachable"},
 		{fakeHealth{dpErr: os.ErrNotExist, synced: true}, false, "data path not loaded"},
 	} {
-		st, err := NewServer(reg, tc.h, "test").Status(ctx, &cniv1.StatusRequest{})
+		st, err := NewServer(reg, tc.h, "test", nil).Status(ctx, &cniv1.StatusRequest{})
 		if err != nil || st.Ready != tc.ready || st.MeshSynced != tc.h.synced || !strings.Contains(st.Message, tc.contains) {
 			t.Errorf("%+v: %v %v, want ready=%v and a message saying %q", tc.h, st, err, tc.ready, tc.contains)
 		}
@@ -272,5 +272,35 @@ func TestPodOfCarriesTheRecord(t *testing.T) {
 		p.GetHostVeth() != "veth1" || len(p.GetInterfaces()) != 1 || p.GetInterfaces()[0].GetMac() != "aa" ||
 		len(p.GetIps()) != 1 || p.GetReason() != "r" || p.GetCgroupPath() != "/kubepods/u" || p.GetCgroupId() != 77 {
 		t.Fatalf("pod message %v", p)
+	}
+}
+
+type fakeDecider map[string]bool
+
+func (d fakeDecider) Decide(ns, name, uid string) (bool, string, bool) {
+	enroll, known := d[ns+"/"+name+"/"+uid]
+	return enroll, "because", known
+}
+
+func TestDecidePodAsksTheWatch(t *testing.T) {
+	reg, err := NewRegistry("", &fakeEnroller{cookies: map[uint64]bool{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s := NewServer(reg, nil, "v", fakeDecider{"shop/cart/u1": true})
+	if r, err := s.DecidePod(ctx, &cniv1.DecidePodRequest{Namespace: "shop", Name: "cart", Uid: "u1"}); err != nil || !r.GetKnown() || !r.GetEnroll() || r.GetReason() != "because" {
+		t.Fatalf("known pod: %v %v", r, err)
+	}
+	if r, err := s.DecidePod(ctx, &cniv1.DecidePodRequest{Namespace: "shop", Name: "cart", Uid: "u2"}); err != nil || r.GetKnown() {
+		t.Fatalf("other uid: %v %v", r, err)
+	}
+	if _, err := s.DecidePod(ctx, &cniv1.DecidePodRequest{Name: "cart"}); err == nil {
+		t.Fatal("no namespace accepted")
+	}
+	// Without Kubernetes access the daemon does not know.
+	s = NewServer(reg, nil, "v", nil)
+	if r, err := s.DecidePod(ctx, &cniv1.DecidePodRequest{Namespace: "shop", Name: "cart"}); err != nil || r.GetKnown() {
+		t.Fatalf("no decider: %v %v", r, err)
 	}
 }

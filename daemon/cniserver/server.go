@@ -27,17 +27,36 @@ type Health interface {
 	LastError() string
 }
 
+// Decider decides a pod's enrollment from a watch of the Kubernetes API;
+// known is false when it cannot (not synced, pod or namespace not seen).
+type Decider interface {
+	Decide(namespace, name, uid string) (enroll bool, reason string, known bool)
+}
+
 // Server implements the PodRegistry gRPC service.
 type Server struct {
 	podregistry.UnimplementedPodRegistryServer
 	reg     *Registry
 	health  Health
 	version string
+	decider Decider // nil without Kubernetes access
 }
 
-// NewServer serves reg.
-func NewServer(reg *Registry, health Health, version string) *Server {
-	return &Server{reg: reg, health: health, version: version}
+// NewServer serves reg. decider may be nil: DecidePod then answers that it
+// does not know, and the plugin reads the API itself.
+func NewServer(reg *Registry, health Health, version string, decider Decider) *Server {
+	return &Server{reg: reg, health: health, version: version, decider: decider}
+}
+
+func (s *Server) DecidePod(_ context.Context, req *cniv1.DecidePodRequest) (*cniv1.DecidePodResponse, error) {
+	if req.GetNamespace() == "" || req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "namespace and name are required")
+	}
+	if s.decider == nil {
+		return &cniv1.DecidePodResponse{}, nil
+	}
+	enroll, reason, known := s.decider.Decide(req.GetNamespace(), req.GetName(), req.GetUid())
+	return &cniv1.DecidePodResponse{Known: known, Enroll: enroll, Reason: reason}, nil
 }
 
 func (s *Server) EnrollPod(_ context.Context, req *cniv1.EnrollPodRequest) (*cniv1.EnrollPodResponse, error) {

@@ -173,6 +173,34 @@ func (w *Watcher) podByUID(uid string) *corev1.Pod {
 	return nil
 }
 
+// Decide is the enrollment decision for a pod from the watch: the rules
+// kmesh-cni applies, on the pod and namespace as last seen. known is false
+// until both informers have synced, and for a pod (with that uid, when one
+// is given) or namespace the watch has not seen: the plugin then asks the
+// API itself. A pod already finished is decided as reconcile does.
+func (w *Watcher) Decide(namespace, name, uid string) (enroll bool, reason string, known bool) {
+	if !w.pods.HasSynced() || !w.nss.HasSynced() {
+		return false, "", false
+	}
+	o, ok, _ := w.pods.GetStore().GetByKey(namespace + "/" + name)
+	if !ok {
+		return false, "", false
+	}
+	pod := o.(*corev1.Pod)
+	if uid != "" && string(pod.UID) != uid {
+		return false, "", false
+	}
+	nso, ok, _ := w.nss.GetStore().GetByKey(namespace)
+	if !ok {
+		return false, "", false
+	}
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return false, "pod has finished", true
+	}
+	enroll, reason = enrollment.Decide(enrollmentView(pod), nso.(*corev1.Namespace).Labels)
+	return enroll, reason, true
+}
+
 // reconcile brings one pod's sandboxes to the state its labels ask for.
 func (w *Watcher) reconcile(ctx context.Context, uid string) error {
 	sandboxes := w.reg.ByUID(uid)

@@ -2,12 +2,14 @@ package kube
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
@@ -118,4 +120,64 @@ func TestLabelChangesEnrollRunningPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually("released after the pod opted out", func() bool { return !kernel.is(42) && annotation() == "" })
+}
+
+// The plugin's question, answered from the watch: known once synced, for
+// the pod with that uid in a namespace the watch has seen.
+func TestDecideFromTheWatch(t *testing.T) {
+	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
+	pod := func(ns, name, uid string, labels map[string]string, phase corev1.PodPhase) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID(uid), Labels: labels},
+			Spec:       corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "app"}}},
+			Status:     corev1.PodStatus{Phase: phase},
+		}
+	}
+	client := fake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mesh", Labels: kmesh}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
+		pod("mesh", "a", "ua", nil, corev1.PodPending),
+		pod("plain", "b", "ub", kmesh, corev1.PodPending),
+		pod("plain", "c", "uc", nil, corev1.PodPending),
+		pod("mesh", "done", "ud", nil, corev1.PodSucceeded),
+		pod("ghost", "g", "ug", nil, corev1.PodPending),
+	)
+	reg, err := cniserver.NewRegistry("", &fakeKernel{enrolled: map[uint64]bool{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWatcherFor(client, "n1", reg, nil)
+	if _, _, known := w.Decide("mesh", "a", "ua"); known {
+		t.Fatal("known before the watch has synced")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(2 * time.Second)
+	for _, _, known := w.Decide("mesh", "a", "ua"); !known; _, _, known = w.Decide("mesh", "a", "ua") {
+		if time.Now().After(deadline) {
+			t.Fatal("not known within 2s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, tc := range []struct {
+		ns, name, uid string
+		known, enroll bool
+		reason        string
+	}{
+		{"mesh", "a", "ua", true, true, "namespace label"},
+		{"mesh", "a", "", true, true, "namespace label"},
+		{"plain", "b", "ub", true, true, "pod label"},
+		{"plain", "c", "uc", true, false, "no istio.io/dataplane-mode=kmesh label"},
+		{"mesh", "done", "ud", true, false, "finished"},
+		{"mesh", "a", "another-uid", false, false, ""},
+		{"mesh", "nobody", "", false, false, ""},
+		{"ghost", "g", "ug", false, false, ""},
+	} {
+		enroll, reason, known := w.Decide(tc.ns, tc.name, tc.uid)
+		if known != tc.known || enroll != tc.enroll || !strings.Contains(reason, tc.reason) {
+			t.Errorf("%s/%s (uid %q): enroll %v, %q, known %v; want %v, %q, %v", tc.ns, tc.name, tc.uid, enroll, reason, known, tc.enroll, tc.reason, tc.known)
+		}
+	}
 }

@@ -644,6 +644,133 @@ func (x *StatusResponse) GetMeshSynced() bool {
 	return false
 }
 
+// DecidePodRequest names a pod whose sandbox the plugin is adding.
+type DecidePodRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// uid is K8S_POD_UID; a pod of that name with another uid is not this one.
+	Uid           string `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecidePodRequest) Reset() {
+	*x = DecidePodRequest{}
+	mi := &file_cni_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecidePodRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecidePodRequest) ProtoMessage() {}
+
+func (x *DecidePodRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cni_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecidePodRequest.ProtoReflect.Descriptor instead.
+func (*DecidePodRequest) Descriptor() ([]byte, []int) {
+	return file_cni_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DecidePodRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *DecidePodRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DecidePodRequest) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+// DecidePodResponse is the enrollment decision the daemon makes from its
+// watch of the Kubernetes API (the same rules the plugin applies).
+type DecidePodResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// known is false when the daemon cannot decide: it has no Kubernetes
+	// access, its watch has not synced, or the pod (with that uid) or its
+	// namespace is not in it yet. The plugin then reads the API itself.
+	Known         bool   `protobuf:"varint,1,opt,name=known,proto3" json:"known,omitempty"`
+	Enroll        bool   `protobuf:"varint,2,opt,name=enroll,proto3" json:"enroll,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecidePodResponse) Reset() {
+	*x = DecidePodResponse{}
+	mi := &file_cni_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecidePodResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecidePodResponse) ProtoMessage() {}
+
+func (x *DecidePodResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cni_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecidePodResponse.ProtoReflect.Descriptor instead.
+func (*DecidePodResponse) Descriptor() ([]byte, []int) {
+	return file_cni_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DecidePodResponse) GetKnown() bool {
+	if x != nil {
+		return x.Known
+	}
+	return false
+}
+
+func (x *DecidePodResponse) GetEnroll() bool {
+	if x != nil {
+		return x.Enroll
+	}
+	return false
+}
+
+func (x *DecidePodResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_cni_proto protoreflect.FileDescriptor
 
 const file_cni_proto_rawDesc = "" +
@@ -696,7 +823,15 @@ const file_cni_proto_rawDesc = "" +
 	"\renrolled_pods\x18\x04 \x01(\rR\fenrolledPods\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\tR\aversion\x12\x1f\n" +
 	"\vmesh_synced\x18\x06 \x01(\bR\n" +
-	"meshSyncedB,Z*github.com/kmesh-go/kmesh/api/cni/v1;cniv1b\x06proto3"
+	"meshSynced\"V\n" +
+	"\x10DecidePodRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\"Y\n" +
+	"\x11DecidePodResponse\x12\x14\n" +
+	"\x05known\x18\x01 \x01(\bR\x05known\x12\x16\n" +
+	"\x06enroll\x18\x02 \x01(\bR\x06enroll\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reasonB,Z*github.com/kmesh-go/kmesh/api/cni/v1;cniv1b\x06proto3"
 
 var (
 	file_cni_proto_rawDescOnce sync.Once
@@ -710,7 +845,7 @@ func file_cni_proto_rawDescGZIP() []byte {
 	return file_cni_proto_rawDescData
 }
 
-var file_cni_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_cni_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_cni_proto_goTypes = []any{
 	(*Interface)(nil),          // 0: kmesh.cni.v1.Interface
 	(*Pod)(nil),                // 1: kmesh.cni.v1.Pod
@@ -722,6 +857,8 @@ var file_cni_proto_goTypes = []any{
 	(*ListPodsResponse)(nil),   // 7: kmesh.cni.v1.ListPodsResponse
 	(*StatusRequest)(nil),      // 8: kmesh.cni.v1.StatusRequest
 	(*StatusResponse)(nil),     // 9: kmesh.cni.v1.StatusResponse
+	(*DecidePodRequest)(nil),   // 10: kmesh.cni.v1.DecidePodRequest
+	(*DecidePodResponse)(nil),  // 11: kmesh.cni.v1.DecidePodResponse
 }
 var file_cni_proto_depIdxs = []int32{
 	0, // 0: kmesh.cni.v1.Pod.interfaces:type_name -> kmesh.cni.v1.Interface
@@ -745,7 +882,7 @@ func file_cni_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cni_proto_rawDesc), len(file_cni_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

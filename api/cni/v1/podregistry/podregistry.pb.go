@@ -30,35 +30,40 @@ var File_podregistry_podregistry_proto protoreflect.FileDescriptor
 
 const file_podregistry_podregistry_proto_rawDesc = "" +
 	"\n" +
-	"\x1dpodregistry/podregistry.proto\x12\fkmesh.cni.v1\x1a\tcni.proto2\xbc\x02\n" +
+	"\x1dpodregistry/podregistry.proto\x12\fkmesh.cni.v1\x1a\tcni.proto2\x8a\x03\n" +
 	"\vPodRegistry\x12L\n" +
 	"\tEnrollPod\x12\x1e.kmesh.cni.v1.EnrollPodRequest\x1a\x1f.kmesh.cni.v1.EnrollPodResponse\x12O\n" +
 	"\n" +
 	"ReleasePod\x12\x1f.kmesh.cni.v1.ReleasePodRequest\x1a .kmesh.cni.v1.ReleasePodResponse\x12I\n" +
 	"\bListPods\x12\x1d.kmesh.cni.v1.ListPodsRequest\x1a\x1e.kmesh.cni.v1.ListPodsResponse\x12C\n" +
-	"\x06Status\x12\x1b.kmesh.cni.v1.StatusRequest\x1a\x1c.kmesh.cni.v1.StatusResponseB>Z<github.com/kmesh-go/kmesh/api/cni/v1/podregistry;podregistryb\x06proto3"
+	"\x06Status\x12\x1b.kmesh.cni.v1.StatusRequest\x1a\x1c.kmesh.cni.v1.StatusResponse\x12L\n" +
+	"\tDecidePod\x12\x1e.kmesh.cni.v1.DecidePodRequest\x1a\x1f.kmesh.cni.v1.DecidePodResponseB>Z<github.com/kmesh-go/kmesh/api/cni/v1/podregistry;podregistryb\x06proto3"
 
 var file_podregistry_podregistry_proto_goTypes = []any{
 	(*v1.EnrollPodRequest)(nil),   // 0: kmesh.cni.v1.EnrollPodRequest
 	(*v1.ReleasePodRequest)(nil),  // 1: kmesh.cni.v1.ReleasePodRequest
 	(*v1.ListPodsRequest)(nil),    // 2: kmesh.cni.v1.ListPodsRequest
 	(*v1.StatusRequest)(nil),      // 3: kmesh.cni.v1.StatusRequest
-	(*v1.EnrollPodResponse)(nil),  // 4: kmesh.cni.v1.EnrollPodResponse
-	(*v1.ReleasePodResponse)(nil), // 5: kmesh.cni.v1.ReleasePodResponse
-	(*v1.ListPodsResponse)(nil),   // 6: kmesh.cni.v1.ListPodsResponse
-	(*v1.StatusResponse)(nil),     // 7: kmesh.cni.v1.StatusResponse
+	(*v1.DecidePodRequest)(nil),   // 4: kmesh.cni.v1.DecidePodRequest
+	(*v1.EnrollPodResponse)(nil),  // 5: kmesh.cni.v1.EnrollPodResponse
+	(*v1.ReleasePodResponse)(nil), // 6: kmesh.cni.v1.ReleasePodResponse
+	(*v1.ListPodsResponse)(nil),   // 7: kmesh.cni.v1.ListPodsResponse
+	(*v1.StatusResponse)(nil),     // 8: kmesh.cni.v1.StatusResponse
+	(*v1.DecidePodResponse)(nil),  // 9: kmesh.cni.v1.DecidePodResponse
 }
 var file_podregistry_podregistry_proto_depIdxs = []int32{
 	0, // 0: kmesh.cni.v1.PodRegistry.EnrollPod:input_type -> kmesh.cni.v1.EnrollPodRequest
 	1, // 1: kmesh.cni.v1.PodRegistry.ReleasePod:input_type -> kmesh.cni.v1.ReleasePodRequest
 	2, // 2: kmesh.cni.v1.PodRegistry.ListPods:input_type -> kmesh.cni.v1.ListPodsRequest
 	3, // 3: kmesh.cni.v1.PodRegistry.Status:input_type -> kmesh.cni.v1.StatusRequest
-	4, // 4: kmesh.cni.v1.PodRegistry.EnrollPod:output_type -> kmesh.cni.v1.EnrollPodResponse
-	5, // 5: kmesh.cni.v1.PodRegistry.ReleasePod:output_type -> kmesh.cni.v1.ReleasePodResponse
-	6, // 6: kmesh.cni.v1.PodRegistry.ListPods:output_type -> kmesh.cni.v1.ListPodsResponse
-	7, // 7: kmesh.cni.v1.PodRegistry.Status:output_type -> kmesh.cni.v1.StatusResponse
-	4, // [4:8] is the sub-list for method output_type
-	0, // [0:4] is the sub-list for method input_type
+	4, // 4: kmesh.cni.v1.PodRegistry.DecidePod:input_type -> kmesh.cni.v1.DecidePodRequest
+	5, // 5: kmesh.cni.v1.PodRegistry.EnrollPod:output_type -> kmesh.cni.v1.EnrollPodResponse
+	6, // 6: kmesh.cni.v1.PodRegistry.ReleasePod:output_type -> kmesh.cni.v1.ReleasePodResponse
+	7, // 7: kmesh.cni.v1.PodRegistry.ListPods:output_type -> kmesh.cni.v1.ListPodsResponse
+	8, // 8: kmesh.cni.v1.PodRegistry.Status:output_type -> kmesh.cni.v1.StatusResponse
+	9, // 9: kmesh.cni.v1.PodRegistry.DecidePod:output_type -> kmesh.cni.v1.DecidePodResponse
+	5, // [5:10] is the sub-list for method output_type
+	0, // [0:5] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name

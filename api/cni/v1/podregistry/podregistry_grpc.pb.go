@@ -29,6 +29,7 @@ const (
 	PodRegistry_ReleasePod_FullMethodName = "/kmesh.cni.v1.PodRegistry/ReleasePod"
 	PodRegistry_ListPods_FullMethodName   = "/kmesh.cni.v1.PodRegistry/ListPods"
 	PodRegistry_Status_FullMethodName     = "/kmesh.cni.v1.PodRegistry/Status"
+	PodRegistry_DecidePod_FullMethodName  = "/kmesh.cni.v1.PodRegistry/DecidePod"
 )
 
 // PodRegistryClient is the client API for PodRegistry service.
@@ -45,6 +46,10 @@ type PodRegistryClient interface {
 	ListPods(ctx context.Context, in *v1.ListPodsRequest, opts ...grpc.CallOption) (*v1.ListPodsResponse, error)
 	// Status reports whether the daemon is ready to serve the data path.
 	Status(ctx context.Context, in *v1.StatusRequest, opts ...grpc.CallOption) (*v1.StatusResponse, error)
+	// DecidePod answers whether a pod is enrolled from the daemon's watch of
+	// the Kubernetes API, which spares the plugin a TLS handshake and two
+	// reads of the API server on every pod.
+	DecidePod(ctx context.Context, in *v1.DecidePodRequest, opts ...grpc.CallOption) (*v1.DecidePodResponse, error)
 }
 
 type podRegistryClient struct {
@@ -95,6 +100,16 @@ func (c *podRegistryClient) Status(ctx context.Context, in *v1.StatusRequest, op
 	return out, nil
 }
 
+func (c *podRegistryClient) DecidePod(ctx context.Context, in *v1.DecidePodRequest, opts ...grpc.CallOption) (*v1.DecidePodResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.DecidePodResponse)
+	err := c.cc.Invoke(ctx, PodRegistry_DecidePod_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PodRegistryServer is the server API for PodRegistry service.
 // All implementations must embed UnimplementedPodRegistryServer
 // for forward compatibility.
@@ -109,6 +124,10 @@ type PodRegistryServer interface {
 	ListPods(context.Context, *v1.ListPodsRequest) (*v1.ListPodsResponse, error)
 	// Status reports whether the daemon is ready to serve the data path.
 	Status(context.Context, *v1.StatusRequest) (*v1.StatusResponse, error)
+	// DecidePod answers whether a pod is enrolled from the daemon's watch of
+	// the Kubernetes API, which spares the plugin a TLS handshake and two
+	// reads of the API server on every pod.
+	DecidePod(context.Context, *v1.DecidePodRequest) (*v1.DecidePodResponse, error)
 	mustEmbedUnimplementedPodRegistryServer()
 }
 
@@ -130,6 +149,9 @@ func (UnimplementedPodRegistryServer) ListPods(context.Context, *v1.ListPodsRequ
 }
 func (UnimplementedPodRegistryServer) Status(context.Context, *v1.StatusRequest) (*v1.StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedPodRegistryServer) DecidePod(context.Context, *v1.DecidePodRequest) (*v1.DecidePodResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecidePod not implemented")
 }
 func (UnimplementedPodRegistryServer) mustEmbedUnimplementedPodRegistryServer() {}
 func (UnimplementedPodRegistryServer) testEmbeddedByValue()                     {}
@@ -224,6 +246,24 @@ func _PodRegistry_Status_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PodRegistry_DecidePod_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.DecidePodRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PodRegistryServer).DecidePod(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PodRegistry_DecidePod_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PodRegistryServer).DecidePod(ctx, req.(*v1.DecidePodRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PodRegistry_ServiceDesc is the grpc.ServiceDesc for PodRegistry service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +286,10 @@ var PodRegistry_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _PodRegistry_Status_Handler,
+		},
+		{
+			MethodName: "DecidePod",
+			Handler:    _PodRegistry_DecidePod_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
