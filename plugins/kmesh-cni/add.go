@@ -183,6 +183,28 @@ func (r *run) annotate(kc *kube.Client, pod conf.Pod) <-chan error {
 	return done
 }
 
+// decideTimeout bounds the question to the daemon, which answers from
+// memory: one that does not answer this fast leaves the decision to the
+// API server.
+const decideTimeout = 250 * time.Millisecond
+
+// daemonDecision is the daemon's decision for pod, if it has one.
+func (r *run) daemonDecision(pod conf.Pod) (kube.Decision, bool) {
+	var d *registry.Decision
+	err := r.daemonWithin(decideTimeout, func(ctx context.Context, cl *registry.Client) error {
+		var err error
+		d, err = cl.Decide(ctx, pod.Namespace, pod.Name, pod.UID)
+		return err
+	})
+	if err != nil || !d.Known {
+		if err != nil {
+			r.log.Debug("the daemon did not decide; asking the API server", "error", err)
+		}
+		return kube.Decision{}, false
+	}
+	return kube.Decision{Enroll: d.Enroll, Reason: d.Reason + " (from the daemon's watch of the API)"}, true
+}
+
 // decide returns the enrollment decision and, with a kubeconfig, the
 // client for the annotation. Failing to reach the API fails ADD under the
 // closed policy; under open the pod starts without the mesh and the daemon
@@ -194,6 +216,12 @@ func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
 	}
 	if !pod.IsSet() {
 		return kube.Decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("CNI_ARGS names no Kubernetes pod; defaultEnroll is %v", c.DefaultEnroll)}, nil, nil
+	}
+	// The daemon watches the API: its answer spares a TLS handshake and two
+	// reads of the API server (~3.5 ms). It also marks the pod once ADD
+	// registers it, so no client is returned for that.
+	if d, ok := r.daemonDecision(pod); ok {
+		return d, nil, nil
 	}
 	hint := "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
 	cfg, err := kube.LoadConfig(c.Kubeconfig, kubeTimeout)

@@ -208,3 +208,38 @@ func TestKernelFailedADDTakesTheAnnotationBack(t *testing.T) {
 		t.Fatalf("patches %q, want the mark and its removal", patches)
 	}
 }
+
+// A daemon whose watch has seen the pod decides for ADD: the plugin does
+// not read the API server at all (the daemon marks the pod once it is
+// registered). One that has not falls back to the API, as before.
+func TestKernelTheDaemonDecidesWhenItKnows(t *testing.T) {
+	e := newEnv(t)
+	api := fakeapi.New()
+	api.AddNamespace("plain", nil)
+	list := e.conflist(netOpts{kubeconfig: e.fakeAPIServer(api)})
+
+	p := e.newPod("known").inNamespace("plain")
+	api.AddPod("plain", "known", p.uid(), nil, nil) // unlabelled in the API...
+	e.daemon.Know("plain", "known", true, "pod label istio.io/dataplane-mode=kmesh")
+	e.mustAdd(list, p) // ...but the daemon's view says enrolled
+	if n := api.Requests(); n != 0 {
+		t.Fatalf("the plugin asked the API server %d times", n)
+	}
+	e.requireEnrolled(p)
+	if d := e.daemon.Pod(p.rt.ContainerID); d == nil || !d.GetEnrolled() || !strings.Contains(d.GetReason(), "daemon's watch") {
+		t.Fatalf("daemon's record: %v", d)
+	}
+
+	q := e.newPod("unknown").inNamespace("plain")
+	api.AddPod("plain", "unknown", q.uid(), nil, nil)
+	e.mustAdd(list, q)
+	if api.Requests() == 0 {
+		t.Fatal("a pod the daemon does not know was decided without the API")
+	}
+	if e.enrolled(e.cookie(q)) {
+		t.Fatal("an unlabelled pod was enrolled")
+	}
+	if e.daemon.Asked() != 2 {
+		t.Fatalf("the daemon was asked %d times, want once per ADD", e.daemon.Asked())
+	}
+}

@@ -99,6 +99,11 @@ func (r *run) stateDir(exclusive bool) (*cnistate.Dir, error) {
 // daemon runs fn against the daemon with the daemon timeout, on one
 // connection per run.
 func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) error {
+	return r.daemonWithin(daemonTimeout, fn)
+}
+
+// daemonWithin is daemon with another bound.
+func (r *run) daemonWithin(timeout time.Duration, fn func(ctx context.Context, c *registry.Client) error) error {
 	if r.registry == nil {
 		c, err := registry.Dial(r.conf.DaemonSocket)
 		if err != nil {
@@ -106,7 +111,7 @@ func (r *run) daemon(fn func(ctx context.Context, c *registry.Client) error) err
 		}
 		r.registry = c
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), daemonTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return fn(ctx, r.registry)
 }

@@ -30,6 +30,7 @@ var ErrUnreachable = errors.New("kmesh daemon unreachable")
 // gRPC status codes this client tells apart.
 const (
 	codeDeadlineExceeded = 4
+	codeUnimplemented    = 12
 	codeUnavailable      = 14
 )
 
@@ -220,6 +221,25 @@ func (c *Client) Pod(ctx context.Context, containerID string) (*Pod, error) {
 		}
 	}
 	return nil, nil
+}
+
+// Decide asks the daemon whether a pod is enrolled, from its watch of the
+// Kubernetes API. A daemon that cannot tell, or one too old to have the
+// method, answers Known false.
+func (c *Client) Decide(ctx context.Context, namespace, name, uid string) (*Decision, error) {
+	b, err := c.call(ctx, "DecidePod", encodeDecide(namespace, name, uid))
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == codeUnimplemented {
+		return &Decision{}, nil
+	}
+	var d *Decision
+	if err == nil {
+		d, err = decodeDecision(b)
+	}
+	if err != nil {
+		return nil, c.wrap("decide pod", err)
+	}
+	return d, nil
 }
 
 // Status asks the daemon whether it serves the data path.

@@ -44,6 +44,13 @@ func TestRoundTrip(t *testing.T) {
 	if got, err := c.Pod(ctx(t, 2*time.Second), "other"); err != nil || got != nil {
 		t.Fatalf("unknown pod: %v %v", got, err)
 	}
+	if d, err := c.Decide(ctx(t, 2*time.Second), "shop", "web", "u"); err != nil || d.Known {
+		t.Fatalf("decide, not known: %+v %v", d, err)
+	}
+	d.Know("shop", "web", true, "namespace label")
+	if d, err := c.Decide(ctx(t, 2*time.Second), "shop", "web", "u"); err != nil || !d.Known || !d.Enroll || d.Reason != "namespace label" {
+		t.Fatalf("decide: %+v %v", d, err)
+	}
 	if st, err := c.Status(ctx(t, 2*time.Second)); err != nil || !st.Ready || st.Pods != 1 {
 		t.Fatalf("status: %v %v", st, err)
 	}
@@ -141,6 +148,10 @@ func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
 	}
 	if d := time.Duration(s.timeout.Load()); d <= 0 || d > 3*time.Second {
 		t.Fatalf("the daemon saw a deadline of %v, want up to 3s", d)
+	}
+	// A daemon without DecidePod (older than the plugin) does not know.
+	if d, err := c.Decide(ctx(t, time.Second), "shop", "web", ""); err != nil || d.Known {
+		t.Fatalf("decide on a daemon without the method: %+v %v", d, err)
 	}
 	err = c.Release(ctx(t, time.Second), "c1", "", 1)
 	var se *registry.StatusError

@@ -180,6 +180,44 @@ func encodeRelease(containerID, netns string, cookie uint64) []byte {
 	return appendUint(b, 3, cookie)
 }
 
+// encodeDecide is message DecidePodRequest.
+func encodeDecide(namespace, name, uid string) []byte {
+	b := appendString(nil, 1, namespace)
+	b = appendString(b, 2, name)
+	return appendString(b, 3, uid)
+}
+
+// Decision is the daemon's answer to DecidePod (message
+// DecidePodResponse).
+type Decision struct {
+	Known, Enroll bool
+	Reason        string
+}
+
+func decodeDecision(b []byte) (*Decision, error) {
+	d := &Decision{}
+	err := fields(b, func(num int, typ wireType, v uint64, data []byte) error {
+		switch num {
+		case 1, 2:
+			if err := want(num, typ, varintType); err != nil {
+				return err
+			}
+			if num == 1 {
+				d.Known = v != 0
+			} else {
+				d.Enroll = v != 0
+			}
+		case 3:
+			if err := want(num, typ, bytesType); err != nil {
+				return err
+			}
+			d.Reason = string(data)
+		}
+		return nil
+	})
+	return d, err
+}
+
 var errMalformed = errors.New("malformed protobuf")
 
 // fields calls fn for every field of message b with its number, wire

@@ -40,6 +40,8 @@ func TestWireCoversEveryField(t *testing.T) {
 		(&cniv1.ListPodsResponse{}).ProtoReflect():   1,
 		(&cniv1.StatusRequest{}).ProtoReflect():      0,
 		(&cniv1.StatusResponse{}).ProtoReflect():     6,
+		(&cniv1.DecidePodRequest{}).ProtoReflect():   3,
+		(&cniv1.DecidePodResponse{}).ProtoReflect():  3,
 	}
 	for m, n := range count {
 		if got := m.Descriptor().Fields().Len(); got != n {
@@ -63,6 +65,11 @@ func TestWireEncodesWhatProtobufDecodes(t *testing.T) {
 		if b := encodeEnroll(p); string(b) != string(want) {
 			t.Errorf("encode %+v: % x, protobuf writes % x", p, b, want)
 		}
+	}
+	dec := &cniv1.DecidePodRequest{}
+	if err := proto.Unmarshal(encodeDecide("shop", "cart", "u1"), dec); err != nil ||
+		!proto.Equal(dec, &cniv1.DecidePodRequest{Namespace: "shop", Name: "cart", Uid: "u1"}) {
+		t.Fatalf("decide: %v %v", dec, err)
 	}
 	rel := &cniv1.ReleasePodRequest{}
 	if err := proto.Unmarshal(encodeRelease("c1", "/var/run/netns/x", 99), rel); err != nil ||
@@ -88,6 +95,10 @@ func TestWireDecodesWhatProtobufEncodes(t *testing.T) {
 	st, err := decodeStatus(b)
 	if err != nil || *st != (Status{Ready: true, Message: "m", Pods: 3, EnrolledPods: 2, Version: "v", MeshSynced: true}) {
 		t.Fatalf("status %+v %v", st, err)
+	}
+	b, _ = proto.Marshal(&cniv1.DecidePodResponse{Known: true, Enroll: true, Reason: "namespace label"})
+	if d, err := decodeDecision(b); err != nil || *d != (Decision{Known: true, Enroll: true, Reason: "namespace label"}) {
+		t.Fatalf("decision %+v %v", d, err)
 	}
 	b, _ = proto.Marshal(&cniv1.EnrollPodResponse{Enrolled: true})
 	if v, err := decodeBool(b); !v || err != nil {

@@ -29,6 +29,7 @@ type API struct {
 	delay    time.Duration
 	patches  []string
 	agent    string
+	requests int
 }
 
 // New returns an empty API.
@@ -79,6 +80,13 @@ func (a *API) Patches() []string {
 }
 
 // UserAgent is the User-Agent of the last request.
+// Requests counts the requests served.
+func (a *API) Requests() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.requests
+}
+
 func (a *API) UserAgent() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -110,6 +118,7 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.requests++
 	a.agent = r.UserAgent()
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/api/v1/"), "/")
 	var obj any

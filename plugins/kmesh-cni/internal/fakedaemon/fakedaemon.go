@@ -25,10 +25,14 @@ type Daemon struct {
 	podregistry.UnimplementedPodRegistryServer
 	Socket string
 
-	mu       sync.Mutex
-	pods     map[string]*cniv1.Pod
-	released []string
-	ready    bool
+	mu   sync.Mutex
+	pods map[string]*cniv1.Pod
+	// decisions is what the daemon's watch of the API would say, by
+	// "namespace/name"; a pod not in it is not known.
+	decisions map[string]*cniv1.DecidePodResponse
+	asked     int
+	released  []string
+	ready     bool
 	// delay holds every call this long (a hung daemon).
 	delay time.Duration
 	srv   *grpc.Server
@@ -203,4 +207,35 @@ func (d *Daemon) Status(ctx context.Context, _ *cniv1.StatusRequest) (*cniv1.Sta
 		}
 	}
 	return st, nil
+}
+
+// Know makes DecidePod answer for the pod namespace/name (any uid) with
+// the decision, as a daemon whose watch has seen it.
+func (d *Daemon) Know(namespace, name string, enroll bool, reason string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.decisions == nil {
+		d.decisions = map[string]*cniv1.DecidePodResponse{}
+	}
+	d.decisions[namespace+"/"+name] = &cniv1.DecidePodResponse{Known: true, Enroll: enroll, Reason: reason}
+}
+
+// Asked counts DecidePod calls.
+func (d *Daemon) Asked() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.asked
+}
+
+func (d *Daemon) DecidePod(ctx context.Context, r *cniv1.DecidePodRequest) (*cniv1.DecidePodResponse, error) {
+	if err := d.wait(ctx); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.asked++
+	if a, ok := d.decisions[r.GetNamespace()+"/"+r.GetName()]; ok {
+		return proto.Clone(a).(*cniv1.DecidePodResponse), nil
+	}
+	return &cniv1.DecidePodResponse{}, nil
 }
