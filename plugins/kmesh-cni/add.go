@@ -217,16 +217,18 @@ func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
 	if !pod.IsSet() {
 		return kube.Decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("CNI_ARGS names no Kubernetes pod; defaultEnroll is %v", c.DefaultEnroll)}, nil, nil
 	}
+	// A kubeconfig that cannot be read is an error even when the daemon
+	// would answer: it is this plugin's configuration.
+	hint := "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
+	cfg, err := kube.LoadConfig(c.Kubeconfig, kubeTimeout)
+	if err != nil {
+		return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
+	}
 	// The daemon watches the API: its answer spares a TLS handshake and two
 	// reads of the API server (~3.5 ms). It also marks the pod once ADD
 	// registers it, so no client is returned for that.
 	if d, ok := r.daemonDecision(pod); ok {
 		return d, nil, nil
-	}
-	hint := "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
-	cfg, err := kube.LoadConfig(c.Kubeconfig, kubeTimeout)
-	if err != nil {
-		return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
 	}
 	kc, err := kube.New(cfg)
 	if err != nil {

@@ -242,4 +242,17 @@ func TestKernelTheDaemonDecidesWhenItKnows(t *testing.T) {
 	if e.daemon.Asked() != 2 {
 		t.Fatalf("the daemon was asked %d times, want once per ADD", e.daemon.Asked())
 	}
+
+	// A kubeconfig that cannot be read fails ADD even when the daemon
+	// knows the pod: it is the plugin's configuration.
+	garbage := filepath.Join(e.dir, "garbage-kubeconfig")
+	if err := os.WriteFile(garbage, []byte("{{{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := e.newPod("broken").inNamespace("plain")
+	e.daemon.Know("plain", "broken", true, "pod label")
+	err := e.add(e.conflist(netOpts{kubeconfig: garbage}), r)
+	if ce := cniError(t, err); ce.Code != types.ErrInvalidNetworkConfig {
+		t.Fatalf("garbage kubeconfig: %v", err)
+	}
 }
