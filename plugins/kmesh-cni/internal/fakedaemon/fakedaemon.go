@@ -18,6 +18,7 @@ import (
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
+	"github.com/kmesh-go/kmesh/daemon/cniserver"
 )
 
 // Daemon is a running fake. Its zero value is not usable; call Start.
@@ -69,7 +70,7 @@ func (d *Daemon) Serve(t testing.TB) {
 	if err != nil {
 		t.Fatalf("fake daemon: listen on %s: %v", d.Socket, err)
 	}
-	d.srv = grpc.NewServer()
+	d.srv = grpc.NewServer(cniserver.ServerOptions()...) // as the daemon serves
 	podregistry.RegisterPodRegistryServer(d.srv, d)
 	d.done = make(chan struct{})
 	go func(srv *grpc.Server, done chan struct{}) {
