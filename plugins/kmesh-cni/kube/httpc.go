@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -300,10 +301,7 @@ func (h *httpClient) exchange(ctx context.Context, hc *httpConn, method, path st
 	return status, b, keep, nil
 }
 
-func isReset(err error) bool {
-	var ne *net.OpError
-	return errors.As(err, &ne) && strings.Contains(ne.Err.Error(), "reset")
-}
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
 
 // readHead reads a status line and the header.
 func readHead(tp *textproto.Reader) (int, textproto.MIMEHeader, error) {

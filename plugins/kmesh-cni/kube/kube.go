@@ -257,6 +257,9 @@ func (e *StatusError) Error() string {
 	if e.Message != "" {
 		return e.Message
 	}
+	if e.Reason == "" {
+		return fmt.Sprintf("the API server answered %d", e.Code)
+	}
 	return fmt.Sprintf("the API server answered %d %s", e.Code, e.Reason)
 }
 
@@ -275,9 +278,31 @@ func IsForbidden(err error) bool { return isStatus(err, 403) }
 func IsUnauthorized(err error) bool { return isStatus(err, 401) }
 
 // statusReason names the statuses kmesh-cni tells apart, for an answer
-// without a Status body.
-var statusReason = map[int]string{401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
-	422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+// without a Status body. (A switch: a map here would be built at every
+// run's start.)
+func statusReason(code int) string {
+	switch code {
+	case 401:
+		return "Unauthorized"
+	case 403:
+		return "Forbidden"
+	case 404:
+		return "NotFound"
+	case 409:
+		return "Conflict"
+	case 422:
+		return "Invalid"
+	case 429:
+		return "TooManyRequests"
+	case 500:
+		return "InternalError"
+	case 503:
+		return "ServiceUnavailable"
+	case 504:
+		return "Timeout"
+	}
+	return ""
+}
 
 // do sends one request and decodes a JSON answer into out (if not nil).
 func (c *Client) do(ctx context.Context, method, path, contentType string, body []byte, out any) error {
@@ -293,7 +318,7 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body 
 		return err
 	}
 	if status < 200 || status > 299 {
-		se := &StatusError{Code: status, Reason: statusReason[status]}
+		se := &StatusError{Code: status, Reason: statusReason(status)}
 		var st struct {
 			Reason  string `json:"reason"`
 			Message string `json:"message"`

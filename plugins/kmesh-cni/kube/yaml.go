@@ -23,6 +23,9 @@ import (
 // kubeconfigJSON returns the kubeconfig b as JSON.
 func kubeconfigJSON(b []byte) ([]byte, error) {
 	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '{' {
+		if !json.Valid(t) {
+			return nil, fmt.Errorf("the file starts with '{' but is not JSON")
+		}
 		return t, nil
 	}
 	p := &yamlParser{}
@@ -283,15 +286,11 @@ func keyString(l yamlLine, key string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	switch v := v.(type) {
-	case string:
-		return v, nil
-	case bool:
-		return strconv.FormatBool(v), nil
-	case nil:
-		return "", fmt.Errorf("line %d: a key that is null", l.num)
+	k, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf("line %d: a key must be text, not %q", l.num, key)
 	}
-	return fmt.Sprint(v), nil
+	return k, nil
 }
 
 // scalar reads a value on one line.

@@ -174,6 +174,9 @@ func TestKubeconfigRefusesWhatItDoesNotRead(t *testing.T) {
 		"directive":          "%YAML 1.2\n---\na: 1\n",
 		"not utf-8":          "a: \xff\n",
 		"empty":              "# nothing\n",
+		"null key":           "~: 1\n",
+		"collection key":     "a: 1\n{}: 2\n",
+		"broken JSON":        "{\"clusters\": [",
 	} {
 		if got, err := kubeconfigJSON([]byte(src)); err == nil {
 			t.Errorf("%s: read as %s", name, got)
