@@ -50,6 +50,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzUpsertRemove$$' -fuzztime $(FUZZTIME) ./install/cniconf/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePod$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzKubeconfig$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/kube/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/internal/jsontree/
+	$(GO) test -run '^$$' -fuzz '^FuzzPrevResult$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/conf/
+	$(GO) test -run '^$$' -fuzz '^FuzzEncoding$$' -fuzztime $(FUZZTIME) ./internal/cnistate/
 
 # kube-apiserver and pilot-discovery for the end-to-end suite, built from the
 # versions pinned in tests/e2e/tools (about 10 minutes cold; then a no-op).

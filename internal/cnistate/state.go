@@ -116,10 +116,7 @@ func (d *Dir) file(key string) string { return filepath.Join(d.path, key+".json"
 
 // Save writes a record atomically: readers see the old one or the new one.
 func (d *Dir) Save(r *Record) error {
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
+	b := r.appendJSON(make([]byte, 0, 1024))
 	final := d.file(r.Key())
 	tmp := final + ".tmp" + strconv.Itoa(os.Getpid())
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/kmesh-go/kmesh/bpf/manage"
 	"github.com/kmesh-go/kmesh/bpf/podtc"
@@ -36,10 +36,7 @@ func (r *run) add() error {
 	if err := c.RequirePrevResult(); err != nil {
 		return err
 	}
-	prev, err := current.NewResultFromResult(c.PrevResult)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "convert prevResult: "+err.Error(), "")
-	}
+	prev := c.Prev
 	pod, err := conf.ParseArgs(args.Args)
 	if err != nil {
 		return err
@@ -168,7 +165,7 @@ func (r *run) add() error {
 		"hostVeth", rec.HostVeth, "daemon", rec.Signaled, "took", time.Since(r.start).Round(time.Microsecond))
 
 	// 7. Pass the chain's result on unchanged.
-	return types.PrintResult(c.PrevResult, c.CNIVersion)
+	return c.PrintPrevResult(os.Stdout)
 }
 
 // annotate marks the pod as redirected, on a goroutine of its own, within
@@ -263,7 +260,7 @@ func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
 	}
 }
 
-func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kube.Decision) *cnistate.Record {
+func (r *run) newRecord(pod conf.Pod, prev *conf.Prev, cookie uint64, d kube.Decision) *cnistate.Record {
 	rec := &cnistate.Record{
 		Network:      r.conf.Name,
 		ContainerID:  r.args.ContainerID,
@@ -278,7 +275,7 @@ func (r *run) newRecord(pod conf.Pod, prev *current.Result, cookie uint64, d kub
 		Created:      time.Now().UTC(),
 	}
 	for _, ip := range prev.IPs {
-		rec.IPs = append(rec.IPs, ip.Address.IP.String())
+		rec.IPs = append(rec.IPs, ip.Addr().Unmap().String())
 	}
 	for _, i := range prev.Interfaces {
 		rec.Interfaces = append(rec.Interfaces, cnistate.Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
@@ -329,7 +326,7 @@ func (p *prepared) close() {
 // manage entry. The record is saved first, so a
 // run killed halfway leaves what DEL and GC need to undo it. On error
 // nothing is left behind.
-func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *current.Result, p *prepared) (<-chan error, error) {
+func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *conf.Prev, p *prepared) (<-chan error, error) {
 	c := r.conf
 	if vethErr != nil {
 		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+vethErr.Error(),
@@ -366,7 +363,7 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	// computes it when it enrolls a pod.
 	var ip netip.Addr
 	if len(prev.IPs) > 0 {
-		ip, _ = netip.AddrFromSlice(prev.IPs[0].Address.IP)
+		ip = prev.IPs[0].Addr()
 	}
 	if err := m.Enroll(rec.Cookie, manage.Enrollment{ClientID: manage.ClientIDFor(ip.Unmap())}); err != nil {
 		<-done

@@ -5,7 +5,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
@@ -49,7 +48,7 @@ func (r *run) del() error {
 			if rec.Cookie == 0 {
 				rec.Cookie = pl.cookie
 			}
-			if veth, _, err := hostVeth(pl, args.IfName, &current.Result{}); err == nil && rec.TCKey == "" {
+			if veth, _, err := hostVeth(pl, args.IfName, &conf.Prev{}); err == nil && rec.TCKey == "" {
 				rec.TCKey = podtc.Key(args.ContainerID, veth)
 			}
 		}

@@ -6,12 +6,12 @@ import (
 	"os"
 	"slices"
 
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/rtlink"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 )
 
 // checkNetns fails unless path is a network namespace.
@@ -82,7 +82,7 @@ var errTopology = errors.New("no host-side veth")
 // The peer index from inside the pod is unique on the node; the host link
 // must point back at the pod interface, and when prevResult lists
 // host-side interfaces (no sandbox) it must be one of them.
-func hostVeth(pl podLink, ifName string, prev *current.Result) (string, int, error) {
+func hostVeth(pl podLink, ifName string, prev *conf.Prev) (string, int, error) {
 	if pl.kind == "" {
 		return "", 0, fmt.Errorf("%w: the pod has no interface %s", errTopology, ifName)
 	}

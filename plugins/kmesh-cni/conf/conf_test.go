@@ -2,6 +2,7 @@ package conf
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -19,7 +20,7 @@ func TestParseFillsDefaults(t *testing.T) {
 		c.FailurePolicy != FailOpen || c.LogLevel != "info" || c.Kubeconfig != "" || c.DefaultEnroll || c.Closed() {
 		t.Fatalf("defaults not filled: %+v", c)
 	}
-	if c.PrevResult != nil {
+	if c.Prev != nil {
 		t.Fatal("prevResult from nowhere")
 	}
 	if err := c.RequirePrevResult(); codeOf(t, err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "chained plugin") {
@@ -51,8 +52,9 @@ func TestParseReadsEveryField(t *testing.T) {
 	if got != want {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
-	if c.PrevResult == nil || c.PrevResult.Version() != "0.4.0" && c.PrevResult.Version() != "0.3.1" {
-		t.Fatalf("prevResult not decoded at the conf's version: %#v", c.PrevResult)
+	if c.Prev == nil || len(c.Prev.Interfaces) != 3 || c.Prev.Interfaces[2] != (Interface{Name: "eth0", Mac: "aa:bb:cc:dd:ee:03", Sandbox: "/var/run/netns/p"}) ||
+		len(c.Prev.IPs) != 1 || c.Prev.IPs[0] != netip.MustParsePrefix("10.244.0.5/24") {
+		t.Fatalf("prevResult not read: %#v", c.Prev)
 	}
 	if err := c.RequirePrevResult(); err != nil {
 		t.Fatal(err)
