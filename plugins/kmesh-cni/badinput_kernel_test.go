@@ -59,11 +59,15 @@ func TestKernelBadInput(t *testing.T) {
 		code               uint
 		says               []string
 	}{
-		{"malformed JSON", podNS, `{"cniVersion":"1.0.0","name":`, types.ErrDecodingFailure, []string{"unmarshal"}},
+		{"malformed JSON", podNS, `{"cniVersion":"1.0.0","name":`, types.ErrDecodingFailure, []string{"decode network config", "invalid JSON at byte 29"}},
 		{"missing prevResult", podNS, strings.Replace(good(""), `,"prevResult":`+prev, "", 1), types.ErrInvalidNetworkConfig,
 			[]string{"chained plugin", "no prevResult", "after the primary network plugin"}},
 		{"unknown cniVersion", podNS, strings.Replace(good(""), `"cniVersion":"1.0.0","name"`, `"cniVersion":"7.0.0","name"`, 1), types.ErrIncompatibleCNIVersion,
-			[]string{"incompatible CNI versions", "7.0.0"}},
+			[]string{`cniVersion "7.0.0" is not supported`, "set cniVersion to one of", "1.1.0"}},
+		{"the plugin's own netns", "/proc/self/ns/net", good(""), types.ErrInvalidNetNS,
+			[]string{"netns from CNI_NETNS should not be the same"}},
+		{"bad network name", podNS, strings.Replace(good(""), `"name":"`, `"name":"bad name `, 1), types.ErrInvalidNetworkConfig,
+			[]string{"invalid characters found in network name"}},
 		{"netns that does not exist", "/var/run/netns/kmesh-cni-no-such-netns", good(""), types.ErrInvalidEnvironmentVariables,
 			[]string{"CNI_NETNS", "no such file"}},
 		{"missing kubeconfig", podNS, good(`,"kubeconfig":"/nonexistent/kmesh-kubeconfig"`), types.ErrInvalidNetworkConfig,

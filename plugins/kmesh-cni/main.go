@@ -14,6 +14,9 @@
 package main
 
 import (
+	"fmt"
+	"os"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
@@ -21,6 +24,15 @@ import (
 )
 
 func main() {
+	if os.Getenv("CNI_COMMAND") == "ADD" {
+		if err := addMain(os.Stdin); err != nil {
+			if perr := err.Print(); perr != nil {
+				fmt.Fprintln(os.Stderr, "kmesh-cni: write error JSON:", perr)
+			}
+			os.Exit(1)
+		}
+		return
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    cmdAdd,
 		Del:    cmdDel,

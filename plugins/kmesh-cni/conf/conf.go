@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/jsontree"
 )
@@ -169,6 +170,9 @@ func Parse(stdin []byte) (*Conf, error) {
 	}
 	if c.Name == "" {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "network config has no name", "give the conflist a name")
+	}
+	if err := utils.ValidateNetworkName(c.Name); err != nil {
+		return nil, err
 	}
 	c.setDefaults()
 	if err := c.validate(); err != nil {
