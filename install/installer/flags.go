@@ -32,7 +32,7 @@ func ParseArgs(args []string, logs io.Writer) (Config, error) {
 	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "the node's CNI conf directory")
 	fs.StringVar(&cfg.ConflistName, "conflist-name", "", "the conf file to add the entry to (default: the primary network's, first in lexical order)")
 	fs.StringVar(&cfg.BinariesDir, "binaries-dir", "/opt/kmesh/bin", "where this image keeps the binaries to copy")
-	fs.StringVar(&binaries, "binaries", cniconf.PluginType, "comma-separated names of the binaries to copy into the CNI bin directory")
+	fs.StringVar(&binaries, "binaries", cniconf.PluginType+",kmesh-cni-kube", "comma-separated names of the binaries to copy into the CNI bin directory (kmesh-cni and its API client)")
 	fs.StringVar(&cfg.KubeconfigPath, "kubeconfig", "/etc/cni/net.d/kmesh-cni-kubeconfig", "host path of the plugin's kubeconfig; empty for none")
 	fs.StringVar(&cfg.TokenFile, "token-file", serviceAccountDir+"/token", "the service-account token the kubeconfig carries")
 	fs.StringVar(&cfg.CAFile, "ca-file", serviceAccountDir+"/ca.crt", "the cluster CA the kubeconfig trusts")

@@ -24,7 +24,8 @@ func TestParseArgs(t *testing.T) {
 	if cfg.CNIBinDir != want.CNIBinDir || cfg.CNIConfDir != want.CNIConfDir || cfg.BinariesDir != want.BinariesDir ||
 		cfg.KubeconfigPath != want.KubeconfigPath || cfg.TokenFile != serviceAccountDir+"/token" ||
 		cfg.Entry.DaemonSocket != "/var/run/kmesh/cni.sock" || cfg.Entry.BPFDir != "/sys/fs/bpf/kmesh" ||
-		cfg.Entry.FailurePolicy != "open" || cfg.Entry.LogLevel != "info" || cfg.Entry.DefaultEnroll != nil {
+		cfg.Entry.FailurePolicy != "open" || cfg.Entry.LogLevel != "info" || cfg.Entry.DefaultEnroll != nil ||
+		strings.Join(cfg.Binaries, ",") != "kmesh-cni,kmesh-cni-kube" {
 		t.Errorf("defaults %+v", cfg)
 	}
 }

@@ -56,6 +56,7 @@ func TestSIGTERMUninstalls(t *testing.T) {
 	}
 	files := map[string]string{
 		filepath.Join(image, "kmesh-cni"):            "plugin",
+		filepath.Join(image, "kmesh-cni-kube"):       "API client",
 		filepath.Join(sa, "token"):                   "tok",
 		filepath.Join(sa, "ca.crt"):                  "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
 		filepath.Join(confDir, "10-calico.conflist"): conflist,
@@ -106,7 +107,7 @@ func TestSIGTERMUninstalls(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for _, p := range []string{filepath.Join(binDir, "kmesh-cni"), kubeconfig} {
+	for _, p := range []string{filepath.Join(binDir, "kmesh-cni"), filepath.Join(binDir, "kmesh-cni-kube"), kubeconfig} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("not installed: %v", err)
 		}
@@ -130,7 +131,7 @@ func TestSIGTERMUninstalls(t *testing.T) {
 	if b, _ := os.ReadFile(listPath); string(b) != conflist {
 		t.Errorf("conflist after uninstall:\n%s\nwant the original bytes:\n%s", b, conflist)
 	}
-	for _, p := range []string{filepath.Join(binDir, "kmesh-cni"), kubeconfig, filepath.Join(confDir, ".kmesh-install-state")} {
+	for _, p := range []string{filepath.Join(binDir, "kmesh-cni"), filepath.Join(binDir, "kmesh-cni-kube"), kubeconfig, filepath.Join(confDir, ".kmesh-install-state")} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind (%v)", p, err)
 		}

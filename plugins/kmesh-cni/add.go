@@ -15,9 +15,8 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/cgroupv2"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
-	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/kube"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/kubeconfig"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/podcgroup"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
@@ -53,12 +52,9 @@ func (r *run) add() error {
 	defer prep.close()
 
 	// 2. Decide: Kubernetes labels, or defaultEnroll without a kubeconfig.
-	decision, kc, err := r.decide(pod)
+	decision, err := r.decide(pod)
 	if err != nil {
 		return err
-	}
-	if kc != nil {
-		defer kc.Close()
 	}
 	r.step("decided")
 
@@ -90,12 +86,17 @@ func (r *run) add() error {
 	} else if err := dir.Save(rec); err != nil {
 		return types.NewError(conf.ErrState, err.Error(), "")
 	}
-	// 5. Mark an enrolled pod, for operators and tools that look for it:
-	// now, alongside the daemon call and the attach (an API round trip
-	// each way); a failure below takes the mark back.
-	var marked <-chan error
-	if kc != nil && rec.Enrolled {
-		marked = r.annotate(kc, pod)
+	// 5. An enrolled pod decided from the API was marked there (the
+	// annotation operators and tools look for); a failure below takes the
+	// mark back. A pod the daemon decided is marked by the daemon.
+	marked := decision.marked
+	unmark := func() {
+		if marked {
+			if err := r.kubeHelper("unmark", pod); err != nil {
+				r.log.Warn("take the annotation back", "pod", pod, "error", err)
+			}
+			marked = false
+		}
 	}
 	// fail undoes ADD once the attach has finished, so nothing is attached
 	// after the undo.
@@ -104,13 +105,7 @@ func (r *run) add() error {
 			<-tc
 		}
 		r.undo(dir, rec)
-		if marked != nil && <-marked == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
-			if err := kc.RemovePodAnnotation(ctx, pod.Namespace, pod.Name, enrollment.AnnotationRedirection); err != nil {
-				r.log.Warn("take the annotation back", "pod", pod, "error", err)
-			}
-			cancel()
-		}
+		unmark()
 		return err
 	}
 
@@ -151,15 +146,18 @@ func (r *run) add() error {
 		}
 	}
 
-	// The mark's outcome; or, for a pod the daemon enrolled where ADD did
-	// not (no data path loaded yet), the mark now.
-	if marked == nil && kc != nil && daemonEnrolled {
-		marked = r.annotate(kc, pod)
-	}
-	if marked != nil {
-		if err := <-marked; err != nil {
+	// The mark follows what happened: a pod decided from the API that ADD
+	// could not enroll (no data path loaded yet) is marked only if the
+	// daemon enrolled it.
+	switch enrolled := rec.Enrolled || daemonEnrolled; {
+	case decision.markError != "":
+		r.log.Warn("annotate pod", "pod", pod, "error", decision.markError)
+	case decision.viaAPI && enrolled && !marked:
+		if err := r.kubeHelper("mark", pod); err != nil {
 			r.log.Warn("annotate pod", "pod", pod, "error", err)
 		}
+	case marked && !enrolled:
+		unmark()
 	}
 	r.log.Info("added", "pod", pod, "enrolled", rec.Enrolled, "reason", rec.Reason, "cookie", rec.Cookie,
 		"hostVeth", rec.HostVeth, "daemon", rec.Signaled, "took", time.Since(r.start).Round(time.Microsecond))
@@ -168,25 +166,13 @@ func (r *run) add() error {
 	return c.PrintPrevResult(os.Stdout)
 }
 
-// annotate marks the pod as redirected, on a goroutine of its own, within
-// the API timeout.
-func (r *run) annotate(kc *kube.Client, pod conf.Pod) <-chan error {
-	done := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
-		defer cancel()
-		done <- kc.AnnotatePod(ctx, pod.Namespace, pod.Name, enrollment.AnnotationRedirection, "enabled")
-	}()
-	return done
-}
-
 // decideTimeout bounds the question to the daemon, which answers from
 // memory: one that does not answer this fast leaves the decision to the
 // API server.
 const decideTimeout = 250 * time.Millisecond
 
 // daemonDecision is the daemon's decision for pod, if it has one.
-func (r *run) daemonDecision(pod conf.Pod) (kube.Decision, bool) {
+func (r *run) daemonDecision(pod conf.Pod) (decision, bool) {
 	var d *registry.Decision
 	err := r.daemonWithin(decideTimeout, func(ctx context.Context, cl *registry.Client) error {
 		var err error
@@ -197,70 +183,76 @@ func (r *run) daemonDecision(pod conf.Pod) (kube.Decision, bool) {
 		if err != nil {
 			r.log.Debug("the daemon did not decide; asking the API server", "error", err)
 		}
-		return kube.Decision{}, false
+		return decision{}, false
 	}
-	return kube.Decision{Enroll: d.Enroll, Reason: d.Reason + " (from the daemon's watch of the API)"}, true
+	return decision{Enroll: d.Enroll, Reason: d.Reason + " (from the daemon's watch of the API)"}, true
 }
 
-// decide returns the enrollment decision and, with a kubeconfig, the
-// client for the annotation. Failing to reach the API fails ADD under the
-// closed policy; under open the pod starts without the mesh and the daemon
-// decides when it sees the pod.
-func (r *run) decide(pod conf.Pod) (kube.Decision, *kube.Client, error) {
+// decision is whether a pod is enrolled and why, in words an operator
+// reads in the daemon's pod list.
+type decision struct {
+	Enroll bool
+	Reason string
+	// viaAPI: kmesh-cni-kube decided, from the API server; marked: it
+	// annotated the pod too (markError: it could not).
+	viaAPI    bool
+	marked    bool
+	markError string
+}
+
+// decide returns the enrollment decision. Failing to reach the API fails
+// ADD under the closed policy; under open the pod starts without the mesh
+// and the daemon decides when it sees the pod.
+func (r *run) decide(pod conf.Pod) (decision, error) {
 	c := r.conf
 	if c.Kubeconfig == "" {
-		return kube.Decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("no kubeconfig; defaultEnroll is %v", c.DefaultEnroll)}, nil, nil
+		return decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("no kubeconfig; defaultEnroll is %v", c.DefaultEnroll)}, nil
 	}
 	if !pod.IsSet() {
-		return kube.Decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("CNI_ARGS names no Kubernetes pod; defaultEnroll is %v", c.DefaultEnroll)}, nil, nil
+		return decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("CNI_ARGS names no Kubernetes pod; defaultEnroll is %v", c.DefaultEnroll)}, nil
 	}
 	// A kubeconfig that cannot be read is an error even when the daemon
 	// would answer: it is this plugin's configuration.
 	hint := "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
-	cfg, err := kube.LoadConfig(c.Kubeconfig, kubeTimeout)
-	if err != nil {
-		return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
+	if _, err := kubeconfig.Load(c.Kubeconfig, kubeTimeout); err != nil {
+		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
 	}
-	// The daemon watches the API: its answer spares a TLS handshake and two
-	// reads of the API server (~3.5 ms). It also marks the pod once ADD
-	// registers it, so no client is returned for that.
+	// The daemon watches the API: its answer spares a process, a TLS
+	// handshake and two reads of the API server (~5 ms). It also marks the
+	// pod once ADD registers it.
 	if d, ok := r.daemonDecision(pod); ok {
-		return d, nil, nil
+		return d, nil
 	}
-	kc, err := kube.New(cfg)
+	a, err := r.askAPI("decide", pod, true)
 	if err != nil {
-		return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
+		a = apiAnswer{kind: "unreachable", err: err.Error()}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
-	defer cancel()
-	d, err := kc.Decide(ctx, pod)
-	if err != nil {
-		kc.Close()
-	}
-	switch {
-	case err == nil:
-		return d, kc, nil
-	case errors.Is(err, kube.ErrStalePod):
-		return kube.Decision{Reason: err.Error()}, nil, nil
-	case kube.IsNotFound(err):
-		return kube.Decision{Reason: "not in the Kubernetes API: " + err.Error()}, nil, nil
-	case kube.IsForbidden(err) || kube.IsUnauthorized(err):
+	switch a.kind {
+	case "":
+		return decision{Enroll: a.enroll, Reason: a.reason, viaAPI: true, marked: a.marked, markError: a.markError}, nil
+	case "config":
+		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.err, hint)
+	case "stale":
+		return decision{Reason: a.err}, nil
+	case "notfound":
+		return decision{Reason: "not in the Kubernetes API: " + a.err}, nil
+	case "forbidden":
 		if c.Closed() {
-			return kube.Decision{}, nil, types.NewError(types.ErrInvalidNetworkConfig,
-				"kmesh-cni cannot read pods: "+err.Error(), "grant kmesh-cni's service account get on pods and namespaces, and patch on pods")
+			return decision{}, types.NewError(types.ErrInvalidNetworkConfig,
+				"kmesh-cni cannot read pods: "+a.err, "grant kmesh-cni's service account get on pods and namespaces, and patch on pods")
 		}
-		return kube.Decision{Reason: "Kubernetes API refused kmesh-cni: " + err.Error()}, nil, nil
+		return decision{Reason: "Kubernetes API refused kmesh-cni: " + a.err}, nil
 	default:
 		if c.Closed() {
-			return kube.Decision{}, nil, types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("kmesh-cni: Kubernetes API did not answer for pod %s: %v", pod, err),
+			return decision{}, types.NewError(types.ErrTryAgainLater,
+				fmt.Sprintf("kmesh-cni: Kubernetes API did not answer for pod %s: %s", pod, a.err),
 				"failurePolicy is closed: the runtime retries; check the API server's reachability from this node")
 		}
-		return kube.Decision{Reason: "Kubernetes API unreachable, enrollment left to the daemon: " + err.Error()}, nil, nil
+		return decision{Reason: "Kubernetes API unreachable, enrollment left to the daemon: " + a.err}, nil
 	}
 }
 
-func (r *run) newRecord(pod conf.Pod, prev *conf.Prev, cookie uint64, d kube.Decision) *cnistate.Record {
+func (r *run) newRecord(pod conf.Pod, prev *conf.Prev, cookie uint64, d decision) *cnistate.Record {
 	rec := &cnistate.Record{
 		Network:      r.conf.Name,
 		ContainerID:  r.args.ContainerID,

@@ -64,7 +64,7 @@ var built struct {
 	err   error
 }
 
-// pluginPaths builds kmesh-cni from this tree (once per test process) and
+// pluginPaths builds kmesh-cni and kmesh-cni-kube from this tree (once per test process) and
 // the reference plugins (once per version, cached under bin/, which git
 // ignores).
 func pluginPaths(t testing.TB) []string {
@@ -97,9 +97,11 @@ func pluginPaths(t testing.TB) []string {
 			return
 		}
 		own := filepath.Join(tmpRoot, "bin")
-		if err := goCmd(root, nil, "build", "-o", filepath.Join(own, "kmesh-cni"), "./plugins/kmesh-cni"); err != nil {
-			built.err = err
-			return
+		for _, b := range []string{"kmesh-cni", "kmesh-cni-kube"} {
+			if err := goCmd(root, nil, "build", "-o", filepath.Join(own, b), "./plugins/"+b); err != nil {
+				built.err = err
+				return
+			}
 		}
 		built.paths = []string{refDir, own}
 	})

@@ -76,6 +76,8 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 	}
 	for _, x := range []struct{ out, pkg string }{
 		{b.Daemon, "./daemon"}, {b.CNI, "./plugins/kmesh-cni"}, {b.Kmeshctl, "./kmeshctl"},
+		// kmesh-cni's API client, found beside it.
+		{filepath.Join(o.Out, "kmesh-cni-kube"), "./plugins/kmesh-cni-kube"},
 	} {
 		o.Logf("building %s", filepath.Base(x.out))
 		if err := goCmd(ctx, o.Root, nil, "build", "-o", x.out, x.pkg); err != nil {

@@ -283,14 +283,17 @@ func buildPlugin(t *testing.T) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
-	bin := filepath.Join(t.TempDir(), "kmesh-cni")
-	cmd := exec.Command("go", "build", "-o", bin, "./plugins/kmesh-cni")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build kmesh-cni: %v\n%s", err, out)
+	dir := t.TempDir()
+	// kmesh-cni and, beside it, its API client kmesh-cni-kube.
+	for _, b := range []string{"kmesh-cni-kube", "kmesh-cni"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "./plugins/"+b)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", b, err, out)
+		}
 	}
-	return bin
+	return filepath.Join(dir, "kmesh-cni")
 }
 
 // wireVeth links the node namespace and a pod namespace with a veth pair:
