@@ -190,4 +190,3 @@ func Load(path string, timeout time.Duration) (*Config, error) {
 	}
 	return cfg, nil
 }
-
