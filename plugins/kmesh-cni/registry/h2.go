@@ -2,7 +2,6 @@ package registry
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -13,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/net/http2/hpack"
 )
 
 // This file is a unary gRPC client over one HTTP/2 connection (RFC 9113,
@@ -55,11 +52,12 @@ const (
 
 // h2conn is one HTTP/2 connection carrying calls one after the other.
 type h2conn struct {
-	c      net.Conn
-	r      *bufio.Reader
-	enc    *hpack.Encoder
-	encBuf bytes.Buffer
-	dec    *hpack.Decoder
+	c   net.Conn
+	r   *bufio.Reader
+	dec *hpackDecoder
+	// other is a header block of another stream being continued (read to
+	// keep the decoder's table in step).
+	other  []byte
 	stream uint32 // the last stream id used
 	goAway bool
 	used   bool // a call completed on it
@@ -74,9 +72,7 @@ func dialH2(ctx context.Context, socket string) (*h2conn, error) {
 		return nil, err
 	}
 	h := &h2conn{c: c, r: bufio.NewReaderSize(c, 32<<10)}
-	h.enc = hpack.NewEncoder(&h.encBuf)
-	h.dec = hpack.NewDecoder(4096, nil)
-	h.dec.SetMaxStringLength(maxHeaderList)
+	h.dec = newHpackDecoder(4096, maxHeaderList)
 	b := []byte(preface)
 	b = appendFrame(b, frameSettings, 0, 0, func(p []byte) []byte {
 		p = appendSetting(p, settingEnablePush, 0)
@@ -96,27 +92,6 @@ func dialH2(ctx context.Context, socket string) (*h2conn, error) {
 }
 
 func (h *h2conn) Close() error { return h.c.Close() }
-
-// warmUp runs a throwaway header encoder and decoder once. The first use
-// in a fresh process builds the Huffman decoding tree and faults in the
-// coder's code and tables, about 0.2 ms; Connect does it on the goroutine
-// that dialled, while the plugin is busy elsewhere, instead of on the
-// first call's path. The connection's own coder is not touched: its
-// tables must stay in step with the daemon's.
-func warmUp() {
-	var buf bytes.Buffer
-	enc := hpack.NewEncoder(&buf)
-	for _, f := range []hpack.HeaderField{
-		{Name: ":status", Value: "200"},
-		{Name: "content-type", Value: "application/grpc"},
-		{Name: "grpc-status", Value: "0"},
-		{Name: "grpc-message", Value: "warm"},
-	} {
-		_ = enc.WriteField(f)
-	}
-	dec := hpack.NewDecoder(4096, nil)
-	_, _ = dec.DecodeFull(buf.Bytes())
-}
 
 func appendFrame(b []byte, typ, flags byte, stream uint32, payload func([]byte) []byte) []byte {
 	start := len(b)
@@ -158,27 +133,24 @@ func (h *h2conn) unary(ctx context.Context, path string, body []byte) (*answer, 
 	}
 	id := h.stream
 
-	h.encBuf.Reset()
-	fields := []hpack.HeaderField{
-		{Name: ":method", Value: "POST"},
-		{Name: ":scheme", Value: "http"},
-		{Name: ":path", Value: path},
-		{Name: ":authority", Value: "kmesh-daemon"},
-		{Name: "content-type", Value: "application/grpc"},
-		{Name: "te", Value: "trailers"},
-		{Name: "user-agent", Value: "kmesh-cni"},
+	fields := []headerField{
+		{":method", "POST"},
+		{":scheme", "http"},
+		{":path", path},
+		{":authority", "kmesh-daemon"},
+		{"content-type", "application/grpc"},
+		{"te", "trailers"},
+		{"user-agent", "kmesh-cni"},
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		// So the daemon gives up too; gRPC allows at most 8 digits.
 		ms := min(max(time.Until(dl).Milliseconds(), 1), 99999999)
-		fields = append(fields, hpack.HeaderField{Name: "grpc-timeout", Value: strconv.FormatInt(ms, 10) + "m"})
+		fields = append(fields, headerField{"grpc-timeout", strconv.FormatInt(ms, 10) + "m"})
 	}
+	var block []byte
 	for _, f := range fields {
-		if err := h.enc.WriteField(f); err != nil {
-			return nil, err
-		}
+		block = appendHeader(block, f.name, f.value)
 	}
-	block := h.encBuf.Bytes()
 	if len(block) > maxFrameSize || len(body) > 65535 {
 		// The server's initial flow-control window; our requests are a
 		// few hundred bytes.
@@ -252,8 +224,24 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 		if stream != id {
 			if typ == frameHeaders || typ == frameContinuation {
 				// Keep the decoder's table in step all the same.
-				if _, err := h.dec.Write(payload); err != nil {
-					return nil, err
+				p := payload
+				if typ == frameHeaders {
+					var err error
+					if p, err = unpad(payload, flags); err != nil {
+						return nil, err
+					}
+					if flags&flagPriority != 0 && len(p) >= 5 {
+						p = p[5:]
+					}
+					h.other = h.other[:0]
+				}
+				if h.other = append(h.other, p...); len(h.other) > maxHeaderList {
+					return nil, errors.New("header list too large")
+				}
+				if flags&flagEndHeaders != 0 {
+					if err := h.dec.decode(h.other, func(headerField) {}); err != nil {
+						return nil, fmt.Errorf("decode headers: %w", err)
+					}
 				}
 			}
 			continue
@@ -301,24 +289,23 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 			if flags&flagEndHeaders == 0 {
 				continue
 			}
-			fields, err := h.dec.DecodeFull(block)
-			if err != nil {
-				return nil, fmt.Errorf("decode headers: %w", err)
-			}
 			headersSeen++
-			for _, f := range fields {
-				switch f.Name {
+			err := h.dec.decode(block, func(f headerField) {
+				switch f.name {
 				case ":status":
 					if headersSeen == 1 {
-						a.status = f.Value
+						a.status = f.value
 					}
 				case "content-type":
-					a.ctype = f.Value
+					a.ctype = f.value
 				case "grpc-status":
-					a.gstatus = f.Value
+					a.gstatus = f.value
 				case "grpc-message":
-					a.gmsg = f.Value
+					a.gmsg = f.value
 				}
+			})
+			if err != nil {
+				return nil, fmt.Errorf("decode headers: %w", err)
 			}
 			// Trailers (or an error's only headers) end the stream.
 			if endStream {

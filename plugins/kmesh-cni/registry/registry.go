@@ -84,9 +84,6 @@ func (c *Client) Connect(timeout time.Duration) {
 		c.mu.Unlock()
 		close(done)
 	}()
-	// On a goroutine of its own, so the connection is ready as soon as it
-	// is made; a call that comes first waits for the parts it shares.
-	go warmUp()
 }
 
 // connection returns the connection, dialing it if nobody has.
