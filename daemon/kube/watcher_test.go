@@ -9,8 +9,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/daemon/cniserver"
@@ -178,6 +181,63 @@ func TestDecideFromTheWatch(t *testing.T) {
 		enroll, reason, known := w.Decide(tc.ns, tc.name, tc.uid)
 		if known != tc.known || enroll != tc.enroll || !strings.Contains(reason, tc.reason) {
 			t.Errorf("%s/%s (uid %q): enroll %v, %q, known %v; want %v, %q, %v", tc.ns, tc.name, tc.uid, enroll, reason, known, tc.enroll, tc.reason, tc.known)
+		}
+	}
+}
+
+// A pod (or namespace) the watch has not delivered yet is read from the
+// API server: the plugin's ADD often comes first. Here the watch never
+// delivers anything after its first list.
+func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
+	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
+	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mesh", Labels: kmesh}})
+	client.PrependWatchReactor("*", func(k8stesting.Action) (bool, watch.Interface, error) {
+		return true, watch.NewFake(), nil
+	})
+	reg, err := cniserver.NewRegistry("", &fakeKernel{enrolled: map[uint64]bool{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWatcherFor(client, "n1", reg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(2 * time.Second)
+	for !w.pods.HasSynced() || !w.nss.HasSynced() {
+		if time.Now().After(deadline) {
+			t.Fatal("not synced within 2s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	add := func(o runtime.Object) {
+		if err := client.Tracker().Add(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "fresh", Namespace: "mesh", UID: "uf"}, Spec: corev1.PodSpec{NodeName: "n1"}})
+	add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "late"}})
+	add(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "late", UID: "up", Labels: kmesh}, Spec: corev1.PodSpec{NodeName: "n1"}})
+	if _, ok, _ := w.pods.GetStore().GetByKey("mesh/fresh"); ok {
+		t.Fatal("the watch delivered the pod; the test needs it not to")
+	}
+	for _, tc := range []struct {
+		ns, name, uid string
+		known, enroll bool
+		reason        string
+	}{
+		{"mesh", "fresh", "uf", true, true, "namespace label"},
+		{"late", "p", "up", true, true, "pod label"},
+		{"mesh", "fresh", "another-uid", false, false, ""},
+		{"mesh", "nobody", "un", false, false, ""},
+	} {
+		gets := len(client.Actions())
+		enroll, reason, known := w.Decide(tc.ns, tc.name, tc.uid)
+		if known != tc.known || enroll != tc.enroll || !strings.Contains(reason, tc.reason) {
+			t.Errorf("%s/%s (uid %q): enroll %v, %q, known %v; want %v, %q, %v", tc.ns, tc.name, tc.uid, enroll, reason, known, tc.enroll, tc.reason, tc.known)
+		}
+		if len(client.Actions()) == gets {
+			t.Errorf("%s/%s: decided without reading the API", tc.ns, tc.name)
 		}
 	}
 }
