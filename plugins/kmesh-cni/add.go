@@ -29,7 +29,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	return r.done(r.add())
 }
 
-func (r *run) add() error {
+func (r *run) add() (retErr error) {
 	c, args := r.conf, r.args
 	// 1. Validate everything before touching anything.
 	if err := c.RequirePrevResult(); err != nil {
@@ -57,6 +57,24 @@ func (r *run) add() error {
 		return err
 	}
 	r.step("decided")
+	// An enrolled pod decided from the API was marked there (the
+	// annotation operators and tools look for); an ADD that fails from
+	// here on takes the mark back. A pod the daemon decided is marked by
+	// the daemon.
+	marked := decision.marked
+	unmark := func() {
+		if marked {
+			if err := r.kubeHelper("unmark", pod); err != nil {
+				r.log.Warn("take the annotation back", "pod", pod, "error", err)
+			}
+			marked = false
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			unmark()
+		}
+	}()
 
 	// 3. One visit to the pod netns: its cookie and its interface.
 	pl, err := inspectPod(args.Netns, args.IfName)
@@ -86,30 +104,17 @@ func (r *run) add() error {
 	} else if err := dir.Save(rec); err != nil {
 		return types.NewError(conf.ErrState, err.Error(), "")
 	}
-	// 5. An enrolled pod decided from the API was marked there (the
-	// annotation operators and tools look for); a failure below takes the
-	// mark back. A pod the daemon decided is marked by the daemon.
-	marked := decision.marked
-	unmark := func() {
-		if marked {
-			if err := r.kubeHelper("unmark", pod); err != nil {
-				r.log.Warn("take the annotation back", "pod", pod, "error", err)
-			}
-			marked = false
-		}
-	}
 	// fail undoes ADD once the attach has finished, so nothing is attached
-	// after the undo.
+	// after the undo (the mark is taken back on the way out).
 	fail := func(err error) error {
 		if tc != nil {
 			<-tc
 		}
 		r.undo(dir, rec)
-		unmark()
 		return err
 	}
 
-	// 6. Tell the daemon, enrolled or not, within a bounded time.
+	// 5. Tell the daemon, enrolled or not, within a bounded time.
 	daemonEnrolled := false
 	err = r.daemon(func(ctx context.Context, cl *registry.Client) error {
 		var err error
@@ -162,7 +167,7 @@ func (r *run) add() error {
 	r.log.Info("added", "pod", pod, "enrolled", rec.Enrolled, "reason", rec.Reason, "cookie", rec.Cookie,
 		"hostVeth", rec.HostVeth, "daemon", rec.Signaled, "took", time.Since(r.start).Round(time.Microsecond))
 
-	// 7. Pass the chain's result on unchanged.
+	// 6. Pass the chain's result on unchanged.
 	return c.PrintPrevResult(os.Stdout)
 }
 

@@ -209,6 +209,38 @@ func TestKernelFailedADDTakesTheAnnotationBack(t *testing.T) {
 	}
 }
 
+// The mark kmesh-cni-kube put on a pod decided from the API is taken back
+// whenever the pod does not end up enrolled: an ADD that fails before the
+// attach (closed, no data path), and one that succeeds without enrolling
+// (open, no data path, the daemon not enrolling it either).
+func TestKernelUnenrolledPodIsNotLeftMarked(t *testing.T) {
+	e := newEnv(t)
+	e.pins += "-not-loaded"
+	api := fakeapi.New()
+	api.AddNamespace("mesh", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh})
+	kc := e.fakeAPIServer(api)
+
+	p := e.newPod("closed").inNamespace("mesh")
+	api.AddPod("mesh", "closed", p.uid(), nil, nil)
+	err := e.add(e.conflist(netOpts{kubeconfig: kc, policy: conf.FailClosed}), p)
+	if ce := cniError(t, err); ce.Code != types.ErrTryAgainLater {
+		t.Fatalf("closed: %v", err)
+	}
+	if _, has := api.Annotations("mesh", "closed")[enrollment.AnnotationRedirection]; has {
+		t.Fatal("the failed ADD left the pod marked")
+	}
+
+	q := e.newPod("open").inNamespace("mesh")
+	api.AddPod("mesh", "open", q.uid(), nil, nil)
+	e.mustAdd(e.conflist(netOpts{kubeconfig: kc}), q)
+	if _, has := api.Annotations("mesh", "open")[enrollment.AnnotationRedirection]; has {
+		t.Fatal("a pod that is not enrolled is marked")
+	}
+	if patches := api.Patches(); len(patches) != 4 {
+		t.Fatalf("patches %q, want two marks and their removals", patches)
+	}
+}
+
 // A daemon whose watch has seen the pod decides for ADD: the plugin does
 // not read the API server at all (the daemon marks the pod once it is
 // registered). One that has not falls back to the API, as before.
