@@ -84,13 +84,11 @@ func buildHuffman() {
 		h.syms[next[l]] = uint16(s)
 		next[l]++
 	}
-	code := uint32(0)
-	for l := 1; l <= 30; l++ {
-		code = (code + h.count[l-1]) << 1
-		if l == 1 {
-			code = 0
-		}
+	// Canonical: each length's first code follows the last of the one
+	// before, shifted by a bit.
+	for l, code := 1, uint32(0); l <= 30; l++ {
 		h.first[l] = code
+		code = (code + h.count[l]) << 1
 	}
 }
 
