@@ -74,15 +74,16 @@ func (r *Record) appendJSON(b []byte) []byte {
 }
 
 type encoder struct {
-	b     []byte
-	first bool
+	b []byte
+	// more: a member is written, so the next one needs a comma.
+	more bool
 }
 
 func (e *encoder) key(k string) {
-	if e.first {
+	if e.more {
 		e.b = append(e.b, ',')
 	}
-	e.first = true
+	e.more = true
 	e.b = append(e.b, "\n  \""...)
 	e.b = append(e.b, k...)
 	e.b = append(e.b, "\": "...)

@@ -18,7 +18,7 @@ import (
 // helperName is kmesh-cni's client of the Kubernetes API, a binary of its
 // own installed beside it (plugins/kmesh-cni-kube). The plugin talks to the
 // API only when the daemon cannot decide, and linking a TLS stack cost
-// every run ~0.2 ms of package initialisation; the helper costs ~1.5 ms
+// every run ~0.4 ms of package initialisation; the helper costs ~1.5 ms
 // more on the runs that need it.
 const helperName = "kmesh-cni-kube"
 

@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
-	types040 "github.com/containernetworking/cni/pkg/types/040"
-	types100 "github.com/containernetworking/cni/pkg/types/100"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/jsontree"
@@ -44,17 +42,25 @@ type Interface struct {
 // it, by checking the shape of every field that version's result type
 // has; otherwise through the library itself, as before.
 func readPrev(v *jsontree.Value, confVersion string) (*Prev, error) {
+	p := &Prev{raw: v.Raw}
 	if prevVersion(v) != confVersion || foldDuplicates(v) {
-		return readPrevByLibrary(v, confVersion)
-	}
-	if err := checkResult(v, confVersion); err != nil {
+		r, err := readPrevByLibrary(v, confVersion)
+		if err != nil {
+			return nil, err
+		}
+		p.raw, p.result = nil, r
+	} else if err := checkResult(v, confVersion); err != nil {
 		return nil, err
 	}
-	p := &Prev{raw: v.Raw}
+	// The fields kmesh-cni uses (the same in every version; with keys that
+	// differ only by case, the document's last one).
 	if ifs, ok := getFold(v, "interfaces"); ok && ifs.Kind == jsontree.Array {
 		for i := range ifs.Items {
-			var f Interface
 			it := &ifs.Items[i]
+			if it.Kind != jsontree.Object {
+				continue
+			}
+			var f Interface
 			for _, m := range []struct {
 				key string
 				to  *string
@@ -63,9 +69,7 @@ func readPrev(v *jsontree.Value, confVersion string) (*Prev, error) {
 					*m.to = s.Str
 				}
 			}
-			if it.Kind == jsontree.Object {
-				p.Interfaces = append(p.Interfaces, f)
-			}
+			p.Interfaces = append(p.Interfaces, f)
 		}
 	}
 	if ips, ok := getFold(v, "ips"); ok && ips.Kind == jsontree.Array {
@@ -82,8 +86,8 @@ func readPrev(v *jsontree.Value, confVersion string) (*Prev, error) {
 
 // readPrevByLibrary reads prevResult as kmesh-cni did before it read JSON
 // by hand: through the CNI library at the conf's version (which fills in a
-// missing version and converts on the way out).
-func readPrevByLibrary(v *jsontree.Value, confVersion string) (*Prev, error) {
+// missing version, and converts on the way out).
+func readPrevByLibrary(v *jsontree.Value, confVersion string) (types.Result, error) {
 	var raw map[string]any
 	if err := json.Unmarshal(v.Raw, &raw); err != nil {
 		return nil, err
@@ -92,47 +96,11 @@ func readPrevByLibrary(v *jsontree.Value, confVersion string) (*Prev, error) {
 	if err := cniversion.ParsePrevResult(&pc); err != nil {
 		return nil, err
 	}
-	p := &Prev{result: pc.PrevResult}
-	addIP := func(n net.IPNet) {
-		a, ok := netip.AddrFromSlice(n.IP)
-		ones, bits := n.Mask.Size()
-		if !ok || bits == 0 {
-			return // no address (the library reads a missing one as zero)
-		}
-		if n.IP.To4() != nil && bits == 8*net.IPv4len {
-			a = a.Unmap()
-		}
-		p.IPs = append(p.IPs, netip.PrefixFrom(a, ones))
-	}
-	switch r := pc.PrevResult.(type) {
-	case *types100.Result:
-		for _, i := range r.Interfaces {
-			if i != nil {
-				p.Interfaces = append(p.Interfaces, Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
-			}
-		}
-		for _, ip := range r.IPs {
-			if ip != nil {
-				addIP(ip.Address)
-			}
-		}
-	case *types040.Result:
-		for _, i := range r.Interfaces {
-			if i != nil {
-				p.Interfaces = append(p.Interfaces, Interface{Name: i.Name, Mac: i.Mac, Sandbox: i.Sandbox})
-			}
-		}
-		for _, ip := range r.IPs {
-			if ip != nil {
-				addIP(ip.Address)
-			}
-		}
-	}
-	return p, nil
+	return pc.PrevResult, nil
 }
 
-// getFold is the member whose key matches key but for case, the last of
-// several (readPrev sends objects with several to the library).
+// getFold is the member whose key matches key but for case (as
+// encoding/json matches fields), the last of several.
 func getFold(v *jsontree.Value, key string) (*jsontree.Value, bool) {
 	for i := len(v.Members) - 1; i >= 0; i-- {
 		if strings.EqualFold(v.Members[i].Key, key) {

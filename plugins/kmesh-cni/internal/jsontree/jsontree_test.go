@@ -3,6 +3,7 @@ package jsontree
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -48,7 +49,7 @@ func same(t *testing.T, data []byte) {
 	}
 	if err != nil {
 		var se *SyntaxError
-		if !errorsAs(err, &se) || se.Offset < 0 || se.Offset > len(data) {
+		if !errors.As(err, &se) || se.Offset < 0 || se.Offset > len(data) {
 			t.Fatalf("%q: error %v has no offset in the input", data, err)
 		}
 		return
@@ -83,14 +84,6 @@ func checkRaw(t *testing.T, v Value) {
 	for _, m := range v.Members {
 		checkRaw(t, m.Value)
 	}
-}
-
-func errorsAs(err error, target **SyntaxError) bool {
-	se, ok := err.(*SyntaxError)
-	if ok {
-		*target = se
-	}
-	return ok
 }
 
 var corpus = []string{
