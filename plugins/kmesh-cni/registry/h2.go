@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kmesh-go/kmesh/internal/h2"
 )
 
 // This file is a unary gRPC client over one HTTP/2 connection (RFC 9113,
@@ -22,39 +24,18 @@ import (
 // hand-offs on the first call (~0.8 ms on a busy node); grpc-go also its
 // package initialisation (~1.2 ms).
 
-// HTTP/2 frame types and flags used here.
 const (
-	frameData         = 0x0
-	frameHeaders      = 0x1
-	frameRSTStream    = 0x3
-	frameSettings     = 0x4
-	framePing         = 0x6
-	frameGoAway       = 0x7
-	frameWindowUpdate = 0x8
-	frameContinuation = 0x9
-
-	flagEndStream  = 0x1
-	flagAck        = 0x1
-	flagEndHeaders = 0x4
-	flagPadded     = 0x8
-	flagPriority   = 0x20
-
-	settingEnablePush        = 0x2
-	settingInitialWindowSize = 0x4
-
 	// The server may send this much before we must say we read it: far
 	// more than a plugin run ever reads.
 	recvWindow    = 1 << 30
-	maxFrameSize  = 16384 // the protocol's default; servers accept it
 	maxHeaderList = 1 << 20
-	preface       = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
 
 // h2conn is one HTTP/2 connection carrying calls one after the other.
 type h2conn struct {
 	c   net.Conn
 	r   *bufio.Reader
-	dec *hpackDecoder
+	dec *h2.Decoder
 	// other is a header block of another stream being continued (read to
 	// keep the decoder's table in step).
 	other  []byte
@@ -72,13 +53,13 @@ func dialH2(ctx context.Context, socket string) (*h2conn, error) {
 		return nil, err
 	}
 	h := &h2conn{c: c, r: bufio.NewReaderSize(c, 32<<10)}
-	h.dec = newHpackDecoder(4096, maxHeaderList)
-	b := []byte(preface)
-	b = appendFrame(b, frameSettings, 0, 0, func(p []byte) []byte {
-		p = appendSetting(p, settingEnablePush, 0)
-		return appendSetting(p, settingInitialWindowSize, recvWindow)
+	h.dec = h2.NewDecoder(4096, maxHeaderList)
+	b := []byte(h2.Preface)
+	b = h2.AppendFrame(b, h2.FrameSettings, 0, 0, func(p []byte) []byte {
+		p = h2.AppendSetting(p, h2.SettingEnablePush, 0)
+		return h2.AppendSetting(p, h2.SettingInitialWindowSize, recvWindow)
 	})
-	b = appendFrame(b, frameWindowUpdate, 0, 0, func(p []byte) []byte {
+	b = h2.AppendFrame(b, h2.FrameWindowUpdate, 0, 0, func(p []byte) []byte {
 		return binary.BigEndian.AppendUint32(p, recvWindow-65535)
 	})
 	if dl, ok := ctx.Deadline(); ok {
@@ -92,20 +73,6 @@ func dialH2(ctx context.Context, socket string) (*h2conn, error) {
 }
 
 func (h *h2conn) Close() error { return h.c.Close() }
-
-func appendFrame(b []byte, typ, flags byte, stream uint32, payload func([]byte) []byte) []byte {
-	start := len(b)
-	b = append(b, 0, 0, 0, typ, flags)
-	b = binary.BigEndian.AppendUint32(b, stream&0x7fffffff)
-	b = payload(b)
-	n := len(b) - start - 9
-	b[start], b[start+1], b[start+2] = byte(n>>16), byte(n>>8), byte(n)
-	return b
-}
-
-func appendSetting(b []byte, id uint16, v uint32) []byte {
-	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(b, id), v)
-}
 
 // answer is what came back for one call.
 type answer struct {
@@ -133,7 +100,8 @@ func (h *h2conn) unary(ctx context.Context, path string, body []byte) (*answer, 
 	}
 	id := h.stream
 
-	fields := []headerField{
+	var block []byte
+	for _, f := range [...][2]string{
 		{":method", "POST"},
 		{":scheme", "http"},
 		{":path", path},
@@ -141,29 +109,27 @@ func (h *h2conn) unary(ctx context.Context, path string, body []byte) (*answer, 
 		{"content-type", "application/grpc"},
 		{"te", "trailers"},
 		{"user-agent", "kmesh-cni"},
+	} {
+		block = h2.AppendHeader(block, f[0], f[1])
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		// So the daemon gives up too; gRPC allows at most 8 digits.
 		ms := min(max(time.Until(dl).Milliseconds(), 1), 99999999)
-		fields = append(fields, headerField{"grpc-timeout", strconv.FormatInt(ms, 10) + "m"})
+		block = h2.AppendHeader(block, "grpc-timeout", strconv.FormatInt(ms, 10)+"m")
 	}
-	var block []byte
-	for _, f := range fields {
-		block = appendHeader(block, f.name, f.value)
-	}
-	if len(block) > maxFrameSize || len(body) > 65535 {
+	if len(block) > h2.DefaultMaxFrameSize || len(body) > 65535 {
 		// The server's initial flow-control window; our requests are a
 		// few hundred bytes.
 		return nil, fmt.Errorf("request of %d bytes is too large", len(body))
 	}
-	out := appendFrame(nil, frameHeaders, flagEndHeaders, id, func(p []byte) []byte { return append(p, block...) })
-	for off := 0; ; off += maxFrameSize {
-		end := min(off+maxFrameSize, len(body))
+	out := h2.AppendFrame(nil, h2.FrameHeaders, h2.FlagEndHeaders, id, func(p []byte) []byte { return append(p, block...) })
+	for off := 0; ; off += h2.DefaultMaxFrameSize {
+		end := min(off+h2.DefaultMaxFrameSize, len(body))
 		flags := byte(0)
 		if end == len(body) {
-			flags = flagEndStream
+			flags = h2.FlagEndStream
 		}
-		out = appendFrame(out, frameData, flags, id, func(p []byte) []byte { return append(p, body[off:end]...) })
+		out = h2.AppendFrame(out, h2.FrameData, flags, id, func(p []byte) []byte { return append(p, body[off:end]...) })
 		if end == len(body) {
 			break
 		}
@@ -198,39 +164,39 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 			return nil, err
 		}
 		switch typ {
-		case frameSettings:
-			if flags&flagAck == 0 {
-				if err := h.write(appendFrame(nil, frameSettings, flagAck, 0, func(p []byte) []byte { return p })); err != nil {
+		case h2.FrameSettings:
+			if flags&h2.FlagAck == 0 {
+				if err := h.write(h2.AppendFrame(nil, h2.FrameSettings, h2.FlagAck, 0, func(p []byte) []byte { return p })); err != nil {
 					return nil, err
 				}
 			}
 			continue
-		case framePing:
-			if flags&flagAck == 0 {
-				if err := h.write(appendFrame(nil, framePing, flagAck, 0, func(p []byte) []byte { return append(p, payload...) })); err != nil {
+		case h2.FramePing:
+			if flags&h2.FlagAck == 0 {
+				if err := h.write(h2.AppendFrame(nil, h2.FramePing, h2.FlagAck, 0, func(p []byte) []byte { return append(p, payload...) })); err != nil {
 					return nil, err
 				}
 			}
 			continue
-		case frameGoAway:
+		case h2.FrameGoAway:
 			h.goAway = true
 			if len(payload) >= 8 && binary.BigEndian.Uint32(payload)&0x7fffffff < id {
 				return nil, fmt.Errorf("the daemon refused the call (GOAWAY, code %d)", binary.BigEndian.Uint32(payload[4:]))
 			}
 			continue
-		case frameWindowUpdate:
+		case h2.FrameWindowUpdate:
 			continue
 		}
 		if stream != id {
-			if typ == frameHeaders || typ == frameContinuation {
+			if typ == h2.FrameHeaders || typ == h2.FrameContinuation {
 				// Keep the decoder's table in step all the same.
 				p := payload
-				if typ == frameHeaders {
+				if typ == h2.FrameHeaders {
 					var err error
-					if p, err = unpad(payload, flags); err != nil {
+					if p, err = h2.Unpad(payload, flags); err != nil {
 						return nil, err
 					}
-					if flags&flagPriority != 0 && len(p) >= 5 {
+					if flags&h2.FlagPriority != 0 && len(p) >= 5 {
 						p = p[5:]
 					}
 					h.other = h.other[:0]
@@ -238,8 +204,8 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 				if h.other = append(h.other, p...); len(h.other) > maxHeaderList {
 					return nil, errors.New("header list too large")
 				}
-				if flags&flagEndHeaders != 0 {
-					if err := h.dec.decode(h.other, func(headerField) {}); err != nil {
+				if flags&h2.FlagEndHeaders != 0 {
+					if err := h.dec.Decode(h.other, func(h2.HeaderField) {}); err != nil {
 						return nil, fmt.Errorf("decode headers: %w", err)
 					}
 				}
@@ -247,14 +213,14 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 			continue
 		}
 		switch typ {
-		case frameRSTStream:
+		case h2.FrameRSTStream:
 			code := uint32(0)
 			if len(payload) >= 4 {
 				code = binary.BigEndian.Uint32(payload)
 			}
 			return nil, fmt.Errorf("the daemon reset the call (HTTP/2 error %d)", code)
-		case frameData:
-			p, err := unpad(payload, flags)
+		case h2.FrameData:
+			p, err := h2.Unpad(payload, flags)
 			if err != nil {
 				return nil, err
 			}
@@ -262,46 +228,46 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 			if consumed += n; consumed > recvWindow/2 {
 				return nil, errors.New("answer larger than the flow-control window")
 			}
-			if flags&flagEndStream != 0 {
+			if flags&h2.FlagEndStream != 0 {
 				return a, nil
 			}
-		case frameHeaders, frameContinuation:
+		case h2.FrameHeaders, h2.FrameContinuation:
 			p := payload
-			if typ == frameHeaders {
+			if typ == h2.FrameHeaders {
 				var err error
-				if p, err = unpad(payload, flags); err != nil {
+				if p, err = h2.Unpad(payload, flags); err != nil {
 					return nil, err
 				}
-				if flags&flagPriority != 0 {
+				if flags&h2.FlagPriority != 0 {
 					if len(p) < 5 {
 						return nil, errors.New("short HEADERS frame")
 					}
 					p = p[5:]
 				}
 				block = append(block[:0], p...)
-				endStream = flags&flagEndStream != 0
+				endStream = flags&h2.FlagEndStream != 0
 			} else {
 				block = append(block, p...)
 			}
 			if len(block) > maxHeaderList {
 				return nil, errors.New("header list too large")
 			}
-			if flags&flagEndHeaders == 0 {
+			if flags&h2.FlagEndHeaders == 0 {
 				continue
 			}
 			headersSeen++
-			err := h.dec.decode(block, func(f headerField) {
-				switch f.name {
+			err := h.dec.Decode(block, func(f h2.HeaderField) {
+				switch f.Name {
 				case ":status":
 					if headersSeen == 1 {
-						a.status = f.value
+						a.status = f.Value
 					}
 				case "content-type":
-					a.ctype = f.value
+					a.ctype = f.Value
 				case "grpc-status":
-					a.gstatus = f.value
+					a.gstatus = f.Value
 				case "grpc-message":
-					a.gmsg = f.value
+					a.gmsg = f.Value
 				}
 			})
 			if err != nil {
@@ -318,16 +284,6 @@ func (h *h2conn) readAnswer(id uint32) (*answer, error) {
 func (h *h2conn) write(b []byte) error {
 	_, err := h.c.Write(b)
 	return err
-}
-
-func unpad(p []byte, flags byte) ([]byte, error) {
-	if flags&flagPadded == 0 {
-		return p, nil
-	}
-	if len(p) < 1 || int(p[0]) >= len(p) {
-		return nil, errors.New("bad padding")
-	}
-	return p[1 : len(p)-int(p[0])], nil
 }
 
 // err is the call's outcome: nil, or a StatusError.

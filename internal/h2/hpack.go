@@ -1,4 +1,4 @@
-package registry
+package h2
 
 import (
 	"errors"
@@ -6,20 +6,20 @@ import (
 	"sync"
 )
 
-// HPACK (RFC 7541), as much as a gRPC client needs: requests go out as
-// literals that never touch the daemon's table; answers are decoded in
-// full (indexed fields, the dynamic table, Huffman strings). Our own, not
-// golang.org/x/net's: its package initialisation and the Huffman tree it
-// builds on first use cost the plugin's one call per run ~0.1-0.2 ms. A
-// differential test and a fuzz target hold it to that package.
+// HPACK (RFC 7541), as much as unary gRPC needs: what we send goes out as
+// literals that never touch the peer's table; what we receive is decoded
+// in full (indexed fields, the dynamic table, Huffman strings). Our own,
+// not golang.org/x/net's: its package initialisation and the Huffman tree
+// it builds on first use cost the plugin's one call per run ~0.1-0.2 ms.
+// A differential test and a fuzz target hold it to that package.
 
-// headerField is one header.
-type headerField struct {
-	name, value string
+// HeaderField is one header.
+type HeaderField struct {
+	Name, Value string
 }
 
 // staticTable is RFC 7541 Appendix A (index 1 first).
-var staticTable = [...]headerField{
+var staticTable = [...]HeaderField{
 	{":authority", ""}, {":method", "GET"}, {":method", "POST"}, {":path", "/"}, {":path", "/index.html"},
 	{":scheme", "http"}, {":scheme", "https"}, {":status", "200"}, {":status", "204"}, {":status", "206"},
 	{":status", "304"}, {":status", "400"}, {":status", "404"}, {":status", "500"}, {"accept-charset", ""},
@@ -126,18 +126,21 @@ func huffmanDecode(src []byte, max int) (string, error) {
 	return string(out), nil
 }
 
-// hpackDecoder decodes the answers' header blocks, keeping the dynamic
-// table in step with the daemon's encoder.
-type hpackDecoder struct {
-	dyn []headerField // oldest first
+// Decoder decodes one direction's header blocks, keeping the dynamic
+// table in step with the peer's encoder.
+type Decoder struct {
+	dyn []HeaderField // oldest first
 	// size is the table's size by RFC 7541's count; max its bound now,
 	// limit ours (SETTINGS_HEADER_TABLE_SIZE, the default 4096).
 	size, max, limit int
 	maxString        int
 }
 
-func newHpackDecoder(limit, maxString int) *hpackDecoder {
-	return &hpackDecoder{max: limit, limit: limit, maxString: maxString}
+// NewDecoder makes a decoder for a table of at most limit bytes (the
+// SETTINGS_HEADER_TABLE_SIZE we announced) that refuses strings longer
+// than maxString.
+func NewDecoder(limit, maxString int) *Decoder {
+	return &Decoder{max: limit, limit: limit, maxString: maxString}
 }
 
 var errTruncated = errors.New("hpack: truncated header block")
@@ -167,7 +170,7 @@ func readInt(b []byte, n uint) (uint64, []byte, error) {
 	return 0, nil, errTruncated
 }
 
-func (d *hpackDecoder) readString(b []byte) (string, []byte, error) {
+func (d *Decoder) readString(b []byte) (string, []byte, error) {
 	if len(b) == 0 {
 		return "", nil, errTruncated
 	}
@@ -192,29 +195,29 @@ func (d *hpackDecoder) readString(b []byte) (string, []byte, error) {
 }
 
 // at is the field at index i (1-based; static, then dynamic, newest first).
-func (d *hpackDecoder) at(i uint64) (headerField, error) {
+func (d *Decoder) at(i uint64) (HeaderField, error) {
 	switch {
 	case i == 0:
-		return headerField{}, errors.New("hpack: index 0")
+		return HeaderField{}, errors.New("hpack: index 0")
 	case i <= uint64(len(staticTable)):
 		return staticTable[i-1], nil
 	case i-uint64(len(staticTable)) <= uint64(len(d.dyn)):
 		return d.dyn[len(d.dyn)-int(i-uint64(len(staticTable)))], nil
 	}
-	return headerField{}, fmt.Errorf("hpack: index %d beyond the table", i)
+	return HeaderField{}, fmt.Errorf("hpack: index %d beyond the table", i)
 }
 
-func (d *hpackDecoder) evictTo(max int) {
+func (d *Decoder) evictTo(max int) {
 	n := 0
 	for d.size > max && n < len(d.dyn) {
-		d.size -= len(d.dyn[n].name) + len(d.dyn[n].value) + 32
+		d.size -= len(d.dyn[n].Name) + len(d.dyn[n].Value) + 32
 		n++
 	}
 	d.dyn = append(d.dyn[:0], d.dyn[n:]...)
 }
 
-func (d *hpackDecoder) add(f headerField) {
-	sz := len(f.name) + len(f.value) + 32
+func (d *Decoder) add(f HeaderField) {
+	sz := len(f.Name) + len(f.Value) + 32
 	if sz > d.max {
 		d.dyn, d.size = d.dyn[:0], 0
 		return
@@ -224,16 +227,16 @@ func (d *hpackDecoder) add(f headerField) {
 	d.size += sz
 }
 
-// decode decodes one complete header block.
-func (d *hpackDecoder) decode(b []byte, emit func(headerField)) error {
+// Decode decodes one complete header block, calling emit per field.
+func (d *Decoder) Decode(b []byte, emit func(HeaderField)) error {
 	// reprs counts representations, size updates included: a size update
 	// after one is refused while the table holds something (as
-	// golang.org/x/net does, whose reading the daemon's encoder is
+	// golang.org/x/net does, whose reading grpc-go's encoder is
 	// tested against).
 	reprs := 0
 	for ; len(b) > 0; reprs++ {
 		c := b[0]
-		var f headerField
+		var f HeaderField
 		var err error
 		switch {
 		case c&0x80 != 0: // indexed field
@@ -269,17 +272,17 @@ func (d *hpackDecoder) decode(b []byte, emit func(headerField)) error {
 				return err
 			}
 			if i == 0 {
-				if f.name, b, err = d.readString(b); err != nil {
+				if f.Name, b, err = d.readString(b); err != nil {
 					return err
 				}
 			} else {
-				var named headerField
+				var named HeaderField
 				if named, err = d.at(i); err != nil {
 					return err
 				}
-				f.name = named.name
+				f.Name = named.Name
 			}
-			if f.value, b, err = d.readString(b); err != nil {
+			if f.Value, b, err = d.readString(b); err != nil {
 				return err
 			}
 			if indexing {
@@ -304,9 +307,9 @@ func appendHpackInt(b []byte, n uint, first byte, v uint64) []byte {
 	return append(b, byte(v))
 }
 
-// appendHeader appends a field as a literal without indexing, name and
-// value as plain strings: the daemon's table is never touched.
-func appendHeader(b []byte, name, value string) []byte {
+// AppendHeader appends a field as a literal without indexing, name and
+// value as plain strings: the peer's table is never touched.
+func AppendHeader(b []byte, name, value string) []byte {
 	b = append(b, 0)
 	b = appendHpackInt(b, 7, 0, uint64(len(name)))
 	b = append(b, name...)

@@ -1,4 +1,4 @@
-package registry
+package h2
 
 import (
 	"bytes"
@@ -34,28 +34,30 @@ func TestHuffmanCodeIsRFC7541s(t *testing.T) {
 	}
 }
 
+const testMaxString = 1 << 20
+
 // xnetDecode is golang.org/x/net's reading of the same blocks, one
 // decoder for the sequence as on a connection.
 type xnetDecoder struct{ d *hpack.Decoder }
 
 func newXnet() *xnetDecoder {
 	d := hpack.NewDecoder(4096, nil)
-	d.SetMaxStringLength(maxHeaderList)
+	d.SetMaxStringLength(testMaxString)
 	return &xnetDecoder{d}
 }
 
-func (x *xnetDecoder) decode(b []byte) ([]headerField, error) {
+func (x *xnetDecoder) decode(b []byte) ([]HeaderField, error) {
 	fs, err := x.d.DecodeFull(b)
-	var out []headerField
+	var out []HeaderField
 	for _, f := range fs {
-		out = append(out, headerField{f.Name, f.Value})
+		out = append(out, HeaderField{f.Name, f.Value})
 	}
 	return out, err
 }
 
-func ours(d *hpackDecoder, b []byte) ([]headerField, error) {
-	var out []headerField
-	err := d.decode(b, func(f headerField) { out = append(out, f) })
+func ours(d *Decoder, b []byte) ([]HeaderField, error) {
+	var out []HeaderField
+	err := d.Decode(b, func(f HeaderField) { out = append(out, f) })
 	return out, err
 }
 
@@ -66,18 +68,18 @@ func TestDecodeAsXNet(t *testing.T) {
 	names := []string{":status", "content-type", "grpc-status", "grpc-message", "x-long", "date", "grpc-encoding"}
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
-	dec, x := newHpackDecoder(4096, maxHeaderList), newXnet()
+	dec, x := NewDecoder(4096, testMaxString), newXnet()
 	for block := range 300 {
 		buf.Reset()
 		if block%50 == 7 {
 			enc.SetMaxDynamicTableSize(uint32(r.IntN(4097)))
 		}
-		var want []headerField
+		var want []HeaderField
 		for range 1 + r.IntN(6) {
 			f := hpack.HeaderField{Name: names[r.IntN(len(names))], Value: strings.Repeat("v", r.IntN(300)) + string(rune('a'+r.IntN(26)))}
 			f.Sensitive = r.IntN(5) == 0
 			enc.WriteField(f)
-			want = append(want, headerField{f.Name, f.Value})
+			want = append(want, HeaderField{f.Name, f.Value})
 		}
 		got, err := ours(dec, buf.Bytes())
 		if err != nil || !reflect.DeepEqual(got, want) {
@@ -92,10 +94,10 @@ func TestDecodeAsXNet(t *testing.T) {
 // What we send reads back the same with x/net's decoder.
 func TestEncodeAsXNetReads(t *testing.T) {
 	var b []byte
-	want := []headerField{{":method", "POST"}, {":path", "/kmesh.cni.v1.PodRegistry/EnrollPod"}, {"grpc-timeout", "1999m"},
+	want := []HeaderField{{":method", "POST"}, {":path", "/kmesh.cni.v1.PodRegistry/EnrollPod"}, {"grpc-timeout", "1999m"},
 		{"x", strings.Repeat("y", 200)}, {"", ""}}
 	for _, f := range want {
-		b = appendHeader(b, f.name, f.value)
+		b = AppendHeader(b, f.Name, f.Value)
 	}
 	got, err := newXnet().decode(b)
 	if err != nil || !reflect.DeepEqual(got, want) {
@@ -106,7 +108,7 @@ func TestEncodeAsXNetReads(t *testing.T) {
 // FuzzHpackDecode: any sequence of blocks, the same fields as x/net's
 // decoder or an error where it errs.
 //
-//	go test ./plugins/kmesh-cni/registry -run '^$' -fuzz '^FuzzHpackDecode$' -fuzztime=30s
+//	go test ./internal/h2 -run '^$' -fuzz '^FuzzHpackDecode$' -fuzztime=30s
 func FuzzHpackDecode(f *testing.F) {
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
@@ -117,7 +119,7 @@ func FuzzHpackDecode(f *testing.F) {
 	f.Add(buf.Bytes(), []byte{0x82, 0xbe})
 	f.Add([]byte{0x3f, 0xe1, 0x1f, 0x82}, []byte{0x40, 0x81, 0xff, 0x00})
 	f.Fuzz(func(t *testing.T, a, b []byte) {
-		dec, x := newHpackDecoder(4096, maxHeaderList), newXnet()
+		dec, x := NewDecoder(4096, testMaxString), newXnet()
 		for _, block := range [][]byte{a, b} {
 			got, err := ours(dec, block)
 			want, xerr := x.decode(block)
