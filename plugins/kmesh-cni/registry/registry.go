@@ -9,8 +9,8 @@
 // of its own can open the connection at the start of ADD, so the call
 // itself is one round trip. The messages are encoded by hand (wire.go)
 // for the same reason: the protobuf runtime costs about 0.5 ms per run.
-// The daemon serves with grpc-go (api/cni/v1/podregistry); the tests run
-// this client against it.
+// The daemon serves with internal/grpcunary; the tests run this client
+// against it and against grpc-go's server.
 package registry
 
 import (

@@ -16,6 +16,7 @@ import (
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
+	"github.com/kmesh-go/kmesh/internal/grpcunary"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakedaemon"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
@@ -96,8 +97,7 @@ func TestHungDaemonIsBoundedByTheContext(t *testing.T) {
 	}
 }
 
-// daemonServer is a PodRegistry with scripted answers, served by grpc-go
-// as the daemon serves it.
+// daemonServer is a PodRegistry with scripted answers.
 type daemonServer struct {
 	podregistry.UnimplementedPodRegistryServer
 	pods    []*cniv1.Pod
@@ -115,29 +115,39 @@ func (s *daemonServer) ReleasePod(context.Context, *cniv1.ReleasePodRequest) (*c
 	return nil, status.Error(codes.FailedPrecondition, "détaché: 100% fini")
 }
 
-func serve(t *testing.T, s *daemonServer) string {
+// serve serves s with grpc-go or with the daemon's own server.
+func serve(t *testing.T, s *daemonServer, server string) string {
 	sock := fakedaemon.Socket(t)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	podregistry.RegisterPodRegistryServer(g, s)
-	go g.Serve(l)
-	t.Cleanup(g.Stop)
+	if server == "grpc-go" {
+		g := grpc.NewServer()
+		podregistry.RegisterPodRegistryServer(g, s)
+		go g.Serve(l)
+		t.Cleanup(g.Stop)
+	} else {
+		g := grpcunary.NewServer()
+		podregistry.RegisterPodRegistryServer(g, s)
+		go g.Serve(l)
+		t.Cleanup(g.Stop)
+	}
 	return sock
 }
 
-// An answer larger than HTTP/2's initial flow-control window (64 KiB)
-// arrives whole; the deadline travels to the daemon as grpc-timeout; an
-// error status is the daemon's answer, not "unreachable", with its
-// message decoded.
 func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
+	for _, server := range []string{"grpc-go", "grpcunary"} {
+		t.Run(server, func(t *testing.T) { largeAnswerDeadlineAndErrorStatus(t, server) })
+	}
+}
+
+func largeAnswerDeadlineAndErrorStatus(t *testing.T, server string) {
 	s := &daemonServer{}
 	for i := range 3000 {
 		s.pods = append(s.pods, &cniv1.Pod{ContainerId: fmt.Sprintf("c%04d", i), Name: strings.Repeat("p", 60), Ips: []string{"10.0.0.1/24"}})
 	}
-	c, err := registry.Dial(serve(t, s))
+	c, err := registry.Dial(serve(t, s, server))
 	if err != nil {
 		t.Fatal(err)
 	}
