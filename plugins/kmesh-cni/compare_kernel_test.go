@@ -40,11 +40,10 @@ func TestBenchCompareBinaries(t *testing.T) {
 		if err := os.Symlink(abs, filepath.Join(dir, typ)); err != nil {
 			t.Fatal(err)
 		}
-		l := e.conflist(netOpts{defaultEnroll: true})
+		l := e.conflist(netOpts{defaultEnroll: true, logLevel: "info"})
 		for _, p := range l.Plugins {
 			if p.Network.Type == "kmesh-cni" {
-				b := strings.Replace(string(p.Bytes), `"logLevel":"debug"`, `"logLevel":"info"`, 1)
-				p.Bytes = []byte(strings.Replace(b, `"type":"kmesh-cni"`, `"type":"`+typ+`"`, 1))
+				p.Bytes = []byte(strings.Replace(string(p.Bytes), `"type":"kmesh-cni"`, `"type":"`+typ+`"`, 1))
 				p.Network.Type = typ
 			}
 		}

@@ -111,6 +111,7 @@ type netOpts struct {
 	kubeconfig    string
 	noKmesh       bool   // the chain without kmesh-cni (benchmark baseline)
 	socket        string // default: the fake daemon's
+	logLevel      string // default: debug (benchmarks: info, as installed)
 }
 
 // conflist is bridge (host-local IPAM) + portmap + kmesh-cni.
@@ -122,6 +123,9 @@ func (e *env) conflist(o netOpts) *libcni.NetworkConfigList {
 	if o.socket == "" {
 		o.socket = e.daemon.Socket
 	}
+	if o.logLevel == "" {
+		o.logLevel = "debug"
+	}
 	plugins := []any{
 		map[string]any{"type": "bridge", "bridge": bridgeName, "ipam": map[string]any{
 			"type": "host-local", "ranges": [][]map[string]string{{{"subnet": subnet}}}, "dataDir": filepath.Join(e.dir, "ipam"),
@@ -130,7 +134,7 @@ func (e *env) conflist(o netOpts) *libcni.NetworkConfigList {
 	}
 	if !o.noKmesh {
 		k := map[string]any{"type": "kmesh-cni", "daemonSocket": o.socket, "bpfDir": e.pins, "stateDir": e.state,
-			"defaultEnroll": o.defaultEnroll, "logFile": filepath.Join(e.dir, "kmesh-cni.log"), "logLevel": "debug"}
+			"defaultEnroll": o.defaultEnroll, "logFile": filepath.Join(e.dir, "kmesh-cni.log"), "logLevel": o.logLevel}
 		if o.policy != "" {
 			k["failurePolicy"] = o.policy
 		}
