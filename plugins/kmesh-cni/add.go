@@ -132,6 +132,13 @@ func (r *run) add() (retErr error) {
 		rec.Signaled = true
 	}
 	r.step("told the daemon")
+	if rec.Signaled {
+		// Saved while the filter is still being attached (an undo below
+		// removes the record all the same).
+		if err := dir.Save(rec); err != nil {
+			r.log.Warn("update state record", "error", err)
+		}
+	}
 	if tc != nil {
 		if err := <-tc; err != nil {
 			tc = nil
@@ -144,11 +151,6 @@ func (r *run) add() (retErr error) {
 			return err
 		}
 		r.step("attached tc")
-	}
-	if rec.Signaled {
-		if err := dir.Save(rec); err != nil {
-			r.log.Warn("update state record", "error", err)
-		}
 	}
 
 	// The mark follows what happened: a pod decided from the API that ADD
