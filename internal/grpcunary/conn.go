@@ -3,6 +3,7 @@ package grpcunary
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -53,11 +55,13 @@ type stream struct {
 	blockEnds bool   // its HEADERS frame had END_STREAM
 	headers   bool   // the request headers are read
 	refused   bool   // over the stream limit, or begun after GOAWAY
+	ignored   bool   // a header block on a stream we ended: read, dropped
 	method    string
 	path      string
 	ctype     string
 	timeout   string
 	encoding  string
+	md        metadata.MD
 	body      []byte
 	recvWin   int64
 	recvDone  bool // END_STREAM read
@@ -73,14 +77,19 @@ type conn struct {
 	r   *bufio.Reader
 	dec *h2.Decoder
 
+	ctx    context.Context // calls' contexts derive from it; ends with the connection
+	cancel context.CancelFunc
+
 	wmu sync.Mutex // writes: the connection's goroutine, drain's GOAWAY
 
-	mu          sync.Mutex // below: shared with drain
-	lastStream  uint32     // highest stream id the peer opened
-	active      int        // streams not yet finished
-	draining    bool
-	goAway      uint32 // last stream id in our GOAWAY
-	prefaceRead bool
+	mu           sync.Mutex // below: shared with drain
+	lastStream   uint32     // highest stream id the peer opened
+	active       int        // streams not yet finished
+	draining     bool
+	goAway       uint32 // last stream id in our GOAWAY, once sent
+	goAwaySent   bool
+	settingsSent bool // our SETTINGS are out: GOAWAY may follow them
+	prefaceRead  bool
 
 	// The connection's goroutine only.
 	streams    map[uint32]*stream
@@ -93,10 +102,17 @@ type conn struct {
 	order      []*stream
 	out        []byte // frames to write once this frame is handled
 	buf        []byte
+	// reset holds the last streams we reset (RST_STREAM): a header block
+	// still arriving on one is read (the HPACK table) and dropped, as
+	// RFC 9113 5.1 asks, rather than ending the connection.
+	reset  [16]uint32
+	nreset int
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
+	ctx, cancel := context.WithCancel(s.ctx)
 	return &conn{
+		ctx: ctx, cancel: cancel,
 		s: s, nc: nc, r: bufio.NewReaderSize(nc, 32<<10),
 		dec:        h2.NewDecoder(4096, maxHeaderList),
 		streams:    map[uint32]*stream{},
@@ -110,6 +126,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 // serve runs the connection until it ends.
 func (c *conn) serve() {
 	defer c.nc.Close()
+	defer c.cancel()
 	// Our preface goes out at once: the server may send it before the
 	// client's arrives, and a client is waiting for it.
 	c.out = h2.AppendFrame(c.out, h2.FrameSettings, 0, 0, func(p []byte) []byte {
@@ -122,7 +139,17 @@ func (c *conn) serve() {
 	if c.flush() != nil {
 		return
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(prefaceTimeout))
+	c.mu.Lock()
+	c.settingsSent = true
+	deadline := time.Now().Add(prefaceTimeout)
+	if c.draining {
+		// GracefulStop came before our SETTINGS went out: GOAWAY now,
+		// and nothing to wait for.
+		c.sendGoAway()
+		deadline = time.Now()
+	}
+	_ = c.nc.SetReadDeadline(deadline)
+	c.mu.Unlock()
 	var pre [len(h2.Preface)]byte
 	if _, err := io.ReadFull(c.r, pre[:]); err != nil || string(pre[:]) != h2.Preface {
 		return
@@ -171,7 +198,19 @@ func (c *conn) drain() {
 		return
 	}
 	c.draining = true
-	c.goAway = c.lastStream
+	if c.settingsSent {
+		c.sendGoAway()
+	}
+	if c.active == 0 || !c.prefaceRead {
+		// Wake the reader, which has nothing left to wait for.
+		_ = c.nc.SetReadDeadline(time.Now())
+	}
+}
+
+// sendGoAway writes GOAWAY(NO_ERROR) with the last stream the peer
+// opened. c.mu is held.
+func (c *conn) sendGoAway() {
+	c.goAway, c.goAwaySent = c.lastStream, true
 	c.wmu.Lock()
 	_ = c.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	_, _ = c.nc.Write(h2.AppendFrame(nil, h2.FrameGoAway, 0, 0, func(p []byte) []byte {
@@ -179,16 +218,15 @@ func (c *conn) drain() {
 		return binary.BigEndian.AppendUint32(p, h2.ErrCodeNo)
 	}))
 	c.wmu.Unlock()
-	if c.active == 0 || !c.prefaceRead {
-		// Wake the reader, which has nothing left to wait for.
-		_ = c.nc.SetReadDeadline(time.Now())
-	}
 }
 
 // fail ends the connection on a protocol error, telling the peer why.
 func (c *conn) fail(ce *connError) {
 	c.mu.Lock()
 	last := c.lastStream
+	if c.goAwaySent {
+		last = min(last, c.goAway) // a later GOAWAY may not raise it
+	}
 	c.mu.Unlock()
 	c.out = h2.AppendFrame(c.out[:0], h2.FrameGoAway, 0, 0, func(p []byte) []byte {
 		p = binary.BigEndian.AppendUint32(p, last)
@@ -214,6 +252,8 @@ func (c *conn) rst(id, code uint32) {
 	c.out = h2.AppendFrame(c.out, h2.FrameRSTStream, 0, id, func(p []byte) []byte {
 		return binary.BigEndian.AppendUint32(p, code)
 	})
+	c.reset[c.nreset%len(c.reset)] = id
+	c.nreset++
 }
 
 // frame handles one frame; an error ends the connection.
@@ -435,11 +475,17 @@ func (c *conn) headers(fh h2.FrameHeader, p []byte) error {
 		c.mu.Lock()
 		if fh.Stream <= c.lastStream {
 			c.mu.Unlock()
-			return &connError{h2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on closed stream %d", fh.Stream)}
+			if !c.wasReset(fh.Stream) {
+				return &connError{h2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on closed stream %d", fh.Stream)}
+			}
+			// Trailers of a call we already ended: read for the HPACK
+			// table, then dropped.
+			st = &stream{id: fh.Stream, ignored: true}
+			break
 		}
 		c.lastStream = fh.Stream
 		st = &stream{id: fh.Stream, recvWin: h2.DefaultWindow, sendWin: c.peerWindow}
-		st.refused = c.draining && fh.Stream > c.goAway || c.active >= maxStreams
+		st.refused = c.goAwaySent && fh.Stream > c.goAway || c.active >= maxStreams
 		if !st.refused {
 			c.active++
 		}
@@ -483,6 +529,21 @@ func (c *conn) headersDone(st *stream) error {
 			st.timeout = f.Value
 		case "grpc-encoding":
 			st.encoding = f.Value
+		default:
+			// The call's metadata, for metadata.FromIncomingContext: as
+			// grpc-go, without the pseudo-headers and transport's own.
+			if !strings.HasPrefix(f.Name, ":") && !transportHeader[f.Name] {
+				if st.md == nil {
+					st.md = metadata.MD{}
+				}
+				v := f.Value
+				if strings.HasSuffix(f.Name, "-bin") {
+					if b, err := decodeBinHeader(v); err == nil {
+						v = string(b)
+					}
+				}
+				st.md[f.Name] = append(st.md[f.Name], v)
+			}
 		}
 	})
 	st.block = st.block[:0]
@@ -490,6 +551,9 @@ func (c *conn) headersDone(st *stream) error {
 		return &connError{0x9, err.Error()} // COMPRESSION_ERROR: the table is lost
 	}
 	st.headers = true
+	if st.ignored {
+		return nil
+	}
 	if st.refused {
 		c.rst(st.id, h2.ErrCodeRefusedStream)
 		return nil
@@ -530,7 +594,10 @@ func (c *conn) call(st *stream) {
 		c.answerStatus(st, codes.Internal, "compressed request without grpc-encoding")
 		return
 	}
-	ctx := context.Background()
+	ctx := c.ctx
+	if md := st.md; len(md) > 0 {
+		ctx = metadata.NewIncomingContext(ctx, md)
+	}
 	if st.timeout != "" {
 		d, ok := parseTimeout(st.timeout)
 		if !ok {
@@ -544,8 +611,12 @@ func (c *conn) call(st *stream) {
 	resp, err := run(ctx, m, b[5:])
 	st.body = nil
 	if err != nil {
-		s := status.Convert(err)
-		c.answerStatus(st, s.Code(), s.Message())
+		s, ok := status.FromError(err)
+		if !ok {
+			// A handler that returns ctx.Err() as it is, as grpc-go reads it.
+			s = status.FromContextError(err)
+		}
+		c.answerError(st, s)
 		return
 	}
 	out, err := proto.Marshal(resp)
@@ -583,7 +654,7 @@ func isGRPC(ctype string) bool {
 }
 
 // answerStatus answers with only trailers: status code and message.
-func (c *conn) answerStatus(st *stream, code codes.Code, msg string) {
+func (c *conn) answerStatus(st *stream, code codes.Code, msg string, extra ...string) {
 	st.answered = true
 	b := h2.AppendHeader(nil, ":status", "200")
 	b = h2.AppendHeader(b, "content-type", "application/grpc")
@@ -591,8 +662,41 @@ func (c *conn) answerStatus(st *stream, code codes.Code, msg string) {
 	if msg != "" {
 		b = h2.AppendHeader(b, "grpc-message", encodeMessage(msg))
 	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		b = h2.AppendHeader(b, extra[i], extra[i+1])
+	}
 	c.appendBlock(st.id, b, true)
 	c.done(st)
+}
+
+// answerError answers with a handler's status, its details too.
+func (c *conn) answerError(st *stream, s *status.Status) {
+	if len(s.Proto().GetDetails()) == 0 {
+		c.answerStatus(st, s.Code(), s.Message())
+		return
+	}
+	details, err := proto.Marshal(s.Proto())
+	if err != nil {
+		c.answerStatus(st, codes.Internal, "encode status details: "+err.Error())
+		return
+	}
+	c.answerStatus(st, s.Code(), s.Message(), "grpc-status-details-bin", base64.RawStdEncoding.EncodeToString(details))
+}
+
+// transportHeader names the headers that are the transport's, not the
+// call's metadata.
+var transportHeader = map[string]bool{
+	"content-type": true, "user-agent": true, "te": true, "grpc-timeout": true,
+	"grpc-encoding": true, "grpc-accept-encoding": true, "grpc-message-type": true,
+	"connection": true,
+}
+
+// decodeBinHeader reads a -bin header: base64, padded or not.
+func decodeBinHeader(v string) ([]byte, error) {
+	if len(v)%4 == 0 {
+		return base64.StdEncoding.DecodeString(v)
+	}
+	return base64.RawStdEncoding.DecodeString(v)
 }
 
 // answerHTTP answers a request that is not gRPC with an HTTP status.
@@ -657,6 +761,15 @@ func (c *conn) done(st *stream) {
 		c.rst(st.id, h2.ErrCodeNo)
 	}
 	c.finish(st)
+}
+
+func (c *conn) wasReset(id uint32) bool {
+	for _, r := range c.reset {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // finish forgets a stream.

@@ -9,8 +9,13 @@
 //
 // It implements grpc.ServiceRegistrar, so generated Register functions
 // work with it. Only unary methods; calls on one connection are served one
-// after the other, in the order their requests complete (a plugin run,
-// like kmeshctl, makes one call at a time). HTTP/2 is RFC 9113 with prior
+// after the other, in the order their requests complete (a plugin run
+// makes one call at a time), and nothing is read from a connection while
+// its handler runs: handlers must be quick (the daemon's answer from
+// memory; the slowest, DecidePod, is bounded at 150 ms). A handler's
+// context carries the call's deadline (grpc-timeout) and metadata, and
+// ends when the connection does or Stop is called; there is no peer,
+// method name or header/trailer setting on it. HTTP/2 is RFC 9113 with prior
 // knowledge (gRPC over a unix socket): flow control both ways, CONTINUATION,
 // PING, GOAWAY on shutdown, connection errors answered with GOAWAY.
 package grpcunary
@@ -47,11 +52,17 @@ type Server struct {
 
 	// drainTimeout bounds GracefulStop's wait for calls in progress.
 	drainTimeout time.Duration
+	// ctx is every call's parent: Stop cancels it, so a handler waiting
+	// on its context returns.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // NewServer returns a server with no services.
 func NewServer() *Server {
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
+		ctx: ctx, cancel: cancel,
 		methods:      map[string]method{},
 		listeners:    map[net.Listener]struct{}{},
 		conns:        map[*conn]struct{}{},
@@ -165,6 +176,7 @@ func temporary(err error) bool {
 
 // Stop closes the listeners and every connection at once.
 func (s *Server) Stop() {
+	s.cancel()
 	s.mu.Lock()
 	s.stopped = true
 	for l := range s.listeners {
@@ -186,10 +198,16 @@ func (s *Server) GracefulStop() {
 	for l := range s.listeners {
 		l.Close()
 	}
+	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.drain()
+		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	// Not under s.mu: a GOAWAY write to a peer that does not read must
+	// not hold Stop off.
+	for _, c := range conns {
+		c.drain()
+	}
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()

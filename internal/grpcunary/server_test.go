@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
@@ -47,6 +48,19 @@ func (s *service) EnrollPod(ctx context.Context, req *cniv1.EnrollPodRequest) (*
 	case "wait":
 		s.started <- struct{}{}
 		<-s.block
+	case "rawctx":
+		<-ctx.Done()
+		return nil, ctx.Err() // not a status: read as grpc-go reads it
+	case "until-stopped":
+		s.started <- struct{}{}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	case "details":
+		st, err := status.New(codes.NotFound, "no such pod").WithDetails(&cniv1.Pod{Name: "detail"})
+		if err != nil {
+			return nil, err
+		}
+		return nil, st.Err()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -54,7 +68,15 @@ func (s *service) EnrollPod(ctx context.Context, req *cniv1.EnrollPodRequest) (*
 	return &cniv1.EnrollPodResponse{Enrolled: true}, nil
 }
 
-func (s *service) ListPods(context.Context, *cniv1.ListPodsRequest) (*cniv1.ListPodsResponse, error) {
+func (s *service) ListPods(ctx context.Context, _ *cniv1.ListPodsRequest) (*cniv1.ListPodsResponse, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get("x-echo")) > 0 {
+		// The call's metadata, echoed back.
+		var pods []*cniv1.Pod
+		for _, v := range append(md.Get("x-echo"), md.Get("x-echo-bin")...) {
+			pods = append(pods, &cniv1.Pod{Name: v})
+		}
+		return &cniv1.ListPodsResponse{Pods: pods}, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return &cniv1.ListPodsResponse{Pods: s.pods}, nil
@@ -139,6 +161,20 @@ func TestGRPCGoClient(t *testing.T) {
 	_, err = c.EnrollPod(within(t, 150*time.Millisecond), &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: "deadline"}})
 	if status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 2*time.Second {
 		t.Fatalf("deadline: %v after %v", err, time.Since(start))
+	}
+	start = time.Now()
+	_, err = c.EnrollPod(within(t, 150*time.Millisecond), &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: "rawctx"}})
+	if status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 2*time.Second {
+		t.Fatalf("ctx.Err() returned as it is: %v after %v", err, time.Since(start))
+	}
+	_, err = c.EnrollPod(within(t, 5*time.Second), &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: "details"}})
+	if s := status.Convert(err); s.Code() != codes.NotFound || len(s.Details()) != 1 || s.Details()[0].(*cniv1.Pod).GetName() != "detail" {
+		t.Fatalf("status with details: %v %v", err, s.Details())
+	}
+	mdctx := metadata.AppendToOutgoingContext(within(t, 5*time.Second), "x-echo", "one", "x-echo", "two", "x-echo-bin", "bin\x00é")
+	if r, err := c.ListPods(mdctx, &cniv1.ListPodsRequest{}); err != nil || len(r.GetPods()) != 3 ||
+		r.GetPods()[0].GetName() != "one" || r.GetPods()[1].GetName() != "two" || r.GetPods()[2].GetName() != "bin\x00é" {
+		t.Fatalf("metadata: %v %v", r, err)
 	}
 	_, err = c.Status(within(t, 5*time.Second), &cniv1.StatusRequest{}) // not implemented by service
 	if status.Code(err) != codes.Unimplemented {
@@ -245,6 +281,33 @@ func TestGracefulStop(t *testing.T) {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("GracefulStop did not return after the last call")
+	}
+}
+
+// Stop ends a call whose handler waits on its context (no deadline) and
+// returns.
+func TestStopCancelsCalls(t *testing.T) {
+	svc := &service{started: make(chan struct{}, 1)}
+	srv, sock := start(t, svc)
+	c := dial(t, sock)
+	answered := make(chan error, 1)
+	go func() {
+		_, err := c.EnrollPod(context.Background(), &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: "until-stopped"}})
+		answered <- err
+	}()
+	<-svc.started
+	stopped := make(chan struct{})
+	go func() {
+		srv.Stop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Stop did not return with a handler waiting on its context")
+	}
+	if err := <-answered; err == nil {
+		t.Fatal("the call succeeded after Stop")
 	}
 }
 
@@ -380,6 +443,67 @@ func (r *raw) status(id uint32) string {
 		if fh.Stream == id && st != "" {
 			return st
 		}
+	}
+}
+
+func request(path string) []byte {
+	b := h2.AppendHeader(nil, ":method", "POST")
+	b = h2.AppendHeader(b, ":path", path)
+	return h2.AppendHeader(b, "content-type", "application/grpc")
+}
+
+// Trailers arriving on a stream the server has reset are dropped; the
+// connection goes on.
+func TestFramesAfterOurReset(t *testing.T) {
+	_, sock := start(t, &service{})
+	r := rawConn(t, sock)
+	out := h2.AppendFrameBytes(settings(), h2.FrameHeaders, h2.FlagEndHeaders, 1, request("/kmesh.cni.v1.PodRegistry/ListPods"))
+	out = h2.AppendFrameBytes(out, h2.FrameWindowUpdate, 0, 1, []byte{0, 0, 0, 0}) // a stream error: RST_STREAM
+	out = h2.AppendFrameBytes(out, h2.FrameHeaders, h2.FlagEndHeaders|h2.FlagEndStream, 1, h2.AppendHeader(nil, "x-trailer", "late"))
+	out = h2.AppendFrameBytes(out, h2.FrameHeaders, h2.FlagEndHeaders, 3, request("/kmesh.cni.v1.PodRegistry/ListPods"))
+	out = h2.AppendFrameBytes(out, h2.FrameData, h2.FlagEndStream, 3, []byte{0, 0, 0, 0, 0})
+	r.send(out)
+	if got := r.status(3); got != "200" {
+		t.Fatalf(":status %q", got)
+	}
+}
+
+// A GOAWAY after GracefulStop's never names a later stream than it did.
+func TestGoAwayNeverRaisesTheLastStream(t *testing.T) {
+	svc := &service{block: make(chan struct{}), started: make(chan struct{}, 1)}
+	srv, sock := start(t, svc)
+	r := rawConn(t, sock)
+	// Stream 1 waits in its handler; stream 3 is open, its request not
+	// complete: the connection has work left after stream 1.
+	call := h2.AppendFrameBytes(settings(), h2.FrameHeaders, h2.FlagEndHeaders, 1, request("/kmesh.cni.v1.PodRegistry/EnrollPod"))
+	call = h2.AppendFrameBytes(call, h2.FrameHeaders, h2.FlagEndHeaders, 3, request("/kmesh.cni.v1.PodRegistry/ListPods"))
+	// EnrollPodRequest{pod: {container_id: "wait"}}
+	msg := []byte{0x0a, 0x06, 0x22, 0x04, 'w', 'a', 'i', 't'}
+	body := append([]byte{0, 0, 0, 0, byte(len(msg))}, msg...)
+	r.send(h2.AppendFrameBytes(call, h2.FrameData, h2.FlagEndStream, 1, body))
+	<-svc.started
+	go srv.GracefulStop()
+	// Stream 5 after the GOAWAY, then a malformed PING: a connection error.
+	out := h2.AppendFrameBytes(nil, h2.FrameHeaders, h2.FlagEndHeaders, 5, request("/kmesh.cni.v1.PodRegistry/ListPods"))
+	out = h2.AppendFrameBytes(out, h2.FramePing, 0, 0, make([]byte, 3))
+	var last []uint32
+	var buf []byte
+	for len(last) < 2 {
+		fh, p, err := h2.ReadFrame(r.nc, buf, 1<<20)
+		if err != nil {
+			t.Fatalf("after GOAWAYs %v: %v", last, err)
+		}
+		buf = p
+		if fh.Type == h2.FrameGoAway {
+			last = append(last, binary.BigEndian.Uint32(p)&0x7fffffff)
+			if len(last) == 1 {
+				r.send(out)
+				close(svc.block)
+			}
+		}
+	}
+	if last[0] != 3 || last[1] > last[0] {
+		t.Fatalf("GOAWAY last stream ids %v", last)
 	}
 }
 
