@@ -232,6 +232,26 @@ func TestConcurrentCalls(t *testing.T) {
 	}
 }
 
+// enrollAsync makes an EnrollPod call of container id on a goroutine.
+func enrollAsync(ctx context.Context, c podregistry.PodRegistryClient, id string) <-chan error {
+	answered := make(chan error, 1)
+	go func() {
+		_, err := c.EnrollPod(ctx, &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: id}})
+		answered <- err
+	}()
+	return answered
+}
+
+// async runs fn on a goroutine; the channel closes when it returns.
+func async(fn func()) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		fn()
+		close(done)
+	}()
+	return done
+}
+
 // GracefulStop lets a call in progress finish, refuses new connections,
 // and returns once the connections are done.
 func TestGracefulStop(t *testing.T) {
@@ -250,17 +270,9 @@ func TestGracefulStop(t *testing.T) {
 	if _, err := idle.ListPods(within(t, 5*time.Second), &cniv1.ListPodsRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	answered := make(chan error, 1)
-	go func() {
-		_, err := c.EnrollPod(within(t, 10*time.Second), &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: "wait"}})
-		answered <- err
-	}()
+	answered := enrollAsync(within(t, 10*time.Second), c, "wait")
 	<-svc.started
-	stopped := make(chan struct{})
-	go func() {
-		srv.GracefulStop()
-		close(stopped)
-	}()
+	stopped := async(srv.GracefulStop)
 	select {
 	case <-stopped:
 		t.Fatal("GracefulStop returned with a call in progress")
@@ -290,17 +302,9 @@ func TestStopCancelsCalls(t *testing.T) {
 	svc := &service{started: make(chan struct{}, 1)}
 	srv, sock := start(t, svc)
 	c := dial(t, sock)
-	answered := make(chan error, 1)
-	go func() {
-		_, err := c.EnrollPod(context.Background(), &cniv1.EnrollPodRequest{Pod: &cniv1.Pod{ContainerId: "until-stopped"}})
-		answered <- err
-	}()
+	answered := enrollAsync(context.Background(), c, "until-stopped")
 	<-svc.started
-	stopped := make(chan struct{})
-	go func() {
-		srv.Stop()
-		close(stopped)
-	}()
+	stopped := async(srv.Stop)
 	select {
 	case <-stopped:
 	case <-time.After(5 * time.Second):

@@ -3,7 +3,6 @@ package registry_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -12,12 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
-	"github.com/kmesh-go/kmesh/internal/grpcunary"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakedaemon"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
 
@@ -64,23 +59,7 @@ func TestBenchServers(t *testing.T) {
 	servers := []string{"grpcunary (the daemon's)", "grpc-go"}
 	socks := make([]string, len(servers))
 	for i, name := range servers {
-		socks[i] = fakedaemon.Socket(t)
-		l, err := net.Listen("unix", socks[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		svc := &enrollServer{}
-		if strings.HasPrefix(name, "grpcunary") {
-			g := grpcunary.NewServer()
-			podregistry.RegisterPodRegistryServer(g, svc)
-			go g.Serve(l)
-			t.Cleanup(g.Stop)
-		} else {
-			g := grpc.NewServer()
-			podregistry.RegisterPodRegistryServer(g, svc)
-			go g.Serve(l)
-			t.Cleanup(g.Stop)
-		}
+		socks[i] = serve(t, enrollServer{}, strings.Fields(name)[0])
 	}
 	took := make([][]time.Duration, len(servers))
 	for range n {

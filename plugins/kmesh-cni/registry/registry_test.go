@@ -115,24 +115,27 @@ func (s *daemonServer) ReleasePod(context.Context, *cniv1.ReleasePodRequest) (*c
 	return nil, status.Error(codes.FailedPrecondition, "détaché: 100% fini")
 }
 
-// serve serves s with grpc-go or with the daemon's own server.
-func serve(t *testing.T, s *daemonServer, server string) string {
+// serve serves impl with grpc-go ("grpc-go") or with the daemon's own
+// server.
+func serve(t testing.TB, impl podregistry.PodRegistryServer, server string) string {
 	sock := fakedaemon.Socket(t)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if server == "grpc-go" {
-		g := grpc.NewServer()
-		podregistry.RegisterPodRegistryServer(g, s)
-		go g.Serve(l)
-		t.Cleanup(g.Stop)
-	} else {
-		g := grpcunary.NewServer()
-		podregistry.RegisterPodRegistryServer(g, s)
-		go g.Serve(l)
-		t.Cleanup(g.Stop)
+	var g interface {
+		grpc.ServiceRegistrar
+		Serve(net.Listener) error
+		Stop()
 	}
+	if server == "grpc-go" {
+		g = grpc.NewServer()
+	} else {
+		g = grpcunary.NewServer()
+	}
+	podregistry.RegisterPodRegistryServer(g, impl)
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
 	return sock
 }
 
