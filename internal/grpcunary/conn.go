@@ -65,7 +65,6 @@ type stream struct {
 	body      []byte
 	recvWin   int64
 	recvDone  bool // END_STREAM read
-	answered  bool // the answer is queued
 	sendWin   int64
 	pending   []byte // answer DATA not yet sent (flow control)
 	trailers  []byte // header block sent after pending
@@ -559,10 +558,10 @@ func (c *conn) headersDone(st *stream) error {
 		return nil
 	}
 	if st.blockEnds {
+		// A stream answered early is no longer in c.streams, so this one
+		// has not been answered.
 		st.recvDone = true
-		if !st.answered {
-			c.call(st)
-		}
+		c.call(st)
 	}
 	return nil
 }
@@ -627,7 +626,6 @@ func (c *conn) call(st *stream) {
 	data := make([]byte, 5, 5+len(out))
 	binary.BigEndian.PutUint32(data[1:], uint32(len(out)))
 	data = append(data, out...)
-	st.answered = true
 	hdr := h2.AppendHeader(nil, ":status", "200")
 	hdr = h2.AppendHeader(hdr, "content-type", "application/grpc")
 	c.appendBlock(st.id, hdr, false)
@@ -655,7 +653,6 @@ func isGRPC(ctype string) bool {
 
 // answerStatus answers with only trailers: status code and message.
 func (c *conn) answerStatus(st *stream, code codes.Code, msg string, extra ...string) {
-	st.answered = true
 	b := h2.AppendHeader(nil, ":status", "200")
 	b = h2.AppendHeader(b, "content-type", "application/grpc")
 	b = h2.AppendHeader(b, "grpc-status", strconv.Itoa(int(code)))
@@ -701,7 +698,6 @@ func decodeBinHeader(v string) ([]byte, error) {
 
 // answerHTTP answers a request that is not gRPC with an HTTP status.
 func (c *conn) answerHTTP(st *stream, code string) {
-	st.answered = true
 	c.appendBlock(st.id, h2.AppendHeader(nil, ":status", code), true)
 	c.done(st)
 }

@@ -2,10 +2,11 @@
 // grpc-go's server. It is the daemon's CNI socket server: kmesh-cni makes
 // one or two calls per pod on a fresh connection, and grpc-go's server
 // hands each call across three goroutines (the connection's reader, a
-// stream worker, the writer), each a wake-up on another CPU; measured from
-// a plugin process, a call took p50 ~250 us, p90 ~400 us, against ~125 us
-// and ~200 us when the goroutine that reads the request also runs the
-// handler and writes the answer, which is what this server does.
+// stream worker, the writer), each a wake-up on another CPU. Here the
+// goroutine that reads a request also runs the handler and writes the
+// answer: from a fresh plugin process (TestBenchServers in kmesh-cni's
+// registry) a call took p50 0.17-0.22 ms, p99 0.42-0.48 ms, against
+// 0.25-0.34 ms and 0.52-0.66 ms with grpc-go's server.
 //
 // It implements grpc.ServiceRegistrar, so generated Register functions
 // work with it. Only unary methods; calls on one connection are served one
