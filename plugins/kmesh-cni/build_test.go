@@ -22,6 +22,10 @@ var referencePlugins = []string{
 	"plugins/meta/portmap",
 }
 
+// emptyPluginName is the benchmarks' control plugin (internal/emptyplugin)
+// as conflists name it.
+const emptyPluginName = "kmesh-empty"
+
 // tmpRoot holds what this test process builds; TestMain removes it.
 var tmpRoot string
 
@@ -64,9 +68,9 @@ var built struct {
 	err   error
 }
 
-// pluginPaths builds kmesh-cni and kmesh-cni-kube from this tree (once per test process) and
-// the reference plugins (once per version, cached under bin/, which git
-// ignores).
+// pluginPaths builds kmesh-cni, kmesh-cni-kube and the empty plugin from
+// this tree (once per test process) and the reference plugins (once per
+// version, cached under bin/, which git ignores).
 func pluginPaths(t testing.TB) []string {
 	t.Helper()
 	built.once.Do(func() {
@@ -97,8 +101,12 @@ func pluginPaths(t testing.TB) []string {
 			return
 		}
 		own := filepath.Join(tmpRoot, "bin")
-		for _, b := range []string{"kmesh-cni", "kmesh-cni-kube"} {
-			if err := goCmd(root, nil, "build", "-o", filepath.Join(own, b), "./plugins/"+b); err != nil {
+		for _, b := range []struct{ name, pkg string }{
+			{"kmesh-cni", "./plugins/kmesh-cni"},
+			{"kmesh-cni-kube", "./plugins/kmesh-cni-kube"},
+			{emptyPluginName, "./plugins/kmesh-cni/internal/emptyplugin"},
+		} {
+			if err := goCmd(root, nil, "build", "-o", filepath.Join(own, b.name), b.pkg); err != nil {
 				built.err = err
 				return
 			}

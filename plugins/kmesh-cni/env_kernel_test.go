@@ -110,6 +110,7 @@ type netOpts struct {
 	defaultEnroll bool
 	kubeconfig    string
 	noKmesh       bool   // the chain without kmesh-cni (benchmark baseline)
+	emptyPlugin   bool   // the benchmarks' control plugin where kmesh-cni would be
 	socket        string // default: the fake daemon's
 	logLevel      string // default: debug (benchmarks: info, as installed)
 }
@@ -132,7 +133,10 @@ func (e *env) conflist(o netOpts) *libcni.NetworkConfigList {
 		}},
 		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
 	}
-	if !o.noKmesh {
+	switch {
+	case o.emptyPlugin:
+		plugins = append(plugins, map[string]any{"type": emptyPluginName})
+	case !o.noKmesh:
 		k := map[string]any{"type": "kmesh-cni", "daemonSocket": o.socket, "bpfDir": e.pins, "stateDir": e.state,
 			"defaultEnroll": o.defaultEnroll, "logFile": filepath.Join(e.dir, "kmesh-cni.log"), "logLevel": o.logLevel}
 		if o.policy != "" {
