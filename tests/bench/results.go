@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -54,18 +55,17 @@ func (r *results) sum(path, kind string, f func(sample) float64) float64 {
 // the same run: runs next to each other share the machine's mood, so their
 // ratio is steadier than a ratio of medians on a shared machine.
 func (r *results) paired(path, kind string, f func(sample) float64) float64 {
-	return r.pairedBy(path, func(key string, run int) float64 {
-		s := r.by[key][kind]
-		if run >= len(s) {
-			return 0
-		}
-		return f(s[run])
-	})
+	return medianOf(r.ratios(path, kind, f))
 }
 
 // pairedBy is paired for a figure computed per run from several
 // measurements (e.g. the best of the saturation runs).
 func (r *results) pairedBy(path string, f func(key string, run int) float64) float64 {
+	return medianOf(r.ratiosBy(path, f))
+}
+
+// ratiosBy is each run's ratio of path's figure to direct's.
+func (r *results) ratiosBy(path string, f func(key string, run int) float64) []float64 {
 	var v []float64
 	for run := 0; ; run++ {
 		a, b := f(path, run), f("direct", run)
@@ -74,7 +74,43 @@ func (r *results) pairedBy(path string, f func(key string, run int) float64) flo
 		}
 		v = append(v, a/b)
 	}
-	return medianOf(v)
+	return v
+}
+
+// ratios is ratiosBy for one measurement's figure.
+func (r *results) ratios(path, kind string, f func(sample) float64) []float64 {
+	return r.ratiosBy(path, func(key string, run int) float64 {
+		s := r.by[key][kind]
+		if run >= len(s) {
+			return 0
+		}
+		return f(s[run])
+	})
+}
+
+// medianInterval is a distribution-free interval that holds the true
+// median of what v samples with at least 95% confidence: the k-th smallest
+// and k-th largest values, for the largest k with P(Binomial(n, 1/2) < k)
+// <= 2.5%. ok is false below 6 values, where no such k exists.
+func medianInterval(v []float64) (lo, hi float64, ok bool) {
+	n := len(v)
+	// P(X = i) for X ~ Binomial(n, 1/2), summed from i = 0 upwards.
+	p := math.Pow(0.5, float64(n))
+	cum, k := 0.0, 0
+	for i := 0; i < n; i++ {
+		cum += p
+		if cum > 0.025 {
+			break
+		}
+		k = i + 1
+		p = p * float64(n-i) / float64(i+1)
+	}
+	if k == 0 {
+		return 0, 0, false
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[k-1], s[n-k], true
 }
 
 func medianOf(v []float64) float64 {
@@ -199,13 +235,19 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 		fmt.Println("   (client CPU: the fortio client's user+system time per request; the connect hook runs in its")
 		fmt.Println("   connect() and counts there, so this is the kernel's per-connection cost on the client side)")
 		fmt.Println()
-		row("path", "requests/s", "vs direct", "p90 ms", "client CPU µs/req", "vs direct", "failed")
-		clientCPU := func(s sample) float64 {
-			if s.requests == 0 {
-				return 0
+		row("path", "requests/s", "vs direct", "p90 ms", "client CPU µs/req", "vs direct", "proxy / daemon µs/req", "failed")
+		perReq := func(f func(s sample) time.Duration) func(s sample) float64 {
+			return func(s sample) float64 {
+				if s.requests == 0 {
+					return 0
+				}
+				return float64(f(s).Nanoseconds()) / 1000 / float64(s.requests)
 			}
-			return float64(s.clientCPU.Microseconds()) / float64(s.requests)
 		}
+		clientCPU := perReq(func(s sample) time.Duration { return s.clientCPU })
+		// The daemon's share of a connection: its reader accounts the
+		// connection's records (telemetry).
+		otherCPU := perReq(func(s sample) time.Duration { return s.proxyCPU + s.meshCPU })
 		for _, p := range b.paths {
 			row(label(p),
 				fmt.Sprintf("%.0f", r.median(p.key, newConn, qps)),
@@ -213,6 +255,7 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 				fmt.Sprintf("%.3f", r.median(p.key, newConn, p90)),
 				fmt.Sprintf("%.1f", r.median(p.key, newConn, clientCPU)),
 				ratio(r.paired(p.key, newConn, clientCPU)),
+				fmt.Sprintf("%.1f", r.median(p.key, newConn, otherCPU)),
 				fmt.Sprintf("%.0f", r.sum(p.key, newConn, func(s sample) float64 { return float64(s.failed) })))
 		}
 		flush()
@@ -241,7 +284,10 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 
 	if slices.ContainsFunc(b.paths, func(p *path) bool { return p.key == "kmesh" }) && slices.ContainsFunc(b.paths, func(p *path) bool { return p.key == direct }) {
 		fmt.Println("\nTargets (kmesh vs direct):")
-		check := func(what string, v, limit float64, atMost bool) {
+		// The verdict is on the median of the runs' ratios; the interval
+		// says how far this run of the benchmark can be trusted on it.
+		check := func(what string, runs []float64, limit float64, atMost bool) {
+			v := medianOf(runs)
 			ok := v >= limit
 			cmp := ">="
 			if atMost {
@@ -251,16 +297,23 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 			if !ok {
 				verdict = "NOT met"
 			}
-			fmt.Printf("  %-44s %.3fx (target %s %.2fx): %s\n", what, v, cmp, limit, verdict)
+			spread := fmt.Sprintf("%d runs", len(runs))
+			if lo, hi, ok := medianInterval(runs); ok {
+				spread = fmt.Sprintf("95%% interval of the median %.3f-%.3f over %d runs", lo, hi, len(runs))
+				if lo < limit && limit < hi {
+					verdict += ", within the noise"
+				}
+			}
+			fmt.Printf("  %-34s %.3fx (target %s %.2fx; %s): %s\n", what, v, cmp, limit, spread, verdict)
 		}
 		if ran(fixed) {
-			check("p90 at 1000 qps", r.paired("kmesh", fixed, p90), 1.05, true)
+			check("p90 at 1000 qps", r.ratios("kmesh", fixed, p90), 1.05, true)
 		}
 		if ran("max qps c1") {
-			check("max qps (best connection count)", r.pairedBy("kmesh", runMax), 0.95, false)
+			check("max qps (best connection count)", r.ratiosBy("kmesh", runMax), 0.95, false)
 		}
 		if ran(newConn) {
-			check("new connections per second", r.paired("kmesh", newConn, qps), 0.95, false)
+			check("new connections per second", r.ratios("kmesh", newConn, qps), 0.95, false)
 		}
 	}
 	fmt.Println("\nPaths: fortio runs in the client pod; for kmesh's paths inside the cgroup the data path is attached")
