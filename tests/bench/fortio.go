@@ -82,7 +82,11 @@ func (b *bench) fortio(ctx context.Context, p *path, args ...string) (fortioResu
 	out := filepath.Join(b.box.Dir, fmt.Sprintf("fortio-%d.json", b.seq))
 	argv := append([]string{b.bins.Fortio, "load", "-quiet", "-json", out, "-p", "50,90,99"}, args...)
 	argv = append(argv, p.url)
-	proc, err := b.box.Start(nodebox.ProcSpec{Name: "fortio-client", Argv: argv, Pod: b.client, InCgroup: p.inMesh})
+	spec := nodebox.ProcSpec{Name: "fortio-client", Argv: argv, Pod: b.client, InCgroup: p.inMesh}
+	if !p.inMesh {
+		spec.Cgroup = b.outside
+	}
+	proc, err := b.box.Start(spec)
 	if err != nil {
 		return fortioResult{}, err
 	}

@@ -87,7 +87,11 @@ type bench struct {
 	runs           int
 	kinds          string
 	telemetry      bool
+	sameDepth      bool   // -same-depth
+	outside        string // the cgroup beside the mesh's, with -same-depth
 	results        *results
+	clientTCOn     bool // kmesh's tc program is on the client's veth
+	cost           *costResult
 	seq            int
 }
 
@@ -102,12 +106,17 @@ func main() {
 	only := flag.String("paths", "", "comma-separated path keys to run (default: all): direct,dnat,haproxy-tcp,haproxy-http,kmesh,kmesh-tc,direct-in-mesh")
 	which := flag.String("measure", "fixed,sat,newconn", "measurements to run: fixed, sat, newconn")
 	telemetry := flag.Bool("telemetry", true, "run kmesh-daemon with telemetry (its default); false shows what the connection records cost")
+	sameDepth := flag.Bool("same-depth", true, "run every process outside the mesh in a cgroup beside the mesh's (same depth, nothing attached), as pods on a node all sit at one depth; false leaves them where the bench runs")
+	samples := flag.String("samples", "", "also write every run's figures to this CSV file (run, position in the run's order, path, measurement, ...)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which, telemetry: *telemetry}
+	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which, telemetry: *telemetry, sameDepth: *sameDepth}
 	err := b.run(ctx, *only)
+	if err == nil && *samples != "" {
+		err = b.results.writeCSV(*samples)
+	}
 	if ctx.Err() != nil {
 		fmt.Println("\nInterrupted.")
 		err = nil
@@ -181,7 +190,7 @@ func (b *bench) run(ctx context.Context, only string) error {
 			slices.Reverse(order)
 		}
 		for _, k := range kinds {
-			for _, p := range order {
+			for pos, p := range order {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -191,7 +200,21 @@ func (b *bench) run(ctx context.Context, only string) error {
 				if err != nil {
 					return fmt.Errorf("%s on %s: %w", k.name, p.key, err)
 				}
+				s.run, s.pos = run, pos
 				b.results.add(p.key, k.name, s)
+			}
+		}
+	}
+	for _, k := range kinds {
+		if k.group != "newconn" {
+			continue
+		}
+		for _, p := range b.paths {
+			if p.key == "kmesh" {
+				fmt.Printf("\r  cost pass: %-28s %-14s                 ", k.name, p.key)
+				if b.cost, err = b.costPass(ctx, p, k); err != nil {
+					return fmt.Errorf("cost pass: %w", err)
+				}
 			}
 		}
 	}
@@ -224,12 +247,18 @@ func (b *bench) setUp(ctx context.Context) error {
 		return err
 	}
 
+	if b.sameDepth {
+		if b.outside, err = b.box.OutsideCgroup(); err != nil {
+			return err
+		}
+	}
 	// The client is enrolled; the server is not (its namespace would not
 	// be labelled): the "direct" path has no kmesh anywhere, and kmesh's
 	// server-side cost is its own row (kmesh-tc).
 	if b.client, err = b.box.AddPod(ctx, nodebox.PodSpec{Name: "client", Namespace: "bench"}); err != nil {
 		return err
 	}
+	b.clientTCOn = true // kmesh-cni enrolled it
 	if b.server, err = b.box.AddPod(ctx, nodebox.PodSpec{Name: "server", Namespace: "bench", OutOfMesh: true}); err != nil {
 		return err
 	}
@@ -237,7 +266,7 @@ func (b *bench) setUp(ctx context.Context) error {
 		return fmt.Errorf("host-local gave client %s and server %s, want %s and %s", b.client.IP, b.server.IP, clientIP, serverIP)
 	}
 
-	b.fortioServer, err = b.box.Start(nodebox.ProcSpec{Name: "fortio-server", Pod: b.server, Argv: []string{
+	b.fortioServer, err = b.box.Start(nodebox.ProcSpec{Name: "fortio-server", Cgroup: b.outside, Pod: b.server, Argv: []string{
 		b.bins.Fortio, "server", "-http-port", "8080", "-grpc-port", "disabled", "-redirect-port", "disabled",
 		"-tcp-port", "disabled", "-udp-port", "disabled", "-ui-path", "", "-quiet",
 	}})
@@ -255,7 +284,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	// dropped and retried a second later. That collapsed the other paths'
 	// new-connection rate in the same run (direct fell from ~9800/s to
 	// ~1400/s in one) and made the rows measure each other.
-	b.dnatServer, err = b.box.Start(nodebox.ProcSpec{Name: "fortio-server-dnat", Pod: b.server, Argv: []string{
+	b.dnatServer, err = b.box.Start(nodebox.ProcSpec{Name: "fortio-server-dnat", Cgroup: b.outside, Pod: b.server, Argv: []string{
 		b.bins.Fortio, "server", "-http-port", strconv.Itoa(dnatPort), "-grpc-port", "disabled", "-redirect-port", "disabled",
 		"-tcp-port", "disabled", "-udp-port", "disabled", "-ui-path", "", "-quiet",
 	}})
@@ -284,7 +313,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err := os.WriteFile(hcfg, []byte(haproxyConfig()), 0o644); err != nil {
 		return err
 	}
-	b.haproxy, err = b.box.Start(nodebox.ProcSpec{Name: "haproxy", Pod: b.client, Argv: []string{"/usr/sbin/haproxy", "-db", "-f", hcfg}})
+	b.haproxy, err = b.box.Start(nodebox.ProcSpec{Name: "haproxy", Cgroup: b.outside, Pod: b.client, Argv: []string{"/usr/sbin/haproxy", "-db", "-f", hcfg}})
 	if err != nil {
 		return err
 	}
@@ -383,11 +412,14 @@ func (b *bench) check(ctx context.Context, p *path) error {
 
 // measure runs one measurement on one path and collects CPU use.
 func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
+	if err := b.clientTC(p.inMesh); err != nil {
+		return sample{}, err
+	}
 	if p.serverTC {
-		if err := b.serverTC(true); err != nil {
+		if err := b.podTC(b.server, true); err != nil {
 			return sample{}, err
 		}
-		defer b.serverTC(false)
+		defer b.podTC(b.server, false)
 	}
 	server := b.fortioServer
 	if p.server != nil {
@@ -434,10 +466,10 @@ func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
 	return s, nil
 }
 
-// serverTC attaches or detaches kmesh's tc program on the server pod's
-// host-side veth, as kmesh-cni does for an enrolled pod.
-func (b *bench) serverTC(on bool) error {
-	key := loader.PodTCKey(b.server.ContainerID, b.server.HostVeth)
+// podTC attaches or detaches kmesh's tc program on a pod's host-side
+// veth, as kmesh-cni does for an enrolled pod.
+func (b *bench) podTC(pod *nodebox.Pod, on bool) error {
+	key := loader.PodTCKey(pod.ContainerID, pod.HostVeth)
 	if !on {
 		return loader.DetachPodTC(b.box.PinDir, key)
 	}
@@ -447,7 +479,7 @@ func (b *bench) serverTC(on bool) error {
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		err := b.box.InNode(func() error {
-			ifc, err := net.InterfaceByName(b.server.HostVeth)
+			ifc, err := net.InterfaceByName(pod.HostVeth)
 			if err != nil {
 				return err
 			}
@@ -458,4 +490,19 @@ func (b *bench) serverTC(on bool) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// clientTC puts kmesh's tc program on the client pod's veth for the mesh
+// paths and takes it off for the others: the client pod is enrolled (so
+// kmesh-cni attached it), but a path without the mesh must meet no kmesh
+// program, not even on the packets coming back into the client.
+func (b *bench) clientTC(on bool) error {
+	if b.clientTCOn == on {
+		return nil
+	}
+	if err := b.podTC(b.client, on); err != nil {
+		return err
+	}
+	b.clientTCOn = on
+	return nil
 }

@@ -17,11 +17,13 @@ type sample struct {
 	p50, p90, p99                           time.Duration
 	requests, failed                        int64
 	clientCPU, serverCPU, proxyCPU, meshCPU time.Duration
+	run, pos                                int // which run, and where in that run's order of paths
 }
 
 // results holds every sample by path and measurement.
 type results struct {
-	by map[string]map[string][]sample
+	by   map[string]map[string][]sample
+	keys [][2]string // path and measurement, in the order first added
 }
 
 func newResults() *results { return &results{by: map[string]map[string][]sample{}} }
@@ -29,6 +31,9 @@ func newResults() *results { return &results{by: map[string]map[string][]sample{
 func (r *results) add(path, kind string, s sample) {
 	if r.by[path] == nil {
 		r.by[path] = map[string][]sample{}
+	}
+	if r.by[path][kind] == nil {
+		r.keys = append(r.keys, [2]string{path, kind})
 	}
 	r.by[path][kind] = append(r.by[path][kind], s)
 }
@@ -282,6 +287,10 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 		flush()
 	}
 
+	if b.cost != nil {
+		b.cost.print()
+	}
+
 	if slices.ContainsFunc(b.paths, func(p *path) bool { return p.key == "kmesh" }) && slices.ContainsFunc(b.paths, func(p *path) bool { return p.key == direct }) {
 		fmt.Println("\nTargets (kmesh vs direct):")
 		// The verdict is on the median of the runs' ratios; the interval
@@ -317,8 +326,9 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 		}
 	}
 	fmt.Println("\nPaths: fortio runs in the client pod; for kmesh's paths inside the cgroup the data path is attached")
-	fmt.Println("to (the client pod is enrolled), for the others outside it, so they meet no kmesh program. The server")
-	fmt.Println("pod is not enrolled; kmesh-tc adds kmesh's tc program on its veth, as for an enrolled server.")
+	fmt.Println("to (the client pod is enrolled), for the others in a cgroup beside it at the same depth, with kmesh's")
+	fmt.Println("tc program taken off the client's veth, so they meet no kmesh program. The server pod is not enrolled;")
+	fmt.Println("kmesh-tc adds kmesh's tc program on its veth, as for an enrolled server.")
 	fmt.Println("iptables DNAT runs in the client pod's netfilter (kube-proxy's rules, per pod) to a second fortio")
 	fmt.Println("server in the server pod (port 8081), so its conntrack entries never meet the other paths' connections")
 	fmt.Println("to port 8080 (they did, and dropped their SYNs: every row's new-connection rate fell); HAProxy listens on")
@@ -371,4 +381,19 @@ func (t *table) print() {
 	for _, r := range t.rows {
 		line(r)
 	}
+}
+
+// writeCSV writes every sample, one line per fortio run, for analyses the
+// tables do not make (order effects, drift over a run, distributions).
+func (r *results) writeCSV(name string) error {
+	var b strings.Builder
+	b.WriteString("run,pos,path,measurement,qps,requests,failed,p50_ms,p90_ms,p99_ms,client_cpu_ms,server_cpu_ms,proxy_cpu_ms,mesh_cpu_ms\n")
+	for _, k := range r.keys {
+		for _, s := range r.by[k[0]][k[1]] {
+			fmt.Fprintf(&b, "%d,%d,%s,%s,%.1f,%d,%d,%.4f,%.4f,%.4f,%.1f,%.1f,%.1f,%.1f\n",
+				s.run, s.pos, k[0], k[1], s.qps, s.requests, s.failed, ms(s.p50), ms(s.p90), ms(s.p99),
+				ms(s.clientCPU), ms(s.serverCPU), ms(s.proxyCPU), ms(s.meshCPU))
+		}
+	}
+	return os.WriteFile(name, []byte(b.String()), 0o644)
 }

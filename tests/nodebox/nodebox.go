@@ -97,6 +97,7 @@ type Box struct {
 	pods     []*Pod
 	undo     []func() error // in the order things were made
 	joined   string         // our own cgroup before JoinCgroup, or ""
+	outside  string         // OutsideCgroup, once made
 	closed   bool
 	closeErr error
 }
@@ -253,11 +254,35 @@ func (b *Box) Close() error {
 	return b.closeErr
 }
 
-func (b *Box) removeCgroup() error {
-	if pids, _ := cgroupv2.Procs(b.Cgroup); len(pids) > 0 {
-		return fmt.Errorf("cgroup %s still holds processes %v; leaving it", b.Cgroup, pids)
+// OutsideCgroup is a cgroup beside the box's, at the same depth, with
+// nothing attached: a process there is outside the mesh but otherwise
+// placed like one inside it. Benchmarks run their no-mesh paths there so
+// both sides pay the same cgroup bookkeeping (pressure and CPU accounting
+// are kept per level of the hierarchy on every context switch), as pods on
+// a real node do, all of them in cgroups of the same depth. Made on first
+// use; Close removes it.
+func (b *Box) OutsideCgroup() (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.outside != "" {
+		return b.outside, nil
 	}
-	if err := os.Remove(b.Cgroup); err != nil && !os.IsNotExist(err) {
+	dir := b.Cgroup + "-out"
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create cgroup: %w", err)
+	}
+	b.outside = dir
+	b.undo = append(b.undo, func() error { return removeCgroupDir(dir) })
+	return dir, nil
+}
+
+func (b *Box) removeCgroup() error { return removeCgroupDir(b.Cgroup) }
+
+func removeCgroupDir(dir string) error {
+	if pids, _ := cgroupv2.Procs(dir); len(pids) > 0 {
+		return fmt.Errorf("cgroup %s still holds processes %v; leaving it", dir, pids)
+	}
+	if err := os.Remove(dir); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("remove cgroup: %w", err)
 	}
 	return nil

@@ -29,6 +29,9 @@ type ProcSpec struct {
 	// path's programs are attached: its sockets in an enrolled pod go
 	// through the mesh. Outside it, the same pod's sockets do not.
 	InCgroup bool
+	// Cgroup, when set, is the cgroup directory to start in instead (see
+	// Box.OutsideCgroup); it overrides InCgroup.
+	Cgroup string
 	// Env is the whole environment; nil inherits this process's.
 	Env []string
 	// Output receives stdout and stderr; nil appends them to a log file
@@ -81,6 +84,9 @@ func (b *Box) Start(spec ProcSpec) (*Proc, error) {
 	cg := b.joined
 	if spec.InCgroup {
 		cg = b.Cgroup
+	}
+	if spec.Cgroup != "" {
+		cg = spec.Cgroup
 	}
 	if cg != "" {
 		fd, err := unix.Open(cg, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
