@@ -263,6 +263,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 				}
 				return st["events_lost"]
 			},
+			KernelOpen: func() uint64 {
+				st, err := dp.Maps().Stats()
+				if err != nil || st["conn_close"] > st["conn_open"] {
+					return 0
+				}
+				return st["conn_open"] - st["conn_close"]
+			},
 		})
 		if err := tel.Register(metrics); err != nil {
 			return err

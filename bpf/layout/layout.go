@@ -260,7 +260,7 @@ type ConnValue struct {
 
 // Event types.
 const (
-	EventOpen     uint8 = 1
+	EventOpen     uint8 = 1 // not sent by this kernel side any more; still read
 	EventClose    uint8 = 2
 	EventSnapshot uint8 = 3
 )

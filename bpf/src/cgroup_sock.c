@@ -82,21 +82,28 @@ static __always_inline int km_refuse(void)
  * With the client's workload not known yet, the destination's tc program
  * decides instead.
  */
-static __always_inline int km_connect_denied(const struct km_client *c, __u32 dst_wid,
+static __always_inline int km_connect_denied(const struct km_client *c, const struct km_pick *pick,
 					     const struct km_addr *dst, __u16 port, int v4)
 {
 	struct km_backend_value *to, *self;
 	struct km_addr src;
+	__u32 ps;
 
-	if (!dst_wid || !c->workload_id)
+	if (!pick->workload_id || !c->workload_id)
 		return 0;
-	to = bpf_map_lookup_elem(&km_backend, &dst_wid);
-	if (!to || !to->authz_ps)
+	/* The load balancer has usually looked the workload up already. */
+	if (pick->be_known) {
+		ps = pick->authz_ps;
+	} else {
+		to = bpf_map_lookup_elem(&km_backend, &pick->workload_id);
+		ps = to ? to->authz_ps : 0;
+	}
+	if (!ps)
 		return 0;
 	self = bpf_map_lookup_elem(&km_backend, &c->workload_id);
 	if (!self || !km_backend_addr(self, v4, &src))
 		return 0;
-	return km_authz_decide(to->authz_ps, self->identity_id, &src, dst, port);
+	return km_authz_decide(ps, self->identity_id, &src, dst, port);
 }
 
 static __always_inline int km_deny(void)
@@ -120,7 +127,7 @@ static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr 
 
 	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, &pick)) {
 	case KM_PASS:
-		if (tcp && km_connect_denied(&c, pick.workload_id, dst, km_ctx_port(ctx), v4))
+		if (tcp && km_connect_denied(&c, &pick, dst, km_ctx_port(ctx), v4))
 			return km_deny();
 		return 1;
 	case KM_REFUSE:
@@ -131,7 +138,7 @@ static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr 
 	/* Service traffic to a backend: its policies apply. (A waypoint
 	 * enforces its own.) */
 	if (tcp && !(pick.flags & KM_SOCK_WAYPOINT) &&
-	    km_connect_denied(&c, pick.workload_id, &pick.addr, pick.port, v4))
+	    km_connect_denied(&c, &pick, &pick.addr, pick.port, v4))
 		return km_deny();
 	if (ctx_is_v4)
 		km_ctx_set4(ctx, &pick.addr, bpf_htons(pick.port));

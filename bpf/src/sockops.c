@@ -4,11 +4,14 @@
  * socket-address hooks and gated the same way, by the netns cookie).
  *
  * At established, each end gets a connection record in its km_sock storage
- * (who, what it dialled, when) and an open event; at the transition to
- * CLOSE, a close event with TCP's own byte counters, RTT and retransmits and
- * how it ended. Long-lived connections are reported by the daemon's sweep
- * over km_sock (conn_iter.c), which needs no callback per packet and sees
- * idle and accelerated connections as well as busy ones.
+ * (who, what it dialled, when); at the transition to CLOSE, one event with
+ * the record, TCP's own byte counters, RTT and retransmits and how it
+ * ended. Long-lived connections are reported by the daemon's sweep over
+ * km_sock (conn_iter.c), which needs no callback per packet and sees idle
+ * and accelerated connections as well as busy ones. There is no event at
+ * open: it cost ~0.3 us in the softirq that establishes the connection,
+ * and what the daemon needs from it (the client's dialled service for a
+ * server end on this node) it gets from the client's close or a sweep.
  *
  * With acceleration on, each end also goes into km_sockhash under its own
  * tuple, and sk_msg.c sends its data straight to the peer when the peer is
@@ -40,11 +43,9 @@ static __always_inline int km_enrolled(struct bpf_sock_ops *ops)
 
 /* The client end: what its connect() asked for, from the connect hook's
  * half of the same storage. A server end on this node learns it in the
- * daemon, which pairs the two ends' records by tuple (the client's open
- * event is always in the ring before the server's: the client is
- * established before it sends the ACK that establishes the server).
- * Pairing in the kernel took an LRU map write per connection and a delete
- * at each end, ~0.8 us. */
+ * daemon, which pairs the two ends' records by tuple. Pairing in the
+ * kernel took an LRU map write per connection and a delete at each end,
+ * ~0.8 us. */
 static __always_inline void km_client_origin(const struct km_sock_value *s, struct km_conn_value *c)
 {
 	if (!(s->flags & KM_SOCK_REWRITTEN))
@@ -89,20 +90,10 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	c->acked_base = ops->bytes_acked;
 
 	if (feat & KM_FEAT_TELEMETRY) {
-		struct km_conn_event *e;
-
 		c->flags |= KM_CONN_TELEMETRY;
 		if (role == KM_ROLE_CLIENT)
 			km_client_origin(s, c);
 		km_count(KM_STAT_CONN_OPEN);
-		e = km_reserve();
-		if (e) {
-			e->conn = *c;
-			e->now_ns = c->start_ns;
-			e->srtt_us = ops->srtt_us >> 3;
-			e->type = KM_EV_OPEN;
-			km_submit(e);
-		}
 	}
 	if (feat & KM_FEAT_SOCKMAP) {
 		if (c->flags & KM_CONN_TELEMETRY) {

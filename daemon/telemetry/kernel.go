@@ -48,6 +48,7 @@ func (t *Telemetry) Run(ctx context.Context, dp *loader.Datapath) error {
 			<-done
 			t.mu.Lock()
 			t.iter = nil
+			t.expirePairs(^uint64(0))
 			t.flush()
 			t.mu.Unlock()
 			return nil
@@ -99,6 +100,7 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 				unlock()
 			}
 			if rec.Remaining == 0 {
+				t.expireDue()
 				unlock()
 				rd.SetDeadline(time.Now().Add(drainTick))
 			}
@@ -107,6 +109,7 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 				t.mu.Lock()
 				locked = true
 			}
+			t.expireDue()
 			t.flush()
 			unlock()
 			batch = 0
@@ -118,6 +121,24 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 		}
 	}
 }
+
+// expireDue runs expirePairs when there is something to expire and the
+// last run is a while ago: a reader that keeps up drains the ring after
+// every few records. Caller holds t.mu.
+func (t *Telemetry) expireDue() {
+	if t.waitQ.len() == 0 && t.closedQ.len() == 0 {
+		return
+	}
+	now := monotonicNs()
+	if now-t.lastExpire < uint64(expireEvery) {
+		return
+	}
+	t.lastExpire = now
+	t.expirePairs(now)
+}
+
+// expireEvery spaces the reader's expirePairs runs.
+const expireEvery = 50 * time.Millisecond
 
 // Fresh sweeps unless the last sweep is at most maxAge old.
 func (t *Telemetry) Fresh(maxAge time.Duration) error {

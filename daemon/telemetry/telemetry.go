@@ -2,12 +2,15 @@
 // standard TCP metrics, our own connection histograms, access logs and a
 // live view of open connections.
 //
-// The kernel (bpf/src/sockops.c) sends an event when an enrolled TCP end
-// opens and when it closes; the daemon sweeps the records of open
-// connections every interval (bpf/src/conn_iter.c) so long-lived ones are
-// reported before they close. Every record carries byte totals, not
-// increments, so a lost event costs no bytes: the next record of the
-// connection carries them.
+// The kernel (bpf/src/sockops.c) sends one event when an enrolled TCP end
+// closes; the daemon sweeps the records of open connections every interval
+// (bpf/src/conn_iter.c) so long-lived ones are reported before they close.
+// A connection end is counted opened when the daemon first sees it: at its
+// close, or at the first sweep that finds it open. (An event at open as
+// well cost the kernel ~0.3 us and the daemon ~0.4 us per connection end,
+// on the path a new connection waits for.) Every record carries byte
+// totals, not increments, so a lost event costs no bytes: the next record
+// of the connection carries them.
 package telemetry
 
 import (
@@ -37,6 +40,10 @@ type Config struct {
 	// KernelLost reads the kernel's count of events the ring buffer had no
 	// room for.
 	KernelLost func() uint64
+	// KernelOpen reads how many enrolled TCP ends the kernel has recorded
+	// open and not yet closed; without it the gauge of open connections
+	// counts the ends the daemon has seen (sweeps find new ones late).
+	KernelOpen func() uint64
 	Logger     *slog.Logger
 }
 
@@ -73,9 +80,20 @@ type Telemetry struct {
 	finalized map[uint64]uint64
 	// dialled holds what client ends on this node dialled, under the
 	// client's tuple, until the server end (if it is enrolled here) takes
-	// it or the client closes: the kernel records the service only at the
-	// client, which is the end that knows it.
+	// it or pairWait after the client closed: the kernel records the
+	// service only at the client, which is the end that knows it.
 	dialled map[layout.Tuple]dialled
+	// waiting holds close events of server ends seen for the first time
+	// with no dialled entry, under their client's tuple, for up to
+	// pairWait: the client's record, if the client is on this node, comes
+	// right behind (a server that closes first is done before its client).
+	waiting       map[layout.Tuple]layout.ConnEvent
+	waitingCookie map[uint64]bool
+	// waitQ and closedQ hold the waiting server ends and the dialled
+	// entries of closed clients in the order they began to wait, so
+	// expiring them looks at the due ones only.
+	waitQ, closedQ fifo
+	lastExpire     uint64 // kernel clock of the last expirePairs by the reader
 	// spare holds conn records of closed ends for reuse: one per new
 	// connection end otherwise, which keeps the collector busy.
 	spare  []*conn
@@ -121,7 +139,17 @@ type dialled struct {
 	orig      layout.Addr
 	origPort  uint16
 	serviceID uint32
+	closedNs  uint64 // when the client end closed; 0 while it is open
 }
+
+// pairWait is how long one end of a connection on this node waits for the
+// other's record (kernel clock): the two ends close within a round trip
+// and the ring keeps their order, so this only has to cover a reader that
+// is behind.
+const pairWait = uint64(500 * time.Millisecond)
+
+// maxWaiting bounds the server ends held for their client's record.
+const maxWaiting = 65536
 
 func tupleOf(c *layout.ConnValue) layout.Tuple {
 	return layout.Tuple{Local: c.Local, Remote: c.Remote, LocalPort: c.LocalPort, RemotePort: c.RemotePort}
@@ -163,6 +191,8 @@ func New(cfg Config) *Telemetry {
 		closedInSweep: map[uint64]bool{},
 		finalized:     map[uint64]uint64{},
 		dialled:       map[layout.Tuple]dialled{},
+		waiting:       map[layout.Tuple]layout.ConnEvent{},
+		waitingCookie: map[uint64]bool{},
 		cache:         map[resolveKey]*resolved{},
 		istio:         newIstioMetrics(),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -224,6 +254,9 @@ func (t *Telemetry) Register(reg prometheus.Registerer) error {
 			Name: "kmesh_tcp_connections_open",
 			Help: "Enrolled TCP connection ends open on this node.",
 		}, func() float64 {
+			if t.cfg.KernelOpen != nil {
+				return float64(t.cfg.KernelOpen())
+			}
 			t.mu.Lock()
 			defer t.mu.Unlock()
 			return float64(len(t.conns))
@@ -250,7 +283,11 @@ func (t *Telemetry) Register(reg prometheus.Registerer) error {
 var kindNames = map[uint8]string{layout.EventOpen: "open", layout.EventClose: "close", layout.EventSnapshot: "snapshot"}
 
 // handle accounts one record. Caller holds t.mu.
-func (t *Telemetry) handle(e *layout.ConnEvent) {
+func (t *Telemetry) handle(e *layout.ConnEvent) { t.handleEvent(e, true) }
+
+// handleEvent accounts one record; mayWait lets a server end's close wait
+// for its client's record (see wait). Caller holds t.mu.
+func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 	if e.Type == 0 || int(e.Type) >= len(t.byKind) {
 		return
 	}
@@ -263,10 +300,23 @@ func (t *Telemetry) handle(e *layout.ConnEvent) {
 	if _, gone := t.finalized[cookie]; gone {
 		return
 	}
+	if t.waitingCookie[cookie] {
+		// A snapshot taken before the close that is waiting: the close
+		// carries everything.
+		return
+	}
 	x := t.conns[cookie]
 	if x == nil {
+		if mayWait && t.wait(e) {
+			return
+		}
 		x = t.track(e)
 		t.conns[cookie] = x
+		if x.reporter == ReporterSource {
+			// Its server end may be waiting; once this record is
+			// accounted (a close leaves the dialled entry behind).
+			defer t.release(tupleOf(&x.rec))
+		}
 	}
 	x.lastNs = max(x.lastNs, e.NowNs)
 	x.missed = 0
@@ -299,11 +349,110 @@ func (t *Telemetry) handle(e *layout.ConnEvent) {
 	t.forget(cookie, x)
 }
 
+// wait holds the close event of a server end seen for the first time
+// when no client record has told what the client dialled: the client's
+// close, if the client is on this node, comes within a round trip. It
+// reports whether it kept the event.
+func (t *Telemetry) wait(e *layout.ConnEvent) bool {
+	c := &e.Conn
+	if e.Type != layout.EventClose || c.Role != layout.RoleServer || c.Flags&layout.ConnRewritten != 0 {
+		return false
+	}
+	k := tupleOf(c).Reverse()
+	if _, ok := t.dialled[k]; ok {
+		return false
+	}
+	if len(t.waiting) >= maxWaiting {
+		return false
+	}
+	if old, ok := t.waiting[k]; ok {
+		// The same tuple again before the first one's client showed up:
+		// the older end goes unpaired.
+		delete(t.waiting, k)
+		delete(t.waitingCookie, old.Conn.Cookie)
+		t.handleEvent(&old, false)
+	}
+	t.waiting[k] = *e
+	t.waitingCookie[c.Cookie] = true
+	t.waitQ.push(due{k: k, cookie: c.Cookie, ns: e.NowNs})
+	return true
+}
+
+// release accounts the server end waiting for the client end filed under
+// tuple k, now that the client's record is in.
+func (t *Telemetry) release(k layout.Tuple) {
+	e, ok := t.waiting[k]
+	if !ok {
+		return
+	}
+	delete(t.waiting, k)
+	delete(t.waitingCookie, e.Conn.Cookie)
+	t.handleEvent(&e, false)
+}
+
+// expirePairs gives up waiting at nowNs (kernel clock): server ends whose
+// client never reported are accounted without what it dialled, and what
+// closed clients dialled is dropped. Caller holds t.mu.
+func (t *Telemetry) expirePairs(nowNs uint64) {
+	expired := func(ns uint64) bool { return ns > nowNs || nowNs-ns >= pairWait }
+	for d, ok := t.waitQ.front(); ok && expired(d.ns); d, ok = t.waitQ.front() {
+		t.waitQ.pop()
+		e, ok := t.waiting[d.k]
+		if !ok || e.Conn.Cookie != d.cookie {
+			continue // released already
+		}
+		delete(t.waiting, d.k)
+		delete(t.waitingCookie, d.cookie)
+		t.handleEvent(&e, false)
+	}
+	for d, ok := t.closedQ.front(); ok && expired(d.ns); d, ok = t.closedQ.front() {
+		t.closedQ.pop()
+		if x, ok := t.dialled[d.k]; ok && x.cookie == d.cookie {
+			delete(t.dialled, d.k)
+		}
+	}
+}
+
+// due is something that waits, from when.
+type due struct {
+	k      layout.Tuple
+	cookie uint64
+	ns     uint64
+}
+
+// fifo is a queue of dues.
+type fifo struct {
+	q    []due
+	head int
+}
+
+func (f *fifo) push(d due) { f.q = append(f.q, d) }
+
+func (f *fifo) front() (due, bool) {
+	if f.head == len(f.q) {
+		return due{}, false
+	}
+	return f.q[f.head], true
+}
+
+func (f *fifo) pop() {
+	f.head++
+	if f.head == len(f.q) {
+		f.q, f.head = f.q[:0], 0
+	} else if f.head >= 1024 && f.head*2 >= len(f.q) {
+		f.q = f.q[:copy(f.q, f.q[f.head:])]
+		f.head = 0
+	}
+}
+
+func (f *fifo) len() int { return len(f.q) - f.head }
+
 // pairOrigin files what a client end dialled for its server end, or gives
-// a server end what its client dialled. The client's record comes first:
-// the kernel records the client at established, before the client's ACK
-// establishes the server, and the ring keeps that order. (A sweep reads
-// client records before server records for the same reason.)
+// a server end what its client dialled. Sweeps read client records before
+// server records, so a server end first seen open pairs there; a server
+// end first seen at its close waits for its client's record (see wait),
+// and a client's entry outlives its close by pairWait for a server end
+// that closes after it.
 func (t *Telemetry) pairOrigin(x *conn) {
 	c := &x.rec
 	if x.reporter == ReporterSource {
@@ -329,10 +478,13 @@ func (t *Telemetry) pairOrigin(x *conn) {
 func (t *Telemetry) forget(cookie uint64, x *conn) {
 	delete(t.conns, cookie)
 	if x.reporter == ReporterSource && x.rec.Flags&layout.ConnRewritten != 0 {
-		// Its server end was not enrolled here (or is gone already).
+		// Its server end, if it is enrolled here and not done yet, has
+		// pairWait to show up.
 		k := tupleOf(&x.rec)
 		if d, ok := t.dialled[k]; ok && d.cookie == cookie {
-			delete(t.dialled, k)
+			d.closedNs = max(x.lastNs, 1)
+			t.dialled[k] = d
+			t.closedQ.push(due{k: k, cookie: cookie, ns: d.closedNs})
 		}
 	}
 	if t.sweeping {
@@ -348,7 +500,7 @@ func (t *Telemetry) forget(cookie uint64, x *conn) {
 const maxSpare = 4096
 
 // track starts accounting a connection end seen for the first time (by its
-// open event, or by a later record if the open event was lost).
+// close event, or by a sweep while it is open).
 func (t *Telemetry) track(e *layout.ConnEvent) *conn {
 	var x *conn
 	if n := len(t.spare); n > 0 {

@@ -395,44 +395,97 @@ func BenchmarkHandleConnection(b *testing.B) {
 func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 	tel, _ := newTestTelemetry(t, 100, nil)
 	m := tel.istio
-	tel.handle(ev(1, layout.EventOpen, false, 0, 0, 1_000_000_000))
-	tel.handle(ev(2, layout.EventOpen, true, 0, 0, 1_000_000_000))
+	withService := func() float64 { return value(m.closed, ReporterDestination, noFlags) }
+	without := func() float64 {
+		return testutil.ToFloat64(m.closed.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...))
+	}
+	left := func(when string) {
+		t.Helper()
+		if len(tel.dialled) != 0 || len(tel.waiting) != 0 || len(tel.waitingCookie) != 0 {
+			t.Errorf("%s: %d dialled, %d waiting (%d cookies) left", when, len(tel.dialled), len(tel.waiting), len(tel.waitingCookie))
+		}
+	}
+
+	// Both ends seen open (a sweep reads clients first).
+	tel.handle(ev(1, layout.EventSnapshot, false, 0, 0, 1_000_000_000))
+	tel.handle(ev(2, layout.EventSnapshot, true, 0, 0, 1_000_000_000))
 	if n := len(tel.dialled); n != 0 {
 		t.Errorf("%d dialled services waiting after the server end took its own", n)
 	}
 	tel.handle(ev(2, layout.EventClose, true, 10, 20, 2_000_000_000))
 	tel.handle(ev(1, layout.EventClose, false, 20, 10, 2_000_000_000))
-	if v := value(m.closed, ReporterDestination, noFlags); v != 1 {
+	if v := withService(); v != 1 {
 		t.Errorf("destination reports with the service: %v, want 1", v)
 	}
+	left("both seen open")
 
-	// No server end: the entry goes with the client.
-	tel.handle(ev(3, layout.EventOpen, false, 0, 0, 3_000_000_000))
-	if n := len(tel.dialled); n != 1 {
-		t.Fatalf("%d dialled services waiting, want 1", n)
+	// Only closes, the server's first (it closed first): it waits for
+	// the client's record, which comes right behind.
+	tel.handle(ev(3, layout.EventClose, true, 10, 20, 3_000_000_000))
+	if len(tel.waiting) != 1 || withService() != 1 {
+		t.Fatalf("server end not held: %d waiting", len(tel.waiting))
 	}
-	tel.handle(ev(3, layout.EventClose, false, 0, 0, 4_000_000_000))
-	if n := len(tel.dialled); n != 0 {
-		t.Errorf("%d dialled services left after the client closed", n)
-	}
-
-	// The same tuple again: the newer client's entry survives the older
-	// one's late close, and its server end still gets it.
-	tel.handle(ev(4, layout.EventOpen, false, 0, 0, 5_000_000_000))
-	tel.handle(ev(5, layout.EventOpen, false, 0, 0, 5_100_000_000))
-	tel.handle(ev(4, layout.EventClose, false, 0, 0, 5_200_000_000))
-	tel.handle(ev(6, layout.EventClose, true, 0, 0, 6_000_000_000))
-	if v := value(m.closed, ReporterDestination, noFlags); v != 2 {
+	tel.handle(ev(4, layout.EventClose, false, 20, 10, 3_000_100_000))
+	if v := withService(); v != 2 {
 		t.Errorf("destination reports with the service: %v, want 2", v)
 	}
-	if n := len(tel.dialled); n != 0 {
-		t.Errorf("%d dialled services left", n)
-	}
+	tel.expirePairs(3_000_200_000)
+	left("server closed first")
 
-	// A server end whose client dialled the pod itself has no service.
-	e := ev(7, layout.EventClose, true, 0, 0, 7_000_000_000)
-	tel.handle(e)
-	if v := testutil.ToFloat64(m.closed.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...)); v != 1 {
+	// The client's close first: its entry outlives it for the server end.
+	tel.handle(ev(5, layout.EventClose, false, 20, 10, 4_000_000_000))
+	tel.expirePairs(4_000_000_000 + pairWait/2)
+	tel.handle(ev(6, layout.EventClose, true, 10, 20, 4_000_100_000))
+	if v := withService(); v != 3 {
+		t.Errorf("destination reports with the service: %v, want 3", v)
+	}
+	left("client closed first")
+
+	// No server end here: the client's entry goes pairWait after its close.
+	tel.handle(ev(7, layout.EventClose, false, 0, 0, 5_000_000_000))
+	if n := len(tel.dialled); n != 1 {
+		t.Fatalf("%d dialled services kept after the client closed, want 1", n)
+	}
+	tel.expirePairs(5_000_000_000 + pairWait - 1)
+	if n := len(tel.dialled); n != 1 {
+		t.Fatalf("%d dialled services before pairWait, want 1", n)
+	}
+	tel.expirePairs(5_000_000_000 + pairWait)
+	left("no server end")
+
+	// The same tuple again: the newer client's entry survives the older
+	// one's close, and its server end still gets it.
+	tel.handle(ev(8, layout.EventSnapshot, false, 0, 0, 6_000_000_000))
+	tel.handle(ev(9, layout.EventSnapshot, false, 0, 0, 6_100_000_000))
+	tel.handle(ev(8, layout.EventClose, false, 0, 0, 6_200_000_000))
+	tel.expirePairs(6_200_000_000 + pairWait)
+	tel.handle(ev(10, layout.EventClose, true, 0, 0, 7_000_000_000))
+	if v := withService(); v != 4 {
+		t.Errorf("destination reports with the service: %v, want 4", v)
+	}
+	tel.handle(ev(9, layout.EventClose, false, 0, 0, 7_000_000_000))
+	tel.expirePairs(8_000_000_000)
+	left("tuple reused")
+
+	// A server end whose client is not on this node (or dialled the pod
+	// itself) has no service: it is accounted once the wait is over, and
+	// not before.
+	tel.handle(ev(11, layout.EventClose, true, 0, 0, 9_000_000_000))
+	tel.expirePairs(9_000_000_000 + pairWait - 1)
+	if v := without(); v != 0 {
+		t.Errorf("accounted before the wait was over")
+	}
+	// A snapshot taken before that close, read now, changes nothing.
+	tel.handle(ev(11, layout.EventSnapshot, true, 0, 0, 8_900_000_000))
+	tel.expirePairs(9_000_000_000 + pairWait)
+	if v := without(); v != 1 {
 		t.Errorf("destination reports without a service: %v, want 1", v)
+	}
+	if v := testutil.ToFloat64(m.opened.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...)); v != 1 {
+		t.Errorf("destination opened without a service: %v, want 1", v)
+	}
+	left("no client here")
+	if len(tel.conns) != 0 {
+		t.Errorf("%d connections still tracked", len(tel.conns))
 	}
 }

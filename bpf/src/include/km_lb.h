@@ -27,12 +27,13 @@ enum km_verdict {
 struct km_pick {
 	struct km_addr addr;
 	__u16 port; /* host order */
-	__u16 pad;
+	__u16 be_known; /* authz_ps is the workload's (its backend was looked up) */
 	__u32 service_id;
 	__u32 workload_id;
 	__u32 prio;
 	__u32 index;
 	__u32 flags; /* enum km_sock_flags */
+	__u32 authz_ps; /* the workload's policy set, when be_known */
 };
 
 /* The client as the load balancer sees it. */
@@ -309,6 +310,8 @@ static __always_inline enum km_verdict km_translate_service(const struct km_clie
 		km_count(KM_STAT_FAMILY_MISMATCH);
 		return KM_REFUSE;
 	}
+	pick->authz_ps = be->authz_ps;
+	pick->be_known = 1;
 	pick->port = km_target_port(svc_id, pick->workload_id, port, pv);
 	pick->flags = KM_SOCK_REWRITTEN;
 	km_count(KM_STAT_SVC_REWRITE);
@@ -327,6 +330,8 @@ static __always_inline enum km_verdict km_translate_workload(const struct km_cli
 	if (c->flags & KM_MANAGE_WAYPOINT)
 		return KM_PASS;
 	be = bpf_map_lookup_elem(&km_backend, &wid);
+	pick->authz_ps = be ? be->authz_ps : 0;
+	pick->be_known = 1;
 	if (!be || !(be->flags & KM_BE_WAYPOINT))
 		return KM_PASS;
 	if (!km_waypoint_usable(&be->waypoint, v4)) {

@@ -338,7 +338,7 @@ struct km_sock_value {
  * (TCP's counters less SYN and FIN, plus what went past TCP), so a lost
  * record costs no bytes. */
 enum km_event_type {
-	KM_EV_OPEN = 1,
+	KM_EV_OPEN = 1, /* not sent any more (see sockops.c); the daemon still reads it */
 	KM_EV_CLOSE = 2,
 	KM_EV_SNAPSHOT = 3, /* from the iterator: still open */
 };
