@@ -100,7 +100,7 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 				unlock()
 			}
 			if rec.Remaining == 0 {
-				t.expireDue()
+				t.expireDue(t.lastEventNs)
 				unlock()
 				rd.SetDeadline(time.Now().Add(drainTick))
 			}
@@ -109,7 +109,7 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 				t.mu.Lock()
 				locked = true
 			}
-			t.expireDue()
+			t.expireDue(monotonicNs())
 			t.flush()
 			unlock()
 			batch = 0
@@ -122,15 +122,17 @@ func (t *Telemetry) readEvents(rd *ringbuf.Reader) error {
 	}
 }
 
-// expireDue runs expirePairs when there is something to expire and the
-// last run is a while ago: a reader that keeps up drains the ring after
-// every few records. Caller holds t.mu.
-func (t *Telemetry) expireDue() {
+// expireDue runs expirePairs at now (kernel clock) when there is
+// something to expire and the last run is a while ago: a reader that keeps
+// up drains the ring after every few records. While records flow, now is
+// the newest record's time, which costs no clock read (monotonicNs is a
+// system call, and the reader drains after every few records). Caller
+// holds t.mu.
+func (t *Telemetry) expireDue(now uint64) {
 	if t.waitQ.len() == 0 && t.closedQ.len() == 0 {
 		return
 	}
-	now := monotonicNs()
-	if now-t.lastExpire < uint64(expireEvery) {
+	if now < t.lastExpire || now-t.lastExpire < uint64(expireEvery) {
 		return
 	}
 	t.lastExpire = now

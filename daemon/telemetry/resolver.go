@@ -3,6 +3,7 @@ package telemetry
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmesh-go/kmesh/daemon/model"
@@ -26,24 +27,26 @@ type ModelResolver struct {
 	store        *model.Store
 	rebuildEvery time.Duration
 
-	mu      sync.Mutex
-	dirty   bool
+	mu sync.Mutex
+	// dirty and gen are also read without mu: Generation is asked once
+	// per connection record, and the index is stale only after a change.
+	dirty   atomic.Bool
 	built   time.Time
-	gen     uint64
+	gen     atomic.Uint64
 	peers   map[netip.Addr]*Peer
 	service map[netip.Addr]*Service
 }
 
 // NewModelResolver indexes store. Call Invalidate when the store changes.
 func NewModelResolver(store *model.Store) *ModelResolver {
-	return &ModelResolver{store: store, rebuildEvery: 200 * time.Millisecond, dirty: true}
+	r := &ModelResolver{store: store, rebuildEvery: 200 * time.Millisecond}
+	r.dirty.Store(true)
+	return r
 }
 
 // Invalidate marks the index stale.
 func (r *ModelResolver) Invalidate() {
-	r.mu.Lock()
-	r.dirty = true
-	r.mu.Unlock()
+	r.dirty.Store(true)
 }
 
 func (r *ModelResolver) Peer(a netip.Addr) *Peer {
@@ -61,16 +64,22 @@ func (r *ModelResolver) Service(a netip.Addr) *Service {
 }
 
 func (r *ModelResolver) Generation() uint64 {
+	if !r.dirty.Load() {
+		return r.gen.Load()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.refreshLocked()
-	return r.gen
+	return r.gen.Load()
 }
 
 func (r *ModelResolver) refreshLocked() {
-	if !r.dirty || (r.peers != nil && time.Since(r.built) < r.rebuildEvery) {
+	if !r.dirty.Load() || (r.peers != nil && time.Since(r.built) < r.rebuildEvery) {
 		return
 	}
+	// Cleared before reading the store: a change while it is read marks
+	// the index stale again.
+	r.dirty.Store(false)
 	peers := map[netip.Addr]*Peer{}
 	svcs := map[netip.Addr]*Service{}
 	r.store.Read(func(v model.View) {
@@ -88,9 +97,8 @@ func (r *ModelResolver) refreshLocked() {
 		})
 	})
 	r.peers, r.service = peers, svcs
-	r.dirty = false
 	r.built = time.Now()
-	r.gen++
+	r.gen.Add(1)
 }
 
 // PeerOf names a model workload for the labels.

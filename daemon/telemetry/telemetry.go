@@ -94,6 +94,7 @@ type Telemetry struct {
 	// expiring them looks at the due ones only.
 	waitQ, closedQ fifo
 	lastExpire     uint64 // kernel clock of the last expirePairs by the reader
+	lastEventNs    uint64 // the newest record's kernel time
 	// spare holds conn records of closed ends for reuse: one per new
 	// connection end otherwise, which keeps the collector busy.
 	spare  []*conn
@@ -292,6 +293,7 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 		return
 	}
 	t.byKind[e.Type].Inc()
+	t.lastEventNs = max(t.lastEventNs, e.NowNs)
 	cookie := e.Conn.Cookie
 	if e.Type == layout.EventSnapshot && t.closedInSweep[cookie] {
 		// Taken before the close, read after it.
@@ -311,7 +313,10 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 			return
 		}
 		x = t.track(e)
-		t.conns[cookie] = x
+		if e.Type != layout.EventClose {
+			// (An end first seen at its close is done with below.)
+			t.conns[cookie] = x
+		}
 		if x.reporter == ReporterSource {
 			// Its server end may be waiting; once this record is
 			// accounted (a close leaves the dialled entry behind).
@@ -381,6 +386,9 @@ func (t *Telemetry) wait(e *layout.ConnEvent) bool {
 // release accounts the server end waiting for the client end filed under
 // tuple k, now that the client's record is in.
 func (t *Telemetry) release(k layout.Tuple) {
+	if len(t.waiting) == 0 {
+		return
+	}
 	e, ok := t.waiting[k]
 	if !ok {
 		return
