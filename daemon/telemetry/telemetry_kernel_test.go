@@ -131,7 +131,14 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 		}
 		return st["events_lost"]
 	}
-	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelLost: stats}
+	open := func() uint64 {
+		st, err := m.Stats()
+		if err != nil || st["conn_close"] > st["conn_open"] {
+			return 0
+		}
+		return st["conn_open"] - st["conn_close"]
+	}
+	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelLost: stats, KernelOpen: open}
 	if accessLog {
 		cfg.AccessLog = n.log
 	}
@@ -249,7 +256,7 @@ func (n *node) metric(name string, want map[string]string) float64 {
 					continue next
 				}
 			}
-			sum += m.GetCounter().GetValue()
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return sum
@@ -405,6 +412,10 @@ func TestKernelTelemetryReportsLongLivedConnections(t *testing.T) {
 		t.Run(fmt.Sprintf("accel=%v", feat.SockmapAccel), func(t *testing.T) {
 			n := newNode(t, feat, 300*time.Millisecond)
 			c, s := n.open()
+			// Both ends are open now, with nothing sent to the daemon yet.
+			if got := n.metric("kmesh_tcp_connections_open", nil); got != 2 {
+				t.Errorf("open connection ends %v, want 2", got)
+			}
 			if _, err := c.Write(make([]byte, 12345)); err != nil {
 				t.Fatal(err)
 			}
@@ -446,6 +457,9 @@ func TestKernelTelemetryReportsLongLivedConnections(t *testing.T) {
 				n.waitMetric("istio_tcp_connections_closed_total", r, 1)
 				n.waitMetric("istio_tcp_received_bytes_total", r, 13345)
 				n.waitMetric("istio_tcp_sent_bytes_total", r, 777)
+			}
+			if got := n.metric("kmesh_tcp_connections_open", nil); got != 0 {
+				t.Errorf("open connection ends %v after both closed, want 0", got)
 			}
 		})
 	}

@@ -489,3 +489,64 @@ func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 		t.Errorf("%d connections still tracked", len(tel.conns))
 	}
 }
+
+// Many server ends whose clients are elsewhere, and many clients whose
+// servers are: each waits its time and goes, in order, and the queues
+// give their memory back.
+func TestPairingWaitsAreBounded(t *testing.T) {
+	tel, _ := newTestTelemetry(t, 100, nil)
+	const n = 3000
+	for i := range n {
+		e := ev(uint64(10+i), layout.EventClose, true, 0, 0, uint64(1_000_000_000+i*1000))
+		e.Conn.RemotePort = uint16(10000 + i) // each from its own client port
+		tel.handle(e)
+		c := ev(uint64(100000+i), layout.EventClose, false, 0, 0, uint64(1_000_000_000+i*1000))
+		c.Conn.LocalPort = uint16(40000 + i%20000)
+		tel.handle(c)
+	}
+	if tel.waitQ.len() != n || len(tel.waiting) != n || tel.closedQ.len() != n || len(tel.dialled) != n {
+		t.Fatalf("waiting %d/%d, dialled %d/%d, want %d each", tel.waitQ.len(), len(tel.waiting), tel.closedQ.len(), len(tel.dialled), n)
+	}
+	// Half of them are due.
+	tel.expirePairs(1_000_000_000 + n/2*1000 + pairWait - 1)
+	if got := len(tel.waiting); got != n/2 {
+		t.Errorf("%d server ends still waiting, want %d", got, n/2)
+	}
+	if got := len(tel.dialled); got != n/2 {
+		t.Errorf("%d dialled entries left, want %d", got, n/2)
+	}
+	tel.expirePairs(1_000_000_000 + n*1000 + pairWait)
+	if len(tel.waiting) != 0 || len(tel.waitingCookie) != 0 || len(tel.dialled) != 0 {
+		t.Errorf("left: %d waiting, %d cookies, %d dialled", len(tel.waiting), len(tel.waitingCookie), len(tel.dialled))
+	}
+	if tel.waitQ.len() != 0 || len(tel.waitQ.q) != 0 || tel.closedQ.len() != 0 || len(tel.closedQ.q) != 0 {
+		t.Errorf("queues not emptied: %d (%d held), %d (%d held)", tel.waitQ.len(), len(tel.waitQ.q), tel.closedQ.len(), len(tel.closedQ.q))
+	}
+	// Every server end was accounted, without a service.
+	if v := testutil.ToFloat64(tel.istio.closed.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...)); v != n {
+		t.Errorf("destination closes without a service %v, want %d", v, n)
+	}
+}
+
+func TestFifoCompacts(t *testing.T) {
+	var f fifo
+	for i := range 5000 {
+		f.push(due{cookie: uint64(i)})
+	}
+	for i := range 4000 {
+		d, ok := f.front()
+		if !ok || d.cookie != uint64(i) {
+			t.Fatalf("front %v %v, want %d", d, ok, i)
+		}
+		f.pop()
+	}
+	if f.len() != 1000 || len(f.q) > 2500 {
+		t.Errorf("len %d, holding %d", f.len(), len(f.q))
+	}
+	for range 1000 {
+		f.pop()
+	}
+	if _, ok := f.front(); ok || f.len() != 0 {
+		t.Error("not empty")
+	}
+}
