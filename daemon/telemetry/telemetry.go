@@ -140,7 +140,6 @@ type dialled struct {
 	orig      layout.Addr
 	origPort  uint16
 	serviceID uint32
-	closedNs  uint64 // when the client end closed; 0 while it is open
 }
 
 // pairWait is how long one end of a connection on this node waits for the
@@ -283,17 +282,20 @@ func (t *Telemetry) Register(reg prometheus.Registerer) error {
 
 var kindNames = map[uint8]string{layout.EventOpen: "open", layout.EventClose: "close", layout.EventSnapshot: "snapshot"}
 
-// handle accounts one record. Caller holds t.mu.
-func (t *Telemetry) handle(e *layout.ConnEvent) { t.handleEvent(e, true) }
-
-// handleEvent accounts one record; mayWait lets a server end's close wait
-// for its client's record (see wait). Caller holds t.mu.
-func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
+// handle accounts one record as it is read. Caller holds t.mu.
+func (t *Telemetry) handle(e *layout.ConnEvent) {
 	if e.Type == 0 || int(e.Type) >= len(t.byKind) {
 		return
 	}
 	t.byKind[e.Type].Inc()
 	t.lastEventNs = max(t.lastEventNs, e.NowNs)
+	t.handleEvent(e, true)
+}
+
+// handleEvent accounts one record; mayWait lets a server end's close wait
+// for its client's record (see wait), which then comes back here. Caller
+// holds t.mu.
+func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 	cookie := e.Conn.Cookie
 	if e.Type == layout.EventSnapshot && t.closedInSweep[cookie] {
 		// Taken before the close, read after it.
@@ -490,9 +492,7 @@ func (t *Telemetry) forget(cookie uint64, x *conn) {
 		// pairWait to show up.
 		k := tupleOf(&x.rec)
 		if d, ok := t.dialled[k]; ok && d.cookie == cookie {
-			d.closedNs = max(x.lastNs, 1)
-			t.dialled[k] = d
-			t.closedQ.push(due{k: k, cookie: cookie, ns: d.closedNs})
+			t.closedQ.push(due{k: k, cookie: cookie, ns: x.lastNs})
 		}
 	}
 	if t.sweeping {

@@ -488,6 +488,10 @@ func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 	if len(tel.conns) != 0 {
 		t.Errorf("%d connections still tracked", len(tel.conns))
 	}
+	// Each record is counted once as read, waiting or not.
+	if v := testutil.ToFloat64(tel.events.WithLabelValues("close")); v != 11 {
+		t.Errorf("close records counted %v, want 11", v)
+	}
 }
 
 // Many server ends whose clients are elsewhere, and many clients whose
