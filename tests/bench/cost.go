@@ -106,22 +106,20 @@ func (b *bench) costPass(ctx context.Context, p *path, k kind) (*costResult, err
 		return nil, fmt.Errorf("enable BPF statistics: %w", err)
 	}
 	defer stats.Close()
-	snap := func() ([]ebpf.ProgramStats, error) {
+	// The programs' counters and the daemon's CPU, before and after.
+	snap := func() ([]ebpf.ProgramStats, time.Duration, error) {
 		out := make([]ebpf.ProgramStats, len(progs))
 		for i, p := range progs {
 			s, err := p.Stats()
 			if err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			out[i] = *s
 		}
-		return out, nil
+		u, sy, err := b.daemon.CPU()
+		return out, u + sy, err
 	}
-	before, err := snap()
-	if err != nil {
-		return nil, err
-	}
-	du0, ds0, err := b.daemon.CPU()
+	before, cpu0, err := snap()
 	if err != nil {
 		return nil, err
 	}
@@ -129,18 +127,14 @@ func (b *bench) costPass(ctx context.Context, p *path, k kind) (*costResult, err
 	if err != nil {
 		return nil, err
 	}
-	after, err := snap()
-	if err != nil {
-		return nil, err
-	}
-	du1, ds1, err := b.daemon.CPU()
+	after, cpu1, err := snap()
 	if err != nil {
 		return nil, err
 	}
 	if r.failed() > 0 || r.count() == 0 {
 		return nil, fmt.Errorf("%d of %d requests failed", r.failed(), r.count())
 	}
-	c := &costResult{path: p.key, connections: r.count(), daemon: du1 + ds1 - du0 - ds0}
+	c := &costResult{path: p.key, connections: r.count(), daemon: cpu1 - cpu0}
 	for i, p := range progs {
 		runs := after[i].RunCount - before[i].RunCount
 		if runs == 0 {
