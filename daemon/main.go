@@ -256,20 +256,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		dp.Observe(func(dataplane.Event) { resolver.Invalidate() })
 		tel = telemetry.New(telemetry.Config{
 			Resolver: resolver, Interval: o.telemetryInterval, MaxSeries: o.maxSeries, AccessLog: out, Logger: log,
-			KernelLost: func() uint64 {
-				st, err := dp.Maps().Stats()
-				if err != nil {
-					return 0
-				}
-				return st["events_lost"]
-			},
-			KernelOpen: func() uint64 {
-				st, err := dp.Maps().Stats()
-				if err != nil || st["conn_close"] > st["conn_open"] {
-					return 0
-				}
-				return st["conn_open"] - st["conn_close"]
-			},
+			KernelStats: dp.Maps().Stats,
 		})
 		if err := tel.Register(metrics); err != nil {
 			return err

@@ -37,14 +37,13 @@ type Config struct {
 	MaxSeries int
 	// AccessLog, when set, gets one JSON line per closed connection end.
 	AccessLog io.Writer
-	// KernelLost reads the kernel's count of events the ring buffer had no
-	// room for.
-	KernelLost func() uint64
-	// KernelOpen reads how many enrolled TCP ends the kernel has recorded
-	// open and not yet closed; without it the gauge of open connections
-	// counts the ends the daemon has seen (sweeps find new ones late).
-	KernelOpen func() uint64
-	Logger     *slog.Logger
+	// KernelStats reads the data path's counters (maps.Maps.Stats): the
+	// events the ring buffer had no room for, and the enrolled TCP ends
+	// recorded open and closed. Without it there is no lost-events counter
+	// and the gauge of open connections counts the ends the daemon has seen
+	// (sweeps find new ones late).
+	KernelStats func() (map[string]uint64, error)
+	Logger      *slog.Logger
 }
 
 // Defaults.
@@ -254,8 +253,12 @@ func (t *Telemetry) Register(reg prometheus.Registerer) error {
 			Name: "kmesh_tcp_connections_open",
 			Help: "Enrolled TCP connection ends open on this node.",
 		}, func() float64 {
-			if t.cfg.KernelOpen != nil {
-				return float64(t.cfg.KernelOpen())
+			if t.cfg.KernelStats != nil {
+				st, err := t.cfg.KernelStats()
+				if err != nil || st["conn_close"] > st["conn_open"] {
+					return 0
+				}
+				return float64(st["conn_open"] - st["conn_close"])
 			}
 			t.mu.Lock()
 			defer t.mu.Unlock()
@@ -266,11 +269,17 @@ func (t *Telemetry) Register(reg prometheus.Registerer) error {
 			Help: "Access log lines a slow /debug/accesslog follower missed.",
 		}, func() float64 { return float64(t.stream.dropped.Load()) }),
 	}
-	if t.cfg.KernelLost != nil {
+	if t.cfg.KernelStats != nil {
 		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "kmesh_telemetry_events_lost_total",
 			Help: "Connection events the kernel dropped because the ring buffer was full (their bytes arrive with the connection's next record).",
-		}, func() float64 { return float64(t.cfg.KernelLost()) }))
+		}, func() float64 {
+			st, err := t.cfg.KernelStats()
+			if err != nil {
+				return 0
+			}
+			return float64(st["events_lost"])
+		}))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

@@ -124,21 +124,7 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 			Addresses: []netip.Addr{n.server.IP4}, ServiceAccount: "echo", CanonicalName: "echo", CanonicalRevision: "v2"}},
 	}, nil)
 
-	stats := func() uint64 {
-		st, err := m.Stats()
-		if err != nil {
-			return 0
-		}
-		return st["events_lost"]
-	}
-	open := func() uint64 {
-		st, err := m.Stats()
-		if err != nil || st["conn_close"] > st["conn_open"] {
-			return 0
-		}
-		return st["conn_open"] - st["conn_close"]
-	}
-	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelLost: stats, KernelOpen: open}
+	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelStats: m.Stats}
 	if accessLog {
 		cfg.AccessLog = n.log
 	}
