@@ -109,18 +109,22 @@ func (p *accelPair) sockhash() map[layout.Tuple]uint64 {
 	return out
 }
 
-// record reads a socket's connection record from its km_sock storage
-// (keyed by its fd).
+// record reads a socket's connection record from km_tcp_sock (keyed by
+// its cookie).
 func (p *accelPair) record(c *net.TCPConn) (layout.ConnValue, bool) {
 	p.t.Helper()
 	var v layout.SockValue
 	var found bool
 	withFD(p.t, c, func(fd int) {
-		err := p.dp.Map(loader.MapSock).Lookup(int32(fd), &v)
+		cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
+		if err != nil {
+			p.t.Fatalf("SO_COOKIE: %v", err)
+		}
+		err = p.dp.Map(loader.MapTCPSock).Lookup(cookie, &v)
 		if err == nil {
 			found = v.Conn.Cookie != 0
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			p.t.Fatalf("look up km_sock: %v", err)
+			p.t.Fatalf("look up km_tcp_sock: %v", err)
 		}
 	})
 	return v.Conn, found

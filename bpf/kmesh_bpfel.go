@@ -38,6 +38,7 @@ const (
 	kmeshMapKmSock          = "km_sock"
 	kmeshMapKmSockhash      = "km_sockhash"
 	kmeshMapKmStats         = "km_stats"
+	kmeshMapKmTcpSock       = "km_tcp_sock"
 	kmeshMapKmUdpRev        = "km_udp_rev"
 	kmeshProgKmConnIter     = "km_conn_iter"
 	kmeshProgKmConnect4     = "km_connect4"
@@ -138,6 +139,7 @@ type kmeshMapSpecs struct {
 	KmSock         *ebpf.MapSpec `ebpf:"km_sock"`
 	KmSockhash     *ebpf.MapSpec `ebpf:"km_sockhash"`
 	KmStats        *ebpf.MapSpec `ebpf:"km_stats"`
+	KmTcpSock      *ebpf.MapSpec `ebpf:"km_tcp_sock"`
 	KmUdpRev       *ebpf.MapSpec `ebpf:"km_udp_rev"`
 }
 
@@ -192,6 +194,7 @@ type kmeshMaps struct {
 	KmSock         *ebpf.Map `ebpf:"km_sock"`
 	KmSockhash     *ebpf.Map `ebpf:"km_sockhash"`
 	KmStats        *ebpf.Map `ebpf:"km_stats"`
+	KmTcpSock      *ebpf.Map `ebpf:"km_tcp_sock"`
 	KmUdpRev       *ebpf.Map `ebpf:"km_udp_rev"`
 }
 
@@ -219,6 +222,7 @@ func (m *kmeshMaps) Close() error {
 		m.KmSock,
 		m.KmSockhash,
 		m.KmStats,
+		m.KmTcpSock,
 		m.KmUdpRev,
 	)
 }

@@ -236,6 +236,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			return len(all), e
 		},
 	}
+	janitor, err := dp.Datapath().NewTCPSockJanitor()
+	if err != nil {
+		return err
+	}
+	go sweepTCPSocks(ctx, janitor, log)
 	metrics := admin.Metrics(dp, counters)
 	var tel *telemetry.Telemetry
 	if o.features.Telemetry {
@@ -257,6 +262,15 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		tel = telemetry.New(telemetry.Config{
 			Resolver: resolver, Interval: o.telemetryInterval, MaxSeries: o.maxSeries, AccessLog: out, Logger: log,
 			KernelStats: dp.Maps().Stats,
+			Namespaces: func() []string {
+				var out []string
+				for _, p := range reg.Pods() {
+					if p.Enrolled && p.NetnsPath != "" {
+						out = append(out, p.NetnsPath)
+					}
+				}
+				return out
+			},
 		})
 		if err := tel.Register(metrics); err != nil {
 			return err
@@ -368,4 +382,25 @@ func level(s string) slog.Level {
 		return slog.LevelError
 	}
 	return slog.LevelInfo
+}
+
+// sweepTCPSocks clears, every half minute, the TCP socket records that
+// connects which failed before TCP started left behind (see
+// loader.TCPSockJanitor).
+func sweepTCPSocks(ctx context.Context, j *loader.TCPSockJanitor, log *slog.Logger) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			n, err := j.Sweep()
+			if err != nil {
+				log.Warn("clear stale TCP socket records", "err", err)
+			} else if n > 0 {
+				log.Info("cleared TCP socket records of failed connects", "records", n)
+			}
+		}
+	}
 }

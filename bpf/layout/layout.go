@@ -10,7 +10,7 @@ import (
 
 // Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
 // another version are replaced, never reinterpreted.
-const Version = 5
+const Version = 6
 
 // MaxPrio is the number of locality priority levels per service.
 const MaxPrio = 8
@@ -160,12 +160,17 @@ type AffinityValue struct {
 	LastUsedNs uint64
 }
 
-// Socket storage flags.
+// Socket state flags (km_sock and km_tcp_sock).
 const (
 	SockRewritten uint32 = 1 << 0
 	SockWaypoint  uint32 = 1 << 1
+	// SockConnecting: TCP got as far as sending the SYN, so the close
+	// callback will delete the km_tcp_sock element.
+	SockConnecting uint32 = 1 << 2
 )
 
+// SockValue is a socket's state: in km_sock (UDP) or km_tcp_sock (TCP,
+// under the socket cookie).
 type SockValue struct {
 	Orig        Addr
 	Backend     Addr
@@ -314,6 +319,7 @@ const (
 	StatSockhashFail
 	StatMsgRedirect
 	StatMsgPass
+	StatTCPSockFull
 	StatMax
 )
 
@@ -338,6 +344,7 @@ var statNames = [...]string{
 	StatSockhashFail:     "sockhash_fail",
 	StatMsgRedirect:      "msg_redirect",
 	StatMsgPass:          "msg_pass",
+	StatTCPSockFull:      "tcp_sock_full",
 }
 
 func (s Stat) String() string {

@@ -37,6 +37,7 @@ const (
 	MapMaglev     = "km_maglev"
 	MapAffinity   = "km_affinity"
 	MapSock       = "km_sock"
+	MapTCPSock    = "km_tcp_sock"
 	MapUDPRev     = "km_udp_rev"
 	MapConfig     = "km_config"
 	MapStats      = "km_stats"
@@ -83,6 +84,12 @@ type Sizes struct {
 	// Sockhash caps the sockets in same-node acceleration; a socket that
 	// does not fit simply stays on TCP.
 	Sockhash uint32 `json:"sockhash"`
+	// TCPSockets caps the TCP sockets of enrolled pods with a record or a
+	// rewritten destination (each end of a connection within the node is
+	// one). A socket that does not fit works but is neither reported nor
+	// shown its dialled address by getpeername; km_stats counts it
+	// (tcp_sock_full).
+	TCPSockets uint32 `json:"tcpSockets"`
 	// EventsBytes is the connection event ring buffer's size: a power of
 	// two, a multiple of the page size.
 	EventsBytes uint32 `json:"eventsBytes"`
@@ -130,6 +137,7 @@ func DefaultSizes() Sizes {
 		AuthzPorts:      65536,
 		AuthzVerdicts:   1048576,
 		Sockhash:        65536,
+		TCPSockets:      262144,
 		EventsBytes:     4 << 20,
 	}
 }
@@ -160,6 +168,7 @@ func (s Sizes) withDefaults() Sizes {
 		AuthzPorts:      pick(s.AuthzPorts, d.AuthzPorts),
 		AuthzVerdicts:   pick(s.AuthzVerdicts, d.AuthzVerdicts),
 		Sockhash:        pick(s.Sockhash, d.Sockhash),
+		TCPSockets:      pick(s.TCPSockets, d.TCPSockets),
 		EventsBytes:     pick(s.EventsBytes, d.EventsBytes),
 	}
 }
@@ -184,6 +193,7 @@ func (s Sizes) byMap() map[string]uint32 {
 		MapAuthzVerd:  s.AuthzVerdicts,
 		MapSockhash:   s.Sockhash,
 		MapRedirIn:    s.Sockhash,
+		MapTCPSock:    s.TCPSockets,
 		MapEvents:     s.EventsBytes,
 	}
 }

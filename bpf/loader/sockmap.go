@@ -20,7 +20,7 @@ const (
 	// ProgSkMsg redirects data between sockets in the sockhash; attached to
 	// the sockhash by a pinned link.
 	ProgSkMsg = "km_sk_msg"
-	// ProgConnIter walks the connection records in km_sock for the
+	// ProgConnIter walks the connection records in km_tcp_sock for the
 	// daemon's periodic reports.
 	ProgConnIter = "km_conn_iter"
 )
@@ -68,25 +68,29 @@ func (d *Datapath) attachSkMsg(sockhashReused bool) error {
 	return nil
 }
 
-// ConnIter walks the open connections' records (in km_sock) on demand.
+// ConnIter walks the open connections' records on demand: the TCP
+// sockets of one network namespace at a time, each with its record in
+// km_tcp_sock.
 type ConnIter struct {
 	it *link.Iter
 }
 
-// NewConnIter attaches the iterator program to km_sock.
+// NewConnIter attaches the iterator program (iter/tcp).
 func (d *Datapath) NewConnIter() (*ConnIter, error) {
-	prog, m := d.progs[ProgConnIter], d.maps[MapSock]
-	if prog == nil || m == nil {
-		return nil, fmt.Errorf("loader: object has no %s or %s", ProgConnIter, MapSock)
+	prog := d.progs[ProgConnIter]
+	if prog == nil {
+		return nil, fmt.Errorf("loader: object has no %s", ProgConnIter)
 	}
-	it, err := link.AttachIter(link.IterOptions{Program: prog, Map: m})
+	it, err := link.AttachIter(link.IterOptions{Program: prog})
 	if err != nil {
 		return nil, fmt.Errorf("loader: attach %s: %w", ProgConnIter, err)
 	}
 	return &ConnIter{it: it}, nil
 }
 
-// Open starts one walk; reading returns layout.ConnEvent records.
+// Open starts one walk over the TCP sockets of the calling thread's
+// network namespace (the kernel takes it when the reader is created;
+// reading may happen anywhere). Reading returns layout.ConnEvent records.
 func (c *ConnIter) Open() (io.ReadCloser, error) { return c.it.Open() }
 
 // Close detaches the iterator.

@@ -46,19 +46,9 @@ static __always_inline void km_ctx_set6(struct bpf_sock_addr *ctx, const struct 
 	ctx->user_port = port_net;
 }
 
-/* Remembers the original destination on the socket for getpeername, UDP
- * replies and telemetry. */
-static __always_inline void km_remember(struct bpf_sock_addr *ctx, const struct km_addr *orig,
+static __always_inline void km_fill_sock(struct km_sock_value *s, const struct km_addr *orig,
 					__u16 orig_port_net, const struct km_pick *pick)
 {
-	struct km_sock_value *s;
-	struct bpf_sock *sk = ctx->sk;
-
-	if (!sk)
-		return;
-	s = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!s)
-		return;
 	s->orig = *orig;
 	s->orig_port = orig_port_net;
 	s->backend = pick->addr;
@@ -68,6 +58,31 @@ static __always_inline void km_remember(struct bpf_sock_addr *ctx, const struct 
 	s->prio = pick->prio;
 	s->index = pick->index;
 	s->flags = pick->flags;
+}
+
+/* Remembers the original destination for getpeername, UDP replies and
+ * telemetry: a TCP socket in km_tcp_sock (whose element sockops fills in
+ * at established and deletes at close), a UDP one in its storage. */
+static __always_inline void km_remember(struct bpf_sock_addr *ctx, const struct km_addr *orig,
+					__u16 orig_port_net, const struct km_pick *pick)
+{
+	struct km_sock_value *s;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	if (ctx->protocol == IPPROTO_TCP) {
+		struct km_sock_value v = {};
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+
+		km_fill_sock(&v, orig, orig_port_net, pick);
+		if (bpf_map_update_elem(&km_tcp_sock, &cookie, &v, BPF_ANY))
+			km_count(KM_STAT_TCP_SOCK_FULL);
+		return;
+	}
+	s = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (s)
+		km_fill_sock(s, orig, orig_port_net, pick);
 }
 
 static __always_inline int km_refuse(void)
@@ -317,7 +332,13 @@ static __always_inline int km_getpeername(struct bpf_sock_addr *ctx, int ctx_is_
 
 	if (!sk)
 		return 1;
-	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	if (ctx->protocol == IPPROTO_TCP) {
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+
+		s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+	} else {
+		s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	}
 	if (!s || !(s->flags & KM_SOCK_REWRITTEN))
 		return 1;
 	if (ctx_is_v4)

@@ -4,7 +4,10 @@
  * (type SNAPSHOT) per enrolled TCP socket still open, written to the
  * iterator's reader. Driven from userspace on the daemon's interval, so it
  * reports idle and accelerated connections (which see no ACKs) alike and
- * costs nothing on the packet path.
+ * costs nothing on the packet path. An iter/tcp walks the TCP sockets of
+ * the network namespace the reader was opened in: the daemon opens one
+ * per enrolled pod, and each socket's record is in km_tcp_sock under its
+ * cookie.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -17,23 +20,30 @@ static __noinline int km_seq_write(struct seq_file *seq, const struct km_conn_ev
 	return bpf_seq_write(seq, (void *)e, sizeof(*e));
 }
 
-SEC("iter/bpf_sk_storage_map")
-int km_conn_iter(struct bpf_iter__bpf_sk_storage_map *ctx)
+SEC("iter/tcp")
+int km_conn_iter(struct bpf_iter__tcp *ctx)
 {
-	struct km_sock_value *s = ctx->value;
-	struct sock *sk = ctx->sk;
+	struct sock_common *skc = ctx->sk_common;
 	struct km_conn_event e = {};
+	struct km_sock_value *s;
 	struct km_conn_value *c;
 	struct tcp_sock *tp;
+	__u64 cookie;
 
-	if (!s || !sk)
+	if (!skc)
 		return 0;
-	/* UDP sockets and TCP ends not yet established have no record. */
+	/* Listeners have no record; time-wait and request sockets are not
+	 * full sockets (and have reported or will report otherwise). */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	cookie = bpf_get_socket_cookie(tp);
+	s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+	if (!s)
+		return 0;
+	/* Ends not yet established have no record. */
 	c = &s->conn;
 	if (!(c->flags & KM_CONN_TELEMETRY) || (c->flags & KM_CONN_CLOSED))
-		return 0;
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
 		return 0;
 	e.conn = *c;
 	e.now_ns = bpf_ktime_get_ns();

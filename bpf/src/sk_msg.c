@@ -45,6 +45,7 @@ int km_sk_msg(struct sk_msg_md *msg)
 {
 	struct bpf_sock *sk = msg->sk;
 	struct km_sock_value *s;
+	__u64 cookie;
 	struct km_conn_value *c;
 	struct km_tuple p;
 	struct tcp_sock *tp;
@@ -53,7 +54,13 @@ int km_sk_msg(struct sk_msg_md *msg)
 
 	if (!sk)
 		return SK_PASS;
-	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		goto pass;
+	/* sk_msg programs may not ask for the cookie; sockops gave the socket
+	 * one at established, before it could be in the sockhash. */
+	cookie = ((struct sock *)tp)->__sk_common.skc_cookie.counter;
+	s = cookie ? bpf_map_lookup_elem(&km_tcp_sock, &cookie) : 0;
 	if (!s)
 		goto pass;
 	c = &s->conn;
@@ -61,8 +68,7 @@ int km_sk_msg(struct sk_msg_md *msg)
 		goto pass;
 	/* After shutdown(SHUT_WR) TCP refuses to send (EPIPE); the shortcut
 	 * would not. Leave it to TCP. */
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp || (((struct sock *)tp)->sk_shutdown & SEND_SHUTDOWN))
+	if (((struct sock *)tp)->sk_shutdown & SEND_SHUTDOWN)
 		goto pass;
 	/* SK_PASS: the peer is in the map and the data will go to it. */
 	if (bpf_msg_redirect_hash(msg, &km_sockhash, &p, BPF_F_INGRESS) != SK_PASS) {

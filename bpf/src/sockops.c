@@ -3,12 +3,13 @@
  * TCP life cycle of enrolled sockets (cgroup sock_ops, attached with the
  * socket-address hooks and gated the same way, by the netns cookie).
  *
- * At established, each end gets a connection record in its km_sock storage
- * (who, what it dialled, when); at the transition to CLOSE, one event with
- * the record, TCP's own byte counters, RTT and retransmits and how it
- * ended. Long-lived connections are reported by the daemon's sweep over
- * km_sock (conn_iter.c), which needs no callback per packet and sees idle
- * and accelerated connections as well as busy ones. There is no event at
+ * At established, each end gets a connection record in km_tcp_sock under
+ * its socket cookie (who, what it dialled, when); at the transition to
+ * CLOSE, one event with the record, TCP's own byte counters, RTT and
+ * retransmits and how it ended, and the element goes. Long-lived
+ * connections are reported by the daemon's sweep (conn_iter.c), which
+ * needs no callback per packet and sees idle and accelerated connections
+ * as well as busy ones. There is no event at
  * open: it cost ~0.3 us in the softirq that establishes the connection,
  * and what the daemon needs from it (the client's dialled service for a
  * server end on this node) it gets from the client's close or a sweep.
@@ -42,7 +43,7 @@ static __always_inline int km_enrolled(struct bpf_sock_ops *ops)
 
 
 /* The client end: what its connect() asked for, from the connect hook's
- * half of the same storage. A server end on this node learns it in the
+ * half of the same element. A server end on this node learns it in the
  * daemon, which pairs the two ends' records by tuple. Pairing in the
  * kernel took an LRU map write per connection and a delete at each end,
  * ~0.8 us. */
@@ -57,6 +58,23 @@ static __always_inline void km_client_origin(const struct km_sock_value *s, stru
 	c->flags |= KM_CONN_REWRITTEN;
 }
 
+/* A zero value to create an element from. */
+static const struct km_sock_value km_sock_zero;
+
+/* A client the connect hook rewrote is in km_tcp_sock already: from here
+ * on TCP will move it to CLOSE however the connect ends (refused, timed
+ * out, closed), so the close callback is what deletes its element. */
+static __always_inline void km_connecting(struct bpf_sock_ops *ops)
+{
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	struct km_sock_value *s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+
+	if (!s)
+		return;
+	s->flags |= KM_SOCK_CONNECTING;
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
 static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 {
 	__u32 feat = km_features();
@@ -64,6 +82,7 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	struct km_conn_value *c;
 	struct bpf_sock *sk = ops->sk;
 	struct km_tuple t;
+	__u64 cookie;
 
 	if (!(feat & (KM_FEAT_TELEMETRY | KM_FEAT_SOCKMAP)) || !sk)
 		return;
@@ -72,15 +91,25 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	 * sockhash keyed by them would mix pods up. */
 	if (!km_tuple_of_ops(ops, &t) || km_addr_is_loopback(&t.remote) || !km_enrolled(ops))
 		return;
-	/* A client rewritten at connect() has its storage already; the
+	/* A client rewritten at connect() has its element already; the
 	 * record goes beside what the connect hook left there. */
-	s = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!s)
-		return;
+	cookie = bpf_get_socket_cookie(ops);
+	s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+	if (!s) {
+		if (bpf_map_update_elem(&km_tcp_sock, &cookie, &km_sock_zero, BPF_NOEXIST)) {
+			km_count(KM_STAT_TCP_SOCK_FULL);
+			return;
+		}
+		s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+		if (!s)
+			return;
+	}
+	/* Whatever else is on, the element must go at close. */
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	c = &s->conn;
 	/* A socket can connect again after a disconnect: start afresh. */
 	__builtin_memset(c, 0, sizeof(*c));
-	c->cookie = bpf_get_socket_cookie(ops);
+	c->cookie = cookie;
 	c->start_ns = bpf_ktime_get_ns();
 	c->local = t.local;
 	c->remote = t.remote;
@@ -108,10 +137,6 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 			km_count(KM_STAT_SOCKHASH_FAIL);
 		}
 	}
-	/* Be told when the connection closes. */
-	if (c->flags & KM_CONN_TELEMETRY)
-		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
-					       BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 /* How the connection ended, from the error TCP recorded and the state it
@@ -140,52 +165,61 @@ static __always_inline __u8 km_end_of(int err, __u32 old_state)
 	return KM_END_ABORT;
 }
 
-static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
+static __always_inline void km_close_event(const struct km_conn_value *c, struct bpf_sock *sk,
+					  __u32 old_state)
 {
-	struct bpf_sock *sk = ops->sk;
-	struct km_sock_value *s;
-	struct km_conn_value *c;
 	struct km_conn_event *e;
 	struct tcp_sock *tp;
 
-	if (!sk)
-		return;
-	s = bpf_sk_storage_get(&km_sock, sk, 0, 0);
-	if (!s)
-		return;
-	c = &s->conn;
-	if (!c->cookie || (c->flags & KM_CONN_CLOSED))
-		return;
-	c->flags |= KM_CONN_CLOSED;
-	if (!(c->flags & KM_CONN_TELEMETRY))
-		return;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return;
 	km_count(KM_STAT_CONN_CLOSE);
 	e = km_reserve();
-	if (e) {
-		e->conn = *c;
-		e->now_ns = bpf_ktime_get_ns();
-		km_event_tcp(e, c, tp, old_state);
-		e->type = KM_EV_CLOSE;
-		e->sk_err = ((struct sock *)tp)->sk_err;
-		e->end = km_end_of(e->sk_err, old_state);
-		e->old_state = old_state;
-		km_submit(e);
-	}
-	if (c->flags & KM_CONN_SOCKHASH) {
-		struct km_tuple t;
+	if (!e)
+		return;
+	e->conn = *c;
+	e->now_ns = bpf_ktime_get_ns();
+	km_event_tcp(e, c, tp, old_state);
+	e->type = KM_EV_CLOSE;
+	e->sk_err = ((struct sock *)tp)->sk_err;
+	e->end = km_end_of(e->sk_err, old_state);
+	e->old_state = old_state;
+	km_submit(e);
+}
 
-		km_conn_tuple(c, &t);
-		bpf_map_delete_elem(&km_redir_in, &t);
+static __always_inline void km_closed(struct bpf_sock_ops *ops, __u32 old_state)
+{
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	struct bpf_sock *sk = ops->sk;
+	struct km_sock_value *s;
+	struct km_conn_value *c;
+
+	s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+	if (!s)
+		return;
+	c = &s->conn;
+	if (sk && c->cookie && !(c->flags & KM_CONN_CLOSED)) {
+		c->flags |= KM_CONN_CLOSED;
+		if (c->flags & KM_CONN_TELEMETRY)
+			km_close_event(c, sk, old_state);
+		if (c->flags & KM_CONN_SOCKHASH) {
+			struct km_tuple t;
+
+			km_conn_tuple(c, &t);
+			bpf_map_delete_elem(&km_redir_in, &t);
+		}
 	}
+	bpf_map_delete_elem(&km_tcp_sock, &cookie);
 }
 
 SEC("sockops")
 int km_sockops(struct bpf_sock_ops *ops)
 {
 	switch (ops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		km_connecting(ops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		km_established(ops, KM_ROLE_CLIENT);
 		break;

@@ -9,10 +9,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/kmesh-go/kmesh/bpf/layout"
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/internal/podns"
 )
 
 // drainTick is how long the ring buffer reader waits before it drains
@@ -32,8 +34,14 @@ func (t *Telemetry) Run(ctx context.Context, dp *loader.Datapath) error {
 		return fmt.Errorf("telemetry: %w", err)
 	}
 	defer it.Close()
+	socks := dp.Map(loader.MapTCPSock)
+	if socks == nil {
+		rd.Close()
+		return fmt.Errorf("telemetry: the data path has no %s", loader.MapTCPSock)
+	}
 	t.mu.Lock()
 	t.iter = it
+	t.socks = socks
 	t.mu.Unlock()
 
 	done := make(chan error, 1)
@@ -159,7 +167,7 @@ func (t *Telemetry) Sweep() error {
 	t.sweepMu.Lock()
 	defer t.sweepMu.Unlock()
 	t.mu.Lock()
-	it := t.iter
+	it, socks := t.iter, t.socks
 	t.mu.Unlock()
 	if it == nil {
 		return errors.New("telemetry is not running")
@@ -168,7 +176,7 @@ func (t *Telemetry) Sweep() error {
 	t.startSweep()
 	t.mu.Unlock()
 	start := monotonicNs()
-	seen, err := t.readSnapshots(it)
+	seen, err := t.readSnapshots(it, socks)
 	if err != nil {
 		t.mu.Lock()
 		t.abortSweep()
@@ -182,33 +190,82 @@ func (t *Telemetry) Sweep() error {
 	return nil
 }
 
-// readSnapshots walks the connection records (in km_sock) once and
-// applies every one.
-func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) {
-	r, err := it.Open()
-	if err != nil {
-		return nil, err
+// readSnapshots reads the open ends' records in every enrolled pod's
+// namespace and applies them, then returns the ends the kernel has open
+// (from km_tcp_sock, which holds every recorded end until its close
+// callback: a namespace the sweep could not read hides none of them).
+func (t *Telemetry) readSnapshots(it *loader.ConnIter, socks *ebpf.Map) (map[uint64]bool, error) {
+	var servers []layout.ConnEvent
+	for _, ns := range t.namespaces() {
+		var r io.ReadCloser
+		open := func() error {
+			var err error
+			r, err = it.Open()
+			return err
+		}
+		var err error
+		if ns == "" {
+			err = open()
+		} else {
+			err = podns.Do(ns, open)
+		}
+		if err != nil {
+			// The pod went between listing and entering it.
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("read connection records in %s: %w", ns, err)
+		}
+		servers, err = t.applySnapshots(r, servers)
+		r.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
-	defer r.Close()
+	// After every client record: a server end new to the daemon learns
+	// what its client dialled from the client's record.
+	t.mu.Lock()
+	for i := range servers {
+		t.handle(&servers[i])
+	}
+	t.mu.Unlock()
+	return openEnds(socks)
+}
+
+// namespaces lists the namespaces to sweep, each once ("" is the
+// daemon's own).
+func (t *Telemetry) namespaces() []string {
+	if t.cfg.Namespaces == nil {
+		return []string{""}
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, ns := range t.cfg.Namespaces() {
+		if ns != "" && !seen[ns] {
+			seen[ns] = true
+			out = append(out, ns)
+		}
+	}
+	return out
+}
+
+// applySnapshots applies one namespace's records as read, except server
+// ends, which it appends to servers for later.
+func (t *Telemetry) applySnapshots(r io.Reader, servers []layout.ConnEvent) ([]layout.ConnEvent, error) {
 	br := bufio.NewReaderSize(r, 64*recordSize)
 	buf := make([]byte, recordSize)
-	seen := map[uint64]bool{}
 	var e layout.ConnEvent
-	var servers []layout.ConnEvent
 	for {
 		if _, err := io.ReadFull(br, buf); err != nil {
 			if errors.Is(err, io.EOF) {
-				break
+				return servers, nil
 			}
-			return nil, fmt.Errorf("read connection records: %w", err)
+			return servers, fmt.Errorf("read connection records: %w", err)
 		}
 		if err := decode(buf, &e); err != nil {
-			return nil, err
+			return servers, err
 		}
-		seen[e.Conn.Cookie] = true
 		if e.Conn.Role == layout.RoleServer {
-			// After every client record: a server end new to the daemon
-			// learns what its client dialled from the client's record.
 			servers = append(servers, e)
 			continue
 		}
@@ -216,10 +273,21 @@ func (t *Telemetry) readSnapshots(it *loader.ConnIter) (map[uint64]bool, error) 
 		t.handle(&e)
 		t.mu.Unlock()
 	}
-	t.mu.Lock()
-	for i := range servers {
-		t.handle(&servers[i])
+}
+
+// openEnds returns the cookies of the recorded ends still open.
+func openEnds(socks *ebpf.Map) (map[uint64]bool, error) {
+	var cookie uint64
+	var v layout.SockValue
+	open := map[uint64]bool{}
+	it := socks.Iterate()
+	for it.Next(&cookie, &v) {
+		if v.Conn.Cookie != 0 && v.Conn.Flags&layout.ConnTelemetry != 0 && v.Conn.Flags&layout.ConnClosed == 0 {
+			open[cookie] = true
+		}
 	}
-	t.mu.Unlock()
-	return seen, nil
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("walk %s: %w", loader.MapTCPSock, err)
+	}
+	return open, nil
 }

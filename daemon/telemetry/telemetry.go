@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
@@ -43,7 +44,12 @@ type Config struct {
 	// and the gauge of open connections counts the ends the daemon has seen
 	// (sweeps find new ones late).
 	KernelStats func() (map[string]uint64, error)
-	Logger      *slog.Logger
+	// Namespaces lists the network namespaces (paths) of the enrolled
+	// pods: a sweep reads each one's TCP sockets there (the kernel's TCP
+	// iterator walks one namespace). Without it a sweep reads the
+	// daemon's own namespace only.
+	Namespaces func() []string
+	Logger     *slog.Logger
 }
 
 // Defaults.
@@ -64,6 +70,7 @@ type Telemetry struct {
 	sweepMu   sync.Mutex
 	mu        sync.Mutex
 	iter      *loader.ConnIter
+	socks     *ebpf.Map // km_tcp_sock: which ends are open
 	lastSweep time.Time
 	conns     map[uint64]*conn
 	// sweeping is set while a sweep's snapshots are being applied; the

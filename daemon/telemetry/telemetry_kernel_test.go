@@ -124,7 +124,8 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 			Addresses: []netip.Addr{n.server.IP4}, ServiceAccount: "echo", CanonicalName: "echo", CanonicalRevision: "v2"}},
 	}, nil)
 
-	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelStats: m.Stats}
+	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelStats: m.Stats,
+		Namespaces: func() []string { return []string{n.client.NSPath, n.server.NSPath} }}
 	if accessLog {
 		cfg.AccessLog = n.log
 	}

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Connection records shared by the sockops, sk_msg and iterator programs:
- * tuples, the connection record in each socket's km_sock storage and the
- * events sent to the daemon.
+ * tuples, the connection record in each TCP socket's km_tcp_sock element
+ * and the events sent to the daemon.
  *
  * A few kernel structs are read through BTF (CO-RE): only the fields named
  * here, relocated against the running kernel at load time.
@@ -26,6 +26,9 @@
 struct sock_common {
 	unsigned char skc_state;
 	unsigned long skc_flags;
+	struct {
+		__s64 counter;
+	} skc_cookie; /* atomic64_t: the socket cookie, once anyone asked for it */
 } __attribute__((preserve_access_index));
 
 struct sock {
@@ -57,11 +60,9 @@ struct bpf_iter_meta {
 
 struct bpf_map;
 
-struct bpf_iter__bpf_sk_storage_map {
+struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
-	struct bpf_map *map;
-	struct sock *sk;
-	void *value;
+	struct sock_common *sk_common;
 } __attribute__((preserve_access_index));
 
 static __always_inline void km_v4mapped(struct km_addr *a, __u32 ip4)

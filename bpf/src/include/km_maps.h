@@ -102,6 +102,26 @@ struct {
 	__type(value, struct km_sock_value);
 } km_sock SEC(".maps");
 
+/* TCP sockets' km_sock_value, under their socket cookie, from connect (a
+ * rewritten client) or established (any other enrolled end) until the close
+ * callback deletes it. Socket-local storage cost each client connection
+ * ~3 us (a kmalloc, a memory-cgroup charge and an RCU-deferred free with
+ * the socket, mostly outside any program); a hash element without
+ * preallocation comes from a per-CPU cache. The daemon's sweep reaches the
+ * sockets through iter/tcp in each pod's namespace and clears what a
+ * connect that failed before TCP started left behind. Full: counted in
+ * KM_STAT_TCP_SOCK_FULL. */
+#ifndef KM_TCP_SOCK_MAX
+#define KM_TCP_SOCK_MAX 262144
+#endif
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, KM_TCP_SOCK_MAX);
+	__type(key, __u64);
+	__type(value, struct km_sock_value);
+} km_tcp_sock SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);

@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define KM_LAYOUT_VERSION 5
+#define KM_LAYOUT_VERSION 6
 
 /* Locality priorities: Istio has six routing-preference scopes, so seven
  * levels (all match .. none match); eight keeps the array aligned. */
@@ -310,14 +310,16 @@ struct km_conn_value {
 	__u32 pad;
 };
 
-/* km_sock (socket-local storage): what a socket's destination was before the
- * rewrite, and what it became (the connect hook's), and for an enrolled TCP
- * end its connection record (sockops'). One storage per socket: a second
- * one cost an allocation at established and a free with the socket on
- * every client connection. 56 + 96 bytes. */
+/* What a socket's destination was before the rewrite, and what it became
+ * (the connect hook's), and for an enrolled TCP end its connection record
+ * (sockops'). TCP sockets keep it in km_tcp_sock under their cookie, UDP
+ * sockets in km_sock (socket-local storage). One value per socket: a
+ * second one cost an allocation at established and a free on every client
+ * connection. 56 + 96 bytes. */
 enum km_sock_flags {
 	KM_SOCK_REWRITTEN = 1 << 0,
 	KM_SOCK_WAYPOINT = 1 << 1,
+	KM_SOCK_CONNECTING = 1 << 2, /* km_tcp_sock: TCP got to send the SYN, so the close callback will come */
 };
 
 struct km_sock_value {
@@ -388,6 +390,7 @@ enum km_stat {
 	KM_STAT_SOCKHASH_FAIL,
 	KM_STAT_MSG_REDIRECT,   /* sendmsg calls sent to the peer past TCP */
 	KM_STAT_MSG_PASS,       /* sendmsg calls left on TCP */
+	KM_STAT_TCP_SOCK_FULL,  /* km_tcp_sock refused a socket: it goes unrewritten-for-getpeername and unrecorded */
 	KM_STAT_MAX,
 };
 
