@@ -89,13 +89,16 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	/* Traffic inside a pod over loopback never leaves it (Istio's proxies
 	 * do not see it either), and its tuples repeat from pod to pod: a
 	 * sockhash keyed by them would mix pods up. */
-	if (!km_tuple_of_ops(ops, &t) || km_addr_is_loopback(&t.remote) || !km_enrolled(ops))
+	if (!km_tuple_of_ops(ops, &t) || km_addr_is_loopback(&t.remote))
 		return;
-	/* A client rewritten at connect() has its element already; the
-	 * record goes beside what the connect hook left there. */
+	/* A client rewritten at connect() has its element already (and is
+	 * enrolled: the hook rewrites for enrolled pods only); the record
+	 * goes beside what the connect hook left there. */
 	cookie = bpf_get_socket_cookie(ops);
 	s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
 	if (!s) {
+		if (!km_enrolled(ops))
+			return;
 		if (bpf_map_update_elem(&km_tcp_sock, &cookie, &km_sock_zero, BPF_NOEXIST)) {
 			km_count(KM_STAT_TCP_SOCK_FULL);
 			return;

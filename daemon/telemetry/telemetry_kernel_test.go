@@ -125,7 +125,9 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 	}, nil)
 
 	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelStats: m.Stats,
-		Namespaces: func() []string { return []string{n.client.NSPath, n.server.NSPath} }}
+		// A pod can go between the listing and the sweep: its namespace is
+		// skipped, the others still read.
+		Namespaces: func() []string { return []string{n.client.NSPath, "/run/netns/kmesh-test-gone", n.server.NSPath} }}
 	if accessLog {
 		cfg.AccessLog = n.log
 	}
