@@ -171,6 +171,9 @@ func TestKernelTCPSockJanitorClearsFailedConnects(t *testing.T) {
 	if n, err := j.Sweep(); err != nil || n != 1 {
 		t.Fatalf("second sweep removed %d (%v), want the failed connect's element", n, err)
 	}
+	if n, max := j.Usage(); n != 1 || max != int(loader.DefaultSizes().TCPSockets) {
+		t.Errorf("janitor usage %d of %d, want 1 of %d", n, max, loader.DefaultSizes().TCPSockets)
+	}
 	socks := tcpSocks(t, f.dp)
 	if _, ok := socks[cookieOf(t, open)]; !ok || len(socks) != 1 {
 		t.Fatalf("after the sweeps km_tcp_sock holds %+v, want only the open connection", socks)

@@ -362,7 +362,8 @@ func TestKernelDaemonServesIstiodState(t *testing.T) {
 		t.Fatalf("/debug/maps: %+v", m)
 	}
 	_, metrics, _ := f.d.get("/metrics")
-	for _, want := range []string{"kmesh_xds_connected 1", `kmesh_map_entries{map="km_endpoint"} 3`, "kmesh_programming_duration_seconds_count", "kmesh_pods_enrolled 1"} {
+	for _, want := range []string{"kmesh_xds_connected 1", `kmesh_map_entries{map="km_endpoint"} 3`, "kmesh_programming_duration_seconds_count", "kmesh_pods_enrolled 1",
+		`kmesh_map_capacity{map="km_tcp_sock"} 262144`} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

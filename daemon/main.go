@@ -220,8 +220,17 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	srv := cniserver.NewServer(reg, health{pinDir: o.bpfDir, syncer: syncer}, Version, decider)
 	go func() { errc <- srv.Serve(ctx, l) }()
 
+	janitor, err := dp.Datapath().NewTCPSockJanitor()
+	if err != nil {
+		return err
+	}
+	go sweepTCPSocks(ctx, janitor, log)
 	counters := admin.Counters{
-		Swept:     swept.Load,
+		Swept: swept.Load,
+		KernelMaps: func() map[string][2]int {
+			n, max := janitor.Usage()
+			return map[string][2]int{loader.MapTCPSock: {n, max}}
+		},
 		Connected: syncer.IsConnected,
 		Pushes:    func() uint64 { p, _ := syncer.Counters(); return p },
 		NACKs:     func() uint64 { _, n := syncer.Counters(); return n },
@@ -236,11 +245,6 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			return len(all), e
 		},
 	}
-	janitor, err := dp.Datapath().NewTCPSockJanitor()
-	if err != nil {
-		return err
-	}
-	go sweepTCPSocks(ctx, janitor, log)
 	metrics := admin.Metrics(dp, counters)
 	var tel *telemetry.Telemetry
 	if o.features.Telemetry {
@@ -391,16 +395,17 @@ func sweepTCPSocks(ctx context.Context, j *loader.TCPSockJanitor, log *slog.Logg
 	tick := time.NewTicker(30 * time.Second)
 	defer tick.Stop()
 	for {
+		// The first one at once: it also counts the map for the metrics.
+		n, err := j.Sweep()
+		if err != nil {
+			log.Warn("clear stale TCP socket records", "err", err)
+		} else if n > 0 {
+			log.Info("cleared TCP socket records of failed connects", "records", n)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			n, err := j.Sweep()
-			if err != nil {
-				log.Warn("clear stale TCP socket records", "err", err)
-			} else if n > 0 {
-				log.Info("cleared TCP socket records of failed connects", "records", n)
-			}
 		}
 	}
 }

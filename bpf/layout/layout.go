@@ -244,7 +244,7 @@ const (
 	ConnRedirectIn uint8 = 1 << 6
 )
 
-// ConnValue is the connection record in km_sock: one end of an enrolled TCP connection.
+// ConnValue is the connection record in km_tcp_sock: one end of an enrolled TCP connection.
 type ConnValue struct {
 	Cookie     uint64
 	StartNs    uint64

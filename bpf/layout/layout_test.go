@@ -31,6 +31,7 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		{"km_backend", uint32(0), layout.BackendValue{}},
 		{"km_affinity", layout.AffinityKey{}, layout.AffinityValue{}},
 		{"km_sock", int32(0), layout.SockValue{}},
+		{"km_tcp_sock", uint64(0), layout.SockValue{}},
 		{"km_udp_rev", layout.UDPRevKey{}, layout.UDPRevValue{}},
 		{"km_config", uint32(0), layout.ConfigValue{}},
 		{"km_authz_ps", uint32(0), layout.AuthzPSValue{}},

@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 
@@ -20,6 +21,7 @@ import (
 type TCPSockJanitor struct {
 	m        *ebpf.Map
 	suspects map[uint64]bool
+	entries  atomic.Int64 // as of the last sweep
 }
 
 // NewTCPSockJanitor returns a janitor for d's km_tcp_sock.
@@ -43,8 +45,10 @@ func (j *TCPSockJanitor) Sweep() (int, error) {
 	var v layout.SockValue
 	next := map[uint64]bool{}
 	var doomed []uint64
+	n := 0
 	it := j.m.Iterate()
 	for it.Next(&cookie, &v) {
+		n++
 		if !orphaned(&v) {
 			continue
 		}
@@ -59,6 +63,7 @@ func (j *TCPSockJanitor) Sweep() (int, error) {
 	}
 	j.suspects = next
 	removed := 0
+	defer func() { j.entries.Store(int64(n - removed)) }()
 	for _, c := range doomed {
 		// Look again: a socket whose first connect failed may have
 		// connected since.
@@ -71,4 +76,10 @@ func (j *TCPSockJanitor) Sweep() (int, error) {
 		removed++
 	}
 	return removed, nil
+}
+
+// Usage returns the elements counted at the last sweep (less those it
+// removed) and the map's capacity.
+func (j *TCPSockJanitor) Usage() (int, int) {
+	return int(j.entries.Load()), int(j.m.MaxEntries())
 }

@@ -13,6 +13,9 @@ type Counters struct {
 	NACKs     func() uint64
 	Pods      func() (all, enrolled int)
 	Swept     func() uint64
+	// KernelMaps reports entries and capacity of the maps the kernel
+	// fills (km_tcp_sock), as last counted.
+	KernelMaps func() map[string][2]int
 }
 
 // Metrics registers the daemon's metrics and returns the registry.
@@ -64,7 +67,7 @@ func Metrics(d *dataplane.Dataplane, c Counters) *prometheus.Registry {
 			Name: "kmesh_pods_enrolled", Help: "Pod sandboxes enrolled in the data path.",
 		}, func() float64 { _, e := c.Pods(); return float64(e) }))
 	}
-	reg.MustRegister(&mapCollector{d: d})
+	reg.MustRegister(&mapCollector{d: d, kernel: c.KernelMaps})
 	if c.Swept != nil {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "kmesh_authz_connections_closed_total", Help: "Established connections closed because a new policy denies them.",
@@ -82,7 +85,10 @@ var (
 		[]string{"policy", "outcome"}, nil)
 )
 
-type mapCollector struct{ d *dataplane.Dataplane }
+type mapCollector struct {
+	d      *dataplane.Dataplane
+	kernel func() map[string][2]int
+}
 
 func (m *mapCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- entriesDesc
@@ -92,7 +98,13 @@ func (m *mapCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (m *mapCollector) Collect(ch chan<- prometheus.Metric) {
-	for name, u := range m.d.Maps().Usage() {
+	usage := m.d.Maps().Usage()
+	if m.kernel != nil {
+		for name, u := range m.kernel() {
+			usage[name] = u
+		}
+	}
+	for name, u := range usage {
 		ch <- prometheus.MustNewConstMetric(entriesDesc, prometheus.GaugeValue, float64(u[0]), name)
 		ch <- prometheus.MustNewConstMetric(capacityDesc, prometheus.GaugeValue, float64(u[1]), name)
 	}

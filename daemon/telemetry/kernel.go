@@ -196,6 +196,8 @@ func (t *Telemetry) Sweep() error {
 // callback: a namespace the sweep could not read hides none of them).
 func (t *Telemetry) readSnapshots(it *loader.ConnIter, socks *ebpf.Map) (map[uint64]bool, error) {
 	var servers []layout.ConnEvent
+	var skipped int
+	var firstErr error
 	for _, ns := range t.namespaces() {
 		var r io.ReadCloser
 		open := func() error {
@@ -210,17 +212,26 @@ func (t *Telemetry) readSnapshots(it *loader.ConnIter, socks *ebpf.Map) (map[uin
 			err = podns.Do(ns, open)
 		}
 		if err != nil {
-			// The pod went between listing and entering it.
-			if errors.Is(err, os.ErrNotExist) {
-				continue
+			// The pod went between listing and entering it, or its
+			// namespace cannot be entered: its ends are reported at
+			// their close, and are not taken for closed meanwhile
+			// (openEnds does not depend on reaching them).
+			if !errors.Is(err, os.ErrNotExist) {
+				skipped++
+				if firstErr == nil {
+					firstErr = fmt.Errorf("%s: %w", ns, err)
+				}
 			}
-			return nil, fmt.Errorf("read connection records in %s: %w", ns, err)
+			continue
 		}
 		servers, err = t.applySnapshots(r, servers)
 		r.Close()
 		if err != nil {
 			return nil, err
 		}
+	}
+	if skipped > 0 {
+		t.log.Warn("telemetry sweep skipped pod namespaces it could not read", "namespaces", skipped, "first", firstErr)
 	}
 	// After every client record: a server end new to the daemon learns
 	// what its client dialled from the client's record.

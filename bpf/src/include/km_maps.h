@@ -95,6 +95,10 @@ struct {
 	__type(value, struct km_affinity_value);
 } km_affinity SEC(".maps");
 
+/* UDP sockets' km_sock_value (socket-local storage): the backend a socket
+ * was given and the address it sent to, for its next datagrams and its
+ * replies. A UDP socket has no close callback that could delete an element
+ * of a hash; its storage goes with it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

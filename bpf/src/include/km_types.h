@@ -276,7 +276,7 @@ struct km_tuple {
 };
 
 /* The connection record of one end of an enrolled TCP connection, for
- * telemetry and acceleration (in km_sock). 96 bytes. */
+ * telemetry and acceleration (in km_tcp_sock). 96 bytes. */
 enum km_conn_role {
 	KM_ROLE_CLIENT = 1, /* connect()ed: reports as the source */
 	KM_ROLE_SERVER = 2, /* accept()ed: reports as the destination */
@@ -335,7 +335,7 @@ struct km_sock_value {
 	struct km_conn_value conn; /* zero until sockops sees it established */
 };
 
-/* km_events (ring buffer) and the km_sock iterator: a connection end at a
+/* km_events (ring buffer) and the TCP iterator: a connection end at a
  * point in its life. Byte counts are payload totals since established
  * (TCP's counters less SYN and FIN, plus what went past TCP), so a lost
  * record costs no bytes. */
