@@ -206,6 +206,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	var swept atomic.Uint64
 	enf.Swept = func(n int) { swept.Add(uint64(n)) }
 	reg.Watch(func(*cniv1.Pod, bool) { enf.PodsChanged() })
+	var local podAddrs
+	reg.Watch(func(*cniv1.Pod, bool) { local.refresh(reg.Pods) })
+	local.refresh(reg.Pods)
 	go enf.Run(ctx)
 
 	// Bind the socket, then read the plugin's records, then serve: a plugin
@@ -267,6 +270,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		tel = telemetry.New(telemetry.Config{
 			Resolver: resolver, Interval: o.telemetryInterval, MaxSeries: o.maxSeries, AccessLog: out, Logger: log,
 			KernelStats: dp.Maps().Stats,
+			LocalPod:    local.has,
 			Namespaces: func() []string {
 				var out []string
 				for _, p := range reg.Pods() {

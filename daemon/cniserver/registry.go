@@ -147,7 +147,9 @@ const anonymousPrefix = "unknown-netns-"
 
 func isAnonymous(containerID string) bool { return strings.HasPrefix(containerID, anonymousPrefix) }
 
-// Watch registers fn for pod additions (true) and removals (false).
+// Watch registers fn for pod additions (true) and removals (false). A
+// record that changed (replaced by Add, enrolled or released by
+// SetEnrolled) comes again as an addition.
 func (r *Registry) Watch(fn func(p *cniv1.Pod, added bool)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -225,26 +227,35 @@ func (r *Registry) Remove(containerID string, cookie uint64) (bool, error) {
 // SetEnrolled enrolls or releases a registered pod (label changes).
 func (r *Registry) SetEnrolled(containerID string, enrolled bool, reason string) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	p, ok := r.pods[containerID]
 	if !ok {
+		r.mu.Unlock()
 		return fmt.Errorf("pod sandbox %s is not registered", containerID)
 	}
 	if p.Enrolled == enrolled {
+		r.mu.Unlock()
 		return nil
 	}
 	if enrolled {
 		cookie, err := r.enroller.Enroll(p)
 		if err != nil {
+			r.mu.Unlock()
 			return err
 		}
 		p.NetnsCookie = cookie
 	} else if err := r.enroller.Release(p); err != nil {
+		r.mu.Unlock()
 		return err
 	}
 	p.Enrolled = enrolled
 	p.Reason = reason
 	r.changed()
+	ws := slices.Clone(r.watchers)
+	p = clone(p)
+	r.mu.Unlock()
+	for _, fn := range ws {
+		fn(clone(p), true)
+	}
 	return nil
 }
 

@@ -49,7 +49,14 @@ type Config struct {
 	// iterator walks one namespace). Without it a sweep reads the
 	// daemon's own namespace only.
 	Namespaces func() []string
-	Logger     *slog.Logger
+	// LocalPod reports whether an address is a pod on this node. Only a
+	// pod here can have its server end recorded here, so a client whose
+	// server is elsewhere files nothing for pairing, and a server end
+	// whose client is elsewhere does not wait for the client's record
+	// (most connections in a cluster cross nodes). Without it any address
+	// may be local. It is called per record: keep it a lookup.
+	LocalPod func(netip.Addr) bool
+	Logger   *slog.Logger
 }
 
 // Defaults.
@@ -378,7 +385,8 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 // reports whether it kept the event.
 func (t *Telemetry) wait(e *layout.ConnEvent) bool {
 	c := &e.Conn
-	if e.Type != layout.EventClose || c.Role != layout.RoleServer || c.Flags&layout.ConnRewritten != 0 {
+	if e.Type != layout.EventClose || c.Role != layout.RoleServer || c.Flags&layout.ConnRewritten != 0 ||
+		!t.mayBeLocal(c.Remote) {
 		return false
 	}
 	k := tupleOf(c).Reverse()
@@ -482,7 +490,7 @@ func (f *fifo) len() int { return len(f.q) - f.head }
 func (t *Telemetry) pairOrigin(x *conn) {
 	c := &x.rec
 	if x.reporter == ReporterSource {
-		if c.Flags&layout.ConnRewritten != 0 {
+		if c.Flags&layout.ConnRewritten != 0 && t.mayBeLocal(c.Remote) {
 			t.dialled[tupleOf(c)] = dialled{cookie: c.Cookie, orig: c.Orig, origPort: c.OrigPort, serviceID: c.ServiceID}
 		}
 		return
@@ -498,6 +506,11 @@ func (t *Telemetry) pairOrigin(x *conn) {
 	delete(t.dialled, k)
 	c.Orig, c.OrigPort, c.ServiceID = d.orig, d.origPort, d.serviceID
 	c.Flags |= layout.ConnRewritten
+}
+
+// mayBeLocal tells whether a is, or may be, a pod on this node.
+func (t *Telemetry) mayBeLocal(a layout.Addr) bool {
+	return t.cfg.LocalPod == nil || t.cfg.LocalPod(a.Netip())
 }
 
 // forget drops a closed connection end; nothing may use x afterwards.

@@ -554,3 +554,35 @@ func TestFifoCompacts(t *testing.T) {
 		t.Error("not empty")
 	}
 }
+
+// With LocalPod known, a client whose server is not a pod here files
+// nothing for pairing, and a server end whose client is not a pod here is
+// accounted at once instead of waiting.
+func TestPairingOnlyForPodsOnThisNode(t *testing.T) {
+	tel, _ := newTestTelemetry(t, 100, nil)
+	local := map[netip.Addr]bool{}
+	tel.cfg.LocalPod = func(a netip.Addr) bool { return local[a] }
+	without := func() float64 {
+		return testutil.ToFloat64(tel.istio.closed.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...))
+	}
+
+	tel.handle(ev(1, layout.EventClose, false, 20, 10, 1_000_000_000))
+	if n := len(tel.dialled); n != 0 {
+		t.Errorf("%d dialled entries for a client whose server is elsewhere", n)
+	}
+	tel.handle(ev(2, layout.EventClose, true, 10, 20, 1_000_000_000))
+	if n := len(tel.waiting); n != 0 || without() != 1 {
+		t.Errorf("a server end whose client is elsewhere: %d waiting, %v accounted, want 0 and 1", n, without())
+	}
+
+	// Both pods here: pairing as usual.
+	local[ipClient], local[ipServer] = true, true
+	tel.handle(ev(3, layout.EventClose, false, 20, 10, 2_000_000_000))
+	tel.handle(ev(4, layout.EventClose, true, 10, 20, 2_000_100_000))
+	if v := value(tel.istio.closed, ReporterDestination, noFlags); v != 1 {
+		t.Errorf("destination reports with the service: %v, want 1", v)
+	}
+	if len(tel.dialled) != 0 || len(tel.waiting) != 0 {
+		t.Errorf("left: %d dialled, %d waiting", len(tel.dialled), len(tel.waiting))
+	}
+}
