@@ -114,20 +114,14 @@ func (p *accelPair) sockhash() map[layout.Tuple]uint64 {
 func (p *accelPair) record(c *net.TCPConn) (layout.ConnValue, bool) {
 	p.t.Helper()
 	var v layout.SockValue
-	var found bool
-	withFD(p.t, c, func(fd int) {
-		cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
-		if err != nil {
-			p.t.Fatalf("SO_COOKIE: %v", err)
-		}
-		err = p.dp.Map(loader.MapTCPSock).Lookup(cookie, &v)
-		if err == nil {
-			found = v.Conn.Cookie != 0
-		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			p.t.Fatalf("look up km_tcp_sock: %v", err)
-		}
-	})
-	return v.Conn, found
+	err := p.dp.Map(loader.MapTCPSock).Lookup(cookieOf(p.t, c), &v)
+	if err == nil {
+		return v.Conn, v.Conn.Cookie != 0
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		p.t.Fatalf("look up km_tcp_sock: %v", err)
+	}
+	return v.Conn, false
 }
 
 func tupleOf(c net.Conn) layout.Tuple {

@@ -45,6 +45,22 @@ func cookieOf(t *testing.T, c net.Conn) uint64 {
 	return cookie
 }
 
+// dialVIP opens n connections from the client to the IPv4 VIP on port 80,
+// closed when the test ends.
+func (f *fixture) dialVIP(n int) []net.Conn {
+	f.t.Helper()
+	var conns []net.Conn
+	for range n {
+		c, err := f.client.Dial("tcp", hostPort(vip4, 80), 2*time.Second)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		f.t.Cleanup(func() { c.Close() })
+		conns = append(conns, c)
+	}
+	return conns
+}
+
 // waitNoTCPSocks waits until every element is gone.
 func waitNoTCPSocks(t *testing.T, dp *loader.Datapath, why string) {
 	t.Helper()
@@ -92,18 +108,8 @@ func TestKernelTCPSockElementsLiveWithTheirSockets(t *testing.T) {
 	svc.Ports = []maps.Port{{Port: 80, TargetPort: 8082}, {Port: 81, TargetPort: 9}} // nothing listens on 9
 	f.upsert(svc)
 
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for range 10 {
-		c, err := f.client.Dial("tcp", hostPort(vip4, 80), 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
+	conns := f.dialVIP(10)
+	for _, c := range conns {
 		// The server end is established once it has answered.
 		if _, err := c.Read(make([]byte, 64)); err != nil {
 			t.Fatal(err)
@@ -125,7 +131,6 @@ func TestKernelTCPSockElementsLiveWithTheirSockets(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	conns = nil
 	waitNoTCPSocks(t, f.dp, "after every connection closed")
 
 	if _, err := f.client.Dial("tcp", hostPort(vip4, 81), 2*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
@@ -189,19 +194,7 @@ func TestKernelTCPSockFullIsCounted(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{TCPSockets: 2})
 	f.upsert(f.service(1, maps.Random, 0))
 
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for range 3 {
-		c, err := f.client.Dial("tcp", hostPort(vip4, 80), 2*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
+	conns := f.dialVIP(3)
 	st, err := f.maps.Stats()
 	if err != nil {
 		t.Fatal(err)
