@@ -1,0 +1,498 @@
+// Package model is kmesh-waypoint's configuration as the proxy engine runs
+// it: listeners, filter chains and how one is chosen, HTTP route tables,
+// clusters and their endpoints, and the workload identities of peers. It is
+// plain Go, immutable once built, with everything a request needs already
+// compiled (regexes, header matchers, weights), so the hot path never
+// touches a protobuf.
+//
+// Two sources build it: istiod's xDS for a waypoint (package
+// waypoint/translate) and a standard Envoy bootstrap's static_resources
+// (the same translator). The engine (package waypoint/proxy) swaps whole
+// Snapshots atomically; per-cluster runtime state (pools, cursors) is kept
+// by cluster name across swaps.
+//
+// The types follow Envoy's API closely (names in comments), so a reader who
+// knows Envoy's config knows these; what Envoy does that we do not emulate
+// (internal listeners, HBONE tunnelling) is described where it is dropped.
+package model
+
+import (
+	"net/netip"
+	"regexp"
+	"time"
+)
+
+// Snapshot is one complete, consistent configuration.
+type Snapshot struct {
+	// Version identifies the snapshot in logs, the config dump and the
+	// metrics (e.g. the xDS versions it was built from, or a file's hash).
+	Version string
+	// Listeners in the order they were given.
+	Listeners []*Listener
+	// Clusters by name.
+	Clusters map[string]*Cluster
+	// Peers maps workload addresses to their identities (from istiod's
+	// address xDS), for telemetry labels and, later, L7 policy. May be nil.
+	Peers *Peers
+	// Unsupported lists every piece of configuration that was read but is
+	// not enforced: the config dump shows it and a counter counts it.
+	Unsupported []Unsupported
+}
+
+// Unsupported is configuration the translator met and did not apply.
+type Unsupported struct {
+	// Where: "listener main_internal / chain inbound-vip|80|http|x / http filter".
+	Where string
+	// Name and TypeURL of the filter or field.
+	Name    string
+	TypeURL string
+	// FailClosed: it could deny traffic, so the chain or route carrying it
+	// answers with Deny instead of running without it.
+	FailClosed bool
+	Reason     string
+}
+
+// Listener accepts connections and hands each to one filter chain.
+type Listener struct {
+	Name string
+	// Address to listen on. For istiod's waypoint config this is the
+	// waypoint's own listen address (the kernel sends to it), not what
+	// istiod names (an internal listener).
+	Address netip.AddrPort
+	// ProxyProtocol: the connection starts with a PROXY protocol header
+	// (v1 or v2) whose destination is the original destination used to
+	// choose a chain and, for pass-through clusters, where to connect.
+	ProxyProtocol bool
+	// AllowWithoutProxyProtocol accepts connections that start without a
+	// header (Envoy's allow_requests_without_proxy_protocol); their original
+	// destination is the listener's local address.
+	AllowWithoutProxyProtocol bool
+	// HeaderTimeout bounds the wait for the PROXY header and protocol
+	// sniffing (Envoy's listener_filters_timeout; 0: the engine's default).
+	HeaderTimeout time.Duration
+	// Chains by name; Select names one of them.
+	Chains map[string]*FilterChain
+	// Select picks a chain for a connection. Nil: DefaultChain for all.
+	Select ChainSelector
+	// DefaultChain is used when Select finds nothing (Envoy's
+	// default_filter_chain). Nil: such connections are closed.
+	DefaultChain *FilterChain
+}
+
+// ConnInfo is what a chain is chosen by.
+type ConnInfo struct {
+	// Destination is the original destination (PROXY header, or the local
+	// address without one).
+	Destination netip.AddrPort
+	// Source is the client address (PROXY header, or the TCP peer).
+	Source netip.AddrPort
+	// Protocol as detected by sniffing the first bytes: ProtocolHTTP1,
+	// ProtocolHTTP2 (h2c prior knowledge) or ProtocolTCP. Empty when the
+	// selector did not ask for it (NeedsProtocol false).
+	Protocol string
+}
+
+// Detected application protocols, as Envoy's http_inspector names them.
+const (
+	ProtocolHTTP1 = "http/1.1"
+	ProtocolHTTP2 = "h2c"
+	ProtocolTCP   = "" // nothing HTTP was recognised
+)
+
+// ChainSelector chooses a filter chain by connection attributes.
+type ChainSelector interface {
+	// Select returns the chain's name, or "" for no match.
+	Select(ci ConnInfo) string
+	// NeedsProtocol reports whether Select may depend on the sniffed
+	// protocol for a connection to this destination; when false the
+	// engine does not wait for the client's first bytes to choose.
+	NeedsProtocol(dst netip.AddrPort) bool
+}
+
+// FilterChain is one way of handling a connection. Exactly one of HTTP,
+// TCP or Deny is set.
+type FilterChain struct {
+	Name string
+	HTTP *HTTPConnectionManager
+	TCP  *TCPProxy
+	// Deny closes (TCP) or answers (HTTP, when the engine can tell it is
+	// HTTP) every connection with its reason logged: the fail-closed form
+	// of a chain whose configuration we cannot enforce.
+	Deny *Deny
+	// Metadata for telemetry: the service this chain serves ("" for
+	// direct-to-pod chains).
+	Service ServiceRef
+}
+
+// ServiceRef names the destination service of a chain or cluster.
+type ServiceRef struct {
+	Hostname  string // reviews.default.svc.cluster.local
+	Name      string // reviews
+	Namespace string // default
+}
+
+// Deny is a fail-closed answer.
+type Deny struct {
+	// HTTPStatus for HTTP requests (403 for policy we cannot evaluate, 503
+	// for anything else); TCP connections are closed.
+	HTTPStatus int
+	Reason     string
+}
+
+// HTTPConnectionManager is Envoy's HCM: how HTTP is served on a chain.
+type HTTPConnectionManager struct {
+	StatPrefix string
+	// Codec: "auto" (HTTP/1.1 or h2c prior knowledge), "http1", "http2".
+	Codec string
+	// Routes is the route table (inline, or RDS resolved by the
+	// translator). Nil with RDSName set: not received yet (503 NR).
+	Routes  *RouteTable
+	RDSName string
+	// Filters in order, the router last. Filters not in this list were
+	// either harmless and skipped (recorded in Snapshot.Unsupported) or
+	// turned the chain into a Deny.
+	Filters []HTTPFilter
+	// GenerateRequestID adds x-request-id when missing (default true).
+	GenerateRequestID bool
+	// StreamIdleTimeout, RequestTimeout: 0 means none.
+	StreamIdleTimeout time.Duration
+	RequestTimeout    time.Duration
+	// ServerName is the Server header on local replies ("istio-envoy"
+	// in istiod's config); empty: none.
+	ServerName string
+}
+
+// HTTPFilter is one HTTP filter with its listener-level config. Per-route
+// overrides live on Route/VirtualHost (PerFilter).
+type HTTPFilter struct {
+	// Name as configured ("envoy.filters.http.fault").
+	Name  string
+	Fault *Fault // envoy.filters.http.fault
+	CORS  *CORS  // envoy.filters.http.cors (policy is per route/vhost)
+	// Router marks envoy.filters.http.router.
+	Router bool
+}
+
+// RouteTable is Envoy's RouteConfiguration.
+type RouteTable struct {
+	Name         string
+	VirtualHosts []*VirtualHost
+	// Header operations applied to every request/response (after the
+	// route's and the virtual host's, as in Envoy).
+	Headers HeaderOps
+}
+
+// VirtualHost groups routes by authority.
+type VirtualHost struct {
+	Name string
+	// Domains: exact, "*.suffix", "prefix.*", "*"; with or without port.
+	Domains []string
+	Routes  []*Route
+	// Retry is the default for routes without their own.
+	Retry     *RetryPolicy
+	Headers   HeaderOps
+	PerFilter PerFilterConfig
+}
+
+// Route is one match and what to do with it.
+type Route struct {
+	Name  string
+	Match RouteMatch
+	// Exactly one of Forward, Redirect, Direct is set.
+	Forward  *ForwardAction
+	Redirect *RedirectAction
+	Direct   *DirectResponse
+	// Deny: a route whose configuration we cannot enforce.
+	Deny      *Deny
+	Headers   HeaderOps
+	PerFilter PerFilterConfig
+}
+
+// RouteMatch is Envoy's RouteMatch; all conditions must hold.
+type RouteMatch struct {
+	// One of Prefix, Path, Regex, PathSeparatedPrefix (none set: match
+	// every path, as Envoy's prefix "/").
+	Prefix              string
+	Path                string
+	Regex               *regexp.Regexp
+	PathSeparatedPrefix string
+	// CaseInsensitive applies to Prefix and Path (Envoy's case_sensitive
+	// false).
+	CaseInsensitive bool
+	Headers         []HeaderMatch
+	Query           []QueryMatch
+	// GRPC: only requests with content-type application/grpc*.
+	GRPC bool
+}
+
+// StringMatch is Envoy's StringMatcher.
+type StringMatch struct {
+	Exact, Prefix, Suffix, Contains string
+	Regex                           *regexp.Regexp
+	IgnoreCase                      bool
+	// Kind says which field is in use: "exact", "prefix", "suffix",
+	// "contains", "regex".
+	Kind string
+}
+
+// HeaderMatch is Envoy's HeaderMatcher.
+type HeaderMatch struct {
+	Name string // lower case
+	// One of: Value (string match), Present, Range.
+	Value   *StringMatch
+	Present *bool
+	// Range: [Start, End) on the header's integer value.
+	Range *struct{ Start, End int64 }
+	// Invert the result (invert_match).
+	Invert bool
+	// TreatMissingAsEmpty (treat_missing_header_as_empty).
+	TreatMissingAsEmpty bool
+}
+
+// QueryMatch is Envoy's QueryParameterMatcher.
+type QueryMatch struct {
+	Name string
+	// Value nil with Present true: the parameter must be there.
+	Value   *StringMatch
+	Present bool
+}
+
+// ForwardAction is Envoy's RouteAction.
+type ForwardAction struct {
+	// One of Cluster, Weighted.
+	Cluster  string
+	Weighted *WeightedClusters
+	// PrefixRewrite replaces the matched prefix (or path); RegexRewrite
+	// substitutes in the path.
+	PrefixRewrite string
+	RegexRewrite  *RegexRewrite
+	// HostRewrite sets :authority to a literal; AutoHostRewrite to the
+	// upstream host's address.
+	HostRewrite     string
+	AutoHostRewrite bool
+	// Timeout for the whole request including retries (Envoy's default is
+	// 15 s; istiod sets 0 = none unless a VirtualService says otherwise).
+	Timeout     time.Duration
+	IdleTimeout time.Duration
+	// Retry overrides the virtual host's policy; nil: use the vhost's.
+	Retry *RetryPolicy
+	// Mirrors: copies of the request sent fire-and-forget.
+	Mirrors []Mirror
+	// MaxGRPCTimeout: honour grpc-timeout up to this (0: Envoy's
+	// max_stream_duration.grpc_timeout_header_max unset, ignore it).
+	MaxGRPCTimeout *time.Duration
+	// HashPolicy for ring-hash/maglev clusters (header name, or use the
+	// source IP).
+	HashHeader   string
+	HashSourceIP bool
+}
+
+// WeightedClusters splits traffic (gray release).
+type WeightedClusters struct {
+	Clusters []WeightedCluster
+	Total    uint32 // sum of weights (Envoy's total_weight or computed)
+}
+
+// WeightedCluster is one share of a split.
+type WeightedCluster struct {
+	Name    string
+	Weight  uint32
+	Headers HeaderOps
+}
+
+// RegexRewrite is Envoy's regex_rewrite.
+type RegexRewrite struct {
+	Pattern      *regexp.Regexp
+	Substitution string // Go regexp.Expand syntax, translated from RE2's \1
+}
+
+// Mirror is Envoy's RequestMirrorPolicy.
+type Mirror struct {
+	Cluster string
+	// Percent of requests mirrored, 0..100 (default 100).
+	Percent float64
+}
+
+// RedirectAction is Envoy's RedirectAction.
+type RedirectAction struct {
+	Scheme        string
+	Host          string
+	Port          uint32
+	Path          string
+	PrefixRewrite string
+	StripQuery    bool
+	// Status: 301 (default), 302, 303, 307, 308.
+	Status int
+}
+
+// DirectResponse answers from the waypoint.
+type DirectResponse struct {
+	Status int
+	Body   []byte
+}
+
+// RetryPolicy is Envoy's RetryPolicy.
+type RetryPolicy struct {
+	// On is the set of retry_on conditions: "5xx", "gateway-error",
+	// "reset", "connect-failure", "refused-stream", "retriable-4xx",
+	// "retriable-status-codes", "retriable-headers", and gRPC's
+	// "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+	// "unavailable".
+	On         map[string]bool
+	NumRetries int // default 1 when the policy exists
+	// PerTryTimeout: 0 means the route timeout applies to each try.
+	PerTryTimeout        time.Duration
+	RetriableStatusCodes []int
+	// Backoff: base 25 ms and max 10x base when zero, as in Envoy.
+	BackoffBase, BackoffMax time.Duration
+	// PreviousHosts: try another endpoint than the ones already tried
+	// (previous_hosts retry predicate).
+	PreviousHosts bool
+	// HostSelectionAttempts bounds how often a host is re-picked to avoid
+	// previous hosts (host_selection_retry_max_attempts).
+	HostSelectionAttempts int
+}
+
+// HeaderOps adds and removes headers.
+type HeaderOps struct {
+	RequestAdd     []HeaderValue
+	RequestRemove  []string
+	ResponseAdd    []HeaderValue
+	ResponseRemove []string
+}
+
+// HeaderValue is one header to add.
+type HeaderValue struct {
+	Name  string
+	Value string
+	// Append: add beside existing values; false: overwrite (Envoy's
+	// append_action OVERWRITE_IF_EXISTS_OR_ADD). AddIfAbsent: only when
+	// missing (ADD_IF_ABSENT).
+	Append      bool
+	AddIfAbsent bool
+}
+
+// PerFilterConfig holds per-route (or per-vhost) overrides of HTTP filters,
+// Envoy's typed_per_filter_config, by filter name.
+type PerFilterConfig struct {
+	Fault *Fault
+	CORS  *CORS
+	// Disabled names filters turned off for this route.
+	Disabled map[string]bool
+}
+
+// Fault is Envoy's HTTPFault.
+type Fault struct {
+	// Delay: Fixed for Percent of requests (0..100, fractional allowed).
+	Delay        time.Duration
+	DelayPercent float64
+	// Abort with HTTPStatus, or GRPCStatus (then HTTP 200 with
+	// grpc-status), for AbortPercent of requests.
+	AbortHTTPStatus int
+	AbortGRPCStatus *int
+	AbortPercent    float64
+	// HeaderDelay / HeaderAbort: the x-envoy-fault-* request headers
+	// choose (Envoy's header_delay / header_abort).
+	HeaderDelay bool
+	HeaderAbort bool
+	// MaxActive bounds concurrent faults (0: unbounded).
+	MaxActive int
+	// Only for requests to these upstream clusters / with these headers.
+	UpstreamClusters []string
+	Headers          []HeaderMatch
+}
+
+// CORS is Envoy's CorsPolicy.
+type CORS struct {
+	AllowOrigins     []StringMatch
+	AllowMethods     string
+	AllowHeaders     string
+	ExposeHeaders    string
+	MaxAge           string
+	AllowCredentials *bool
+	// Disabled: the filter is off for this route (filter_enabled 0).
+	Disabled bool
+}
+
+// TCPProxy forwards bytes to a cluster.
+type TCPProxy struct {
+	StatPrefix string
+	// One of Cluster, Weighted.
+	Cluster     string
+	Weighted    *WeightedClusters
+	IdleTimeout time.Duration // 0: Envoy's default of 1 h
+	// MaxConnectionDuration: 0 means none.
+	MaxConnectionDuration time.Duration
+}
+
+// Cluster is an upstream: how to pick and reach its endpoints.
+type Cluster struct {
+	Name string
+	// Kind: "eds", "static" (endpoints given), "original_dst" (connect to
+	// the connection's original destination: istiod's encap/direct
+	// chains, and Envoy's ORIGINAL_DST clusters).
+	Kind string
+	// LB: "round_robin" (default), "least_request", "random",
+	// "ring_hash", "maglev".
+	LB             string
+	ConnectTimeout time.Duration // default 10 s (Envoy's 5 s is istiod's 10 s)
+	// Protocol towards endpoints: "http1", "http2", or "downstream" (the
+	// client's own protocol, Envoy's use_downstream_protocol_config).
+	Protocol string
+	// Endpoints by locality priority (index 0 is used while any is
+	// healthy).
+	Endpoints [][]Endpoint
+	// Limits (circuit breakers, default priority): 0 means Envoy's
+	// default of 1024 for connections, pending and requests, 3 retries.
+	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries int
+	// MaxRequestsPerConnection: 0 means unlimited.
+	MaxRequestsPerConnection int
+	IdleTimeout              time.Duration
+	Service                  ServiceRef
+}
+
+// Endpoint is one upstream address.
+type Endpoint struct {
+	Address netip.AddrPort
+	Weight  uint32 // default 1
+	Healthy bool
+	// Workload identity for telemetry, when known ("" otherwise).
+	Workload string
+}
+
+// Peers are the workloads istiod's address xDS names, by address.
+type Peers struct {
+	ByAddress map[netip.Addr]*Peer
+}
+
+// Peer is a workload's identity as Istio's telemetry labels it.
+type Peer struct {
+	Name              string // pod name
+	Namespace         string
+	WorkloadName      string // deployment
+	ServiceAccount    string
+	TrustDomain       string
+	CanonicalName     string // app
+	CanonicalRevision string // version
+	ClusterID         string
+}
+
+// Principal is the peer's SPIFFE id, or "" when unknown.
+func (p *Peer) Principal() string {
+	if p == nil || p.ServiceAccount == "" {
+		return ""
+	}
+	td := p.TrustDomain
+	if td == "" {
+		td = "cluster.local"
+	}
+	return "spiffe://" + td + "/ns/" + p.Namespace + "/sa/" + p.ServiceAccount
+}
+
+// Lookup returns the peer at an address (nil if unknown or no Peers).
+func (p *Peers) Lookup(a netip.Addr) *Peer {
+	if p == nil {
+		return nil
+	}
+	return p.ByAddress[a.Unmap()]
+}
