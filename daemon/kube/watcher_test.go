@@ -139,7 +139,11 @@ func TestDecideFromTheWatch(t *testing.T) {
 	client := fake.NewClientset(
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mesh", Labels: kmesh}},
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
+		// Kmesh's documentation spells the value "Kmesh".
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kmesh-docs", Labels: map[string]string{enrollment.LabelDataplaneMode: "Kmesh"}}},
 		pod("mesh", "a", "ua", nil, corev1.PodPending),
+		pod("kmesh-docs", "k", "uk", nil, corev1.PodPending),
+		pod("plain", "l", "ul", map[string]string{enrollment.LabelDataplaneMode: "Kmesh"}, corev1.PodPending),
 		pod("plain", "b", "ub", kmesh, corev1.PodPending),
 		pod("plain", "c", "uc", nil, corev1.PodPending),
 		pod("mesh", "done", "ud", nil, corev1.PodSucceeded),
@@ -172,6 +176,8 @@ func TestDecideFromTheWatch(t *testing.T) {
 		{"mesh", "a", "ua", true, true, "namespace label"},
 		{"mesh", "a", "", true, true, "namespace label"},
 		{"plain", "b", "ub", true, true, "pod label"},
+		{"kmesh-docs", "k", "uk", true, true, "namespace label istio.io/dataplane-mode=Kmesh"},
+		{"plain", "l", "ul", true, true, "pod label istio.io/dataplane-mode=Kmesh"},
 		{"plain", "c", "uc", true, false, "no istio.io/dataplane-mode=kmesh label"},
 		{"mesh", "done", "ud", true, false, "finished"},
 		{"mesh", "a", "another-uid", false, false, ""},

@@ -8,8 +8,11 @@
 // plugin may add to pod start-up).
 package enrollment
 
+import "strings"
+
 const (
-	// LabelDataplaneMode selects the data plane; "kmesh" enrolls.
+	// LabelDataplaneMode selects the data plane; "kmesh" enrolls, in any
+	// case: Kmesh's own documentation and tests write "Kmesh".
 	LabelDataplaneMode = "istio.io/dataplane-mode"
 	// ModeKmesh is the value that enrolls; ModeNone on a pod opts it out.
 	ModeKmesh = "kmesh"
@@ -45,17 +48,23 @@ func Decide(pod Pod, nsLabels map[string]string) (bool, string) {
 		}
 	}
 	switch mode, set := pod.Labels[LabelDataplaneMode]; {
-	case mode == ModeKmesh:
-		return true, "pod label " + LabelDataplaneMode + "=kmesh"
-	case mode == ModeNone:
+	case isKmesh(mode):
+		return true, "pod label " + LabelDataplaneMode + "=" + mode
+	case strings.EqualFold(mode, ModeNone):
 		return false, "pod opted out (" + LabelDataplaneMode + "=none)"
 	case set:
 		// The pod asked for another data plane (ambient, ...): not ours,
 		// whatever its namespace says.
 		return false, "pod label " + LabelDataplaneMode + "=" + mode + " selects another data plane"
 	}
-	if nsLabels[LabelDataplaneMode] == ModeKmesh {
-		return true, "namespace label " + LabelDataplaneMode + "=kmesh"
+	if mode := nsLabels[LabelDataplaneMode]; isKmesh(mode) {
+		return true, "namespace label " + LabelDataplaneMode + "=" + mode
 	}
 	return false, "no " + LabelDataplaneMode + "=kmesh label on the pod or its namespace"
 }
+
+// isKmesh reports whether a label value selects this data plane. Label
+// values are case-sensitive in Kubernetes, but users copy "Kmesh" from
+// Kmesh's documentation; reading it as "another data plane" would silently
+// leave their pods out.
+func isKmesh(mode string) bool { return strings.EqualFold(mode, ModeKmesh) }

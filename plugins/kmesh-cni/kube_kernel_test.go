@@ -81,6 +81,8 @@ func TestKernelKubernetesDecision(t *testing.T) {
 	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
 	api.AddNamespace("mesh", kmesh)
 	api.AddNamespace("plain", nil)
+	// Kmesh's documentation and tests spell the value "Kmesh".
+	api.AddNamespace("kmesh-docs", map[string]string{enrollment.LabelDataplaneMode: "Kmesh"})
 	list := e.conflist(netOpts{kubeconfig: e.fakeAPIServer(api), defaultEnroll: true})
 
 	cases := []struct {
@@ -92,6 +94,8 @@ func TestKernelKubernetesDecision(t *testing.T) {
 	}{
 		{"labelled-namespace", "mesh", nil, nil, true, "namespace label"},
 		{"labelled-pod", "plain", kmesh, nil, true, "pod label"},
+		{"kmesh-spelling-namespace", "kmesh-docs", nil, nil, true, "namespace label istio.io/dataplane-mode=Kmesh"},
+		{"kmesh-spelling-pod", "plain", map[string]string{enrollment.LabelDataplaneMode: "Kmesh"}, nil, true, "pod label istio.io/dataplane-mode=Kmesh"},
 		{"plain", "plain", nil, nil, false, "no istio.io/dataplane-mode=kmesh label"},
 		{"opt-out", "mesh", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeNone}, nil, false, "opted out"},
 		{"sidecar", "mesh", nil, func(p *corev1.Pod) {
