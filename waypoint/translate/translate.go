@@ -168,6 +168,9 @@ func (t *translator) unsupported(u model.Unsupported) {
 // CheckListener translates one listener alone, for the xDS layer to NACK
 // one that cannot be used.
 func CheckListener(l *listenerv3.Listener, opts Options) error {
+	if err := l.Validate(); err != nil {
+		return err
+	}
 	t := &translator{opts: opts, in: Input{Routes: map[string]*routev3.RouteConfiguration{}}}
 	_, err := t.listener(l)
 	return err
@@ -175,6 +178,9 @@ func CheckListener(l *listenerv3.Listener, opts Options) error {
 
 // CheckCluster translates one cluster alone.
 func CheckCluster(c *clusterv3.Cluster) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
 	t := &translator{in: Input{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}}
 	_, err := t.cluster(c)
 	return err
@@ -182,12 +188,18 @@ func CheckCluster(c *clusterv3.Cluster) error {
 
 // CheckEndpoints translates one ClusterLoadAssignment alone.
 func CheckEndpoints(cla *endpointv3.ClusterLoadAssignment) error {
+	if err := cla.Validate(); err != nil {
+		return err
+	}
 	_, err := endpoints(cla)
 	return err
 }
 
 // CheckRoute translates one RouteConfiguration alone.
 func CheckRoute(rc *routev3.RouteConfiguration) error {
+	if err := rc.Validate(); err != nil {
+		return err
+	}
 	t := &translator{}
 	_, err := t.routeTable(rc, "route "+rc.GetName())
 	return err
