@@ -182,6 +182,11 @@ type HTTPConnectionManager struct {
 	// ServerName is the Server header on local replies ("istio-envoy"
 	// in istiod's config); empty: none.
 	ServerName string
+	// NormalizePath: normalize :path per RFC 3986 (resolve "." and "..",
+	// decode unreserved characters) before routing, as Envoy's
+	// normalize_path (istiod sets it); MergeSlashes: collapse "//".
+	NormalizePath bool
+	MergeSlashes  bool
 }
 
 // HTTPFilter is one HTTP filter with its listener-level config. Per-route

@@ -261,6 +261,8 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 	if d := h.GetRequestTimeout(); d != nil {
 		m.RequestTimeout = d.AsDuration()
 	}
+	m.NormalizePath = h.GetNormalizePath().GetValue()
+	m.MergeSlashes = h.GetMergeSlashes()
 	switch h.GetCodecType() {
 	case hcmv3.HttpConnectionManager_AUTO:
 		m.Codec = "auto"

@@ -414,6 +414,9 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 	if ms := a.GetMaxStreamDuration(); ms != nil && ms.GetGrpcTimeoutHeaderMax() != nil {
 		d := ms.GetGrpcTimeoutHeaderMax().AsDuration()
 		f.MaxGRPCTimeout = &d
+	} else if mg := a.GetMaxGrpcTimeout(); mg != nil { //nolint:staticcheck // istiod still sends the deprecated field
+		d := mg.AsDuration()
+		f.MaxGRPCTimeout = &d
 	}
 	for _, hp := range a.GetHashPolicy() {
 		switch p := hp.GetPolicySpecifier().(type) {
