@@ -200,7 +200,3 @@ func TestListSelectorPrecedence(t *testing.T) {
 		t.Errorf("no backtracking: got %q", got)
 	}
 }
-
-func connInfo(dst, proto string) model.ConnInfo {
-	return model.ConnInfo{Destination: netip.MustParseAddrPort(dst), Protocol: proto}
-}

@@ -177,11 +177,11 @@ func CheckListener(l *listenerv3.Listener, opts Options) error {
 }
 
 // CheckCluster translates one cluster alone.
-func CheckCluster(c *clusterv3.Cluster) error {
+func CheckCluster(c *clusterv3.Cluster, opts Options) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	t := &translator{in: Input{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}}
+	t := &translator{opts: opts, in: Input{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}}
 	_, err := t.cluster(c)
 	return err
 }
