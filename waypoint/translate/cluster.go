@@ -96,13 +96,11 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 		switch ct.Type {
 		case clusterv3.Cluster_EDS:
 			mc.Kind = "eds"
-			if cla := t.in.Endpoints[edsName(c)]; cla != nil {
-				eps, err := endpoints(cla)
-				if err != nil {
-					return nil, errorf(where, "endpoints: %v", err)
-				}
-				mc.Endpoints = eps
+			eps, _, err := t.edsEndpoints(edsName(c))
+			if err != nil {
+				return nil, errorf(where, "endpoints: %v", err)
 			}
+			mc.Endpoints = eps
 		case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
 			mc.Kind = "static"
 			if c.GetLoadAssignment() != nil {
@@ -137,8 +135,8 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 				}
 				mc.Endpoints = eps
 			}
-		} else if cla := t.in.Endpoints[edsName(c)]; cla != nil {
-			eps, err := endpoints(cla)
+		} else {
+			eps, _, err := t.edsEndpoints(edsName(c))
 			if err != nil {
 				return nil, errorf(where, "endpoints: %v", err)
 			}

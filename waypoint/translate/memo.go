@@ -7,7 +7,6 @@ import (
 
 	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -55,8 +54,10 @@ type memoChain struct {
 }
 
 type clusterKey struct {
-	c   *clusterv3.Cluster
-	cla *endpointv3.ClusterLoadAssignment
+	c *clusterv3.Cluster
+	// eds is the *Endpoints or *ClusterLoadAssignment the cluster's
+	// endpoints came from.
+	eds any
 }
 
 type memoCluster struct {
@@ -165,7 +166,12 @@ func (t *translator) memoCluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 	if m == nil {
 		return t.cluster(c)
 	}
-	k := clusterKey{c: c, cla: t.in.Endpoints[edsName(c)]}
+	k := clusterKey{c: c}
+	if e := t.in.EDS[edsName(c)]; e != nil {
+		k.eds = e
+	} else if cla := t.in.Endpoints[edsName(c)]; cla != nil {
+		k.eds = cla
+	}
 	if mc, hit := m.clusters[k]; hit {
 		m.usedClusters[k] = true
 		t.unsup = append(t.unsup, mc.unsup...)

@@ -89,10 +89,16 @@ type Input struct {
 	Clusters  []*clusterv3.Cluster
 	// Endpoints of EDS clusters, by cluster name.
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+	// EDS holds endpoints already compiled (CompileEndpoints), by cluster
+	// name; it is looked at before Endpoints. The xDS layer keeps these
+	// rather than the protos, which take five times the memory.
+	EDS map[string]*Endpoints
 	// Routes for HCMs that use RDS, by name.
 	Routes map[string]*routev3.RouteConfiguration
-	// Addresses from istiod's address xDS (workloads become Peers).
+	// Addresses from istiod's address xDS (workloads become Peers), as
+	// protos or compiled (CompileAddress), or both.
 	Addresses []*workloadapi.Address
+	Workloads []*Workload
 	// Memo, when set, reuses the translations of unchanged chains,
 	// matchers and clusters from the previous Translate with it.
 	Memo *Memo
@@ -144,7 +150,7 @@ func Translate(in Input, opts Options) (*model.Snapshot, error) {
 			snap.Clusters[mc.Name] = mc
 		}
 	}
-	snap.Peers = peers(in.Addresses)
+	snap.Peers = peers(in.Addresses, in.Workloads)
 	snap.Unsupported = t.unsup
 	if in.Memo != nil {
 		in.Memo.end()
@@ -188,11 +194,47 @@ func CheckCluster(c *clusterv3.Cluster, opts Options) error {
 
 // CheckEndpoints translates one ClusterLoadAssignment alone.
 func CheckEndpoints(cla *endpointv3.ClusterLoadAssignment) error {
-	if err := cla.Validate(); err != nil {
-		return err
-	}
-	_, err := endpoints(cla)
+	_, err := CompileEndpoints(cla)
 	return err
+}
+
+// Endpoints is a compiled ClusterLoadAssignment: its endpoints by
+// priority. Immutable.
+type Endpoints struct {
+	byPriority [][]model.Endpoint
+}
+
+// CompileEndpoints checks and compiles a ClusterLoadAssignment.
+func CompileEndpoints(cla *endpointv3.ClusterLoadAssignment) (*Endpoints, error) {
+	if err := cla.Validate(); err != nil {
+		return nil, err
+	}
+	eps, err := endpoints(cla)
+	if err != nil {
+		return nil, err
+	}
+	return &Endpoints{byPriority: eps}, nil
+}
+
+// Equal reports whether two compiled assignments hold the same endpoints.
+func (e *Endpoints) Equal(o *Endpoints) bool {
+	if e == nil || o == nil {
+		return e == o
+	}
+	return slices.EqualFunc(e.byPriority, o.byPriority, func(a, b []model.Endpoint) bool { return slices.Equal(a, b) })
+}
+
+// edsEndpoints finds a cluster's EDS endpoints: compiled ones first, else
+// the proto compiled now. key identifies them for the memo.
+func (t *translator) edsEndpoints(name string) (eps [][]model.Endpoint, key any, err error) {
+	if e := t.in.EDS[name]; e != nil {
+		return e.byPriority, e, nil
+	}
+	if cla := t.in.Endpoints[name]; cla != nil {
+		eps, err := endpoints(cla)
+		return eps, cla, err
+	}
+	return nil, nil, nil
 }
 
 // CheckRoute translates one RouteConfiguration alone.

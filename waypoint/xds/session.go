@@ -28,11 +28,9 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
-	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
 	"github.com/kmesh-go/kmesh/waypoint/model"
@@ -95,9 +93,9 @@ type Session struct {
 	mu        sync.Mutex
 	listeners map[string]*listenerv3.Listener
 	clusters  map[string]*clusterv3.Cluster
-	endpoints map[string]*endpointv3.ClusterLoadAssignment
+	endpoints map[string]*translate.Endpoints
 	routes    map[string]*routev3.RouteConfiguration
-	addresses map[string]*workloadapi.Address
+	addresses map[string]*translate.Workload
 	answered  map[string]bool      // types that answered at least once
 	warming   map[string]time.Time // EDS/RDS names awaited, since
 	warmTimer *time.Timer
@@ -142,8 +140,8 @@ func New(cfg Config) (*Session, error) {
 	}
 	s := &Session{cfg: cfg, log: log.With("component", "waypoint-xds"),
 		listeners: map[string]*listenerv3.Listener{}, clusters: map[string]*clusterv3.Cluster{},
-		endpoints: map[string]*endpointv3.ClusterLoadAssignment{}, routes: map[string]*routev3.RouteConfiguration{},
-		addresses: map[string]*workloadapi.Address{}, answered: map[string]bool{}, warming: map[string]time.Time{},
+		endpoints: map[string]*translate.Endpoints{}, routes: map[string]*routev3.RouteConfiguration{},
+		addresses: map[string]*translate.Workload{}, answered: map[string]bool{}, warming: map[string]time.Time{},
 		memo: translate.NewMemo()}
 	c, err := xdsclient.New(xdsclient.Config{
 		Address: cfg.Address, Plaintext: cfg.Plaintext, RootCertFile: cfg.RootCertFile, TokenFile: cfg.TokenFile,
@@ -246,13 +244,13 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		})
 		follow(s, translate.TypeEndpoint, translate.EDSClusters(slices.Collect(maps.Values(s.clusters))), s.endpoints, arrival)
 	case translate.TypeEndpoint:
-		changed = applyTyped(s.endpoints, ups, removes, rejected, translate.CheckEndpoints)
+		changed = applyCompiled(s.endpoints, ups, removes, rejected, translate.CompileEndpoints)
 		s.settle(ups, removes)
 	case translate.TypeRoute:
 		changed = applyTyped(s.routes, ups, removes, rejected, translate.CheckRoute)
 		s.settle(ups, removes)
 	case translate.TypeAddress:
-		changed = applyTyped(s.addresses, ups, removes, rejected, translate.CheckAddress)
+		changed = applyCompiled(s.addresses, ups, removes, rejected, translate.CompileAddress)
 	default:
 		s.mu.Unlock()
 		return nil, fmt.Errorf("unexpected type %s", typeURL)
@@ -282,14 +280,46 @@ func applyTyped[T proto.Message](m map[string]T, ups []xdsclient.Resource, remov
 			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
 			continue
 		}
-		if old, ok := m[r.Name]; ok && proto.Equal(old, v) {
-			continue
-		}
 		if err := check(v); err != nil {
 			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
 			continue
 		}
+		if old, ok := m[r.Name]; ok && proto.Equal(old, v) {
+			continue
+		}
 		m[r.Name] = v
+		changed = true
+	}
+	for _, n := range removes {
+		if _, ok := m[n]; ok {
+			delete(m, n)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// applyCompiled is applyTyped for the types kept compiled rather than as
+// protos (endpoints, addresses): a fraction of the protos' memory.
+func applyCompiled[P proto.Message, C interface{ Equal(C) bool }](m map[string]C, ups []xdsclient.Resource, removes []string,
+	rejected map[string]error, compile func(P) (C, error)) bool {
+	changed := false
+	for _, r := range ups {
+		var p P
+		p = p.ProtoReflect().Type().New().Interface().(P)
+		if err := r.Body.UnmarshalTo(p); err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+			continue
+		}
+		c, err := compile(p)
+		if err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+			continue
+		}
+		if old, ok := m[r.Name]; ok && old.Equal(c) {
+			continue
+		}
+		m[r.Name] = c
 		changed = true
 	}
 	for _, n := range removes {
@@ -389,9 +419,9 @@ func (s *Session) buildLocked() *model.Snapshot {
 	in := translate.Input{
 		Listeners: sortedValues(s.listeners),
 		Clusters:  sortedValues(s.clusters),
-		Endpoints: s.endpoints,
+		EDS:       s.endpoints,
 		Routes:    s.routes,
-		Addresses: sortedValues(s.addresses),
+		Workloads: sortedValues(s.addresses),
 		Memo:      s.memo,
 	}
 	s.gen++
