@@ -9,9 +9,14 @@ import (
 	"testing"
 	"time"
 
+	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	networkv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -20,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
@@ -373,4 +379,63 @@ func TestNode(t *testing.T) {
 	if _, err := New(Config{Node: Node{}, Apply: func(*model.Snapshot) {}}); err == nil {
 		t.Fatal("a node without identity accepted")
 	}
+}
+
+// rdsConfig is a dispatch listener whose one chain takes its routes from
+// RDS, and the route and cluster it names.
+func rdsConfig(routeWeight uint32) (*listenerv3.Listener, *routev3.RouteConfiguration) {
+	hcm := &hcmv3.HttpConnectionManager{StatPrefix: "rds",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "web-routes",
+			ConfigSource: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}},
+		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: translatetest.MustAny(&routerv3.Router{})}}}}
+	l := &listenerv3.Listener{Name: "main_internal",
+		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
+		FilterChains: []*listenerv3.FilterChain{{Name: "web", Filters: []*listenerv3.Filter{{Name: "hcm",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: translatetest.MustAny(hcm)}}}}},
+		FilterChainMatcher: translatetest.ExactTree(&networkv3.DestinationPortInput{},
+			map[string]*xdsmatcher.Matcher_OnMatch{"80": translatetest.ToChain("web")}, nil)}
+	rc := &routev3.RouteConfiguration{Name: "web-routes", VirtualHosts: []*routev3.VirtualHost{{Name: "web", Domains: []string{"*"},
+		Routes: []*routev3.Route{{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
+				WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+					{Name: "a", Weight: wrapperspb.UInt32(routeWeight)}, {Name: "b", Weight: wrapperspb.UInt32(100 - routeWeight)}}}}}}}}}}}
+	return l, rc
+}
+
+// TestSessionRDS: a listener naming a route configuration subscribes it,
+// waits for it (listener warming, as Envoy's), and follows its changes.
+func TestSessionRDS(t *testing.T) {
+	srv := startIstiod(t)
+	l, rc := rdsConfig(90)
+	srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": l})
+	srv.set(translate.TypeCluster, map[string]types.Resource{})
+	var got applied
+	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(), Apply: got.apply, WarmTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	weight := func(sn *model.Snapshot) uint32 {
+		rt := sn.Listeners[0].Chains["web"].HTTP.Routes
+		if rt == nil {
+			return 0
+		}
+		return rt.VirtualHosts[0].Routes[0].Forward.Weighted.Clusters[0].Weight
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().Warming == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got.count() != 0 || s.Stats().Warming != 1 {
+		t.Fatalf("snapshots %d, warming %d: the listener should wait for its routes", got.count(), s.Stats().Warming)
+	}
+	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc})
+	got.wait(t, "the routes from RDS", func(sn *model.Snapshot) bool { return weight(sn) == 90 })
+	_, rc2 := rdsConfig(50)
+	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc2})
+	got.wait(t, "the changed routes", func(sn *model.Snapshot) bool { return weight(sn) == 50 })
 }
