@@ -50,6 +50,9 @@ type Unsupported struct {
 	// answers with Deny instead of running without it.
 	FailClosed bool   `json:"failClosed,omitempty"`
 	Reason     string `json:"reason"`
+	// Count is how many places this entry stands for (the same filter on
+	// every chain is one entry); 0 means 1.
+	Count int `json:"count,omitempty"`
 }
 
 // Listener accepts connections and hands each to one filter chain.

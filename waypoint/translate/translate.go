@@ -151,7 +151,7 @@ func Translate(in Input, opts Options) (*model.Snapshot, error) {
 		}
 	}
 	snap.Peers = peers(in.Addresses, in.Workloads)
-	snap.Unsupported = t.unsup
+	snap.Unsupported = collapse(t.unsup)
 	if in.Memo != nil {
 		in.Memo.end()
 	}
@@ -296,4 +296,32 @@ func unmarshalHCM(f *listenerv3.Filter) (*hcmv3.HttpConnectionManager, error) {
 		return nil, err
 	}
 	return &h, nil
+}
+
+// collapse merges Unsupported entries that differ only in where they
+// were met: istiod puts the same filters on every chain, and a thousand
+// services would otherwise list each a thousand times.
+func collapse(us []model.Unsupported) []model.Unsupported {
+	type key struct {
+		name, typeURL, reason string
+		failClosed            bool
+	}
+	idx := map[key]int{}
+	var out []model.Unsupported
+	for _, u := range us {
+		k := key{u.Name, u.TypeURL, u.Reason, u.FailClosed}
+		if i, ok := idx[k]; ok {
+			out[i].Count += max(u.Count, 1)
+			continue
+		}
+		idx[k] = len(out)
+		u.Count = max(u.Count, 1)
+		out = append(out, u)
+	}
+	for i := range out {
+		if out[i].Count > 1 {
+			out[i].Where += fmt.Sprintf(" (and %d more)", out[i].Count-1)
+		}
+	}
+	return out
 }
