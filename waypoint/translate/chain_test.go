@@ -225,3 +225,19 @@ func TestEndpointErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestWeightedTCP(t *testing.T) {
+	tp := &tcpproxyv3.TcpProxy{StatPrefix: "t", IdleTimeout: durationpb.New(time.Minute), MaxDownstreamConnectionDuration: durationpb.New(time.Hour),
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_WeightedClusters{WeightedClusters: &tcpproxyv3.TcpProxy_WeightedCluster{
+			Clusters: []*tcpproxyv3.TcpProxy_WeightedCluster_ClusterWeight{{Name: "a", Weight: 80}, {Name: "b", Weight: 20}, {Name: "off", Weight: 0}}}}}
+	snap, err := Translate(Input{Listeners: []*listenerv3.Listener{staticListener(
+		&listenerv3.Filter{Name: "tcp", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)}})}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := snap.Listeners[0].Chains["only"].TCP
+	if m == nil || m.Weighted == nil || m.Weighted.Total != 100 || len(m.Weighted.Clusters) != 2 || m.Weighted.Clusters[0].Weight != 80 ||
+		m.IdleTimeout != time.Minute || m.MaxConnectionDuration != time.Hour {
+		t.Fatalf("%+v", m)
+	}
+}
