@@ -8,6 +8,7 @@ import (
 	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
@@ -81,6 +82,46 @@ func (m *Memo) begin() {
 	m.usedClusters = map[clusterKey]bool{}
 }
 
+// use and useMatcher mark entries the running Translate needs; outside
+// one (a check) nothing is marked, and what a check added survives until
+// the next Translate's end.
+func (m *Memo) use(k memoKey) {
+	if m.usedChains != nil {
+		m.usedChains[k] = true
+	}
+}
+
+func (m *Memo) useMatcher(k memoKey) {
+	if m.usedMatchers != nil {
+		m.usedMatchers[k] = true
+	}
+}
+
+// CheckListener is the package's CheckListener with the memo: chains and
+// matchers unchanged since the last translation are not translated again,
+// and the next Translate finds the new ones here. It also returns the RDS
+// route names the listener's chains use.
+func (m *Memo) CheckListener(l *listenerv3.Listener, opts Options) ([]string, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	t := &translator{opts: opts, in: Input{Memo: m, Routes: map[string]*routev3.RouteConfiguration{}}}
+	ml, err := t.listener(l)
+	if err != nil || ml == nil {
+		return nil, err
+	}
+	set := map[string]bool{}
+	for _, c := range ml.Chains {
+		if c.HTTP != nil && c.HTTP.RDSName != "" {
+			set[c.HTTP.RDSName] = true
+		}
+	}
+	if c := ml.DefaultChain; c != nil && c.HTTP != nil && c.HTTP.RDSName != "" {
+		set[c.HTTP.RDSName] = true
+	}
+	return slices.Sorted(maps.Keys(set)), nil
+}
+
 // end drops what the last Translate did not use.
 func (m *Memo) end() {
 	for k := range m.chains {
@@ -113,7 +154,7 @@ func (t *translator) memoChain(fc *listenerv3.FilterChain, name, lwhere string, 
 		return t.chain(fc, name, lwhere, listenerDeny)
 	}
 	if mc, hit := m.chains[k]; hit && !mc.rds {
-		m.usedChains[k] = true
+		m.use(k)
 		t.unsup = append(t.unsup, mc.unsup...)
 		return mc.chain, nil
 	}
@@ -124,7 +165,7 @@ func (t *translator) memoChain(fc *listenerv3.FilterChain, name, lwhere string, 
 		return nil, err
 	}
 	m.chains[k] = memoChain{chain: c, unsup: append([]model.Unsupported(nil), t.unsup[before:]...), rds: t.usedRDS}
-	m.usedChains[k] = true
+	m.use(k)
 	return c, nil
 }
 
@@ -147,7 +188,7 @@ func (t *translator) memoMatcher(mt *xdsmatcher.Matcher, chains map[string]bool,
 	}
 	k.names = h.Sum64()
 	if sel, hit := m.matchers[k]; hit {
-		m.usedMatchers[k] = true
+		m.useMatcher(k)
 		return sel, nil
 	}
 	sel, err := compileMatcher(mt, chains)
@@ -155,7 +196,7 @@ func (t *translator) memoMatcher(mt *xdsmatcher.Matcher, chains map[string]bool,
 		return nil, err
 	}
 	m.matchers[k] = sel
-	m.usedMatchers[k] = true
+	m.useMatcher(k)
 	return sel, nil
 }
 

@@ -95,10 +95,12 @@ type Session struct {
 	clusters  map[string]*clusterv3.Cluster
 	endpoints map[string]*translate.Endpoints
 	routes    map[string]*routev3.RouteConfiguration
-	addresses map[string]*translate.Workload
-	answered  map[string]bool      // types that answered at least once
-	warming   map[string]time.Time // EDS/RDS names awaited, since
-	warmTimer *time.Timer
+	// listenerRoutes: the RDS names each listener's chains use.
+	listenerRoutes map[string][]string
+	addresses      map[string]*translate.Workload
+	answered       map[string]bool      // types that answered at least once
+	warming        map[string]time.Time // EDS/RDS names awaited, since
+	warmTimer      *time.Timer
 	// pending is when the oldest change not in a snapshot arrived.
 	pending   time.Time
 	memo      *translate.Memo
@@ -140,7 +142,7 @@ func New(cfg Config) (*Session, error) {
 	}
 	s := &Session{cfg: cfg, log: log.With("component", "waypoint-xds"),
 		listeners: map[string]*listenerv3.Listener{}, clusters: map[string]*clusterv3.Cluster{},
-		endpoints: map[string]*translate.Endpoints{}, routes: map[string]*routev3.RouteConfiguration{},
+		endpoints: map[string]*translate.Endpoints{}, routes: map[string]*routev3.RouteConfiguration{}, listenerRoutes: map[string][]string{},
 		addresses: map[string]*translate.Workload{}, answered: map[string]bool{}, warming: map[string]time.Time{},
 		memo: translate.NewMemo()}
 	c, err := xdsclient.New(xdsclient.Config{
@@ -234,10 +236,26 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 	var changed bool
 	switch typeURL {
 	case translate.TypeListener:
+		// The check translates through the memo, so the snapshot after it
+		// finds the new chains done, and says which routes RDS must bring.
+		routesOf := map[string][]string{}
 		changed = applyTyped(s.listeners, ups, removes, rejected, func(l *listenerv3.Listener) error {
-			return translate.CheckListener(l, s.cfg.Translate)
+			names, err := s.memo.CheckListener(l, s.cfg.Translate)
+			if err == nil {
+				routesOf[l.GetName()] = names
+			}
+			return err
 		})
-		follow(s, translate.TypeRoute, translate.ReferencedRoutes(slices.Collect(maps.Values(s.listeners))), s.routes, arrival)
+		maps.Copy(s.listenerRoutes, routesOf)
+		for _, n := range removes {
+			delete(s.listenerRoutes, n)
+		}
+		var routes []string
+		for _, names := range s.listenerRoutes {
+			routes = append(routes, names...)
+		}
+		slices.Sort(routes)
+		follow(s, translate.TypeRoute, slices.Compact(routes), s.routes, arrival)
 	case translate.TypeCluster:
 		changed = applyTyped(s.clusters, ups, removes, rejected, func(c *clusterv3.Cluster) error {
 			return translate.CheckCluster(c, s.cfg.Translate)
@@ -280,11 +298,11 @@ func applyTyped[T proto.Message](m map[string]T, ups []xdsclient.Resource, remov
 			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
 			continue
 		}
-		if err := check(v); err != nil {
-			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+		if old, ok := m[r.Name]; ok && proto.Equal(old, v) {
 			continue
 		}
-		if old, ok := m[r.Name]; ok && proto.Equal(old, v) {
+		if err := check(v); err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
 			continue
 		}
 		m[r.Name] = v
