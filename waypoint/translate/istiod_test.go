@@ -258,9 +258,15 @@ func TestIstiodWaypoint(t *testing.T) {
 	})
 
 	t.Run("TCP", func(t *testing.T) {
+		// A VirtualService's tcp route splits db 70/30 with its replica.
 		c := l.Chains[vip(5432, "tcp", "db.wp.svc.cluster.local")]
-		if c.TCP == nil || c.TCP.Cluster != vip(5432, "tcp", "db.wp.svc.cluster.local") {
-			t.Fatalf("db chain %+v", c)
+		if c.TCP == nil || c.TCP.Weighted == nil || c.TCP.Weighted.Total != 100 ||
+			c.TCP.Weighted.Clusters[0].Name != vip(5432, "tcp", "db.wp.svc.cluster.local") || c.TCP.Weighted.Clusters[0].Weight != 70 ||
+			c.TCP.Weighted.Clusters[1].Name != vip(5432, "tcp", "db-replica.wp.svc.cluster.local") || c.TCP.Weighted.Clusters[1].Weight != 30 {
+			t.Fatalf("db chain %+v", c.TCP)
+		}
+		if r := l.Chains[vip(5432, "tcp", "db-replica.wp.svc.cluster.local")]; r == nil || r.TCP == nil || r.TCP.Cluster == "" {
+			t.Fatalf("db-replica chain %+v", r)
 		}
 		if d := l.Chains["direct-tcp"]; d.TCP == nil || d.TCP.Cluster != "encap" {
 			t.Fatalf("direct-tcp %+v", d)
@@ -268,7 +274,7 @@ func TestIstiodWaypoint(t *testing.T) {
 	})
 
 	t.Run("Clusters", func(t *testing.T) {
-		if len(snap.Clusters) != 11 {
+		if len(snap.Clusters) != 13 {
 			t.Errorf("%d clusters: %v", len(snap.Clusters), slices.Sorted(mapKeys(snap.Clusters)))
 		}
 		web1 := snap.Clusters[vip(80, "http", "web-v1.wp.svc.cluster.local")]
@@ -289,6 +295,18 @@ func TestIstiodWaypoint(t *testing.T) {
 		db := snap.Clusters[vip(5432, "tcp", "db.wp.svc.cluster.local")]
 		if db.Endpoints[0][0].Address != netip.MustParseAddrPort("10.250.4.1:5432") {
 			t.Errorf("db endpoints (plain, not HBONE) %+v", db.Endpoints)
+		}
+		// A DestinationRule's traffic policy, and its subset.
+		for _, name := range []string{vip(9080, "http", reviewsHost), vip(9080, "http/v1", reviewsHost)} {
+			r := snap.Clusters[name]
+			if r == nil || r.LB != "round_robin" || r.ConnectTimeout != 3*time.Second || r.MaxConnections != 100 ||
+				r.MaxPendingRequests != 50 || r.MaxRequestsPerConnection != 10 || r.Protocol != "http1" {
+				t.Errorf("%s %+v", name, r)
+			}
+		}
+		if v1 := snap.Clusters[vip(9080, "http/v1", reviewsHost)].Endpoints; len(v1) != 1 || len(v1[0]) != 1 ||
+			v1[0][0].Address != netip.MustParseAddrPort("10.250.2.1:9080") {
+			t.Errorf("subset v1 endpoints %+v", v1)
 		}
 		if e := snap.Clusters["encap"]; e == nil || e.Kind != "original_dst" {
 			t.Errorf("encap %+v", e)
@@ -326,7 +344,7 @@ func TestIstiodWaypoint(t *testing.T) {
 			t.Errorf("fail-closed %v", failClosed)
 		}
 		for _, want := range []string{"connect_terminate", "connect_originate", "main_internal", "envoy.filters.http.grpc_stats",
-			"waypoint_upstream_peer_metadata", "istio.metadata_exchange", "connect_authority"} {
+			"waypoint_upstream_peer_metadata", "istio.metadata_exchange", "connect_authority", "outlier_detection"} {
 			if !slices.Contains(harmless, want) {
 				t.Errorf("%s not recorded as skipped: %v", want, harmless)
 			}

@@ -31,6 +31,7 @@ var (
 	gvrGateway   = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
 	gvrHTTPRoute = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
 	gvrVS        = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
+	gvrDR        = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
 	gvrAuthz     = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
 )
 
@@ -65,6 +66,9 @@ var demoServices = []svcSpec{
 	{name: "db", vip: "10.96.10.40", app: "db", noHBONE: true,
 		ports: []corev1.ServicePort{{Name: "tcp-db", Port: 5432, TargetPort: intstr.FromInt32(5432), Protocol: corev1.ProtocolTCP, AppProtocol: ptr("tcp")}},
 		pods:  map[string]string{"db-0": "10.250.4.1"}},
+	{name: "db-replica", vip: "10.96.10.41", app: "db-replica",
+		ports: []corev1.ServicePort{{Name: "tcp-db", Port: 5432, TargetPort: intstr.FromInt32(5432), Protocol: corev1.ProtocolTCP, AppProtocol: ptr("tcp")}},
+		pods:  map[string]string{"db-replica-0": "10.250.4.2"}},
 	{name: "secure", vip: "10.96.10.50", app: "secure", ports: []corev1.ServicePort{httpPort(80, 8080)},
 		pods: map[string]string{"secure-0": "10.250.5.1"}},
 	{name: "mirror", vip: "10.96.10.60", app: "mirror", ports: []corev1.ServicePort{httpPort(80, 8080)},
@@ -74,6 +78,7 @@ var demoServices = []svcSpec{
 // podLabels gives the pods of web their versions.
 var podLabels = map[string]map[string]string{
 	"web-v1-0": {"version": "v1"}, "web-v1-1": {"version": "v1"}, "web-v2-0": {"version": "v2"},
+	"reviews-0": {"version": "v1"}, "reviews-1": {"version": "v2"},
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -174,6 +179,33 @@ func (w *world) setup(t *testing.T) {
 					"corsPolicy": map[string]any{"allowOrigins": []any{map[string]any{"exact": "https://example.com"}}, "allowMethods": []any{"GET", "POST"}},
 				},
 			},
+		},
+	})
+	// Traffic policy and a subset: LB, connection limits, outlier
+	// detection on reviews' clusters, and a subset cluster.
+	w.apply(t, gvrDR, map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+		"metadata": map[string]any{"name": "reviews", "namespace": ns},
+		"spec": map[string]any{
+			"host": "reviews." + ns + ".svc.cluster.local",
+			"trafficPolicy": map[string]any{
+				"loadBalancer":     map[string]any{"simple": "ROUND_ROBIN"},
+				"connectionPool":   map[string]any{"tcp": map[string]any{"maxConnections": int64(100), "connectTimeout": "3s"}, "http": map[string]any{"http1MaxPendingRequests": int64(50), "maxRequestsPerConnection": int64(10)}},
+				"outlierDetection": map[string]any{"consecutive5xxErrors": int64(5), "interval": "10s"},
+			},
+			"subsets": []any{map[string]any{"name": "v1", "labels": map[string]any{"version": "v1"}}},
+		},
+	})
+	// A TCP split: the db chain's tcp_proxy gets weighted clusters.
+	w.apply(t, gvrVS, map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+		"metadata": map[string]any{"name": "db", "namespace": ns},
+		"spec": map[string]any{
+			"hosts": []any{"db." + ns + ".svc.cluster.local"},
+			"tcp": []any{map[string]any{"route": []any{
+				map[string]any{"destination": map[string]any{"host": "db." + ns + ".svc.cluster.local", "port": map[string]any{"number": int64(5432)}}, "weight": int64(70)},
+				map[string]any{"destination": map[string]any{"host": "db-replica." + ns + ".svc.cluster.local", "port": map[string]any{"number": int64(5432)}}, "weight": int64(30)},
+			}}},
 		},
 	})
 	// Policy on one service only: its chains carry RBAC, the others not.

@@ -168,7 +168,8 @@ func hasRBAC(filters []string) bool {
 var wantChains = []string{
 	"inbound-vip|80|http|" + host("web"), "inbound-vip|8081|http|" + host("web"), "inbound-vip|8081|tcp|" + host("web"),
 	"inbound-vip|9080|http|" + host("reviews"), "inbound-vip|9090|http|" + host("grpc-echo"),
-	"inbound-vip|5432|tcp|" + host("db"), "inbound-vip|80|http|" + host("secure"), "direct-http", "direct-tcp",
+	"inbound-vip|5432|tcp|" + host("db"), "inbound-vip|5432|tcp|" + host("db-replica"), "inbound-vip|80|http|" + host("secure"),
+	"direct-http", "direct-tcp",
 }
 
 func capture(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane, w *world, node wpxds.Node, tokenFile, rootFile string,
@@ -186,6 +187,9 @@ func capture(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane, w
 		}
 		if hasRBAC(chains["inbound-vip|80|http|"+host("web")]) {
 			return false, "web's chain has RBAC"
+		}
+		if _, ok := r.snapshot(translate.TypeCluster)["inbound-vip|9080|http/v1|"+host("reviews")]; !ok {
+			return false, "no subset cluster for reviews v1 yet"
 		}
 		// Every EDS cluster answered.
 		eds := r.snapshot(translate.TypeEndpoint)
