@@ -12,9 +12,14 @@ import (
 const GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
 
 // Node is the waypoint as istiod knows it. istiod serves a waypoint the
-// services whose Service selects its Pod, found by the pod IP: the Pod
-// must exist with that IP, and on 15012 the token must be for Namespace
-// and ServiceAccount.
+// services whose Service selects its Pod; it finds the Pod by the node
+// id's <pod>.<namespace>, else by the IP, so the Pod must exist. On 15012
+// the token must be for Namespace and ServiceAccount (else the stream is
+// refused: PermissionDenied). Measured against istiod (tests/e2e/waypoint):
+// with the Pod found, NAMESPACE and SERVICE_ACCOUNT are all the metadata
+// it needs; the rest is sent as Istio's own waypoint sends it (CLUSTER_ID
+// and NETWORK matter with several clusters or networks, LABELS when istiod
+// has not seen the Pod yet, ISTIO_VERSION gates version-dependent config).
 type Node struct {
 	PodIP          netip.Addr
 	PodName        string
