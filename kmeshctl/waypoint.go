@@ -69,7 +69,7 @@ func renderWaypoint(d *model.ConfigDump, what string, asJSON bool, out io.Writer
 			if len(l.Rules) > 0 {
 				fmt.Fprintln(w, "\nDESTINATIONS\tPORTS\tPROTOCOLS\tCHAIN")
 				for _, r := range l.Rules {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", orAny(strings.Join(r.Destinations, ",")), orAny(joinU32(r.Ports)),
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", orAny(abbreviate(r.Destinations)), orAny(joinU32(r.Ports)),
 						orAny(strings.Join(r.Protocols, ",")), r.Chain)
 				}
 			}
@@ -243,4 +243,13 @@ func orAny(s string) string {
 		return "*"
 	}
 	return s
+}
+
+// abbreviate keeps a table cell short: a waypoint's pod addresses are one
+// rule with every pod in it.
+func abbreviate(items []string) string {
+	if len(items) <= 3 {
+		return strings.Join(items, ",")
+	}
+	return fmt.Sprintf("%s (+%d more)", strings.Join(items[:3], ","), len(items)-3)
 }

@@ -540,17 +540,24 @@ func (n *mnode) rules(acc model.SelectorRule, out *[]model.SelectorRule, depth i
 		r.Other = append(r.Other, n.inName+" has prefix "+pe.prefix)
 		pe.on.rules(r, out, depth)
 	}
+	// Ranges that lead to the same place are one rule (istiod lists every
+	// pod address of a waypoint in one range matcher).
+	var order []*monMatch
+	grouped := map[*monMatch][]string{}
 	for _, ir := range n.ips {
-		pf := ir.prefix.String()
-		if n.in == inSrcIP {
-			r := cloneRule(acc)
-			r.Sources = append(r.Sources, pf)
-			ir.on.rules(r, out, depth)
-			continue
+		if _, seen := grouped[ir.on]; !seen {
+			order = append(order, ir.on)
 		}
+		grouped[ir.on] = append(grouped[ir.on], ir.prefix.String())
+	}
+	for _, on := range order {
 		r := cloneRule(acc)
-		r.Destinations = append(r.Destinations, pf)
-		ir.on.rules(r, out, depth)
+		if n.in == inSrcIP {
+			r.Sources = append(r.Sources, grouped[on]...)
+		} else {
+			r.Destinations = append(r.Destinations, grouped[on]...)
+		}
+		on.rules(r, out, depth)
 	}
 	for i, le := range n.list {
 		r := cloneRule(acc)
