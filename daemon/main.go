@@ -33,6 +33,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/model"
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
 	"github.com/kmesh-go/kmesh/daemon/xds"
+	"github.com/kmesh-go/kmesh/internal/xdsclient"
 )
 
 // defaultSockmapAccel is off: the same-node benchmark (README) decides, and
@@ -156,12 +157,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer reg.Close() // writes what changed last
 
 	errc := make(chan error, 8)
-	var xdsClient *xds.Client
+	var xdsClient *xdsclient.Client
 	if o.configFile != "" {
 		syncer.Connected(true) // the file is always there to read
 		go func() { errc <- configfile.Watch(ctx, o.configFile, syncer, log) }()
 	} else {
-		xdsClient = xds.New(xds.Config{
+		xdsClient, err = xdsclient.New(xdsclient.Config{
 			Address:      o.xdsAddress,
 			Plaintext:    o.xdsPlaintext,
 			RootCertFile: o.xdsRootCert,
@@ -176,8 +177,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 				"CLUSTER_ID":      o.clusterID,
 				"ISTIO_VERSION":   "1.28.0",
 			},
-			Logger: log,
+			Subscriptions: xds.Subscriptions(),
+			Logger:        log,
 		}, syncer)
+		if err != nil {
+			return err
+		}
 		go func() { xdsClient.Run(ctx); errc <- nil }()
 	}
 

@@ -6,6 +6,8 @@
 //	kmeshctl connections [-o json]     open connections, live
 //	kmeshctl top [-n rounds] [-interval 2s]
 //	kmeshctl logs [-f] [-o json]       the access log, followed with -f
+//	kmeshctl waypoint listeners|routes|clusters|endpoints [-o json]
+//	                                   kmesh-waypoint's config (admin default 127.0.0.1:15000)
 package main
 
 import (
@@ -26,7 +28,7 @@ func main() {
 	admin := fs.String("admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"), "the daemon's admin address")
 	output := fs.String("o", "table", "output: table or json")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f]\n")
+		fmt.Fprintf(os.Stderr, "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f] | waypoint listeners|routes|clusters|endpoints\n")
 		fs.PrintDefaults()
 	}
 	_ = fs.Parse(os.Args[1:])
@@ -76,6 +78,16 @@ func main() {
 		err = c.top(interval, rounds)
 	case len(args) == 1 && args[0] == "logs":
 		err = c.logs(follow)
+	case len(args) == 2 && args[0] == "waypoint":
+		// The waypoint has its own admin; -admin (or KMESH_WAYPOINT_ADMIN)
+		// points elsewhere.
+		adminSet := false
+		fs.Visit(func(f *flag.Flag) { adminSet = adminSet || f.Name == "admin" })
+		if !adminSet {
+			c.base = "http://" + envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
+		}
+		c.server = "kmesh-waypoint"
+		err = c.waypoint(args[1], os.Stdout)
 	default:
 		fs.Usage()
 		os.Exit(2)
@@ -89,13 +101,19 @@ func main() {
 type client struct {
 	base string
 	json bool
+	// server names what answers at base, for errors (default kmesh-daemon).
+	server string
 }
 
 func (c client) get(path string) ([]byte, error) {
 	hc := http.Client{Timeout: 10 * time.Second}
 	resp, err := hc.Get(c.base + path)
 	if err != nil {
-		return nil, fmt.Errorf("is kmesh-daemon running? %w", err)
+		server := c.server
+		if server == "" {
+			server = "kmesh-daemon"
+		}
+		return nil, fmt.Errorf("is %s running? %w", server, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)

@@ -42,14 +42,17 @@ type Snapshot struct {
 // Unsupported is configuration the translator met and did not apply.
 type Unsupported struct {
 	// Where: "listener main_internal / chain inbound-vip|80|http|x / http filter".
-	Where string
+	Where string `json:"where"`
 	// Name and TypeURL of the filter or field.
-	Name    string
-	TypeURL string
+	Name    string `json:"name"`
+	TypeURL string `json:"typeUrl,omitempty"`
 	// FailClosed: it could deny traffic, so the chain or route carrying it
 	// answers with Deny instead of running without it.
-	FailClosed bool
-	Reason     string
+	FailClosed bool   `json:"failClosed,omitempty"`
+	Reason     string `json:"reason"`
+	// Count is how many places this entry stands for (the same filter on
+	// every chain is one entry); 0 means 1.
+	Count int `json:"count,omitempty"`
 }
 
 // Listener accepts connections and hands each to one filter chain.
@@ -109,6 +112,28 @@ type ChainSelector interface {
 	NeedsProtocol(dst netip.AddrPort) bool
 }
 
+// RuleLister is implemented by selectors that can say what they match, for
+// the config dump (optional: a selector without it dumps no rules).
+type RuleLister interface {
+	Rules() []SelectorRule
+}
+
+// SelectorRule is one way to reach a chain: every listed condition must
+// hold; an empty list means any value.
+type SelectorRule struct {
+	Chain string `json:"chain"`
+	// Destinations and Sources are CIDR prefixes.
+	Destinations []string `json:"destinations,omitempty"`
+	Ports        []uint32 `json:"ports,omitempty"`
+	// Protocols as in ConnInfo.Protocol; "tcp" stands for ProtocolTCP
+	// (nothing HTTP recognised).
+	Protocols []string `json:"protocols,omitempty"`
+	Sources   []string `json:"sources,omitempty"`
+	// Other conditions the selector evaluates, in words (e.g. a filter
+	// state input that never has data here).
+	Other []string `json:"other,omitempty"`
+}
+
 // FilterChain is one way of handling a connection. Exactly one of HTTP,
 // TCP or Deny is set.
 type FilterChain struct {
@@ -135,8 +160,8 @@ type ServiceRef struct {
 type Deny struct {
 	// HTTPStatus for HTTP requests (403 for policy we cannot evaluate, 503
 	// for anything else); TCP connections are closed.
-	HTTPStatus int
-	Reason     string
+	HTTPStatus int    `json:"httpStatus"`
+	Reason     string `json:"reason"`
 }
 
 // HTTPConnectionManager is Envoy's HCM: how HTTP is served on a chain.
@@ -160,6 +185,11 @@ type HTTPConnectionManager struct {
 	// ServerName is the Server header on local replies ("istio-envoy"
 	// in istiod's config); empty: none.
 	ServerName string
+	// NormalizePath: normalize :path per RFC 3986 (resolve "." and "..",
+	// decode unreserved characters) before routing, as Envoy's
+	// normalize_path (istiod sets it); MergeSlashes: collapse "//".
+	NormalizePath bool
+	MergeSlashes  bool
 }
 
 // HTTPFilter is one HTTP filter with its listener-level config. Per-route
@@ -211,7 +241,9 @@ type Route struct {
 // RouteMatch is Envoy's RouteMatch; all conditions must hold.
 type RouteMatch struct {
 	// One of Prefix, Path, Regex, PathSeparatedPrefix (none set: match
-	// every path, as Envoy's prefix "/").
+	// every path, as Envoy's prefix "/"). Regex is compiled anchored
+	// (^(?:...)$): Envoy's safe_regex must match the whole path, so
+	// MatchString on the path without its query is the test.
 	Prefix              string
 	Path                string
 	Regex               *regexp.Regexp
@@ -225,7 +257,8 @@ type RouteMatch struct {
 	GRPC bool
 }
 
-// StringMatch is Envoy's StringMatcher.
+// StringMatch is Envoy's StringMatcher. Regex is compiled anchored, as
+// Envoy's safe_regex matches whole values.
 type StringMatch struct {
 	Exact, Prefix, Suffix, Contains string
 	Regex                           *regexp.Regexp
@@ -308,21 +341,21 @@ type RegexRewrite struct {
 
 // Mirror is Envoy's RequestMirrorPolicy.
 type Mirror struct {
-	Cluster string
+	Cluster string `json:"cluster"`
 	// Percent of requests mirrored, 0..100 (default 100).
-	Percent float64
+	Percent float64 `json:"percent"`
 }
 
 // RedirectAction is Envoy's RedirectAction.
 type RedirectAction struct {
-	Scheme        string
-	Host          string
-	Port          uint32
-	Path          string
-	PrefixRewrite string
-	StripQuery    bool
+	Scheme        string `json:"scheme,omitempty"`
+	Host          string `json:"host,omitempty"`
+	Port          uint32 `json:"port,omitempty"`
+	Path          string `json:"path,omitempty"`
+	PrefixRewrite string `json:"prefixRewrite,omitempty"`
+	StripQuery    bool   `json:"stripQuery,omitempty"`
 	// Status: 301 (default), 302, 303, 307, 308.
-	Status int
+	Status int `json:"status"`
 }
 
 // DirectResponse answers from the waypoint.
@@ -370,6 +403,9 @@ type HeaderValue struct {
 	// missing (ADD_IF_ABSENT).
 	Append      bool
 	AddIfAbsent bool
+	// OnlyIfPresent: overwrite the header when it is there, never add it
+	// (OVERWRITE_IF_EXISTS).
+	OnlyIfPresent bool
 }
 
 // PerFilterConfig holds per-route (or per-vhost) overrides of HTTP filters,
@@ -453,11 +489,11 @@ type Cluster struct {
 
 // Endpoint is one upstream address.
 type Endpoint struct {
-	Address netip.AddrPort
-	Weight  uint32 // default 1
-	Healthy bool
+	Address netip.AddrPort `json:"address"`
+	Weight  uint32         `json:"weight"` // default 1
+	Healthy bool           `json:"healthy"`
 	// Workload identity for telemetry, when known ("" otherwise).
-	Workload string
+	Workload string `json:"workload,omitempty"`
 }
 
 // Peers are the workloads istiod's address xDS names, by address.

@@ -80,6 +80,10 @@ type Options struct {
 	// CRDFile is the Istio CRD manifest. Default: crd-all.gen.yaml of the
 	// istio.io/istio version pinned in tests/e2e/tools/go.mod.
 	CRDFile string
+	// ExtraCRDFiles are more CRD manifests applied with the Istio ones,
+	// before istiod starts (e.g. GatewayAPICRDs: istiod only watches the
+	// Gateway API kinds whose CRDs exist when it starts).
+	ExtraCRDFiles []string
 	// ReadyTimeout bounds each component's wait to become ready. Default 60s.
 	ReadyTimeout time.Duration
 	// IstiodEnv adds or overrides environment variables of istiod.
@@ -333,9 +337,13 @@ func (cp *ControlPlane) installIstioBase(ctx context.Context, opts Options) erro
 	if err != nil {
 		return err
 	}
-	names, err := applyCRDs(ctx, dyn, crdFile)
-	if err != nil {
-		return err
+	var names []string
+	for _, f := range append([]string{crdFile}, opts.ExtraCRDFiles...) {
+		n, err := applyCRDs(ctx, dyn, f)
+		if err != nil {
+			return err
+		}
+		names = append(names, n...)
 	}
 	return waitCRDsEstablished(ctx, dyn, names, opts.ReadyTimeout)
 }

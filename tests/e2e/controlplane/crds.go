@@ -29,28 +29,64 @@ var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version:
 // module pins, so the CRDs match the istiod binary built from it. The go
 // command fetches that module source into the module cache if it is not there.
 func findIstioCRDs(ctx context.Context, toolsDir string) (string, error) {
-	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", "istio.io/istio")
-	cmd.Dir = toolsDir
+	dir, err := moduleDir(ctx, toolsDir, "istio.io/istio")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, istioCRDPath)
+	if _, err := os.Stat(path); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// GatewayAPICRDs returns the Gateway API CRD manifests of one channel
+// ("standard" or "experimental") of the sigs.k8s.io/gateway-api version
+// the istiod build pins (tests/e2e/tools/go.mod), for Options.ExtraCRDFiles.
+func GatewayAPICRDs(ctx context.Context, channel string) ([]string, error) {
+	dir, err := moduleDir(ctx, filepath.Join(e2eDir(), "tools"), "sigs.k8s.io/gateway-api")
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "config", "crd", channel))
+	if err != nil {
+		return nil, fmt.Errorf("gateway-api channel %q: %w", channel, err)
+	}
+	var out []string
+	for _, e := range entries {
+		// Only the CRDs: the folder also holds a kustomization and
+		// admission policies.
+		if strings.HasPrefix(e.Name(), "gateway.networking.") && strings.HasSuffix(e.Name(), ".yaml") && !strings.Contains(e.Name(), "_vap_") {
+			out = append(out, filepath.Join(dir, "config", "crd", channel, e.Name()))
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no Gateway API CRDs under %s", filepath.Join(dir, "config", "crd", channel))
+	}
+	return out, nil
+}
+
+// moduleDir is where the module cache holds the version of module that
+// the module at modDir pins.
+func moduleDir(ctx context.Context, modDir, module string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", module)
+	cmd.Dir = modDir
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("locate the istio.io/istio module from %s (go mod download): %w: %s",
-			toolsDir, err, strings.TrimSpace(stderr.String()))
+		return "", fmt.Errorf("locate the %s module from %s (go mod download): %w: %s",
+			module, modDir, err, strings.TrimSpace(stderr.String()))
 	}
 	var mod struct{ Dir, Error string }
 	if err := json.Unmarshal(out, &mod); err != nil {
 		return "", fmt.Errorf("parse go mod download output: %w", err)
 	}
 	if mod.Error != "" || mod.Dir == "" {
-		return "", fmt.Errorf("go mod download istio.io/istio in %s: %q", toolsDir, mod.Error)
+		return "", fmt.Errorf("go mod download %s in %s: %q", module, modDir, mod.Error)
 	}
-	path := filepath.Join(mod.Dir, istioCRDPath)
-	if _, err := os.Stat(path); err != nil {
-		return "", err
-	}
-	return path, nil
+	return mod.Dir, nil
 }
 
 // applyCRDs applies every CRD in a multi-document YAML file server-side and

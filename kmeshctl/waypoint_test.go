@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/kmesh-go/kmesh/waypoint/bootstrap"
+	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/translate"
+)
+
+// TestWaypointViews reads a real dump (the demo config through the
+// translator) from a real HTTP server.
+func TestWaypointViews(t *testing.T) {
+	snap, err := bootstrap.Load("../conf/waypoint-demo.yaml", translate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(model.Dump(snap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/debug/config_dump" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	defer srv.Close()
+
+	for view, want := range map[string][]string{
+		"listeners": {"LISTENER waypoint", "0.0.0.0:15019", "PROXY protocol", "web-http", "http", "routes web", "db-tcp", "to db", "10.96.0.10/32", "80"},
+		"routes":    {"web", "prefix /slow", "web-v1", "delay 1s 50%", "web-v1 90, web-v2 10", "2x on 5xx,connect-failure,refused-stream per try 1s", "5s"},
+		"clusters":  {"web-v1", "static", "round_robin", "2/2 healthy", "2s", "db"},
+		"endpoints": {"web-v1", "10.244.0.11:8080", "10.244.0.13:8080", "10.244.0.21:5432", "true"},
+	} {
+		var out bytes.Buffer
+		if err := (client{base: srv.URL}).waypoint(view, &out); err != nil {
+			t.Fatalf("%s: %v", view, err)
+		}
+		for _, w := range want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%s: no %q in\n%s", view, w, out.String())
+			}
+		}
+	}
+
+	// -o json decodes into the server's own types.
+	var out bytes.Buffer
+	if err := (client{base: srv.URL, json: true}).waypoint("clusters", &out); err != nil {
+		t.Fatal(err)
+	}
+	var cs []model.ClusterDump
+	if err := json.Unmarshal(out.Bytes(), &cs); err != nil || len(cs) != 3 || cs[0].Name != "db" {
+		t.Fatalf("clusters JSON %s: %v", out.String(), err)
+	}
+	if err := (client{base: srv.URL}).waypoint("bogus", &out); err == nil {
+		t.Fatal("an unknown view was accepted")
+	}
+	if err := (client{base: "http://127.0.0.1:1", server: "kmesh-waypoint"}).waypoint("listeners", &out); err == nil || !strings.Contains(err.Error(), "kmesh-waypoint") {
+		t.Fatalf("unreachable admin: %v", err)
+	}
+}

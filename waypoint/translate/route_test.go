@@ -1,0 +1,237 @@
+package translate
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+func fwd(a *routev3.RouteAction) *routev3.Route_Route { return &routev3.Route_Route{Route: a} }
+
+func toCluster(c string) *routev3.RouteAction {
+	return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c}}
+}
+
+func prefix(p string) *routev3.RouteMatch {
+	return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}}
+}
+
+func TestRoutes(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		route *routev3.Route
+		check func(t *testing.T, r *model.Route)
+		err   string
+	}{
+		{name: "defaults", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c"))},
+			check: func(t *testing.T, r *model.Route) {
+				if r.Forward.Cluster != "c" || r.Forward.Timeout != 15*time.Second || r.Forward.Retry != nil || r.Match.Prefix != "/" {
+					t.Errorf("%+v", r.Forward)
+				}
+			}},
+		{name: "path case-insensitive", route: &routev3.Route{Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_Path{Path: "/Exact"}, CaseSensitive: wrapperspb.Bool(false)}, Action: fwd(toCluster("c"))},
+			check: func(t *testing.T, r *model.Route) {
+				if r.Match.Path != "/Exact" || !r.Match.CaseInsensitive {
+					t.Errorf("%+v", r.Match)
+				}
+			}},
+		{name: "regex is anchored", route: &routev3.Route{Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "/api/v[0-9]+"}}}, Action: fwd(toCluster("c"))},
+			check: func(t *testing.T, r *model.Route) {
+				if !r.Match.Regex.MatchString("/api/v2") || r.Match.Regex.MatchString("/api/v2/x") || r.Match.Regex.MatchString("x/api/v2") {
+					t.Errorf("regex %s", r.Match.Regex)
+				}
+			}},
+		{name: "bad regex", route: &routev3.Route{Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "("}}}, Action: fwd(toCluster("c"))},
+			err: "regex"},
+		{name: "path separated prefix", route: &routev3.Route{Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/api"}}, Action: fwd(toCluster("c"))},
+			check: func(t *testing.T, r *model.Route) {
+				if r.Match.PathSeparatedPrefix != "/api" {
+					t.Errorf("%+v", r.Match)
+				}
+			}},
+		{name: "headers query grpc", route: &routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+			Grpc: &routev3.RouteMatch_GrpcRouteMatchOptions{},
+			Headers: []*routev3.HeaderMatcher{
+				{Name: "X-Exact", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "a"}, IgnoreCase: true}}},
+				{Name: "x-present", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}, InvertMatch: true},
+				{Name: "x-range", HeaderMatchSpecifier: &routev3.HeaderMatcher_RangeMatch{RangeMatch: &typev3.Int64Range{Start: 1, End: 10}}},
+				{Name: "x-legacy-prefix", HeaderMatchSpecifier: &routev3.HeaderMatcher_PrefixMatch{PrefixMatch: "pre"}},
+			},
+			QueryParameters: []*routev3.QueryParameterMatcher{
+				{Name: "q", QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Suffix{Suffix: "z"}}}},
+				{Name: "p", QueryParameterMatchSpecifier: &routev3.QueryParameterMatcher_PresentMatch{PresentMatch: true}},
+			}}, Action: fwd(toCluster("c"))},
+			check: func(t *testing.T, r *model.Route) {
+				h := r.Match.Headers
+				if len(h) != 4 || h[0].Name != "x-exact" || !h[0].Value.IgnoreCase || h[0].Value.Exact != "a" ||
+					*h[1].Present != true || !h[1].Invert || h[2].Range.Start != 1 || h[2].Range.End != 10 || h[3].Value.Kind != "prefix" {
+					t.Errorf("headers %+v", h)
+				}
+				q := r.Match.Query
+				if len(q) != 2 || q[0].Value.Suffix != "z" || !q[1].Present || !r.Match.GRPC {
+					t.Errorf("query %+v grpc %v", q, r.Match.GRPC)
+				}
+			}},
+		{name: "weighted", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
+			WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+				{Name: "a", Weight: wrapperspb.UInt32(3), RequestHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-w", Value: "a"}}}},
+				{Name: "b", Weight: wrapperspb.UInt32(1)}}}}})},
+			check: func(t *testing.T, r *model.Route) {
+				w := r.Forward.Weighted
+				if w.Total != 4 || w.Clusters[0].Weight != 3 || w.Clusters[0].Headers.RequestAdd[0].Name != "x-w" || !w.Clusters[0].Headers.RequestAdd[0].Append {
+					t.Errorf("%+v", w)
+				}
+			}},
+		{name: "weights against total_weight", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
+			WeightedClusters: &routev3.WeightedCluster{TotalWeight: wrapperspb.UInt32(100), Clusters: []*routev3.WeightedCluster_ClusterWeight{{Name: "a", Weight: wrapperspb.UInt32(3)}}}}})},
+			err: "total_weight"},
+		{name: "rewrites", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}, PrefixRewrite: "/v2/",
+			RegexRewrite:         &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: "^/service/([^/]+)(/.*)$"}, Substitution: `\2/instance/\1$`},
+			HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "backend.example"}})},
+			check: func(t *testing.T, r *model.Route) {
+				f := r.Forward
+				got := f.RegexRewrite.Pattern.ReplaceAllString("/service/foo/v1/api", f.RegexRewrite.Substitution)
+				if f.PrefixRewrite != "/v2/" || f.HostRewrite != "backend.example" || got != "/v1/api/instance/foo$" {
+					t.Errorf("rewrite %q -> %q", f.RegexRewrite.Substitution, got)
+				}
+			}},
+		{name: "retry", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"},
+			Timeout: durationpb.New(0), IdleTimeout: durationpb.New(time.Minute),
+			RetryPolicy: &routev3.RetryPolicy{RetryOn: "5xx, retriable-status-codes", NumRetries: wrapperspb.UInt32(4), PerTryTimeout: durationpb.New(time.Second),
+				RetriableStatusCodes: []uint32{409}, RetryBackOff: &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(10 * time.Millisecond), MaxInterval: durationpb.New(time.Second)},
+				RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts"}}, HostSelectionRetryMaxAttempts: 3}})},
+			check: func(t *testing.T, r *model.Route) {
+				p := r.Forward.Retry
+				if !p.On["5xx"] || !p.On["retriable-status-codes"] || p.NumRetries != 4 || p.PerTryTimeout != time.Second || p.RetriableStatusCodes[0] != 409 ||
+					p.BackoffBase != 10*time.Millisecond || p.BackoffMax != time.Second || !p.PreviousHosts || p.HostSelectionAttempts != 3 ||
+					r.Forward.Timeout != 0 || r.Forward.IdleTimeout != time.Minute {
+					t.Errorf("%+v", p)
+				}
+			}},
+		{name: "mirror and hash", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"},
+			RequestMirrorPolicies: []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "m", RuntimeFraction: &corev3.RuntimeFractionalPercent{
+				DefaultValue: &typev3.FractionalPercent{Numerator: 2500, Denominator: typev3.FractionalPercent_TEN_THOUSAND}}}, {Cluster: "all"}},
+			HashPolicy: []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: "X-User"}}}}})},
+			check: func(t *testing.T, r *model.Route) {
+				m := r.Forward.Mirrors
+				if len(m) != 2 || m[0] != (model.Mirror{Cluster: "m", Percent: 25}) || m[1].Percent != 100 || r.Forward.HashHeader != "x-user" {
+					t.Errorf("%+v %q", m, r.Forward.HashHeader)
+				}
+			}},
+		{name: "redirect", route: &routev3.Route{Match: prefix("/"), Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{
+			SchemeRewriteSpecifier: &routev3.RedirectAction_HttpsRedirect{HttpsRedirect: true}, HostRedirect: "h", PortRedirect: 8443,
+			PathRewriteSpecifier: &routev3.RedirectAction_PrefixRewrite{PrefixRewrite: "/new"}, ResponseCode: routev3.RedirectAction_PERMANENT_REDIRECT, StripQuery: true}}},
+			check: func(t *testing.T, r *model.Route) {
+				if *r.Redirect != (model.RedirectAction{Scheme: "https", Host: "h", Port: 8443, PrefixRewrite: "/new", StripQuery: true, Status: 308}) {
+					t.Errorf("%+v", r.Redirect)
+				}
+			}},
+		{name: "direct response", route: &routev3.Route{Match: prefix("/"), Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
+			Status: 418, Body: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "teapot"}}}}},
+			check: func(t *testing.T, r *model.Route) {
+				if r.Direct.Status != 418 || string(r.Direct.Body) != "teapot" {
+					t.Errorf("%+v", r.Direct)
+				}
+			}},
+		{name: "header ops append semantics", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
+			RequestHeadersToAdd: []*corev3.HeaderValueOption{
+				{Header: &corev3.HeaderValue{Key: "X-Default", Value: "1"}},                                // append is the default
+				{Header: &corev3.HeaderValue{Key: "x-legacy", Value: "1"}, Append: wrapperspb.Bool(false)}, // the deprecated flag wins
+				{Header: &corev3.HeaderValue{Key: "x-absent", Value: "1"}, AppendAction: corev3.HeaderValueOption_ADD_IF_ABSENT},
+				{Header: &corev3.HeaderValue{Key: "x-set", Value: "1"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD},
+				{Header: &corev3.HeaderValue{Key: "x-only", Value: "1"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS},
+				{Header: &corev3.HeaderValue{Key: "x-empty", Value: ""}}, // dropped
+				{Header: &corev3.HeaderValue{Key: "x-keep", Value: ""}, KeepEmptyValue: true},
+			},
+			RequestHeadersToRemove: []string{"X-Gone"}},
+			check: func(t *testing.T, r *model.Route) {
+				want := []model.HeaderValue{{Name: "x-default", Value: "1", Append: true}, {Name: "x-legacy", Value: "1"},
+					{Name: "x-absent", Value: "1", AddIfAbsent: true}, {Name: "x-set", Value: "1"}, {Name: "x-only", Value: "1", OnlyIfPresent: true},
+					{Name: "x-keep", Value: "", Append: true}}
+				got := r.Headers.RequestAdd
+				if len(got) != len(want) {
+					t.Fatalf("%+v", got)
+				}
+				for i := range want {
+					if got[i] != want[i] {
+						t.Errorf("#%d %+v, want %+v", i, got[i], want[i])
+					}
+				}
+				if r.Headers.RequestRemove[0] != "x-gone" {
+					t.Errorf("%+v", r.Headers.RequestRemove)
+				}
+			}},
+		{name: "unsupported match denies", route: &routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+			RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: 50}}}, Action: fwd(toCluster("c"))},
+			check: func(t *testing.T, r *model.Route) {
+				if r.Deny == nil || r.Deny.HTTPStatus != 503 || r.Forward != nil || !strings.Contains(r.Deny.Reason, "runtime_fraction") {
+					t.Errorf("%+v", r)
+				}
+			}},
+		{name: "cluster_header denies", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_ClusterHeader{ClusterHeader: "x-c"}})},
+			check: func(t *testing.T, r *model.Route) {
+				if r.Deny == nil {
+					t.Errorf("%+v", r)
+				}
+			}},
+		{name: "no action", route: &routev3.Route{Match: prefix("/")}, err: "no action"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &translator{}
+			r, err := tr.route(tc.route, "test")
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, r)
+		})
+	}
+}
+
+func TestConnectMatcherNeverMatches(t *testing.T) {
+	tr := &translator{}
+	r, err := tr.route(&routev3.Route{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_ConnectMatcher_{ConnectMatcher: &routev3.RouteMatch_ConnectMatcher{}}},
+		Action: fwd(toCluster("c"))}, "test")
+	if err != nil || r != nil {
+		t.Fatalf("route %+v err %v", r, err)
+	}
+	if len(tr.unsup) != 1 || tr.unsup[0].FailClosed {
+		t.Fatalf("unsupported %+v", tr.unsup)
+	}
+}
+
+func TestPercent(t *testing.T) {
+	for _, tc := range []struct {
+		p    *typev3.FractionalPercent
+		want float64
+	}{
+		{nil, 100},
+		{&typev3.FractionalPercent{Numerator: 7}, 7},
+		{&typev3.FractionalPercent{Numerator: 50000, Denominator: typev3.FractionalPercent_MILLION}, 5},
+		{&typev3.FractionalPercent{Numerator: 2500, Denominator: typev3.FractionalPercent_TEN_THOUSAND}, 25},
+		{&typev3.FractionalPercent{Numerator: 500}, 100},
+	} {
+		if got := percent(tc.p); got != tc.want {
+			t.Errorf("percent(%v) = %v, want %v", tc.p, got, tc.want)
+		}
+	}
+}

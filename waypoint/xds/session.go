@@ -1,0 +1,495 @@
+// Package xds is kmesh-waypoint's session with istiod: it connects as a
+// waypoint node, subscribes to what Envoy would (LDS and CDS by wildcard,
+// EDS for the clusters CDS named, RDS for the routes listeners name) plus
+// istiod's address xDS for peer identities, and turns every change into a
+// new model.Snapshot through waypoint/translate, handed to a callback (the
+// engine's Apply).
+//
+// Each resource is checked on arrival: one that cannot be translated is
+// NACKed with the reason and its last good version kept. Clusters warm as
+// in Envoy: a snapshot that brings a new EDS cluster waits (up to
+// WarmTimeout) for its endpoints, so traffic is never routed to a cluster
+// that exists but has no endpoints yet. While istiod is away the last
+// snapshot keeps serving.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kmesh-go/kmesh/internal/xdsclient"
+	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/translate"
+)
+
+// Config of a session.
+type Config struct {
+	// Address of istiod: its TLS port 15012 (with RootCertFile and
+	// TokenFile), or 15010 with Plaintext.
+	Address      string
+	Plaintext    bool
+	RootCertFile string
+	TokenFile    string
+	// ServerName in istiod's certificate (default istiod.istio-system.svc).
+	ServerName string
+	// Dialer replaces the network dial (tests, network namespaces).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	Node   Node
+	// Translate options; zero means translate.IstiodOptions().
+	Translate translate.Options
+	// Apply receives each new snapshot, from one goroutine at a time. It
+	// should swap the snapshot in and return.
+	Apply func(*model.Snapshot)
+	// WarmTimeout bounds the wait for the endpoints of new clusters
+	// (default 5s; Envoy's initial_fetch_timeout is 15s).
+	WarmTimeout time.Duration
+	Logger      *slog.Logger
+	// Backoff bounds of the reconnects (default 100ms .. 15s).
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Stats of a session.
+type Stats struct {
+	xdsclient.Stats
+	// Snapshots handed to Apply.
+	Snapshots uint64
+	// Version of the last snapshot.
+	Version string
+	// Latency from the arrival of the response that changed something to
+	// the snapshot handed over: the last one, p50 and p99 over the last
+	// 1024 snapshots.
+	LastLatency, P50Latency, P99Latency time.Duration
+	// Warming: EDS or RDS names awaited before the next snapshot.
+	Warming int
+	// Unsupported entries of the last snapshot (fail-closed ones too).
+	Unsupported, FailClosed int
+}
+
+// Session is a waypoint's xDS session.
+type Session struct {
+	cfg    Config
+	log    *slog.Logger
+	client *xdsclient.Client
+
+	// publishMu serialises changes and their hand-over (the xDS
+	// goroutine and the warming timer), so snapshots reach Apply in
+	// order; mu guards the state readers see.
+	publishMu sync.Mutex
+	mu        sync.Mutex
+	listeners map[string]*listenerv3.Listener
+	clusters  map[string]*clusterv3.Cluster
+	endpoints map[string]*translate.Endpoints
+	routes    map[string]*routev3.RouteConfiguration
+	// listenerRoutes: the RDS names each listener's chains use.
+	listenerRoutes map[string][]string
+	addresses      map[string]*translate.Workload
+	answered       map[string]bool      // types that answered at least once
+	warming        map[string]time.Time // EDS/RDS names awaited, since
+	warmTimer      *time.Timer
+	// pending is when the oldest change not in a snapshot arrived.
+	pending   time.Time
+	memo      *translate.Memo
+	gen       uint64
+	last      *model.Snapshot
+	up        atomic.Bool
+	latencies [1024]time.Duration
+	nLat      int
+	stats     Stats
+}
+
+// Type URLs of the subscriptions, in Envoy's ADS order.
+var subscriptions = []xdsclient.Subscription{
+	{TypeURL: translate.TypeCluster, Wildcard: true},
+	{TypeURL: translate.TypeEndpoint},
+	{TypeURL: translate.TypeListener, Wildcard: true},
+	{TypeURL: translate.TypeRoute},
+	{TypeURL: translate.TypeAddress, Wildcard: true},
+}
+
+// New makes a session; Run drives it.
+func New(cfg Config) (*Session, error) {
+	if cfg.Apply == nil {
+		return nil, errors.New("waypoint xds: Apply is required")
+	}
+	if err := cfg.Node.check(); err != nil {
+		return nil, fmt.Errorf("waypoint xds: node: %w", err)
+	}
+	cfg.Node.defaults()
+	if cfg.Translate == (translate.Options{}) {
+		cfg.Translate = translate.IstiodOptions()
+	}
+	if cfg.WarmTimeout == 0 {
+		cfg.WarmTimeout = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Session{cfg: cfg, log: log.With("component", "waypoint-xds"),
+		listeners: map[string]*listenerv3.Listener{}, clusters: map[string]*clusterv3.Cluster{},
+		endpoints: map[string]*translate.Endpoints{}, routes: map[string]*routev3.RouteConfiguration{}, listenerRoutes: map[string][]string{},
+		addresses: map[string]*translate.Workload{}, answered: map[string]bool{}, warming: map[string]time.Time{},
+		memo: translate.NewMemo()}
+	c, err := xdsclient.New(xdsclient.Config{
+		Address: cfg.Address, Plaintext: cfg.Plaintext, RootCertFile: cfg.RootCertFile, TokenFile: cfg.TokenFile,
+		ServerName: cfg.ServerName, NodeID: cfg.Node.ID(), Metadata: cfg.Node.Metadata(),
+		Subscriptions: subscriptions, Dialer: cfg.Dialer, Logger: log,
+		MinBackoff: cfg.MinBackoff, MaxBackoff: cfg.MaxBackoff,
+	}, s)
+	if err != nil {
+		return nil, err
+	}
+	s.client = c
+	return s, nil
+}
+
+// Run keeps the session up until ctx ends.
+func (s *Session) Run(ctx context.Context) {
+	defer func() {
+		s.mu.Lock()
+		if s.warmTimer != nil {
+			s.warmTimer.Stop()
+		}
+		s.mu.Unlock()
+	}()
+	s.client.Run(ctx)
+}
+
+// Snapshot is the last snapshot handed over (nil before the first).
+func (s *Session) Snapshot() *model.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Ready reports whether a first snapshot was handed over.
+func (s *Session) Ready() bool { return s.Snapshot() != nil }
+
+// Stats returns the session's counters.
+func (s *Session) Stats() Stats {
+	s.mu.Lock()
+	st := s.stats
+	n := min(s.nLat, len(s.latencies))
+	lat := slices.Clone(s.latencies[:n])
+	st.Warming = len(s.warming)
+	s.mu.Unlock()
+	st.Stats = s.client.Stats()
+	if n > 0 {
+		slices.Sort(lat)
+		st.P50Latency = lat[n/2]
+		st.P99Latency = lat[min(n-1, n*99/100)]
+	}
+	return st
+}
+
+// Connected implements xdsclient.Handler.
+func (s *Session) Connected(up bool) {
+	if s.up.Swap(up) == up {
+		return
+	}
+	if !up {
+		s.log.Warn("istiod away; serving the last snapshot", "version", s.version())
+	}
+}
+
+func (s *Session) version() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		return ""
+	}
+	return s.last.Version
+}
+
+// Synced implements xdsclient.Handler.
+func (s *Session) Synced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log.Info("istiod sync complete", "listeners", len(s.listeners), "clusters", len(s.clusters),
+		"endpoints", len(s.endpoints), "addresses", len(s.addresses))
+}
+
+// Apply implements xdsclient.Handler: decode and check each resource,
+// keep the good ones, follow CDS with the EDS subscription and LDS with
+// the RDS one, and publish a snapshot unless something is warming.
+func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []string) (map[string]error, error) {
+	arrival := time.Now()
+	rejected := map[string]error{}
+	s.publishMu.Lock()
+	defer s.publishMu.Unlock()
+	s.mu.Lock()
+	var changed bool
+	switch typeURL {
+	case translate.TypeListener:
+		// The check translates through the memo, so the snapshot after it
+		// finds the new chains done, and says which routes RDS must bring.
+		routesOf := map[string][]string{}
+		changed = applyTyped(s.listeners, ups, removes, rejected, func(l *listenerv3.Listener) error {
+			names, err := s.memo.CheckListener(l, s.cfg.Translate)
+			if err == nil {
+				routesOf[l.GetName()] = names
+			}
+			return err
+		})
+		maps.Copy(s.listenerRoutes, routesOf)
+		for _, n := range removes {
+			delete(s.listenerRoutes, n)
+		}
+		var routes []string
+		for _, names := range s.listenerRoutes {
+			routes = append(routes, names...)
+		}
+		slices.Sort(routes)
+		follow(s, translate.TypeRoute, slices.Compact(routes), s.routes, arrival)
+	case translate.TypeCluster:
+		changed = applyTyped(s.clusters, ups, removes, rejected, func(c *clusterv3.Cluster) error {
+			return translate.CheckCluster(c, s.cfg.Translate)
+		})
+		follow(s, translate.TypeEndpoint, translate.EDSClusters(slices.Collect(maps.Values(s.clusters))), s.endpoints, arrival)
+	case translate.TypeEndpoint:
+		changed = applyCompiled(s.endpoints, ups, removes, rejected, translate.CompileEndpoints)
+		s.settle(ups, removes)
+	case translate.TypeRoute:
+		changed = applyTyped(s.routes, ups, removes, rejected, translate.CheckRoute)
+		s.settle(ups, removes)
+	case translate.TypeAddress:
+		changed = applyCompiled(s.addresses, ups, removes, rejected, translate.CompileAddress)
+	default:
+		s.mu.Unlock()
+		return nil, fmt.Errorf("unexpected type %s", typeURL)
+	}
+	first := !s.answered[typeURL]
+	s.answered[typeURL] = true
+	if (changed || first) && s.pending.IsZero() {
+		s.pending = arrival
+	}
+	snap := s.buildLocked()
+	s.mu.Unlock()
+	if snap != nil {
+		s.cfg.Apply(snap)
+	}
+	return rejected, nil
+}
+
+// applyTyped decodes upserts into m, checking each; a bad one keeps its
+// previous version and is reported. It says whether anything changed: a
+// resumed stream resends what we hold, which needs no new snapshot.
+func applyTyped[T proto.Message](m map[string]T, ups []xdsclient.Resource, removes []string, rejected map[string]error, check func(T) error) bool {
+	changed := false
+	for _, r := range ups {
+		var v T
+		v = v.ProtoReflect().Type().New().Interface().(T)
+		if err := r.Body.UnmarshalTo(v); err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+			continue
+		}
+		if old, ok := m[r.Name]; ok && proto.Equal(old, v) {
+			continue
+		}
+		if err := check(v); err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+			continue
+		}
+		m[r.Name] = v
+		changed = true
+	}
+	for _, n := range removes {
+		if _, ok := m[n]; ok {
+			delete(m, n)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// applyCompiled is applyTyped for the types kept compiled rather than as
+// protos (endpoints, addresses): a fraction of the protos' memory.
+func applyCompiled[P proto.Message, C interface{ Equal(C) bool }](m map[string]C, ups []xdsclient.Resource, removes []string,
+	rejected map[string]error, compile func(P) (C, error)) bool {
+	changed := false
+	for _, r := range ups {
+		var p P
+		p = p.ProtoReflect().Type().New().Interface().(P)
+		if err := r.Body.UnmarshalTo(p); err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+			continue
+		}
+		c, err := compile(p)
+		if err != nil {
+			rejected[r.Name] = fmt.Errorf("%s: %v", r.Name, err)
+			continue
+		}
+		if old, ok := m[r.Name]; ok && old.Equal(c) {
+			continue
+		}
+		m[r.Name] = c
+		changed = true
+	}
+	for _, n := range removes {
+		if _, ok := m[n]; ok {
+			delete(m, n)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// follow sets a named subscription to the names the parent type
+// references: names not held yet warm, names no longer referenced are
+// dropped.
+func follow[T any](s *Session, typeURL string, names []string, held map[string]T, now time.Time) {
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+		if _, ok := held[n]; ok {
+			continue
+		}
+		if _, ok := s.warming[warmKey(typeURL, n)]; !ok {
+			s.warming[warmKey(typeURL, n)] = now
+		}
+	}
+	for n := range held {
+		if !want[n] {
+			delete(held, n)
+		}
+	}
+	for k := range s.warming {
+		if kind, name := cutKind(k); kind == typeURL && !want[name] {
+			delete(s.warming, k)
+		}
+	}
+	if err := s.client.SetNames(typeURL, names); err != nil {
+		s.log.Error("subscription change", "type", typeURL, "err", err)
+	}
+}
+
+func warmKey(typeURL, name string) string { return typeURL + "\x00" + name }
+
+func cutKind(k string) (string, string) {
+	kind, name, _ := strings.Cut(k, "\x00")
+	return kind, name
+}
+
+// settle ends the warming of names that answered (an answer, even a
+// removal, is what Envoy waits for).
+func (s *Session) settle(ups []xdsclient.Resource, removes []string) {
+	for n := range s.warming {
+		_, name := cutKind(n)
+		for _, r := range ups {
+			if r.Name == name {
+				delete(s.warming, n)
+			}
+		}
+		if slices.Contains(removes, name) {
+			delete(s.warming, n)
+		}
+	}
+}
+
+// buildLocked builds the snapshot to hand over, if there is something
+// new, the first listeners and clusters are in, and nothing warms (or
+// warming timed out); nil otherwise.
+func (s *Session) buildLocked() *model.Snapshot {
+	if s.pending.IsZero() {
+		return nil
+	}
+	if !s.answered[translate.TypeListener] || !s.answered[translate.TypeCluster] {
+		return nil
+	}
+	if len(s.warming) > 0 {
+		oldest := time.Time{}
+		for _, t := range s.warming {
+			if oldest.IsZero() || t.Before(oldest) {
+				oldest = t
+			}
+		}
+		wait := s.cfg.WarmTimeout - time.Since(oldest)
+		if wait > 0 {
+			if s.warmTimer != nil {
+				s.warmTimer.Stop()
+			}
+			s.warmTimer = time.AfterFunc(wait, s.warmTimedOut)
+			return nil
+		}
+		names := slices.Sorted(maps.Keys(s.warming))
+		s.log.Warn("warming timed out; publishing without them", "names", len(names), "first", names[0])
+		clear(s.warming)
+	}
+	if s.warmTimer != nil {
+		s.warmTimer.Stop()
+		s.warmTimer = nil
+	}
+	in := translate.Input{
+		Listeners: sortedValues(s.listeners),
+		Clusters:  sortedValues(s.clusters),
+		EDS:       s.endpoints,
+		Routes:    s.routes,
+		Workloads: sortedValues(s.addresses),
+		Memo:      s.memo,
+	}
+	s.gen++
+	in.Version = fmt.Sprintf("xds-%d", s.gen)
+	snap, err := translate.Translate(in, s.cfg.Translate)
+	if err != nil {
+		// Each resource passed its check alone; a failure here is a bug.
+		s.log.Error("snapshot not built; keeping the last one", "err", err)
+		s.pending = time.Time{}
+		return nil
+	}
+	lat := time.Since(s.pending)
+	s.pending = time.Time{}
+	s.latencies[s.nLat%len(s.latencies)] = lat
+	s.nLat++
+	s.last = snap
+	s.stats.Snapshots++
+	s.stats.Version = snap.Version
+	s.stats.LastLatency = lat
+	s.stats.Unsupported, s.stats.FailClosed = len(snap.Unsupported), 0
+	for _, u := range snap.Unsupported {
+		if u.FailClosed {
+			s.stats.FailClosed++
+		}
+	}
+	s.log.Info("snapshot", "version", snap.Version, "latency", lat.Round(10*time.Microsecond),
+		"listeners", len(snap.Listeners), "clusters", len(snap.Clusters), "unsupported", len(snap.Unsupported))
+	return snap
+}
+
+func (s *Session) warmTimedOut() {
+	s.publishMu.Lock()
+	defer s.publishMu.Unlock()
+	s.mu.Lock()
+	snap := s.buildLocked()
+	s.mu.Unlock()
+	if snap != nil {
+		s.cfg.Apply(snap)
+	}
+}
+
+func sortedValues[T any](m map[string]T) []T {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m[k])
+	}
+	return out
+}

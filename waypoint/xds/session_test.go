@@ -1,0 +1,441 @@
+package xds
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	networkv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/translate"
+	"github.com/kmesh-go/kmesh/waypoint/translate/translatetest"
+)
+
+// fakeIstiod is go-control-plane's delta ADS server with one linear cache
+// per type a waypoint subscribes to, recording the client's requests.
+type fakeIstiod struct {
+	t      *testing.T
+	addr   string
+	mu     sync.Mutex
+	state  map[string]map[string]types.Resource
+	caches map[string]*cachev3.LinearCache
+	reqs   []*discoveryv3.DeltaDiscoveryRequest
+	gs     *grpc.Server
+	cancel context.CancelFunc
+}
+
+var waypointTypes = []string{translate.TypeCluster, translate.TypeEndpoint, translate.TypeListener, translate.TypeRoute, translate.TypeAddress}
+
+func startIstiod(t *testing.T) *fakeIstiod {
+	f := &fakeIstiod{t: t, state: map[string]map[string]types.Resource{}}
+	for _, u := range waypointTypes {
+		f.state[u] = map[string]types.Resource{}
+	}
+	if err := f.start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.stop)
+	return f
+}
+
+func (f *fakeIstiod) start(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	f.addr = l.Addr().String()
+	f.mu.Lock()
+	f.caches = map[string]*cachev3.LinearCache{}
+	caches := map[string]cachev3.Cache{}
+	for _, u := range waypointTypes {
+		initial := map[string]types.Resource{}
+		for k, v := range f.state[u] {
+			initial[k] = v
+		}
+		c := cachev3.NewLinearCache(u, cachev3.WithInitialResources(initial))
+		f.caches[u], caches[u] = c, c
+	}
+	f.mu.Unlock()
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        caches,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	cb := serverv3.CallbackFuncs{StreamDeltaRequestFunc: func(_ int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+		f.mu.Lock()
+		f.reqs = append(f.reqs, proto.Clone(r).(*discoveryv3.DeltaDiscoveryRequest))
+		f.mu.Unlock()
+		return nil
+	}}
+	f.gs = grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(f.gs, serverv3.NewServer(ctx, mux, cb))
+	go func() { _ = f.gs.Serve(l) }()
+	return nil
+}
+
+func (f *fakeIstiod) stop() { f.gs.Stop(); f.cancel() }
+
+func (f *fakeIstiod) restart() {
+	for i := 0; ; i++ {
+		if err := f.start(f.addr); err == nil {
+			return
+		} else if i > 100 {
+			f.t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *fakeIstiod) set(typeURL string, res map[string]types.Resource) {
+	f.t.Helper()
+	f.mu.Lock()
+	up := map[string]types.Resource{}
+	var del []string
+	for n, r := range res {
+		if r == nil {
+			delete(f.state[typeURL], n)
+			del = append(del, n)
+		} else {
+			f.state[typeURL][n] = r
+			up[n] = r
+		}
+	}
+	c := f.caches[typeURL]
+	f.mu.Unlock()
+	if err := c.UpdateResources(up, del); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// nack waits for a NACK of a type after the first n requests.
+func (f *fakeIstiod) nack(n int, typeURL string) string {
+	f.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		f.mu.Lock()
+		for _, r := range f.reqs[min(n, len(f.reqs)):] {
+			if r.GetTypeUrl() == typeURL && r.GetErrorDetail() != nil {
+				f.mu.Unlock()
+				return r.GetErrorDetail().GetMessage()
+			}
+		}
+		f.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.t.Fatalf("no NACK of %s", typeURL)
+	return ""
+}
+
+func (f *fakeIstiod) requests() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.reqs)
+}
+
+// serve puts a translate.Input on the server.
+func (f *fakeIstiod) serve(in translate.Input) {
+	ls, cs, es := map[string]types.Resource{}, map[string]types.Resource{}, map[string]types.Resource{}
+	for _, l := range in.Listeners {
+		ls[l.GetName()] = l
+	}
+	for _, c := range in.Clusters {
+		cs[c.GetName()] = c
+	}
+	for n, e := range in.Endpoints {
+		es[n] = e
+	}
+	f.set(translate.TypeCluster, cs)
+	f.set(translate.TypeEndpoint, es)
+	f.set(translate.TypeListener, ls)
+}
+
+// applied collects the snapshots a session hands over.
+type applied struct {
+	mu    sync.Mutex
+	snaps []*model.Snapshot
+}
+
+func (a *applied) apply(s *model.Snapshot) {
+	a.mu.Lock()
+	a.snaps = append(a.snaps, s)
+	a.mu.Unlock()
+}
+
+func (a *applied) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.snaps)
+}
+
+func (a *applied) wait(t *testing.T, what string, cond func(*model.Snapshot) bool) *model.Snapshot {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		a.mu.Lock()
+		var last *model.Snapshot
+		if len(a.snaps) > 0 {
+			last = a.snaps[len(a.snaps)-1]
+		}
+		a.mu.Unlock()
+		if last != nil && cond(last) {
+			return last
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no snapshot with %s", what)
+	return nil
+}
+
+func testNode() Node {
+	return Node{PodIP: netip.MustParseAddr("10.250.0.2"), PodName: "waypoint-0", Namespace: "wp", ServiceAccount: "waypoint", GatewayName: "waypoint"}
+}
+
+func workload(name, ip string) (string, *workloadapi.Address) {
+	a := netip.MustParseAddr(ip).As4()
+	w := &workloadapi.Workload{Uid: "Kubernetes//Pod/wp/" + name, Name: name, Namespace: "wp", ServiceAccount: "default",
+		Addresses: [][]byte{a[:]}}
+	return w.Uid, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
+}
+
+func chains(s *model.Snapshot) int {
+	if len(s.Listeners) == 0 {
+		return 0
+	}
+	return len(s.Listeners[0].Chains)
+}
+
+func TestSession(t *testing.T) {
+	srv := startIstiod(t)
+	srv.serve(translatetest.Synthetic(2))
+	n, w := workload("client-0", "10.250.9.9")
+	srv.set(translate.TypeAddress, map[string]types.Resource{n: w})
+
+	var got applied
+	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(), Apply: got.apply,
+		WarmTimeout: time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	first := got.wait(t, "two services and the peer", func(sn *model.Snapshot) bool {
+		return chains(sn) == 2 && len(sn.Clusters) == 2 && sn.Peers.Lookup(netip.MustParseAddr("10.250.9.9")) != nil
+	})
+	l := first.Listeners[0]
+	if l.Address != translate.DefaultListenAddress || l.Select.Select(model.ConnInfo{Destination: netip.MustParseAddrPort("10.96.0.1:80")}) != "inbound-vip|80|http|svc-1.ns-1.svc.cluster.local" {
+		t.Fatalf("listener %+v", l)
+	}
+	if c := first.Clusters["inbound-vip|80|http|svc-1.ns-1.svc.cluster.local"]; len(c.Endpoints) != 1 || len(c.Endpoints[0]) != 3 {
+		t.Fatalf("cluster %+v", c)
+	}
+	if !s.Ready() {
+		t.Fatal("not ready after the first snapshot")
+	}
+
+	t.Run("Warming", func(t *testing.T) {
+		// A third service: its cluster and chain arrive, its endpoints
+		// not yet. No snapshot routes to a cluster without endpoints.
+		three := translatetest.Synthetic(3)
+		newCluster := three.Clusters[2]
+		before := got.count()
+		srv.set(translate.TypeCluster, map[string]types.Resource{newCluster.GetName(): newCluster})
+		srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": three.Listeners[0]})
+		time.Sleep(200 * time.Millisecond)
+		if got.count() != before {
+			t.Fatalf("a snapshot while %s warms", newCluster.GetName())
+		}
+		if s.Stats().Warming != 1 {
+			t.Fatalf("warming %d", s.Stats().Warming)
+		}
+		srv.set(translate.TypeEndpoint, map[string]types.Resource{newCluster.GetName(): three.Endpoints[newCluster.GetName()]})
+		sn := got.wait(t, "the third service with endpoints", func(sn *model.Snapshot) bool { return chains(sn) == 3 })
+		if c := sn.Clusters[newCluster.GetName()]; c == nil || len(c.Endpoints) != 1 || len(c.Endpoints[0]) != 3 {
+			t.Fatalf("warmed cluster %+v", c)
+		}
+	})
+
+	t.Run("WarmingTimesOut", func(t *testing.T) {
+		four := translatetest.Synthetic(4)
+		c := four.Clusters[3]
+		start := time.Now()
+		srv.set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
+		srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": four.Listeners[0]})
+		sn := got.wait(t, "the fourth service", func(sn *model.Snapshot) bool { return chains(sn) == 4 })
+		if d := time.Since(start); d < 900*time.Millisecond {
+			t.Fatalf("published after %v, before the warming timeout", d)
+		}
+		if ep := sn.Clusters[c.GetName()].Endpoints; len(ep) != 0 {
+			t.Fatalf("endpoints %+v for a cluster that never got any", ep)
+		}
+	})
+
+	t.Run("NACKBadListener", func(t *testing.T) {
+		// A matcher naming a chain the listener lacks: Envoy would refuse
+		// the listener; so do we, keeping the last good one.
+		good := s.Snapshot()
+		bad := proto.Clone(translatetest.Synthetic(4).Listeners[0]).(*listenerv3.Listener)
+		bad.FilterChains = bad.FilterChains[:3]
+		n := srv.requests()
+		before := got.count()
+		srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": bad})
+		reason := srv.nack(n, translate.TypeListener)
+		if !strings.Contains(reason, "main_internal") || !strings.Contains(reason, "does not have") {
+			t.Fatalf("NACK reason %q", reason)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if got.count() != before || s.Snapshot() != good || chains(s.Snapshot()) != 4 {
+			t.Fatal("the last good listener was not kept")
+		}
+		if st := s.Stats(); st.NACKs != 1 || !strings.Contains(st.LastNACK, "does not have") {
+			t.Fatalf("stats %+v", st.Stats)
+		}
+	})
+
+	t.Run("NACKUnsupportedCluster", func(t *testing.T) {
+		name := "inbound-vip|80|http|svc-0.ns-0.svc.cluster.local"
+		c := proto.Clone(translatetest.Synthetic(1).Clusters[0]).(*clusterv3.Cluster)
+		po := &httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http3ProtocolOptions{
+				Http3ProtocolOptions: &corev3.Http3ProtocolOptions{}}}}}
+		a, _ := anypb.New(po)
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
+		n := srv.requests()
+		srv.set(translate.TypeCluster, map[string]types.Resource{name: c})
+		if reason := srv.nack(n, translate.TypeCluster); !strings.Contains(reason, name) || !strings.Contains(reason, "HTTP/3") {
+			t.Fatalf("NACK reason %q", reason)
+		}
+		if p := s.Snapshot().Clusters[name].Protocol; p != "http1" {
+			t.Fatalf("cluster protocol %q: the last good version was not kept", p)
+		}
+	})
+
+	t.Run("IstiodAway", func(t *testing.T) {
+		last := s.Snapshot()
+		connects := s.Stats().Connects
+		srv.stop()
+		time.Sleep(150 * time.Millisecond)
+		if s.Snapshot() != last {
+			t.Fatal("the snapshot changed while istiod was away")
+		}
+		// While away, the fourth service's endpoints appear; the resumed
+		// stream brings them.
+		four := translatetest.Synthetic(4)
+		name := four.Clusters[3].GetName()
+		srv.mu.Lock()
+		srv.state[translate.TypeEndpoint][name] = four.Endpoints[name]
+		srv.mu.Unlock()
+		srv.restart()
+		got.wait(t, "the fourth service's endpoints after the restart", func(sn *model.Snapshot) bool {
+			c := sn.Clusters[name]
+			return c != nil && len(c.Endpoints) == 1 && len(c.Endpoints[0]) == 3
+		})
+		if st := s.Stats(); st.Connects <= connects {
+			t.Fatalf("no reconnect: %+v", st.Stats)
+		}
+	})
+
+	st := s.Stats()
+	t.Logf("snapshots %d, response-to-snapshot p50 %v p99 %v", st.Snapshots, st.P50Latency, st.P99Latency)
+}
+
+func TestNode(t *testing.T) {
+	n := testNode()
+	n.defaults()
+	if id := n.ID(); id != "waypoint~10.250.0.2~waypoint-0.wp~wp.svc.cluster.local" {
+		t.Fatalf("id %s", id)
+	}
+	m := n.Metadata()
+	if m["NAMESPACE"] != "wp" || m["SERVICE_ACCOUNT"] != "waypoint" || m["INSTANCE_IPS"] != "10.250.0.2" || m["CLUSTER_ID"] != "Kubernetes" ||
+		m["WORKLOAD_NAME"] != "waypoint" || m["LABELS"].(map[string]string)[GatewayNameLabel] != "waypoint" {
+		t.Fatalf("metadata %v", m)
+	}
+	if _, err := New(Config{Node: Node{}, Apply: func(*model.Snapshot) {}}); err == nil {
+		t.Fatal("a node without identity accepted")
+	}
+}
+
+// rdsConfig is a dispatch listener whose one chain takes its routes from
+// RDS, and the route and cluster it names.
+func rdsConfig(routeWeight uint32) (*listenerv3.Listener, *routev3.RouteConfiguration) {
+	hcm := &hcmv3.HttpConnectionManager{StatPrefix: "rds",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "web-routes",
+			ConfigSource: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}},
+		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: translatetest.MustAny(&routerv3.Router{})}}}}
+	l := &listenerv3.Listener{Name: "main_internal",
+		ListenerSpecifier: &listenerv3.Listener_InternalListener{InternalListener: &listenerv3.Listener_InternalListenerConfig{}},
+		FilterChains: []*listenerv3.FilterChain{{Name: "web", Filters: []*listenerv3.Filter{{Name: "hcm",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: translatetest.MustAny(hcm)}}}}},
+		FilterChainMatcher: translatetest.ExactTree(&networkv3.DestinationPortInput{},
+			map[string]*xdsmatcher.Matcher_OnMatch{"80": translatetest.ToChain("web")}, nil)}
+	rc := &routev3.RouteConfiguration{Name: "web-routes", VirtualHosts: []*routev3.VirtualHost{{Name: "web", Domains: []string{"*"},
+		Routes: []*routev3.Route{{Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
+				WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+					{Name: "a", Weight: wrapperspb.UInt32(routeWeight)}, {Name: "b", Weight: wrapperspb.UInt32(100 - routeWeight)}}}}}}}}}}}
+	return l, rc
+}
+
+// TestSessionRDS: a listener naming a route configuration subscribes it,
+// waits for it (listener warming, as Envoy's), and follows its changes.
+func TestSessionRDS(t *testing.T) {
+	srv := startIstiod(t)
+	l, rc := rdsConfig(90)
+	srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": l})
+	srv.set(translate.TypeCluster, map[string]types.Resource{})
+	var got applied
+	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(), Apply: got.apply, WarmTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	weight := func(sn *model.Snapshot) uint32 {
+		rt := sn.Listeners[0].Chains["web"].HTTP.Routes
+		if rt == nil {
+			return 0
+		}
+		return rt.VirtualHosts[0].Routes[0].Forward.Weighted.Clusters[0].Weight
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().Warming == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got.count() != 0 || s.Stats().Warming != 1 {
+		t.Fatalf("snapshots %d, warming %d: the listener should wait for its routes", got.count(), s.Stats().Warming)
+	}
+	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc})
+	got.wait(t, "the routes from RDS", func(sn *model.Snapshot) bool { return weight(sn) == 90 })
+	_, rc2 := rdsConfig(50)
+	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc2})
+	got.wait(t, "the changed routes", func(sn *model.Snapshot) bool { return weight(sn) == 50 })
+}
