@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -47,6 +48,7 @@ const (
 // speaks first, as the server of a server-first protocol would.
 type fakeWaypoint struct {
 	*testbed.Pod
+	ln         net.Listener
 	id         uint32 // its workload id
 	got        chan []byte
 	wait       time.Duration
@@ -62,6 +64,7 @@ func (f *fixture) addWaypoint(name string, id uint32) *fakeWaypoint {
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	w.ln = ln
 	var wg sync.WaitGroup
 	f.t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Add(1)
@@ -718,4 +721,90 @@ func TestKernelWaypointElementIsMarked(t *testing.T) {
 	io.WriteString(c, payload[4:])
 	c.(*net.TCPConn).CloseWrite()
 	checkHeader(t, wp.received(t), c.LocalAddr().(*net.TCPAddr).AddrPort(), netip.AddrPortFrom(vip4, 80))
+}
+
+// TCP Fast Open: a client's data can leave in its SYN, before its
+// connection is established and so ahead of any header. The header must
+// then not land in the middle of the stream: such a connection gets none
+// (the waypoint sees bare bytes and can refuse them), counted. A Fast Open
+// connect without a cookie yet sends its data after the handshake, and
+// gets its header as usual.
+func TestKernelWaypointFastOpenGetsNoHeaderMidStream(t *testing.T) {
+	f := newFixture(t, 1, loader.Sizes{})
+	wp := f.addWaypoint("wp0", 150)
+	f.waypointService(maps.Random, wp)
+	svc := f.service(1, maps.Random, 0)
+	svc.Waypoint = maps.ServiceRef(wpServiceID)
+	f.upsert(svc)
+	// The waypoint accepts data in SYNs.
+	if err := podns.Do(wp.NSPath, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte("3"), 0o644)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := wp.ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN, 16) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	fastOpen := func() netip.AddrPort {
+		var local netip.AddrPort
+		err := podns.Do(f.client.NSPath, func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Port: 80, Addr: vip4.As4()}); err != nil {
+				return fmt.Errorf("connect: %w", err)
+			}
+			// With a cookie, this goes in the SYN.
+			if _, err := unix.Write(fd, []byte(payload[:10])); err != nil {
+				return fmt.Errorf("first write: %w", err)
+			}
+			sa, err := unix.Getsockname(fd)
+			if err != nil {
+				return err
+			}
+			s4 := sa.(*unix.SockaddrInet4)
+			local = netip.AddrPortFrom(netip.AddrFrom4(s4.Addr), uint16(s4.Port))
+			time.Sleep(50 * time.Millisecond)
+			if _, err := unix.Write(fd, []byte(payload[10:])); err != nil {
+				return fmt.Errorf("second write: %w", err)
+			}
+			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+				return err
+			}
+			buf := make([]byte, 64)
+			_, err = unix.Read(fd, buf)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return local
+	}
+	// No cookie yet: a plain handshake, then the data with its header.
+	local := fastOpen()
+	checkHeader(t, wp.received(t), local, netip.AddrPortFrom(vip4, 80))
+
+	// With the cookie the first bytes ride in the SYN.
+	before := f.stat("wp_no_header")
+	fastOpen()
+	got := wp.received(t)
+	if i := bytes.Index(got, []byte("\r\n\r\n\x00\r\nQUIT\n")); i >= 0 {
+		t.Fatalf("a PROXY v2 header at offset %d of the stream: %q", i, got)
+	}
+	if string(got) != payload {
+		t.Errorf("received %q, want the bare payload", got)
+	}
+	if n := f.stat("wp_no_header") - before; n != 1 {
+		t.Errorf("wp_no_header counted %d, want 1", n)
+	}
 }

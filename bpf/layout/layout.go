@@ -338,6 +338,7 @@ const (
 	StatWpSockFull
 	StatWpHeader
 	StatWpHeaderFail
+	StatWpNoHeader
 	StatMax
 )
 
@@ -367,6 +368,7 @@ var statNames = [...]string{
 	StatWpSockFull:       "wp_sock_full",
 	StatWpHeader:         "wp_header",
 	StatWpHeaderFail:     "wp_header_fail",
+	StatWpNoHeader:       "wp_no_header",
 }
 
 func (s Stat) String() string {

@@ -83,8 +83,23 @@ static __always_inline void km_connecting(struct bpf_sock_ops *ops)
  * wakes the application up, so no byte can leave ahead of the header.
  * (Any failure counts as full: the map is all that can refuse.) The RTT
  * callback tells when the peer acknowledged data: see km_wp_release. */
+/* Bytes went out before the connection was established: TCP Fast Open put
+ * them in the SYN (acknowledged beyond the SYN's one) or queued them
+ * behind it. A header now would land in the middle of the stream. */
+static __always_inline int km_sent_early(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+
+	return tp && (tp->bytes_acked > 1 || tp->write_seq != tp->snd_una);
+}
+
 static __always_inline void km_wp_watch(struct bpf_sock_ops *ops, __u64 cookie)
 {
+	if (km_sent_early(ops)) {
+		km_count(KM_STAT_WP_NO_HEADER);
+		return;
+	}
 	if (bpf_sock_hash_update(ops, &km_wp_sock, &cookie, BPF_ANY)) {
 		km_count(KM_STAT_WP_SOCK_FULL);
 		return;

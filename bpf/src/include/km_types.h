@@ -405,6 +405,7 @@ enum km_stat {
 	KM_STAT_WP_SOCK_FULL,   /* km_wp_sock refused a socket: it reaches its waypoint without a header */
 	KM_STAT_WP_HEADER,      /* PROXY v2 headers written */
 	KM_STAT_WP_HEADER_FAIL, /* a first send failed: no room to put the header in front */
+	KM_STAT_WP_NO_HEADER,   /* bytes went before established (TCP Fast Open): no header, not mid-stream */
 	KM_STAT_MAX,
 };
 
