@@ -683,7 +683,15 @@ func TestKernelWaypointSocketsSurviveARestart(t *testing.T) {
 // went; once the waypoint acknowledged data the socket leaves km_wp_sock
 // (open still), and what it sends later goes out untouched.
 func TestKernelWaypointElementIsMarked(t *testing.T) {
-	f := newFixture(t, 1, loader.Sizes{})
+	for _, feat := range []loader.Features{{}, {Telemetry: true, SockmapAccel: true}} {
+		t.Run(fmt.Sprintf("telemetry=%v,accel=%v", feat.Telemetry, feat.SockmapAccel), func(t *testing.T) {
+			elementIsMarked(t, feat)
+		})
+	}
+}
+
+func elementIsMarked(t *testing.T, feat loader.Features) {
+	f := newFixtureWith(t, 1, loader.Config{Features: feat})
 	wp := f.addWaypoint("wp0", 150)
 	f.waypointService(maps.Random, wp)
 	svc := f.service(1, maps.Random, 0)
