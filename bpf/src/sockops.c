@@ -78,11 +78,6 @@ static __always_inline void km_connecting(struct bpf_sock_ops *ops)
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* A client bound for a waypoint waits in km_wp_sock for its first send,
- * which gets the PROXY v2 header (wp_msg.c). It is filed here, before TCP
- * wakes the application up, so no byte can leave ahead of the header.
- * (Any failure counts as full: the map is all that can refuse.) The RTT
- * callback tells when the peer acknowledged data: see km_wp_release. */
 /* Bytes went out before the connection was established: TCP Fast Open put
  * them in the SYN (acknowledged beyond the SYN's one) or queued them
  * behind it. A header now would land in the middle of the stream. */
@@ -94,6 +89,11 @@ static __always_inline int km_sent_early(struct bpf_sock_ops *ops)
 	return tp && (tp->bytes_acked > 1 || tp->write_seq != tp->snd_una);
 }
 
+/* A client bound for a waypoint waits in km_wp_sock for its first send,
+ * which gets the PROXY v2 header (wp_msg.c). It is filed here, before TCP
+ * wakes the application up, so no byte can leave ahead of the header.
+ * (Any failure counts as full: the map is all that can refuse.) The RTT
+ * callback tells when the peer acknowledged data: see km_wp_release. */
 static __always_inline void km_wp_watch(struct bpf_sock_ops *ops, __u64 cookie)
 {
 	if (km_sent_early(ops)) {
