@@ -397,3 +397,126 @@ func throughput(t *testing.T, p *testbed.Pod, dst netip.AddrPort, n int) float64
 	}
 	return float64(n) * 8 / time.Since(start).Seconds()
 }
+
+// TestBenchWaypoint prints what the kernel spends on a connection sent to
+// a waypoint beside one to a plain service: the connect hook (two load
+// balancing picks and the config lookup instead of one pick), sockops (it
+// files the socket in km_wp_sock and releases it at the first
+// acknowledgement) and the sk_msg program that writes the PROXY v2 header.
+func TestBenchWaypoint(t *testing.T) {
+	if os.Getenv("KMESH_BENCH") != "1" {
+		t.Skip("benchmark: make bench")
+	}
+	f := newFixture(t, 1, loader.Sizes{})
+	f.upsert(f.service(1, maps.Random, 0))
+	wp := f.net.AddPod(t, "wp0")
+	ln, err := wp.Listen("tcp", fmt.Sprintf(":%d", loader.DefaultWaypointPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 256)
+				if _, err := c.Read(buf); err == nil {
+					c.Write([]byte("y"))
+				}
+			}()
+		}
+	}()
+	if err := f.maps.UpsertBackend(maps.Backend{ID: 150, Addresses: []netip.Addr{wp.IP4}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.maps.UpsertService(maps.Service{ID: 50, VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.50")},
+		Ports: []maps.Port{{Port: 15008}}, Endpoints: [][]uint32{{150}}}); err != nil {
+		t.Fatal(err)
+	}
+	vip2 := netip.MustParseAddr("10.96.0.20")
+	if err := f.maps.UpsertService(maps.Service{ID: 2, VIPs: []netip.Addr{vip2}, Ports: []maps.Port{{Port: 80, TargetPort: serverPort}},
+		Endpoints: [][]uint32{{wid(0)}}, Waypoint: maps.ServiceRef(50)}); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Fatalf("enable BPF run-time stats: %v", err)
+	}
+	defer stats.Close()
+
+	paths := []netip.AddrPort{netip.AddrPortFrom(vip4, 80), netip.AddrPortFrom(vip2, 80)}
+	progs := []string{"km_connect4", loader.ProgSockops, loader.ProgWpMsg}
+	const rounds, perRound = 21, 300
+	var perConn [2][3][]time.Duration
+	for range rounds {
+		for p, dst := range paths {
+			var before [3]ebpf.ProgramStats
+			for i, name := range progs {
+				s, _ := f.dp.Program(name).Stats()
+				before[i] = *s
+			}
+			if err := sendFirst(f.client.NSPath, dst, perRound); err != nil {
+				t.Fatal(err)
+			}
+			for i, name := range progs {
+				s, _ := f.dp.Program(name).Stats()
+				perConn[p][i] = append(perConn[p][i], (s.Runtime-before[i].Runtime)/perRound)
+			}
+		}
+	}
+	fmt.Printf("\n### Kernel time per connection to a waypoint (medians of %d rounds x %d connections per path, paths alternating; client sends 1 byte, reads 1)\n\n", rounds, perRound)
+	fmt.Println("| path | km_connect4 | km_sockops (all callbacks) | km_wp_msg (PROXY v2 header) |")
+	fmt.Println("|---|---:|---:|---:|")
+	for p, label := range []string{"service VIP, no waypoint", "service VIP with a waypoint service"} {
+		fmt.Printf("| %s | %d ns | %d ns | %d ns |\n", label, median(perConn[p][0]).Nanoseconds(),
+			median(perConn[p][1]).Nanoseconds(), median(perConn[p][2]).Nanoseconds())
+	}
+}
+
+// sendFirst opens n connections to dst one after another from a thread in
+// the pod namespace: connect, send a byte, read the answer, reset.
+func sendFirst(nsPath string, dst netip.AddrPort, n int) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // the thread is discarded afterwards, never unlocked
+		ns, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		err = unix.Setns(ns, unix.CLONE_NEWNET)
+		unix.Close(ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+		buf := make([]byte, 64)
+		for range n {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				errc <- err
+				return
+			}
+			err = unix.Connect(fd, sa)
+			if err == nil {
+				_, err = unix.Write(fd, []byte("x"))
+			}
+			if err == nil {
+				_, err = unix.Read(fd, buf)
+			}
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+			if err != nil {
+				errc <- fmt.Errorf("%s: %w", dst, err)
+				return
+			}
+		}
+		errc <- nil
+	}()
+	return <-errc
+}

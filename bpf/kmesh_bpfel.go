@@ -40,6 +40,7 @@ const (
 	kmeshMapKmStats         = "km_stats"
 	kmeshMapKmTcpSock       = "km_tcp_sock"
 	kmeshMapKmUdpRev        = "km_udp_rev"
+	kmeshMapKmWpSock        = "km_wp_sock"
 	kmeshProgKmConnIter     = "km_conn_iter"
 	kmeshProgKmConnect4     = "km_connect4"
 	kmeshProgKmConnect6     = "km_connect6"
@@ -52,6 +53,7 @@ const (
 	kmeshProgKmSkMsg        = "km_sk_msg"
 	kmeshProgKmSockops      = "km_sockops"
 	kmeshProgKmTcToPod      = "km_tc_to_pod"
+	kmeshProgKmWpMsg        = "km_wp_msg"
 	kmeshVarKmEventsWakeup  = "km_events_wakeup"
 	kmeshVarKmLayoutVersion = "km_layout_version"
 	kmeshVarKmMaglevSize    = "km_maglev_size"
@@ -111,6 +113,7 @@ type kmeshProgramSpecs struct {
 	KmSkMsg        *ebpf.ProgramSpec `ebpf:"km_sk_msg"`
 	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 	KmTcToPod      *ebpf.ProgramSpec `ebpf:"km_tc_to_pod"`
+	KmWpMsg        *ebpf.ProgramSpec `ebpf:"km_wp_msg"`
 }
 
 // kmeshMapSpecs contains maps before they are loaded into the kernel.
@@ -141,6 +144,7 @@ type kmeshMapSpecs struct {
 	KmStats        *ebpf.MapSpec `ebpf:"km_stats"`
 	KmTcpSock      *ebpf.MapSpec `ebpf:"km_tcp_sock"`
 	KmUdpRev       *ebpf.MapSpec `ebpf:"km_udp_rev"`
+	KmWpSock       *ebpf.MapSpec `ebpf:"km_wp_sock"`
 }
 
 // kmeshVariableSpecs contains global variables before they are loaded into the kernel.
@@ -196,6 +200,7 @@ type kmeshMaps struct {
 	KmStats        *ebpf.Map `ebpf:"km_stats"`
 	KmTcpSock      *ebpf.Map `ebpf:"km_tcp_sock"`
 	KmUdpRev       *ebpf.Map `ebpf:"km_udp_rev"`
+	KmWpSock       *ebpf.Map `ebpf:"km_wp_sock"`
 }
 
 func (m *kmeshMaps) Close() error {
@@ -224,6 +229,7 @@ func (m *kmeshMaps) Close() error {
 		m.KmStats,
 		m.KmTcpSock,
 		m.KmUdpRev,
+		m.KmWpSock,
 	)
 }
 
@@ -252,6 +258,7 @@ type kmeshPrograms struct {
 	KmSkMsg        *ebpf.Program `ebpf:"km_sk_msg"`
 	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 	KmTcToPod      *ebpf.Program `ebpf:"km_tc_to_pod"`
+	KmWpMsg        *ebpf.Program `ebpf:"km_wp_msg"`
 }
 
 func (p *kmeshPrograms) Close() error {
@@ -268,6 +275,7 @@ func (p *kmeshPrograms) Close() error {
 		p.KmSkMsg,
 		p.KmSockops,
 		p.KmTcToPod,
+		p.KmWpMsg,
 	)
 }
 

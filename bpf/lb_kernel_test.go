@@ -453,51 +453,6 @@ func TestKernelSessionAffinity(t *testing.T) {
 	}
 }
 
-func TestKernelWaypoint(t *testing.T) {
-	f := newFixture(t, 2, loader.Sizes{})
-	wp := f.net.AddPod(t, "waypoint")
-	wp.ServeTCP(t, 15008, "waypoint")
-	if err := f.maps.UpsertBackend(maps.Backend{ID: 50, Addresses: []netip.Addr{wp.IP4, wp.IP6}}); err != nil {
-		t.Fatal(err)
-	}
-
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = netip.AddrPortFrom(wp.IP4, 15008)
-	f.upsert(svc)
-	if who := f.mustAsk(hostPort(vip4, 80)); who != "waypoint" {
-		t.Fatalf("service with a waypoint answered by %s", who)
-	}
-	if _, err := f.ask(hostPort(vip6, 80)); !errors.Is(err, unix.ECONNREFUSED) {
-		t.Fatalf("IPv6 client, IPv4-only waypoint: %v, want ECONNREFUSED", err)
-	}
-
-	// Direct to a workload: untouched, unless the workload has a waypoint.
-	if who := f.mustAsk(hostPort(f.servers[1].IP4, serverPort)); who != "s1" {
-		t.Fatalf("direct to s1 answered by %s", who)
-	}
-	if err := f.maps.UpsertBackend(maps.Backend{ID: wid(1), Addresses: []netip.Addr{f.servers[1].IP4, f.servers[1].IP6},
-		Waypoint: netip.AddrPortFrom(wp.IP4, 15008)}); err != nil {
-		t.Fatal(err)
-	}
-	if who := f.mustAsk(hostPort(f.servers[1].IP4, serverPort)); who != "waypoint" {
-		t.Fatalf("direct to s1 with a waypoint answered by %s", who)
-	}
-	c, err := f.client.Dial("tcp", hostPort(f.servers[1].IP4, serverPort), time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := peerName(t, c); got != netip.AddrPortFrom(f.servers[1].IP4, serverPort) {
-		t.Errorf("getpeername through the waypoint = %s", got)
-	}
-	c.Close()
-
-	// The waypoint itself is never sent to a waypoint.
-	f.enroll(wp, maps.Enrollment{Waypoint: true})
-	if who, err := wp.Ask("tcp", hostPort(vip4, 80), time.Second); err != nil || who != "s0" {
-		t.Fatalf("waypoint to the service: %q %v, want s0", who, err)
-	}
-}
-
 func TestKernelFullMapLeavesNothingHalfWritten(t *testing.T) {
 	f := newFixture(t, 3, loader.Sizes{Endpoints: 4, Frontends: 64})
 	f.upsert(f.service(1, maps.Random, 0, 1))
@@ -654,7 +609,7 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Fatalf("%d connects failed; first: %v", failed.Load(), firstErr.Load())
 	}
-	if len(f.dp.Links()) != 10 { // 8 socket-address hooks, sockops, sk_msg
+	if len(f.dp.Links()) != 11 { // 8 socket-address hooks, sockops, two sk_msg
 		t.Fatalf("links %v", f.dp.Links())
 	}
 	// An update after the restart is a diff against what the kernel holds.

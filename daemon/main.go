@@ -54,6 +54,7 @@ type options struct {
 	stateDir, cniStateDir, kubeconfig, logLevel      string
 	sizes                                            loader.Sizes
 	features                                         loader.Features
+	waypointPort                                     uint16
 	telemetryInterval                                time.Duration
 	accessLog                                        string
 	maxSeries                                        int
@@ -102,6 +103,9 @@ func main() {
 	fs.BoolVar(&o.features.SockmapAccel, "sockmap-accel", defaultSockmapAccel, "same-node acceleration: data between two enrolled pods on this node skips TCP/IP (not for applications that read with splice(2); see README)")
 	fs.Func("max-tcp-sockets", fmt.Sprintf("TCP sockets of enrolled pods with a record or a rewritten destination (default %d; a socket beyond it works unrecorded)", d.TCPSockets), u32(&o.sizes.TCPSockets))
 	fs.Func("max-sockhash", fmt.Sprintf("sockets in same-node acceleration (default %d; fixed once created)", d.Sockhash), u32(&o.sizes.Sockhash))
+	o.waypointPort = loader.DefaultWaypointPort
+	fs.Func("waypoint-port", fmt.Sprintf("port every waypoint pod listens on for connections that start with a PROXY v2 header naming the original destination (default %d)", loader.DefaultWaypointPort), port(&o.waypointPort))
+	fs.Func("max-waypoint-sockets", fmt.Sprintf("connections to waypoints established but not yet acknowledged past their PROXY v2 header (default %d; fixed once created; one beyond it reaches its waypoint without a header)", d.WaypointSockets), u32(&o.sizes.WaypointSockets))
 	_ = fs.Parse(os.Args[1:])
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(o.logLevel)}))
@@ -135,7 +139,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	node := model.Node{Name: o.nodeName, ClusterID: o.clusterID, Network: o.network, Locality: model.ParseLocality(o.locality)}
 
 	dp, err := dataplane.Open(dataplane.Config{
-		Loader: loader.Config{PinDir: o.bpfDir, CgroupPath: o.cgroupRoot, Sizes: o.sizes, Features: o.features},
+		Loader: loader.Config{PinDir: o.bpfDir, CgroupPath: o.cgroupRoot, Sizes: o.sizes, Features: o.features, WaypointPort: o.waypointPort},
 		Node:   node,
 	})
 	if err != nil {
@@ -373,6 +377,17 @@ func u32(dst *uint32) func(string) error {
 		var v uint32
 		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v == 0 {
 			return fmt.Errorf("want a positive number, got %q", s)
+		}
+		*dst = v
+		return nil
+	}
+}
+
+func port(dst *uint16) func(string) error {
+	return func(s string) error {
+		var v uint16
+		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v == 0 {
+			return fmt.Errorf("want a port 1-65535, got %q", s)
 		}
 		*dst = v
 		return nil

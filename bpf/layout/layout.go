@@ -10,7 +10,7 @@ import (
 
 // Version must equal KM_LAYOUT_VERSION in km_types.h. Pinned maps written by
 // another version are replaced, never reinterpreted.
-const Version = 6
+const Version = 7
 
 // MaxPrio is the number of locality priority levels per service.
 const MaxPrio = 8
@@ -54,6 +54,15 @@ type FrontendValue struct {
 	Pad        [3]uint8
 }
 
+// WaypointRef is where a destination's TCP connections go instead: a
+// waypoint service (load-balanced over its pods) or a waypoint workload.
+// Kind 0 is no waypoint.
+type WaypointRef struct {
+	UpstreamID uint32
+	Kind       uint8
+	Pad        [3]uint8
+}
+
 // Load-balancing policies.
 const (
 	LBRandom     uint8 = 0
@@ -64,7 +73,6 @@ const (
 // Service flags.
 const (
 	SvcStrict   uint8 = 1 << 0
-	SvcWaypoint uint8 = 1 << 1
 	SvcAffinity uint8 = 1 << 2
 )
 
@@ -74,8 +82,8 @@ type ServiceValue struct {
 	AffinityTimeoutS uint32
 	LBPolicy         uint8
 	Flags            uint8
-	WaypointPort     uint16
-	Waypoint         Addr
+	Pad              uint16
+	Waypoint         WaypointRef
 }
 
 type PortKey struct {
@@ -117,20 +125,18 @@ type EndpointValue struct {
 
 // Backend flags.
 const (
-	BackendHasV4    uint8 = 1 << 0
-	BackendHasV6    uint8 = 1 << 1
-	BackendWaypoint uint8 = 1 << 2
+	BackendHasV4 uint8 = 1 << 0
+	BackendHasV6 uint8 = 1 << 1
 )
 
 type BackendValue struct {
-	IP4          [4]byte
-	IP6          [16]byte
-	IdentityID   uint32
-	Flags        uint8
-	Pad          uint8
-	WaypointPort uint16
-	Waypoint     Addr
-	AuthzPS      uint32
+	IP4        [4]byte
+	IP6        [16]byte
+	IdentityID uint32
+	Flags      uint8
+	Pad        [3]uint8
+	Waypoint   WaypointRef
+	AuthzPS    uint32
 }
 
 // Manage flags.
@@ -163,10 +169,17 @@ type AffinityValue struct {
 // Socket state flags (km_sock and km_tcp_sock).
 const (
 	SockRewritten uint32 = 1 << 0
-	SockWaypoint  uint32 = 1 << 1
+	// SockWaypoint: sent to a waypoint; its first bytes get a PROXY v2
+	// header.
+	SockWaypoint uint32 = 1 << 1
 	// SockConnecting: TCP got as far as sending the SYN, so the close
 	// callback will delete the km_tcp_sock element.
 	SockConnecting uint32 = 1 << 2
+	// SockWaypointPod: a socket of a waypoint's own pod (never
+	// accelerated).
+	SockWaypointPod uint32 = 1 << 3
+	// SockHeaderSent: the PROXY v2 header went out.
+	SockHeaderSent uint32 = 1 << 4
 )
 
 // SockValue is a socket's state: in km_sock (UDP) or km_tcp_sock (TCP,
@@ -209,7 +222,8 @@ type ConfigValue struct {
 	LayoutVersion uint32
 	MaglevSize    uint32
 	Features      uint32
-	Pad           uint32
+	WaypointPort  uint16 // where waypoint pods read PROXY v2 (host order)
+	Pad           uint16
 }
 
 // Tuple is one end's view of a TCP connection (ports in host order).
@@ -320,6 +334,11 @@ const (
 	StatMsgRedirect
 	StatMsgPass
 	StatTCPSockFull
+	StatNoWaypoint
+	StatWpSockFull
+	StatWpHeader
+	StatWpHeaderFail
+	StatWpNoHeader
 	StatMax
 )
 
@@ -345,6 +364,11 @@ var statNames = [...]string{
 	StatMsgRedirect:      "msg_redirect",
 	StatMsgPass:          "msg_pass",
 	StatTCPSockFull:      "tcp_sock_full",
+	StatNoWaypoint:       "no_waypoint",
+	StatWpSockFull:       "wp_sock_full",
+	StatWpHeader:         "wp_header",
+	StatWpHeaderFail:     "wp_header_fail",
+	StatWpNoHeader:       "wp_no_header",
 }
 
 func (s Stat) String() string {

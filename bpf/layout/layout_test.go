@@ -42,6 +42,7 @@ func TestLayoutsMatchBTF(t *testing.T) {
 		{"km_authz_verdict", layout.AuthzVerdictKey{}, layout.AuthzVerdict{}},
 		{"km_authz_stats", layout.AuthzStatKey{}, uint64(0)},
 		{"km_sockhash", layout.Tuple{}, uint64(0)},
+		{"km_wp_sock", uint64(0), uint64(0)},
 		{"km_redir_in", layout.Tuple{}, uint64(0)},
 	}
 	for _, c := range cases {

@@ -50,6 +50,7 @@ const (
 	MapAuthzStats = "km_authz_stats"
 	MapEvents     = "km_events"
 	MapSockhash   = "km_sockhash"
+	MapWpSock     = "km_wp_sock"
 	MapRedirIn    = "km_redir_in"
 	mapsSubdir    = "maps"
 	linksSubdir   = "links"
@@ -84,6 +85,11 @@ type Sizes struct {
 	// Sockhash caps the sockets in same-node acceleration; a socket that
 	// does not fit simply stays on TCP.
 	Sockhash uint32 `json:"sockhash"`
+	// WaypointSockets caps the connections to waypoints that are
+	// established but have not sent their first bytes (each leaves with
+	// its PROXY v2 header). One that does not fit reaches its waypoint
+	// without a header; km_stats counts it (wp_sock_full).
+	WaypointSockets uint32 `json:"waypointSockets"`
 	// TCPSockets caps the TCP sockets of enrolled pods with a record or a
 	// rewritten destination (each end of a connection within the node is
 	// one). A socket that does not fit works but is neither reported nor
@@ -137,6 +143,7 @@ func DefaultSizes() Sizes {
 		AuthzPorts:      65536,
 		AuthzVerdicts:   1048576,
 		Sockhash:        65536,
+		WaypointSockets: 65536,
 		TCPSockets:      262144,
 		EventsBytes:     4 << 20,
 	}
@@ -168,6 +175,7 @@ func (s Sizes) withDefaults() Sizes {
 		AuthzPorts:      pick(s.AuthzPorts, d.AuthzPorts),
 		AuthzVerdicts:   pick(s.AuthzVerdicts, d.AuthzVerdicts),
 		Sockhash:        pick(s.Sockhash, d.Sockhash),
+		WaypointSockets: pick(s.WaypointSockets, d.WaypointSockets),
 		TCPSockets:      pick(s.TCPSockets, d.TCPSockets),
 		EventsBytes:     pick(s.EventsBytes, d.EventsBytes),
 	}
@@ -192,11 +200,16 @@ func (s Sizes) byMap() map[string]uint32 {
 		MapAuthzPort:  s.AuthzPorts,
 		MapAuthzVerd:  s.AuthzVerdicts,
 		MapSockhash:   s.Sockhash,
+		MapWpSock:     s.WaypointSockets,
 		MapRedirIn:    s.Sockhash,
 		MapTCPSock:    s.TCPSockets,
 		MapEvents:     s.EventsBytes,
 	}
 }
+
+// DefaultWaypointPort is where waypoint pods listen for connections that
+// start with a PROXY v2 header.
+const DefaultWaypointPort = 15019
 
 // Config says where to pin and what to attach to.
 type Config struct {
@@ -207,6 +220,9 @@ type Config struct {
 	CgroupPath string
 	Sizes      Sizes
 	Features   Features
+	// WaypointPort is the port connections sent to a waypoint pod go to
+	// (0: DefaultWaypointPort).
+	WaypointPort uint16
 }
 
 // Datapath is a loaded and attached set of programs and maps.
@@ -268,6 +284,7 @@ func Open(cfg Config) (*Datapath, error) {
 	}()
 	d.Reused = len(pinned) > 0 && len(stale) == 0
 	sockhashReused := pinned[MapSockhash] != nil
+	wpSockReused := pinned[MapWpSock] != nil
 
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
 	if err != nil {
@@ -298,7 +315,12 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	sort.Strings(d.Replaced)
 
-	cfgVal := layout.ConfigValue{LayoutVersion: layout.Version, MaglevSize: sizes.MaglevTableSize, Features: cfg.Features.bits()}
+	wpPort := cfg.WaypointPort
+	if wpPort == 0 {
+		wpPort = DefaultWaypointPort
+	}
+	cfgVal := layout.ConfigValue{LayoutVersion: layout.Version, MaglevSize: sizes.MaglevTableSize,
+		Features: cfg.Features.bits(), WaypointPort: wpPort}
 	if err := d.maps[MapConfig].Put(uint32(0), cfgVal); err != nil {
 		d.closeAll()
 		return nil, fmt.Errorf("loader: write %s: %w", MapConfig, err)
@@ -308,7 +330,11 @@ func Open(cfg Config) (*Datapath, error) {
 		d.closeAll()
 		return nil, err
 	}
-	if err := d.attachSkMsg(sockhashReused); err != nil {
+	if err := d.attachSkMsg(ProgSkMsg, MapSockhash, sockhashReused); err != nil {
+		d.closeAll()
+		return nil, err
+	}
+	if err := d.attachSkMsg(ProgWpMsg, MapWpSock, wpSockReused); err != nil {
 		d.closeAll()
 		return nil, err
 	}
@@ -390,10 +416,12 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 			return nil, nil, false, fmt.Errorf("loader: open pinned map %s: %w", name, err)
 		}
 		ok := layoutOK && ms.Compatible(m) == nil
-		if name == MapSockhash && keepSockhash(ms, m) {
-			// The sockhash outlives layout versions and size changes by
-			// promise: replacing it would drop the sockets in it, and with
-			// them data already passed to a peer but not yet read.
+		if (name == MapSockhash || name == MapWpSock) && keepSockhash(ms, m) {
+			// The sockhashes outlive layout versions and size changes by
+			// promise: replacing km_sockhash would drop the sockets in it,
+			// and with them data already passed to a peer but not yet
+			// read; replacing km_wp_sock, the connections whose PROXY v2
+			// header is still to be written.
 			ms.MaxEntries = m.MaxEntries()
 			ok = true
 		}
@@ -416,7 +444,7 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 // rewrite.
 func migrate(name string, old, cur *ebpf.Map, sameLayout bool) error {
 	if name == MapConfig || name == MapMaglev || name == MapSock ||
-		name == MapEvents || name == MapSockhash {
+		name == MapEvents || name == MapSockhash || name == MapWpSock {
 		return nil
 	}
 	if old.Type() != cur.Type() || old.KeySize() != cur.KeySize() || old.ValueSize() != cur.ValueSize() {

@@ -121,9 +121,10 @@ func (x *Map) Enroll(cookie uint64, e Enrollment) error {
 	return nil
 }
 
-// SetWorkload records which workload an enrolled netns is; a netns that is
-// not enrolled is left alone (false).
-func (x *Map) SetWorkload(cookie uint64, wid uint32) (bool, error) {
+// SetWorkload records which workload an enrolled netns is, and whether it
+// is a waypoint's pod (its connections are then never sent to a waypoint,
+// nor accelerated); a netns that is not enrolled is left alone (false).
+func (x *Map) SetWorkload(cookie uint64, wid uint32, waypoint bool) (bool, error) {
 	o := x.object()
 	b := make([]byte, valueSize)
 	if err := o.Lookup(key(cookie), b); err != nil {
@@ -136,10 +137,14 @@ func (x *Map) SetWorkload(cookie uint64, wid uint32) (bool, error) {
 	if _, err := binary.Decode(b, binary.NativeEndian, &v); err != nil {
 		return false, err
 	}
-	if v.WorkloadID == wid {
+	flags := v.Flags &^ layout.ManageWaypoint
+	if waypoint {
+		flags |= layout.ManageWaypoint
+	}
+	if v.WorkloadID == wid && v.Flags == flags {
 		return true, nil
 	}
-	v.WorkloadID = wid
+	v.WorkloadID, v.Flags = wid, flags
 	// Only update: a concurrent release must win.
 	if err := o.Update(key(cookie), encode(v), bpfsys.UpdateExist); err != nil {
 		if errors.Is(err, bpfsys.ErrKeyNotExist) {

@@ -28,6 +28,9 @@ type beEntries struct {
 	value layout.BackendValue
 }
 
+func (e *svcEntries) waypoint() Ref { return refOf(e.value.Waypoint) }
+func (e *beEntries) waypoint() Ref  { return refOf(e.value.Waypoint) }
+
 func (e *svcEntries) workloads() []uint32 {
 	var out []uint32
 	for _, s := range e.slots {
@@ -62,11 +65,7 @@ func serviceEntries(s *Service, maglevSize uint32) (*svcEntries, [layout.MaxPrio
 		v.Flags |= layout.SvcAffinity
 		v.AffinityTimeoutS = uint32((s.Affinity + time.Second - 1) / time.Second)
 	}
-	if s.Waypoint.IsValid() {
-		v.Flags |= layout.SvcWaypoint
-		v.Waypoint = layout.AddrFrom(s.Waypoint.Addr())
-		v.WaypointPort = s.Waypoint.Port()
-	}
+	v.Waypoint = s.Waypoint.value()
 	var want [layout.MaxPrio][]uint32
 	for p, list := range s.Endpoints {
 		want[p] = list
@@ -107,11 +106,7 @@ func backendEntries(b *Backend) *beEntries {
 			v.Flags |= layout.BackendHasV6
 		}
 	}
-	if b.Waypoint.IsValid() {
-		v.Flags |= layout.BackendWaypoint
-		v.Waypoint = layout.AddrFrom(b.Waypoint.Addr())
-		v.WaypointPort = b.Waypoint.Port()
-	}
+	v.Waypoint = b.Waypoint.value()
 	e.value = v
 	return e
 }
@@ -223,9 +218,7 @@ func (e *svcEntries) service(id uint32) Service {
 	if e.value.Flags&layout.SvcAffinity != 0 {
 		s.Affinity = time.Duration(e.value.AffinityTimeoutS) * time.Second
 	}
-	if e.value.Flags&layout.SvcWaypoint != 0 {
-		s.Waypoint = netip.AddrPortFrom(e.value.Waypoint.Netip(), e.value.WaypointPort)
-	}
+	s.Waypoint = refOf(e.value.Waypoint)
 	last := -1
 	for p := range e.slots {
 		if len(e.slots[p]) > 0 {
@@ -239,13 +232,10 @@ func (e *svcEntries) service(id uint32) Service {
 }
 
 func (e *beEntries) backend(id uint32) Backend {
-	b := Backend{ID: id, Identity: e.value.IdentityID, PolicySet: e.value.AuthzPS}
+	b := Backend{ID: id, Identity: e.value.IdentityID, PolicySet: e.value.AuthzPS, Waypoint: refOf(e.value.Waypoint)}
 	for _, f := range e.fe {
 		b.Addresses = append(b.Addresses, f.k.Addr.Netip())
 	}
 	slices.SortFunc(b.Addresses, func(a, b netip.Addr) int { return a.Compare(b) })
-	if e.value.Flags&layout.BackendWaypoint != 0 {
-		b.Waypoint = netip.AddrPortFrom(e.value.Waypoint.Netip(), e.value.WaypointPort)
-	}
 	return b
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -74,7 +75,8 @@ func mirrorOnly() *Maps {
 		services:   map[uint32]*svcEntries{},
 		backends:   map[uint32]*beEntries{},
 		inner:      map[uint32]*ebpf.Map{},
-		feOwner:    map[layout.FrontendKey]owner{},
+		feOwner:    map[layout.FrontendKey]Ref{},
+		wpUsers:    map[Ref]map[Ref]bool{},
 		refs:       map[uint32][]uint32{},
 		count:      map[string]int{},
 		policySets: map[uint32]*AuthzTables{},
@@ -93,7 +95,7 @@ func (m *Maps) planAndCommit(t *testing.T, txn Txn) *plan {
 }
 
 func (p *plan) writes() int {
-	return len(p.feDel) + len(p.beUp.keys) + len(p.portUp.keys) + len(p.ovrUp.keys) + len(p.epUp.keys) +
+	return len(p.feDel) + len(p.beUp.keys) + len(p.beUpLate.keys) + len(p.portUp.keys) + len(p.ovrUp.keys) + len(p.epUp.keys) +
 		len(p.maglevUp) + len(p.svcUp.keys) + len(p.feUp.keys) + len(p.epDel) + len(p.ovrDel) +
 		len(p.portDel) + len(p.maglevDel) + len(p.svcDel) + len(p.beDel)
 }
@@ -154,16 +156,19 @@ func TestBadUpdatesAreRefusedBeforeAnyWrite(t *testing.T) {
 	vip := []netip.Addr{netip.MustParseAddr("10.96.0.1")}
 	m.planAndCommit(t, Txn{Services: []Service{{ID: 1, VIPs: vip, Endpoints: [][]uint32{{1}}}}})
 	cases := map[string]Txn{
-		"unknown workload":      {Services: []Service{{ID: 2, Endpoints: [][]uint32{{9}}}}},
-		"service id 0":          {Services: []Service{{ID: 0}}},
-		"duplicate endpoint":    {Services: []Service{{ID: 2, Endpoints: [][]uint32{{1}, {1}}}}},
-		"too many priorities":   {Services: []Service{{ID: 2, Endpoints: make([][]uint32, 9)}}},
-		"unknown policy":        {Services: []Service{{ID: 2, Policy: 9}}},
-		"VIP of another":        {Services: []Service{{ID: 2, VIPs: vip}}},
-		"VIP is a pod address":  {Services: []Service{{ID: 2, VIPs: []netip.Addr{netip.MustParseAddr("10.244.0.1")}}}},
-		"delete used backend":   {DeleteBackends: []uint32{1}},
-		"port 0":                {Services: []Service{{ID: 2, Ports: []Port{{Port: 0}}}}},
-		"waypoint without port": {Services: []Service{{ID: 2, Waypoint: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), 0)}}},
+		"unknown workload":     {Services: []Service{{ID: 2, Endpoints: [][]uint32{{9}}}}},
+		"service id 0":         {Services: []Service{{ID: 0}}},
+		"duplicate endpoint":   {Services: []Service{{ID: 2, Endpoints: [][]uint32{{1}, {1}}}}},
+		"too many priorities":  {Services: []Service{{ID: 2, Endpoints: make([][]uint32, 9)}}},
+		"unknown policy":       {Services: []Service{{ID: 2, Policy: 9}}},
+		"VIP of another":       {Services: []Service{{ID: 2, VIPs: vip}}},
+		"VIP is a pod address": {Services: []Service{{ID: 2, VIPs: []netip.Addr{netip.MustParseAddr("10.244.0.1")}}}},
+		"delete used backend":  {DeleteBackends: []uint32{1}},
+		"port 0":               {Services: []Service{{ID: 2, Ports: []Port{{Port: 0}}}}},
+		"unknown waypoint":     {Services: []Service{{ID: 2, Waypoint: ServiceRef(9)}}},
+		"unknown waypoint pod": {Backends: []Backend{{ID: 2, Waypoint: WorkloadRef(9)}}},
+		"own waypoint":         {Services: []Service{{ID: 2, Waypoint: ServiceRef(2)}}},
+		"waypoint kind":        {Services: []Service{{ID: 2, Waypoint: Ref{Kind: 7, ID: 1}}}},
 	}
 	for name, txn := range cases {
 		if _, _, err := m.plan(txn); !errors.Is(err, ErrInvalid) {
@@ -176,5 +181,50 @@ func TestBadUpdatesAreRefusedBeforeAnyWrite(t *testing.T) {
 	// from a deleted service to a new one in one update.
 	if _, _, err := m.plan(Txn{DeleteServices: []uint32{1}, Services: []Service{{ID: 2, VIPs: vip}}, DeleteBackends: []uint32{1}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A waypoint is named by id, so it must exist for as long as something
+// names it (a freed id could go to another object), and it reaches the
+// kernel before its users.
+func TestWaypointReferencesStayWhole(t *testing.T) {
+	m := mirrorOnly()
+	pod := func(id uint32, wp Ref) Backend {
+		return Backend{ID: id, Addresses: []netip.Addr{netip.AddrFrom4([4]byte{10, 244, 0, byte(id)})}, Waypoint: wp}
+	}
+	vip := func(b byte) []netip.Addr { return []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, b})} }
+	wp := Service{ID: 9, VIPs: vip(9), Endpoints: [][]uint32{{1}}}
+	user := Service{ID: 3, VIPs: vip(3), Endpoints: [][]uint32{{2}}, Waypoint: ServiceRef(9)}
+	// One transaction creates the waypoint, a user service and a pod that
+	// inherits the waypoint: the waypoint service leads the service batch,
+	// and the pod naming it is written after the services.
+	p := m.planAndCommit(t, Txn{Backends: []Backend{pod(1, Ref{}), pod(2, ServiceRef(9))}, Services: []Service{user, wp}})
+	if !slices.Equal(p.svcUp.keys, []uint32{9, 3}) {
+		t.Fatalf("service batch order %v, want the waypoint 9 first", p.svcUp.keys)
+	}
+	if !slices.Equal(p.beUp.keys, []uint32{1}) || !slices.Equal(p.beUpLate.keys, []uint32{2}) {
+		t.Fatalf("backends early %v late %v, want the one naming the new waypoint late", p.beUp.keys, p.beUpLate.keys)
+	}
+
+	// Pod 5 is pod 4's waypoint.
+	m.planAndCommit(t, Txn{Backends: []Backend{pod(5, Ref{}), pod(4, WorkloadRef(5))}})
+	noWP := user
+	noWP.Waypoint = Ref{}
+	refused := map[string]Txn{
+		"waypoint deleted under its users": {DeleteServices: []uint32{9}},
+		"one user left":                    {DeleteServices: []uint32{9}, Services: []Service{noWP}},
+		"workload waypoint deleted":        {DeleteBackends: []uint32{5}},
+	}
+	for name, txn := range refused {
+		_, _, err := m.plan(txn)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "still the waypoint of") {
+			t.Errorf("%s: %v, want ErrInvalid: still the waypoint of ...", name, err)
+		}
+	}
+	// Users that let go in the same transaction free the waypoint.
+	m.planAndCommit(t, Txn{Services: []Service{noWP}, Backends: []Backend{pod(2, Ref{})}, DeleteServices: []uint32{9}})
+	m.planAndCommit(t, Txn{Backends: []Backend{pod(4, Ref{})}, DeleteBackends: []uint32{5}})
+	if len(m.wpUsers) != 0 {
+		t.Fatalf("waypoint users left: %v", m.wpUsers)
 	}
 }

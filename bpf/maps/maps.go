@@ -31,19 +31,18 @@ type Maps struct {
 	inner    map[uint32]*ebpf.Map // Maglev table per service
 	// feOwner says which object holds a frontend address, to refuse a VIP
 	// that is already another service's or a workload's address.
-	feOwner map[layout.FrontendKey]owner
+	feOwner map[layout.FrontendKey]Ref
 	// refs lists, per workload, the services listing it (usually one).
 	refs map[uint32][]uint32
+	// wpUsers lists, per waypoint, the services and workloads sending
+	// their connections to it: a waypoint stays while one still does (its
+	// id could otherwise go to another object that users would reach).
+	wpUsers map[Ref]map[Ref]bool
 	// count of entries per map, for capacity checks.
 	count map[string]int
 }
 
 type feSet = small[layout.FrontendKey, layout.FrontendValue]
-
-type owner struct {
-	kind uint8
-	id   uint32
-}
 
 // Txn is one atomic change: either all of it reaches the maps or none.
 type Txn struct {
@@ -308,6 +307,66 @@ func (m *Maps) checkRefs(next *state) error {
 			return invalid("workload %d is still an endpoint of service %d", wid, sid)
 		}
 	}
+	return m.checkWaypointRefs(next, exists)
+}
+
+// checkWaypointRefs insists every waypoint a service or workload names is
+// in the data path after the transaction, and that no waypoint goes while
+// something still names it.
+func (m *Maps) checkWaypointRefs(next *state, backendExists func(uint32) bool) error {
+	live := func(r Ref) bool {
+		if r.Kind == KindWorkload {
+			return backendExists(r.ID)
+		}
+		if e, ok := next.services[r.ID]; ok {
+			return e != nil
+		}
+		return m.services[r.ID] != nil
+	}
+	named := func(r Ref) bool { return r.IsSet() && !r.closed() }
+	for id, e := range next.services {
+		if e != nil && named(e.waypoint()) && !live(e.waypoint()) {
+			return invalid("service %d's waypoint %s is not in the data path", id, e.waypoint())
+		}
+	}
+	for id, e := range next.backends {
+		if e != nil && named(e.waypoint()) && !live(e.waypoint()) {
+			return invalid("workload %d's waypoint %s is not in the data path", id, e.waypoint())
+		}
+	}
+	// A user the transaction leaves alone still names its waypoint.
+	stillUses := func(u, wp Ref) bool {
+		if u.Kind == KindService {
+			if e, ok := next.services[u.ID]; ok {
+				return e != nil && e.waypoint() == wp
+			}
+		} else if e, ok := next.backends[u.ID]; ok {
+			return e != nil && e.waypoint() == wp
+		}
+		return true
+	}
+	gone := func(wp Ref) error {
+		for u := range m.wpUsers[wp] {
+			if stillUses(u, wp) {
+				return invalid("%s is still the waypoint of %s", wp, u)
+			}
+		}
+		return nil
+	}
+	for id, e := range next.services {
+		if e == nil {
+			if err := gone(ServiceRef(id)); err != nil {
+				return err
+			}
+		}
+	}
+	for id, e := range next.backends {
+		if e == nil {
+			if err := gone(WorkloadRef(id)); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -344,9 +403,9 @@ func (m *Maps) checkPolicySetRefs(t Txn, next *state) error {
 
 // checkFrontends refuses an address claimed by two objects.
 func (m *Maps) checkFrontends(next *state) error {
-	claimed := map[layout.FrontendKey]owner{}
+	claimed := map[layout.FrontendKey]Ref{}
 	released := map[layout.FrontendKey]bool{}
-	claim := func(o owner, fe feSet) error {
+	claim := func(o Ref, fe feSet) error {
 		for _, f := range fe {
 			if prev, ok := claimed[f.k]; ok && prev != o {
 				return invalid("address %s is claimed by both %s and %s", f.k.Addr, prev, o)
@@ -366,7 +425,7 @@ func (m *Maps) checkFrontends(next *state) error {
 		var fe feSet
 		if e != nil {
 			fe = e.fe
-			if err := claim(owner{layout.KindService, id}, fe); err != nil {
+			if err := claim(ServiceRef(id), fe); err != nil {
 				return err
 			}
 		}
@@ -378,7 +437,7 @@ func (m *Maps) checkFrontends(next *state) error {
 		var fe feSet
 		if e != nil {
 			fe = e.fe
-			if err := claim(owner{layout.KindWorkload, id}, fe); err != nil {
+			if err := claim(WorkloadRef(id), fe); err != nil {
 				return err
 			}
 		}
@@ -394,17 +453,11 @@ func (m *Maps) checkFrontends(next *state) error {
 	return nil
 }
 
-func (o owner) String() string {
-	if o.kind == layout.KindService {
-		return fmt.Sprintf("service %d", o.id)
-	}
-	return fmt.Sprintf("workload %d", o.id)
-}
-
 // commit folds a written transaction into the mirror.
 func (m *Maps) commit(p *plan, next *state) {
 	for id, e := range next.services {
 		if old := m.services[id]; old != nil {
+			m.unuseWaypoint(ServiceRef(id), old.waypoint())
 			for _, f := range old.fe {
 				delete(m.feOwner, f.k)
 			}
@@ -424,12 +477,13 @@ func (m *Maps) commit(p *plan, next *state) {
 			continue
 		}
 		m.services[id] = e
+		m.useWaypoint(ServiceRef(id), e.waypoint())
 		if in := m.inner[id]; in != nil && e.maglev == nil {
 			in.Close()
 			delete(m.inner, id)
 		}
 		for _, f := range e.fe {
-			m.feOwner[f.k] = owner{layout.KindService, id}
+			m.feOwner[f.k] = ServiceRef(id)
 		}
 		for _, w := range e.workloads() {
 			m.refs[w] = append(m.refs[w], id)
@@ -437,6 +491,7 @@ func (m *Maps) commit(p *plan, next *state) {
 	}
 	for id, e := range next.backends {
 		if old := m.backends[id]; old != nil {
+			m.unuseWaypoint(WorkloadRef(id), old.waypoint())
 			for _, f := range old.fe {
 				delete(m.feOwner, f.k)
 			}
@@ -447,8 +502,9 @@ func (m *Maps) commit(p *plan, next *state) {
 			continue
 		}
 		m.backends[id] = e
+		m.useWaypoint(WorkloadRef(id), e.waypoint())
 		for _, f := range e.fe {
-			m.feOwner[f.k] = owner{layout.KindWorkload, id}
+			m.feOwner[f.k] = WorkloadRef(id)
 		}
 	}
 	for id, in := range p.newInner {
@@ -465,6 +521,26 @@ func (m *Maps) commit(p *plan, next *state) {
 	}
 	for name, n := range p.removed {
 		m.count[name] -= n
+	}
+}
+
+func (m *Maps) useWaypoint(user, wp Ref) {
+	if !wp.IsSet() || wp.closed() {
+		return
+	}
+	if m.wpUsers[wp] == nil {
+		m.wpUsers[wp] = map[Ref]bool{}
+	}
+	m.wpUsers[wp][user] = true
+}
+
+func (m *Maps) unuseWaypoint(user, wp Ref) {
+	if !wp.IsSet() || wp.closed() {
+		return
+	}
+	delete(m.wpUsers[wp], user)
+	if len(m.wpUsers[wp]) == 0 {
+		delete(m.wpUsers, wp)
 	}
 }
 

@@ -35,7 +35,10 @@ type maglevWrite struct {
 // execute runs them. The order is what keeps the kernel's view whole:
 // frontends go last on the way in and first on the way out; endpoint slots
 // are written before counts grow and deleted after counts shrink; backends
-// exist before anything points at them and go after nothing does.
+// exist before anything points at them and go after nothing does; a
+// waypoint is written before its users (services that are waypoints lead
+// the service batch; a backend naming a service new in this plan follows
+// the services) and deleted after them.
 type plan struct {
 	feDel     []layout.FrontendKey
 	beUp      kv[uint32, layout.BackendValue]
@@ -44,6 +47,7 @@ type plan struct {
 	epUp      kv[layout.EndpointKey, layout.EndpointValue]
 	maglevUp  []maglevWrite
 	svcUp     kv[uint32, layout.ServiceValue]
+	beUpLate  kv[uint32, layout.BackendValue]
 	feUp      kv[layout.FrontendKey, layout.FrontendValue]
 	epDel     []layout.EndpointKey
 	ovrDel    []layout.PortOverrideKey
@@ -153,6 +157,7 @@ func (m *Maps) reversePlan(next *state, forward *plan) *plan {
 
 func diffStates(cur view, next *state) *plan {
 	p := &plan{added: map[string]int{}, removed: map[string]int{}, newInner: map[uint32]*ebpf.Map{}}
+	newServices := map[uint32]bool{}
 	claimed := map[layout.FrontendKey]bool{}
 	var released []layout.FrontendKey
 
@@ -236,6 +241,7 @@ func diffStates(cur view, next *state) *plan {
 		case nw != nil && old == nil:
 			p.svcUp.add(id, nw.value)
 			p.added[loader.MapService]++
+			newServices[id] = true
 		case nw != nil && nw.value != old.value:
 			p.svcUp.add(id, nw.value)
 		case nw == nil && old != nil:
@@ -254,17 +260,23 @@ func diffStates(cur view, next *state) *plan {
 			newFE = nw.fe
 		}
 		feDiff(oldFE, newFE)
+		up := &p.beUp
+		if nw != nil && nw.waypoint().Kind == KindService && newServices[nw.waypoint().ID] {
+			up = &p.beUpLate
+		}
 		switch {
 		case nw != nil && old == nil:
-			p.beUp.add(id, nw.value)
+			up.add(id, nw.value)
 			p.added[loader.MapBackend]++
 		case nw != nil && nw.value != old.value:
-			p.beUp.add(id, nw.value)
+			up.add(id, nw.value)
 		case nw == nil && old != nil:
 			p.beDel = append(p.beDel, id)
 			p.removed[loader.MapBackend]++
 		}
 	}
+
+	waypointsFirst(&p.svcUp)
 
 	// An address released by one object and claimed by another in the same
 	// transaction is overwritten, not deleted.
@@ -275,6 +287,29 @@ func diffStates(cur view, next *state) *plan {
 		}
 	}
 	return p
+}
+
+// waypointsFirst moves the services that other services in the batch
+// name as their waypoint to its front (a batch is written in order).
+func waypointsFirst(b *kv[uint32, layout.ServiceValue]) {
+	named := map[uint32]bool{}
+	for _, v := range b.vals {
+		if RefKind(v.Waypoint.Kind) == KindService {
+			named[v.Waypoint.UpstreamID] = true
+		}
+	}
+	if len(named) == 0 {
+		return
+	}
+	var first, rest kv[uint32, layout.ServiceValue]
+	for i, k := range b.keys {
+		if named[k] {
+			first.add(k, b.vals[i])
+		} else {
+			rest.add(k, b.vals[i])
+		}
+	}
+	*b = kv[uint32, layout.ServiceValue]{keys: append(first.keys, rest.keys...), vals: append(first.vals, rest.vals...)}
 }
 
 func mapDiff[K comparable, V comparable](old, nw small[K, V], up *kv[K, V], del *[]K, p *plan, name string) {
@@ -324,6 +359,7 @@ func (m *Maps) execute(p *plan, rollback bool) error {
 		step(batchPut(m.endpoint, loader.MapEndpoint, &p.epUp)) ||
 		step(m.writeMaglev(p)) ||
 		step(batchPut(m.service, loader.MapService, &p.svcUp)) ||
+		step(batchPut(m.backend, loader.MapBackend, &p.beUpLate)) ||
 		step(batchPut(m.frontend, loader.MapFrontend, &p.feUp)) ||
 		step(batchDelete(m.endpoint, loader.MapEndpoint, p.epDel, rollback)) ||
 		step(batchDelete(m.portovr, loader.MapPortOvr, p.ovrDel, rollback)) ||

@@ -16,7 +16,8 @@ func (m *Maps) readBack() error {
 	m.services = map[uint32]*svcEntries{}
 	m.backends = map[uint32]*beEntries{}
 	m.inner = map[uint32]*ebpf.Map{}
-	m.feOwner = map[layout.FrontendKey]owner{}
+	m.feOwner = map[layout.FrontendKey]Ref{}
+	m.wpUsers = map[Ref]map[Ref]bool{}
 	m.refs = map[uint32][]uint32{}
 	m.count = map[string]int{}
 	m.policySets = map[uint32]*AuthzTables{}
@@ -66,7 +67,7 @@ func (m *Maps) readBack() error {
 			orphanFE = append(orphanFE, fk)
 			return
 		}
-		m.feOwner[fk] = owner{fv.Kind, fv.UpstreamID}
+		m.feOwner[fk] = Ref{RefKind(fv.Kind), fv.UpstreamID}
 	}); err != nil {
 		return err
 	}
@@ -153,6 +154,10 @@ func (m *Maps) readBack() error {
 		for _, w := range e.workloads() {
 			m.refs[w] = append(m.refs[w], id)
 		}
+		m.useWaypoint(ServiceRef(id), e.waypoint())
+	}
+	for id, e := range m.backends {
+		m.useWaypoint(WorkloadRef(id), e.waypoint())
 	}
 	// Frontends nobody owns would route to nothing: drop them now.
 	for _, k := range orphanFE {

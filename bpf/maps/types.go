@@ -59,8 +59,10 @@ type Service struct {
 	// Affinity keeps a client on its endpoint while it reconnects within the
 	// timeout (rounded up to whole seconds). Zero turns it off.
 	Affinity time.Duration
-	// Waypoint, when valid, receives every connection to the service.
-	Waypoint netip.AddrPort
+	// Waypoint, when set, receives every TCP connection to the service: a
+	// waypoint service's pods (by its own load balancing) or a waypoint
+	// workload, at the node's waypoint port.
+	Waypoint Ref
 	// Endpoints lists workload ids per locality priority (index 0 first).
 	Endpoints [][]uint32
 }
@@ -71,13 +73,102 @@ type Backend struct {
 	// Addresses of the workload; the first IPv4 and the first IPv6 are where
 	// service connections go. All of them resolve back to the workload.
 	Addresses []netip.Addr
-	// Waypoint, when valid, receives connections made to the workload's own
-	// addresses.
-	Waypoint netip.AddrPort
+	// Waypoint, when set, receives TCP connections made to the workload's
+	// own addresses.
+	Waypoint Ref
 	Identity uint32
 	// PolicySet guards connections to the workload (0: no policies).
 	PolicySet uint32
 }
+
+// Ref names a service or a workload of the data path: a waypoint, or the
+// owner of an address. The zero Ref names nothing.
+type Ref struct {
+	Kind RefKind
+	ID   uint32
+}
+
+// RefKind says what a Ref names.
+type RefKind uint8
+
+const (
+	KindService  = RefKind(layout.KindService)
+	KindWorkload = RefKind(layout.KindWorkload)
+)
+
+// ServiceRef and WorkloadRef name a service and a workload by id.
+func ServiceRef(id uint32) Ref  { return Ref{KindService, id} }
+func WorkloadRef(id uint32) Ref { return Ref{KindWorkload, id} }
+
+// ClosedWaypoint is the waypoint of a destination whose named waypoint is
+// not in the data path: its TCP connections are refused rather than let
+// past the waypoint (UDP never goes to waypoints and is not affected).
+var ClosedWaypoint = Ref{Kind: KindService}
+
+// IsSet reports whether the Ref names anything (ClosedWaypoint included).
+func (r Ref) IsSet() bool { return r != Ref{} }
+
+// closed tells whether the Ref is set but names no object.
+func (r Ref) closed() bool { return r.IsSet() && r.ID == 0 }
+
+func (r Ref) String() string {
+	switch {
+	case r.Kind == 0:
+		return ""
+	case r.ID == 0:
+		return "closed"
+	case r.Kind == KindService:
+		return fmt.Sprintf("service %d", r.ID)
+	case r.Kind == KindWorkload:
+		return fmt.Sprintf("workload %d", r.ID)
+	}
+	return fmt.Sprintf("kind%d %d", r.Kind, r.ID)
+}
+
+// MarshalText writes the Ref as String does ("" when unset), so dumps read
+// "service 7".
+func (r Ref) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads what MarshalText writes.
+func (r *Ref) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "":
+		*r = Ref{}
+		return nil
+	case "closed":
+		*r = ClosedWaypoint
+		return nil
+	}
+	var kind string
+	if _, err := fmt.Sscanf(string(b), "%s %d", &kind, &r.ID); err != nil {
+		return fmt.Errorf("reference %q: %w", b, err)
+	}
+	switch kind {
+	case "service":
+		r.Kind = KindService
+	case "workload":
+		r.Kind = KindWorkload
+	default:
+		return fmt.Errorf("reference %q: unknown kind %q", b, kind)
+	}
+	return nil
+}
+
+func (r Ref) validate() error {
+	switch {
+	case !r.IsSet():
+		return nil
+	case r.Kind != KindService && r.Kind != KindWorkload:
+		return fmt.Errorf("unknown kind %d", r.Kind)
+	}
+	return nil
+}
+
+func (r Ref) value() layout.WaypointRef {
+	return layout.WaypointRef{UpstreamID: r.ID, Kind: uint8(r.Kind)}
+}
+
+func refOf(v layout.WaypointRef) Ref { return Ref{RefKind(v.Kind), v.UpstreamID} }
 
 // FullError reports a map that cannot take what an update needs. Nothing of
 // the update was written.
@@ -144,8 +235,11 @@ func (s *Service) validate() error {
 		}
 		vips[v.Unmap()] = true
 	}
-	if s.Waypoint.IsValid() && s.Waypoint.Port() == 0 {
-		return invalid("service %d: waypoint %s has no port", s.ID, s.Waypoint)
+	if err := s.Waypoint.validate(); err != nil {
+		return invalid("service %d: waypoint: %v", s.ID, err)
+	}
+	if s.Waypoint == ServiceRef(s.ID) {
+		return invalid("service %d is its own waypoint", s.ID)
 	}
 	if s.Affinity < 0 || s.Affinity > 24*time.Hour {
 		return invalid("service %d: affinity timeout %s out of range", s.ID, s.Affinity)
@@ -167,8 +261,11 @@ func (b *Backend) validate() error {
 		}
 		seen[a.Unmap()] = true
 	}
-	if b.Waypoint.IsValid() && b.Waypoint.Port() == 0 {
-		return invalid("workload %d: waypoint %s has no port", b.ID, b.Waypoint)
+	if err := b.Waypoint.validate(); err != nil {
+		return invalid("workload %d: waypoint: %v", b.ID, err)
+	}
+	if b.Waypoint == WorkloadRef(b.ID) {
+		return invalid("workload %d is its own waypoint", b.ID)
 	}
 	return nil
 }

@@ -60,29 +60,35 @@ static __always_inline void km_fill_sock(struct km_sock_value *s, const struct k
 	s->flags = pick->flags;
 }
 
-/* Remembers the original destination for getpeername, UDP replies and
- * telemetry: a TCP socket in km_tcp_sock (whose element sockops fills in
- * at established and deletes at close), a UDP one in its storage. */
-static __always_inline void km_remember(struct bpf_sock_addr *ctx, const struct km_addr *orig,
-					__u16 orig_port_net, const struct km_pick *pick)
+/* Remembers the original destination for getpeername, UDP replies,
+ * telemetry and a waypoint's PROXY v2 header: a TCP socket in km_tcp_sock
+ * (whose element sockops fills in at established and deletes at close), a
+ * UDP one in its storage. Fails (-1) only for a TCP socket bound for a
+ * waypoint that km_tcp_sock has no room for: without the element it would
+ * reach the waypoint with no header, which no waypoint can serve. */
+static __always_inline int km_remember(struct bpf_sock_addr *ctx, const struct km_addr *orig,
+				       __u16 orig_port_net, const struct km_pick *pick)
 {
 	struct km_sock_value *s;
 	struct bpf_sock *sk = ctx->sk;
 
 	if (!sk)
-		return;
+		return 0;
 	if (ctx->protocol == IPPROTO_TCP) {
 		struct km_sock_value v = {};
 		__u64 cookie = bpf_get_socket_cookie(ctx);
 
 		km_fill_sock(&v, orig, orig_port_net, pick);
-		if (bpf_map_update_elem(&km_tcp_sock, &cookie, &v, BPF_ANY))
+		if (bpf_map_update_elem(&km_tcp_sock, &cookie, &v, BPF_ANY)) {
 			km_count(KM_STAT_TCP_SOCK_FULL);
-		return;
+			return (pick->flags & KM_SOCK_WAYPOINT) ? -1 : 0;
+		}
+		return 0;
 	}
 	s = bpf_sk_storage_get(&km_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (s)
 		km_fill_sock(s, orig, orig_port_net, pick);
+	return 0;
 }
 
 static __always_inline int km_refuse(void)
@@ -140,7 +146,7 @@ static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr 
 	if (!km_client_of(ctx, &c))
 		return 1;
 
-	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, &pick)) {
+	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, tcp, &pick)) {
 	case KM_PASS:
 		if (tcp && km_connect_denied(&c, &pick, dst, km_ctx_port(ctx), v4))
 			return km_deny();
@@ -155,11 +161,15 @@ static __always_inline int km_connect(struct bpf_sock_addr *ctx, struct km_addr 
 	if (tcp && !(pick.flags & KM_SOCK_WAYPOINT) &&
 	    km_connect_denied(&c, &pick, &pick.addr, pick.port, v4))
 		return km_deny();
+	/* sockops keeps a waypoint pod's sockets out of acceleration. */
+	if (c.flags & KM_MANAGE_WAYPOINT)
+		pick.flags |= KM_SOCK_WAYPOINT_POD;
+	if (km_remember(ctx, dst, port_net, &pick))
+		return km_refuse();
 	if (ctx_is_v4)
 		km_ctx_set4(ctx, &pick.addr, bpf_htons(pick.port));
 	else
 		km_ctx_set6(ctx, &pick.addr, bpf_htons(pick.port));
-	km_remember(ctx, dst, port_net, &pick);
 	return 1;
 }
 
@@ -220,7 +230,7 @@ static __always_inline int km_sendmsg(struct bpf_sock_addr *ctx, struct km_addr 
 		return 1;
 	}
 
-	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, &pick)) {
+	switch (km_translate(&c, dst, km_ctx_port(ctx), v4, 0, &pick)) {
 	case KM_PASS:
 		return 1;
 	case KM_REFUSE:

@@ -7,6 +7,7 @@
 #include "tc_pod.c"
 #include "sockops.c"
 #include "sk_msg.c"
+#include "wp_msg.c"
 #include "conn_iter.c"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -16,7 +16,9 @@
  *
  * With acceleration on, each end also goes into km_sockhash under its own
  * tuple, and sk_msg.c sends its data straight to the peer when the peer is
- * there too.
+ * there too. A client the connect hook sent to a waypoint goes into
+ * km_wp_sock instead, whatever the features: wp_msg.c puts the PROXY v2
+ * header in front of its first bytes.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -33,12 +35,13 @@
 #define ETIMEDOUT 110
 #endif
 
-static __always_inline int km_enrolled(struct bpf_sock_ops *ops)
+/* The enrollment flags of the socket's pod (0: not enrolled). */
+static __always_inline __u32 km_manage_flags(struct bpf_sock_ops *ops)
 {
 	__u64 cookie = bpf_get_netns_cookie(ops);
 	struct km_manage_value *mv = bpf_map_lookup_elem(&km_manage, &cookie);
 
-	return mv && (mv->flags & KM_MANAGE_ENROLLED);
+	return mv && (mv->flags & KM_MANAGE_ENROLLED) ? mv->flags : 0;
 }
 
 
@@ -75,6 +78,65 @@ static __always_inline void km_connecting(struct bpf_sock_ops *ops)
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* Bytes went out before the connection was established: TCP Fast Open put
+ * them in the SYN (acknowledged beyond the SYN's one) or queued them
+ * behind it. A header now would land in the middle of the stream. */
+static __always_inline int km_sent_early(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+
+	return tp && (tp->bytes_acked > 1 || tp->write_seq != tp->snd_una);
+}
+
+/* A client bound for a waypoint waits in km_wp_sock for its first send,
+ * which gets the PROXY v2 header (wp_msg.c). It is filed here, before TCP
+ * wakes the application up, so no byte can leave ahead of the header.
+ * (Any failure counts as full: the map is all that can refuse.) The RTT
+ * callback tells when the peer acknowledged data: see km_wp_release. */
+static __always_inline void km_wp_watch(struct bpf_sock_ops *ops, __u64 cookie)
+{
+	if (km_sent_early(ops)) {
+		km_count(KM_STAT_WP_NO_HEADER);
+		return;
+	}
+	if (bpf_sock_hash_update(ops, &km_wp_sock, &cookie, BPF_ANY)) {
+		km_count(KM_STAT_WP_SOCK_FULL);
+		return;
+	}
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+}
+
+/* Data was acknowledged. Once the header is out, the socket leaves
+ * km_wp_sock (the sk_msg program may not remove it itself): the kernel
+ * gives it back its own TCP operations, and its later sends cost nothing.
+ * One callback per connection: the flag goes with the socket. */
+static __always_inline void km_wp_release(struct bpf_sock_ops *ops)
+{
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	struct km_sock_value *s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+
+	if (s && !(s->flags & KM_SOCK_HEADER_SENT))
+		return;
+	bpf_map_delete_elem(&km_wp_sock, &cookie);
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+}
+
+/* With nothing to record, only a client bound for a waypoint (filed by the
+ * connect hook) has something to do at established. */
+static __always_inline void km_established_bare(struct bpf_sock_ops *ops, __u8 role)
+{
+	__u64 cookie;
+	struct km_sock_value *s;
+
+	if (role != KM_ROLE_CLIENT)
+		return;
+	cookie = bpf_get_socket_cookie(ops);
+	s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
+	if (s && (s->flags & KM_SOCK_WAYPOINT))
+		km_wp_watch(ops, cookie);
+}
+
 static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 {
 	__u32 feat = km_features();
@@ -82,13 +144,19 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	struct km_conn_value *c;
 	struct bpf_sock *sk = ops->sk;
 	struct km_tuple t;
+	__u32 mflags;
 	__u64 cookie;
 
-	if (!(feat & (KM_FEAT_TELEMETRY | KM_FEAT_SOCKMAP)) || !sk)
+	if (!sk)
 		return;
+	if (!(feat & (KM_FEAT_TELEMETRY | KM_FEAT_SOCKMAP))) {
+		km_established_bare(ops, role);
+		return;
+	}
 	/* Traffic inside a pod over loopback never leaves it (Istio's proxies
 	 * do not see it either), and its tuples repeat from pod to pod: a
-	 * sockhash keyed by them would mix pods up. */
+	 * sockhash keyed by them would mix pods up. (A waypoint is never on
+	 * the client's loopback.) */
 	if (!km_tuple_of_ops(ops, &t) || km_addr_is_loopback(&t.remote))
 		return;
 	/* A client rewritten at connect() has its element already (and is
@@ -97,7 +165,8 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 	cookie = bpf_get_socket_cookie(ops);
 	s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
 	if (!s) {
-		if (!km_enrolled(ops))
+		mflags = km_manage_flags(ops);
+		if (!mflags)
 			return;
 		if (bpf_map_update_elem(&km_tcp_sock, &cookie, &km_sock_zero, BPF_NOEXIST)) {
 			km_count(KM_STAT_TCP_SOCK_FULL);
@@ -106,7 +175,11 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 		s = bpf_map_lookup_elem(&km_tcp_sock, &cookie);
 		if (!s)
 			return;
+		if (mflags & KM_MANAGE_WAYPOINT)
+			s->flags |= KM_SOCK_WAYPOINT_POD;
 	}
+	if (s->flags & KM_SOCK_WAYPOINT)
+		km_wp_watch(ops, cookie);
 	/* Whatever else is on, the element must go at close. */
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	c = &s->conn;
@@ -127,7 +200,11 @@ static __always_inline void km_established(struct bpf_sock_ops *ops, __u8 role)
 			km_client_origin(s, c);
 		km_count(KM_STAT_CONN_OPEN);
 	}
-	if (feat & KM_FEAT_SOCKMAP) {
+	/* What goes to a waypoint must reach it through TCP, header first, and
+	 * a waypoint's pod must not be shortcut either: neither side of a
+	 * client-waypoint connection, nor the waypoint's own connections to
+	 * backends, is accelerated. */
+	if ((feat & KM_FEAT_SOCKMAP) && !(s->flags & (KM_SOCK_WAYPOINT | KM_SOCK_WAYPOINT_POD))) {
 		if (c->flags & KM_CONN_TELEMETRY) {
 			__u64 zero = 0;
 
@@ -232,6 +309,9 @@ int km_sockops(struct bpf_sock_ops *ops)
 	case BPF_SOCK_OPS_STATE_CB:
 		if (ops->args[1] == BPF_TCP_CLOSE)
 			km_closed(ops, ops->args[0]);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		km_wp_release(ops);
 		break;
 	}
 	return 1;

@@ -38,8 +38,13 @@ type Compiler struct {
 	svc map[model.ServiceKey]*svcRec
 	wl  map[string]*wlRec
 
-	// waypointUsers: services and workloads whose waypoint names a service.
-	waypointUsers map[model.ServiceKey]map[obj]bool
+	// wpUsers: per object, who names it as their waypoint (by hostname, by
+	// address, or inherited from a service they back). An object anyone
+	// names is a waypoint: it gets no waypoint of its own, nor do the
+	// workloads backing it. wpAddrUsers: who names each address, to
+	// resolve again when the address changes owner.
+	wpUsers     map[obj]map[obj]bool
+	wpAddrUsers map[netip.Addr]map[obj]bool
 	// claims: the claimants of each address, oldest first; the owner is
 	// computed from them. Most addresses have exactly one.
 	claims map[netip.Addr]claim
@@ -59,15 +64,24 @@ type svcRec struct {
 	id       uint32
 	prev     *model.Service // as last compiled (its VIPs are its claims)
 	compiled bool           // in the kernel
-	waypoint model.ServiceKey
+	wp       wpName         // what its waypoint names
 }
 
 type wlRec struct {
 	id       uint32
 	prev     *model.Workload
 	compiled bool
-	waypoint model.ServiceKey
+	wp       wpName
 	ps       string // the policy list guarding it, as compiled
+}
+
+// wpName is what an object's waypoint names, resolved: the service of a
+// hostname, or whoever owns the address (a service VIP first, else a
+// workload).
+type wpName struct {
+	named  bool       // a waypoint is configured
+	target obj        // zero: named but resolving to nothing
+	addr   netip.Addr // named by this address
 }
 
 // psRec is a compiled policy set.
@@ -105,19 +119,20 @@ func (c claim) owner() obj {
 // New makes a compiler for this node over a store.
 func New(node model.Node, store *model.Store) *Compiler {
 	return &Compiler{
-		node:          node,
-		store:         store,
-		svcIDs:        newIDs(),
-		wlIDs:         newIDs(),
-		identIDs:      map[string]uint32{},
-		psIDs:         newIDs(),
-		ps:            map[string]*psRec{},
-		policyIDs:     map[string]uint32{},
-		authzLimit:    DefaultAuthzLimit,
-		svc:           map[model.ServiceKey]*svcRec{},
-		wl:            map[string]*wlRec{},
-		waypointUsers: map[model.ServiceKey]map[obj]bool{},
-		claims:        map[netip.Addr]claim{},
+		node:        node,
+		store:       store,
+		svcIDs:      newIDs(),
+		wlIDs:       newIDs(),
+		identIDs:    map[string]uint32{},
+		psIDs:       newIDs(),
+		ps:          map[string]*psRec{},
+		policyIDs:   map[string]uint32{},
+		authzLimit:  DefaultAuthzLimit,
+		svc:         map[model.ServiceKey]*svcRec{},
+		wl:          map[string]*wlRec{},
+		wpUsers:     map[obj]map[obj]bool{},
+		wpAddrUsers: map[netip.Addr]map[obj]bool{},
+		claims:      map[netip.Addr]claim{},
 	}
 }
 
@@ -292,14 +307,6 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	}
 	for _, k := range ch.Services {
 		svcs[k] = true
-		// Users of a waypoint service follow its address.
-		for u := range c.waypointUsers[k] {
-			if u.svc {
-				svcs[model.ServiceKey(u.key)] = true
-			} else {
-				addWl(u.key)
-			}
-		}
 		// Workloads that may take their waypoint from this service.
 		var prev *model.Service
 		if r := c.svc[k]; r != nil {
@@ -327,7 +334,9 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 
 	// Addresses first: they decide which backend or service owns an IP, and
 	// a change of owner pulls the loser and the winner into this transaction.
-	c.claimAddresses(v, svcs, wls, addWl)
+	moved := c.claimAddresses(v, svcs, wls, addWl)
+	// Then who names whom as a waypoint, which decides who is one.
+	c.settleWaypoints(v, svcs, wls, addWl, moved)
 
 	// A workload's services, before and after, see its endpoint change.
 	for _, wk := range wls {
@@ -349,6 +358,17 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 			c.identity(wk.w)
 		}
 	}
+	// Ids before anything is compiled: a waypoint is named by its id.
+	for uid, wk := range wls {
+		if wk.r.id == 0 && c.willCompile(v, obj{key: uid}) {
+			wk.r.id = c.wlIDs.next()
+		}
+	}
+	for k := range svcs {
+		if r := c.svcRec(k); r.id == 0 && c.willCompile(v, obj{svc: true, key: string(k)}) {
+			r.id = c.svcIDs.next()
+		}
+	}
 
 	txn := maps.Txn{Backends: make([]maps.Backend, 0, len(wls))}
 	for uid, wk := range wls {
@@ -359,7 +379,6 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 				txn.DeleteBackends = append(txn.DeleteBackends, r.id)
 				r.compiled = false
 			}
-			c.unuseWaypoint(obj{key: uid}, &r.waypoint)
 			r.prev = w
 			if w == nil {
 				c.wlIDs.drop(r.id)
@@ -385,7 +404,6 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 				txn.DeleteServices = append(txn.DeleteServices, r.id)
 				r.compiled = false
 			}
-			c.unuseWaypoint(obj{svc: true, key: string(k)}, &r.waypoint)
 			r.prev = s
 			if s == nil {
 				c.svcIDs.drop(r.id)
@@ -435,8 +453,9 @@ func (c *Compiler) claimsOf(o obj) []netip.Addr {
 // claimAddresses settles ownership of every address the touched objects
 // hold or held. A service VIP beats a workload address; otherwise the most
 // recent claim wins, and when the owner lets go the previous claimant gets
-// the address back. Whoever gains or loses an address is recompiled.
-func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, wls map[string]*work, addWl func(string)) {
+// the address back. Whoever gains or loses an address is recompiled. It
+// returns the addresses whose owner changed.
+func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, wls map[string]*work, addWl func(string)) []netip.Addr {
 	type change struct {
 		addr netip.Addr
 		was  obj
@@ -507,11 +526,13 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 			addWl(o.key)
 		}
 	}
+	var moved []netip.Addr
 	for _, ch := range touched {
 		now, has := ownerOf(ch.addr)
 		if has == ch.had && now == ch.was {
 			continue
 		}
+		moved = append(moved, ch.addr)
 		if ch.had {
 			recompile(ch.was)
 		}
@@ -519,6 +540,7 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 			recompile(now)
 		}
 	}
+	return moved
 }
 
 // owned returns the addresses (of addrs) an object owns now, IPv4 first:
@@ -566,15 +588,7 @@ func (c *Compiler) service(v model.View, s *model.Service, r *svcRec) maps.Servi
 	usePrefs := s.LB.Mode == model.LBModeStrict || s.LB.Mode == model.LBModeFailover
 	out.Strict = s.LB.Mode == model.LBModeStrict && len(s.LB.RoutingPreference) > 0
 
-	c.unuseWaypoint(self, &r.waypoint)
-	if s.Waypoint.IsSet() {
-		out.Waypoint = c.resolveWaypoint(v, self, s.Waypoint, &r.waypoint)
-		if !out.Waypoint.IsValid() {
-			// The waypoint is gone: fail closed rather than bypass it.
-			out.Ports = c.ports(s, nil)
-			return out
-		}
-	}
+	out.Waypoint = c.waypointRef(v, r.wp, c.isWaypoint(self))
 
 	backing := v.Backing(s.Key)
 	members := make([]*model.Workload, 0, len(backing))
@@ -627,58 +641,8 @@ func (c *Compiler) backend(v model.View, w *model.Workload, r *wlRec) maps.Backe
 	self := obj{key: w.UID}
 	b := maps.Backend{ID: r.id, Addresses: c.owned(self, w.Addresses), Identity: c.identity(w)}
 	b.PolicySet = c.policySet(v, w, r)
-	c.unuseWaypoint(self, &r.waypoint)
-	g := w.Waypoint
-	if !g.IsSet() {
-		// The workload's service's waypoint covers direct connects too
-		// (Services is sorted, so the choice is stable).
-		for _, sp := range w.Services {
-			if s := v.Service(sp.Service); s != nil && s.Waypoint.IsSet() {
-				g = s.Waypoint
-				break
-			}
-		}
-	}
-	if g.IsSet() {
-		b.Waypoint = c.resolveWaypoint(v, self, g, &r.waypoint)
-	}
+	b.Waypoint = c.waypointRef(v, r.wp, c.isWaypointWorkload(w))
 	return b
-}
-
-func (c *Compiler) resolveWaypoint(v model.View, user obj, g *model.Gateway, used *model.ServiceKey) netip.AddrPort {
-	if g.Address.IsValid() {
-		return netip.AddrPortFrom(g.Address, g.Port)
-	}
-	if c.waypointUsers[g.Service] == nil {
-		c.waypointUsers[g.Service] = map[obj]bool{}
-	}
-	c.waypointUsers[g.Service][user] = true
-	*used = g.Service
-	ws := v.Service(g.Service)
-	if ws == nil || len(ws.VIPs) == 0 {
-		return netip.AddrPort{}
-	}
-	// One address per waypoint in the kernel: IPv4 when there is one.
-	vip := ws.VIPs[0]
-	for _, a := range ws.VIPs {
-		if a.Is4() {
-			vip = a
-			break
-		}
-	}
-	return netip.AddrPortFrom(vip, g.Port)
-}
-
-func (c *Compiler) unuseWaypoint(user obj, used *model.ServiceKey) {
-	if *used == "" {
-		return
-	}
-	k := *used
-	*used = ""
-	delete(c.waypointUsers[k], user)
-	if len(c.waypointUsers[k]) == 0 {
-		delete(c.waypointUsers, k)
-	}
 }
 
 // Settle tells the compiler the last transaction reached the kernel: ids it

@@ -192,44 +192,6 @@ func TestOneWorkloadChangeTouchesOnlyItsServices(t *testing.T) {
 	}
 }
 
-func TestWaypointsResolveAndFollow(t *testing.T) {
-	h := newHarness(t)
-	wpKey := model.ServiceKey("default/waypoint.default.svc.cluster.local")
-	wp := &model.Service{Key: wpKey, Namespace: "default", Hostname: "waypoint.default.svc.cluster.local",
-		VIPs: []netip.Addr{addr("fd00::50"), addr("10.96.0.50")}, Ports: []model.Port{{ServicePort: 15008}}}
-	txn := h.apply([]model.Resource{
-		svcRes(wp),
-		svcRes(web(func(s *model.Service) { s.Waypoint = &model.Gateway{Service: wpKey, Port: 15008} })),
-		wlRes(pod("a", "10.244.0.11")),
-	})
-	var webSvc maps.Service
-	for _, s := range txn.Services {
-		if s.ID == h.c.ServiceID(svcKey) {
-			webSvc = s
-		}
-	}
-	if webSvc.Waypoint != netip.MustParseAddrPort("10.96.0.50:15008") {
-		t.Fatalf("service waypoint %v, want the waypoint's IPv4 VIP", webSvc.Waypoint)
-	}
-	// The workload inherits its service's waypoint for direct connects.
-	if b := txn.Backends[0]; b.Waypoint != netip.MustParseAddrPort("10.96.0.50:15008") {
-		t.Fatalf("backend waypoint %v", b.Waypoint)
-	}
-	// The waypoint moves: its users follow in the same transaction.
-	wp2 := *wp
-	wp2.VIPs = []netip.Addr{addr("10.96.0.51")}
-	txn = h.apply([]model.Resource{svcRes(&wp2)})
-	found := false
-	for _, s := range txn.Services {
-		if s.ID == h.c.ServiceID(svcKey) {
-			found = s.Waypoint == netip.MustParseAddrPort("10.96.0.51:15008")
-		}
-	}
-	if !found || len(txn.Backends) != 1 || txn.Backends[0].Waypoint.Addr() != addr("10.96.0.51") {
-		t.Fatalf("users did not follow the waypoint: %+v", txn)
-	}
-}
-
 func TestPassthroughLeavesTheVIPAlone(t *testing.T) {
 	h := newHarness(t)
 	h.apply([]model.Resource{svcRes(web()), wlRes(pod("a", "10.244.0.11"))})

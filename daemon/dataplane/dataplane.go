@@ -224,12 +224,13 @@ func (d *Dataplane) rebuildLocked() error {
 	return nil
 }
 
-// WorkloadAt returns the data-path id of the workload owning an address.
-func (d *Dataplane) WorkloadAt(a netip.Addr) uint32 {
+// WorkloadAt returns the data-path id of the workload owning an address,
+// and whether that workload is a waypoint's pod.
+func (d *Dataplane) WorkloadAt(a netip.Addr) (id uint32, waypoint bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	_, id := d.comp.WorkloadAt(a)
-	return id
+	uid, id := d.comp.WorkloadAt(a)
+	return id, id != 0 && d.comp.WaypointWorkload(uid)
 }
 
 // Authorize decides a connection toward a local workload as the kernel

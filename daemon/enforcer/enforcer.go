@@ -1,6 +1,7 @@
 // Package enforcer keeps the kernel's authorization whole around the pods
 // of this node: it tells the data path which workload each enrolled pod is
-// (so connect() can authorize with the client's identity), and when
+// (so connect() can authorize with the client's identity) and whether it
+// is a waypoint's pod (never sent to a waypoint itself), and when
 // policies change it closes established connections the new policies deny,
 // as users of Istio expect.
 package enforcer
@@ -78,8 +79,10 @@ func (e *Enforcer) Run(ctx context.Context) {
 	}
 }
 
-// syncWorkloads writes each enrolled pod's workload id into its manage
-// entry.
+// syncWorkloads writes each enrolled pod's workload id, and whether it is
+// a waypoint's pod, into its manage entry. It runs after every update, so
+// a workload that becomes or stops being a waypoint's is flagged or
+// cleared with it.
 func (e *Enforcer) syncWorkloads() {
 	m := e.dp.Manage()
 	for _, p := range e.pods() {
@@ -87,14 +90,15 @@ func (e *Enforcer) syncWorkloads() {
 			continue
 		}
 		var wid uint32
+		var waypoint bool
 		for _, ip := range p.GetIps() {
 			if a, ok := parseIP(ip); ok {
-				if wid = e.dp.WorkloadAt(a); wid != 0 {
+				if wid, waypoint = e.dp.WorkloadAt(a); wid != 0 {
 					break
 				}
 			}
 		}
-		if _, err := m.SetWorkload(p.GetNetnsCookie(), wid); err != nil {
+		if _, err := m.SetWorkload(p.GetNetnsCookie(), wid, waypoint); err != nil {
 			e.log.Warn("record pod workload", "pod", p.GetNamespace()+"/"+p.GetName(), "err", err)
 		}
 	}

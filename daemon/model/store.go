@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 )
@@ -13,6 +14,18 @@ type Resource struct {
 	Service  *Service
 	Workload *Workload
 	Policy   *AuthzPolicy
+}
+
+// addrs are the addresses the resource holds: a service's VIPs, a
+// workload's own addresses.
+func (r Resource) addrs() []netip.Addr {
+	switch {
+	case r.Service != nil:
+		return r.Service.VIPs
+	case r.Workload != nil:
+		return r.Workload.Addresses
+	}
+	return nil
 }
 
 // Changes lists what an update touched (created, changed or removed).
@@ -42,6 +55,9 @@ type Store struct {
 	byName    map[string]ref
 	// backing indexes workloads by the services they list.
 	backing map[ServiceKey]map[string]*Workload
+	// addrs counts the services and workloads holding each address, so a
+	// waypoint named by address can be checked without a scan.
+	addrs map[netip.Addr]int
 }
 
 // NewStore returns an empty store.
@@ -52,12 +68,14 @@ func NewStore() *Store {
 		policies:  map[string]*AuthzPolicy{},
 		byName:    map[string]ref{},
 		backing:   map[ServiceKey]map[string]*Workload{},
+		addrs:     map[netip.Addr]int{},
 	}
 }
 
 // Check finds the upserts that cannot apply against the store as it would
-// be after the update: today, a waypoint naming a service nobody knows.
-// It returns an error per rejected resource name.
+// be after the update: a waypoint naming a service nobody knows, or an
+// address no service and no workload holds. It returns an error per
+// rejected resource name.
 func (s *Store) Check(upserts []Resource, removes []string) map[string]error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -86,11 +104,45 @@ func (s *Store) Check(upserts []Resource, removes []string) map[string]error {
 		case r.Workload != nil:
 			g = r.Workload.Waypoint
 		}
-		if g.IsSet() && g.Service != "" && !known(g.Service) {
+		switch {
+		case !g.IsSet():
+		case g.Service != "" && !known(g.Service):
 			bad[r.Name] = fmt.Errorf("%s: waypoint service %s cannot be resolved (no such service)", r.Name, g.Service)
+		case g.Service == "" && !s.addrHeldAfter(g.Address, upserts, removes):
+			bad[r.Name] = fmt.Errorf("%s: waypoint address %s cannot be resolved (no service VIP and no workload has it)", r.Name, g.Address)
 		}
 	}
 	return bad
+}
+
+// addrHeldAfter tells whether some service or workload holds a after the
+// update. Called with the read lock held.
+func (s *Store) addrHeldAfter(a netip.Addr, upserts []Resource, removes []string) bool {
+	n := s.addrs[a]
+	last := make(map[string]Resource, len(upserts))
+	for _, r := range upserts {
+		last[r.Name] = r
+	}
+	counted := map[string]bool{}
+	gone := func(name string) {
+		if counted[name] {
+			return
+		}
+		counted[name] = true
+		if old := s.resourceLocked(name); old != nil && slices.Contains(old.addrs(), a) {
+			n--
+		}
+	}
+	for _, name := range removes {
+		gone(name)
+	}
+	for name, r := range last {
+		gone(name)
+		if slices.Contains(r.addrs(), a) {
+			n++
+		}
+	}
+	return n > 0
 }
 
 // Apply stores upserts and drops removed names (unknown names are fine).
@@ -145,13 +197,22 @@ func (s *Store) resourceLocked(name string) *Resource {
 	if !ok {
 		return nil
 	}
+	res := s.objectLocked(r)
+	if res != nil {
+		res.Name = name
+	}
+	return res
+}
+
+// objectLocked is the object a name refers to, without its name.
+func (s *Store) objectLocked(r ref) *Resource {
 	switch r.kind {
 	case 1:
-		return &Resource{Name: name, Service: s.services[ServiceKey(r.key)]}
+		return &Resource{Service: s.services[ServiceKey(r.key)]}
 	case 2:
-		return &Resource{Name: name, Workload: s.workloads[r.key]}
+		return &Resource{Workload: s.workloads[r.key]}
 	case 3:
-		return &Resource{Name: name, Policy: s.policies[r.key]}
+		return &Resource{Policy: s.policies[r.key]}
 	}
 	return nil
 }
@@ -170,6 +231,9 @@ func (s *Store) applyLocked(upserts []Resource, removes []string) Changes {
 		if old, ok := s.byName[r.Name]; ok {
 			// A name can change kind (rare); drop the old object first.
 			s.drop(old, &ch)
+		}
+		for _, a := range r.addrs() {
+			s.addrs[a]++
 		}
 		switch {
 		case r.Service != nil:
@@ -200,6 +264,13 @@ func (s *Store) applyLocked(upserts []Resource, removes []string) Changes {
 }
 
 func (s *Store) drop(r ref, ch *Changes) {
+	if old := s.objectLocked(r); old != nil {
+		for _, a := range old.addrs() {
+			if s.addrs[a]--; s.addrs[a] <= 0 {
+				delete(s.addrs, a)
+			}
+		}
+	}
 	switch r.kind {
 	case 1:
 		delete(s.services, ServiceKey(r.key))

@@ -240,12 +240,6 @@ static __always_inline int km_backend_addr(const struct km_backend_value *be, in
 	return 1;
 }
 
-/* A waypoint is reachable from the caller's family only if its address is. */
-static __always_inline int km_waypoint_usable(const struct km_addr *wp, int v4)
-{
-	return km_addr_is_v4mapped(wp) == v4;
-}
-
 static __always_inline __u16 km_target_port(__u32 svc_id, __u32 wid, __u16 port,
 					    const struct km_port_value *pv)
 {
@@ -265,8 +259,46 @@ static __always_inline __u16 km_target_port(__u32 svc_id, __u32 wid, __u16 port,
 	return target;
 }
 
+/*
+ * A TCP connection bound for a waypoint goes to one of its pods: a waypoint
+ * service's pods are picked by its own load balancing (policy, priorities,
+ * affinity, as for any service), a waypoint workload is that pod. The port
+ * is the node's waypoint port, where the waypoint reads the PROXY v2 header
+ * naming the original destination (wp_msg.c). No usable pod: refused, never
+ * sent past the waypoint.
+ */
+static __always_inline enum km_verdict km_to_waypoint(const struct km_client *c,
+						      const struct km_waypoint_ref *wp, int v4,
+						      struct km_pick *pick)
+{
+	struct km_service_value *wsvc;
+	struct km_backend_value *be;
+	__u32 wid = wp->upstream_id;
+	__u16 port = km_waypoint_port();
+
+	if (wp->kind == KM_KIND_SERVICE) {
+		__u32 sid = wp->upstream_id;
+
+		wsvc = bpf_map_lookup_elem(&km_service, &sid);
+		if (!wsvc || !km_pick_endpoint(c, sid, wsvc, pick))
+			goto refuse;
+		wid = pick->workload_id;
+	}
+	be = bpf_map_lookup_elem(&km_backend, &wid);
+	if (!be || !port || !km_backend_addr(be, v4, &pick->addr))
+		goto refuse;
+	pick->workload_id = wid;
+	pick->port = port;
+	pick->flags = KM_SOCK_REWRITTEN | KM_SOCK_WAYPOINT;
+	km_count(KM_STAT_WAYPOINT_REWRITE);
+	return KM_REWRITE;
+refuse:
+	km_count(KM_STAT_NO_WAYPOINT);
+	return KM_REFUSE;
+}
+
 static __always_inline enum km_verdict km_translate_service(const struct km_client *c,
-							    __u32 svc_id, __u16 port, int v4,
+							    __u32 svc_id, __u16 port, int v4, int tcp,
 							    struct km_pick *pick)
 {
 	struct km_service_value *svc = bpf_map_lookup_elem(&km_service, &svc_id);
@@ -280,17 +312,11 @@ static __always_inline enum km_verdict km_translate_service(const struct km_clie
 	}
 	pick->service_id = svc_id;
 
-	if ((svc->flags & KM_SVC_WAYPOINT) && !(c->flags & KM_MANAGE_WAYPOINT)) {
-		if (!km_waypoint_usable(&svc->waypoint, v4)) {
-			km_count(KM_STAT_FAMILY_MISMATCH);
-			return KM_REFUSE;
-		}
-		pick->addr = svc->waypoint;
-		pick->port = svc->waypoint_port;
-		pick->flags = KM_SOCK_REWRITTEN | KM_SOCK_WAYPOINT;
-		km_count(KM_STAT_WAYPOINT_REWRITE);
-		return KM_REWRITE;
-	}
+	/* Waypoints speak TCP only: a UDP datagram or connected UDP socket is
+	 * translated as if the service had no waypoint. A waypoint's own pods
+	 * are never sent to a waypoint (they would loop through themselves). */
+	if (tcp && svc->waypoint.kind && !(c->flags & KM_MANAGE_WAYPOINT))
+		return km_to_waypoint(c, &svc->waypoint, v4, pick);
 
 	pv = bpf_map_lookup_elem(&km_port, &pk);
 	if (!pv) {
@@ -318,8 +344,10 @@ static __always_inline enum km_verdict km_translate_service(const struct km_clie
 	return KM_REWRITE;
 }
 
+/* A pod addressed directly: left alone unless it has a waypoint (TCP from
+ * a pod that is not itself a waypoint's, as for services). */
 static __always_inline enum km_verdict km_translate_workload(const struct km_client *c,
-							     __u32 wid, int v4,
+							     __u32 wid, int v4, int tcp,
 							     struct km_pick *pick)
 {
 	struct km_backend_value *be;
@@ -327,39 +355,31 @@ static __always_inline enum km_verdict km_translate_workload(const struct km_cli
 	/* Passing through, the caller still wants to know whose address it is
 	 * (authorization). */
 	pick->workload_id = wid;
-	if (c->flags & KM_MANAGE_WAYPOINT)
+	if (!tcp || (c->flags & KM_MANAGE_WAYPOINT))
 		return KM_PASS;
 	be = bpf_map_lookup_elem(&km_backend, &wid);
 	pick->authz_ps = be ? be->authz_ps : 0;
 	pick->be_known = 1;
-	if (!be || !(be->flags & KM_BE_WAYPOINT))
+	if (!be || !be->waypoint.kind)
 		return KM_PASS;
-	if (!km_waypoint_usable(&be->waypoint, v4)) {
-		km_count(KM_STAT_FAMILY_MISMATCH);
-		return KM_REFUSE;
-	}
-	pick->workload_id = wid;
-	pick->addr = be->waypoint;
-	pick->port = be->waypoint_port;
-	pick->flags = KM_SOCK_REWRITTEN | KM_SOCK_WAYPOINT;
-	km_count(KM_STAT_WAYPOINT_REWRITE);
-	return KM_REWRITE;
+	return km_to_waypoint(c, &be->waypoint, v4, pick);
 }
 
 /* dst is the 16-byte destination, port in host order, v4 whether the socket
- * speaks IPv4 (AF_INET or a v4-mapped destination on AF_INET6). */
+ * speaks IPv4 (AF_INET or a v4-mapped destination on AF_INET6), tcp whether
+ * it is a TCP socket (only TCP is sent to waypoints). */
 static __always_inline enum km_verdict km_translate(const struct km_client *c,
 						    const struct km_addr *dst, __u16 port,
-						    int v4, struct km_pick *pick)
+						    int v4, int tcp, struct km_pick *pick)
 {
 	struct km_frontend_value *fe = bpf_map_lookup_elem(&km_frontend, dst);
 
 	if (!fe)
 		return KM_PASS;
 	if (fe->kind == KM_KIND_SERVICE)
-		return km_translate_service(c, fe->upstream_id, port, v4, pick);
+		return km_translate_service(c, fe->upstream_id, port, v4, tcp, pick);
 	if (fe->kind == KM_KIND_WORKLOAD)
-		return km_translate_workload(c, fe->upstream_id, v4, pick);
+		return km_translate_workload(c, fe->upstream_id, v4, tcp, pick);
 	return KM_PASS;
 }
 

@@ -156,6 +156,18 @@ struct {
 	__type(value, __u64);
 } km_sockhash SEC(".maps");
 
+/* Clients bound for a waypoint that have not sent yet, under their socket
+ * cookie (sockops files them at established). wp_msg.c writes the PROXY v2
+ * header in front of a socket's first bytes and takes it out again, so
+ * this map holds only connections that have not spoken yet, and the
+ * socket's later sends go straight to TCP. Full: KM_STAT_WP_SOCK_FULL. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} km_wp_sock SEC(".maps");
+
 /* Bytes a socket received past TCP, under its tuple: its peer's sk_msg
  * program adds to it (sk_msg cannot reach another socket's storage). */
 struct {
@@ -253,6 +265,16 @@ static __always_inline __u32 km_features(void)
 	struct km_config_value *c = bpf_map_lookup_elem(&km_config, &zero);
 
 	return c ? c->features : 0;
+}
+
+/* The port every waypoint pod listens on for connections with a PROXY v2
+ * header (0: not set, no waypoint is usable). */
+static __always_inline __u16 km_waypoint_port(void)
+{
+	__u32 zero = 0;
+	struct km_config_value *c = bpf_map_lookup_elem(&km_config, &zero);
+
+	return c ? c->waypoint_port : 0;
 }
 
 #endif

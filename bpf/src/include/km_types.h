@@ -12,7 +12,7 @@
 
 #include <linux/types.h>
 
-#define KM_LAYOUT_VERSION 6
+#define KM_LAYOUT_VERSION 7
 
 /* Locality priorities: Istio has six routing-preference scopes, so seven
  * levels (all match .. none match); eight keeps the array aligned. */
@@ -40,7 +40,17 @@ struct km_frontend_value {
 	__u8 pad[3];
 };
 
-/* km_service: service id -> load-balancing state. 64 bytes. */
+/* Where a destination's TCP connections go instead: a waypoint service
+ * (its pods, load-balanced as any service's) or a waypoint workload. By
+ * reference, not address: the waypoint's own load balancing picks the pod,
+ * and its users need no write when its pods or addresses change. 8 bytes. */
+struct km_waypoint_ref {
+	__u32 upstream_id; /* service id or workload id; 0: the waypoint is gone, refuse */
+	__u8 kind;         /* enum km_upstream_kind; 0: no waypoint */
+	__u8 pad[3];
+};
+
+/* km_service: service id -> load-balancing state. 52 bytes. */
 enum km_lb_policy {
 	KM_LB_RANDOM = 0,
 	KM_LB_ROUND_ROBIN = 1,
@@ -49,7 +59,6 @@ enum km_lb_policy {
 
 enum km_service_flags {
 	KM_SVC_STRICT = 1 << 0,   /* locality strict: never leave priority 0 */
-	KM_SVC_WAYPOINT = 1 << 1, /* send clients to the waypoint instead */
 	KM_SVC_AFFINITY = 1 << 2, /* session affinity, see affinity_timeout_s */
 };
 
@@ -59,8 +68,8 @@ struct km_service_value {
 	__u32 affinity_timeout_s;
 	__u8 lb_policy;              /* enum km_lb_policy */
 	__u8 flags;                  /* enum km_service_flags */
-	__u16 waypoint_port;         /* host order */
-	struct km_addr waypoint;
+	__u16 pad;
+	struct km_waypoint_ref waypoint; /* TCP clients go there instead */
 };
 
 /* km_port: (service, service port) -> target port. 8 + 4 bytes. */
@@ -106,11 +115,10 @@ struct km_endpoint_value {
 	__u32 workload_id;
 };
 
-/* km_backend: workload id -> addresses and waypoint. 48 bytes. */
+/* km_backend: workload id -> addresses and waypoint. 40 bytes. */
 enum km_backend_flags {
 	KM_BE_HAS_V4 = 1 << 0,
 	KM_BE_HAS_V6 = 1 << 1,
-	KM_BE_WAYPOINT = 1 << 2,
 };
 
 struct km_backend_value {
@@ -118,9 +126,8 @@ struct km_backend_value {
 	__u32 ip6[4];
 	__u32 identity_id;
 	__u8 flags; /* enum km_backend_flags */
-	__u8 pad;
-	__u16 waypoint_port; /* host order */
-	struct km_addr waypoint;
+	__u8 pad[3];
+	struct km_waypoint_ref waypoint; /* TCP connects to its own addresses go there */
 	__u32 authz_ps; /* policy set guarding connections to it; 0: none */
 };
 
@@ -130,7 +137,7 @@ struct km_backend_value {
  * reserved field. */
 enum km_manage_flags {
 	KM_MANAGE_ENROLLED = 1 << 0,
-	KM_MANAGE_WAYPOINT = 1 << 1, /* this pod is a waypoint: never redirect it */
+	KM_MANAGE_WAYPOINT = 1 << 1, /* a waypoint's pod: never sent to a waypoint, never accelerated */
 };
 
 struct km_manage_value {
@@ -259,9 +266,10 @@ enum km_features {
 
 struct km_config_value {
 	__u32 layout_version;
-	__u32 maglev_size; /* slots per table in km_maglev's inner maps */
-	__u32 features;    /* enum km_features */
-	__u32 pad;
+	__u32 maglev_size;   /* slots per table in km_maglev's inner maps */
+	__u32 features;      /* enum km_features */
+	__u16 waypoint_port; /* host order: where every waypoint pod reads PROXY v2 */
+	__u16 pad;
 };
 
 /* A TCP connection as one end sees it. Addresses as in km_addr, ports in
@@ -318,8 +326,10 @@ struct km_conn_value {
  * connection. 56 + 96 bytes. */
 enum km_sock_flags {
 	KM_SOCK_REWRITTEN = 1 << 0,
-	KM_SOCK_WAYPOINT = 1 << 1,
+	KM_SOCK_WAYPOINT = 1 << 1,   /* sent to a waypoint: its first bytes get a PROXY v2 header */
 	KM_SOCK_CONNECTING = 1 << 2, /* km_tcp_sock: TCP got to send the SYN, so the close callback will come */
+	KM_SOCK_WAYPOINT_POD = 1 << 3, /* a socket of a waypoint's own pod: never accelerated */
+	KM_SOCK_HEADER_SENT = 1 << 4,  /* the PROXY v2 header went out */
 };
 
 struct km_sock_value {
@@ -391,6 +401,11 @@ enum km_stat {
 	KM_STAT_MSG_REDIRECT,   /* sendmsg calls sent to the peer past TCP */
 	KM_STAT_MSG_PASS,       /* sendmsg calls left on TCP */
 	KM_STAT_TCP_SOCK_FULL,  /* km_tcp_sock refused a socket: it goes unrewritten-for-getpeername and unrecorded */
+	KM_STAT_NO_WAYPOINT,    /* a connect bound for a waypoint refused: no usable waypoint pod */
+	KM_STAT_WP_SOCK_FULL,   /* km_wp_sock refused a socket: it reaches its waypoint without a header */
+	KM_STAT_WP_HEADER,      /* PROXY v2 headers written */
+	KM_STAT_WP_HEADER_FAIL, /* a first send failed: no room to put the header in front */
+	KM_STAT_WP_NO_HEADER,   /* bytes went before established (TCP Fast Open): no header, not mid-stream */
 	KM_STAT_MAX,
 };
 
