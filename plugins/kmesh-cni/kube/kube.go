@@ -8,9 +8,9 @@
 // linking client-go's clientset and clientcmd initialised its packages in
 // ~5 ms against this one's ~0.7 ms (GODEBUG=inittrace=1, on the loaded
 // 2-core test machine) and was 32 MB against 10 MB, for three requests
-// made only when the daemon cannot decide. The
-// kubeconfig fields a node agent's credentials use are supported (see
-// Config); anything else is refused with a clear error.
+// made only when the daemon cannot decide. The kubeconfig fields a node
+// agent's credentials use are supported (see Config); anything else is
+// refused with a clear error.
 package kube
 
 import (
