@@ -10,8 +10,6 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/kmesh-go/kmesh/internal/rtlink"
 )
 
 // netnsID names a network namespace by its nsfs inode, which is what a
@@ -121,12 +119,26 @@ func (c *tcConn) close() {
 // none.
 func (c *tcConn) linkName(ifindex int) (string, error) {
 	if !c.ns.IsOpen() {
-		// The calling thread's namespace: one small request.
-		l, err := rtlink.ByIndex(ifindex)
-		if errors.Is(err, rtlink.ErrNotFound) {
+		// The calling thread's namespace, where kmesh-cni attaches on
+		// every ADD: one ioctl, no netlink answer to read.
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return "", fmt.Errorf("socket: %w", err)
+		}
+		defer unix.Close(fd)
+		ifr, err := unix.NewIfreq("")
+		if err != nil {
+			return "", err
+		}
+		ifr.SetUint32(uint32(ifindex))
+		err = unix.IoctlIfreq(fd, unix.SIOCGIFNAME, ifr)
+		if errors.Is(err, unix.ENODEV) {
 			return "", errLinkGone
 		}
-		return l.Name, err
+		if err != nil {
+			return "", fmt.Errorf("SIOCGIFNAME %d: %w", ifindex, err)
+		}
+		return ifr.Name(), nil
 	}
 	l, err := c.h.LinkByIndex(ifindex)
 	var nf netlink.LinkNotFoundError

@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
-	"github.com/kmesh-go/kmesh/internal/grpcunary"
 )
 
 // Health is what Status reports.
@@ -144,11 +144,10 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// Serve runs the gRPC service on l until ctx ends. The server is
-// grpcunary's, not grpc-go's: each call runs on the goroutine that read
-// it, which halves the time a plugin waits for an answer.
+// Serve runs the gRPC service on l until ctx ends; calls in progress then
+// finish (every handler answers from memory, DecidePod within 150 ms).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	g := grpcunary.NewServer()
+	g := grpc.NewServer()
 	podregistry.RegisterPodRegistryServer(g, s)
 	go func() {
 		<-ctx.Done()

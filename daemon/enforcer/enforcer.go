@@ -131,39 +131,47 @@ func (e *Enforcer) sweepAll() {
 }
 
 func (e *Enforcer) sweepPod(nsPath string) (int, error) {
-	closed := 0
+	var closed int
 	err := podns.Do(nsPath, func() error {
-		socks, err := sockdiag.Dump()
-		if err != nil {
-			return err
-		}
-		// Accepted connections are the ones on a listening port: only those
-		// are "toward the pod", which its policies guard.
-		listening := map[uint16]bool{}
-		for _, s := range socks {
-			if s.State == sockdiag.StateListen {
-				listening[s.Local.Port()] = true
-			}
-		}
-		for _, s := range socks {
-			if s.State != sockdiag.StateEstablished && s.State != sockdiag.StateSynRecv {
-				continue
-			}
-			if !listening[s.Local.Port()] {
-				continue
-			}
-			v, ok := e.dp.Authorize(s.Remote.Addr().Unmap(), s.Local.Addr().Unmap(), s.Local.Port())
-			if !ok || !v.Deny {
-				continue
-			}
-			if err := sockdiag.Destroy(s); err != nil {
-				return err
-			}
-			closed++
-		}
-		return nil
+		var err error
+		closed, err = closeDenied(func(client, server netip.Addr, port uint16) bool {
+			v, ok := e.dp.Authorize(client, server, port)
+			return ok && v.Deny
+		})
+		return err
 	})
 	return closed, err
+}
+
+// closeDenied destroys the accepted connections of the calling thread's
+// network namespace that deny refuses, and says how many it closed.
+func closeDenied(deny func(client, server netip.Addr, port uint16) bool) (int, error) {
+	socks, err := sockdiag.Dump()
+	if err != nil {
+		return 0, err
+	}
+	// Accepted connections are the ones on a listening port: only those
+	// are "toward the pod", which its policies guard.
+	listening := map[uint16]bool{}
+	for _, s := range socks {
+		if s.State == sockdiag.StateListen {
+			listening[s.Local.Port()] = true
+		}
+	}
+	closed := 0
+	for _, s := range socks {
+		if s.State != sockdiag.StateEstablished && s.State != sockdiag.StateSynRecv {
+			continue
+		}
+		if !listening[s.Local.Port()] || !deny(s.Remote.Addr(), s.Local.Addr(), s.Local.Port()) {
+			continue
+		}
+		if err := sockdiag.Destroy(s); err != nil {
+			return closed, err
+		}
+		closed++
+	}
+	return closed, nil
 }
 
 func parseIP(s string) (netip.Addr, bool) {

@@ -61,15 +61,13 @@ type Record struct {
 	Created  time.Time `json:"created"`
 }
 
-// Key names an attachment's record file: a hash, since container ids and
-// interface names may hold any characters CNI allows.
-func Key(containerID, ifName string) string {
+// recordName is an attachment's record file name, without extension: a
+// hash, since container ids and interface names may hold any characters
+// CNI allows.
+func recordName(containerID, ifName string) string {
 	h := sha256.Sum256([]byte(containerID + "\x00" + ifName))
 	return "km" + hex.EncodeToString(h[:16])
 }
-
-// Key is the record's file name, without extension.
-func (r *Record) Key() string { return Key(r.ContainerID, r.IfName) }
 
 // Dir is an open state directory. Plugin runs hold it shared; GC holds it
 // exclusive, so it never removes an attachment an ADD is halfway through.
@@ -112,12 +110,14 @@ func (d *Dir) Close() error { return d.lock.Close() }
 // Path is the directory.
 func (d *Dir) Path() string { return d.path }
 
-func (d *Dir) file(key string) string { return filepath.Join(d.path, key+".json") }
+func (d *Dir) file(containerID, ifName string) string {
+	return filepath.Join(d.path, recordName(containerID, ifName)+".json")
+}
 
 // Save writes a record atomically: readers see the old one or the new one.
 func (d *Dir) Save(r *Record) error {
 	b := r.appendJSON(make([]byte, 0, 1024))
-	final := d.file(r.Key())
+	final := d.file(r.ContainerID, r.IfName)
 	tmp := final + ".tmp" + strconv.Itoa(os.Getpid())
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("write state record: %w", err)
@@ -131,7 +131,7 @@ func (d *Dir) Save(r *Record) error {
 
 // Load returns the record of an attachment, if there is one.
 func (d *Dir) Load(containerID, ifName string) (*Record, bool, error) {
-	r, err := readRecord(d.file(Key(containerID, ifName)))
+	r, err := readRecord(d.file(containerID, ifName))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, false, nil
 	}
@@ -143,7 +143,7 @@ func (d *Dir) Load(containerID, ifName string) (*Record, bool, error) {
 
 // Remove deletes an attachment's record; a missing one is not an error.
 func (d *Dir) Remove(containerID, ifName string) error {
-	if err := os.Remove(d.file(Key(containerID, ifName))); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(d.file(containerID, ifName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove state record: %w", err)
 	}
 	return nil

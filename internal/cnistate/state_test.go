@@ -8,13 +8,13 @@ import (
 	"time"
 )
 
-func TestKeyIsAFileName(t *testing.T) {
-	k := Key("3f1c.a-b_c", "eth0.100")
+func TestRecordNameIsAFileName(t *testing.T) {
+	k := recordName("3f1c.a-b_c", "eth0.100")
 	if strings.ContainsAny(k, "./") || len(k) != 34 || !strings.HasPrefix(k, "km") {
-		t.Fatalf("key %q", k)
+		t.Fatalf("record name %q", k)
 	}
-	if Key("a", "bc") == Key("ab", "c") || Key("a", "b") != Key("a", "b") {
-		t.Fatal("keys collide or are not stable")
+	if recordName("a", "bc") == recordName("ab", "c") || recordName("a", "b") != recordName("a", "b") {
+		t.Fatal("record names collide or are not stable")
 	}
 }
 
@@ -44,7 +44,7 @@ func TestSaveLoadListRemove(t *testing.T) {
 		t.Fatalf("load: %+v %v %v", got, ok, err)
 	}
 	// Leftovers of a killed writer and foreign files are not records.
-	os.WriteFile(filepath.Join(path, Key("c3", "eth0")+".json.tmp123"), []byte("{"), 0o600)
+	os.WriteFile(filepath.Join(path, recordName("c3", "eth0")+".json.tmp123"), []byte("{"), 0o600)
 	all, err := Read(path)
 	if err != nil || len(all) != 2 {
 		t.Fatalf("read: %d records, %v", len(all), err)

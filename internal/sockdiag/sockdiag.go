@@ -1,15 +1,26 @@
 // Package sockdiag lists the TCP sockets of a network namespace and
-// destroys chosen ones (sock_diag over netlink). Call it from a thread that
-// is in the namespace (podns.Do).
+// destroys chosen ones (sock_diag, SOCK_DESTROY: the kernel resets the
+// peer). Call it from a thread that is in the namespace (podns.Do).
+//
+// The netlink library does the dump (both families) and the IPv4 destroy.
+// Its SocketDestroy refuses IPv6 addresses (ErrNotImplemented as of
+// v1.3.1), so an IPv6 socket is destroyed here with one request of our own
+// through the library's request machinery: the same inet_diag_req_v2 with
+// family AF_INET6 and the socket's 128-bit addresses. An IPv4 connection
+// of a dual-stack listener is an AF_INET6 socket with v4-mapped
+// addresses; the kernel finds it by its IPv4 tuple too, so it goes the
+// library's way.
 package sockdiag
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
-	"syscall"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,166 +31,82 @@ const (
 	StateListen      = 10
 )
 
-const (
-	sockDiagByFamily = 20
-	sockDestroy      = 21
-	reqLen           = 56 // inet_diag_req_v2
-	msgLen           = 72 // inet_diag_msg
-)
-
 // Sock is one TCP socket.
 type Sock struct {
-	Family uint8
 	State  uint8
 	Local  netip.AddrPort
 	Remote netip.AddrPort
-	// id is the kernel's socket id (interface and cookie) for destroy.
-	ifindex uint32
-	cookie  [2]uint32
+	// cookie is the kernel's socket cookie: an IPv6 destroy names the
+	// socket by it as well as by its tuple.
+	cookie [2]uint32
 }
 
 // Dump lists the TCP sockets of the current network namespace, both
-// families, in every state.
+// families, in every state; IPv4 addresses are 4 bytes, v4-mapped ones
+// too. A dump the kernel reports interrupted (sockets came or went
+// meanwhile) is made again, then taken as it is.
 func Dump() ([]Sock, error) {
 	var out []Sock
-	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		socks, err := dump(fam)
-		if err != nil {
-			return nil, err
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		socks, err := netlink.SocketDiagTCP(family)
+		for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 3; try++ {
+			socks, err = netlink.SocketDiagTCP(family)
 		}
-		out = append(out, socks...)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return nil, fmt.Errorf("sock_diag dump: %w", err)
+		}
+		for _, s := range socks {
+			local, _ := netip.AddrFromSlice(s.ID.Source)
+			remote, _ := netip.AddrFromSlice(s.ID.Destination)
+			out = append(out, Sock{
+				State:  s.State,
+				Local:  netip.AddrPortFrom(local.Unmap(), s.ID.SourcePort),
+				Remote: netip.AddrPortFrom(remote.Unmap(), s.ID.DestinationPort),
+				cookie: s.ID.Cookie,
+			})
+		}
 	}
 	return out, nil
 }
 
 // Destroy aborts a socket: the kernel sends a reset to the peer.
 func Destroy(s Sock) error {
-	fd, err := open()
+	var err error
+	if s.Local.Addr().Is4() {
+		err = netlink.SocketDestroy(net.TCPAddrFromAddrPort(s.Local), net.TCPAddrFromAddrPort(s.Remote))
+	} else {
+		err = destroy6(s)
+	}
 	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	req := request(sockDestroy, unix.NLM_F_REQUEST|unix.NLM_F_ACK, s.Family, 0xffffffff, s)
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("sock_diag destroy: %w", err)
-	}
-	buf := make([]byte, 4096)
-	n, _, err := unix.Recvfrom(fd, buf, 0)
-	if err != nil {
-		return fmt.Errorf("sock_diag destroy: %w", err)
-	}
-	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-	if err != nil {
-		return err
-	}
-	for _, m := range msgs {
-		if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
-			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-				return fmt.Errorf("sock_diag destroy %s -> %s: %w", s.Local, s.Remote, syscall.Errno(-code))
-			}
-		}
+		return fmt.Errorf("sock_diag destroy %s -> %s: %w", s.Local, s.Remote, err)
 	}
 	return nil
 }
 
-func open() (int, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	if err != nil {
-		return -1, fmt.Errorf("sock_diag socket: %w", err)
-	}
-	return fd, nil
+// destroy6 sends SOCK_DESTROY for an IPv6 socket.
+func destroy6(s Sock) error {
+	req := nl.NewNetlinkRequest(nl.SOCK_DESTROY, unix.NLM_F_ACK)
+	req.AddData(destroy6Request(s))
+	_, err := req.Execute(unix.NETLINK_INET_DIAG, 0)
+	return err
 }
 
-func request(typ uint16, flags uint16, family uint8, states uint32, s Sock) []byte {
-	b := make([]byte, unix.NLMSG_HDRLEN+reqLen)
-	ne := binary.NativeEndian
-	ne.PutUint32(b[0:], uint32(len(b)))
-	ne.PutUint16(b[4:], typ)
-	ne.PutUint16(b[6:], flags)
-	ne.PutUint32(b[8:], 1)
-	r := b[unix.NLMSG_HDRLEN:]
-	r[0] = family
-	r[1] = unix.IPPROTO_TCP
-	ne.PutUint32(r[4:], states)
-	id := r[8:]
-	binary.BigEndian.PutUint16(id[0:], s.Local.Port())
-	binary.BigEndian.PutUint16(id[2:], s.Remote.Port())
-	putAddr(id[4:20], s.Local.Addr())
-	putAddr(id[20:36], s.Remote.Addr())
-	ne.PutUint32(id[36:], s.ifindex)
-	ne.PutUint32(id[40:], s.cookie[0])
-	ne.PutUint32(id[44:], s.cookie[1])
+// destroy6Request is struct inet_diag_req_v2 (linux/inet_diag.h) naming
+// an IPv6 TCP socket.
+type destroy6Request Sock
+
+func (r destroy6Request) Len() int { return 56 }
+
+func (r destroy6Request) Serialize() []byte {
+	b := make([]byte, r.Len())
+	b[0], b[1] = unix.AF_INET6, unix.IPPROTO_TCP
+	id := b[8:] // struct inet_diag_sockid
+	binary.BigEndian.PutUint16(id[0:], r.Local.Port())
+	binary.BigEndian.PutUint16(id[2:], r.Remote.Port())
+	local, remote := r.Local.Addr().As16(), r.Remote.Addr().As16()
+	copy(id[4:20], local[:])
+	copy(id[20:36], remote[:])
+	binary.NativeEndian.PutUint32(id[40:], r.cookie[0])
+	binary.NativeEndian.PutUint32(id[44:], r.cookie[1])
 	return b
-}
-
-func putAddr(dst []byte, a netip.Addr) {
-	if !a.IsValid() {
-		return
-	}
-	if a.Is4() {
-		v := a.As4()
-		copy(dst, v[:])
-		return
-	}
-	v := a.As16()
-	copy(dst, v[:])
-}
-
-func addrOf(family uint8, b []byte) netip.Addr {
-	if family == unix.AF_INET {
-		return netip.AddrFrom4([4]byte(b[:4]))
-	}
-	return netip.AddrFrom16([16]byte(b[:16]))
-}
-
-func dump(family uint8) ([]Sock, error) {
-	fd, err := open()
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	req := request(sockDiagByFamily, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, family, 0xffffffff, Sock{})
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("sock_diag dump: %w", err)
-	}
-	var out []Sock
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			return nil, fmt.Errorf("sock_diag dump: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return out, nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
-						return nil, fmt.Errorf("sock_diag dump: %w", syscall.Errno(-code))
-					}
-				}
-				return nil, errors.New("sock_diag dump: error message")
-			case sockDiagByFamily:
-				if len(m.Data) < msgLen {
-					continue
-				}
-				d := m.Data
-				id := d[4:]
-				s := Sock{
-					Family:  d[0],
-					State:   d[1],
-					Local:   netip.AddrPortFrom(addrOf(d[0], id[4:20]), binary.BigEndian.Uint16(id[0:])),
-					Remote:  netip.AddrPortFrom(addrOf(d[0], id[20:36]), binary.BigEndian.Uint16(id[2:])),
-					ifindex: binary.NativeEndian.Uint32(id[36:]),
-					cookie:  [2]uint32{binary.NativeEndian.Uint32(id[40:]), binary.NativeEndian.Uint32(id[44:])},
-				}
-				out = append(out, s)
-			}
-		}
-	}
 }

@@ -6,9 +6,13 @@
 //
 //	kmesh-cni-kube decide --kubeconfig F --namespace N --name P [--uid U] [--mark]
 //	kmesh-cni-kube mark|unmark --kubeconfig F --namespace N --name P
+//	kmesh-cni-kube check --kubeconfig F
 //
 // decide reads the pod and its namespace and applies the enrollment rules;
 // with --mark it also annotates an enrolled pod on the same connection.
+// check only reads the kubeconfig and builds a client from it (no
+// request): the plugin asks once per version of the file, so a broken
+// kubeconfig fails ADD even while the daemon decides every pod.
 // The answer is one JSON object on stdout (see answer); the exit status is
 // non-zero only when the command line itself is wrong.
 package main
@@ -54,12 +58,12 @@ func main() {
 	mark := fs.Bool("mark", false, "decide: annotate the pod when it is enrolled")
 	timeout := fs.Duration("timeout", 3*time.Second, "bound on the whole command")
 	_ = fs.Parse(os.Args[2:])
-	if *kubeconfig == "" || *namespace == "" || *name == "" || fs.NArg() != 0 {
+	if *kubeconfig == "" || (op != "check" && (*namespace == "" || *name == "")) || fs.NArg() != 0 {
 		usage()
 	}
 	var a answer
 	switch op {
-	case "decide", "mark", "unmark":
+	case "decide", "mark", "unmark", "check":
 		a = run(op, *kubeconfig, conf.Pod{Namespace: *namespace, Name: *name, UID: *uid}, *mark, *timeout)
 	default:
 		usage()
@@ -71,7 +75,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: kmesh-cni-kube decide|mark|unmark --kubeconfig FILE --namespace NS --name POD [--uid UID] [--mark] [--timeout D]")
+	fmt.Fprintln(os.Stderr, "usage: kmesh-cni-kube decide|mark|unmark --kubeconfig FILE --namespace NS --name POD [--uid UID] [--mark] [--timeout D]\n       kmesh-cni-kube check --kubeconfig FILE")
 	os.Exit(2)
 }
 
@@ -84,11 +88,13 @@ func run(op, kubeconfig string, pod conf.Pod, mark bool, timeout time.Duration) 
 	}
 	kc, err := kube.New(cfg)
 	if err != nil {
-		return answer{Kind: "config", Error: err.Error()}
+		return answer{Kind: "config", Error: fmt.Sprintf("kubeconfig %s: %v", kubeconfig, err)}
 	}
 	defer kc.Close()
 	var a answer
 	switch op {
+	case "check":
+		// Reading the kubeconfig and making a client of it was the check.
 	case "decide":
 		d, err := kc.Decide(ctx, pod)
 		if err != nil {

@@ -16,7 +16,6 @@ import (
 	"github.com/kmesh-go/kmesh/internal/cgroupv2"
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/kubeconfig"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/podcgroup"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
@@ -218,11 +217,10 @@ func (r *run) decide(pod conf.Pod) (decision, error) {
 	if !pod.IsSet() {
 		return decision{Enroll: c.DefaultEnroll, Reason: fmt.Sprintf("CNI_ARGS names no Kubernetes pod; defaultEnroll is %v", c.DefaultEnroll)}, nil
 	}
-	// A kubeconfig that cannot be read is an error even when the daemon
+	// A kubeconfig that cannot be used is an error even when the daemon
 	// would answer: it is this plugin's configuration.
-	hint := "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
-	if _, err := kubeconfig.Load(c.Kubeconfig, kubeTimeout); err != nil {
-		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+err.Error(), hint)
+	if err := r.checkKubeconfig(); err != nil {
+		return decision{}, err
 	}
 	// The daemon watches the API: its answer spares a process, a TLS
 	// handshake and two reads of the API server (~5 ms). It also marks the
@@ -238,7 +236,7 @@ func (r *run) decide(pod conf.Pod) (decision, error) {
 	case "":
 		return decision{Enroll: a.enroll, Reason: a.reason, viaAPI: true, marked: a.marked, markError: a.markError}, nil
 	case "config":
-		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.err, hint)
+		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.err, kubeconfigHint)
 	case "stale":
 		return decision{Reason: a.err}, nil
 	case "notfound":

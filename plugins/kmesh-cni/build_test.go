@@ -26,6 +26,11 @@ var referencePlugins = []string{
 // as conflists name it.
 const emptyPluginName = "kmesh-empty"
 
+// grpcClientPluginName is kmesh-cni built with grpc-go's client instead
+// of its own (registry, -tags kmesh_grpc_client): the ADD benchmark runs
+// it beside the default build.
+const grpcClientPluginName = "kmesh-cni-grpc"
+
 // tmpRoot holds what this test process builds; TestMain removes it.
 var tmpRoot string
 
@@ -117,4 +122,13 @@ func pluginPaths(t testing.TB) []string {
 		t.Fatalf("build CNI plugins: %v", built.err)
 	}
 	return built.paths
+}
+
+// buildGRPCClientPlugin builds kmesh-cni-grpc beside kmesh-cni.
+func buildGRPCClientPlugin(t testing.TB) {
+	t.Helper()
+	own := pluginPaths(t)[1]
+	if err := goCmd(repoRoot(), nil, "build", "-tags", "kmesh_grpc_client", "-o", filepath.Join(own, grpcClientPluginName), "./plugins/kmesh-cni"); err != nil {
+		t.Fatalf("build %s: %v", grpcClientPluginName, err)
+	}
 }

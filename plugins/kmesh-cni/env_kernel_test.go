@@ -111,6 +111,7 @@ type netOpts struct {
 	kubeconfig    string
 	noKmesh       bool   // the chain without kmesh-cni (benchmark baseline)
 	emptyPlugin   bool   // the benchmarks' control plugin where kmesh-cni would be
+	kmeshType     string // default kmesh-cni (the benchmark: also kmesh-cni-grpc)
 	socket        string // default: the fake daemon's
 	logLevel      string // default: debug (benchmarks: info, as installed)
 }
@@ -137,7 +138,10 @@ func (e *env) conflist(o netOpts) *libcni.NetworkConfigList {
 	case o.emptyPlugin:
 		plugins = append(plugins, map[string]any{"type": emptyPluginName})
 	case !o.noKmesh:
-		k := map[string]any{"type": "kmesh-cni", "daemonSocket": o.socket, "bpfDir": e.pins, "stateDir": e.state,
+		if o.kmeshType == "" {
+			o.kmeshType = "kmesh-cni"
+		}
+		k := map[string]any{"type": o.kmeshType, "daemonSocket": o.socket, "bpfDir": e.pins, "stateDir": e.state,
 			"defaultEnroll": o.defaultEnroll, "logFile": filepath.Join(e.dir, "kmesh-cni.log"), "logLevel": o.logLevel}
 		if o.policy != "" {
 			k["failurePolicy"] = o.policy

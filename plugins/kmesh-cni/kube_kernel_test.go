@@ -252,7 +252,8 @@ func TestKernelTheDaemonDecidesWhenItKnows(t *testing.T) {
 	e := newEnv(t)
 	api := fakeapi.New()
 	api.AddNamespace("plain", nil)
-	list := e.conflist(netOpts{kubeconfig: e.fakeAPIServer(api)})
+	kcPath := e.fakeAPIServer(api)
+	list := e.conflist(netOpts{kubeconfig: kcPath})
 
 	p := e.newPod("known").inNamespace("plain")
 	api.AddPod("plain", "known", p.uid(), nil, nil) // unlabelled in the API...
@@ -291,4 +292,35 @@ func TestKernelTheDaemonDecidesWhenItKnows(t *testing.T) {
 	if ce := cniError(t, err); ce.Code != types.ErrInvalidNetworkConfig {
 		t.Fatalf("garbage kubeconfig: %v", err)
 	}
+	mustContain(t, "error", err.Error(), "parse kubeconfig", garbage, "kubeconfig field")
+	if e.enrolled(e.cookie(r)) {
+		t.Fatal("the refused pod was enrolled")
+	}
+
+	// kmesh-cni-kube checks the kubeconfig once per version of the file:
+	// a good one that is rewritten broken in place fails the next ADD.
+	good := filepath.Join(e.dir, "good-kubeconfig")
+	kc, err := os.ReadFile(kcPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(good, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon.Know("plain", "rewritten", true, "pod label")
+	s := e.newPod("rewritten").inNamespace("plain")
+	e.mustAdd(e.conflist(netOpts{kubeconfig: good}), s)
+	if stamps, _ := filepath.Glob(filepath.Join(e.state, "kubeconfig-checked-*")); len(stamps) != 2 {
+		t.Fatalf("the state directory remembers the checked kubeconfigs as %v, want two files", stamps)
+	}
+	exec := strings.Replace(string(kc), "{token: test-token}", "{exec: {command: aws}}", 1)
+	if err := os.WriteFile(good, []byte(exec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.daemon.Know("plain", "after-rewrite", true, "pod label")
+	err = e.add(e.conflist(netOpts{kubeconfig: good}), e.newPod("after-rewrite").inNamespace("plain"))
+	if ce := cniError(t, err); ce.Code != types.ErrInvalidNetworkConfig {
+		t.Fatalf("kubeconfig rewritten with an exec credential: %v", err)
+	}
+	mustContain(t, "error", err.Error(), "exec credential plugins are not supported")
 }

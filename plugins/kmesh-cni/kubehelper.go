@@ -3,13 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/jsontree"
@@ -51,8 +57,10 @@ func (r *run) askAPI(op string, pod conf.Pod, mark bool) (apiAnswer, error) {
 	if err != nil {
 		return apiAnswer{}, err
 	}
-	args := []string{op, "--kubeconfig", r.conf.Kubeconfig, "--namespace", pod.Namespace, "--name", pod.Name,
-		"--timeout", kubeTimeout.String()}
+	args := []string{op, "--kubeconfig", r.conf.Kubeconfig, "--timeout", kubeTimeout.String()}
+	if pod.IsSet() {
+		args = append(args, "--namespace", pod.Namespace, "--name", pod.Name)
+	}
 	if pod.UID != "" {
 		args = append(args, "--uid", pod.UID)
 	}
@@ -100,6 +108,68 @@ func (r *run) kubeHelper(op string, pod conf.Pod) error {
 	}
 	if a.kind != "" {
 		return errors.New(a.err)
+	}
+	return nil
+}
+
+// kubeconfigHint is what an operator does about a kubeconfig ADD refuses.
+const kubeconfigHint = "check the kubeconfig field of the kmesh-cni entry in the conflist (kmesh-install writes this file)"
+
+// checkKubeconfig fails ADD with code 7 when the kubeconfig cannot be
+// used, whoever decides the pod: a broken one shows at once, not at the
+// first ADD the daemon cannot answer, when the plugin needs it. The plugin
+// does not read the file itself (it links no YAML reader, whose package
+// initialisation every run would pay): kmesh-cni-kube checks it once per
+// version of the file, and the state directory remembers the version that
+// passed (device, inode, size and times: a rewrite or a rename over it is
+// a new version). Files the kubeconfig names (a CA, a token file) are
+// checked with it, not watched.
+func (r *run) checkKubeconfig() error {
+	path := r.conf.Kubeconfig
+	f, err := os.Open(path)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: read kubeconfig: "+err.Error(), kubeconfigHint)
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: read kubeconfig: "+err.Error(), kubeconfigHint)
+	}
+	if !fi.Mode().IsRegular() {
+		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("kmesh-cni: kubeconfig %s is not a file", path), kubeconfigHint)
+	}
+	version := path + "\n"
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		for _, v := range []int64{int64(st.Dev), int64(st.Ino), st.Size, st.Mtim.Nano(), st.Ctim.Nano()} {
+			version += strconv.FormatInt(v, 10) + " "
+		}
+	}
+	sum := sha256.Sum256([]byte(path))
+	stamp := filepath.Join(r.conf.StateDir, "kubeconfig-checked-"+hex.EncodeToString(sum[:8]))
+	if b, err := os.ReadFile(stamp); err == nil && string(b) == version {
+		return nil
+	}
+	a, err := r.askAPI("check", conf.Pod{}, false)
+	if err != nil {
+		// Nothing is known against the file; if the daemon cannot decide,
+		// decide's own run of the helper says why it did not run.
+		r.log.Warn("kubeconfig not checked", "error", err)
+		return nil
+	}
+	if a.kind != "" {
+		return types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.err, kubeconfigHint)
+	}
+	tmp := stamp + ".tmp" + strconv.Itoa(os.Getpid())
+	err = os.MkdirAll(r.conf.StateDir, 0o700)
+	if err == nil {
+		err = os.WriteFile(tmp, []byte(version), 0o600)
+	}
+	if err == nil {
+		err = os.Rename(tmp, stamp)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		r.log.Warn("remember the checked kubeconfig", "error", err)
 	}
 	return nil
 }

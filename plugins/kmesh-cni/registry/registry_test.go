@@ -16,7 +16,6 @@ import (
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
-	"github.com/kmesh-go/kmesh/internal/grpcunary"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakedaemon"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/registry"
 )
@@ -115,24 +114,14 @@ func (s *daemonServer) ReleasePod(context.Context, *cniv1.ReleasePodRequest) (*c
 	return nil, status.Error(codes.FailedPrecondition, "détaché: 100% fini")
 }
 
-// serve serves impl with grpc-go ("grpc-go") or with the daemon's own
-// server.
-func serve(t testing.TB, impl podregistry.PodRegistryServer, server string) string {
+// serve serves impl with grpc-go's server, as the daemon does.
+func serve(t testing.TB, impl podregistry.PodRegistryServer) string {
 	sock := fakedaemon.Socket(t)
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var g interface {
-		grpc.ServiceRegistrar
-		Serve(net.Listener) error
-		Stop()
-	}
-	if server == "grpc-go" {
-		g = grpc.NewServer()
-	} else {
-		g = grpcunary.NewServer()
-	}
+	g := grpc.NewServer()
 	podregistry.RegisterPodRegistryServer(g, impl)
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
@@ -140,17 +129,11 @@ func serve(t testing.TB, impl podregistry.PodRegistryServer, server string) stri
 }
 
 func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
-	for _, server := range []string{"grpc-go", "grpcunary"} {
-		t.Run(server, func(t *testing.T) { largeAnswerDeadlineAndErrorStatus(t, server) })
-	}
-}
-
-func largeAnswerDeadlineAndErrorStatus(t *testing.T, server string) {
 	s := &daemonServer{}
 	for i := range 3000 {
 		s.pods = append(s.pods, &cniv1.Pod{ContainerId: fmt.Sprintf("c%04d", i), Name: strings.Repeat("p", 60), Ips: []string{"10.0.0.1/24"}})
 	}
-	c, err := registry.Dial(serve(t, s, server))
+	c, err := registry.Dial(serve(t, s))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build !kmesh_grpc_client
+
 package registry
 
 import (
@@ -60,39 +62,6 @@ func consumeVarint(b []byte) (uint64, int) {
 
 func appendTag(b []byte, num int, t wireType) []byte {
 	return appendVarint(b, uint64(num)<<3|uint64(t))
-}
-
-// Interface is one interface of a pod's CNI result (message Interface).
-type Interface struct {
-	Name, Mac, Sandbox string
-}
-
-// Pod is the daemon's description of a pod sandbox (message Pod).
-type Pod struct {
-	Name        string
-	Namespace   string
-	UID         string
-	ContainerID string
-	NetnsPath   string
-	NetnsCookie uint64
-	IPs         []string
-	Interfaces  []Interface
-	HostVeth    string
-	Enrolled    bool
-	Reason      string
-	CgroupPath  string
-	CgroupID    uint64
-	CNIIfname   string
-}
-
-// Status is the daemon's answer to Status (message StatusResponse).
-type Status struct {
-	Ready        bool
-	Message      string
-	Pods         uint32
-	EnrolledPods uint32
-	Version      string
-	MeshSynced   bool
 }
 
 // Proto3 leaves fields at their zero value out of the encoding.
@@ -185,13 +154,6 @@ func encodeDecide(namespace, name, uid string) []byte {
 	b := appendString(nil, 1, namespace)
 	b = appendString(b, 2, name)
 	return appendString(b, 3, uid)
-}
-
-// Decision is the daemon's answer to DecidePod (message
-// DecidePodResponse).
-type Decision struct {
-	Known, Enroll bool
-	Reason        string
 }
 
 func decodeDecision(b []byte) (*Decision, error) {

@@ -1,3 +1,5 @@
+//go:build !kmesh_grpc_client
+
 package registry
 
 import (

@@ -12,12 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
-	"github.com/kmesh-go/kmesh/internal/grpcunary"
 )
 
 // Daemon is a running fake. Its zero value is not usable; call Start.
@@ -35,7 +35,7 @@ type Daemon struct {
 	ready     bool
 	// delay holds every call this long (a hung daemon).
 	delay time.Duration
-	srv   *grpcunary.Server
+	srv   *grpc.Server
 	done  chan struct{}
 }
 
@@ -69,10 +69,10 @@ func (d *Daemon) Serve(t testing.TB) {
 	if err != nil {
 		t.Fatalf("fake daemon: listen on %s: %v", d.Socket, err)
 	}
-	d.srv = grpcunary.NewServer() // as the daemon serves
+	d.srv = grpc.NewServer() // as the daemon serves
 	podregistry.RegisterPodRegistryServer(d.srv, d)
 	d.done = make(chan struct{})
-	go func(srv *grpcunary.Server, done chan struct{}) {
+	go func(srv *grpc.Server, done chan struct{}) {
 		_ = srv.Serve(l)
 		close(done)
 	}(d.srv, d.done)

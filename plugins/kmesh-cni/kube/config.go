@@ -1,12 +1,4 @@
-// Package kubeconfig reads the kubeconfig kmesh-cni is given: its own YAML
-// reader (yaml.go) and the fields a node agent's credentials use.
-//
-// It is apart from the API client (package kube) because kmesh-cni reads
-// the kubeconfig in every ADD, to refuse a broken one whoever decides,
-// while it talks to the API only when the daemon cannot decide, through
-// kmesh-cni-kube: the TLS stack's package initialisation alone cost every
-// plugin run ~0.4 ms.
-package kubeconfig
+package kube
 
 import (
 	"context"
@@ -17,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 // Config is how to reach the API server, as read from a kubeconfig.
@@ -44,12 +38,12 @@ type kubeconfig struct {
 	Clusters       []struct {
 		Name    string `json:"name"`
 		Cluster struct {
-			Server                   string   `json:"server"`
-			CertificateAuthority     string   `json:"certificate-authority"`
-			CertificateAuthorityData []byte   `json:"certificate-authority-data"`
-			InsecureSkipTLSVerify    yamlBool `json:"insecure-skip-tls-verify"`
-			TLSServerName            string   `json:"tls-server-name"`
-			ProxyURL                 string   `json:"proxy-url"`
+			Server                   string `json:"server"`
+			CertificateAuthority     string `json:"certificate-authority"`
+			CertificateAuthorityData []byte `json:"certificate-authority-data"`
+			InsecureSkipTLSVerify    bool   `json:"insecure-skip-tls-verify"`
+			TLSServerName            string `json:"tls-server-name"`
+			ProxyURL                 string `json:"proxy-url"`
 		} `json:"cluster"`
 	} `json:"clusters"`
 	Users []struct {
@@ -75,23 +69,19 @@ type kubeconfig struct {
 	} `json:"contexts"`
 }
 
-// Load reads a kubeconfig file (relative paths in it resolve against
-// its folder) into a Config whose every request ends within timeout. It
-// supports what node agents' kubeconfigs use: a server with a CA (file or
-// data) or insecure-skip-tls-verify and tls-server-name; a token, token
-// file or client certificate. exec and auth-provider credentials, basic
-// auth and proxy-url are refused.
-func Load(path string, timeout time.Duration) (*Config, error) {
+// LoadConfig reads a kubeconfig file, YAML or JSON (relative paths in
+// it resolve against its folder), into a Config whose every request ends
+// within timeout. It supports what node agents' kubeconfigs use: a server
+// with a CA (file or data) or insecure-skip-tls-verify and
+// tls-server-name; a token, token file or client certificate. exec and
+// auth-provider credentials, basic auth and proxy-url are refused.
+func LoadConfig(path string, timeout time.Duration) (*Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read kubeconfig: %w", err)
 	}
-	js, err := kubeconfigJSON(b)
-	if err != nil {
-		return nil, fmt.Errorf("parse kubeconfig %s: %w", path, err)
-	}
 	var kc kubeconfig
-	if err := json.Unmarshal(js, &kc); err != nil {
+	if err := yaml.Unmarshal(b, &kc); err != nil {
 		return nil, fmt.Errorf("parse kubeconfig %s: %w", path, err)
 	}
 	bad := func(format string, a ...any) error {
@@ -139,7 +129,7 @@ func Load(path string, timeout time.Duration) (*Config, error) {
 		if cl.ProxyURL != "" {
 			return nil, bad("cluster %q: proxy-url is not supported by kmesh-cni", clusterName)
 		}
-		cfg.Server, cfg.Insecure, cfg.ServerName = cl.Server, bool(cl.InsecureSkipTLSVerify), cl.TLSServerName
+		cfg.Server, cfg.Insecure, cfg.ServerName = cl.Server, cl.InsecureSkipTLSVerify, cl.TLSServerName
 		cfg.CAData = cl.CertificateAuthorityData
 		if cl.CertificateAuthority != "" {
 			if cfg.CAData, err = readFile("certificate-authority", cl.CertificateAuthority); err != nil {
