@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build generate verify-generate lint test fuzz test-unit e2e e2e-tools demo bench fortio clean
+.PHONY: all deps build generate verify-generate lint test fuzz test-unit e2e e2e-tools images demo bench fortio clean
 
 all: build
 
@@ -14,6 +14,13 @@ deps:
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./...
+
+# The images (kmesh-daemon, kmesh-install; the tests' fortio and pause) as
+# docker-archive tarballs in bin/images, built from static binaries with
+# go-containerregistry: no Docker, no registry, the same digest for the same
+# sources. Load one on a node with `ctr -n k8s.io images import FILE`.
+images:
+	cd tests && CGO_ENABLED=0 $(GO) run ./mkimages -out ../$(BIN)/images
 
 # Recompile the C under bpf/ with clang-19 (bpf2go) and the gRPC API with
 # protoc; commit the results.
