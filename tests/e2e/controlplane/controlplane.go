@@ -84,6 +84,11 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// IstiodEnv adds or overrides environment variables of istiod.
 	IstiodEnv []string
+	// Nodes says real kubelets will join (tests/kubenode): the ServiceAccount
+	// admission plugin stays on, so pods get their token volumes (a
+	// controller-manager, StartControllers, makes the accounts), and the
+	// apiserver reaches kubelets at their InternalIP for logs and exec.
+	Nodes bool
 }
 
 // ControlPlane is a running etcd, kube-apiserver and istiod.
@@ -109,10 +114,14 @@ type ControlPlane struct {
 	// IstiodTLSAddr serves xDS over TLS to clients with a token for
 	// IstioCAAudience.
 	IstiodTLSAddr string
+	// CAFile is the cluster CA (it signed the apiserver's certificate);
+	// SAKeyFile signs service-account tokens.
+	CAFile, SAKeyFile string
 
 	ownDir     bool
 	procs      []*process // in start order
 	istiodOpts Options    // to start istiod again
+	opts       Options
 	stopOnce   sync.Once
 	stopErr    error
 }
@@ -153,6 +162,8 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		return nil, fmt.Errorf("write certificates: %w", err)
 	}
 	cp.AdminToken = keys.adminToken
+	cp.CAFile, cp.SAKeyFile = keys.caCert, keys.saKey
+	cp.opts = opts
 
 	if err := cp.startEtcd(ctx, opts); err != nil {
 		return nil, err
@@ -249,6 +260,12 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, opts Options) error {
 }
 
 func (cp *ControlPlane) startAPIServer(ctx context.Context, opts Options, keys *pki) error {
+	// Without a controller-manager no namespace gets a default
+	// ServiceAccount, which this plugin would insist on.
+	admission := "--disable-admission-plugins=ServiceAccount"
+	if opts.Nodes {
+		admission = "--kubelet-preferred-address-types=InternalIP"
+	}
 	p, err := cp.start("kube-apiserver", cp.env(), filepath.Join(opts.BinDir, "kube-apiserver"),
 		"--etcd-servers=http://"+etcdAddr,
 		"--bind-address=127.0.0.1",
@@ -267,9 +284,7 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, opts Options, keys *
 		"--service-account-signing-key-file="+keys.saKey,
 		"--api-audiences=https://kubernetes.default.svc.cluster.local,"+IstioCAAudience,
 		"--service-cluster-ip-range="+ServiceCIDR,
-		// Without a controller-manager no namespace gets a default
-		// ServiceAccount, which this plugin would insist on.
-		"--disable-admission-plugins=ServiceAccount",
+		admission,
 		"--profiling=false",
 	)
 	if err != nil {
