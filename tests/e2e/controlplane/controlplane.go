@@ -262,31 +262,32 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, opts Options) error {
 func (cp *ControlPlane) startAPIServer(ctx context.Context, opts Options, keys *pki) error {
 	// Without a controller-manager no namespace gets a default
 	// ServiceAccount, which this plugin would insist on.
-	admission := "--disable-admission-plugins=ServiceAccount"
+	nodeArgs := []string{"--disable-admission-plugins=ServiceAccount"}
 	if opts.Nodes {
-		admission = "--kubelet-preferred-address-types=InternalIP"
+		// Node agents (kmesh's DaemonSet) run privileged.
+		nodeArgs = []string{"--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true"}
 	}
-	p, err := cp.start("kube-apiserver", cp.env(), filepath.Join(opts.BinDir, "kube-apiserver"),
-		"--etcd-servers=http://"+etcdAddr,
+	argv := []string{filepath.Join(opts.BinDir, "kube-apiserver"),
+		"--etcd-servers=http://" + etcdAddr,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		"--secure-port=6443",
-		"--tls-cert-file="+keys.serveCert,
-		"--tls-private-key-file="+keys.serveKey,
-		"--cert-dir="+filepath.Join(cp.Dir, "kube-apiserver", "certs"),
+		"--tls-cert-file=" + keys.serveCert,
+		"--tls-private-key-file=" + keys.serveKey,
+		"--cert-dir=" + filepath.Join(cp.Dir, "kube-apiserver", "certs"),
 		// No controller-manager keeps the kubernetes Endpoints up to date.
 		"--endpoint-reconciler-type=none",
-		"--token-auth-file="+keys.tokensCSV,
+		"--token-auth-file=" + keys.tokensCSV,
 		"--anonymous-auth=false",
 		"--authorization-mode=AlwaysAllow",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+keys.saPub,
-		"--service-account-signing-key-file="+keys.saKey,
-		"--api-audiences=https://kubernetes.default.svc.cluster.local,"+IstioCAAudience,
-		"--service-cluster-ip-range="+ServiceCIDR,
-		admission,
+		"--service-account-key-file=" + keys.saPub,
+		"--service-account-signing-key-file=" + keys.saKey,
+		"--api-audiences=https://kubernetes.default.svc.cluster.local," + IstioCAAudience,
+		"--service-cluster-ip-range=" + ServiceCIDR,
 		"--profiling=false",
-	)
+	}
+	p, err := cp.start("kube-apiserver", cp.env(), append(argv, nodeArgs...)...)
 	if err != nil {
 		return err
 	}
