@@ -34,10 +34,10 @@ const (
 // cluster DNS, so the daemon dials istiod on the node's loopback (the
 // certificate's name stays istiod.istio-system.svc, --xds-server-name's
 // default).
-func (n *Node) manifestEdits() [][2]string {
+func manifestEdits(podsCgroup, istiod string) [][2]string {
 	return [][2]string{
-		{"- --cgroup-root=/host/sys/fs/cgroup", "- --cgroup-root=/host" + n.PodsCgroup},
-		{"- --xds-address=istiod.istio-system.svc:15012", "- --xds-address=" + n.CP.IstiodTLSAddr},
+		{"- --cgroup-root=/host/sys/fs/cgroup", "- --cgroup-root=/host" + podsCgroup},
+		{"- --xds-address=istiod.istio-system.svc:15012", "- --xds-address=" + istiod},
 		// The plugin's log where a failing test can read it.
 		{"- --plugin-log-level=info", "- --plugin-log-level=debug\n            - --plugin-log-file=/var/log/kmesh-cni.log"},
 	}
@@ -47,6 +47,10 @@ func (n *Node) manifestEdits() [][2]string {
 // manifestEdits applied; an edit whose line is gone is an error, so a
 // change to the manifests cannot slip past the node's tests.
 func (n *Node) KmeshManifest() (string, error) {
+	return kmeshManifest(n.PodsCgroup, n.CP.IstiodTLSAddr)
+}
+
+func kmeshManifest(podsCgroup, istiod string) (string, error) {
 	names, err := fs.Glob(kmeshk8s.Manifests, "*.yaml")
 	if err != nil {
 		return "", err
@@ -61,7 +65,7 @@ func (n *Node) KmeshManifest() (string, error) {
 		docs = append(docs, string(b))
 	}
 	all := strings.Join(docs, "\n---\n")
-	for _, e := range n.manifestEdits() {
+	for _, e := range manifestEdits(podsCgroup, istiod) {
 		if strings.Count(all, e[0]) != 1 {
 			return "", fmt.Errorf("install/kubernetes: want exactly one line %q to adapt for this node", e[0])
 		}

@@ -187,12 +187,13 @@ func (n *Node) RestartKubelet(ctx context.Context) error {
 	if err := n.kubelet.stop(10 * time.Second); err != nil {
 		return err
 	}
+	// The node stays Ready in the API for a while after the kubelet
+	// stopped; wait for a heartbeat of the new one (they carry seconds).
+	time.Sleep(time.Second)
+	since := time.Now()
 	if err := n.startKubelet(ctx); err != nil {
 		return err
 	}
-	// The node stays Ready in the API for a while after the kubelet
-	// stopped; wait for the new one's heartbeat.
-	since := time.Now()
 	return n.waitNodeReady(ctx, since)
 }
 
