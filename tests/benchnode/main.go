@@ -5,7 +5,8 @@
 //     one pod at a time, with kmesh-cni in the chain (the pod enrolled, or
 //     in a namespace without the label) and without it (the DaemonSet
 //     deleted, so the chain is the CNI bridge alone). Rounds alternate the
-//     order, and the DaemonSet is deleted and applied again between them.
+//     order, the DaemonSet is deleted and applied again between them, and
+//     within a round plain and enrolled pods are taken in turn.
 //  2. L4 through kubelet-made pods: fortio (kubectl exec in a client pod)
 //     down each path, as tests/bench measures on namespaces: direct to the
 //     pod IP, kube-proxy's DNAT rule, kmesh's connect-time rewrite of a VIP.
@@ -29,7 +30,7 @@ import (
 
 func main() {
 	pods := flag.Int("pods", 50, "pods per chain for the start-up table")
-	rounds := flag.Int("rounds", 5, "rounds the start-up pods are split into (the chains alternate between them)")
+	rounds := flag.Int("rounds", 10, "rounds the start-up pods are split into (the chains alternate between them)")
 	l4 := flag.Bool("l4", true, "also measure the L4 paths")
 	l4Runs := flag.Int("l4-runs", 3, "runs of every L4 path and measurement")
 	l4Dur := flag.Duration("l4-duration", 5*time.Second, "length of one fortio run")
@@ -98,26 +99,31 @@ func run(ctx context.Context, pods, rounds int, l4 bool, l4Runs int, l4Dur time.
 	per := max(1, pods/rounds)
 	seq := 0
 	for r := range rounds {
-		order := []*chain{chains[0], chains[1], chains[2]}
+		// Without kmesh, then with it (plain and enrolled pods taken in
+		// turn), and the other way round in odd rounds: one reinstall per
+		// round.
+		phases := [][]*chain{{chains[0]}, {chains[1], chains[2]}}
 		if r%2 == 1 {
-			order = []*chain{chains[2], chains[1], chains[0]}
+			phases = [][]*chain{{chains[2], chains[1]}, {chains[0]}}
 		}
-		for _, c := range order {
-			if err := setKmesh(c.kmesh); err != nil {
+		for _, phase := range phases {
+			if err := setKmesh(phase[0].kmesh); err != nil {
 				return err
 			}
 			// Let the daemon's start settle before timing pods.
 			time.Sleep(2 * time.Second)
-			ns := "bench-plain"
-			if c.enroll {
-				ns = "bench-mesh"
+			var nss []string
+			for _, c := range phase {
+				nss = append(nss, c.namespace())
 			}
-			s, err := startupRound(ctx, n, ns, per, &seq)
+			got, err := startupRound(ctx, n, nss, per, &seq)
 			if err != nil {
-				return fmt.Errorf("%s: %w", c.name, err)
+				return fmt.Errorf("round %d: %w", r+1, err)
 			}
-			c.samples = append(c.samples, s...)
-			log.Printf("round %d/%d: %s: %d pods", r+1, rounds, c.name, len(s))
+			for _, c := range phase {
+				c.samples = append(c.samples, got[c.namespace()]...)
+				log.Printf("round %d/%d: %s: %d pods", r+1, rounds, c.name, len(got[c.namespace()]))
+			}
 		}
 	}
 	fmt.Printf("\n### Pod start-up on a real node: creation to Ready, one pod at a time\n\n")

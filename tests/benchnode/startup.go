@@ -22,6 +22,13 @@ type chain struct {
 	samples []time.Duration
 }
 
+func (c *chain) namespace() string {
+	if c.enroll {
+		return "bench-mesh"
+	}
+	return "bench-plain"
+}
+
 // startupPod is a pod with nothing that waits: no probe, so Ready follows
 // the container's start (a probe's period would swamp what the chain adds).
 func startupPod(name, ns string) *corev1.Pod {
@@ -40,39 +47,44 @@ func startupPod(name, ns string) *corev1.Pod {
 	}
 }
 
-// startupRound creates pods one after the other in ns, each when the one
-// before is Ready, and returns each one's time from its Create call to the
-// Ready=True update reaching a watch; then deletes them and waits until
-// they are gone.
-func startupRound(ctx context.Context, n *kubenode.Node, ns string, count int, seq *int) ([]time.Duration, error) {
-	pods := n.Clientset.CoreV1().Pods(ns)
+// startupRound creates count pods in each of the namespaces, one after
+// the other, taking the namespaces in turn (so two chains that need no
+// reinstall between them meet the same moments of a busy machine), each
+// pod when the one before is Ready. It returns, per namespace, each pod's
+// time from its Create call to the Ready=True update reaching a watch;
+// then deletes the pods and waits until they are gone.
+func startupRound(ctx context.Context, n *kubenode.Node, nss []string, count int, seq *int) (map[string][]time.Duration, error) {
 	// From the watch cache's present ("0"): a watch from the latest
 	// version needs etcd's progress notifications, which Debian's etcd 3.4
 	// does not send, and fails with "Too large resource version".
-	w, err := pods.Watch(ctx, metav1.ListOptions{LabelSelector: "bench=startup", ResourceVersion: "0"})
+	w, err := n.Clientset.CoreV1().Pods("").Watch(ctx, metav1.ListOptions{LabelSelector: "bench=startup", ResourceVersion: "0"})
 	if err != nil {
 		return nil, err
 	}
 	defer w.Stop()
-	var out []time.Duration
+	out := map[string][]time.Duration{}
 	for range count {
-		*seq++
-		name := fmt.Sprintf("startup-%d", *seq)
-		t0 := time.Now()
-		if _, err := pods.Create(ctx, startupPod(name, ns), metav1.CreateOptions{}); err != nil {
-			return out, err
+		for _, ns := range nss {
+			*seq++
+			name := fmt.Sprintf("startup-%d", *seq)
+			t0 := time.Now()
+			if _, err := n.Clientset.CoreV1().Pods(ns).Create(ctx, startupPod(name, ns), metav1.CreateOptions{}); err != nil {
+				return out, err
+			}
+			if err := waitReady(ctx, w, name); err != nil {
+				return out, err
+			}
+			out[ns] = append(out[ns], time.Since(t0))
 		}
-		if err := waitReady(ctx, w, name); err != nil {
-			return out, err
-		}
-		out = append(out, time.Since(t0))
 	}
 	zero := int64(0)
-	if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{LabelSelector: "bench=startup"}); err != nil {
-		return out, err
+	for _, ns := range nss {
+		if err := n.Clientset.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{LabelSelector: "bench=startup"}); err != nil {
+			return out, err
+		}
 	}
 	for {
-		l, err := pods.List(ctx, metav1.ListOptions{LabelSelector: "bench=startup"})
+		l, err := n.Clientset.CoreV1().Pods("").List(ctx, metav1.ListOptions{LabelSelector: "bench=startup"})
 		if err != nil {
 			return out, err
 		}

@@ -10,7 +10,6 @@ import (
 	"log"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/kmesh-go/kmesh/tests/kubenode"
@@ -47,7 +46,7 @@ func run(ctx context.Context, withKmesh bool) error {
 			return err
 		}
 	}
-	kubectl := filepath.Join(n.KubectlPath())
+	kubectl := n.KubectlPath()
 	fmt.Printf(`
 The node %s (%s) is Ready%s. In another shell, as root:
 
