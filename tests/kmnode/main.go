@@ -53,9 +53,9 @@ The node %s (%s) is Ready%s. In another shell, as root:
   # kubectl, from the node's network namespace where the apiserver listens
   alias k='nsenter --net=%s -- %s --kubeconfig=%s'
   k get pods -A -o wide
-  k create namespace demo && k label namespace demo istio.io/dataplane-mode=ambient
+  k create namespace demo && k label namespace demo istio.io/dataplane-mode=kmesh
   k -n demo create deployment echo --image=%s --port=8080
-  # a shell on the node (its /etc/cni/net.d, crictl-free: ctr -n k8s.io ...)
+  # a shell on the node: its /etc/cni/net.d, /opt/cni/bin, ctr -n k8s.io, bpftool
   nsenter --mount=%s --net=%s -- sh
 
 Logs: %s
