@@ -37,10 +37,10 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("| image | digest | size | file |")
-	fmt.Println("| --- | --- | ---: | --- |")
+	fmt.Println("| image | digest | image ID (config) | size | file |")
+	fmt.Println("| --- | --- | --- | ---: | --- |")
 	for _, w := range written {
 		rel, _ := filepath.Rel(root, w.Path)
-		fmt.Printf("| %s | %s | %.1f MB | %s |\n", w.Ref, w.Digest, float64(w.Size)/1e6, rel)
+		fmt.Printf("| %s | %s | %s | %.1f MB | %s |\n", w.Ref, w.Digest, w.ID, float64(w.Size)/1e6, rel)
 	}
 }

@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
 	"github.com/kmesh-go/kmesh/tests/kubenode"
 )
 
@@ -40,6 +42,27 @@ func TestNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("node up in %s", time.Since(start).Round(time.Millisecond))
+	// The node runs exactly the images make images builds: containerd
+	// lists each under its config digest (the image ID) as
+	// go-containerregistry computed it. (The manifest digest is not kept:
+	// containerd writes its own manifest for a docker-archive import.)
+	listed, err := n.Ctr(ctx, "images", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range cfg.Images {
+		img, err := tarball.ImageFromPath(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := img.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(listed), id.String()) {
+			t.Errorf("containerd lists no image with ID %s (%s):\n%s", id, filepath.Base(path), listed)
+		}
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, c := range []string{"kubelet", "kube-controller-manager", "istiod"} {
