@@ -343,15 +343,6 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
-// Logs lists the node's log files, for a failing test to print.
-func (n *Node) Logs() []string {
-	out := []string{n.path("kubelet.log"), n.path("containerd.log")}
-	for _, c := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "istiod"} {
-		out = append(out, n.CP.LogPath(c))
-	}
-	return out
-}
-
 // LogTail is the end of one of the node's logs ("kubelet", "containerd",
 // or a control plane component).
 func (n *Node) LogTail(name string, bytes int) string {
