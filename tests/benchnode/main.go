@@ -130,6 +130,9 @@ func run(ctx context.Context, pods, rounds int, l4 bool, l4Runs int, l4Dur time.
 	fmt.Printf("kubelet %s, containerd 1.6 (Debian), CNI bridge + host-local; %d rounds, chains alternating; load average %s before, %s after; %s.\n\n",
 		"1.36 (pinned module)", rounds, load1, loadavg(), time.Since(start).Round(time.Second))
 	printStartup(chains)
+	if err := printCNITimes(ctx, n); err != nil {
+		return err
+	}
 
 	if !l4 {
 		return nil
