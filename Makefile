@@ -5,7 +5,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build generate verify-generate lint test fuzz test-unit e2e e2e-tools demo bench fortio clean
+.PHONY: all deps build generate verify-generate lint test fuzz test-unit e2e e2e-tools images node demo bench bench-node fortio clean
 
 all: build
 
@@ -14,6 +14,13 @@ deps:
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./...
+
+# The images (kmesh-daemon, kmesh-install; the tests' fortio and pause) as
+# docker-archive tarballs in bin/images, built from static binaries with
+# go-containerregistry: no Docker, no registry, the same digest for the same
+# sources. Load one on a node with `ctr -n k8s.io images import FILE`.
+images:
+	cd tests && CGO_ENABLED=0 $(GO) run ./mkimages -out ../$(BIN)/images
 
 # Recompile the C under bpf/ with clang-19 (bpf2go) and the gRPC API with
 # protoc; commit the results.
@@ -58,16 +65,27 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzPrevResult$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/conf/
 	$(GO) test -run '^$$' -fuzz '^FuzzEncoding$$' -fuzztime $(FUZZTIME) ./internal/cnistate/
 
-# kube-apiserver and pilot-discovery for the end-to-end suite, built from the
-# versions pinned in tests/e2e/tools (about 10 minutes cold; then a no-op).
+# kube-apiserver and pilot-discovery for the end-to-end suite, and kubelet,
+# kube-controller-manager, kube-scheduler and kubectl for its real node,
+# built from the versions pinned in tests/e2e/tools (cold: see
+# tests/e2e/README.md; then a no-op).
 e2e-tools:
 	tests/e2e/tools/build.sh
 
 # The end-to-end suite (tests/, its own module): real etcd, kube-apiserver
-# and istiod, the real CNI chain, kmesh-daemon as a process, real traffic.
-# One package at a time: each starts its own control plane on 2 cores.
+# and istiod, the real CNI chain, kmesh-daemon as a process, real traffic;
+# and tests/e2e/node: a real node (kubelet, containerd) with kmesh installed
+# from its images by kubectl apply. One package at a time: each starts its
+# own control plane on 2 cores.
 e2e: deps e2e-tools
-	cd tests && KMESH_E2E=1 CGO_ENABLED=0 $(GO) test -count=1 -p 1 -timeout 20m ./...
+	cd tests && KMESH_E2E=1 CGO_ENABLED=0 $(GO) test -count=1 -p 1 -timeout 30m ./...
+
+# A real Kubernetes node on this machine (tests/kubenode) with kmesh
+# installed through its DaemonSet, for a person to poke at with kubectl;
+# ^C removes it all. `bin/kmnode -no-kmesh` leaves kmesh out.
+node: deps e2e-tools
+	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmnode ./kmnode
+	$(BIN)/kmnode
 
 # A node in a box on the embedded default mesh (conf/kmesh-demo.yaml): no
 # cluster needed. Builds what it runs and removes what it made, also on ^C.
@@ -89,6 +107,13 @@ bench: deps fortio
 		./bpf/ ./daemon/ ./daemon/telemetry/ ./plugins/kmesh-cni/ | grep -v -e '^=== RUN' -e '^--- ' -e '^PASS' -e '^ok ' -e '^\s*$$'
 	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmesh-bench ./bench
 	$(BIN)/kmesh-bench
+	$(MAKE) bench-node
+
+# On a real node: pod start-up (creation to Ready) with and without kmesh in
+# the chain, and the L4 paths through kubelet-made pods (~10 minutes).
+bench-node: deps e2e-tools
+	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmesh-bench-node ./benchnode
+	$(BIN)/kmesh-bench-node
 
 # The load generator of the acceleration and telemetry benchmarks (later
 # releases need a module the module proxy here refuses).

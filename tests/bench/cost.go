@@ -11,6 +11,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/tests/benchtab"
 )
 
 // The rate tables compare paths on a machine whose speed moves by more than
@@ -157,15 +159,15 @@ func (c *costResult) print() {
 	fmt.Println("   kernel's BPF run-time statistics on: each program's own time, helpers and map work included;")
 	fmt.Println("   the accounting itself adds ~20-40 ns to every run; the daemon's from /proc)")
 	fmt.Println()
-	t := &table{header: []string{"where", "runs per connection", "ns per run", "ns per connection"}}
+	t := &benchtab.Table{Header: []string{"where", "runs per connection", "ns per run", "ns per connection"}}
 	var total time.Duration
 	for _, p := range c.progs {
 		total += p.runtime
-		t.rows = append(t.rows, []string{p.name, fmt.Sprintf("%.2f", float64(p.runs)/n),
+		t.Rows = append(t.Rows, []string{p.name, fmt.Sprintf("%.2f", float64(p.runs)/n),
 			fmt.Sprintf("%.0f", float64(p.runtime.Nanoseconds())/float64(p.runs)),
 			fmt.Sprintf("%.0f", float64(p.runtime.Nanoseconds())/n)})
 	}
-	t.rows = append(t.rows, []string{"all kmesh programs", "", "", fmt.Sprintf("%.0f", float64(total.Nanoseconds())/n)})
-	t.rows = append(t.rows, []string{"kmesh-daemon (user+system)", "", "", fmt.Sprintf("%.0f", float64(c.daemon.Nanoseconds())/n)})
-	t.print()
+	t.Rows = append(t.Rows, []string{"all kmesh programs", "", "", fmt.Sprintf("%.0f", float64(total.Nanoseconds())/n)})
+	t.Rows = append(t.Rows, []string{"kmesh-daemon (user+system)", "", "", fmt.Sprintf("%.0f", float64(c.daemon.Nanoseconds())/n)})
+	t.Print()
 }

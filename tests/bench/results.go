@@ -2,13 +2,13 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/kmesh-go/kmesh/tests/benchtab"
 )
 
 // sample is one fortio run's figures.
@@ -44,7 +44,7 @@ func (r *results) median(path, kind string, f func(sample) float64) float64 {
 	for _, s := range r.by[path][kind] {
 		v = append(v, f(s))
 	}
-	return medianOf(v)
+	return benchtab.Median(v)
 }
 
 // sum of one figure over every run of a path's measurement.
@@ -60,13 +60,13 @@ func (r *results) sum(path, kind string, f func(sample) float64) float64 {
 // the same run: runs next to each other share the machine's mood, so their
 // ratio is steadier than a ratio of medians on a shared machine.
 func (r *results) paired(path, kind string, f func(sample) float64) float64 {
-	return medianOf(r.ratios(path, kind, f))
+	return benchtab.Median(r.ratios(path, kind, f))
 }
 
 // pairedBy is paired for a figure computed per run from several
 // measurements (e.g. the best of the saturation runs).
 func (r *results) pairedBy(path string, f func(key string, run int) float64) float64 {
-	return medianOf(r.ratiosBy(path, f))
+	return benchtab.Median(r.ratiosBy(path, f))
 }
 
 // ratiosBy is each run's ratio of path's figure to direct's.
@@ -93,43 +93,6 @@ func (r *results) ratios(path, kind string, f func(sample) float64) []float64 {
 	})
 }
 
-// medianInterval is a distribution-free interval that holds the true
-// median of what v samples with at least 95% confidence: the k-th smallest
-// and k-th largest values, for the largest k with P(Binomial(n, 1/2) < k)
-// <= 2.5%. ok is false below 6 values, where no such k exists.
-func medianInterval(v []float64) (lo, hi float64, ok bool) {
-	n := len(v)
-	// P(X = i) for X ~ Binomial(n, 1/2), summed from i = 0 upwards.
-	p := math.Pow(0.5, float64(n))
-	cum, k := 0.0, 0
-	for i := 0; i < n; i++ {
-		cum += p
-		if cum > 0.025 {
-			break
-		}
-		k = i + 1
-		p = p * float64(n-i) / float64(i+1)
-	}
-	if k == 0 {
-		return 0, 0, false
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[k-1], s[n-k], true
-}
-
-func medianOf(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func qps(s sample) float64 { return s.qps }
@@ -149,16 +112,16 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 	const fixed = "fixed 1000qps c16"
 	const newConn = "new conn c4"
 	direct := "direct"
-	var t *table
+	var t *benchtab.Table
 	row := func(cells ...string) {
 		if t == nil {
-			t = &table{header: cells}
+			t = &benchtab.Table{Header: cells}
 		} else {
-			t.rows = append(t.rows, cells)
+			t.Rows = append(t.Rows, cells)
 		}
 	}
 	flush := func() {
-		t.print()
+		t.Print()
 		t = nil
 	}
 	label := func(p *path) string { return p.label }
@@ -296,7 +259,7 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 		// The verdict is on the median of the runs' ratios; the interval
 		// says how far this run of the benchmark can be trusted on it.
 		check := func(what string, runs []float64, limit float64, atMost bool) {
-			v := medianOf(runs)
+			v := benchtab.Median(runs)
 			ok := v >= limit
 			cmp := ">="
 			if atMost {
@@ -307,7 +270,7 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 				verdict = "NOT met"
 			}
 			spread := fmt.Sprintf("%d runs", len(runs))
-			if lo, hi, ok := medianInterval(runs); ok {
+			if lo, hi, ok := benchtab.MedianInterval(runs); ok {
 				spread = fmt.Sprintf("95%% interval of the median %.3f-%.3f over %d runs", lo, hi, len(runs))
 				if lo < limit && limit < hi {
 					verdict += ", within the noise"
@@ -334,53 +297,6 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 	fmt.Println("to port 8080 (they did, and dropped their SYNs: every row's new-connection rate fell); HAProxy listens on")
 	fmt.Println("the client pod's loopback, as a sidecar would, in TCP mode (like a ztunnel hop) and HTTP mode (like")
 	fmt.Println("an Envoy sidecar; it reuses server connections).")
-}
-
-// table prints as Markdown with aligned columns: readable in a terminal,
-// pasteable into a note. The first column is left-aligned, the rest right.
-type table struct {
-	header []string
-	rows   [][]string
-}
-
-func (t *table) print() {
-	width := make([]int, len(t.header))
-	for _, r := range append([][]string{t.header}, t.rows...) {
-		for i, c := range r {
-			width[i] = max(width[i], utf8.RuneCountInString(c))
-		}
-	}
-	line := func(r []string) {
-		var b strings.Builder
-		b.WriteString("|")
-		for i, c := range r {
-			pad := strings.Repeat(" ", width[i]-utf8.RuneCountInString(c))
-			if i == 0 {
-				fmt.Fprintf(&b, " %s%s |", c, pad)
-			} else {
-				fmt.Fprintf(&b, " %s%s |", pad, c)
-			}
-		}
-		fmt.Println(b.String())
-	}
-	line(t.header)
-	sep := make([]string, len(width))
-	for i, w := range width {
-		if i == 0 {
-			sep[i] = strings.Repeat("-", w)
-		} else {
-			sep[i] = strings.Repeat("-", w-1) + ":"
-		}
-	}
-	var b strings.Builder
-	b.WriteString("|")
-	for _, s := range sep {
-		fmt.Fprintf(&b, " %s |", s)
-	}
-	fmt.Println(b.String())
-	for _, r := range t.rows {
-		line(r)
-	}
 }
 
 // writeCSV writes every sample, one line per fortio run, for analyses the

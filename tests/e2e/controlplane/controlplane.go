@@ -88,6 +88,11 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// IstiodEnv adds or overrides environment variables of istiod.
 	IstiodEnv []string
+	// Nodes says real kubelets will join (tests/kubenode): the ServiceAccount
+	// admission plugin stays on, so pods get their token volumes (a
+	// controller-manager, StartControllers, makes the accounts), and the
+	// apiserver reaches kubelets at their InternalIP for logs and exec.
+	Nodes bool
 }
 
 // ControlPlane is a running etcd, kube-apiserver and istiod.
@@ -113,10 +118,14 @@ type ControlPlane struct {
 	// IstiodTLSAddr serves xDS over TLS to clients with a token for
 	// IstioCAAudience.
 	IstiodTLSAddr string
+	// CAFile is the cluster CA (it signed the apiserver's certificate);
+	// SAKeyFile signs service-account tokens.
+	CAFile, SAKeyFile string
 
 	ownDir     bool
 	procs      []*process // in start order
 	istiodOpts Options    // to start istiod again
+	opts       Options
 	stopOnce   sync.Once
 	stopErr    error
 }
@@ -157,6 +166,8 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		return nil, fmt.Errorf("write certificates: %w", err)
 	}
 	cp.AdminToken = keys.adminToken
+	cp.CAFile, cp.SAKeyFile = keys.caCert, keys.saKey
+	cp.opts = opts
 
 	if err := cp.startEtcd(ctx, opts); err != nil {
 		return nil, err
@@ -253,29 +264,34 @@ func (cp *ControlPlane) startEtcd(ctx context.Context, opts Options) error {
 }
 
 func (cp *ControlPlane) startAPIServer(ctx context.Context, opts Options, keys *pki) error {
-	p, err := cp.start("kube-apiserver", cp.env(), filepath.Join(opts.BinDir, "kube-apiserver"),
-		"--etcd-servers=http://"+etcdAddr,
+	// Without a controller-manager no namespace gets a default
+	// ServiceAccount, which this plugin would insist on.
+	nodeArgs := []string{"--disable-admission-plugins=ServiceAccount"}
+	if opts.Nodes {
+		// Node agents (kmesh's DaemonSet) run privileged.
+		nodeArgs = []string{"--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true"}
+	}
+	argv := []string{filepath.Join(opts.BinDir, "kube-apiserver"),
+		"--etcd-servers=http://" + etcdAddr,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		"--secure-port=6443",
-		"--tls-cert-file="+keys.serveCert,
-		"--tls-private-key-file="+keys.serveKey,
-		"--cert-dir="+filepath.Join(cp.Dir, "kube-apiserver", "certs"),
+		"--tls-cert-file=" + keys.serveCert,
+		"--tls-private-key-file=" + keys.serveKey,
+		"--cert-dir=" + filepath.Join(cp.Dir, "kube-apiserver", "certs"),
 		// No controller-manager keeps the kubernetes Endpoints up to date.
 		"--endpoint-reconciler-type=none",
-		"--token-auth-file="+keys.tokensCSV,
+		"--token-auth-file=" + keys.tokensCSV,
 		"--anonymous-auth=false",
 		"--authorization-mode=AlwaysAllow",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+keys.saPub,
-		"--service-account-signing-key-file="+keys.saKey,
-		"--api-audiences=https://kubernetes.default.svc.cluster.local,"+IstioCAAudience,
-		"--service-cluster-ip-range="+ServiceCIDR,
-		// Without a controller-manager no namespace gets a default
-		// ServiceAccount, which this plugin would insist on.
-		"--disable-admission-plugins=ServiceAccount",
+		"--service-account-key-file=" + keys.saPub,
+		"--service-account-signing-key-file=" + keys.saKey,
+		"--api-audiences=https://kubernetes.default.svc.cluster.local," + IstioCAAudience,
+		"--service-cluster-ip-range=" + ServiceCIDR,
 		"--profiling=false",
-	)
+	}
+	p, err := cp.start("kube-apiserver", cp.env(), append(argv, nodeArgs...)...)
 	if err != nil {
 		return err
 	}

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries the end-to-end tests run (kube-apiserver and
-# istiod's pilot-discovery) from the versions pinned in this module's go.mod,
-# into tests/e2e/.bin/. A binary newer than go.sum is kept as it is.
+# Builds the Kubernetes and Istio binaries the end-to-end tests run from the
+# versions pinned in this module's go.mod, into tests/e2e/.bin/: the control
+# plane (kube-apiserver, istiod's pilot-discovery) and, for the real node of
+# tests/kubenode, kubelet, kube-controller-manager, kube-scheduler and
+# kubectl. A binary newer than go.sum is kept as it is.
 #
-# Usage: tests/e2e/tools/build.sh [-f]    (-f rebuilds even when up to date)
+# Usage: tests/e2e/tools/build.sh [-f] [NAME...]
+#   -f rebuilds even when up to date; NAMEs pick binaries (default: all).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${KMESH_E2E_BIN:-$(cd "$here/.." && pwd)/.bin}"
 force=0
-[[ "${1:-}" == "-f" ]] && force=1
+if [[ "${1:-}" == "-f" ]]; then
+	force=1
+	shift
+fi
+want=("$@")
 
 if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
 	export PATH="/usr/local/go/bin:$PATH"
@@ -35,6 +42,9 @@ mkdir -p "$bin"
 build() {
 	local name="$1" pkg="$2" ldflags="$3"
 	local out="$bin/$name"
+	if ((${#want[@]})) && [[ " ${want[*]} " != *" $name "* ]]; then
+		return
+	fi
 	if [[ $force -eq 0 && -x "$out" && "$out" -nt "$here/go.sum" && "$out" -nt "$here/go.mod" ]]; then
 		echo "build.sh: $name is up to date ($out)"
 		return
@@ -48,3 +58,9 @@ build() {
 
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
 build pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery "-s -w"
+# The real node (tests/kubenode): same module graph, so most packages are
+# already compiled by the time these start.
+build kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"
+build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$k8s_ldflags"
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler "$k8s_ldflags"
+build kubectl k8s.io/kubernetes/cmd/kubectl "$k8s_ldflags"

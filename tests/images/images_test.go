@@ -1,0 +1,128 @@
+package images
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+func spec(t *testing.T, dir string) Spec {
+	t.Helper()
+	a := filepath.Join(dir, "a")
+	if err := os.WriteFile(a, []byte("#!program a"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return Spec{
+		Ref: "kmesh-go/test:1",
+		Files: []File{
+			{Path: "/usr/local/bin/b", Data: []byte("program b")},
+			{Path: "/opt/x/a", Source: a},
+			{Path: "/etc/conf", Data: []byte("k=v"), Mode: 0o644},
+		},
+		Entrypoint: []string{"b"},
+	}
+}
+
+// The same files give the same image, whenever and wherever they are built:
+// file times on disk and the order files are listed in do not count.
+func TestImageIsReproducible(t *testing.T) {
+	dir := t.TempDir()
+	s := spec(t, dir)
+	first, err := WriteTarball(filepath.Join(dir, "1.tar"), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(filepath.Join(dir, "a"), Epoch.AddDate(30, 0, 0), Epoch.AddDate(30, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	slices.Reverse(s.Files)
+	second, err := WriteTarball(filepath.Join(dir, "2.tar"), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Digest != second.Digest || first.ID != second.ID {
+		t.Fatalf("digests differ: %s/%s and %s/%s", first.Digest, first.ID, second.Digest, second.ID)
+	}
+	b1, _ := os.ReadFile(first.Path)
+	b2, _ := os.ReadFile(second.Path)
+	if !bytes.Equal(b1, b2) {
+		t.Fatal("the two tarballs differ byte for byte")
+	}
+
+	s.Files[0].Data = []byte("k=w")
+	third, err := WriteTarball(filepath.Join(dir, "3.tar"), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.Digest == first.Digest {
+		t.Fatal("a changed file left the digest as it was")
+	}
+}
+
+// The layer lists parents before children in path order, all owned by root
+// at Epoch, programs executable.
+func TestLayerEntries(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "img.tar")
+	if _, err := WriteTarball(path, spec(t, dir)); err != nil {
+		t.Fatal(err)
+	}
+	img, err := tarball.ImageFromPath(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cf.Created.Time.Equal(Epoch) || cf.OS != "linux" || cf.Architecture != "amd64" || !slices.Equal(cf.Config.Entrypoint, []string{"b"}) {
+		t.Fatalf("config: %+v", cf)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 1 {
+		t.Fatalf("layers: %v %v", len(layers), err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var names []string
+	modes := map[string]int64{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !h.ModTime.Equal(Epoch) || h.Uid != 0 || h.Gid != 0 {
+			t.Errorf("%s: time %v owner %d:%d", h.Name, h.ModTime, h.Uid, h.Gid)
+		}
+		names = append(names, h.Name)
+		modes[h.Name] = h.Mode
+	}
+	want := []string{"etc/", "etc/conf", "opt/", "opt/x/", "opt/x/a", "tmp/", "usr/", "usr/local/", "usr/local/bin/", "usr/local/bin/b"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("entries %q, want %q", names, want)
+	}
+	if modes["opt/x/a"] != 0o755 || modes["etc/conf"] != 0o644 || modes["tmp/"] != 0o1777 {
+		t.Fatalf("modes %v", modes)
+	}
+}
+
+func TestFileName(t *testing.T) {
+	for ref, want := range map[string]string{DaemonRef: "kmesh-daemon.tar", PauseRef: "pause.tar", "x": "x.tar"} {
+		if got := FileName(ref); got != want {
+			t.Errorf("FileName(%q) = %q, want %q", ref, got, want)
+		}
+	}
+}
