@@ -111,8 +111,8 @@ type Features struct {
 	SockmapAccel bool `json:"sockmapAccel"`
 }
 
-func (f Features) bits() uint32 {
-	var b uint32
+func (f Features) bits() layout.FeatureFlags {
+	var b layout.FeatureFlags
 	if f.Telemetry {
 		b |= layout.FeatTelemetry
 	}
