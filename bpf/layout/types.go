@@ -478,7 +478,8 @@ const (
 	StatWpHeader         Stat = 23
 	StatWpHeaderFail     Stat = 24
 	StatWpNoHeader       Stat = 25
-	StatMax              Stat = 26
+	StatUDPEndpointGone  Stat = 26
+	StatMax              Stat = 27
 )
 
 func (v Stat) String() string {
@@ -535,6 +536,8 @@ func (v Stat) String() string {
 		return "wp_header_fail"
 	case StatWpNoHeader:
 		return "wp_no_header"
+	case StatUDPEndpointGone:
+		return "udp_endpoint_gone"
 	case StatMax:
 		return "max"
 	}

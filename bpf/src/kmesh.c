@@ -9,6 +9,7 @@
 #include "sk_msg.c"
 #include "wp_msg.c"
 #include "conn_iter.c"
+#include "udp_iter.c"
 
 /*
  * Never called, so never loaded (the loader keeps only functions a program

@@ -412,6 +412,7 @@ enum km_stat {
 	KM_STAT_WP_HEADER,      /* PROXY v2 headers written */
 	KM_STAT_WP_HEADER_FAIL, /* a first send failed: no room to put the header in front */
 	KM_STAT_WP_NO_HEADER,   /* bytes went before established (TCP Fast Open): no header, not mid-stream */
+	KM_STAT_UDP_ENDPOINT_GONE, /* connected UDP sockets closed: their endpoint left the service */
 	KM_STAT_MAX,
 };
 
