@@ -32,6 +32,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/meshsync"
 	"github.com/kmesh-go/kmesh/daemon/model"
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
+	"github.com/kmesh-go/kmesh/daemon/udpsweep"
 	"github.com/kmesh-go/kmesh/daemon/xds"
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
 )
@@ -219,6 +220,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	reg.Watch(func(*cniv1.Pod, bool) { local.refresh(reg.Pods) })
 	local.refresh(reg.Pods)
 	go enf.Run(ctx)
+	udp, err := udpsweep.New(dp, reg.Pods, log)
+	if err != nil {
+		return err
+	}
+	go udp.Run(ctx)
 
 	// Bind the socket, then read the plugin's records, then serve: a plugin
 	// that could not reach the daemon wrote its record before trying, and
