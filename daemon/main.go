@@ -149,6 +149,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer dp.Close()
 	if dp.Datapath().Reused {
 		log.Info("data path reused from pins; traffic kept flowing across the restart", "pins", o.bpfDir)
+	} else if dp.Datapath().Pending() {
+		log.Info("the pinned data path has another layout: it keeps serving until the mesh state is in the new maps",
+			"pins", o.bpfDir, "pinnedLayout", dp.Datapath().PinnedLayout, "replaced", dp.Datapath().Replaced)
 	} else {
 		log.Info("data path loaded", "pins", o.bpfDir, "cgroup", o.cgroupRoot, "replaced", dp.Datapath().Replaced)
 	}
