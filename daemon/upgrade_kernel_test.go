@@ -185,4 +185,3 @@ func pinnedMapID(t *testing.T, pins, name string) ebpf.MapID {
 	}
 	return id
 }
-
