@@ -107,12 +107,9 @@ func (r Ref) String() string {
 		return ""
 	case r.ID == 0:
 		return "closed"
-	case r.Kind == KindService:
-		return fmt.Sprintf("service %d", r.ID)
-	case r.Kind == KindWorkload:
-		return fmt.Sprintf("workload %d", r.ID)
 	}
-	return fmt.Sprintf("kind%d %d", r.Kind, r.ID)
+	// The kind's name is the generated one (km_upstream_kind's constants).
+	return fmt.Sprintf("%s %d", r.Kind, r.ID)
 }
 
 // MarshalText writes the Ref as String does ("" when unset), so dumps read
@@ -133,15 +130,13 @@ func (r *Ref) UnmarshalText(b []byte) error {
 	if _, err := fmt.Sscanf(string(b), "%s %d", &kind, &r.ID); err != nil {
 		return fmt.Errorf("reference %q: %w", b, err)
 	}
-	switch kind {
-	case "service":
-		r.Kind = KindService
-	case "workload":
-		r.Kind = KindWorkload
-	default:
-		return fmt.Errorf("reference %q: unknown kind %q", b, kind)
+	for _, k := range []RefKind{KindService, KindWorkload} {
+		if kind == k.String() {
+			r.Kind = k
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("reference %q: unknown kind %q", b, kind)
 }
 
 func (r Ref) validate() error {
