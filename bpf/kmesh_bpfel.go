@@ -53,6 +53,7 @@ const (
 	kmeshProgKmSkMsg        = "km_sk_msg"
 	kmeshProgKmSockops      = "km_sockops"
 	kmeshProgKmTcToPod      = "km_tc_to_pod"
+	kmeshProgKmUdpIter      = "km_udp_iter"
 	kmeshProgKmWpMsg        = "km_wp_msg"
 	kmeshVarKmEventsWakeup  = "km_events_wakeup"
 	kmeshVarKmLayoutVersion = "km_layout_version"
@@ -113,6 +114,7 @@ type kmeshProgramSpecs struct {
 	KmSkMsg        *ebpf.ProgramSpec `ebpf:"km_sk_msg"`
 	KmSockops      *ebpf.ProgramSpec `ebpf:"km_sockops"`
 	KmTcToPod      *ebpf.ProgramSpec `ebpf:"km_tc_to_pod"`
+	KmUdpIter      *ebpf.ProgramSpec `ebpf:"km_udp_iter"`
 	KmWpMsg        *ebpf.ProgramSpec `ebpf:"km_wp_msg"`
 }
 
@@ -258,6 +260,7 @@ type kmeshPrograms struct {
 	KmSkMsg        *ebpf.Program `ebpf:"km_sk_msg"`
 	KmSockops      *ebpf.Program `ebpf:"km_sockops"`
 	KmTcToPod      *ebpf.Program `ebpf:"km_tc_to_pod"`
+	KmUdpIter      *ebpf.Program `ebpf:"km_udp_iter"`
 	KmWpMsg        *ebpf.Program `ebpf:"km_wp_msg"`
 }
 
@@ -275,6 +278,7 @@ func (p *kmeshPrograms) Close() error {
 		p.KmSkMsg,
 		p.KmSockops,
 		p.KmTcToPod,
+		p.KmUdpIter,
 		p.KmWpMsg,
 	)
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/internal/podns"
+	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
 func TestKernelRandomSpreadsOverEveryBackend(t *testing.T) {
@@ -622,15 +623,13 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 }
 
 // A pinned set written by another layout is replaced, not misread; the
-// enrollment map survives the replacement.
+// enrollment map is kept (its layout is a promise) and shared.
 func TestKernelIncompatiblePinsAreReplaced(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{})
 	f.upsert(f.service(1, maps.Random, 0))
 
 	// Pretend an older build wrote these pins.
-	if err := f.dp.Map(loader.MapConfig).Put(uint32(0), layout.ConfigValue{LayoutVersion: layout.Version + 100}); err != nil {
-		t.Fatal(err)
-	}
+	f.markLayout(layout.Version + 100)
 	// And a map this version no longer has.
 	retired, err := ebpf.NewMap(&ebpf.MapSpec{Name: "km_origin", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
@@ -652,8 +651,8 @@ func TestKernelIncompatiblePinsAreReplaced(t *testing.T) {
 	if _, err := os.Stat(retiredPin); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the pin of a retired map is still there: %v", err)
 	}
-	if dp.Reused || !slices.Contains(dp.Replaced, loader.MapService) || !slices.Contains(dp.Replaced, loader.MapManage) {
-		t.Fatalf("reused=%v replaced=%v, want a replaced set", dp.Reused, dp.Replaced)
+	if dp.Reused || !slices.Contains(dp.Replaced, loader.MapService) || slices.Contains(dp.Replaced, loader.MapManage) {
+		t.Fatalf("reused=%v replaced=%v, want a replaced set but for km_manage", dp.Reused, dp.Replaced)
 	}
 	m, err := maps.New(dp)
 	if err != nil {
@@ -687,4 +686,156 @@ func TestKernelIncompatiblePinsAreReplaced(t *testing.T) {
 		t.Fatalf("replaced %v, want only the endpoint map", dp2.Replaced)
 	}
 	f.mustAsk(hostPort(vip4, 80))
+}
+
+// markLayout makes the pinned set claim another build's layout version.
+func (f *fixture) markLayout(v uint32) {
+	f.t.Helper()
+	m := f.dp.Map(loader.MapConfig)
+	var c layout.ConfigValue
+	if err := m.Lookup(uint32(0), &c); err != nil {
+		f.t.Fatal(err)
+	}
+	c.LayoutVersion = v
+	if err := m.Put(uint32(0), c); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// A build of another layout is prepared beside the running one: the old
+// programs keep translating with the old maps while the new maps are
+// filled, pods enrolled meanwhile reach both, and Commit switches over.
+// The new state differs (s0 is gone) to tell which set serves.
+func TestKernelLayoutChangeServesTheOldSetUntilCommit(t *testing.T) {
+	f := newFixture(t, 2, loader.Sizes{})
+	f.upsert(f.service(1, maps.Random, 0, 1))
+	f.markLayout(layout.Version + 1)
+	f.maps.Close()
+	f.dp.Close()
+
+	dp, err := loader.Prepare(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	if !dp.Pending() || dp.PinnedLayout != layout.Version+1 {
+		t.Fatalf("pending=%v pinned layout %d, want a prepared set beside layout %d", dp.Pending(), dp.PinnedLayout, layout.Version+1)
+	}
+	m, err := maps.New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	if len(m.Services()) != 0 {
+		t.Fatalf("the new maps hold %v", m.Services())
+	}
+	// A pod enrolled now, through the pin as kmesh-cni does.
+	late := f.net.AddPod(t, "late")
+	pinned, err := maps.OpenManage(f.pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	c, err := podns.Cookie(late.NSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pinned.Enroll(c, maps.Enrollment{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.UpsertBackend(maps.Backend{ID: wid(1), Addresses: []netip.Addr{f.servers[1].IP4, f.servers[1].IP6}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.UpsertService(f.service(1, maps.Random, 1)); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for range 40 {
+		seen[f.mustAsk(hostPort(vip4, 80))]++
+	}
+	if len(seen) != 2 {
+		t.Fatalf("before Commit the old set must serve (s0 and s1), got %v", seen)
+	}
+	if _, err := late.Ask("tcp", hostPort(vip4, 80), 2*time.Second); err != nil {
+		t.Fatalf("pod enrolled while prepared, before Commit: %v", err)
+	}
+
+	if err := dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if dp.Pending() {
+		t.Fatal("still pending after Commit")
+	}
+	for _, p := range []*testbed.Pod{f.client, late} {
+		for range 20 {
+			if who, err := p.Ask("tcp", hostPort(vip4, 80), 2*time.Second); err != nil || who != "s1" {
+				t.Fatalf("%s after Commit: %q %v, want s1 (the new state)", p.Name, who, err)
+			}
+		}
+	}
+	var cfg layout.ConfigValue
+	if err := dp.Map(loader.MapConfig).Lookup(uint32(0), &cfg); err != nil || cfg.LayoutVersion != layout.Version {
+		t.Fatalf("km_config after Commit: %+v %v", cfg, err)
+	}
+}
+
+// The same with a resized km_manage, which cannot be shared: it is copied
+// at Prepare, and again at Commit with what the plugin enrolled and
+// released meanwhile.
+func TestKernelLayoutChangeCopiesAResizedManageAtCommit(t *testing.T) {
+	f := newFixture(t, 1, loader.Sizes{})
+	f.upsert(f.service(1, maps.Random, 0))
+	gone := f.net.AddPod(t, "gone")
+	goneCookie := f.enroll(gone, maps.Enrollment{}) // copied at Prepare, released before Commit
+	f.markLayout(layout.Version + 1)
+	f.maps.Close()
+	f.dp.Close()
+
+	dp, err := loader.Prepare(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path, Sizes: loader.Sizes{Manage: 4096}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	if !dp.Pending() || !slices.Contains(dp.Replaced, loader.MapManage) {
+		t.Fatalf("pending=%v replaced=%v, want km_manage copied", dp.Pending(), dp.Replaced)
+	}
+	pinned, err := maps.OpenManage(f.pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	late := f.net.AddPod(t, "late")
+	lateCookie, err := podns.Cookie(late.NSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pinned.Enroll(lateCookie, maps.Enrollment{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pinned.Release(goneCookie); err != nil {
+		t.Fatal(err)
+	}
+	m, err := maps.New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	if err := m.UpsertBackend(maps.Backend{ID: wid(0), Addresses: []netip.Addr{f.servers[0].IP4}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.UpsertService(f.service(1, maps.Random, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	mg := maps.NewManage(dp)
+	for cookie, want := range map[uint64]bool{f.cookie: true, lateCookie: true, goneCookie: false} {
+		if _, enrolled, err := mg.Get(cookie); err != nil || enrolled != want {
+			t.Errorf("netns %d enrolled=%v (%v) after Commit, want %v", cookie, enrolled, err, want)
+		}
+	}
+	if _, err := late.Ask("tcp", hostPort(vip4, 80), 2*time.Second); err != nil {
+		t.Fatalf("pod enrolled while prepared, after Commit: %v", err)
+	}
 }

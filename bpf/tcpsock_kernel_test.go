@@ -116,7 +116,7 @@ func TestKernelTCPSockElementsLiveWithTheirSockets(t *testing.T) {
 		}
 	}
 	socks := tcpSocks(t, f.dp)
-	roles := map[uint8]int{}
+	roles := map[layout.ConnRole]int{}
 	for _, v := range socks {
 		roles[v.Conn.Role]++
 	}

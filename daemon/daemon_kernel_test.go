@@ -253,6 +253,12 @@ type meshFixture struct {
 }
 
 func newMeshFixture(t *testing.T, nServers int) *meshFixture {
+	return newMeshFixtureWith(t, nServers, map[uint32]uint32{80: 8080}, func(p *testbed.Pod) { p.ServeTCP(t, 8080, p.Name) })
+}
+
+// newMeshFixtureWith is newMeshFixture with the service's ports and what
+// each server pod runs.
+func newMeshFixtureWith(t *testing.T, nServers int, ports map[uint32]uint32, serve func(*testbed.Pod)) *meshFixture {
 	testbed.Require(t)
 	f := &meshFixture{t: t}
 	f.cg = testbed.NewCgroup(t)
@@ -261,7 +267,7 @@ func newMeshFixture(t *testing.T, nServers int) *meshFixture {
 	f.client = f.net.AddPod(t, "client")
 	for i := range nServers {
 		p := f.net.AddPod(t, fmt.Sprintf("s%d", i))
-		p.ServeTCP(t, 8080, p.Name)
+		serve(p)
 		f.servers = append(f.servers, p)
 	}
 	var err error
@@ -271,7 +277,7 @@ func newMeshFixture(t *testing.T, nServers int) *meshFixture {
 	}
 	t.Cleanup(f.xds.Stop)
 	res := map[string]types.Resource{}
-	n, svc := xdstest.Service("default", "web", []string{"10.96.0.10", "fd00:96::10"}, map[uint32]uint32{80: 8080})
+	n, svc := xdstest.Service("default", "web", []string{"10.96.0.10", "fd00:96::10"}, ports)
 	res[n] = svc
 	for i, p := range f.servers {
 		n, w := xdstest.Workload(fmt.Sprintf("uid-s%d", i), "default", p.Name, []string{p.IP4.String(), p.IP6.String()}, []string{webKey})

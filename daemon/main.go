@@ -32,6 +32,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/meshsync"
 	"github.com/kmesh-go/kmesh/daemon/model"
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
+	"github.com/kmesh-go/kmesh/daemon/udpsweep"
 	"github.com/kmesh-go/kmesh/daemon/xds"
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
 )
@@ -148,6 +149,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer dp.Close()
 	if dp.Datapath().Reused {
 		log.Info("data path reused from pins; traffic kept flowing across the restart", "pins", o.bpfDir)
+	} else if dp.Datapath().Pending() {
+		log.Info("the pinned data path has another layout: it keeps serving until the mesh state is in the new maps",
+			"pins", o.bpfDir, "pinnedLayout", dp.Datapath().PinnedLayout, "replaced", dp.Datapath().Replaced)
 	} else {
 		log.Info("data path loaded", "pins", o.bpfDir, "cgroup", o.cgroupRoot, "replaced", dp.Datapath().Replaced)
 	}
@@ -219,6 +223,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	reg.Watch(func(*cniv1.Pod, bool) { local.refresh(reg.Pods) })
 	local.refresh(reg.Pods)
 	go enf.Run(ctx)
+	udp, err := udpsweep.New(dp, reg.Pods, log)
+	if err != nil {
+		return err
+	}
+	go udp.Run(ctx)
 
 	// Bind the socket, then read the plugin's records, then serve: a plugin
 	// that could not reach the daemon wrote its record before trying, and

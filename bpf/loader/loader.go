@@ -5,7 +5,9 @@
 // match this build's layout, the maps are reused as they are and the pinned
 // cgroup links are switched to the new programs atomically, so sockets never
 // see a moment without the data path. A pinned set of another layout is
-// replaced, never reinterpreted.
+// replaced, never reinterpreted, and not before its replacement is ready:
+// Prepare loads the new programs beside the running ones, the caller fills
+// the new maps, and Commit switches the links (see Prepare).
 package loader
 
 import (
@@ -13,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/cilium/ebpf"
@@ -111,8 +114,8 @@ type Features struct {
 	SockmapAccel bool `json:"sockmapAccel"`
 }
 
-func (f Features) bits() uint32 {
-	var b uint32
+func (f Features) bits() layout.FeatureFlags {
+	var b layout.FeatureFlags
 	if f.Telemetry {
 		b |= layout.FeatTelemetry
 	}
@@ -237,11 +240,48 @@ type Datapath struct {
 	// Replaced names pinned maps that did not fit this build and were
 	// replaced (their contents dropped or migrated).
 	Replaced []string
+	// PinnedLayout is the layout version of the pinned set found at
+	// Prepare (0: none).
+	PinnedLayout uint32
+
+	// Until Commit: what attaching needs, and the manage map of the
+	// running set when this one could not share it.
+	pending                      bool
+	cgID                         uint64
+	sockhashReused, wpSockReused bool
+	oldManage                    *ebpf.Map
 }
 
-// Open loads the programs, reusing pinned maps where they fit, attaches or
-// re-points the cgroup links, and pins everything under cfg.PinDir.
+// Open is Prepare followed by Commit: the new programs take over at once,
+// with whatever their maps hold. For tools and tests; the daemon fills
+// the maps in between.
 func Open(cfg Config) (*Datapath, error) {
+	d, err := Prepare(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.Commit(); err != nil {
+		d.closeAll()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Prepare loads the programs, reusing pinned maps where they fit.
+//
+// When nothing runs yet, or the pinned set has this build's layout (its
+// maps are reused, so the new programs see the same state), it attaches
+// or re-points the cgroup links and pins everything at once, as Open.
+//
+// When the pinned set has another layout, its programs keep serving its
+// maps: the new maps are created beside them, empty but for enrollment
+// (km_manage keeps its layout by promise and is shared) and the
+// sockhashes (kept likewise), and nothing is attached or pinned. The
+// caller writes its state into the new maps and then calls Commit, which
+// switches every link to the new programs: a connection is translated
+// by the old set or the new one, never by an empty one. Pending tells
+// which case this is.
+func Prepare(cfg Config) (*Datapath, error) {
 	if cfg.PinDir == "" {
 		return nil, errors.New("loader: no pin directory given")
 	}
@@ -272,19 +312,24 @@ func Open(cfg Config) (*Datapath, error) {
 		}
 	}
 
-	d := &Datapath{cfg: cfg, sizes: sizes, links: map[string]link.Link{}}
+	d := &Datapath{cfg: cfg, sizes: sizes, links: map[string]link.Link{}, cgID: cgID}
 	pinned, stale, sameLayout, err := d.openPinned(spec, sizes)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		for _, m := range stale {
-			m.Close()
+		for name, m := range stale {
+			if name != MapManage || m != d.oldManage {
+				m.Close()
+			}
 		}
 	}()
 	d.Reused = len(pinned) > 0 && len(stale) == 0
-	sockhashReused := pinned[MapSockhash] != nil
-	wpSockReused := pinned[MapWpSock] != nil
+	d.sockhashReused = pinned[MapSockhash] != nil
+	d.wpSockReused = pinned[MapWpSock] != nil
+	// Another layout serves from the pins: let it until the new maps are
+	// filled (a set without km_config, or with it, is the same to us).
+	d.pending = d.PinnedLayout != 0 && !sameLayout
 
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: pinned})
 	if err != nil {
@@ -314,6 +359,11 @@ func Open(cfg Config) (*Datapath, error) {
 		d.Replaced = append(d.Replaced, name)
 	}
 	sort.Strings(d.Replaced)
+	if d.pending && stale[MapManage] != nil {
+		// The plugin keeps enrolling into the pinned map until Commit:
+		// copied again then.
+		d.oldManage = stale[MapManage]
+	}
 
 	wpPort := cfg.WaypointPort
 	if wpPort == 0 {
@@ -325,30 +375,82 @@ func Open(cfg Config) (*Datapath, error) {
 		d.closeAll()
 		return nil, fmt.Errorf("loader: write %s: %w", MapConfig, err)
 	}
-
-	if err := d.attach(cgID); err != nil {
-		d.closeAll()
-		return nil, err
+	if d.pending {
+		return d, nil
 	}
-	if err := d.attachSkMsg(ProgSkMsg, MapSockhash, sockhashReused); err != nil {
-		d.closeAll()
-		return nil, err
-	}
-	if err := d.attachSkMsg(ProgWpMsg, MapWpSock, wpSockReused); err != nil {
-		d.closeAll()
-		return nil, err
-	}
-	if err := d.publishPodPrograms(); err != nil {
-		d.closeAll()
-		return nil, err
-	}
-	// Pins last: programs already point at the new maps, so swapping the
-	// pinned names cannot strand a running program on an unpinned map.
-	if err := d.pinMaps(); err != nil {
+	d.pending = true
+	if err := d.Commit(); err != nil {
 		d.closeAll()
 		return nil, err
 	}
 	return d, nil
+}
+
+// Pending tells whether the programs wait for Commit (Prepare found a
+// pinned set of another layout serving).
+func (d *Datapath) Pending() bool { return d.pending }
+
+// Commit attaches the programs, or switches the pinned links to them, and
+// pins the maps; after a Prepare that left the data path pending, the old
+// set stops serving here. A no-op when nothing is pending.
+func (d *Datapath) Commit() error {
+	if !d.pending {
+		return nil
+	}
+	if d.oldManage != nil {
+		if err := syncManage(d.oldManage, d.maps[MapManage]); err != nil {
+			return err
+		}
+	}
+	if err := d.attach(d.cgID); err != nil {
+		return err
+	}
+	if err := d.attachSkMsg(ProgSkMsg, MapSockhash, d.sockhashReused); err != nil {
+		return err
+	}
+	if err := d.attachSkMsg(ProgWpMsg, MapWpSock, d.wpSockReused); err != nil {
+		return err
+	}
+	if err := d.publishPodPrograms(); err != nil {
+		return err
+	}
+	// Pins last: programs already point at the new maps, so swapping the
+	// pinned names cannot strand a running program on an unpinned map.
+	if err := d.pinMaps(); err != nil {
+		return err
+	}
+	d.pending = false
+	if d.oldManage != nil {
+		d.oldManage.Close()
+		d.oldManage = nil
+	}
+	return nil
+}
+
+// syncManage makes cur hold exactly what old holds: enrollments made and
+// released while a replacement waited for its Commit.
+func syncManage(old, cur *ebpf.Map) error {
+	if err := migrate(MapManage, old, cur, false); err != nil {
+		return err
+	}
+	key := make([]byte, cur.KeySize())
+	val := make([]byte, cur.ValueSize())
+	var gone [][]byte
+	it := cur.Iterate()
+	for it.Next(&key, &val) {
+		if err := old.Lookup(key, val); errors.Is(err, ebpf.ErrKeyNotExist) {
+			gone = append(gone, slices.Clone(key))
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("loader: walk %s: %w", MapManage, err)
+	}
+	for _, k := range gone {
+		if err := cur.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("loader: %s: %w", MapManage, err)
+		}
+	}
+	return nil
 }
 
 // Spec returns the collection spec sized for s, not loaded.
@@ -397,8 +499,9 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 	var pinnedCfg layout.ConfigValue
 	layoutOK := false
 	if m, err := ebpf.LoadPinnedMap(d.mapPin(MapConfig), nil); err == nil {
-		if err := m.Lookup(uint32(0), &pinnedCfg); err == nil && pinnedCfg.LayoutVersion == layout.Version {
-			layoutOK = true
+		if err := m.Lookup(uint32(0), &pinnedCfg); err == nil {
+			d.PinnedLayout = max(pinnedCfg.LayoutVersion, 1)
+			layoutOK = pinnedCfg.LayoutVersion == layout.Version
 		}
 		m.Close()
 	}
@@ -416,6 +519,12 @@ func (d *Datapath) openPinned(spec *ebpf.CollectionSpec, sizes Sizes) (fit, stal
 			return nil, nil, false, fmt.Errorf("loader: open pinned map %s: %w", name, err)
 		}
 		ok := layoutOK && ms.Compatible(m) == nil
+		if name == MapManage && ms.Compatible(m) == nil {
+			// Its layout is a promise across versions (km_types.h): the
+			// old programs and the new share it, so enrollment written
+			// while a replacement is prepared reaches both.
+			ok = true
+		}
 		if (name == MapSockhash || name == MapWpSock) && keepSockhash(ms, m) {
 			// The sockhashes outlive layout versions and size changes by
 			// promise: replacing km_sockhash would drop the sockets in it,
@@ -622,6 +731,10 @@ func (d *Datapath) closeAll() {
 	}
 	for _, m := range d.maps {
 		m.Close()
+	}
+	if d.oldManage != nil {
+		d.oldManage.Close()
+		d.oldManage = nil
 	}
 	d.links, d.progs, d.maps = nil, nil, nil
 }

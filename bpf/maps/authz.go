@@ -132,7 +132,7 @@ func cidrKey(ps uint32, p netip.Prefix) layout.AuthzCIDRKey {
 	if p.Addr().Is4() {
 		bits += 96
 	}
-	return layout.AuthzCIDRKey{PrefixLen: 32 + uint32(bits), PS: ps, Addr: layout.AddrFrom(p.Masked().Addr())}
+	return layout.AuthzCIDRKey{Prefixlen: 32 + uint32(bits), PS: ps, Addr: layout.AddrFrom(p.Masked().Addr())}
 }
 
 // psEntries counts a set's entries per map, for capacity checks.
@@ -190,7 +190,7 @@ func (m *Maps) writePolicySet(ps PolicySet) error {
 			lv.Flags |= layout.AuthzDeny
 		}
 		if v.DryRun {
-			lv.Flags |= layout.AuthzDryRunDeny
+			lv.Flags |= layout.AuthzDryrunDeny
 		}
 		vv = append(vv, lv)
 	}
@@ -308,7 +308,7 @@ func (m *Maps) readPolicySets() error {
 	}{{m.authzSrc, loader.MapAuthzSrc, true}, {m.authzDst, loader.MapAuthzDst, false}} {
 		if err := iterate(tb.mp, tb.name, &ck, &c, func() {
 			a := ck.Addr.Netip()
-			bits := int(ck.PrefixLen) - 32
+			bits := int(ck.Prefixlen) - 32
 			if a.Is4() {
 				bits -= 96
 			}
@@ -335,7 +335,7 @@ func (m *Maps) readPolicySets() error {
 	if err := iterate(m.authzVerdict, loader.MapAuthzVerd, &vk, &vv, func() {
 		get(vk.PS).Verdicts[[4]uint16{vk.Ident, vk.Src, vk.Dst, vk.Port}] = AuthzVerdict{
 			Deny: vv.Flags&layout.AuthzDeny != 0, Policy: vv.Policy,
-			DryRun: vv.Flags&layout.AuthzDryRunDeny != 0, DryPolicy: vv.DryPolicy,
+			DryRun: vv.Flags&layout.AuthzDryrunDeny != 0, DryPolicy: vv.DryPolicy,
 		}
 		m.count[loader.MapAuthzVerd]++
 	}); err != nil {
@@ -369,10 +369,14 @@ func (m *Maps) PolicySets() map[uint32]*AuthzTables {
 	return out
 }
 
+// AuthzOutcomes is how many outcomes the kernel counts per policy
+// (layout.AuthzOutcome, the last one is AuthzOutDryrunDeny).
+const AuthzOutcomes = int(layout.AuthzOutDryrunDeny) + 1
+
 // AuthzStats sums the kernel's per-policy counters: policy id -> outcome
-// (layout.AuthzOut*) -> connections.
-func (m *Maps) AuthzStats() (map[uint32][3]uint64, error) {
-	out := map[uint32][3]uint64{}
+// (layout.AuthzOutcome) -> connections.
+func (m *Maps) AuthzStats() (map[uint32][AuthzOutcomes]uint64, error) {
+	out := map[uint32][AuthzOutcomes]uint64{}
 	var k layout.AuthzStatKey
 	var per []uint64
 	it := m.authzStats.Iterate()
@@ -381,7 +385,7 @@ func (m *Maps) AuthzStats() (map[uint32][3]uint64, error) {
 		for _, v := range per {
 			sum += v
 		}
-		if k.Outcome < 3 {
+		if int(k.Outcome) < AuthzOutcomes {
 			c := out[k.Policy]
 			c[k.Outcome] += sum
 			out[k.Policy] = c

@@ -13,7 +13,7 @@ import (
 type svcEntries struct {
 	fe    small[layout.FrontendKey, layout.FrontendValue]
 	ports small[layout.PortKey, layout.PortValue]
-	ovr   small[layout.PortOverrideKey, layout.PortOverrideValue]
+	ovr   small[layout.PortovrKey, layout.PortovrValue]
 	value layout.ServiceValue // RRCursor always zero here: the kernel owns it
 	// slots[p][i] is the workload at endpoint index i+1 of priority p.
 	slots [layout.MaxPrio][]uint32
@@ -54,10 +54,10 @@ func serviceEntries(s *Service, maglevSize uint32) (*svcEntries, [layout.MaxPrio
 		}
 		e.ports.put(layout.PortKey{ServiceID: s.ID, Port: p.Port}, pv)
 		for wid, tp := range p.Overrides {
-			e.ovr.put(layout.PortOverrideKey{ServiceID: s.ID, WorkloadID: wid, Port: p.Port}, layout.PortOverrideValue{TargetPort: tp})
+			e.ovr.put(layout.PortovrKey{ServiceID: s.ID, WorkloadID: wid, Port: p.Port}, layout.PortovrValue{TargetPort: tp})
 		}
 	}
-	v := layout.ServiceValue{LBPolicy: uint8(s.Policy)}
+	v := layout.ServiceValue{LBPolicy: s.Policy}
 	if s.Strict {
 		v.Flags |= layout.SvcStrict
 	}
@@ -97,13 +97,8 @@ func backendEntries(b *Backend) *beEntries {
 	for _, a := range b.Addresses {
 		e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(a)}, layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload})
 		a = a.Unmap()
-		if a.Is4() && v.Flags&layout.BackendHasV4 == 0 {
-			v.IP4 = a.As4()
-			v.Flags |= layout.BackendHasV4
-		}
-		if a.Is6() && v.Flags&layout.BackendHasV6 == 0 {
-			v.IP6 = a.As16()
-			v.Flags |= layout.BackendHasV6
+		if a.Is4() && v.Flags&layout.BeHasV4 == 0 || a.Is6() && v.Flags&layout.BeHasV6 == 0 {
+			v.SetAddr(a)
 		}
 	}
 	v.Waypoint = b.Waypoint.value()
@@ -196,7 +191,7 @@ func planSlotsLarge(old, want []uint32) []uint32 {
 // Service turns stored entries back into the Service they describe (for
 // dumps and for rebuilding the caller's view after a restart).
 func (e *svcEntries) service(id uint32) Service {
-	s := Service{ID: id, Policy: LBPolicy(e.value.LBPolicy)}
+	s := Service{ID: id, Policy: e.value.LBPolicy}
 	for _, f := range e.fe {
 		s.VIPs = append(s.VIPs, f.k.Addr.Netip())
 	}

@@ -228,3 +228,21 @@ func TestWaypointReferencesStayWhole(t *testing.T) {
 		t.Fatalf("waypoint users left: %v", m.wpUsers)
 	}
 }
+
+// Dumps name references as "service 7": the kind's name is the kernel
+// enum's generated one.
+func TestRefText(t *testing.T) {
+	for want, r := range map[string]Ref{"service 7": ServiceRef(7), "workload 3": WorkloadRef(3), "closed": ClosedWaypoint, "": {}} {
+		b, _ := r.MarshalText()
+		if string(b) != want {
+			t.Errorf("%#v reads %q, want %q", r, b, want)
+		}
+		var back Ref
+		if err := back.UnmarshalText(b); err != nil || back != r {
+			t.Errorf("%q reads back as %#v (%v)", b, back, err)
+		}
+	}
+	if err := new(Ref).UnmarshalText([]byte("pod 1")); err == nil {
+		t.Error("an unknown kind was accepted")
+	}
+}

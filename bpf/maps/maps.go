@@ -243,7 +243,7 @@ func (m *Maps) plan(t Txn) (*plan, *state, error) {
 				old = cur.slots[p]
 			}
 			e.slots[p] = planSlots(old, want[p])
-			e.value.EndpointCount[p] = uint32(len(e.slots[p]))
+			e.value.EpCount[p] = uint32(len(e.slots[p]))
 		}
 		next.services[s.ID] = e
 		wanted[s.ID] = want

@@ -43,14 +43,14 @@ type plan struct {
 	feDel     []layout.FrontendKey
 	beUp      kv[uint32, layout.BackendValue]
 	portUp    kv[layout.PortKey, layout.PortValue]
-	ovrUp     kv[layout.PortOverrideKey, layout.PortOverrideValue]
+	ovrUp     kv[layout.PortovrKey, layout.PortovrValue]
 	epUp      kv[layout.EndpointKey, layout.EndpointValue]
 	maglevUp  []maglevWrite
 	svcUp     kv[uint32, layout.ServiceValue]
 	beUpLate  kv[uint32, layout.BackendValue]
 	feUp      kv[layout.FrontendKey, layout.FrontendValue]
 	epDel     []layout.EndpointKey
-	ovrDel    []layout.PortOverrideKey
+	ovrDel    []layout.PortovrKey
 	portDel   []layout.PortKey
 	maglevDel []uint32
 	svcDel    []uint32
@@ -184,7 +184,7 @@ func diffStates(cur view, next *state) *plan {
 		var (
 			oldFE, newFE     feSet
 			oldPorts, nPorts small[layout.PortKey, layout.PortValue]
-			oldOvr, nOvr     small[layout.PortOverrideKey, layout.PortOverrideValue]
+			oldOvr, nOvr     small[layout.PortovrKey, layout.PortovrValue]
 			oldSlots, nSlots [layout.MaxPrio][]uint32
 			oldTable, nTable []uint32
 		)

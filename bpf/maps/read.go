@@ -67,7 +67,7 @@ func (m *Maps) readBack() error {
 			orphanFE = append(orphanFE, fk)
 			return
 		}
-		m.feOwner[fk] = Ref{RefKind(fv.Kind), fv.UpstreamID}
+		m.feOwner[fk] = Ref{fv.Kind, fv.UpstreamID}
 	}); err != nil {
 		return err
 	}
@@ -81,8 +81,8 @@ func (m *Maps) readBack() error {
 		return err
 	}
 
-	var ok layout.PortOverrideKey
-	var ov layout.PortOverrideValue
+	var ok layout.PortovrKey
+	var ov layout.PortovrValue
 	if err := iterate(m.portovr, loader.MapPortOvr, &ok, &ov, func() {
 		svc(ok.ServiceID).ovr.put(ok, ov)
 		m.count[loader.MapPortOvr]++
@@ -96,7 +96,7 @@ func (m *Maps) readBack() error {
 	var ev layout.EndpointValue
 	if err := iterate(m.endpoint, loader.MapEndpoint, &ek, &ev, func() {
 		m.count[loader.MapEndpoint]++
-		if ek.Prio >= layout.MaxPrio {
+		if ek.Prio >= uint32(layout.MaxPrio) {
 			return
 		}
 		if found[ek.ServiceID] == nil {
@@ -113,7 +113,7 @@ func (m *Maps) readBack() error {
 			slices.SortFunc(list, func(a, b slot) int { return int(a.index) - int(b.index) })
 			// Only 1..count is live. Anything else is what an interrupted
 			// add or removal left behind, invisible to the kernel: drop it.
-			n := e.value.EndpointCount[p]
+			n := e.value.EpCount[p]
 			for i, s := range list {
 				if s.index == uint32(i+1) && s.index <= n {
 					e.slots[p] = append(e.slots[p], s.wid)

@@ -15,28 +15,18 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/manage"
 )
 
-// LBPolicy picks an endpoint within the chosen locality priority.
-type LBPolicy uint8
+// LBPolicy picks an endpoint within the chosen locality priority: the
+// kernel's enum (km_lb_policy), named here so callers of this package need
+// not import bpf/layout.
+type LBPolicy = layout.LBPolicy
 
 const (
-	Random     = LBPolicy(layout.LBRandom)
-	RoundRobin = LBPolicy(layout.LBRoundRobin)
+	Random     = layout.LBRandom
+	RoundRobin = layout.LBRoundRobin
 	// Maglev hashes the client onto a per-service lookup table: a client
 	// keeps its backend, and removing one of N backends moves ~1/N clients.
-	Maglev = LBPolicy(layout.LBMaglev)
+	Maglev = layout.LBMaglev
 )
-
-func (p LBPolicy) String() string {
-	switch p {
-	case Random:
-		return "random"
-	case RoundRobin:
-		return "round_robin"
-	case Maglev:
-		return "maglev"
-	}
-	return fmt.Sprintf("policy(%d)", uint8(p))
-}
 
 // Port maps a service port to the port backends listen on.
 type Port struct {
@@ -88,12 +78,12 @@ type Ref struct {
 	ID   uint32
 }
 
-// RefKind says what a Ref names.
-type RefKind uint8
+// RefKind says what a Ref names: the kernel's enum (km_upstream_kind).
+type RefKind = layout.UpstreamKind
 
 const (
-	KindService  = RefKind(layout.KindService)
-	KindWorkload = RefKind(layout.KindWorkload)
+	KindService  = layout.KindService
+	KindWorkload = layout.KindWorkload
 )
 
 // ServiceRef and WorkloadRef name a service and a workload by id.
@@ -117,12 +107,9 @@ func (r Ref) String() string {
 		return ""
 	case r.ID == 0:
 		return "closed"
-	case r.Kind == KindService:
-		return fmt.Sprintf("service %d", r.ID)
-	case r.Kind == KindWorkload:
-		return fmt.Sprintf("workload %d", r.ID)
 	}
-	return fmt.Sprintf("kind%d %d", r.Kind, r.ID)
+	// The kind's name is the generated one (km_upstream_kind's constants).
+	return fmt.Sprintf("%s %d", r.Kind, r.ID)
 }
 
 // MarshalText writes the Ref as String does ("" when unset), so dumps read
@@ -143,15 +130,13 @@ func (r *Ref) UnmarshalText(b []byte) error {
 	if _, err := fmt.Sscanf(string(b), "%s %d", &kind, &r.ID); err != nil {
 		return fmt.Errorf("reference %q: %w", b, err)
 	}
-	switch kind {
-	case "service":
-		r.Kind = KindService
-	case "workload":
-		r.Kind = KindWorkload
-	default:
-		return fmt.Errorf("reference %q: unknown kind %q", b, kind)
+	for _, k := range []RefKind{KindService, KindWorkload} {
+		if kind == k.String() {
+			r.Kind = k
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("reference %q: unknown kind %q", b, kind)
 }
 
 func (r Ref) validate() error {
@@ -165,10 +150,10 @@ func (r Ref) validate() error {
 }
 
 func (r Ref) value() layout.WaypointRef {
-	return layout.WaypointRef{UpstreamID: r.ID, Kind: uint8(r.Kind)}
+	return layout.WaypointRef{UpstreamID: r.ID, Kind: r.Kind}
 }
 
-func refOf(v layout.WaypointRef) Ref { return Ref{RefKind(v.Kind), v.UpstreamID} }
+func refOf(v layout.WaypointRef) Ref { return Ref{v.Kind, v.UpstreamID} }
 
 // FullError reports a map that cannot take what an update needs. Nothing of
 // the update was written.

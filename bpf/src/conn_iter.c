@@ -13,13 +13,6 @@
 #include <bpf/bpf_helpers.h>
 #include "km_conn.h"
 
-/* A real function, not inlined, so the record's type is in the object's
- * BTF (bpf/layout checks the Go mirror against it). */
-static __noinline int km_seq_write(struct seq_file *seq, const struct km_conn_event *e)
-{
-	return bpf_seq_write(seq, (void *)e, sizeof(*e));
-}
-
 SEC("iter/tcp")
 int km_conn_iter(struct bpf_iter__tcp *ctx)
 {
@@ -49,6 +42,6 @@ int km_conn_iter(struct bpf_iter__tcp *ctx)
 	e.now_ns = bpf_ktime_get_ns();
 	km_event_tcp(&e, c, tp, ((struct sock *)tp)->__sk_common.skc_state);
 	e.type = KM_EV_SNAPSHOT;
-	km_seq_write(ctx->meta->seq, &e);
+	bpf_seq_write(ctx->meta->seq, &e, sizeof(e));
 	return 0;
 }

@@ -3,6 +3,7 @@ package admin
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/dataplane"
 )
 
@@ -127,7 +128,7 @@ func (m *mapCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			for outcome, n := range counts {
 				if n > 0 {
-					ch <- prometheus.MustNewConstMetric(authzDesc, prometheus.CounterValue, float64(n), name, [...]string{"allowed", "denied", "dry_run_denied"}[outcome])
+					ch <- prometheus.MustNewConstMetric(authzDesc, prometheus.CounterValue, float64(n), name, [maps.AuthzOutcomes]string{"allowed", "denied", "dry_run_denied"}[outcome])
 				}
 			}
 		}

@@ -576,6 +576,8 @@ func (c *Compiler) ownsAny(o obj, addrs []netip.Addr) bool {
 func (c *Compiler) service(v model.View, s *model.Service, r *svcRec) maps.Service {
 	self := obj{svc: true, key: string(s.Key)}
 	out := maps.Service{ID: r.id, VIPs: c.owned(self, s.VIPs)}
+	// The model's policy names (the kmesh LB extension's vocabulary) become
+	// the kernel's enum here and nowhere else.
 	switch s.LB.Policy {
 	case model.PolicyRoundRobin:
 		out.Policy = maps.RoundRobin

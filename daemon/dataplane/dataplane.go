@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kmesh-go/kmesh/bpf/layout"
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/compiler"
@@ -53,9 +54,11 @@ type Event struct {
 
 // Open loads (or reuses) the data path. Nothing is written to the service
 // maps until the first full sync: the kernel keeps serving what a previous
-// run left there.
+// run left there. When that run had another layout, its programs and maps
+// keep serving until the first full sync has filled the new maps (see
+// loader.Prepare); Sync then switches to the new programs.
 func Open(cfg Config) (*Dataplane, error) {
-	dp, err := loader.Open(cfg.Loader)
+	dp, err := loader.Prepare(cfg.Loader)
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +183,15 @@ func (d *Dataplane) Sync() error {
 	defer d.mu.Unlock()
 	if err := d.rebuildLocked(); err != nil {
 		return err
+	}
+	if d.dp.Pending() {
+		// Every VIP is in the new maps: the new programs take over.
+		start := time.Now()
+		if err := d.dp.Commit(); err != nil {
+			return fmt.Errorf("switch to the new programs: %w", err)
+		}
+		slog.Info("switched to this build's programs; the pinned ones of another layout served until the new maps were filled",
+			"pinnedLayout", d.dp.PinnedLayout, "layout", layout.Version, "switch", time.Since(start).Round(time.Microsecond))
 	}
 	d.synced = true
 	return nil

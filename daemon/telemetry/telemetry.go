@@ -233,8 +233,8 @@ func New(cfg Config) *Telemetry {
 		stream: newStream(recentLines),
 	}
 	t.series = newSeriesSet(t.istio, cfg.MaxSeries)
-	for typ, k := range kindNames {
-		t.byKind[typ] = t.events.WithLabelValues(k)
+	for _, typ := range []layout.EventType{layout.EvOpen, layout.EvClose, layout.EvSnapshot} {
+		t.byKind[typ] = t.events.WithLabelValues(typ.String())
 	}
 	t.byReporter = map[Reporter]*reporterMetrics{}
 	for _, r := range []Reporter{ReporterSource, ReporterDestination} {
@@ -303,8 +303,6 @@ func (t *Telemetry) Register(reg prometheus.Registerer) error {
 	return nil
 }
 
-var kindNames = map[uint8]string{layout.EventOpen: "open", layout.EventClose: "close", layout.EventSnapshot: "snapshot"}
-
 // handle accounts one record as it is read. Caller holds t.mu.
 func (t *Telemetry) handle(e *layout.ConnEvent) {
 	if e.Type == 0 || int(e.Type) >= len(t.byKind) {
@@ -320,7 +318,7 @@ func (t *Telemetry) handle(e *layout.ConnEvent) {
 // holds t.mu.
 func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 	cookie := e.Conn.Cookie
-	if e.Type == layout.EventSnapshot && t.closedInSweep[cookie] {
+	if e.Type == layout.EvSnapshot && t.closedInSweep[cookie] {
 		// Taken before the close, read after it.
 		return
 	}
@@ -338,7 +336,7 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 			return
 		}
 		x = t.track(e)
-		if e.Type != layout.EventClose {
+		if e.Type != layout.EvClose {
 			// (An end first seen at its close is done with below.)
 			t.conns[cookie] = x
 		}
@@ -351,10 +349,10 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 	x.lastNs = max(x.lastNs, e.NowNs)
 	x.missed = 0
 	x.rec.Flags |= e.Conn.Flags
-	if e.Type == layout.EventSnapshot && e.SRTTus != 0 {
-		x.srtt, x.retrans = e.SRTTus, e.TotalRetrans
+	if e.Type == layout.EvSnapshot && e.SRTTUs != 0 {
+		x.srtt, x.retrans = e.SRTTUs, e.TotalRetrans
 	}
-	if e.Type != layout.EventClose {
+	if e.Type != layout.EvClose {
 		t.account(x, x.res.open, e)
 		return
 	}
@@ -366,13 +364,13 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 	if e.NowNs > x.rec.StartNs {
 		rm.duration.Observe(float64(e.NowNs-x.rec.StartNs) / 1e9)
 	}
-	if e.SRTTus != 0 {
-		rm.rtt.Observe(float64(e.SRTTus) / 1e6)
+	if e.SRTTUs != 0 {
+		rm.rtt.Observe(float64(e.SRTTUs) / 1e6)
 	}
 	if e.TotalRetrans != 0 {
 		rm.retrans.Add(float64(e.TotalRetrans))
 	}
-	x.srtt, x.retrans = e.SRTTus, e.TotalRetrans
+	x.srtt, x.retrans = e.SRTTUs, e.TotalRetrans
 	if t.logging() {
 		t.emit(t.entry(x, e.NowNs, endName(e.End), flags))
 	}
@@ -385,7 +383,7 @@ func (t *Telemetry) handleEvent(e *layout.ConnEvent, mayWait bool) {
 // reports whether it kept the event.
 func (t *Telemetry) wait(e *layout.ConnEvent) bool {
 	c := &e.Conn
-	if e.Type != layout.EventClose || c.Role != layout.RoleServer || c.Flags&layout.ConnRewritten != 0 ||
+	if e.Type != layout.EvClose || c.Role != layout.RoleServer || c.Flags&layout.ConnRewritten != 0 ||
 		!t.mayBeLocal(c.Remote) {
 		return false
 	}
@@ -550,7 +548,7 @@ func (t *Telemetry) track(e *layout.ConnEvent) *conn {
 	if e.Conn.Role == layout.RoleServer {
 		x.reporter = ReporterDestination
 	}
-	x.srtt = e.SRTTus
+	x.srtt = e.SRTTUs
 	t.pairOrigin(x)
 	x.res = t.resolve(x)
 	x.res.open.opened.Inc()

@@ -97,11 +97,11 @@ func TestLabelValuesFollowIstio(t *testing.T) {
 func TestResponseFlags(t *testing.T) {
 	for _, c := range []struct {
 		r    Reporter
-		end  uint8
+		end  layout.ConnEnd
 		want string
 	}{
-		{ReporterSource, layout.EndFIN, "-"},
-		{ReporterDestination, layout.EndFIN, "-"},
+		{ReporterSource, layout.EndFin, "-"},
+		{ReporterDestination, layout.EndFin, "-"},
 		{ReporterSource, layout.EndReset, "UC"},
 		{ReporterSource, layout.EndTimeout, "UC"},
 		{ReporterDestination, layout.EndReset, "DC"},
@@ -164,7 +164,7 @@ func newTestTelemetry(t *testing.T, max int, log *bytes.Buffer) (*Telemetry, *fa
 // ev builds a record of the client end (or, with server, the server end)
 // of one connection from ipClient:40000 to ipServer:8080 dialled as the VIP,
 // as the kernel writes them.
-func ev(cookie uint64, typ uint8, server bool, sent, recv uint64, now uint64) *layout.ConnEvent {
+func ev(cookie uint64, typ layout.EventType, server bool, sent, recv uint64, now uint64) *layout.ConnEvent {
 	e := &layout.ConnEvent{Type: typ, BytesSent: sent, BytesReceived: recv, NowNs: now}
 	c := &e.Conn
 	c.Cookie, c.StartNs = cookie, 1_000_000_000
@@ -182,9 +182,9 @@ func ev(cookie uint64, typ uint8, server bool, sent, recv uint64, now uint64) *l
 		c.Orig, c.OrigPort = layout.AddrFrom(ipVIP), 80
 		c.Flags |= layout.ConnRewritten
 	}
-	if typ == layout.EventClose {
-		e.End = layout.EndFIN
-		e.SRTTus = 50
+	if typ == layout.EvClose {
+		e.End = layout.EndFin
+		e.SRTTUs = 50
 	}
 	return e
 }
@@ -199,24 +199,24 @@ func TestAccountingFromRecords(t *testing.T) {
 	m := tel.istio
 
 	// Client end: open, two snapshots with growing totals, close.
-	tel.handle(ev(1, layout.EventOpen, false, 0, 0, 1_000_000_000))
-	tel.handle(ev(1, layout.EventSnapshot, false, 100, 1000, 2_000_000_000))
-	tel.handle(ev(1, layout.EventSnapshot, false, 150, 1000, 3_000_000_000))
+	tel.handle(ev(1, layout.EvOpen, false, 0, 0, 1_000_000_000))
+	tel.handle(ev(1, layout.EvSnapshot, false, 100, 1000, 2_000_000_000))
+	tel.handle(ev(1, layout.EvSnapshot, false, 150, 1000, 3_000_000_000))
 	// A stale snapshot (read before the one above) changes nothing.
-	tel.handle(ev(1, layout.EventSnapshot, false, 120, 900, 2_500_000_000))
+	tel.handle(ev(1, layout.EvSnapshot, false, 120, 900, 2_500_000_000))
 	if v := value(m.received, ReporterSource, noFlags); v != 150 {
 		t.Errorf("request bytes so far %v, want 150", v)
 	}
 	// Server end of the same connection: its open event was lost; the
 	// close alone accounts it (and learns the service from the client's
 	// record). Its sent bytes are the response.
-	tel.handle(ev(2, layout.EventClose, true, 5000, 200, 4_000_000_000))
+	tel.handle(ev(2, layout.EvClose, true, 5000, 200, 4_000_000_000))
 
 	// A sweep is under way when the client closes: a snapshot taken
 	// before the close but read after it is ignored.
 	tel.startSweep()
-	tel.handle(ev(1, layout.EventClose, false, 200, 5000, 4_000_000_000))
-	tel.handle(ev(1, layout.EventSnapshot, false, 180, 4000, 3_900_000_000))
+	tel.handle(ev(1, layout.EvClose, false, 200, 5000, 4_000_000_000))
+	tel.handle(ev(1, layout.EvSnapshot, false, 180, 4000, 3_900_000_000))
 	tel.endSweep(map[uint64]bool{}, 3_800_000_000)
 
 	for _, r := range []Reporter{ReporterSource, ReporterDestination} {
@@ -268,8 +268,8 @@ func TestAbnormalEndAndLostClose(t *testing.T) {
 	tel, _ := newTestTelemetry(t, 100, nil)
 	m := tel.istio
 
-	tel.handle(ev(1, layout.EventOpen, false, 0, 0, 1_000_000_000))
-	cl := ev(1, layout.EventClose, false, 10, 0, 2_000_000_000)
+	tel.handle(ev(1, layout.EvOpen, false, 0, 0, 1_000_000_000))
+	cl := ev(1, layout.EvClose, false, 10, 0, 2_000_000_000)
 	cl.End = layout.EndReset
 	tel.handle(cl)
 	if v := value(m.closed, ReporterSource, "UC"); v != 1 {
@@ -284,8 +284,8 @@ func TestAbnormalEndAndLostClose(t *testing.T) {
 
 	// A connection whose close event was lost: two sweeps without it
 	// close it with what was last known.
-	tel.handle(ev(3, layout.EventOpen, false, 0, 0, 5_000_000_000))
-	tel.handle(ev(3, layout.EventSnapshot, false, 7, 9, 6_000_000_000))
+	tel.handle(ev(3, layout.EvOpen, false, 0, 0, 5_000_000_000))
+	tel.handle(ev(3, layout.EvSnapshot, false, 7, 9, 6_000_000_000))
 	tel.endSweep(map[uint64]bool{}, 7_000_000_000)
 	if len(tel.conns) != 1 {
 		t.Fatal("dropped after one sweep")
@@ -298,7 +298,7 @@ func TestAbnormalEndAndLostClose(t *testing.T) {
 		t.Errorf("lost close counted %v", v)
 	}
 	// Its late close event changes nothing.
-	tel.handle(ev(3, layout.EventClose, false, 7, 9, 6_500_000_000))
+	tel.handle(ev(3, layout.EvClose, false, 7, 9, 6_500_000_000))
 	if v := value(m.closed, ReporterSource, noFlags); v != 1 {
 		t.Errorf("late close counted again: %v", v)
 	}
@@ -312,7 +312,7 @@ func TestCardinalityBoundUnderChurn(t *testing.T) {
 		ip := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
 		r.peers[ip] = &Peer{Workload: fmt.Sprintf("w%d", i), Namespace: "ns"}
 		r.gen++
-		e := ev(uint64(100+i), layout.EventClose, false, 1, 1, 2_000_000_000)
+		e := ev(uint64(100+i), layout.EvClose, false, 1, 1, 2_000_000_000)
 		e.Conn.Local = layout.AddrFrom(ip)
 		if i%3 == 0 {
 			e.End = layout.EndReset
@@ -364,10 +364,10 @@ func TestDecodeMatchesLayout(t *testing.T) {
 func BenchmarkHandleConnection(b *testing.B) {
 	tel, _ := newTestTelemetry(&testing.T{}, 100, nil)
 	recs := []*layout.ConnEvent{
-		ev(0, layout.EventOpen, false, 0, 0, 1_000_000_000),
-		ev(0, layout.EventOpen, true, 0, 0, 1_000_000_000),
-		ev(0, layout.EventClose, false, 100, 1000, 2_000_000_000),
-		ev(0, layout.EventClose, true, 1000, 100, 2_000_000_000),
+		ev(0, layout.EvOpen, false, 0, 0, 1_000_000_000),
+		ev(0, layout.EvOpen, true, 0, 0, 1_000_000_000),
+		ev(0, layout.EvClose, false, 100, 1000, 2_000_000_000),
+		ev(0, layout.EvClose, true, 1000, 100, 2_000_000_000),
 	}
 	buf := make([][]byte, len(recs))
 	for i, r := range recs {
@@ -407,13 +407,13 @@ func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 	}
 
 	// Both ends seen open (a sweep reads clients first).
-	tel.handle(ev(1, layout.EventSnapshot, false, 0, 0, 1_000_000_000))
-	tel.handle(ev(2, layout.EventSnapshot, true, 0, 0, 1_000_000_000))
+	tel.handle(ev(1, layout.EvSnapshot, false, 0, 0, 1_000_000_000))
+	tel.handle(ev(2, layout.EvSnapshot, true, 0, 0, 1_000_000_000))
 	if n := len(tel.dialled); n != 0 {
 		t.Errorf("%d dialled services waiting after the server end took its own", n)
 	}
-	tel.handle(ev(2, layout.EventClose, true, 10, 20, 2_000_000_000))
-	tel.handle(ev(1, layout.EventClose, false, 20, 10, 2_000_000_000))
+	tel.handle(ev(2, layout.EvClose, true, 10, 20, 2_000_000_000))
+	tel.handle(ev(1, layout.EvClose, false, 20, 10, 2_000_000_000))
 	if v := withService(); v != 1 {
 		t.Errorf("destination reports with the service: %v, want 1", v)
 	}
@@ -421,11 +421,11 @@ func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 
 	// Only closes, the server's first (it closed first): it waits for
 	// the client's record, which comes right behind.
-	tel.handle(ev(3, layout.EventClose, true, 10, 20, 3_000_000_000))
+	tel.handle(ev(3, layout.EvClose, true, 10, 20, 3_000_000_000))
 	if len(tel.waiting) != 1 || withService() != 1 {
 		t.Fatalf("server end not held: %d waiting", len(tel.waiting))
 	}
-	tel.handle(ev(4, layout.EventClose, false, 20, 10, 3_000_100_000))
+	tel.handle(ev(4, layout.EvClose, false, 20, 10, 3_000_100_000))
 	if v := withService(); v != 2 {
 		t.Errorf("destination reports with the service: %v, want 2", v)
 	}
@@ -433,16 +433,16 @@ func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 	left("server closed first")
 
 	// The client's close first: its entry outlives it for the server end.
-	tel.handle(ev(5, layout.EventClose, false, 20, 10, 4_000_000_000))
+	tel.handle(ev(5, layout.EvClose, false, 20, 10, 4_000_000_000))
 	tel.expirePairs(4_000_000_000 + pairWait/2)
-	tel.handle(ev(6, layout.EventClose, true, 10, 20, 4_000_100_000))
+	tel.handle(ev(6, layout.EvClose, true, 10, 20, 4_000_100_000))
 	if v := withService(); v != 3 {
 		t.Errorf("destination reports with the service: %v, want 3", v)
 	}
 	left("client closed first")
 
 	// No server end here: the client's entry goes pairWait after its close.
-	tel.handle(ev(7, layout.EventClose, false, 0, 0, 5_000_000_000))
+	tel.handle(ev(7, layout.EvClose, false, 0, 0, 5_000_000_000))
 	if n := len(tel.dialled); n != 1 {
 		t.Fatalf("%d dialled services kept after the client closed, want 1", n)
 	}
@@ -455,28 +455,28 @@ func TestServerEndLearnsWhatTheClientDialled(t *testing.T) {
 
 	// The same tuple again: the newer client's entry survives the older
 	// one's close, and its server end still gets it.
-	tel.handle(ev(8, layout.EventSnapshot, false, 0, 0, 6_000_000_000))
-	tel.handle(ev(9, layout.EventSnapshot, false, 0, 0, 6_100_000_000))
-	tel.handle(ev(8, layout.EventClose, false, 0, 0, 6_200_000_000))
+	tel.handle(ev(8, layout.EvSnapshot, false, 0, 0, 6_000_000_000))
+	tel.handle(ev(9, layout.EvSnapshot, false, 0, 0, 6_100_000_000))
+	tel.handle(ev(8, layout.EvClose, false, 0, 0, 6_200_000_000))
 	tel.expirePairs(6_200_000_000 + pairWait)
-	tel.handle(ev(10, layout.EventClose, true, 0, 0, 7_000_000_000))
+	tel.handle(ev(10, layout.EvClose, true, 0, 0, 7_000_000_000))
 	if v := withService(); v != 4 {
 		t.Errorf("destination reports with the service: %v, want 4", v)
 	}
-	tel.handle(ev(9, layout.EventClose, false, 0, 0, 7_000_000_000))
+	tel.handle(ev(9, layout.EvClose, false, 0, 0, 7_000_000_000))
 	tel.expirePairs(8_000_000_000)
 	left("tuple reused")
 
 	// A server end whose client is not on this node (or dialled the pod
 	// itself) has no service: it is accounted once the wait is over, and
 	// not before.
-	tel.handle(ev(11, layout.EventClose, true, 0, 0, 9_000_000_000))
+	tel.handle(ev(11, layout.EvClose, true, 0, 0, 9_000_000_000))
 	tel.expirePairs(9_000_000_000 + pairWait - 1)
 	if v := without(); v != 0 {
 		t.Errorf("accounted before the wait was over")
 	}
 	// A snapshot taken before that close, read now, changes nothing.
-	tel.handle(ev(11, layout.EventSnapshot, true, 0, 0, 8_900_000_000))
+	tel.handle(ev(11, layout.EvSnapshot, true, 0, 0, 8_900_000_000))
 	tel.expirePairs(9_000_000_000 + pairWait)
 	if v := without(); v != 1 {
 		t.Errorf("destination reports without a service: %v, want 1", v)
@@ -501,10 +501,10 @@ func TestPairingWaitsAreBounded(t *testing.T) {
 	tel, _ := newTestTelemetry(t, 100, nil)
 	const n = 3000
 	for i := range n {
-		e := ev(uint64(10+i), layout.EventClose, true, 0, 0, uint64(1_000_000_000+i*1000))
+		e := ev(uint64(10+i), layout.EvClose, true, 0, 0, uint64(1_000_000_000+i*1000))
 		e.Conn.RemotePort = uint16(10000 + i) // each from its own client port
 		tel.handle(e)
-		c := ev(uint64(100000+i), layout.EventClose, false, 0, 0, uint64(1_000_000_000+i*1000))
+		c := ev(uint64(100000+i), layout.EvClose, false, 0, 0, uint64(1_000_000_000+i*1000))
 		c.Conn.LocalPort = uint16(40000 + i%20000)
 		tel.handle(c)
 	}
@@ -566,19 +566,19 @@ func TestPairingOnlyForPodsOnThisNode(t *testing.T) {
 		return testutil.ToFloat64(tel.istio.closed.WithLabelValues(labelValues(ReporterDestination, client, server, nil, noFlags)...))
 	}
 
-	tel.handle(ev(1, layout.EventClose, false, 20, 10, 1_000_000_000))
+	tel.handle(ev(1, layout.EvClose, false, 20, 10, 1_000_000_000))
 	if n := len(tel.dialled); n != 0 {
 		t.Errorf("%d dialled entries for a client whose server is elsewhere", n)
 	}
-	tel.handle(ev(2, layout.EventClose, true, 10, 20, 1_000_000_000))
+	tel.handle(ev(2, layout.EvClose, true, 10, 20, 1_000_000_000))
 	if n := len(tel.waiting); n != 0 || without() != 1 {
 		t.Errorf("a server end whose client is elsewhere: %d waiting, %v accounted, want 0 and 1", n, without())
 	}
 
 	// Both pods here: pairing as usual.
 	local[ipClient], local[ipServer] = true, true
-	tel.handle(ev(3, layout.EventClose, false, 20, 10, 2_000_000_000))
-	tel.handle(ev(4, layout.EventClose, true, 10, 20, 2_000_100_000))
+	tel.handle(ev(3, layout.EvClose, false, 20, 10, 2_000_000_000))
+	tel.handle(ev(4, layout.EvClose, true, 10, 20, 2_000_100_000))
 	if v := value(tel.istio.closed, ReporterDestination, noFlags); v != 1 {
 		t.Errorf("destination reports with the service: %v, want 1", v)
 	}

@@ -89,12 +89,22 @@ type FortioResult struct {
 // reads its JSON result.
 func (p *Pod) FortioLoad(t testing.TB, cg *Cgroup, bin string, args ...string) FortioResult {
 	t.Helper()
+	r, err := p.RunFortioLoad(cg, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// RunFortioLoad is FortioLoad for a goroutine other than the test's: it
+// returns what went wrong instead of failing the test.
+func (p *Pod) RunFortioLoad(cg *Cgroup, bin string, args ...string) (FortioResult, error) {
 	// -r: 1 µs histogram resolution (the default, 1 ms, hides the difference).
 	cmd := p.Command(cg, bin, append([]string{"load", "-quiet", "-json", "-", "-p", "50,90,99", "-r", "0.000001"}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("fortio load %v: %v\n%s", args, err, stderr.String())
+		return FortioResult{}, fmt.Errorf("fortio load %v: %v\n%s", args, err, stderr.String())
 	}
 	var res struct {
 		ActualQPS         float64
@@ -109,7 +119,7 @@ func (p *Pod) FortioLoad(t testing.TB, cg *Cgroup, bin string, args ...string) F
 		RetCodes                map[string]int64
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
-		t.Fatalf("fortio load output: %v\n%s", err, stdout.String())
+		return FortioResult{}, fmt.Errorf("fortio load output: %v\n%s", err, stdout.String())
 	}
 	r := FortioResult{QPS: res.ActualQPS, Calls: res.DurationHistogram.Count, Errors: res.ErrorsDurationHistogram.Count}
 	for code, n := range res.RetCodes {
@@ -128,5 +138,5 @@ func (p *Pod) FortioLoad(t testing.TB, cg *Cgroup, bin string, args ...string) F
 			r.P99 = d
 		}
 	}
-	return r
+	return r, nil
 }

@@ -11,6 +11,7 @@
 #define KM_CONN_H
 
 #include <linux/bpf.h>
+#include <linux/in6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "km_maps.h"
@@ -29,6 +30,10 @@ struct sock_common {
 	struct {
 		__s64 counter;
 	} skc_cookie; /* atomic64_t: the socket cookie, once anyone asked for it */
+	__be32 skc_daddr;  /* the peer of a connected socket */
+	__be16 skc_dport;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
 } __attribute__((preserve_access_index));
 
 struct sock {

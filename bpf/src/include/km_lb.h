@@ -340,7 +340,7 @@ static __always_inline enum km_verdict km_translate_service(const struct km_clie
 	pick->be_known = 1;
 	pick->port = km_target_port(svc_id, pick->workload_id, port, pv);
 	pick->flags = KM_SOCK_REWRITTEN;
-	km_count(KM_STAT_SVC_REWRITE);
+	km_count(KM_STAT_SERVICE_REWRITE);
 	return KM_REWRITE;
 }
 

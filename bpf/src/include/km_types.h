@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Key and value layouts shared by every kmesh BPF program and mirrored in Go
- * (bpf/layout). Every struct is naturally aligned with explicit padding so the
- * Go mirror can be checked field by field against the object's BTF.
+ * Key and value layouts shared by every kmesh BPF program and the Go side.
+ * This header is their only definition: `make generate` writes bpf/layout's
+ * Go types from the compiled object's BTF. Every struct is naturally aligned
+ * with explicit padding (fields named pad become blank in Go). A field that
+ * holds an enum's values is declared with that enum's type, packed to the
+ * field's width, so the enum reaches BTF and Go gets a typed field.
+ * Enums named *_flags are bit sets.
  *
  * Bump KM_LAYOUT_VERSION whenever a struct or a map's meaning changes: the
  * loader then replaces pinned maps instead of misreading them.
@@ -29,14 +33,14 @@ struct km_frontend_key {
 	struct km_addr addr;
 };
 
-enum km_upstream_kind {
+enum __attribute__((packed)) km_upstream_kind {
 	KM_KIND_SERVICE = 1,
 	KM_KIND_WORKLOAD = 2,
 };
 
 struct km_frontend_value {
 	__u32 upstream_id; /* service id or workload id */
-	__u8 kind;         /* enum km_upstream_kind */
+	enum km_upstream_kind kind;
 	__u8 pad[3];
 };
 
@@ -46,18 +50,18 @@ struct km_frontend_value {
  * and its users need no write when its pods or addresses change. 8 bytes. */
 struct km_waypoint_ref {
 	__u32 upstream_id; /* service id or workload id; 0: the waypoint is gone, refuse */
-	__u8 kind;         /* enum km_upstream_kind; 0: no waypoint */
+	enum km_upstream_kind kind; /* 0: no waypoint */
 	__u8 pad[3];
 };
 
 /* km_service: service id -> load-balancing state. 52 bytes. */
-enum km_lb_policy {
+enum __attribute__((packed)) km_lb_policy {
 	KM_LB_RANDOM = 0,
 	KM_LB_ROUND_ROBIN = 1,
 	KM_LB_MAGLEV = 2,
 };
 
-enum km_service_flags {
+enum __attribute__((packed)) km_service_flags {
 	KM_SVC_STRICT = 1 << 0,   /* locality strict: never leave priority 0 */
 	KM_SVC_AFFINITY = 1 << 2, /* session affinity, see affinity_timeout_s */
 };
@@ -66,8 +70,8 @@ struct km_service_value {
 	__u32 ep_count[KM_MAX_PRIO]; /* dense endpoints per priority, 1..n */
 	__u32 rr_cursor;             /* round robin; bumped atomically by BPF */
 	__u32 affinity_timeout_s;
-	__u8 lb_policy;              /* enum km_lb_policy */
-	__u8 flags;                  /* enum km_service_flags */
+	enum km_lb_policy lb_policy;
+	enum km_service_flags flags;
 	__u16 pad;
 	struct km_waypoint_ref waypoint; /* TCP clients go there instead */
 };
@@ -79,13 +83,13 @@ struct km_port_key {
 	__u16 pad;
 };
 
-enum km_port_flags {
+enum __attribute__((packed)) km_port_flags {
 	KM_PORT_OVERRIDES = 1 << 0, /* some backends remap it: see km_portovr */
 };
 
 struct km_port_value {
 	__u16 target_port; /* host order; 0 means same as the service port */
-	__u8 flags;
+	enum km_port_flags flags;
 	__u8 pad;
 };
 
@@ -116,7 +120,7 @@ struct km_endpoint_value {
 };
 
 /* km_backend: workload id -> addresses and waypoint. 40 bytes. */
-enum km_backend_flags {
+enum __attribute__((packed)) km_backend_flags {
 	KM_BE_HAS_V4 = 1 << 0,
 	KM_BE_HAS_V6 = 1 << 1,
 };
@@ -125,7 +129,7 @@ struct km_backend_value {
 	__u32 ip4;  /* network order */
 	__u32 ip6[4];
 	__u32 identity_id;
-	__u8 flags; /* enum km_backend_flags */
+	enum km_backend_flags flags;
 	__u8 pad[3];
 	struct km_waypoint_ref waypoint; /* TCP connects to its own addresses go there */
 	__u32 authz_ps; /* policy set guarding connections to it; 0: none */
@@ -141,7 +145,7 @@ enum km_manage_flags {
 };
 
 struct km_manage_value {
-	__u32 flags;
+	enum km_manage_flags flags;
 	__u32 client_id;   /* stable client key for consistent hashing; 0: use cookie */
 	__u32 workload_id; /* the pod's own workload (its identity); 0: not known yet */
 	__u32 reserved;
@@ -196,7 +200,7 @@ struct km_authz_ps_value {
 	__u16 default_port;
 	__u16 src4, src6; /* classes of the family roots */
 	__u16 dst4, dst6;
-	__u32 flags;
+	enum km_authz_ps_flags flags;
 };
 
 /* km_authz_ident: (set, source identity) -> identity class. */
@@ -240,7 +244,7 @@ enum km_authz_flags {
 };
 
 struct km_authz_verdict {
-	__u32 flags;
+	enum km_authz_flags flags;
 	__u32 policy;     /* deciding policy id (0: allowed, no ALLOW policy) */
 	__u32 dry_policy; /* dry-run policy that would deny */
 	__u32 pad;
@@ -255,11 +259,11 @@ enum km_authz_outcome {
 
 struct km_authz_stat_key {
 	__u32 policy;
-	__u32 outcome;
+	enum km_authz_outcome outcome;
 };
 
 /* km_config: one entry of knobs the daemon sets at run time. */
-enum km_features {
+enum km_feature_flags {
 	KM_FEAT_TELEMETRY = 1 << 0, /* connection records and events (sockops) */
 	KM_FEAT_SOCKMAP = 1 << 1,   /* same-node acceleration (sockhash + sk_msg) */
 };
@@ -267,7 +271,7 @@ enum km_features {
 struct km_config_value {
 	__u32 layout_version;
 	__u32 maglev_size;   /* slots per table in km_maglev's inner maps */
-	__u32 features;      /* enum km_features */
+	enum km_feature_flags features;
 	__u16 waypoint_port; /* host order: where every waypoint pod reads PROXY v2 */
 	__u16 pad;
 };
@@ -285,12 +289,12 @@ struct km_tuple {
 
 /* The connection record of one end of an enrolled TCP connection, for
  * telemetry and acceleration (in km_tcp_sock). 96 bytes. */
-enum km_conn_role {
+enum __attribute__((packed)) km_conn_role {
 	KM_ROLE_CLIENT = 1, /* connect()ed: reports as the source */
 	KM_ROLE_SERVER = 2, /* accept()ed: reports as the destination */
 };
 
-enum km_conn_flags {
+enum __attribute__((packed)) km_conn_flags {
 	KM_CONN_REWRITTEN = 1 << 0, /* orig/service_id are set */
 	KM_CONN_SOCKHASH = 1 << 1,  /* this socket is in km_sockhash */
 	KM_CONN_REDIRECT = 1 << 2,  /* its sends go to the peer past TCP */
@@ -310,8 +314,8 @@ struct km_conn_value {
 	__u16 local_port;
 	__u16 remote_port;
 	__u16 orig_port;
-	__u8 role;  /* enum km_conn_role */
-	__u8 flags; /* enum km_conn_flags */
+	enum km_conn_role role;
+	enum km_conn_flags flags;
 	__u32 service_id;
 	__u32 workload_id; /* the backend the connect hook chose */
 	__u32 acked_base;  /* TCP's bytes_acked at established (the SYN) */
@@ -341,7 +345,7 @@ struct km_sock_value {
 	__u32 workload_id;
 	__u32 prio;
 	__u32 index;
-	__u32 flags;
+	enum km_sock_flags flags;
 	struct km_conn_value conn; /* zero until sockops sees it established */
 };
 
@@ -349,13 +353,13 @@ struct km_sock_value {
  * point in its life. Byte counts are payload totals since established
  * (TCP's counters less SYN and FIN, plus what went past TCP), so a lost
  * record costs no bytes. */
-enum km_event_type {
+enum __attribute__((packed)) km_event_type {
 	KM_EV_OPEN = 1, /* not sent any more (see sockops.c); the daemon still reads it */
 	KM_EV_CLOSE = 2,
 	KM_EV_SNAPSHOT = 3, /* from the iterator: still open */
 };
 
-enum km_conn_end {
+enum __attribute__((packed)) km_conn_end {
 	KM_END_NONE = 0,    /* still open */
 	KM_END_FIN = 1,     /* orderly close, both FINs */
 	KM_END_RESET = 2,   /* reset by the peer */
@@ -371,16 +375,18 @@ struct km_conn_event {
 	__u64 bytes_received;
 	__u32 srtt_us;
 	__u32 total_retrans;
-	__u8 type; /* enum km_event_type */
-	__u8 end;  /* enum km_conn_end */
+	enum km_event_type type;
+	enum km_conn_end end;
 	__u8 old_state; /* TCP state before CLOSE (close events) */
 	__u8 pad;
 	__u32 sk_err;
 };
 
-/* km_stats: per-CPU counters, index by enum km_stat. */
+/* km_stats: per-CPU counters, index by enum km_stat. The daemon exports
+ * each as kmesh_datapath_events_total{event=<name less KM_STAT_, lower
+ * case>}: a rename here renames the metric. */
 enum km_stat {
-	KM_STAT_SVC_REWRITE = 0,
+	KM_STAT_SERVICE_REWRITE = 0,
 	KM_STAT_WAYPOINT_REWRITE,
 	KM_STAT_NO_ENDPOINT,
 	KM_STAT_NO_PORT,
@@ -406,6 +412,7 @@ enum km_stat {
 	KM_STAT_WP_HEADER,      /* PROXY v2 headers written */
 	KM_STAT_WP_HEADER_FAIL, /* a first send failed: no room to put the header in front */
 	KM_STAT_WP_NO_HEADER,   /* bytes went before established (TCP Fast Open): no header, not mid-stream */
+	KM_STAT_UDP_ENDPOINT_GONE, /* connected UDP sockets closed: their endpoint left the service */
 	KM_STAT_MAX,
 };
 
