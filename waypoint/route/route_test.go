@@ -146,8 +146,10 @@ func TestRouteMatch(t *testing.T) {
 	}
 }
 
-func hm(h model.HeaderMatch) model.RouteMatch { return model.RouteMatch{Headers: []model.HeaderMatch{h}} }
-func qm(q model.QueryMatch) model.RouteMatch  { return model.RouteMatch{Query: []model.QueryMatch{q}} }
+func hm(h model.HeaderMatch) model.RouteMatch {
+	return model.RouteMatch{Headers: []model.HeaderMatch{h}}
+}
+func qm(q model.QueryMatch) model.RouteMatch { return model.RouteMatch{Query: []model.QueryMatch{q}} }
 
 func TestRoutesInOrder(t *testing.T) {
 	tbl := Compile(&model.RouteTable{VirtualHosts: []*model.VirtualHost{{Domains: []string{"*"}, Routes: []*model.Route{
