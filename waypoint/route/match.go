@@ -71,11 +71,7 @@ func compileRoute(mr *model.Route, res regexCache) *Route {
 	}
 	for i := range m.Headers {
 		h := &m.Headers[i]
-		key := h.Name
-		if !strings.HasPrefix(key, ":") {
-			key = textproto.CanonicalMIMEHeaderKey(key)
-		}
-		r.headers = append(r.headers, headerMatcher{m: h, key: key, value: compileString(h.Value, res)})
+		r.headers = append(r.headers, headerMatcher{m: h, key: headerKey(h.Name), value: compileString(h.Value, res)})
 	}
 	for i := range m.Query {
 		q := &m.Query[i]
@@ -87,6 +83,15 @@ func compileRoute(mr *model.Route, res regexCache) *Route {
 		}
 	}
 	return r
+}
+
+// headerKey is a header name as http.Header keys it (pseudo-headers as
+// they are).
+func headerKey(name string) string {
+	if strings.HasPrefix(name, ":") {
+		return name
+	}
+	return textproto.CanonicalMIMEHeaderKey(name)
 }
 
 func compileString(m *model.StringMatch, res regexCache) stringMatcher {
@@ -313,3 +318,40 @@ func hasPrefix(s, prefix string, fold bool) bool {
 	}
 	return s[:len(prefix)] == prefix
 }
+
+// HeaderMatchers are compiled header conditions for filters that match on
+// headers of their own (fault's headers).
+type HeaderMatchers []headerMatcher
+
+// CompileHeaders compiles header conditions; all must hold.
+func CompileHeaders(hs []model.HeaderMatch) HeaderMatchers {
+	res := regexCache{}
+	var out HeaderMatchers
+	for i := range hs {
+		h := &hs[i]
+		out = append(out, headerMatcher{m: h, key: headerKey(h.Name), value: compileString(h.Value, res)})
+	}
+	return out
+}
+
+// Match reports whether every condition holds for r (true when empty).
+func (hs HeaderMatchers) Match(r *http.Request) bool {
+	for i := range hs {
+		if !hs[i].matches(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// StringMatcher is a compiled model.StringMatch (regex anchored), for
+// filters that match strings of their own (CORS origins).
+type StringMatcher struct{ s stringMatcher }
+
+// CompileString compiles m.
+func CompileString(m *model.StringMatch) StringMatcher {
+	return StringMatcher{compileString(m, regexCache{})}
+}
+
+// Match reports whether v matches.
+func (s StringMatcher) Match(v string) bool { return s.s.match(v) }
