@@ -269,6 +269,14 @@ func (m *Metrics) TCP(k *TCPKey) *TCPSeries {
 // remember caches a key's series. Keys hold peer pointers of one snapshot,
 // so every swap brings new keys for the same series: past a bound the
 // cache starts over instead of growing with dead snapshots.
+// Reset forgets the series cache keyed by the previous snapshots' peers
+// (the series themselves stay: counters never go backwards).
+func (m *Metrics) Reset() {
+	m.fast.Clear()
+	m.fastTCP.Clear()
+	m.fastN.Store(0)
+}
+
 func (m *Metrics) remember(cache *sync.Map, k, s any) {
 	if m.fastN.Add(1) > int64(4*m.max) {
 		m.fast.Clear()

@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// acceptLoop accepts connections until the listener is closed; each is
+// handled on its own goroutine, so a slow client holds up nobody.
+func (e *Engine) acceptLoop(b *boundListener) {
+	defer close(b.done)
+	var backoff time.Duration
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors and the like: wait a little, as
+			// net/http's server does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			e.log.Warn("waypoint accept failed", "listener", b.key, "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go e.serveConn(b, c)
+	}
+}
+
+// serveConn reads the PROXY header, sniffs when the chain selector needs
+// the protocol, picks the chain and runs it.
+func (e *Engine) serveConn(b *boundListener, c net.Conn) {
+	cfg := e.cfg.Load()
+	lc := cfg.listeners[b.key]
+	if lc == nil {
+		// The listener left the configuration while this was accepted.
+		c.Close()
+		return
+	}
+	timeout := lc.m.HeaderTimeout
+	if timeout <= 0 {
+		timeout = e.opts.HeaderTimeout
+	}
+	cs := &connState{peer: addrPort(c.RemoteAddr()), listenerKey: b.key}
+	local := addrPort(c.LocalAddr())
+	cs.info = model.ConnInfo{Destination: local, Source: cs.peer}
+
+	// One deadline covers the header and the sniffing: a client that
+	// never speaks (a server-first protocol without a header) is given
+	// up on, never waited for.
+	c.SetReadDeadline(deadlineFrom(timeout))
+	br := bufio.NewReaderSize(c, sniffBufferSize)
+	if lc.m.ProxyProtocol {
+		src, dst, reason, err := readProxyHeader(br, lc.m.AllowWithoutProxyProtocol)
+		if err != nil {
+			e.stats.headerFailure(reason)
+			if ok, suppressed := e.warn.allow(); ok {
+				e.log.Warn("waypoint: closing connection without a valid PROXY header", "listener", lc.m.Name,
+					"peer", cs.peer, "reason", reason, "err", err, "timeout", timeout, "suppressed", suppressed)
+			}
+			c.Close()
+			return
+		}
+		if dst.IsValid() {
+			cs.info.Source, cs.info.Destination = src, dst
+		}
+	}
+	if lc.needsProtocol(cs.info) {
+		cs.info.Protocol = e.sniff(br)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	ch := lc.chainFor(cs.info)
+	if ch == nil {
+		e.stats.connections.WithLabelValues("none").Inc()
+		if ok, suppressed := e.warn.allow(); ok {
+			e.log.Warn("waypoint: no filter chain for connection", "listener", lc.m.Name, "peer", cs.peer,
+				"destination", cs.info.Destination, "protocol", cs.info.Protocol, "suppressed", suppressed)
+		}
+		c.Close()
+		return
+	}
+	cs.resolved.Store(&resolution{cfg: cfg, chain: ch, source: cfg.snap.Peers.Lookup(cs.peer.Addr())})
+	pc := &proxiedConn{Conn: c, br: br, state: cs}
+	switch {
+	case ch.m.TCP != nil:
+		e.stats.connections.WithLabelValues("tcp").Inc()
+		e.proxyTCP(pc, cs, cfg, ch)
+	case ch.m.Deny != nil:
+		e.stats.connections.WithLabelValues("deny").Inc()
+		e.denyConn(pc, cs, ch)
+	default:
+		e.stats.connections.WithLabelValues("http").Inc()
+		if !e.handoff.give(pc) {
+			c.Close()
+		}
+	}
+}
+
+// readProxyHeader reads a PROXY header (v1 or v2) and returns the source
+// and original destination it names. A LOCAL command (a health check by
+// the sender itself) or, when allowed, no header at all leaves both
+// invalid: the connection's own addresses stand. reason is the failure
+// counter's label.
+func readProxyHeader(br *bufio.Reader, allowWithout bool) (src, dst netip.AddrPort, reason string, err error) {
+	h, err := proxyproto.Read(br)
+	switch {
+	case err == nil:
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol) && allowWithout:
+		return netip.AddrPort{}, netip.AddrPort{}, "", nil
+	case isTimeout(err):
+		if allowWithout {
+			// A server-first client sends nothing: with headers optional
+			// that is a connection without one.
+			return netip.AddrPort{}, netip.AddrPort{}, "", nil
+		}
+		return src, dst, "timeout", err
+	default:
+		return src, dst, "invalid", err
+	}
+	if h.Command.IsLocal() {
+		return netip.AddrPort{}, netip.AddrPort{}, "", nil
+	}
+	s, d, ok := h.TCPAddrs()
+	if !ok {
+		return src, dst, "invalid", errors.New("PROXY header without TCP addresses")
+	}
+	src = netip.AddrPortFrom(s.AddrPort().Addr().Unmap(), s.AddrPort().Port())
+	dst = netip.AddrPortFrom(d.AddrPort().Addr().Unmap(), d.AddrPort().Port())
+	return src, dst, "", nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
