@@ -97,7 +97,7 @@ func endpoints(addrs ...netip.AddrPort) [][]model.Endpoint {
 // staticSelect sends every connection to one chain.
 type staticSelect string
 
-func (s staticSelect) Select(model.ConnInfo) string        { return string(s) }
+func (s staticSelect) Select(model.ConnInfo) string      { return string(s) }
 func (s staticSelect) NeedsProtocol(netip.AddrPort) bool { return false }
 
 // protoSelect picks by sniffed protocol: "http" for HTTP/1 and h2c,
