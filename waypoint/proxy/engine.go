@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
+	"github.com/kmesh-go/kmesh/waypoint/h1"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 	"github.com/kmesh-go/kmesh/waypoint/telemetry"
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
@@ -60,6 +61,10 @@ type Options struct {
 	// Listen opens a listener (nil: net.Listen). Tests use it to see
 	// binds.
 	Listen func(network, addr string) (net.Listener, error)
+	// NetHTTPUpstream sends HTTP/1.1 upstream through net/http's Transport
+	// instead of the clusters' own pools (for comparison; see
+	// waypoint/upstream/h1.go).
+	NetHTTPUpstream bool
 }
 
 // Engine runs snapshots. Its methods are safe for concurrent use.
@@ -73,7 +78,8 @@ type Engine struct {
 	access   *telemetry.AccessLog
 	faults   filter.Faults
 	stats    *stats
-	srv      *http.Server
+	srv      *http.Server // h2c
+	h1       *h1.Server   // HTTP/1.x
 	handoff  *handoff
 	warn     rateLimiter
 
@@ -117,8 +123,10 @@ func New(o Options) *Engine {
 		listeners: map[string]*boundListener{},
 		tcpOpen:   map[net.Conn]struct{}{},
 	}
+	e.clusters.NetHTTP1 = o.NetHTTPUpstream
 	e.handoff = newHandoff()
 	e.srv = e.newServer()
+	e.h1 = e.newH1Server()
 	go func() {
 		if err := e.srv.Serve(e.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			e.log.Error("waypoint HTTP server stopped", "err", err)
@@ -275,8 +283,9 @@ func (e *Engine) Close() error {
 	return err
 }
 
-// trackTCP registers a proxied TCP connection so Close can end it.
-func (e *Engine) trackTCP(c net.Conn) bool {
+// trackConn registers a connection served outside net/http (TCP proxy,
+// HTTP/1) so Close can end it.
+func (e *Engine) trackConn(c net.Conn) bool {
 	e.tcpMu.Lock()
 	defer e.tcpMu.Unlock()
 	if e.closed.Load() {
@@ -287,7 +296,7 @@ func (e *Engine) trackTCP(c net.Conn) bool {
 	return true
 }
 
-func (e *Engine) untrackTCP(c net.Conn) {
+func (e *Engine) untrackConn(c net.Conn) {
 	e.tcpMu.Lock()
 	delete(e.tcpOpen, c)
 	e.tcpMu.Unlock()

@@ -62,20 +62,30 @@ func (q *request) forward() {
 	}
 	mirrors := q.mirrorTargets()
 
-	eof := &eofTimers{}
+	timeout := q.routeTimeout()
+	var eof *eofTimers // timers started by the end of the request body
+	if timeout > 0 || perTry > 0 {
+		eof = &eofTimers{}
+	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
-		q.body = &requestBody{src: r.Body, keep: retry != nil || len(mirrors) > 0, limit: q.e.opts.BufferLimit, onEOF: eof.fire}
+		q.body = &requestBody{src: r.Body, keep: retry != nil || len(mirrors) > 0, limit: q.e.opts.BufferLimit}
+		if q.body.keep && r.ContentLength > 0 && r.ContentLength <= int64(q.body.limit) {
+			q.body.buf = make([]byte, 0, r.ContentLength)
+		}
+		if eof != nil {
+			q.body.onEOF = eof.fire
+		}
 		if r.ProtoMajor == 1 {
 			// Stream the answer while the request body still comes in (a
 			// gRPC or other bidirectional stream over HTTP/1.1).
 			http.NewResponseController(q.w).EnableFullDuplex()
 		}
-	} else {
+	} else if eof != nil {
 		eof.fire()
 	}
 
 	ctx := r.Context()
-	if timeout := q.routeTimeout(); timeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
@@ -106,14 +116,15 @@ func (q *request) forward() {
 		}
 		q.host = host
 		a := q.startAttempt(ctx, eof, perTry)
-		out := q.outgoing(a.ctx, host, path, authority, attempt)
+		h2 := q.upstreamH2(cl, upgrade)
+		out := q.outgoing(host, path, authority, attempt, h2 || upgrade)
 		if f.AutoHostRewrite {
 			out.Host = host.Key
 		}
 		a.body, _ = out.Body.(*bodyReader)
 		host.Started()
 		t0 := time.Now()
-		resp, err := q.transport(cl, upgrade).RoundTrip(out)
+		resp, err := cl.RoundTrip(a.ctx, out, host, h2)
 		if err != nil {
 			host.Done()
 			a.end()
@@ -159,7 +170,7 @@ func (q *request) forward() {
 				q.flags |= flagURX
 			}
 		}
-		q.respond(resp, upgrade, a)
+		q.respond(resp, upgrade, &a)
 		host.Done()
 		a.end()
 		return
@@ -271,16 +282,15 @@ func (q *request) hashKey() (uint64, bool) {
 	return 0, false
 }
 
-// transport is the cluster's pool for this request's upstream protocol.
-func (q *request) transport(cl *upstream.Cluster, upgrade bool) *http.Transport {
-	h2 := false
+// upstreamH2 tells whether this request goes to the cluster over h2c.
+func (q *request) upstreamH2(cl *upstream.Cluster, upgrade bool) bool {
 	switch cl.Model().Protocol {
 	case "http2":
-		h2 = true
+		return !upgrade
 	case "downstream":
-		h2 = q.r.ProtoMajor == 2
+		return q.r.ProtoMajor == 2
 	}
-	return cl.Transport(h2 && !upgrade)
+	return false
 }
 
 // hopByHop are the headers of one connection, never forwarded.
@@ -334,11 +344,19 @@ func isUpgrade(r *http.Request) bool {
 	return false
 }
 
-// outgoing is the upstream request of one attempt.
-func (q *request) outgoing(ctx context.Context, host *upstream.Host, path, authority string, attempt int) *http.Request {
+// outgoing makes the request the upstream request of one attempt, in
+// place: the client's path and authority are kept in q (for the log), the
+// rest is not needed again. Through net/http's Transport (h2c, upgrades) a
+// retry gets a copy of the headers: the previous attempt's transport may
+// still hold them.
+func (q *request) outgoing(host *upstream.Host, path, authority string, attempt int, viaTransport bool) *http.Request {
 	r := q.r
-	out := r.WithContext(ctx)
-	u := &url.URL{Scheme: "http", Host: host.Key}
+	u := r.URL
+	if u == nil {
+		u = new(url.URL)
+		r.URL = u
+	}
+	*u = url.URL{Scheme: "http", Host: host.Key}
 	p, query, hasQuery := strings.Cut(path, "?")
 	if strings.HasPrefix(p, "//") {
 		// Opaque cannot start with "//"; the decoded form keeps the
@@ -353,28 +371,31 @@ func (q *request) outgoing(ctx context.Context, host *upstream.Host, path, autho
 		u.Opaque = p
 	}
 	u.RawQuery, u.ForceQuery = query, hasQuery && query == ""
-	out.URL = u
-	out.RequestURI = ""
-	out.Host = authority
-	out.Close = false
-	out.TransferEncoding = nil
-	out.GetBody = nil
-	if attempt > 1 {
-		// The previous attempt's transport may still hold the header map.
-		out.Header = r.Header.Clone()
+	r.RequestURI = ""
+	r.Host = authority
+	r.Close = false
+	r.TransferEncoding = nil
+	r.GetBody = nil
+	if attempt > 1 && viaTransport {
+		r.Header = r.Header.Clone()
 	}
-	out.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt))
-	if _, ok := out.Header["User-Agent"]; !ok {
+	r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt))
+	if _, ok := r.Header["User-Agent"]; !ok {
 		// None from the client: none from us either (the transport would
 		// add Go's).
-		out.Header["User-Agent"] = nil
+		r.Header["User-Agent"] = nil
 	}
 	if q.body != nil {
-		out.Body = q.body.attempt()
+		r.Body = q.body.attempt()
+		if q.body.keep {
+			// A keep-alive connection found closed is retried on a new one
+			// with the body from its start.
+			r.GetBody = func() (io.ReadCloser, error) { return q.body.attempt(), nil }
+		}
 	} else {
-		out.Body, out.ContentLength = nil, 0
+		r.Body, r.ContentLength = nil, 0
 	}
-	return out
+	return r
 }
 
 // attempt is one upstream try's context and per-try timer.
@@ -387,14 +408,14 @@ type attempt struct {
 
 // startAttempt gives an attempt its own context when it has a per-try
 // timeout (armed once the request body is complete).
-func (q *request) startAttempt(ctx context.Context, eof *eofTimers, perTry time.Duration) *attempt {
+func (q *request) startAttempt(ctx context.Context, eof *eofTimers, perTry time.Duration) attempt {
 	if perTry <= 0 {
-		return &attempt{ctx: ctx}
+		return attempt{ctx: ctx}
 	}
 	actx, cancel := context.WithCancelCause(ctx)
 	t := &deadline{d: perTry, cancel: cancel, cause: errPerTryTimeout}
 	eof.add(t)
-	return &attempt{ctx: actx, cancel: cancel, timer: t}
+	return attempt{ctx: actx, cancel: cancel, timer: t}
 }
 
 func (a *attempt) end() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
+	"github.com/kmesh-go/kmesh/waypoint/h1"
 	"github.com/kmesh-go/kmesh/waypoint/route"
 	"github.com/kmesh-go/kmesh/waypoint/telemetry"
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
@@ -18,14 +19,21 @@ import (
 
 type connKey struct{}
 
+// newH1Server serves HTTP/1.x connections on the goroutine that accepted
+// them (the fast path; why in package h1).
+func (e *Engine) newH1Server() *h1.Server {
+	return &h1.Server{Handler: e.serveH1, IdleTimeout: downstreamIdleTime, MaxHeaderBytes: maxHeaderBytes, Logger: e.log}
+}
+
 // Limits of the downstream HTTP server, Envoy's defaults.
 const (
 	maxHeaderBytes     = 60 << 10 // max_request_headers_kb
 	downstreamIdleTime = time.Hour
 )
 
-// newServer is the one HTTP server all HTTP chains share: HTTP/1.1 and
-// h2c prior knowledge on the connections handed to it.
+// newServer is the HTTP server of h2c (prior knowledge) connections, all
+// chains together. HTTP/1 connections are served by package h1's server
+// (see newH1Server).
 func (e *Engine) newServer() *http.Server {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -87,11 +95,25 @@ type request struct {
 	wrote        bool
 }
 
-// serveHTTP runs one request through its chain.
+// serveHTTP is net/http's handler (h2c connections).
 func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	cs, _ := r.Context().Value(connKey{}).(*connState)
+	if cs == nil {
+		http.Error(w, "no connection state", http.StatusInternalServerError)
+		return
+	}
+	e.handle(w, r, cs)
+}
+
+// serveH1 is the HTTP/1 server's handler.
+func (e *Engine) serveH1(w http.ResponseWriter, r *http.Request, conn any) {
+	e.handle(w, r, conn.(*connState))
+}
+
+// handle runs one request through its connection's chain.
+func (e *Engine) handle(w http.ResponseWriter, r *http.Request, cs *connState) {
 	cfg := e.cfg.Load()
-	if cs == nil || cfg == nil {
+	if cfg == nil {
 		http.Error(w, "no configuration", http.StatusServiceUnavailable)
 		return
 	}

@@ -76,9 +76,13 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 	if lc.needsProtocol(cs.info) {
 		cs.info.Protocol = e.sniff(br)
 	}
+	ch := lc.chainFor(cs.info)
+	if ch != nil && ch.m.HTTP != nil && cs.info.Protocol == "" {
+		// Which HTTP server: h2c or HTTP/1.
+		cs.info.Protocol = httpVersion(br, ch.m.HTTP.Codec)
+	}
 	c.SetReadDeadline(time.Time{})
 
-	ch := lc.chainFor(cs.info)
 	if ch == nil {
 		e.stats.connections.WithLabelValues("none").Inc()
 		if ok, suppressed := e.warn.allow(); ok {
@@ -99,10 +103,46 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		e.denyConn(pc, cs, ch)
 	default:
 		e.stats.connections.WithLabelValues("http").Inc()
+		e.serveHTTPConn(pc, cs)
+	}
+}
+
+// serveHTTPConn gives an HTTP connection to its server: h2c to net/http's,
+// HTTP/1 to package h1's on this goroutine.
+func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) {
+	if cs.info.Protocol == model.ProtocolHTTP2 {
 		if !e.handoff.give(pc) {
-			c.Close()
+			pc.Close()
+		}
+		return
+	}
+	if !e.trackConn(pc) {
+		pc.Close()
+		return
+	}
+	defer e.untrackConn(pc)
+	br := pc.br
+	pc.br = nil
+	e.h1.ServeConn(pc.Conn, br, cs)
+}
+
+// httpVersion tells h2c prior knowledge from HTTP/1 by the first bytes
+// ("PRI " starts only the h2 preface); a chain whose codec is fixed says
+// it without looking.
+func httpVersion(br *bufio.Reader, codec string) string {
+	switch codec {
+	case "http1":
+		return model.ProtocolHTTP1
+	case "http2":
+		return model.ProtocolHTTP2
+	}
+	for n := 1; n <= 4; n++ {
+		b, err := br.Peek(n)
+		if err != nil || b[n-1] != h2Preface[n-1] {
+			return model.ProtocolHTTP1
 		}
 	}
+	return model.ProtocolHTTP2
 }
 
 // readProxyHeader reads a PROXY header (v1 or v2) and returns the source

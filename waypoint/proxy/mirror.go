@@ -106,7 +106,7 @@ func (e *Engine) mirror(cl *upstream.Cluster, method, path, authority string, h 
 	}
 	h2 := cl.Model().Protocol == "http2" || cl.Model().Protocol == "downstream" && protoMajor == 2
 	host.Started()
-	resp, err := cl.Transport(h2).RoundTrip(req)
+	resp, err := cl.RoundTrip(ctx, req, host, h2)
 	host.Done()
 	if err != nil {
 		e.stats.mirror("failed")

@@ -8,6 +8,9 @@ import (
 	"sync"
 )
 
+// headerSetter is package h1's writer taking a header map whole.
+type headerSetter interface{ SetHeader(http.Header) }
+
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // respond streams an upstream response to the client: headers less the
@@ -16,9 +19,15 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // then the trailers.
 func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	defer resp.Body.Close()
-	h := q.w.Header()
-	for k, v := range resp.Header {
-		h[k] = v
+	var h http.Header
+	if hs, ok := q.w.(headerSetter); ok {
+		hs.SetHeader(resp.Header)
+		h = resp.Header
+	} else {
+		h = q.w.Header()
+		for k, v := range resp.Header {
+			h[k] = v
+		}
 	}
 	removeHopByHop(h, upgrade && resp.StatusCode == http.StatusSwitchingProtocols)
 	q.decorate(h)

@@ -28,11 +28,11 @@ const DefaultTCPIdleTimeout = time.Hour
 func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain) {
 	start := time.Now()
 	tp := ch.m.TCP
-	if !e.trackTCP(c) {
+	if !e.trackConn(c) {
 		c.Close()
 		return
 	}
-	defer e.untrackTCP(c)
+	defer e.untrackConn(c)
 	defer c.Close()
 
 	name := tp.Cluster
@@ -242,9 +242,7 @@ func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) {
 		c.SetReadDeadline(time.Time{})
 	}
 	if cs.info.Protocol == model.ProtocolHTTP1 || cs.info.Protocol == model.ProtocolHTTP2 {
-		if !e.handoff.give(c) {
-			c.Close()
-		}
+		e.serveHTTPConn(c, cs)
 		return
 	}
 	e.stats.denied.WithLabelValues("chain").Inc()

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,10 +123,11 @@ type Metrics struct {
 	overflowed                    prometheus.Counter
 
 	// fast maps keys (peer pointers of the current snapshots) to series
-	// without building label strings; slow dedups by label values.
-	fast    sync.Map // RequestKey -> *requestSeries
-	fastTCP sync.Map // TCPKey -> *TCPSeries
-	fastN   atomic.Int64
+	// without building label strings (a typed map: a sync.Map would box
+	// every key it is asked for); slow dedups by label values.
+	fastMu  sync.RWMutex
+	fast    map[RequestKey]*requestSeries
+	fastTCP map[TCPKey]*TCPSeries
 	mu      sync.Mutex
 	slow    map[string]*requestSeries
 	slowTCP map[string]*TCPSeries
@@ -171,6 +171,8 @@ func NewMetrics(maxSeries int) *Metrics {
 		}),
 		slow:    map[string]*requestSeries{},
 		slowTCP: map[string]*TCPSeries{},
+		fast:    map[RequestKey]*requestSeries{},
+		fastTCP: map[TCPKey]*TCPSeries{},
 	}
 }
 
@@ -205,13 +207,16 @@ func (m *Metrics) ObserveRequest(k *RequestKey, d time.Duration, requestBytes, r
 }
 
 func (m *Metrics) requestSeries(k *RequestKey) *requestSeries {
-	if s, ok := m.fast.Load(*k); ok {
-		return s.(*requestSeries)
+	m.fastMu.RLock()
+	s, ok := m.fast[*k]
+	m.fastMu.RUnlock()
+	if ok {
+		return s
 	}
 	values := requestValues(k)
 	key := strings.Join(values, "\xff")
 	m.mu.Lock()
-	s := m.slow[key]
+	s = m.slow[key]
 	if s == nil {
 		if len(m.slow) >= m.max {
 			m.overflowed.Inc()
@@ -230,20 +235,26 @@ func (m *Metrics) requestSeries(k *RequestKey) *requestSeries {
 		}
 	}
 	m.mu.Unlock()
-	m.remember(&m.fast, *k, s)
+	m.fastMu.Lock()
+	m.bound()
+	m.fast[*k] = s
+	m.fastMu.Unlock()
 	return s
 }
 
 // TCP returns the series of a TCP connection: count it opened now, closed
 // and its bytes when it ends.
 func (m *Metrics) TCP(k *TCPKey) *TCPSeries {
-	if s, ok := m.fastTCP.Load(*k); ok {
-		return s.(*TCPSeries)
+	m.fastMu.RLock()
+	s, ok := m.fastTCP[*k]
+	m.fastMu.RUnlock()
+	if ok {
+		return s
 	}
 	values := tcpValues(k)
 	key := strings.Join(values, "\xff")
 	m.mu.Lock()
-	s := m.slowTCP[key]
+	s = m.slowTCP[key]
 	if s == nil {
 		if len(m.slowTCP) >= m.max {
 			m.overflowed.Inc()
@@ -262,7 +273,10 @@ func (m *Metrics) TCP(k *TCPKey) *TCPSeries {
 		}
 	}
 	m.mu.Unlock()
-	m.remember(&m.fastTCP, *k, s)
+	m.fastMu.Lock()
+	m.bound()
+	m.fastTCP[*k] = s
+	m.fastMu.Unlock()
 	return s
 }
 
@@ -272,18 +286,20 @@ func (m *Metrics) TCP(k *TCPKey) *TCPSeries {
 // Reset forgets the series cache keyed by the previous snapshots' peers
 // (the series themselves stay: counters never go backwards).
 func (m *Metrics) Reset() {
-	m.fast.Clear()
-	m.fastTCP.Clear()
-	m.fastN.Store(0)
+	m.fastMu.Lock()
+	clear(m.fast)
+	clear(m.fastTCP)
+	m.fastMu.Unlock()
 }
 
-func (m *Metrics) remember(cache *sync.Map, k, s any) {
-	if m.fastN.Add(1) > int64(4*m.max) {
-		m.fast.Clear()
-		m.fastTCP.Clear()
-		m.fastN.Store(1)
+// bound starts the cache over when it holds many keys: keys hold peer
+// pointers of one snapshot, so every swap brings new keys for the same
+// series. Called with fastMu held.
+func (m *Metrics) bound() {
+	if len(m.fast)+len(m.fastTCP) >= 4*m.max {
+		clear(m.fast)
+		clear(m.fastTCP)
 	}
-	cache.Store(k, s)
 }
 
 func requestValues(k *RequestKey) []string {

@@ -1,8 +1,10 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -78,6 +80,10 @@ type Cluster struct {
 	mu      sync.Mutex
 	actives map[netip.AddrPort]*atomic.Int64
 	pools   *pools
+	h1      *h1Pool
+	// netHTTP sends HTTP/1.1 through net/http's Transport instead of h1Pool
+	// (for comparison; see h1.go).
+	netHTTP bool
 	closed  atomic.Bool
 }
 
@@ -96,6 +102,7 @@ type limits struct {
 func newCluster(name string, log *slog.Logger) *Cluster {
 	c := &Cluster{Name: name, log: log, actives: map[netip.AddrPort]*atomic.Int64{}}
 	c.pools = newPools(c)
+	c.h1 = newH1Pool(c)
 	return c
 }
 
@@ -210,15 +217,6 @@ func (c *Cluster) StartRequest() bool {
 		c.overflows.Add(1)
 		return false
 	}
-	// Requests beyond the open connections wait for one: Envoy's pending
-	// requests, bounded by max_pending_requests. (HTTP/1: one request per
-	// connection; over HTTP/2 this overcounts, which only makes the bound
-	// stricter while connections are being opened.)
-	if pending := c.requests.Load() - c.connections.Load(); pending > st.limits.pending {
-		c.requests.Add(-1)
-		c.overflows.Add(1)
-		return false
-	}
 	return true
 }
 
@@ -226,6 +224,7 @@ func (c *Cluster) EndRequest() {
 	c.requests.Add(-1)
 	if c.closed.Load() {
 		c.pools.closeIdle()
+		c.h1.closeIdle(true)
 	}
 }
 
@@ -255,4 +254,18 @@ func (c *Cluster) Stats() Stats {
 func (c *Cluster) close() {
 	c.closed.Store(true)
 	c.pools.closeIdle()
+	c.h1.closeIdle(true)
+}
+
+// RoundTrip sends req to host: over h2c prior knowledge when h2, else
+// HTTP/1.1 with the cluster's own pool (h1.go). Upgrades (WebSocket) go
+// through net/http's Transport, which hands the connection over after the
+// 101. req.URL.Host must be host's address. ctx bounds the exchange (the
+// request's own context is not looked at on the HTTP/1.1 path, so the
+// caller need not copy the request to give it one).
+func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, host *Host, h2 bool) (*http.Response, error) {
+	if h2 || c.netHTTP || req.Header.Get("Upgrade") != "" {
+		return c.Transport(h2).RoundTrip(req.WithContext(ctx))
+	}
+	return c.h1.roundTrip(ctx, req, host.Key)
 }

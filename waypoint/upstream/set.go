@@ -22,7 +22,10 @@ import (
 
 // Set holds the clusters of the current configuration.
 type Set struct {
-	log      *slog.Logger
+	log *slog.Logger
+	// NetHTTP1 sends HTTP/1.1 through net/http's Transport instead of the
+	// clusters' own pools (for comparison). Set before the first Update.
+	NetHTTP1 bool
 	mu       sync.Mutex
 	clusters map[string]*Cluster
 }
@@ -45,6 +48,7 @@ func (s *Set) Update(cs map[string]*model.Cluster) map[string]*Cluster {
 		c := s.clusters[name]
 		if c == nil {
 			c = newCluster(name, s.log)
+			c.netHTTP = s.NetHTTP1
 		}
 		c.update(m)
 		next[name] = c

@@ -237,16 +237,6 @@ func TestRequestAndRetryBreakers(t *testing.T) {
 	}
 }
 
-func TestPendingBreaker(t *testing.T) {
-	_, c := one(t, &model.Cluster{Name: "c", MaxPendingRequests: 1, Endpoints: [][]model.Endpoint{{ep("10.0.0.1:80", 1)}}})
-	if !c.StartRequest() {
-		t.Fatal("first request waits for a connection: one pending fits")
-	}
-	if c.StartRequest() {
-		t.Fatal("a second request with no connection open is a second pending one")
-	}
-}
-
 func TestPoolsReuseAndConnectionBreaker(t *testing.T) {
 	var conns int
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
