@@ -75,7 +75,7 @@ func Snapshot(o Options) *model.Snapshot {
 		clusterName := chainName
 		vip := VIP(i)
 		rt := &model.RouteTable{Name: chainName, VirtualHosts: []*model.VirtualHost{{
-			Name:    host + ":80",
+			Name: host + ":80",
 			// A chain serves one service, so its one virtual host takes any
 			// authority, as istiod writes a waypoint's inbound-vip routes.
 			Domains: []string{host, host + ":80", short, short + ":80", short + ".bench", short + ".bench:80", vip.Addr().String(), vip.String(), "*"},
