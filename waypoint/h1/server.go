@@ -245,12 +245,32 @@ func (cn *conn) handle(req *http.Request) (ok bool) {
 	return true
 }
 
-// reply answers a request the server itself refuses, then the
-// connection closes.
+// reply answers a request the server itself refuses, in net/http's words,
+// then the connection closes.
 func (cn *conn) reply(req *http.Request, code int, msg string) {
-	fmt.Fprintf(cn.bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
-		code, http.StatusText(code), len(msg), msg)
+	text := strconv.Itoa(code) + " " + http.StatusText(code)
+	if msg != "" {
+		text += ": " + msg
+	}
+	if code == http.StatusExpectationFailed {
+		fmt.Fprintf(cn.bw, "HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: 0\r\nDate: %s\r\n\r\n", text, date())
+	} else {
+		fmt.Fprintf(cn.bw, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%s", text, text)
+	}
 	cn.bw.Flush()
+	cn.closeWriteAndWait()
+}
+
+// closeWriteAndWait sends FIN and reads away what the client still sends
+// for a moment, so closing with its bytes unread does not reset the
+// connection before the client has read the answer (net/http does the
+// same).
+func (cn *conn) closeWriteAndWait() {
+	if cw, ok := cn.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	cn.c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.Copy(io.Discard, cn.c)
 }
 
 // badRequest answers a request that could not be parsed, unless the
@@ -458,10 +478,16 @@ func (w *response) WriteHeader(code int) {
 		w.closeAfter = true
 	}
 	switch {
-	case w.closeAfter:
-		h.Set("Connection", "close")
 	case keepAlive10:
 		h.Set("Connection", "keep-alive")
+	case w.closeAfter && w.req.ProtoAtLeast(1, 1):
+		// (HTTP/1.0 closes unless told otherwise: nothing to say.)
+		h.Set("Connection", "close")
+	}
+	if code == http.StatusNotModified {
+		// As net/http: a 304 describes no body of its own.
+		delete(h, "Content-Type")
+		delete(h, "Content-Length")
 	}
 	writeStatus(bw, w.req.ProtoMinor, code)
 	writeHeaders(bw, h, true)
