@@ -393,4 +393,3 @@ func parse(t *testing.T, raw string) string {
 	slices.Sort(keys)
 	return fmt.Sprintf("%s %s host=%s len=%d te=%v body=%q trailer=%v headers=%v", r.Method, r.RequestURI, r.Host, r.ContentLength, r.TransferEncoding, b, r.Trailer, keys)
 }
-
