@@ -361,7 +361,14 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 				pc.conn.SetDeadline(aLongTimeAgo)
 				<-bodyDone
 			}
-			return fail(err, nothing && (idempotent(req.Method) || req.Body == nil) && (errors.Is(err, io.EOF) || isReset(err)))
+			// A reused connection closed before any byte of a response
+			// (ReadResponse says unexpected EOF then) is one the endpoint
+			// closed while it sat idle in the pool: Envoy's pool would have
+			// seen the FIN and dropped it; nothing was processed, so the
+			// request goes again on a new connection when it can be sent
+			// again (no body, or one kept for replay).
+			closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)
+			return fail(err, nothing && closed && (idempotent(req.Method) || req.Body == nil || req.GetBody != nil))
 		}
 		// 1xx responses (100 Continue, 103 Early Hints) precede the real one.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
