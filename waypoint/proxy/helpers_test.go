@@ -222,3 +222,17 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// newH2CServer is an h2c-only (prior knowledge) server on loopback.
+func newH2CServer(t *testing.T, h http.HandlerFunc) netip.AddrPort {
+	t.Helper()
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	s := httptest.NewUnstartedServer(h)
+	s.Config.Protocols = &p
+	s.Start()
+	t.Cleanup(s.Close)
+	return netip.MustParseAddrPort(s.Listener.Addr().String())
+}
