@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultBufferLimit is how much of a request body is kept for retries and
@@ -18,16 +19,19 @@ const DefaultBufferLimit = 1 << 20
 //
 // Attempts read through their own bodyReader. An abandoned attempt's
 // transport may still be reading (its write loop runs on its own
-// goroutine); reads of the source hold mu, and what any attempt reads from
-// the source is appended to the copy first, so the next attempt misses
-// nothing.
+// goroutine, possibly blocked in a read of a client stream that sends
+// nothing more): one reader at a time reads the source (readMu), without
+// holding mu, so the state stays readable by the request's goroutine; what
+// any attempt reads from the source is appended to the copy first, so the
+// next attempt misses nothing.
 type requestBody struct {
 	src   io.ReadCloser
 	keep  bool
 	limit int
 	onEOF func()
 
-	mu       sync.Mutex
+	readMu   sync.Mutex // held while reading the source
+	mu       sync.Mutex // guards what follows, never held across a read
 	buf      []byte
 	n        int64
 	overflow bool  // the copy was dropped: the body cannot be replayed
@@ -93,60 +97,86 @@ type bodyReader struct {
 	// while off is within it, from the source once off reaches what the
 	// source has given.
 	off    int64
-	closed bool
+	closed atomic.Bool
 }
 
 var errNotReplayable = errors.New("request body: not kept for another attempt")
 
 func (r *bodyReader) Read(p []byte) (int, error) {
 	b := r.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if r.closed {
-		return 0, errAttemptClosed
+	for {
+		if r.closed.Load() {
+			return 0, errAttemptClosed
+		}
+		b.mu.Lock()
+		if n, done, err := r.fromState(p); done {
+			b.mu.Unlock()
+			return n, err
+		}
+		b.mu.Unlock()
+
+		b.readMu.Lock()
+		b.mu.Lock()
+		caughtUp := r.off == b.n && r.off >= int64(len(b.buf)) && !b.eof && b.err == nil
+		b.mu.Unlock()
+		if !caughtUp {
+			// Another reader got data meanwhile: serve it from the state.
+			b.readMu.Unlock()
+			continue
+		}
+		n, err := b.src.Read(p)
+		b.mu.Lock()
+		b.n += int64(n)
+		r.off += int64(n)
+		if n > 0 && b.keep && !b.overflow {
+			if len(b.buf)+n > b.limit {
+				b.overflow, b.buf = true, nil
+			} else {
+				b.buf = append(b.buf, p[:n]...)
+			}
+		}
+		fire := false
+		switch {
+		case err == io.EOF:
+			b.eof, fire = true, b.onEOF != nil
+		case err != nil:
+			b.err = err
+		}
+		b.mu.Unlock()
+		b.readMu.Unlock()
+		if fire {
+			b.onEOF()
+		}
+		return n, err
 	}
+}
+
+// fromState answers a read from the copy or the recorded end, when it can
+// (done). Called with mu held.
+func (r *bodyReader) fromState(p []byte) (int, bool, error) {
+	b := r.b
 	if r.off < int64(len(b.buf)) {
 		n := copy(p, b.buf[r.off:])
 		r.off += int64(n)
-		return n, nil
+		return n, true, nil
 	}
 	if r.off != b.n {
 		// What this reader needs next was dropped from the copy (retries
 		// never start from a dropped copy; this is an abandoned attempt).
-		return 0, errNotReplayable
+		return 0, true, errNotReplayable
 	}
 	if b.eof {
-		return 0, io.EOF
+		return 0, true, io.EOF
 	}
 	if b.err != nil {
-		return 0, b.err
+		return 0, true, b.err
 	}
-	n, err := b.src.Read(p)
-	b.n += int64(n)
-	r.off += int64(n)
-	if n > 0 && b.keep && !b.overflow {
-		if len(b.buf)+n > b.limit {
-			b.overflow, b.buf = true, nil
-		} else {
-			b.buf = append(b.buf, p[:n]...)
-		}
-	}
-	switch {
-	case err == io.EOF:
-		b.eof = true
-		if b.onEOF != nil {
-			b.onEOF()
-		}
-	case err != nil:
-		b.err = err
-	}
-	return n, err
+	return 0, false, nil
 }
 
-// Close ends this attempt's reading; the source stays open for others.
+// Close ends this attempt's reading; the source stays open for others. It
+// never waits (a read of this attempt may be blocked on the client).
 func (r *bodyReader) Close() error {
-	r.b.mu.Lock()
-	r.closed = true
-	r.b.mu.Unlock()
+	r.closed.Store(true)
 	return nil
 }

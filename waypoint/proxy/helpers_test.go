@@ -9,12 +9,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -235,4 +237,31 @@ func newH2CServer(t *testing.T, h http.HandlerFunc) netip.AddrPort {
 	s.Start()
 	t.Cleanup(s.Close)
 	return netip.MustParseAddrPort(s.Listener.Addr().String())
+}
+
+// metricsText is the engine's metrics in Prometheus' text format.
+func metricsText(t *testing.T, te *testEngine) string {
+	t.Helper()
+	mfs, err := te.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.String()
+}
+
+// grep keeps the lines containing s.
+func grep(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
