@@ -28,7 +28,7 @@ func TestMirroring(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		seen <- seenRequest{host: r.Host, uri: r.RequestURI, method: r.Method, body: string(b), header: r.Header.Clone()}
 		if slow.Load() {
-			time.Sleep(2 * time.Second)
+			time.Sleep(700 * time.Millisecond)
 		}
 		w.WriteHeader(500) // never seen by the client
 	})
