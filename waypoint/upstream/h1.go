@@ -80,14 +80,29 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // get returns a connection to host: an idle one, a new one within
 // max_connections, or, at the limit, the next one released (a pending
 // request, bounded by max_pending_requests).
-func (p *h1Pool) get(ctx context.Context, host string) (*h1Conn, bool, error) {
+// With fresh (the retry after a stale connection), the endpoint's idle
+// connections are closed instead of used: they idled at least as long as
+// the one found dead (the pool hands out its newest first).
+func (p *h1Pool) get(ctx context.Context, host string, fresh bool) (*h1Conn, bool, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
 			return nil, false, errors.New("cluster removed")
 		}
-		if pc := p.popIdle(host); pc != nil {
+		if fresh {
+			stale := p.idle[host]
+			delete(p.idle, host)
+			p.nIdle -= len(stale)
+			fresh = false
+			if len(stale) > 0 {
+				p.mu.Unlock()
+				for _, pc := range stale {
+					pc.conn.Close()
+				}
+				continue
+			}
+		} else if pc := p.popIdle(host); pc != nil {
 			p.mu.Unlock()
 			return pc, true, nil
 		}
@@ -264,7 +279,7 @@ func (c *Cluster) idleTimeout() time.Duration {
 // goes back to the pool when the body has been read to its end.
 func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) (*http.Response, error) {
 	for try := 0; ; try++ {
-		pc, reused, err := p.get(ctx, host)
+		pc, reused, err := p.get(ctx, host, try > 0)
 		if err != nil {
 			return nil, err
 		}
@@ -310,6 +325,9 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 		stop = context.AfterFunc(ctx, func() { pc.conn.SetDeadline(aLongTimeAgo) })
 	}
 	readBefore := pc.rc.n
+	// A failure before any response byte on a connection the endpoint
+	// closed can be sent again on a new one when the body can be.
+	replayable := req.Body == nil || req.GetBody != nil
 	fail := func(err error, safe bool) (*http.Response, error) {
 		stop()
 		pc.p.release(pc, false)
@@ -334,11 +352,11 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			bodyDone = make(chan error, 1)
 			bodyDone <- err
 		} else if err := pc.bw.Flush(); err != nil {
-			return fail(err, idempotent(req.Method) || req.Body == nil)
+			return fail(err, replayable)
 		}
 	} else {
 		if err := pc.bw.Flush(); err != nil {
-			return fail(err, true)
+			return fail(err, replayable)
 		}
 		bodyDone = make(chan error, 1)
 		go func() {
@@ -368,7 +386,7 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			// request goes again on a new connection when it can be sent
 			// again (no body, or one kept for replay).
 			closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)
-			return fail(err, nothing && closed && (idempotent(req.Method) || req.Body == nil || req.GetBody != nil))
+			return fail(err, nothing && closed && replayable)
 		}
 		// 1xx responses (100 Continue, 103 Early Hints) precede the real one.
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -382,14 +400,6 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 }
 
 func noStop() bool { return true }
-
-func idempotent(method string) bool {
-	switch method {
-	case "GET", "HEAD", "OPTIONS", "TRACE":
-		return true
-	}
-	return false
-}
 
 func isReset(err error) bool {
 	s := err.Error()

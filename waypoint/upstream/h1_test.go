@@ -187,6 +187,41 @@ func TestH1StaleKeepAliveRetried(t *testing.T) {
 	}
 }
 
+// Several idle connections the endpoint closed: the retry after the first
+// stale one must not take the next stale one.
+func TestH1ManyStaleConnections(t *testing.T) {
+	gate := make(chan struct{})
+	srv := newCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("wait") != "" {
+			<-gate
+		}
+		io.WriteString(w, "ok")
+	}, func(s *http.Server) { s.IdleTimeout = 30 * time.Millisecond })
+	_, c := one(t, &model.Cluster{Name: "c", Endpoints: [][]model.Endpoint{{{Address: srv.addr(), Healthy: true}}}})
+	h, _ := c.Pick(&PickOptions{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", "http://"+h.Key+"/x?wait=1", nil)
+			if resp, err := c.RoundTrip(context.Background(), req, h, false); err == nil {
+				io.ReadAll(resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	waitFor(t, "four connections open", func() bool { return srv.open.Load() == 4 })
+	close(gate)
+	wg.Wait()
+	waitFor(t, "the server to close them all", func() bool { return srv.open.Load() == 0 })
+	for i := range 4 {
+		if _, got, err := do(t, c, context.Background(), "POST", "body"); err != nil || got != "ok" {
+			t.Fatalf("request %d after the endpoint closed four idle connections: %q %v", i, got, err)
+		}
+	}
+}
+
 func TestH1CancelUnblocks(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
