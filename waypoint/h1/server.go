@@ -87,6 +87,7 @@ type conn struct {
 	watchDone chan struct{}
 	bodyDone  atomic.Bool
 	served    atomic.Bool // the handler returned
+	idleSet   time.Time   // when the idle deadline was last moved
 }
 
 // ServeConn serves c until it closes, fails, asks to close or is
@@ -96,7 +97,7 @@ func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) {
 	cn := &conn{s: s, c: c, state: state, remote: c.RemoteAddr().String()}
 	cn.lr.r = c
 	if br != nil && br.Buffered() > 0 {
-		cn.lr.r = io.MultiReader(bufferedOnly{br}, c)
+		cn.lr.r = &prefixed{br: br, cn: cn}
 	}
 	cn.br = bufio.NewReaderSize(&cn.lr, bufSize)
 	cn.bw = bufio.NewWriterSize(c, bufSize)
@@ -110,14 +111,19 @@ func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) {
 	}
 }
 
-// bufferedOnly reads what a bufio.Reader holds, then says EOF.
-type bufferedOnly struct{ br *bufio.Reader }
+// prefixed reads what a bufio.Reader of the caller still holds, then
+// hands the connection's reads back to the socket itself.
+type prefixed struct {
+	br *bufio.Reader
+	cn *conn
+}
 
-func (b bufferedOnly) Read(p []byte) (int, error) {
-	if b.br.Buffered() == 0 {
-		return 0, io.EOF
+func (p *prefixed) Read(b []byte) (int, error) {
+	if p.br.Buffered() == 0 {
+		p.cn.lr.r = p.cn.c
+		return p.cn.c.Read(b)
 	}
-	return b.br.Read(p[:min(len(p), b.br.Buffered())])
+	return p.br.Read(b[:min(len(b), p.br.Buffered())])
 }
 
 func (s *Server) maxHeader() int64 {
@@ -132,7 +138,13 @@ func (s *Server) maxHeader() int64 {
 func (cn *conn) serve() bool {
 	for {
 		if cn.s.IdleTimeout > 0 && cn.br.Buffered() == 0 {
-			cn.c.SetReadDeadline(time.Now().Add(cn.s.IdleTimeout))
+			// The idle deadline moves at most once a second: a deadline
+			// update per request is a cost for a bound this coarse. It
+			// stays while the request is served (it is far off).
+			if now := time.Now(); now.Sub(cn.idleSet) > time.Second {
+				cn.c.SetReadDeadline(now.Add(cn.s.IdleTimeout))
+				cn.idleSet = now
+			}
 		}
 		// The line and headers may use the limit plus what net/http
 		// allows beyond it for the request line.
@@ -142,9 +154,6 @@ func (cn *conn) serve() bool {
 		if err != nil {
 			cn.badRequest(err)
 			return false
-		}
-		if cn.s.IdleTimeout > 0 {
-			cn.c.SetReadDeadline(time.Time{})
 		}
 		if msg := validate(req); msg != "" {
 			cn.reply(req, http.StatusBadRequest, msg)
@@ -338,6 +347,7 @@ func (cn *conn) stopWatch() {
 	cn.c.SetReadDeadline(aLongTimeAgo)
 	<-cn.watchDone
 	cn.c.SetReadDeadline(time.Time{})
+	cn.idleSet = time.Time{} // the idle deadline is to be set again
 	cn.watching = false
 }
 
@@ -566,6 +576,9 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.wroteHeader {
 		return nil, nil, errors.New("h1: hijack after the response started")
 	}
+	w.c.stopWatch()
+	// The connection is the handler's now: no idle deadline of ours.
+	w.c.c.SetReadDeadline(time.Time{})
 	w.hijacked = true
 	return w.c.c, bufio.NewReadWriter(w.c.br, w.c.bw), nil
 }

@@ -319,10 +319,10 @@ func (q *request) finish() {
 		proto = "grpc"
 	}
 	key := telemetry.RequestKey{Source: q.res.source, Protocol: proto, Code: q.code, GRPCStatus: q.grpcStatus, Flags: q.flags.String()}
-	key.Service = q.ch.m.Service
+	key.Service = &q.ch.m.Service
 	if q.cluster != nil {
-		if s := q.cluster.Model().Service; s.Hostname != "" {
-			key.Service = s
+		if m := q.cluster.Model(); m.Service.Hostname != "" {
+			key.Service = &m.Service
 		}
 	}
 	if q.host != nil {

@@ -190,10 +190,10 @@ type tcpRecord struct {
 }
 
 func (r *tcpRecord) key() telemetry.TCPKey {
-	k := telemetry.TCPKey{Source: r.cfg.snap.Peers.Lookup(r.cs.peer.Addr()), Service: r.ch.m.Service, Flags: r.flags.String()}
+	k := telemetry.TCPKey{Source: r.cfg.snap.Peers.Lookup(r.cs.peer.Addr()), Service: &r.ch.m.Service, Flags: r.flags.String()}
 	if r.cl != nil {
-		if s := r.cl.Model().Service; s.Hostname != "" {
-			k.Service = s
+		if m := r.cl.Model(); m.Service.Hostname != "" {
+			k.Service = &m.Service
 		}
 	}
 	if r.host != nil {

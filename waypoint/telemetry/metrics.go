@@ -96,8 +96,9 @@ var durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500
 // RequestKey is one request's labels, as the proxy knows them.
 type RequestKey struct {
 	Source, Dest *model.Peer
-	// Service is the destination service (zero: unknown).
-	Service model.ServiceRef
+	// Service is the destination service (nil or empty: unknown). A
+	// pointer into the snapshot: the key hashes an address, not strings.
+	Service *model.ServiceRef
 	// Protocol is "http" or "grpc".
 	Protocol   string
 	Code       int
@@ -108,7 +109,7 @@ type RequestKey struct {
 // TCPKey is one TCP connection's labels.
 type TCPKey struct {
 	Source, Dest *model.Peer
-	Service      model.ServiceRef
+	Service      *model.ServiceRef
 	Flags        string
 }
 
@@ -369,7 +370,10 @@ func appendDest(v []string, p *model.Peer) []string {
 	return append(v, or(workload(p)), or(p.Namespace), svc, rev, or(p.Principal()), svc, rev, or(p.ClusterID))
 }
 
-func appendService(v []string, s model.ServiceRef) []string {
+func appendService(v []string, s *model.ServiceRef) []string {
+	if s == nil {
+		return append(v, unknown, unknown, unknown)
+	}
 	return append(v, or(s.Hostname), or(s.Namespace), or(s.Name))
 }
 

@@ -27,8 +27,8 @@ func TestRequestLabels(t *testing.T) {
 	if err := m.Register(reg); err != nil {
 		t.Fatal(err)
 	}
-	m.ObserveRequest(&RequestKey{Source: sleep, Dest: echo, Service: svc, Protocol: "http", Code: 200}, 3*time.Millisecond, 10, 2000)
-	m.ObserveRequest(&RequestKey{Source: sleep, Dest: echo, Service: svc, Protocol: "http", Code: 200}, 7*time.Millisecond, 10, 2000)
+	m.ObserveRequest(&RequestKey{Source: sleep, Dest: echo, Service: &svc, Protocol: "http", Code: 200}, 3*time.Millisecond, 10, 2000)
+	m.ObserveRequest(&RequestKey{Source: sleep, Dest: echo, Service: &svc, Protocol: "http", Code: 200}, 7*time.Millisecond, 10, 2000)
 	m.ObserveRequest(&RequestKey{Protocol: "grpc", Code: 200, GRPCStatus: "14", Flags: "UH"}, time.Millisecond, 0, 0)
 	want := `
 # HELP istio_requests_total Requests (Istio standard metric).
