@@ -469,3 +469,82 @@ func TestH2CDownstreamAndUpstream(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestGRPCTimeoutHeader(t *testing.T) {
+	slow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-r.Context().Done():
+		}
+		w.Header().Set("Grpc-Status", "0")
+	})
+	honour := fwd("c")
+	honour.Match.Prefix = "/honour"
+	honour.Forward.Timeout = 5 * time.Second
+	honour.Forward.MaxGRPCTimeout = ptr(time.Duration(0)) // no cap
+	capped := fwd("c")
+	capped.Match.Prefix = "/capped"
+	capped.Forward.MaxGRPCTimeout = ptr(100 * time.Millisecond)
+	ignore := fwd("c")
+	ignore.Match.Prefix = "/ignore"
+	ignore.Forward.Timeout = 150 * time.Millisecond
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(honour, capped, ignore), false, &model.Cluster{Name: "c", Endpoints: endpoints(slow)}))
+	c := client(te.addr("main"))
+	for _, tc := range []struct {
+		path, timeout string
+		max           time.Duration
+	}{
+		{"/honour", "100m", time.Second},              // grpc-timeout 100 ms replaces the route's 5 s
+		{"/capped", "10S", time.Second},               // 10 s capped to 100 ms
+		{"/ignore", "10S", time.Second},               // not honoured: the route's 150 ms
+		{"/capped", "50000u", 500 * time.Millisecond}, // 50 ms, under the cap
+	} {
+		start := time.Now()
+		code, _, resp := get(t, c, "http://x"+tc.path, "Content-Type", "application/grpc", "Grpc-Timeout", tc.timeout)
+		if d := time.Since(start); code != 200 || resp.Header.Get("Grpc-Status") != "14" || d > tc.max {
+			t.Errorf("%s with grpc-timeout %s: %d grpc-status %q after %v", tc.path, tc.timeout, code, resp.Header.Get("Grpc-Status"), d)
+		}
+	}
+}
+
+func TestClientGoneIsDC(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	slow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-time.After(3 * time.Second):
+		case <-r.Context().Done():
+		}
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(slow)}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(conn, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-entered
+	start := time.Now()
+	conn.Close()
+	eventually(t, "the request logged", func() bool { return strings.Contains(te.access.String(), `"response_flags":"DC"`) })
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("noticed the client leaving after %v", d)
+	}
+	eventually(t, "the upstream request released", func() bool { return te.ClusterStats()["c"].Requests == 0 })
+}
+
+func TestOriginalDestinationCluster(t *testing.T) {
+	// Direct-to-pod chains connect where the client dialled: the PROXY
+	// header's destination.
+	pod := echoBackend(t, "pod")
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("passthrough")), false, &model.Cluster{Name: "passthrough", Kind: "original_dst"}))
+	c := &http.Client{Transport: &http.Transport{DialContext: dialer(te.addr("main"), clientAddr, pod)}, Timeout: 5 * time.Second}
+	if code, body, _ := get(t, c, "http://pod.ns:8080/"); code != 200 || body != "pod" {
+		t.Errorf("original_dst: %d %q", code, body)
+	}
+	if !strings.Contains(te.access.String(), `"upstream_host":"`+pod.String()+`"`) {
+		t.Errorf("access log: %s", te.access.String())
+	}
+}
