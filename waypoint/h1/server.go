@@ -218,22 +218,19 @@ func (cn *conn) one(req *http.Request) bool {
 		return false
 	}
 	if !ok {
+		body.mu.Lock()
+		body.closed = true
+		body.mu.Unlock()
 		return false
 	}
 	w.finish()
 	if err := cn.bw.Flush(); err != nil {
 		return false
 	}
-	if w.closeAfter || body.err != nil && body.err != io.EOF {
-		return false
-	}
 	// Read away what the handler left of the body, as net/http does, so
 	// the next request starts where it should.
-	if !body.eof {
-		n, err := io.CopyN(io.Discard, body, maxDiscard+1)
-		if n > maxDiscard || err != io.EOF {
-			return false
-		}
+	if !body.finish() || w.closeAfter {
+		return false
 	}
 	return cn.ctx.Err() == nil
 }
@@ -353,17 +350,36 @@ func (cn *conn) stopWatch() {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// requestBody notes the end of the body (the watcher waits for it).
+// requestBody notes the end of the body (the watcher waits for it) and
+// shuts the handler out once it has returned: a transport the handler
+// gave the body to may still be reading on a goroutine of its own, and
+// the connection's next request must not be read from under it.
 type requestBody struct {
-	rc  io.ReadCloser
-	cn  *conn
-	eof bool
-	err error
+	rc     io.ReadCloser
+	cn     *conn
+	mu     sync.Mutex
+	eof    bool
+	err    error
+	closed bool
 }
 
+var errBodyClosed = errors.New("h1: request body read after its handler returned")
+
 func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, errBodyClosed
+	}
+	return b.read(p)
+}
+
+func (b *requestBody) read(p []byte) (int, error) {
 	if b.eof {
 		return 0, io.EOF
+	}
+	if b.err != nil {
+		return 0, b.err
 	}
 	n, err := b.rc.Read(p)
 	if err != nil {
@@ -377,6 +393,27 @@ func (b *requestBody) Read(p []byte) (int, error) {
 }
 
 func (b *requestBody) Close() error { return nil }
+
+// finish closes the body to the handler and reads away what it left, up
+// to maxDiscard; false if the connection cannot serve another request.
+func (b *requestBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.err != nil && b.err != io.EOF {
+		return false
+	}
+	var buf [4096]byte
+	var n int64
+	for !b.eof {
+		m, err := b.read(buf[:])
+		n += int64(m)
+		if err != nil && err != io.EOF || n > maxDiscard {
+			return false
+		}
+	}
+	return true
+}
 
 // expectContinue sends "100 Continue" when the handler first reads the
 // body.

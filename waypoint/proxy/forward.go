@@ -344,6 +344,16 @@ func isUpgrade(r *http.Request) bool {
 	return false
 }
 
+// attemptCounts are the x-envoy-attempt-count values of the first tries,
+// made once (see protoHTTP).
+var attemptCounts = func() [][]string {
+	v := make([][]string, 16)
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
 // outgoing makes the request the upstream request of one attempt, in
 // place: the client's path and authority are kept in q (for the log), the
 // rest is not needed again. Through net/http's Transport (h2c, upgrades) a
@@ -379,7 +389,11 @@ func (q *request) outgoing(host *upstream.Host, path, authority string, attempt 
 	if attempt > 1 && viaTransport {
 		r.Header = r.Header.Clone()
 	}
-	r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt))
+	if attempt < len(attemptCounts) {
+		r.Header["X-Envoy-Attempt-Count"] = attemptCounts[attempt]
+	} else {
+		r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt))
+	}
 	if _, ok := r.Header["User-Agent"]; !ok {
 		// None from the client: none from us either (the transport would
 		// add Go's).

@@ -138,7 +138,7 @@ func (q *request) run() {
 	r, hcm := q.r, q.ch.hcm
 	sanitize(r.Header)
 	if r.Header.Get("X-Forwarded-Proto") == "" {
-		r.Header.Set("X-Forwarded-Proto", "http")
+		r.Header["X-Forwarded-Proto"] = protoHTTP
 	}
 	if hcm.GenerateRequestID && r.Header.Get("X-Request-Id") == "" {
 		r.Header.Set("X-Request-Id", newRequestID())
@@ -351,6 +351,10 @@ func (q *request) finish() {
 	}
 	q.e.access.Write(&e)
 }
+
+// Shared header values: a header operation that appends to one copies it
+// first (its capacity is its length), so they are never written through.
+var protoHTTP = []string{"http"}
 
 // newRequestID is a random UUID (version 4), Envoy's x-request-id format.
 func newRequestID() string {

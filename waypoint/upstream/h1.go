@@ -61,6 +61,9 @@ type h1Conn struct {
 	bw       *bufio.Writer
 	requests int
 	idleAt   time.Time
+	// abort unblocks the connection's I/O when a request's context ends
+	// (made once: a closure per request is an allocation per request).
+	abort func()
 }
 
 // countingReader counts bytes read from the socket, so a failure can be
@@ -185,6 +188,7 @@ func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
 		return nil, err
 	}
 	pc := &h1Conn{p: p, host: host, conn: conn}
+	pc.abort = func() { pc.conn.SetDeadline(aLongTimeAgo) }
 	pc.rc.r = conn
 	pc.br = bufio.NewReaderSize(&pc.rc, h1BufSize)
 	pc.bw = bufio.NewWriterSize(conn, h1BufSize)
@@ -322,7 +326,7 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	// Cancellation (the client left, a timeout) unblocks the socket.
 	stop := noStop
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { pc.conn.SetDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, pc.abort)
 	}
 	readBefore := pc.rc.n
 	// A failure before any response byte on a connection the endpoint
