@@ -76,6 +76,8 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	state  any
+	parser Parser
+	tmpl   *http.Request // the fields every request starts with (its context)
 	ctx    context.Context
 	cancel context.CancelFunc
 	remote string
@@ -102,6 +104,7 @@ func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) {
 	cn.br = bufio.NewReaderSize(&cn.lr, bufSize)
 	cn.bw = bufio.NewWriterSize(c, bufSize)
 	cn.ctx, cn.cancel = context.WithCancel(context.Background())
+	cn.tmpl = (&http.Request{RemoteAddr: cn.remote}).WithContext(cn.ctx)
 	cn.w.c = cn
 	cn.w.own = http.Header{}
 	defer cn.cancel()
@@ -149,7 +152,7 @@ func (cn *conn) serve() bool {
 		// The line and headers may use the limit plus what net/http
 		// allows beyond it for the request line.
 		cn.lr.remaining = cn.s.maxHeader() + 4096
-		req, err := http.ReadRequest(cn.br)
+		req, err := cn.parser.ReadRequest(cn.br, cn.tmpl)
 		cn.lr.remaining = -1
 		if err != nil {
 			cn.badRequest(err)
@@ -208,8 +211,6 @@ func (cn *conn) one(req *http.Request) bool {
 	body := &requestBody{rc: req.Body, cn: cn}
 	req.Body = body
 	cn.bodyDone.Store(req.ContentLength == 0)
-	req.RemoteAddr = cn.remote
-	req = req.WithContext(cn.ctx)
 	w.req = req
 	cn.startWatch()
 	ok := cn.handle(req)
@@ -258,9 +259,13 @@ func (cn *conn) reply(req *http.Request, code int, msg string) {
 	if msg != "" {
 		text += ": " + msg
 	}
-	if code == http.StatusExpectationFailed {
+	switch code {
+	case http.StatusNotImplemented:
+		// net/http's words for an unsupported transfer coding.
+		fmt.Fprintf(cn.bw, "HTTP/1.1 501 Not Implemented\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nUnsupported transfer encoding")
+	case http.StatusExpectationFailed:
 		fmt.Fprintf(cn.bw, "HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: 0\r\nDate: %s\r\n\r\n", text, date())
-	} else {
+	default:
 		fmt.Fprintf(cn.bw, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n%s", text, text)
 	}
 	cn.bw.Flush()
@@ -283,11 +288,16 @@ func (cn *conn) closeWriteAndWait() {
 // client simply went away or idled out.
 func (cn *conn) badRequest(err error) {
 	var ne net.Error
+	var pe *ParseError
 	switch {
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.As(err, &ne) && ne.Timeout():
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.As(err, &ne) && ne.Timeout():
 		return
 	case errors.Is(err, errHeaderTooLarge):
 		cn.reply(nil, http.StatusRequestHeaderFieldsTooLarge, "")
+	case errors.As(err, &pe) && pe.Public:
+		cn.reply(nil, pe.Status, pe.Msg)
+	case errors.As(err, &pe):
+		cn.reply(nil, pe.Status, "")
 	case strings.Contains(err.Error(), "connection reset"):
 	default:
 		cn.reply(nil, http.StatusBadRequest, "")

@@ -136,7 +136,7 @@ func exchange(t *testing.T, addr, raw string, methods ...string) []result {
 		}
 		out = append(out, r)
 	}
-	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	c.SetReadDeadline(time.Now().Add(150 * time.Millisecond))
 	_, err = br.ReadByte()
 	out[len(out)-1].closed = err == io.EOF
 	return out
@@ -166,6 +166,21 @@ func TestServerMatchesNetHTTP(t *testing.T) {
 		{"expect 100-continue", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi", []string{"POST", "POST"}},
 		{"unknown expectation", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nExpect: something\r\n\r\nhi", []string{"POST"}},
 		{"absolute-form target", "GET http://other:8080/p?q HTTP/1.1\r\nHost: h\r\n\r\n", []string{"GET"}},
+		{"lower-case names", "POST /x HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\nx-custom: v\r\n\r\nok", []string{"POST"}},
+		{"repeated field", "GET /x HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-A: 2\r\n\r\n", []string{"GET"}},
+		{"empty line before the request", "\r\nGET /length HTTP/1.1\r\nHost: h\r\n\r\n", []string{"GET"}},
+		// Request smuggling and malformed framing.
+		{"two different lengths", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", []string{"POST"}},
+		{"the same length twice", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", []string{"POST"}},
+		{"chunked wins over a length", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n", []string{"POST"}},
+		{"unsupported transfer coding", "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", []string{"POST"}},
+		{"negative length", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", []string{"POST"}},
+		{"signed length", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc", []string{"POST"}},
+		{"space before colon", "GET /x HTTP/1.1\r\nHost: h\r\nX-A : 1\r\n\r\n", []string{"GET"}},
+		{"NUL in a value", "GET /x HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n", []string{"GET"}},
+		{"two Host fields", "GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", []string{"GET"}},
+		{"HTTP/2.0 request line", "GET /x HTTP/2.0\r\nHost: h\r\n\r\n", []string{"GET"}},
+		{"double space", "GET  /x HTTP/1.1\r\nHost: h\r\n\r\n", []string{"GET"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -59,6 +59,7 @@ type h1Conn struct {
 	rc       countingReader
 	br       *bufio.Reader
 	bw       *bufio.Writer
+	parser   h1.Parser
 	requests int
 	idleAt   time.Time
 	// abort unblocks the connection's I/O when a request's context ends
@@ -375,7 +376,7 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	var resp *http.Response
 	var err error
 	for {
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = pc.parser.ReadResponse(pc.br, req.Method)
 		if err != nil {
 			nothing := pc.rc.n == readBefore && pc.br.Buffered() == 0
 			if bodyDone != nil {
@@ -421,6 +422,11 @@ type h1Body struct {
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done.Load() {
+		// The connection (and its parser's body) may serve another request
+		// by now.
+		return 0, io.EOF
+	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.finish(true)
