@@ -94,7 +94,9 @@ func (p *Parser) readHead(br *bufio.Reader) (string, error) {
 
 // fields parses the header fields of a head into a new header map.
 func (p *Parser) fields(head string) (http.Header, error) {
-	h := make(http.Header, len(p.lines)-1)
+	// Room for the few fields a proxy adds (forwarded proto, request id,
+	// attempt count) without growing the map.
+	h := make(http.Header, len(p.lines)-1+4)
 	// One backing array for every field's value slice.
 	vals := make([]string, 0, len(p.lines)-1)
 	for _, l := range p.lines[1:] {

@@ -80,6 +80,7 @@ type conn struct {
 	tmpl   *http.Request // the fields every request starts with (its context)
 	ctx    context.Context
 	cancel context.CancelFunc
+	gone   ClientGone
 	remote string
 	w      response
 	// watch: the client-gone watcher of the current request.
@@ -103,7 +104,8 @@ func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) {
 	}
 	cn.br = bufio.NewReaderSize(&cn.lr, bufSize)
 	cn.bw = bufio.NewWriterSize(c, bufSize)
-	cn.ctx, cn.cancel = context.WithCancel(context.Background())
+	cn.ctx, cn.cancel = context.WithCancel(context.WithValue(context.Background(), hookKey{}, &cn.gone))
+	cn.gone.done = cn.ctx.Done()
 	cn.tmpl = (&http.Request{RemoteAddr: cn.remote}).WithContext(cn.ctx)
 	cn.w.c = cn
 	cn.w.own = http.Header{}
@@ -339,6 +341,7 @@ func (cn *conn) watch() {
 		var ne net.Error
 		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 			cn.cancel()
+			cn.gone.fire()
 		}
 	}(cn.watchDone)
 }
@@ -359,6 +362,50 @@ func (cn *conn) stopWatch() {
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
+
+// ClientGone aborts what a request served here is waiting for when its
+// client leaves. An upstream exchange registers its abort here instead of
+// with context.AfterFunc, which costs two allocations per exchange.
+type ClientGone struct {
+	mu   sync.Mutex
+	f    func()
+	gone bool
+	done <-chan struct{}
+}
+
+type hookKey struct{}
+
+// Hook returns the ClientGone of a request's context, when ctx is that
+// context itself (a context derived with its own deadline or cancel has
+// other reasons to end: nil then, use context.AfterFunc).
+func Hook(ctx context.Context) *ClientGone {
+	g, _ := ctx.Value(hookKey{}).(*ClientGone)
+	if g == nil || g.done != ctx.Done() {
+		return nil
+	}
+	return g
+}
+
+// Set registers f to run if the client leaves (nil clears it). It returns
+// false when the client has left already: f will not run, and a cleared
+// f may have run.
+func (g *ClientGone) Set(f func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.f = f
+	return !g.gone
+}
+
+func (g *ClientGone) fire() {
+	g.mu.Lock()
+	g.gone = true
+	f := g.f
+	g.f = nil
+	g.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
 
 // requestBody notes the end of the body (the watcher waits for it) and
 // shuts the handler out once it has returned: a transport the handler
@@ -413,10 +460,20 @@ func (b *requestBody) finish() bool {
 	if b.err != nil && b.err != io.EOF {
 		return false
 	}
-	var buf [4096]byte
+	if b.eof {
+		return true
+	}
+	return b.discard()
+}
+
+// discard reads the rest of the body away (apart from finish: its buffer
+// would otherwise be allocated for every request).
+func (b *requestBody) discard() bool {
+	bp := discardBufs.Get().(*[]byte)
+	defer discardBufs.Put(bp)
 	var n int64
 	for !b.eof {
-		m, err := b.read(buf[:])
+		m, err := b.read(*bp)
 		n += int64(m)
 		if err != nil && err != io.EOF || n > maxDiscard {
 			return false
@@ -424,6 +481,8 @@ func (b *requestBody) finish() bool {
 	}
 	return true
 }
+
+var discardBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
 // expectContinue sends "100 Continue" when the handler first reads the
 // body.

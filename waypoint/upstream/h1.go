@@ -63,8 +63,11 @@ type h1Conn struct {
 	requests int
 	idleAt   time.Time
 	// abort unblocks the connection's I/O when a request's context ends
-	// (made once: a closure per request is an allocation per request).
-	abort func()
+	// (made once: a closure per request is an allocation per request);
+	// unhook clears it from the client-gone hook of the current request.
+	abort  func()
+	unhook func() bool
+	hook   *h1.ClientGone
 }
 
 // countingReader counts bytes read from the socket, so a failure can be
@@ -190,6 +193,11 @@ func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
 	}
 	pc := &h1Conn{p: p, host: host, conn: conn}
 	pc.abort = func() { pc.conn.SetDeadline(aLongTimeAgo) }
+	pc.unhook = func() bool {
+		g := pc.hook
+		pc.hook = nil
+		return g.Set(nil)
+	}
 	pc.rc.r = conn
 	pc.br = bufio.NewReaderSize(&pc.rc, h1BufSize)
 	pc.bw = bufio.NewWriterSize(conn, h1BufSize)
@@ -326,7 +334,17 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	pc.requests++
 	// Cancellation (the client left, a timeout) unblocks the socket.
 	stop := noStop
-	if ctx.Done() != nil {
+	if g := h1.Hook(ctx); g != nil {
+		// A request of our HTTP/1 server without a deadline of its own:
+		// only its client leaving ends it.
+		pc.hook = g
+		stop = pc.unhook
+		if !g.Set(pc.abort) {
+			stop()
+			pc.p.release(pc, true)
+			return nil, context.Canceled
+		}
+	} else if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, pc.abort)
 	}
 	readBefore := pc.rc.n
