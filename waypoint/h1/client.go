@@ -43,7 +43,7 @@ func WriteRequestHead(bw *bufio.Writer, req *http.Request) {
 		}
 	case req.ContentLength >= 0:
 		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		writeInt(bw, req.ContentLength, 10)
 		bw.WriteString("\r\n")
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
@@ -105,7 +105,7 @@ func WriteBody(bw *bufio.Writer, req *http.Request) error {
 	for {
 		n, rerr := req.Body.Read(buf)
 		if n > 0 {
-			bw.WriteString(strconv.FormatInt(int64(n), 16))
+			writeInt(bw, int64(n), 16)
 			bw.WriteString("\r\n")
 			bw.Write(buf[:n])
 			bw.WriteString("\r\n")
@@ -128,6 +128,15 @@ func WriteBody(bw *bufio.Writer, req *http.Request) error {
 	}
 	bw.WriteString("\r\n")
 	return bw.Flush()
+}
+
+// writeInt writes n in the given base without making a string of it.
+func writeInt(bw *bufio.Writer, n int64, base int) {
+	if bw.Available() < 20 {
+		bw.WriteString(strconv.FormatInt(n, base))
+		return
+	}
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), n, base))
 }
 
 var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}

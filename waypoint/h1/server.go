@@ -628,7 +628,7 @@ func (w *response) Write(p []byte) (int, error) {
 		if len(p) == 0 {
 			return 0, nil
 		}
-		bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		writeInt(bw, int64(len(p)), 16)
 		bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)
@@ -695,7 +695,7 @@ func writeStatus(bw *bufio.Writer, minor, code int) {
 	} else {
 		bw.WriteString("HTTP/1.1 ")
 	}
-	bw.WriteString(strconv.Itoa(code))
+	writeInt(bw, int64(code), 10)
 	bw.WriteByte(' ')
 	text := http.StatusText(code)
 	if text == "" {

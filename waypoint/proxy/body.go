@@ -174,6 +174,16 @@ func (r *bodyReader) fromState(p []byte) (int, bool, error) {
 	return 0, false, nil
 }
 
+// Rewind is the body from its start for another attempt (package
+// upstream's HTTP/1.1 client asks for it after a stale connection), when
+// it is kept whole; nil otherwise.
+func (r *bodyReader) Rewind() io.ReadCloser {
+	if !r.b.replayable() {
+		return nil
+	}
+	return r.b.attempt()
+}
+
 // Close ends this attempt's reading; the source stays open for others. It
 // never waits (a read of this attempt may be blocked on the client).
 func (r *bodyReader) Close() error {

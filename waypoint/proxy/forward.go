@@ -401,9 +401,10 @@ func (q *request) outgoing(host *upstream.Host, path, authority string, attempt 
 	}
 	if q.body != nil {
 		r.Body = q.body.attempt()
-		if q.body.keep {
+		if q.body.keep && viaTransport {
 			// A keep-alive connection found closed is retried on a new one
-			// with the body from its start.
+			// with the body from its start (our HTTP/1.1 client asks the
+			// body itself: Rewind).
 			r.GetBody = func() (io.ReadCloser, error) { return q.body.attempt(), nil }
 		}
 	} else {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -227,5 +228,33 @@ func TestNoRetryOfBodyBeyondBuffer(t *testing.T) {
 		if resp.StatusCode != 503 || calls.Load() != tc.attempts {
 			t.Errorf("%d-byte body: %d after %d attempts, want 503 after %d", tc.size, resp.StatusCode, calls.Load(), tc.attempts)
 		}
+	}
+}
+
+// An endpoint that closes idle connections: a POST through a route
+// without a retry policy (its body is not kept) must not meet a dead
+// pooled connection.
+func TestIdleConnectionClosedByUpstream(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	}))
+	srv.Config.IdleTimeout = 200 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(mustAddrPort(srv.Listener.Addr().String()))}))
+	c := client(te.addr("main"))
+	for i := range 2 {
+		resp, err := c.Post("http://x/", "text/plain", strings.NewReader("body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != "body" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
+		}
+		time.Sleep(1200 * time.Millisecond) // the endpoint closes the idle connection
 	}
 }

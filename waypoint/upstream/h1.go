@@ -19,7 +19,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/waypoint/h1"
 )
@@ -111,6 +114,10 @@ func (p *h1Pool) get(ctx context.Context, host string, fresh bool) (*h1Conn, boo
 			}
 		} else if pc := p.popIdle(host); pc != nil {
 			p.mu.Unlock()
+			if !pc.alive() {
+				pc.conn.Close()
+				continue
+			}
 			return pc, true, nil
 		}
 		st := p.c.state.Load()
@@ -184,6 +191,42 @@ func (p *h1Pool) popIdle(host string) *h1Conn {
 	}
 	delete(p.idle, host)
 	return nil
+}
+
+// livenessAfter: a connection idle for longer is checked before use. An
+// endpoint closes idle connections after seconds (fortio and Go servers
+// after 30 s, nginx 75 s); Envoy's pool sees the FIN as it comes, ours
+// looks when it matters, at the cost of a read only for connections that
+// idled.
+const livenessAfter = time.Second
+
+// alive reports whether an idle connection can carry a request: nothing
+// arrived on it meanwhile (a FIN, or an unsolicited answer before a
+// close). A non-blocking peek at the socket: a read with a past deadline
+// would not even look.
+func (pc *h1Conn) alive() bool {
+	if time.Since(pc.idleAt) < livenessAfter {
+		return true
+	}
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := pc.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	var b [1]byte
+	raw.Read(func(fd uintptr) bool {
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		alive = err == unix.EAGAIN
+		return true
+	})
+	return alive
 }
 
 func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
@@ -305,11 +348,8 @@ func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) 
 			// A keep-alive connection the endpoint had closed: once more on
 			// a new connection, as net/http's Transport does.
 			if req.Body != nil {
-				if req.GetBody == nil {
-					return nil, se.err
-				}
-				b, gerr := req.GetBody()
-				if gerr != nil {
+				b := rewind(req)
+				if b == nil {
 					return nil, se.err
 				}
 				req.Body = b
@@ -321,6 +361,23 @@ func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) 
 		}
 		return nil, err
 	}
+}
+
+// Rewinder is a request body that can start over (the proxy's kept
+// body), which spares a GetBody closure per request.
+type Rewinder interface{ Rewind() io.ReadCloser }
+
+// rewind is the request's body from its start, or nil.
+func rewind(req *http.Request) io.ReadCloser {
+	if rw, ok := req.Body.(Rewinder); ok {
+		return rw.Rewind()
+	}
+	if req.GetBody != nil {
+		if b, err := req.GetBody(); err == nil {
+			return b
+		}
+	}
+	return nil
 }
 
 // staleError is a failure on a connection before anything of a response
@@ -350,7 +407,8 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	readBefore := pc.rc.n
 	// A failure before any response byte on a connection the endpoint
 	// closed can be sent again on a new one when the body can be.
-	replayable := req.Body == nil || req.GetBody != nil
+	_, rewinds := req.Body.(Rewinder)
+	replayable := req.Body == nil || req.GetBody != nil || rewinds
 	fail := func(err error, safe bool) (*http.Response, error) {
 		stop()
 		pc.p.release(pc, false)

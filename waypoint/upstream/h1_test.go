@@ -297,3 +297,34 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A connection idle for a while is looked at before use: one the endpoint
+// closed is not used, so even a body that cannot be sent twice goes
+// through.
+func TestH1IdleConnectionCheckedBeforeUse(t *testing.T) {
+	srv := newCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	}, func(s *http.Server) { s.IdleTimeout = 100 * time.Millisecond })
+	_, c := one(t, &model.Cluster{Name: "c", Endpoints: [][]model.Endpoint{{{Address: srv.addr(), Healthy: true}}}})
+	post := func() (string, error) {
+		h, _ := c.Pick(&PickOptions{})
+		req, _ := http.NewRequest("POST", "http://"+h.Key+"/", nil)
+		req.Body, req.ContentLength = io.NopCloser(strings.NewReader("once")), 4 // no GetBody
+		resp, err := c.RoundTrip(context.Background(), req, h, false)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	if got, err := post(); err != nil || got != "once" {
+		t.Fatal(got, err)
+	}
+	waitFor(t, "the endpoint to close the idle connection", func() bool { return srv.open.Load() == 0 })
+	time.Sleep(livenessAfter)
+	if got, err := post(); err != nil || got != "once" {
+		t.Errorf("after the endpoint closed the idle connection: %q %v", got, err)
+	}
+}

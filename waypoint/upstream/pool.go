@@ -2,11 +2,13 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -128,6 +130,14 @@ type countedConn struct {
 func (cc *countedConn) Close() error {
 	cc.once.Do(func() { cc.c.connections.Add(-1) })
 	return cc.Conn.Close()
+}
+
+// SyscallConn reaches the socket (the pool peeks at idle connections).
+func (cc *countedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := cc.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("not a socket")
 }
 
 // CloseWrite half-closes (the TCP proxy passes a FIN on).
