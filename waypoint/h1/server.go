@@ -722,13 +722,25 @@ func writeHeaders(bw *bufio.Writer, h http.Header, skipTrailers bool) {
 // on the way in refuse those, so only configuration could bring one) is
 // dropped rather than let it split the header.
 func writeField(bw *bufio.Writer, k, v string) {
-	if strings.ContainsAny(v, "\r\n") || strings.ContainsAny(k, "\r\n: ") {
+	if strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0 || !validName(k) {
 		return
 	}
 	bw.WriteString(k)
 	bw.WriteString(": ")
 	bw.WriteString(v)
 	bw.WriteString("\r\n")
+}
+
+func validName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if !isTokenChar(k[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 func hasToken(v, token string) bool {
