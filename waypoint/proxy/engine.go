@@ -86,9 +86,10 @@ type Engine struct {
 	mu        sync.Mutex // serialises Apply and Close
 	listeners map[string]*boundListener
 	closed    atomic.Bool
-	tcpConns  sync.WaitGroup
-	tcpMu     sync.Mutex
-	tcpOpen   map[net.Conn]struct{}
+	// conns are the connections Close must end (see trackConn).
+	connsWG sync.WaitGroup
+	connsMu sync.Mutex
+	conns   map[net.Conn]struct{}
 }
 
 // boundListener is one listening socket and its accept loop.
@@ -121,7 +122,7 @@ func New(o Options) *Engine {
 		access:    telemetry.NewAccessLog(o.AccessLog),
 		stats:     newStats(),
 		listeners: map[string]*boundListener{},
-		tcpOpen:   map[net.Conn]struct{}{},
+		conns:     map[net.Conn]struct{}{},
 	}
 	e.clusters.NetHTTP1 = o.NetHTTPUpstream
 	e.handoff = newHandoff()
@@ -273,34 +274,34 @@ func (e *Engine) Close() error {
 	}
 	e.mu.Unlock()
 	err := e.srv.Close()
-	e.tcpMu.Lock()
-	for c := range e.tcpOpen {
+	e.connsMu.Lock()
+	for c := range e.conns {
 		c.Close()
 	}
-	e.tcpMu.Unlock()
-	e.tcpConns.Wait()
+	e.connsMu.Unlock()
+	e.connsWG.Wait()
 	e.clusters.Close()
 	return err
 }
 
-// trackConn registers a connection served outside net/http (TCP proxy,
-// HTTP/1) so Close can end it.
+// trackConn registers a connection that is not net/http's (before its
+// header, HTTP/1, TCP proxy) so Close can end it.
 func (e *Engine) trackConn(c net.Conn) bool {
-	e.tcpMu.Lock()
-	defer e.tcpMu.Unlock()
+	e.connsMu.Lock()
+	defer e.connsMu.Unlock()
 	if e.closed.Load() {
 		return false
 	}
-	e.tcpOpen[c] = struct{}{}
-	e.tcpConns.Add(1)
+	e.conns[c] = struct{}{}
+	e.connsWG.Add(1)
 	return true
 }
 
 func (e *Engine) untrackConn(c net.Conn) {
-	e.tcpMu.Lock()
-	delete(e.tcpOpen, c)
-	e.tcpMu.Unlock()
-	e.tcpConns.Done()
+	e.connsMu.Lock()
+	delete(e.conns, c)
+	e.connsMu.Unlock()
+	e.connsWG.Done()
 }
 
 // rateLimiter lets one log line through per interval and counts the

@@ -161,6 +161,13 @@ func TestCloseEndsEverything(t *testing.T) {
 	defer conn.Close()
 	io.WriteString(conn, "x")
 	io.ReadFull(conn, make([]byte, 1))
+	// And one still to send its PROXY header.
+	silent, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	time.Sleep(20 * time.Millisecond)
 	done := make(chan error)
 	go func() { done <- te.Close() }()
 	select {
@@ -171,6 +178,10 @@ func TestCloseEndsEverything(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := conn.Read(make([]byte, 1)); err == nil {
 		t.Error("the proxied connection survived Close")
+	}
+	silent.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("a connection before its header survived Close: %v", err)
 	}
 	if te.Ready() {
 		t.Error("ready after Close")

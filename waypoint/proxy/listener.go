@@ -38,6 +38,18 @@ func (e *Engine) acceptLoop(b *boundListener) {
 // serveConn reads the PROXY header, sniffs when the chain selector needs
 // the protocol, picks the chain and runs it.
 func (e *Engine) serveConn(b *boundListener, c net.Conn) {
+	// Tracked from the start, so Close ends a connection still sending its
+	// header too; an h2c connection is net/http's once handed over.
+	if !e.trackConn(c) {
+		c.Close()
+		return
+	}
+	tracked := true
+	defer func() {
+		if tracked {
+			e.untrackConn(c)
+		}
+	}()
 	cfg := e.cfg.Load()
 	lc := cfg.listeners[b.key]
 	if lc == nil {
@@ -100,30 +112,34 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		e.proxyTCP(pc, cs, cfg, ch)
 	case ch.m.Deny != nil:
 		e.stats.connections.WithLabelValues("deny").Inc()
-		e.denyConn(pc, cs, ch)
+		if e.denyConn(pc, cs, ch) {
+			e.untrackConn(c)
+			tracked = false
+		}
 	default:
 		e.stats.connections.WithLabelValues("http").Inc()
-		e.serveHTTPConn(pc, cs)
+		if e.serveHTTPConn(pc, cs) {
+			e.untrackConn(c)
+			tracked = false
+		}
 	}
 }
 
-// serveHTTPConn gives an HTTP connection to its server: h2c to net/http's,
-// HTTP/1 to package h1's on this goroutine.
-func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) {
+// serveHTTPConn gives an HTTP connection to its server: h2c to net/http's
+// (handedOver: it is that server's to close now), HTTP/1 to package h1's
+// on this goroutine.
+func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) (handedOver bool) {
 	if cs.info.Protocol == model.ProtocolHTTP2 {
 		if !e.handoff.give(pc) {
 			pc.Close()
+			return false
 		}
-		return
+		return true
 	}
-	if !e.trackConn(pc) {
-		pc.Close()
-		return
-	}
-	defer e.untrackConn(pc)
 	br := pc.br
 	pc.br = nil
 	e.h1.ServeConn(pc.Conn, br, cs)
+	return false
 }
 
 // httpVersion tells h2c prior knowledge from HTTP/1 by the first bytes

@@ -28,11 +28,6 @@ const DefaultTCPIdleTimeout = time.Hour
 func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain) {
 	start := time.Now()
 	tp := ch.m.TCP
-	if !e.trackConn(c) {
-		c.Close()
-		return
-	}
-	defer e.untrackConn(c)
 	defer c.Close()
 
 	name := tp.Cluster
@@ -231,7 +226,7 @@ func (r *tcpRecord) done(s *telemetry.TCPSeries) {
 // denyConn refuses a connection of a Deny chain: an HTTP client gets the
 // Deny's status (the HTTP server answers it, see serveHTTP), anything else
 // is closed. The reason is logged either way.
-func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) {
+func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) (handedOver bool) {
 	if cs.info.Protocol == "" {
 		// Not sniffed yet: look, so an HTTP client gets an answer rather
 		// than a closed connection.
@@ -242,8 +237,7 @@ func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) {
 		c.SetReadDeadline(time.Time{})
 	}
 	if cs.info.Protocol == model.ProtocolHTTP1 || cs.info.Protocol == model.ProtocolHTTP2 {
-		e.serveHTTPConn(c, cs)
-		return
+		return e.serveHTTPConn(c, cs)
 	}
 	e.stats.denied.WithLabelValues("chain").Inc()
 	if ok, suppressed := e.warn.allow(); ok {
@@ -251,6 +245,7 @@ func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) {
 			"destination", cs.info.Destination, "suppressed", suppressed)
 	}
 	c.Close()
+	return false
 }
 
 // pickWeighted draws a cluster of a split by weight.

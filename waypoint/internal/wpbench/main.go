@@ -107,6 +107,7 @@ func run(args []string) error {
 	fortio := fs.String("fortio", "", "fortio binary (default: PATH, then ~/go/bin)")
 	keep := fs.Bool("pprof", false, "waypoint serves pprof on 127.0.0.1:18090")
 	compare := fs.Bool("nethttp", false, "add a path: the waypoint with net/http's Transport upstream (HTTP/1.1)")
+	variant := fs.String("variant", "", "add a path: the waypoint run with this environment (e.g. GOMAXPROCS=1)")
 	fs.Parse(args)
 
 	bin, err := findFortio(*fortio)
@@ -121,7 +122,7 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	const backend, haproxyAddr, waypointAddr, netHTTPAddr = "127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"
+	const backend, haproxyAddr, waypointAddr, netHTTPAddr, variantAddr = "127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18084"
 	var procs []*exec.Cmd
 	defer func() {
 		// Only what this run started, by PID.
@@ -130,12 +131,16 @@ func run(args []string) error {
 			c.Wait()
 		}
 	}()
+	var env []string
 	start := func(name string, argv ...string) (*exec.Cmd, error) {
 		logf, err := os.Create(filepath.Join(dir, name+".log"))
 		if err != nil {
 			return nil, err
 		}
 		c := exec.Command(argv[0], argv[1:]...)
+		if env != nil {
+			c.Env = append(os.Environ(), env...)
+		}
 		c.Stdout, c.Stderr = logf, logf
 		if err := c.Start(); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
@@ -176,6 +181,18 @@ func run(args []string) error {
 			return err
 		}
 	}
+	var wv *exec.Cmd
+	if *variant != "" {
+		env = strings.Fields(*variant)
+		wv, err = start("waypoint-variant", self, "serve", "-listen", variantAddr, "-backend", backend, "-services", strconv.Itoa(*services))
+		env = nil
+		if err != nil {
+			return err
+		}
+		if err := waitListening(ctx, variantAddr); err != nil {
+			return err
+		}
+	}
 	for _, a := range []string{backend, haproxyAddr, waypointAddr} {
 		if err := waitListening(ctx, a); err != nil {
 			return fmt.Errorf("%s: %w (logs in %s)", a, err, dir)
@@ -189,6 +206,9 @@ func run(args []string) error {
 	}
 	if wn != nil {
 		paths = append(paths, path{key: "nethttp", label: "kmesh-waypoint, net/http Transport upstream", url: "http://" + netHTTPAddr + "/", proc: wn.Process})
+	}
+	if wv != nil {
+		paths = append(paths, path{key: "variant", label: "kmesh-waypoint, " + *variant, url: "http://" + variantAddr + "/", proc: wv.Process})
 	}
 	pl := strconv.Itoa(*payload)
 	// Warm both paths up (connections, pools, the CPU frequency).
