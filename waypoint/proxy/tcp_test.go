@@ -77,9 +77,8 @@ func TestTCPProxyHalfCloseAndBytes(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("got %d bytes, want %d (tail %q)", len(got), len(want), got[max(0, len(got)-20):])
 	}
-	eventually(t, "the connection accounted", func() bool {
-		return strings.Contains(metricsText(t, te), "istio_tcp_connections_closed_total")
-	})
+	// Accounted when both directions are done (its access log line).
+	eventually(t, "the connection accounted", func() bool { return strings.Contains(te.access.String(), `"protocol":"tcp"`) })
 	text := metricsText(t, te)
 	for _, want := range []string{
 		`istio_tcp_received_bytes_total{connection_security_policy="none",destination_app="unknown"`,
