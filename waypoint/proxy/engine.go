@@ -62,9 +62,12 @@ type Options struct {
 	// binds.
 	Listen func(network, addr string) (net.Listener, error)
 	// NetHTTPUpstream sends HTTP/1.1 upstream through net/http's Transport
-	// instead of the clusters' own pools (for comparison; see
-	// waypoint/upstream/h1.go).
+	// instead of the clusters' own pools, and NetHTTPServer serves HTTP/1
+	// downstream with net/http's Server instead of package h1's: the
+	// standard library's path, kept for comparison (see package h1 for
+	// why it is not the default).
 	NetHTTPUpstream bool
+	NetHTTPServer   bool
 }
 
 // Engine runs snapshots. Its methods are safe for concurrent use.

@@ -265,3 +265,9 @@ func grep(text, s string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// closedByPeer: io.ReadAll ended because the waypoint closed: a FIN (no
+// error) or, when the client's bytes were left unread, a reset.
+func closedByPeer(err error) bool {
+	return err == nil || strings.Contains(err.Error(), "connection reset")
+}

@@ -33,7 +33,7 @@ const (
 
 // newServer is the HTTP server of h2c (prior knowledge) connections, all
 // chains together. HTTP/1 connections are served by package h1's server
-// (see newH1Server).
+// (see newH1Server), or by this one with Options.NetHTTPServer.
 func (e *Engine) newServer() *http.Server {
 	var protos http.Protocols
 	protos.SetHTTP1(true)

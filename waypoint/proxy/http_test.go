@@ -11,6 +11,15 @@ import (
 )
 
 func TestForwardBasic(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    Options
+	}{{"h1", Options{}}, {"net/http", Options{NetHTTPServer: true, NetHTTPUpstream: true}}} {
+		t.Run(tc.name, func(t *testing.T) { testForwardBasic(t, tc.o) })
+	}
+}
+
+func testForwardBasic(t *testing.T, o Options) {
 	var seen http.Header
 	var seenHost, seenURI string
 	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
@@ -18,7 +27,7 @@ func TestForwardBasic(t *testing.T) {
 		w.Header().Set("X-Backend", "1")
 		io.WriteString(w, "hello "+r.Method)
 	})
-	te := newTestEngine(t, Options{})
+	te := newTestEngine(t, o)
 	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
 	c := client(te.addr("main"))
 	code, body, resp := get(t, c, "http://svc.ns:80/a%2Fb/c?x=1&y", "X-Envoy-Retry-On", "5xx", "X-Envoy-Internal", "true",

@@ -129,7 +129,7 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 // (handedOver: it is that server's to close now), HTTP/1 to package h1's
 // on this goroutine.
 func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) (handedOver bool) {
-	if cs.info.Protocol == model.ProtocolHTTP2 {
+	if cs.info.Protocol == model.ProtocolHTTP2 || e.opts.NetHTTPServer {
 		if !e.handoff.give(pc) {
 			pc.Close()
 			return false

@@ -63,9 +63,10 @@ func serve(args []string) error {
 	backend := fs.String("backend", "127.0.0.1:18080", "the endpoint of the service traffic goes to")
 	services := fs.Int("services", 1000, "services in the configuration")
 	pprof := fs.String("pprof", "", "serve net/http/pprof on this address")
-	netHTTP := fs.Bool("nethttp-upstream", false, "HTTP/1.1 upstream through net/http's Transport")
+	netHTTP := fs.Bool("nethttp", false, "HTTP/1.1 through net/http's Server and Transport instead of package h1")
 	fs.Parse(args)
-	e := proxy.New(proxy.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), NetHTTPUpstream: *netHTTP})
+	e := proxy.New(proxy.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		NetHTTPUpstream: *netHTTP, NetHTTPServer: *netHTTP})
 	snap := synth.Snapshot(synth.Options{Services: *services, Listen: netip.MustParseAddrPort(*listen), ProxyProtocol: true,
 		AllowWithoutProxyProtocol: true, Backend: netip.MustParseAddrPort(*backend)})
 	if err := e.Apply(snap); err != nil {
@@ -106,7 +107,7 @@ func run(args []string) error {
 	payload := fs.Int("payload", 1024, "request and response payload bytes")
 	fortio := fs.String("fortio", "", "fortio binary (default: PATH, then ~/go/bin)")
 	keep := fs.Bool("pprof", false, "waypoint serves pprof on 127.0.0.1:18090")
-	compare := fs.Bool("nethttp", false, "add a path: the waypoint with net/http's Transport upstream (HTTP/1.1)")
+	compare := fs.Bool("nethttp", false, "add a path: the waypoint on net/http's Server and Transport (HTTP/1.1), without package h1")
 	variant := fs.String("variant", "", "add a path: the waypoint run with this environment (e.g. GOMAXPROCS=1)")
 	fs.Parse(args)
 
@@ -173,7 +174,7 @@ func run(args []string) error {
 	}
 	var wn *exec.Cmd
 	if *compare {
-		wn, err = start("waypoint-nethttp", self, "serve", "-listen", netHTTPAddr, "-backend", backend, "-services", strconv.Itoa(*services), "-nethttp-upstream")
+		wn, err = start("waypoint-nethttp", self, "serve", "-listen", netHTTPAddr, "-backend", backend, "-services", strconv.Itoa(*services), "-nethttp")
 		if err != nil {
 			return err
 		}
@@ -205,7 +206,7 @@ func run(args []string) error {
 		{key: "waypoint", label: fmt.Sprintf("kmesh-waypoint (%d services)", *services), url: "http://" + waypointAddr + "/", proc: wp.Process},
 	}
 	if wn != nil {
-		paths = append(paths, path{key: "nethttp", label: "kmesh-waypoint, net/http Transport upstream", url: "http://" + netHTTPAddr + "/", proc: wn.Process})
+		paths = append(paths, path{key: "nethttp", label: "kmesh-waypoint on net/http (Server and Transport)", url: "http://" + netHTTPAddr + "/", proc: wn.Process})
 	}
 	if wv != nil {
 		paths = append(paths, path{key: "variant", label: "kmesh-waypoint, " + *variant, url: "http://" + variantAddr + "/", proc: wv.Process})
