@@ -4,16 +4,26 @@
 // kernel with a PROXY protocol v2 header naming the client and the
 // destination it dialled. The engine reads the header (go-proxyproto),
 // sniffs the protocol when the listener's chain selector needs it, picks
-// a filter chain and runs it: HTTP chains are served by one net/http
-// Server (HTTP/1.1 and h2c prior knowledge) whose handler routes, runs the
-// fault and CORS filters and forwards upstream with Envoy's retry,
-// timeout and mirroring semantics; TCP chains are proxied byte for byte;
-// Deny chains are refused with their reason logged.
+// a filter chain and runs it. HTTP chains: HTTP/1.x is served by package
+// h1's server on the goroutine that accepted the connection, h2c (prior
+// knowledge) by net/http's; one handler routes (package route), runs the
+// fault and CORS filters (package filter) and forwards upstream with
+// Envoy's retry, timeout and mirroring semantics (package upstream holds
+// the clusters). TCP chains are proxied byte for byte. Deny chains are
+// refused with their reason logged.
 //
 // Apply swaps the whole configuration at once. Listeners open and close
 // to match the snapshot's addresses; clusters keep their runtime state by
-// name (package upstream); requests and connections in flight finish on
-// the configuration they started with.
+// name; requests and connections in flight finish on the configuration
+// they started with.
+//
+// The binary's use:
+//
+//	e := proxy.New(proxy.Options{Logger: log, AccessLog: w})
+//	e.Register(registry)        // Istio's metrics and kmesh_waypoint_*
+//	err := e.Apply(snapshot)    // every time the configuration changes
+//	e.Ready(), e.Stats()        // for /ready and the admin pages
+//	e.Close()                   // at shutdown
 package proxy
 
 import (
