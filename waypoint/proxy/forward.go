@@ -69,8 +69,8 @@ func (q *request) forward() {
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		q.body = &requestBody{src: r.Body, keep: retry != nil || len(mirrors) > 0, limit: q.e.opts.BufferLimit}
-		if q.body.keep && r.ContentLength > 0 && r.ContentLength <= int64(q.body.limit) {
-			q.body.buf = make([]byte, 0, r.ContentLength)
+		if q.body.keep {
+			q.body.reserve(r.ContentLength)
 		}
 		if eof != nil {
 			q.body.onEOF = eof.fire
@@ -103,6 +103,17 @@ func (q *request) forward() {
 
 	var tried []*upstream.Host
 	hash, hasHash := q.hashKey()
+	// retrying holds a slot of the cluster's max_retries from the decision
+	// to retry to the end of the retried attempt: Envoy counts retries in
+	// progress.
+	retrying := false
+	endRetry := func() {
+		if retrying {
+			cl.EndRetry()
+			retrying = false
+		}
+	}
+	defer endRetry()
 	for attempt := 1; ; attempt++ {
 		pick := upstream.PickOptions{Hash: hash, HasHash: hasHash, OrigDst: q.cs.info.Destination}
 		if retry != nil && policy.PreviousHosts {
@@ -128,6 +139,7 @@ func (q *request) forward() {
 		if err != nil {
 			host.Done()
 			a.end()
+			endRetry()
 			if q.clientGone() {
 				q.flags |= flagDC
 				return
@@ -140,8 +152,9 @@ func (q *request) forward() {
 			fail, fl, status, body, details := classify(err, a.ctx)
 			if fail != 0 && retry.RetriableFailure(fail) {
 				if q.retry(ctx, retry, cl) {
+					retrying = true
 					tried = append(tried, host)
-					if !q.backoff(ctx, retry, cl) {
+					if !q.backoff(ctx, retry) {
 						return
 					}
 					continue
@@ -155,13 +168,15 @@ func (q *request) forward() {
 			return
 		}
 		q.upstreamTime = time.Since(t0)
+		endRetry()
 		if retry.RetriableResponse(resp.StatusCode, resp.Header) {
 			if q.retry(ctx, retry, cl) {
+				retrying = true
 				discard(resp)
 				host.Done()
 				a.end()
 				tried = append(tried, host)
-				if !q.backoff(ctx, retry, cl) {
+				if !q.backoff(ctx, retry) {
 					return
 				}
 				continue
@@ -195,10 +210,8 @@ func (q *request) retry(ctx context.Context, rs *filter.Retry, cl *upstream.Clus
 }
 
 // backoff waits before a retry; false when the request ended meanwhile
-// (then it has been answered). It gives the max_retries slot back: the
-// retry counts while it waits, as Envoy's retry budget does.
-func (q *request) backoff(ctx context.Context, rs *filter.Retry, cl *upstream.Cluster) bool {
-	defer cl.EndRetry()
+// (then it has been answered).
+func (q *request) backoff(ctx context.Context, rs *filter.Retry) bool {
 	t := time.NewTimer(rs.Backoff())
 	defer t.Stop()
 	select {

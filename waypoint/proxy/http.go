@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
@@ -118,11 +119,12 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, cs *connState) {
 		return
 	}
 	res := cs.resolve(cfg)
-	q := &request{
+	q := requests.Get().(*request)
+	*q = request{
 		e: e, cfg: res.cfg, cs: cs, res: res, ch: res.chain, w: w, r: r, start: time.Now(),
 		grpc: route.IsGRPC(r), path: route.RequestPath(r), authority: r.Host,
 	}
-	defer q.finish()
+	defer q.done()
 	if res.draining {
 		w.Header().Set("Connection", "close")
 	}
@@ -303,6 +305,20 @@ func (q *request) deny(status int, reason, where string) {
 		body = "RBAC: access denied"
 	}
 	q.localReply(status, body, "denied: "+reason)
+}
+
+// requests are reused: nothing holds a request once its handler returned
+// (mirrors and transports get copies and the body, not the request).
+var requests = sync.Pool{New: func() any { return new(request) }}
+
+// done records the request and gives its state back.
+func (q *request) done() {
+	q.finish()
+	if q.body != nil {
+		q.body.release()
+	}
+	*q = request{}
+	requests.Put(q)
 }
 
 // finish records the request: metrics and the access log line.

@@ -54,7 +54,9 @@ func (q *request) mirrorAfter(ts []mirrorTarget, path, authority string) {
 		}
 		return
 	}
-	q.sendMirrors(ts, path, authority, body)
+	// A copy: the kept body goes back to its pool with the request, the
+	// mirrors outlive it.
+	q.sendMirrors(ts, path, authority, bytes.Clone(body))
 }
 
 // sendMirrors fires the copies and forgets them: their answers are read

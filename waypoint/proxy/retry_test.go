@@ -258,3 +258,79 @@ func TestIdleConnectionClosedByUpstream(t *testing.T) {
 		time.Sleep(1200 * time.Millisecond) // the endpoint closes the idle connection
 	}
 }
+
+// Kept bodies come from a pool: concurrent requests, half of them retried
+// from their copy, must each get their own body back.
+func TestConcurrentKeptBodiesStayApart(t *testing.T) {
+	var n atomic.Int64
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if n.Add(1)%2 == 0 && r.Header.Get("X-Envoy-Attempt-Count") == "1" {
+			w.WriteHeader(503)
+			return
+		}
+		w.Write(b)
+	})
+	te := newTestEngine(t, Options{})
+	// max_retries above the concurrency (Envoy's default of 3 concurrent
+	// retries would turn some away: that is the breaker working).
+	te.apply(httpSnapshot(oneRoute(retryRoute("c", retryOn(3, "5xx"))), false, &model.Cluster{Name: "c", MaxRetries: 100, Endpoints: endpoints(be)}))
+	c := client(te.addr("main"))
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				body := strings.Repeat(string(rune('a'+g)), 500+i)
+				resp, err := c.Post("http://x/", "text/plain", strings.NewReader(body))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(got) != body {
+					t.Errorf("goroutine %d request %d: %d, %d bytes back, want its own %d", g, i, resp.StatusCode, len(got), len(body))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// max_retries counts retries in progress: while one is outstanding, a
+// second request's failure is not retried.
+func TestMaxRetriesBreaker(t *testing.T) {
+	inRetry := make(chan struct{}, 1)
+	release := make(chan struct{})
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Envoy-Attempt-Count") == "1" {
+			w.WriteHeader(503)
+			return
+		}
+		inRetry <- struct{}{}
+		<-release
+		io.WriteString(w, "retried")
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(retryRoute("c", retryOn(1, "5xx"))), false, &model.Cluster{Name: "c", MaxRetries: 1, Endpoints: endpoints(be)}))
+	c := client(te.addr("main"))
+	first := make(chan string)
+	go func() {
+		_, body, _ := get(t, c, "http://x/")
+		first <- body
+	}()
+	<-inRetry
+	if code, _, _ := get(t, c, "http://x/"); code != 503 {
+		t.Errorf("with the one retry slot taken: %d, want the upstream's 503 unretried", code)
+	}
+	close(release)
+	if body := <-first; body != "retried" {
+		t.Errorf("the first request: %q", body)
+	}
+	if st := te.ClusterStats()["c"]; st.Retries != 0 || st.Overflows == 0 {
+		t.Errorf("cluster stats after: %+v", st)
+	}
+}
