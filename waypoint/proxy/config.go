@@ -177,7 +177,8 @@ func (lc *listenerConfig) chainFor(ci model.ConnInfo) *chain {
 	return lc.def
 }
 
-// needsProtocol reports whether choosing a chain for dst needs sniffing.
-func (lc *listenerConfig) needsProtocol(dst model.ConnInfo) bool {
-	return lc.m.Select != nil && lc.m.Select.NeedsProtocol(dst.Destination)
+// needsProtocol reports whether choosing a chain for the connection
+// needs sniffing.
+func (lc *listenerConfig) needsProtocol(ci model.ConnInfo) bool {
+	return lc.m.Select != nil && lc.m.Select.NeedsProtocol(ci.Destination)
 }

@@ -194,7 +194,7 @@ func (e *Engine) Apply(s *model.Snapshot) error {
 			delete(e.listeners, key)
 		}
 	}
-	e.stats.applied(cfg, len(s.Unsupported))
+	e.stats.applied(len(s.Unsupported))
 	e.log.Info("waypoint configuration applied", "version", s.Version, "listeners", len(cfg.listeners), "clusters", len(cfg.clusters))
 	return nil
 }

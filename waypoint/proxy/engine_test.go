@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
@@ -188,5 +189,41 @@ func TestCloseEndsEverything(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
 		t.Error("still listening after Close")
+	}
+}
+
+// A keep-alive connection whose listener left the configuration finishes
+// its request on the old one and is closed after it.
+func TestConnectionOfRemovedListenerDrains(t *testing.T) {
+	be := echoBackend(t, "ok")
+	cl := map[string]*model.Cluster{"c": {Name: "c", Endpoints: endpoints(be)}}
+	te := newTestEngine(t, Options{})
+	te.apply(&model.Snapshot{Listeners: []*model.Listener{listenerAt("old", "127.0.0.2:0", oneRoute(fwd("c")))}, Clusters: cl})
+	conn, err := dialer(te.addr("old"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	ask := func() *http.Response {
+		t.Helper()
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		return resp
+	}
+	if resp := ask(); resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("before: %d close=%v", resp.StatusCode, resp.Close)
+	}
+	te.apply(&model.Snapshot{Listeners: []*model.Listener{listenerAt("new", "127.0.0.3:0", oneRoute(fwd("c")))}, Clusters: cl})
+	if resp := ask(); resp.StatusCode != 200 || !resp.Close {
+		t.Errorf("after the listener left: %d close=%v, want 200 and the connection closed", resp.StatusCode, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("the connection stayed open: %v", err)
 	}
 }

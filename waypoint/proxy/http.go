@@ -125,9 +125,6 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, cs *connState) {
 		grpc: route.IsGRPC(r), path: route.RequestPath(r), authority: r.Host,
 	}
 	defer q.done()
-	if res.draining {
-		w.Header().Set("Connection", "close")
-	}
 	if d := q.ch.m.Deny; d != nil {
 		q.deny(d.HTTPStatus, d.Reason, "chain")
 		return

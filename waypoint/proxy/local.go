@@ -78,6 +78,11 @@ func (q *request) decorate(h http.Header) {
 	for k, v := range q.cors {
 		h[k] = v
 	}
+	if q.res.draining {
+		// The connection's listener or chain left the configuration: this
+		// is its last response.
+		h.Set("Connection", "close")
+	}
 }
 
 func (q *request) serverName() string {

@@ -71,7 +71,7 @@ func (s *stats) headerFailure(reason string) {
 	}
 }
 
-func (s *stats) applied(cfg *config, unsupported int) {
+func (s *stats) applied(unsupported int) {
 	s.applies.Inc()
 	s.unsupported.Set(float64(unsupported))
 }
