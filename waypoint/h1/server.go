@@ -674,6 +674,10 @@ func (w *response) FlushError() error {
 	return w.c.bw.Flush()
 }
 
+// SetReadDeadline bounds the reads of the connection (the request body;
+// http.ResponseController's), from any goroutine.
+func (w *response) SetReadDeadline(t time.Time) error { return w.c.c.SetReadDeadline(t) }
+
 // EnableFullDuplex: this server always lets a handler read the request
 // body while it writes the response.
 func (w *response) EnableFullDuplex() error { return nil }

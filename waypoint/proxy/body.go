@@ -29,6 +29,7 @@ type requestBody struct {
 	keep  bool
 	limit int
 	onEOF func()
+	touch func() // activity, for the stream idle timeout (nil: none)
 
 	readMu   sync.Mutex // held while reading the source
 	mu       sync.Mutex // guards what follows, never held across a read
@@ -160,6 +161,9 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 			continue
 		}
 		n, err := b.src.Read(p)
+		if n > 0 && b.touch != nil {
+			b.touch()
+		}
 		b.mu.Lock()
 		b.n += int64(n)
 		r.off += int64(n)

@@ -17,6 +17,7 @@ const (
 	flagDC                    // downstream connection termination
 	flagURX                   // retries exhausted
 	flagNC                    // no cluster found
+	flagSI                    // stream idle timeout
 )
 
 // flagNames in Envoy's order of its short flag string.
@@ -25,7 +26,7 @@ var flagNames = []struct {
 	name string
 }{
 	{flagUH, "UH"}, {flagUT, "UT"}, {flagUF, "UF"}, {flagUC, "UC"}, {flagUO, "UO"}, {flagNR, "NR"},
-	{flagDI, "DI"}, {flagFI, "FI"}, {flagDC, "DC"}, {flagURX, "URX"}, {flagNC, "NC"},
+	{flagDI, "DI"}, {flagFI, "FI"}, {flagDC, "DC"}, {flagURX, "URX"}, {flagSI, "SI"}, {flagNC, "NC"},
 }
 
 // String is Envoy's %RESPONSE_FLAGS%: short names joined by "," or "-".

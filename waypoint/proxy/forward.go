@@ -17,8 +17,10 @@ import (
 )
 
 var (
-	errRouteTimeout  = errors.New("route timeout")
-	errPerTryTimeout = errors.New("per-try timeout")
+	errRouteTimeout   = errors.New("route timeout")
+	errPerTryTimeout  = errors.New("per-try timeout")
+	errRequestTimeout = errors.New("request timeout")
+	errStreamIdle     = errors.New("stream idle timeout")
 )
 
 // forward is the router filter: it sends the request to the route's
@@ -63,8 +65,14 @@ func (q *request) forward() {
 	mirrors := q.mirrorTargets()
 
 	timeout := q.routeTimeout()
-	var eof *eofTimers // timers started by the end of the request body
-	if timeout > 0 || perTry > 0 {
+	hcm := q.ch.hcm
+	idle := f.IdleTimeout
+	if idle <= 0 {
+		idle = hcm.StreamIdleTimeout
+	}
+	requestTimeout := hcm.RequestTimeout
+	var eof *eofTimers // timers started (or stopped) by the end of the request body
+	if timeout > 0 || perTry > 0 || requestTimeout > 0 {
 		eof = &eofTimers{}
 	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
@@ -85,13 +93,41 @@ func (q *request) forward() {
 	}
 
 	ctx := r.Context()
-	if timeout > 0 {
+	if timeout > 0 || idle > 0 || requestTimeout > 0 && q.body != nil {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
-		q.routeTimer = &deadline{d: timeout, cancel: cancel, cause: errRouteTimeout}
-		defer q.routeTimer.stop()
-		eof.add(q.routeTimer)
+		if timeout > 0 {
+			q.routeTimer = &deadline{d: timeout, cancel: cancel, cause: errRouteTimeout}
+			defer q.routeTimer.stop()
+			eof.add(q.routeTimer)
+		}
+		if requestTimeout > 0 && q.body != nil {
+			// Envoy's request_timeout: the whole request must have come in
+			// by then (it stops at the end of the body or when the answer
+			// starts).
+			cut := cancel
+			if rd, ok := q.w.(interface{ SetReadDeadline(time.Time) error }); ok {
+				// A read of the client's body is waiting on the client:
+				// end it too.
+				cut = func(cause error) {
+					cancel(cause)
+					rd.SetReadDeadline(time.Unix(1, 0))
+				}
+			}
+			q.requestTimer = &deadline{d: requestTimeout, cancel: cut, cause: errRequestTimeout}
+			defer q.requestTimer.stop()
+			q.requestTimer.arm()
+			eof.stopAtEnd(q.requestTimer)
+		}
+		if idle > 0 {
+			// Envoy's stream idle timeout: no byte either way for so long.
+			q.idle = newWatchdog(idle, 0, func() { cancel(errStreamIdle) })
+			defer q.idle.stop()
+			if q.body != nil {
+				q.body.touch = q.idle.touch
+			}
+		}
 	}
 	if len(mirrors) > 0 {
 		if q.body == nil {
@@ -140,13 +176,11 @@ func (q *request) forward() {
 			host.Done()
 			a.end()
 			endRetry()
-			if q.clientGone() {
-				q.flags |= flagDC
+			if q.timedOut(ctx) {
 				return
 			}
-			if context.Cause(ctx) == errRouteTimeout {
-				q.flags |= flagUT
-				q.localReply(http.StatusGatewayTimeout, bodyTimeout, "upstream_response_timeout")
+			if q.clientGone() {
+				q.flags |= flagDC
 				return
 			}
 			fail, fl, status, body, details := classify(err, a.ctx)
@@ -219,13 +253,30 @@ func (q *request) backoff(ctx context.Context, rs *filter.Retry) bool {
 		return true
 	case <-ctx.Done():
 	}
-	if q.clientGone() {
+	if !q.timedOut(ctx) && q.clientGone() {
 		q.flags |= flagDC
+	}
+	return false
+}
+
+// timedOut answers a request whose context ended on one of its own
+// timeouts (true), as Envoy does: 504 UT for the route timeout, 408 for
+// the request timeout (the request did not come in whole in time) and for
+// a stream idle for too long (SI).
+func (q *request) timedOut(ctx context.Context) bool {
+	switch context.Cause(ctx) {
+	case errRouteTimeout:
+		q.flags |= flagUT
+		q.localReply(http.StatusGatewayTimeout, bodyTimeout, "upstream_response_timeout")
+	case errRequestTimeout:
+		q.localReply(http.StatusRequestTimeout, "request timeout", "request_overall_timeout")
+	case errStreamIdle:
+		q.flags |= flagSI
+		q.localReply(http.StatusRequestTimeout, "stream timeout", "stream_idle_timeout")
+	default:
 		return false
 	}
-	q.flags |= flagUT
-	q.localReply(http.StatusGatewayTimeout, bodyTimeout, "upstream_response_timeout")
-	return false
+	return true
 }
 
 func (q *request) clientGone() bool {
@@ -500,6 +551,7 @@ type eofTimers struct {
 	mu      sync.Mutex
 	done    bool
 	waiting []*deadline
+	stops   []*deadline
 }
 
 func (e *eofTimers) add(d *deadline) {
@@ -512,6 +564,17 @@ func (e *eofTimers) add(d *deadline) {
 	e.waiting = append(e.waiting, d)
 }
 
+// stopAtEnd stops d when the body is complete.
+func (e *eofTimers) stopAtEnd(d *deadline) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.done {
+		d.stop()
+		return
+	}
+	e.stops = append(e.stops, d)
+}
+
 func (e *eofTimers) fire() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -519,5 +582,8 @@ func (e *eofTimers) fire() {
 	for _, d := range e.waiting {
 		d.arm()
 	}
-	e.waiting = nil
+	for _, d := range e.stops {
+		d.stop()
+	}
+	e.waiting, e.stops = nil, nil
 }

@@ -85,7 +85,9 @@ type request struct {
 	body            *requestBody
 	cors            http.Header // CORS headers for the response
 	routeTimer      *deadline
-	upgradeIn       int64 // bytes from the client after an upgrade
+	requestTimer    *deadline // HCM request_timeout, until the request is in
+	idle            *watchdog // stream idle timeout
+	upgradeIn       int64     // bytes from the client after an upgrade
 
 	code         int
 	grpcStatus   string

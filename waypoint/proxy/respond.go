@@ -38,6 +38,13 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	if gs := resp.Header.Get("Grpc-Status"); gs != "" {
 		q.grpcStatus = gs // trailers-only
 	}
+	if q.requestTimer != nil {
+		// The answer has started: request_timeout no longer applies.
+		q.requestTimer.stop()
+	}
+	if q.idle != nil {
+		q.idle.touch()
+	}
 	q.w.WriteHeader(resp.StatusCode)
 	q.code, q.wrote = resp.StatusCode, true
 
@@ -52,6 +59,9 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
+			if q.idle != nil {
+				q.idle.touch()
+			}
 			w, werr := q.w.Write(buf[:n])
 			q.respBytes += int64(w)
 			if werr != nil {
@@ -73,9 +83,12 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 			// The upstream broke off mid-body. The client must not take a
 			// truncated body for a whole one: abort the stream (HTTP/2
 			// RST_STREAM, HTTP/1 connection closed). finish still runs.
-			if c := context.Cause(a.ctx); c == errRouteTimeout || c == errPerTryTimeout {
+			switch context.Cause(a.ctx) {
+			case errRouteTimeout, errPerTryTimeout:
 				q.flags |= flagUT
-			} else {
+			case errStreamIdle:
+				q.flags |= flagSI
+			default:
 				q.flags |= flagUC
 			}
 			panic(http.ErrAbortHandler)

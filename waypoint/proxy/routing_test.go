@@ -548,3 +548,75 @@ func TestOriginalDestinationCluster(t *testing.T) {
 		t.Errorf("access log: %s", te.access.String())
 	}
 }
+
+func TestStreamIdleTimeout(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/silent":
+			time.Sleep(time.Second)
+		case "/stalls":
+			io.WriteString(w, "first")
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Second)
+			io.WriteString(w, "late")
+		case "/trickle":
+			for range 8 {
+				io.WriteString(w, ".")
+				w.(http.Flusher).Flush()
+				time.Sleep(40 * time.Millisecond)
+			}
+		}
+	})
+	s := httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+	s.Listeners[0].Chains["http"].HTTP.StreamIdleTimeout = 150 * time.Millisecond
+	te := newTestEngine(t, Options{})
+	te.apply(s)
+	c := client(te.addr("main"))
+	if code, body, _ := get(t, c, "http://x/silent"); code != 408 || body != "stream timeout" {
+		t.Errorf("silent upstream: %d %q", code, body)
+	}
+	resp, err := c.Get("http://x/stalls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "first" || err == nil {
+		t.Errorf("upstream stalling mid-body: %d %q %v (want the stream cut)", resp.StatusCode, b, err)
+	}
+	if code, body, _ := get(t, c, "http://x/trickle"); code != 200 || body != "........" {
+		t.Errorf("a slow but steady stream: %d %q", code, body)
+	}
+	eventually(t, "SI logged twice", func() bool { return strings.Count(te.access.String(), `"response_flags":"SI"`) == 2 })
+}
+
+func TestRequestTimeout(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	})
+	s := httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+	s.Listeners[0].Chains["http"].HTTP.RequestTimeout = 150 * time.Millisecond
+	te := newTestEngine(t, Options{})
+	te.apply(s)
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Ten bytes announced, three sent, then nothing.
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 408 || string(b) != "request timeout" {
+		t.Errorf("request not in whole: %d %q", resp.StatusCode, b)
+	}
+	// A whole request is not subject to it, however slow its answer.
+	if code, body, _ := get(t, client(te.addr("main")), "http://x/"); code != 200 || body != "" {
+		t.Errorf("complete request: %d %q", code, body)
+	}
+}
