@@ -124,6 +124,15 @@ func run(args []string) error {
 	defer stop()
 
 	const backend, haproxyAddr, waypointAddr, netHTTPAddr, variantAddr = "127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18084"
+	// Something already on a port (a proxy left over, a server of another
+	// run) would take part of a path's traffic: HAProxy binds with
+	// SO_REUSEPORT and would share its port without a word.
+	for _, a := range []string{backend, haproxyAddr, waypointAddr, netHTTPAddr, variantAddr} {
+		if c, err := net.DialTimeout("tcp", a, 200*time.Millisecond); err == nil {
+			c.Close()
+			return fmt.Errorf("something already listens on %s: stop it first", a)
+		}
+	}
 	var procs []*exec.Cmd
 	defer func() {
 		// Only what this run started, by PID.
@@ -199,7 +208,11 @@ func run(args []string) error {
 			return fmt.Errorf("%s: %w (logs in %s)", a, err, dir)
 		}
 	}
-	rssIdle := rss(wp.Process.Pid, "VmRSS")
+	idle := map[int]int64{}
+	for _, c := range procs {
+		idle[c.Process.Pid] = rss(c.Process.Pid, "VmRSS")
+	}
+	rssIdle := idle[wp.Process.Pid]
 
 	paths := []path{
 		{key: "haproxy", label: "HAProxy HTTP hop (Envoy stand-in)", url: "http://" + haproxyAddr + "/", proc: hp.Process},
@@ -248,6 +261,11 @@ func run(args []string) error {
 	loadEnd, _ := os.ReadFile("/proc/loadavg")
 	rssBusy, hwm := rss(wp.Process.Pid, "VmRSS"), rss(wp.Process.Pid, "VmHWM")
 	report(paths, results, *runs, *conns, *payload, *services, rssIdle, rssBusy, hwm, string(loadStart), string(loadEnd))
+	fmt.Println("\nResident memory of each proxy (MiB): idle before the loads / after them / peak")
+	for _, p := range paths {
+		pid := p.proc.Pid
+		fmt.Printf("  %-50s %5.1f / %5.1f / %5.1f\n", p.label, mib(idle[pid]), mib(rss(pid, "VmRSS")), mib(rss(pid, "VmHWM")))
+	}
 	return nil
 }
 
