@@ -6,12 +6,13 @@
 //
 // Why, measured with waypoint/internal/wpbench (1000 services, fortio 16
 // connections, 1 KiB each way, loopback, 2 cores shared with other work;
-// one run, the paths alternated; HAProxy in HTTP mode is the reference):
+// one run of 9, the paths alternated, medians; HAProxy in HTTP mode is
+// the reference):
 //
 //	path                                   max qps   CPU µs/request
-//	HAProxy HTTP hop                        16761    14-21
-//	waypoint, this package                  14644    ~30-36
-//	waypoint on net/http Server+Transport    8045    ~70
+//	HAProxy HTTP hop                        20908    20.2
+//	waypoint, this package                  17951    29.9
+//	waypoint on net/http Server+Transport   12970    53.4
 //
 // Where net/http's time went (pprof, strace): its Transport hands every
 // request to a write-loop goroutine and back from a read-loop goroutine
@@ -22,9 +23,10 @@
 // WriteHeader and gives every request its own cancelable context; and
 // http.ReadRequest/ReadResponse allocate a string and a slice per header
 // field (13 and 10 allocations for the benchmark's request and response
-// heads, 6 and 5 with this parser: BenchmarkParse; 42 allocations per
-// proxied request with the standard parsers, 21 now). Here the client writes a request in one write and reads its
-// answer on the caller's goroutine; the server watches for a departing
+// heads, 8 and 5 with this parser: BenchmarkParse; 42 allocations per
+// proxied request with the standard parsers, about 19 now). Here the
+// client writes a request in one write and reads its answer on the
+// caller's goroutine; the server watches for a departing
 // client only when a request is still running 50 ms after its body was
 // read, reuses its response writer per connection, and aborts an upstream
 // exchange through ClientGone instead of a context.AfterFunc per request;
