@@ -1,7 +1,8 @@
 // Package h1 is kmesh-waypoint's HTTP/1.1 fast path: a server loop for
-// downstream connections, a message head parser (parse.go) and the wire
+// downstream connections, a message head parser (parse.go), the wire
 // side of the upstream client (client.go: request out; responses come in
-// through the same parser). net/http still serves h2c and upgrades, both
+// through the same parser) and socket I/O without the runtime's syscall
+// bookkeeping (rawio.go). net/http still serves h2c and upgrades, both
 // ways.
 //
 // Why, measured with waypoint/internal/wpbench (1000 services, fortio 16
@@ -31,6 +32,17 @@
 // read, reuses its response writer per connection, and aborts an upstream
 // exchange through ClientGone instead of a context.AfterFunc per request;
 // the parser copies a head into one string and cuts every value from it.
+//
+// Reads and writes of the connections it serves and opens (rawio.go) go
+// through syscall.RawConn with raw system calls on the non-blocking
+// sockets: net.Conn's own calls enter the runtime's syscall bookkeeping,
+// and a loopback write (which runs the receiver's TCP input on our time)
+// lasts long enough for sysmon to take the P away, hand it to another
+// thread and wake it. Measured in wpbench (7 runs, the same build with
+// and without): 23499 against 20256 max qps, 24.6 against 26.7 µs of CPU
+// per request, p90 at 1000 qps 1.48 against 1.83 ms; strace over 8000
+// requests: 453 nanosleeps (sysmon) and 1176 futex calls against 7397 and
+// 2704.
 //
 // Parsing is strict where a proxy must be (request smuggling): chunked
 // wins over Content-Length, which is then dropped; differing lengths,

@@ -97,6 +97,7 @@ type conn struct {
 // hijacked. br holds bytes already read from c (may be nil). state is
 // passed to the handler with every request.
 func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) {
+	c = Raw(c)
 	cn := &conn{s: s, c: c, state: state, remote: c.RemoteAddr().String()}
 	cn.lr.r = c
 	if br != nil && br.Buffered() > 0 {

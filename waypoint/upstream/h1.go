@@ -234,6 +234,10 @@ func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Raw reads and writes: see package h1 (rawio.go).
+	if cc, ok := conn.(*countedConn); ok {
+		cc.Conn = h1.Raw(cc.Conn)
+	}
 	pc := &h1Conn{p: p, host: host, conn: conn}
 	pc.abort = func() { pc.conn.SetDeadline(aLongTimeAgo) }
 	pc.unhook = func() bool {
