@@ -1,0 +1,88 @@
+package filter
+
+import (
+	"net/http"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
+)
+
+// CORS is a compiled model.CORS.
+type CORS struct {
+	M       *model.CORS
+	origins []route.StringMatcher
+	// anyOrigin: one of the origins is the literal "*", which Envoy reads
+	// as every origin.
+	anyOrigin bool
+}
+
+// CompileCORS compiles m (nil gives nil).
+func CompileCORS(m *model.CORS) *CORS {
+	if m == nil {
+		return nil
+	}
+	c := &CORS{M: m}
+	for i := range m.AllowOrigins {
+		o := &m.AllowOrigins[i]
+		if (o.Kind == "exact" || o.Kind == "") && o.Exact == "*" && o.Regex == nil {
+			c.anyOrigin = true
+		}
+		c.origins = append(c.origins, route.CompileString(o))
+	}
+	return c
+}
+
+// CORSResult is what the CORS filter does to a request.
+type CORSResult struct {
+	// Preflight: answer 200 locally with Headers.
+	Preflight bool
+	// Headers to add to the response (the preflight's, or the actual
+	// request's).
+	Headers http.Header
+}
+
+// Evaluate applies a CORS policy to a request: nothing without an Origin
+// header or when the origin is not allowed (a preflight then goes to the
+// upstream, Envoy's forward_not_matching_preflights); otherwise a
+// preflight is answered here and an actual request gets the allow-origin,
+// credentials and expose headers on its response.
+func (c *CORS) Evaluate(r *http.Request) CORSResult {
+	if c == nil || c.M.Disabled {
+		return CORSResult{}
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" || !c.allowed(origin) {
+		return CORSResult{}
+	}
+	h := http.Header{}
+	h.Set("Access-Control-Allow-Origin", origin)
+	if c.M.AllowCredentials != nil && *c.M.AllowCredentials {
+		h.Set("Access-Control-Allow-Credentials", "true")
+	}
+	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+		set(h, "Access-Control-Allow-Methods", c.M.AllowMethods)
+		set(h, "Access-Control-Allow-Headers", c.M.AllowHeaders)
+		set(h, "Access-Control-Max-Age", c.M.MaxAge)
+		return CORSResult{Preflight: true, Headers: h}
+	}
+	set(h, "Access-Control-Expose-Headers", c.M.ExposeHeaders)
+	return CORSResult{Headers: h}
+}
+
+func (c *CORS) allowed(origin string) bool {
+	if c.anyOrigin {
+		return true
+	}
+	for _, o := range c.origins {
+		if o.Match(origin) {
+			return true
+		}
+	}
+	return false
+}
+
+func set(h http.Header, k, v string) {
+	if v != "" {
+		h.Set(k, v)
+	}
+}

@@ -1,0 +1,493 @@
+package h1
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Parser reads HTTP/1.x message heads from a connection. It copies a head
+// into one string and cuts every field value, the request target and the
+// names it keeps from that string, so a head costs a handful of
+// allocations whatever its number of fields (http.ReadRequest and
+// http.ReadResponse allocate a string and a slice per field). Framing
+// follows RFC 9112 as net/http applies it: Transfer-Encoding chunked wins
+// over Content-Length (which is then dropped), differing Content-Lengths,
+// obsolete line folding and malformed names or values are refused.
+//
+// A Parser belongs to one connection. The body of a message it returns is
+// valid until the next message is read.
+type Parser struct {
+	head   []byte
+	lines  []span
+	length lengthBody
+}
+
+type span struct{ start, colon, end int }
+
+// Limits.
+const (
+	// maxFields is Envoy's default max_headers_count.
+	maxFields = 100
+)
+
+// ParseError is a message the parser refuses, with the status a server
+// answers it with.
+type ParseError struct {
+	Status int
+	Msg    string
+	// Public: the message goes into the answer (net/http tells the
+	// client why for these only).
+	Public bool
+}
+
+func (e *ParseError) Error() string { return e.Msg }
+
+func bad(format string, a ...any) error {
+	return &ParseError{Status: http.StatusBadRequest, Msg: fmt.Sprintf(format, a...)}
+}
+
+// readHead reads lines up to the empty one into p.head and returns the
+// head as one string with the line spans (the start line first).
+func (p *Parser) readHead(br *bufio.Reader) (string, error) {
+	p.head, p.lines = p.head[:0], p.lines[:0]
+	for first := true; ; {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return "", errHeaderTooLarge
+			}
+			if err == io.EOF && len(p.head) > 0 || len(line) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return "", err
+		}
+		// The line without its CRLF (a bare LF is tolerated, as net/http
+		// does).
+		n := len(line) - 1
+		if n > 0 && line[n-1] == '\r' {
+			n--
+		}
+		if first {
+			first = false
+		} else if n == 0 {
+			break
+		} else if line[0] == ' ' || line[0] == '\t' {
+			return "", bad("obsolete line folding")
+		}
+		if len(p.lines) > maxFields {
+			return "", &ParseError{Status: http.StatusRequestHeaderFieldsTooLarge, Msg: "too many header fields"}
+		}
+		start := len(p.head)
+		p.head = append(p.head, line[:n]...)
+		p.lines = append(p.lines, span{start: start, end: len(p.head)})
+	}
+	return string(p.head), nil
+}
+
+// fields parses the header fields of a head into a new header map.
+func (p *Parser) fields(head string) (http.Header, error) {
+	// Room for the few fields a proxy adds (forwarded proto, request id,
+	// attempt count) without growing the map.
+	h := make(http.Header, len(p.lines)-1+4)
+	// One backing array for every field's value slice.
+	vals := make([]string, 0, len(p.lines)-1)
+	for _, l := range p.lines[1:] {
+		line := head[l.start:l.end]
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, bad("malformed header line")
+		}
+		name := line[:colon]
+		for i := 0; i < len(name); i++ {
+			if !isTokenChar(name[i]) {
+				// Including whitespace before the colon (RFC 9112 5.1).
+				return nil, &ParseError{Status: http.StatusBadRequest, Msg: "invalid header name", Public: true}
+			}
+		}
+		value := trimOWS(line[colon+1:])
+		for i := 0; i < len(value); i++ {
+			if c := value[i]; c < ' ' && c != '\t' || c == 0x7f {
+				return nil, bad("invalid header value for %q", name)
+			}
+		}
+		key := textproto.CanonicalMIMEHeaderKey(name)
+		if old, ok := h[key]; ok && len(old) > 0 {
+			h[key] = append(old, value)
+			continue
+		}
+		vals = append(vals, value)
+		h[key] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	return h, nil
+}
+
+// trimOWS trims spaces and tabs at both ends (strings.Trim with a cutset
+// builds the set on every call: it showed in profiles).
+func trimOWS(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func isTokenChar(c byte) bool { return tokenChars[c] }
+
+// tokenChars are RFC 9110's tchar.
+var tokenChars = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", byte(c)) >= 0
+	}
+	return t
+}()
+
+// version parses "HTTP/1.0" and "HTTP/1.1".
+func version(v string) (minor int, ok bool) {
+	switch v {
+	case "HTTP/1.1":
+		return 1, true
+	case "HTTP/1.0":
+		return 0, true
+	}
+	return 0, false
+}
+
+// ReadRequest reads a request. tmpl gives the fields a request starts
+// with (its context, above all: a copy of tmpl keeps it without the
+// allocation WithContext makes).
+func (p *Parser) ReadRequest(br *bufio.Reader, tmpl *http.Request) (*http.Request, error) {
+	head, err := p.readHead(br)
+	if err != nil {
+		return nil, err
+	}
+	line := head[:p.lines[0].end]
+	method, rest, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || method == "" || target == "" {
+		return nil, bad("malformed request line")
+	}
+	for i := 0; i < len(method); i++ {
+		if !isTokenChar(method[i]) {
+			return nil, bad("invalid method")
+		}
+	}
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; c <= ' ' || c == 0x7f {
+			return nil, bad("invalid request target")
+		}
+	}
+	minor, ok := version(proto)
+	if !ok {
+		if strings.HasPrefix(proto, "HTTP/") {
+			return nil, &ParseError{Status: http.StatusHTTPVersionNotSupported, Msg: "unsupported protocol version", Public: true}
+		}
+		return nil, bad("malformed HTTP version %q", proto)
+	}
+	req := new(http.Request)
+	*req = *tmpl
+	req.Method, req.RequestURI, req.Proto, req.ProtoMajor, req.ProtoMinor = method, target, proto, 1, minor
+	if method == http.MethodConnect && !strings.HasPrefix(target, "/") {
+		return nil, &ParseError{Status: http.StatusMethodNotAllowed, Msg: "CONNECT is not served"}
+	}
+	if req.URL, err = url.ParseRequestURI(target); err != nil {
+		return nil, bad("malformed request target")
+	}
+	if req.Header, err = p.fields(head); err != nil {
+		return nil, err
+	}
+	h := req.Header
+	// The authority: an absolute-form target's, else the Host field (moved
+	// out of the header as net/http does).
+	hosts := h["Host"]
+	if len(hosts) > 1 {
+		return nil, bad("too many Host headers")
+	}
+	req.Host = req.URL.Host
+	if req.Host == "" && len(hosts) == 1 {
+		req.Host = hosts[0]
+	}
+	delete(h, "Host")
+	req.Close = shouldClose(minor, h)
+	if err := p.framing(req.Header, minor, true, &req.ContentLength, &req.TransferEncoding); err != nil {
+		return nil, err
+	}
+	switch {
+	case req.TransferEncoding != nil:
+		req.Trailer = declaredTrailers(h)
+		req.Body = &chunkedBody{cr: httputil.NewChunkedReader(br), br: br, p: p, trailer: &req.Trailer}
+	case req.ContentLength > 0:
+		p.length = lengthBody{br: br, remaining: req.ContentLength}
+		req.Body = &p.length
+	default:
+		req.Body = http.NoBody
+	}
+	return req, nil
+}
+
+// ReadResponse reads a response to a request of the given method.
+func (p *Parser) ReadResponse(br *bufio.Reader, method string) (*http.Response, error) {
+	head, err := p.readHead(br)
+	if err != nil {
+		return nil, err
+	}
+	line := head[:p.lines[0].end]
+	proto, rest, ok := strings.Cut(line, " ")
+	minor, vok := version(proto)
+	if !ok || !vok {
+		return nil, fmt.Errorf("malformed HTTP response %q", line)
+	}
+	code, _, _ := strings.Cut(rest, " ")
+	status, err := strconv.Atoi(code)
+	if err != nil || len(code) != 3 || status < 100 {
+		return nil, fmt.Errorf("malformed HTTP status code %q", code)
+	}
+	resp := &http.Response{Status: rest, StatusCode: status, Proto: proto, ProtoMajor: 1, ProtoMinor: minor}
+	if resp.Header, err = p.fields(head); err != nil {
+		return nil, err
+	}
+	h := resp.Header
+	resp.Close = shouldClose(minor, h)
+	if resp.Close && minor >= 1 {
+		// As net/http: the close is the connection's business, not the
+		// message's.
+		delete(h, "Connection")
+	}
+	bodyless := method == http.MethodHead || status < 200 || status == http.StatusNoContent || status == http.StatusNotModified
+	if err := p.framing(h, minor, false, &resp.ContentLength, &resp.TransferEncoding); err != nil {
+		return nil, err
+	}
+	switch {
+	case bodyless:
+		if method != http.MethodHead {
+			resp.ContentLength = 0
+		}
+		resp.TransferEncoding = nil
+		resp.Body = http.NoBody
+	case resp.TransferEncoding != nil:
+		resp.Trailer = declaredTrailers(h)
+		resp.Body = &chunkedBody{cr: httputil.NewChunkedReader(br), br: br, p: p, trailer: &resp.Trailer}
+	case resp.ContentLength >= 0:
+		p.length = lengthBody{br: br, remaining: resp.ContentLength}
+		resp.Body = &p.length
+	default:
+		// Neither length nor chunks: the body ends with the connection.
+		resp.Close = true
+		resp.Body = &eofBody{br: br}
+	}
+	return resp, nil
+}
+
+// framing reads the message's framing fields: Transfer-Encoding chunked
+// (HTTP/1.1; it wins over Content-Length, which is dropped) or one
+// Content-Length (repeated only with the same value). Both fields leave
+// the header: they describe this hop only. Without either a request has
+// no body (length 0) and a response runs to the close (length -1).
+func (p *Parser) framing(h http.Header, minor int, request bool, length *int64, te *[]string) error {
+	*length = -1
+	if request {
+		*length = 0
+	}
+	if tes, ok := h["Transfer-Encoding"]; ok {
+		delete(h, "Transfer-Encoding")
+		if minor >= 1 {
+			if len(tes) != 1 || !strings.EqualFold(strings.TrimSpace(tes[0]), "chunked") {
+				return &ParseError{Status: http.StatusNotImplemented, Msg: "unsupported transfer encoding", Public: true}
+			}
+			delete(h, "Content-Length")
+			*te, *length = chunked, -1
+			return nil
+		}
+	}
+	cls, ok := h["Content-Length"]
+	if !ok {
+		return nil
+	}
+	first := strings.TrimSpace(cls[0])
+	for _, v := range cls[1:] {
+		if strings.TrimSpace(v) != first {
+			return bad("conflicting Content-Length headers")
+		}
+	}
+	n, err := parseLength(first)
+	if err != nil {
+		return err
+	}
+	*length = n
+	if len(cls) > 1 {
+		h["Content-Length"] = cls[:1]
+	}
+	return nil
+}
+
+var chunked = []string{"chunked"}
+
+func parseLength(s string) (int64, error) {
+	if s == "" || len(s) > 18 {
+		return 0, bad("invalid Content-Length %q", s)
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, bad("invalid Content-Length %q", s)
+		}
+		n = n*10 + int64(s[i]-'0')
+	}
+	return n, nil
+}
+
+// shouldClose applies the Connection field: HTTP/1.1 closes when told
+// to, HTTP/1.0 unless told to keep alive.
+func shouldClose(minor int, h http.Header) bool {
+	conn := h["Connection"]
+	if minor == 0 {
+		for _, v := range conn {
+			if hasToken(v, "keep-alive") {
+				return false
+			}
+		}
+		return true
+	}
+	for _, v := range conn {
+		if hasToken(v, "close") {
+			return true
+		}
+	}
+	return false
+}
+
+// declaredTrailers is the Trailer field's names, to be filled at the end
+// of a chunked body (nil when none declared).
+func declaredTrailers(h http.Header) http.Header {
+	vs, ok := h["Trailer"]
+	if !ok {
+		return nil
+	}
+	t := http.Header{}
+	for _, v := range vs {
+		for _, k := range strings.Split(v, ",") {
+			if k = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(k)); k != "" {
+				t[k] = nil
+			}
+		}
+	}
+	delete(h, "Trailer")
+	return t
+}
+
+// lengthBody is a body of known length.
+type lengthBody struct {
+	br        *bufio.Reader
+	remaining int64
+}
+
+func (b *lengthBody) Read(p []byte) (int, error) {
+	if b.remaining <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.remaining {
+		p = p[:b.remaining]
+	}
+	n, err := b.br.Read(p)
+	b.remaining -= int64(n)
+	if err == io.EOF && b.remaining > 0 {
+		return n, io.ErrUnexpectedEOF
+	}
+	if err == nil && b.remaining == 0 {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (b *lengthBody) Close() error { return nil }
+
+// chunkedBody is a chunked body; its trailer fields fill the message's
+// Trailer map at the end.
+type chunkedBody struct {
+	cr      io.Reader
+	br      *bufio.Reader
+	p       *Parser
+	trailer *http.Header
+	done    bool
+	err     error
+}
+
+func (b *chunkedBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.cr.Read(p)
+	if err == io.EOF {
+		// The last chunk: trailer fields follow, then an empty line.
+		if terr := b.readTrailer(); terr != nil {
+			b.err = terr
+			return n, terr
+		}
+		b.done = true
+	} else if err != nil {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *chunkedBody) readTrailer() error {
+	// The trailer section is a head without a start line.
+	b.p.head, b.p.lines = b.p.head[:0], b.p.lines[:0]
+	b.p.lines = append(b.p.lines, span{})
+	for {
+		line, err := b.br.ReadSlice('\n')
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return errHeaderTooLarge
+			}
+			return io.ErrUnexpectedEOF
+		}
+		n := len(line) - 1
+		if n > 0 && line[n-1] == '\r' {
+			n--
+		}
+		if n == 0 {
+			break
+		}
+		if len(b.p.lines) > maxFields {
+			return bad("too many trailer fields")
+		}
+		start := len(b.p.head)
+		b.p.head = append(b.p.head, line[:n]...)
+		b.p.lines = append(b.p.lines, span{start: start, end: len(b.p.head)})
+	}
+	if len(b.p.lines) == 1 {
+		return nil
+	}
+	t, err := b.p.fields(string(b.p.head))
+	if err != nil {
+		return err
+	}
+	if *b.trailer == nil {
+		*b.trailer = http.Header{}
+	}
+	for k, v := range t {
+		(*b.trailer)[k] = v
+	}
+	return nil
+}
+
+func (b *chunkedBody) Close() error { return nil }
+
+// eofBody is a response body delimited by the connection's close.
+type eofBody struct{ br *bufio.Reader }
+
+func (b *eofBody) Read(p []byte) (int, error) { return b.br.Read(p) }
+func (b *eofBody) Close() error               { return nil }

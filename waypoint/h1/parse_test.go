@@ -1,0 +1,143 @@
+package h1
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// summary is what both parsers must agree on about a response.
+func summary(resp *http.Response, err error) string {
+	if err != nil {
+		return "error"
+	}
+	body, berr := io.ReadAll(resp.Body)
+	var keys []string
+	for k, v := range resp.Header {
+		keys = append(keys, k+"="+strings.Join(v, "|"))
+	}
+	slices.Sort(keys)
+	var tr []string
+	for k, v := range resp.Trailer {
+		tr = append(tr, k+"="+strings.Join(v, "|"))
+	}
+	slices.Sort(tr)
+	return fmt.Sprintf("%d %s len=%d te=%v close=%v body=%q bodyerr=%v headers=%v trailer=%v",
+		resp.StatusCode, resp.Proto, resp.ContentLength, resp.TransferEncoding, resp.Close, body, berr, keys, tr)
+}
+
+func TestReadResponseMatchesNetHTTP(t *testing.T) {
+	cases := []struct{ name, method, raw string }{
+		{"length", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"},
+		{"chunked with trailers", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n\r\n3\r\nabc\r\n0\r\nGrpc-Status: 0\r\n\r\n"},
+		{"undeclared trailer", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: v\r\n\r\n"},
+		{"chunked wins", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n"},
+		{"close delimited", "GET", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"},
+		{"HTTP/1.0", "GET", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		{"HTTP/1.0 keep-alive", "GET", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"},
+		{"connection close", "GET", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"},
+		{"HEAD", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"},
+		{"204", "GET", "HTTP/1.1 204 No Content\r\n\r\n"},
+		{"304", "GET", "HTTP/1.1 304 Not Modified\r\nEtag: x\r\n\r\n"},
+		{"no reason", "GET", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"},
+		{"repeated fields", "GET", "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n"},
+		{"lower-case names", "GET", "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-envoy-upstream: y\r\n\r\nok"},
+		{"bare LF", "GET", "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"},
+		{"short body", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"},
+		{"conflicting lengths", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"},
+		{"bad status", "GET", "HTTP/1.1 2x0 OK\r\n\r\n"},
+		{"truncated head", "GET", "HTTP/1.1 200 OK\r\nContent-Le"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			want := summary(http.ReadResponse(bufio.NewReader(strings.NewReader(c.raw)), &http.Request{Method: c.method}))
+			var p Parser
+			got := summary(p.ReadResponse(bufio.NewReader(strings.NewReader(c.raw)), c.method))
+			if got != want {
+				t.Errorf("\n ours     %s\n net/http %s", got, want)
+			}
+		})
+	}
+}
+
+// Stricter than net/http on purpose: an upstream that is not HTTP/1.x is
+// refused, not guessed at.
+func TestReadResponseRefusesOtherVersions(t *testing.T) {
+	var p Parser
+	if _, err := p.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/9.9 200 OK\r\n\r\n")), "GET"); err == nil {
+		t.Error("HTTP/9.9 accepted")
+	}
+}
+
+// Pipelined messages on one reader: each body ends where it should.
+func TestParserKeepsMessagesApart(t *testing.T) {
+	raw := "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+	br := bufio.NewReader(strings.NewReader(raw))
+	var p Parser
+	for _, want := range []string{"abc", "de", ""} {
+		resp, err := p.ReadResponse(br, "GET")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := io.ReadAll(resp.Body); string(b) != want {
+			t.Errorf("body %q, want %q", b, want)
+		}
+	}
+}
+
+// BenchmarkParse compares this package's head parser with net/http's on a
+// request and a response like the benchmark's.
+func BenchmarkParse(b *testing.B) {
+	req := "POST / HTTP/1.1\r\nHost: 127.0.0.1:18082\r\nUser-Agent: fortio.org/fortio-1.66.5\r\nContent-Length: 16\r\nContent-Type: application/octet-stream\r\nAccept-Encoding: gzip\r\n\r\n0123456789abcdef"
+	resp := "HTTP/1.1 200 OK\r\nContent-Length: 16\r\nContent-Type: application/octet-stream\r\nDate: Sun, 06 Dec 2026 21:40:10 GMT\r\n\r\n0123456789abcdef"
+	tmpl := &http.Request{}
+	run := func(name, raw string, f func(br *bufio.Reader) (io.Reader, error)) {
+		b.Run(name, func(b *testing.B) {
+			rd := strings.NewReader(raw)
+			br := bufio.NewReader(rd)
+			b.ReportAllocs()
+			for b.Loop() {
+				rd.Reset(raw)
+				br.Reset(rd)
+				body, err := f(br)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, body)
+			}
+		})
+	}
+	var p Parser
+	run("request/net-http", req, func(br *bufio.Reader) (io.Reader, error) {
+		r, err := http.ReadRequest(br)
+		if err != nil {
+			return nil, err
+		}
+		return r.Body, nil
+	})
+	run("request/h1", req, func(br *bufio.Reader) (io.Reader, error) {
+		r, err := p.ReadRequest(br, tmpl)
+		if err != nil {
+			return nil, err
+		}
+		return r.Body, nil
+	})
+	run("response/net-http", resp, func(br *bufio.Reader) (io.Reader, error) {
+		r, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return nil, err
+		}
+		return r.Body, nil
+	})
+	run("response/h1", resp, func(br *bufio.Reader) (io.Reader, error) {
+		r, err := p.ReadResponse(br, "GET")
+		if err != nil {
+			return nil, err
+		}
+		return r.Body, nil
+	})
+}

@@ -1,0 +1,589 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/filter"
+	"github.com/kmesh-go/kmesh/waypoint/route"
+	"github.com/kmesh-go/kmesh/waypoint/upstream"
+)
+
+var (
+	errRouteTimeout   = errors.New("route timeout")
+	errPerTryTimeout  = errors.New("per-try timeout")
+	errRequestTimeout = errors.New("request timeout")
+	errStreamIdle     = errors.New("stream idle timeout")
+)
+
+// forward is the router filter: it sends the request to the route's
+// cluster, retrying as the route's policy says, and streams the answer
+// back.
+func (q *request) forward() {
+	f := q.rt.Model.Forward
+	cl := q.cluster
+	if cl == nil {
+		q.flags |= flagNC
+		q.localReply(http.StatusServiceUnavailable, "cluster not found", "cluster_not_found")
+		return
+	}
+	if !cl.StartRequest() {
+		q.flags |= flagUO
+		q.localReply(http.StatusServiceUnavailable, bodyOverflow, "upstream_overflow")
+		return
+	}
+	defer cl.EndRequest()
+
+	r := q.r
+	upgrade := isUpgrade(r)
+	q.prepareHeaders(upgrade)
+	path := q.rt.RewritePath(q.path)
+	authority := q.authority
+	if f.HostRewrite != "" {
+		authority = f.HostRewrite
+	}
+
+	policy := f.Retry
+	if policy == nil && q.vh != nil {
+		policy = q.vh.Model.Retry
+	}
+	retry := filter.NewRetry(policy)
+	var perTry time.Duration
+	if policy != nil {
+		perTry = policy.PerTryTimeout
+	}
+	if upgrade {
+		retry, perTry = nil, 0
+	}
+	mirrors := q.mirrorTargets()
+
+	timeout := q.routeTimeout()
+	hcm := q.ch.hcm
+	idle := f.IdleTimeout
+	if idle <= 0 {
+		idle = hcm.StreamIdleTimeout
+	}
+	requestTimeout := hcm.RequestTimeout
+	var eof *eofTimers // timers started (or stopped) by the end of the request body
+	if timeout > 0 || perTry > 0 || requestTimeout > 0 {
+		eof = &eofTimers{}
+	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		q.body = &requestBody{src: r.Body, keep: retry != nil || len(mirrors) > 0, limit: q.e.opts.BufferLimit}
+		if q.body.keep {
+			q.body.reserve(r.ContentLength)
+		}
+		if eof != nil {
+			q.body.onEOF = eof.fire
+		}
+		if r.ProtoMajor == 1 {
+			// Stream the answer while the request body still comes in (a
+			// gRPC or other bidirectional stream over HTTP/1.1).
+			http.NewResponseController(q.w).EnableFullDuplex()
+		}
+	} else if eof != nil {
+		eof.fire()
+	}
+
+	ctx := r.Context()
+	if timeout > 0 || idle > 0 || requestTimeout > 0 && q.body != nil {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		if timeout > 0 {
+			q.routeTimer = &deadline{d: timeout, cancel: cancel, cause: errRouteTimeout}
+			defer q.routeTimer.stop()
+			eof.add(q.routeTimer)
+		}
+		if requestTimeout > 0 && q.body != nil {
+			// Envoy's request_timeout: the whole request must have come in
+			// by then (it stops at the end of the body or when the answer
+			// starts).
+			cut := cancel
+			if rd, ok := q.w.(interface{ SetReadDeadline(time.Time) error }); ok {
+				// A read of the client's body is waiting on the client:
+				// end it too.
+				cut = func(cause error) {
+					cancel(cause)
+					rd.SetReadDeadline(time.Unix(1, 0))
+				}
+			}
+			q.requestTimer = &deadline{d: requestTimeout, cancel: cut, cause: errRequestTimeout}
+			defer q.requestTimer.stop()
+			q.requestTimer.arm()
+			eof.stopAtEnd(q.requestTimer)
+		}
+		if idle > 0 {
+			// Envoy's stream idle timeout: no byte either way for so long.
+			q.idle = newWatchdog(idle, 0, func() { cancel(errStreamIdle) })
+			defer q.idle.stop()
+			if q.body != nil {
+				q.body.touch = q.idle.touch
+			}
+		}
+	}
+	if len(mirrors) > 0 {
+		if q.body == nil {
+			q.sendMirrors(mirrors, path, authority, nil)
+		} else {
+			defer q.mirrorAfter(mirrors, path, authority)
+		}
+	}
+
+	var tried []*upstream.Host
+	hash, hasHash := q.hashKey()
+	// retrying holds a slot of the cluster's max_retries from the decision
+	// to retry to the end of the retried attempt: Envoy counts retries in
+	// progress.
+	retrying := false
+	endRetry := func() {
+		if retrying {
+			cl.EndRetry()
+			retrying = false
+		}
+	}
+	defer endRetry()
+	for attempt := 1; ; attempt++ {
+		pick := upstream.PickOptions{Hash: hash, HasHash: hasHash, OrigDst: q.cs.info.Destination}
+		if retry != nil && policy.PreviousHosts {
+			pick.Avoid, pick.Attempts = tried, max(1, policy.HostSelectionAttempts)
+		}
+		host, err := cl.Pick(&pick)
+		if err != nil {
+			q.flags |= flagUH
+			q.localReply(http.StatusServiceUnavailable, bodyNoHealthy, "no_healthy_upstream")
+			return
+		}
+		q.host = host
+		a := q.startAttempt(ctx, eof, perTry)
+		h2 := q.upstreamH2(cl, upgrade)
+		out := q.outgoing(host, path, authority, attempt, h2 || upgrade)
+		if f.AutoHostRewrite {
+			out.Host = host.Key
+		}
+		a.body, _ = out.Body.(*bodyReader)
+		host.Started()
+		t0 := time.Now()
+		resp, err := cl.RoundTrip(a.ctx, out, host, h2)
+		if err != nil {
+			host.Done()
+			a.end()
+			endRetry()
+			if q.timedOut(ctx) {
+				return
+			}
+			if q.clientGone() {
+				q.flags |= flagDC
+				return
+			}
+			fail, fl, status, body, details := classify(err, a.ctx)
+			if fail != 0 && retry.RetriableFailure(fail) {
+				if q.retry(ctx, retry, cl) {
+					retrying = true
+					tried = append(tried, host)
+					if !q.backoff(ctx, retry) {
+						return
+					}
+					continue
+				}
+				if retry.Remaining() == 0 {
+					q.flags |= flagURX
+				}
+			}
+			q.flags |= fl
+			q.localReply(status, body, details)
+			return
+		}
+		q.upstreamTime = time.Since(t0)
+		endRetry()
+		if retry.RetriableResponse(resp.StatusCode, resp.Header) {
+			if q.retry(ctx, retry, cl) {
+				retrying = true
+				discard(resp)
+				host.Done()
+				a.end()
+				tried = append(tried, host)
+				if !q.backoff(ctx, retry) {
+					return
+				}
+				continue
+			}
+			if retry.Remaining() == 0 {
+				q.flags |= flagURX
+			}
+		}
+		q.respond(resp, upgrade, &a)
+		host.Done()
+		a.end()
+		return
+	}
+}
+
+// retry decides to retry now: a retry left, the body kept whole, and a
+// slot of the cluster's max_retries.
+func (q *request) retry(ctx context.Context, rs *filter.Retry, cl *upstream.Cluster) bool {
+	if rs.Remaining() == 0 || ctx.Err() != nil {
+		return false
+	}
+	if q.body != nil && !q.body.replayable() {
+		return false
+	}
+	if !cl.StartRetry() {
+		return false
+	}
+	rs.Take()
+	q.e.stats.retry()
+	return true
+}
+
+// backoff waits before a retry; false when the request ended meanwhile
+// (then it has been answered).
+func (q *request) backoff(ctx context.Context, rs *filter.Retry) bool {
+	t := time.NewTimer(rs.Backoff())
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+	}
+	if !q.timedOut(ctx) && q.clientGone() {
+		q.flags |= flagDC
+	}
+	return false
+}
+
+// timedOut answers a request whose context ended on one of its own
+// timeouts (true), as Envoy does: 504 UT for the route timeout, 408 for
+// the request timeout (the request did not come in whole in time) and for
+// a stream idle for too long (SI).
+func (q *request) timedOut(ctx context.Context) bool {
+	switch context.Cause(ctx) {
+	case errRouteTimeout:
+		q.flags |= flagUT
+		q.localReply(http.StatusGatewayTimeout, bodyTimeout, "upstream_response_timeout")
+	case errRequestTimeout:
+		q.localReply(http.StatusRequestTimeout, "request timeout", "request_overall_timeout")
+	case errStreamIdle:
+		q.flags |= flagSI
+		q.localReply(http.StatusRequestTimeout, "stream timeout", "stream_idle_timeout")
+	default:
+		return false
+	}
+	return true
+}
+
+func (q *request) clientGone() bool {
+	return q.r.Context().Err() != nil || (q.body != nil && q.body.failed())
+}
+
+// classify maps an attempt's error to its retry condition, response flag
+// and local reply.
+func classify(err error, actx context.Context) (fail filter.Failure, fl flags, status int, body, details string) {
+	var ce *upstream.ConnectError
+	switch {
+	case errors.Is(err, upstream.ErrOverflow):
+		// Envoy does not retry a pool overflow.
+		return 0, flagUO, http.StatusServiceUnavailable, bodyOverflow, "upstream_overflow"
+	case errors.As(err, &ce):
+		return filter.ConnectFailure, flagUF, http.StatusServiceUnavailable, bodyConnect, "upstream_reset_before_response_started{connection_failure}"
+	case context.Cause(actx) == errPerTryTimeout:
+		return filter.PerTryTimeout, flagUT, http.StatusGatewayTimeout, bodyTimeout, "upstream_per_try_timeout"
+	case strings.Contains(err.Error(), "REFUSED_STREAM"):
+		return filter.RefusedStream, flagUC, http.StatusServiceUnavailable, bodyRefused, "upstream_reset_before_response_started{remote_refused_stream_reset}"
+	}
+	return filter.Reset, flagUC, http.StatusServiceUnavailable, bodyReset, "upstream_reset_before_response_started{connection_termination}"
+}
+
+// routeTimeout is the route's timeout, or the client's grpc-timeout when
+// the route honours it (capped by MaxGRPCTimeout; 0 means no cap).
+func (q *request) routeTimeout() time.Duration {
+	f := q.rt.Model.Forward
+	t := f.Timeout
+	if f.MaxGRPCTimeout != nil && q.grpc {
+		if g, ok := parseGRPCTimeout(q.r.Header.Get("Grpc-Timeout")); ok {
+			t = g
+			if m := *f.MaxGRPCTimeout; m > 0 && t > m {
+				t = m
+			}
+		}
+	}
+	return t
+}
+
+// parseGRPCTimeout reads gRPC's timeout format: up to 8 digits and a unit.
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 || len(v) > 9 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v[:len(v)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	unit := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
+	if unit == 0 {
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
+}
+
+func (q *request) hashKey() (uint64, bool) {
+	f := q.rt.Model.Forward
+	if f.HashHeader != "" {
+		if v := q.r.Header.Get(f.HashHeader); v != "" {
+			return upstream.HashKey(v), true
+		}
+	}
+	if f.HashSourceIP && q.cs.info.Source.IsValid() {
+		return upstream.HashKey(q.cs.info.Source.Addr().String()), true
+	}
+	return 0, false
+}
+
+// upstreamH2 tells whether this request goes to the cluster over h2c.
+func (q *request) upstreamH2(cl *upstream.Cluster, upgrade bool) bool {
+	switch cl.Model().Protocol {
+	case "http2":
+		return !upgrade
+	case "downstream":
+		return q.r.ProtoMajor == 2
+	}
+	return false
+}
+
+// hopByHop are the headers of one connection, never forwarded.
+var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te", "Trailer", "Expect"}
+
+// prepareHeaders makes the request's headers the upstream's: hop-by-hop
+// ones out (Upgrade and Connection kept for an upgrade; TE: trailers
+// kept, gRPC needs it; Expect out, the waypoint answered it), then the
+// header operations, most specific level first.
+func (q *request) prepareHeaders(upgrade bool) {
+	h := q.r.Header
+	te := h.Get("Te")
+	removeHopByHop(h, upgrade)
+	if strings.EqualFold(te, "trailers") {
+		h.Set("Te", "trailers")
+	}
+	route.ApplyRequest(h, q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
+}
+
+func removeHopByHop(h http.Header, keepUpgrade bool) {
+	for _, c := range h["Connection"] {
+		for _, name := range strings.Split(c, ",") {
+			name = strings.TrimSpace(name)
+			if name != "" && !(keepUpgrade && strings.EqualFold(name, "upgrade")) {
+				delete(h, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		if keepUpgrade && (k == "Connection" || k == "Upgrade") {
+			continue
+		}
+		delete(h, k)
+	}
+	if keepUpgrade {
+		h.Set("Connection", "Upgrade")
+	}
+}
+
+func isUpgrade(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.Header.Get("Upgrade") == "" {
+		return false
+	}
+	for _, c := range r.Header["Connection"] {
+		for _, t := range strings.Split(c, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), "upgrade") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// attemptCounts are the x-envoy-attempt-count values of the first tries,
+// made once (see protoHTTP).
+var attemptCounts = func() [][]string {
+	v := make([][]string, 16)
+	for i := range v {
+		v[i] = []string{strconv.Itoa(i)}
+	}
+	return v
+}()
+
+// outgoing makes the request the upstream request of one attempt, in
+// place: the client's path and authority are kept in q (for the log), the
+// rest is not needed again. Through net/http's Transport (h2c, upgrades) a
+// retry gets a copy of the headers: the previous attempt's transport may
+// still hold them.
+func (q *request) outgoing(host *upstream.Host, path, authority string, attempt int, viaTransport bool) *http.Request {
+	r := q.r
+	u := r.URL
+	if u == nil {
+		u = new(url.URL)
+		r.URL = u
+	}
+	*u = url.URL{Scheme: "http", Host: host.Key}
+	p, query, hasQuery := strings.Cut(path, "?")
+	if strings.HasPrefix(p, "//") {
+		// Opaque cannot start with "//"; the decoded form keeps the
+		// encoding through RawPath.
+		if dec, err := url.PathUnescape(p); err == nil {
+			u.Path, u.RawPath = dec, p
+		} else {
+			u.Path = p
+		}
+	} else {
+		// The path goes out exactly as it came in (or as rewritten).
+		u.Opaque = p
+	}
+	u.RawQuery, u.ForceQuery = query, hasQuery && query == ""
+	r.RequestURI = ""
+	r.Host = authority
+	r.Close = false
+	r.TransferEncoding = nil
+	r.GetBody = nil
+	if attempt > 1 && viaTransport {
+		r.Header = r.Header.Clone()
+	}
+	if attempt < len(attemptCounts) {
+		r.Header["X-Envoy-Attempt-Count"] = attemptCounts[attempt]
+	} else {
+		r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt))
+	}
+	if _, ok := r.Header["User-Agent"]; !ok {
+		// None from the client: none from us either (the transport would
+		// add Go's).
+		r.Header["User-Agent"] = nil
+	}
+	if q.body != nil {
+		r.Body = q.body.attempt()
+		if q.body.keep && viaTransport {
+			// A keep-alive connection found closed is retried on a new one
+			// with the body from its start (our HTTP/1.1 client asks the
+			// body itself: Rewind).
+			r.GetBody = func() (io.ReadCloser, error) { return q.body.attempt(), nil }
+		}
+	} else {
+		r.Body, r.ContentLength = nil, 0
+	}
+	return r
+}
+
+// attempt is one upstream try's context and per-try timer.
+type attempt struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	timer  *deadline
+	body   *bodyReader
+}
+
+// startAttempt gives an attempt its own context when it has a per-try
+// timeout (armed once the request body is complete).
+func (q *request) startAttempt(ctx context.Context, eof *eofTimers, perTry time.Duration) attempt {
+	if perTry <= 0 {
+		return attempt{ctx: ctx}
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	t := &deadline{d: perTry, cancel: cancel, cause: errPerTryTimeout}
+	eof.add(t)
+	return attempt{ctx: actx, cancel: cancel, timer: t}
+}
+
+func (a *attempt) end() {
+	if a.timer != nil {
+		a.timer.stop()
+	}
+	if a.cancel != nil {
+		a.cancel(nil)
+	}
+	if a.body != nil {
+		a.body.Close()
+	}
+}
+
+// discard drops a response that will be retried, reading a little of its
+// body so its connection can be reused.
+func discard(resp *http.Response) {
+	io.CopyN(io.Discard, resp.Body, 64<<10)
+	resp.Body.Close()
+}
+
+// deadline cancels a context with a cause once armed and expired. Timers
+// armed at the end of the request body follow Envoy: its route and
+// per-try timeouts count from the complete request.
+type deadline struct {
+	d       time.Duration
+	cancel  context.CancelCauseFunc
+	cause   error
+	mu      sync.Mutex
+	t       *time.Timer
+	stopped bool
+}
+
+func (x *deadline) arm() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.t == nil && !x.stopped {
+		x.t = time.AfterFunc(x.d, func() { x.cancel(x.cause) })
+	}
+}
+
+func (x *deadline) stop() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.stopped = true
+	if x.t != nil {
+		x.t.Stop()
+	}
+}
+
+// eofTimers arms deadlines when the request body is complete (at once
+// when it already is).
+type eofTimers struct {
+	mu      sync.Mutex
+	done    bool
+	waiting []*deadline
+	stops   []*deadline
+}
+
+func (e *eofTimers) add(d *deadline) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.done {
+		d.arm()
+		return
+	}
+	e.waiting = append(e.waiting, d)
+}
+
+// stopAtEnd stops d when the body is complete.
+func (e *eofTimers) stopAtEnd(d *deadline) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.done {
+		d.stop()
+		return
+	}
+	e.stops = append(e.stops, d)
+}
+
+func (e *eofTimers) fire() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.done = true
+	for _, d := range e.waiting {
+		d.arm()
+	}
+	for _, d := range e.stops {
+		d.stop()
+	}
+	e.waiting, e.stops = nil, nil
+}

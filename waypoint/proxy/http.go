@@ -1,0 +1,437 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/filter"
+	"github.com/kmesh-go/kmesh/waypoint/h1"
+	"github.com/kmesh-go/kmesh/waypoint/route"
+	"github.com/kmesh-go/kmesh/waypoint/telemetry"
+	"github.com/kmesh-go/kmesh/waypoint/upstream"
+)
+
+type connKey struct{}
+
+// newH1Server serves HTTP/1.x connections on the goroutine that accepted
+// them (the fast path; why in package h1).
+func (e *Engine) newH1Server() *h1.Server {
+	return &h1.Server{Handler: e.serveH1, IdleTimeout: downstreamIdleTime, MaxHeaderBytes: maxHeaderBytes, Logger: e.log}
+}
+
+// Limits of the downstream HTTP server, Envoy's defaults.
+const (
+	maxHeaderBytes     = 60 << 10 // max_request_headers_kb
+	downstreamIdleTime = time.Hour
+)
+
+// newServer is the HTTP server of h2c (prior knowledge) connections, all
+// chains together. HTTP/1 connections are served by package h1's server
+// (see newH1Server), or by this one with Options.NetHTTPServer.
+func (e *Engine) newServer() *http.Server {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:        http.HandlerFunc(e.serveHTTP),
+		Protocols:      &protos,
+		IdleTimeout:    downstreamIdleTime,
+		MaxHeaderBytes: maxHeaderBytes,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*proxiedConn); ok {
+				return context.WithValue(ctx, connKey{}, pc.state)
+			}
+			return ctx
+		},
+		ErrorLog: log.New(slogWriter{e.log}, "", 0),
+	}
+}
+
+// slogWriter carries net/http's own complaints (malformed requests and
+// the like) to the engine's logger at debug level.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Debug("waypoint http server", "msg", strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// request is one HTTP request's state through the filters and the router.
+type request struct {
+	e     *Engine
+	cfg   *config
+	cs    *connState
+	res   *resolution
+	ch    *chain
+	w     http.ResponseWriter
+	r     *http.Request
+	start time.Time
+	grpc  bool
+	// path and authority as received (rewrites change the request's).
+	path, authority string
+	vh              *route.VirtualHost
+	rt              *route.Route
+	clusterName     string
+	cluster         *upstream.Cluster
+	wops            *route.Ops // the chosen weighted cluster's header ops
+	host            *upstream.Host
+	body            *requestBody
+	cors            http.Header // CORS headers for the response
+	routeTimer      *deadline
+	requestTimer    *deadline // HCM request_timeout, until the request is in
+	idle            *watchdog // stream idle timeout
+	upgradeIn       int64     // bytes from the client after an upgrade
+
+	code         int
+	grpcStatus   string
+	flags        flags
+	details      string
+	respBytes    int64
+	upstreamTime time.Duration
+	wrote        bool
+}
+
+// serveHTTP is net/http's handler (h2c connections).
+func (e *Engine) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	cs, _ := r.Context().Value(connKey{}).(*connState)
+	if cs == nil {
+		http.Error(w, "no connection state", http.StatusInternalServerError)
+		return
+	}
+	e.handle(w, r, cs)
+}
+
+// serveH1 is the HTTP/1 server's handler.
+func (e *Engine) serveH1(w http.ResponseWriter, r *http.Request, conn any) {
+	e.handle(w, r, conn.(*connState))
+}
+
+// handle runs one request through its connection's chain.
+func (e *Engine) handle(w http.ResponseWriter, r *http.Request, cs *connState) {
+	cfg := e.cfg.Load()
+	if cfg == nil {
+		http.Error(w, "no configuration", http.StatusServiceUnavailable)
+		return
+	}
+	res := cs.resolve(cfg)
+	q := requests.Get().(*request)
+	*q = request{
+		e: e, cfg: res.cfg, cs: cs, res: res, ch: res.chain, w: w, r: r, start: time.Now(),
+		grpc: route.IsGRPC(r), path: route.RequestPath(r), authority: r.Host,
+	}
+	defer q.done()
+	if d := q.ch.m.Deny; d != nil {
+		q.deny(d.HTTPStatus, d.Reason, "chain")
+		return
+	}
+	q.run()
+}
+
+// run routes the request and runs the chain's filters and the router.
+func (q *request) run() {
+	r, hcm := q.r, q.ch.hcm
+	sanitize(r.Header)
+	if r.Header.Get("X-Forwarded-Proto") == "" {
+		r.Header["X-Forwarded-Proto"] = protoHTTP
+	}
+	if hcm.GenerateRequestID && r.Header.Get("X-Request-Id") == "" {
+		r.Header.Set("X-Request-Id", newRequestID())
+	}
+
+	if q.ch.table == nil {
+		status := http.StatusNotFound
+		if hcm.RDSName != "" {
+			// The route table has not arrived yet.
+			status = http.StatusServiceUnavailable
+		}
+		q.flags |= flagNR
+		q.localReply(status, "", "route_configuration_missing")
+		return
+	}
+	q.vh, q.rt = q.ch.table.Match(r)
+	if q.rt == nil {
+		q.flags |= flagNR
+		q.localReply(http.StatusNotFound, "", "route_not_found")
+		return
+	}
+	m := q.rt.Model
+	if m.Deny != nil {
+		q.deny(m.Deny.HTTPStatus, m.Deny.Reason, "route")
+		return
+	}
+	if f := m.Forward; f != nil {
+		// The cluster is chosen before the filters run: the fault filter's
+		// upstream_cluster condition reads it, as in Envoy.
+		q.pickCluster()
+	}
+
+	for _, f := range q.ch.filters {
+		if q.disabled(f.name) {
+			continue
+		}
+		switch {
+		case f.isFault:
+			if done := q.fault(q.effectiveFault(f)); done {
+				return
+			}
+		case f.isCORS:
+			res := q.effectiveCORS(f).Evaluate(r)
+			if res.Preflight {
+				for k, v := range res.Headers {
+					q.w.Header()[k] = v
+				}
+				q.localReply(http.StatusOK, "", "cors_preflight")
+				return
+			}
+			q.cors = res.Headers
+		}
+	}
+
+	switch {
+	case m.Redirect != nil:
+		loc := q.rt.RedirectLocation(r.Header.Get("X-Forwarded-Proto"), q.authority, q.path)
+		q.w.Header().Set("Location", loc)
+		q.localReply(route.RedirectStatus(m.Redirect), "", "redirect")
+	case m.Direct != nil:
+		if len(m.Direct.Body) > 0 {
+			q.w.Header().Set("Content-Type", "text/plain")
+		}
+		q.reply(m.Direct.Status, m.Direct.Body, "direct_response")
+	case m.Forward != nil:
+		q.forward()
+	default:
+		q.flags |= flagNR
+		q.localReply(http.StatusNotFound, "", "route_without_action")
+	}
+}
+
+// pickCluster chooses the route's cluster (a weighted one at random by
+// weight: a gray release).
+func (q *request) pickCluster() {
+	f := q.rt.Model.Forward
+	q.clusterName = f.Cluster
+	if w := f.Weighted; w != nil && len(w.Clusters) > 0 {
+		i := pickWeighted(w)
+		q.clusterName = w.Clusters[i].Name
+		if i < len(q.rt.Weighted) {
+			q.wops = q.rt.Weighted[i]
+		}
+	}
+	q.cluster = q.cfg.clusters[q.clusterName]
+}
+
+// disabled reports a filter turned off for this route or virtual host.
+func (q *request) disabled(name string) bool {
+	if q.rt != nil && q.rt.Model.PerFilter.Disabled[name] {
+		return true
+	}
+	return q.vh != nil && q.vh.Model.PerFilter.Disabled[name]
+}
+
+// effectiveFault is the route's fault config, else the virtual host's,
+// else the filter's own (Envoy's most specific typed_per_filter_config).
+func (q *request) effectiveFault(f httpFilter) *filter.Fault {
+	if m := q.rt.Model.PerFilter.Fault; m != nil {
+		return q.cfg.faults[m]
+	}
+	if m := q.vh.Model.PerFilter.Fault; m != nil {
+		return q.cfg.faults[m]
+	}
+	return f.fault
+}
+
+func (q *request) effectiveCORS(f httpFilter) *filter.CORS {
+	if m := q.rt.Model.PerFilter.CORS; m != nil {
+		return q.cfg.cors[m]
+	}
+	if m := q.vh.Model.PerFilter.CORS; m != nil {
+		return q.cfg.cors[m]
+	}
+	return f.cors
+}
+
+// fault injects a delay and/or an abort; done means the request was
+// answered (aborted, or the client left during the delay).
+func (q *request) fault(f *filter.Fault) (done bool) {
+	d := q.e.faults.Decide(f, q.r, q.clusterName)
+	if !d.Active() {
+		return false
+	}
+	defer q.e.faults.Done()
+	if d.Delay > 0 {
+		q.flags |= flagDI
+		t := time.NewTimer(d.Delay)
+		select {
+		case <-t.C:
+		case <-q.r.Context().Done():
+			t.Stop()
+			q.flags |= flagDC
+			return true
+		}
+	}
+	switch {
+	case d.AbortGRPC != nil:
+		q.flags |= flagFI
+		q.grpcReply(*d.AbortGRPC, "fault filter abort", "fault_filter_abort")
+		return true
+	case d.AbortStatus != 0:
+		q.flags |= flagFI
+		q.localReply(d.AbortStatus, "fault filter abort", "fault_filter_abort")
+		return true
+	}
+	return false
+}
+
+// deny answers a fail-closed Deny with its status and logs why.
+func (q *request) deny(status int, reason, where string) {
+	if status == 0 {
+		status = http.StatusForbidden
+	}
+	q.e.stats.denied.WithLabelValues(where).Inc()
+	if ok, suppressed := q.e.warn.allow(); ok {
+		q.e.log.Warn("waypoint: request denied (fail closed)", "where", where, "reason", reason, "authority", q.authority,
+			"path", q.path, "peer", q.cs.peer, "suppressed", suppressed)
+	}
+	body := "access denied"
+	if status == http.StatusForbidden {
+		body = "RBAC: access denied"
+	}
+	q.localReply(status, body, "denied: "+reason)
+}
+
+// requests are reused: nothing holds a request once its handler returned
+// (mirrors and transports get copies and the body, not the request).
+var requests = sync.Pool{New: func() any { return new(request) }}
+
+// done records the request and gives its state back.
+func (q *request) done() {
+	q.finish()
+	if q.body != nil {
+		q.body.release()
+	}
+	*q = request{}
+	requests.Put(q)
+}
+
+// finish records the request: metrics and the access log line.
+func (q *request) finish() {
+	if q.body != nil && q.body.failed() {
+		q.flags |= flagDC
+	}
+	if err := q.r.Context().Err(); err != nil && !q.wrote {
+		q.flags |= flagDC
+	}
+	dur := time.Since(q.start)
+	proto := "http"
+	if q.grpc {
+		proto = "grpc"
+	}
+	key := telemetry.RequestKey{Source: q.res.source, Protocol: proto, Code: q.code, GRPCStatus: q.grpcStatus, Flags: q.flags.String()}
+	key.Service = &q.ch.m.Service
+	if q.cluster != nil {
+		if m := q.cluster.Model(); m.Service.Hostname != "" {
+			key.Service = &m.Service
+		}
+	}
+	if q.host != nil {
+		key.Dest = q.cfg.snap.Peers.Lookup(q.host.Addr.Addr())
+	}
+	received := q.upgradeIn
+	if q.body != nil {
+		received += q.body.count()
+	}
+	q.e.metrics.ObserveRequest(&key, dur, received, q.respBytes)
+	if q.e.access == nil {
+		return
+	}
+	e := telemetry.Entry{
+		Start: q.start, Method: q.r.Method, Path: q.path, Protocol: q.r.Proto, Code: q.code, Flags: key.Flags,
+		Details: q.details, BytesReceived: received, BytesSent: q.respBytes, Duration: dur,
+		UpstreamServiceTime: q.upstreamTime, UpstreamCluster: q.clusterName, RequestID: q.r.Header.Get("X-Request-Id"),
+		Authority: q.authority, UserAgent: q.r.Header.Get("User-Agent"), XForwardedFor: q.r.Header.Get("X-Forwarded-For"),
+		Downstream: q.cs.peer.String(), OriginalDst: q.cs.info.Destination.String(), Traceparent: q.r.Header.Get("Traceparent"),
+	}
+	if q.rt != nil {
+		e.RouteName = q.rt.Model.Name
+	}
+	if q.host != nil {
+		e.UpstreamHost = q.host.Key
+	}
+	q.e.access.Write(&e)
+}
+
+// Shared header values: a header operation that appends to one copies it
+// first (its capacity is its length), so they are never written through.
+var protoHTTP = []string{"http"}
+
+// newRequestID is a random UUID (version 4), Envoy's x-request-id format.
+func newRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	const hexd = "0123456789abcdef"
+	out := make([]byte, 36)
+	j := 0
+	for i, c := range b {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			out[j] = '-'
+			j++
+		}
+		out[j], out[j+1] = hexd[c>>4], hexd[c&0xf]
+		j += 2
+	}
+	return string(out)
+}
+
+// envoyInternal are the x-envoy-* request headers Envoy removes from
+// requests of clients it does not trust (header sanitizing): they would
+// let a client steer retries, timeouts and stats of the proxies behind.
+// The waypoint honours none of them from clients and strips them all.
+var envoyInternal = []string{
+	"X-Envoy-Decorator-Operation",
+	"X-Envoy-Downstream-Service-Cluster",
+	"X-Envoy-Downstream-Service-Node",
+	"X-Envoy-Expected-Rq-Timeout-Ms",
+	"X-Envoy-External-Address",
+	"X-Envoy-Force-Trace",
+	"X-Envoy-Internal",
+	"X-Envoy-Ip-Tags",
+	"X-Envoy-Max-Retries",
+	"X-Envoy-Retry-Grpc-On",
+	"X-Envoy-Retry-On",
+	"X-Envoy-Retriable-Status-Codes",
+	"X-Envoy-Retriable-Header-Names",
+	"X-Envoy-Upstream-Alt-Stat-Name",
+	"X-Envoy-Upstream-Rq-Per-Try-Timeout-Ms",
+	"X-Envoy-Upstream-Rq-Timeout-Alt-Response",
+	"X-Envoy-Upstream-Rq-Timeout-Ms",
+	"X-Envoy-Hedge-On-Per-Try-Timeout",
+	"X-Envoy-Attempt-Count",
+	"X-Forwarded-Client-Cert",
+}
+
+// sanitize removes what envoyInternal lists; the common request has none
+// of them, so one pass over its few headers decides.
+func sanitize(h http.Header) {
+	some := false
+	for k := range h {
+		if strings.HasPrefix(k, "X-Envoy-") || k == "X-Forwarded-Client-Cert" {
+			some = true
+			break
+		}
+	}
+	if !some {
+		return
+	}
+	for _, k := range envoyInternal {
+		delete(h, k)
+	}
+}

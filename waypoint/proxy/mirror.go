@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/upstream"
+)
+
+// mirrorTimeout bounds a mirrored request when its route has no timeout
+// (Envoy's default route timeout), so a stuck shadow cannot pile up.
+const mirrorTimeout = 15 * time.Second
+
+type mirrorTarget struct {
+	cluster *upstream.Cluster
+}
+
+// mirrorTargets draws which of the route's mirrors this request goes to.
+func (q *request) mirrorTargets() []mirrorTarget {
+	var out []mirrorTarget
+	for _, m := range q.rt.Model.Forward.Mirrors {
+		pct := m.Percent
+		if pct < 100 && rand.Float64()*100 >= pct {
+			continue
+		}
+		cl := q.cfg.clusters[m.Cluster]
+		if cl == nil {
+			q.e.stats.mirror("failed")
+			continue
+		}
+		out = append(out, mirrorTarget{cluster: cl})
+	}
+	return out
+}
+
+// mirrorAfter sends the mirrors once the main exchange is over, with the
+// whole body; a body longer than the buffer limit is not mirrored.
+func (q *request) mirrorAfter(ts []mirrorTarget, path, authority string) {
+	if _, done := q.body.complete(); !done && !q.body.failed() {
+		// The upstream answered before reading all of it: the client may
+		// still be sending, read the rest for the copies.
+		q.body.readAll()
+	}
+	body, ok := q.body.complete()
+	if !ok {
+		for range ts {
+			q.e.stats.mirror("skipped")
+		}
+		return
+	}
+	// A copy: the kept body goes back to its pool with the request, the
+	// mirrors outlive it.
+	q.sendMirrors(ts, path, authority, bytes.Clone(body))
+}
+
+// sendMirrors fires the copies and forgets them: their answers are read
+// and dropped, their failures counted, the client's response never waits
+// for them. Each carries the request's headers as sent upstream (trace
+// headers included) and Envoy's shadow authority ("host-shadow[:port]").
+func (q *request) sendMirrors(ts []mirrorTarget, path, authority string, body []byte) {
+	h := q.r.Header.Clone()
+	h.Del("X-Envoy-Attempt-Count")
+	host := authority + "-shadow"
+	if name, port, err := net.SplitHostPort(authority); err == nil {
+		host = net.JoinHostPort(name+"-shadow", port)
+	}
+	timeout := q.rt.Model.Forward.Timeout
+	if timeout <= 0 {
+		timeout = mirrorTimeout
+	}
+	for _, t := range ts {
+		go q.e.mirror(t.cluster, q.r.Method, path, host, h.Clone(), body, timeout, q.cs.info.Destination, q.r.ProtoMajor)
+	}
+}
+
+func (e *Engine) mirror(cl *upstream.Cluster, method, path, authority string, h http.Header, body []byte, timeout time.Duration, origDst netip.AddrPort, protoMajor int) {
+	if !cl.StartRequest() {
+		e.stats.mirror("failed")
+		return
+	}
+	defer cl.EndRequest()
+	host, err := cl.Pick(&upstream.PickOptions{OrigDst: origDst})
+	if err != nil {
+		e.stats.mirror("failed")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+host.Key+path, rd)
+	if err != nil {
+		e.stats.mirror("failed")
+		return
+	}
+	req.Host = authority
+	req.Header = h
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = nil // no Go default in its place
+	}
+	h2 := cl.Model().Protocol == "http2" || cl.Model().Protocol == "downstream" && protoMajor == 2
+	host.Started()
+	resp, err := cl.RoundTrip(ctx, req, host, h2)
+	host.Done()
+	if err != nil {
+		e.stats.mirror("failed")
+		return
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	e.stats.mirror("sent")
+}

@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+type seenRequest struct {
+	host, uri, method, body string
+	header                  http.Header
+}
+
+func TestMirroring(t *testing.T) {
+	main := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		io.WriteString(w, "main")
+	})
+	seen := make(chan seenRequest, 16)
+	var slow atomic.Bool
+	shadow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		seen <- seenRequest{host: r.Host, uri: r.RequestURI, method: r.Method, body: string(b), header: r.Header.Clone()}
+		if slow.Load() {
+			time.Sleep(700 * time.Millisecond)
+		}
+		w.WriteHeader(500) // never seen by the client
+	})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := mustAddrPort(ln.Addr().String())
+	ln.Close()
+	r := fwd("main")
+	r.Forward.PrefixRewrite = "/v2/"
+	r.Match.Prefix = "/v1/"
+	r.Forward.Mirrors = []model.Mirror{{Cluster: "shadow", Percent: 100}, {Cluster: "dead", Percent: 100}, {Cluster: "never", Percent: 0}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false,
+		&model.Cluster{Name: "main", Endpoints: endpoints(main)},
+		&model.Cluster{Name: "shadow", Endpoints: endpoints(shadow)},
+		&model.Cluster{Name: "dead", ConnectTimeout: time.Second, Endpoints: endpoints(dead)},
+		&model.Cluster{Name: "never", Endpoints: endpoints(shadow)},
+	))
+	c := client(te.addr("main"))
+	tp := "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+	code, body, _ := get(t, c, "http://reviews:9080/v1/list?x=1", "Traceparent", tp, "X-B3-Traceid", "463ac35c9f6413ad")
+	if code != 200 || body != "main" {
+		t.Fatalf("main response %d %q", code, body)
+	}
+	m := <-seen
+	if m.host != "reviews-shadow:9080" || m.uri != "/v2/list?x=1" || m.method != "GET" {
+		t.Errorf("shadow saw %s %s host %s", m.method, m.uri, m.host)
+	}
+	if m.header.Get("Traceparent") != tp || m.header.Get("X-B3-Traceid") != "463ac35c9f6413ad" || m.header.Get("X-Request-Id") == "" {
+		t.Errorf("shadow headers %v", m.header)
+	}
+	if m.header.Get("X-Envoy-Attempt-Count") != "" {
+		t.Error("the shadow carries the main request's attempt count")
+	}
+
+	resp, err := c.Post("http://reviews/v1/upload", "text/plain", strings.NewReader("payload"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if m := <-seen; m.body != "payload" || m.method != "POST" || m.host != "reviews-shadow" {
+		t.Errorf("mirrored POST: %+v", m)
+	}
+
+	// A slow shadow never holds the client up.
+	slow.Store(true)
+	start := time.Now()
+	if code, _, _ := get(t, c, "http://reviews/v1/x"); code != 200 || time.Since(start) > time.Second {
+		t.Errorf("with a slow shadow: %d after %v", code, time.Since(start))
+	}
+	<-seen
+	eventually(t, "the dead mirror's failures and the shadow's answers counted", func() bool {
+		return te.Stats().MirrorsFailed >= 3 && te.Stats().MirrorsSent >= 2
+	})
+	select {
+	case extra := <-seen:
+		t.Errorf("a 0%% mirror was sent: %+v", extra)
+	case <-time.After(50 * time.Millisecond):
+	}
+}

@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// headerSetter is package h1's writer taking a header map whole.
+type headerSetter interface{ SetHeader(http.Header) }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// respond streams an upstream response to the client: headers less the
+// hop-by-hop ones plus the route's operations, the body (flushed as it
+// comes when its length is unknown: gRPC, server-sent events, any stream),
+// then the trailers.
+func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
+	defer resp.Body.Close()
+	var h http.Header
+	if hs, ok := q.w.(headerSetter); ok {
+		hs.SetHeader(resp.Header)
+		h = resp.Header
+	} else {
+		h = q.w.Header()
+		for k, v := range resp.Header {
+			h[k] = v
+		}
+	}
+	removeHopByHop(h, upgrade && resp.StatusCode == http.StatusSwitchingProtocols)
+	q.decorate(h)
+	if upgrade && resp.StatusCode == http.StatusSwitchingProtocols {
+		q.upgrade(resp, a)
+		return
+	}
+	if gs := resp.Header.Get("Grpc-Status"); gs != "" {
+		q.grpcStatus = gs // trailers-only
+	}
+	if q.requestTimer != nil {
+		// The answer has started: request_timeout no longer applies.
+		q.requestTimer.stop()
+	}
+	if q.idle != nil {
+		q.idle.touch()
+	}
+	q.w.WriteHeader(resp.StatusCode)
+	q.code, q.wrote = resp.StatusCode, true
+
+	stream := resp.ContentLength < 0 || q.grpc || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	var flusher http.Flusher
+	if stream {
+		flusher, _ = q.w.(http.Flusher)
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if q.idle != nil {
+				q.idle.touch()
+			}
+			w, werr := q.w.Write(buf[:n])
+			q.respBytes += int64(w)
+			if werr != nil {
+				q.flags |= flagDC
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if q.clientGone() {
+				q.flags |= flagDC
+				return
+			}
+			// The upstream broke off mid-body. The client must not take a
+			// truncated body for a whole one: abort the stream (HTTP/2
+			// RST_STREAM, HTTP/1 connection closed). finish still runs.
+			switch context.Cause(a.ctx) {
+			case errRouteTimeout, errPerTryTimeout:
+				q.flags |= flagUT
+			case errStreamIdle:
+				q.flags |= flagSI
+			default:
+				q.flags |= flagUC
+			}
+			panic(http.ErrAbortHandler)
+		}
+	}
+	for k, v := range resp.Trailer {
+		h[http.TrailerPrefix+k] = v
+	}
+	if gs := resp.Trailer.Get("Grpc-Status"); gs != "" {
+		q.grpcStatus = gs
+	}
+}
+
+// upgrade completes an HTTP/1.1 upgrade (WebSocket and the like): the
+// 101 goes to the client, then bytes flow both ways until either side
+// closes.
+func (q *request) upgrade(resp *http.Response, a *attempt) {
+	// The route and per-try timeouts end with the upgrade: they bound the
+	// wait for the 101, not the stream after it.
+	if q.routeTimer != nil {
+		q.routeTimer.stop()
+	}
+	if a.timer != nil {
+		a.timer.stop()
+	}
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		q.localReply(http.StatusBadGateway, "upstream upgrade without a stream", "upgrade_failed")
+		return
+	}
+	defer up.Close()
+	conn, brw, err := http.NewResponseController(q.w).Hijack()
+	if err != nil {
+		q.localReply(http.StatusInternalServerError, "cannot take over the connection", "upgrade_failed")
+		return
+	}
+	defer conn.Close()
+	q.code, q.wrote = http.StatusSwitchingProtocols, true
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	q.w.Header().Write(brw)
+	brw.WriteString("\r\n")
+	if err := brw.Flush(); err != nil {
+		q.flags |= flagDC
+		return
+	}
+	done := make(chan int64, 1)
+	go func() {
+		// Client to upstream: what the server had buffered first.
+		n, _ := io.Copy(up, brw.Reader)
+		done <- n
+		up.Close()
+	}()
+	n, _ := io.Copy(conn, up)
+	q.respBytes += n
+	conn.Close()
+	q.upgradeIn = <-done
+}

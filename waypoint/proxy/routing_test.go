@@ -1,0 +1,622 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// mirrorBackend answers with the request it saw, as headers.
+func mirrorBackend(t *testing.T, name string) *model.Cluster {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Backend", name)
+		w.Header().Set("X-Seen-Uri", r.RequestURI)
+		w.Header().Set("X-Seen-Host", r.Host)
+		for k, v := range r.Header {
+			w.Header()["X-Seen-"+k] = v
+		}
+		w.Header().Set("X-Upstream-Resp", "u")
+		io.WriteString(w, name)
+	})
+	return &model.Cluster{Name: name, Endpoints: endpoints(be)}
+}
+
+func TestRouteActions(t *testing.T) {
+	v1, v2 := mirrorBackend(t, "v1"), mirrorBackend(t, "v2")
+	rt := &model.RouteTable{
+		Name:    "rt",
+		Headers: model.HeaderOps{RequestAdd: []model.HeaderValue{{Name: "x-level", Value: "table"}}, ResponseAdd: []model.HeaderValue{{Name: "x-resp-level", Value: "table"}}},
+		VirtualHosts: []*model.VirtualHost{
+			{Name: "reviews", Domains: []string{"reviews", "reviews:9080"},
+				Headers: model.HeaderOps{RequestAdd: []model.HeaderValue{{Name: "x-vh", Value: "1"}}, ResponseRemove: []string{"x-upstream-resp"}},
+				Routes: []*model.Route{
+					{Name: "jason", Match: model.RouteMatch{Prefix: "/", Headers: []model.HeaderMatch{{Name: "end-user", Value: &model.StringMatch{Exact: "jason", Kind: "exact"}}}},
+						Forward: &model.ForwardAction{Cluster: "v2"}},
+					{Name: "redirect", Match: model.RouteMatch{Path: "/old"}, Redirect: &model.RedirectAction{Path: "/new", Status: 302}},
+					{Name: "https", Match: model.RouteMatch{Prefix: "/secure"}, Redirect: &model.RedirectAction{Scheme: "https", Host: "secure.example"}},
+					{Name: "direct", Match: model.RouteMatch{Path: "/health"}, Direct: &model.DirectResponse{Status: 200, Body: []byte("healthy")},
+						Headers: model.HeaderOps{ResponseAdd: []model.HeaderValue{{Name: "x-direct", Value: "yes"}}}},
+					{Name: "teapot", Match: model.RouteMatch{Path: "/teapot"}, Direct: &model.DirectResponse{Status: 418}},
+					{Name: "prefix-rewrite", Match: model.RouteMatch{Prefix: "/api/v1/"}, Forward: &model.ForwardAction{Cluster: "v1", PrefixRewrite: "/"}},
+					{Name: "regex-rewrite", Match: model.RouteMatch{Regex: regexp.MustCompile(`/users/[0-9]+/profile`)},
+						Forward: &model.ForwardAction{Cluster: "v1", RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`^/users/([0-9]+)/profile$`), Substitution: "/profile?user=${1}"}}},
+					{Name: "host-rewrite", Match: model.RouteMatch{Prefix: "/host"}, Forward: &model.ForwardAction{Cluster: "v1", HostRewrite: "internal.svc"}},
+					{Name: "auto-host", Match: model.RouteMatch{Prefix: "/auto"}, Forward: &model.ForwardAction{Cluster: "v1", AutoHostRewrite: true}},
+					{Name: "headers", Match: model.RouteMatch{Prefix: "/headers"}, Forward: &model.ForwardAction{Cluster: "v1"},
+						Headers: model.HeaderOps{
+							RequestAdd:     []model.HeaderValue{{Name: "x-level", Value: "route"}, {Name: "x-route", Value: "r"}, {Name: "x-keep", Value: "ignored", AddIfAbsent: true}, {Name: "x-list", Value: "route", Append: true}},
+							RequestRemove:  []string{"x-secret"},
+							ResponseAdd:    []model.HeaderValue{{Name: "x-resp-level", Value: "route"}, {Name: "x-resp-route", Value: "r"}},
+							ResponseRemove: []string{"x-seen-x-route"},
+						}},
+					{Name: "default", Match: model.RouteMatch{Prefix: "/"}, Forward: &model.ForwardAction{Cluster: "v1"}},
+				}},
+			{Name: "deny", Domains: []string{"forbidden"}, Routes: []*model.Route{{Name: "denied", Deny: &model.Deny{HTTPStatus: 403, Reason: "unsupported jwt rule"}}}},
+		},
+	}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(rt, false, v1, v2))
+	c := client(te.addr("main"))
+
+	t.Run("header match", func(t *testing.T) {
+		if _, body, _ := get(t, c, "http://reviews:9080/", "End-User", "jason"); body != "v2" {
+			t.Errorf("jason went to %s", body)
+		}
+		if _, body, _ := get(t, c, "http://reviews:9080/"); body != "v1" {
+			t.Errorf("others went to %s", body)
+		}
+	})
+	t.Run("no virtual host", func(t *testing.T) {
+		if code, _, _ := get(t, c, "http://ratings/"); code != 404 {
+			t.Errorf("unknown authority: %d", code)
+		}
+	})
+	t.Run("redirect", func(t *testing.T) {
+		code, _, resp := get(t, c, "http://reviews/old?q=1")
+		if code != 302 || resp.Header.Get("Location") != "http://reviews/new?q=1" {
+			t.Errorf("redirect: %d %q", code, resp.Header.Get("Location"))
+		}
+		code, _, resp = get(t, c, "http://reviews:9080/secure/x")
+		if code != 301 || resp.Header.Get("Location") != "https://secure.example/secure/x" {
+			t.Errorf("scheme redirect: %d %q", code, resp.Header.Get("Location"))
+		}
+	})
+	t.Run("direct response", func(t *testing.T) {
+		code, body, resp := get(t, c, "http://reviews/health")
+		if code != 200 || body != "healthy" || resp.Header.Get("X-Direct") != "yes" || resp.Header.Get("X-Resp-Level") != "table" {
+			t.Errorf("direct: %d %q %v", code, body, resp.Header)
+		}
+		if code, body, _ := get(t, c, "http://reviews/teapot"); code != 418 || body != "" {
+			t.Errorf("direct without body: %d %q", code, body)
+		}
+	})
+	t.Run("prefix rewrite", func(t *testing.T) {
+		if _, _, resp := get(t, c, "http://reviews/api/v1/items?page=2"); resp.Header.Get("X-Seen-Uri") != "/items?page=2" {
+			t.Errorf("upstream saw %q", resp.Header.Get("X-Seen-Uri"))
+		}
+	})
+	t.Run("regex rewrite", func(t *testing.T) {
+		if _, _, resp := get(t, c, "http://reviews/users/42/profile"); resp.Header.Get("X-Seen-Uri") != "/profile?user=42" {
+			t.Errorf("upstream saw %q", resp.Header.Get("X-Seen-Uri"))
+		}
+	})
+	t.Run("host rewrite", func(t *testing.T) {
+		if _, _, resp := get(t, c, "http://reviews/host"); resp.Header.Get("X-Seen-Host") != "internal.svc" {
+			t.Errorf("upstream saw host %q", resp.Header.Get("X-Seen-Host"))
+		}
+		_, _, resp := get(t, c, "http://reviews/auto")
+		if h := resp.Header.Get("X-Seen-Host"); !strings.HasPrefix(h, "127.0.0.1:") {
+			t.Errorf("auto host rewrite: upstream saw %q", h)
+		}
+	})
+	t.Run("header operations", func(t *testing.T) {
+		_, _, resp := get(t, c, "http://reviews/headers", "X-Secret", "s", "X-Keep", "client", "X-List", "client")
+		h := resp.Header
+		want := map[string]string{
+			"X-Seen-X-Level":  "table", // least specific wins
+			"X-Seen-X-Vh":     "1",
+			"X-Seen-X-Secret": "",
+			"X-Seen-X-Keep":   "client",
+			"X-Resp-Level":    "table",
+			"X-Resp-Route":    "r",
+			"X-Seen-X-Route":  "", // removed from the response by the route
+			"X-Upstream-Resp": "", // removed by the virtual host
+		}
+		for k, v := range want {
+			if h.Get(k) != v {
+				t.Errorf("%s = %q, want %q", k, h.Get(k), v)
+			}
+		}
+		if got := h.Values("X-Seen-X-List"); strings.Join(got, ",") != "client,route" {
+			t.Errorf("appended header: %v", got)
+		}
+	})
+	t.Run("deny route", func(t *testing.T) {
+		if code, body, _ := get(t, c, "http://forbidden/"); code != 403 || body != "RBAC: access denied" {
+			t.Errorf("deny: %d %q", code, body)
+		}
+		if !strings.Contains(te.log.String(), "unsupported jwt rule") {
+			t.Error("deny reason not logged")
+		}
+	})
+}
+
+func TestWeightedClusters(t *testing.T) {
+	a, b := mirrorBackend(t, "a"), mirrorBackend(t, "b")
+	r := &model.Route{Name: "split", Forward: &model.ForwardAction{Weighted: &model.WeightedClusters{Total: 100, Clusters: []model.WeightedCluster{
+		{Name: "a", Weight: 80, Headers: model.HeaderOps{RequestAdd: []model.HeaderValue{{Name: "x-canary", Value: "no"}}}},
+		{Name: "b", Weight: 20, Headers: model.HeaderOps{RequestAdd: []model.HeaderValue{{Name: "x-canary", Value: "yes"}}}},
+	}}}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, a, b))
+	c := client(te.addr("main"))
+	const n = 1000
+	got := map[string]int{}
+	for range n {
+		_, body, resp := get(t, c, "http://x/")
+		got[body]++
+		if want := map[string]string{"a": "no", "b": "yes"}[body]; resp.Header.Get("X-Seen-X-Canary") != want {
+			t.Fatalf("%s saw x-canary %q", body, resp.Header.Get("X-Seen-X-Canary"))
+		}
+	}
+	// 20% of 1000: standard deviation ~13; 5 of them is far outside chance.
+	if share := float64(got["b"]) / n; math.Abs(share-0.2) > 0.065 {
+		t.Errorf("canary share %.3f, want 0.20 (%v)", share, got)
+	}
+}
+
+func TestTimeoutIs504(t *testing.T) {
+	slow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "late")
+	})
+	r := &model.Route{Name: "t", Forward: &model.ForwardAction{Cluster: "c", Timeout: 100 * time.Millisecond}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Endpoints: endpoints(slow)}))
+	start := time.Now()
+	code, body, _ := get(t, client(te.addr("main")), "http://x/")
+	if code != 504 || body != "upstream request timeout" {
+		t.Errorf("got %d %q", code, body)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("answered after %v", d)
+	}
+	if !strings.Contains(te.access.String(), `"response_flags":"UT"`) {
+		t.Errorf("access log: %s", te.access.String())
+	}
+}
+
+func TestUpstreamFailureFlags(t *testing.T) {
+	dead := func() *model.Cluster {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr := ln.Addr().String()
+		ln.Close()
+		return &model.Cluster{Name: "dead", ConnectTimeout: time.Second, Endpoints: endpoints(mustAddrPort(addr))}
+	}()
+	resetter := func() *model.Cluster {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					bufio.NewReader(c).ReadString('\n')
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				}()
+			}
+		}()
+		return &model.Cluster{Name: "reset", Endpoints: endpoints(mustAddrPort(ln.Addr().String()))}
+	}()
+	sick := &model.Cluster{Name: "sick", Endpoints: [][]model.Endpoint{{{Address: mustAddrPort("127.0.0.1:1"), Healthy: false}}}}
+	full := mirrorBackend(t, "full")
+	full.Name, full.MaxRequests = "full", 1
+	rt := oneRoute(
+		&model.Route{Name: "dead", Match: model.RouteMatch{Prefix: "/dead"}, Forward: &model.ForwardAction{Cluster: "dead"}},
+		&model.Route{Name: "reset", Match: model.RouteMatch{Prefix: "/reset"}, Forward: &model.ForwardAction{Cluster: "reset"}},
+		&model.Route{Name: "sick", Match: model.RouteMatch{Prefix: "/sick"}, Forward: &model.ForwardAction{Cluster: "sick"}},
+		&model.Route{Name: "none", Match: model.RouteMatch{Prefix: "/none"}, Forward: &model.ForwardAction{Cluster: "missing"}},
+	)
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(rt, false, dead, resetter, sick, full))
+	c := client(te.addr("main"))
+	for _, tc := range []struct {
+		path, flag string
+		code       int
+		body       string
+	}{
+		{"/dead", "UF", 503, bodyConnect},
+		{"/reset", "UC", 503, bodyReset},
+		{"/sick", "UH", 503, bodyNoHealthy},
+		{"/none", "NC", 503, "cluster not found"},
+	} {
+		code, body, _ := get(t, c, "http://x"+tc.path)
+		if code != tc.code || body != tc.body {
+			t.Errorf("%s: %d %q", tc.path, code, body)
+		}
+		if !strings.Contains(te.access.String(), fmt.Sprintf(`"path":"%s","protocol":"HTTP/1.1","response_code":%d,"response_flags":"%s"`, tc.path, tc.code, tc.flag)) {
+			t.Errorf("%s: flag %s not logged: %s", tc.path, tc.flag, te.access.String())
+		}
+	}
+}
+
+func TestCircuitBreakerUO(t *testing.T) {
+	release := make(chan struct{})
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) { <-release; io.WriteString(w, "ok") })
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", MaxRequests: 1, Endpoints: endpoints(be)}))
+	c := client(te.addr("main"))
+	first := make(chan int)
+	go func() {
+		code, _, _ := get(t, c, "http://x/")
+		first <- code
+	}()
+	eventually(t, "the first request in flight", func() bool { return te.ClusterStats()["c"].Requests == 1 })
+	code, body, _ := get(t, c, "http://x/")
+	close(release)
+	if code != 503 || body != bodyOverflow {
+		t.Errorf("over max_requests: %d %q", code, body)
+	}
+	if code := <-first; code != 200 {
+		t.Errorf("the first request: %d", code)
+	}
+	if !strings.Contains(te.access.String(), `"response_flags":"UO"`) {
+		t.Errorf("access log: %s", te.access.String())
+	}
+}
+
+func TestCORS(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	cors := &model.CORS{AllowOrigins: []model.StringMatch{{Exact: "https://app.example", Kind: "exact"}}, AllowMethods: "GET,PUT",
+		AllowHeaders: "x-token", ExposeHeaders: "x-seen-uri", MaxAge: "86400"}
+	r := fwd("be")
+	r.PerFilter.CORS = cors
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, be))
+	c := client(te.addr("main"))
+	req, _ := http.NewRequest("OPTIONS", "http://x/", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "PUT")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Backend") != "" || resp.Header.Get("Access-Control-Allow-Methods") != "GET,PUT" ||
+		resp.Header.Get("Access-Control-Max-Age") != "86400" || resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+		t.Errorf("preflight: %d %v", resp.StatusCode, resp.Header)
+	}
+	_, _, got := get(t, c, "http://x/", "Origin", "https://app.example")
+	if got.Header.Get("X-Backend") != "be" || got.Header.Get("Access-Control-Allow-Origin") != "https://app.example" || got.Header.Get("Access-Control-Expose-Headers") != "x-seen-uri" {
+		t.Errorf("actual request: %v", got.Header)
+	}
+	_, _, got = get(t, c, "http://x/", "Origin", "https://evil.example")
+	if got.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("origin not allowed got CORS headers: %v", got.Header)
+	}
+}
+
+func TestFaultInjection(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	abort := fwd("be")
+	abort.Match = model.RouteMatch{Prefix: "/abort"}
+	abort.PerFilter.Fault = &model.Fault{AbortHTTPStatus: 503, AbortPercent: 50}
+	delay := fwd("be")
+	delay.Match = model.RouteMatch{Prefix: "/delay"}
+	delay.PerFilter.Fault = &model.Fault{Delay: 150 * time.Millisecond, DelayPercent: 100}
+	grpcAbort := fwd("be")
+	grpcAbort.Match = model.RouteMatch{Prefix: "/grpc"}
+	grpcAbort.PerFilter.Fault = &model.Fault{AbortGRPCStatus: ptr(14), AbortPercent: 100}
+	off := fwd("be")
+	off.Match = model.RouteMatch{Prefix: "/off"}
+	off.PerFilter.Fault = &model.Fault{AbortHTTPStatus: 500, AbortPercent: 100}
+	off.PerFilter.Disabled = map[string]bool{"envoy.filters.http.fault": true}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(abort, delay, grpcAbort, off), false, be))
+	c := client(te.addr("main"))
+
+	const n = 400
+	aborted := 0
+	for range n {
+		code, body, _ := get(t, c, "http://x/abort")
+		if code == 503 {
+			aborted++
+			if body != "fault filter abort" {
+				t.Fatalf("abort body %q", body)
+			}
+		}
+	}
+	if share := float64(aborted) / n; math.Abs(share-0.5) > 0.1 {
+		t.Errorf("aborted %.2f of requests, want 0.5", share)
+	}
+	start := time.Now()
+	if code, _, _ := get(t, c, "http://x/delay"); code != 200 || time.Since(start) < 140*time.Millisecond {
+		t.Errorf("delay: %d after %v", code, time.Since(start))
+	}
+	code, _, resp := get(t, c, "http://x/grpc", "Content-Type", "application/grpc")
+	if code != 200 || resp.Header.Get("Grpc-Status") != "14" || resp.Header.Get("Grpc-Message") != "fault filter abort" {
+		t.Errorf("gRPC abort: %d %v", code, resp.Header)
+	}
+	if code, body, _ := get(t, c, "http://x/off"); code != 200 || body != "be" {
+		t.Errorf("fault disabled on the route: %d %q", code, body)
+	}
+	log := te.access.String()
+	if !strings.Contains(log, `"response_flags":"FI"`) || !strings.Contains(log, `"response_flags":"DI"`) {
+		t.Errorf("flags FI/DI missing from the access log")
+	}
+}
+
+func TestLocalReplyToGRPCRequest(t *testing.T) {
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(&model.RouteTable{VirtualHosts: []*model.VirtualHost{{Domains: []string{"known"}}}}, false))
+	code, _, resp := get(t, client(te.addr("main")), "http://unknown/pkg.Svc/Method", "Content-Type", "application/grpc")
+	if code != 200 || resp.Header.Get("Grpc-Status") != "12" {
+		t.Errorf("NR to a gRPC client: %d grpc-status %q (want 200 with UNIMPLEMENTED)", code, resp.Header.Get("Grpc-Status"))
+	}
+}
+
+func TestUpgradeIsAByteStream(t *testing.T) {
+	// An upstream that switches protocols and echoes in upper case.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil || req.Header.Get("Upgrade") != "echo" {
+					io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+				buf := make([]byte, 1024)
+				for {
+					n, err := br.Read(buf)
+					if n > 0 {
+						c.Write([]byte(strings.ToUpper(string(buf[:n]))))
+					}
+					if err != nil {
+						c.(*net.TCPConn).CloseWrite()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("ws")), false, &model.Cluster{Name: "ws", Endpoints: endpoints(mustAddrPort(ln.Addr().String()))}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	for _, msg := range []string{"hello", "world"} {
+		io.WriteString(conn, msg)
+		buf := make([]byte, len(msg))
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != strings.ToUpper(msg) {
+			t.Fatalf("echo of %q: %q %v", msg, buf, err)
+		}
+	}
+	conn.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Errorf("after half-close: %q %v", rest, err)
+	}
+}
+
+func TestH2CDownstreamAndUpstream(t *testing.T) {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Up-Proto", r.Proto)
+		w.Write(b)
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "downstream", Endpoints: endpoints(srv)}))
+	for _, tc := range []struct {
+		c        *http.Client
+		down, up string
+	}{
+		{h2client(te.addr("main")), "HTTP/2.0", "HTTP/2.0"},
+		{client(te.addr("main")), "HTTP/1.1", ""},
+	} {
+		req, _ := http.NewRequest("POST", "http://x/", strings.NewReader("ping"))
+		resp, err := tc.c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if tc.up == "" {
+			// An h2c-only upstream cannot speak HTTP/1.1: "downstream"
+			// means the client's protocol, so this fails upstream.
+			if resp.StatusCode != 503 {
+				t.Errorf("HTTP/1.1 client to an h2c-only upstream: %d", resp.StatusCode)
+			}
+			continue
+		}
+		if resp.Proto != tc.down || resp.Header.Get("X-Up-Proto") != tc.up || string(b) != "ping" {
+			t.Errorf("down %s up %s body %q", resp.Proto, resp.Header.Get("X-Up-Proto"), b)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestGRPCTimeoutHeader(t *testing.T) {
+	slow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-r.Context().Done():
+		}
+		w.Header().Set("Grpc-Status", "0")
+	})
+	honour := fwd("c")
+	honour.Match.Prefix = "/honour"
+	honour.Forward.Timeout = 5 * time.Second
+	honour.Forward.MaxGRPCTimeout = ptr(time.Duration(0)) // no cap
+	capped := fwd("c")
+	capped.Match.Prefix = "/capped"
+	capped.Forward.MaxGRPCTimeout = ptr(100 * time.Millisecond)
+	ignore := fwd("c")
+	ignore.Match.Prefix = "/ignore"
+	ignore.Forward.Timeout = 150 * time.Millisecond
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(honour, capped, ignore), false, &model.Cluster{Name: "c", Endpoints: endpoints(slow)}))
+	c := client(te.addr("main"))
+	for _, tc := range []struct {
+		path, timeout string
+		max           time.Duration
+	}{
+		{"/honour", "100m", time.Second},              // grpc-timeout 100 ms replaces the route's 5 s
+		{"/capped", "10S", time.Second},               // 10 s capped to 100 ms
+		{"/ignore", "10S", time.Second},               // not honoured: the route's 150 ms
+		{"/capped", "50000u", 500 * time.Millisecond}, // 50 ms, under the cap
+	} {
+		start := time.Now()
+		code, _, resp := get(t, c, "http://x"+tc.path, "Content-Type", "application/grpc", "Grpc-Timeout", tc.timeout)
+		if d := time.Since(start); code != 200 || resp.Header.Get("Grpc-Status") != "14" || d > tc.max {
+			t.Errorf("%s with grpc-timeout %s: %d grpc-status %q after %v", tc.path, tc.timeout, code, resp.Header.Get("Grpc-Status"), d)
+		}
+	}
+}
+
+func TestClientGoneIsDC(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	slow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		select {
+		case <-time.After(3 * time.Second):
+		case <-r.Context().Done():
+		}
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(slow)}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(conn, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-entered
+	start := time.Now()
+	conn.Close()
+	eventually(t, "the request logged", func() bool { return strings.Contains(te.access.String(), `"response_flags":"DC"`) })
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("noticed the client leaving after %v", d)
+	}
+	eventually(t, "the upstream request released", func() bool { return te.ClusterStats()["c"].Requests == 0 })
+}
+
+func TestOriginalDestinationCluster(t *testing.T) {
+	// Direct-to-pod chains connect where the client dialled: the PROXY
+	// header's destination.
+	pod := echoBackend(t, "pod")
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("passthrough")), false, &model.Cluster{Name: "passthrough", Kind: "original_dst"}))
+	c := &http.Client{Transport: &http.Transport{DialContext: dialer(te.addr("main"), clientAddr, pod)}, Timeout: 5 * time.Second}
+	if code, body, _ := get(t, c, "http://pod.ns:8080/"); code != 200 || body != "pod" {
+		t.Errorf("original_dst: %d %q", code, body)
+	}
+	if !strings.Contains(te.access.String(), `"upstream_host":"`+pod.String()+`"`) {
+		t.Errorf("access log: %s", te.access.String())
+	}
+}
+
+func TestStreamIdleTimeout(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/silent":
+			time.Sleep(time.Second)
+		case "/stalls":
+			io.WriteString(w, "first")
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Second)
+			io.WriteString(w, "late")
+		case "/trickle":
+			for range 8 {
+				io.WriteString(w, ".")
+				w.(http.Flusher).Flush()
+				time.Sleep(40 * time.Millisecond)
+			}
+		}
+	})
+	s := httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+	s.Listeners[0].Chains["http"].HTTP.StreamIdleTimeout = 150 * time.Millisecond
+	te := newTestEngine(t, Options{})
+	te.apply(s)
+	c := client(te.addr("main"))
+	if code, body, _ := get(t, c, "http://x/silent"); code != 408 || body != "stream timeout" {
+		t.Errorf("silent upstream: %d %q", code, body)
+	}
+	resp, err := c.Get("http://x/stalls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "first" || err == nil {
+		t.Errorf("upstream stalling mid-body: %d %q %v (want the stream cut)", resp.StatusCode, b, err)
+	}
+	if code, body, _ := get(t, c, "http://x/trickle"); code != 200 || body != "........" {
+		t.Errorf("a slow but steady stream: %d %q", code, body)
+	}
+	eventually(t, "SI logged twice", func() bool { return strings.Count(te.access.String(), `"response_flags":"SI"`) == 2 })
+}
+
+func TestRequestTimeout(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	})
+	s := httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+	s.Listeners[0].Chains["http"].HTTP.RequestTimeout = 150 * time.Millisecond
+	te := newTestEngine(t, Options{})
+	te.apply(s)
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Ten bytes announced, three sent, then nothing.
+	io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 408 || string(b) != "request timeout" {
+		t.Errorf("request not in whole: %d %q", resp.StatusCode, b)
+	}
+	// A whole request is not subject to it, however slow its answer.
+	if code, body, _ := get(t, client(te.addr("main")), "http://x/"); code != 200 || body != "" {
+		t.Errorf("complete request: %d %q", code, body)
+	}
+}

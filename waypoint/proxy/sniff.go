@@ -1,0 +1,112 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// sniffBufferSize bounds how much of a connection's start is read to tell
+// its protocol: an HTTP/1 request line must end within it.
+const sniffBufferSize = 8192
+
+var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+type verdict int
+
+const (
+	needMore verdict = iota
+	isTCP
+	isHTTP1
+	isH2
+)
+
+// sniff tells HTTP/1.x, h2c prior knowledge and anything else apart from
+// a connection's first bytes, reading only as much as it takes (the
+// connection's read deadline bounds the wait). No bytes at all before the
+// deadline (a server-first protocol) is TCP.
+func (e *Engine) sniff(br *bufio.Reader) string {
+	if _, err := br.Peek(1); err != nil {
+		e.stats.sniffed.WithLabelValues("timeout").Inc()
+		return model.ProtocolTCP
+	}
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		switch classifyStart(buf) {
+		case isH2:
+			e.stats.sniffed.WithLabelValues("h2c").Inc()
+			return model.ProtocolHTTP2
+		case isHTTP1:
+			e.stats.sniffed.WithLabelValues("http1").Inc()
+			return model.ProtocolHTTP1
+		case isTCP:
+			e.stats.sniffed.WithLabelValues("tcp").Inc()
+			return model.ProtocolTCP
+		}
+		if len(buf) >= br.Size() {
+			e.stats.sniffed.WithLabelValues("tcp").Inc()
+			return model.ProtocolTCP
+		}
+		// Wait for one byte more than we have (Peek returns as soon as the
+		// socket gives any).
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			e.stats.sniffed.WithLabelValues("tcp").Inc()
+			return model.ProtocolTCP
+		}
+	}
+}
+
+// classifyStart judges the bytes seen so far: the h2 preface, an HTTP/1.x
+// request line (token method, target without spaces, HTTP/1.x version),
+// or neither. needMore while a prefix could still become either.
+func classifyStart(b []byte) verdict {
+	if n := min(len(b), len(h2Preface)); bytes.Equal(b[:n], h2Preface[:n]) {
+		if len(b) >= len(h2Preface) {
+			return isH2
+		}
+		return needMore
+	}
+	// Method: a token of at most 20 characters, then one space.
+	i := 0
+	for ; i < len(b) && b[i] != ' '; i++ {
+		if !isTokenChar(b[i]) || i >= 20 {
+			return isTCP
+		}
+	}
+	if i == len(b) {
+		return needMore
+	}
+	if i == 0 {
+		return isTCP
+	}
+	line := b[i+1:]
+	end := bytes.IndexByte(line, '\n')
+	if end < 0 {
+		// No end of line yet: control characters already rule HTTP out.
+		for _, c := range line {
+			if c < 0x20 && c != '\r' || c == 0x7f {
+				return isTCP
+			}
+		}
+		return needMore
+	}
+	line = bytes.TrimSuffix(line[:end], []byte("\r"))
+	sp := bytes.IndexByte(line, ' ')
+	if sp <= 0 {
+		return isTCP
+	}
+	version := line[sp+1:]
+	if len(version) == 8 && bytes.HasPrefix(version, []byte("HTTP/1.")) && version[7] >= '0' && version[7] <= '9' {
+		return isHTTP1
+	}
+	return isTCP
+}
+
+func isTokenChar(c byte) bool {
+	switch {
+	case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		return true
+	}
+	return bytes.IndexByte([]byte("!#$%&'*+-.^_`|~"), c) >= 0
+}

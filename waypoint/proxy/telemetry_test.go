@@ -1,0 +1,113 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// TestMetricsIdentityFromPeer: the source is the workload at the TCP peer
+// address, never the one the PROXY header names; the destination is the
+// endpoint's workload and the cluster's service.
+func TestMetricsIdentityFromPeer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "reviews") })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	be := mustAddrPort(ln.Addr().String())
+
+	peers := &model.Peers{ByAddress: map[netip.Addr]*model.Peer{
+		netip.MustParseAddr("127.0.0.3"): {Name: "productpage-v1-abc", Namespace: "bookinfo", WorkloadName: "productpage-v1", ServiceAccount: "bookinfo-productpage",
+			CanonicalName: "productpage", CanonicalRevision: "v1", ClusterID: "Kubernetes"},
+		netip.MustParseAddr("127.0.0.2"): {Name: "reviews-v1-xyz", Namespace: "bookinfo", WorkloadName: "reviews-v1", ServiceAccount: "bookinfo-reviews",
+			CanonicalName: "reviews", CanonicalRevision: "v1", ClusterID: "Kubernetes"},
+		netip.MustParseAddr("10.0.0.99"): {Name: "attacker", Namespace: "evil", WorkloadName: "attacker", CanonicalName: "attacker"},
+	}}
+	s := httpSnapshot(oneRoute(fwd("reviews")), false, &model.Cluster{Name: "reviews", Endpoints: endpoints(be),
+		Service: model.ServiceRef{Hostname: "reviews.bookinfo.svc.cluster.local", Name: "reviews", Namespace: "bookinfo"}})
+	s.Peers = peers
+	te := newTestEngine(t, Options{})
+	te.apply(s)
+
+	// From 127.0.0.3, claiming to be 10.0.0.99 in the header.
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}
+		c, err := d.DialContext(ctx, "tcp", te.addr("main").String())
+		if err != nil {
+			return nil, err
+		}
+		h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(mustAddrPort("10.0.0.99:1234")), net.TCPAddrFromAddrPort(serviceVIP))
+		_, err = h.WriteTo(c)
+		return c, err
+	}
+	c := &http.Client{Transport: &http.Transport{DialContext: dial}, Timeout: 5 * time.Second}
+	for range 3 {
+		if code, _, _ := get(t, c, "http://reviews.bookinfo:9080/reviews/0"); code != 200 {
+			t.Fatalf("status %d", code)
+		}
+	}
+	text := metricsText(t, te)
+	series := grep(text, "istio_requests_total{")
+	want := `istio_requests_total{connection_security_policy="none",destination_app="reviews",destination_canonical_revision="v1",destination_canonical_service="reviews",destination_cluster="Kubernetes",destination_principal="spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews",destination_service="reviews.bookinfo.svc.cluster.local",destination_service_name="reviews",destination_service_namespace="bookinfo",destination_version="v1",destination_workload="reviews-v1",destination_workload_namespace="bookinfo",grpc_response_status="",reporter="waypoint",request_protocol="http",response_code="200",response_flags="-",source_app="productpage",source_canonical_revision="v1",source_canonical_service="productpage",source_cluster="Kubernetes",source_principal="spiffe://cluster.local/ns/bookinfo/sa/bookinfo-productpage",source_version="v1",source_workload="productpage-v1",source_workload_namespace="bookinfo"} 3`
+	if series != want {
+		t.Errorf("series:\n%s\nwant:\n%s", series, want)
+	}
+	if strings.Contains(text, "attacker") {
+		t.Error("an identity was taken from the PROXY header")
+	}
+	for _, h := range []string{"istio_request_duration_milliseconds_count", "istio_request_bytes_count", "istio_response_bytes_count"} {
+		if l := grep(text, h); !strings.Contains(l, `source_workload="productpage-v1"`) || !strings.HasSuffix(l, "} 3") {
+			t.Errorf("%s:\n%s", h, grep(text, h))
+		}
+	}
+	if !strings.Contains(grep(text, "istio_response_bytes_sum"), "} 21") {
+		t.Errorf("response bytes: %s", grep(text, "istio_response_bytes_sum"))
+	}
+}
+
+func TestAccessLogLines(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) { io.ReadAll(r.Body); io.WriteString(w, "0123456789") })
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	req, _ := http.NewRequest("POST", "http://reviews:9080/a/b?c=d", strings.NewReader("abc"))
+	req.Header.Set("User-Agent", "tester/1")
+	req.Header.Set("X-Request-Id", "rid-1")
+	req.Header.Set("X-Forwarded-For", "1.2.3.4")
+	req.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	resp, err := client(te.addr("main")).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	eventually(t, "a line", func() bool { return strings.Count(te.access.String(), "\n") == 1 })
+	var e map[string]any
+	if err := json.Unmarshal([]byte(te.access.String()), &e); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"method": "POST", "path": "/a/b?c=d", "protocol": "HTTP/1.1", "response_code": 200.0, "response_flags": "-",
+		"bytes_received": 3.0, "bytes_sent": 10.0, "upstream_host": be.String(), "upstream_cluster": "c", "route_name": "to-c", "request_id": "rid-1",
+		"authority": "reviews:9080", "user_agent": "tester/1", "x_forwarded_for": "1.2.3.4", "downstream_local_address": "10.96.0.10:80",
+		"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	for k, v := range want {
+		if e[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, e[k], v)
+		}
+	}
+	if ra, _ := e["downstream_remote_address"].(string); !strings.HasPrefix(ra, "127.0.0.1:") {
+		t.Errorf("downstream_remote_address %q is not the TCP peer", ra)
+	}
+}

@@ -1,0 +1,111 @@
+package route
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// Ops is a compiled model.HeaderOps: canonical keys, pseudo-headers and
+// Host dropped (Envoy refuses to let headers_to_add or headers_to_remove
+// touch them).
+type Ops struct {
+	reqRemove, respRemove []string
+	reqAdd, respAdd       []headerValue
+}
+
+type headerValue struct {
+	key, value       string
+	append, ifAbsent bool
+}
+
+func compileOps(m *model.HeaderOps) *Ops {
+	if m == nil {
+		return nil
+	}
+	o := &Ops{
+		reqRemove:  canonicalNames(m.RequestRemove),
+		respRemove: canonicalNames(m.ResponseRemove),
+		reqAdd:     compileValues(m.RequestAdd),
+		respAdd:    compileValues(m.ResponseAdd),
+	}
+	if len(o.reqRemove)+len(o.respRemove)+len(o.reqAdd)+len(o.respAdd) == 0 {
+		return nil
+	}
+	return o
+}
+
+func mutable(name string) bool {
+	return name != "" && !strings.HasPrefix(name, ":") && !strings.EqualFold(name, "host")
+}
+
+func canonicalNames(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if mutable(n) {
+			out = append(out, textproto.CanonicalMIMEHeaderKey(n))
+		}
+	}
+	return out
+}
+
+func compileValues(vs []model.HeaderValue) []headerValue {
+	var out []headerValue
+	for _, v := range vs {
+		// Envoy drops a header to add whose value is empty (keep_empty_value
+		// false, the default).
+		if !mutable(v.Name) || v.Value == "" {
+			continue
+		}
+		out = append(out, headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent})
+	}
+	return out
+}
+
+// ApplyRequest applies the request operations of each level in the order
+// given; callers pass the most specific level first (weighted cluster,
+// route, virtual host, table), which is Envoy's order unless
+// most_specific_header_mutations_wins: so with overwrites the least
+// specific level has the last word. Within a level removals come before
+// additions.
+func ApplyRequest(h http.Header, levels ...*Ops) {
+	for _, o := range levels {
+		if o == nil {
+			continue
+		}
+		for _, k := range o.reqRemove {
+			delete(h, k)
+		}
+		apply(h, o.reqAdd)
+	}
+}
+
+// ApplyResponse is ApplyRequest for response headers.
+func ApplyResponse(h http.Header, levels ...*Ops) {
+	for _, o := range levels {
+		if o == nil {
+			continue
+		}
+		for _, k := range o.respRemove {
+			delete(h, k)
+		}
+		apply(h, o.respAdd)
+	}
+}
+
+func apply(h http.Header, adds []headerValue) {
+	for _, a := range adds {
+		switch {
+		case a.ifAbsent:
+			if _, ok := h[a.key]; !ok {
+				h[a.key] = []string{a.value}
+			}
+		case a.append:
+			h[a.key] = append(h[a.key], a.value)
+		default:
+			h[a.key] = []string{a.value}
+		}
+	}
+}

@@ -1,0 +1,271 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// Errors a request can meet before it reaches an endpoint.
+var (
+	// ErrNoHealthy: no endpoint to send to (Envoy's UH).
+	ErrNoHealthy = errors.New("no healthy upstream")
+	// ErrOverflow: a circuit breaker is open (Envoy's UO).
+	ErrOverflow = errors.New("upstream overflow")
+)
+
+// ConnectError is a failure to connect to an endpoint (Envoy's UF).
+type ConnectError struct {
+	Addr string
+	Err  error
+}
+
+func (e *ConnectError) Error() string { return "connect to " + e.Addr + ": " + e.Err.Error() }
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// Defaults, Envoy's unless said otherwise.
+const (
+	// DefaultConnectTimeout is istiod's 10 s (Envoy's own default is 5 s).
+	DefaultConnectTimeout = 10 * time.Second
+	// DefaultIdleTimeout of upstream connections (Envoy's 1 h).
+	DefaultIdleTimeout = time.Hour
+	defaultLimit       = 1024
+	defaultMaxRetries  = 3
+)
+
+// Host is one endpoint of a cluster.
+type Host struct {
+	Addr netip.AddrPort
+	// Key is Addr as "ip:port", the connection pool's key.
+	Key      string
+	Weight   uint32
+	Healthy  bool
+	Workload string
+	// active counts requests in flight to this address; it is shared by
+	// the Host values of successive configurations with the same address,
+	// so least_request keeps its view across swaps.
+	active *atomic.Int64
+}
+
+// Active is the number of requests in flight to the host.
+func (h *Host) Active() int64 { return h.active.Load() }
+
+// Started and Done bracket a request to the host (least_request reads the
+// count).
+func (h *Host) Started() { h.active.Add(1) }
+func (h *Host) Done()    { h.active.Add(-1) }
+
+// Cluster is one cluster's runtime state.
+type Cluster struct {
+	Name string
+	log  *slog.Logger
+
+	state atomic.Pointer[state]
+	// rr is the round-robin cursor, kept across swaps.
+	rr atomic.Uint64
+	// counters shared by all endpoints (Envoy's per-cluster breakers,
+	// default priority).
+	requests, retries, connections atomic.Int64
+	overflows                      atomic.Uint64
+
+	// active per address, under mu; survives swaps while the address
+	// stays.
+	mu      sync.Mutex
+	actives map[netip.AddrPort]*atomic.Int64
+	pools   *pools
+	h1      *h1Pool
+	// netHTTP sends HTTP/1.1 through net/http's Transport instead of h1Pool
+	// (for comparison; see h1.go).
+	netHTTP bool
+	closed  atomic.Bool
+}
+
+// state is what one configuration of the cluster says, precomputed.
+type state struct {
+	m       *model.Cluster
+	limits  limits
+	healthy []*Host // the first priority with a healthy endpoint
+	lb      picker
+}
+
+type limits struct {
+	connections, requests, pending, retries int64
+}
+
+func newCluster(name string, log *slog.Logger) *Cluster {
+	c := &Cluster{Name: name, log: log, actives: map[netip.AddrPort]*atomic.Int64{}}
+	c.pools = newPools(c)
+	c.h1 = newH1Pool(c)
+	return c
+}
+
+// Model is the cluster's current configuration.
+func (c *Cluster) Model() *model.Cluster { return c.state.Load().m }
+
+func (c *Cluster) update(m *model.Cluster) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := &state{m: m, limits: limitsOf(m)}
+	seen := map[netip.AddrPort]bool{}
+	for _, prio := range m.Endpoints {
+		var hosts []*Host
+		for _, e := range prio {
+			a := e.Address
+			act := c.actives[a]
+			if act == nil {
+				act = new(atomic.Int64)
+				c.actives[a] = act
+			}
+			seen[a] = true
+			if !e.Healthy {
+				continue
+			}
+			w := e.Weight
+			if w == 0 {
+				w = 1
+			}
+			hosts = append(hosts, &Host{Addr: a, Key: a.String(), Weight: w, Healthy: true, Workload: e.Workload, active: act})
+		}
+		if len(hosts) > 0 && st.healthy == nil {
+			st.healthy = hosts
+		}
+	}
+	for a := range c.actives {
+		if !seen[a] {
+			delete(c.actives, a)
+		}
+	}
+	st.lb = newPicker(m.LB, st.healthy)
+	old := c.state.Swap(st)
+	c.pools.update(old, st)
+}
+
+func limitsOf(m *model.Cluster) limits {
+	or := func(v, d int) int64 {
+		if v <= 0 {
+			return int64(d)
+		}
+		return int64(v)
+	}
+	return limits{
+		connections: or(m.MaxConnections, defaultLimit),
+		requests:    or(m.MaxRequests, defaultLimit),
+		pending:     or(m.MaxPendingRequests, defaultLimit),
+		retries:     or(m.MaxRetries, defaultMaxRetries),
+	}
+}
+
+// PickOptions is what endpoint selection may use.
+type PickOptions struct {
+	// Hash is the request's hash (ring_hash, maglev) when HasHash.
+	Hash    uint64
+	HasHash bool
+	// Avoid lists hosts already tried (the previous_hosts retry predicate)
+	// and Attempts how many times to pick again to avoid them.
+	Avoid    []*Host
+	Attempts int
+	// OrigDst is the connection's original destination, for original_dst
+	// clusters.
+	OrigDst netip.AddrPort
+}
+
+// Pick chooses an endpoint.
+func (c *Cluster) Pick(o *PickOptions) (*Host, error) {
+	st := c.state.Load()
+	if st.m.Kind == "original_dst" {
+		if !o.OrigDst.IsValid() || o.OrigDst.Port() == 0 {
+			return nil, ErrNoHealthy
+		}
+		return &Host{Addr: o.OrigDst, Key: o.OrigDst.String(), Weight: 1, Healthy: true, active: new(atomic.Int64)}, nil
+	}
+	if len(st.healthy) == 0 {
+		return nil, ErrNoHealthy
+	}
+	h := st.lb.pick(c, o)
+	for i := 0; i < o.Attempts && len(o.Avoid) > 0 && avoided(h, o.Avoid); i++ {
+		// A hash policy gives the same host again; other policies move on.
+		if st.lb.hashed() && o.HasHash {
+			o.Hash = mix64(o.Hash + uint64(i) + 1)
+		}
+		h = st.lb.pick(c, o)
+	}
+	return h, nil
+}
+
+func avoided(h *Host, avoid []*Host) bool {
+	for _, a := range avoid {
+		if a.Addr == h.Addr {
+			return true
+		}
+	}
+	return false
+}
+
+// StartRequest takes a slot of max_requests; false means the breaker is
+// open (count it, answer 503 UO). EndRequest gives it back.
+func (c *Cluster) StartRequest() bool {
+	st := c.state.Load()
+	if c.requests.Add(1) > st.limits.requests {
+		c.requests.Add(-1)
+		c.overflows.Add(1)
+		return false
+	}
+	return true
+}
+
+func (c *Cluster) EndRequest() {
+	c.requests.Add(-1)
+	if c.closed.Load() {
+		c.pools.closeIdle()
+		c.h1.closeIdle(true)
+	}
+}
+
+// StartRetry takes a slot of max_retries (Envoy's retry budget breaker);
+// false means no retry. EndRetry gives it back.
+func (c *Cluster) StartRetry() bool {
+	if c.retries.Add(1) > c.state.Load().limits.retries {
+		c.retries.Add(-1)
+		c.overflows.Add(1)
+		return false
+	}
+	return true
+}
+
+func (c *Cluster) EndRetry() { c.retries.Add(-1) }
+
+// Stats are a cluster's counters now.
+type Stats struct {
+	Requests, Retries, Connections int64
+	Overflows                      uint64
+}
+
+func (c *Cluster) Stats() Stats {
+	return Stats{Requests: c.requests.Load(), Retries: c.retries.Load(), Connections: c.connections.Load(), Overflows: c.overflows.Load()}
+}
+
+func (c *Cluster) close() {
+	c.closed.Store(true)
+	c.pools.closeIdle()
+	c.h1.closeIdle(true)
+}
+
+// RoundTrip sends req to host: over h2c prior knowledge when h2, else
+// HTTP/1.1 with the cluster's own pool (h1.go). Upgrades (WebSocket) go
+// through net/http's Transport, which hands the connection over after the
+// 101. req.URL.Host must be host's address. ctx bounds the exchange (the
+// request's own context is not looked at on the HTTP/1.1 path, so the
+// caller need not copy the request to give it one).
+func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, host *Host, h2 bool) (*http.Response, error) {
+	if h2 || c.netHTTP || req.Header.Get("Upgrade") != "" {
+		return c.Transport(h2).RoundTrip(req.WithContext(ctx))
+	}
+	return c.h1.roundTrip(ctx, req, host.Key)
+}

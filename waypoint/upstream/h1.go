@@ -1,0 +1,549 @@
+package upstream
+
+// HTTP/1.1 to endpoints: the cluster's connection pool, with the
+// exchange on the caller's goroutine (the wire format is package
+// waypoint/h1's; why not net/http's Transport is said there). Besides
+// speed it gives what the Transport cannot: Envoy's per-cluster
+// max_connections with pending requests queued (bounded by
+// max_pending_requests) until a connection frees up, and
+// max_requests_per_connection.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmesh-go/kmesh/waypoint/h1"
+)
+
+const (
+	h1BufSize = 8 << 10
+	// inlineBody: a request body of known length up to this is written
+	// with the headers before the response is read; a longer one, or one
+	// of unknown length (a stream), is written by its own goroutine while
+	// the response is read, so an upstream that answers early is heard.
+	inlineBody = 64 << 10
+)
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// h1Pool holds a cluster's idle HTTP/1.1 connections by endpoint.
+type h1Pool struct {
+	c       *Cluster
+	mu      sync.Mutex
+	idle    map[string][]*h1Conn // LIFO: the warmest connection first
+	nIdle   int
+	waiters int
+	wake    chan struct{} // closed when a connection is released or closed
+	sweep   *time.Timer
+	closed  bool
+}
+
+func newH1Pool(c *Cluster) *h1Pool {
+	return &h1Pool{c: c, idle: map[string][]*h1Conn{}, wake: make(chan struct{})}
+}
+
+// h1Conn is one connection to an endpoint.
+type h1Conn struct {
+	p        *h1Pool
+	host     string
+	conn     net.Conn
+	rc       countingReader
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	parser   h1.Parser
+	requests int
+	idleAt   time.Time
+	// abort unblocks the connection's I/O when a request's context ends
+	// (made once: a closure per request is an allocation per request);
+	// unhook clears it from the client-gone hook of the current request.
+	abort  func()
+	unhook func() bool
+	hook   *h1.ClientGone
+}
+
+// countingReader counts bytes read from the socket, so a failure can be
+// told apart as "before any response byte" (a stale keep-alive connection
+// the server closed) or not.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// get returns a connection to host: an idle one, a new one within
+// max_connections, or, at the limit, the next one released (a pending
+// request, bounded by max_pending_requests).
+// With fresh (the retry after a stale connection), the endpoint's idle
+// connections are closed instead of used: they idled at least as long as
+// the one found dead (the pool hands out its newest first).
+func (p *h1Pool) get(ctx context.Context, host string, fresh bool) (*h1Conn, bool, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, false, errors.New("cluster removed")
+		}
+		if fresh {
+			stale := p.idle[host]
+			delete(p.idle, host)
+			p.nIdle -= len(stale)
+			fresh = false
+			if len(stale) > 0 {
+				p.mu.Unlock()
+				for _, pc := range stale {
+					pc.conn.Close()
+				}
+				continue
+			}
+		} else if pc := p.popIdle(host); pc != nil {
+			p.mu.Unlock()
+			if !pc.alive() {
+				pc.conn.Close()
+				continue
+			}
+			return pc, true, nil
+		}
+		st := p.c.state.Load()
+		if p.c.connections.Load() < st.limits.connections {
+			p.mu.Unlock()
+			pc, err := p.dial(ctx, host)
+			if errors.Is(err, ErrOverflow) {
+				continue // lost a race for the last slot: wait like the others
+			}
+			return pc, false, err
+		}
+		// At the limit. An idle connection to another endpoint gives its
+		// slot up to this one.
+		if victim := p.popAnyIdle(); victim != nil {
+			p.mu.Unlock()
+			victim.conn.Close()
+			continue
+		}
+		if int64(p.waiters) >= st.limits.pending {
+			p.mu.Unlock()
+			p.c.overflows.Add(1)
+			return nil, false, fmt.Errorf("%w: max_pending_requests %d reached", ErrOverflow, st.limits.pending)
+		}
+		p.waiters++
+		wake := p.wake
+		p.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+		}
+		p.mu.Lock()
+		p.waiters--
+		p.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil, false, context.Cause(ctx)
+		}
+	}
+}
+
+// popAnyIdle takes the oldest idle connection of any endpoint. Called with
+// mu held.
+func (p *h1Pool) popAnyIdle() *h1Conn {
+	if p.nIdle == 0 {
+		return nil
+	}
+	for h, list := range p.idle {
+		if len(list) > 0 {
+			pc := list[0]
+			p.idle[h] = list[1:]
+			p.nIdle--
+			return pc
+		}
+	}
+	return nil
+}
+
+// popIdle takes the newest idle connection to host that has not outlived
+// the idle timeout. Called with mu held.
+func (p *h1Pool) popIdle(host string) *h1Conn {
+	list := p.idle[host]
+	idleTimeout := p.c.idleTimeout()
+	for len(list) > 0 {
+		pc := list[len(list)-1]
+		list = list[:len(list)-1]
+		p.nIdle--
+		if time.Since(pc.idleAt) < idleTimeout {
+			p.idle[host] = list
+			return pc
+		}
+		go pc.conn.Close()
+	}
+	delete(p.idle, host)
+	return nil
+}
+
+// livenessAfter: a connection idle for longer is checked before use. An
+// endpoint closes idle connections after seconds (fortio and Go servers
+// after 30 s, nginx 75 s); Envoy's pool sees the FIN as it comes, ours
+// looks when it matters, at the cost of a read only for connections that
+// idled.
+const livenessAfter = time.Second
+
+// alive reports whether an idle connection can carry a request: nothing
+// arrived on it meanwhile (a FIN, or an unsolicited answer before a
+// close). A non-blocking peek at the socket: a read with a past deadline
+// would not even look.
+func (pc *h1Conn) alive() bool {
+	if time.Since(pc.idleAt) < livenessAfter {
+		return true
+	}
+	if pc.br.Buffered() > 0 {
+		return false
+	}
+	sc, ok := pc.conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	alive := false
+	var b [1]byte
+	raw.Read(func(fd uintptr) bool {
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		alive = err == unix.EAGAIN
+		return true
+	})
+	return alive
+}
+
+func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
+	conn, err := p.c.dial(ctx, "tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	// Raw reads and writes: see package h1 (rawio.go).
+	if cc, ok := conn.(*countedConn); ok {
+		cc.Conn = h1.Raw(cc.Conn)
+	}
+	pc := &h1Conn{p: p, host: host, conn: conn}
+	pc.abort = func() { pc.conn.SetDeadline(aLongTimeAgo) }
+	pc.unhook = func() bool {
+		g := pc.hook
+		pc.hook = nil
+		return g.Set(nil)
+	}
+	pc.rc.r = conn
+	pc.br = bufio.NewReaderSize(&pc.rc, h1BufSize)
+	pc.bw = bufio.NewWriterSize(conn, h1BufSize)
+	return pc, nil
+}
+
+// release returns a connection to the pool, or closes it.
+func (p *h1Pool) release(pc *h1Conn, reuse bool) {
+	p.mu.Lock()
+	if max := p.c.state.Load().m.MaxRequestsPerConnection; max > 0 && pc.requests >= max {
+		reuse = false
+	}
+	if reuse && !p.closed {
+		pc.idleAt = time.Now()
+		p.idle[pc.host] = append(p.idle[pc.host], pc)
+		p.nIdle++
+		if p.sweep == nil {
+			p.sweep = time.AfterFunc(p.c.idleTimeout(), p.sweepIdle)
+		}
+	}
+	if p.waiters > 0 {
+		close(p.wake)
+		p.wake = make(chan struct{})
+	}
+	p.mu.Unlock()
+	if !reuse {
+		pc.conn.Close()
+	}
+}
+
+// sweepIdle closes connections idle for longer than the idle timeout.
+func (p *h1Pool) sweepIdle() {
+	timeout := p.c.idleTimeout()
+	var stale []*h1Conn
+	p.mu.Lock()
+	for h, list := range p.idle {
+		keep := list[:0]
+		for _, pc := range list {
+			if time.Since(pc.idleAt) >= timeout {
+				stale = append(stale, pc)
+			} else {
+				keep = append(keep, pc)
+			}
+		}
+		p.nIdle -= len(list) - len(keep)
+		if len(keep) == 0 {
+			delete(p.idle, h)
+		} else {
+			p.idle[h] = keep
+		}
+	}
+	if p.nIdle > 0 && !p.closed {
+		p.sweep.Reset(timeout)
+	} else {
+		p.sweep = nil
+	}
+	p.mu.Unlock()
+	for _, pc := range stale {
+		pc.conn.Close()
+	}
+}
+
+// closeIdle closes the idle connections; with final, the pool takes no
+// connection back from now on.
+func (p *h1Pool) closeIdle(final bool) {
+	p.mu.Lock()
+	var all []*h1Conn
+	for _, list := range p.idle {
+		all = append(all, list...)
+	}
+	p.idle, p.nIdle = map[string][]*h1Conn{}, 0
+	if final {
+		p.closed = true
+		close(p.wake)
+		p.wake = make(chan struct{})
+	}
+	p.mu.Unlock()
+	for _, pc := range all {
+		pc.conn.Close()
+	}
+}
+
+func (c *Cluster) idleTimeout() time.Duration {
+	if t := c.state.Load().m.IdleTimeout; t > 0 {
+		return t
+	}
+	return DefaultIdleTimeout
+}
+
+// roundTrip sends req to host over HTTP/1.1 and returns the response
+// once its headers are in; the body streams from the connection, which
+// goes back to the pool when the body has been read to its end.
+func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) (*http.Response, error) {
+	for try := 0; ; try++ {
+		pc, reused, err := p.get(ctx, host, try > 0)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := pc.exchange(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		var se *staleError
+		if errors.As(err, &se) && reused && try == 0 && ctx.Err() == nil {
+			// A keep-alive connection the endpoint had closed: once more on
+			// a new connection, as net/http's Transport does.
+			if req.Body != nil {
+				b := rewind(req)
+				if b == nil {
+					return nil, se.err
+				}
+				req.Body = b
+			}
+			continue
+		}
+		if se != nil {
+			return nil, se.err
+		}
+		return nil, err
+	}
+}
+
+// Rewinder is a request body that can start over (the proxy's kept
+// body), which spares a GetBody closure per request.
+type Rewinder interface{ Rewind() io.ReadCloser }
+
+// rewind is the request's body from its start, or nil.
+func rewind(req *http.Request) io.ReadCloser {
+	if rw, ok := req.Body.(Rewinder); ok {
+		return rw.Rewind()
+	}
+	if req.GetBody != nil {
+		if b, err := req.GetBody(); err == nil {
+			return b
+		}
+	}
+	return nil
+}
+
+// staleError is a failure on a connection before anything of a response
+// arrived, where retrying on a new connection is safe.
+type staleError struct{ err error }
+
+func (e *staleError) Error() string { return e.err.Error() }
+
+// exchange writes one request and reads its response headers.
+func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Response, error) {
+	pc.requests++
+	// Cancellation (the client left, a timeout) unblocks the socket.
+	stop := noStop
+	if g := h1.Hook(ctx); g != nil {
+		// A request of our HTTP/1 server without a deadline of its own:
+		// only its client leaving ends it.
+		pc.hook = g
+		stop = pc.unhook
+		if !g.Set(pc.abort) {
+			stop()
+			pc.p.release(pc, true)
+			return nil, context.Canceled
+		}
+	} else if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, pc.abort)
+	}
+	readBefore := pc.rc.n
+	// A failure before any response byte on a connection the endpoint
+	// closed can be sent again on a new one when the body can be.
+	_, rewinds := req.Body.(Rewinder)
+	replayable := req.Body == nil || req.GetBody != nil || rewinds
+	fail := func(err error, safe bool) (*http.Response, error) {
+		stop()
+		pc.p.release(pc, false)
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		if safe {
+			return nil, &staleError{err}
+		}
+		return nil, err
+	}
+
+	h1.WriteRequestHead(pc.bw, req)
+	var bodyDone chan error
+	inline := req.Body == nil || (req.ContentLength >= 0 && req.ContentLength <= inlineBody)
+	if inline {
+		if err := h1.WriteBody(pc.bw, req); err != nil {
+			if errors.Is(err, h1.ErrBodyRead) {
+				return fail(err, false)
+			}
+			// The endpoint may have answered early and closed: read on.
+			bodyDone = make(chan error, 1)
+			bodyDone <- err
+		} else if err := pc.bw.Flush(); err != nil {
+			return fail(err, replayable)
+		}
+	} else {
+		if err := pc.bw.Flush(); err != nil {
+			return fail(err, replayable)
+		}
+		bodyDone = make(chan error, 1)
+		go func() {
+			err := h1.WriteBody(pc.bw, req)
+			if err == nil {
+				err = pc.bw.Flush()
+			}
+			bodyDone <- err
+		}()
+	}
+
+	var resp *http.Response
+	var err error
+	for {
+		resp, err = pc.parser.ReadResponse(pc.br, req.Method)
+		if err != nil {
+			nothing := pc.rc.n == readBefore && pc.br.Buffered() == 0
+			if bodyDone != nil {
+				// Whatever the writer is doing, the connection is done.
+				pc.conn.SetDeadline(aLongTimeAgo)
+				<-bodyDone
+			}
+			// A reused connection closed before any byte of a response
+			// (ReadResponse says unexpected EOF then) is one the endpoint
+			// closed while it sat idle in the pool: Envoy's pool would have
+			// seen the FIN and dropped it; nothing was processed, so the
+			// request goes again on a new connection when it can be sent
+			// again (no body, or one kept for replay).
+			closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)
+			return fail(err, nothing && closed && replayable)
+		}
+		// 1xx responses (100 Continue, 103 Early Hints) precede the real one.
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		break
+	}
+	reuse := !resp.Close && !req.Close
+	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: reuse, bodyDone: bodyDone}
+	return resp, nil
+}
+
+func noStop() bool { return true }
+
+func isReset(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
+}
+
+// h1Body is a response body that gives its connection back at its end.
+type h1Body struct {
+	rc       io.ReadCloser
+	pc       *h1Conn
+	stop     func() bool
+	reuse    bool
+	bodyDone chan error // the request body writer, when one runs
+	done     atomic.Bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done.Load() {
+		// The connection (and its parser's body) may serve another request
+		// by now.
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+// Close before the end closes the connection: the rest of the body
+// would have to be read to reuse it.
+func (b *h1Body) Close() error {
+	b.finish(false)
+	return nil
+}
+
+func (b *h1Body) finish(complete bool) {
+	if b.done.Swap(true) {
+		return
+	}
+	reuse := complete && b.reuse
+	if b.bodyDone != nil {
+		if reuse {
+			// The request body must be all written before the connection
+			// carries another request.
+			if err := <-b.bodyDone; err != nil {
+				reuse = false
+			}
+		} else {
+			b.pc.conn.SetDeadline(aLongTimeAgo)
+			<-b.bodyDone
+		}
+	}
+	if !b.stop() {
+		// The context fired: the deadline is in the past, the connection
+		// is of no use.
+		reuse = false
+	}
+	b.pc.p.release(b.pc, reuse)
+}
