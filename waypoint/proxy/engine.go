@@ -27,6 +27,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -99,6 +100,9 @@ type Engine struct {
 	mu        sync.Mutex // serialises Apply and Close
 	listeners map[string]*boundListener
 	closed    atomic.Bool
+	// draining: Drain was called; every HTTP/1 response is a
+	// connection's last.
+	draining atomic.Bool
 	// conns are the connections Close must end (see trackConn).
 	connsWG sync.WaitGroup
 	connsMu sync.Mutex
@@ -211,7 +215,7 @@ func (e *Engine) Ready() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cfg := e.cfg.Load()
-	if cfg == nil || e.closed.Load() {
+	if cfg == nil || e.closed.Load() || e.draining.Load() {
 		return false
 	}
 	for key := range cfg.listeners {
@@ -271,6 +275,46 @@ func (e *Engine) Register(reg prometheus.Registerer) error {
 		return err
 	}
 	return e.stats.register(reg, e)
+}
+
+// Drain is the start of a graceful stop (a pod's SIGTERM): the listeners
+// close, so the kernel's next connects go to another waypoint pod; each
+// HTTP/1 connection gets Connection: close on its next response, h2c ones
+// a GOAWAY, and TCP connections run to their end. It returns when no
+// connection is left or ctx ends; Close then ends whatever remains.
+func (e *Engine) Drain(ctx context.Context) {
+	e.draining.Store(true)
+	e.mu.Lock()
+	for key, b := range e.listeners {
+		b.ln.Close()
+		<-b.done
+		delete(e.listeners, key)
+	}
+	e.mu.Unlock()
+	h2done := make(chan struct{})
+	go func() {
+		defer close(h2done)
+		_ = e.srv.Shutdown(ctx)
+	}()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		e.connsMu.Lock()
+		n := len(e.conns)
+		e.connsMu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	select {
+	case <-h2done:
+	case <-ctx.Done():
+	}
 }
 
 // Close stops listening, closes every connection and the pools.

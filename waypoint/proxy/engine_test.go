@@ -227,3 +227,41 @@ func TestConnectionOfRemovedListenerDrains(t *testing.T) {
 		t.Errorf("the connection stayed open: %v", err)
 	}
 }
+
+// Drain, as at a pod's SIGTERM: no new connection is accepted, a
+// keep-alive connection gets its answer with Connection: close, and Drain
+// returns once that connection is gone.
+func TestDrainFinishesKeepAliveConnections(t *testing.T) {
+	be := echoBackend(t, "ok")
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	addr := te.addr("main")
+	c := client(addr)
+	if code, body, resp := get(t, c, "http://x/"); code != 200 || body != "ok" || resp.Close {
+		t.Fatalf("before Drain: %d %q close=%v", code, body, resp.Close)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	drained := make(chan struct{})
+	go func() { te.Drain(ctx); close(drained) }()
+	eventually(t, "not ready while draining", func() bool { return !te.Ready() })
+	if _, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
+		t.Error("still accepting connections while draining")
+	}
+	select {
+	case <-drained:
+		t.Fatal("Drain returned with a keep-alive connection still open")
+	case <-time.After(100 * time.Millisecond):
+	}
+	// The open connection still gets its answer, the last on it.
+	code, body, resp := get(t, c, "http://x/")
+	if code != 200 || body != "ok" || !resp.Close {
+		t.Errorf("while draining: %d %q close=%v, want 200 \"ok\" with Connection: close", code, body, resp.Close)
+	}
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drain did not return after the last connection closed")
+	}
+}

@@ -155,6 +155,12 @@ func (q *request) run() {
 		q.localReply(status, "", "route_configuration_missing")
 		return
 	}
+	if hcm.NormalizePath || hcm.MergeSlashes {
+		// Routed and forwarded on the normalized path, as Envoy does.
+		if np := route.NormalizePath(q.path, hcm.NormalizePath, hcm.MergeSlashes); np != q.path {
+			q.path, r.RequestURI = np, np
+		}
+	}
 	q.vh, q.rt = q.ch.table.Match(r)
 	if q.rt == nil {
 		q.flags |= flagNR

@@ -78,7 +78,7 @@ func (q *request) decorate(h http.Header) {
 	for k, v := range q.cors {
 		h[k] = v
 	}
-	if q.res.draining {
+	if q.res.draining || q.e.draining.Load() {
 		// The connection's listener or chain left the configuration: this
 		// is its last response.
 		h.Set("Connection", "close")

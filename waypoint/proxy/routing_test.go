@@ -620,3 +620,40 @@ func TestRequestTimeout(t *testing.T) {
 		t.Errorf("complete request: %d %q", code, body)
 	}
 }
+
+// With normalize_path and merge_slashes (istiod sets the first on every
+// waypoint chain) a request is routed and forwarded on its normalized
+// path: "/public/../admin" is an /admin request, never a /public one.
+func TestNormalizedPathRouting(t *testing.T) {
+	admin, public := mirrorBackend(t, "admin"), mirrorBackend(t, "public")
+	snap := httpSnapshot(oneRoute(
+		&model.Route{Name: "admin", Match: model.RouteMatch{Prefix: "/admin"}, Forward: &model.ForwardAction{Cluster: "admin"}},
+		&model.Route{Name: "public", Match: model.RouteMatch{Prefix: "/public"}, Forward: &model.ForwardAction{Cluster: "public"}},
+	), false, admin, public)
+	hcm := snap.Listeners[0].Chains["http"].HTTP
+	hcm.NormalizePath, hcm.MergeSlashes = true, true
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	addr := te.addr("main")
+	for _, c := range []struct{ path, backend, seen string }{
+		{"/public/../admin/x", "admin", "/admin/x"},
+		{"/public/%2e%2e/admin", "admin", "/admin"},
+		{"//public///x?y=1", "public", "/public/x?y=1"},
+		{"/%61dmin", "admin", "/admin"},
+	} {
+		conn, err := dialer(addr, clientAddr, serviceVIP)(t.Context(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.path)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		conn.Close()
+		if got := resp.Header.Get("X-Backend"); got != c.backend || resp.Header.Get("X-Seen-Uri") != c.seen {
+			t.Errorf("%s: reached %q with %q, want %q with %q", c.path, got, resp.Header.Get("X-Seen-Uri"), c.backend, c.seen)
+		}
+	}
+}

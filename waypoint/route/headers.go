@@ -17,8 +17,8 @@ type Ops struct {
 }
 
 type headerValue struct {
-	key, value       string
-	append, ifAbsent bool
+	key, value                  string
+	append, ifAbsent, ifPresent bool
 }
 
 func compileOps(m *model.HeaderOps) *Ops {
@@ -59,7 +59,7 @@ func compileValues(vs []model.HeaderValue) []headerValue {
 		if !mutable(v.Name) || v.Value == "" {
 			continue
 		}
-		out = append(out, headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent})
+		out = append(out, headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent, ifPresent: v.OnlyIfPresent})
 	}
 	return out
 }
@@ -98,6 +98,12 @@ func ApplyResponse(h http.Header, levels ...*Ops) {
 func apply(h http.Header, adds []headerValue) {
 	for _, a := range adds {
 		switch {
+		case a.ifPresent:
+			// OVERWRITE_IF_EXISTS: replace a header that is there, never
+			// add one.
+			if _, ok := h[a.key]; ok {
+				h[a.key] = []string{a.value}
+			}
 		case a.ifAbsent:
 			if _, ok := h[a.key]; !ok {
 				h[a.key] = []string{a.value}

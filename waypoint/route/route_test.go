@@ -253,3 +253,17 @@ func TestHeaderOpsOrder(t *testing.T) {
 		}
 	}
 }
+
+// OVERWRITE_IF_EXISTS replaces a header that is there and never adds one.
+func TestHeaderOnlyIfPresent(t *testing.T) {
+	o := compileOps(&model.HeaderOps{RequestAdd: []model.HeaderValue{
+		{Name: "x-there", Value: "new", OnlyIfPresent: true},
+		{Name: "x-absent", Value: "new", OnlyIfPresent: true},
+	}})
+	h := http.Header{"X-There": {"old", "older"}}
+	ApplyRequest(h, o)
+	want := http.Header{"X-There": {"new"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("got %v, want %v", h, want)
+	}
+}
