@@ -12,9 +12,11 @@ import _ "embed"
 //go:embed 10-kmesh-example.conflist
 var ExampleConflist []byte
 
-// DemoDaemonConfig is kmesh-demo.yaml: one service (10.96.0.10:80 -> 8080)
-// with three workloads and one authorization policy, in the --config-file
-// format (addresses: and authorizations: in protojson).
+// DemoDaemonConfig is kmesh-demo.yaml: echo (10.96.0.10:80 -> 8080, three
+// workloads, L4 only), web (10.96.0.20, two workloads, behind the waypoint
+// whose own bootstrap is waypoint-demo.yaml) and the waypoint's service and
+// pod, and one authorization policy, in the --config-file format
+// (addresses: and authorizations: in protojson).
 //
 //go:embed kmesh-demo.yaml
 var DemoDaemonConfig []byte

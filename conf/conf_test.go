@@ -19,6 +19,9 @@ import (
 	"github.com/kmesh-go/kmesh/install/cniconf"
 	"github.com/kmesh-go/kmesh/install/installer"
 	pluginconf "github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/waypoint/bootstrap"
+	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/translate"
 )
 
 // decodeDemo reads the demo file the strict way: unknown top-level keys and
@@ -70,41 +73,71 @@ func ip(t *testing.T, b []byte) string {
 
 func TestDemoDaemonConfig(t *testing.T) {
 	addrs, authz := decodeDemo(t)
-	var services []*workloadapi.Service
+	services := map[string]*workloadapi.Service{}
 	var workloads []*workloadapi.Workload
 	for _, a := range addrs {
 		if s := a.GetService(); s != nil {
-			services = append(services, s)
+			services[s.GetName()] = s
 		}
 		if w := a.GetWorkload(); w != nil {
 			workloads = append(workloads, w)
 		}
 	}
-	if len(services) != 1 || len(workloads) != 3 || len(authz) != 1 {
-		t.Fatalf("%d services, %d workloads, %d policies; want 1, 3, 1", len(services), len(workloads), len(authz))
+	if len(services) != 3 || len(workloads) != 6 || len(authz) != 1 {
+		t.Fatalf("%d services, %d workloads, %d policies; want 3, 6, 1", len(services), len(workloads), len(authz))
 	}
-	svc := services[0]
-	if len(svc.GetAddresses()) != 1 || ip(t, svc.GetAddresses()[0].GetAddress()) != "10.96.0.10" {
-		t.Errorf("service VIPs %v, want 10.96.0.10", svc.GetAddresses())
+	want := map[string]struct {
+		vip      string
+		port     uint32
+		backends []string // .11 .. .16, in file order
+	}{
+		"echo":     {"10.96.0.10", 80, []string{"10.244.0.11", "10.244.0.12", "10.244.0.13"}},
+		"waypoint": {"10.96.0.30", 15008, []string{"10.244.0.14"}},
+		"web":      {"10.96.0.20", 80, []string{"10.244.0.15", "10.244.0.16"}},
 	}
-	if p := svc.GetPorts(); len(p) != 1 || p[0].GetServicePort() != 80 || p[0].GetTargetPort() != 8080 {
-		t.Errorf("service ports %v, want 80 -> 8080", p)
-	}
-	key := svc.GetNamespace() + "/" + svc.GetHostname()
-	for i, w := range workloads {
-		if got, want := ip(t, w.GetAddresses()[0]), netip.AddrFrom4([4]byte{10, 244, 0, byte(11 + i)}).String(); got != want || len(w.GetAddresses()) != 1 {
-			t.Errorf("workload %s: addresses %v, want %s", w.GetName(), w.GetAddresses(), want)
+	byIP := map[string]*workloadapi.Workload{}
+	for _, w := range workloads {
+		if len(w.GetAddresses()) != 1 {
+			t.Errorf("workload %s: addresses %v, want one", w.GetName(), w.GetAddresses())
+			continue
 		}
+		byIP[ip(t, w.GetAddresses()[0])] = w
 		if w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY {
 			t.Errorf("workload %s is %v", w.GetName(), w.GetStatus())
-		}
-		ports := w.GetServices()[key].GetPorts()
-		if len(w.GetServices()) != 1 || len(ports) != 1 || ports[0].GetServicePort() != 80 || ports[0].GetTargetPort() != 8080 {
-			t.Errorf("workload %s: services %v, want %s 80 -> 8080", w.GetName(), w.GetServices(), key)
 		}
 		if !strings.HasSuffix(w.GetUid(), "/"+w.GetNamespace()+"/"+w.GetName()) {
 			t.Errorf("workload uid %q does not end in its namespace/name", w.GetUid())
 		}
+	}
+	for name, wt := range want {
+		svc := services[name]
+		if svc == nil {
+			t.Errorf("no service %s", name)
+			continue
+		}
+		if len(svc.GetAddresses()) != 1 || ip(t, svc.GetAddresses()[0].GetAddress()) != wt.vip {
+			t.Errorf("%s: VIPs %v, want %s", name, svc.GetAddresses(), wt.vip)
+		}
+		key := svc.GetNamespace() + "/" + svc.GetHostname()
+		for _, b := range wt.backends {
+			w := byIP[b]
+			if w == nil {
+				t.Errorf("%s: no workload at %s", name, b)
+				continue
+			}
+			ports := w.GetServices()[key].GetPorts()
+			if len(w.GetServices()) != 1 || len(ports) == 0 || ports[0].GetServicePort() != wt.port {
+				t.Errorf("workload %s: services %v, want %s port %d", w.GetName(), w.GetServices(), key, wt.port)
+			}
+		}
+	}
+	// web names its waypoint by hostname; the others have none.
+	wp := services["web"].GetWaypoint().GetHostname()
+	if wp.GetNamespace() != "demo" || wp.GetHostname() != services["waypoint"].GetHostname() {
+		t.Errorf("web's waypoint %v, want demo/%s", services["web"].GetWaypoint(), services["waypoint"].GetHostname())
+	}
+	if services["echo"].GetWaypoint() != nil || services["waypoint"].GetWaypoint() != nil {
+		t.Error("only web has a waypoint")
 	}
 	if a := authz[0]; a.GetAction() != security.Action_DENY || a.GetScope() != security.Scope_NAMESPACE {
 		t.Errorf("policy %v", a)
@@ -120,8 +153,8 @@ func TestDemoDaemonConfigLoadsInTheDaemon(t *testing.T) {
 	for name, err := range rejected {
 		t.Errorf("the daemon rejects %s: %v", name, err)
 	}
-	if len(res) != 5 {
-		t.Errorf("the daemon reads %d resources, want 5", len(res))
+	if len(res) != 10 {
+		t.Errorf("the daemon reads %d resources, want 10", len(res))
 	}
 }
 
@@ -191,5 +224,55 @@ func TestExampleConflist(t *testing.T) {
 	}
 	if got, err := cniconf.Upsert(bare, want); err != nil || !bytes.Equal(got, conf.ExampleConflist) {
 		t.Errorf("kmesh-install would write (err %v):\n%s", err, got)
+	}
+}
+
+// The demo waypoint (waypoint-demo.yaml) serves the demo mesh: a chain for
+// each port of web's VIP, and every endpoint it routes to is a pod that
+// backs web in kmesh-demo.yaml, on a port web maps to.
+func TestDemoWaypointServesTheDemoMesh(t *testing.T) {
+	addrs, _ := decodeDemo(t)
+	var web *workloadapi.Service
+	for _, a := range addrs {
+		if s := a.GetService(); s.GetName() == "web" {
+			web = s
+		}
+	}
+	if web == nil {
+		t.Fatal("no web service in kmesh-demo.yaml")
+	}
+	vip, _ := netip.AddrFromSlice(web.GetAddresses()[0].GetAddress())
+	backends := map[netip.AddrPort]bool{}
+	key := web.GetNamespace() + "/" + web.GetHostname()
+	for _, a := range addrs {
+		w := a.GetWorkload()
+		if w == nil || w.GetServices()[key] == nil {
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(w.GetAddresses()[0])
+		for _, p := range w.GetServices()[key].GetPorts() {
+			backends[netip.AddrPortFrom(ip, uint16(p.GetTargetPort()))] = true
+		}
+	}
+
+	snap, err := bootstrap.Load("waypoint-demo.yaml", translate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := snap.Listeners[0]
+	for _, p := range web.GetPorts() {
+		dst := netip.AddrPortFrom(vip, uint16(p.GetServicePort()))
+		if l.Select.Select(model.ConnInfo{Destination: dst}) == "" {
+			t.Errorf("no waypoint chain for %s", dst)
+		}
+	}
+	for name, c := range snap.Clusters {
+		for _, prio := range c.Endpoints {
+			for _, e := range prio {
+				if !backends[e.Address] {
+					t.Errorf("cluster %s: endpoint %s is not a web pod's port in kmesh-demo.yaml", name, e.Address)
+				}
+			}
+		}
 	}
 }

@@ -35,10 +35,10 @@ func TestWaypointViews(t *testing.T) {
 	defer srv.Close()
 
 	for view, want := range map[string][]string{
-		"listeners": {"LISTENER waypoint", "0.0.0.0:15019", "PROXY protocol", "web-http", "http", "routes web", "db-tcp", "to db", "10.96.0.10/32", "80"},
-		"routes":    {"web", "prefix /slow", "web-v1", "delay 1s 50%", "web-v1 90, web-v2 10", "2x on 5xx,connect-failure,refused-stream per try 1s", "5s"},
-		"clusters":  {"web-v1", "static", "round_robin", "2/2 healthy", "2s", "db"},
-		"endpoints": {"web-v1", "10.244.0.11:8080", "10.244.0.13:8080", "10.244.0.21:5432", "true"},
+		"listeners": {"LISTENER waypoint", "0.0.0.0:15019", "PROXY protocol", "web-http", "http", "routes web", "web-tcp", "to web-tcp", "10.96.0.20/32", "80", "9000"},
+		"routes":    {"web", "prefix /slow", "web-v1", "delay 1s 50%", "web-v1 90, web-v2 10", "2x on 5xx,connect-failure,refused-stream per try 1s", "5s", "prefix /flaky", "web-all"},
+		"clusters":  {"web-v1", "static", "round_robin", "2/2 healthy", "2s", "web-tcp"},
+		"endpoints": {"web-v1", "10.244.0.15:8080", "10.244.0.16:8080", "10.244.0.15:9000", "true"},
 	} {
 		var out bytes.Buffer
 		if err := (client{base: srv.URL}).waypoint(view, &out); err != nil {
@@ -57,7 +57,7 @@ func TestWaypointViews(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cs []model.ClusterDump
-	if err := json.Unmarshal(out.Bytes(), &cs); err != nil || len(cs) != 3 || cs[0].Name != "db" {
+	if err := json.Unmarshal(out.Bytes(), &cs); err != nil || len(cs) != 4 || cs[0].Name != "web-all" {
 		t.Fatalf("clusters JSON %s: %v", out.String(), err)
 	}
 	if err := (client{base: srv.URL}).waypoint("bogus", &out); err == nil {

@@ -29,16 +29,16 @@ func TestDemoFile(t *testing.T) {
 	pick := func(dst string) string {
 		return l.Select.Select(model.ConnInfo{Destination: netip.MustParseAddrPort(dst), Source: netip.MustParseAddrPort("10.244.0.5:40000")})
 	}
-	if got := pick("10.96.0.10:80"); got != "web-http" {
+	if got := pick("10.96.0.20:80"); got != "web-http" {
 		t.Fatalf("web: %q", got)
 	}
-	if got := pick("10.96.0.20:5432"); got != "db-tcp" {
-		t.Fatalf("db: %q", got)
+	if got := pick("10.96.0.20:9000"); got != "web-tcp" {
+		t.Fatalf("web's TCP port: %q", got)
 	}
-	if got := pick("10.96.0.20:80"); got != "" {
-		t.Fatalf("no chain for db:80, got %q", got)
+	if got := pick("10.96.0.10:80"); got != "" {
+		t.Fatalf("no chain for another VIP, got %q", got)
 	}
-	if l.Select.NeedsProtocol(netip.MustParseAddrPort("10.96.0.10:80")) {
+	if l.Select.NeedsProtocol(netip.MustParseAddrPort("10.96.0.20:80")) {
 		t.Fatal("no chain here depends on the protocol")
 	}
 
@@ -47,7 +47,13 @@ func TestDemoFile(t *testing.T) {
 		t.Fatalf("web HCM %+v", web)
 	}
 	routes := web.Routes.VirtualHosts[0].Routes
-	slow, split := routes[0], routes[1]
+	slow, flaky, split := routes[0], routes[1], routes[2]
+	if fr := flaky.Forward.Retry; flaky.Forward.Cluster != "web-all" || fr == nil || fr.NumRetries != 2 || !fr.On["5xx"] || !fr.PreviousHosts || fr.HostSelectionAttempts != 3 {
+		t.Fatalf("flaky %+v retry %+v", flaky.Forward, fr)
+	}
+	if !web.NormalizePath {
+		t.Fatal("normalize_path not read")
+	}
 	if slow.PerFilter.Fault == nil || slow.PerFilter.Fault.Delay != time.Second || slow.PerFilter.Fault.DelayPercent != 50 {
 		t.Fatalf("slow fault %+v", slow.PerFilter.Fault)
 	}
@@ -56,7 +62,7 @@ func TestDemoFile(t *testing.T) {
 		t.Fatalf("split %+v", w)
 	}
 	r := split.Forward.Retry
-	if r == nil || r.NumRetries != 2 || !r.On["5xx"] || !r.On["connect-failure"] || r.PerTryTimeout != time.Second || !r.PreviousHosts || r.HostSelectionAttempts != 3 {
+	if r == nil || r.NumRetries != 2 || !r.On["5xx"] || !r.On["connect-failure"] || r.PerTryTimeout != time.Second {
 		t.Fatalf("retry %+v", r)
 	}
 	if split.Forward.Timeout != 5*time.Second {
@@ -66,16 +72,16 @@ func TestDemoFile(t *testing.T) {
 	if len(h) != 1 || h[0] != (model.HeaderValue{Name: "x-kmesh-waypoint", Value: "demo"}) || split.Headers.ResponseRemove[0] != "x-internal-debug" {
 		t.Fatalf("header ops %+v", split.Headers)
 	}
-	db := l.Chains["db-tcp"].TCP
-	if db == nil || db.Cluster != "db" || db.IdleTimeout != 10*time.Minute {
-		t.Fatalf("db %+v", db)
+	tcp := l.Chains["web-tcp"].TCP
+	if tcp == nil || tcp.Cluster != "web-tcp" || tcp.IdleTimeout != 10*time.Minute {
+		t.Fatalf("web-tcp %+v", tcp)
 	}
-	c := snap.Clusters["web-v1"]
-	if c.Kind != "static" || len(c.Endpoints[0]) != 2 || c.ConnectTimeout != 2*time.Second || c.Endpoints[0][1].Address != netip.MustParseAddrPort("10.244.0.12:8080") {
-		t.Fatalf("web-v1 %+v", c)
+	c := snap.Clusters["web-all"]
+	if c.Kind != "static" || len(c.Endpoints[0]) != 2 || c.ConnectTimeout != 2*time.Second || c.Endpoints[0][1].Address != netip.MustParseAddrPort("10.244.0.16:8080") {
+		t.Fatalf("web-all %+v", c)
 	}
-	if snap.Clusters["db"].MaxConnections != 100 {
-		t.Fatalf("db limits %+v", snap.Clusters["db"])
+	if snap.Clusters["web-tcp"].MaxConnections != 100 {
+		t.Fatalf("web-tcp limits %+v", snap.Clusters["web-tcp"])
 	}
 	if len(snap.Unsupported) != 0 {
 		t.Fatalf("unsupported %+v", snap.Unsupported)
@@ -180,7 +186,7 @@ func TestWatch(t *testing.T) {
 	if second.Version == first.Version {
 		t.Fatal("same version after a change")
 	}
-	w := second.Listeners[0].Chains["web-http"].HTTP.Routes.VirtualHosts[0].Routes[1].Forward.Weighted
+	w := second.Listeners[0].Chains["web-http"].HTTP.Routes.VirtualHosts[0].Routes[2].Forward.Weighted
 	if w.Clusters[0].Weight != 50 || w.Clusters[1].Weight != 50 {
 		t.Fatalf("weights %+v", w.Clusters)
 	}
