@@ -32,6 +32,8 @@ var referencePlugins = []string{
 // Bins are the programs a box runs.
 type Bins struct {
 	Daemon, CNI, Kmeshctl string
+	// Waypoint is kmesh-waypoint, the L7 proxy a waypoint pod runs.
+	Waypoint string
 	// CNIPath is CNI_PATH: the reference plugins' folder, then kmesh-cni's.
 	CNIPath []string
 	// Fortio is empty unless BuildOptions.Fortio asked for it.
@@ -42,7 +44,8 @@ type Bins struct {
 type BuildOptions struct {
 	// Root is the repository root. Default: found from this source file.
 	Root string
-	// Out receives kmesh-daemon, kmesh-cni and kmeshctl. Default: Root/bin.
+	// Out receives kmesh-daemon, kmesh-cni, kmeshctl and kmesh-waypoint.
+	// Default: Root/bin.
 	Out string
 	// Fortio also installs fortio (cached under Root/bin/fortio/<version>).
 	Fortio bool
@@ -73,9 +76,11 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 		Daemon:   filepath.Join(o.Out, "kmesh-daemon"),
 		CNI:      filepath.Join(o.Out, "kmesh-cni"),
 		Kmeshctl: filepath.Join(o.Out, "kmeshctl"),
+		Waypoint: filepath.Join(o.Out, "kmesh-waypoint"),
 	}
 	for _, x := range []struct{ out, pkg string }{
 		{b.Daemon, "./daemon"}, {b.CNI, "./plugins/kmesh-cni"}, {b.Kmeshctl, "./kmeshctl"},
+		{b.Waypoint, "./waypoint/kmesh-waypoint"},
 		// kmesh-cni's API client, found beside it.
 		{filepath.Join(o.Out, "kmesh-cni-kube"), "./plugins/kmesh-cni-kube"},
 	} {

@@ -92,13 +92,19 @@ func (b *Box) AdminJSON(ctx context.Context, path string, v any) error {
 // Kmeshctl runs kmeshctl against the box's daemon (from inside the node
 // namespace, where the admin API listens) and returns its output.
 func (b *Box) Kmeshctl(ctx context.Context, args ...string) ([]byte, error) {
+	return b.KmeshctlAt(ctx, b.AdminAddr, args...)
+}
+
+// KmeshctlAt runs kmeshctl in the node against another admin address (a
+// waypoint pod's, for `kmeshctl waypoint ...`).
+func (b *Box) KmeshctlAt(ctx context.Context, admin string, args ...string) ([]byte, error) {
 	if b.cfg.Bins.Kmeshctl == "" {
 		return nil, fmt.Errorf("kmeshctl was not built")
 	}
 	var out []byte
 	var runErr error
 	err := b.InNode(func() error {
-		cmd := exec.CommandContext(ctx, b.cfg.Bins.Kmeshctl, append([]string{"-admin", b.AdminAddr}, args...)...)
+		cmd := exec.CommandContext(ctx, b.cfg.Bins.Kmeshctl, append([]string{"-admin", admin}, args...)...)
 		out, runErr = cmd.CombinedOutput()
 		return nil
 	})
