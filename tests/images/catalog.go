@@ -90,6 +90,28 @@ type BuildOptions struct {
 	Logf func(format string, args ...any)
 }
 
+// fill sets the defaults and makes Out absolute: the go commands run in
+// other folders (the root, the tests module), so a relative Out (make
+// images passes ../bin/images/bin from tests/) would land beside the
+// repository instead.
+func (o *BuildOptions) fill() error {
+	if o.Root == "" {
+		o.Root = RepoRoot()
+	}
+	if o.Out == "" {
+		o.Out = filepath.Join(o.Root, "bin", "images", "bin")
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	out, err := filepath.Abs(o.Out)
+	if err != nil {
+		return err
+	}
+	o.Out = out
+	return nil
+}
+
 // RepoRoot is the repository root, found from this source file.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -101,14 +123,8 @@ func RepoRoot() string {
 // Static (no cgo), -trimpath and no VCS stamp, so the bytes depend on the
 // sources only; one go command at a time (the machines have two cores).
 func BuildBinaries(ctx context.Context, o BuildOptions) (Binaries, error) {
-	if o.Root == "" {
-		o.Root = RepoRoot()
-	}
-	if o.Out == "" {
-		o.Out = filepath.Join(o.Root, "bin", "images", "bin")
-	}
-	if o.Logf == nil {
-		o.Logf = func(string, ...any) {}
+	if err := o.fill(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err

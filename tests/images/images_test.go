@@ -126,3 +126,23 @@ func TestFileName(t *testing.T) {
 		}
 	}
 }
+
+// A relative output folder is taken from the caller's folder, not from the
+// folders the go commands run in.
+func TestBuildOptionsOutIsAbsolute(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := BuildOptions{Root: "/repo", Out: "../bin/images/bin"}
+	if err := o.fill(); err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(filepath.Dir(wd), "bin", "images", "bin"); o.Out != want {
+		t.Fatalf("Out = %q, want %q", o.Out, want)
+	}
+	o = BuildOptions{Root: "/repo"}
+	if err := o.fill(); err != nil || o.Out != "/repo/bin/images/bin" {
+		t.Fatalf("default Out = %q (%v)", o.Out, err)
+	}
+}

@@ -22,6 +22,10 @@ func main() {
 	out := flag.String("out", filepath.Join(root, "bin", "images"), "folder for the tarballs (binaries go to its bin/)")
 	workloads := flag.Bool("workloads", true, "also build the test workload images (fortio, pause)")
 	flag.Parse()
+	// make images runs this from tests/ with a relative -out.
+	if abs, err := filepath.Abs(*out); err == nil {
+		*out = abs
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
