@@ -12,10 +12,11 @@ import (
 
 // Names of the images, as install/kubernetes and the tests' pods name them.
 const (
-	DaemonRef  = "kmesh-go/kmesh-daemon:latest"
-	InstallRef = "kmesh-go/kmesh-install:latest"
-	FortioRef  = "kmesh-go/fortio:" + FortioVersion
-	PauseRef   = "kmesh-go/pause:1"
+	DaemonRef   = "kmesh-go/kmesh-daemon:latest"
+	InstallRef  = "kmesh-go/kmesh-install:latest"
+	WaypointRef = "kmesh-go/kmesh-waypoint:latest"
+	FortioRef   = "kmesh-go/fortio:" + FortioVersion
+	PauseRef    = "kmesh-go/pause:1"
 )
 
 // FortioVersion is the newest fortio the module proxy serves whole (later
@@ -26,9 +27,10 @@ const FortioVersion = "1.66.5"
 type Binaries map[string]string
 
 // Product is the product's images: the daemon (with kmeshctl, for
-// `kubectl exec ... kmeshctl`) and the installer (with the CNI plugin and
-// its API client, which it copies onto the node). A waypoint image is one
-// more Spec here, built from the binaries ProductPrograms lists.
+// `kubectl exec ... kmeshctl`), the installer (with the CNI plugin and
+// its API client, which it copies onto the node) and the waypoint (with
+// kmeshctl, for `kubectl exec deploy/waypoint -- kmeshctl waypoint routes`,
+// which reads the waypoint's admin on the pod's loopback).
 func Product(b Binaries) []Spec {
 	return []Spec{
 		{
@@ -48,6 +50,14 @@ func Product(b Binaries) []Spec {
 				{Path: "/opt/kmesh/bin/kmesh-cni-kube", Source: b["kmesh-cni-kube"]},
 			},
 			Entrypoint: []string{"kmesh-install"},
+		},
+		{
+			Ref: WaypointRef,
+			Files: []File{
+				{Path: "/usr/local/bin/kmesh-waypoint", Source: b["kmesh-waypoint"]},
+				{Path: "/usr/local/bin/kmeshctl", Source: b["kmeshctl"]},
+			},
+			Entrypoint: []string{"kmesh-waypoint"},
 		},
 	}
 }
@@ -78,6 +88,7 @@ var ProductPrograms = map[string]string{
 	"kmesh-install":  "./install/kmesh-install",
 	"kmesh-cni":      "./plugins/kmesh-cni",
 	"kmesh-cni-kube": "./plugins/kmesh-cni-kube",
+	"kmesh-waypoint": "./waypoint/kmesh-waypoint",
 }
 
 // BuildOptions says where the sources are and where binaries go.

@@ -146,3 +146,41 @@ func TestBuildOptionsOutIsAbsolute(t *testing.T) {
 		t.Fatalf("default Out = %q (%v)", o.Out, err)
 	}
 }
+
+// Every program the build makes goes into a product image, each image's
+// entrypoint is one of its own files, and the waypoint has its image.
+func TestProductImages(t *testing.T) {
+	b := Binaries{}
+	for name := range ProductPrograms {
+		b[name] = "/bin/" + name
+	}
+	used := map[string]bool{}
+	refs := map[string]bool{}
+	for _, s := range Product(b) {
+		if refs[s.Ref] {
+			t.Errorf("image %s listed twice", s.Ref)
+		}
+		refs[s.Ref] = true
+		files := map[string]bool{}
+		for _, f := range s.Files {
+			if f.Source == "" {
+				t.Errorf("%s: %s has no built program behind it", s.Ref, f.Path)
+			}
+			used[filepath.Base(f.Source)] = true
+			files[f.Path] = true
+		}
+		if len(s.Entrypoint) == 0 || !files[filepath.Join("/usr/local/bin", s.Entrypoint[0])] {
+			t.Errorf("%s: entrypoint %q is not a program in /usr/local/bin of the image", s.Ref, s.Entrypoint)
+		}
+	}
+	for name := range ProductPrograms {
+		if !used[name] {
+			t.Errorf("%s is built but in no image", name)
+		}
+	}
+	for _, ref := range []string{DaemonRef, InstallRef, WaypointRef} {
+		if !refs[ref] {
+			t.Errorf("no image %s", ref)
+		}
+	}
+}

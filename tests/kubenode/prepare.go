@@ -17,9 +17,9 @@ import (
 var referencePlugins = []string{"plugins/main/bridge", "plugins/ipam/host-local", "plugins/main/loopback"}
 
 // Prepare builds what a node runs from this working tree: the images
-// (kmesh-daemon, kmesh-install, fortio, pause) into Root/bin/images, and
-// the CNI reference plugins (cached under Root/bin/cni-plugins, shared with
-// nodebox). It returns a Config with Images and CNIPluginsDir set.
+// (kmesh-daemon, kmesh-install, kmesh-waypoint, fortio, pause) into
+// Root/bin/images, and the CNI reference plugins (cached under
+// Root/bin/cni-plugins, shared with nodebox). It returns a Config with Images and CNIPluginsDir set.
 func Prepare(ctx context.Context, logf func(string, ...any)) (Config, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}

@@ -1,7 +1,7 @@
-// mkimages builds the project's images (kmesh-daemon, kmesh-install) and the
-// tests' workload images (fortio, pause) from static binaries, reproducibly,
-// as docker-archive tarballs a node imports with
-// `ctr -n k8s.io images import FILE`. `make images` runs it.
+// mkimages builds the project's images (kmesh-daemon, kmesh-install,
+// kmesh-waypoint) and the tests' workload images (fortio, pause) from
+// static binaries, reproducibly, as docker-archive tarballs a node imports
+// with `ctr -n k8s.io images import FILE`. `make images` runs it.
 package main
 
 import (
