@@ -4,12 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	kmeshk8s "github.com/kmesh-go/kmesh/install/kubernetes"
 )
 
 func spec(t *testing.T, dir string) Spec {
@@ -184,3 +188,38 @@ func TestProductImages(t *testing.T) {
 		}
 	}
 }
+
+// Every image the manifests under install/kubernetes run is one make
+// images builds, under the same name.
+func TestManifestsRunBuiltImages(t *testing.T) {
+	built := map[string]bool{}
+	for _, s := range Product(Binaries{}) {
+		built[s.Ref] = true
+	}
+	docs := []string{kmeshk8s.Waypoint}
+	files, err := fs.Glob(kmeshk8s.Manifests, "*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		b, err := fs.ReadFile(kmeshk8s.Manifests, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(b))
+	}
+	seen := 0
+	for _, d := range docs {
+		for _, m := range imageLine.FindAllStringSubmatch(d, -1) {
+			seen++
+			if !built[m[1]] {
+				t.Errorf("a manifest runs image %s, which make images does not build", m[1])
+			}
+		}
+	}
+	if seen < 3 {
+		t.Fatalf("found %d images in the manifests, want the daemon's, the installer's and the waypoint's", seen)
+	}
+}
+
+var imageLine = regexp.MustCompile(`(?m)^\s*image:\s*(\S+)\s*$`)
