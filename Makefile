@@ -15,10 +15,10 @@ deps:
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./...
 
-# The images (kmesh-daemon, kmesh-install; the tests' fortio and pause) as
-# docker-archive tarballs in bin/images, built from static binaries with
-# go-containerregistry: no Docker, no registry, the same digest for the same
-# sources. Load one on a node with `ctr -n k8s.io images import FILE`.
+# The images (kmesh-daemon, kmesh-install, kmesh-waypoint; the tests' fortio
+# and pause) as docker-archive tarballs in bin/images, built from static
+# binaries with go-containerregistry: no Docker, no registry, the same
+# digest for the same sources. Load one on a node with `ctr -n k8s.io images import FILE`.
 images:
 	cd tests && CGO_ENABLED=0 $(GO) run ./mkimages -out ../$(BIN)/images
 

@@ -333,7 +333,7 @@ var hostPathTypes = map[corev1.HostPathType]bool{
 
 // checkVolumes: names are unique, every mount names a volume, every volume is
 // mounted, and the enum values the decoder cannot check are valid.
-func checkVolumes(t *testing.T, spec *corev1.PodSpec) {
+func checkVolumes(t testing.TB, spec *corev1.PodSpec) {
 	t.Helper()
 	volumes := map[string]bool{}
 	for _, v := range spec.Volumes {
@@ -436,7 +436,7 @@ func fromField(c *corev1.Container, name, field string) bool {
 }
 
 // parseArgs reads --flag=value and --flag value arguments.
-func parseArgs(t *testing.T, args []string) map[string]string {
+func parseArgs(t testing.TB, args []string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for i := 0; i < len(args); i++ {

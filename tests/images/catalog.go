@@ -12,10 +12,11 @@ import (
 
 // Names of the images, as install/kubernetes and the tests' pods name them.
 const (
-	DaemonRef  = "kmesh-go/kmesh-daemon:latest"
-	InstallRef = "kmesh-go/kmesh-install:latest"
-	FortioRef  = "kmesh-go/fortio:" + FortioVersion
-	PauseRef   = "kmesh-go/pause:1"
+	DaemonRef   = "kmesh-go/kmesh-daemon:latest"
+	InstallRef  = "kmesh-go/kmesh-install:latest"
+	WaypointRef = "kmesh-go/kmesh-waypoint:latest"
+	FortioRef   = "kmesh-go/fortio:" + FortioVersion
+	PauseRef    = "kmesh-go/pause:1"
 )
 
 // FortioVersion is the newest fortio the module proxy serves whole (later
@@ -26,9 +27,10 @@ const FortioVersion = "1.66.5"
 type Binaries map[string]string
 
 // Product is the product's images: the daemon (with kmeshctl, for
-// `kubectl exec ... kmeshctl`) and the installer (with the CNI plugin and
-// its API client, which it copies onto the node). A waypoint image is one
-// more Spec here, built from the binaries ProductPrograms lists.
+// `kubectl exec ... kmeshctl`), the installer (with the CNI plugin and
+// its API client, which it copies onto the node) and the waypoint (with
+// kmeshctl, for `kubectl exec deploy/waypoint -- kmeshctl waypoint routes`,
+// which reads the waypoint's admin on the pod's loopback).
 func Product(b Binaries) []Spec {
 	return []Spec{
 		{
@@ -48,6 +50,14 @@ func Product(b Binaries) []Spec {
 				{Path: "/opt/kmesh/bin/kmesh-cni-kube", Source: b["kmesh-cni-kube"]},
 			},
 			Entrypoint: []string{"kmesh-install"},
+		},
+		{
+			Ref: WaypointRef,
+			Files: []File{
+				{Path: "/usr/local/bin/kmesh-waypoint", Source: b["kmesh-waypoint"]},
+				{Path: "/usr/local/bin/kmeshctl", Source: b["kmeshctl"]},
+			},
+			Entrypoint: []string{"kmesh-waypoint"},
 		},
 	}
 }
@@ -78,6 +88,7 @@ var ProductPrograms = map[string]string{
 	"kmesh-install":  "./install/kmesh-install",
 	"kmesh-cni":      "./plugins/kmesh-cni",
 	"kmesh-cni-kube": "./plugins/kmesh-cni-kube",
+	"kmesh-waypoint": "./waypoint/kmesh-waypoint",
 }
 
 // BuildOptions says where the sources are and where binaries go.
@@ -88,6 +99,28 @@ type BuildOptions struct {
 	Out string
 	// Logf reports each step; nil is quiet.
 	Logf func(format string, args ...any)
+}
+
+// fill sets the defaults and makes Out absolute: the go commands run in
+// other folders (the root, the tests module), so a relative Out (make
+// images passes ../bin/images/bin from tests/) would land beside the
+// repository instead.
+func (o *BuildOptions) fill() error {
+	if o.Root == "" {
+		o.Root = RepoRoot()
+	}
+	if o.Out == "" {
+		o.Out = filepath.Join(o.Root, "bin", "images", "bin")
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	out, err := filepath.Abs(o.Out)
+	if err != nil {
+		return err
+	}
+	o.Out = out
+	return nil
 }
 
 // RepoRoot is the repository root, found from this source file.
@@ -101,14 +134,8 @@ func RepoRoot() string {
 // Static (no cgo), -trimpath and no VCS stamp, so the bytes depend on the
 // sources only; one go command at a time (the machines have two cores).
 func BuildBinaries(ctx context.Context, o BuildOptions) (Binaries, error) {
-	if o.Root == "" {
-		o.Root = RepoRoot()
-	}
-	if o.Out == "" {
-		o.Out = filepath.Join(o.Root, "bin", "images", "bin")
-	}
-	if o.Logf == nil {
-		o.Logf = func(string, ...any) {}
+	if err := o.fill(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(o.Out, 0o755); err != nil {
 		return nil, err

@@ -4,12 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	kmeshk8s "github.com/kmesh-go/kmesh/install/kubernetes"
 )
 
 func spec(t *testing.T, dir string) Spec {
@@ -126,3 +130,96 @@ func TestFileName(t *testing.T) {
 		}
 	}
 }
+
+// A relative output folder is taken from the caller's folder, not from the
+// folders the go commands run in.
+func TestBuildOptionsOutIsAbsolute(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := BuildOptions{Root: "/repo", Out: "../bin/images/bin"}
+	if err := o.fill(); err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(filepath.Dir(wd), "bin", "images", "bin"); o.Out != want {
+		t.Fatalf("Out = %q, want %q", o.Out, want)
+	}
+	o = BuildOptions{Root: "/repo"}
+	if err := o.fill(); err != nil || o.Out != "/repo/bin/images/bin" {
+		t.Fatalf("default Out = %q (%v)", o.Out, err)
+	}
+}
+
+// Every program the build makes goes into a product image, each image's
+// entrypoint is one of its own files, and the waypoint has its image.
+func TestProductImages(t *testing.T) {
+	b := Binaries{}
+	for name := range ProductPrograms {
+		b[name] = "/bin/" + name
+	}
+	used := map[string]bool{}
+	refs := map[string]bool{}
+	for _, s := range Product(b) {
+		if refs[s.Ref] {
+			t.Errorf("image %s listed twice", s.Ref)
+		}
+		refs[s.Ref] = true
+		files := map[string]bool{}
+		for _, f := range s.Files {
+			if f.Source == "" {
+				t.Errorf("%s: %s has no built program behind it", s.Ref, f.Path)
+			}
+			used[filepath.Base(f.Source)] = true
+			files[f.Path] = true
+		}
+		if len(s.Entrypoint) == 0 || !files[filepath.Join("/usr/local/bin", s.Entrypoint[0])] {
+			t.Errorf("%s: entrypoint %q is not a program in /usr/local/bin of the image", s.Ref, s.Entrypoint)
+		}
+	}
+	for name := range ProductPrograms {
+		if !used[name] {
+			t.Errorf("%s is built but in no image", name)
+		}
+	}
+	for _, ref := range []string{DaemonRef, InstallRef, WaypointRef} {
+		if !refs[ref] {
+			t.Errorf("no image %s", ref)
+		}
+	}
+}
+
+// Every image the manifests under install/kubernetes run is one make
+// images builds, under the same name.
+func TestManifestsRunBuiltImages(t *testing.T) {
+	built := map[string]bool{}
+	for _, s := range Product(Binaries{}) {
+		built[s.Ref] = true
+	}
+	docs := []string{kmeshk8s.Waypoint}
+	files, err := fs.Glob(kmeshk8s.Manifests, "*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		b, err := fs.ReadFile(kmeshk8s.Manifests, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(b))
+	}
+	seen := 0
+	for _, d := range docs {
+		for _, m := range imageLine.FindAllStringSubmatch(d, -1) {
+			seen++
+			if !built[m[1]] {
+				t.Errorf("a manifest runs image %s, which make images does not build", m[1])
+			}
+		}
+	}
+	if seen < 3 {
+		t.Fatalf("found %d images in the manifests, want the daemon's, the installer's and the waypoint's", seen)
+	}
+}
+
+var imageLine = regexp.MustCompile(`(?m)^\s*image:\s*(\S+)\s*$`)

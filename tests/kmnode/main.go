@@ -10,6 +10,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/kmesh-go/kmesh/tests/kubenode"
@@ -46,6 +47,16 @@ func run(ctx context.Context, withKmesh bool) error {
 			return err
 		}
 	}
+	// The waypoint of install/kubernetes/waypoint with istiod's address on
+	// this node, for kubectl apply -n.
+	waypoint := filepath.Join(n.Dir, "waypoint.yaml")
+	m, err := n.WaypointManifest()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(waypoint, []byte(m), 0o644); err != nil {
+		return err
+	}
 	kubectl := n.KubectlPath()
 	fmt.Printf(`
 The node %s (%s) is Ready%s. In another shell, as root:
@@ -55,13 +66,17 @@ The node %s (%s) is Ready%s. In another shell, as root:
   k get pods -A -o wide
   k create namespace demo && k label namespace demo istio.io/dataplane-mode=kmesh
   k -n demo create deployment echo --image=%s --port=8080
+  k -n demo expose deployment echo --port=80 --target-port=8080
+  # L7: a waypoint (install/kubernetes/waypoint, istiod's address adapted), echo opted in
+  k apply -n demo -f %s
+  k -n demo label service echo istio.io/use-waypoint=waypoint
   # a shell on the node: its /etc/cni/net.d, /opt/cni/bin, ctr -n k8s.io, bpftool
   nsenter --mount=%s --net=%s -- sh
 
 Logs: %s
 ^C removes everything.
 `, n.Name, n.IP, map[bool]string{true: " with kmesh installed", false: ""}[withKmesh],
-		n.NetNSPath, kubectl, n.CP.Kubeconfig, kubenode.FortioImage, n.MountNSPath(), n.NetNSPath, n.Dir)
+		n.NetNSPath, kubectl, n.CP.Kubeconfig, kubenode.FortioImage, waypoint, n.MountNSPath(), n.NetNSPath, n.Dir)
 	<-ctx.Done()
 	return nil
 }

@@ -57,6 +57,9 @@ type Config struct {
 	CNIPluginsDir string
 	// PodSubnet is the node's pod network (default 10.244.0.0/23).
 	PodSubnet netip.Prefix
+	// ExtraCRDFiles are CRD manifests applied with Istio's before istiod
+	// starts (Prepare: the Gateway API's, for waypoints).
+	ExtraCRDFiles []string
 	// Logf reports progress; nil is quiet.
 	Logf func(format string, args ...any)
 }
@@ -107,6 +110,9 @@ const (
 	apiServerVIP = "10.96.0.1"
 	// pauseImage is containerd's sandbox image.
 	pauseImage = images.PauseRef
+	// istiodPort is istiod's xDS port (TLS, tokens); pods reach it at the
+	// node's IP (IstiodForPods).
+	istiodPort = "15012"
 )
 
 // Start brings a node up: control plane, containerd, kubelet, until the
@@ -181,7 +187,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	// The control plane, on the node's loopback.
 	cfg.Logf("node %s: control plane", n.base)
 	cp, err := controlplane.Start(ctx, controlplane.Options{
-		Dir: n.path("controlplane"), NetNS: n.NetNS, BinDir: cfg.BinDir, Nodes: true,
+		Dir: n.path("controlplane"), NetNS: n.NetNS, BinDir: cfg.BinDir, Nodes: true, ExtraCRDFiles: cfg.ExtraCRDFiles,
 	})
 	if err != nil {
 		return nil, err
@@ -236,7 +242,11 @@ func (n *Node) onClose(fn func() error) {
 // kernel has no dummy device), a route for the
 // Service range, and the one rule of kube-proxy's this node needs: the
 // "kubernetes" Service to the apiserver on loopback, for in-cluster clients
-// with hostNetwork.
+// with hostNetwork. Pods (a waypoint) reach istiod's xDS port, which
+// listens on loopback too, at the node's IP: a DNAT to loopback for
+// connections that come in from the pods' bridge (route_localnet lets
+// them be routed to 127/8; the kubelet's KUBE-FIREWALL lets DNATed ones
+// through).
 func (n *Node) makeNetNS() error {
 	n.NetNS = n.base
 	n.NetNSPath = filepath.Join("/run/netns", n.NetNS)
@@ -254,6 +264,9 @@ func (n *Node) makeNetNS() error {
 		{"ip", "route", "add", controlplane.ServiceCIDR, "dev", nodeLink},
 		{"iptables", "-t", "nat", "-A", "OUTPUT", "-d", apiServerVIP + "/32", "-p", "tcp", "--dport", "443",
 			"-j", "DNAT", "--to-destination", "127.0.0.1:6443"},
+		{"sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"},
+		{"iptables", "-t", "nat", "-A", "PREROUTING", "-d", n.IP + "/32", "-p", "tcp", "--dport", istiodPort,
+			"-j", "DNAT", "--to-destination", "127.0.0.1:" + istiodPort},
 	} {
 		if err := in(args...); err != nil {
 			return err

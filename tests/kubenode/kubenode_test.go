@@ -64,3 +64,20 @@ func TestConfigsNameTheNode(t *testing.T) {
 		}
 	}
 }
+
+// The waypoint's manifest differs from install/kubernetes/waypoint only in
+// istiod's address.
+func TestWaypointManifest(t *testing.T) {
+	m, err := waypointManifest("10.250.0.2:15012")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(m, "- --xds-address=10.250.0.2:15012\n") || strings.Contains(m, "istiod.istio-system.svc:15012") {
+		t.Fatalf("istiod's address not adapted:\n%s", m)
+	}
+	for _, want := range []string{"image: kmesh-go/kmesh-waypoint:latest", "kind: Gateway", "gatewayClassName: istio-waypoint"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("manifest lacks %q", want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kmesh-go/kmesh/tests/e2e/controlplane"
 	"github.com/kmesh-go/kmesh/tests/images"
 	"github.com/kmesh-go/kmesh/tests/nodebox"
 )
@@ -17,9 +18,11 @@ import (
 var referencePlugins = []string{"plugins/main/bridge", "plugins/ipam/host-local", "plugins/main/loopback"}
 
 // Prepare builds what a node runs from this working tree: the images
-// (kmesh-daemon, kmesh-install, fortio, pause) into Root/bin/images, and
-// the CNI reference plugins (cached under Root/bin/cni-plugins, shared with
-// nodebox). It returns a Config with Images and CNIPluginsDir set.
+// (kmesh-daemon, kmesh-install, kmesh-waypoint, fortio, pause) into
+// Root/bin/images, and the CNI reference plugins (cached under
+// Root/bin/cni-plugins, shared with nodebox); it finds the Gateway API's
+// CRDs in the module cache. It returns a Config with Images,
+// CNIPluginsDir and ExtraCRDFiles set.
 func Prepare(ctx context.Context, logf func(string, ...any)) (Config, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -35,6 +38,11 @@ func Prepare(ctx context.Context, logf func(string, ...any)) (Config, error) {
 		return Config{}, err
 	}
 	cfg := Config{Logf: logf}
+	// The Gateway API, for waypoints: istiod watches the kinds it finds at
+	// start.
+	if cfg.ExtraCRDFiles, err = controlplane.GatewayAPICRDs(ctx, "experimental"); err != nil {
+		return Config{}, err
+	}
 	for _, w := range written {
 		cfg.Images = append(cfg.Images, w.Path)
 	}

@@ -1,7 +1,7 @@
-// mkimages builds the project's images (kmesh-daemon, kmesh-install) and the
-// tests' workload images (fortio, pause) from static binaries, reproducibly,
-// as docker-archive tarballs a node imports with
-// `ctr -n k8s.io images import FILE`. `make images` runs it.
+// mkimages builds the project's images (kmesh-daemon, kmesh-install,
+// kmesh-waypoint) and the tests' workload images (fortio, pause) from
+// static binaries, reproducibly, as docker-archive tarballs a node imports
+// with `ctr -n k8s.io images import FILE`. `make images` runs it.
 package main
 
 import (
@@ -22,6 +22,10 @@ func main() {
 	out := flag.String("out", filepath.Join(root, "bin", "images"), "folder for the tarballs (binaries go to its bin/)")
 	workloads := flag.Bool("workloads", true, "also build the test workload images (fortio, pause)")
 	flag.Parse()
+	// make images runs this from tests/ with a relative -out.
+	if abs, err := filepath.Abs(*out); err == nil {
+		*out = abs
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

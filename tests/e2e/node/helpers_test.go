@@ -161,6 +161,9 @@ type daemonPod struct {
 	Enrolled  bool   `json:"enrolled"`
 	HostVeth  string `json:"hostVeth"`
 	Reason    string `json:"reason"`
+	// NetnsCookie is km_manage's key (protojson writes a uint64 as a
+	// string).
+	NetnsCookie string `json:"netnsCookie"`
 }
 
 func daemonPods(t *testing.T, n *kubenode.Node) []daemonPod {
@@ -183,8 +186,13 @@ func metrics(t *testing.T, n *kubenode.Node) map[string]float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return parseMetrics(string(b))
+}
+
+// parseMetrics reads Prometheus text into "name{labels}" -> value.
+func parseMetrics(text string) map[string]float64 {
 	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
+	sc := bufio.NewScanner(strings.NewReader(text))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
