@@ -158,6 +158,37 @@ func (s *suite) startWaypoint(t *testing.T) {
 			t.Logf("end of waypoint.log:\n%s", nodebox.Tail(s.waypoint.LogPath, 6000))
 		}
 	})
+	// A request that hangs: the waypoint's goroutines at that moment,
+	// once, for the failure report.
+	var once sync.Once
+	slowRequest = func(method, u string) {
+		once.Do(func() {
+			_, g, err := s.wpAdmin("/debug/pprof/goroutine?debug=2")
+			path := filepath.Join(os.TempDir(), fmt.Sprintf("kmesh-e2e-l7-waypoint-goroutines-%d.txt", os.Getpid()))
+			if err == nil {
+				err = os.WriteFile(path, g, 0o644)
+			}
+			var own []string
+			if _, m, err := s.wpAdmin("/metrics"); err == nil {
+				for _, l := range strings.Split(string(m), "\n") {
+					if strings.HasPrefix(l, "kmesh_") {
+						own = append(own, l)
+					}
+				}
+			}
+			var kernel map[string]uint64
+			if code, b, err := s.Box.Admin(s.Ctx, "/debug/maps"); err == nil && code == http.StatusOK {
+				var d cluster.MapDump
+				if json.Unmarshal(b, &d) == nil {
+					kernel = d.Stats
+				}
+			}
+			t.Logf("%s %s has taken 2 s: the waypoint's goroutines are in %s (%v); its own metrics:\n%s\nkernel events: %v\n"+
+				"TCP counters, client pod: %s\nwaypoint pod: %s\nnode: %s",
+				method, u, path, err, strings.Join(own, "\n"), kernel, tcpCounters(s.client.Do), tcpCounters(s.wpPod.Do), tcpCounters(s.Box.InNode))
+		})
+	}
+	t.Cleanup(func() { slowRequest = nil })
 	start := time.Now()
 	cluster.Eventually(t, time.Minute, "kmesh-waypoint ready", func() (bool, string) {
 		if done, err := s.waypoint.Exited(); done {
@@ -434,8 +465,16 @@ type response struct {
 	body     string
 }
 
+// slowRequest, when set, is called (from a timer) when a request has
+// taken more than two seconds: it saves what the waypoint was doing.
+var slowRequest func(method, u string)
+
 // do sends one request from the client with c and reads the answer.
 func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (response, error) {
+	if slowRequest != nil {
+		tm := time.AfterFunc(2*time.Second, func() { slowRequest(method, u) })
+		defer tm.Stop()
+	}
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
 		return response{}, err
@@ -502,4 +541,33 @@ func percentile(d []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) string {
 	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + " ms"
+}
+
+// tcpCounters are the non-zero TCP counters of a network namespace that
+// tell lost handshakes apart (SYN retransmits, listen drops, TIME_WAIT
+// and PAWS rejections), read from a thread inside it.
+func tcpCounters(in func(func() error) error) string {
+	var out []string
+	_ = in(func() error {
+		for _, f := range []string{"/proc/thread-self/net/netstat", "/proc/thread-self/net/snmp"} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return err
+			}
+			lines := strings.Split(string(b), "\n")
+			for i := 0; i+1 < len(lines); i += 2 {
+				names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+				for j := 1; j < len(names) && j < len(values); j++ {
+					n := names[j]
+					if values[j] != "0" && (strings.Contains(n, "Syn") || strings.Contains(n, "Listen") || strings.Contains(n, "TW") ||
+						strings.Contains(n, "PAWS") || strings.Contains(n, "Retrans") || strings.Contains(n, "Drop") || strings.Contains(n, "Reset") ||
+						strings.Contains(n, "AttemptFails") || strings.Contains(n, "InErrs")) {
+						out = append(out, n+"="+values[j])
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return strings.Join(out, " ")
 }
