@@ -306,7 +306,7 @@ func (s *suite) testH2C(t *testing.T) {
 	for i := range 20 {
 		tr := &http.Transport{DialContext: s.client.DialContext, Protocols: new(http.Protocols), DisableKeepAlives: true}
 		tr.Protocols.SetUnencryptedHTTP2(true)
-		r, err := do(s.Ctx, &http.Client{Transport: tr, Timeout: 5 * time.Second}, http.MethodGet, url("web-v2"), nil)
+		r, err := do(s.Ctx, &http.Client{Transport: tr, Timeout: requestTimeout}, http.MethodGet, url("web-v2"), nil)
 		if err != nil || r.code != http.StatusOK || r.who != "v2-0" || r.gotProto != "HTTP/2.0" {
 			t.Errorf("h2c on a new connection %d: %+v %v", i, r, err)
 		}
