@@ -38,6 +38,9 @@ type Bins struct {
 	CNIPath []string
 	// Fortio is empty unless BuildOptions.Fortio asked for it.
 	Fortio string
+	// Waypoint is kmesh-waypoint, empty unless BuildOptions.Waypoint
+	// asked for it.
+	Waypoint string
 }
 
 // BuildOptions says what to build and where.
@@ -49,6 +52,8 @@ type BuildOptions struct {
 	Out string
 	// Fortio also installs fortio (cached under Root/bin/fortio/<version>).
 	Fortio bool
+	// Waypoint also builds kmesh-waypoint into Out.
+	Waypoint bool
 	// Logf reports each step; nil is quiet.
 	Logf func(format string, args ...any)
 }
@@ -78,12 +83,17 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 		Kmeshctl: filepath.Join(o.Out, "kmeshctl"),
 		Waypoint: filepath.Join(o.Out, "kmesh-waypoint"),
 	}
-	for _, x := range []struct{ out, pkg string }{
+	targets := []struct{ out, pkg string }{
 		{b.Daemon, "./daemon"}, {b.CNI, "./plugins/kmesh-cni"}, {b.Kmeshctl, "./kmeshctl"},
 		{b.Waypoint, "./waypoint/kmesh-waypoint"},
 		// kmesh-cni's API client, found beside it.
 		{filepath.Join(o.Out, "kmesh-cni-kube"), "./plugins/kmesh-cni-kube"},
-	} {
+	}
+	if o.Waypoint {
+		b.Waypoint = filepath.Join(o.Out, "kmesh-waypoint")
+		targets = append(targets, struct{ out, pkg string }{b.Waypoint, "./waypoint/kmesh-waypoint"})
+	}
+	for _, x := range targets {
 		o.Logf("building %s", filepath.Base(x.out))
 		if err := goCmd(ctx, o.Root, nil, "build", "-o", x.out, x.pkg); err != nil {
 			return b, err

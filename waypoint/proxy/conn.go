@@ -125,13 +125,18 @@ type handoffAddr struct{}
 func (handoffAddr) Network() string { return "handoff" }
 func (handoffAddr) String() string  { return "waypoint-listeners" }
 
-// addrPort converts a net.Addr of a TCP socket.
+// addrPort converts a net.Addr of a TCP socket. An IPv4 peer of a
+// dual-stack listener (Go listens on "0.0.0.0" with an AF_INET6 socket)
+// comes as ::ffff:a.b.c.d: it is given back as the IPv4 address it is,
+// as the PROXY header and the peers' addresses write it.
 func addrPort(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
 	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort()
+		ap = ta.AddrPort()
+	} else {
+		ap, _ = netip.ParseAddrPort(a.String())
 	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // deadlineFrom is now plus d.

@@ -71,14 +71,29 @@ type Stats struct {
 	// Version of the last snapshot.
 	Version string
 	// Latency from the arrival of the response that changed something to
-	// the snapshot handed over: the last one, p50 and p99 over the last
-	// 1024 snapshots.
+	// the snapshot applied (Apply returned: in the engine, in effect for
+	// the next request): the last one, p50 and p99 over the last 1024
+	// snapshots.
 	LastLatency, P50Latency, P99Latency time.Duration
+	// Recent are the last snapshots applied, oldest first.
+	Recent []Applied
 	// Warming: EDS or RDS names awaited before the next snapshot.
 	Warming int
 	// Unsupported entries of the last snapshot (fail-closed ones too).
 	Unsupported, FailClosed int
 }
+
+// Applied is one snapshot applied.
+type Applied struct {
+	Version string
+	// At is when Apply returned; Latency is from the arrival of the
+	// oldest response it carries.
+	At      time.Time
+	Latency time.Duration
+}
+
+// recentApplied is how many Stats.Recent keeps.
+const recentApplied = 32
 
 // Session is a waypoint's xDS session.
 type Session struct {
@@ -109,6 +124,7 @@ type Session struct {
 	up        atomic.Bool
 	latencies [1024]time.Duration
 	nLat      int
+	recent    []Applied
 	stats     Stats
 }
 
@@ -187,6 +203,7 @@ func (s *Session) Stats() Stats {
 	n := min(s.nLat, len(s.latencies))
 	lat := slices.Clone(s.latencies[:n])
 	st.Warming = len(s.warming)
+	st.Recent = slices.Clone(s.recent)
 	s.mu.Unlock()
 	st.Stats = s.client.Stats()
 	if n > 0 {
@@ -278,10 +295,11 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 	if (changed || first) && s.pending.IsZero() {
 		s.pending = arrival
 	}
-	snap := s.buildLocked()
+	snap, since := s.buildLocked()
 	s.mu.Unlock()
 	if snap != nil {
 		s.cfg.Apply(snap)
+		s.applied(snap.Version, since)
 	}
 	return rejected, nil
 }
@@ -403,13 +421,14 @@ func (s *Session) settle(ups []xdsclient.Resource, removes []string) {
 
 // buildLocked builds the snapshot to hand over, if there is something
 // new, the first listeners and clusters are in, and nothing warms (or
-// warming timed out); nil otherwise.
-func (s *Session) buildLocked() *model.Snapshot {
+// warming timed out), with the arrival of the oldest change it carries;
+// nil otherwise.
+func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 	if s.pending.IsZero() {
-		return nil
+		return nil, time.Time{}
 	}
 	if !s.answered[translate.TypeListener] || !s.answered[translate.TypeCluster] {
-		return nil
+		return nil, time.Time{}
 	}
 	if len(s.warming) > 0 {
 		oldest := time.Time{}
@@ -424,7 +443,7 @@ func (s *Session) buildLocked() *model.Snapshot {
 				s.warmTimer.Stop()
 			}
 			s.warmTimer = time.AfterFunc(wait, s.warmTimedOut)
-			return nil
+			return nil, time.Time{}
 		}
 		names := slices.Sorted(maps.Keys(s.warming))
 		s.log.Warn("warming timed out; publishing without them", "names", len(names), "first", names[0])
@@ -449,36 +468,50 @@ func (s *Session) buildLocked() *model.Snapshot {
 		// Each resource passed its check alone; a failure here is a bug.
 		s.log.Error("snapshot not built; keeping the last one", "err", err)
 		s.pending = time.Time{}
-		return nil
+		return nil, time.Time{}
 	}
-	lat := time.Since(s.pending)
+	since := s.pending
 	s.pending = time.Time{}
-	s.latencies[s.nLat%len(s.latencies)] = lat
-	s.nLat++
 	s.last = snap
 	s.stats.Snapshots++
 	s.stats.Version = snap.Version
-	s.stats.LastLatency = lat
 	s.stats.Unsupported, s.stats.FailClosed = len(snap.Unsupported), 0
 	for _, u := range snap.Unsupported {
 		if u.FailClosed {
 			s.stats.FailClosed++
 		}
 	}
-	s.log.Info("snapshot", "version", snap.Version, "latency", lat.Round(10*time.Microsecond),
+	s.log.Info("snapshot", "version", snap.Version, "built", time.Since(since).Round(10*time.Microsecond),
 		"listeners", len(snap.Listeners), "clusters", len(snap.Clusters), "unsupported", len(snap.Unsupported))
-	return snap
+	return snap, since
 }
 
 func (s *Session) warmTimedOut() {
 	s.publishMu.Lock()
 	defer s.publishMu.Unlock()
 	s.mu.Lock()
-	snap := s.buildLocked()
+	snap, since := s.buildLocked()
 	s.mu.Unlock()
 	if snap != nil {
 		s.cfg.Apply(snap)
+		s.applied(snap.Version, since)
 	}
+}
+
+// applied records a snapshot Apply took, and how long after the arrival
+// of what it carries.
+func (s *Session) applied(version string, since time.Time) {
+	now := time.Now()
+	lat := now.Sub(since)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latencies[s.nLat%len(s.latencies)] = lat
+	s.nLat++
+	s.stats.LastLatency = lat
+	if len(s.recent) == recentApplied {
+		s.recent = slices.Delete(s.recent, 0, 1)
+	}
+	s.recent = append(s.recent, Applied{Version: version, At: now, Latency: lat})
 }
 
 func sortedValues[T any](m map[string]T) []T {

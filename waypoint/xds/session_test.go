@@ -439,3 +439,52 @@ func TestSessionRDS(t *testing.T) {
 	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc2})
 	got.wait(t, "the changed routes", func(sn *model.Snapshot) bool { return weight(sn) == 50 })
 }
+
+// The latency the session reports runs to the end of Apply (the engine
+// has the snapshot in effect), and Recent lists each snapshot applied.
+func TestSessionLatencyIncludesApply(t *testing.T) {
+	srv := startIstiod(t)
+	srv.serve(translatetest.Synthetic(2))
+	const slow = 30 * time.Millisecond
+	var got applied
+	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(),
+		Apply: func(sn *model.Snapshot) { time.Sleep(slow); got.apply(sn) }, MinBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	got.wait(t, "two services", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
+	three := translatetest.Synthetic(3)
+	c := three.Clusters[2]
+	srv.set(translate.TypeEndpoint, map[string]types.Resource{c.GetName(): three.Endpoints[c.GetName()]})
+	srv.set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
+	srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": three.Listeners[0]})
+	last := got.wait(t, "three services", func(sn *model.Snapshot) bool { return chains(sn) == 3 })
+
+	var st Stats
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st = s.Stats()
+		if n := len(st.Recent); n > 0 && st.Recent[n-1].Version == last.Version || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := len(st.Recent); n == 0 || st.Recent[n-1].Version != last.Version {
+		t.Fatalf("Recent %+v does not end with %s", st.Recent, last.Version)
+	}
+	if n := got.count(); len(st.Recent) != n {
+		t.Errorf("Recent has %d entries for %d snapshots applied", len(st.Recent), n)
+	}
+	for _, a := range st.Recent {
+		if a.Latency < slow || a.At.IsZero() {
+			t.Errorf("snapshot %s: latency %v with an Apply of %v, at %v", a.Version, a.Latency, slow, a.At)
+		}
+	}
+	if st.LastLatency < slow || st.P50Latency < slow {
+		t.Errorf("last %v, p50 %v: Apply's %v not counted", st.LastLatency, st.P50Latency, slow)
+	}
+}

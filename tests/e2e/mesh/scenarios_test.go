@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kmesh-go/kmesh/internal/enrollment"
+	"github.com/kmesh-go/kmesh/tests/e2e/cluster"
 	"github.com/kmesh-go/kmesh/tests/nodebox"
 )
 
@@ -35,13 +36,13 @@ func (m *mesh) testEveryReadyBackend(t *testing.T) {
 	}
 	m.addPod(t, ns, "echo-unready", podOpts{app: "echo", notReady: true})
 	client := m.addPod(t, ns, "client", podOpts{})
-	if !m.enrolled(t, client) {
+	if !m.Enrolled(t, client) {
 		t.Fatal("kmesh-cni did not enroll a pod of a namespace labelled istio.io/dataplane-mode=kmesh")
 	}
 
-	took := client.waitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
+	took := client.WaitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
 	t.Logf("all three ready backends answered %s %s after their status was written", url, took.Round(time.Millisecond))
-	got := client.spread(t, url, 90)
+	got := client.Spread(t, url, 90)
 	t.Logf("90 requests: %v", got)
 	for i := range 3 {
 		if got[fmt.Sprintf("echo-%d", i)] == 0 {
@@ -64,18 +65,18 @@ func (m *mesh) testDeletedPod(t *testing.T) {
 		pods = append(pods, m.addPod(t, ns, fmt.Sprintf("echo-%d", i), podOpts{app: "echo"}))
 	}
 	client := m.addPod(t, ns, "client", podOpts{})
-	client.waitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
+	client.WaitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
 
 	// The deleted pod's sandbox and server stay up (a slow kubelet), so a
 	// connection the data path still sent there would succeed and show.
-	stop := client.loop(url)
+	stop := client.Loop(url)
 	time.Sleep(300 * time.Millisecond)
 	deleted := time.Now()
-	m.deletePod(t, pods[1])
+	m.DeletePod(t, pods[1])
 	time.Sleep(1500 * time.Millisecond)
 	hits := stop()
-	counts, errs := summarize(hits)
-	last := lastHit(hits, "echo-1")
+	counts, errs := cluster.Summarize(hits)
+	last := cluster.LastHit(hits, "echo-1")
 	t.Logf("%d requests around the delete: %v; last one to echo-1 %s after the delete", len(hits), counts, last.Sub(deleted).Round(time.Millisecond))
 	if len(errs) > 0 {
 		t.Errorf("%d requests failed around the delete, first: %v", len(errs), errs[0])
@@ -85,13 +86,13 @@ func (m *mesh) testDeletedPod(t *testing.T) {
 	} else if d := last.Sub(deleted); d >= time.Second {
 		t.Errorf("echo-1 still got new connections %s after its delete (want < 1s)", d.Round(time.Millisecond))
 	}
-	m.removePod(t, pods[1])
+	m.RemovePod(t, pods[1])
 
 	joined := time.Now()
 	m.addPod(t, ns, "echo-new", podOpts{app: "echo"})
-	took := client.waitServedBy(t, url, 15*time.Second, "echo-new")
+	took := client.WaitServedBy(t, url, 15*time.Second, "echo-new")
 	t.Logf("a new pod received requests %s after it was created (%s after its status)", time.Since(joined).Round(time.Millisecond), took.Round(time.Millisecond))
-	if got := client.spread(t, url, 60); got["echo-1"] != 0 || got["echo-new"] == 0 {
+	if got := client.Spread(t, url, 60); got["echo-1"] != 0 || got["echo-new"] == 0 {
 		t.Errorf("after the replacement: %v", got)
 	}
 }
@@ -107,16 +108,16 @@ func (m *mesh) testNotReadyPod(t *testing.T) {
 		pods = append(pods, m.addPod(t, ns, fmt.Sprintf("echo-%d", i), podOpts{app: "echo"}))
 	}
 	client := m.addPod(t, ns, "client", podOpts{})
-	client.waitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
+	client.WaitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
 
-	stop := client.loop(url)
+	stop := client.Loop(url)
 	time.Sleep(300 * time.Millisecond)
 	changed := time.Now()
-	m.setReady(t, pods[2], false)
+	m.SetReady(t, pods[2], false)
 	time.Sleep(1500 * time.Millisecond)
 	hits := stop()
-	counts, errs := summarize(hits)
-	last := lastHit(hits, "echo-2")
+	counts, errs := cluster.Summarize(hits)
+	last := cluster.LastHit(hits, "echo-2")
 	t.Logf("%d requests around Ready=False: %v; last one to echo-2 %s after the change", len(hits), counts, last.Sub(changed).Round(time.Millisecond))
 	if len(errs) > 0 {
 		t.Errorf("%d requests failed, first: %v", len(errs), errs[0])
@@ -127,8 +128,8 @@ func (m *mesh) testNotReadyPod(t *testing.T) {
 		t.Errorf("echo-2 still got new connections %s after Ready=False (want < 1s)", d.Round(time.Millisecond))
 	}
 
-	m.setReady(t, pods[2], true)
-	took := client.waitServedBy(t, url, 15*time.Second, "echo-2")
+	m.SetReady(t, pods[2], true)
+	took := client.WaitServedBy(t, url, 15*time.Second, "echo-2")
 	t.Logf("echo-2 back in rotation %s after Ready=True", took.Round(time.Millisecond))
 }
 
@@ -151,11 +152,11 @@ func (m *mesh) testLocality(t *testing.T) {
 	m.addPod(t, ns, "far-0", podOpts{app: "echo", node: nodeB})
 	m.addPod(t, ns, "far-1", podOpts{app: "echo", node: nodeB})
 	client := m.addPod(t, ns, "client", podOpts{node: nodeA})
-	client.waitServedBy(t, url, 15*time.Second, "near-0", "near-1")
+	client.WaitServedBy(t, url, 15*time.Second, "near-0", "near-1")
 
 	// What istiod sent, as the daemon holds it.
-	eventually(t, 10*time.Second, "four workloads with the Nodes' zones", func() (bool, string) {
-		d := m.config(t)
+	cluster.Eventually(t, 10*time.Second, "four workloads with the Nodes' zones", func() (bool, string) {
+		d := m.Config(t)
 		zones := map[string]string{}
 		for _, w := range d.Workloads {
 			if strings.Contains(w.UID, "/"+ns+"/") && w.Name != "client" && w.Healthy {
@@ -164,7 +165,7 @@ func (m *mesh) testLocality(t *testing.T) {
 		}
 		return len(zones) == 4 && zones["near-0"] == region+"/"+zoneA && zones["far-0"] == region+"/"+zoneB, fmt.Sprint(zones)
 	})
-	d := m.config(t)
+	d := m.Config(t)
 	i := slices.IndexFunc(d.Services, func(s serviceDump) bool { return s.Key == ns+"/echo."+ns+".svc.cluster.local" })
 	if i < 0 {
 		t.Fatalf("the daemon has no service %s/echo", ns)
@@ -175,23 +176,23 @@ func (m *mesh) testLocality(t *testing.T) {
 		t.Fatalf("PreferClose arrived as %+v, want FAILOVER with ZONE among the preferences", lb)
 	}
 
-	got := client.spread(t, url, 60)
+	got := client.Spread(t, url, 60)
 	t.Logf("zone a has ready backends: %v", got)
 	if got["far-0"]+got["far-1"] != 0 || got["near-0"] == 0 || got["near-1"] == 0 {
 		t.Fatalf("same-zone backends first: %v", got)
 	}
 
 	// Both same-zone backends go: fail over, with no failed request.
-	stop := client.loop(url)
+	stop := client.Loop(url)
 	time.Sleep(300 * time.Millisecond)
 	changed := time.Now()
-	m.setReady(t, near[0], false)
-	m.setReady(t, near[1], false)
+	m.SetReady(t, near[0], false)
+	m.SetReady(t, near[1], false)
 	time.Sleep(1500 * time.Millisecond)
 	hits := stop()
-	counts, errs := summarize(hits)
-	lastNear := lastHit(hits, "near-0")
-	if l := lastHit(hits, "near-1"); l.After(lastNear) {
+	counts, errs := cluster.Summarize(hits)
+	lastNear := cluster.LastHit(hits, "near-0")
+	if l := cluster.LastHit(hits, "near-1"); l.After(lastNear) {
 		lastNear = l
 	}
 	t.Logf("%d requests around the fail-over: %v; the last one to zone a %s after both turned unready",
@@ -202,17 +203,17 @@ func (m *mesh) testLocality(t *testing.T) {
 	if d := lastNear.Sub(changed); d >= time.Second {
 		t.Errorf("zone a still got new connections %s after its backends turned unready (want < 1s)", d.Round(time.Millisecond))
 	}
-	got = client.spread(t, url, 60)
+	got = client.Spread(t, url, 60)
 	t.Logf("zone a has none: %v", got)
 	if got["near-0"]+got["near-1"] != 0 || got["far-0"] == 0 || got["far-1"] == 0 {
 		t.Fatalf("fail-over to zone b: %v", got)
 	}
 
 	// One comes back: everything goes to it again.
-	m.setReady(t, near[0], true)
-	client.waitServedBy(t, url, 10*time.Second, "near-0")
+	m.SetReady(t, near[0], true)
+	client.WaitServedBy(t, url, 10*time.Second, "near-0")
 	time.Sleep(200 * time.Millisecond)
-	got = client.spread(t, url, 40)
+	got = client.Spread(t, url, 40)
 	t.Logf("near-0 is back: %v", got)
 	if got["near-0"] != 40 {
 		t.Fatalf("back to zone a: %v", got)
@@ -247,13 +248,13 @@ func (m *mesh) testAuthorization(t *testing.T) {
 	goodOut := m.addPod(t, clientNS, "good-outside", podOpts{sa: "good", labels: optOut})
 	blockedOut := m.addPod(t, blockedNS, "blocked-outside", podOpts{sa: "good", labels: optOut})
 	for _, c := range []*pod{good, wrongSA, blocked} {
-		c.waitServedBy(t, url, 15*time.Second, "guarded-0")
+		c.WaitServedBy(t, url, 15*time.Second, "guarded-0")
 	}
 	for _, c := range []*pod{goodOut, blockedOut} {
-		if m.enrolled(t, c) {
+		if m.Enrolled(t, c) {
 			t.Fatalf("%s opted out but is enrolled", c.Name)
 		}
-		c.waitServedBy(t, podURL, 15*time.Second, "guarded-0")
+		c.WaitServedBy(t, podURL, 15*time.Second, "guarded-0")
 	}
 
 	// DENY whatever comes from the blocked namespace, to every workload of
@@ -281,15 +282,15 @@ func (m *mesh) testAuthorization(t *testing.T) {
 	}
 	for _, p := range policies {
 		u := &unstructured.Unstructured{Object: p}
-		if _, err := m.dyn.Resource(authorizationPolicies).Namespace(srvNS).Create(m.ctx, u, metav1.CreateOptions{}); err != nil {
+		if _, err := m.Dyn.Resource(authorizationPolicies).Namespace(srvNS).Create(m.Ctx, u, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create AuthorizationPolicy %s: %v", u.GetName(), err)
 		}
 	}
 
 	// istiod -> daemon: both policies, the guarded workload selected by the
 	// ALLOW one (the namespace-wide DENY applies by scope).
-	took := eventually(t, 10*time.Second, "the policies in the daemon", func() (bool, string) {
-		d := m.config(t)
+	took := cluster.Eventually(t, 10*time.Second, "the policies in the daemon", func() (bool, string) {
+		d := m.Config(t)
 		have := map[string]int{}
 		for _, p := range d.Policies {
 			have[p.Key] = p.Action
@@ -321,12 +322,12 @@ func (m *mesh) testAuthorization(t *testing.T) {
 	}
 	for _, c := range denied {
 		// The policies are in the daemon; the kernel follows within a push.
-		eventually(t, 5*time.Second, c.p.Name+" is refused", func() (bool, string) {
-			_, err := c.p.get(m.ctx, c.url)
+		cluster.Eventually(t, 5*time.Second, c.p.Name+" is refused", func() (bool, string) {
+			_, err := c.p.Get(m.Ctx, c.url)
 			return err != nil, "still allowed"
 		})
 		start := time.Now()
-		_, err := c.p.get(m.ctx, c.url)
+		_, err := c.p.Get(m.Ctx, c.url)
 		took := time.Since(start)
 		t.Logf("%s (%s): %v after %s", c.p.Name, c.why, err, took.Round(time.Microsecond))
 		var errno syscall.Errno
@@ -340,13 +341,13 @@ func (m *mesh) testAuthorization(t *testing.T) {
 		}
 	}
 	for _, c := range allowed {
-		if got := c.p.spread(t, c.url, 20); got["guarded-0"] != 20 {
+		if got := c.p.Spread(t, c.url, 20); got["guarded-0"] != 20 {
 			t.Errorf("%s (%s): %v", c.p.Name, c.why, got)
 		}
 	}
 
 	// The denials are counted per policy.
-	code, body, err := m.box.Admin(m.ctx, "/metrics")
+	code, body, err := m.Box.Admin(m.Ctx, "/metrics")
 	if err != nil || code != 200 {
 		t.Fatalf("/metrics: %d %v", code, err)
 	}
@@ -373,17 +374,17 @@ func (m *mesh) testNamespaceLabel(t *testing.T) {
 	// Not enrolled: the pods have no route to service addresses, and no
 	// hook rewrites them.
 	for _, p := range pods {
-		if m.enrolled(t, p) {
+		if m.Enrolled(t, p) {
 			t.Fatalf("%s is enrolled before its namespace is labelled", p.Name)
 		}
 	}
-	if _, err := client.get(m.ctx, url); err == nil || !strings.Contains(err.Error(), "unreachable") {
+	if _, err := client.Get(m.Ctx, url); err == nil || !strings.Contains(err.Error(), "unreachable") {
 		t.Fatalf("a pod outside the mesh reached %s: %v", url, err)
 	}
 	// The service itself is known (istiod sends every service): only
 	// enrollment is missing.
-	eventually(t, 10*time.Second, "the service in the daemon", func() (bool, string) {
-		for _, s := range m.config(t).Services {
+	cluster.Eventually(t, 10*time.Second, "the service in the daemon", func() (bool, string) {
+		for _, s := range m.Config(t).Services {
 			if s.Key == ns+"/echo."+ns+".svc.cluster.local" && len(s.Backing) == 1 {
 				return true, ""
 			}
@@ -393,7 +394,7 @@ func (m *mesh) testNamespaceLabel(t *testing.T) {
 
 	label := func(v any) time.Time {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]any{enrollment.LabelDataplaneMode: v}}})
-		if _, err := m.k8s.CoreV1().Namespaces().Patch(m.ctx, ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := m.K8s.CoreV1().Namespaces().Patch(m.Ctx, ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 			t.Fatalf("label namespace %s: %v", ns, err)
 		}
 		return time.Now()
@@ -401,11 +402,11 @@ func (m *mesh) testNamespaceLabel(t *testing.T) {
 	all := func(want bool) func() (bool, string) {
 		return func() (bool, string) {
 			for _, p := range pods {
-				if m.enrolled(t, p) != want {
+				if m.Enrolled(t, p) != want {
 					return false, p.Name + " not yet"
 				}
 			}
-			_, err := client.get(m.ctx, url)
+			_, err := client.Get(m.Ctx, url)
 			if want {
 				return err == nil, fmt.Sprint("request: ", err)
 			}
@@ -414,14 +415,14 @@ func (m *mesh) testNamespaceLabel(t *testing.T) {
 	}
 
 	label(enrollment.ModeKmesh)
-	took := eventually(t, 2*time.Second, "enrollment of the running pods after the label", all(true))
+	took := cluster.Eventually(t, 2*time.Second, "enrollment of the running pods after the label", all(true))
 	t.Logf("both running pods enrolled and %s reachable %s after the namespace was labelled", url, took.Round(time.Millisecond))
-	if got := client.spread(t, url, 10); got["echo-0"] != 10 {
+	if got := client.Spread(t, url, 10); got["echo-0"] != 10 {
 		t.Errorf("after enrollment: %v", got)
 	}
-	eventually(t, 5*time.Second, "annotation "+enrollment.AnnotationRedirection, func() (bool, string) {
+	cluster.Eventually(t, 5*time.Second, "annotation "+enrollment.AnnotationRedirection, func() (bool, string) {
 		for _, p := range pods {
-			o, err := m.k8s.CoreV1().Pods(ns).Get(m.ctx, p.Name, metav1.GetOptions{})
+			o, err := m.K8s.CoreV1().Pods(ns).Get(m.Ctx, p.Name, metav1.GetOptions{})
 			if err != nil || o.Annotations[enrollment.AnnotationRedirection] != "enabled" {
 				return false, fmt.Sprint(p.Name, " ", err)
 			}
@@ -430,7 +431,7 @@ func (m *mesh) testNamespaceLabel(t *testing.T) {
 	})
 
 	label(nil)
-	took = eventually(t, 2*time.Second, "release of the pods after the label went", all(false))
+	took = cluster.Eventually(t, 2*time.Second, "release of the pods after the label went", all(false))
 	t.Logf("both pods released %s after the label was removed", took.Round(time.Millisecond))
 }
 
@@ -446,44 +447,44 @@ func (m *mesh) testRestartsUnderLoad(t *testing.T) {
 		m.addPod(t, ns, fmt.Sprintf("echo-%d", i), podOpts{app: "echo"})
 	}
 	client := m.addPod(t, ns, "client", podOpts{})
-	client.waitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
+	client.WaitServedBy(t, url, 15*time.Second, "echo-0", "echo-1", "echo-2")
 
 	t.Run("DaemonSIGKILL", func(t *testing.T) {
 		res := m.underLoad(t, client, url, 10*time.Second, func() {
-			pid := m.daemon.Pid()
-			if err := m.daemon.Kill(); err != nil {
+			pid := m.Daemon.Pid()
+			if err := m.Daemon.Kill(); err != nil {
 				t.Fatal(err)
 			}
 			start := time.Now()
-			m.startDaemon(t)
+			m.StartDaemon(t)
 			t.Logf("daemon (pid %d) killed with SIGKILL; the new one (pid %d) was ready %s later",
-				pid, m.daemon.Pid(), time.Since(start).Round(time.Millisecond))
+				pid, m.Daemon.Pid(), time.Since(start).Round(time.Millisecond))
 		})
-		if !strings.Contains(nodebox.Tail(m.daemon.LogPath, 1<<20), "data path reused from pins") {
+		if !strings.Contains(nodebox.Tail(m.Daemon.LogPath, 1<<20), "data path reused from pins") {
 			t.Error("the restarted daemon did not reuse the pinned data path")
 		}
 		t.Logf("fortio: %s", res)
 	})
 
 	t.Run("IstiodRestart", func(t *testing.T) {
-		before := m.status(t)["xdsConnects"]
+		before := m.Status(t)["xdsConnects"]
 		res := m.underLoad(t, client, url, 10*time.Second, func() {
 			start := time.Now()
 			// istiod must not start inside the mesh's cgroup, where this
 			// process is: step out while it starts.
-			if err := m.box.LeaveCgroup(); err != nil {
+			if err := m.Box.LeaveCgroup(); err != nil {
 				t.Fatal(err)
 			}
-			err := m.cp.RestartIstiod(m.ctx)
-			if jerr := m.box.JoinCgroup(); jerr != nil {
+			err := m.CP.RestartIstiod(m.Ctx)
+			if jerr := m.Box.JoinCgroup(); jerr != nil {
 				t.Fatal(jerr)
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("istiod restarted and ready in %s", time.Since(start).Round(time.Millisecond))
-			took := eventually(t, 30*time.Second, "the daemon back on istiod's new stream", func() (bool, string) {
-				st := m.status(t)
+			took := cluster.Eventually(t, 30*time.Second, "the daemon back on istiod's new stream", func() (bool, string) {
+				st := m.Status(t)
 				return st["connected"] == true && fmt.Sprint(st["xdsConnects"]) != fmt.Sprint(before), fmt.Sprint(st)
 			})
 			t.Logf("the daemon reconnected %s after istiod was ready", took.Round(time.Millisecond))
@@ -493,7 +494,7 @@ func (m *mesh) testRestartsUnderLoad(t *testing.T) {
 
 	// The stream after both restarts still carries changes.
 	m.addPod(t, ns, "echo-after", podOpts{app: "echo"})
-	took := client.waitServedBy(t, url, 15*time.Second, "echo-after")
+	took := client.WaitServedBy(t, url, 15*time.Second, "echo-after")
 	t.Logf("a pod created after the restarts got requests %s after its status", took.Round(time.Millisecond))
 }
 
@@ -522,9 +523,9 @@ func (r fortioResult) String() string {
 func (m *mesh) underLoad(t *testing.T, client *pod, url string, d time.Duration, disrupt func()) fortioResult {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "fortio.json")
-	f, err := m.box.Start(nodebox.ProcSpec{
+	f, err := m.Box.Start(nodebox.ProcSpec{
 		Name: "fortio-" + strings.ReplaceAll(t.Name(), "/", "-"),
-		Argv: []string{m.bins.Fortio, "load", "-qps", "200", "-c", "4", "-keepalive=false", "-t", d.String(),
+		Argv: []string{m.Bins.Fortio, "load", "-qps", "200", "-c", "4", "-keepalive=false", "-t", d.String(),
 			"-timeout", "2s", "-json", out, url},
 		Pod:      client.Pod,
 		InCgroup: true,
@@ -552,7 +553,7 @@ func (m *mesh) underLoad(t *testing.T, client *pod, url string, d time.Duration,
 	}
 	ok := r.RetCodes[strconv.Itoa(200)]
 	if r.DurationHistogram.Count == 0 || ok != r.DurationHistogram.Count || r.ErrorsDurationHistogram.Count != 0 {
-		codes := keys(r.RetCodes)
+		codes := cluster.Keys(r.RetCodes)
 		sort.Strings(codes)
 		t.Errorf("failed requests under load: %s (codes %v); fortio log:\n%s", r, codes, nodebox.Tail(f.LogPath, 2000))
 	}

@@ -2,19 +2,17 @@ package waypoint
 
 import (
 	"context"
-	"fmt"
-	"sort"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/kmesh-go/kmesh/tests/e2e/cluster"
 )
 
 // The demo namespace: every service and pod in it uses the waypoint
@@ -28,12 +26,14 @@ const (
 )
 
 var (
-	gvrGateway   = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
-	gvrHTTPRoute = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
-	gvrVS        = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
-	gvrDR        = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
-	gvrAuthz     = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	gvrHTTPRoute = cluster.GVRHTTPRoute
+	gvrVS        = cluster.GVRVS
+	gvrDR        = cluster.GVRDR
+	gvrAuthz     = cluster.GVRAuthz
 )
+
+// theWaypoint is the waypoint Gateway and its objects.
+var theWaypoint = cluster.Waypoint{Namespace: ns, Name: gatewayName, ServiceAccount: waypointSA, VIP: waypointVIP}
 
 // svcSpec is one service of the demo and its pods.
 type svcSpec struct {
@@ -97,27 +97,10 @@ func (w *world) setup(t *testing.T) {
 	_, err := w.k8s.CoreV1().Namespaces().Create(w.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
 		Labels: map[string]string{"istio.io/use-waypoint": gatewayName}}}, metav1.CreateOptions{})
 	must(t, err)
-	_, err = w.k8s.CoreV1().ServiceAccounts(ns).Create(w.ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: waypointSA}}, metav1.CreateOptions{})
-	must(t, err)
-	w.apply(t, gvrGateway, map[string]any{
-		"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-		"metadata": map[string]any{"name": gatewayName, "namespace": ns,
-			// Services and pod addresses both: the direct-to-pod chains too.
-			"labels": map[string]any{"istio.io/waypoint-for": "all"}},
-		"spec": map[string]any{"gatewayClassName": "istio-waypoint",
-			"listeners": []any{map[string]any{"name": "mesh", "port": int64(15008), "protocol": "HBONE"}}},
-	})
-	gwLabels := map[string]string{"gateway.networking.k8s.io/gateway-name": gatewayName}
-	_, err = w.k8s.CoreV1().Services(ns).Create(w.ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: gatewayName, Labels: map[string]string{
-			"gateway.networking.k8s.io/gateway-name": gatewayName, "gateway.istio.io/managed": "istio.io-mesh-controller"}},
-		Spec: corev1.ServiceSpec{ClusterIP: waypointVIP, Selector: gwLabels, Ports: []corev1.ServicePort{
-			{Name: "mesh", Port: 15008, TargetPort: intstr.FromInt32(15008), Protocol: corev1.ProtocolTCP, AppProtocol: ptr("all")}}},
-	}, metav1.CreateOptions{})
-	must(t, err)
+	must(t, theWaypoint.Create(w.ctx, w.k8s, w.dyn))
+	gwLabels := theWaypoint.PodLabels()
 	w.pod(t, "waypoint-0", waypointIP, waypointSA, gwLabels, false)
-	w.endpointSlice(t, gatewayName, []corev1.ServicePort{{Name: "mesh", Port: 15008, TargetPort: intstr.FromInt32(15008), Protocol: corev1.ProtocolTCP}},
-		map[string]string{"waypoint-0": waypointIP})
+	must(t, theWaypoint.WriteEndpointSlice(w.ctx, w.k8s, map[string]string{"waypoint-0": waypointIP}, "node-a"))
 
 	for _, s := range demoServices {
 		_, err := w.k8s.CoreV1().Services(ns).Create(w.ctx, &corev1.Service{
@@ -229,33 +212,10 @@ func matches(sel, labels map[string]string) bool {
 	return true
 }
 
-// endpointSlice writes what the EndpointSlice controller would for a
-// service (no controller-manager runs here): istiod's EDS and the
-// Gateway's address come from EndpointSlices, not from selectors.
+// endpointSlice writes what the EndpointSlice controller would.
 func (w *world) endpointSlice(t *testing.T, svc string, ports []corev1.ServicePort, pods map[string]string) {
 	t.Helper()
-	es := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: svc + "-kmesh", Labels: map[string]string{
-			discoveryv1.LabelServiceName: svc, discoveryv1.LabelManagedBy: "kmesh-e2e"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-	}
-	for _, p := range ports {
-		es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: ptr(p.Name), Port: ptr(p.TargetPort.IntVal),
-			Protocol: ptr(corev1.ProtocolTCP), AppProtocol: p.AppProtocol})
-	}
-	names := make([]string, 0, len(pods))
-	for n := range pods {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{pods[n]},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr(true), Serving: ptr(true), Terminating: ptr(false)},
-			NodeName:   ptr("node-a"),
-			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: n}})
-	}
-	_, err := w.k8s.DiscoveryV1().EndpointSlices(ns).Create(w.ctx, es, metav1.CreateOptions{})
-	must(t, err)
+	must(t, cluster.WriteEndpointSlice(w.ctx, w.k8s, ns, svc, ports, pods, "node-a"))
 }
 
 func selector(s svcSpec) map[string]string {
@@ -296,12 +256,7 @@ func gatewayPolicy() map[string]any {
 // apply creates or replaces an object (server-side apply).
 func (w *world) apply(t *testing.T, gvr schema.GroupVersionResource, obj map[string]any) {
 	t.Helper()
-	u := &unstructured.Unstructured{Object: obj}
-	_, err := w.dyn.Resource(gvr).Namespace(u.GetNamespace()).Apply(w.ctx, u.GetName(), u,
-		metav1.ApplyOptions{FieldManager: "kmesh-e2e", Force: true})
-	if err != nil {
-		t.Fatalf("apply %s %s: %v", gvr.Resource, u.GetName(), err)
-	}
+	must(t, cluster.Apply(w.ctx, w.dyn, gvr, obj))
 }
 
 // pod creates a Pod and writes its status as a kubelet would: running,
@@ -344,36 +299,8 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// gatewayStatus renders the Gateway's status and the GatewayClasses, for
-// failure messages.
-func (w *world) gatewayStatus() string {
-	u, err := w.dyn.Resource(gvrGateway).Namespace(ns).Get(w.ctx, gatewayName, metav1.GetOptions{})
-	if err != nil {
-		return err.Error()
-	}
-	st, _, _ := unstructured.NestedMap(u.Object, "status")
-	classes, err := w.dyn.Resource(schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gatewayclasses"}).List(w.ctx, metav1.ListOptions{})
-	var names []string
-	if err == nil {
-		for _, c := range classes.Items {
-			names = append(names, c.GetName())
-		}
-	}
-	return fmt.Sprintf("status %v; GatewayClasses %v %v", st, names, err)
-}
+// gatewayStatus renders the Gateway's status, for failure messages.
+func (w *world) gatewayStatus() string { return theWaypoint.Status(w.ctx, w.dyn) }
 
 // gatewayAddresses reads Gateway.status.addresses.
-func (w *world) gatewayAddresses() ([]string, error) {
-	u, err := w.dyn.Resource(gvrGateway).Namespace(ns).Get(w.ctx, gatewayName, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	addrs, _, _ := unstructured.NestedSlice(u.Object, "status", "addresses")
-	var out []string
-	for _, a := range addrs {
-		if m, ok := a.(map[string]any); ok {
-			out = append(out, fmt.Sprint(m["value"]))
-		}
-	}
-	return out, nil
-}
+func (w *world) gatewayAddresses() ([]string, error) { return theWaypoint.Addresses(w.ctx, w.dyn) }
