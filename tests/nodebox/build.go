@@ -38,9 +38,6 @@ type Bins struct {
 	CNIPath []string
 	// Fortio is empty unless BuildOptions.Fortio asked for it.
 	Fortio string
-	// Waypoint is kmesh-waypoint, empty unless BuildOptions.Waypoint
-	// asked for it.
-	Waypoint string
 }
 
 // BuildOptions says what to build and where.
@@ -52,8 +49,6 @@ type BuildOptions struct {
 	Out string
 	// Fortio also installs fortio (cached under Root/bin/fortio/<version>).
 	Fortio bool
-	// Waypoint also builds kmesh-waypoint into Out.
-	Waypoint bool
 	// Logf reports each step; nil is quiet.
 	Logf func(format string, args ...any)
 }
@@ -88,10 +83,6 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 		{b.Waypoint, "./waypoint/kmesh-waypoint"},
 		// kmesh-cni's API client, found beside it.
 		{filepath.Join(o.Out, "kmesh-cni-kube"), "./plugins/kmesh-cni-kube"},
-	}
-	if o.Waypoint {
-		b.Waypoint = filepath.Join(o.Out, "kmesh-waypoint")
-		targets = append(targets, struct{ out, pkg string }{b.Waypoint, "./waypoint/kmesh-waypoint"})
 	}
 	for _, x := range targets {
 		o.Logf("building %s", filepath.Base(x.out))

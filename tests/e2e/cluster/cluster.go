@@ -56,8 +56,8 @@ type Options struct {
 	GatewayAPI bool
 	// IstiodEnv adds istiod environment variables.
 	IstiodEnv []string
-	// Fortio and Waypoint also build fortio and kmesh-waypoint.
-	Fortio, Waypoint bool
+	// Fortio also installs fortio.
+	Fortio bool
 	// OtherNodes are more Node objects, name -> zone in Region, for pods
 	// "elsewhere".
 	OtherNodes map[string]string
@@ -98,7 +98,7 @@ func Start(t *testing.T, o Options) *Cluster {
 
 	start := time.Now()
 	var err error
-	c.Bins, err = nodebox.Build(ctx, nodebox.BuildOptions{Out: filepath.Join(dir, "bin"), Fortio: o.Fortio, Waypoint: o.Waypoint, Logf: t.Logf})
+	c.Bins, err = nodebox.Build(ctx, nodebox.BuildOptions{Out: filepath.Join(dir, "bin"), Fortio: o.Fortio, Logf: t.Logf})
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}

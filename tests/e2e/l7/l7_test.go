@@ -75,7 +75,7 @@ func TestWaypointTraffic(t *testing.T) {
 		t.Skip("end-to-end test: set KMESH_E2E=1 (needs root, etcd and tests/e2e/tools/build.sh)")
 	}
 	began := time.Now()
-	s := &suite{Cluster: cluster.Start(t, cluster.Options{Prefix: "kml7", GatewayAPI: true, Waypoint: true}),
+	s := &suite{Cluster: cluster.Start(t, cluster.Options{Prefix: "kml7", GatewayAPI: true}),
 		backends: map[string]*cluster.Pod{}}
 	s.startWaypoint(t)
 	s.startWorkloads(t)
