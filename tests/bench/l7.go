@@ -72,6 +72,8 @@ type l7Options struct {
 	grpc           bool
 	paths          string
 	mem            bool
+	hold           bool
+	profileDir     string
 }
 
 func (o *l7Options) flags() {
@@ -84,6 +86,8 @@ func (o *l7Options) flags() {
 	flag.IntVar(&o.services, "wp-services", defaultWPService, "L7 memory: services in the xDS-fed waypoint's configuration")
 	flag.IntVar(&o.workloads, "wp-workloads", 3000, "L7 memory: workloads in its address xDS")
 	flag.StringVar(&o.waypointEnv, "wp-env", "", "L7: extra environment for kmesh-waypoint (e.g. GOGC=200), space-separated")
+	flag.StringVar(&o.profileDir, "wp-profile", "", "L7 memory: write the xDS-fed waypoint's heap profile and /proc smaps at rest and after the load into this folder")
+	flag.BoolVar(&o.hold, "l7-hold", false, "L7: set the paths up, print how to load and profile them, and wait for ^C instead of measuring")
 	flag.BoolVar(&o.inMesh, "wp-in-mesh", true, "L7: the waypoint pod is enrolled and kmesh-waypoint runs in the mesh's cgroup (as on a node); false runs it beside, like HAProxy")
 }
 
@@ -440,6 +444,9 @@ func (b *bench) runL7(ctx context.Context) error {
 			}
 		}
 	}
+	if b.l7.hold {
+		return b.holdL7(ctx, st)
+	}
 	// Warm every path up (pools, the CPU frequency, the waypoint's heap).
 	for _, p := range st.paths {
 		if _, err := b.fortio(ctx, p, p.url, "-qps", "0", "-c", "16", "-t", "1s", "-payload-size", payload); err != nil {
@@ -474,6 +481,24 @@ func (b *bench) runL7(ctx context.Context) error {
 		}
 	}
 	b.printL7(st)
+	return nil
+}
+
+// holdL7 leaves the L7 paths up for a person with a profiler.
+func (b *bench) holdL7(ctx context.Context, st *l7State) error {
+	fmt.Println("\nL7 paths are up; ^C removes everything. From the client pod (fortio beside the mesh's cgroup")
+	fmt.Printf("for direct and HAProxy: %s; inside it for the waypoint: %s):\n", b.outside, b.box.Cgroup)
+	for _, p := range st.paths {
+		cg := b.outside
+		if p.inMesh {
+			cg = b.box.Cgroup
+		}
+		fmt.Printf("  %-9s sh -c 'echo $$ > %s/cgroup.procs && exec ip netns exec %s %s load -qps 1000 -c 16 -t 10s -payload-size 1024 %s'\n",
+			p.key, cg, b.client.NetNS, b.bins.Fortio, p.url)
+	}
+	fmt.Printf("kmesh-waypoint: pid %d in %s, pprof: ip netns exec %s curl http://%s/debug/pprof/profile\n", st.wp.Pid(), st.wpPod.NetNS, st.wpPod.NetNS, waypointAdmin)
+	fmt.Printf("HAProxy: pid %d in %s\n", st.haproxy.Pid(), st.proxyPod.NetNS)
+	<-ctx.Done()
 	return nil
 }
 

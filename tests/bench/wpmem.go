@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -200,6 +202,7 @@ func (b *bench) waypointMemory(ctx context.Context) (*wpMemResult, error) {
 	}
 	r.steady = readRSS(wp.Pid())
 	r.heapSteady = b.heapInuse(ctx, pod)
+	b.saveProfile(ctx, pod, wp, "steady")
 
 	// Load it through the kernel's redirect: the fixed rate, then
 	// saturation, sampling its RSS.
@@ -239,6 +242,7 @@ func (b *bench) waypointMemory(ctx context.Context) (*wpMemResult, error) {
 		r.loadQPS = fr.ActualQPS
 	}
 	r.heapLoad = b.heapInuse(ctx, pod)
+	b.saveProfile(ctx, pod, wp, "load")
 	close(stop)
 	r.underLoad = <-peak
 	r.afterLoad = readRSS(wp.Pid())
@@ -259,4 +263,21 @@ func (b *bench) heapInuse(ctx context.Context, pod *nodebox.Pod) float64 {
 		}
 	}
 	return 0
+}
+
+// saveProfile writes the waypoint's heap profile and smaps (-wp-profile).
+func (b *bench) saveProfile(ctx context.Context, pod *nodebox.Pod, wp *nodebox.Proc, when string) {
+	dir := b.l7.profileDir
+	if dir == "" {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	if _, body, err := podGet(ctx, pod, fmt.Sprintf("http://%s/debug/pprof/heap", waypointAdmin)); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "heap-"+when+".pprof"), body, 0o644)
+	}
+	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", wp.Pid())); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "smaps-"+when), raw, 0o644)
+	}
 }
