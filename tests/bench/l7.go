@@ -128,9 +128,11 @@ func l7Mesh() []*workloadapi.Address {
 
 // waypointBootstrap is the bootstrap waypoint's configuration: an Envoy
 // bootstrap (Envoy runs it unchanged) with one listener on the waypoint
-// port reading the PROXY header, a chain per port of the bench's service,
-// HTTP routed with the retry policy istiod gives every waypoint route, and
-// the server pod as a static endpoint (h2c towards it for gRPC).
+// port reading the PROXY header, a chain per port of the bench's service
+// shaped as istiod writes a waypoint's inbound-vip chains (its HCM
+// settings: no stream idle timeout, normalized paths; fault, CORS and the
+// router; the retry policy istiod gives every route), and the server pod
+// as a static endpoint (h2c towards it for gRPC).
 func waypointBootstrap() string {
 	return fmt.Sprintf(`static_resources:
   listeners:
@@ -178,6 +180,11 @@ func bootstrapChain(name string, port int, cluster string) string {
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: %[1]s
           codec_type: AUTO
+          server_name: istio-envoy
+          stream_idle_timeout: 0s
+          normalize_path: true
+          path_with_escaped_slashes_action: KEEP_UNCHANGED
+          use_remote_address: false
           route_config:
             name: %[1]s
             virtual_hosts:
@@ -198,6 +205,12 @@ func bootstrapChain(name string, port int, cluster string) string {
                         "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
                     host_selection_retry_max_attempts: 5
           http_filters:
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router

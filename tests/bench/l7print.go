@@ -178,8 +178,9 @@ func (b *bench) printL7(st *l7State) {
 	fmt.Println("\nPaths: fortio runs in the client pod, beside the mesh's cgroup for direct and HAProxy (kmesh's tc program")
 	fmt.Println("off the client's veth), inside it for the waypoint path, whose connect() kmesh sends to the waypoint pod.")
 	fmt.Printf("The waypoint pod is %s; kmesh-waypoint runs an Envoy bootstrap: a listener on 15019 with the PROXY\n", map[bool]string{true: "enrolled, kmesh-waypoint in the mesh's cgroup", false: "not enrolled, kmesh-waypoint beside the mesh's cgroup"}[b.l7.inMesh])
-	fmt.Println("protocol, a chain per port of the service, istiod's default retry policy on the route, the server pod as a")
-	fmt.Println("static endpoint (h2c for gRPC). HAProxy: HTTP mode, http-reuse always, h2c both ways for gRPC.")
+	fmt.Println("protocol, a chain per port of the service shaped as istiod writes a waypoint's (its HCM settings, fault, CORS,")
+	fmt.Println("router, istiod's default retry policy), the server pod as a static endpoint (h2c for gRPC). HAProxy: HTTP")
+	fmt.Println("mode, http-reuse always, h2c both ways for gRPC.")
 }
 
 // nodeboxFortio is the load generator's version, for the header.
