@@ -131,9 +131,11 @@ func (b *bench) printL7(st *l7State) {
 				fmt.Sprintf("%.3f", r.median(p.key, grpcRate, p99)), vs("haproxy", p.key, grpcRate, p90),
 				fmt.Sprintf("%.0f", r.median(p.key, grpcMax, qps)), vs("direct", p.key, grpcMax, qps), vs("haproxy", p.key, grpcMax, qps),
 				fmt.Sprintf("%.1f", r.median(p.key, grpcMax, proxyCPU)),
-				fmt.Sprintf("%.0f", r.sum(p.key, grpcRate, func(s sample) float64 { return float64(s.failed) })+r.sum(p.key, grpcMax, func(s sample) float64 { return float64(s.failed) }))})
+				fmt.Sprintf("%.0f", r.sum(p.key, grpcRate, func(s sample) float64 { return float64(s.failed) })+r.sum(p.key, grpcMax, func(s sample) float64 { return float64(s.failed) })+
+					float64(r.aborted[p.key+"\x00"+grpcRate]+r.aborted[p.key+"\x00"+grpcMax]))})
 		}
 		t.Print()
+		fmt.Println("   (failed counts the first calls of runs fortio gave up on, each run made again)")
 	}
 	if m := st.mem; m != nil {
 		fmt.Printf("\nL7-6. kmesh-waypoint's memory with %d services (3 pods each) and %d workloads fed over xDS\n", m.services, m.workloads)

@@ -24,9 +24,14 @@ type sample struct {
 type results struct {
 	by   map[string]map[string][]sample
 	keys [][2]string // path and measurement, in the order first added
+	// aborted counts runs fortio gave up on at their first call (gRPC),
+	// by path and measurement; each was made again.
+	aborted map[string]int
 }
 
-func newResults() *results { return &results{by: map[string]map[string][]sample{}} }
+func newResults() *results {
+	return &results{by: map[string]map[string][]sample{}, aborted: map[string]int{}}
+}
 
 func (r *results) add(path, kind string, s sample) {
 	if r.by[path] == nil {
