@@ -159,7 +159,7 @@ func (b *bench) run(ctx context.Context, only string) error {
 	fmt.Println("kmesh benchmark: one client pod, one server pod, every path side by side")
 	fmt.Println("(setting up: building, a node in a box, fortio server, HAProxy, iptables DNAT, kmesh-daemon)")
 	var err error
-	b.bins, err = nodebox.Build(ctx, nodebox.BuildOptions{Fortio: true, Waypoint: b.tables["l7"]})
+	b.bins, err = nodebox.Build(ctx, nodebox.BuildOptions{Fortio: true})
 	if err != nil {
 		return err
 	}

@@ -38,9 +38,6 @@ type Bins struct {
 	CNIPath []string
 	// Fortio is empty unless BuildOptions.Fortio asked for it.
 	Fortio string
-	// Waypoint (kmesh-waypoint) is empty unless BuildOptions.Waypoint
-	// asked for it.
-	Waypoint string
 }
 
 // BuildOptions says what to build and where.
@@ -52,8 +49,6 @@ type BuildOptions struct {
 	Out string
 	// Fortio also installs fortio (cached under Root/bin/fortio/<version>).
 	Fortio bool
-	// Waypoint also builds kmesh-waypoint into Out.
-	Waypoint bool
 	// Logf reports each step; nil is quiet.
 	Logf func(format string, args ...any)
 }
@@ -92,13 +87,6 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 	for _, x := range targets {
 		o.Logf("building %s", filepath.Base(x.out))
 		if err := goCmd(ctx, o.Root, nil, "build", "-o", x.out, x.pkg); err != nil {
-			return b, err
-		}
-	}
-	if o.Waypoint {
-		b.Waypoint = filepath.Join(o.Out, "kmesh-waypoint")
-		o.Logf("building kmesh-waypoint")
-		if err := goCmd(ctx, o.Root, nil, "build", "-o", b.Waypoint, "./waypoint/kmesh-waypoint"); err != nil {
 			return b, err
 		}
 	}
