@@ -125,7 +125,7 @@ func (b *bench) costPass(ctx context.Context, p *path, k kind) (*costResult, err
 	if err != nil {
 		return nil, err
 	}
-	r, err := b.fortio(ctx, p, k.args...)
+	r, err := b.fortio(ctx, p, p.url, k.args...)
 	if err != nil {
 		return nil, err
 	}

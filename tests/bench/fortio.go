@@ -15,8 +15,9 @@ import (
 // kind is one measurement: fortio load arguments beyond the URL.
 type kind struct {
 	name  string
-	group string // fixed, sat or newconn (the -measure flag)
+	group string // fixed, sat or newconn (the -measure flag); grpc
 	args  []string
+	grpc  bool // to the path's gRPC target (fortio's -grpc -ping)
 }
 
 const payload = "1024" // bytes POSTed and echoed back: 1 KiB each way
@@ -63,7 +64,8 @@ type fortioResult struct {
 
 func (r fortioResult) count() int64 { return r.DurationHistogram.Count }
 
-func (r fortioResult) failed() int64 { return r.count() - r.RetCodes["200"] }
+// failed counts what did not end in 200 (HTTP) or SERVING (gRPC ping).
+func (r fortioResult) failed() int64 { return r.count() - r.RetCodes["200"] - r.RetCodes["SERVING"] }
 
 // percentile returns the p-th percentile latency.
 func (r fortioResult) percentile(p float64) time.Duration {
@@ -78,10 +80,11 @@ func (r fortioResult) percentile(p float64) time.Duration {
 // fortio runs `fortio load` from the client pod down a path: inside the
 // box's cgroup for kmesh's paths, outside it for the others, so their
 // sockets see no kmesh program at all.
-func (b *bench) fortio(ctx context.Context, p *path, args ...string) (fortioResult, error) {
+func (b *bench) fortio(ctx context.Context, p *path, target string, args ...string) (fortioResult, error) {
+	b.seq++
 	out := filepath.Join(b.box.Dir, fmt.Sprintf("fortio-%d.json", b.seq))
 	argv := append([]string{b.bins.Fortio, "load", "-quiet", "-json", out, "-p", "50,90,99"}, args...)
-	argv = append(argv, p.url)
+	argv = append(argv, target)
 	spec := nodebox.ProcSpec{Name: "fortio-client", Argv: argv, Pod: b.client, InCgroup: p.inMesh}
 	if !p.inMesh {
 		spec.Cgroup = b.outside

@@ -72,6 +72,9 @@ type path struct {
 	// server is the fortio server this path reaches (the one on 8080
 	// unless set).
 	server *nodebox.Proc
+	// grpcTarget and grpcServer: where gRPC measurements go (L7 table).
+	grpcTarget string
+	grpcServer *nodebox.Proc
 }
 
 type bench struct {
@@ -93,6 +96,9 @@ type bench struct {
 	clientTCOn     bool // kmesh's tc program is on the client's veth
 	cost           *costResult
 	seq            int
+	tables         map[string]bool // -tables
+	l7             l7Options
+	l7st           *l7State
 }
 
 func main() {
@@ -108,14 +114,25 @@ func main() {
 	telemetry := flag.Bool("telemetry", true, "run kmesh-daemon with telemetry (its default); false shows what the connection records cost")
 	sameDepth := flag.Bool("same-depth", true, "run every process outside the mesh in a cgroup beside the mesh's (same depth, nothing attached), as pods on a node all sit at one depth; false leaves them where the bench runs")
 	samples := flag.String("samples", "", "also write every run's figures to this CSV file (run, position in the run's order, path, measurement, ...)")
+	tables := flag.String("tables", "l4,l7", "which tables: l4 (direct, DNAT, HAProxy, kmesh's connect-time rewrite), l7 (direct, HAProxy HTTP hop in a pod, kmesh's waypoint; gRPC; the waypoint's memory with 1000 services over xDS)")
+	var l7 l7Options
+	l7.flags()
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which, telemetry: *telemetry, sameDepth: *sameDepth}
+	b := &bench{fixed: *fixed, sat: *sat, nc: *nc, runs: *runs, kinds: *which, telemetry: *telemetry, sameDepth: *sameDepth,
+		tables: map[string]bool{}, l7: l7}
+	for _, t := range strings.Split(*tables, ",") {
+		if t = strings.TrimSpace(t); t != "l4" && t != "l7" {
+			fmt.Fprintf(os.Stderr, "bench: -tables: unknown table %q (l4, l7)\n", t)
+			os.Exit(2)
+		}
+		b.tables[strings.TrimSpace(t)] = true
+	}
 	err := b.run(ctx, *only)
 	if err == nil && *samples != "" {
-		err = b.results.writeCSV(*samples)
+		err = b.writeCSV(*samples)
 	}
 	if ctx.Err() != nil {
 		fmt.Println("\nInterrupted.")
@@ -164,46 +181,41 @@ func (b *bench) run(ctx context.Context, only string) error {
 		}
 	}
 	b.paths = chosen
-	if len(b.paths) == 0 {
+	if len(b.paths) == 0 && b.tables["l4"] {
 		return fmt.Errorf("no path matches -paths %q", only)
 	}
+	if b.tables["l4"] {
+		if err := b.runL4(ctx); err != nil {
+			return err
+		}
+	}
+	if b.tables["l7"] {
+		if err := b.runL7(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runL4 runs and prints the L4 tables (and the cost pass).
+func (b *bench) runL4(ctx context.Context) error {
 	// Each path must work before anything is measured.
 	for _, p := range b.paths {
 		if err := b.check(ctx, p); err != nil {
 			return fmt.Errorf("path %s does not work: %w", p.key, err)
 		}
 	}
-
 	load1, _ := os.ReadFile("/proc/loadavg")
 	start := time.Now()
-	b.results = newResults()
 	var kinds []kind
 	for _, k := range measurements(b.fixed, b.sat, b.nc) {
 		if strings.Contains(","+b.kinds+",", ","+k.group+",") {
 			kinds = append(kinds, k)
 		}
 	}
-	total := b.runs * len(kinds) * len(b.paths)
-	for run := 1; run <= b.runs; run++ {
-		order := slices.Clone(b.paths)
-		if run%2 == 0 {
-			slices.Reverse(order)
-		}
-		for _, k := range kinds {
-			for pos, p := range order {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				b.seq++
-				fmt.Printf("\r  run %d/%d: %-28s %-14s (%d/%d)   ", run, b.runs, k.name, p.key, b.seq, total)
-				s, err := b.measure(ctx, p, k)
-				if err != nil {
-					return fmt.Errorf("%s on %s: %w", k.name, p.key, err)
-				}
-				s.run, s.pos = run, pos
-				b.results.add(p.key, k.name, s)
-			}
-		}
+	var err error
+	if b.results, err = b.interleave(ctx, b.paths, kinds); err != nil {
+		return err
 	}
 	for _, k := range kinds {
 		if k.group != "newconn" {
@@ -224,6 +236,43 @@ func (b *bench) run(ctx context.Context, only string) error {
 	return nil
 }
 
+// interleave runs every measurement on every path b.runs times, the paths
+// in turn (their order reversed every other run), so that each run's
+// paths share the machine's mood of the moment.
+func (b *bench) interleave(ctx context.Context, paths []*path, kinds []kind) (*results, error) {
+	res := newResults()
+	total := b.runs * len(kinds) * len(paths)
+	seq := 0
+	for run := 1; run <= b.runs; run++ {
+		order := slices.Clone(paths)
+		if run%2 == 0 {
+			slices.Reverse(order)
+		}
+		for _, k := range kinds {
+			for pos, p := range order {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				seq++
+				fmt.Printf("\r  run %d/%d: %-28s %-14s (%d/%d)   ", run, b.runs, k.name, p.key, seq, total)
+				s, err := b.measure(ctx, p, k)
+				if err != nil && k.grpc && strings.Contains(err.Error(), "Error in first grpc call") {
+					// fortio gives up on a run whose first call fails: that
+					// call is counted as failed, and the run made again.
+					res.aborted[p.key+"\x00"+k.name]++
+					s, err = b.measure(ctx, p, k)
+				}
+				if err != nil {
+					return nil, fmt.Errorf("%s on %s: %w", k.name, p.key, err)
+				}
+				s.run, s.pos = run, pos
+				res.add(p.key, k.name, s)
+			}
+		}
+	}
+	return res, nil
+}
+
 // setUp makes the node, the pods and every path's machinery.
 func (b *bench) setUp(ctx context.Context) error {
 	var err error
@@ -234,7 +283,7 @@ func (b *bench) setUp(ctx context.Context) error {
 	// The daemon first (kmesh-cni enrolls into its pinned maps), with a
 	// mesh of one service whose one backend is the server pod.
 	cfg := filepath.Join(b.box.Dir, "mesh.json")
-	if err := writeMesh(cfg); err != nil {
+	if err := writeMesh(cfg, b.tables["l7"]); err != nil {
 		return err
 	}
 	b.daemon, err = b.box.StartDaemon("--config-file", cfg, "--node-name", "bench", fmt.Sprintf("--telemetry=%v", b.telemetry))
@@ -364,8 +413,9 @@ backend http_out
 }
 
 // writeMesh writes the daemon's --config-file: service bench.bench at
-// meshVIP:80 -> 8080 on the server pod.
-func writeMesh(path string) error {
+// meshVIP:80 -> 8080 on the server pod, and with l7 the services whose
+// waypoints the L7 table goes through (l7Mesh).
+func writeMesh(path string, l7 bool) error {
 	const host = "bench.bench.svc.cluster.local"
 	port := []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}
 	addrs := []*workloadapi.Address{
@@ -380,6 +430,9 @@ func writeMesh(path string) error {
 			Services: map[string]*workloadapi.PortList{"bench/" + host: {Ports: port}},
 			Status:   workloadapi.WorkloadStatus_HEALTHY,
 		}}},
+	}
+	if l7 {
+		addrs = append(addrs, l7Mesh()...)
 	}
 	var doc struct {
 		Addresses []json.RawMessage `json:"addresses"`
@@ -400,7 +453,7 @@ func writeMesh(path string) error {
 
 // check sends a short burst down a path.
 func (b *bench) check(ctx context.Context, p *path) error {
-	r, err := b.fortio(ctx, p, "-qps", "50", "-c", "1", "-t", "1s")
+	r, err := b.fortio(ctx, p, p.url, "-qps", "50", "-c", "1", "-t", "1s")
 	if err != nil {
 		return err
 	}
@@ -425,6 +478,10 @@ func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
 	if p.server != nil {
 		server = p.server
 	}
+	target := p.url
+	if k.grpc {
+		server, target = p.grpcServer, p.grpcTarget
+	}
 	watch := []*nodebox.Proc{server}
 	if p.proxy != nil {
 		watch = append(watch, p.proxy)
@@ -440,7 +497,7 @@ func (b *bench) measure(ctx context.Context, p *path, k kind) (sample, error) {
 		}
 		before[i] = u + s
 	}
-	r, err := b.fortio(ctx, p, k.args...)
+	r, err := b.fortio(ctx, p, target, k.args...)
 	if err != nil {
 		return sample{}, err
 	}

@@ -24,9 +24,14 @@ type sample struct {
 type results struct {
 	by   map[string]map[string][]sample
 	keys [][2]string // path and measurement, in the order first added
+	// aborted counts runs fortio gave up on at their first call (gRPC),
+	// by path and measurement; each was made again.
+	aborted map[string]int
 }
 
-func newResults() *results { return &results{by: map[string]map[string][]sample{}} }
+func newResults() *results {
+	return &results{by: map[string]map[string][]sample{}, aborted: map[string]int{}}
+}
 
 func (r *results) add(path, kind string, s sample) {
 	if r.by[path] == nil {
@@ -71,9 +76,14 @@ func (r *results) pairedBy(path string, f func(key string, run int) float64) flo
 
 // ratiosBy is each run's ratio of path's figure to direct's.
 func (r *results) ratiosBy(path string, f func(key string, run int) float64) []float64 {
+	return r.ratiosTo("direct", path, f)
+}
+
+// ratiosTo is each run's ratio of path's figure to base's.
+func (r *results) ratiosTo(base, path string, f func(key string, run int) float64) []float64 {
 	var v []float64
 	for run := 0; ; run++ {
-		a, b := f(path, run), f("direct", run)
+		a, b := f(path, run), f(base, run)
 		if a == 0 || b == 0 {
 			break
 		}
@@ -84,7 +94,12 @@ func (r *results) ratiosBy(path string, f func(key string, run int) float64) []f
 
 // ratios is ratiosBy for one measurement's figure.
 func (r *results) ratios(path, kind string, f func(sample) float64) []float64 {
-	return r.ratiosBy(path, func(key string, run int) float64 {
+	return r.kindRatios("direct", path, kind, f)
+}
+
+// kindRatios is ratiosTo for one measurement's figure.
+func (r *results) kindRatios(base, path, kind string, f func(sample) float64) []float64 {
+	return r.ratiosTo(base, path, func(key string, run int) float64 {
 		s := r.by[key][kind]
 		if run >= len(s) {
 			return 0

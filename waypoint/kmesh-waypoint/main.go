@@ -50,6 +50,7 @@ type options struct {
 	maxSeries     int
 	drain         time.Duration
 	logLevel      string
+	trimMemory    bool
 }
 
 func main() {
@@ -90,6 +91,7 @@ func parseFlags() *options {
 	flag.IntVar(&o.maxSeries, "metrics-max-series", 0, "cap on label sets of the Istio request metrics (0: the default)")
 	flag.DurationVar(&o.drain, "drain", 5*time.Second, "on SIGTERM, how long requests in flight may take to finish")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.BoolVar(&o.trimMemory, "trim-memory", true, "after a configuration change, give the memory its translation freed back to the system, and once release the binary's start-up pages (see memory.go)")
 	flag.Parse()
 	return o
 }
@@ -112,7 +114,15 @@ func run(o *options, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	// 1. The engine, with nothing to run yet.
+	// 1. The engine, with nothing to run yet, and the runtime's memory
+	// defaults (GOMEMLIMIT in the environment wins).
+	tuneMemory()
+	var trim trimmer
+	if o.trimMemory {
+		// What start-up touched (see releaseBinaryPages) before the first
+		// configuration brings its own.
+		releaseBinaryPages()
+	}
 	accessLog, closeLog, err := openAccessLog(o.accessLog)
 	if err != nil {
 		return err
@@ -123,6 +133,10 @@ func run(o *options, log *slog.Logger) error {
 		if err := eng.Apply(s); err != nil {
 			// The previous configuration keeps running.
 			log.Error("configuration not applied", "version", s.Version, "err", err)
+			return
+		}
+		if o.trimMemory {
+			trim.changed()
 		}
 	}
 
