@@ -385,7 +385,7 @@ func TestKernelAccelGigabyteIsByteExact(t *testing.T) {
 // A receiver that does not read for a while: nothing is lost or reordered.
 // What the shortcut queues for it meanwhile is not held to its receive
 // buffer, only to the node's TCP memory limit (net.ipv4.tcp_mem): a known
-// limit of the kernel's sockmap, logged here and described in the README.
+// limit of the kernel's sockmap, logged here and described in docs/datapath.md.
 func TestKernelAccelIdleReceiverGetsEverythingInOrder(t *testing.T) {
 	p := newAccelPair(t, loader.Features{SockmapAccel: true}, true)
 	c, s := p.dial()
@@ -537,8 +537,8 @@ func TestKernelAccelShutdownWakesBlockedReader(t *testing.T) {
 // socket past TCP waits in a queue that recvmsg(2) reads but splice(2) does
 // not. A server that copies with splice (Go's io.Copy between two TCP
 // sockets, HAProxy in splice mode) sees EOF without that data. This is why
-// acceleration is off by default (README). If this test fails, the kernel
-// has lifted the limit: update the README and this test.
+// acceleration is off by default (docs/datapath.md). If this test fails, the kernel
+// has lifted the limit: update docs/datapath.md and this test.
 func TestKernelAccelSpliceReaderMissesRedirectedData(t *testing.T) {
 	p := newAccelPair(t, loader.Features{SockmapAccel: true}, true)
 	c, s := p.dial()
@@ -565,7 +565,7 @@ func TestKernelAccelSpliceReaderMissesRedirectedData(t *testing.T) {
 	})
 	t.Logf("splice(2) returned %d (err %v) for %d bytes passed past TCP", n, err, len(msg))
 	if n == int64(len(msg)) {
-		t.Fatal("splice(2) now reads redirected data: the kernel lifted the limit; update README")
+		t.Fatal("splice(2) now reads redirected data: the kernel lifted the limit; update docs/datapath.md")
 	}
 	// recvmsg still gets every byte.
 	got, err := io.ReadAll(s)

@@ -482,7 +482,7 @@ func TestKernelWaypointConnectionsAreNotAccelerated(t *testing.T) {
 				return
 			}
 			// Read and write, not io.Copy: that splices, and a splice
-			// reader misses accelerated data (see README).
+			// reader misses accelerated data (see docs/datapath.md).
 			go func() {
 				defer c.Close()
 				buf := make([]byte, 4096)

@@ -24,7 +24,7 @@ const DefaultTCPIdleTimeout = time.Hour
 //
 // Bytes are copied in user space, not spliced: with the kernel's
 // same-node acceleration a peer's data can sit where splice(2) does not
-// look (see the README's acceleration notes).
+// look (see docs/datapath.md, same-node acceleration).
 func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain) {
 	start := time.Now()
 	tp := ch.m.TCP
