@@ -123,6 +123,7 @@ func meshOverXDS(t *testing.T, services int) scaleSample {
 	d.waitReady(20 * time.Second)
 	mesh := xdstest.Resources(xdstest.Mesh(services, benchEndpointsPerService))
 	load := loadAverage()
+	profiled := d.profile(t, fmt.Sprintf("%d-xds", services))
 	cpu0 := cpuTime(t, d.cmd.Process.Pid)
 	seen := len(srv.Replies())
 	if err := srv.Set(xds.TypeAddress, mesh); err != nil {
@@ -142,8 +143,10 @@ func meshOverXDS(t *testing.T, services int) scaleSample {
 	s := scaleSample{took: r.At.Sub(sent), cpu: cpuTime(t, d.cmd.Process.Pid) - cpu0, loadavg: load}
 	d.requireEndpoints(services * benchEndpointsPerService)
 	d.logPhases(t)
+	profiled()
 	time.Sleep(3 * time.Second)
 	s.rss, s.peak = memory(t, d.cmd.Process.Pid)
+	d.logHeap(t)
 	return s
 }
 
@@ -171,6 +174,7 @@ func meshFromFile(t *testing.T, services int) scaleSample {
 	}
 	resources := services * (1 + benchEndpointsPerService)
 	load := loadAverage()
+	profiled := d.profile(t, fmt.Sprintf("%d-file", services))
 	cpu0 := cpuTime(t, d.cmd.Process.Pid)
 	start := time.Now()
 	if err := os.Rename(next, file); err != nil {
@@ -180,9 +184,41 @@ func meshFromFile(t *testing.T, services int) scaleSample {
 	s := scaleSample{took: applied.Sub(start), cpu: cpuTime(t, d.cmd.Process.Pid) - cpu0, loadavg: load}
 	d.requireEndpoints(services * benchEndpointsPerService)
 	d.logPhases(t)
+	profiled()
 	time.Sleep(3 * time.Second)
 	s.rss, s.peak = memory(t, d.cmd.Process.Pid)
+	d.logHeap(t)
 	return s
+}
+
+// profile, with KMESH_BENCH_PPROF=dir, records the daemon's CPU for the
+// next 10 s into dir/name.cpu.pprof; the function it returns waits for that
+// and saves the heap as name.heap.pprof.
+func (d *daemon) profile(t *testing.T, name string) func() {
+	dir := os.Getenv("KMESH_BENCH_PPROF")
+	if dir == "" {
+		return func() {}
+	}
+	save := func(path, file string) {
+		code, b, err := d.get(path)
+		if err != nil || code != 200 {
+			t.Errorf("%s: %d %v", path, code, err)
+			return
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+file), b, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		save("/debug/pprof/profile?seconds=10", ".cpu.pprof")
+	}()
+	time.Sleep(200 * time.Millisecond) // the profiler is on
+	return func() {
+		<-done
+		save("/debug/pprof/heap?gc=1", ".heap.pprof")
+	}
 }
 
 // waitLog waits for a log line holding msg and detail and returns the time
@@ -236,6 +272,44 @@ func (d *daemon) logPhases(t *testing.T) {
 			}
 		}
 	}
+}
+
+// logHeap logs the Go runtime's view of the daemon's memory, to tell the
+// live heap from what the runtime keeps around it.
+func (d *daemon) logHeap(t *testing.T) {
+	_, b, err := d.get("/metrics")
+	if err != nil {
+		return
+	}
+	var parts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, m := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_heap_idle_bytes ", "go_memstats_heap_released_bytes ",
+			"go_memstats_stack_inuse_bytes ", "go_memstats_sys_bytes ", "go_memstats_next_gc_bytes "} {
+			if v, ok := strings.CutPrefix(l, m); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				parts = append(parts, fmt.Sprintf("%s=%.1fMiB", strings.TrimSuffix(strings.TrimPrefix(m, "go_memstats_"), "_bytes "), f/(1<<20)))
+			}
+		}
+	}
+	if _, b, err := d.get("/debug/pprof/heap?debug=1"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "# HeapAlloc = "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				parts = append(parts, fmt.Sprintf("heap_alloc=%.1fMiB", f/(1<<20)))
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", d.cmd.Process.Pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			for _, m := range []string{"Rss:", "Anonymous:"} {
+				if v, ok := strings.CutPrefix(l, m); ok {
+					kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+					parts = append(parts, fmt.Sprintf("%s=%.1fMiB", strings.ToLower(strings.TrimSuffix(m, ":")), kb/1024))
+				}
+			}
+		}
+	}
+	t.Logf("  memory: %s", strings.Join(parts, " "))
 }
 
 // memory reads a process's resident set and its high-water mark, in MiB.
