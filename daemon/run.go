@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/bpf/loader"
@@ -331,37 +329,27 @@ func (a *agent) serveAdmin(ctx context.Context) error {
 		Telemetry: a.tel,
 		Dataplane: a.dp,
 		Ready:     a.syncer.Ready,
-		Pods: func() any {
-			out := []json.RawMessage{}
-			for _, p := range a.reg.Pods() {
-				b, _ := protojson.Marshal(p)
-				out = append(out, b)
-			}
-			return out
-		},
-		Status: a.status,
+		Pods:      a.reg.Pods,
+		Status:    a.status,
 	}, a.metrics)
 	a.spawn(func() error { return admin.Serve(ctx, a.o.adminAddress, h) })
 	return nil
 }
 
-// status is the daemon's part of /debug/status.
-func (a *agent) status() map[string]any {
+// status fills in the daemon's part of /debug/status.
+func (a *agent) status(st *admin.Status) {
 	o := a.o
-	st := map[string]any{"version": Version, "node": a.node.Name, "locality": a.dp.Node().Locality.String(),
-		"connected": a.syncer.IsConnected(), "lastError": a.syncer.LastError()}
-	p, n := a.syncer.Counters()
-	st["pushes"], st["nacks"] = p, n
+	st.Version, st.Node, st.Locality = Version, a.node.Name, a.dp.Node().Locality.String()
+	st.Connected, st.LastError = a.syncer.IsConnected(), a.syncer.LastError()
+	st.Pushes, st.NACKs = a.syncer.Counters()
 	if o.configFile != "" {
-		st["source"] = "file:" + o.configFile
+		st.Source = "file:" + o.configFile
 	} else {
-		st["source"] = "xds:" + o.xdsAddress
+		st.Source = "xds:" + o.xdsAddress
 		xs := a.xds.Stats()
-		st["xdsConnects"], st["xdsACKs"], st["xdsNACKs"] = xs.Connects, xs.ACKs, xs.NACKs
+		st.XDSConnects, st.XDSACKs, st.XDSNACKs = xs.Connects, xs.ACKs, xs.NACKs
 	}
-	all, enrolled := a.podCounts()
-	st["pods"], st["enrolledPods"] = all, enrolled
-	return st
+	st.Pods, st.EnrolledPods = a.podCounts()
 }
 
 // wait returns when ctx ends (SIGTERM) or a part stops with an error; the

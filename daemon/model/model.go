@@ -100,6 +100,18 @@ type Gateway struct {
 // IsSet reports whether a waypoint is configured.
 func (g *Gateway) IsSet() bool { return g != nil && (g.Address.IsValid() || g.Service != "") }
 
+// String writes the waypoint as dumps show it: "ns/host:port" for a
+// service, "addr:port" for an address, "" when none is set.
+func (g *Gateway) String() string {
+	switch {
+	case !g.IsSet():
+		return ""
+	case g.Service != "":
+		return fmt.Sprintf("%s:%d", g.Service, g.Port)
+	}
+	return netip.AddrPortFrom(g.Address, g.Port).String()
+}
+
 // Service is one istio.workload.Service.
 type Service struct {
 	Key       ServiceKey    `json:"key"`
