@@ -390,7 +390,10 @@ func adoptPluginPods(reg *cniserver.Registry, o options, log *slog.Logger) {
 		return
 	}
 	if len(a.Added)+len(a.Dropped) > 0 {
-		log.Info("pod registry caught up with kmesh-cni's records", "added", a.Added, "dropped", a.Dropped)
+		log.Info("pod registry caught up with kmesh-cni's records", "added", a.Added, "enrolled", a.Enrolled, "dropped", a.Dropped)
+	}
+	for id, err := range a.Failed {
+		log.Warn("enroll a pod kmesh-cni could not (no data path at its ADD)", "containerID", id, "err", err)
 	}
 }
 
