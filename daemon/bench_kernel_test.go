@@ -37,21 +37,7 @@ func TestBenchDaemon(t *testing.T) {
 	d.waitReady(10 * time.Second)
 	rssIdle := rss(t, d.cmd.Process.Pid)
 
-	snapshot := map[string]types.Resource{}
-	for i := range services {
-		ns := fmt.Sprintf("ns%d", i%100)
-		name := fmt.Sprintf("svc%d", i)
-		vip := fmt.Sprintf("10.%d.%d.%d", 96+i/65536, (i/256)%256, i%256)
-		n, s := xdstest.Service(ns, name, []string{vip}, map[uint32]uint32{80: 8080})
-		snapshot[n] = s
-		key := fmt.Sprintf("%s/%s.%s.svc.cluster.local", ns, name, ns)
-		for j := range perService {
-			k := i*perService + j
-			ip := fmt.Sprintf("10.%d.%d.%d", 128+k/65536, (k/256)%256, k%256)
-			n, w := xdstest.Workload(fmt.Sprintf("uid-%d", k), ns, fmt.Sprintf("pod-%d", k), []string{ip}, []string{key})
-			snapshot[n] = w
-		}
-	}
+	snapshot := xdstest.Resources(xdstest.Mesh(services, perService))
 	seen := len(srv.Replies())
 	start := time.Now()
 	if err := srv.Set(xds.TypeAddress, snapshot); err != nil {

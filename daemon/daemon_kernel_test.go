@@ -64,8 +64,10 @@ func daemonBinary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
+	for _, bin := range []string{binPath, cniBinPath} {
+		if bin != "" {
+			os.RemoveAll(filepath.Dir(bin))
+		}
 	}
 	os.Exit(code)
 }
@@ -79,6 +81,9 @@ type daemon struct {
 	sock  string
 	log   *os.File
 	done  chan struct{}
+	// netns, when set, is the network namespace the process runs in (a
+	// test's "node", where the pods' host veths are).
+	netns string
 }
 
 func freePort(t *testing.T) string {
@@ -92,8 +97,15 @@ func freePort(t *testing.T) string {
 
 func startDaemon(t *testing.T, cg *testbed.Cgroup, pins string, extra ...string) *daemon {
 	t.Helper()
+	return startDaemonIn(t, "", cg, pins, extra...)
+}
+
+// startDaemonIn starts the daemon in the network namespace at netns ("":
+// the test's own). Its admin address is then reachable only from there.
+func startDaemonIn(t *testing.T, netns string, cg *testbed.Cgroup, pins string, extra ...string) *daemon {
+	t.Helper()
 	dir := t.TempDir()
-	d := &daemon{t: t, admin: freePort(t), sock: filepath.Join(dir, "cni.sock")}
+	d := &daemon{t: t, admin: freePort(t), sock: filepath.Join(dir, "cni.sock"), netns: netns}
 	d.args = append([]string{
 		"--cgroup-root", cg.Path, "--bpf-dir", pins, "--cni-socket", d.sock,
 		"--admin-address", d.admin, "--state-dir", dir, "--cni-state-dir", filepath.Join(dir, "cni"), "--node-name", "node-a",
@@ -119,7 +131,12 @@ func (d *daemon) start() {
 	d.t.Helper()
 	d.cmd = exec.Command(daemonBinary(d.t), d.args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
+	start := d.cmd.Start
+	if d.netns != "" {
+		// Started from a thread inside the namespace, the child is in it.
+		start = func() error { return podns.Do(d.netns, d.cmd.Start) }
+	}
+	if err := start(); err != nil {
 		d.t.Fatal(err)
 	}
 	d.done = make(chan struct{})

@@ -6,46 +6,23 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kmesh-go/kmesh/daemon/admin"
 )
 
-// connEntry is one connection end as /debug/connections and the access log
-// describe it (daemon/telemetry.Entry).
-type connEntry struct {
-	Time     time.Time `json:"time"`
-	Start    time.Time `json:"start"`
-	Reporter string    `json:"reporter"`
-	Source   struct {
-		Address, Workload, Namespace string
-	} `json:"source"`
-	Destination struct {
-		Address, Workload, Namespace string
-	} `json:"destination"`
-	Dialled       string  `json:"dialled"`
-	Service       string  `json:"service"`
-	RequestBytes  uint64  `json:"request_bytes"`
-	ResponseBytes uint64  `json:"response_bytes"`
-	DurationMs    float64 `json:"duration_ms"`
-	RTTMicros     uint32  `json:"rtt_us"`
-	Retransmits   uint32  `json:"retransmits"`
-	Result        string  `json:"result"`
-	ResponseFlags string  `json:"response_flags"`
-	Accelerated   bool    `json:"accelerated"`
-	ID            uint64  `json:"id"`
-}
-
-func who(addr, workload, ns string) string {
-	if workload == "" {
-		return addr
+func who(e admin.Endpoint) string {
+	if e.Workload == "" {
+		return e.Address
 	}
-	return ns + "/" + workload
+	return e.Namespace + "/" + e.Workload
 }
 
-func (e connEntry) service() string {
+// service names what the client dialled: the service, else the address.
+func service(e *admin.Connection) string {
 	switch {
 	case e.Service != "":
 		return e.Service
@@ -55,35 +32,25 @@ func (e connEntry) service() string {
 	return "-"
 }
 
-func (c client) connections() ([]connEntry, []byte, error) {
-	b, err := c.get("/debug/connections")
-	if err != nil {
-		return nil, nil, err
-	}
-	var es []connEntry
-	if err := json.Unmarshal(b, &es); err != nil {
-		return nil, nil, err
-	}
-	return es, b, nil
+func (c client) connections() ([]admin.Connection, error) {
+	var es []admin.Connection
+	return es, c.getJSON("/debug/connections", &es)
 }
 
 // showConnections prints the open connection ends.
 func (c client) showConnections() error {
-	es, raw, err := c.connections()
+	es, err := c.connections()
 	if err != nil {
 		return err
 	}
 	if c.json {
-		_, err = os.Stdout.Write(raw)
-		return err
+		return c.writeJSON(es)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 2, 2, ' ', 0)
+	w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
 	fmt.Fprintln(w, "REPORTER\tSOURCE\tDESTINATION\tSERVICE\tREQUEST\tRESPONSE\tAGE\tRTT\tRETRANS\tACCEL")
 	for _, e := range es {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%v\n", e.Reporter,
-			who(e.Source.Address, e.Source.Workload, e.Source.Namespace),
-			who(e.Destination.Address, e.Destination.Workload, e.Destination.Namespace),
-			e.service(), size(e.RequestBytes), size(e.ResponseBytes),
+			who(e.Source), who(e.Destination), service(&e), size(e.RequestBytes), size(e.ResponseBytes),
 			time.Duration(e.DurationMs*float64(time.Millisecond)).Round(time.Second), rtt(e.RTTMicros), e.Retransmits, e.Accelerated)
 	}
 	return w.Flush()
@@ -98,7 +65,7 @@ func (c client) top(interval time.Duration, rounds int) error {
 		if i > 0 {
 			time.Sleep(interval)
 		}
-		es, _, err := c.connections()
+		es, err := c.connections()
 		if err != nil {
 			return err
 		}
@@ -106,7 +73,7 @@ func (c client) top(interval time.Duration, rounds int) error {
 		secs := now.Sub(last).Seconds()
 		last = now
 		type row struct {
-			e    connEntry
+			e    admin.Connection
 			rate float64
 		}
 		rows := make([]row, 0, len(es))
@@ -130,10 +97,10 @@ func (c client) top(interval time.Duration, rounds int) error {
 			return rows[a].e.RequestBytes+rows[a].e.ResponseBytes > rows[b].e.RequestBytes+rows[b].e.ResponseBytes
 		})
 		if rounds != 1 {
-			fmt.Print("\033[H\033[2J")
+			fmt.Fprint(c.out, "\033[H\033[2J")
 		}
-		fmt.Printf("kmesh top — %s — %d open connection ends, %s/s\n\n", now.Format(time.TimeOnly), len(es), size(uint64(total)))
-		w := tabwriter.NewWriter(os.Stdout, 0, 2, 2, ' ', 0)
+		fmt.Fprintf(c.out, "kmesh top — %s — %d open connection ends, %s/s\n\n", now.Format(time.TimeOnly), len(es), size(uint64(total)))
+		w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
 		fmt.Fprintln(w, "RATE\tREPORTER\tSOURCE\tDESTINATION\tSERVICE\tTOTAL\tAGE\tRTT\tACCEL")
 		for i, r := range rows {
 			if i == 40 {
@@ -141,9 +108,7 @@ func (c client) top(interval time.Duration, rounds int) error {
 			}
 			e := r.e
 			fmt.Fprintf(w, "%s/s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%v\n", size(uint64(r.rate)), e.Reporter,
-				who(e.Source.Address, e.Source.Workload, e.Source.Namespace),
-				who(e.Destination.Address, e.Destination.Workload, e.Destination.Namespace),
-				e.service(), size(e.RequestBytes+e.ResponseBytes),
+				who(e.Source), who(e.Destination), service(&e), size(e.RequestBytes+e.ResponseBytes),
 				time.Duration(e.DurationMs*float64(time.Millisecond)).Round(time.Second), rtt(e.RTTMicros), e.Accelerated)
 		}
 		if err := w.Flush(); err != nil {
@@ -162,7 +127,7 @@ func (c client) logs(follow bool) error {
 	}
 	resp, err := http.Get(c.base + path) // no timeout: a follow lasts
 	if err != nil {
-		return fmt.Errorf("is kmesh-daemon running? %w", err)
+		return fmt.Errorf("is %s running? %w", c.serverName(), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -171,14 +136,14 @@ func (c client) logs(follow bool) error {
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	out := bufio.NewWriter(os.Stdout)
+	out := bufio.NewWriter(c.out)
 	for sc.Scan() {
 		line := sc.Bytes()
 		if c.json {
 			out.Write(line)
 			out.WriteByte('\n')
 		} else {
-			var e connEntry
+			var e admin.Connection
 			if err := json.Unmarshal(line, &e); err != nil {
 				return fmt.Errorf("access log line %q: %w", line, err)
 			}
@@ -187,10 +152,8 @@ func (c client) logs(follow bool) error {
 				accel = " accelerated"
 			}
 			fmt.Fprintf(out, "%s %s %s -> %s (%s) via %s: %s up, %s down, %s, rtt %s, %s%s\n",
-				e.Time.Local().Format("15:04:05.000"), e.Reporter,
-				who(e.Source.Address, e.Source.Workload, e.Source.Namespace),
-				who(e.Destination.Address, e.Destination.Workload, e.Destination.Namespace),
-				e.Destination.Address, e.service(), size(e.RequestBytes), size(e.ResponseBytes),
+				e.Time.Local().Format("15:04:05.000"), e.Reporter, who(e.Source), who(e.Destination),
+				e.Destination.Address, service(&e), size(e.RequestBytes), size(e.ResponseBytes),
 				time.Duration(e.DurationMs*float64(time.Millisecond)).Round(time.Microsecond), rtt(e.RTTMicros), e.Result, accel)
 		}
 		// Each line as it comes: a follower wants to see it now.

@@ -15,17 +15,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"net/netip"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/kmesh-go/kmesh/daemon/admin"
 )
 
 func main() {
 	fs := flag.NewFlagSet("kmeshctl", flag.ExitOnError)
-	admin := fs.String("admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"), "the daemon's admin address")
+	adminAddr := fs.String("admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"), "the daemon's admin address")
 	output := fs.String("o", "table", "output: table or json")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f] | waypoint listeners|routes|clusters|endpoints\n")
@@ -63,7 +67,7 @@ func main() {
 		args = append(args[:i], args[i+2:]...)
 		i--
 	}
-	c := client{base: "http://" + *admin, json: *output == "json"}
+	c := client{base: "http://" + *adminAddr, json: *output == "json", out: os.Stdout}
 	var err error
 	switch {
 	case len(args) == 1 && args[0] == "status":
@@ -87,7 +91,7 @@ func main() {
 			c.base = "http://" + envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
 		}
 		c.server = "kmesh-waypoint"
-		err = c.waypoint(args[1], os.Stdout)
+		err = c.waypoint(args[1], c.out)
 	default:
 		fs.Usage()
 		os.Exit(2)
@@ -103,17 +107,15 @@ type client struct {
 	json bool
 	// server names what answers at base, for errors (default kmesh-daemon).
 	server string
+	// out is where the command writes (standard output).
+	out io.Writer
 }
 
 func (c client) get(path string) ([]byte, error) {
 	hc := http.Client{Timeout: 10 * time.Second}
 	resp, err := hc.Get(c.base + path)
 	if err != nil {
-		server := c.server
-		if server == "" {
-			server = "kmesh-daemon"
-		}
-		return nil, fmt.Errorf("is %s running? %w", server, err)
+		return nil, fmt.Errorf("is %s running? %w", c.serverName(), err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -126,203 +128,191 @@ func (c client) get(path string) ([]byte, error) {
 	return b, nil
 }
 
+func (c client) serverName() string {
+	if c.server == "" {
+		return "kmesh-daemon"
+	}
+	return c.server
+}
+
+// getJSON decodes the answer at path into v, one of the admin API's
+// types.
+func (c client) getJSON(path string, v any) error {
+	b, err := c.get(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// writeJSON is -o json: the server's types, indented.
+func (c client) writeJSON(v any) error {
+	enc := json.NewEncoder(c.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
 func (c client) raw(path string) error {
 	b, err := c.get(path)
 	if err != nil {
 		return err
 	}
-	_, err = os.Stdout.Write(b)
+	_, err = c.out.Write(b)
 	return err
 }
 
 func (c client) status() error {
-	b, err := c.get("/debug/status")
-	if err != nil {
+	var st admin.Status
+	if err := c.getJSON("/debug/status", &st); err != nil {
 		return err
 	}
 	if c.json {
-		_, err = os.Stdout.Write(b)
-		return err
+		return c.writeJSON(st)
 	}
-	var st map[string]any
-	if err := json.Unmarshal(b, &st); err != nil {
-		return err
+	w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
+	row := func(k string, v any) { fmt.Fprintf(w, "%s\t%v\n", k, v) }
+	row("ready", st.Ready)
+	row("version", st.Version)
+	row("node", st.Node)
+	row("locality", st.Locality)
+	row("source", st.Source)
+	row("connected", st.Connected)
+	row("pushes", st.Pushes)
+	row("nacks", st.NACKs)
+	if strings.HasPrefix(st.Source, "xds:") {
+		row("xdsConnects", st.XDSConnects)
+		row("xdsACKs", st.XDSACKs)
+		row("xdsNACKs", st.XDSNACKs)
 	}
-	keys := make([]string, 0, len(st))
-	for k := range st {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	w := tabwriter.NewWriter(os.Stdout, 0, 2, 2, ' ', 0)
-	for _, k := range keys {
-		fmt.Fprintf(w, "%s\t%v\n", k, st[k])
-	}
+	row("lastError", st.LastError)
+	row("services", st.Services)
+	row("workloads", st.Workloads)
+	row("policies", st.Policies)
+	row("pods", st.Pods)
+	row("enrolledPods", st.EnrolledPods)
 	return w.Flush()
 }
 
 func (c client) dump(what string) error {
-	path := map[string]string{
-		"services": "/debug/config_dump", "workloads": "/debug/config_dump", "policies": "/debug/config_dump",
-		"maps": "/debug/maps", "pods": "/debug/pods",
-	}[what]
-	if path == "" {
-		return fmt.Errorf("unknown dump %q (services, workloads, policies, maps, pods)", what)
-	}
-	b, err := c.get(path)
-	if err != nil {
-		return err
-	}
-	var doc map[string]json.RawMessage
-	if path == "/debug/config_dump" {
-		if err := json.Unmarshal(b, &doc); err != nil {
+	switch what {
+	case "services", "workloads", "policies":
+		var d admin.ConfigDump
+		if err := c.getJSON("/debug/config_dump", &d); err != nil {
 			return err
 		}
-		b = doc[what]
+		return c.showConfig(&d, what)
+	case "maps":
+		var m admin.MapDump
+		if err := c.getJSON("/debug/maps", &m); err != nil {
+			return err
+		}
+		if c.json {
+			return c.writeJSON(m)
+		}
+		return c.showMaps(&m)
+	case "pods":
+		var pods admin.Pods
+		if err := c.getJSON("/debug/pods", &pods); err != nil {
+			return err
+		}
+		if c.json {
+			return c.writeJSON(pods)
+		}
+		return c.showPods(pods)
 	}
+	return fmt.Errorf("unknown dump %q (services, workloads, policies, maps, pods)", what)
+}
+
+func (c client) showConfig(d *admin.ConfigDump, what string) error {
 	if c.json {
-		_, err = os.Stdout.Write(append(b, '\n'))
-		return err
+		switch what {
+		case "services":
+			return c.writeJSON(d.Services)
+		case "workloads":
+			return c.writeJSON(d.Workloads)
+		}
+		return c.writeJSON(d.Policies)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 2, 2, ' ', 0)
-	defer w.Flush()
+	w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
 	switch what {
 	case "services":
-		var svcs []struct {
-			Key     string   `json:"key"`
-			ID      uint32   `json:"id"`
-			VIPs    []string `json:"vips"`
-			Backing []string `json:"backing"`
-			Ports   []struct {
-				ServicePort, TargetPort int
-			} `json:"ports"`
-			LB struct {
-				Mode   int    `json:"mode"`
-				Policy string `json:"policy"`
-			} `json:"loadBalancing"`
-		}
-		if err := json.Unmarshal(b, &svcs); err != nil {
-			return err
-		}
-		fmt.Fprintln(w, "SERVICE\tID\tVIPS\tPORTS\tPOLICY\tWORKLOADS")
-		for _, s := range svcs {
+		fmt.Fprintln(w, "SERVICE\tID\tVIPS\tPORTS\tPOLICY\tWAYPOINT\tWORKLOADS")
+		for _, s := range d.Services {
 			var ports []string
 			for _, p := range s.Ports {
 				ports = append(ports, fmt.Sprintf("%d->%d", p.ServicePort, p.TargetPort))
 			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%d\n", s.Key, s.ID, strings.Join(s.VIPs, ","), strings.Join(ports, ","), s.LB.Policy, len(s.Backing))
+			waypoint := s.Waypoint.String()
+			if waypoint == "" {
+				waypoint = "-"
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Key, s.ID, joinAddrs(s.VIPs), strings.Join(ports, ","), s.LB.Policy, waypoint, len(s.Endpoints))
 		}
 	case "workloads":
-		var wls []struct {
-			UID       string   `json:"uid"`
-			Name      string   `json:"name"`
-			Namespace string   `json:"namespace"`
-			ID        uint32   `json:"id"`
-			Addresses []string `json:"addresses"`
-			Healthy   bool     `json:"healthy"`
-			Node      string   `json:"node"`
-		}
-		if err := json.Unmarshal(b, &wls); err != nil {
-			return err
-		}
 		fmt.Fprintln(w, "WORKLOAD\tID\tADDRESSES\tHEALTHY\tNODE")
-		for _, x := range wls {
-			fmt.Fprintf(w, "%s/%s\t%d\t%s\t%v\t%s\n", x.Namespace, x.Name, x.ID, strings.Join(x.Addresses, ","), x.Healthy, x.Node)
+		for _, x := range d.Workloads {
+			fmt.Fprintf(w, "%s/%s\t%d\t%s\t%v\t%s\n", x.Namespace, x.Name, x.ID, joinAddrs(x.Addresses), x.Healthy, x.Node)
 		}
 	case "policies":
-		var ps []struct {
-			Key    string `json:"key"`
-			Scope  int    `json:"scope"`
-			Action int    `json:"action"`
-			DryRun bool   `json:"dryRun"`
-			Groups []any  `json:"groups"`
-		}
-		if err := json.Unmarshal(b, &ps); err != nil {
-			return err
-		}
 		fmt.Fprintln(w, "POLICY\tACTION\tSCOPE\tDRY-RUN\tRULE GROUPS")
-		for _, p := range ps {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%d\n", p.Key, []string{"ALLOW", "DENY"}[p.Action&1],
-				[]string{"workload", "namespace", "global"}[min(p.Scope, 2)], p.DryRun, len(p.Groups))
-		}
-	case "maps":
-		var m struct {
-			Services []struct {
-				ID        uint32
-				VIPs      []string
-				Ports     []struct{ Port, TargetPort int }
-				Policy    int
-				Endpoints [][]uint32
-				Waypoint  string
-			} `json:"services"`
-			Backends []struct {
-				ID        uint32
-				Addresses []string
-				Waypoint  string
-				Identity  uint32
-			} `json:"backends"`
-			Enrolled map[string]any    `json:"enrolled"`
-			Usage    map[string][2]int `json:"usage"`
-			Stats    map[string]uint64 `json:"stats"`
-		}
-		if err := json.Unmarshal(b, &m); err != nil {
-			return err
-		}
-		fmt.Fprintln(w, "KERNEL SERVICE\tVIPS\tPORTS\tENDPOINTS BY PRIORITY\tWAYPOINT")
-		for _, s := range m.Services {
-			var ports, prios []string
-			for _, p := range s.Ports {
-				ports = append(ports, fmt.Sprintf("%d->%d", p.Port, p.TargetPort))
-			}
-			for _, e := range s.Endpoints {
-				prios = append(prios, fmt.Sprint(e))
-			}
-			fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", s.ID, strings.Join(s.VIPs, ","), strings.Join(ports, ","), strings.Join(prios, " "), s.Waypoint)
-		}
-		fmt.Fprintln(w, "\nKERNEL BACKEND\tADDRESSES\tIDENTITY\tWAYPOINT")
-		for _, be := range m.Backends {
-			fmt.Fprintf(w, "%d\t%s\t%d\t%s\n", be.ID, strings.Join(be.Addresses, ","), be.Identity, be.Waypoint)
-		}
-		fmt.Fprintf(w, "\nENROLLED NETNS\t%d\n", len(m.Enrolled))
-		names := make([]string, 0, len(m.Usage))
-		for n := range m.Usage {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		fmt.Fprintln(w, "\nMAP\tENTRIES\tCAPACITY")
-		for _, n := range names {
-			fmt.Fprintf(w, "%s\t%d\t%d\n", n, m.Usage[n][0], m.Usage[n][1])
-		}
-		stats := make([]string, 0, len(m.Stats))
-		for n := range m.Stats {
-			stats = append(stats, n)
-		}
-		sort.Strings(stats)
-		fmt.Fprintln(w, "\nKERNEL EVENT\tCOUNT")
-		for _, n := range stats {
-			fmt.Fprintf(w, "%s\t%d\n", n, m.Stats[n])
-		}
-	case "pods":
-		var pods []struct {
-			Name        string   `json:"name"`
-			Namespace   string   `json:"namespace"`
-			ContainerID string   `json:"containerId"`
-			Reason      string   `json:"reason"`
-			Enrolled    bool     `json:"enrolled"`
-			IPs         []string `json:"ips"`
-		}
-		if err := json.Unmarshal(b, &pods); err != nil {
-			return err
-		}
-		fmt.Fprintln(w, "POD\tSANDBOX\tIPS\tENROLLED\tWHY")
-		for _, p := range pods {
-			id := p.ContainerID
-			if len(id) > 12 {
-				id = id[:12]
-			}
-			fmt.Fprintf(w, "%s/%s\t%s\t%s\t%v\t%s\n", p.Namespace, p.Name, id, strings.Join(p.IPs, ","), p.Enrolled, p.Reason)
+		for _, p := range d.Policies {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%d\n", p.Key, p.Action, p.Scope, p.DryRun, len(p.Groups))
 		}
 	}
-	return nil
+	return w.Flush()
+}
+
+func (c client) showMaps(m *admin.MapDump) error {
+	w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(w, "KERNEL SERVICE\tVIPS\tPORTS\tENDPOINTS BY PRIORITY\tWAYPOINT")
+	for _, s := range m.Services {
+		var ports, prios []string
+		for _, p := range s.Ports {
+			ports = append(ports, fmt.Sprintf("%d->%d", p.Port, p.TargetPort))
+		}
+		for _, e := range s.Endpoints {
+			prios = append(prios, fmt.Sprint(e))
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", s.ID, joinAddrs(s.VIPs), strings.Join(ports, ","), strings.Join(prios, " "), s.Waypoint)
+	}
+	fmt.Fprintln(w, "\nKERNEL BACKEND\tADDRESSES\tIDENTITY\tWAYPOINT")
+	for _, be := range m.Backends {
+		fmt.Fprintf(w, "%d\t%s\t%d\t%s\n", be.ID, joinAddrs(be.Addresses), be.Identity, be.Waypoint)
+	}
+	fmt.Fprintf(w, "\nENROLLED NETNS\t%d\n", len(m.Enrolled))
+	fmt.Fprintln(w, "\nMAP\tENTRIES\tCAPACITY")
+	for _, n := range slices.Sorted(maps.Keys(m.Usage)) {
+		fmt.Fprintf(w, "%s\t%d\t%d\n", n, m.Usage[n][0], m.Usage[n][1])
+	}
+	fmt.Fprintln(w, "\nKERNEL EVENT\tCOUNT")
+	for _, n := range slices.Sorted(maps.Keys(m.Stats)) {
+		fmt.Fprintf(w, "%s\t%d\n", n, m.Stats[n])
+	}
+	return w.Flush()
+}
+
+func (c client) showPods(pods admin.Pods) error {
+	w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(w, "POD\tSANDBOX\tIPS\tENROLLED\tWHY")
+	for _, p := range pods {
+		id := p.GetContainerId()
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%v\t%s\n", p.GetNamespace(), p.GetName(), id, strings.Join(p.GetIps(), ","), p.GetEnrolled(), p.GetReason())
+	}
+	return w.Flush()
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
 }
 
 func envOr(k, def string) string {

@@ -91,8 +91,21 @@ func maglevSet(strict bool, want [layout.MaxPrio][]uint32) []uint32 {
 	return nil
 }
 
+// beBlock is a backend's entries with room for its usual one frontend, in
+// one allocation: a node keeps a hundred thousand of them.
+type beBlock struct {
+	e  beEntries
+	fe [1]pair[layout.FrontendKey, layout.FrontendValue]
+}
+
 func backendEntries(b *Backend) *beEntries {
-	e := &beEntries{fe: make(small[layout.FrontendKey, layout.FrontendValue], 0, len(b.Addresses))}
+	block := new(beBlock)
+	e := &block.e
+	if len(b.Addresses) <= len(block.fe) {
+		e.fe = block.fe[:0]
+	} else {
+		e.fe = make(small[layout.FrontendKey, layout.FrontendValue], 0, len(b.Addresses))
+	}
 	v := layout.BackendValue{IdentityID: b.Identity, AuthzPS: b.PolicySet}
 	for _, a := range b.Addresses {
 		e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(a)}, layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload})

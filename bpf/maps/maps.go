@@ -10,6 +10,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/bpf/layout"
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/internal/mapsize"
 )
 
 // Maps writes services and backends into a loaded data path. It keeps a
@@ -209,7 +210,10 @@ type state struct {
 }
 
 func (m *Maps) plan(t Txn) (*plan, *state, error) {
-	next := &state{services: map[uint32]*svcEntries{}, backends: map[uint32]*beEntries{}}
+	next := &state{
+		services: make(map[uint32]*svcEntries, len(t.Services)+len(t.DeleteServices)),
+		backends: make(map[uint32]*beEntries, len(t.Backends)+len(t.DeleteBackends)),
+	}
 
 	for i := range t.Backends {
 		b := &t.Backends[i]
@@ -227,7 +231,6 @@ func (m *Maps) plan(t Txn) (*plan, *state, error) {
 		}
 		next.backends[id] = nil
 	}
-	wanted := map[uint32][layout.MaxPrio][]uint32{}
 	for i := range t.Services {
 		s := &t.Services[i]
 		if err := s.validate(); err != nil {
@@ -246,7 +249,6 @@ func (m *Maps) plan(t Txn) (*plan, *state, error) {
 			e.value.EpCount[p] = uint32(len(e.slots[p]))
 		}
 		next.services[s.ID] = e
-		wanted[s.ID] = want
 	}
 	for _, id := range t.DeleteServices {
 		if _, dup := next.services[id]; dup {
@@ -403,7 +405,7 @@ func (m *Maps) checkPolicySetRefs(t Txn, next *state) error {
 
 // checkFrontends refuses an address claimed by two objects.
 func (m *Maps) checkFrontends(next *state) error {
-	claimed := map[layout.FrontendKey]Ref{}
+	claimed := make(map[layout.FrontendKey]Ref, len(next.services)+len(next.backends))
 	released := map[layout.FrontendKey]bool{}
 	claim := func(o Ref, fe feSet) error {
 		for _, f := range fe {
@@ -455,6 +457,12 @@ func (m *Maps) checkFrontends(next *state) error {
 
 // commit folds a written transaction into the mirror.
 func (m *Maps) commit(p *plan, next *state) {
+	if n := len(next.services) + len(next.backends); n >= 1024 {
+		m.services = mapsize.Reserve(m.services, len(next.services))
+		m.backends = mapsize.Reserve(m.backends, len(next.backends))
+		m.refs = mapsize.Reserve(m.refs, len(next.backends))
+		m.feOwner = mapsize.Reserve(m.feOwner, n)
+	}
 	for id, e := range next.services {
 		if old := m.services[id]; old != nil {
 			m.unuseWaypoint(ServiceRef(id), old.waypoint())

@@ -19,6 +19,11 @@ type kv[K comparable, V any] struct {
 	vals []V
 }
 
+func (b *kv[K, V]) grow(n int) {
+	b.keys = slices.Grow(b.keys, n)
+	b.vals = slices.Grow(b.vals, n)
+}
+
 func (b *kv[K, V]) add(k K, v V) {
 	b.keys = append(b.keys, k)
 	b.vals = append(b.vals, v)
@@ -157,8 +162,15 @@ func (m *Maps) reversePlan(next *state, forward *plan) *plan {
 
 func diffStates(cur view, next *state) *plan {
 	p := &plan{added: map[string]int{}, removed: map[string]int{}, newInner: map[uint32]*ebpf.Map{}}
-	newServices := map[uint32]bool{}
-	claimed := map[layout.FrontendKey]bool{}
+	// Sized for a transaction of new objects (a snapshot); grown one
+	// append at a time, the batches are copied over and over.
+	p.beUp.grow(len(next.backends))
+	p.svcUp.grow(len(next.services))
+	p.feUp.grow(len(next.services) + len(next.backends))
+	p.epUp.grow(len(next.backends))
+	p.portUp.grow(len(next.services))
+	newServices := make(map[uint32]bool, len(next.services))
+	claimed := make(map[layout.FrontendKey]bool, len(next.services)+len(next.backends))
 	var released []layout.FrontendKey
 
 	feDiff := func(old, nw feSet) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -13,7 +14,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
 
+	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/dataplane"
 	"github.com/kmesh-go/kmesh/daemon/model"
@@ -25,13 +28,40 @@ type Source struct {
 	Dataplane *dataplane.Dataplane
 	// Ready reports whether the first complete state is in the kernel.
 	Ready func() bool
-	// Status adds source-specific fields to /debug/status.
-	Status func() map[string]any
+	// Status fills in the daemon's fields of /debug/status (its version,
+	// node, source, pods).
+	Status func(*Status)
 	// Pods lists the CNI registry.
-	Pods func() any
+	Pods func() []*cniv1.Pod
 	// Telemetry serves /debug/connections and /debug/accesslog; nil when
 	// telemetry is off.
 	Telemetry *telemetry.Telemetry
+}
+
+// The responses, as kmeshctl and other clients decode them.
+
+// Status is /debug/status.
+type Status struct {
+	Ready     bool   `json:"ready"`
+	Version   string `json:"version"`
+	Node      string `json:"node"`
+	Locality  string `json:"locality"`
+	Services  int    `json:"services"`
+	Workloads int    `json:"workloads"`
+	Policies  int    `json:"policies"`
+	// Source is where the mesh comes from: "xds:<address>" or
+	// "file:<path>".
+	Source    string `json:"source"`
+	Connected bool   `json:"connected"`
+	LastError string `json:"lastError"`
+	Pushes    uint64 `json:"pushes"`
+	NACKs     uint64 `json:"nacks"`
+	// The xDS stream's counters (an istiod source only).
+	XDSConnects  uint64 `json:"xdsConnects,omitempty"`
+	XDSACKs      uint64 `json:"xdsACKs,omitempty"`
+	XDSNACKs     uint64 `json:"xdsNACKs,omitempty"`
+	Pods         int    `json:"pods"`
+	EnrolledPods int    `json:"enrolledPods"`
 }
 
 // ConfigDump is /debug/config_dump: the model as the daemon holds it.
@@ -42,12 +72,15 @@ type ConfigDump struct {
 	Policies  []*model.AuthzPolicy `json:"policies"`
 }
 
+// ServiceDump is a service with its data-path id and the workloads
+// backing it (by uid).
 type ServiceDump struct {
 	*model.Service
 	ID        uint32   `json:"id"`
 	Endpoints []string `json:"backing"`
 }
 
+// WorkloadDump is a workload with its data-path id.
 type WorkloadDump struct {
 	*model.Workload
 	ID uint32 `json:"id"`
@@ -55,12 +88,54 @@ type WorkloadDump struct {
 
 // MapDump is /debug/maps: the kernel's state, decoded.
 type MapDump struct {
-	Services []maps.Service             `json:"services"`
-	Backends []maps.Backend             `json:"backends"`
+	Services []maps.Service `json:"services"`
+	Backends []maps.Backend `json:"backends"`
+	// Enrolled is the manage map: netns cookie -> enrollment.
 	Enrolled map[uint64]maps.Enrollment `json:"enrolled"`
-	Usage    map[string][2]int          `json:"usage"`
-	Stats    map[string]uint64          `json:"stats"`
+	// Usage is entries in use and capacity per map.
+	Usage map[string][2]int `json:"usage"`
+	// Stats are the kernel's event counters.
+	Stats map[string]uint64 `json:"stats"`
 }
+
+// Pods is /debug/pods: the CNI registry, each pod in the CNI API's JSON
+// (protojson).
+type Pods []*cniv1.Pod
+
+func (ps Pods) MarshalJSON() ([]byte, error) {
+	out := make([]json.RawMessage, 0, len(ps))
+	for _, p := range ps {
+		b, err := protojson.Marshal(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return json.Marshal(out)
+}
+
+func (ps *Pods) UnmarshalJSON(b []byte) error {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*ps = make(Pods, 0, len(raw))
+	for i, r := range raw {
+		p := &cniv1.Pod{}
+		if err := protojson.Unmarshal(r, p); err != nil {
+			return fmt.Errorf("pods[%d]: %w", i, err)
+		}
+		*ps = append(*ps, p)
+	}
+	return nil
+}
+
+// Connection is one connection end in /debug/connections, and one line
+// of /debug/accesslog (an ended one).
+type Connection = telemetry.Entry
+
+// Endpoint is one end of a Connection.
+type Endpoint = telemetry.Endpoint
 
 // Handler builds the HTTP handler.
 func Handler(src Source, reg *prometheus.Registry) http.Handler {
@@ -84,22 +159,19 @@ func Handler(src Source, reg *prometheus.Registry) http.Handler {
 		writeJSON(w, d)
 	})
 	mux.HandleFunc("/debug/status", func(w http.ResponseWriter, r *http.Request) {
-		st := map[string]any{"ready": src.Ready()}
-		sv, wl, po := src.Dataplane.Store().Counts()
-		st["services"], st["workloads"], st["policies"] = sv, wl, po
+		st := Status{Ready: src.Ready()}
+		st.Services, st.Workloads, st.Policies = src.Dataplane.Store().Counts()
 		if src.Status != nil {
-			for k, v := range src.Status() {
-				st[k] = v
-			}
+			src.Status(&st)
 		}
 		writeJSON(w, st)
 	})
 	mux.HandleFunc("/debug/pods", func(w http.ResponseWriter, r *http.Request) {
-		if src.Pods == nil {
-			writeJSON(w, []any{})
-			return
+		pods := Pods{}
+		if src.Pods != nil {
+			pods = src.Pods()
 		}
-		writeJSON(w, src.Pods())
+		writeJSON(w, pods)
 	})
 	mux.HandleFunc("/debug/connections", func(w http.ResponseWriter, r *http.Request) {
 		if src.Telemetry == nil {

@@ -93,13 +93,23 @@ func TestAdoptPluginRecords(t *testing.T) {
 	delete(e.cookies, 4)
 	e.cookies[6] = true
 	e.enrolled = nil
-	plugin := []*cniv1.Pod{
-		{ContainerId: "kept", Name: "kept", NetnsCookie: 1, Enrolled: true},
-		{ContainerId: "relabelled", Name: "relabelled", NetnsCookie: 2, Enrolled: true, Reason: "pod label"},
-		{ContainerId: "held", Name: "held", NetnsCookie: 5, Enrolled: true},
-		{ContainerId: "new", Name: "new", NetnsCookie: 6, Enrolled: true, HostVeth: "veth6"},
-		{ContainerId: "new-unenrolled", Name: "new-unenrolled", NetnsCookie: 7},
-		{ContainerId: "new-lost", Name: "new-lost", NetnsCookie: 8, Enrolled: true},
+	// Two pods ADD wanted enrolled but found no data path: one whose netns
+	// is still there (a file stands for it; the fake enroller reads no
+	// netns), one whose netns is gone.
+	netns := filepath.Join(t.TempDir(), "netns-9")
+	if err := os.WriteFile(netns, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	plugin := []PluginPod{
+		{Pod: &cniv1.Pod{ContainerId: "kept", Name: "kept", NetnsCookie: 1, Enrolled: true}, WantsEnrollment: true},
+		{Pod: &cniv1.Pod{ContainerId: "relabelled", Name: "relabelled", NetnsCookie: 2, Enrolled: true, Reason: "pod label"}, WantsEnrollment: true},
+		{Pod: &cniv1.Pod{ContainerId: "held", Name: "held", NetnsCookie: 5, Enrolled: true}, WantsEnrollment: true},
+		{Pod: &cniv1.Pod{ContainerId: "new", Name: "new", NetnsCookie: 6, Enrolled: true, HostVeth: "veth6"}, WantsEnrollment: true},
+		{Pod: &cniv1.Pod{ContainerId: "new-unenrolled", Name: "new-unenrolled", NetnsCookie: 7}},
+		{Pod: &cniv1.Pod{ContainerId: "new-lost", Name: "new-lost", NetnsCookie: 8, Enrolled: true}, WantsEnrollment: true},
+		{Pod: &cniv1.Pod{ContainerId: "new-early", Name: "new-early", NetnsCookie: 9, NetnsPath: netns,
+			Reason: "no kubeconfig; defaultEnroll is true" + cnistate.NotEnrolledYet + "kmesh data path not loaded"}, WantsEnrollment: true},
+		{Pod: &cniv1.Pod{ContainerId: "new-early-gone", Name: "new-early-gone", NetnsCookie: 10, NetnsPath: netns + "-gone"}, WantsEnrollment: true},
 	}
 
 	r, err := NewRegistry(file, e)
@@ -117,10 +127,12 @@ func TestAdoptPluginRecords(t *testing.T) {
 	}
 	slices.Sort(a.Added)
 	slices.Sort(a.Dropped)
-	if !slices.Equal(a.Added, []string{"new", "new-lost", "new-unenrolled"}) || !slices.Equal(a.Dropped, []string{"gone", "gone-unenrolled"}) {
+	if !slices.Equal(a.Added, []string{"new", "new-early", "new-early-gone", "new-lost", "new-unenrolled"}) ||
+		!slices.Equal(a.Dropped, []string{"gone", "gone-unenrolled"}) || !slices.Equal(a.Enrolled, []string{"new-early"}) ||
+		len(a.Failed) != 1 || a.Failed["new-early-gone"] == nil {
 		t.Fatalf("adoption %+v", a)
 	}
-	want := []string{"held", "kept", "new", "new-lost", "new-unenrolled", "relabelled"}
+	want := []string{"held", "kept", "new", "new-early", "new-early-gone", "new-lost", "new-unenrolled", "relabelled"}
 	if got := ids(r.Pods()); !slices.Equal(got, want) {
 		t.Fatalf("pods %v, want %v", got, want)
 	}
@@ -133,8 +145,16 @@ func TestAdoptPluginRecords(t *testing.T) {
 	if p := byID(r, "new-lost"); p.Enrolled || !strings.Contains(p.Reason, "not in the manage map") {
 		t.Errorf("a record whose cookie is gone is registered enrolled: %v", p)
 	}
-	if len(e.enrolled) != 0 {
-		t.Errorf("adoption enrolled cookies %v: the plugin enrolls, the daemon only learns", e.enrolled)
+	if p := byID(r, "new-early"); !p.Enrolled || p.Reason != "no kubeconfig; defaultEnroll is true; enrolled by the daemon at its start (kmesh-cni found no data path)" {
+		t.Errorf("a pod ADD could not enroll: %v", p)
+	}
+	if p := byID(r, "new-early-gone"); p.Enrolled || !strings.Contains(p.Reason, "could not enroll it") {
+		t.Errorf("a pod whose netns is gone: %v", p)
+	}
+	// Only the pod ADD could not enroll: what the plugin enrolled (or
+	// its DEL released) is the plugin's.
+	if !slices.Equal(e.enrolled, []uint64{9}) {
+		t.Errorf("adoption enrolled cookies %v, want only 9", e.enrolled)
 	}
 	// It was saved: a third start knows the same.
 	r2, err := NewRegistry(file, e)
@@ -175,7 +195,7 @@ func TestPluginPods(t *testing.T) {
 		}
 	}
 	pods, complete, err = PluginPods(dir, "/sys/fs/bpf/kmesh")
-	if err != nil || !complete || len(pods) != 1 || pods[0].ContainerId != "a" || pods[0].Name != "a" || !pods[0].Enrolled {
+	if err != nil || !complete || len(pods) != 1 || pods[0].ContainerId != "a" || pods[0].Name != "a" || !pods[0].Enrolled || !pods[0].WantsEnrollment {
 		t.Fatalf("records %v %v %v", pods, complete, err)
 	}
 	// A corrupt record: the others come back, and nothing may be dropped.

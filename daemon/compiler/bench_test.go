@@ -24,7 +24,7 @@ func snapshot(services, perService int) []model.Resource {
 			k := i*perService + j
 			uid := fmt.Sprintf("uid-%d", k)
 			out = append(out, model.Resource{Name: uid, Workload: &model.Workload{
-				UID: uid, Namespace: fmt.Sprintf("ns%d", i%100), Healthy: true,
+				UID: uid, Shared: model.ShareOf(model.Shared{Namespace: fmt.Sprintf("ns%d", i%100)}), Healthy: true,
 				Addresses: []netip.Addr{netip.AddrFrom4([4]byte{10, byte(128 + k/65536), byte(k >> 8), byte(k)})},
 				Services:  []model.ServicePorts{{Service: key}},
 			}})

@@ -13,6 +13,7 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/authz"
 	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/internal/mapsize"
 )
 
 // Compiler keeps, per service and workload, what it compiled last, so a
@@ -27,6 +28,9 @@ type Compiler struct {
 	wlIDs    ids
 	identIDs map[string]uint32
 	idents   []authz.Identity // every identity the kernel may report
+	// identTaken holds the ids in idents; identMax the largest.
+	identTaken map[uint32]bool
+	identMax   uint32
 
 	// Authorization: one policy set per distinct list of policies guarding
 	// workloads, compiled to tables; ids of policies for the counters.
@@ -37,6 +41,8 @@ type Compiler struct {
 
 	svc map[model.ServiceKey]*svcRec
 	wl  map[string]*wlRec
+	// wp: what the waypoint of each object that names one names.
+	wp map[obj]wpName
 
 	// wpUsers: per object, who names it as their waypoint (by hostname, by
 	// address, or inherited from a service they back). An object anyone
@@ -60,19 +66,19 @@ type Compiler struct {
 	scopes *policyScopes
 }
 
+// svcRec and wlRec are kept per object, a hundred thousand of them on a
+// big node: what only some objects have (a waypoint) is kept elsewhere.
 type svcRec struct {
-	id       uint32
 	prev     *model.Service // as last compiled (its VIPs are its claims)
-	compiled bool           // in the kernel
-	wp       wpName         // what its waypoint names
+	id       uint32
+	compiled bool // in the kernel
 }
 
 type wlRec struct {
-	id       uint32
 	prev     *model.Workload
-	compiled bool
-	wp       wpName
 	ps       string // the policy list guarding it, as compiled
+	id       uint32
+	compiled bool
 }
 
 // wpName is what an object's waypoint names, resolved: the service of a
@@ -124,12 +130,14 @@ func New(node model.Node, store *model.Store) *Compiler {
 		svcIDs:      newIDs(),
 		wlIDs:       newIDs(),
 		identIDs:    map[string]uint32{},
+		identTaken:  map[uint32]bool{},
 		psIDs:       newIDs(),
 		ps:          map[string]*psRec{},
 		policyIDs:   map[string]uint32{},
 		authzLimit:  DefaultAuthzLimit,
 		svc:         map[model.ServiceKey]*svcRec{},
 		wl:          map[string]*wlRec{},
+		wp:          map[obj]wpName{},
 		wpUsers:     map[obj]map[obj]bool{},
 		wpAddrUsers: map[netip.Addr]map[obj]bool{},
 		claims:      map[netip.Addr]claim{},
@@ -291,13 +299,28 @@ func (c *Compiler) Changes(ch model.Changes) (maps.Txn, error) {
 	return txn, err
 }
 
+// makeRoom sizes the compiler's maps for a transaction that may add
+// services and workloads (a snapshot): a map grown one entry at a time
+// through a hundred thousand entries rehashes over and over.
+func (c *Compiler) makeRoom(services, workloads int) {
+	c.svc = mapsize.Reserve(c.svc, services)
+	c.svcIDs.taken = mapsize.Reserve(c.svcIDs.taken, services)
+	c.wl = mapsize.Reserve(c.wl, workloads)
+	c.wlIDs.taken = mapsize.Reserve(c.wlIDs.taken, workloads)
+	c.claims = mapsize.Reserve(c.claims, services+workloads)
+}
+
 // work is a workload being recompiled, looked up once.
 type work struct {
 	w *model.Workload // now (nil: removed)
 	r *wlRec
+	// compile: in the kernel after this transaction (it owns one of its
+	// addresses), known once the addresses are settled.
+	compile bool
 }
 
 func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
+	c.makeRoom(len(ch.Services), len(ch.Workloads))
 	svcs := make(map[model.ServiceKey]bool, len(ch.Services))
 	wls := make(map[string]*work, len(ch.Workloads))
 	addWl := func(uid string) {
@@ -360,7 +383,8 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	}
 	// Ids before anything is compiled: a waypoint is named by its id.
 	for uid, wk := range wls {
-		if wk.r.id == 0 && c.willCompile(v, obj{key: uid}) {
+		wk.compile = wk.w != nil && c.ownsAny(obj{key: uid}, wk.w.Addresses)
+		if wk.r.id == 0 && wk.compile {
 			wk.r.id = c.wlIDs.next()
 		}
 	}
@@ -373,7 +397,7 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	txn := maps.Txn{Backends: make([]maps.Backend, 0, len(wls))}
 	for uid, wk := range wls {
 		w, r := wk.w, wk.r
-		if w == nil || !c.ownsAny(obj{key: uid}, w.Addresses) {
+		if !wk.compile {
 			if r.compiled {
 				// maps deletes it after the services that listed it.
 				txn.DeleteBackends = append(txn.DeleteBackends, r.id)
@@ -383,6 +407,7 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 			if w == nil {
 				c.wlIDs.drop(r.id)
 				delete(c.wl, uid)
+				delete(c.wp, obj{key: uid})
 			}
 			continue
 		}
@@ -408,6 +433,7 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 			if s == nil {
 				c.svcIDs.drop(r.id)
 				delete(c.svc, k)
+				delete(c.wp, obj{svc: true, key: string(k)})
 			}
 			continue
 		}
@@ -461,7 +487,7 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 		was  obj
 		had  bool
 	}
-	var touched []change
+	touched := make([]change, 0, len(svcs)+len(wls))
 	ownerOf := func(a netip.Addr) (obj, bool) {
 		cl, ok := c.claims[a]
 		if !ok {
@@ -469,8 +495,7 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 		}
 		return cl.owner(), true
 	}
-	update := func(o obj, now []netip.Addr) {
-		old := c.claimsOf(o)
+	update := func(o obj, old, now []netip.Addr) {
 		if slices.Equal(old, now) {
 			return
 		}
@@ -496,7 +521,11 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 			cl, ok := c.claims[a]
 			switch {
 			case !ok:
-				touched = append(touched, change{addr: a})
+				// A first claim changes nothing for anyone but o (in the
+				// transaction already) and whoever names a as a waypoint.
+				if len(c.wpAddrUsers[a]) > 0 {
+					touched = append(touched, change{addr: a})
+				}
 				c.claims[a] = claim{first: o}
 			case cl.first != o && !slices.Contains(cl.more, o):
 				touched = append(touched, change{a, cl.owner(), true})
@@ -510,14 +539,18 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 		if s := v.Service(k); s != nil && s.LB.Mode != model.LBModePassthrough {
 			vips = s.VIPs
 		}
-		update(obj{svc: true, key: string(k)}, vips)
+		o := obj{svc: true, key: string(k)}
+		update(o, c.claimsOf(o), vips)
 	}
 	for uid, wk := range wls {
-		var addrs []netip.Addr
+		var old, addrs []netip.Addr
+		if wk.r.prev != nil {
+			old = wk.r.prev.Addresses
+		}
 		if wk.w != nil {
 			addrs = wk.w.Addresses
 		}
-		update(obj{key: uid}, addrs)
+		update(obj{key: uid}, old, addrs)
 	}
 	recompile := func(o obj) {
 		if o.svc {
@@ -590,7 +623,7 @@ func (c *Compiler) service(v model.View, s *model.Service, r *svcRec) maps.Servi
 	usePrefs := s.LB.Mode == model.LBModeStrict || s.LB.Mode == model.LBModeFailover
 	out.Strict = s.LB.Mode == model.LBModeStrict && len(s.LB.RoutingPreference) > 0
 
-	out.Waypoint = c.waypointRef(v, r.wp, c.isWaypoint(self))
+	out.Waypoint = c.waypointRef(v, c.wp[self], c.isWaypoint(self))
 
 	backing := v.Backing(s.Key)
 	members := make([]*model.Workload, 0, len(backing))
@@ -643,7 +676,7 @@ func (c *Compiler) backend(v model.View, w *model.Workload, r *wlRec) maps.Backe
 	self := obj{key: w.UID}
 	b := maps.Backend{ID: r.id, Addresses: c.owned(self, w.Addresses), Identity: c.identity(w)}
 	b.PolicySet = c.policySet(v, w, r)
-	b.Waypoint = c.waypointRef(v, r.wp, c.isWaypointWorkload(w))
+	b.Waypoint = c.waypointRef(v, c.wp[self], c.isWaypointWorkload(w))
 	return b
 }
 
@@ -680,12 +713,18 @@ func (c *Compiler) identity(w *model.Workload) uint32 {
 	key := w.Identity()
 	id, ok := c.identIDs[key]
 	if !ok {
-		id = c.nextIdentity()
-		c.identIDs[key] = id
-		c.idents = append(c.idents, authz.Identity{ID: id, TrustDomain: w.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount})
-		c.identsGrew = true
+		id = c.identMax + 1
+		c.addIdentity(w, key, id)
 	}
 	return id
+}
+
+func (c *Compiler) addIdentity(w *model.Workload, key string, id uint32) {
+	c.identIDs[key] = id
+	c.identTaken[id] = true
+	c.identMax = max(c.identMax, id)
+	c.idents = append(c.idents, authz.Identity{ID: id, TrustDomain: w.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount})
+	c.identsGrew = true
 }
 
 // WorkloadAt returns the compiled workload owning an address (0: none).
@@ -720,17 +759,10 @@ func (c *Compiler) adoptIdentity(w *model.Workload, id uint32) {
 	if id == 0 {
 		return
 	}
-	if _, ok := c.identIDs[key]; ok {
-		return
+	if _, ok := c.identIDs[key]; ok || c.identTaken[id] {
+		return // known, or the id is another identity's
 	}
-	for _, x := range c.idents {
-		if x.ID == id {
-			return // taken by another identity
-		}
-	}
-	c.identIDs[key] = id
-	c.idents = append(c.idents, authz.Identity{ID: id, TrustDomain: w.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount})
-	c.identsGrew = true
+	c.addIdentity(w, key, id)
 }
 
 // PolicyID returns the counter id of a policy key (0: none yet).
@@ -743,21 +775,6 @@ func (c *Compiler) PolicyKeys() map[uint32]string {
 		out[id] = k
 	}
 	return out
-}
-
-func (c *Compiler) nextIdentity() uint32 {
-	max := uint32(0)
-	for _, x := range c.idents {
-		max = maxU32(max, x.ID)
-	}
-	return max + 1
-}
-
-func maxU32(a, b uint32) uint32 {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // policyID numbers a policy for the kernel's counters. The number is a

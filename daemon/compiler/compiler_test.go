@@ -31,10 +31,11 @@ func web(mut ...func(*model.Service)) *model.Service {
 }
 
 func pod(uid, ip string, mut ...func(*model.Workload)) *model.Workload {
+	// Each test pod has a Shared of its own: tests change it in place.
 	w := &model.Workload{
-		UID: uid, Name: uid, Namespace: "default", Addresses: []netip.Addr{addr(ip)},
-		Healthy: true, Node: "node-a", ClusterID: "c1",
-		Locality: model.Locality{Region: "r1", Zone: "z1", Subzone: "s1"},
+		UID: uid, Name: uid, Addresses: []netip.Addr{addr(ip)}, Healthy: true, Node: "node-a",
+		Shared: &model.Shared{Namespace: "default", ClusterID: "c1",
+			Locality: model.Locality{Region: "r1", Zone: "z1", Subzone: "s1"}},
 		Services: []model.ServicePorts{{Service: svcKey, Ports: []model.Port{{ServicePort: 80, TargetPort: 8080}}}},
 	}
 	for _, m := range mut {

@@ -129,9 +129,10 @@ func denyAll(policy uint32) *maps.AuthzTables {
 // into the transaction.
 func (c *Compiler) finishPolicySets(v model.View, txn *maps.Txn, done map[string]*work, policiesChanged bool) {
 	if policiesChanged || c.identsGrew {
-		inTxn := make(map[uint32]bool, len(txn.Backends))
-		for _, b := range txn.Backends {
-			inTxn[b.ID] = true
+		// Where each backend of the transaction is, by id.
+		inTxn := make(map[uint32]int, len(txn.Backends))
+		for i, b := range txn.Backends {
+			inTxn[b.ID] = i
 		}
 		for key, rec := range c.ps {
 			if len(rec.users) == 0 {
@@ -147,20 +148,16 @@ func (c *Compiler) finishPolicySets(v model.View, txn *maps.Txn, done map[string
 				if r == nil || !r.compiled || r.ps != key {
 					continue
 				}
-				if inTxn[r.id] {
-					for i := range txn.Backends {
-						if txn.Backends[i].ID == r.id {
-							txn.Backends[i].PolicySet = rec.id
-						}
-					}
+				if i, ok := inTxn[r.id]; ok {
+					txn.Backends[i].PolicySet = rec.id
 					continue
 				}
 				w := v.Workload(uid)
 				if w == nil {
 					continue
 				}
+				inTxn[r.id] = len(txn.Backends)
 				txn.Backends = append(txn.Backends, c.backend(v, w, r))
-				inTxn[r.id] = true
 			}
 		}
 	}

@@ -27,8 +27,8 @@ import (
 // reference changes). moved are the addresses whose owner changed: their
 // users resolve again.
 func (c *Compiler) settleWaypoints(v model.View, svcs map[model.ServiceKey]bool, wls map[string]*work, addWl func(string), moved []netip.Addr) {
-	var queue []obj
-	queued := map[obj]bool{}
+	queue := make([]obj, 0, len(svcs)+len(wls))
+	queued := make(map[obj]bool, len(svcs)+len(wls))
 	push := func(o obj) {
 		if queued[o] {
 			return
@@ -63,8 +63,8 @@ func (c *Compiler) settleWaypoints(v model.View, svcs map[model.ServiceKey]bool,
 	for len(queue) > 0 {
 		o := queue[0]
 		queue = queue[1:]
-		cur := c.wpNameOf(o)
-		if now := c.named(v, o); now != *cur {
+		cur := c.wp[o]
+		if now := c.named(v, o); now != cur {
 			if cur.target.key != "" && c.unname(o, cur.target) {
 				flipped(cur.target)
 			}
@@ -74,7 +74,11 @@ func (c *Compiler) settleWaypoints(v model.View, svcs map[model.ServiceKey]bool,
 					delete(c.wpAddrUsers, cur.addr)
 				}
 			}
-			*cur = now
+			if now.named {
+				c.wp[o] = now
+			} else {
+				delete(c.wp, o)
+			}
 			if now.target.key != "" && c.name(o, now.target) {
 				flipped(now.target)
 			}
@@ -85,8 +89,8 @@ func (c *Compiler) settleWaypoints(v model.View, svcs map[model.ServiceKey]bool,
 				c.wpAddrUsers[now.addr][o] = true
 			}
 		}
-		if c.willCompile(v, o) != c.compiled(o) {
-			for u := range c.wpUsers[o] {
+		if us := c.wpUsers[o]; len(us) > 0 && c.willCompile(v, o) != c.compiled(o) {
+			for u := range us {
 				push(u)
 			}
 		}
@@ -122,14 +126,6 @@ func (c *Compiler) named(v model.View, o obj) wpName {
 		n.target = cl.owner()
 	}
 	return n
-}
-
-// wpNameOf is where an object's resolution is kept.
-func (c *Compiler) wpNameOf(o obj) *wpName {
-	if o.svc {
-		return &c.svcRec(model.ServiceKey(o.key)).wp
-	}
-	return &c.wlRec(o.key).wp
 }
 
 // name records that user names t; true when t just became a waypoint.

@@ -2,13 +2,19 @@ package configfile
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/kmesh-go/kmesh/conf"
 	"github.com/kmesh-go/kmesh/daemon/model"
@@ -132,8 +138,8 @@ func TestWatchReloads(t *testing.T) {
 		t.Fatalf("first load %v", a)
 	}
 	write("addresses: [" + svcB + "]")
-	if a, r := wait(2); len(a) != 1 || !slices.Equal(r, []string{"ns/a.ns.svc.cluster.local"}) {
-		t.Fatalf("reload: applied %v removed %v", a, r)
+	if a, r := wait(2); len(a) != 0 || !slices.Equal(r, []string{"ns/a.ns.svc.cluster.local"}) {
+		t.Fatalf("reload: applied %v removed %v, want only a removed (b is unchanged)", a, r)
 	}
 	write("addresses: [ this is not yaml")
 	time.Sleep(400 * time.Millisecond)
@@ -145,5 +151,97 @@ func TestWatchReloads(t *testing.T) {
 	s.mu.Unlock()
 	if synced != 1 {
 		t.Fatalf("synced %d times", synced)
+	}
+}
+
+// Each version is read against the last applied one: unchanged entries
+// are neither decoded nor applied again, edited ones are, and a name whose
+// entry is refused (by the parser or by the sink) keeps its previous state
+// and is tried again with the next version.
+func TestReaderAppliesWhatChanged(t *testing.T) {
+	svc := func(name string, port int) string {
+		return fmt.Sprintf(`{"service": {"name": %q, "namespace": "ns", "hostname": "%s.ns.svc.cluster.local", "ports": [{"servicePort": %d}]}}`, name, name, port)
+	}
+	doc := func(entries ...string) io.Reader {
+		return strings.NewReader(`{"addresses": [` + strings.Join(entries, ",\n") + `], "authorizations": []}`)
+	}
+	names := func(rs []model.Resource) []string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Name)
+		}
+		slices.Sort(out)
+		return out
+	}
+	key := func(name string) string { return "ns/" + name + ".ns.svc.cluster.local" }
+	rd := &Reader{}
+	read := func(r io.Reader, sinkRejects ...string) *Version {
+		t.Helper()
+		v, err := rd.Read(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rej := maps.Clone(v.Rejected)
+		for _, n := range sinkRejects {
+			rej[n] = fmt.Errorf("refused by the sink")
+		}
+		rd.Applied(v, rej)
+		slices.Sort(v.Removes)
+		return v
+	}
+
+	v := read(doc(svc("a", 80), svc("b", 80), svc("c", 80)), key("c"))
+	if got := names(v.Upserts); !slices.Equal(got, []string{key("a"), key("b"), key("c")}) || v.Unchanged != 0 {
+		t.Fatalf("first version: %v, %d unchanged", got, v.Unchanged)
+	}
+	// a unchanged, b edited, c unchanged but refused last time, d new.
+	v = read(doc(svc("a", 80), svc("b", 81), svc("c", 80), svc("d", 80)))
+	if got := names(v.Upserts); !slices.Equal(got, []string{key("b"), key("c"), key("d")}) || v.Unchanged != 1 || len(v.Removes) != 0 {
+		t.Fatalf("second version: %v, %d unchanged, removed %v", got, v.Unchanged, v.Removes)
+	}
+	// b broken now: it stays as it was, not removed; d removed; a twice.
+	broken := `{"service": {"name": "b", "namespace": "ns", "hostname": "b.ns.svc.cluster.local", "ports": [{"servicePort": 70000}]}}`
+	v = read(doc(svc("a", 80), broken, svc("c", 80), svc("a", 80)))
+	if len(v.Upserts) != 0 || v.Unchanged != 2 || !slices.Equal(v.Removes, []string{key("d")}) {
+		t.Fatalf("third version: %v, %d unchanged, removed %v", names(v.Upserts), v.Unchanged, v.Removes)
+	}
+	for name, want := range map[string]string{key("b"): "70000", key("a"): "defined twice"} {
+		if err := v.Rejected[name]; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", name, err, want)
+		}
+	}
+	// b fixed again as it was: it is the version the data path holds.
+	v = read(doc(svc("a", 80), svc("b", 81), svc("c", 80)))
+	if len(v.Upserts) != 0 || v.Unchanged != 3 || len(v.Removes) != 0 {
+		t.Fatalf("fourth version: %v, %d unchanged, removed %v", names(v.Upserts), v.Unchanged, v.Removes)
+	}
+	// Everything gone.
+	v = read(strings.NewReader(`{"addresses": null}`))
+	if len(v.Upserts) != 0 || !slices.Equal(v.Removes, []string{key("a"), key("b"), key("c")}) {
+		t.Fatalf("empty version: %v, removed %v", names(v.Upserts), v.Removes)
+	}
+	for _, bad := range []string{`{"addresses": {}}`, `{"services": []}`, `{"addresses": [}`, `[]`} {
+		if _, err := (&Reader{}).Read(strings.NewReader(bad)); err == nil {
+			t.Errorf("%s was accepted", bad)
+		}
+	}
+}
+
+// JSON and YAML of the same mesh give the same resources.
+func TestJSONAndYAMLAgree(t *testing.T) {
+	y, yrej, err := Parse(conf.DemoDaemonConfig)
+	if err != nil || len(yrej) != 0 {
+		t.Fatal(err, yrej)
+	}
+	js, err := yaml.YAMLToJSON(conf.DemoDaemonConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, jrej, err := Parse(js)
+	if err != nil || len(jrej) != 0 {
+		t.Fatal(err, jrej)
+	}
+	if !reflect.DeepEqual(y, j) {
+		t.Fatalf("YAML and JSON differ:\n%+v\n%+v", y, j)
 	}
 }

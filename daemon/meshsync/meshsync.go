@@ -32,6 +32,7 @@ type Syncer struct {
 	lastErr   string
 	pushes    atomic.Uint64
 	nacks     atomic.Uint64
+	release   *time.Timer // hands a snapshot's garbage back to the OS
 }
 
 // New makes a syncer for dp.
@@ -45,17 +46,15 @@ func New(dp *dataplane.Dataplane, log *slog.Logger) *Syncer {
 // Apply decodes and applies one xDS response.
 func (s *Syncer) Apply(typeURL string, upserts []xds.Resource, removes []string) (map[string]error, error) {
 	s.pushes.Add(1)
-	if len(upserts) >= bigUpdate {
-		// A snapshot allocates a lot that lives until it is applied: let the
-		// heap grow instead of collecting it over and over, then give the
-		// memory back in one go (update does).
-		defer debug.SetGCPercent(debug.SetGCPercent(400))
-	}
 	t0 := time.Now()
 	good, rejected := decodeAll(typeURL, upserts)
 	s.log.Debug("decoded", "type", typeURL, "resources", len(upserts), "took", time.Since(t0))
 	return s.update(good, removes, rejected)
 }
+
+// decodeRun is how many messages are unmarshalled before they are
+// converted (xds.DecodeBatch).
+const decodeRun = 1024
 
 // decodeAll decodes a response on every core: a full snapshot is hundreds
 // of thousands of protobuf messages, and order does not matter until the
@@ -77,8 +76,9 @@ func decodeAll(typeURL string, upserts []xds.Resource) ([]model.Resource, map[st
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := lo; i < hi; i++ {
-				out[i], errs[i] = xds.Decode(typeURL, upserts[i])
+			for ; lo < hi; lo += decodeRun {
+				end := min(lo+decodeRun, hi)
+				xds.DecodeBatch(typeURL, upserts[lo:end], out[lo:end], errs[lo:end])
 			}
 		}()
 	}
@@ -107,9 +107,7 @@ func (s *Syncer) ApplyResources(upserts []model.Resource, removes []string, reje
 func (s *Syncer) update(good []model.Resource, removes []string, rejected map[string]error) (map[string]error, error) {
 	more, err := s.dp.Update(good, removes)
 	if len(good)+len(removes) >= bigUpdate {
-		// A snapshot leaves a heap of decoded messages behind; hand it back
-		// to the node now rather than when the scavenger gets to it.
-		go debug.FreeOSMemory()
+		s.releaseMemorySoon()
 	}
 	for n, e := range more {
 		rejected[n] = e
@@ -125,6 +123,31 @@ func (s *Syncer) update(good []model.Resource, removes []string, rejected map[st
 		s.mu.Unlock()
 	}
 	return rejected, err
+}
+
+// releaseDelay lets the source drop what it held of a snapshot (the xDS
+// response, the file's entries) before the memory goes back.
+const releaseDelay = time.Second
+
+// releaseMemorySoon hands the heap a snapshot left behind back to the
+// node once its source has let go of it: the runtime would otherwise keep
+// it, up to twice the live heap, for the next garbage to fill.
+func (s *Syncer) releaseMemorySoon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.release == nil {
+		s.release = time.AfterFunc(releaseDelay, releaseMemory)
+		return
+	}
+	s.release.Reset(releaseDelay)
+}
+
+// releaseMemory collects twice before handing memory back: buffers a
+// sync.Pool kept (gRPC's for received messages, as large as a snapshot)
+// survive one collection in the pool's victim cache.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // Synced writes the first complete state into the kernel.

@@ -20,6 +20,16 @@ const (
 	ScopeGlobal
 )
 
+func (s PolicyScope) String() string {
+	switch s {
+	case ScopeNamespaceWide:
+		return "namespace"
+	case ScopeGlobal:
+		return "global"
+	}
+	return "workload"
+}
+
 // Action of a policy.
 type Action int
 

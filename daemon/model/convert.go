@@ -141,31 +141,54 @@ func lbExtension(raw []byte, typeURL string, lb *LoadBalancing) error {
 	return nil
 }
 
+// workloadBlock holds a workload and room for its usual address and
+// service.
+type workloadBlock struct {
+	w        Workload
+	addrs    [1]netip.Addr
+	services [1]ServicePorts
+}
+
 // FromWorkload converts one istio.workload.Workload.
 func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 	if w.GetUid() == "" {
 		return nil, fmt.Errorf("workload %s/%s: uid is required", w.GetNamespace(), w.GetName())
 	}
-	// Strings most workloads share are interned: a node may hold 100k
-	// workloads in a handful of namespaces and service accounts.
-	out := &Workload{
-		UID:               w.GetUid(),
-		Name:              w.GetName(),
-		Namespace:         intern(w.GetNamespace()),
-		Network:           intern(w.GetNetwork()),
-		Node:              intern(w.GetNode()),
-		ClusterID:         intern(w.GetClusterId()),
-		Healthy:           w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
-		TrustDomain:       intern(w.GetTrustDomain()),
-		ServiceAccount:    intern(w.GetServiceAccount()),
-		CanonicalName:     intern(w.GetCanonicalName()),
-		CanonicalRevision: intern(w.GetCanonicalRevision()),
-		WorkloadName:      intern(w.GetWorkloadName()),
+	// Most workloads have one address and back one service: the three
+	// are one allocation then, rather than three small ones scattered
+	// among the decoder's garbage (which would keep half-empty pages).
+	block := new(workloadBlock)
+	out := &block.w
+	*out = Workload{
+		// Copies: the message's strings sit among its garbage.
+		UID:     strings.Clone(w.GetUid()),
+		Name:    strings.Clone(w.GetName()),
+		Node:    intern(w.GetNode()),
+		Healthy: w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
 	}
+	if len(w.GetAddresses()) <= len(block.addrs) {
+		out.Addresses = block.addrs[:0]
+	}
+	if len(w.GetServices()) <= len(block.services) {
+		out.Services = block.services[:0]
+	}
+	sh := Shared{
+		Namespace:         w.GetNamespace(),
+		Network:           w.GetNetwork(),
+		ClusterID:         w.GetClusterId(),
+		TrustDomain:       w.GetTrustDomain(),
+		ServiceAccount:    w.GetServiceAccount(),
+		CanonicalName:     w.GetCanonicalName(),
+		CanonicalRevision: w.GetCanonicalRevision(),
+		WorkloadName:      w.GetWorkloadName(),
+	}
+	if l := w.GetLocality(); l != nil {
+		sh.Locality = Locality{Region: l.GetRegion(), Zone: l.GetZone(), Subzone: l.GetSubzone()}
+	}
+	out.Shared = ShareOf(sh)
 	for _, p := range w.GetAuthorizationPolicies() {
 		out.Policies = append(out.Policies, intern(p))
 	}
-	out.identity = intern(identityOf(out.TrustDomain, out.Namespace, out.ServiceAccount))
 	where := func(format string, args ...any) error {
 		return fmt.Errorf("workload %s (%s/%s): %s", out.UID, out.Namespace, out.Name, fmt.Sprintf(format, args...))
 	}
@@ -179,10 +202,7 @@ func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 		}
 		out.Addresses = append(out.Addresses, ip)
 	}
-	if l := w.GetLocality(); l != nil {
-		out.Locality = Locality{Region: intern(l.GetRegion()), Zone: intern(l.GetZone()), Subzone: intern(l.GetSubzone())}
-	}
-	if len(w.GetServices()) > 0 {
+	if len(w.GetServices()) > cap(out.Services) {
 		out.Services = make([]ServicePorts, 0, len(w.GetServices()))
 	}
 	for key, pl := range w.GetServices() {

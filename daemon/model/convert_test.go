@@ -129,7 +129,7 @@ func TestAuthorizationConversion(t *testing.T) {
 func TestPriorityFollowsRoutingPreference(t *testing.T) {
 	node := Node{Name: "n1", ClusterID: "c", Network: "net", Locality: Locality{Region: "r1", Zone: "z1", Subzone: "s1"}}
 	lb := LoadBalancing{RoutingPreference: []Scope{ScopeNetwork, ScopeRegion, ScopeZone, ScopeNode}}
-	w := &Workload{Network: "net", Node: "n1", Locality: Locality{Region: "r1", Zone: "z1"}}
+	w := &Workload{Node: "n1", Shared: &Shared{Network: "net", Locality: Locality{Region: "r1", Zone: "z1"}}}
 	cases := []struct {
 		mut  func(*Workload)
 		want int
@@ -142,9 +142,33 @@ func TestPriorityFollowsRoutingPreference(t *testing.T) {
 	}
 	for i, c := range cases {
 		x := *w
+		sh := *w.Shared
+		x.Shared = &sh
 		c.mut(&x)
 		if got := Priority(lb, node, &x); got != c.want {
 			t.Errorf("case %d: priority %d, want %d", i, got, c.want)
 		}
+	}
+}
+
+// Workloads of one deployment in one place share one Shared; any
+// difference gives another.
+func TestWorkloadsShareWhatTheyHaveInCommon(t *testing.T) {
+	conv := func(uid, ns, sa string) *Workload {
+		t.Helper()
+		_, w, err := FromAddress(&workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{
+			Uid: uid, Namespace: ns, ServiceAccount: sa, Addresses: [][]byte{{10, 0, 0, 1}}, Node: "n-" + uid,
+			Locality: &workloadapi.Locality{Region: "r"}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	a, b, c := conv("a", "ns", "sa"), conv("b", "ns", "sa"), conv("c", "ns", "other")
+	if a.Shared != b.Shared || a.Node == b.Node {
+		t.Fatalf("pods of one deployment: %p %p", a.Shared, b.Shared)
+	}
+	if c.Shared == a.Shared || c.Identity() != "spiffe://cluster.local/ns/ns/sa/other" || a.Identity() != "spiffe://cluster.local/ns/ns/sa/sa" {
+		t.Fatalf("another service account: %p %p %s %s", a.Shared, c.Shared, a.Identity(), c.Identity())
 	}
 }

@@ -7,8 +7,11 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 )
 
 // ServiceKey is istiod's primary key of a service: "namespace/hostname".
@@ -97,6 +100,18 @@ type Gateway struct {
 // IsSet reports whether a waypoint is configured.
 func (g *Gateway) IsSet() bool { return g != nil && (g.Address.IsValid() || g.Service != "") }
 
+// String writes the waypoint as dumps show it: "ns/host:port" for a
+// service, "addr:port" for an address, "" when none is set.
+func (g *Gateway) String() string {
+	switch {
+	case !g.IsSet():
+		return ""
+	case g.Service != "":
+		return fmt.Sprintf("%s:%d", g.Service, g.Port)
+	}
+	return netip.AddrPortFrom(g.Address, g.Port).String()
+}
+
 // Service is one istio.workload.Service.
 type Service struct {
 	Key       ServiceKey    `json:"key"`
@@ -116,22 +131,15 @@ type Locality struct {
 	Subzone string `json:"subzone,omitempty"`
 }
 
-// Workload is one istio.workload.Workload.
+// Workload is one istio.workload.Workload. Model objects are never
+// changed once stored: Shared in particular is one copy for many
+// workloads.
 type Workload struct {
-	UID               string       `json:"uid"`
-	Name              string       `json:"name"`
-	Namespace         string       `json:"namespace"`
-	Addresses         []netip.Addr `json:"addresses"`
-	Network           string       `json:"network,omitempty"`
-	Node              string       `json:"node,omitempty"`
-	ClusterID         string       `json:"clusterId,omitempty"`
-	Locality          Locality     `json:"locality"`
-	Healthy           bool         `json:"healthy"`
-	TrustDomain       string       `json:"trustDomain,omitempty"`
-	ServiceAccount    string       `json:"serviceAccount,omitempty"`
-	CanonicalName     string       `json:"canonicalName,omitempty"`
-	CanonicalRevision string       `json:"canonicalRevision,omitempty"`
-	WorkloadName      string       `json:"workloadName,omitempty"`
+	UID       string       `json:"uid"`
+	Name      string       `json:"name"`
+	Addresses []netip.Addr `json:"addresses"`
+	Node      string       `json:"node,omitempty"`
+	Healthy   bool         `json:"healthy"`
 	// Services lists the services the workload backs, with the workload's
 	// own port mapping for each (Istio resolves named target ports here).
 	// A slice, not a map: a node holds many workloads and few services each.
@@ -139,8 +147,26 @@ type Workload struct {
 	Waypoint *Gateway       `json:"waypoint,omitempty"`
 	// Policies names the authorization policies that select the workload.
 	Policies []string `json:"authorizationPolicies,omitempty"`
+	// Shared is never nil (its fields read as the workload's own).
+	*Shared
+}
 
-	identity string // interned SPIFFE id, set on conversion
+// Shared is what a workload has in common with the other pods of its
+// deployment in the same place. Conversion keeps one copy per distinct
+// value (ShareOf): a node may hold 100k workloads from a few thousand
+// deployments, and these fields were two thirds of each.
+type Shared struct {
+	Namespace         string   `json:"namespace"`
+	Network           string   `json:"network,omitempty"`
+	ClusterID         string   `json:"clusterId,omitempty"`
+	Locality          Locality `json:"locality"`
+	TrustDomain       string   `json:"trustDomain,omitempty"`
+	ServiceAccount    string   `json:"serviceAccount,omitempty"`
+	CanonicalName     string   `json:"canonicalName,omitempty"`
+	CanonicalRevision string   `json:"canonicalRevision,omitempty"`
+	WorkloadName      string   `json:"workloadName,omitempty"`
+
+	identity string // the SPIFFE id, set by ShareOf
 }
 
 // ServicePorts is one service a workload backs and its ports for it.
@@ -165,6 +191,40 @@ func (w *Workload) Identity() string {
 		return w.identity
 	}
 	return identityOf(w.TrustDomain, w.Namespace, w.ServiceAccount)
+}
+
+// shared keeps one Shared per distinct value while some workload uses it.
+var shared = struct {
+	sync.Mutex
+	m map[Shared]weak.Pointer[Shared]
+}{m: map[Shared]weak.Pointer[Shared]{}}
+
+// ShareOf returns the one copy of s (its strings interned, its identity
+// set) that workloads with these fields share.
+func ShareOf(s Shared) *Shared {
+	s.Namespace, s.Network, s.ClusterID = intern(s.Namespace), intern(s.Network), intern(s.ClusterID)
+	s.Locality = Locality{Region: intern(s.Locality.Region), Zone: intern(s.Locality.Zone), Subzone: intern(s.Locality.Subzone)}
+	s.TrustDomain, s.ServiceAccount = intern(s.TrustDomain), intern(s.ServiceAccount)
+	s.CanonicalName, s.CanonicalRevision, s.WorkloadName = intern(s.CanonicalName), intern(s.CanonicalRevision), intern(s.WorkloadName)
+	s.identity = intern(identityOf(s.TrustDomain, s.Namespace, s.ServiceAccount))
+	shared.Lock()
+	defer shared.Unlock()
+	if p := shared.m[s].Value(); p != nil {
+		return p
+	}
+	p := new(Shared) // not &s: s would then be on the heap on every call
+	*p = s
+	shared.m[s] = weak.Make(p)
+	// The entry goes with the last workload using it, unless a new copy
+	// took its place meanwhile.
+	runtime.AddCleanup(p, func(s Shared) {
+		shared.Lock()
+		defer shared.Unlock()
+		if shared.m[s].Value() == nil {
+			delete(shared.m, s)
+		}
+	}, s)
+	return p
 }
 
 func identityOf(td, ns, sa string) string {

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+
+	"github.com/kmesh-go/kmesh/internal/mapsize"
 )
 
 // Resource is one named xDS resource, converted. Exactly one of the
@@ -219,6 +221,23 @@ func (s *Store) objectLocked(r ref) *Resource {
 
 func (s *Store) applyLocked(upserts []Resource, removes []string) Changes {
 	var ch Changes
+	if len(upserts) >= 1024 {
+		var svcs, wls int
+		for _, r := range upserts {
+			if r.Service != nil {
+				svcs++
+			} else if r.Workload != nil {
+				wls++
+			}
+		}
+		s.services = mapsize.Reserve(s.services, svcs)
+		s.workloads = mapsize.Reserve(s.workloads, wls)
+		s.backing = mapsize.Reserve(s.backing, svcs)
+		s.byName = mapsize.Reserve(s.byName, len(upserts))
+		s.addrs = mapsize.Reserve(s.addrs, svcs+wls)
+		ch.Services = make([]ServiceKey, 0, svcs)
+		ch.Workloads = make([]string, 0, wls)
+	}
 	for _, n := range removes {
 		r, ok := s.byName[n]
 		if !ok {

@@ -19,7 +19,7 @@ func TestCheckRejectsUnresolvableWaypoints(t *testing.T) {
 		return s
 	}
 	pod := func(uid, ip string) *Workload {
-		return &Workload{UID: uid, Namespace: "default", Addresses: []netip.Addr{a(ip)}}
+		return &Workload{UID: uid, Shared: &Shared{Namespace: "default"}, Addresses: []netip.Addr{a(ip)}}
 	}
 	st := NewStore()
 	st.Apply([]Resource{
@@ -54,7 +54,7 @@ func TestCheckRejectsUnresolvableWaypoints(t *testing.T) {
 			if kind == "service" {
 				user.Service = &Service{Key: "default/web.default.svc.cluster.local", Waypoint: c.g}
 			} else {
-				user.Workload = &Workload{UID: "user", Addresses: []netip.Addr{a("10.244.0.9")}, Waypoint: c.g}
+				user.Workload = &Workload{UID: "user", Shared: &Shared{}, Addresses: []netip.Addr{a("10.244.0.9")}, Waypoint: c.g}
 			}
 			err := st.Check(append([]Resource{user}, c.also...), c.removes)["user"]
 			switch {

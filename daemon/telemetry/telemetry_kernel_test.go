@@ -118,10 +118,10 @@ func newNodeWith(t *testing.T, feat loader.Features, interval time.Duration, acc
 	store.Apply([]model.Resource{
 		{Name: "svc", Service: &model.Service{Key: "demo/echo.demo.svc.cluster.local", Name: "echo", Namespace: "demo",
 			Hostname: "echo.demo.svc.cluster.local", VIPs: []netip.Addr{vip}}},
-		{Name: "c", Workload: &model.Workload{UID: "c", Name: "sleep-1", WorkloadName: "sleep", Namespace: "demo",
-			Addresses: []netip.Addr{n.client.IP4}, ServiceAccount: "sleep", CanonicalName: "sleep", CanonicalRevision: "v1"}},
-		{Name: "s", Workload: &model.Workload{UID: "s", Name: "echo-1", WorkloadName: "echo", Namespace: "demo",
-			Addresses: []netip.Addr{n.server.IP4}, ServiceAccount: "echo", CanonicalName: "echo", CanonicalRevision: "v2"}},
+		{Name: "c", Workload: &model.Workload{UID: "c", Name: "sleep-1", Addresses: []netip.Addr{n.client.IP4},
+			Shared: model.ShareOf(model.Shared{WorkloadName: "sleep", Namespace: "demo", ServiceAccount: "sleep", CanonicalName: "sleep", CanonicalRevision: "v1"})}},
+		{Name: "s", Workload: &model.Workload{UID: "s", Name: "echo-1", Addresses: []netip.Addr{n.server.IP4},
+			Shared: model.ShareOf(model.Shared{WorkloadName: "echo", Namespace: "demo", ServiceAccount: "echo", CanonicalName: "echo", CanonicalRevision: "v2"})}},
 	}, nil)
 
 	cfg := telemetry.Config{Resolver: telemetry.NewModelResolver(store), Interval: interval, KernelStats: m.Stats,

@@ -12,27 +12,63 @@ import (
 
 // Decode turns one resource of a type into the model, validating it.
 func Decode(typeURL string, r Resource) (model.Resource, error) {
+	var out [1]model.Resource
+	var errs [1]error
+	DecodeBatch(typeURL, []Resource{r}, out[:], errs[:])
+	return out[0], errs[0]
+}
+
+// DecodeBatch decodes a run of resources of one type into out and errs
+// (as long as in). Every message of the run is unmarshalled before any is
+// converted, so the model objects, which stay, are allocated side by side
+// rather than between the messages, which go: a page that keeps one live
+// object among garbage stays resident.
+func DecodeBatch(typeURL string, in []Resource, out []model.Resource, errs []error) {
 	switch typeURL {
 	case TypeAddress:
-		var a workloadapi.Address
-		if err := proto.Unmarshal(r.Body.GetValue(), &a); err != nil {
-			return model.Resource{}, fmt.Errorf("%s: cannot decode istio.workload.Address: %v", r.Name, err)
+		msgs := make([]workloadapi.Address, len(in))
+		for i := range in {
+			if err := proto.Unmarshal(in[i].Body.GetValue(), &msgs[i]); err != nil {
+				errs[i] = fmt.Errorf("%s: cannot decode istio.workload.Address: %v", in[i].Name, err)
+			}
 		}
-		s, w, err := model.FromAddress(&a)
-		if err != nil {
-			return model.Resource{}, err
+		for i := range in {
+			if errs[i] != nil {
+				continue
+			}
+			s, w, err := model.FromAddress(&msgs[i])
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			if w != nil && w.UID == in[i].Name {
+				// One copy of the name: the client keeps in[i].Name for
+				// its versions anyway.
+				w.UID = in[i].Name
+			}
+			out[i] = model.Resource{Name: in[i].Name, Service: s, Workload: w}
 		}
-		return model.Resource{Name: r.Name, Service: s, Workload: w}, nil
 	case TypeAuthorization:
-		var a security.Authorization
-		if err := proto.Unmarshal(r.Body.GetValue(), &a); err != nil {
-			return model.Resource{}, fmt.Errorf("%s: cannot decode istio.security.Authorization: %v", r.Name, err)
+		msgs := make([]security.Authorization, len(in))
+		for i := range in {
+			if err := proto.Unmarshal(in[i].Body.GetValue(), &msgs[i]); err != nil {
+				errs[i] = fmt.Errorf("%s: cannot decode istio.security.Authorization: %v", in[i].Name, err)
+			}
 		}
-		p, err := model.FromAuthorization(&a)
-		if err != nil {
-			return model.Resource{}, err
+		for i := range in {
+			if errs[i] != nil {
+				continue
+			}
+			p, err := model.FromAuthorization(&msgs[i])
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			out[i] = model.Resource{Name: in[i].Name, Policy: p}
 		}
-		return model.Resource{Name: r.Name, Policy: p}, nil
+	default:
+		for i := range in {
+			errs[i] = fmt.Errorf("%s: unsupported type %s", in[i].Name, typeURL)
+		}
 	}
-	return model.Resource{}, fmt.Errorf("%s: unsupported type %s", r.Name, typeURL)
 }

@@ -61,6 +61,9 @@ func (r *Record) appendJSON(b []byte) []byte {
 	}
 	e.str("bpfDir", r.BPFDir, false)
 	e.bool("enrolled", r.Enrolled)
+	if r.WantEnrolled {
+		e.bool("wantEnrolled", true)
+	}
 	e.str("tcKey", r.TCKey, true)
 	e.str("reason", r.Reason, true)
 	e.str("cgroupPath", r.CgroupPath, true)

@@ -25,7 +25,7 @@ func TestEncodingIsEncodingJSONs(t *testing.T) {
 		Cookie: 1<<63 + 5, PodName: "web-0", PodNamespace: "default", PodUID: "6f1c-22",
 		IPs:        []string{"10.244.0.5", "fd00::5"},
 		Interfaces: []Interface{{Name: "cni0", Mac: "aa:bb"}, {Name: "eth0", Sandbox: "/var/run/netns/cni-1"}, {}},
-		HostVeth:   "veth1234", HostIfindex: -7, BPFDir: "/sys/fs/bpf/kmesh", Enrolled: true, TCKey: "k",
+		HostVeth:   "veth1234", HostIfindex: -7, BPFDir: "/sys/fs/bpf/kmesh", Enrolled: true, WantEnrolled: true, TCKey: "k",
 		Reason:     "namespace default has istio.io/dataplane-mode=kmesh <&> \"quoted\"\n\t\x01\x7f\u2028\u2029 é \xff",
 		CgroupPath: "/kubepods/pod6f1c-22", CgroupID: 42, Signaled: true,
 		Created: time.Date(2026, 11, 27, 7, 30, 1, 123456789, time.FixedZone("x", 3600)),
@@ -41,7 +41,7 @@ func FuzzEncoding(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b, c, d string, n uint64, ns int64, flag bool) {
 		r := &Record{
 			Network: a, ContainerID: b, IfName: c, Netns: d, Cookie: n, PodName: d, PodNamespace: c, PodUID: b,
-			HostVeth: a, HostIfindex: int(n), BPFDir: b, Enrolled: flag, TCKey: c, Reason: d, CgroupPath: a,
+			HostVeth: a, HostIfindex: int(n), BPFDir: b, Enrolled: flag, WantEnrolled: !flag, TCKey: c, Reason: d, CgroupPath: a,
 			CgroupID: n >> 1, Signaled: !flag,
 			Created: time.Unix(0, ns%(1<<62)).UTC(),
 		}

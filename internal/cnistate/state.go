@@ -49,6 +49,11 @@ type Record struct {
 	BPFDir string `json:"bpfDir"`
 	// Enrolled: ADD wrote Cookie into the manage map.
 	Enrolled bool `json:"enrolled"`
+	// WantEnrolled: ADD decided to enroll the pod, whether or not it could
+	// (it cannot while no data path is pinned: the daemon then enrolls the
+	// pod when it starts). Records written before the field existed say
+	// so in Reason only (WantsEnrollment reads both).
+	WantEnrolled bool `json:"wantEnrolled,omitempty"`
 	// TCKey names the tc filter ADD attached to HostVeth (loader.PodTCKey,
 	// the name the daemon uses too); empty when none was.
 	TCKey      string `json:"tcKey,omitempty"`
@@ -59,6 +64,17 @@ type Record struct {
 	// it still has to learn of it (Read at its start, or CHECK).
 	Signaled bool      `json:"signaled"`
 	Created  time.Time `json:"created"`
+}
+
+// NotEnrolledYet is appended to Reason when ADD decided to enroll the pod
+// but found no data path pinned.
+const NotEnrolledYet = "; not enrolled yet: "
+
+// WantsEnrollment reports whether ADD decided to enroll the pod: the
+// field, or for a record of an older plugin, an enrollment done or one
+// put off for want of a data path.
+func (r *Record) WantsEnrollment() bool {
+	return r.WantEnrolled || r.Enrolled || strings.Contains(r.Reason, NotEnrolledYet)
 }
 
 // recordName is an attachment's record file name, without extension: a

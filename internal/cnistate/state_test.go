@@ -95,3 +95,21 @@ func TestExclusiveLockWaitsForShared(t *testing.T) {
 		t.Fatal("exclusive lock never taken")
 	}
 }
+
+// A record of a plugin from before WantEnrolled still tells an enrollment
+// put off for want of a data path.
+func TestWantsEnrollment(t *testing.T) {
+	for _, c := range []struct {
+		r    Record
+		want bool
+	}{
+		{Record{WantEnrolled: true}, true},
+		{Record{Enrolled: true}, true},
+		{Record{Reason: "no kubeconfig; defaultEnroll is true" + NotEnrolledYet + "kmesh data path not loaded"}, true},
+		{Record{Reason: "no kubeconfig; defaultEnroll is false"}, false},
+	} {
+		if got := c.r.WantsEnrollment(); got != c.want {
+			t.Errorf("%+v: WantsEnrollment %v, want %v", c.r, got, c.want)
+		}
+	}
+}

@@ -269,6 +269,9 @@ func (r *run) newRecord(pod conf.Pod, prev *conf.Prev, cookie uint64, d decision
 		PodUID:       pod.UID,
 		BPFDir:       r.conf.BPFDir,
 		Reason:       d.Reason,
+		// The decision, kept apart from what was done: a pod ADD could
+		// not enroll is enrolled by the daemon when it starts.
+		WantEnrolled: d.Enroll,
 		Created:      time.Now().UTC(),
 	}
 	for _, ip := range prev.IPs {
@@ -339,7 +342,7 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 			return nil, types.NewError(types.ErrTryAgainLater, "kmesh-cni: "+err.Error(),
 				"failurePolicy is closed: the runtime retries until the kmesh daemon has loaded the data path")
 		}
-		rec.Reason += "; not enrolled yet: " + err.Error()
+		rec.Reason += cnistate.NotEnrolledYet + err.Error()
 		if err := dir.Save(rec); err != nil {
 			return nil, types.NewError(conf.ErrState, err.Error(), "")
 		}
