@@ -42,13 +42,13 @@ func (s *syncBuffer) String() string {
 // testEngine is an engine on loopback with its log, access log and metrics.
 type testEngine struct {
 	*Engine
-	t      *testing.T
+	t      testing.TB
 	log    *syncBuffer
 	access *syncBuffer
 	reg    *prometheus.Registry
 }
 
-func newTestEngine(t *testing.T, o Options) *testEngine {
+func newTestEngine(t testing.TB, o Options) *testEngine {
 	t.Helper()
 	te := &testEngine{t: t, log: &syncBuffer{}, access: &syncBuffer{}, reg: prometheus.NewRegistry()}
 	o.Logger = slog.New(slog.NewTextHandler(te.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
