@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,6 +21,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
 
@@ -25,21 +29,41 @@ import (
 )
 
 // timedExec runs plugins like libcni does and records how long each
-// plugin's process took.
+// plugin's process took, and the CPU time (user and system) it used: on a
+// shared machine its waits for a CPU swell the first, not the second.
 type timedExec struct {
 	invoke.RawExec
 	mu   sync.Mutex
 	took map[string][]time.Duration
+	cpu  map[string][]time.Duration
 }
 
 func (x *timedExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path)
+	cmd.Env, cmd.Stdin, cmd.Stdout, cmd.Stderr = env, bytes.NewReader(stdin), &stdout, &stderr
 	start := time.Now()
-	out, err := x.RawExec.ExecPlugin(ctx, path, stdin, env)
+	err := cmd.Run()
 	d := time.Since(start)
+	name := filepath.Base(path)
 	x.mu.Lock()
-	x.took[filepath.Base(path)] = append(x.took[filepath.Base(path)], d)
+	x.took[name] = append(x.took[name], d)
+	if cmd.ProcessState != nil {
+		if x.cpu == nil {
+			x.cpu = map[string][]time.Duration{}
+		}
+		x.cpu[name] = append(x.cpu[name], cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
+	}
 	x.mu.Unlock()
-	return out, err
+	if err != nil {
+		// As libcni: the plugin's CNI error from stdout, if it wrote one.
+		var e types.Error
+		if json.Unmarshal(stdout.Bytes(), &e) == nil && e.Code != 0 {
+			return nil, &e
+		}
+		return nil, fmt.Errorf("%s: %v: %s", name, err, stderr.Bytes())
+	}
+	return stdout.Bytes(), nil
 }
 
 func (x *timedExec) FindInPath(plugin string, paths []string) (string, error) {

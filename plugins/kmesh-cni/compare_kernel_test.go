@@ -16,7 +16,8 @@ import (
 // named in KMESH_BENCH_BINARIES (comma-separated paths, e.g. one built from
 // main and one from a change) and without kmesh-cni, pod after pod in
 // rotation, so every variant sees the same spells of a noisy machine. It
-// prints each variant's chain and process times; it asserts nothing.
+// prints each variant's chain and process times and its processes' CPU
+// time; it asserts nothing.
 //
 //	KMESH_KERNEL_TESTS=1 KMESH_BENCH=1 KMESH_BENCH_BINARIES=/tmp/old,/tmp/new \
 //	  go test ./plugins/kmesh-cni -run TestBenchCompareBinaries -v
@@ -59,7 +60,7 @@ func TestBenchCompareBinaries(t *testing.T) {
 			e.mustAdd(l, e.newPod(fmt.Sprintf("warm%d-%d", j, i)))
 		}
 	}
-	te.took = map[string][]time.Duration{}
+	te.took, te.cpu = map[string][]time.Duration{}, map[string][]time.Duration{}
 	took := make([][]time.Duration, len(lists))
 	for i := range n {
 		for k := range lists {
@@ -86,6 +87,11 @@ func TestBenchCompareBinaries(t *testing.T) {
 		typ := fmt.Sprintf("kmesh-cni-%c", 'a'+i)
 		ds := te.took[typ]
 		fmt.Fprintf(&b, "| process %s (exec to exit) | %.2f ms | %.2f ms | %.2f ms | | |\n", typ, pc(ds, .5), pc(ds, .9), pc(ds, .99))
+	}
+	for i := range bins {
+		typ := fmt.Sprintf("kmesh-cni-%c", 'a'+i)
+		ds := te.cpu[typ]
+		fmt.Fprintf(&b, "| CPU time of %s (user + system) | %.2f ms | %.2f ms | %.2f ms | | |\n", typ, pc(ds, .5), pc(ds, .9), pc(ds, .99))
 	}
 	if ds := te.took["loopback"]; len(ds) > 0 {
 		fmt.Fprintf(&b, "| process loopback (exec to exit) | %.2f ms | %.2f ms | %.2f ms | | |\n", pc(ds, .5), pc(ds, .9), pc(ds, .99))
