@@ -61,9 +61,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzUpsertRemove$$' -fuzztime $(FUZZTIME) ./install/cniconf/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePod$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadAnswer$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/registry/
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/internal/jsontree/
 	$(GO) test -run '^$$' -fuzz '^FuzzPrevResult$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/conf/
-	$(GO) test -run '^$$' -fuzz '^FuzzEncoding$$' -fuzztime $(FUZZTIME) ./internal/cnistate/
 
 # kube-apiserver and pilot-discovery for the end-to-end suite, and kubelet,
 # kube-controller-manager, kube-scheduler and kubectl for its real node,

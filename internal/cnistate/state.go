@@ -132,7 +132,10 @@ func (d *Dir) file(containerID, ifName string) string {
 
 // Save writes a record atomically: readers see the old one or the new one.
 func (d *Dir) Save(r *Record) error {
-	b := r.appendJSON(make([]byte, 0, 1024))
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write state record: %w", err)
+	}
 	final := d.file(r.ContainerID, r.IfName)
 	tmp := final + ".tmp" + strconv.Itoa(os.Getpid())
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {

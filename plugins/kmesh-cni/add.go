@@ -230,30 +230,30 @@ func (r *run) decide(pod conf.Pod) (decision, error) {
 	}
 	a, err := r.askAPI("decide", pod, true)
 	if err != nil {
-		a = apiAnswer{kind: "unreachable", err: err.Error()}
+		a = apiAnswer{Kind: "unreachable", Err: err.Error()}
 	}
-	switch a.kind {
+	switch a.Kind {
 	case "":
-		return decision{Enroll: a.enroll, Reason: a.reason, viaAPI: true, marked: a.marked, markError: a.markError}, nil
+		return decision{Enroll: a.Enroll, Reason: a.Reason, viaAPI: true, marked: a.Marked, markError: a.MarkError}, nil
 	case "config":
-		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.err, kubeconfigHint)
+		return decision{}, types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.Err, kubeconfigHint)
 	case "stale":
-		return decision{Reason: a.err}, nil
+		return decision{Reason: a.Err}, nil
 	case "notfound":
-		return decision{Reason: "not in the Kubernetes API: " + a.err}, nil
+		return decision{Reason: "not in the Kubernetes API: " + a.Err}, nil
 	case "forbidden":
 		if c.Closed() {
 			return decision{}, types.NewError(types.ErrInvalidNetworkConfig,
-				"kmesh-cni cannot read pods: "+a.err, "grant kmesh-cni's service account get on pods and namespaces, and patch on pods")
+				"kmesh-cni cannot read pods: "+a.Err, "grant kmesh-cni's service account get on pods and namespaces, and patch on pods")
 		}
-		return decision{Reason: "Kubernetes API refused kmesh-cni: " + a.err}, nil
+		return decision{Reason: "Kubernetes API refused kmesh-cni: " + a.Err}, nil
 	default:
 		if c.Closed() {
 			return decision{}, types.NewError(types.ErrTryAgainLater,
-				fmt.Sprintf("kmesh-cni: Kubernetes API did not answer for pod %s: %s", pod, a.err),
+				fmt.Sprintf("kmesh-cni: Kubernetes API did not answer for pod %s: %s", pod, a.Err),
 				"failurePolicy is closed: the runtime retries; check the API server's reachability from this node")
 		}
-		return decision{Reason: "Kubernetes API unreachable, enrollment left to the daemon: " + a.err}, nil
+		return decision{Reason: "Kubernetes API unreachable, enrollment left to the daemon: " + a.Err}, nil
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,7 +19,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
-	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/jsontree"
 )
 
 // helperName is kmesh-cni's client of the Kubernetes API, a binary of its
@@ -28,11 +28,14 @@ import (
 // more on the runs that need it.
 const helperName = "kmesh-cni-kube"
 
-// apiAnswer is kmesh-cni-kube's answer.
+// apiAnswer is kmesh-cni-kube's answer (its type answer).
 type apiAnswer struct {
-	enroll, marked    bool
-	reason, markError string
-	kind, err         string
+	Enroll    bool   `json:"enroll"`
+	Reason    string `json:"reason"`
+	Marked    bool   `json:"marked"`
+	MarkError string `json:"markError"`
+	Kind      string `json:"kind"`
+	Err       string `json:"error"`
 }
 
 // findHelper looks beside kmesh-cni's own binary, then in CNI_PATH.
@@ -77,25 +80,9 @@ func (r *run) askAPI(op string, pod conf.Pod, mark bool) (apiAnswer, error) {
 	if err != nil {
 		return apiAnswer{}, fmt.Errorf("%s %s: %v: %s", helperName, op, err, strings.TrimSpace(stderr.String()))
 	}
-	v, err := jsontree.Parse(out)
-	if err != nil || v.Kind != jsontree.Object {
-		return apiAnswer{}, fmt.Errorf("%s %s answered %q", helperName, op, out)
-	}
 	var a apiAnswer
-	for _, f := range []struct {
-		key string
-		s   *string
-		b   *bool
-	}{{"enroll", nil, &a.enroll}, {"marked", nil, &a.marked}, {"reason", &a.reason, nil},
-		{"markError", &a.markError, nil}, {"kind", &a.kind, nil}, {"error", &a.err, nil}} {
-		m, ok := v.Get(f.key)
-		switch {
-		case !ok:
-		case f.s != nil && m.Kind == jsontree.String:
-			*f.s = m.Str
-		case f.b != nil && m.Kind == jsontree.Bool:
-			*f.b = m.Bool
-		}
+	if err := json.Unmarshal(out, &a); err != nil {
+		return apiAnswer{}, fmt.Errorf("%s %s answered %q", helperName, op, out)
 	}
 	return a, nil
 }
@@ -106,8 +93,8 @@ func (r *run) kubeHelper(op string, pod conf.Pod) error {
 	if err != nil {
 		return err
 	}
-	if a.kind != "" {
-		return errors.New(a.err)
+	if a.Kind != "" {
+		return errors.New(a.Err)
 	}
 	return nil
 }
@@ -156,8 +143,8 @@ func (r *run) checkKubeconfig() error {
 		r.log.Warn("kubeconfig not checked", "error", err)
 		return nil
 	}
-	if a.kind != "" {
-		return types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.err, kubeconfigHint)
+	if a.Kind != "" {
+		return types.NewError(types.ErrInvalidNetworkConfig, "kmesh-cni: "+a.Err, kubeconfigHint)
 	}
 	tmp := stamp + ".tmp" + strconv.Itoa(os.Getpid())
 	err = os.MkdirAll(r.conf.StateDir, 0o700)

@@ -6,11 +6,11 @@ import (
 	"os"
 	"slices"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/bpf/podtc"
 	"github.com/kmesh-go/kmesh/internal/podns"
-	"github.com/kmesh-go/kmesh/internal/rtlink"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 )
 
@@ -59,14 +59,14 @@ func inspectPod(nsPath, ifName string) (podLink, error) {
 		if ifName == "" {
 			return nil
 		}
-		l, err := rtlink.ByName(ifName)
-		if errors.Is(err, rtlink.ErrNotFound) {
+		l, err := netlink.LinkByName(ifName)
+		if errors.As(err, &netlink.LinkNotFoundError{}) {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("look up %s: %w", ifName, err)
 		}
-		pl.index, pl.kind, pl.peer = l.Index, l.Kind, l.Peer
+		pl.index, pl.kind, pl.peer = l.Attrs().Index, l.Type(), l.Attrs().ParentIndex
 		return nil
 	})
 	if err != nil {
@@ -95,19 +95,19 @@ func hostVeth(pl podLink, ifName string, prev *conf.Prev) (string, int, error) {
 			hostNames = append(hostNames, i.Name)
 		}
 	}
-	try := func(l rtlink.Link) bool {
-		return l.Kind == "veth" && l.Peer == pl.index &&
-			(len(hostNames) == 0 || slices.Contains(hostNames, l.Name))
+	try := func(l netlink.Link, err error) bool {
+		return err == nil && l.Type() == "veth" && l.Attrs().ParentIndex == pl.index &&
+			(len(hostNames) == 0 || slices.Contains(hostNames, l.Attrs().Name))
 	}
 	if pl.peer > 0 {
-		if l, err := rtlink.ByIndex(pl.peer); err == nil && try(l) {
-			return l.Name, l.Index, nil
+		if l, err := netlink.LinkByIndex(pl.peer); try(l, err) {
+			return l.Attrs().Name, l.Attrs().Index, nil
 		}
 	}
 	// No usable peer index: look at the host interfaces the chain reported.
 	for _, name := range hostNames {
-		if l, err := rtlink.ByName(name); err == nil && try(l) {
-			return l.Name, l.Index, nil
+		if l, err := netlink.LinkByName(name); try(l, err) {
+			return l.Attrs().Name, l.Attrs().Index, nil
 		}
 	}
 	return "", 0, fmt.Errorf("%w: the veth peer of %s (ifindex %d on the node) is not in kmesh-cni's network namespace or not among prevResult's host interfaces %v", errTopology, ifName, pl.peer, hostNames)

@@ -69,7 +69,9 @@ func TestParseErrorsCarrySpecCodes(t *testing.T) {
 	}{
 		{"malformed JSON", `{"cniVersion":"1.0.0",`, types.ErrDecodingFailure, "decode network config"},
 		{"not an object", `[1,2]`, types.ErrDecodingFailure, "decode network config"},
-		{"trailing data", `{"cniVersion":"1.0.0","name":"n"} {}`, types.ErrDecodingFailure, "trailing"},
+		{"trailing data", `{"cniVersion":"1.0.0","name":"n"} {}`, types.ErrDecodingFailure, "after top-level value"},
+		{"null", `null`, types.ErrDecodingFailure, "want a JSON object"},
+		{"wrong attachment", `{"cniVersion":"1.0.0","name":"n","cni.dev/valid-attachments":[{"ifname":5}]}`, types.ErrDecodingFailure, "cni.dev/valid-attachments.ifname must be a string"},
 		{"wrong type", `{"cniVersion":"1.0.0","name":"n","defaultEnroll":"yes"}`, types.ErrDecodingFailure, "defaultEnroll must be a bool"},
 		{"unknown version", `{"cniVersion":"9.9.9","name":"n"}`, types.ErrIncompatibleCNIVersion, `"9.9.9" is not supported`},
 		{"version too old", `{"cniVersion":"0.2.0","name":"n"}`, types.ErrIncompatibleCNIVersion, "0.3.0, 0.3.1"},

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/types/create"
 	cniversion "github.com/containernetworking/cni/pkg/version"
 )
 
@@ -66,46 +67,35 @@ func TestPrevResultInAnotherVersionIsConverted(t *testing.T) {
 	}
 }
 
+// A prevResult the library cannot read is refused (code 6) with the
+// library's reason, which names the value or the field.
 func TestPrevResultRefusedWithWhatIsWrong(t *testing.T) {
 	for prev, says := range map[string]string{
-		`{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1"}]}`:                              `ips[0].address "10.0.0.1"`,
-		`{"cniVersion":"1.0.0","ips":[{"address":null}]}`:                                    "ips[0].address",
-		`{"cniVersion":"1.0.0","ips":{}}`:                                                    "ips must be an array",
-		`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mtu":"1500"}]}`:                 "interfaces[0].mtu must be an integer",
-		`{"cniVersion":"1.0.0","routes":[{"dst":"0.0.0.0/0","gw":"nonsense"}]}`:              `routes[0].gw "nonsense"`,
-		`{"cniVersion":"1.0.0","dns":{"nameservers":"10.96.0.10"}}`:                          "dns.nameservers must be an array",
-		`{"cniVersion":"1.0.0","IPS":[{"address":"x"}]}`:                                     `IPS[0].address "x"`,
+		`{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1"}]}`:                              `invalid CIDR address: 10.0.0.1`,
+		`{"cniVersion":"1.0.0","ips":[{"address":null}]}`:                                    "invalid CIDR address",
+		`{"cniVersion":"1.0.0","ips":{}}`:                                                    "cannot unmarshal object into Go struct field Result.ips",
+		`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mtu":"1500"}]}`:                 "interfaces.mtu of type int",
+		`{"cniVersion":"1.0.0","routes":[{"dst":"0.0.0.0/0","gw":"nonsense"}]}`:              `invalid IP address: nonsense`,
+		`{"cniVersion":"1.0.0","dns":{"nameservers":"10.96.0.10"}}`:                          "dns.nameservers of type []string",
+		`{"cniVersion":"1.0.0","IPS":[{"address":"x"}]}`:                                     `invalid CIDR address: x`,
 		`{"cniVersion":"0.4.0","ips":[{"address":"10.0.0.1/8"}]}`:                            "0.4.0",
-		`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mtu":1.5}]}`:                    "must be an integer",
-		`{"cniVersion":"1.0.0","routes":[{"dst":"0.0.0.0/0","table":99999999999999999999}]}`: "must be an integer",
+		`{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mtu":1.5}]}`:                    "interfaces.mtu of type int",
+		`{"cniVersion":"1.0.0","routes":[{"dst":"0.0.0.0/0","table":99999999999999999999}]}`: "routes.table of type int",
+		`[]`: "cannot unmarshal array",
 	} {
 		_, err := Parse(confWith("1.0.0", prev))
 		var e *types.Error
 		if !errors.As(err, &e) || e.Code != types.ErrDecodingFailure || !strings.Contains(e.Msg, "prevResult") || !strings.Contains(e.Msg, says) {
-			t.Errorf("%s: %v, want code 2 saying %q", prev, err, says)
+			t.Errorf("%s: %v, want code 6 saying %q", prev, err, says)
 		}
 	}
 }
 
-// libraryAccepts is how kmesh-cni read prevResult before it read JSON by
-// hand: the conf through encoding/json into the library's PluginConf, then
-// the library's ParsePrevResult.
-func libraryAccepts(confVersion string, prev []byte) (types.Result, error) {
-	var raw map[string]any
-	if err := json.Unmarshal(prev, &raw); err != nil {
-		return nil, err
-	}
-	pc := types.PluginConf{CNIVersion: confVersion, RawPrevResult: raw}
-	if err := cniversion.ParsePrevResult(&pc); err != nil {
-		return nil, err
-	}
-	return pc.PrevResult, nil
-}
-
-// FuzzPrevResult holds readPrev to the CNI library: the same prevResults
-// accepted, and what is passed on reads back as what ADD printed before.
-// (The library's own conversion to its current version panics on a null
-// interface; ADD no longer uses it.)
+// FuzzPrevResult: Parse accepts a prevResult exactly when the CNI library
+// reads it (as libcni reads a plugin's result, or as the library's plugins
+// read prevResult), and passes on either what the library's conversion
+// prints or prevResult as it came, which libcni then reads as the library
+// read prevResult.
 //
 //	go test ./plugins/kmesh-cni/conf -run '^$' -fuzz '^FuzzPrevResult$' -fuzztime=30s
 func FuzzPrevResult(f *testing.F) {
@@ -119,35 +109,43 @@ func FuzzPrevResult(f *testing.F) {
 			return
 		}
 		c, err := Parse(confWith(version, string(prev)))
-		lib, libErr := libraryAccepts(version, prev)
+		// The library's reading: as libcni reads a result, when that is in
+		// the conf's version; else as ParsePrevResult reads it.
+		want, libErr := cniversion.NewResult(version, prev)
+		if libErr != nil || want.Version() != version {
+			pc := types.PluginConf{CNIVersion: version}
+			if libErr = json.Unmarshal(prev, &pc.RawPrevResult); libErr == nil {
+				libErr = cniversion.ParsePrevResult(&pc)
+			}
+			want = pc.PrevResult
+		}
 		if (err == nil) != (libErr == nil) {
 			t.Fatalf("%s at %s: kmesh-cni %v, library %v", prev, version, err, libErr)
 		}
 		if err != nil {
 			return
 		}
-		// Before, ADD printed the library's result at the conf's version.
-		want, wantErr := lib.GetAsVersion(version)
+		conv, convErr := want.GetAsVersion(version)
 		var out bytes.Buffer
-		if err := c.PrintPrevResult(&out); (err == nil) != (wantErr == nil) {
-			t.Fatalf("%s: passing on: %v, library %v", prev, err, wantErr)
+		if err := c.PrintPrevResult(&out); (err == nil) != (convErr == nil) {
+			t.Fatalf("%s: passing on: %v, library %v", prev, err, convErr)
 		}
-		if wantErr != nil {
+		if convErr != nil {
 			return
 		}
-		var before bytes.Buffer
-		if err := want.PrintTo(&before); err != nil || bytes.Equal(out.Bytes(), before.Bytes()) {
-			return // converted as before (also when before was not readable)
+		var converted bytes.Buffer
+		if err := conv.PrintTo(&converted); err == nil && bytes.Equal(out.Bytes(), converted.Bytes()) {
+			return // converted by the library (what it prints it may not read back)
 		}
-		// Passed on as it came: it must read as what ADD printed before.
-		again, err := cniversion.NewResult(version, out.Bytes())
-		if err != nil {
-			t.Fatalf("%s: passed on %s, which the library cannot read: %v", prev, out.Bytes(), err)
+		// Passed on as it came: libcni reads it as the library read it.
+		got, err := create.CreateFromBytes(out.Bytes())
+		if err != nil || got.Version() != version {
+			t.Fatalf("%s: passed on %s, which the library reads as %v, %v", prev, out.Bytes(), got, err)
 		}
-		a, _ := json.Marshal(again)
-		b, _ := json.Marshal(want)
-		if !bytes.Equal(a, b) {
-			t.Fatalf("%s: passed on\n%s\nbefore\n%s", prev, a, b)
+		x, _ := json.Marshal(got)
+		y, _ := json.Marshal(conv)
+		if !bytes.Equal(x, y) {
+			t.Fatalf("%s: passed on\n%s\nthe library read\n%s", prev, x, y)
 		}
 	})
 }
