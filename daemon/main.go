@@ -18,7 +18,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
 )
 
-// defaultSockmapAccel is off: the same-node benchmark (README) decides, and
+// defaultSockmapAccel is off: the same-node benchmark (docs/benchmarks.md) decides, and
 // a kernel limit (splice(2) readers do not see redirected data) argues for
 // opting in.
 const defaultSockmapAccel = false
@@ -82,7 +82,7 @@ func main() {
 	fs.DurationVar(&o.telemetryInterval, "telemetry-interval", telemetry.DefaultInterval, "how often open connections are reported (long-lived connections show up in metrics within this)")
 	fs.StringVar(&o.accessLog, "access-log", "", "one JSON line per closed connection end: stdout or a file path (default off)")
 	fs.IntVar(&o.maxSeries, "metrics-max-series", telemetry.DefaultMaxSeries, "cap on distinct label sets of the Istio TCP metrics; beyond it connections count under an overflow set")
-	fs.BoolVar(&o.features.SockmapAccel, "sockmap-accel", defaultSockmapAccel, "same-node acceleration: data between two enrolled pods on this node skips TCP/IP (not for applications that read with splice(2); see README)")
+	fs.BoolVar(&o.features.SockmapAccel, "sockmap-accel", defaultSockmapAccel, "same-node acceleration: data between two enrolled pods on this node skips TCP/IP (not for applications that read with splice(2); see docs/datapath.md)")
 	fs.Func("max-tcp-sockets", fmt.Sprintf("TCP sockets of enrolled pods with a record or a rewritten destination (default %d; a socket beyond it works unrecorded)", d.TCPSockets), u32(&o.sizes.TCPSockets))
 	fs.Func("max-sockhash", fmt.Sprintf("sockets in same-node acceleration (default %d; fixed once created)", d.Sockhash), u32(&o.sizes.Sockhash))
 	o.waypointPort = loader.DefaultWaypointPort
