@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,6 +69,8 @@ type suite struct {
 	client    *cluster.Pod
 	backends  map[string]*cluster.Pod
 	flaky     *flakyServer
+	// softnetAtStart is softnetDropped() when the scenarios began.
+	softnetAtStart int64
 }
 
 func TestWaypointTraffic(t *testing.T) {
@@ -80,6 +83,7 @@ func TestWaypointTraffic(t *testing.T) {
 	s.startWaypoint(t)
 	s.startWorkloads(t)
 	t.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
+	s.softnetAtStart = softnetDropped()
 
 	steps := []struct {
 		name string
@@ -102,6 +106,15 @@ func TestWaypointTraffic(t *testing.T) {
 		t.Logf("%s: %s in %s", st.name, map[bool]string{true: "passed", false: "FAILED"}[ok], time.Since(start).Round(time.Millisecond))
 	}
 	t.Logf("suite ran in %s; %d requests took over a second (the fault delay is 200 ms)", time.Since(began).Round(time.Millisecond), slowRequests.Load())
+	// Packets lost under the suite, by whoever: a lost SYN is a request
+	// that waits a second or more for TCP's retransmit.
+	t.Logf("the machine's CPU backlogs (netdev_max_backlog) dropped %d packets during the scenarios; drops on the box's links: node: %s; client: %s; waypoint: %s",
+		softnetDropped()-s.softnetAtStart, linkDrops(s.Box.NodeNSPath), linkDrops(s.client.NSPath), linkDrops(s.wpPod.NSPath))
+	slowMu.Lock()
+	for _, l := range slowLog {
+		t.Logf("slow request: %s", l)
+	}
+	slowMu.Unlock()
 }
 
 // startWaypoint does what istiod's deployment controller, the scheduler
@@ -187,6 +200,7 @@ func (s *suite) startWaypoint(t *testing.T) {
 			t.Logf("%s %s has taken 2 s: the waypoint's goroutines are in %s (%v); its own metrics:\n%s\nkernel events: %v\n"+
 				"TCP counters, client pod: %s\nwaypoint pod: %s\nnode: %s",
 				method, u, path, err, strings.Join(own, "\n"), kernel, tcpCounters(s.client.Do), tcpCounters(s.wpPod.Do), tcpCounters(s.Box.InNode))
+			t.Logf("the namespaces at that moment:\n%s", s.netState())
 		})
 	}
 	t.Cleanup(func() { slowRequest = nil })
@@ -481,19 +495,21 @@ var slowRequests atomic.Int64
 var slowRequest func(method, u string)
 
 // do sends one request from the client with c and reads the answer.
-func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (response, error) {
+func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (_ response, err error) {
 	if slowRequest != nil {
 		tm := time.AfterFunc(2*time.Second, func() { slowRequest(method, u) })
 		defer tm.Stop()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	tr := &reqTrace{begin: time.Now()}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, tr.clientTrace()), method, u, nil)
 	if err != nil {
 		return response{}, err
 	}
-	begin := time.Now()
+	begin := tr.begin
 	defer func() {
-		if time.Since(begin) > time.Second {
+		if took := time.Since(begin); took > time.Second {
 			slowRequests.Add(1)
+			noteSlow(method, u, took, tr, err)
 		}
 	}()
 	for k, v := range h {
