@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http/httptrace"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -108,8 +110,9 @@ func inNetNS(nsPath string, argv ...string) string {
 }
 
 // netState is what the namespaces hold when a request hangs: the
-// client's connecting sockets (with their retransmit timers), the
-// waypoint's sockets on its port (the listener's queue, TIME_WAIT), both
+// client's connecting sockets (with their retransmit timers: a lost SYN),
+// the waypoint's sockets (a SYN-RECV: a lost SYN-ACK; the listeners'
+// queues; TIME_WAIT only as counted by tcpCounters), both
 // neighbour tables, and in the node the bridge's forwarding table and
 // every link's drops; the machine's softnet drops.
 func (s *suite) netState() string {
@@ -118,10 +121,10 @@ func (s *suite) netState() string {
 		fmt.Fprintf(&b, "--- %s:\n%s\n", title, out)
 	}
 	section("client: ss -tanoie state syn-sent", inNetNS(s.client.NSPath, "ss", "-tanoie", "state", "syn-sent"))
-	section("client: ss -tan (all)", inNetNS(s.client.NSPath, "ss", "-tan"))
+	section("client: ss -tan (but TIME-WAIT)", inNetNS(s.client.NSPath, "ss", "-tan", "exclude", "time-wait"))
 	section("client: ip -s neigh", inNetNS(s.client.NSPath, "ip", "-s", "neigh"))
 	section("client: ip -s link", inNetNS(s.client.NSPath, "ip", "-s", "link"))
-	section("waypoint: ss -tanoie", inNetNS(s.wpPod.NSPath, "ss", "-tanoie"))
+	section("waypoint: ss -tanoie (but TIME-WAIT; a lost SYN-ACK leaves a SYN-RECV)", inNetNS(s.wpPod.NSPath, "ss", "-tanoie", "exclude", "time-wait"))
 	section("waypoint: ss -ltn", inNetNS(s.wpPod.NSPath, "ss", "-ltn"))
 	section("waypoint: ip -s neigh", inNetNS(s.wpPod.NSPath, "ip", "-s", "neigh"))
 	section("waypoint: ip -s link", inNetNS(s.wpPod.NSPath, "ip", "-s", "link"))
@@ -130,10 +133,21 @@ func (s *suite) netState() string {
 	section("node: ip -s neigh", inNetNS(s.Box.NodeNSPath, "ip", "-s", "neigh"))
 	section("node: iptables-save", inNetNS(s.Box.NodeNSPath, "iptables-save"))
 	section("node: conntrack", inNetNS(s.Box.NodeNSPath, "sh", "-c", "cat /proc/net/nf_conntrack 2>&1 | wc -l"))
+	if st, err := os.ReadFile("/proc/stat"); err == nil {
+		var cpu []string
+		for _, l := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(l, "cpu") {
+				cpu = append(cpu, l)
+			}
+		}
+		section("/proc/stat (user nice system idle iowait irq softirq steal, in 10 ms)", strings.Join(cpu, "\n"))
+	}
 	if sn, err := os.ReadFile("/proc/net/softnet_stat"); err == nil {
 		section("softnet_stat (processed dropped squeezed ...)", strings.TrimSpace(string(sn)))
 	}
-	fmt.Fprintf(&b, "--- the machine's CPU backlogs dropped %d packets since the suite started\n", softnetDropped()-s.softnetAtStart)
+	fmt.Fprintf(&b, "--- since the scenarios began: the machine's CPU backlogs dropped %d packets; the box's links dropped: node: %s; client: %s; waypoint: %s\n",
+		softnetDropped()-s.softnetAtStart, linkDropsSince(s.Box.NodeNSPath, s.linksAtStart[0]),
+		linkDropsSince(s.client.NSPath, s.linksAtStart[1]), linkDropsSince(s.wpPod.NSPath, s.linksAtStart[2]))
 	return b.String()
 }
 
@@ -162,9 +176,9 @@ func softnetDropped() int64 {
 	return sum
 }
 
-// linkDrops lists the links of a namespace that dropped packets, with
-// their counters (ip -s link), or "none".
-func linkDrops(nsPath string) string {
+// linkDrops are the drop and error counters (ip -s link) of a
+// namespace's links, by name.
+func linkDrops(nsPath string) (map[string][4]int64, error) {
 	out := inNetNS(nsPath, "ip", "-j", "-s", "link")
 	var links []struct {
 		Name  string `json:"ifname"`
@@ -174,17 +188,52 @@ func linkDrops(nsPath string) string {
 		} `json:"stats64"`
 	}
 	if err := json.Unmarshal([]byte(out), &links); err != nil {
-		return out
+		return nil, fmt.Errorf("ip -j -s link: %v: %.200s", err, out)
 	}
-	var l []string
+	m := map[string][4]int64{}
 	for _, k := range links {
 		st := k.Stats
-		if st.RX.Dropped+st.RX.Errors+st.TX.Dropped+st.TX.Errors > 0 {
-			l = append(l, fmt.Sprintf("%s rx dropped %d errors %d, tx dropped %d errors %d", k.Name, st.RX.Dropped, st.RX.Errors, st.TX.Dropped, st.TX.Errors))
+		m[k.Name] = [4]int64{st.RX.Dropped, st.RX.Errors, st.TX.Dropped, st.TX.Errors}
+	}
+	return m, nil
+}
+
+// linkDropsSince says which links of a namespace dropped packets since
+// before (a linkDrops reading; nil: since they were made), or "none".
+func linkDropsSince(nsPath string, before map[string][4]int64) string {
+	now, err := linkDrops(nsPath)
+	if err != nil {
+		return err.Error()
+	}
+	var l []string
+	for _, name := range slices.Sorted(maps.Keys(now)) {
+		a, b := now[name], before[name]
+		if a != b {
+			l = append(l, fmt.Sprintf("%s rx dropped +%d errors +%d, tx dropped +%d errors +%d", name, a[0]-b[0], a[1]-b[1], a[2]-b[2], a[3]-b[3]))
 		}
 	}
 	if len(l) == 0 {
 		return "none"
 	}
 	return strings.Join(l, "; ")
+}
+
+// stealTicks is the time the machine's hypervisor kept its CPUs from it
+// (/proc/stat, all CPUs, in USER_HZ ticks): a stalled VM delays timers
+// and packets alike. -1 when it cannot be read.
+func stealTicks() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return -1
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return -1
+	}
+	v, err := strconv.ParseInt(f[8], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }
