@@ -188,8 +188,19 @@ func (s *suite) startWaypoint(t *testing.T) {
 	})
 	// A request that hangs: the waypoint's goroutines at that moment,
 	// once, for the failure report.
-	var once sync.Once
+	var (
+		once sync.Once
+		// mu keeps the test's end waiting for a dump under way (it
+		// logs through t); ended: too late to start one.
+		mu    sync.Mutex
+		ended bool
+	)
 	slowRequest = func(method, u string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ended {
+			return
+		}
 		once.Do(func() {
 			_, g, err := s.wpAdmin("/debug/pprof/goroutine?debug=2")
 			path := filepath.Join(os.TempDir(), fmt.Sprintf("kmesh-e2e-l7-waypoint-goroutines-%d.txt", os.Getpid()))
@@ -217,7 +228,12 @@ func (s *suite) startWaypoint(t *testing.T) {
 			t.Logf("the namespaces at that moment:\n%s", s.netState())
 		})
 	}
-	t.Cleanup(func() { slowRequest = nil })
+	t.Cleanup(func() {
+		slowRequest = nil
+		mu.Lock()
+		ended = true
+		mu.Unlock()
+	})
 	start := time.Now()
 	cluster.Eventually(t, time.Minute, "kmesh-waypoint ready", func() (bool, string) {
 		if done, err := s.waypoint.Exited(); done {
@@ -512,8 +528,8 @@ var slowRequest func(method, u string)
 
 // do sends one request from the client with c and reads the answer.
 func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (_ response, err error) {
-	if slowRequest != nil {
-		tm := time.AfterFunc(2*time.Second, func() { slowRequest(method, u) })
+	if f := slowRequest; f != nil {
+		tm := time.AfterFunc(2*time.Second, func() { f(method, u) })
 		defer tm.Stop()
 	}
 	tr := &reqTrace{begin: time.Now()}
