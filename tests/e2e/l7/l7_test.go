@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,6 +69,13 @@ type suite struct {
 	client    *cluster.Pod
 	backends  map[string]*cluster.Pod
 	flaky     *flakyServer
+	// softnetAtStart is softnetDropped() when the scenarios began, and
+	// linksAtStart the node's, the client's and the waypoint's link
+	// counters (linkDrops).
+	softnetAtStart int64
+	linksAtStart   [3]map[string][4]int64
+	// stealAtStart is stealTicks() then.
+	stealAtStart int64
 }
 
 func TestWaypointTraffic(t *testing.T) {
@@ -80,6 +88,10 @@ func TestWaypointTraffic(t *testing.T) {
 	s.startWaypoint(t)
 	s.startWorkloads(t)
 	t.Logf("set up in %s", time.Since(began).Round(time.Millisecond))
+	s.softnetAtStart, s.stealAtStart = softnetDropped(), stealTicks()
+	for i, p := range []string{s.Box.NodeNSPath, s.client.NSPath, s.wpPod.NSPath} {
+		s.linksAtStart[i], _ = linkDrops(p)
+	}
 
 	steps := []struct {
 		name string
@@ -102,6 +114,21 @@ func TestWaypointTraffic(t *testing.T) {
 		t.Logf("%s: %s in %s", st.name, map[bool]string{true: "passed", false: "FAILED"}[ok], time.Since(start).Round(time.Millisecond))
 	}
 	t.Logf("suite ran in %s; %d requests took over a second (the fault delay is 200 ms)", time.Since(began).Round(time.Millisecond), slowRequests.Load())
+	// Packets lost under the suite, by whoever: a lost SYN is a request
+	// that waits a second or more for TCP's retransmit.
+	t.Logf("during the scenarios the machine's CPU backlogs (netdev_max_backlog) dropped %d packets; the box's links dropped: node: %s; client: %s; waypoint: %s",
+		softnetDropped()-s.softnetAtStart, linkDropsSince(s.Box.NodeNSPath, s.linksAtStart[0]),
+		linkDropsSince(s.client.NSPath, s.linksAtStart[1]), linkDropsSince(s.wpPod.NSPath, s.linksAtStart[2]))
+	// The pods' namespaces are the suite's own: their counters are this
+	// run's. TCPSynRetrans counts SYNs in the client's and SYN-ACKs in the
+	// waypoint's.
+	t.Logf("TCP counters at the end, client pod: %s\nwaypoint pod: %s\nthe hypervisor took %d ms of CPU (steal) during the scenarios",
+		tcpCounters(s.client.Do), tcpCounters(s.wpPod.Do), (stealTicks()-s.stealAtStart)*10)
+	slowMu.Lock()
+	for _, l := range slowLog {
+		t.Logf("slow request: %s", l)
+	}
+	slowMu.Unlock()
 }
 
 // startWaypoint does what istiod's deployment controller, the scheduler
@@ -161,8 +188,19 @@ func (s *suite) startWaypoint(t *testing.T) {
 	})
 	// A request that hangs: the waypoint's goroutines at that moment,
 	// once, for the failure report.
-	var once sync.Once
+	var (
+		once sync.Once
+		// mu keeps the test's end waiting for a dump under way (it
+		// logs through t); ended: too late to start one.
+		mu    sync.Mutex
+		ended bool
+	)
 	slowRequest = func(method, u string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ended {
+			return
+		}
 		once.Do(func() {
 			_, g, err := s.wpAdmin("/debug/pprof/goroutine?debug=2")
 			path := filepath.Join(os.TempDir(), fmt.Sprintf("kmesh-e2e-l7-waypoint-goroutines-%d.txt", os.Getpid()))
@@ -187,9 +225,15 @@ func (s *suite) startWaypoint(t *testing.T) {
 			t.Logf("%s %s has taken 2 s: the waypoint's goroutines are in %s (%v); its own metrics:\n%s\nkernel events: %v\n"+
 				"TCP counters, client pod: %s\nwaypoint pod: %s\nnode: %s",
 				method, u, path, err, strings.Join(own, "\n"), kernel, tcpCounters(s.client.Do), tcpCounters(s.wpPod.Do), tcpCounters(s.Box.InNode))
+			t.Logf("the namespaces at that moment:\n%s", s.netState())
 		})
 	}
-	t.Cleanup(func() { slowRequest = nil })
+	t.Cleanup(func() {
+		slowRequest = nil
+		mu.Lock()
+		ended = true
+		mu.Unlock()
+	})
 	start := time.Now()
 	cluster.Eventually(t, time.Minute, "kmesh-waypoint ready", func() (bool, string) {
 		if done, err := s.waypoint.Exited(); done {
@@ -467,10 +511,12 @@ type response struct {
 }
 
 // requestTimeout bounds a request from the client. Generous: on this
-// 2-core machine shared with builds, a new connection's handshake has
-// been seen to wait 2-5 s for TCP's SYN retransmits (1 s, then 3 s) in
-// about one run of ten (see slowRequest); a request counts as failed only
-// when TCP gives up far later than that.
+// 2-core machine shared with builds and benchmarks, a new connection's
+// handshake has been seen to wait 2-5 s for TCP's SYN retransmits (1 s
+// apart for the first four on this kernel: tcp_syn_linear_timeouts) in
+// about one run of ten beside a benchmark (see slowRequest and
+// tests/e2e/README.md); a request counts as failed only when TCP gives up
+// far later than that.
 const requestTimeout = 10 * time.Second
 
 // slowRequests counts requests that took over a second.
@@ -481,19 +527,21 @@ var slowRequests atomic.Int64
 var slowRequest func(method, u string)
 
 // do sends one request from the client with c and reads the answer.
-func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (response, error) {
-	if slowRequest != nil {
-		tm := time.AfterFunc(2*time.Second, func() { slowRequest(method, u) })
+func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (_ response, err error) {
+	if f := slowRequest; f != nil {
+		tm := time.AfterFunc(2*time.Second, func() { f(method, u) })
 		defer tm.Stop()
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	tr := &reqTrace{begin: time.Now()}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, tr.clientTrace()), method, u, nil)
 	if err != nil {
 		return response{}, err
 	}
-	begin := time.Now()
+	begin := tr.begin
 	defer func() {
-		if time.Since(begin) > time.Second {
+		if took := time.Since(begin); took > time.Second {
 			slowRequests.Add(1)
+			noteSlow(method, u, took, tr, err)
 		}
 	}()
 	for k, v := range h {
