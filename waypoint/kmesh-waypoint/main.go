@@ -180,14 +180,13 @@ func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot)) (*sour
 		if o.xdsAddress != "" {
 			return nil, errors.New("--config-file and --xds-address are exclusive: choose one source")
 		}
-		var lastErr error
 		return &source{
 			run: func(ctx context.Context) error {
-				lastErr = bootstrap.Watch(ctx, o.configFile, translate.Options{}, apply, log)
+				err := bootstrap.Watch(ctx, o.configFile, translate.Options{}, apply, log)
 				if ctx.Err() != nil {
 					return nil
 				}
-				return lastErr
+				return err
 			},
 			status: func() any { return map[string]any{"configFile": o.configFile} },
 		}, nil
