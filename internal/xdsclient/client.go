@@ -377,8 +377,8 @@ func (c *Client) Run(ctx context.Context) {
 		if time.Since(start) > 30*time.Second {
 			backoff = c.cfg.MinBackoff // it was a healthy session
 		}
-		// Full jitter: spread reconnects of many clients after a server
-		// restart.
+		// Jitter (half to one and a half times the backoff): spread
+		// reconnects of many clients after a server restart.
 		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
 		c.log.Warn("xDS stream ended; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
 		select {

@@ -37,10 +37,13 @@ type store struct {
 	synced  chan struct{}
 	onApply func(typeURL string, s map[string]proto.Message)
 	syncedO sync.Once
+	// seen: the versions each resource arrived with, accepted or not,
+	// by type and name.
+	seen map[string][]string
 }
 
 func newStore() *store {
-	return &store{state: map[string]map[string]proto.Message{typeCDS: {}, typeEDS: {}}, synced: make(chan struct{})}
+	return &store{state: map[string]map[string]proto.Message{typeCDS: {}, typeEDS: {}}, synced: make(chan struct{}), seen: map[string][]string{}}
 }
 
 func (s *store) Apply(typeURL string, ups []xdsclient.Resource, removes []string) (map[string]error, error) {
@@ -48,6 +51,7 @@ func (s *store) Apply(typeURL string, ups []xdsclient.Resource, removes []string
 	s.mu.Lock()
 	m := s.state[typeURL]
 	for _, r := range ups {
+		s.seen[typeURL+" "+r.Name] = append(s.seen[typeURL+" "+r.Name], r.Version)
 		var msg proto.Message
 		switch typeURL {
 		case typeCDS:
@@ -93,6 +97,13 @@ func (s *store) names(typeURL string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Sorted(maps.Keys(s.state[typeURL]))
+}
+
+// versions returns the versions a resource arrived with, oldest first.
+func (s *store) versions(typeURL, name string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.seen[typeURL+" "+name])
 }
 
 func (s *store) get(typeURL, name string) proto.Message {
@@ -261,8 +272,7 @@ func TestNACKKeepsLastGoodAndItsVersion(t *testing.T) {
 	st := newStore()
 	c := run(t, srv, st, nil)
 	st.waitNames(t, typeCDS, "a", "b")
-	goodAck, _ := srv.waitRequest(0, isACK(typeCDS))
-	_ = goodAck
+	srv.waitRequest(0, isACK(typeCDS))
 
 	// A bad version of a, a good new c, in one response.
 	n := len(srv.requests())
@@ -291,6 +301,13 @@ func TestNACKKeepsLastGoodAndItsVersion(t *testing.T) {
 	vs := resume.GetInitialResourceVersions()
 	if len(vs) != 3 || vs["a"] == "" || vs["c"] == "" {
 		t.Fatalf("initial_resource_versions %v", vs)
+	}
+	av := st.versions(typeCDS, "a")
+	if len(av) < 2 || av[0] == av[1] {
+		t.Fatalf("a arrived with versions %v, want a good one then a rejected one", av)
+	}
+	if vs["a"] != av[0] {
+		t.Fatalf("resumed with a at %q, want its last good version %q (rejected: %q)", vs["a"], av[0], av[1])
 	}
 }
 

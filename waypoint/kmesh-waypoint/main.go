@@ -55,7 +55,11 @@ type options struct {
 
 func main() {
 	o := parseFlags()
-	log := newLogger(o.logLevel)
+	log, err := newLogger(o.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kmesh-waypoint:", err)
+		os.Exit(2)
+	}
 	if err := run(o, log); err != nil {
 		log.Error("kmesh-waypoint failed", "err", err)
 		os.Exit(1)
@@ -96,12 +100,12 @@ func parseFlags() *options {
 	return o
 }
 
-func newLogger(level string) *slog.Logger {
+func newLogger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		l = slog.LevelInfo
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
 }
 
 // source is where snapshots come from: istiod, or a file.
@@ -180,14 +184,13 @@ func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot)) (*sour
 		if o.xdsAddress != "" {
 			return nil, errors.New("--config-file and --xds-address are exclusive: choose one source")
 		}
-		var lastErr error
 		return &source{
 			run: func(ctx context.Context) error {
-				lastErr = bootstrap.Watch(ctx, o.configFile, translate.Options{}, apply, log)
+				err := bootstrap.Watch(ctx, o.configFile, translate.Options{}, apply, log)
 				if ctx.Err() != nil {
 					return nil
 				}
-				return lastErr
+				return err
 			},
 			status: func() any { return map[string]any{"configFile": o.configFile} },
 		}, nil

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -106,7 +107,7 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 			if c.GetLoadAssignment() != nil {
 				eps, err := endpoints(c.GetLoadAssignment())
 				if err != nil {
-					if ct.Type != clusterv3.Cluster_STATIC && strings.Contains(err.Error(), "not an IP") {
+					if ct.Type != clusterv3.Cluster_STATIC && errors.Is(err, errNotIP) {
 						t.unsupported(model.Unsupported{Where: where, Name: "dns", FailClosed: true,
 							Reason: "DNS resolution of endpoints is not supported: the cluster has no endpoints"})
 						break
@@ -290,6 +291,10 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([][]model.Endpoint, error
 	return out, nil
 }
 
+// errNotIP is an endpoint address that is a name: fine for a DNS
+// cluster's config, but not resolved here.
+var errNotIP = errors.New("not an IP address")
+
 func endpoint(lb *endpointv3.LbEndpoint) (model.Endpoint, error) {
 	e := model.Endpoint{Weight: 1, Healthy: true}
 	if w := lb.GetLoadBalancingWeight(); w != nil {
@@ -313,7 +318,7 @@ func endpoint(lb *endpointv3.LbEndpoint) (model.Endpoint, error) {
 		sa := addr.GetSocketAddress()
 		a, err := netip.ParseAddr(sa.GetAddress())
 		if err != nil {
-			return e, fmt.Errorf("endpoint %q is not an IP address", sa.GetAddress())
+			return e, fmt.Errorf("endpoint %q: %w", sa.GetAddress(), errNotIP)
 		}
 		if sa.GetPortValue() == 0 || sa.GetPortValue() > 65535 {
 			return e, fmt.Errorf("endpoint %s: port %d", sa.GetAddress(), sa.GetPortValue())

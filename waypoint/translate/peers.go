@@ -55,12 +55,6 @@ func (w *Workload) Equal(o *Workload) bool {
 	return true
 }
 
-// CheckAddress says why an address resource cannot be used.
-func CheckAddress(a *workloadapi.Address) error {
-	_, err := CompileAddress(a)
-	return err
-}
-
 // peers indexes the workloads of istiod's address xDS by address, for
 // telemetry labels and, later, L7 policy. Services are not peers.
 func peers(addrs []*workloadapi.Address, compiled []*Workload) *model.Peers {

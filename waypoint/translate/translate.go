@@ -171,14 +171,10 @@ func (t *translator) unsupported(u model.Unsupported) {
 	t.unsup = append(t.unsup, u)
 }
 
-// CheckListener translates one listener alone, for the xDS layer to NACK
-// one that cannot be used.
+// CheckListener translates one listener alone: Memo.CheckListener (what
+// the xDS layer NACKs by) without a memo to keep.
 func CheckListener(l *listenerv3.Listener, opts Options) error {
-	if err := l.Validate(); err != nil {
-		return err
-	}
-	t := &translator{opts: opts, in: Input{Routes: map[string]*routev3.RouteConfiguration{}}}
-	_, err := t.listener(l)
+	_, err := NewMemo().CheckListener(l, opts)
 	return err
 }
 

@@ -280,10 +280,10 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		follow(s, translate.TypeEndpoint, translate.EDSClusters(slices.Collect(maps.Values(s.clusters))), s.endpoints, arrival)
 	case translate.TypeEndpoint:
 		changed = applyCompiled(s.endpoints, ups, removes, rejected, translate.CompileEndpoints)
-		s.settle(ups, removes)
+		s.settle(translate.TypeEndpoint, ups, removes)
 	case translate.TypeRoute:
 		changed = applyTyped(s.routes, ups, removes, rejected, translate.CheckRoute)
-		s.settle(ups, removes)
+		s.settle(translate.TypeRoute, ups, removes)
 	case translate.TypeAddress:
 		changed = applyCompiled(s.addresses, ups, removes, rejected, translate.CompileAddress)
 	default:
@@ -403,19 +403,14 @@ func cutKind(k string) (string, string) {
 	return kind, name
 }
 
-// settle ends the warming of names that answered (an answer, even a
-// removal, is what Envoy waits for).
-func (s *Session) settle(ups []xdsclient.Resource, removes []string) {
-	for n := range s.warming {
-		_, name := cutKind(n)
-		for _, r := range ups {
-			if r.Name == name {
-				delete(s.warming, n)
-			}
-		}
-		if slices.Contains(removes, name) {
-			delete(s.warming, n)
-		}
+// settle ends the warming of the type's names that answered (an answer,
+// even a removal, is what Envoy waits for).
+func (s *Session) settle(typeURL string, ups []xdsclient.Resource, removes []string) {
+	for _, r := range ups {
+		delete(s.warming, warmKey(typeURL, r.Name))
+	}
+	for _, n := range removes {
+		delete(s.warming, warmKey(typeURL, n))
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"istio.io/istio/pkg/workloadapi"
 
+	"github.com/kmesh-go/kmesh/internal/xdsclient"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 	"github.com/kmesh-go/kmesh/waypoint/translate"
 	"github.com/kmesh-go/kmesh/waypoint/translate/translatetest"
@@ -486,5 +487,23 @@ func TestSessionLatencyIncludesApply(t *testing.T) {
 	}
 	if st.LastLatency < slow || st.P50Latency < slow {
 		t.Errorf("last %v, p50 %v: Apply's %v not counted", st.LastLatency, st.P50Latency, slow)
+	}
+}
+
+// An answer settles only its own type's warming: an EDS cluster and an
+// RDS route configuration may share a name.
+func TestSettleIsPerType(t *testing.T) {
+	s := &Session{warming: map[string]time.Time{
+		warmKey(translate.TypeRoute, "x"):    time.Now(),
+		warmKey(translate.TypeEndpoint, "y"): time.Now(),
+	}}
+	s.settle(translate.TypeEndpoint, []xdsclient.Resource{{Name: "x"}}, []string{"x"})
+	if _, ok := s.warming[warmKey(translate.TypeRoute, "x")]; !ok {
+		t.Fatal("an EDS answer for x settled the RDS name x")
+	}
+	s.settle(translate.TypeEndpoint, []xdsclient.Resource{{Name: "y"}}, nil)
+	s.settle(translate.TypeRoute, nil, []string{"x"})
+	if len(s.warming) != 0 {
+		t.Fatalf("still warming: %v", s.warming)
 	}
 }
