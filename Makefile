@@ -1,5 +1,6 @@
 # kmesh-go: see README.md. Every target that needs system packages installs
-# them first (.ci/deps), so a fresh machine needs nothing typed beforehand.
+# them first (.ci/deps), so a fresh machine needs nothing typed beforehand
+# beyond Go itself (go.mod's version; .ci/deps installs no Go), make and git.
 
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
