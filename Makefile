@@ -1,5 +1,6 @@
 # kmesh-go: see README.md. Every target that needs system packages installs
-# them first (.ci/deps), so a fresh machine needs nothing typed beforehand.
+# them first (.ci/deps), so a fresh machine needs nothing typed beforehand
+# beyond Go itself (go.mod's version; .ci/deps installs no Go), make and git.
 
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
@@ -44,8 +45,9 @@ lint:
 
 # Every test, kernel tests included (root, real kernel), short fuzz runs of
 # the parsers that take untrusted input, then the end-to-end suite against
-# the real control plane.
-test: deps lint
+# the real control plane. fortio: the daemon's upgrade-under-load kernel test
+# skips without it.
+test: deps fortio lint
 	KMESH_KERNEL_TESTS=1 CGO_ENABLED=0 $(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 	$(MAKE) e2e

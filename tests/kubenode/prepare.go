@@ -2,20 +2,12 @@ package kubenode
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"github.com/kmesh-go/kmesh/tests/e2e/controlplane"
 	"github.com/kmesh-go/kmesh/tests/images"
 	"github.com/kmesh-go/kmesh/tests/nodebox"
 )
-
-// referencePlugins are the CNI reference plugins the node's network uses
-// (containerd runs loopback itself).
-var referencePlugins = []string{"plugins/main/bridge", "plugins/ipam/host-local", "plugins/main/loopback"}
 
 // Prepare builds what a node runs from this working tree: the images
 // (kmesh-daemon, kmesh-install, kmesh-waypoint, fortio, pause) into
@@ -47,21 +39,8 @@ func Prepare(ctx context.Context, logf func(string, ...any)) (Config, error) {
 		cfg.Images = append(cfg.Images, w.Path)
 	}
 
-	cfg.CNIPluginsDir = filepath.Join(root, "bin", "cni-plugins", nodebox.CNIPluginsVersion)
-	var missing []string
-	for _, p := range referencePlugins {
-		if _, err := os.Stat(filepath.Join(cfg.CNIPluginsDir, filepath.Base(p))); err != nil {
-			missing = append(missing, "github.com/containernetworking/plugins/"+p+"@"+nodebox.CNIPluginsVersion)
-		}
-	}
-	if len(missing) > 0 {
-		logf("installing the CNI reference plugins %s", nodebox.CNIPluginsVersion)
-		cmd := exec.CommandContext(ctx, images.GoTool(), append([]string{"install"}, missing...)...)
-		cmd.Dir = os.TempDir()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOBIN="+cfg.CNIPluginsDir)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return Config{}, fmt.Errorf("go install %s: %v\n%s", strings.Join(missing, " "), err, b)
-		}
+	if cfg.CNIPluginsDir, err = nodebox.CNIPlugins(ctx, root, logf); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
 }

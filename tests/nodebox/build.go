@@ -91,18 +91,9 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 		}
 	}
 
-	refDir := filepath.Join(o.Root, "bin", "cni-plugins", CNIPluginsVersion)
-	var missing []string
-	for _, p := range referencePlugins {
-		if _, err := os.Stat(filepath.Join(refDir, filepath.Base(p))); err != nil {
-			missing = append(missing, "github.com/containernetworking/plugins/"+p+"@"+CNIPluginsVersion)
-		}
-	}
-	if len(missing) > 0 {
-		o.Logf("installing the CNI reference plugins %s", CNIPluginsVersion)
-		if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + refDir}, append([]string{"install"}, missing...)...); err != nil {
-			return b, err
-		}
+	refDir, err := CNIPlugins(ctx, o.Root, o.Logf)
+	if err != nil {
+		return b, err
 	}
 	b.CNIPath = []string{refDir, filepath.Dir(b.CNI)}
 
@@ -117,6 +108,28 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 		}
 	}
 	return b, nil
+}
+
+// CNIPlugins installs the CNI reference plugins (bridge, host-local,
+// loopback, portmap) of CNIPluginsVersion into root/bin/cni-plugins/<version>,
+// those missing only, and returns that folder. nodebox and kubenode share it.
+func CNIPlugins(ctx context.Context, root string, logf func(string, ...any)) (string, error) {
+	refDir := filepath.Join(root, "bin", "cni-plugins", CNIPluginsVersion)
+	var missing []string
+	for _, p := range referencePlugins {
+		if _, err := os.Stat(filepath.Join(refDir, filepath.Base(p))); err != nil {
+			missing = append(missing, "github.com/containernetworking/plugins/"+p+"@"+CNIPluginsVersion)
+		}
+	}
+	if len(missing) > 0 {
+		if logf != nil {
+			logf("installing the CNI reference plugins %s", CNIPluginsVersion)
+		}
+		if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + refDir}, append([]string{"install"}, missing...)...); err != nil {
+			return "", err
+		}
+	}
+	return refDir, nil
 }
 
 // GoTool is the go command: on PATH, else next to the running toolchain,

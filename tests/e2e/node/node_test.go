@@ -42,6 +42,26 @@ func TestNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("node up in %s", time.Since(start).Round(time.Millisecond))
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, c := range []string{"kubelet", "kube-controller-manager", "istiod"} {
+				t.Logf("--- end of %s.log:\n%s", c, n.LogTail(c, 3000))
+			}
+			if out, err := n.Kubectl(context.Background(), "get", "pods", "-A", "-o", "wide"); err == nil {
+				t.Logf("--- pods:\n%s", out)
+			}
+			if out, err := n.Kubectl(context.Background(), "-n", kubenode.KmeshNamespace, "logs", "ds/kmesh", "-c", "kmesh-daemon", "--tail=60"); err == nil {
+				t.Logf("--- kmesh-daemon:\n%s", out)
+			}
+			if out, err := n.Exec(context.Background(), "tail", "-c", "3000", "/var/log/kmesh-cni.log"); err == nil {
+				t.Logf("--- kmesh-cni.log:\n%s", out)
+			}
+		}
+		if err := n.Close(); err != nil {
+			t.Errorf("close the node: %v", err)
+		}
+	})
+
 	// The node runs exactly the images make images builds: containerd
 	// lists each under its config digest (the image ID) as
 	// go-containerregistry computed it. (The manifest digest is not kept:
@@ -63,25 +83,6 @@ func TestNode(t *testing.T) {
 			t.Errorf("containerd lists no image with ID %s (%s):\n%s", id, filepath.Base(path), listed)
 		}
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, c := range []string{"kubelet", "kube-controller-manager", "istiod"} {
-				t.Logf("--- end of %s.log:\n%s", c, n.LogTail(c, 3000))
-			}
-			if out, err := n.Kubectl(context.Background(), "get", "pods", "-A", "-o", "wide"); err == nil {
-				t.Logf("--- pods:\n%s", out)
-			}
-			if out, err := n.Kubectl(context.Background(), "-n", kubenode.KmeshNamespace, "logs", "ds/kmesh", "-c", "kmesh-daemon", "--tail=60"); err == nil {
-				t.Logf("--- kmesh-daemon:\n%s", out)
-			}
-			if out, err := n.Exec(context.Background(), "tail", "-c", "3000", "/var/log/kmesh-cni.log"); err == nil {
-				t.Logf("--- kmesh-cni.log:\n%s", out)
-			}
-		}
-		if err := n.Close(); err != nil {
-			t.Errorf("close the node: %v", err)
-		}
-	})
 
 	steps := []struct {
 		name string
