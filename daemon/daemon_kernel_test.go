@@ -330,6 +330,14 @@ func (f *meshFixture) spread(addr string, n int) map[string]int {
 
 // loop connects until stop is closed, counting failures.
 func (f *meshFixture) loop(addr string) (stop func() (ok, failed int64, first string)) {
+	return f.repeat(func() error {
+		_, err := f.ask(addr)
+		return err
+	})
+}
+
+// repeat calls try until stop is closed, counting failures.
+func (f *meshFixture) repeat(try func() error) (stop func() (ok, failed int64, first string)) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	var okN, failN atomic.Int64
@@ -342,7 +350,7 @@ func (f *meshFixture) loop(addr string) (stop func() (ok, failed int64, first st
 				return
 			default:
 			}
-			if _, err := f.ask(addr); err != nil {
+			if err := try(); err != nil {
 				failN.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
 			} else {
