@@ -336,7 +336,9 @@ func (f *meshFixture) loop(addr string) (stop func() (ok, failed int64, first st
 	})
 }
 
-// repeat calls try until stop is closed, counting failures.
+// repeat calls try until stop is called, or the test ends (a test that
+// fails before calling stop leaves no goroutine dialing into the next
+// test's network), counting failures.
 func (f *meshFixture) repeat(try func() error) (stop func() (ok, failed int64, first string)) {
 	done := make(chan struct{})
 	finished := make(chan struct{})
@@ -358,9 +360,11 @@ func (f *meshFixture) repeat(try func() error) (stop func() (ok, failed int64, f
 			}
 		}
 	}()
+	var once sync.Once
+	halt := func() { once.Do(func() { close(done); <-finished }) }
+	f.t.Cleanup(halt)
 	return func() (int64, int64, string) {
-		close(done)
-		<-finished
+		halt()
 		s, _ := firstErr.Load().(string)
 		return okN.Load(), failN.Load(), s
 	}
