@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -95,41 +94,15 @@ func TestKernelDaemonLayoutUpgradeUnderLoad(t *testing.T) {
 
 // udpLoop asks over a new connected UDP socket until stopped.
 func (f *meshFixture) udpLoop(addr string) (stop func() (ok, failed int64, first string)) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	var okN, failN atomic.Int64
-	var firstErr atomic.Value
-	go func() {
-		defer close(finished)
-		for {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			err := func() error {
-				c, err := f.client.Dial("udp", addr, time.Second)
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				_, err = udpWho(c)
-				return err
-			}()
-			if err != nil {
-				failN.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				okN.Add(1)
-			}
+	return f.repeat(func() error {
+		c, err := f.client.Dial("udp", addr, time.Second)
+		if err != nil {
+			return err
 		}
-	}()
-	return func() (int64, int64, string) {
-		close(done)
-		<-finished
-		s, _ := firstErr.Load().(string)
-		return okN.Load(), failN.Load(), s
-	}
+		defer c.Close()
+		_, err = udpWho(c)
+		return err
+	})
 }
 
 func openPinnedConfig(t *testing.T, pins string) *ebpf.Map {

@@ -91,7 +91,7 @@ func main() {
 			c.base = "http://" + envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
 		}
 		c.server = "kmesh-waypoint"
-		err = c.waypoint(args[1], c.out)
+		err = c.waypoint(args[1])
 	default:
 		fs.Usage()
 		os.Exit(2)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -19,37 +18,32 @@ const defaultWaypointAdmin = "127.0.0.1:15000"
 var waypointViews = []string{"listeners", "routes", "clusters", "endpoints"}
 
 // waypoint shows one view of the waypoint's /debug/config_dump.
-func (c client) waypoint(what string, out io.Writer) error {
-	b, err := c.get("/debug/config_dump")
-	if err != nil {
+func (c client) waypoint(what string) error {
+	var d model.ConfigDump
+	if err := c.getJSON("/debug/config_dump", &d); err != nil {
 		return err
 	}
-	var d model.ConfigDump
-	if err := json.Unmarshal(b, &d); err != nil {
-		return fmt.Errorf("the waypoint's config dump: %w", err)
+	if !c.json {
+		return renderWaypoint(&d, what, c.out)
 	}
-	return renderWaypoint(&d, what, c.json, out)
+	switch what {
+	case "listeners":
+		return c.writeJSON(d.Listeners)
+	case "routes":
+		return c.writeJSON(d.Routes)
+	case "clusters":
+		return c.writeJSON(d.Clusters)
+	case "endpoints":
+		return c.writeJSON(d.Endpoints)
+	}
+	return unknownWaypointView(what)
 }
 
-func renderWaypoint(d *model.ConfigDump, what string, asJSON bool, out io.Writer) error {
-	if asJSON {
-		var v any
-		switch what {
-		case "listeners":
-			v = d.Listeners
-		case "routes":
-			v = d.Routes
-		case "clusters":
-			v = d.Clusters
-		case "endpoints":
-			v = d.Endpoints
-		default:
-			return fmt.Errorf("unknown waypoint view %q (%s)", what, strings.Join(waypointViews, ", "))
-		}
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	}
+func unknownWaypointView(what string) error {
+	return fmt.Errorf("unknown waypoint view %q (%s)", what, strings.Join(waypointViews, ", "))
+}
+
+func renderWaypoint(d *model.ConfigDump, what string, out io.Writer) error {
 	w := tabwriter.NewWriter(out, 0, 2, 2, ' ', 0)
 	switch what {
 	case "listeners":
@@ -118,7 +112,7 @@ func renderWaypoint(d *model.ConfigDump, what string, asJSON bool, out io.Writer
 			}
 		}
 	default:
-		return fmt.Errorf("unknown waypoint view %q (%s)", what, strings.Join(waypointViews, ", "))
+		return unknownWaypointView(what)
 	}
 	return w.Flush()
 }

@@ -41,7 +41,7 @@ func TestWaypointViews(t *testing.T) {
 		"endpoints": {"web-v1", "10.244.0.15:8080", "10.244.0.16:8080", "10.244.0.15:9000", "true"},
 	} {
 		var out bytes.Buffer
-		if err := (client{base: srv.URL}).waypoint(view, &out); err != nil {
+		if err := (client{base: srv.URL, out: &out}).waypoint(view); err != nil {
 			t.Fatalf("%s: %v", view, err)
 		}
 		for _, w := range want {
@@ -53,17 +53,17 @@ func TestWaypointViews(t *testing.T) {
 
 	// -o json decodes into the server's own types.
 	var out bytes.Buffer
-	if err := (client{base: srv.URL, json: true}).waypoint("clusters", &out); err != nil {
+	if err := (client{base: srv.URL, json: true, out: &out}).waypoint("clusters"); err != nil {
 		t.Fatal(err)
 	}
 	var cs []model.ClusterDump
 	if err := json.Unmarshal(out.Bytes(), &cs); err != nil || len(cs) != 4 || cs[0].Name != "web-all" {
 		t.Fatalf("clusters JSON %s: %v", out.String(), err)
 	}
-	if err := (client{base: srv.URL}).waypoint("bogus", &out); err == nil {
+	if err := (client{base: srv.URL, out: &out}).waypoint("bogus"); err == nil {
 		t.Fatal("an unknown view was accepted")
 	}
-	if err := (client{base: "http://127.0.0.1:1", server: "kmesh-waypoint"}).waypoint("listeners", &out); err == nil || !strings.Contains(err.Error(), "kmesh-waypoint") {
+	if err := (client{base: "http://127.0.0.1:1", server: "kmesh-waypoint", out: &out}).waypoint("listeners"); err == nil || !strings.Contains(err.Error(), "kmesh-waypoint") {
 		t.Fatalf("unreachable admin: %v", err)
 	}
 }

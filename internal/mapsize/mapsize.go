@@ -1,6 +1,8 @@
 // Package mapsize makes room in Go maps before a large batch of inserts.
 package mapsize
 
+import "maps"
+
 // Reserve returns m, or a copy of m with room for n more entries when n
 // is large and more than the map holds: a map grown one insert at a time
 // through a snapshot of a hundred thousand objects rehashes, and touches
@@ -11,8 +13,6 @@ func Reserve[K comparable, V any](m map[K]V, n int) map[K]V {
 		return m
 	}
 	out := make(map[K]V, len(m)+n)
-	for k, v := range m {
-		out[k] = v
-	}
+	maps.Copy(out, m)
 	return out
 }
