@@ -522,6 +522,10 @@ func TestKernelEndpointChurnLosesNoConnect(t *testing.T) {
 			}
 		}()
 	}
+	// Stopped at the end, or by the cleanup when a step fails first (before
+	// the fixture's own cleanups, which run after this one).
+	halt := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	t.Cleanup(halt)
 	sets := [][]int{{0}, {0, 1, 2, 3}, {3}, {1, 2}, {2, 0, 3}, {1}, {3, 1, 0}, {2}}
 	deadline := time.Now().Add(3 * time.Second)
 	changes := 0
@@ -535,8 +539,7 @@ func TestKernelEndpointChurnLosesNoConnect(t *testing.T) {
 		changes++
 		time.Sleep(2 * time.Millisecond)
 	}
-	close(stop)
-	wg.Wait()
+	halt()
 	t.Logf("%d endpoint changes, %d connects, %d failed", changes, ok.Load(), failed.Load())
 	if failed.Load() != 0 {
 		t.Fatalf("%d connects failed during churn; first: %v", failed.Load(), firstErr.Load())
@@ -574,6 +577,10 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 			}
 		}
 	}()
+	// Stopped at the end, or by the cleanup when a restart fails first; the
+	// programs and maps reopened by then are closed after it.
+	halt := sync.OnceFunc(func() { close(stop); <-done })
+	t.Cleanup(func() { halt(); f.dp.Close(); f.maps.Close() })
 
 	for i := range 5 {
 		time.Sleep(100 * time.Millisecond)
@@ -603,9 +610,7 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
-	close(stop)
-	<-done
-	t.Cleanup(func() { f.dp.Close(); f.maps.Close() })
+	halt()
 	t.Logf("%d connects across 5 restarts, %d failed", ok.Load(), failed.Load())
 	if failed.Load() != 0 {
 		t.Fatalf("%d connects failed; first: %v", failed.Load(), firstErr.Load())
