@@ -222,6 +222,11 @@ type VirtualHost struct {
 	Retry     *RetryPolicy
 	Headers   HeaderOps
 	PerFilter PerFilterConfig
+	// AttemptCount: x-envoy-attempt-count on every upstream request (the
+	// try's number), and AttemptCountInResponse: on the answer to the
+	// client (the tries made). Envoy's include_request_attempt_count and
+	// include_attempt_count_in_response; both off unless configured.
+	AttemptCount, AttemptCountInResponse bool
 }
 
 // Route is one match and what to do with it.

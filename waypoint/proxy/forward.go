@@ -161,7 +161,7 @@ func (q *request) forward() {
 			q.localReply(http.StatusServiceUnavailable, bodyNoHealthy, "no_healthy_upstream")
 			return
 		}
-		q.host = host
+		q.host, q.attempts = host, attempt
 		a := q.startAttempt(ctx, eof, perTry)
 		h2 := q.upstreamH2(cl, upgrade)
 		out := q.outgoing(host, path, authority, attempt, h2 || upgrade)
@@ -418,6 +418,14 @@ var attemptCounts = func() [][]string {
 	return v
 }()
 
+// attemptCount is x-envoy-attempt-count's value for a try.
+func attemptCount(n int) []string {
+	if n < len(attemptCounts) {
+		return attemptCounts[n]
+	}
+	return []string{strconv.Itoa(n)}
+}
+
 // outgoing makes the request the upstream request of one attempt, in
 // place: the client's path and authority are kept in q (for the log), the
 // rest is not needed again. Through net/http's Transport (h2c, upgrades) a
@@ -453,10 +461,8 @@ func (q *request) outgoing(host *upstream.Host, path, authority string, attempt 
 	if attempt > 1 && viaTransport {
 		r.Header = r.Header.Clone()
 	}
-	if attempt < len(attemptCounts) {
-		r.Header["X-Envoy-Attempt-Count"] = attemptCounts[attempt]
-	} else {
-		r.Header.Set("X-Envoy-Attempt-Count", strconv.Itoa(attempt))
+	if q.vh != nil && q.vh.Model.AttemptCount {
+		r.Header["X-Envoy-Attempt-Count"] = attemptCount(attempt)
 	}
 	if _, ok := r.Header["User-Agent"]; !ok {
 		// None from the client: none from us either (the transport would

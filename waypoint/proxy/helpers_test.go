@@ -141,6 +141,15 @@ func oneRoute(routes ...*model.Route) *model.RouteTable {
 	return &model.RouteTable{Name: "rt", VirtualHosts: []*model.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: routes}}}
 }
 
+// counted has its virtual hosts send x-envoy-attempt-count upstream
+// (include_request_attempt_count), for tests that tell tries apart by it.
+func counted(rt *model.RouteTable) *model.RouteTable {
+	for _, vh := range rt.VirtualHosts {
+		vh.AttemptCount = true
+	}
+	return rt
+}
+
 func fwd(cluster string) *model.Route {
 	return &model.Route{Name: "to-" + cluster, Forward: &model.ForwardAction{Cluster: cluster}}
 }

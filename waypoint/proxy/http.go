@@ -88,6 +88,7 @@ type request struct {
 	requestTimer    *deadline // HCM request_timeout, until the request is in
 	idle            *watchdog // stream idle timeout
 	upgradeIn       int64     // bytes from the client after an upgrade
+	attempts        int       // upstream tries so far
 
 	code         int
 	grpcStatus   string

@@ -41,7 +41,7 @@ func TestRetryHalfFailingBackendNoClientErrors(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	te := newTestEngine(t, Options{})
-	te.apply(httpSnapshot(oneRoute(retryRoute("c", retryOn(3, "5xx"))), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	te.apply(httpSnapshot(counted(oneRoute(retryRoute("c", retryOn(3, "5xx")))), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
 	c := client(te.addr("main"))
 	for i := range 200 {
 		if code, body, _ := get(t, c, "http://x/"); code != 200 || body != "ok" {
@@ -274,7 +274,7 @@ func TestConcurrentKeptBodiesStayApart(t *testing.T) {
 	te := newTestEngine(t, Options{})
 	// max_retries above the concurrency (Envoy's default of 3 concurrent
 	// retries would turn some away: that is the breaker working).
-	te.apply(httpSnapshot(oneRoute(retryRoute("c", retryOn(3, "5xx"))), false, &model.Cluster{Name: "c", MaxRetries: 100, Endpoints: endpoints(be)}))
+	te.apply(httpSnapshot(counted(oneRoute(retryRoute("c", retryOn(3, "5xx")))), false, &model.Cluster{Name: "c", MaxRetries: 100, Endpoints: endpoints(be)}))
 	c := client(te.addr("main"))
 	var wg sync.WaitGroup
 	for g := range 8 {
@@ -315,7 +315,7 @@ func TestMaxRetriesBreaker(t *testing.T) {
 		io.WriteString(w, "retried")
 	})
 	te := newTestEngine(t, Options{})
-	te.apply(httpSnapshot(oneRoute(retryRoute("c", retryOn(1, "5xx"))), false, &model.Cluster{Name: "c", MaxRetries: 1, Endpoints: endpoints(be)}))
+	te.apply(httpSnapshot(counted(oneRoute(retryRoute("c", retryOn(1, "5xx")))), false, &model.Cluster{Name: "c", MaxRetries: 1, Endpoints: endpoints(be)}))
 	c := client(te.addr("main"))
 	first := make(chan string)
 	go func() {
@@ -332,5 +332,37 @@ func TestMaxRetriesBreaker(t *testing.T) {
 	}
 	if st := te.ClusterStats()["c"]; st.Retries != 0 || st.Overflows == 0 {
 		t.Errorf("cluster stats after: %+v", st)
+	}
+}
+
+// include_request_attempt_count numbers every try upstream (a client's own
+// value never passes); include_attempt_count_in_response tells the client
+// how many tries its answer took.
+func TestAttemptCountHeaders(t *testing.T) {
+	var calls atomic.Int64
+	var seen sync.Map
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(calls.Add(1), r.Header.Get("X-Envoy-Attempt-Count"))
+		if calls.Load() == 1 {
+			w.WriteHeader(503)
+			return
+		}
+		io.WriteString(w, "ok")
+	})
+	rt := counted(oneRoute(retryRoute("c", retryOn(2, "5xx"))))
+	rt.VirtualHosts[0].AttemptCountInResponse = true
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(rt, false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	code, body, resp := get(t, client(te.addr("main")), "http://x/", "X-Envoy-Attempt-Count", "7")
+	if code != 200 || body != "ok" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	for n, want := range map[int64]string{1: "1", 2: "2"} {
+		if got, _ := seen.Load(n); got != want {
+			t.Errorf("try %d carried x-envoy-attempt-count %q, want %q", n, got, want)
+		}
+	}
+	if got := resp.Header.Get("X-Envoy-Attempt-Count"); got != "2" {
+		t.Errorf("the answer says %q tries, want 2", got)
 	}
 }

@@ -48,7 +48,8 @@ func (t *translator) routeTable(rc *routev3.RouteConfiguration, where string) (*
 }
 
 func (t *translator) virtualHost(vh *routev3.VirtualHost, where string) (*model.VirtualHost, error) {
-	v := &model.VirtualHost{Name: vh.GetName()}
+	v := &model.VirtualHost{Name: vh.GetName(), AttemptCount: vh.GetIncludeRequestAttemptCount(),
+		AttemptCountInResponse: vh.GetIncludeAttemptCountInResponse()}
 	if len(vh.GetDomains()) == 0 {
 		return nil, errorf(where, "no domains")
 	}

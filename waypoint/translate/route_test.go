@@ -235,3 +235,22 @@ func TestPercent(t *testing.T) {
 		}
 	}
 }
+
+func TestVirtualHostAttemptCount(t *testing.T) {
+	tr := &translator{}
+	for _, tc := range []struct {
+		vh          *routev3.VirtualHost
+		req, inResp bool
+	}{
+		{vh: &routev3.VirtualHost{Name: "off", Domains: []string{"*"}}},
+		{vh: &routev3.VirtualHost{Name: "on", Domains: []string{"*"}, IncludeRequestAttemptCount: true, IncludeAttemptCountInResponse: true}, req: true, inResp: true},
+	} {
+		v, err := tr.virtualHost(tc.vh, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.AttemptCount != tc.req || v.AttemptCountInResponse != tc.inResp {
+			t.Errorf("%s: attempt count %v, in response %v", tc.vh.Name, v.AttemptCount, v.AttemptCountInResponse)
+		}
+	}
+}
