@@ -64,6 +64,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePod$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadAnswer$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzPrevResult$$' -fuzztime $(FUZZTIME) ./plugins/kmesh-cni/conf/
+	$(GO) test -run '^$$' -fuzz '^FuzzOriginForm$$' -fuzztime $(FUZZTIME) ./waypoint/h1/
 
 # kube-apiserver and pilot-discovery for the end-to-end suite, and kubelet,
 # kube-controller-manager, kube-scheduler and kubectl for its real node,

@@ -118,7 +118,10 @@ func (p *Parser) fields(head string) (http.Header, error) {
 				return nil, bad("invalid header value for %q", name)
 			}
 		}
-		key := textproto.CanonicalMIMEHeaderKey(name)
+		key := name
+		if !canonical(name) {
+			key = textproto.CanonicalMIMEHeaderKey(name)
+		}
 		if old, ok := h[key]; ok && len(old) > 0 {
 			h[key] = append(old, value)
 			continue
@@ -142,6 +145,22 @@ func trimOWS(s string) string {
 }
 
 func isTokenChar(c byte) bool { return tokenChars[c] }
+
+// canonical reports whether a valid field name is already in
+// textproto.CanonicalMIMEHeaderKey's form (most clients send them so),
+// which would then walk it again only to return it as it is.
+func canonical(name string) bool {
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case upper && 'a' <= c && c <= 'z', !upper && 'A' <= c && c <= 'Z':
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
 
 // tokenChars are RFC 9110's tchar.
 var tokenChars = func() (t [256]bool) {
@@ -193,13 +212,17 @@ func (p *Parser) ReadRequest(br *bufio.Reader, tmpl *http.Request) (*http.Reques
 		}
 		return nil, bad("malformed HTTP version %q", proto)
 	}
-	req := new(http.Request)
+	// The request and its URL in one allocation.
+	ru := new(requestURL)
+	req := &ru.req
 	*req = *tmpl
 	req.Method, req.RequestURI, req.Proto, req.ProtoMajor, req.ProtoMinor = method, target, proto, 1, minor
 	if method == http.MethodConnect && !strings.HasPrefix(target, "/") {
 		return nil, &ParseError{Status: http.StatusMethodNotAllowed, Msg: "CONNECT is not served"}
 	}
-	if req.URL, err = url.ParseRequestURI(target); err != nil {
+	if originForm(target, &ru.url) {
+		req.URL = &ru.url
+	} else if req.URL, err = url.ParseRequestURI(target); err != nil {
 		return nil, bad("malformed request target")
 	}
 	if req.Header, err = p.fields(head); err != nil {
@@ -233,6 +256,52 @@ func (p *Parser) ReadRequest(br *bufio.Reader, tmpl *http.Request) (*http.Reques
 	}
 	return req, nil
 }
+
+type requestURL struct {
+	req http.Request
+	url url.URL
+}
+
+// originForm fills u as url.ParseRequestURI would for the common target:
+// a path of unreserved characters and slashes, then perhaps a query (a
+// target with anything else in its path goes through url.ParseRequestURI:
+// escapes, and characters a path may hold but url.URL keeps a RawPath
+// for). It reports whether it did.
+func originForm(target string, u *url.URL) bool {
+	if len(target) == 0 || target[0] != '/' {
+		return false
+	}
+	path, query, hasQuery := strings.Cut(target, "?")
+	for i := 0; i < len(path); i++ {
+		if !pathChars[path[i]] {
+			return false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c < ' ' || c == 0x7f {
+			return false // url refuses control bytes (ReadRequest did already)
+		}
+	}
+	if hasQuery && query == "" {
+		// "/p?" keeps its question mark: ForceQuery.
+		u.Path, u.ForceQuery = path, true
+		return true
+	}
+	if hasQuery && strings.HasSuffix(query, "?") && strings.Count(query, "?") == 1 {
+		// url's rule for a target ending in its second "?": leave it to url.
+		return false
+	}
+	u.Path, u.RawQuery = path, query
+	return true
+}
+
+// pathChars are RFC 3986's unreserved characters and the slash.
+var pathChars = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~/", byte(c)) >= 0
+	}
+	return t
+}()
 
 // ReadResponse reads a response to a request of the given method.
 func (p *Parser) ReadResponse(br *bufio.Reader, method string) (*http.Response, error) {

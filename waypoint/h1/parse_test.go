@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -139,5 +140,41 @@ func BenchmarkParse(b *testing.B) {
 			return nil, err
 		}
 		return r.Body, nil
+	})
+}
+
+// originForm must fill a URL exactly as url.ParseRequestURI does, or step
+// aside.
+func TestOriginFormMatchesURL(t *testing.T) {
+	for _, target := range []string{"/", "/a/b.c-d_e~f", "//x", "/p?", "/p?a=1&b", "/p?a?", "/p??", "/p?a?b", "/p?#f",
+		"/%41", "/a%2Fb", "/a b", "/a;b", "/a:b@c!$&'()*+,=", "/é", "/a#b", "*", "http://h/p", "/p?q=%zz"} {
+		var u url.URL
+		want, err := url.ParseRequestURI(target)
+		if !originForm(target, &u) {
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: originForm took a target url refuses (%v)", target, err)
+			continue
+		}
+		if u != *want {
+			t.Errorf("%q: %#v, url.ParseRequestURI %#v", target, u, *want)
+		}
+	}
+}
+
+func FuzzOriginForm(f *testing.F) {
+	for _, s := range []string{"/", "/a?b", "/p?", "/a%2F", "//x?y?"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		var u url.URL
+		if !originForm(target, &u) {
+			return
+		}
+		want, err := url.ParseRequestURI(target)
+		if err != nil || u != *want {
+			t.Fatalf("%q: %#v, url.ParseRequestURI %#v (%v)", target, u, want, err)
+		}
 	})
 }

@@ -40,6 +40,11 @@ type requestBody struct {
 	overflow bool  // the copy was dropped: the body cannot be replayed
 	eof      bool  // the source is done
 	err      error // the source failed (the client went away)
+
+	// first is the first attempt's reader, made with the body (most
+	// requests make one attempt: an allocation saved per request).
+	first     bodyReader
+	firstUsed bool
 }
 
 var errAttemptClosed = errors.New("request body: attempt abandoned")
@@ -78,7 +83,16 @@ func (b *requestBody) release() {
 }
 
 // attempt returns a reader of the whole body for one upstream attempt.
-func (b *requestBody) attempt() *bodyReader { return &bodyReader{b: b} }
+func (b *requestBody) attempt() *bodyReader {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.firstUsed {
+		b.firstUsed = true
+		b.first.b = b
+		return &b.first
+	}
+	return &bodyReader{b: b}
+}
 
 // replayable reports whether everything read so far is in the copy.
 func (b *requestBody) replayable() bool {

@@ -151,11 +151,14 @@ func (q *request) forward() {
 	}
 	defer endRetry()
 	for attempt := 1; ; attempt++ {
-		pick := upstream.PickOptions{Hash: hash, HasHash: hasHash, OrigDst: q.cs.info.Destination}
+		// In q, not on the stack: Pick's load balancers take it through an
+		// interface, so a local would escape (an allocation per try).
+		pick := &q.pick
+		*pick = upstream.PickOptions{Hash: hash, HasHash: hasHash, OrigDst: q.cs.info.Destination}
 		if retry != nil && policy.PreviousHosts {
 			pick.Avoid, pick.Attempts = tried, max(1, policy.HostSelectionAttempts)
 		}
-		host, err := cl.Pick(&pick)
+		host, err := cl.Pick(pick)
 		if err != nil {
 			q.flags |= flagUH
 			q.localReply(http.StatusServiceUnavailable, bodyNoHealthy, "no_healthy_upstream")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
 	"github.com/kmesh-go/kmesh/waypoint/h1"
@@ -89,6 +90,7 @@ type request struct {
 	idle            *watchdog // stream idle timeout
 	upgradeIn       int64     // bytes from the client after an upgrade
 	attempts        int       // upstream tries so far
+	pick            upstream.PickOptions
 
 	code         int
 	grpcStatus   string
@@ -143,7 +145,7 @@ func (q *request) run() {
 		r.Header["X-Forwarded-Proto"] = protoHTTP
 	}
 	if hcm.GenerateRequestID && r.Header.Get("X-Request-Id") == "" {
-		r.Header.Set("X-Request-Id", newRequestID())
+		r.Header["X-Request-Id"] = newRequestID()
 	}
 
 	if q.ch.table == nil {
@@ -378,14 +380,16 @@ func (q *request) finish() {
 // first (its capacity is its length), so they are never written through.
 var protoHTTP = []string{"http"}
 
-// newRequestID is a random UUID (version 4), Envoy's x-request-id format.
-func newRequestID() string {
+// newRequestID is a random UUID (version 4), Envoy's x-request-id format,
+// as a header value: the text and the value's slice share one allocation.
+func newRequestID() []string {
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	const hexd = "0123456789abcdef"
-	out := make([]byte, 36)
+	v := new(requestID)
+	out := v.text[:]
 	j := 0
 	for i, c := range b {
 		if i == 4 || i == 6 || i == 8 || i == 10 {
@@ -395,7 +399,14 @@ func newRequestID() string {
 		out[j], out[j+1] = hexd[c>>4], hexd[c&0xf]
 		j += 2
 	}
-	return string(out)
+	// The bytes are never written again: the string may share them.
+	v.value[0] = unsafe.String(&v.text[0], len(v.text))
+	return v.value[:]
+}
+
+type requestID struct {
+	value [1]string
+	text  [36]byte
 }
 
 // envoyInternal are the x-envoy-* request headers Envoy removes from
