@@ -34,7 +34,8 @@ func hierarchies() ([]string, error) {
 		if i < 0 || i+1 >= len(f) || len(f) < 5 {
 			continue
 		}
-		if fs := f[i+1]; (fs == "cgroup" || fs == "cgroup2") && strings.HasPrefix(f[4], cgroupFS+"/") {
+		// A v2-only machine mounts its one hierarchy at cgroupFS itself.
+		if fs := f[i+1]; (fs == "cgroup" || fs == "cgroup2") && (f[4] == cgroupFS || strings.HasPrefix(f[4], cgroupFS+"/")) {
 			out = append(out, f[4])
 		}
 	}
