@@ -116,9 +116,9 @@ bench-node: deps e2e-tools
 	cd tests && CGO_ENABLED=0 $(GO) build -o ../$(BIN)/kmesh-bench-node ./benchnode
 	$(BIN)/kmesh-bench-node
 
-# The load generator of the acceleration and telemetry benchmarks (later
-# releases need a module the module proxy here refuses).
-FORTIO_VERSION := v1.66.5
+# The load generator of the acceleration and telemetry benchmarks, at the
+# release internal/fortio pins.
+FORTIO_VERSION := $(shell sed -n 's/^const Version = "\(.*\)"/\1/p' internal/fortio/version.go)
 fortio:
 	@command -v fortio >/dev/null || $(GO) install fortio.org/fortio@$(FORTIO_VERSION)
 

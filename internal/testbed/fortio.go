@@ -9,11 +9,12 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/kmesh-go/kmesh/internal/fortio"
 )
 
-// FortioVersion is the fortio release the benchmarks use (later ones need a
-// module the module proxy here refuses).
-const FortioVersion = "v1.66.5"
+// FortioVersion is the fortio release the benchmarks use.
+const FortioVersion = fortio.Version
 
 // Fortio finds the fortio binary (PATH, then ~/go/bin) or skips the test
 // saying how to install it.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/tests/benchtab"
+	"github.com/kmesh-go/kmesh/tests/nodebox"
 )
 
 // printL7 prints the L7 tables and the verdicts on the waypoint's targets
@@ -59,7 +60,7 @@ func (b *bench) printL7(st *l7State) {
 	host, _ := os.Hostname()
 	fmt.Printf("\nkmesh L7 benchmark: one proxy hop that speaks HTTP (%s, %d CPUs, shared: load average %s at start, %s at end)\n",
 		host, runtime.NumCPU(), la(st.load1), la(st.load2))
-	fmt.Printf("fortio %s, 1 KiB each way (gRPC: ping with 1 KiB); medians of %d runs per cell, paths interleaved (order\n", nodeboxFortio, b.runs)
+	fmt.Printf("fortio %s, 1 KiB each way (gRPC: ping with 1 KiB); medians of %d runs per cell, paths interleaved (order\n", nodebox.FortioVersion, b.runs)
 	fmt.Printf("reversed every other run); \"vs\" columns are the median of each run's own ratio; %s in all.\n", st.took.Round(time.Second))
 	fmt.Println("HAProxy stands in for Envoy (not installable here), in a pod of its own: the position a waypoint has.")
 
@@ -184,9 +185,6 @@ func (b *bench) printL7(st *l7State) {
 	fmt.Println("router, istiod's default retry policy), the server pod as a static endpoint (h2c for gRPC). HAProxy: HTTP")
 	fmt.Println("mode, http-reuse always, h2c both ways for gRPC.")
 }
-
-// nodeboxFortio is the load generator's version, for the header.
-const nodeboxFortio = "v1.66.5"
 
 // verdict prints a target's median ratio with its 95% interval.
 func verdict(what string, runs []float64, limit float64, atMost bool) {

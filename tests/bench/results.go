@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/tests/benchtab"
+	"github.com/kmesh-go/kmesh/tests/nodebox"
 )
 
 // sample is one fortio run's figures.
@@ -150,7 +151,7 @@ func (b *bench) print(took time.Duration, load1, load2 []string) {
 
 	fmt.Printf("\nkmesh side-by-side benchmark (%s, %d CPUs, shared with other builds: load average %s at start, %s at end)\n",
 		host, runtime.NumCPU(), la(load1), la(load2))
-	fmt.Printf("fortio %s, 1 KiB POSTed and echoed; medians of %d runs per cell, paths interleaved (order reversed\n", "v1.66.5", b.runs)
+	fmt.Printf("fortio %s, 1 KiB POSTed and echoed; medians of %d runs per cell, paths interleaved (order reversed\n", nodebox.FortioVersion, b.runs)
 	fmt.Printf("every other run); \"vs direct\" is the median of each run's ratio to direct in that run; %s in all.\n", took.Round(time.Second))
 	fmt.Println("Client and server are pods (netns on a bridge) on the same 2 cores as fortio, HAProxy and the daemon:")
 	fmt.Println("ratios measured side by side are the result, not the absolute times.")

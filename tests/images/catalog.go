@@ -2,12 +2,13 @@ package images
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/kmesh-go/kmesh/internal/fortio"
+	"github.com/kmesh-go/kmesh/tests/internal/gocmd"
 )
 
 // Names of the images, as install/kubernetes and the tests' pods name them.
@@ -15,13 +16,15 @@ const (
 	DaemonRef   = "kmesh-go/kmesh-daemon:latest"
 	InstallRef  = "kmesh-go/kmesh-install:latest"
 	WaypointRef = "kmesh-go/kmesh-waypoint:latest"
-	FortioRef   = "kmesh-go/fortio:" + FortioVersion
 	PauseRef    = "kmesh-go/pause:1"
 )
 
-// FortioVersion is the newest fortio the module proxy serves whole (later
-// ones need a module it refuses).
-const FortioVersion = "1.66.5"
+// FortioVersion is the pinned fortio release without its "v" (an image
+// tag), and FortioRef the tests' fortio image.
+var (
+	FortioVersion = strings.TrimPrefix(fortio.Version, "v")
+	FortioRef     = "kmesh-go/fortio:" + FortioVersion
+)
 
 // Binaries are the static programs the images are made of, by name.
 type Binaries map[string]string
@@ -151,7 +154,7 @@ func BuildBinaries(ctx context.Context, o BuildOptions) (Binaries, error) {
 	o.Logf("building %s", strings.Join(pkgs, " "))
 	// One go build for all of them writes each main package's binary into
 	// the -o directory, named after its folder; rename where that differs.
-	if err := goCmd(ctx, o.Root, nil, append(append([]string{"build"}, flags...), append([]string{"-o", o.Out + "/"}, pkgs...)...)...); err != nil {
+	if err := gocmd.Run(ctx, o.Root, nil, append(append([]string{"build"}, flags...), append([]string{"-o", o.Out + "/"}, pkgs...)...)...); err != nil {
 		return nil, err
 	}
 	for name, pkg := range ProductPrograms {
@@ -164,41 +167,16 @@ func BuildBinaries(ctx context.Context, o BuildOptions) (Binaries, error) {
 
 	b["pause"] = filepath.Join(o.Out, "pause")
 	o.Logf("building pause")
-	if err := goCmd(ctx, filepath.Join(o.Root, "tests"), nil, append(append([]string{"build"}, flags...), "-o", b["pause"], "./images/pause")...); err != nil {
+	if err := gocmd.Run(ctx, filepath.Join(o.Root, "tests"), nil, append(append([]string{"build"}, flags...), "-o", b["pause"], "./images/pause")...); err != nil {
 		return nil, err
 	}
 
 	b["fortio"] = filepath.Join(o.Out, "fortio")
 	o.Logf("building fortio v%s", FortioVersion)
-	if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + o.Out}, append(append([]string{"install"}, flags...), "fortio.org/fortio@v"+FortioVersion)...); err != nil {
+	if err := gocmd.Run(ctx, os.TempDir(), []string{"GOBIN=" + o.Out}, append(append([]string{"install"}, flags...), "fortio.org/fortio@v"+FortioVersion)...); err != nil {
 		return nil, err
 	}
 	return b, nil
-}
-
-// GoTool is the go command: on PATH, else next to the running toolchain,
-// else where the machines keep it.
-func GoTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	for _, p := range []string{filepath.Join(runtime.GOROOT(), "bin", "go"), "/usr/local/go/bin/go"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return "go"
-}
-
-func goCmd(ctx context.Context, dir string, env []string, args ...string) error {
-	cmd := exec.CommandContext(ctx, GoTool(), args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), append([]string{"CGO_ENABLED=0", "GOWORK=off"}, env...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
 }
 
 // WriteAll builds every Spec and writes its tarball into dir.

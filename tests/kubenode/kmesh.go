@@ -160,4 +160,4 @@ func (n *Node) DaemonAdmin(ctx context.Context, path string) ([]byte, error) {
 }
 
 // FortioImage is the tests' server and load generator image.
-const FortioImage = images.FortioRef
+var FortioImage = images.FortioRef

@@ -2,12 +2,12 @@ package nodebox
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
+
+	"github.com/kmesh-go/kmesh/internal/fortio"
+	"github.com/kmesh-go/kmesh/tests/internal/gocmd"
 )
 
 // Versions of the outside programs a box runs, installed with `go install`
@@ -17,9 +17,8 @@ const (
 	// (bridge, host-local, loopback, portmap); kmesh-cni's kernel tests
 	// use the same one and share the cache under bin/cni-plugins.
 	CNIPluginsVersion = "v1.10.0"
-	// FortioVersion is the newest fortio the module proxy serves whole
-	// (later ones need a module it refuses).
-	FortioVersion = "v1.66.5"
+	// FortioVersion is the pinned fortio release (internal/fortio).
+	FortioVersion = fortio.Version
 )
 
 var referencePlugins = []string{
@@ -86,7 +85,7 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 	}
 	for _, x := range targets {
 		o.Logf("building %s", filepath.Base(x.out))
-		if err := goCmd(ctx, o.Root, nil, "build", "-o", x.out, x.pkg); err != nil {
+		if err := gocmd.Run(ctx, o.Root, nil, "build", "-o", x.out, x.pkg); err != nil {
 			return b, err
 		}
 	}
@@ -102,7 +101,7 @@ func Build(ctx context.Context, o BuildOptions) (Bins, error) {
 		b.Fortio = filepath.Join(dir, "fortio")
 		if _, err := os.Stat(b.Fortio); err != nil {
 			o.Logf("installing fortio %s", FortioVersion)
-			if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + dir}, "install", "fortio.org/fortio@"+FortioVersion); err != nil {
+			if err := gocmd.Run(ctx, os.TempDir(), []string{"GOBIN=" + dir}, "install", "fortio.org/fortio@"+FortioVersion); err != nil {
 				return b, err
 			}
 		}
@@ -125,34 +124,9 @@ func CNIPlugins(ctx context.Context, root string, logf func(string, ...any)) (st
 		if logf != nil {
 			logf("installing the CNI reference plugins %s", CNIPluginsVersion)
 		}
-		if err := goCmd(ctx, os.TempDir(), []string{"GOBIN=" + refDir}, append([]string{"install"}, missing...)...); err != nil {
+		if err := gocmd.Run(ctx, os.TempDir(), []string{"GOBIN=" + refDir}, append([]string{"install"}, missing...)...); err != nil {
 			return "", err
 		}
 	}
 	return refDir, nil
-}
-
-// GoTool is the go command: on PATH, else next to the running toolchain,
-// else where Debian's setup puts it.
-func GoTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	for _, p := range []string{filepath.Join(runtime.GOROOT(), "bin", "go"), "/usr/local/go/bin/go"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return "go"
-}
-
-func goCmd(ctx context.Context, dir string, env []string, args ...string) error {
-	cmd := exec.CommandContext(ctx, GoTool(), args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), append([]string{"CGO_ENABLED=0", "GOWORK=off"}, env...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return nil
 }

@@ -38,6 +38,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kmesh-go/kmesh/internal/fortio"
 	"github.com/kmesh-go/kmesh/waypoint/internal/synth"
 	"github.com/kmesh-go/kmesh/waypoint/proxy"
 )
@@ -408,7 +409,7 @@ func findFortio(flagValue string) (string, error) {
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	return "", errors.New("fortio not found: go install fortio.org/fortio@v1.66.5")
+	return "", errors.New("fortio not found: go install fortio.org/fortio@" + fortio.Version)
 }
 
 func waitListening(ctx context.Context, addr string) error {
