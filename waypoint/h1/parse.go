@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +28,7 @@ import (
 type Parser struct {
 	head   []byte
 	lines  []span
+	keys   []string // the field names of the head being parsed, in order
 	length lengthBody
 }
 
@@ -55,10 +57,33 @@ func bad(format string, a ...any) error {
 }
 
 // readHead reads lines up to the empty one into p.head and returns the
-// head as one string with the line spans (the start line first).
+// head as one string with the line spans (the start line first). A head
+// that is whole in the reader's buffer (nearly all: it came in one read)
+// is cut into lines there, in one pass; otherwise line by line as it
+// arrives.
 func (p *Parser) readHead(br *bufio.Reader) (string, error) {
 	p.head, p.lines = p.head[:0], p.lines[:0]
-	for first := true; ; {
+	if _, err := br.Peek(1); err != nil {
+		// Nothing came (what ReadSlice below would say too).
+		return "", err
+	}
+	buf, _ := br.Peek(br.Buffered())
+	if end := headEnd(buf); end > 0 {
+		for rest := buf[:end]; len(rest) > 0; {
+			i := bytes.IndexByte(rest, '\n')
+			done, err := p.addLine(rest[:i+1])
+			if err != nil {
+				return "", err
+			}
+			rest = rest[i+1:]
+			if done {
+				break
+			}
+		}
+		br.Discard(end)
+		return string(p.head), nil
+	}
+	for {
 		line, err := br.ReadSlice('\n')
 		if err != nil {
 			if errors.Is(err, bufio.ErrBufferFull) {
@@ -69,27 +94,58 @@ func (p *Parser) readHead(br *bufio.Reader) (string, error) {
 			}
 			return "", err
 		}
-		// The line without its CRLF (a bare LF is tolerated, as net/http
-		// does).
-		n := len(line) - 1
-		if n > 0 && line[n-1] == '\r' {
-			n--
+		done, err := p.addLine(line)
+		if err != nil {
+			return "", err
 		}
-		if first {
-			first = false
-		} else if n == 0 {
-			break
-		} else if line[0] == ' ' || line[0] == '\t' {
-			return "", bad("obsolete line folding")
+		if done {
+			return string(p.head), nil
 		}
-		if len(p.lines) > maxFields {
-			return "", &ParseError{Status: http.StatusRequestHeaderFieldsTooLarge, Msg: "too many header fields"}
-		}
-		start := len(p.head)
-		p.head = append(p.head, line[:n]...)
-		p.lines = append(p.lines, span{start: start, end: len(p.head)})
 	}
-	return string(p.head), nil
+}
+
+// headEnd is the length of the head at the start of buf (through the
+// empty line that ends it; a bare LF counts as a line end, as net/http
+// has it), or 0 when buf does not hold all of it.
+func headEnd(buf []byte) int {
+	for i := 0; ; {
+		j := bytes.IndexByte(buf[i:], '\n')
+		if j < 0 {
+			return 0
+		}
+		next := i + j + 1
+		// The line is empty (LF or CRLF alone), except the start line.
+		if i > 0 && (j == 0 || j == 1 && buf[i] == '\r') {
+			return next
+		}
+		i = next
+	}
+}
+
+// addLine adds one line of a head (with its line end) to p.head and
+// p.lines; done when it is the empty line that ends the head.
+func (p *Parser) addLine(line []byte) (done bool, err error) {
+	// The line without its CRLF (a bare LF is tolerated, as net/http
+	// does).
+	n := len(line) - 1
+	if n > 0 && line[n-1] == '\r' {
+		n--
+	}
+	if len(p.lines) > 0 {
+		if n == 0 {
+			return true, nil
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return false, bad("obsolete line folding")
+		}
+	}
+	if len(p.lines) > maxFields {
+		return false, &ParseError{Status: http.StatusRequestHeaderFieldsTooLarge, Msg: "too many header fields"}
+	}
+	start := len(p.head)
+	p.head = append(p.head, line[:n]...)
+	p.lines = append(p.lines, span{start: start, end: len(p.head)})
+	return false, nil
 }
 
 // fields parses the header fields of a head into a new header map.
@@ -99,6 +155,7 @@ func (p *Parser) fields(head string) (http.Header, error) {
 	h := make(http.Header, len(p.lines)-1+4)
 	// One backing array for every field's value slice.
 	vals := make([]string, 0, len(p.lines)-1)
+	p.keys = p.keys[:0]
 	for _, l := range p.lines[1:] {
 		line := head[l.start:l.end]
 		colon := strings.IndexByte(line, ':')
@@ -122,14 +179,28 @@ func (p *Parser) fields(head string) (http.Header, error) {
 		if !canonical(name) {
 			key = textproto.CanonicalMIMEHeaderKey(name)
 		}
-		if old, ok := h[key]; ok && len(old) > 0 {
-			h[key] = append(old, value)
-			continue
-		}
+		// One map operation per field: a repeated name shows as a map
+		// that did not grow (rare), and only then are its values gathered.
 		vals = append(vals, value)
+		p.keys = append(p.keys, key)
+		n := len(h)
 		h[key] = vals[len(vals)-1 : len(vals) : len(vals)]
+		if len(h) == n {
+			h[key] = p.repeated(key, vals)
+		}
 	}
 	return h, nil
+}
+
+// repeated is every value of a field name given more than once, in order.
+func (p *Parser) repeated(key string, vals []string) []string {
+	var out []string
+	for i, k := range p.keys {
+		if k == key {
+			out = append(out, vals[i])
+		}
+	}
+	return out
 }
 
 // trimOWS trims spaces and tabs at both ends (strings.Trim with a cutset

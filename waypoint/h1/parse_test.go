@@ -46,6 +46,8 @@ func TestReadResponseMatchesNetHTTP(t *testing.T) {
 		{"304", "GET", "HTTP/1.1 304 Not Modified\r\nEtag: x\r\n\r\n"},
 		{"no reason", "GET", "HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"},
 		{"repeated fields", "GET", "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n"},
+		{"repeated three times, apart, in mixed case", "GET", "HTTP/1.1 200 OK\r\nVia: 1\r\nSet-Cookie: a=1\r\nvia: 2\r\nContent-Length: 0\r\nVIA: 3\r\nset-cookie: b\r\n\r\n"},
+		{"content length twice, the same", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok"},
 		{"lower-case names", "GET", "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-envoy-upstream: y\r\n\r\nok"},
 		{"bare LF", "GET", "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"},
 		{"short body", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"},
