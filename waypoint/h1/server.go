@@ -83,6 +83,7 @@ type conn struct {
 	gone   ClientGone
 	remote string
 	w      response
+	body   *requestBody // the current request's
 	// watch: the client-gone watcher of the current request.
 	watchT    *time.Timer
 	watchMu   sync.Mutex
@@ -94,27 +95,57 @@ type conn struct {
 }
 
 // ServeConn serves c until it closes, fails, asks to close or is
-// hijacked. br holds bytes already read from c (may be nil). state is
-// passed to the handler with every request.
-func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) {
+// hijacked, and says whether it was hijacked; br holds bytes already read
+// from c (may be nil), and is not read again once ServeConn returns
+// without a hijack. state is passed to the handler with every request.
+func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) (hijacked bool) {
 	c = Raw(c)
 	cn := &conn{s: s, c: c, state: state, remote: c.RemoteAddr().String()}
 	cn.lr.r = c
 	if br != nil && br.Buffered() > 0 {
 		cn.lr.r = &prefixed{br: br, cn: cn}
 	}
-	cn.br = bufio.NewReaderSize(&cn.lr, bufSize)
-	cn.bw = bufio.NewWriterSize(c, bufSize)
+	cn.br = readers.Get().(*bufio.Reader)
+	cn.br.Reset(&cn.lr)
+	cn.bw = writers.Get().(*bufio.Writer)
+	cn.bw.Reset(c)
 	cn.ctx, cn.cancel = context.WithCancel(context.WithValue(context.Background(), hookKey{}, &cn.gone))
 	cn.gone.done = cn.ctx.Done()
 	cn.tmpl = (&http.Request{RemoteAddr: cn.remote}).WithContext(cn.ctx)
 	cn.w.c = cn
 	cn.w.own = http.Header{}
 	defer cn.cancel()
-	hijacked := cn.serve()
+	hijacked = cn.serve()
 	if !hijacked {
 		c.Close()
+		cn.release()
 	}
+	return hijacked
+}
+
+// A connection's buffers come from pools: a connection per request (no
+// keep-alive) otherwise makes 8 KiB of garbage each, and at a few
+// thousand connections a second the collector's work per connection
+// passed the cost of serving its request.
+var (
+	readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, bufSize) }}
+	writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}
+)
+
+// release gives the buffers back once nothing can use them: the last
+// request's body is shut to whoever still holds it (a transport's
+// goroutine reads it through br) before br goes.
+func (cn *conn) release() {
+	if b := cn.body; b != nil {
+		b.mu.Lock()
+		b.closed = true
+		b.mu.Unlock()
+	}
+	cn.br.Reset(nil)
+	readers.Put(cn.br)
+	cn.bw.Reset(nil)
+	writers.Put(cn.bw)
+	cn.br, cn.bw = nil, nil
 }
 
 // prefixed reads what a bufio.Reader of the caller still holds, then
@@ -212,6 +243,7 @@ func (cn *conn) one(req *http.Request) bool {
 		req.Header.Del("Expect")
 	}
 	body := &requestBody{rc: req.Body, cn: cn}
+	cn.body = body
 	req.Body = body
 	cn.bodyDone.Store(req.ContentLength == 0)
 	w.req = req

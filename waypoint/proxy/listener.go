@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -69,7 +70,8 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 	// never speaks (a server-first protocol without a header) is given
 	// up on, never waited for.
 	c.SetReadDeadline(deadlineFrom(timeout))
-	br := bufio.NewReaderSize(c, sniffBufferSize)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(c)
 	if lc.m.ProxyProtocol {
 		src, dst, reason, err := readProxyHeader(br, lc.m.AllowWithoutProxyProtocol)
 		if err != nil {
@@ -79,6 +81,7 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 					"peer", cs.peer, "reason", reason, "err", err, "timeout", timeout, "suppressed", suppressed)
 			}
 			c.Close()
+			putReader(br)
 			return
 		}
 		if dst.IsValid() {
@@ -102,6 +105,7 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 				"destination", cs.info.Destination, "protocol", cs.info.Protocol, "suppressed", suppressed)
 		}
 		c.Close()
+		putReader(br)
 		return
 	}
 	cs.resolved.Store(&resolution{cfg: cfg, chain: ch, source: cfg.snap.Peers.Lookup(cs.peer.Addr())})
@@ -125,6 +129,17 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 	}
 }
 
+// readers hold the first bytes of connections (PROXY header, sniffing).
+// One goes back only where nothing can read it any more: the connection
+// closed early, or package h1 done with it without a hijack; TCP chains,
+// Deny and h2c keep theirs to the garbage collector.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, sniffBufferSize) }}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readers.Put(br)
+}
+
 // serveHTTPConn gives an HTTP connection to its server: h2c to net/http's
 // (handedOver: it is that server's to close now), HTTP/1 to package h1's
 // on this goroutine.
@@ -138,7 +153,9 @@ func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) (handedOver bool)
 	}
 	br := pc.br
 	pc.br = nil
-	e.h1.ServeConn(pc.Conn, br, cs)
+	if !e.h1.ServeConn(pc.Conn, br, cs) {
+		putReader(br)
+	}
 	return false
 }
 
