@@ -180,3 +180,30 @@ func FuzzOriginForm(f *testing.F) {
 		}
 	})
 }
+
+// A request's header map is the parser's, emptied for the next request:
+// nothing of one request may show in the next.
+func TestRequestHeaderReused(t *testing.T) {
+	raw := "GET /1 HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nVia: a\r\nVia: b\r\n\r\n" +
+		"GET /2 HTTP/1.1\r\nHost: b\r\nX-Two: 2\r\n\r\n"
+	br := bufio.NewReader(strings.NewReader(raw))
+	var p Parser
+	first, err := p.ReadRequest(br, &http.Request{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := first.Header.Values("Via"); !slices.Equal(got, []string{"a", "b"}) || first.Header.Get("X-One") != "1" {
+		t.Fatalf("first request's header %v", first.Header)
+	}
+	kept := first.Header.Clone()
+	second, err := p.ReadRequest(br, &http.Request{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(second.Header) != 1 || second.Header.Get("X-Two") != "2" || second.Host != "b" {
+		t.Errorf("second request's header %v (host %q), want X-Two alone", second.Header, second.Host)
+	}
+	if kept.Get("X-One") != "1" || len(kept["Via"]) != 2 {
+		t.Errorf("a clone taken before the next request changed: %v", kept)
+	}
+}
