@@ -443,12 +443,7 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			// response (h1.DeferWrite): no read is tried before the
 			// endpoint can have answered. A failed send shows as a read
 			// error below (a reset or broken pipe on a reused connection
-			// is retried there as before). What this gives up is seeing
-			// a FIN that came before the send: an endpoint that closed
-			// answers the request with a reset (that wakes the read), and
-			// one that half-closed an idle connection and lingers reading
-			// (Apache at its keep-alive timeout) has been idle for over a
-			// second, so get's look at the socket found the FIN first.
+			// is retried there as before).
 			if pc.raw != nil {
 				h1.DeferWrite(pc.raw)
 			}
