@@ -31,12 +31,6 @@ type rawConn struct {
 	werr    error
 	readFn  func(uintptr) bool
 	writeFn func(uintptr) bool
-	// A write kept for the next read (DeferWrite): pend are its bytes,
-	// wtrFn the read callback that sends them first.
-	deferNext bool
-	pend      []byte
-	blocked   bool // the kept write met a full socket: finish it apart
-	wtrFn     func(uintptr) bool
 }
 
 // Raw wraps c for raw reads and writes when it is a socket; other
@@ -51,25 +45,8 @@ func Raw(c net.Conn) net.Conn {
 		return c
 	}
 	rc := &rawConn{Conn: c, raw: raw}
-	rc.readFn, rc.writeFn, rc.wtrFn = rc.doRead, rc.doWrite, rc.doWriteThenRead
+	rc.readFn, rc.writeFn = rc.doRead, rc.doWrite
 	return rc
-}
-
-// DeferWrite has the next Write on c (a connection Raw wrapped) keep its
-// bytes instead of sending them, and the Read after it send them from
-// inside the poller's read: the read state is reset before the bytes go,
-// so the answer's arrival wakes the reader, and the reader skips the
-// attempt to read that Go's poller otherwise makes first, which fails
-// (EAGAIN) whenever the peer has not answered yet: one system call fewer
-// per exchange. The caller must not touch the written bytes until that
-// Read, and must Read next (a request, then its response). A failed send
-// comes back from the Read. Reports whether c can do it.
-func DeferWrite(c net.Conn) bool {
-	rc, ok := c.(*rawConn)
-	if ok {
-		rc.deferNext = true
-	}
-	return ok
 }
 
 // SyscallConn reaches the socket itself.
@@ -88,31 +65,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	c.rbuf, c.rn, c.rerr = p, 0, nil
-	fn, kept := c.readFn, c.pend != nil
-	if kept {
-		c.wbuf, c.wn, c.werr, c.blocked = c.pend, 0, nil, false
-		c.pend = nil
-		fn = c.wtrFn
-	}
-	err := c.raw.Read(fn)
-	if kept {
-		// The kept write: failed, or stopped at a full socket (then
-		// finished here, waiting for room, and the read made as usual).
-		wbuf := c.wbuf
-		c.wbuf = nil
-		switch {
-		case c.werr != nil:
-			c.rbuf = nil
-			return 0, c.werr
-		case c.blocked && err == nil:
-			if _, werr := c.Write(wbuf[c.wn:]); werr != nil {
-				c.rbuf = nil
-				return 0, werr
-			}
-			c.rbuf, c.rn, c.rerr = p, 0, nil
-			err = c.raw.Read(c.readFn)
-		}
-	}
+	err := c.raw.Read(c.readFn)
 	c.rbuf = nil
 	switch {
 	case err != nil:
@@ -147,22 +100,6 @@ func (c *rawConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if c.deferNext {
-		c.deferNext = false
-		if c.pend == nil {
-			c.pend = p
-			return len(p), nil
-		}
-	}
-	if c.pend != nil {
-		// A kept write not yet sent goes first (not how DeferWrite is
-		// meant to be used, but the bytes keep their order).
-		pend := c.pend
-		c.pend = nil
-		if n, err := c.Write(pend); err != nil {
-			return n - len(pend), err
-		}
-	}
 	c.wbuf, c.wn, c.werr = p, 0, nil
 	err := c.raw.Write(c.writeFn)
 	c.wbuf = nil
@@ -191,26 +128,6 @@ func (c *rawConn) doWrite(fd uintptr) bool {
 		}
 	}
 	return true
-}
-
-// doWriteThenRead sends the kept write, then (false) waits for the
-// socket to be readable, then reads.
-func (c *rawConn) doWriteThenRead(fd uintptr) bool {
-	if c.wn < len(c.wbuf) {
-		if c.blocked || c.werr != nil {
-			return true
-		}
-		if done := c.doWrite(fd); !done {
-			// A full socket: leave the poller's read to wait for room.
-			c.blocked = true
-			return true
-		}
-		if c.werr != nil {
-			return true
-		}
-		return false // sent: wait for the answer
-	}
-	return c.doRead(fd)
 }
 
 // unwrapRaw turns the raw connection's errors back into what net.Conn's

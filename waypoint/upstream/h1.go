@@ -59,7 +59,6 @@ type h1Conn struct {
 	p        *h1Pool
 	host     string
 	conn     net.Conn
-	raw      net.Conn // conn's socket, for h1.DeferWrite (nil: not one)
 	rc       countingReader
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -236,11 +235,10 @@ func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
 		return nil, err
 	}
 	// Raw reads and writes: see package h1 (rawio.go).
-	pc := &h1Conn{p: p, host: host, conn: conn}
 	if cc, ok := conn.(*countedConn); ok {
 		cc.Conn = h1.Raw(cc.Conn)
-		pc.raw = cc.Conn
 	}
+	pc := &h1Conn{p: p, host: host, conn: conn}
 	pc.abort = func() { pc.conn.SetDeadline(aLongTimeAgo) }
 	pc.unhook = func() bool {
 		g := pc.hook
@@ -438,18 +436,8 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			// The endpoint may have answered early and closed: read on.
 			bodyDone = make(chan error, 1)
 			bodyDone <- err
-		} else {
-			// The request goes out from inside the first read of its
-			// response (h1.DeferWrite): no read is tried before the
-			// endpoint can have answered. A failed send shows as a read
-			// error below (a reset or broken pipe on a reused connection
-			// is retried there as before).
-			if pc.raw != nil {
-				h1.DeferWrite(pc.raw)
-			}
-			if err := pc.bw.Flush(); err != nil {
-				return fail(err, replayable)
-			}
+		} else if err := pc.bw.Flush(); err != nil {
+			return fail(err, replayable)
 		}
 	} else {
 		if err := pc.bw.Flush(); err != nil {
