@@ -44,11 +44,6 @@
 // requests: 453 nanosleeps (sysmon) and 1176 futex calls against 7397 and
 // 2704.
 //
-// DeferWrite goes one step further for the upstream client: a request is
-// sent from inside the first read of its response, after the poller's
-// read state was reset, so the read that would fail (EAGAIN) because the
-// endpoint has not answered yet is never made (rawio.go).
-//
 // Parsing is strict where a proxy must be (request smuggling): chunked
 // wins over Content-Length, which is then dropped; differing lengths,
 // signed lengths, unsupported codings, obsolete line folding, invalid
