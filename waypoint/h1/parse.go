@@ -188,6 +188,7 @@ func (p *Parser) requestFields(head string) (http.Header, error) {
 // slices from vals, and returns vals as filled.
 func (p *Parser) fill(head string, h http.Header, vals []string) ([]string, error) {
 	p.keys = p.keys[:0]
+	repeated := false
 	for _, l := range p.lines[1:] {
 		line := head[l.start:l.end]
 		colon := strings.IndexByte(line, ':')
@@ -212,27 +213,38 @@ func (p *Parser) fill(head string, h http.Header, vals []string) ([]string, erro
 			key = textproto.CanonicalMIMEHeaderKey(name)
 		}
 		// One map operation per field: a repeated name shows as a map
-		// that did not grow (rare), and only then are its values gathered.
+		// that did not grow (rare); the values of such names are gathered
+		// once, at the end.
 		vals = append(vals, value)
 		p.keys = append(p.keys, key)
 		n := len(h)
 		h[key] = vals[len(vals)-1 : len(vals) : len(vals)]
 		if len(h) == n {
-			h[key] = p.repeated(key, vals)
+			repeated = true
 		}
+	}
+	if repeated {
+		p.gatherRepeated(h, vals)
 	}
 	return vals, nil
 }
 
-// repeated is every value of a field name given more than once, in order.
-func (p *Parser) repeated(key string, vals []string) []string {
-	var out []string
+// gatherRepeated gives each field name that came more than once all its
+// values, in order (the map holds only its last).
+func (p *Parser) gatherRepeated(h http.Header, vals []string) {
+	count := make(map[string]int, len(p.keys))
+	for _, k := range p.keys {
+		count[k]++
+	}
+	all := make(map[string][]string)
 	for i, k := range p.keys {
-		if k == key {
-			out = append(out, vals[i])
+		if count[k] > 1 {
+			all[k] = append(all[k], vals[i])
 		}
 	}
-	return out
+	for k, vs := range all {
+		h[k] = vs
+	}
 }
 
 // trimOWS trims spaces and tabs at both ends (strings.Trim with a cutset

@@ -207,3 +207,23 @@ func TestRequestHeaderReused(t *testing.T) {
 		t.Errorf("a clone taken before the next request changed: %v", kept)
 	}
 }
+
+// A name repeated up to the field limit costs work in proportion to the
+// fields, not to their square (it was gathered again at every repeat).
+func TestRepeatedFieldsLinear(t *testing.T) {
+	head := "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("A: a\r\n", maxFields-2) + "\r\n"
+	var p Parser
+	var req *http.Request
+	allocs := testing.AllocsPerRun(20, func() {
+		var err error
+		if req, err = p.ReadRequest(bufio.NewReaderSize(strings.NewReader(head), 4096), &http.Request{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if got := len(req.Header["A"]); got != maxFields-2 {
+		t.Fatalf("%d values of A, want %d", got, maxFields-2)
+	}
+	if allocs > 40 {
+		t.Errorf("%.0f allocations for %d repeats of one name", allocs, maxFields-2)
+	}
+}

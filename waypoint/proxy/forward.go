@@ -431,9 +431,9 @@ func attemptCount(n int) []string {
 
 // outgoing makes the request the upstream request of one attempt, in
 // place: the client's path and authority are kept in q (for the log), the
-// rest is not needed again. Through net/http's Transport (h2c, upgrades) a
-// retry gets a copy of the headers: the previous attempt's transport may
-// still hold them.
+// rest is not needed again. (Through net/http's Transport, h2c and
+// upgrades, the cluster hands over copies of the headers and URL: see
+// upstream.Cluster.RoundTrip.)
 func (q *request) outgoing(host *upstream.Host, path, authority string, attempt int, viaTransport bool) *http.Request {
 	r := q.r
 	u := r.URL
@@ -461,9 +461,6 @@ func (q *request) outgoing(host *upstream.Host, path, authority string, attempt 
 	r.Close = false
 	r.TransferEncoding = nil
 	r.GetBody = nil
-	if attempt > 1 && viaTransport {
-		r.Header = r.Header.Clone()
-	}
 	if q.vh != nil && q.vh.Model.AttemptCount {
 		r.Header["X-Envoy-Attempt-Count"] = attemptCount(attempt)
 	}

@@ -262,10 +262,20 @@ func (c *Cluster) close() {
 // through net/http's Transport, which hands the connection over after the
 // 101. req.URL.Host must be host's address. ctx bounds the exchange (the
 // request's own context is not looked at on the HTTP/1.1 path, so the
-// caller need not copy the request to give it one).
+// caller need not copy the request to give it one). The Transport gets
+// a header map and URL of its own: it may still read them after
+// RoundTrip returns (its HTTP/2 stream goroutine when ctx ended first),
+// and the caller's may be filled again for the next request (package h1
+// reuses a connection's header map) or the next try.
 func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, host *Host, h2 bool) (*http.Response, error) {
 	if h2 || c.netHTTP || req.Header.Get("Upgrade") != "" {
-		return c.Transport(h2).RoundTrip(req.WithContext(ctx))
+		r := req.WithContext(ctx)
+		r.Header = req.Header.Clone()
+		if req.URL != nil {
+			u := *req.URL
+			r.URL = &u
+		}
+		return c.Transport(h2).RoundTrip(r)
 	}
 	return c.h1.roundTrip(ctx, req, host.Key)
 }
