@@ -622,7 +622,10 @@ func (w *response) WriteHeader(code int) {
 	if _, ok := h["Date"]; !ok {
 		h["Date"] = []string{date()}
 	}
-	keepAlive10 := !w.req.ProtoAtLeast(1, 1) && !w.closeAfter && hasToken(w.req.Header.Get("Connection"), "keep-alive")
+	// An HTTP/1.0 request keeps its connection only when it asked to
+	// (req.Close says so since parsing: the handler may have removed the
+	// request's Connection field, as a proxy removes hop-by-hop fields).
+	keepAlive10 := !w.req.ProtoAtLeast(1, 1) && !w.closeAfter
 	if !w.req.ProtoAtLeast(1, 1) && !keepAlive10 {
 		w.closeAfter = true
 	}

@@ -408,3 +408,37 @@ func parse(t *testing.T, raw string) string {
 	slices.Sort(keys)
 	return fmt.Sprintf("%s %s host=%s len=%d te=%v body=%q trailer=%v headers=%v", r.Method, r.RequestURI, r.Host, r.ContentLength, r.TransferEncoding, b, r.Trailer, keys)
 }
+
+// An HTTP/1.0 client that asked for keep-alive keeps its connection even
+// when the handler removed the request's Connection field (the proxy
+// drops hop-by-hop fields before it forwards).
+func TestServerKeepsHTTP10KeepAlive(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		r.Header.Del("Connection")
+		w.Header().Set("Content-Length", "2") // HTTP/1.0 has no chunks
+		io.WriteString(w, "ok")
+	}}
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			s.ServeConn(c, nil, nil)
+		}
+	}()
+	c, _ := net.Dial("tcp", ln.Addr().String())
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		io.WriteString(c, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.ReadAll(resp.Body)
+		if resp.Close || resp.Header.Get("Connection") != "keep-alive" {
+			t.Fatalf("request %d: close=%v, Connection %q", i, resp.Close, resp.Header.Get("Connection"))
+		}
+	}
+}
