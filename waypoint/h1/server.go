@@ -91,6 +91,7 @@ type conn struct {
 	watchDone chan struct{}
 	bodyDone  atomic.Bool
 	served    atomic.Bool // the handler returned
+	hijacked  atomic.Bool // the handler took the connection
 	idleSet   time.Time   // when the idle deadline was last moved
 }
 
@@ -357,7 +358,7 @@ func (cn *conn) startWatch() {
 func (cn *conn) watch() {
 	cn.watchMu.Lock()
 	defer cn.watchMu.Unlock()
-	if cn.watching || cn.served.Load() {
+	if cn.watching || cn.served.Load() || cn.hijacked.Load() {
 		return
 	}
 	if !cn.bodyDone.Load() {
@@ -722,6 +723,9 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.wroteHeader {
 		return nil, nil, errors.New("h1: hijack after the response started")
 	}
+	// No watcher from here on: one the timer starts while this runs would
+	// read the connection the handler now owns.
+	w.c.hijacked.Store(true)
 	w.c.stopWatch()
 	// The connection is the handler's now: no idle deadline of ours.
 	w.c.c.SetReadDeadline(time.Time{})

@@ -442,3 +442,38 @@ func TestServerKeepsHTTP10KeepAlive(t *testing.T) {
 		}
 	}
 }
+
+// The client-gone watcher never starts on a hijacked connection, also
+// when its timer fires after the hijack (it would read what the handler
+// now owns).
+func TestServerNoWatcherAfterHijack(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	started := make(chan bool, 1)
+	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			started <- false
+			return
+		}
+		defer c.Close()
+		cn := w.(*response).c
+		cn.watch() // as the timer would, late
+		cn.watchMu.Lock()
+		started <- cn.watching
+		cn.watchMu.Unlock()
+	}}
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			s.ServeConn(c, nil, nil)
+		}
+	}()
+	c, _ := net.Dial("tcp", ln.Addr().String())
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+	if <-started {
+		t.Error("a watcher started on the hijacked connection")
+	}
+}
