@@ -21,12 +21,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"github.com/fsnotify/fsnotify"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
@@ -55,30 +57,47 @@ import (
 
 // Parse reads a bootstrap's static_resources.
 func Parse(b []byte) (translate.Input, error) {
+	in, _, err := parse(b)
+	return in, err
+}
+
+// parse reads a bootstrap's static_resources, and names the other
+// top-level fields it sets: Envoy would act on them, kmesh-waypoint does
+// not (node alone is left out: with static resources it only names the
+// proxy in Envoy's logs and stats).
+func parse(b []byte) (translate.Input, []string, error) {
 	j, err := yaml.YAMLToJSON(b)
 	if err != nil {
-		return translate.Input{}, fmt.Errorf("not YAML or JSON: %w", err)
+		return translate.Input{}, nil, fmt.Errorf("not YAML or JSON: %w", err)
 	}
 	var bs bootstrapv3.Bootstrap
 	if err := protojson.Unmarshal(j, &bs); err != nil {
-		return translate.Input{}, fmt.Errorf("not an Envoy bootstrap (envoy.config.bootstrap.v3.Bootstrap): %w", err)
+		return translate.Input{}, nil, fmt.Errorf("not an Envoy bootstrap (envoy.config.bootstrap.v3.Bootstrap): %w", err)
 	}
 	// The field rules Envoy checks before it looks at a config.
 	if err := bs.ValidateAll(); err != nil {
-		return translate.Input{}, fmt.Errorf("invalid bootstrap: %w", err)
+		return translate.Input{}, nil, fmt.Errorf("invalid bootstrap: %w", err)
 	}
 	if dr := bs.GetDynamicResources(); dr != nil && (dr.GetLdsConfig() != nil || dr.GetCdsConfig() != nil || dr.GetAdsConfig() != nil) {
-		return translate.Input{}, errors.New("dynamic_resources are not supported: use static_resources (or run against istiod)")
+		return translate.Input{}, nil, errors.New("dynamic_resources are not supported: use static_resources (or run against istiod)")
 	}
 	sr := bs.GetStaticResources()
 	if len(sr.GetListeners()) == 0 {
-		return translate.Input{}, errors.New("static_resources has no listeners")
+		return translate.Input{}, nil, errors.New("static_resources has no listeners")
 	}
 	if len(sr.GetSecrets()) > 0 {
-		return translate.Input{}, errors.New("static_resources.secrets (TLS) are not supported")
+		return translate.Input{}, nil, errors.New("static_resources.secrets (TLS) are not supported")
 	}
+	var ignored []string
+	bs.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		if name := string(fd.Name()); name != "static_resources" && name != "node" {
+			ignored = append(ignored, name)
+		}
+		return true
+	})
+	sort.Strings(ignored)
 	sum := sha256.Sum256(b)
-	return translate.Input{Version: "file:" + hex.EncodeToString(sum[:6]), Listeners: sr.GetListeners(), Clusters: sr.GetClusters()}, nil
+	return translate.Input{Version: "file:" + hex.EncodeToString(sum[:6]), Listeners: sr.GetListeners(), Clusters: sr.GetClusters()}, ignored, nil
 }
 
 // Load reads and translates a bootstrap file.
@@ -87,13 +106,20 @@ func Load(path string, opts translate.Options) (*model.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	in, err := Parse(b)
+	in, ignored, err := parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	snap, err := translate.Translate(in, opts)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	// Said, not silently dropped: the log, the config dump and
+	// kmesh_waypoint_config_unsupported show them as they show filters
+	// that are not run.
+	for _, name := range ignored {
+		snap.Unsupported = append(snap.Unsupported, model.Unsupported{Where: "bootstrap", Name: name,
+			Reason: "a bootstrap field kmesh-waypoint does not act on (its flags cover what it needs)"})
 	}
 	return snap, nil
 }

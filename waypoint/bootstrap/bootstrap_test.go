@@ -191,3 +191,45 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("weights %+v", w.Clusters)
 	}
 }
+
+// Top-level bootstrap fields Envoy would act on and kmesh-waypoint does
+// not are reported as unsupported, never dropped silently; node (only a
+// name with static resources) is not.
+func TestIgnoredBootstrapFields(t *testing.T) {
+	body := `node: {id: x, cluster: demo}
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}
+stats_flush_interval: 5s
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: 15019}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: s, cluster: c}
+  clusters:
+  - name: c
+    type: STATIC
+    load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]}
+`
+	p := filepath.Join(t.TempDir(), "b.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := Load(p, translate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, u := range snap.Unsupported {
+		if u.Where == "bootstrap" {
+			if u.FailClosed {
+				t.Errorf("%s fails closed", u.Name)
+			}
+			got = append(got, u.Name)
+		}
+	}
+	if strings.Join(got, ",") != "admin,stats_flush_interval" {
+		t.Errorf("reported %v, want admin and stats_flush_interval", got)
+	}
+}
