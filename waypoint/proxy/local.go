@@ -70,6 +70,10 @@ func (q *request) grpcReply(code int, msg, details string) {
 // decorate adds the response header operations of the levels the request
 // reached, most specific first, and the CORS headers.
 func (q *request) decorate(h http.Header) {
+	if q.attempts > 0 && q.vh != nil && q.vh.Model.AttemptCountInResponse {
+		// Upstream answers and the router's own after tries alike.
+		h["X-Envoy-Attempt-Count"] = attemptCount(q.attempts)
+	}
 	if q.rt != nil {
 		route.ApplyResponse(h, q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
 	} else if q.ch.table != nil {

@@ -30,9 +30,6 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		}
 	}
 	removeHopByHop(h, upgrade && resp.StatusCode == http.StatusSwitchingProtocols)
-	if q.vh != nil && q.vh.Model.AttemptCountInResponse {
-		h["X-Envoy-Attempt-Count"] = attemptCount(q.attempts)
-	}
 	q.decorate(h)
 	if upgrade && resp.StatusCode == http.StatusSwitchingProtocols {
 		q.upgrade(resp, a)

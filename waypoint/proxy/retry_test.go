@@ -365,4 +365,17 @@ func TestAttemptCountHeaders(t *testing.T) {
 	if got := resp.Header.Get("X-Envoy-Attempt-Count"); got != "2" {
 		t.Errorf("the answer says %q tries, want 2", got)
 	}
+
+	// The router's own answer after its tries says how many there were
+	// too: an endpoint that refuses every connection, two retries.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := mustAddrPort(ln.Addr().String())
+	ln.Close()
+	rt = oneRoute(retryRoute("d", retryOn(2, "connect-failure")))
+	rt.VirtualHosts[0].AttemptCountInResponse = true
+	te.apply(httpSnapshot(rt, false, &model.Cluster{Name: "d", Endpoints: endpoints(dead)}))
+	code, _, resp = get(t, client(te.addr("main")), "http://x/")
+	if code != 503 || resp.Header.Get("X-Envoy-Attempt-Count") != "3" {
+		t.Errorf("got %d with x-envoy-attempt-count %q, want 503 after 3 tries", code, resp.Header.Get("X-Envoy-Attempt-Count"))
+	}
 }
