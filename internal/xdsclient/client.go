@@ -691,6 +691,12 @@ func (s *syncTracker) stop() {
 	}
 }
 
+// tokenCreds sends the token file's content as a bearer token, read again
+// for every stream (GetRequestMetadata runs once per stream, so a rotated
+// projected token is picked up at the next reconnect). Not grpc-go's
+// credentials/jwt: that one is experimental and takes only JWTs with an
+// "exp" claim, caching them until then; this sends whatever the file
+// holds (istiod checks it), as istio-agent does.
 type tokenCreds struct{ file string }
 
 func (t tokenCreds) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
