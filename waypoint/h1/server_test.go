@@ -243,8 +243,6 @@ func TestServerHeaderLimit(t *testing.T) {
 }
 
 func TestServerHijack(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
 		c, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
@@ -257,13 +255,8 @@ func TestServerHijack(t *testing.T) {
 		io.Copy(brw, brw.Reader) // echo, what was pipelined first
 		brw.Flush()
 	}}
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			s.ServeConn(c, nil, nil)
-		}
-	}()
-	c, _ := net.Dial("tcp", ln.Addr().String())
+	addr := serveOne(t, s)
+	c, _ := net.Dial("tcp", addr)
 	defer c.Close()
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nping")
 	c.(*net.TCPConn).CloseWrite()
@@ -275,8 +268,6 @@ func TestServerHijack(t *testing.T) {
 }
 
 func TestServerNoticesClientLeaving(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	cancelled := make(chan error, 1)
 	s := &Server{WatchAfter: 10 * time.Millisecond, Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
 		select {
@@ -286,13 +277,8 @@ func TestServerNoticesClientLeaving(t *testing.T) {
 			cancelled <- nil
 		}
 	}}
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			s.ServeConn(c, nil, nil)
-		}
-	}()
-	c, _ := net.Dial("tcp", ln.Addr().String())
+	addr := serveOne(t, s)
+	c, _ := net.Dial("tcp", addr)
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
 	time.Sleep(50 * time.Millisecond)
 	c.Close()
@@ -302,8 +288,6 @@ func TestServerNoticesClientLeaving(t *testing.T) {
 }
 
 func TestServerWatcherKeepsPipelinedBytes(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	s := &Server{WatchAfter: 5 * time.Millisecond, Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
 		if r.URL.Path == "/slow" {
 			time.Sleep(60 * time.Millisecond) // the watcher runs and sees the next request's bytes
@@ -311,13 +295,8 @@ func TestServerWatcherKeepsPipelinedBytes(t *testing.T) {
 		w.Header().Set("Content-Length", "2")
 		io.WriteString(w, r.URL.Path[1:3])
 	}}
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			s.ServeConn(c, nil, nil)
-		}
-	}()
-	got := exchange(t, ln.Addr().String(), "GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n", "GET", "GET")
+	addr := serveOne(t, s)
+	got := exchange(t, addr, "GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n", "GET", "GET")
 	if got[0].body != "sl" || got[1].body != "ne" {
 		t.Errorf("bodies %q %q", got[0].body, got[1].body)
 	}
@@ -413,20 +392,13 @@ func parse(t *testing.T, raw string) string {
 // when the handler removed the request's Connection field (the proxy
 // drops hop-by-hop fields before it forwards).
 func TestServerKeepsHTTP10KeepAlive(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
 		r.Header.Del("Connection")
 		w.Header().Set("Content-Length", "2") // HTTP/1.0 has no chunks
 		io.WriteString(w, "ok")
 	}}
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			s.ServeConn(c, nil, nil)
-		}
-	}()
-	c, _ := net.Dial("tcp", ln.Addr().String())
+	addr := serveOne(t, s)
+	c, _ := net.Dial("tcp", addr)
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	br := bufio.NewReader(c)
@@ -447,8 +419,6 @@ func TestServerKeepsHTTP10KeepAlive(t *testing.T) {
 // when its timer fires after the hijack (it would read what the handler
 // now owns).
 func TestServerNoWatcherAfterHijack(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
 	started := make(chan bool, 1)
 	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
 		c, _, err := http.NewResponseController(w).Hijack()
@@ -464,16 +434,29 @@ func TestServerNoWatcherAfterHijack(t *testing.T) {
 		started <- cn.watching
 		cn.watchMu.Unlock()
 	}}
+	addr := serveOne(t, s)
+	c, _ := net.Dial("tcp", addr)
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+	if <-started {
+		t.Error("a watcher started on the hijacked connection")
+	}
+}
+
+// serveOne serves the first connection to a new loopback listener with s
+// and returns the listener's address; the listener closes with the test.
+func serveOne(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
 			s.ServeConn(c, nil, nil)
 		}
 	}()
-	c, _ := net.Dial("tcp", ln.Addr().String())
-	defer c.Close()
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
-	if <-started {
-		t.Error("a watcher started on the hijacked connection")
-	}
+	return ln.Addr().String()
 }
