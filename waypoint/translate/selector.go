@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
 )
 
 // Inputs of the connection matchers (envoy.extensions.matching.common_inputs.network.v3).
@@ -150,7 +151,7 @@ type listEntry struct {
 type predicate struct {
 	in      input
 	inName  string
-	str     *model.StringMatch
+	str     *route.StringMatcher // compiled once: a predicate runs per connection
 	ips     []netip.Prefix
 	and, or []*predicate
 	not     *predicate
@@ -320,9 +321,12 @@ func compilePredicate(p *xdsmatcher.Matcher_MatcherList_Predicate, depth int) (*
 		out := &predicate{in: in, inName: name}
 		switch m := sp.GetMatcher().(type) {
 		case *xdsmatcher.Matcher_MatcherList_Predicate_SinglePredicate_ValueMatch:
-			if out.str, err = xdsStringMatch(m.ValueMatch); err != nil {
+			sm, err := xdsStringMatch(m.ValueMatch)
+			if err != nil {
 				return nil, err
 			}
+			c := route.CompileString(sm)
+			out.str = &c
 		case *xdsmatcher.Matcher_MatcherList_Predicate_SinglePredicate_CustomMatch:
 			if m.CustomMatch.GetTypedConfig().GetTypeUrl() != typeIPMatcher {
 				return nil, fmt.Errorf("predicate custom_match %s is not supported", m.CustomMatch.GetTypedConfig().GetTypeUrl())
@@ -401,7 +405,7 @@ func (p *predicate) eval(e *evalCtx) bool {
 		return false
 	}
 	if p.str != nil {
-		return matchString(p.str, v)
+		return p.str.Match(v)
 	}
 	a, err := netip.ParseAddr(v)
 	if err != nil {
@@ -667,33 +671,6 @@ func compileUnanchored(re string) (*regexp.Regexp, error) {
 		return nil, fmt.Errorf("regex %q: %v", re, err)
 	}
 	return r, nil
-}
-
-// matchString is Envoy's StringMatcher on one value.
-func matchString(m *model.StringMatch, v string) bool {
-	if m.Kind == "regex" {
-		return m.Regex.MatchString(v)
-	}
-	if m.IgnoreCase {
-		v = strings.ToLower(v)
-	}
-	fold := func(s string) string {
-		if m.IgnoreCase {
-			return strings.ToLower(s)
-		}
-		return s
-	}
-	switch m.Kind {
-	case "exact":
-		return v == fold(m.Exact)
-	case "prefix":
-		return strings.HasPrefix(v, fold(m.Prefix))
-	case "suffix":
-		return strings.HasSuffix(v, fold(m.Suffix))
-	case "contains":
-		return strings.Contains(v, fold(m.Contains))
-	}
-	return false
 }
 
 // listSelector is Envoy's filter_chains with filter_chain_match, chosen
