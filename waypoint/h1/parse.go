@@ -232,18 +232,14 @@ func (p *Parser) fill(head string, h http.Header, vals []string) ([]string, erro
 // gatherRepeated gives each field name that came more than once all its
 // values, in order (the map holds only its last).
 func (p *Parser) gatherRepeated(h http.Header, vals []string) {
-	count := make(map[string]int, len(p.keys))
-	for _, k := range p.keys {
-		count[k]++
-	}
-	all := make(map[string][]string)
+	all := make(map[string][]string, len(p.keys))
 	for i, k := range p.keys {
-		if count[k] > 1 {
-			all[k] = append(all[k], vals[i])
-		}
+		all[k] = append(all[k], vals[i])
 	}
 	for k, vs := range all {
-		h[k] = vs
+		if len(vs) > 1 {
+			h[k] = vs
+		}
 	}
 }
 

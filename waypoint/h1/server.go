@@ -137,10 +137,8 @@ var (
 // request's body is shut to whoever still holds it (a transport's
 // goroutine reads it through br) before br goes.
 func (cn *conn) release() {
-	if b := cn.body; b != nil {
-		b.mu.Lock()
-		b.closed = true
-		b.mu.Unlock()
+	if cn.body != nil {
+		cn.body.shut()
 	}
 	cn.br.Reset(nil)
 	readers.Put(cn.br)
@@ -255,9 +253,7 @@ func (cn *conn) one(req *http.Request) bool {
 		return false
 	}
 	if !ok {
-		body.mu.Lock()
-		body.closed = true
-		body.mu.Unlock()
+		body.shut()
 		return false
 	}
 	w.finish()
@@ -484,6 +480,13 @@ func (b *requestBody) read(p []byte) (int, error) {
 }
 
 func (b *requestBody) Close() error { return nil }
+
+// shut closes the body to whoever still holds it, without reading on.
+func (b *requestBody) shut() {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+}
 
 // finish closes the body to the handler and reads away what it left, up
 // to maxDiscard; false if the connection cannot serve another request.
