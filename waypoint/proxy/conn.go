@@ -61,11 +61,21 @@ func (cs *connState) resolve(cur *config) *resolution {
 // bytes read while sniffing still to be read.
 type proxiedConn struct {
 	net.Conn
-	br    *bufio.Reader // nil once its buffered bytes are read
+	br    *bufio.Reader // nil once its buffered bytes are read (unless keepBuffer)
 	state *connState
+
+	// keepBuffer reads through br for the connection's life. net/http's
+	// HTTP/2 server reads a cleartext connection a frame header (9 bytes)
+	// and a payload at a time: two read calls per frame, eight per unary
+	// gRPC call (HEADERS, DATA, WINDOW_UPDATE, PING), where through the
+	// buffer it is about one per batch of frames.
+	keepBuffer bool
 }
 
 func (c *proxiedConn) Read(p []byte) (int, error) {
+	if c.keepBuffer {
+		return c.br.Read(p)
+	}
 	if c.br != nil {
 		if c.br.Buffered() > 0 {
 			return c.br.Read(p)

@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -41,5 +44,53 @@ func TestAddrPortUnmapsIPv4(t *testing.T) {
 	}
 	if p := addrPort(s.LocalAddr()); !p.Addr().Is4() {
 		t.Errorf("local %s (from %v) is not IPv4", p, s.LocalAddr())
+	}
+}
+
+// countingConn counts the reads that reach the connection.
+type countingConn struct {
+	net.Conn
+	reads int
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	c.reads++
+	return c.Conn.Read(p)
+}
+
+// An h2c connection is read through its buffer for its whole life: the
+// frame-header-then-payload reads of net/http's HTTP/2 server are served
+// from one read of the socket; other connections drop the buffer once
+// the sniffed bytes are read.
+func TestProxiedConnKeepsBufferForH2C(t *testing.T) {
+	frames := []byte("\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x0f" + // WINDOW_UPDATE
+		"\x00\x00\x08\x06\x00\x00\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08") // PING
+	for _, keep := range []bool{true, false} {
+		a, b := net.Pipe()
+		go func() {
+			a.Write(frames)
+			a.Close()
+		}()
+		cc := &countingConn{Conn: b}
+		br := bufio.NewReaderSize(cc, sniffBufferSize)
+		pc := &proxiedConn{Conn: cc, br: br, keepBuffer: keep}
+		var got []byte
+		for _, n := range []int{9, 4, 9, 8} {
+			p := make([]byte, n)
+			if _, err := io.ReadFull(pc, p); err != nil {
+				t.Fatalf("keepBuffer=%v: read %d: %v", keep, n, err)
+			}
+			got = append(got, p...)
+		}
+		if !bytes.Equal(got, frames) {
+			t.Fatalf("keepBuffer=%v: read %q, want %q", keep, got, frames)
+		}
+		if keep && cc.reads != 1 {
+			t.Errorf("keepBuffer: %d reads of the connection for two frames, want 1", cc.reads)
+		}
+		if !keep && cc.reads < 4 {
+			t.Errorf("without keepBuffer: %d reads, want one per read call", cc.reads)
+		}
+		b.Close()
 	}
 }

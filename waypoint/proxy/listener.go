@@ -145,6 +145,7 @@ func putReader(br *bufio.Reader) {
 // on this goroutine.
 func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) (handedOver bool) {
 	if cs.info.Protocol == model.ProtocolHTTP2 || e.opts.NetHTTPServer {
+		pc.keepBuffer = cs.info.Protocol == model.ProtocolHTTP2
 		if !e.handoff.give(pc) {
 			pc.Close()
 			return false
