@@ -3,6 +3,7 @@ package filter
 import (
 	"net/http"
 
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 	"github.com/kmesh-go/kmesh/waypoint/route"
 )
@@ -50,7 +51,7 @@ func (c *CORS) Evaluate(r *http.Request) CORSResult {
 	if c == nil || c.M.Disabled {
 		return CORSResult{}
 	}
-	origin := r.Header.Get("Origin")
+	origin := header.Get(r.Header, "Origin")
 	if origin == "" || !c.allowed(origin) {
 		return CORSResult{}
 	}
@@ -59,7 +60,7 @@ func (c *CORS) Evaluate(r *http.Request) CORSResult {
 	if c.M.AllowCredentials != nil && *c.M.AllowCredentials {
 		h.Set("Access-Control-Allow-Credentials", "true")
 	}
-	if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+	if r.Method == http.MethodOptions && header.Get(r.Header, "Access-Control-Request-Method") != "" {
 		set(h, "Access-Control-Allow-Methods", c.M.AllowMethods)
 		set(h, "Access-Control-Allow-Headers", c.M.AllowHeaders)
 		set(h, "Access-Control-Max-Age", c.M.MaxAge)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -85,7 +86,7 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 	}
 	on := r.p.On
 	// An upstream Envoy shedding load says so; Envoy does not retry that.
-	if h.Get("X-Envoy-Overloaded") != "" {
+	if header.Get(h, "X-Envoy-Overloaded") != "" {
 		return false
 	}
 	switch {

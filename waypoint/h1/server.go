@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 )
 
 // Handler serves one request; conn is what ServeConn was given for the
@@ -231,7 +233,7 @@ func validHost(h string) bool {
 func (cn *conn) one(req *http.Request) bool {
 	w := &cn.w
 	w.reset(req)
-	if ex := req.Header.Get("Expect"); ex != "" {
+	if ex := header.Get(req.Header, "Expect"); ex != "" {
 		if !strings.EqualFold(ex, "100-continue") || !req.ProtoAtLeast(1, 1) {
 			cn.reply(req, http.StatusExpectationFailed, "")
 			return false
@@ -602,14 +604,14 @@ func (w *response) WriteHeader(code int) {
 	w.wroteHeader, w.status = true, code
 	h := w.header
 	w.bodyless = w.req.Method == "HEAD" || code == 204 || code == 304 || code < 200
-	if cl := h.Get("Content-Length"); cl != "" {
+	if cl := header.Get(h, "Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.length = n
 		} else {
 			h.Del("Content-Length")
 		}
 	}
-	if strings.EqualFold(h.Get("Connection"), "close") {
+	if strings.EqualFold(header.Get(h, "Connection"), "close") {
 		w.closeAfter = true
 	}
 	switch {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 	"github.com/kmesh-go/kmesh/waypoint/route"
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
 )
@@ -310,7 +311,7 @@ func (q *request) routeTimeout() time.Duration {
 	f := q.rt.Model.Forward
 	t := f.Timeout
 	if f.MaxGRPCTimeout != nil && q.grpc {
-		if g, ok := parseGRPCTimeout(q.r.Header.Get("Grpc-Timeout")); ok {
+		if g, ok := parseGRPCTimeout(header.Get(q.r.Header, "Grpc-Timeout")); ok {
 			t = g
 			if m := *f.MaxGRPCTimeout; m > 0 && t > m {
 				t = m
@@ -369,7 +370,7 @@ var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfe
 // header operations, most specific level first.
 func (q *request) prepareHeaders(upgrade bool) {
 	h := q.r.Header
-	te := h.Get("Te")
+	te := header.Get(h, "Te")
 	removeHopByHop(h, upgrade)
 	if strings.EqualFold(te, "trailers") {
 		h.Set("Te", "trailers")
@@ -398,7 +399,7 @@ func removeHopByHop(h http.Header, keepUpgrade bool) {
 }
 
 func isUpgrade(r *http.Request) bool {
-	if r.ProtoMajor != 1 || r.Header.Get("Upgrade") == "" {
+	if r.ProtoMajor != 1 || header.Get(r.Header, "Upgrade") == "" {
 		return false
 	}
 	for _, c := range r.Header["Connection"] {

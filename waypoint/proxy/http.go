@@ -2,9 +2,10 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
 	"github.com/kmesh-go/kmesh/waypoint/h1"
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 	"github.com/kmesh-go/kmesh/waypoint/route"
 	"github.com/kmesh-go/kmesh/waypoint/telemetry"
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
@@ -141,10 +143,10 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, cs *connState) {
 func (q *request) run() {
 	r, hcm := q.r, q.ch.hcm
 	sanitize(r.Header)
-	if r.Header.Get("X-Forwarded-Proto") == "" {
+	if header.Get(r.Header, "X-Forwarded-Proto") == "" {
 		r.Header["X-Forwarded-Proto"] = protoHTTP
 	}
-	if hcm.GenerateRequestID && r.Header.Get("X-Request-Id") == "" {
+	if hcm.GenerateRequestID && header.Get(r.Header, "X-Request-Id") == "" {
 		r.Header["X-Request-Id"] = newRequestID()
 	}
 
@@ -205,7 +207,7 @@ func (q *request) run() {
 
 	switch {
 	case m.Redirect != nil:
-		loc := q.rt.RedirectLocation(r.Header.Get("X-Forwarded-Proto"), q.authority, q.path)
+		loc := q.rt.RedirectLocation(header.Get(r.Header, "X-Forwarded-Proto"), q.authority, q.path)
 		q.w.Header().Set("Location", loc)
 		q.localReply(route.RedirectStatus(m.Redirect), "", "redirect")
 	case m.Direct != nil:
@@ -363,9 +365,9 @@ func (q *request) finish() {
 	e := telemetry.Entry{
 		Start: q.start, Method: q.r.Method, Path: q.path, Protocol: q.r.Proto, Code: q.code, Flags: key.Flags,
 		Details: q.details, BytesReceived: received, BytesSent: q.respBytes, Duration: dur,
-		UpstreamServiceTime: q.upstreamTime, UpstreamCluster: q.clusterName, RequestID: q.r.Header.Get("X-Request-Id"),
-		Authority: q.authority, UserAgent: q.r.Header.Get("User-Agent"), XForwardedFor: q.r.Header.Get("X-Forwarded-For"),
-		Downstream: q.cs.peer.String(), OriginalDst: q.cs.info.Destination.String(), Traceparent: q.r.Header.Get("Traceparent"),
+		UpstreamServiceTime: q.upstreamTime, UpstreamCluster: q.clusterName, RequestID: header.Get(q.r.Header, "X-Request-Id"),
+		Authority: q.authority, UserAgent: header.Get(q.r.Header, "User-Agent"), XForwardedFor: header.Get(q.r.Header, "X-Forwarded-For"),
+		Downstream: q.cs.peer.String(), OriginalDst: q.cs.info.Destination.String(), Traceparent: header.Get(q.r.Header, "Traceparent"),
 	}
 	if q.rt != nil {
 		e.RouteName = q.rt.Model.Name
@@ -382,9 +384,13 @@ var protoHTTP = []string{"http"}
 
 // newRequestID is a random UUID (version 4), Envoy's x-request-id format,
 // as a header value: the text and the value's slice share one allocation.
+// The bits come from math/rand/v2's generator (ChaCha8, seeded by the
+// runtime from the system's randomness, state per thread): an id has to
+// be unique, not a secret, and crypto/rand cost ~0.15 µs of the request.
 func newRequestID() []string {
 	var b [16]byte
-	rand.Read(b[:])
+	binary.LittleEndian.PutUint64(b[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(b[8:], rand.Uint64())
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	const hexd = "0123456789abcdef"

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 )
 
 // headerSetter is package h1's writer taking a header map whole.
@@ -35,7 +37,7 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		q.upgrade(resp, a)
 		return
 	}
-	if gs := resp.Header.Get("Grpc-Status"); gs != "" {
+	if gs := header.Get(resp.Header, "Grpc-Status"); gs != "" {
 		q.grpcStatus = gs // trailers-only
 	}
 	if q.requestTimer != nil {
@@ -48,7 +50,7 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	q.w.WriteHeader(resp.StatusCode)
 	q.code, q.wrote = resp.StatusCode, true
 
-	stream := resp.ContentLength < 0 || q.grpc || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	stream := resp.ContentLength < 0 || q.grpc || strings.HasPrefix(header.Get(resp.Header, "Content-Type"), "text/event-stream")
 	var flusher http.Flusher
 	if stream {
 		flusher, _ = q.w.(http.Flusher)
@@ -97,7 +99,7 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	for k, v := range resp.Trailer {
 		h[http.TrailerPrefix+k] = v
 	}
-	if gs := resp.Trailer.Get("Grpc-Status"); gs != "" {
+	if gs := header.Get(resp.Trailer, "Grpc-Status"); gs != "" {
 		q.grpcStatus = gs
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -185,7 +186,7 @@ func (r *Route) MatchedPrefixLen(path string) (int, bool) {
 
 // IsGRPC reports a gRPC request (content-type application/grpc...).
 func IsGRPC(r *http.Request) bool {
-	ct := r.Header.Get("Content-Type")
+	ct := header.Get(r.Header, "Content-Type")
 	return strings.HasPrefix(ct, "application/grpc")
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -268,7 +269,7 @@ func (c *Cluster) close() {
 // and the caller's may be filled again for the next request (package h1
 // reuses a connection's header map) or the next try.
 func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, host *Host, h2 bool) (*http.Response, error) {
-	if h2 || c.netHTTP || req.Header.Get("Upgrade") != "" {
+	if h2 || c.netHTTP || header.Get(req.Header, "Upgrade") != "" {
 		r := req.WithContext(ctx)
 		r.Header = req.Header.Clone()
 		if req.URL != nil {
