@@ -403,7 +403,15 @@ type ClientGone struct {
 	f    func()
 	gone bool
 	done <-chan struct{}
+
+	resp Fields // see Response
 }
+
+// Response returns the connection's header space for the response to its
+// current request (see Parser.ReadResponseInto): it is free again when
+// the connection reads its next request, after this response is written
+// out. Only the request's own goroutine may use it.
+func (g *ClientGone) Response() *Fields { return &g.resp }
 
 type hookKey struct{}
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -377,5 +378,53 @@ func TestAttemptCountHeaders(t *testing.T) {
 	code, _, resp = get(t, client(te.addr("main")), "http://x/")
 	if code != 503 || resp.Header.Get("X-Envoy-Attempt-Count") != "3" {
 		t.Errorf("got %d with x-envoy-attempt-count %q, want 503 after 3 tries", code, resp.Header.Get("X-Envoy-Attempt-Count"))
+	}
+}
+
+// The response header map is the downstream connection's, refilled by
+// each response: a retried try's fields and an earlier request's must
+// never reach the client. Each request on one keep-alive connection gets
+// a failed try (503 with fields of its own) and then an answer whose
+// fields name the request.
+func TestResponseHeaderReuseKeepsResponsesApart(t *testing.T) {
+	var calls atomic.Int64
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		n := calls.Add(1)
+		if n%2 == 1 {
+			w.Header().Set("X-Failed-Try", "yes")
+			w.Header().Add("X-Many", "a")
+			w.Header().Add("X-Many", "b")
+			w.WriteHeader(503)
+			return
+		}
+		w.Header().Set("X-Answer", r.URL.Query().Get("i"))
+		if n%4 == 0 {
+			w.Header().Set("X-Every-Other", "1")
+		}
+		io.WriteString(w, "ok")
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(retryRoute("c", retryOn(1, "5xx"))), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	c := client(te.addr("main"))
+	for i := range 50 {
+		code, body, resp := get(t, c, "http://x/?i="+strconv.Itoa(i))
+		if code != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+		if got := resp.Header.Values("X-Answer"); len(got) != 1 || got[0] != strconv.Itoa(i) {
+			t.Fatalf("request %d: X-Answer %q", i, got)
+		}
+		if v := resp.Header.Values("X-Failed-Try"); v != nil {
+			t.Fatalf("request %d: the failed try's field reached the client: %q", i, v)
+		}
+		if v := resp.Header.Values("X-Many"); v != nil {
+			t.Fatalf("request %d: the failed try's repeated field reached the client: %q", i, v)
+		}
+		if want := (i+1)%2 == 0; (resp.Header.Get("X-Every-Other") != "") != want {
+			t.Fatalf("request %d: X-Every-Other %q (an earlier response's field?)", i, resp.Header.Get("X-Every-Other"))
+		}
+	}
+	if n := calls.Load(); n != 100 {
+		t.Errorf("%d upstream calls, want 100 (two tries a request)", n)
 	}
 }

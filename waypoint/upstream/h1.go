@@ -395,9 +395,14 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	pc.requests++
 	// Cancellation (the client left, a timeout) unblocks the socket.
 	stop := noStop
+	var into *h1.Fields
 	if g := h1.Hook(ctx); g != nil {
 		// A request of our HTTP/1 server without a deadline of its own:
-		// only its client leaving ends it.
+		// only its client leaving ends it. Its response header goes into
+		// the downstream connection's reused map (one attempt at a time
+		// runs on this goroutine: a retry's response replaces a discarded
+		// one).
+		into = g.Response()
 		pc.hook = g
 		stop = pc.unhook
 		if !g.Set(pc.abort) {
@@ -456,7 +461,7 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	var resp *http.Response
 	var err error
 	for {
-		resp, err = pc.parser.ReadResponse(pc.br, req.Method)
+		resp, err = pc.parser.ReadResponseInto(pc.br, req.Method, into)
 		if err != nil {
 			nothing := pc.rc.n == readBefore && pc.br.Buffered() == 0
 			if bodyDone != nil {
