@@ -239,7 +239,8 @@ func (cn *conn) one(req *http.Request) bool {
 			return false
 		}
 		if req.ContentLength != 0 {
-			req.Body = &expectContinue{rc: req.Body, w: w}
+			w.cont = &expectContinue{rc: req.Body, w: w}
+			req.Body = w.cont
 		}
 		req.Header.Del("Expect")
 	}
@@ -531,24 +532,46 @@ func (b *requestBody) discard() bool {
 
 var discardBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
-// expectContinue sends "100 Continue" when the handler first reads the
-// body.
+// expectContinue sends "100 Continue" when the body is first read. That
+// read may come from another goroutine than the handler's (a proxy's
+// upstream body writer) while the handler writes an answer that came
+// early (a 401 or 413 before the upload): mu orders the two writes to
+// the connection, and once the final header or a hijack has come
+// (done), no 100 goes out.
 type expectContinue struct {
 	rc   io.ReadCloser
 	w    *response
-	sent bool
+	mu   sync.Mutex
+	done bool // sent, or too late to send
 }
 
 func (e *expectContinue) Read(p []byte) (int, error) {
-	if !e.sent {
-		e.sent = true
-		if !e.w.wroteHeader {
-			e.w.c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			e.w.c.bw.Flush()
-		}
+	e.mu.Lock()
+	if !e.done {
+		e.done = true
+		e.w.c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		e.w.c.bw.Flush()
 	}
+	e.mu.Unlock()
 	return e.rc.Read(p)
 }
+
+// continueLock holds off a 100 Continue while the response writes to
+// the connection; final says no 100 may follow (the final header, a
+// hijack). It returns the unlock (a no-op without Expect).
+func (w *response) continueLock(final bool) func() {
+	e := w.cont
+	if e == nil {
+		return noop
+	}
+	e.mu.Lock()
+	if final {
+		e.done = true
+	}
+	return e.mu.Unlock
+}
+
+func noop() {}
 
 func (e *expectContinue) Close() error { return e.rc.Close() }
 
@@ -557,6 +580,7 @@ func (e *expectContinue) Close() error { return e.rc.Close() }
 type response struct {
 	c           *conn
 	req         *http.Request
+	cont        *expectContinue // the request's, when it expects 100-continue
 	header      http.Header
 	own         http.Header // the connection's map, reused per request
 	status      int
@@ -572,7 +596,7 @@ type response struct {
 func (w *response) reset(req *http.Request) {
 	clear(w.own)
 	w.header = w.own
-	w.req, w.status, w.wroteHeader, w.hijacked, w.chunked, w.bodyless = req, 0, false, false, false, false
+	w.req, w.cont, w.status, w.wroteHeader, w.hijacked, w.chunked, w.bodyless = req, nil, 0, false, false, false, false
 	w.length, w.written = -1, 0
 	w.closeAfter = req.Close
 }
@@ -603,12 +627,14 @@ func (w *response) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
 		// An interim response (103 Early Hints): its headers, then wait
 		// for the real one.
+		defer w.continueLock(false)()
 		writeStatus(bw, w.req.ProtoMinor, code)
 		writeHeaders(bw, w.header, true)
 		bw.WriteString("\r\n")
 		bw.Flush()
 		return
 	}
+	w.continueLock(true)()
 	w.wroteHeader, w.status = true, code
 	h := w.header
 	w.bodyless = w.req.Method == "HEAD" || code == 204 || code == 304 || code < 200
@@ -742,6 +768,7 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.c.stopWatch()
 	// The connection is the handler's now: no idle deadline of ours.
 	w.c.c.SetReadDeadline(time.Time{})
+	w.continueLock(true)()
 	w.hijacked = true
 	return w.c.c, bufio.NewReadWriter(w.c.br, w.c.bw), nil
 }
