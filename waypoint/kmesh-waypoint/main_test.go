@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,7 +59,9 @@ func TestBinaryWithBootstrapFile(t *testing.T) {
 
 	cmd := exec.Command(bin, "--config-file", cfg,
 		"--admin-address", admin.String(), "--status-address", status.String(), "--drain", "3s")
-	var logs strings.Builder
+	// exec copies the process's output on its own goroutine while the
+	// test reads it.
+	var logs lockedBuilder
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -231,4 +234,22 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// lockedBuilder is a strings.Builder safe for a writer and a reader at once.
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuilder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuilder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
