@@ -263,9 +263,24 @@ func (cn *conn) one(req *http.Request) bool {
 	if err := cn.bw.Flush(); err != nil {
 		return false
 	}
+	if w.closeAfter {
+		if !cn.bodyDone.Load() {
+			// No next request, so what is left of the body is not read
+			// away. A reader still inside it (a proxy's upstream body
+			// writer waiting for an upload the client holds back: no
+			// 100 Continue came) is woken first; then the close lingers,
+			// so the client's unread bytes do not reset the connection
+			// before it has read the answer.
+			cn.c.SetReadDeadline(aLongTimeAgo)
+			body.shut()
+			cn.closeWriteAndWait()
+		}
+		return false
+	}
 	// Read away what the handler left of the body, as net/http does, so
 	// the next request starts where it should.
-	if !body.finish() || w.closeAfter {
+	if !body.finish() {
+		cn.closeWriteAndWait()
 		return false
 	}
 	return cn.ctx.Err() == nil
@@ -558,15 +573,19 @@ func (e *expectContinue) Read(p []byte) (int, error) {
 
 // continueLock holds off a 100 Continue while the response writes to
 // the connection; final says no 100 may follow (the final header, a
-// hijack). It returns the unlock (a no-op without Expect).
+// hijack). A final answer before any 100 closes the connection after it
+// (net/http's rule): the client may hold the body back for good, so it
+// cannot be read away to reach a next request. It returns the unlock (a
+// no-op without Expect).
 func (w *response) continueLock(final bool) func() {
 	e := w.cont
 	if e == nil {
 		return noop
 	}
 	e.mu.Lock()
-	if final {
+	if final && !e.done {
 		e.done = true
+		w.closeAfter = true
 	}
 	return e.mu.Unlock
 }

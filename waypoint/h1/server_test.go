@@ -460,3 +460,49 @@ func serveOne(t *testing.T, s *Server) string {
 	}()
 	return ln.Addr().String()
 }
+
+// A request expecting 100-continue answered before any read of its body:
+// no 100 goes out, the answer says the connection closes (the client may
+// hold the body back for good, as net/http's server assumes), and a
+// reader still inside the body after the handler (a proxy's upstream body
+// writer) is woken instead of waiting for an upload that never comes.
+func TestServerExpectContinueAnsweredFirst(t *testing.T) {
+	readErr := make(chan error, 1)
+	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		w.Header().Set("Content-Length", "2")
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+		io.WriteString(w, "no")
+		go func() {
+			_, err := r.Body.Read(make([]byte, 10))
+			readErr <- err
+		}()
+	}}
+	addr := serveOne(t, s)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "PUT /upload HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || string(body) != "no" || !resp.Close {
+		t.Fatalf("got %d %q close=%v, want 413 \"no\" and the connection closing", resp.StatusCode, body, resp.Close)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the answer: %v, want EOF (closed, nothing more sent)", err)
+	}
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Error("the body read after the answer returned data")
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("a reader left in the body still waits for the upload")
+	}
+}

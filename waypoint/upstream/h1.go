@@ -542,7 +542,22 @@ func (b *h1Body) finish(complete bool) {
 			}
 		} else {
 			b.pc.conn.SetDeadline(aLongTimeAgo)
-			<-b.bodyDone
+			select {
+			case <-b.bodyDone:
+			default:
+				// The writer is still in the request body: reading an
+				// upload the client holds back (it was answered before
+				// any 100 Continue) can last until the downstream
+				// connection closes, after this answer. The answer goes
+				// on; the connection and its buffers go once the writer
+				// is out.
+				b.stop()
+				go func() {
+					<-b.bodyDone
+					b.pc.p.release(b.pc, false)
+				}()
+				return
+			}
 		}
 	}
 	if !b.stop() {
