@@ -558,12 +558,13 @@ type expectContinue struct {
 	w    *response
 	mu   sync.Mutex
 	done bool // sent, or too late to send
+	sent bool
 }
 
 func (e *expectContinue) Read(p []byte) (int, error) {
 	e.mu.Lock()
 	if !e.done {
-		e.done = true
+		e.done, e.sent = true, true
 		e.w.c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 		e.w.c.bw.Flush()
 	}
@@ -591,6 +592,19 @@ func (w *response) continueLock(final bool) func() {
 }
 
 func noop() {}
+
+// BodyWithheld reports whether the request expected 100-continue and was
+// answered without one: its client may never send the body, so nothing
+// should wait to read it.
+func (w *response) BodyWithheld() bool {
+	e := w.cont
+	if e == nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.done && !e.sent
+}
 
 func (e *expectContinue) Close() error { return e.rc.Close() }
 

@@ -43,8 +43,20 @@ func (q *request) mirrorTargets() []mirrorTarget {
 // whole body; a body longer than the buffer limit is not mirrored.
 func (q *request) mirrorAfter(ts []mirrorTarget, path, authority string) {
 	if _, done := q.body.complete(); !done && !q.body.failed() {
+		if w, ok := q.w.(interface{ BodyWithheld() bool }); ok && w.BodyWithheld() {
+			// Answered before the client was told to send the body
+			// (Expect: 100-continue): it may never come. No copies.
+			for range ts {
+				q.e.stats.mirror("skipped")
+			}
+			return
+		}
 		// The upstream answered before reading all of it: the client may
-		// still be sending, read the rest for the copies.
+		// still be sending, read the rest for the copies. The answer goes
+		// out first: the rest may be long in coming.
+		if f, ok := q.w.(http.Flusher); ok && q.wrote {
+			f.Flush()
+		}
 		q.body.readAll()
 	}
 	body, ok := q.body.complete()

@@ -466,8 +466,11 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			nothing := pc.rc.n == readBefore && pc.br.Buffered() == 0
 			if bodyDone != nil {
 				// Whatever the writer is doing, the connection is done.
+				// It is not waited for: it may be in a read of a body the
+				// client holds back (a stalled upload, one that waits for
+				// a 100 Continue), and its writes go to this connection's
+				// own buffer, which closes.
 				pc.conn.SetDeadline(aLongTimeAgo)
-				<-bodyDone
 			}
 			// A reused connection closed before any byte of a response
 			// (ReadResponse says unexpected EOF then) is one the endpoint
@@ -536,28 +539,21 @@ func (b *h1Body) finish(complete bool) {
 	if b.bodyDone != nil {
 		if reuse {
 			// The request body must be all written before the connection
-			// carries another request.
-			if err := <-b.bodyDone; err != nil {
+			// carries another request. A writer still going means an
+			// upstream that answered early; waiting for it could mean
+			// waiting on a client that holds the body back, so the
+			// connection goes instead.
+			select {
+			case err := <-b.bodyDone:
+				reuse = err == nil
+			default:
 				reuse = false
 			}
-		} else {
+		}
+		if !reuse {
+			// Not waited for either: the writer's writes go to this
+			// connection's own buffer, which closes.
 			b.pc.conn.SetDeadline(aLongTimeAgo)
-			select {
-			case <-b.bodyDone:
-			default:
-				// The writer is still in the request body: reading an
-				// upload the client holds back (it was answered before
-				// any 100 Continue) can last until the downstream
-				// connection closes, after this answer. The answer goes
-				// on; the connection and its buffers go once the writer
-				// is out.
-				b.stop()
-				go func() {
-					<-b.bodyDone
-					b.pc.p.release(b.pc, false)
-				}()
-				return
-			}
 		}
 	}
 	if !b.stop() {
