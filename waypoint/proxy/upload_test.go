@@ -183,3 +183,46 @@ func TestUploadStalledIdleTimeout(t *testing.T) {
 		t.Errorf("got %d, want 408 (Envoy's stream idle timeout)", resp.StatusCode)
 	}
 }
+
+// An upload with Expect: 100-continue that the upstream refuses before
+// reading it: the waypoint's upstream body writer reads the client body
+// (which sends the client a 100 Continue) while the handler writes the
+// upstream's early 413. The two writes to the client connection must not
+// interleave (-race saw them do it), and the client gets a well-formed
+// answer, also when it never sends the body (the waypoint must not wait
+// for the upload before answering).
+func TestExpectContinueEarlyAnswer(t *testing.T) {
+	up := earlyUpstream(t, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n")
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(up)}))
+	for i := range 40 {
+		sendBody := i%2 == 0
+		c, err := dialer(te.addr("main"), clientAddr, serviceVIP)(context.Background(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		const size = 100 << 10 // beyond what goes inline with the head
+		fmt.Fprintf(c, "PUT /upload HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n", size)
+		br := bufio.NewReader(c)
+		var resp *http.Response
+		for {
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("try %d (body sent: %v): %v", i, sendBody, err)
+			}
+			if resp.StatusCode != http.StatusContinue {
+				break
+			}
+			// As a client does on a 100: the body.
+			if sendBody {
+				go c.Write(make([]byte, size))
+			}
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64))
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || string(body) != "too big\n" {
+			t.Fatalf("try %d: %d %q", i, resp.StatusCode, body)
+		}
+		c.Close()
+	}
+}
