@@ -50,31 +50,15 @@ var requestLabels = []string{
 
 // tcpLabels are the request labels without response_code and
 // grpc_response_status, as Istio's TCP metrics have them.
-var tcpLabels = []string{
-	"reporter",
-	"source_workload",
-	"source_canonical_service",
-	"source_canonical_revision",
-	"source_workload_namespace",
-	"source_principal",
-	"source_app",
-	"source_version",
-	"source_cluster",
-	"destination_service",
-	"destination_service_namespace",
-	"destination_service_name",
-	"destination_workload",
-	"destination_workload_namespace",
-	"destination_canonical_service",
-	"destination_canonical_revision",
-	"destination_principal",
-	"destination_app",
-	"destination_version",
-	"destination_cluster",
-	"request_protocol",
-	"response_flags",
-	"connection_security_policy",
-}
+var tcpLabels = func() []string {
+	var out []string
+	for _, l := range requestLabels {
+		if l != "response_code" && l != "grpc_response_status" {
+			out = append(out, l)
+		}
+	}
+	return out
+}()
 
 const (
 	reporter = "waypoint"

@@ -13,6 +13,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -734,28 +735,24 @@ func percent(p *typev3.FractionalPercent) float64 {
 	return min(v, 100)
 }
 
-func corsPolicy(cp *corsv3.CorsPolicy) (*model.CORS, error) {
-	c := &model.CORS{AllowMethods: cp.GetAllowMethods(), AllowHeaders: cp.GetAllowHeaders(),
-		ExposeHeaders: cp.GetExposeHeaders(), MaxAge: cp.GetMaxAge()}
-	if v := cp.GetAllowCredentials(); v != nil {
-		b := v.GetValue()
-		c.AllowCredentials = &b
-	}
-	for _, o := range cp.GetAllowOriginStringMatch() {
-		sm, err := stringMatch(o)
-		if err != nil {
-			return nil, fmt.Errorf("allow_origin: %v", err)
-		}
-		c.AllowOrigins = append(c.AllowOrigins, *sm)
-	}
-	if fe := cp.GetFilterEnabled(); fe != nil && percent(fe.GetDefaultValue()) == 0 {
-		c.Disabled = true
-	}
-	return c, nil
+// corsFields are the getters the CORS filter's policy (corsv3) and the
+// deprecated route-level cors field (routev3) share.
+type corsFields interface {
+	GetAllowMethods() string
+	GetAllowHeaders() string
+	GetExposeHeaders() string
+	GetMaxAge() string
+	GetAllowCredentials() *wrapperspb.BoolValue
+	GetAllowOriginStringMatch() []*matcherv3.StringMatcher
+	GetFilterEnabled() *corev3.RuntimeFractionalPercent
 }
 
+func corsPolicy(cp *corsv3.CorsPolicy) (*model.CORS, error) { return cors(cp, "allow_origin") }
+
 // legacyCORS is the deprecated route-level cors field.
-func legacyCORS(cp *routev3.CorsPolicy) (*model.CORS, error) {
+func legacyCORS(cp *routev3.CorsPolicy) (*model.CORS, error) { return cors(cp, "cors allow_origin") }
+
+func cors(cp corsFields, originField string) (*model.CORS, error) {
 	c := &model.CORS{AllowMethods: cp.GetAllowMethods(), AllowHeaders: cp.GetAllowHeaders(),
 		ExposeHeaders: cp.GetExposeHeaders(), MaxAge: cp.GetMaxAge()}
 	if v := cp.GetAllowCredentials(); v != nil {
@@ -765,7 +762,7 @@ func legacyCORS(cp *routev3.CorsPolicy) (*model.CORS, error) {
 	for _, o := range cp.GetAllowOriginStringMatch() {
 		sm, err := stringMatch(o)
 		if err != nil {
-			return nil, fmt.Errorf("cors allow_origin: %v", err)
+			return nil, fmt.Errorf("%s: %v", originField, err)
 		}
 		c.AllowOrigins = append(c.AllowOrigins, *sm)
 	}
