@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
+	"github.com/kmesh-go/kmesh/internal/xdsclient/xdstest"
 )
 
 const (
@@ -143,10 +144,10 @@ func cla(name string, ports ...uint32) *endpointv3.ClusterLoadAssignment {
 
 // run starts a client of CDS (wildcard) and EDS (named, following the
 // clusters the store holds, as a waypoint does).
-func run(t *testing.T, srv *testServer, st *store, meta any) *xdsclient.Client {
+func run(t *testing.T, srv *xdstest.Server, st *store, meta any) *xdsclient.Client {
 	t.Helper()
 	c, err := xdsclient.New(xdsclient.Config{
-		Address:   srv.addr,
+		Address:   srv.Addr(),
 		Plaintext: true,
 		NodeID:    "waypoint~10.0.0.9~wp-0.ns~ns.svc.cluster.local",
 		Metadata:  meta,
@@ -181,9 +182,9 @@ func isACK(typeURL string) func(*discoveryv3.DeltaDiscoveryRequest) bool {
 }
 
 func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
-	srv := startServer(t, typeCDS, typeEDS)
-	srv.set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)}, true)
-	srv.set(typeEDS, map[string]types.Resource{"a": cla("a", 80), "b": cla("b", 81), "c": cla("c", 82)}, true)
+	srv := xdstest.Start(t, typeCDS, typeEDS)
+	srv.Set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)})
+	srv.Set(typeEDS, map[string]types.Resource{"a": cla("a", 80), "b": cla("b", 81), "c": cla("c", 82)})
 	st := newStore()
 	c := run(t, srv, st, map[string]any{"NAMESPACE": "ns", "LABELS": map[string]string{"gateway.networking.k8s.io/gateway-name": "wp"}})
 
@@ -195,7 +196,7 @@ func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
 		t.Fatal("never synced")
 	}
 
-	reqs := srv.requests()
+	reqs := srv.Requests()
 	// The first request carries the node with metadata of any shape.
 	first := reqs[0]
 	if first.GetTypeUrl() != typeCDS || first.GetNode().GetId() == "" {
@@ -207,8 +208,8 @@ func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
 	}
 	// No EDS request before there were names (a nameless first request
 	// would be a wildcard), and the EDS subscription follows the CDS ACK.
-	ackIdx, _ := srv.waitRequest(0, isACK(typeCDS))
-	subIdx, sub := srv.waitRequest(0, func(r *discoveryv3.DeltaDiscoveryRequest) bool { return r.GetTypeUrl() == typeEDS })
+	ackIdx, _ := srv.WaitRequest(0, isACK(typeCDS))
+	subIdx, sub := srv.WaitRequest(0, func(r *discoveryv3.DeltaDiscoveryRequest) bool { return r.GetTypeUrl() == typeEDS })
 	if subIdx < ackIdx {
 		t.Fatalf("EDS subscribed (#%d) before the CDS ACK (#%d)", subIdx, ackIdx)
 	}
@@ -220,10 +221,10 @@ func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
 	}
 
 	// Unsubscribe b: later changes of b no longer arrive, a's still do.
-	n := len(srv.requests())
-	srv.set(typeCDS, map[string]types.Resource{"b": nil}, true)
+	n := len(srv.Requests())
+	srv.Set(typeCDS, map[string]types.Resource{"b": nil})
 	st.waitNames(t, typeCDS, "a")
-	_, unsub := srv.waitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
+	_, unsub := srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
 		return r.GetTypeUrl() == typeEDS && len(r.GetResourceNamesUnsubscribe()) > 0
 	})
 	if !slices.Equal(unsub.GetResourceNamesUnsubscribe(), []string{"b"}) || len(unsub.GetResourceNamesSubscribe()) != 0 {
@@ -235,7 +236,7 @@ func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
 	st.mu.Lock()
 	delete(st.state[typeEDS], "b") // the caller drops what it unsubscribed
 	st.mu.Unlock()
-	srv.set(typeEDS, map[string]types.Resource{"b": cla("b", 91), "a": cla("a", 90)}, true)
+	srv.Set(typeEDS, map[string]types.Resource{"b": cla("b", 91), "a": cla("a", 90)})
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		a, _ := st.get(typeEDS, "a").(*endpointv3.ClusterLoadAssignment)
@@ -252,11 +253,11 @@ func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
 	}
 
 	// Subscribing from outside a response goes out at once.
-	n = len(srv.requests())
+	n = len(srv.Requests())
 	if err := c.SetNames(typeEDS, []string{"a", "c"}); err != nil {
 		t.Fatal(err)
 	}
-	_, sub = srv.waitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool { return r.GetTypeUrl() == typeEDS })
+	_, sub = srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool { return r.GetTypeUrl() == typeEDS })
 	if !slices.Equal(sub.GetResourceNamesSubscribe(), []string{"c"}) {
 		t.Fatalf("subscribe %v, want [c]", sub.GetResourceNamesSubscribe())
 	}
@@ -267,17 +268,17 @@ func TestNamedSubscriptionFollowsCDSAfterItsACK(t *testing.T) {
 }
 
 func TestNACKKeepsLastGoodAndItsVersion(t *testing.T) {
-	srv := startServer(t, typeCDS, typeEDS)
-	srv.set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)}, true)
+	srv := xdstest.Start(t, typeCDS, typeEDS)
+	srv.Set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)})
 	st := newStore()
 	c := run(t, srv, st, nil)
 	st.waitNames(t, typeCDS, "a", "b")
-	srv.waitRequest(0, isACK(typeCDS))
+	srv.WaitRequest(0, isACK(typeCDS))
 
 	// A bad version of a, a good new c, in one response.
-	n := len(srv.requests())
-	srv.set(typeCDS, map[string]types.Resource{"a": cluster("a", -time.Second), "c": cluster("c", 2*time.Second)}, true)
-	_, nack := srv.waitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
+	n := len(srv.Requests())
+	srv.Set(typeCDS, map[string]types.Resource{"a": cluster("a", -time.Second), "c": cluster("c", 2*time.Second)})
+	_, nack := srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
 		return r.GetTypeUrl() == typeCDS && r.GetErrorDetail() != nil
 	})
 	if msg := nack.GetErrorDetail().GetMessage(); !strings.Contains(msg, "cluster a: negative connect_timeout") {
@@ -293,9 +294,9 @@ func TestNACKKeepsLastGoodAndItsVersion(t *testing.T) {
 
 	// On a new stream the client resumes with the versions it applied:
 	// a's good one, not the rejected one, so the server sends a again.
-	srv.stop()
-	srv.restart()
-	_, resume := srv.waitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
+	srv.Stop()
+	srv.Restart()
+	_, resume := srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
 		return r.GetTypeUrl() == typeCDS && r.GetNode() != nil
 	})
 	vs := resume.GetInitialResourceVersions()
@@ -312,25 +313,25 @@ func TestNACKKeepsLastGoodAndItsVersion(t *testing.T) {
 }
 
 func TestResumeAfterReconnect(t *testing.T) {
-	srv := startServer(t, typeCDS, typeEDS)
-	srv.set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)}, true)
-	srv.set(typeEDS, map[string]types.Resource{"a": cla("a", 80), "b": cla("b", 81)}, true)
+	srv := xdstest.Start(t, typeCDS, typeEDS)
+	srv.Set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)})
+	srv.Set(typeEDS, map[string]types.Resource{"a": cla("a", 80), "b": cla("b", 81)})
 	st := newStore()
 	c := run(t, srv, st, nil)
 	st.waitNames(t, typeEDS, "a", "b")
 
 	// While the server is away: b goes, d comes, a's endpoints change.
-	srv.stop()
-	srv.set(typeCDS, map[string]types.Resource{"b": nil, "d": cluster("d", time.Second)}, false)
-	srv.set(typeEDS, map[string]types.Resource{"b": nil, "a": cla("a", 8080), "d": cla("d", 83)}, false)
+	srv.Stop()
+	srv.Set(typeCDS, map[string]types.Resource{"b": nil, "d": cluster("d", time.Second)})
+	srv.Set(typeEDS, map[string]types.Resource{"b": nil, "a": cla("a", 8080), "d": cla("d", 83)})
 	time.Sleep(100 * time.Millisecond)
 	st.waitNames(t, typeCDS, "a", "b") // the last state is kept meanwhile
-	n := len(srv.requests())
-	srv.restart()
+	n := len(srv.Requests())
+	srv.Restart()
 
 	st.waitNames(t, typeCDS, "a", "d")
 	st.waitNames(t, typeEDS, "a", "d")
-	reqs := srv.requests()[n:]
+	reqs := srv.Requests()[n:]
 	var cds, eds *discoveryv3.DeltaDiscoveryRequest
 	for _, r := range reqs {
 		if r.GetTypeUrl() == typeCDS && cds == nil {

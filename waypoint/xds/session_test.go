@@ -2,7 +2,6 @@ package xds
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -18,144 +17,25 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	networkv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
+	"github.com/kmesh-go/kmesh/internal/xdsclient/xdstest"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 	"github.com/kmesh-go/kmesh/waypoint/translate"
 	"github.com/kmesh-go/kmesh/waypoint/translate/translatetest"
 )
 
-// fakeIstiod is go-control-plane's delta ADS server with one linear cache
-// per type a waypoint subscribes to, recording the client's requests.
-type fakeIstiod struct {
-	t      *testing.T
-	addr   string
-	mu     sync.Mutex
-	state  map[string]map[string]types.Resource
-	caches map[string]*cachev3.LinearCache
-	reqs   []*discoveryv3.DeltaDiscoveryRequest
-	gs     *grpc.Server
-	cancel context.CancelFunc
-}
+// fakeIstiod is a delta ADS server serving the waypoint's types.
+type fakeIstiod struct{ *xdstest.Server }
 
 var waypointTypes = []string{translate.TypeCluster, translate.TypeEndpoint, translate.TypeListener, translate.TypeRoute, translate.TypeAddress}
 
-func startIstiod(t *testing.T) *fakeIstiod {
-	f := &fakeIstiod{t: t, state: map[string]map[string]types.Resource{}}
-	for _, u := range waypointTypes {
-		f.state[u] = map[string]types.Resource{}
-	}
-	if err := f.start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.stop)
-	return f
-}
-
-func (f *fakeIstiod) start(addr string) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	f.addr = l.Addr().String()
-	f.mu.Lock()
-	f.caches = map[string]*cachev3.LinearCache{}
-	caches := map[string]cachev3.Cache{}
-	for _, u := range waypointTypes {
-		initial := map[string]types.Resource{}
-		for k, v := range f.state[u] {
-			initial[k] = v
-		}
-		c := cachev3.NewLinearCache(u, cachev3.WithInitialResources(initial))
-		f.caches[u], caches[u] = c, c
-	}
-	f.mu.Unlock()
-	mux := &cachev3.MuxCache{
-		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
-		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches:        caches,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel = cancel
-	cb := serverv3.CallbackFuncs{StreamDeltaRequestFunc: func(_ int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-		f.mu.Lock()
-		f.reqs = append(f.reqs, proto.Clone(r).(*discoveryv3.DeltaDiscoveryRequest))
-		f.mu.Unlock()
-		return nil
-	}}
-	f.gs = grpc.NewServer()
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(f.gs, serverv3.NewServer(ctx, mux, cb))
-	go func() { _ = f.gs.Serve(l) }()
-	return nil
-}
-
-func (f *fakeIstiod) stop() { f.gs.Stop(); f.cancel() }
-
-func (f *fakeIstiod) restart() {
-	for i := 0; ; i++ {
-		if err := f.start(f.addr); err == nil {
-			return
-		} else if i > 100 {
-			f.t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (f *fakeIstiod) set(typeURL string, res map[string]types.Resource) {
-	f.t.Helper()
-	f.mu.Lock()
-	up := map[string]types.Resource{}
-	var del []string
-	for n, r := range res {
-		if r == nil {
-			delete(f.state[typeURL], n)
-			del = append(del, n)
-		} else {
-			f.state[typeURL][n] = r
-			up[n] = r
-		}
-	}
-	c := f.caches[typeURL]
-	f.mu.Unlock()
-	if err := c.UpdateResources(up, del); err != nil {
-		f.t.Fatal(err)
-	}
-}
-
-// nack waits for a NACK of a type after the first n requests.
-func (f *fakeIstiod) nack(n int, typeURL string) string {
-	f.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		f.mu.Lock()
-		for _, r := range f.reqs[min(n, len(f.reqs)):] {
-			if r.GetTypeUrl() == typeURL && r.GetErrorDetail() != nil {
-				f.mu.Unlock()
-				return r.GetErrorDetail().GetMessage()
-			}
-		}
-		f.mu.Unlock()
-		time.Sleep(5 * time.Millisecond)
-	}
-	f.t.Fatalf("no NACK of %s", typeURL)
-	return ""
-}
-
-func (f *fakeIstiod) requests() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.reqs)
-}
+func startIstiod(t *testing.T) *fakeIstiod { return &fakeIstiod{xdstest.Start(t, waypointTypes...)} }
 
 // serve puts a translate.Input on the server.
 func (f *fakeIstiod) serve(in translate.Input) {
@@ -169,9 +49,9 @@ func (f *fakeIstiod) serve(in translate.Input) {
 	for n, e := range in.Endpoints {
 		es[n] = e
 	}
-	f.set(translate.TypeCluster, cs)
-	f.set(translate.TypeEndpoint, es)
-	f.set(translate.TypeListener, ls)
+	f.Set(translate.TypeCluster, cs)
+	f.Set(translate.TypeEndpoint, es)
+	f.Set(translate.TypeListener, ls)
 }
 
 // applied collects the snapshots a session hands over.
@@ -233,10 +113,10 @@ func TestSession(t *testing.T) {
 	srv := startIstiod(t)
 	srv.serve(translatetest.Synthetic(2))
 	n, w := workload("client-0", "10.250.9.9")
-	srv.set(translate.TypeAddress, map[string]types.Resource{n: w})
+	srv.Set(translate.TypeAddress, map[string]types.Resource{n: w})
 
 	var got applied
-	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(), Apply: got.apply,
+	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
 		WarmTimeout: time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -266,8 +146,8 @@ func TestSession(t *testing.T) {
 		three := translatetest.Synthetic(3)
 		newCluster := three.Clusters[2]
 		before := got.count()
-		srv.set(translate.TypeCluster, map[string]types.Resource{newCluster.GetName(): newCluster})
-		srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": three.Listeners[0]})
+		srv.Set(translate.TypeCluster, map[string]types.Resource{newCluster.GetName(): newCluster})
+		srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": three.Listeners[0]})
 		time.Sleep(200 * time.Millisecond)
 		if got.count() != before {
 			t.Fatalf("a snapshot while %s warms", newCluster.GetName())
@@ -275,7 +155,7 @@ func TestSession(t *testing.T) {
 		if s.Stats().Warming != 1 {
 			t.Fatalf("warming %d", s.Stats().Warming)
 		}
-		srv.set(translate.TypeEndpoint, map[string]types.Resource{newCluster.GetName(): three.Endpoints[newCluster.GetName()]})
+		srv.Set(translate.TypeEndpoint, map[string]types.Resource{newCluster.GetName(): three.Endpoints[newCluster.GetName()]})
 		sn := got.wait(t, "the third service with endpoints", func(sn *model.Snapshot) bool { return chains(sn) == 3 })
 		if c := sn.Clusters[newCluster.GetName()]; c == nil || len(c.Endpoints) != 1 || len(c.Endpoints[0]) != 3 {
 			t.Fatalf("warmed cluster %+v", c)
@@ -286,8 +166,8 @@ func TestSession(t *testing.T) {
 		four := translatetest.Synthetic(4)
 		c := four.Clusters[3]
 		start := time.Now()
-		srv.set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
-		srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": four.Listeners[0]})
+		srv.Set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
+		srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": four.Listeners[0]})
 		sn := got.wait(t, "the fourth service", func(sn *model.Snapshot) bool { return chains(sn) == 4 })
 		if d := time.Since(start); d < 900*time.Millisecond {
 			t.Fatalf("published after %v, before the warming timeout", d)
@@ -303,10 +183,10 @@ func TestSession(t *testing.T) {
 		good := s.Snapshot()
 		bad := proto.Clone(translatetest.Synthetic(4).Listeners[0]).(*listenerv3.Listener)
 		bad.FilterChains = bad.FilterChains[:3]
-		n := srv.requests()
+		n := len(srv.Requests())
 		before := got.count()
-		srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": bad})
-		reason := srv.nack(n, translate.TypeListener)
+		srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": bad})
+		reason := srv.NACK(n, translate.TypeListener)
 		if !strings.Contains(reason, "main_internal") || !strings.Contains(reason, "does not have") {
 			t.Fatalf("NACK reason %q", reason)
 		}
@@ -327,9 +207,9 @@ func TestSession(t *testing.T) {
 				Http3ProtocolOptions: &corev3.Http3ProtocolOptions{}}}}}
 		a, _ := anypb.New(po)
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
-		n := srv.requests()
-		srv.set(translate.TypeCluster, map[string]types.Resource{name: c})
-		if reason := srv.nack(n, translate.TypeCluster); !strings.Contains(reason, name) || !strings.Contains(reason, "HTTP/3") {
+		n := len(srv.Requests())
+		srv.Set(translate.TypeCluster, map[string]types.Resource{name: c})
+		if reason := srv.NACK(n, translate.TypeCluster); !strings.Contains(reason, name) || !strings.Contains(reason, "HTTP/3") {
 			t.Fatalf("NACK reason %q", reason)
 		}
 		if p := s.Snapshot().Clusters[name].Protocol; p != "http1" {
@@ -340,7 +220,7 @@ func TestSession(t *testing.T) {
 	t.Run("IstiodAway", func(t *testing.T) {
 		last := s.Snapshot()
 		connects := s.Stats().Connects
-		srv.stop()
+		srv.Stop()
 		time.Sleep(150 * time.Millisecond)
 		if s.Snapshot() != last {
 			t.Fatal("the snapshot changed while istiod was away")
@@ -349,10 +229,8 @@ func TestSession(t *testing.T) {
 		// stream brings them.
 		four := translatetest.Synthetic(4)
 		name := four.Clusters[3].GetName()
-		srv.mu.Lock()
-		srv.state[translate.TypeEndpoint][name] = four.Endpoints[name]
-		srv.mu.Unlock()
-		srv.restart()
+		srv.Set(translate.TypeEndpoint, map[string]types.Resource{name: four.Endpoints[name]})
+		srv.Restart()
 		got.wait(t, "the fourth service's endpoints after the restart", func(sn *model.Snapshot) bool {
 			c := sn.Clusters[name]
 			return c != nil && len(c.Endpoints) == 1 && len(c.Endpoints[0]) == 3
@@ -408,10 +286,10 @@ func rdsConfig(routeWeight uint32) (*listenerv3.Listener, *routev3.RouteConfigur
 func TestSessionRDS(t *testing.T) {
 	srv := startIstiod(t)
 	l, rc := rdsConfig(90)
-	srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": l})
-	srv.set(translate.TypeCluster, map[string]types.Resource{})
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": l})
+	srv.Set(translate.TypeCluster, map[string]types.Resource{})
 	var got applied
-	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(), Apply: got.apply, WarmTimeout: 5 * time.Second})
+	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply, WarmTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,10 +312,10 @@ func TestSessionRDS(t *testing.T) {
 	if got.count() != 0 || s.Stats().Warming != 1 {
 		t.Fatalf("snapshots %d, warming %d: the listener should wait for its routes", got.count(), s.Stats().Warming)
 	}
-	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc})
+	srv.Set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc})
 	got.wait(t, "the routes from RDS", func(sn *model.Snapshot) bool { return weight(sn) == 90 })
 	_, rc2 := rdsConfig(50)
-	srv.set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc2})
+	srv.Set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc2})
 	got.wait(t, "the changed routes", func(sn *model.Snapshot) bool { return weight(sn) == 50 })
 }
 
@@ -448,7 +326,7 @@ func TestSessionLatencyIncludesApply(t *testing.T) {
 	srv.serve(translatetest.Synthetic(2))
 	const slow = 30 * time.Millisecond
 	var got applied
-	s, err := New(Config{Address: srv.addr, Plaintext: true, Node: testNode(),
+	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(),
 		Apply: func(sn *model.Snapshot) { time.Sleep(slow); got.apply(sn) }, MinBackoff: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -460,9 +338,9 @@ func TestSessionLatencyIncludesApply(t *testing.T) {
 	got.wait(t, "two services", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
 	three := translatetest.Synthetic(3)
 	c := three.Clusters[2]
-	srv.set(translate.TypeEndpoint, map[string]types.Resource{c.GetName(): three.Endpoints[c.GetName()]})
-	srv.set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
-	srv.set(translate.TypeListener, map[string]types.Resource{"main_internal": three.Listeners[0]})
+	srv.Set(translate.TypeEndpoint, map[string]types.Resource{c.GetName(): three.Endpoints[c.GetName()]})
+	srv.Set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": three.Listeners[0]})
 	last := got.wait(t, "three services", func(sn *model.Snapshot) bool { return chains(sn) == 3 })
 
 	var st Stats
