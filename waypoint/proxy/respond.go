@@ -54,6 +54,14 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	var flusher http.Flusher
 	if stream {
 		flusher, _ = q.w.(http.Flusher)
+		if flusher != nil && q.grpcStatus == "" {
+			// A stream's headers go out as they came, as Envoy forwards
+			// them: a gRPC server may send its headers and then wait for
+			// the client's next message (and the client for the headers),
+			// an event stream may send nothing for long. A trailers-only
+			// gRPC answer stays one HEADERS frame.
+			flusher.Flush()
+		}
 	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)

@@ -1,0 +1,229 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
+)
+
+// HTTP/2 and gRPC behaviour that Envoy's router defines and clients rely
+// on.
+
+func listenLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func addrOf(ln net.Listener) netip.AddrPort { return netip.MustParseAddrPort(ln.Addr().String()) }
+
+// A stream's response headers reach the client before any body: an
+// upstream that answers with headers and then waits for the client's
+// next message must not deadlock (the client waits for the headers).
+func TestStreamHeadersFlushedBeforeBody(t *testing.T) {
+	be := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.WriteHeader(200)
+		http.NewResponseController(w).Flush()
+		b := make([]byte, 1)
+		io.ReadFull(r.Body, b) // waits for the client
+		w.Write(b)
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(be)}))
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://x/svc/Method", pr)
+	req.Header.Set("Content-Type", "application/grpc")
+	resp, err := h2client(te.addr("main")).Do(req)
+	if err != nil {
+		t.Fatalf("response headers never arrived: %v", err)
+	}
+	resp.Body.Close()
+}
+
+type headersFirst struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (headersFirst) FullDuplexCall(st grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+	st.SendHeader(metadata.Pairs("x-ready", "1"))
+	in, err := st.Recv()
+	if err != nil {
+		return err
+	}
+	return st.Send(&testpb.StreamingOutputCallResponse{Payload: in.GetPayload()})
+}
+
+// The same with real gRPC: SendHeader, then Recv, while the client waits
+// in Header().
+func TestGRPCHeadersBeforeFirstMessage(t *testing.T) {
+	ln := listenLoopback(t)
+	s := grpc.NewServer()
+	testpb.RegisterTestServiceServer(s, headersFirst{})
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(addrOf(ln))}))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := grpcClient(t, te.addr("main")).FullDuplexCall(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := st.Header()
+	if err != nil || md.Get("x-ready") == nil {
+		t.Fatalf("headers: %v %v", md, err)
+	}
+}
+
+// refusingH2C answers every stream with RST_STREAM(REFUSED_STREAM),
+// counting the streams.
+func refusingH2C(t *testing.T, streams *atomic.Int64) netip.AddrPort {
+	ln := listenLoopback(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				preface := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(br, preface); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, br)
+				fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							fr.WriteSettingsAck()
+						}
+					case *http2.HeadersFrame:
+						streams.Add(1)
+						fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+					}
+				}
+			}(c)
+		}
+	}()
+	return addrOf(ln)
+}
+
+// A refused stream is the route's retry policy's to retry (Istio's
+// default retries refused-stream): three streams for one try and two
+// retries, answered at once, not net/http's own retries with backoff.
+func TestRefusedStreamRetriedByPolicy(t *testing.T) {
+	var streams atomic.Int64
+	up := refusingH2C(t, &streams)
+	r := retryRoute("c", retryOn(2, "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"))
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
+	req, _ := http.NewRequest("POST", "http://x/svc/M", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	c := h2client(te.addr("main"))
+	c.Timeout = 5 * time.Second
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if d := time.Since(start); streams.Load() != 3 || d > time.Second || resp.Header.Get("Grpc-Status") != "14" {
+		t.Fatalf("after %v: %d streams, grpc-status %q; want 3 streams, 14 (unavailable), at once", d, streams.Load(), resp.Header.Get("Grpc-Status"))
+	}
+}
+
+// Envoy caps a gRPC request's timeout by max_grpc_timeout, a missing or
+// zero grpc-timeout (no limit) included; Istio sets the cap to the route's
+// timeout.
+func TestGRPCTimeoutCapped(t *testing.T) {
+	slow := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(3 * time.Second):
+		}
+		w.Header().Set("Grpc-Status", "0")
+		w.WriteHeader(200)
+	})
+	max := 200 * time.Millisecond
+	rt := fwd("c")
+	rt.Forward.Timeout, rt.Forward.MaxGRPCTimeout = 10*time.Second, &max
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(rt), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(slow)}))
+	for _, gt := range []string{"", "5S", "0S"} {
+		req, _ := http.NewRequest("POST", "http://x/svc/M", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		if gt != "" {
+			req.Header.Set("Grpc-Timeout", gt)
+		}
+		start := time.Now()
+		resp, err := h2client(te.addr("main")).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		gs := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status")
+		if d := time.Since(start); d > 2*time.Second || gs != "14" {
+			t.Errorf("grpc-timeout %q: grpc-status %q after %v, want 14 (timed out) after ~%v", gt, gs, d, max)
+		}
+	}
+}
+
+// Every local reply to a gRPC request, a direct response included, is
+// gRPC: HTTP 200 with the status in grpc-status.
+func TestDirectResponseToGRPC(t *testing.T) {
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(&model.Route{Name: "d", Direct: &model.DirectResponse{Status: 503, Body: []byte("down")}}), false))
+	code, _, resp := get(t, h2client(te.addr("main")), "http://x/pkg.Svc/M", "Content-Type", "application/grpc")
+	if code != 200 || resp.Header.Get("Grpc-Status") != "14" || resp.Header.Get("Grpc-Message") != "down" {
+		t.Errorf("direct 503 to a gRPC client: HTTP %d, grpc-status %q, grpc-message %q", code, resp.Header.Get("Grpc-Status"), resp.Header.Get("Grpc-Message"))
+	}
+	code, body, _ := get(t, h2client(te.addr("main")), "http://x/page")
+	if code != 503 || body != "down" {
+		t.Errorf("direct 503 to a plain client: %d %q", code, body)
+	}
+}
+
+// Envoy's hasGrpcContentType: application/grpc, alone or followed by "+"
+// or ";". gRPC-Web is not gRPC.
+func TestIsGRPCContentType(t *testing.T) {
+	for ct, want := range map[string]bool{"application/grpc": true, "application/grpc+proto": true, "application/grpc;charset=utf-8": true,
+		"application/grpc-web": false, "application/grpc-web-text": false, "application/grpcx": false, "": false} {
+		r, _ := http.NewRequest("POST", "/", nil)
+		r.Header.Set("Content-Type", ct)
+		if got := route.IsGRPC(r); got != want {
+			t.Errorf("IsGRPC(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
