@@ -168,7 +168,7 @@ func (q *request) forward() {
 		q.host, q.attempts = host, attempt
 		a := q.startAttempt(ctx, eof, perTry)
 		h2 := q.upstreamH2(cl, upgrade)
-		out := q.outgoing(host, path, authority, attempt, h2 || upgrade)
+		out := q.outgoing(host, path, authority, attempt, upgrade && !h2)
 		if f.AutoHostRewrite {
 			out.Host = host.Key
 		}
@@ -305,20 +305,21 @@ func classify(err error, actx context.Context) (fail filter.Failure, fl flags, s
 	return filter.Reset, flagUC, http.StatusServiceUnavailable, bodyReset, "upstream_reset_before_response_started{connection_termination}"
 }
 
-// routeTimeout is the route's timeout, or the client's grpc-timeout when
-// the route honours it (capped by MaxGRPCTimeout; 0 means no cap).
+// routeTimeout is the route's timeout, or, for a gRPC request on a route
+// that honours grpc-timeout (MaxGRPCTimeout set), the client's
+// grpc-timeout capped by MaxGRPCTimeout, as Envoy's router computes it: a
+// missing or zero grpc-timeout means no limit, which the cap then bounds
+// (a cap of 0 bounds nothing).
 func (q *request) routeTimeout() time.Duration {
 	f := q.rt.Model.Forward
-	t := f.Timeout
-	if f.MaxGRPCTimeout != nil && q.grpc {
-		if g, ok := parseGRPCTimeout(header.Get(q.r.Header, "Grpc-Timeout")); ok {
-			t = g
-			if m := *f.MaxGRPCTimeout; m > 0 && t > m {
-				t = m
-			}
-		}
+	if f.MaxGRPCTimeout == nil || !q.grpc {
+		return f.Timeout
 	}
-	return t
+	g, _ := parseGRPCTimeout(header.Get(q.r.Header, "Grpc-Timeout"))
+	if m := *f.MaxGRPCTimeout; m > 0 && (g == 0 || g > m) {
+		g = m
+	}
+	return g
 }
 
 // parseGRPCTimeout reads gRPC's timeout format: up to 8 digits and a unit.
@@ -434,8 +435,9 @@ func attemptCount(n int) []string {
 // place: the client's path and authority are kept in q (for the log), the
 // rest is not needed again. (Through net/http's Transport, h2c and
 // upgrades, the cluster hands over copies of the headers and URL: see
-// upstream.Cluster.RoundTrip.)
-func (q *request) outgoing(host *upstream.Host, path, authority string, attempt int, viaTransport bool) *http.Request {
+// upstream.Cluster.RoundTrip.) viaH1Transport: net/http's HTTP/1
+// Transport sends it (an upgrade).
+func (q *request) outgoing(host *upstream.Host, path, authority string, attempt int, viaH1Transport bool) *http.Request {
 	r := q.r
 	u := r.URL
 	if u == nil {
@@ -472,10 +474,14 @@ func (q *request) outgoing(host *upstream.Host, path, authority string, attempt 
 	}
 	if q.body != nil {
 		r.Body = q.body.attempt()
-		if q.body.keep && viaTransport {
+		if q.body.keep && viaH1Transport {
 			// A keep-alive connection found closed is retried on a new one
 			// with the body from its start (our HTTP/1.1 client asks the
-			// body itself: Rewind).
+			// body itself: Rewind). Never for HTTP/2: with GetBody, net/http's
+			// HTTP/2 Transport retries a refused stream itself, up to seven
+			// times with a backoff of 1 s, 2 s, 4 s..., where the route's
+			// retry policy (refused-stream, num_retries, other hosts) is
+			// the one to decide.
 			r.GetBody = func() (io.ReadCloser, error) { return q.body.attempt(), nil }
 		}
 	} else {
