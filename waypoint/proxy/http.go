@@ -211,6 +211,12 @@ func (q *request) run() {
 		q.w.Header().Set("Location", loc)
 		q.localReply(route.RedirectStatus(m.Redirect), "", "redirect")
 	case m.Direct != nil:
+		if q.grpc && m.Direct.Status != http.StatusOK {
+			// As every local reply to a gRPC request (Envoy's
+			// sendLocalReply): HTTP 200 with the status in grpc-status.
+			q.localReply(m.Direct.Status, string(m.Direct.Body), "direct_response")
+			return
+		}
 		if len(m.Direct.Body) > 0 {
 			q.w.Header().Set("Content-Type", "text/plain")
 		}
