@@ -186,8 +186,11 @@ func (r *Route) MatchedPrefixLen(path string) (int, bool) {
 
 // IsGRPC reports a gRPC request (content-type application/grpc...).
 func IsGRPC(r *http.Request) bool {
+	// Envoy's hasGrpcContentType: application/grpc, alone or followed by
+	// "+" (a codec) or ";" (parameters). gRPC-Web is not gRPC.
 	ct := header.Get(r.Header, "Content-Type")
-	return strings.HasPrefix(ct, "application/grpc")
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 func (h *headerMatcher) matches(r *http.Request) bool {
