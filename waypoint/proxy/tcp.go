@@ -73,16 +73,19 @@ func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		rec.received = pipe(up, c, wd)
+		rec.received = pipe(up, c, wd, series.Received)
 	}()
-	rec.sent = pipe(c, up, wd)
+	rec.sent = pipe(c, up, wd, series.Sent)
 	wg.Wait()
 	rec.done(series)
 }
 
 // pipe copies src to dst until src ends, then half-closes dst (the FIN
-// goes on); on an error both ends are closed. It returns the bytes copied.
-func pipe(dst, src net.Conn, wd *watchdog) int64 {
+// goes on); on an error both ends are closed. It returns the bytes copied,
+// counted into bytes as they go: a long-lived connection's traffic shows
+// in the metrics while it lasts (Istio reports open connections every
+// tcp_reporting_duration; here the counter is always current).
+func pipe(dst, src net.Conn, wd *watchdog, bytes interface{ Add(float64) }) int64 {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -93,6 +96,7 @@ func pipe(dst, src net.Conn, wd *watchdog) int64 {
 			wd.touch()
 			w, werr := dst.Write(buf[:r])
 			n += int64(w)
+			bytes.Add(float64(w))
 			if werr != nil {
 				src.Close()
 				dst.Close()
@@ -203,15 +207,14 @@ func (r *tcpRecord) series() *telemetry.TCPSeries {
 }
 
 // done counts the connection closed (opened too when it never got an
-// upstream) and writes its access log line.
+// upstream; its bytes were counted by pipe) and writes its access log
+// line.
 func (r *tcpRecord) done(s *telemetry.TCPSeries) {
 	if s == nil {
 		s = r.series()
 		s.Opened.Inc()
 	}
 	s.Closed.Inc()
-	s.Sent.Add(float64(r.sent))
-	s.Received.Add(float64(r.received))
 	if r.e.access == nil {
 		return
 	}

@@ -167,3 +167,26 @@ func TestTCPProxyIdleTimeoutAndConnectFailure(t *testing.T) {
 	}
 	eventually(t, "UF counted", func() bool { return strings.Contains(metricsText(t, te), `response_flags="UF"`) })
 }
+
+// A long-lived connection's bytes show in the metrics while it is open
+// (Istio reports open connections every tcp_reporting_duration).
+func TestTCPBytesOfOpenConnection(t *testing.T) {
+	echo := tcpEcho(t, "127.0.0.1:0")
+	te := newTestEngine(t, Options{})
+	te.apply(tcpSnapshot(&model.TCPProxy{Cluster: "echo"}, model.ServiceRef{Hostname: "echo.ns.svc.cluster.local"}, &model.Cluster{Name: "echo", Endpoints: endpoints(echo)}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "hello")
+	buf := make([]byte, 5)
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadFull(conn, buf); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "5 bytes each way counted on the open connection", func() bool {
+		m := metricsText(t, te)
+		return strings.Contains(grep(m, "istio_tcp_received_bytes_total"), " 5") && strings.Contains(grep(m, "istio_tcp_sent_bytes_total"), " 5")
+	})
+}
