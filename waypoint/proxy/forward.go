@@ -299,7 +299,12 @@ func classify(err error, actx context.Context) (fail filter.Failure, fl flags, s
 		return filter.ConnectFailure, flagUF, http.StatusServiceUnavailable, bodyConnect, "upstream_reset_before_response_started{connection_failure}"
 	case context.Cause(actx) == errPerTryTimeout:
 		return filter.PerTryTimeout, flagUT, http.StatusGatewayTimeout, bodyTimeout, "upstream_per_try_timeout"
-	case strings.Contains(err.Error(), "REFUSED_STREAM"):
+	case strings.Contains(err.Error(), "REFUSED_STREAM"), strings.Contains(err.Error(), "graceful shutdown GOAWAY"):
+		// A stream the upstream refused, or one beyond the last it took
+		// before it went away (GOAWAY): never processed, so as safe to
+		// send again as Envoy's refused stream reset. (net/http's HTTP/2
+		// Transport would resend the latter itself, but only with
+		// GetBody, which it must not have: see outgoing.)
 		return filter.RefusedStream, flagUC, http.StatusServiceUnavailable, bodyRefused, "upstream_reset_before_response_started{remote_refused_stream_reset}"
 	}
 	return filter.Reset, flagUC, http.StatusServiceUnavailable, bodyReset, "upstream_reset_before_response_started{connection_termination}"

@@ -227,3 +227,84 @@ func TestIsGRPCContentType(t *testing.T) {
 		}
 	}
 }
+
+// goAwayOnce is an h2c server whose first connection answers its first
+// stream with GOAWAY (last stream 0: nothing processed) and closes; the
+// connections after it serve h.
+func goAwayOnce(t *testing.T, h http.Handler, streams *atomic.Int64) netip.AddrPort {
+	ln := listenLoopback(t)
+	srv := &http2.Server{}
+	go func() {
+		first := true
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !first {
+				go srv.ServeConn(c, &http2.ServeConnOpts{Handler: h})
+				continue
+			}
+			first = false
+			go func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				preface := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(br, preface); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, br)
+				fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							fr.WriteSettingsAck()
+						}
+					case *http2.HeadersFrame:
+						streams.Add(1)
+						fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+						time.Sleep(50 * time.Millisecond)
+						return
+					}
+				}
+			}(c)
+		}
+	}()
+	return addrOf(ln)
+}
+
+// An upstream going away (GOAWAY) before it processed a gRPC call: the
+// call was never seen, so Istio's default policy (refused-stream) sends
+// it again, here on a new connection that answers.
+func TestGOAWAYBeforeProcessingRetried(t *testing.T) {
+	var streams atomic.Int64
+	up := goAwayOnce(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.WriteHeader(200)
+		w.Write([]byte("\x00\x00\x00\x00\x00"))
+		w.Header().Set("Grpc-Status", "0")
+	}), &streams)
+	r := retryRoute("c", retryOn(2, "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"))
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
+	req, _ := http.NewRequest("POST", "http://x/svc/M", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	c := h2client(te.addr("main"))
+	c.Timeout = 5 * time.Second
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if gs := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); resp.StatusCode != 200 || gs != "0" || streams.Load() != 1 {
+		t.Fatalf("HTTP %d grpc-status %q, %d streams went away; want 0 after a retry", resp.StatusCode, gs, streams.Load())
+	}
+}
