@@ -51,6 +51,10 @@ type span struct{ start, colon, end int }
 const (
 	// maxFields is Envoy's default max_headers_count.
 	maxFields = 100
+	// maxHead bounds a head that arrives in pieces: Envoy's largest
+	// max_request_headers_kb default (60 KiB) and room for the start line.
+	// A server's reader bounds a request's head by its own limit first.
+	maxHead = 64 << 10
 )
 
 // ParseError is a message the parser refuses, with the status a server
@@ -96,16 +100,26 @@ func (p *Parser) readHead(br *bufio.Reader) (string, error) {
 		br.Discard(end)
 		return string(p.head), nil
 	}
+	var long []byte // a line longer than the reader's buffer, so far
 	for {
 		line, err := br.ReadSlice('\n')
-		if err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A long field (a big cookie, a token): kept whole, within the
+			// bound on a head (a server's reader bounds it earlier).
+			long = append(long, line...)
+			if len(p.head)+len(long) > maxHead {
 				return "", errHeaderTooLarge
 			}
-			if err == io.EOF && len(p.head) > 0 || len(line) > 0 {
+			continue
+		}
+		if err != nil {
+			if err == io.EOF && (len(p.head) > 0 || len(line) > 0 || len(long) > 0) {
 				err = io.ErrUnexpectedEOF
 			}
 			return "", err
+		}
+		if long != nil {
+			line, long = append(long, line...), nil
 		}
 		done, err := p.addLine(line)
 		if err != nil {
@@ -354,13 +368,17 @@ func (p *Parser) ReadRequest(br *bufio.Reader, tmpl *http.Request) (*http.Reques
 	if len(hosts) > 1 {
 		return nil, bad("too many Host headers")
 	}
+	if minor >= 1 && len(hosts) == 0 && req.Method != http.MethodConnect {
+		// RFC 9112 3.2, absolute-form or not (net/http's answer too).
+		return nil, &ParseError{Status: http.StatusBadRequest, Msg: "missing required Host header", Public: true}
+	}
 	req.Host = req.URL.Host
 	if req.Host == "" && len(hosts) == 1 {
 		req.Host = hosts[0]
 	}
 	delete(h, "Host")
 	req.Close = shouldClose(minor, h)
-	if err := p.framing(req.Header, minor, true, &req.ContentLength, &req.TransferEncoding); err != nil {
+	if err := p.framing(req.Header, minor, true, &req.ContentLength, &req.TransferEncoding, &req.Close); err != nil {
 		return nil, err
 	}
 	switch {
@@ -465,7 +483,7 @@ func (p *Parser) ReadResponseInto(br *bufio.Reader, method string, into *Fields)
 		delete(h, "Connection")
 	}
 	bodyless := method == http.MethodHead || status < 200 || status == http.StatusNoContent || status == http.StatusNotModified
-	if err := p.framing(h, minor, false, &resp.ContentLength, &resp.TransferEncoding); err != nil {
+	if err := p.framing(h, minor, false, &resp.ContentLength, &resp.TransferEncoding, &resp.Close); err != nil {
 		return nil, err
 	}
 	switch {
@@ -494,18 +512,35 @@ func (p *Parser) ReadResponseInto(br *bufio.Reader, method string, into *Fields)
 // Content-Length (repeated only with the same value). Both fields leave
 // the header: they describe this hop only. Without either a request has
 // no body (length 0) and a response runs to the close (length -1).
-func (p *Parser) framing(h http.Header, minor int, request bool, length *int64, te *[]string) error {
+func (p *Parser) framing(h http.Header, minor int, request bool, length *int64, te *[]string, close *bool) error {
 	*length = -1
 	if request {
 		*length = 0
 	}
 	if tes, ok := h["Transfer-Encoding"]; ok {
 		delete(h, "Transfer-Encoding")
-		if minor >= 1 {
+		if minor == 0 {
+			// RFC 9112 6.1: faulty framing. A request's body could be
+			// read as the next request (smuggled past a front end that
+			// took the chunks); a response ends with its connection.
+			if request {
+				return bad("Transfer-Encoding in an HTTP/1.0 request")
+			}
+			*close = true
+		} else {
 			if len(tes) != 1 || !strings.EqualFold(strings.TrimSpace(tes[0]), "chunked") {
 				return &ParseError{Status: http.StatusNotImplemented, Msg: "unsupported transfer encoding", Public: true}
 			}
-			delete(h, "Content-Length")
+			if _, both := h["Content-Length"]; both {
+				// Envoy refuses such a request (unless
+				// allow_chunked_length); after such a response the
+				// connection closes (RFC 9112 6.1).
+				if request {
+					return bad("both Transfer-Encoding and Content-Length")
+				}
+				*close = true
+				delete(h, "Content-Length")
+			}
 			*te, *length = chunked, -1
 			return nil
 		}

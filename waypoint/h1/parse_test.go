@@ -36,7 +36,6 @@ func TestReadResponseMatchesNetHTTP(t *testing.T) {
 		{"length", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"},
 		{"chunked with trailers", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Grpc-Status\r\n\r\n3\r\nabc\r\n0\r\nGrpc-Status: 0\r\n\r\n"},
 		{"undeclared trailer", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: v\r\n\r\n"},
-		{"chunked wins", "GET", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n"},
 		{"close delimited", "GET", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end"},
 		{"HTTP/1.0", "GET", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"},
 		{"HTTP/1.0 keep-alive", "GET", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"},
@@ -225,5 +224,20 @@ func TestRepeatedFieldsLinear(t *testing.T) {
 	}
 	if allocs > 40 {
 		t.Errorf("%.0f allocations for %d repeats of one name", allocs, maxFields-2)
+	}
+}
+
+// A response with both Transfer-Encoding and Content-Length: chunked
+// wins, as in net/http, and the connection is not used again (RFC 9112
+// 6.1: it "ought to be handled as an error"; net/http keeps it).
+func TestReadResponseChunkedAndLengthCloses(t *testing.T) {
+	var p Parser
+	resp, err := p.ReadResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n2\r\nok\r\n0\r\n\r\n")), "GET")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || string(b) != "ok" || !resp.Close || resp.Header.Get("Content-Length") != "" {
+		t.Errorf("body %q (%v), close %v, Content-Length %q; want \"ok\", close, no length", b, err, resp.Close, resp.Header.Get("Content-Length"))
 	}
 }
