@@ -92,9 +92,10 @@ type conn struct {
 	watching  bool
 	watchDone chan struct{}
 	bodyDone  atomic.Bool
-	served    atomic.Bool // the handler returned
-	hijacked  atomic.Bool // the handler took the connection
-	idleSet   time.Time   // when the idle deadline was last moved
+	served    atomic.Bool  // the handler returned
+	hijacked  atomic.Bool  // the handler took the connection
+	idleSet   atomic.Int64 // when the idle deadline was last moved (unix ns; body reads move it too)
+	closing   atomic.Bool  // the deadline is in the past to wake a body reader: not to be moved
 }
 
 // ServeConn serves c until it closes, fails, asks to close or is
@@ -175,14 +176,12 @@ func (s *Server) maxHeader() int64 {
 // hijacked.
 func (cn *conn) serve() bool {
 	for {
-		if cn.s.IdleTimeout > 0 && cn.br.Buffered() == 0 {
+		if cn.br.Buffered() == 0 {
 			// The idle deadline moves at most once a second: a deadline
 			// update per request is a cost for a bound this coarse. It
-			// stays while the request is served (it is far off).
-			if now := time.Now(); now.Sub(cn.idleSet) > time.Second {
-				cn.c.SetReadDeadline(now.Add(cn.s.IdleTimeout))
-				cn.idleSet = now
-			}
+			// stays while the request is served (it is far off), moved on
+			// by the body's reads (an upload may last longer).
+			cn.moveIdleDeadline()
 		}
 		// The line and headers may use the limit plus what net/http
 		// allows beyond it for the request line.
@@ -271,6 +270,7 @@ func (cn *conn) one(req *http.Request) bool {
 			// 100 Continue came) is woken first; then the close lingers,
 			// so the client's unread bytes do not reset the connection
 			// before it has read the answer.
+			cn.closing.Store(true)
 			cn.c.SetReadDeadline(aLongTimeAgo)
 			body.shut()
 			cn.closeWriteAndWait()
@@ -394,6 +394,19 @@ func (cn *conn) watch() {
 	}(cn.watchDone)
 }
 
+// moveIdleDeadline pushes the read deadline IdleTimeout ahead, at most
+// once a second (or a quarter of IdleTimeout, when shorter).
+func (cn *conn) moveIdleDeadline() {
+	if cn.s.IdleTimeout <= 0 || cn.closing.Load() {
+		return
+	}
+	now := time.Now()
+	if now.UnixNano()-cn.idleSet.Load() > int64(min(time.Second, cn.s.IdleTimeout/4)) {
+		cn.c.SetReadDeadline(now.Add(cn.s.IdleTimeout))
+		cn.idleSet.Store(now.UnixNano())
+	}
+}
+
 // stopWatch ends the watcher before the connection is used again.
 func (cn *conn) stopWatch() {
 	cn.watchT.Stop()
@@ -405,7 +418,7 @@ func (cn *conn) stopWatch() {
 	cn.c.SetReadDeadline(aLongTimeAgo)
 	<-cn.watchDone
 	cn.c.SetReadDeadline(time.Time{})
-	cn.idleSet = time.Time{} // the idle deadline is to be set again
+	cn.idleSet.Store(0) // the idle deadline is to be set again
 	cn.watching = false
 }
 
@@ -494,6 +507,7 @@ func (b *requestBody) read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
+	b.cn.moveIdleDeadline()
 	n, err := b.rc.Read(p)
 	if err != nil {
 		b.err = err

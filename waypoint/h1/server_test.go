@@ -172,7 +172,8 @@ func TestServerMatchesNetHTTP(t *testing.T) {
 		// Request smuggling and malformed framing.
 		{"two different lengths", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", []string{"POST"}},
 		{"the same length twice", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", []string{"POST"}},
-		{"chunked wins over a length", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n", []string{"POST"}},
+		// Transfer-Encoding with Content-Length: net/http lets chunked win;
+		// this server refuses it as Envoy does (TestServerRefusesAmbiguousFraming).
 		{"unsupported transfer coding", "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", []string{"POST"}},
 		{"negative length", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", []string{"POST"}},
 		{"signed length", "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc", []string{"POST"}},
@@ -504,5 +505,72 @@ func TestServerExpectContinueAnsweredFirst(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Error("a reader left in the body still waits for the upload")
+	}
+}
+
+// Framing and Host rules a proxy must hold to (RFC 9112 3.2 and 6.1):
+// these requests are refused and the connection closed, so no byte of
+// theirs is read as another request (smuggling past a front end that
+// framed them otherwise).
+func TestServerRefusesAmbiguousFraming(t *testing.T) {
+	_, ours := servers(t)
+	for name, raw := range map[string]string{
+		"HTTP/1.0 with Transfer-Encoding": "POST /x HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		"Transfer-Encoding and Content-Length": "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n" +
+			"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		"HTTP/1.1 absolute-form without Host": "GET http://other/p HTTP/1.1\r\n\r\n",
+	} {
+		r := exchange(t, ours, raw, "POST")
+		if r[0].status != http.StatusBadRequest || !r[0].closed {
+			t.Errorf("%s: %d, closed %v; want 400 and the connection closed", name, r[0].status, r[0].closed)
+		}
+	}
+}
+
+// A field line longer than the reader's buffer (a big cookie, a token) is
+// read whole when the head is within MaxHeaderBytes, as net/http reads it.
+func TestServerLongHeaderLine(t *testing.T) {
+	std, ours := servers(t)
+	raw := "GET /x HTTP/1.1\r\nHost: h\r\nCookie: " + strings.Repeat("a", 5000) + "\r\n\r\n"
+	if got, want := exchange(t, ours, raw, "GET")[0].status, exchange(t, std, raw, "GET")[0].status; got != want || got != http.StatusOK {
+		t.Errorf("a 5000-byte cookie: %d, net/http %d", got, want)
+	}
+	raw = "GET /x HTTP/1.1\r\nHost: h\r\nCookie: " + strings.Repeat("a", 20000) + "\r\n\r\n"
+	if got := exchange(t, ours, raw, "GET")[0].status; got != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a cookie beyond MaxHeaderBytes: %d, want 431", got)
+	}
+}
+
+// An upload that lasts longer than the idle timeout, its bytes coming all
+// along, is not cut: the body's reads move the idle deadline on.
+func TestServerIdleTimeoutSparesStreamingBody(t *testing.T) {
+	got := make(chan error, 1)
+	s := &Server{IdleTimeout: 300 * time.Millisecond, Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		_, err := io.ReadAll(r.Body)
+		got <- err
+		w.Header().Set("Content-Length", "0")
+	}}
+	addr := serveOne(t, s)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+	for range 8 {
+		time.Sleep(100 * time.Millisecond)
+		if _, err := io.WriteString(c, "1\r\na\r\n"); err != nil {
+			break
+		}
+	}
+	io.WriteString(c, "0\r\n\r\n")
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Errorf("a body sending every 100 ms, idle timeout 300 ms: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler never finished reading the body")
 	}
 }
