@@ -69,10 +69,13 @@ func WriteRequestHead(bw *bufio.Writer, req *http.Request) {
 // WriteBody writes the request body: exactly ContentLength bytes, or
 // chunked (flushed chunk by chunk: it may be a stream) with trailers.
 func WriteBody(bw *bufio.Writer, req *http.Request) error {
-	if req.Body == nil {
+	// The body is taken once: a retry on another connection may give the
+	// request a new one while this writer still runs.
+	body := req.Body
+	if body == nil {
 		return nil
 	}
-	defer req.Body.Close()
+	defer body.Close()
 	if req.ContentLength >= 0 {
 		// Read straight into the writer's free space: no copy buffer.
 		remaining := req.ContentLength
@@ -83,7 +86,7 @@ func WriteBody(bw *bufio.Writer, req *http.Request) error {
 				}
 			}
 			buf := bw.AvailableBuffer()[:min(int64(bw.Available()), remaining)]
-			n, rerr := req.Body.Read(buf)
+			n, rerr := body.Read(buf)
 			if n > 0 {
 				if _, err := bw.Write(buf[:n]); err != nil {
 					return err
@@ -103,7 +106,7 @@ func WriteBody(bw *bufio.Writer, req *http.Request) error {
 	defer chunkBufs.Put(bp)
 	buf := *bp
 	for {
-		n, rerr := req.Body.Read(buf)
+		n, rerr := body.Read(buf)
 		if n > 0 {
 			writeInt(bw, int64(n), 16)
 			bw.WriteString("\r\n")

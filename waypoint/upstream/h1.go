@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -71,6 +72,12 @@ type h1Conn struct {
 	abort  func()
 	unhook func() bool
 	hook   *h1.ClientGone
+	// The liveness look (alive): the socket, and a function made once
+	// with its state here (a closure per look cost three allocations).
+	raw     syscall.RawConn
+	peek    func(fd uintptr) bool
+	peekBuf [1]byte
+	live    bool
 }
 
 // countingReader counts bytes read from the socket, so a failure can be
@@ -93,7 +100,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // With fresh (the retry after a stale connection), the endpoint's idle
 // connections are closed instead of used: they idled at least as long as
 // the one found dead (the pool hands out its newest first).
-func (p *h1Pool) get(ctx context.Context, host string, fresh bool) (*h1Conn, bool, error) {
+func (p *h1Pool) get(ctx context.Context, host string, fresh, probe bool) (*h1Conn, bool, error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -114,7 +121,7 @@ func (p *h1Pool) get(ctx context.Context, host string, fresh bool) (*h1Conn, boo
 			}
 		} else if pc := p.popIdle(host); pc != nil {
 			p.mu.Unlock()
-			if !pc.alive() {
+			if !pc.alive(probe) {
 				pc.conn.Close()
 				continue
 			}
@@ -204,29 +211,31 @@ const livenessAfter = time.Second
 // arrived on it meanwhile (a FIN, or an unsolicited answer before a
 // close). A non-blocking peek at the socket: a read with a past deadline
 // would not even look.
-func (pc *h1Conn) alive() bool {
-	if time.Since(pc.idleAt) < livenessAfter {
+func (pc *h1Conn) alive(always bool) bool {
+	if !always && time.Since(pc.idleAt) < livenessAfter {
 		return true
 	}
 	if pc.br.Buffered() > 0 {
 		return false
 	}
-	sc, ok := pc.conn.(syscall.Conn)
-	if !ok {
+	if pc.raw == nil {
 		return true
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	pc.live = false
+	if err := pc.raw.Read(pc.peek); err != nil {
 		return false
 	}
-	alive := false
-	var b [1]byte
-	raw.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		alive = err == unix.EAGAIN
-		return true
-	})
-	return alive
+	return pc.live
+}
+
+// peekFd looks at the socket without waiting: alive when nothing is
+// there to read (EAGAIN), not at EOF or an unsolicited byte.
+func (pc *h1Conn) peekFd(fd uintptr) bool {
+	// recvfrom(2) itself: unix.Recvfrom allocates the sender's address.
+	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&pc.peekBuf[0])), 1,
+		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	pc.live = errno == unix.EAGAIN
+	return true
 }
 
 func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
@@ -244,6 +253,11 @@ func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
 		g := pc.hook
 		pc.hook = nil
 		return g.Set(nil)
+	}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			pc.raw, pc.peek = raw, pc.peekFd
+		}
 	}
 	pc.rc.r = conn
 	pc.br = bufio.NewReaderSize(&pc.rc, h1BufSize)
@@ -338,8 +352,14 @@ func (c *Cluster) idleTimeout() time.Duration {
 // once its headers are in; the body streams from the connection, which
 // goes back to the pool when the body has been read to its end.
 func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) (*http.Response, error) {
+	// A request that may not go twice (see exchange) is not sent on a
+	// kept connection the endpoint already closed (it shut down, its idle
+	// timeout passed): such a connection is looked at first, whatever its
+	// idle time. Envoy's pool sees a FIN on an idle connection when it
+	// comes; ours looks when it hands one out.
+	probe := !idempotent(req)
 	for try := 0; ; try++ {
-		pc, reused, err := p.get(ctx, host, try > 0)
+		pc, reused, err := p.get(ctx, host, try > 0, probe)
 		if err != nil {
 			return nil, err
 		}
@@ -356,7 +376,13 @@ func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) 
 				if b == nil {
 					return nil, se.err
 				}
-				req.Body = b
+				// A copy of the request with the new body: the first
+				// attempt's body writer may still be reading the old one.
+				old := req.Body
+				r := *req
+				r.Body = b
+				req = &r
+				old.Close()
 			}
 			continue
 		}
@@ -417,7 +443,10 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	// A failure before any response byte on a connection the endpoint
 	// closed can be sent again on a new one when the body can be.
 	_, rewinds := req.Body.(Rewinder)
-	replayable := req.Body == nil || req.GetBody != nil || rewinds
+	// As net/http's Transport: once the request went out, only one that
+	// is idempotent may go again (the endpoint may have acted on it before
+	// it dropped the connection).
+	replayable := (req.Body == nil || req.GetBody != nil || rewinds) && idempotent(req)
 	fail := func(err error, safe bool) (*http.Response, error) {
 		stop()
 		pc.p.release(pc, false)
@@ -487,12 +516,27 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 		}
 		break
 	}
-	reuse := !resp.Close && !req.Close
+	// A 101 this pool never asked for (upgrades go through net/http's
+	// Transport): what follows it is not HTTP/1.1 of ours.
+	reuse := !resp.Close && !req.Close && resp.StatusCode != http.StatusSwitchingProtocols
 	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: reuse, bodyDone: bodyDone}
 	return resp, nil
 }
 
 func noStop() bool { return true }
+
+// idempotent: a method RFC 9110 calls safe to repeat that net/http's
+// Transport repeats (GET, HEAD, OPTIONS, TRACE), or a request carrying an
+// idempotency key.
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
+}
 
 func isReset(err error) bool {
 	s := err.Error()
