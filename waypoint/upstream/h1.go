@@ -204,15 +204,26 @@ func (p *h1Pool) popIdle(host string) *h1Conn {
 // endpoint closes idle connections after seconds (fortio and Go servers
 // after 30 s, nginx 75 s); Envoy's pool sees the FIN as it comes, ours
 // looks when it matters, at the cost of a read only for connections that
-// idled.
-const livenessAfter = time.Second
+// idled. A request that may not go twice is looked at sooner
+// (livenessAfterUnsafe): an endpoint shutting down closes its idle
+// connections at once, and such a request cannot be resent once it went
+// out on one. Not at every use: between the requests of a busy connection
+// (well under a millisecond) the look would cost a system call each.
+const (
+	livenessAfter       = time.Second
+	livenessAfterUnsafe = time.Millisecond
+)
 
 // alive reports whether an idle connection can carry a request: nothing
 // arrived on it meanwhile (a FIN, or an unsolicited answer before a
 // close). A non-blocking peek at the socket: a read with a past deadline
 // would not even look.
-func (pc *h1Conn) alive(always bool) bool {
-	if !always && time.Since(pc.idleAt) < livenessAfter {
+func (pc *h1Conn) alive(strict bool) bool {
+	after := livenessAfter
+	if strict {
+		after = livenessAfterUnsafe
+	}
+	if time.Since(pc.idleAt) < after {
 		return true
 	}
 	if pc.br.Buffered() > 0 {
@@ -354,9 +365,7 @@ func (c *Cluster) idleTimeout() time.Duration {
 func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) (*http.Response, error) {
 	// A request that may not go twice (see exchange) is not sent on a
 	// kept connection the endpoint already closed (it shut down, its idle
-	// timeout passed): such a connection is looked at first, whatever its
-	// idle time. Envoy's pool sees a FIN on an idle connection when it
-	// comes; ours looks when it hands one out.
+	// timeout passed): see livenessAfterUnsafe.
 	probe := !idempotent(req)
 	for try := 0; ; try++ {
 		pc, reused, err := p.get(ctx, host, try > 0, probe)
