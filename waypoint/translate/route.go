@@ -470,6 +470,10 @@ func (t *translator) retryPolicy(rp *routev3.RetryPolicy, where string) (*model.
 	for _, c := range strings.Split(rp.GetRetryOn(), ",") {
 		if c = strings.TrimSpace(c); c != "" {
 			r.On[c] = true
+			if !retryConditions[c] {
+				t.unsupported(model.Unsupported{Where: where, Name: "retry_on " + c,
+					Reason: "retry condition not known here: it retries nothing"})
+			}
 		}
 	}
 	if n := rp.GetNumRetries(); n != nil {
@@ -687,7 +691,7 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 		default:
 			return nil, fmt.Errorf("delay without fixed_delay or header_delay")
 		}
-		f.DelayPercent = percent(d.GetPercentage())
+		f.DelayPercent = faultPercent(d.GetPercentage())
 	}
 	if ab := hf.GetAbort(); ab != nil {
 		switch s := ab.GetErrorType().(type) {
@@ -704,7 +708,7 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 		default:
 			return nil, fmt.Errorf("abort without http_status, grpc_status or header_abort")
 		}
-		f.AbortPercent = percent(ab.GetPercentage())
+		f.AbortPercent = faultPercent(ab.GetPercentage())
 	}
 	for _, h := range hf.GetHeaders() {
 		hm, err := headerMatch(h)
@@ -716,8 +720,27 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 	return f, nil
 }
 
+// retryConditions are the retry_on conditions the router applies (HTTP/3
+// has none to apply: no HTTP/3 upstreams here).
+var retryConditions = map[string]bool{
+	"5xx": true, "gateway-error": true, "reset": true, "reset-before-request": true, "connect-failure": true,
+	"envoy-ratelimited": true, "retriable-4xx": true, "refused-stream": true, "retriable-status-codes": true,
+	"retriable-headers": true, "http3-post-connect-failure": true,
+	"cancelled": true, "deadline-exceeded": true, "internal": true, "resource-exhausted": true, "unavailable": true,
+}
+
+// faultPercent is a fault's delay or abort percentage: a missing one is
+// 0%, as in Envoy (the proto's default) and in Istio's API ("if not
+// specified, no request will be aborted"; istiod leaves it unset then).
+func faultPercent(p *typev3.FractionalPercent) float64 {
+	if p == nil {
+		return 0
+	}
+	return percent(p)
+}
+
 // percent is a FractionalPercent as 0..100; a missing one is 100%, as a
-// fault or mirror without a percentage applies to every request.
+// mirror without a fraction mirrors every request.
 func percent(p *typev3.FractionalPercent) float64 {
 	if p == nil {
 		return 100

@@ -1,0 +1,94 @@
+package translate
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/kmesh-go/kmesh/waypoint/filter"
+)
+
+// An unset fault percentage is 0%, as in Envoy (the proto's default) and
+// Istio's API: istiod leaves it unset for a VirtualService abort without
+// one, which aborts nothing.
+func TestFaultWithoutPercentageNeverApplies(t *testing.T) {
+	hf := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 503}}}
+	a, _ := anypb.New(hf)
+	tr := &translator{}
+	f, err := tr.faultFromAny(a, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs filter.Faults
+	aborted := 0
+	for range 100 {
+		r := httptest.NewRequest("GET", "/", nil)
+		if d := fs.Decide(filter.CompileFault(f), r, "c"); d.AbortStatus != 0 {
+			aborted++
+			fs.Done()
+		}
+	}
+	if aborted != 0 {
+		t.Errorf("abort without percentage: %d/100 requests aborted (AbortPercent=%v); Envoy aborts none", aborted, f.AbortPercent)
+	}
+}
+
+// retry_on reset-before-request retries connect failures (nothing of the
+// request went out), as Envoy's; a condition not known here is reported.
+func TestRetryOnResetBeforeRequestAndUnknown(t *testing.T) {
+	tr := &translator{}
+	rp, err := tr.retryPolicy(&routev3.RetryPolicy{RetryOn: "reset-before-request,envoy-ratelimited"}, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filter.NewRetry(rp).RetriableFailure(filter.ConnectFailure) {
+		t.Errorf("retry_on reset-before-request: a connect failure is not retried")
+	}
+	if len(tr.unsup) != 0 {
+		t.Errorf("known conditions reported unsupported: %+v", tr.unsup)
+	}
+	if _, err := tr.retryPolicy(&routev3.RetryPolicy{RetryOn: "5xx,acme-condition"}, "x"); err != nil || len(tr.unsup) != 1 || !strings.Contains(tr.unsup[0].Name, "acme-condition") {
+		t.Errorf("an unknown condition: %v, unsupported %+v", err, tr.unsup)
+	}
+}
+
+// A listener-level deny is each chain's own: one chain's RBAC does not
+// turn a sibling's deny into a 403 with the RBAC reason.
+func TestListenerDenyNotSharedBetweenChains(t *testing.T) {
+	l := hcmChain(httpFilter("envoy.filters.http.rbac", typed("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC")), router())
+	plain := hcmChain(router())
+	l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Name: "plain", Filters: plain.FilterChains[0].Filters})
+	l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "acme", ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: typed("type.googleapis.com/acme.LF")}}}
+	snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := snap.Listeners[0].Chains["plain"].Deny
+	if d.HTTPStatus != 503 || strings.Contains(d.Reason, "RBAC") {
+		t.Errorf("chain without RBAC: deny %d %q (listener filter alone says 503)", d.HTTPStatus, d.Reason)
+	}
+}
+
+// A transport socket is judged by its typed config's type, as Envoy
+// picks the factory, not by its name: TLS named raw_buffer is still TLS
+// (not terminated here: the chain denies).
+func TestTransportSocketByType(t *testing.T) {
+	l := hcmChain(router())
+	l.FilterChains[0].TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.raw_buffer",
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true)})}}
+	snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Listeners[0].Chains["only"].Deny == nil {
+		t.Errorf("mTLS (require_client_certificate) chain served as plaintext: transport socket judged by name")
+	}
+}
