@@ -98,6 +98,8 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 		return true
 	case on["retriable-status-codes"] && slices.Contains(r.p.RetriableStatusCodes, code):
 		return true
+	case on["envoy-ratelimited"] && header.Get(h, "X-Envoy-Ratelimited") != "":
+		return true
 	}
 	if gs, ok := h["Grpc-Status"]; ok && len(gs) > 0 {
 		if name, ok := grpcRetryOn[gs[0]]; ok && on[name] {
@@ -121,9 +123,11 @@ func (r *Retry) RetriableFailure(f Failure) bool {
 	}
 	switch f {
 	case ConnectFailure:
-		return on["connect-failure"]
+		// reset-before-request: nothing of the request went out.
+		return on["connect-failure"] || on["reset-before-request"]
 	case RefusedStream:
-		return on["refused-stream"]
+		// Never processed, so never sent as far as the upstream knows.
+		return on["refused-stream"] || on["reset-before-request"]
 	}
 	return false
 }
