@@ -167,7 +167,12 @@ func (t *translator) listener(l *listenerv3.Listener) (*model.Listener, error) {
 func (t *translator) chain(fc *listenerv3.FilterChain, name, lwhere string, listenerDeny *model.Deny) (*model.FilterChain, error) {
 	where := lwhere + " / chain " + name
 	c := &model.FilterChain{Name: name, Service: serviceFromName(name)}
-	deny := listenerDeny
+	var deny *model.Deny
+	if listenerDeny != nil {
+		// This chain's own: its reasons must not reach its siblings.
+		d := *listenerDeny
+		deny = &d
+	}
 	addDeny := func(status int, reason string) {
 		if deny == nil {
 			deny = &model.Deny{HTTPStatus: status, Reason: reason}
@@ -178,7 +183,7 @@ func (t *translator) chain(fc *listenerv3.FilterChain, name, lwhere string, list
 		}
 		deny.Reason += "; " + reason
 	}
-	if ts := fc.GetTransportSocket(); ts != nil && ts.GetName() != "envoy.transport_sockets.raw_buffer" && ts.GetName() != "raw_buffer" {
+	if ts := fc.GetTransportSocket(); ts != nil && !rawBuffer(ts.GetName(), ts.GetTypedConfig().GetTypeUrl()) {
 		tu := ts.GetTypedConfig().GetTypeUrl()
 		t.unsupported(model.Unsupported{Where: where, Name: ts.GetName(), TypeURL: tu, FailClosed: true,
 			Reason: "TLS termination is not supported on the waypoint's listener"})
@@ -401,4 +406,13 @@ func serviceFromName(name string) model.ServiceRef {
 		ref.Name, ref.Namespace = labels[0], labels[1]
 	}
 	return ref
+}
+
+// rawBuffer tells a plaintext transport socket: by its typed config's
+// type, as Envoy picks the factory, and by name only without one.
+func rawBuffer(name, typeURL string) bool {
+	if typeURL != "" {
+		return typeURL == "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+	}
+	return name == "envoy.transport_sockets.raw_buffer" || name == "raw_buffer"
 }
