@@ -45,18 +45,19 @@ func (r *Route) RedirectLocation(scheme, authority, path string) string {
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		p, query = path[:i], path[i:]
 	}
+	own := false // the query is path_redirect's: strip_query leaves it
 	switch {
 	case a.Path != "":
 		p = a.Path
 		if i := strings.IndexByte(p, '?'); i >= 0 {
-			p, query = p[:i], p[i:]
+			p, query, own = p[:i], p[i:], true
 		}
 	case a.PrefixRewrite != "":
 		if n, ok := r.MatchedPrefixLen(p); ok && n <= len(p) {
 			p = a.PrefixRewrite + p[n:]
 		}
 	}
-	if a.StripQuery {
+	if a.StripQuery && !own {
 		query = ""
 	}
 	host, port := splitHostPort(authority)
