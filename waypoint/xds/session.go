@@ -282,6 +282,10 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		changed = applyCompiled(s.endpoints, ups, removes, rejected, translate.CompileEndpoints)
 		s.settle(translate.TypeEndpoint, ups, removes)
 	case translate.TypeRoute:
+		// Envoy ignores the removal of a route configuration a listener
+		// still names, and keeps serving it: without it the chain would
+		// answer 503 to everything until a new version came.
+		removes = slices.DeleteFunc(removes, s.routeInUseLocked)
 		changed = applyTyped(s.routes, ups, removes, rejected, translate.CheckRoute)
 		s.settle(translate.TypeRoute, ups, removes)
 	case translate.TypeAddress:
@@ -520,4 +524,15 @@ func sortedValues[T any](m map[string]T) []T {
 		out = append(out, m[k])
 	}
 	return out
+}
+
+// routeInUseLocked tells whether a listener's chain names the route
+// configuration.
+func (s *Session) routeInUseLocked(name string) bool {
+	for _, names := range s.listenerRoutes {
+		if slices.Contains(names, name) {
+			return true
+		}
+	}
+	return false
 }
