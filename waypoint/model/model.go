@@ -190,6 +190,12 @@ type HTTPConnectionManager struct {
 	// normalize_path (istiod sets it); MergeSlashes: collapse "//".
 	NormalizePath bool
 	MergeSlashes  bool
+	// EscapedSlashes is Envoy's path_with_escaped_slashes_action for
+	// %2F and %5C in the path: "" keeps them, "reject" answers 400,
+	// "redirect" redirects (307) to the path with them unescaped,
+	// "forward" unescapes them and routes and forwards that (istiod's
+	// choice with DECODE_AND_MERGE_SLASHES path normalization).
+	EscapedSlashes string
 }
 
 // HTTPFilter is one HTTP filter with its listener-level config. Per-route

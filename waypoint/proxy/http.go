@@ -160,6 +160,22 @@ func (q *request) run() {
 		q.localReply(status, "", "route_configuration_missing")
 		return
 	}
+	if hcm.EscapedSlashes != "" {
+		// Envoy's path_with_escaped_slashes_action, before normalizing.
+		if np, ok := route.UnescapeSlashes(q.path); ok {
+			switch hcm.EscapedSlashes {
+			case "reject":
+				q.localReply(http.StatusBadRequest, "", "path_has_escaped_slashes")
+				return
+			case "redirect":
+				q.w.Header().Set("Location", np)
+				q.localReply(http.StatusTemporaryRedirect, "", "path_has_escaped_slashes")
+				return
+			case "forward":
+				q.path, r.RequestURI = np, np
+			}
+		}
+	}
 	if hcm.NormalizePath || hcm.MergeSlashes {
 		// Routed and forwarded on the normalized path, as Envoy does.
 		if np := route.NormalizePath(q.path, hcm.NormalizePath, hcm.MergeSlashes); np != q.path {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -654,6 +655,36 @@ func TestNormalizedPathRouting(t *testing.T) {
 		conn.Close()
 		if got := resp.Header.Get("X-Backend"); got != c.backend || resp.Header.Get("X-Seen-Uri") != c.seen {
 			t.Errorf("%s: reached %q with %q, want %q with %q", c.path, got, resp.Header.Get("X-Seen-Uri"), c.backend, c.seen)
+		}
+	}
+}
+
+// Envoy's path_with_escaped_slashes_action: %2F and %5C in the path are
+// kept, refused, redirected to or forwarded unescaped.
+func TestEscapedSlashesAction(t *testing.T) {
+	var seen atomic.Value
+	seen.Store("")
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.RequestURI)
+		io.WriteString(w, "ok")
+	})
+	for _, tc := range []struct {
+		action, wantURI, wantLocation string
+		wantCode                      int
+	}{
+		{"", "/a%2Fb?q=%2F", "", 200},
+		{"reject", "", "", 400},
+		{"redirect", "", "/a/b?q=%2F", 307},
+		{"forward", "/a/b?q=%2F", "", 200},
+	} {
+		snap := httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+		snap.Listeners[0].Chains["http"].HTTP.EscapedSlashes = tc.action
+		te := newTestEngine(t, Options{})
+		te.apply(snap)
+		seen.Store("")
+		code, _, resp := get(t, client(te.addr("main")), "http://x/a%2Fb?q=%2F")
+		if code != tc.wantCode || seen.Load() != tc.wantURI || resp.Header.Get("Location") != tc.wantLocation {
+			t.Errorf("action %q: %d, upstream saw %q, Location %q; want %d, %q, %q", tc.action, code, seen.Load(), resp.Header.Get("Location"), tc.wantCode, tc.wantURI, tc.wantLocation)
 		}
 	}
 }

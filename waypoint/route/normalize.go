@@ -120,3 +120,39 @@ func upperHex(c byte) byte {
 func isUnreserved(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
 }
+
+// UnescapeSlashes turns the %2F and %5C escapes (either case) of a path's
+// path part into "/" and "\\", as Envoy's path_with_escaped_slashes_action
+// does; the query is left alone. changed says whether there were any.
+func UnescapeSlashes(p string) (out string, changed bool) {
+	path, query, hasQuery := strings.Cut(p, "?")
+	if !strings.Contains(path, "%") {
+		return p, false
+	}
+	var b strings.Builder
+	for i := 0; i < len(path); i++ {
+		if path[i] == '%' && i+2 < len(path) {
+			switch path[i+1 : i+3] {
+			case "2F", "2f":
+				b.WriteByte('/')
+				i += 2
+				changed = true
+				continue
+			case "5C", "5c":
+				b.WriteByte('\\')
+				i += 2
+				changed = true
+				continue
+			}
+		}
+		b.WriteByte(path[i])
+	}
+	if !changed {
+		return p, false
+	}
+	out = b.String()
+	if hasQuery {
+		out += "?" + query
+	}
+	return out, true
+}

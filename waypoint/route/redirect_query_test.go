@@ -20,3 +20,27 @@ func TestRedirectStripQueryKeepsPathRedirectQuery(t *testing.T) {
 		t.Errorf("Location %q, want %q", got, want)
 	}
 }
+
+func TestUnescapeSlashes(t *testing.T) {
+	for in, want := range map[string]string{
+		"/a%2Fb%2fc":       "/a/b/c",
+		"/a%5Cb%5cc":       `/a\b\c`,
+		"/a%2Fb?x=%2F":     "/a/b?x=%2F",
+		"/a%20b":           "",
+		"/plain":           "",
+		"/trailing%2":      "",
+		"/a%252F":          "",
+		"/x%2F%2F?q=1%5C2": "/x//?q=1%5C2",
+	} {
+		got, changed := UnescapeSlashes(in)
+		if want == "" {
+			if changed || got != in {
+				t.Errorf("UnescapeSlashes(%q) = %q, %v; want it unchanged", in, got, changed)
+			}
+			continue
+		}
+		if !changed || got != want {
+			t.Errorf("UnescapeSlashes(%q) = %q, %v; want %q", in, got, changed, want)
+		}
+	}
+}

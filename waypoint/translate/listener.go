@@ -268,6 +268,18 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 	}
 	m.NormalizePath = h.GetNormalizePath().GetValue()
 	m.MergeSlashes = h.GetMergeSlashes()
+	switch h.GetPathWithEscapedSlashesAction() {
+	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_KEEP_UNCHANGED:
+		// Envoy's default keeps them.
+	case hcmv3.HttpConnectionManager_REJECT_REQUEST:
+		m.EscapedSlashes = "reject"
+	case hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT:
+		m.EscapedSlashes = "redirect"
+	case hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:
+		m.EscapedSlashes = "forward"
+	default:
+		return nil, nil, errorf(where, "path_with_escaped_slashes_action %s is not supported", h.GetPathWithEscapedSlashesAction())
+	}
 	switch h.GetCodecType() {
 	case hcmv3.HttpConnectionManager_AUTO:
 		m.Codec = "auto"

@@ -9,6 +9,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -90,5 +91,32 @@ func TestTransportSocketByType(t *testing.T) {
 	}
 	if snap.Listeners[0].Chains["only"].Deny == nil {
 		t.Errorf("mTLS (require_client_certificate) chain served as plaintext: transport socket judged by name")
+	}
+}
+
+// path_with_escaped_slashes_action reaches the model (istiod sends
+// UNESCAPE_AND_FORWARD with DECODE_AND_MERGE_SLASHES normalization).
+func TestEscapedSlashesActionTranslated(t *testing.T) {
+	for a, want := range map[hcmv3.HttpConnectionManager_PathWithEscapedSlashesAction]string{
+		hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT: "",
+		hcmv3.HttpConnectionManager_KEEP_UNCHANGED:                  "",
+		hcmv3.HttpConnectionManager_REJECT_REQUEST:                  "reject",
+		hcmv3.HttpConnectionManager_UNESCAPE_AND_REDIRECT:           "redirect",
+		hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD:            "forward",
+	} {
+		l := hcmChain(router())
+		var h hcmv3.HttpConnectionManager
+		if err := l.FilterChains[0].Filters[0].GetTypedConfig().UnmarshalTo(&h); err != nil {
+			t.Fatal(err)
+		}
+		h.PathWithEscapedSlashesAction = a
+		l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&h)}
+		snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Listeners[0].Chains["only"].HTTP.EscapedSlashes; got != want {
+			t.Errorf("%s: %q, want %q", a, got, want)
+		}
 	}
 }
