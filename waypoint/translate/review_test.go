@@ -11,6 +11,7 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -118,5 +119,38 @@ func TestEscapedSlashesActionTranslated(t *testing.T) {
 		if got := snap.Listeners[0].Chains["only"].HTTP.EscapedSlashes; got != want {
 			t.Errorf("%s: %q, want %q", a, got, want)
 		}
+	}
+}
+
+// An HTTP filter disabled in the connection manager does not run (Envoy
+// runs it only where a route or virtual host enables it; here nowhere,
+// which is reported). A disabled filter that could deny still fails
+// closed.
+func TestDisabledHTTPFilter(t *testing.T) {
+	hf := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 500}, Percentage: &typev3.FractionalPercent{Numerator: 100}}}
+	a, _ := anypb.New(hf)
+	fl := httpFilter("envoy.filters.http.fault", a)
+	fl.Disabled = true
+	snap, err := Translate(Input{Listeners: []*listenerv3.Listener{hcmChain(fl, router())}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := snap.Listeners[0].Chains["only"]
+	for _, f := range ch.HTTP.Filters {
+		if f.Fault != nil {
+			t.Errorf("disabled fault filter %q is in the chain: %+v", f.Name, f.Fault)
+		}
+	}
+	if ch.Deny != nil || len(snap.Unsupported) != 1 {
+		t.Errorf("deny %+v, unsupported %+v; want no deny, the filter reported", ch.Deny, snap.Unsupported)
+	}
+	rbac := httpFilter("envoy.filters.http.rbac", typed("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"))
+	rbac.Disabled = true
+	snap, err = Translate(Input{Listeners: []*listenerv3.Listener{hcmChain(rbac, router())}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Listeners[0].Chains["only"].Deny == nil {
+		t.Error("a disabled RBAC filter opened the chain; it must still fail closed")
 	}
 }
