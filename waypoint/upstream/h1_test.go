@@ -169,12 +169,14 @@ func TestH1ReuseAndIdleTimeout(t *testing.T) {
 }
 
 func TestH1StaleKeepAliveRetried(t *testing.T) {
-	// The server closes idle keep-alive connections after 30 ms: the
-	// pool's connection is dead when the next request comes.
+	// The server closes idle keep-alive connections after 150 ms: the
+	// pool's connection is dead when the next request comes (a GET is
+	// sent again on a new one; a POST's connection is looked at first,
+	// having idled over livenessAfterUnsafe).
 	srv := newCountingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		io.WriteString(w, r.Method+string(b))
-	}, func(s *http.Server) { s.IdleTimeout = 30 * time.Millisecond })
+	}, func(s *http.Server) { s.IdleTimeout = livenessAfterUnsafe + 50*time.Millisecond })
 	_, c := one(t, &model.Cluster{Name: "c", Endpoints: [][]model.Endpoint{{{Address: srv.addr(), Healthy: true}}}})
 	for _, m := range []struct{ method, body string }{{"GET", ""}, {"POST", "b"}} {
 		if _, _, err := do(t, c, context.Background(), m.method, m.body); err != nil {
@@ -196,7 +198,7 @@ func TestH1ManyStaleConnections(t *testing.T) {
 			<-gate
 		}
 		io.WriteString(w, "ok")
-	}, func(s *http.Server) { s.IdleTimeout = 30 * time.Millisecond })
+	}, func(s *http.Server) { s.IdleTimeout = livenessAfterUnsafe + 50*time.Millisecond })
 	_, c := one(t, &model.Cluster{Name: "c", Endpoints: [][]model.Endpoint{{{Address: srv.addr(), Healthy: true}}}})
 	h, _ := c.Pick(&PickOptions{})
 	var wg sync.WaitGroup
