@@ -306,6 +306,10 @@ type ForwardAction struct {
 	// One of Cluster, Weighted.
 	Cluster  string
 	Weighted *WeightedClusters
+	// ClusterNotFoundStatus answers a request whose cluster is not
+	// there (Envoy's cluster_not_found_response_code; istiod sets 500
+	// for waypoints); 0: 503, Envoy's default.
+	ClusterNotFoundStatus int
 	// PrefixRewrite replaces the matched prefix (or path); RegexRewrite
 	// substitutes in the path.
 	PrefixRewrite string

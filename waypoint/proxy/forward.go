@@ -32,7 +32,11 @@ func (q *request) forward() {
 	cl := q.cluster
 	if cl == nil {
 		q.flags |= flagNC
-		q.localReply(http.StatusServiceUnavailable, "cluster not found", "cluster_not_found")
+		status := http.StatusServiceUnavailable
+		if f.ClusterNotFoundStatus != 0 {
+			status = f.ClusterNotFoundStatus
+		}
+		q.localReply(status, "cluster not found", "cluster_not_found")
 		return
 	}
 	if !cl.StartRequest() {

@@ -688,3 +688,18 @@ func TestEscapedSlashesAction(t *testing.T) {
 		}
 	}
 }
+
+// A route whose cluster is not there answers the route's
+// cluster-not-found status (istiod: 500), else 503, flagged NC.
+func TestClusterNotFoundStatus(t *testing.T) {
+	for status, want := range map[int]int{0: 503, 500: 500} {
+		r := fwd("missing")
+		r.Forward.ClusterNotFoundStatus = status
+		te := newTestEngine(t, Options{})
+		te.apply(httpSnapshot(oneRoute(r), false))
+		if code, _, _ := get(t, client(te.addr("main")), "http://x/"); code != want {
+			t.Errorf("cluster_not_found status %d: got %d, want %d", status, code, want)
+		}
+		eventually(t, "NC logged", func() bool { return strings.Contains(te.access.String(), `"response_flags":"NC"`) })
+	}
+}

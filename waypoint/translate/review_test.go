@@ -154,3 +154,17 @@ func TestDisabledHTTPFilter(t *testing.T) {
 		t.Error("a disabled RBAC filter opened the chain; it must still fail closed")
 	}
 }
+
+// cluster_not_found_response_code reaches the route (istiod sets
+// INTERNAL_SERVER_ERROR for waypoints).
+func TestClusterNotFoundResponseCode(t *testing.T) {
+	for code, want := range map[routev3.RouteAction_ClusterNotFoundResponseCode]int{
+		routev3.RouteAction_SERVICE_UNAVAILABLE: 0, routev3.RouteAction_NOT_FOUND: 404, routev3.RouteAction_INTERNAL_SERVER_ERROR: 500,
+	} {
+		tr := &translator{}
+		f, _, err := tr.forward(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}, ClusterNotFoundResponseCode: code}, "x")
+		if err != nil || f.ClusterNotFoundStatus != want {
+			t.Errorf("%s: %v, %v; want %d", code, f, err, want)
+		}
+	}
+}

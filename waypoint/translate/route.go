@@ -325,6 +325,15 @@ func stringMatch(m *matcherv3.StringMatcher) (*model.StringMatch, error) {
 // forward translates a RouteAction; deny names a part we cannot enforce.
 func (t *translator) forward(a *routev3.RouteAction, where string) (*model.ForwardAction, string, error) {
 	f := &model.ForwardAction{Timeout: defaultRouteTimeout}
+	switch a.GetClusterNotFoundResponseCode() {
+	case routev3.RouteAction_SERVICE_UNAVAILABLE:
+	case routev3.RouteAction_NOT_FOUND:
+		f.ClusterNotFoundStatus = 404
+	case routev3.RouteAction_INTERNAL_SERVER_ERROR:
+		f.ClusterNotFoundStatus = 500
+	default:
+		return nil, "", errorf(where, "cluster_not_found_response_code %s is not supported", a.GetClusterNotFoundResponseCode())
+	}
 	deny := ""
 	switch cs := a.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:
