@@ -126,10 +126,15 @@ func Load(path string, opts translate.Options) (*model.Snapshot, error) {
 
 // Watch applies the file now and again whenever it changes, until ctx
 // ends. A version that cannot be read, parsed or translated is logged and
-// skipped: the last good snapshot stays. It returns an error only when
-// the file cannot be watched, or when its first version is bad (there is
-// nothing to serve).
-func Watch(ctx context.Context, path string, opts translate.Options, apply func(*model.Snapshot), log *slog.Logger) error {
+// skipped: the last good snapshot stays. A version apply refuses (the
+// engine cannot bind a port, say) is tried again every RetryApply until
+// it is taken or the file changes: what stood in its way may go without
+// the file changing. It returns an error only when the file cannot be
+// watched, or when its first version is bad (there is nothing to serve).
+// RetryApply is how often Watch tries a refused version again.
+var RetryApply = 5 * time.Second
+
+func Watch(ctx context.Context, path string, opts translate.Options, apply func(*model.Snapshot) error, log *slog.Logger) error {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -146,6 +151,7 @@ func Watch(ctx context.Context, path string, opts translate.Options, apply func(
 		return fmt.Errorf("watch %s: %w", dir, err)
 	}
 	var lastVersion string
+	refused := false // the file's version was refused by apply: try again
 	load := func() error {
 		snap, err := Load(path, opts)
 		if err != nil {
@@ -154,17 +160,26 @@ func Watch(ctx context.Context, path string, opts translate.Options, apply func(
 		if snap.Version == lastVersion {
 			return nil
 		}
-		lastVersion = snap.Version
 		log.Info("configuration loaded", "version", snap.Version, "listeners", len(snap.Listeners),
 			"clusters", len(snap.Clusters), "unsupported", len(snap.Unsupported))
 		for _, u := range snap.Unsupported {
 			log.Warn("not enforced", "where", u.Where, "name", u.Name, "failClosed", u.FailClosed, "reason", u.Reason)
 		}
-		apply(snap)
+		if err := apply(snap); err != nil {
+			refused = true
+			return fmt.Errorf("version %s refused, trying again in %v: %w", snap.Version, RetryApply, err)
+		}
+		refused = false
+		lastVersion = snap.Version
 		return nil
 	}
+	retry := time.NewTicker(RetryApply)
+	defer retry.Stop()
 	if err := load(); err != nil {
-		return err
+		if !refused {
+			return err
+		}
+		log.Error("configuration not applied", "err", err)
 	}
 	// Changes come in bursts (truncate, write, rename); read once they
 	// settle.
@@ -207,6 +222,13 @@ func Watch(ctx context.Context, path string, opts translate.Options, apply func(
 		case <-fire:
 			if err := load(); err != nil {
 				log.Error("configuration not applied; keeping the last good one", "version", lastVersion, "err", err)
+			}
+		case <-retry.C:
+			if !refused {
+				continue
+			}
+			if err := load(); err != nil {
+				log.Debug("configuration still not applied", "version", lastVersion, "err", err)
 			}
 		}
 	}

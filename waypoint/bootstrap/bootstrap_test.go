@@ -2,11 +2,13 @@ package bootstrap
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,10 +132,11 @@ func TestWatch(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Watch(ctx, path, translate.Options{}, func(s *model.Snapshot) {
+		done <- Watch(ctx, path, translate.Options{}, func(s *model.Snapshot) error {
 			mu.Lock()
 			got = append(got, s)
 			mu.Unlock()
+			return nil
 		}, nil)
 	}()
 	defer func() {
@@ -231,5 +234,46 @@ static_resources:
 	}
 	if strings.Join(got, ",") != "admin,stats_flush_interval" {
 		t.Errorf("reported %v, want admin and stats_flush_interval", got)
+	}
+}
+
+// A version the engine refuses (a port it cannot bind, say) is tried
+// again while the file stays the same, and taken once what stood in its
+// way is gone; the first version refused does not end the watch.
+func TestWatchRetriesRefusedVersion(t *testing.T) {
+	demo, err := os.ReadFile("../../conf/waypoint-demo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "waypoint.yaml")
+	if err := os.WriteFile(path, demo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := RetryApply
+	RetryApply = 50 * time.Millisecond
+	defer func() { RetryApply = old }()
+	var tries, taken atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Watch(ctx, path, translate.Options{}, func(*model.Snapshot) error {
+			if tries.Add(1) < 3 {
+				return errors.New("address already in use")
+			}
+			taken.Add(1)
+			return nil
+		}, nil)
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for taken.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // no more tries once taken
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if taken.Load() != 1 || tries.Load() != 3 {
+		t.Errorf("%d tries, %d taken; want the third try taken and no more", tries.Load(), taken.Load())
 	}
 }

@@ -13,7 +13,7 @@ import (
 // written (translate.Options{} has no dispatch listener), every good
 // version handed to the engine.
 func Example() {
-	apply := func(*model.Snapshot) {} // the engine's Apply
+	apply := func(*model.Snapshot) error { return nil } // the engine's Apply
 	go func() {
 		if err := bootstrap.Watch(context.Background(), "conf/waypoint-demo.yaml", translate.Options{}, apply, slog.Default()); err != nil {
 			slog.Error("config file", "err", err)

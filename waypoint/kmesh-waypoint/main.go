@@ -133,15 +133,16 @@ func run(o *options, log *slog.Logger) error {
 	}
 	defer closeLog()
 	eng := proxy.New(proxy.Options{Logger: log, HeaderTimeout: o.headerTimeout, AccessLog: accessLog, MaxSeries: o.maxSeries})
-	apply := func(s *model.Snapshot) {
+	apply := func(s *model.Snapshot) error {
 		if err := eng.Apply(s); err != nil {
 			// The previous configuration keeps running.
 			log.Error("configuration not applied", "version", s.Version, "err", err)
-			return
+			return err
 		}
 		if o.trimMemory {
 			trim.changed()
 		}
+		return nil
 	}
 
 	// 2. Where its configuration comes from.
@@ -179,7 +180,7 @@ func run(o *options, log *slog.Logger) error {
 	return errors.Join(err, closeEngine(eng, o.drain))
 }
 
-func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot)) (*source, error) {
+func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot) error) (*source, error) {
 	if o.configFile != "" {
 		if o.xdsAddress != "" {
 			return nil, errors.New("--config-file and --xds-address are exclusive: choose one source")
@@ -217,8 +218,10 @@ func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot)) (*sour
 		ServerName: o.xdsServerName,
 		Node:       o.node,
 		Translate:  topts,
-		Apply:      apply,
-		Logger:     log,
+		// The session keeps its snapshot; a refusal is the engine's to
+		// log (the last configuration keeps serving).
+		Apply:  func(s *model.Snapshot) { _ = apply(s) },
+		Logger: log,
 	}
 	if !o.xdsPlaintext {
 		cfg.RootCertFile, cfg.TokenFile = o.xdsRootCert, o.xdsToken
