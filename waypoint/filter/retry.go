@@ -68,6 +68,18 @@ func (r *Retry) Remaining() int {
 	return r.remaining
 }
 
+// RetryConditions are the retry_on conditions known here; translation
+// reports any other. Retry applies them all but two that have nothing to
+// act on: http3-post-connect-failure (no HTTP/3 upstreams) and
+// retriable-headers (its retriable_headers matchers are reported
+// unsupported where a policy has them).
+var RetryConditions = map[string]bool{
+	"5xx": true, "gateway-error": true, "reset": true, "reset-before-request": true, "connect-failure": true,
+	"envoy-ratelimited": true, "retriable-4xx": true, "refused-stream": true, "retriable-status-codes": true,
+	"retriable-headers": true, "http3-post-connect-failure": true,
+	"cancelled": true, "deadline-exceeded": true, "internal": true, "resource-exhausted": true, "unavailable": true,
+}
+
 // gRPC status codes retry_on can name.
 var grpcRetryOn = map[string]string{
 	"1":  "cancelled",

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"io"
 	"net"
@@ -23,18 +22,6 @@ import (
 
 // HTTP/2 and gRPC behaviour that Envoy's router defines and clients rely
 // on.
-
-func listenLoopback(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-func addrOf(ln net.Listener) netip.AddrPort { return netip.MustParseAddrPort(ln.Addr().String()) }
 
 // A stream's response headers reach the client before any body: an
 // upstream that answers with headers and then waits for the client's
@@ -79,13 +66,16 @@ func (headersFirst) FullDuplexCall(st grpc.BidiStreamingServer[testpb.StreamingO
 // The same with real gRPC: SendHeader, then Recv, while the client waits
 // in Header().
 func TestGRPCHeadersBeforeFirstMessage(t *testing.T) {
-	ln := listenLoopback(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	s := grpc.NewServer()
 	testpb.RegisterTestServiceServer(s, headersFirst{})
 	go s.Serve(ln)
 	t.Cleanup(s.Stop)
 	te := newTestEngine(t, Options{})
-	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(addrOf(ln))}))
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(netip.MustParseAddrPort(ln.Addr().String()))}))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	st, err := grpcClient(t, te.addr("main")).FullDuplexCall(ctx)
@@ -101,41 +91,13 @@ func TestGRPCHeadersBeforeFirstMessage(t *testing.T) {
 // refusingH2C answers every stream with RST_STREAM(REFUSED_STREAM),
 // counting the streams.
 func refusingH2C(t *testing.T, streams *atomic.Int64) netip.AddrPort {
-	ln := listenLoopback(t)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func(c net.Conn) {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				preface := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(br, preface); err != nil {
-					return
-				}
-				fr := http2.NewFramer(c, br)
-				fr.WriteSettings()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							fr.WriteSettingsAck()
-						}
-					case *http2.HeadersFrame:
-						streams.Add(1)
-						fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
-					}
-				}
-			}(c)
-		}
-	}()
-	return addrOf(ln)
+	return rawServer(t, func(c net.Conn) {
+		h2cFrames(c, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
+			streams.Add(1)
+			fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			return true
+		})
+	})
 }
 
 // A refused stream is the route's retry policy's to retry (Istio's
@@ -232,50 +194,20 @@ func TestIsGRPCContentType(t *testing.T) {
 // stream with GOAWAY (last stream 0: nothing processed) and closes; the
 // connections after it serve h.
 func goAwayOnce(t *testing.T, h http.Handler, streams *atomic.Int64) netip.AddrPort {
-	ln := listenLoopback(t)
 	srv := &http2.Server{}
-	go func() {
-		first := true
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if !first {
-				go srv.ServeConn(c, &http2.ServeConnOpts{Handler: h})
-				continue
-			}
-			first = false
-			go func(c net.Conn) {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				preface := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(br, preface); err != nil {
-					return
-				}
-				fr := http2.NewFramer(c, br)
-				fr.WriteSettings()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							fr.WriteSettingsAck()
-						}
-					case *http2.HeadersFrame:
-						streams.Add(1)
-						fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-						time.Sleep(50 * time.Millisecond)
-						return
-					}
-				}
-			}(c)
+	var conns atomic.Int64
+	return rawServer(t, func(c net.Conn) {
+		if conns.Add(1) > 1 {
+			srv.ServeConn(c, &http2.ServeConnOpts{Handler: h})
+			return
 		}
-	}()
-	return addrOf(ln)
+		h2cFrames(c, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
+			streams.Add(1)
+			fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+			time.Sleep(50 * time.Millisecond)
+			return false
+		})
+	})
 }
 
 // An upstream going away (GOAWAY) before it processed a gRPC call: the

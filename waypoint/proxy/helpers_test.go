@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -17,6 +18,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+	"golang.org/x/net/http2"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -279,4 +281,58 @@ func grep(text, s string) string {
 // error) or, when the client's bytes were left unread, a reset.
 func closedByPeer(err error) bool {
 	return err == nil || strings.Contains(err.Error(), "connection reset")
+}
+
+// rawServer serves each connection to a new loopback listener with serve
+// on a goroutine of its own, closing it when serve returns; the listener
+// closes with the test.
+func rawServer(t *testing.T, serve func(c net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// h2cFrames speaks just enough HTTP/2 on c for a test upstream: the
+// preface and SETTINGS, then each HEADERS frame to onHeaders, until it
+// says to stop or the connection ends.
+func h2cFrames(c net.Conn, onHeaders func(fr *http2.Framer, f *http2.HeadersFrame) (more bool)) {
+	br := bufio.NewReader(c)
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(br, preface); err != nil {
+		return
+	}
+	fr := http2.NewFramer(c, br)
+	fr.WriteSettings()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.HeadersFrame:
+			if !onHeaders(fr, f) {
+				return
+			}
+		}
+	}
 }

@@ -21,33 +21,18 @@ import (
 // earlyUpstream reads a request's head and answers at once (answer ""
 // reads a byte of the body and closes without answering).
 func earlyUpstream(t *testing.T, answer string) netip.AddrPort {
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	go func() {
-		for {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				if answer == "" {
-					br.Peek(1)
-					return
-				}
-				io.WriteString(c, answer)
-				br.Peek(1 << 20) // keeps the connection until the waypoint drops it
-			}()
+	return rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
 		}
-	}()
-	return netip.MustParseAddrPort(up.Addr().String())
+		if answer == "" {
+			br.Peek(1)
+			return
+		}
+		io.WriteString(c, answer)
+		br.Peek(1 << 20) // keeps the connection until the waypoint drops it
+	})
 }
 
 // holdBack sends the head of an Expect: 100-continue upload and never
@@ -149,24 +134,11 @@ func TestUploadUpstreamDiesMidStream(t *testing.T) {
 // A client that stalls mid-upload, on a route with a stream idle timeout:
 // the timeout answers it.
 func TestUploadStalledIdleTimeout(t *testing.T) {
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	go func() {
-		for {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(io.Discard, c) }() // reads, never answers
-		}
-	}()
+	up := rawServer(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // reads, never answers
 	r := fwd("main")
 	r.Forward.IdleTimeout = 300 * time.Millisecond
 	te := newTestEngine(t, Options{})
-	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "main", Endpoints: endpoints(netip.MustParseAddrPort(up.Addr().String()))}))
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "main", Endpoints: endpoints(up)}))
 	c, err := dialer(te.addr("main"), clientAddr, serviceVIP)(context.Background(), "", "")
 	if err != nil {
 		t.Fatal(err)

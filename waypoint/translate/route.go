@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/kmesh-go/kmesh/waypoint/filter"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -479,7 +480,7 @@ func (t *translator) retryPolicy(rp *routev3.RetryPolicy, where string) (*model.
 	for _, c := range strings.Split(rp.GetRetryOn(), ",") {
 		if c = strings.TrimSpace(c); c != "" {
 			r.On[c] = true
-			if !retryConditions[c] {
+			if !filter.RetryConditions[c] {
 				t.unsupported(model.Unsupported{Where: where, Name: "retry_on " + c,
 					Reason: "retry condition not known here: it retries nothing"})
 			}
@@ -727,15 +728,6 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 		f.Headers = append(f.Headers, hm)
 	}
 	return f, nil
-}
-
-// retryConditions are the retry_on conditions the router applies (HTTP/3
-// has none to apply: no HTTP/3 upstreams here).
-var retryConditions = map[string]bool{
-	"5xx": true, "gateway-error": true, "reset": true, "reset-before-request": true, "connect-failure": true,
-	"envoy-ratelimited": true, "retriable-4xx": true, "refused-stream": true, "retriable-status-codes": true,
-	"retriable-headers": true, "http3-post-connect-failure": true,
-	"cancelled": true, "deadline-exceeded": true, "internal": true, "resource-exhausted": true, "unavailable": true,
 }
 
 // faultPercent is a fault's delay or abort percentage: a missing one is

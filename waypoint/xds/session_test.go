@@ -17,6 +17,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	networkv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/matching/common_inputs/network/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -317,6 +318,18 @@ func TestSessionRDS(t *testing.T) {
 	_, rc2 := rdsConfig(50)
 	srv.Set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc2})
 	got.wait(t, "the changed routes", func(sn *model.Snapshot) bool { return weight(sn) == 50 })
+
+	// A delta removal of the route configuration the listener still names
+	// is ignored, as Envoy ignores it: the last routes keep serving
+	// (without them every request would get 503
+	// route_configuration_missing).
+	n := len(srv.Requests())
+	srv.Set(translate.TypeRoute, map[string]types.Resource{"web-routes": nil})
+	srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool { return r.GetTypeUrl() == translate.TypeRoute })
+	time.Sleep(100 * time.Millisecond)
+	if w := weight(s.Snapshot()); w != 50 {
+		t.Errorf("after an RDS removal of routes in use: weight %d, want the last routes (50)", w)
+	}
 }
 
 // The latency the session reports runs to the end of Apply (the engine
