@@ -675,8 +675,26 @@ func (w *response) WriteHeader(code int) {
 		// An interim response (103 Early Hints): its headers, then wait
 		// for the real one.
 		defer w.continueLock(false)()
+		if code == http.StatusContinue && w.cont != nil {
+			// The handler says continue itself: the body's first read
+			// must not say it again, and it is said once at most.
+			if w.cont.sent {
+				return
+			}
+			w.cont.done, w.cont.sent = true, true
+		}
 		writeStatus(bw, w.req.ProtoMinor, code)
-		writeHeaders(bw, w.header, true)
+		// A 1xx has no body: the final answer's framing fields, which a
+		// handler may have set already, are not its own (RFC 9110 8.6,
+		// net/http leaves them out too).
+		for k, vs := range w.header {
+			if k == "Content-Length" || k == "Transfer-Encoding" || strings.HasPrefix(k, http.TrailerPrefix) {
+				continue
+			}
+			for _, v := range vs {
+				writeField(bw, k, v)
+			}
+		}
 		bw.WriteString("\r\n")
 		bw.Flush()
 		return

@@ -574,3 +574,53 @@ func TestServerIdleTimeoutSparesStreamingBody(t *testing.T) {
 		t.Fatal("the handler never finished reading the body")
 	}
 }
+
+// A handler's own 100 Continue is the only one the client sees (the
+// body's first read must not send a second), and an interim answer
+// carries none of the final answer's framing fields the handler set
+// before it.
+func TestServerExplicitInterimResponses(t *testing.T) {
+	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		w.Header().Set("Content-Length", "4")
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.WriteHeader(http.StatusContinue)
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Del("Link")
+		w.Write(b)
+	}}
+	addr := serveOne(t, s)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "PUT /up HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+	br := bufio.NewReader(c)
+	var heads []string
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("after %q: %v", heads, err)
+		}
+		heads = append(heads, strings.TrimSpace(line))
+		if line == "\r\n" && strings.Count(strings.Join(heads, "|"), "HTTP/1.1 ") == 2 {
+			break
+		}
+	}
+	io.WriteString(c, "data")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != "data" {
+		t.Fatalf("final answer %d %q, want 200 \"data\"", resp.StatusCode, body)
+	}
+	link := "Link: </a.css>; rel=preload"
+	want := []string{"HTTP/1.1 103 Early Hints", link, "", "HTTP/1.1 100 Continue", link, ""}
+	if strings.Join(heads, "|") != strings.Join(want, "|") {
+		t.Errorf("interim answers %q, want %q", heads, want)
+	}
+}
