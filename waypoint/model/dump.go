@@ -234,7 +234,12 @@ func dumpChain(c *FilterChain) ChainDump {
 			cd.RouteTable = c.HTTP.Routes.Name
 		}
 		for _, f := range c.HTTP.Filters {
-			cd.Filters = append(cd.Filters, f.Name)
+			name := f.Name
+			if f.Off {
+				// Runs only where a route or virtual host enables it.
+				name += " (off by default)"
+			}
+			cd.Filters = append(cd.Filters, name)
 		}
 	case c.TCP != nil:
 		cd.Kind = "tcp"

@@ -207,6 +207,9 @@ type HTTPFilter struct {
 	CORS  *CORS  // envoy.filters.http.cors (policy is per route/vhost)
 	// Router marks envoy.filters.http.router.
 	Router bool
+	// Off: disabled in the HTTP connection manager; it runs only where a
+	// route or virtual host enables it (PerFilterConfig.Enabled).
+	Off bool
 }
 
 // RouteTable is Envoy's RouteConfiguration.
@@ -430,6 +433,11 @@ type PerFilterConfig struct {
 	CORS  *CORS
 	// Disabled names filters turned off for this route.
 	Disabled map[string]bool
+	// Enabled names filters this level configures without turning them
+	// off (a FilterConfig with disabled false, or a config of their own):
+	// a filter the HTTP connection manager disables by default runs here
+	// (Envoy: the most specific level that names a filter decides).
+	Enabled map[string]bool
 }
 
 // Fault is Envoy's HTTPFault.

@@ -45,6 +45,8 @@ type httpFilter struct {
 	// isFault, isCORS: which filter this is (its listener-level config
 	// may be nil, the per-route one not).
 	isFault, isCORS bool
+	// off: runs only where a route or virtual host enables it.
+	off bool
 }
 
 // compile checks and compiles a snapshot (clusters are resolved by the
@@ -120,9 +122,9 @@ func (c *config) compileChain(fc *model.FilterChain, tables map[*model.RouteTabl
 			// Envoy's router is terminal: filters after it never run.
 			return ch, nil
 		case f.Fault != nil || f.Name == "envoy.filters.http.fault":
-			ch.filters = append(ch.filters, httpFilter{name: f.Name, isFault: true, fault: c.fault(f.Fault)})
+			ch.filters = append(ch.filters, httpFilter{name: f.Name, isFault: true, fault: c.fault(f.Fault), off: f.Off})
 		case f.CORS != nil || f.Name == "envoy.filters.http.cors":
-			ch.filters = append(ch.filters, httpFilter{name: f.Name, isCORS: true, cors: c.corsOf(f.CORS)})
+			ch.filters = append(ch.filters, httpFilter{name: f.Name, isCORS: true, cors: c.corsOf(f.CORS), off: f.Off})
 		}
 	}
 	return ch, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/kmesh-go/kmesh/waypoint/filter"
 	"github.com/kmesh-go/kmesh/waypoint/h1"
 	"github.com/kmesh-go/kmesh/waypoint/internal/header"
+	"github.com/kmesh-go/kmesh/waypoint/model"
 	"github.com/kmesh-go/kmesh/waypoint/route"
 	"github.com/kmesh-go/kmesh/waypoint/telemetry"
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
@@ -200,7 +201,7 @@ func (q *request) run() {
 	}
 
 	for _, f := range q.ch.filters {
-		if q.disabled(f.name) {
+		if q.disabled(f) {
 			continue
 		}
 		switch {
@@ -260,12 +261,36 @@ func (q *request) pickCluster() {
 	q.cluster = q.cfg.clusters[q.clusterName]
 }
 
-// disabled reports a filter turned off for this route or virtual host.
-func (q *request) disabled(name string) bool {
-	if q.rt != nil && q.rt.Model.PerFilter.Disabled[name] {
-		return true
+// disabled reports a filter off for this request: the most specific of
+// the route and its virtual host that names the filter decides, else the
+// connection manager's default (Envoy's filterDisabled).
+func (q *request) disabled(f httpFilter) bool {
+	for _, pf := range [2]*model.PerFilterConfig{q.routePF(), q.vhostPF()} {
+		if pf == nil {
+			continue
+		}
+		if pf.Disabled[f.name] {
+			return true
+		}
+		if pf.Enabled[f.name] {
+			return false
+		}
 	}
-	return q.vh != nil && q.vh.Model.PerFilter.Disabled[name]
+	return f.off
+}
+
+func (q *request) routePF() *model.PerFilterConfig {
+	if q.rt == nil {
+		return nil
+	}
+	return &q.rt.Model.PerFilter
+}
+
+func (q *request) vhostPF() *model.PerFilterConfig {
+	if q.vh == nil {
+		return nil
+	}
+	return &q.vh.Model.PerFilter
 }
 
 // effectiveFault is the route's fault config, else the virtual host's,

@@ -703,3 +703,35 @@ func TestClusterNotFoundStatus(t *testing.T) {
 		eventually(t, "NC logged", func() bool { return strings.Contains(te.access.String(), `"response_flags":"NC"`) })
 	}
 }
+
+// A filter the connection manager disables runs only where the most
+// specific level naming it (route, then virtual host) enables it.
+func TestFilterDisabledByDefault(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	const fault = "envoy.filters.http.fault"
+	on := fwd("be")
+	on.Match = model.RouteMatch{Prefix: "/on"}
+	on.PerFilter.Enabled = map[string]bool{fault: true}
+	plain := fwd("be")
+	plain.Match = model.RouteMatch{Prefix: "/plain"}
+	offHere := fwd("be")
+	offHere.Match = model.RouteMatch{Prefix: "/vhon-routeoff"}
+	offHere.PerFilter.Disabled = map[string]bool{fault: true}
+	rt := oneRoute(on, plain)
+	vhOn := &model.VirtualHost{Name: "vhon", Domains: []string{"vhon"}, Routes: []*model.Route{offHere, fwd("be")},
+		PerFilter: model.PerFilterConfig{Enabled: map[string]bool{fault: true}}}
+	rt.VirtualHosts = append([]*model.VirtualHost{vhOn}, rt.VirtualHosts...)
+	snap := httpSnapshot(rt, false, be)
+	hcm := snap.Listeners[0].Chains["http"].HTTP
+	hcm.Filters[0] = model.HTTPFilter{Name: fault, Off: true, Fault: &model.Fault{AbortHTTPStatus: 418, AbortPercent: 100}}
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	c := client(te.addr("main"))
+	for url, want := range map[string]int{
+		"http://x/on": 418, "http://x/plain": 200, "http://vhon/any": 418, "http://vhon/vhon-routeoff": 200,
+	} {
+		if code, _, _ := get(t, c, url); code != want {
+			t.Errorf("%s: %d, want %d", url, code, want)
+		}
+	}
+}

@@ -347,24 +347,19 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 		case typeRouter:
 			m.Filters = append(m.Filters, model.HTTPFilter{Name: f.GetName(), Router: true})
 		case typeFault, typeCORS:
-			if f.GetDisabled() {
-				// Off unless a route or virtual host turns it on
-				// (typed_per_filter_config): here off everywhere. Never a
-				// filter that denies: those fail closed below whatever
-				// the flag says.
-				t.unsupported(model.Unsupported{Where: fwhere, Name: f.GetName(), TypeURL: tu,
-					Reason: "disabled: left out of the chain; a route or virtual host that enables it does not get it"})
-				continue
-			}
+			// disabled: off unless a route or virtual host turns it on
+			// (typed_per_filter_config). Never a filter that denies:
+			// those fail closed below whatever the flag says.
+			off := f.GetDisabled()
 			if tu == typeCORS {
-				m.Filters = append(m.Filters, model.HTTPFilter{Name: f.GetName(), CORS: &model.CORS{}})
+				m.Filters = append(m.Filters, model.HTTPFilter{Name: f.GetName(), CORS: &model.CORS{}, Off: off})
 				continue
 			}
 			fl, err := t.faultFromAny(tc, fwhere)
 			if err != nil {
 				return nil, nil, errorf(fwhere, "%v", err)
 			}
-			m.Filters = append(m.Filters, model.HTTPFilter{Name: f.GetName(), Fault: fl})
+			m.Filters = append(m.Filters, model.HTTPFilter{Name: f.GetName(), Fault: fl, Off: off})
 		default:
 			cls := classify(tu)
 			t.unsupported(model.Unsupported{Where: fwhere, Name: f.GetName(), TypeURL: tu, FailClosed: !cls.harmless, Reason: cls.reason})

@@ -122,9 +122,10 @@ func TestEscapedSlashesActionTranslated(t *testing.T) {
 	}
 }
 
-// An HTTP filter disabled in the connection manager does not run (Envoy
-// runs it only where a route or virtual host enables it; here nowhere,
-// which is reported). A disabled filter that could deny still fails
+// An HTTP filter disabled in the connection manager is kept, off: it
+// runs only where a route or virtual host enables it (Envoy's
+// typed_per_filter_config, a FilterConfig with disabled false or a
+// config of its own). A disabled filter that could deny still fails
 // closed.
 func TestDisabledHTTPFilter(t *testing.T) {
 	hf := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 500}, Percentage: &typev3.FractionalPercent{Numerator: 100}}}
@@ -136,13 +137,22 @@ func TestDisabledHTTPFilter(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch := snap.Listeners[0].Chains["only"]
-	for _, f := range ch.HTTP.Filters {
-		if f.Fault != nil {
-			t.Errorf("disabled fault filter %q is in the chain: %+v", f.Name, f.Fault)
-		}
+	if f := ch.HTTP.Filters[0]; f.Fault == nil || !f.Off {
+		t.Errorf("disabled fault filter: %+v, want it kept with Off", f)
 	}
-	if ch.Deny != nil || len(snap.Unsupported) != 1 {
-		t.Errorf("deny %+v, unsupported %+v; want no deny, the filter reported", ch.Deny, snap.Unsupported)
+	if ch.Deny != nil || len(snap.Unsupported) != 0 {
+		t.Errorf("deny %+v, unsupported %+v; want neither", ch.Deny, snap.Unsupported)
+	}
+	on, _ := anypb.New(&routev3.FilterConfig{})
+	own, _ := anypb.New(hf)
+	off, _ := anypb.New(&routev3.FilterConfig{Disabled: true})
+	var tr translator
+	pf, err := tr.perFilter(map[string]*anypb.Any{"a": on, "b": own, "c": off}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pf.Enabled["a"] || !pf.Enabled["b"] || pf.Enabled["c"] || !pf.Disabled["c"] {
+		t.Errorf("enabled %v, disabled %v; want a and b enabled, c disabled", pf.Enabled, pf.Disabled)
 	}
 	rbac := httpFilter("envoy.filters.http.rbac", typed("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"))
 	rbac.Disabled = true

@@ -639,10 +639,19 @@ func (t *translator) perFilter(m map[string]*anypb.Any, where string) (model.Per
 				pf.Disabled[name] = true
 				continue
 			}
+			if pf.Enabled == nil {
+				pf.Enabled = map[string]bool{}
+			}
+			pf.Enabled[name] = true
 			if fc.GetConfig() == nil {
 				continue
 			}
 			a = fc.GetConfig()
+		} else {
+			if pf.Enabled == nil {
+				pf.Enabled = map[string]bool{}
+			}
+			pf.Enabled[name] = true
 		}
 		switch innerType(a) {
 		case typeFault:
