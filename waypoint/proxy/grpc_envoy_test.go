@@ -124,6 +124,30 @@ func TestRefusedStreamRetriedByPolicy(t *testing.T) {
 	}
 }
 
+// A bodyless request (a GET to an HTTP/2 cluster) whose stream is
+// refused is the retry policy's too: net/http's Transport would resend it
+// itself (no body to keep) with a backoff of 1 s, 2 s, 4 s... for as long
+// as the request lasts. Without a policy: one stream, then 503.
+func TestRefusedBodylessStreamRetriedByPolicy(t *testing.T) {
+	var streams atomic.Int64
+	up := refusingH2C(t, &streams)
+	with := retryRoute("c", retryOn(2, "refused-stream"))
+	with.Match = model.RouteMatch{Prefix: "/retried"}
+	without := fwd("c")
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(with, without), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
+	c := client(te.addr("main"))
+	c.Timeout = 10 * time.Second
+	for path, want := range map[string]int64{"/retried": 3, "/once": 1} {
+		streams.Store(0)
+		start := time.Now()
+		code, body, _ := get(t, c, "http://x"+path)
+		if d := time.Since(start); code != 503 || streams.Load() != want || d > time.Second || !strings.Contains(body, "refused stream") {
+			t.Errorf("%s after %v: %d %q, %d streams; want 503 (refused stream) after %d, at once", path, d, code, body, streams.Load(), want)
+		}
+	}
+}
+
 // Envoy caps a gRPC request's timeout by max_grpc_timeout, a missing or
 // zero grpc-timeout (no limit) included; Istio sets the cap to the route's
 // timeout.

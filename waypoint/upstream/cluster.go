@@ -276,7 +276,10 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, host *Host, 
 			u := *req.URL
 			r.URL = &u
 		}
-		return c.Transport(h2).RoundTrip(r)
+		if h2 {
+			return c.pools.h2c.roundTrip(ctx, r, host.Key)
+		}
+		return c.Transport(false).RoundTrip(r)
 	}
 	return c.h1.roundTrip(ctx, req, host.Key)
 }

@@ -20,12 +20,18 @@ type pools struct {
 	c      *Cluster
 	mu     sync.Mutex
 	h1, h2 atomic.Pointer[http.Transport]
+	// h2c: the HTTP/2 connections (h2.go), made by h2's Transport.
+	h2c h2Conns
 	// settings the transports were made with; a change makes new ones.
 	idle     time.Duration
 	maxConns int
 }
 
-func newPools(c *Cluster) *pools { return &pools{c: c} }
+func newPools(c *Cluster) *pools {
+	p := &pools{c: c}
+	p.h2c.p = p
+	return p
+}
 
 func (p *pools) update(old, st *state) {
 	idle := st.m.IdleTimeout
@@ -46,10 +52,11 @@ func (p *pools) update(old, st *state) {
 			tr.CloseIdleConnections()
 		}
 	}
+	p.h2c.closeIdle(true)
 }
 
-// Transport returns the pool for HTTP/1.1 (h2 false) or h2c prior
-// knowledge (h2 true).
+// Transport returns the pool for HTTP/1.1 (h2 false) or, for h2c prior
+// knowledge (h2 true), the maker of the connections h2.go pools.
 func (c *Cluster) Transport(h2 bool) *http.Transport {
 	p := c.pools
 	slot := &p.h1
@@ -90,6 +97,7 @@ func (p *pools) closeIdle() {
 			t.CloseIdleConnections()
 		}
 	}
+	p.h2c.closeIdle(false)
 }
 
 // dial opens a connection to an endpoint within the cluster's connect

@@ -1,0 +1,147 @@
+package upstream
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+)
+
+// h2Conns are a cluster's HTTP/2 (h2c prior knowledge) connections, per
+// endpoint, each carrying many streams: net/http ClientConns made by the
+// cluster's HTTP/2 Transport (its dial counts max_connections), with our
+// own choice of connection per request.
+//
+// Why not the Transport's RoundTrip: it sends a request whose stream the
+// endpoint refused (REFUSED_STREAM, or a stream beyond its GOAWAY) again
+// by itself whenever the request has no body, with a backoff of 1 s,
+// 2 s, 4 s... bounded only by the request's context, which a waypoint
+// route often leaves without a timeout. A ClientConn's RoundTrip never
+// resends, so the route's retry policy decides, as in Envoy
+// (refused-stream, num_retries, other hosts).
+type h2Conns struct {
+	p     *pools
+	mu    sync.Mutex
+	hosts map[string]*h2Host
+}
+
+type h2Host struct {
+	conns []*http.ClientConn
+	// dialing is closed when the connection being opened is in conns (or
+	// failed): requests that find no free stream meanwhile wait for it
+	// rather than each open a connection, as Envoy's pool queues them.
+	dialing chan struct{}
+}
+
+// roundTrip sends req to host on a connection with a free stream,
+// opening one when none has.
+func (h *h2Conns) roundTrip(ctx context.Context, req *http.Request, host string) (*http.Response, error) {
+	for try := 0; ; try++ {
+		cc, err := h.get(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := cc.RoundTrip(req)
+		if err != nil && try < 2 && notSent(err) {
+			// The connection closed between the reservation and the
+			// send: nothing went out, so another connection may take it
+			// (the HTTP/1.1 pool's stale connection, here).
+			continue
+		}
+		return resp, err
+	}
+}
+
+// notSent reports the errors a ClientConn's RoundTrip gives before it
+// wrote anything of the request (net/http has no exported value for
+// them).
+func notSent(err error) bool {
+	s := err.Error()
+	return strings.HasSuffix(s, "client conn not usable") || strings.HasSuffix(s, "client conn is closed")
+}
+
+func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error) {
+	for {
+		h.mu.Lock()
+		if h.hosts == nil {
+			h.hosts = map[string]*h2Host{}
+		}
+		hh := h.hosts[host]
+		if hh == nil {
+			hh = &h2Host{}
+			h.hosts[host] = hh
+		}
+		live := hh.conns[:0]
+		var pick *http.ClientConn
+		for _, cc := range hh.conns {
+			if cc.Err() != nil {
+				cc.Close()
+				continue
+			}
+			live = append(live, cc)
+			if pick == nil && cc.Reserve() == nil {
+				pick = cc
+			}
+		}
+		clear(hh.conns[len(live):])
+		hh.conns = live
+		if pick != nil {
+			h.mu.Unlock()
+			return pick, nil
+		}
+		if wait := hh.dialing; wait != nil {
+			h.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		}
+		done := make(chan struct{})
+		hh.dialing = done
+		h.mu.Unlock()
+
+		cc, err := h.p.c.Transport(true).NewClientConn(ctx, "http", host)
+		h.mu.Lock()
+		hh.dialing = nil
+		close(done)
+		if err == nil {
+			if rerr := cc.Reserve(); rerr != nil {
+				cc.Close()
+				err = rerr
+			} else {
+				hh.conns = append(hh.conns, cc)
+			}
+		}
+		h.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return cc, nil
+	}
+}
+
+// closeIdle closes the connections with no stream in flight; with
+// retire, the busy ones leave the pool too (no new stream goes to them)
+// and close themselves once idle (the Transport's idle timeout).
+func (h *h2Conns) closeIdle(retire bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for host, hh := range h.hosts {
+		live := hh.conns[:0]
+		for _, cc := range hh.conns {
+			switch {
+			case cc.InFlight() == 0 || cc.Err() != nil:
+				cc.Close()
+			case !retire:
+				live = append(live, cc)
+			}
+		}
+		clear(hh.conns[len(live):])
+		hh.conns = live
+		if len(live) == 0 && hh.dialing == nil {
+			delete(h.hosts, host)
+		}
+	}
+}
