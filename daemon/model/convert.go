@@ -64,6 +64,14 @@ func FromService(s *workloadapi.Service) (*Service, error) {
 		if err != nil {
 			return nil, where("ports[%d]: %v", i, err)
 		}
+		// A Kubernetes Service lists a port number once per protocol
+		// (kube-dns: 53/UDP and 53/TCP) and istiod passes each on. The
+		// data path maps a port without its protocol, so the first
+		// listing stands for all of them, as Workload.TargetPort reads
+		// the first of a workload's own.
+		if slices.ContainsFunc(out.Ports, func(q Port) bool { return q.ServicePort == port.ServicePort }) {
+			continue
+		}
 		out.Ports = append(out.Ports, port)
 	}
 	if lb := s.GetLoadBalancing(); lb != nil {

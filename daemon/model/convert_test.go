@@ -172,3 +172,17 @@ func TestWorkloadsShareWhatTheyHaveInCommon(t *testing.T) {
 		t.Fatalf("another service account: %p %p %s %s", a.Shared, c.Shared, a.Identity(), c.Identity())
 	}
 }
+
+// istiod lists a Kubernetes Service's port once per protocol (53/UDP and
+// 53/TCP); the model keeps one port per number, the first listed.
+func TestServicePortPerProtocolIsOnePort(t *testing.T) {
+	s, _, err := FromAddress(svc(func(s *workloadapi.Service) {
+		s.Ports = []*workloadapi.Port{{ServicePort: 53, TargetPort: 5353}, {ServicePort: 9153}, {ServicePort: 53, TargetPort: 53}}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Ports) != 2 || s.Ports[0] != (Port{ServicePort: 53, TargetPort: 5353}) || s.Ports[1] != (Port{ServicePort: 9153}) {
+		t.Fatalf("ports %+v, want 53->5353 and 9153", s.Ports)
+	}
+}

@@ -1,0 +1,94 @@
+package dataplane
+
+// Kernel tests of the daemon's path from model resources to the maps: a
+// real data path attached to a cgroup the test makes, pins under a fresh
+// bpffs directory. Run with KMESH_KERNEL_TESTS=1 as root.
+
+import (
+	"net/netip"
+	"testing"
+
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/internal/testbed"
+)
+
+var node = model.Node{Name: "node-a", ClusterID: "c1"}
+
+// open loads a data path for the test; everything goes when it ends.
+func open(t *testing.T, sizes loader.Sizes) *Dataplane {
+	t.Helper()
+	testbed.Require(t)
+	cg := testbed.NewCgroup(t)
+	d, err := Open(Config{Loader: loader.Config{PinDir: testbed.PinDir(t), CgroupPath: cg.Path, Sizes: sizes}, Node: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed before PinDir's cleanup removes the pins and links.
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+// fromIstio converts a service as istiod sends it.
+func fromIstio(t *testing.T, s *workloadapi.Service) model.Resource {
+	t.Helper()
+	svc, _, err := model.FromAddress(&workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return model.Resource{Name: string(svc.Key), Service: svc}
+}
+
+func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func workload(uid, addr string, mut ...func(*model.Workload)) model.Resource {
+	w := &model.Workload{UID: uid, Name: uid, Addresses: []netip.Addr{ip(addr)}, Healthy: true,
+		Shared: model.ShareOf(model.Shared{Namespace: "default"})}
+	for _, m := range mut {
+		m(w)
+	}
+	return model.Resource{Name: uid, Workload: w}
+}
+
+func backs(name string, ports ...model.Port) func(*model.Workload) {
+	return func(w *model.Workload) {
+		w.Services = append(w.Services, model.ServicePorts{Service: model.ServiceKey("default/" + name + ".default.svc.cluster.local"), Ports: ports})
+	}
+}
+
+// update applies resources and fails the test on any refusal.
+func update(t *testing.T, d *Dataplane, ups []model.Resource, removes ...string) {
+	t.Helper()
+	rejected, err := d.Update(ups, removes)
+	if err != nil || len(rejected) > 0 {
+		t.Fatalf("update refused: %v %v", rejected, err)
+	}
+}
+
+// A Kubernetes Service may list one port number twice, once per protocol
+// (kube-dns: 53/UDP and 53/TCP), and istiod sends every one of them. The
+// kernel's port map has no protocol, so both are one entry: the service
+// must still reach the maps, and with it everything else of the state.
+func TestServicePortListedPerProtocol(t *testing.T) {
+	d := open(t, loader.Sizes{})
+	dns := fromIstio(t, &workloadapi.Service{Name: "kube-dns", Namespace: "default", Hostname: "kube-dns.default.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.10").AsSlice()}},
+		Ports:     []*workloadapi.Port{{ServicePort: 53, TargetPort: 53}, {ServicePort: 53, TargetPort: 53}, {ServicePort: 9153, TargetPort: 9153}}})
+	update(t, d, []model.Resource{dns, workload("coredns", "10.244.0.5", backs("kube-dns"))})
+	if err := d.Sync(); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	svcs := d.Maps().Services()
+	if len(svcs) != 1 || len(svcs[0].Ports) != 2 || len(svcs[0].Endpoints) != 1 {
+		t.Fatalf("kernel services %+v, want kube-dns with ports 53 and 9153 and its endpoint", svcs)
+	}
+	// And as an update after the first sync.
+	update(t, d, []model.Resource{fromIstio(t, &workloadapi.Service{Name: "other", Namespace: "default", Hostname: "other.default.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.11").AsSlice()}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 80, TargetPort: 8080}}})})
+	if n := len(d.Maps().Services()); n != 2 {
+		t.Fatalf("%d services in the kernel, want 2", n)
+	}
+}
