@@ -60,6 +60,7 @@ type h1Conn struct {
 	p        *h1Pool
 	host     string
 	conn     net.Conn
+	sock     net.Conn // the socket of h1.Raw under conn, nil when none
 	rc       countingReader
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -256,10 +257,11 @@ func (p *h1Pool) dial(ctx context.Context, host string) (*h1Conn, error) {
 		return nil, err
 	}
 	// Raw reads and writes: see package h1 (rawio.go).
+	pc := &h1Conn{p: p, host: host, conn: conn}
 	if cc, ok := conn.(*countedConn); ok {
 		cc.Conn = h1.Raw(cc.Conn)
+		pc.sock = cc.Conn
 	}
-	pc := &h1Conn{p: p, host: host, conn: conn}
 	pc.abort = func() { pc.conn.SetDeadline(aLongTimeAgo) }
 	pc.unhook = func() bool {
 		g := pc.hook
@@ -480,8 +482,19 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			// The endpoint may have answered early and closed: read on.
 			bodyDone = make(chan error, 1)
 			bodyDone <- err
-		} else if err := pc.bw.Flush(); err != nil {
-			return fail(err, replayable)
+		} else {
+			// The response's read writes the request (h1.HoldWrite): no
+			// read that fails before the wait for it. Nothing else writes
+			// to the connection before that read. An endpoint that closed
+			// the connection meanwhile resets it at the request, which
+			// ends the wait (a stale connection, as before); one idle for
+			// long was looked at first (alive).
+			if pc.bw.Buffered() > 0 && pc.sock != nil {
+				h1.HoldWrite(pc.sock)
+			}
+			if err := pc.bw.Flush(); err != nil {
+				return fail(err, replayable)
+			}
 		}
 	} else {
 		if err := pc.bw.Flush(); err != nil {
