@@ -254,14 +254,14 @@ func dumpTable(t *RouteTable) *RouteTableDump {
 	for _, vh := range t.VirtualHosts {
 		vd := VirtualHostDump{Name: vh.Name, Domains: vh.Domains, Retry: dumpRetry(vh.Retry), Routes: []RouteDump{}}
 		for _, r := range vh.Routes {
-			vd.Routes = append(vd.Routes, dumpRoute(r, vh))
+			vd.Routes = append(vd.Routes, dumpRoute(r, vh, t))
 		}
 		td.VirtualHosts = append(td.VirtualHosts, vd)
 	}
 	return td
 }
 
-func dumpRoute(r *Route, vh *VirtualHost) RouteDump {
+func dumpRoute(r *Route, vh *VirtualHost, t *RouteTable) RouteDump {
 	rd := RouteDump{Name: r.Name, Match: dumpMatch(r.Match)}
 	switch {
 	case r.Deny != nil:
@@ -296,11 +296,22 @@ func dumpRoute(r *Route, vh *VirtualHost) RouteDump {
 	if fault == nil && vh != nil {
 		fault = vh.PerFilter.Fault
 	}
+	if fault == nil && t != nil {
+		fault = t.PerFilter.Fault
+	}
 	if fault != nil {
 		rd.Fault = &FaultDump{Delay: dur(fault.Delay), DelayPercent: fault.DelayPercent, AbortHTTPStatus: fault.AbortHTTPStatus,
 			AbortGRPCStatus: fault.AbortGRPCStatus, AbortPercent: fault.AbortPercent}
 	}
-	rd.CORS = (r.PerFilter.CORS != nil && !r.PerFilter.CORS.Disabled) || (vh != nil && vh.PerFilter.CORS != nil && !vh.PerFilter.CORS.Disabled)
+	// The most specific CORS policy decides, as at run time.
+	switch cors := r.PerFilter.CORS; {
+	case cors != nil:
+		rd.CORS = !cors.Disabled
+	case vh != nil && vh.PerFilter.CORS != nil:
+		rd.CORS = !vh.PerFilter.CORS.Disabled
+	case t != nil && t.PerFilter.CORS != nil:
+		rd.CORS = !t.PerFilter.CORS.Disabled
+	}
 	for _, h := range r.Headers.RequestAdd {
 		rd.RequestAdd = append(rd.RequestAdd, headerValue(h))
 	}

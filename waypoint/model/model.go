@@ -219,6 +219,10 @@ type RouteTable struct {
 	// Header operations applied to every request/response (after the
 	// route's and the virtual host's, as in Envoy).
 	Headers HeaderOps
+	// PerFilter: the route configuration's own typed_per_filter_config,
+	// the least specific level (after the route's and the virtual
+	// host's).
+	PerFilter PerFilterConfig
 }
 
 // VirtualHost groups routes by authority.
@@ -426,8 +430,9 @@ type HeaderValue struct {
 	OnlyIfPresent bool
 }
 
-// PerFilterConfig holds per-route (or per-vhost) overrides of HTTP filters,
-// Envoy's typed_per_filter_config, by filter name.
+// PerFilterConfig holds per-route (or per-vhost, or per-route-table)
+// overrides of HTTP filters, Envoy's typed_per_filter_config, by filter
+// name.
 type PerFilterConfig struct {
 	Fault *Fault
 	CORS  *CORS

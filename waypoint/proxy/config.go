@@ -130,9 +130,11 @@ func (c *config) compileChain(fc *model.FilterChain, tables map[*model.RouteTabl
 	return ch, nil
 }
 
-// compilePerFilter compiles the per-route and per-virtual-host filter
-// configs of a table.
+// compilePerFilter compiles the per-route, per-virtual-host and
+// table-level filter configs of a table.
 func (c *config) compilePerFilter(rt *model.RouteTable) {
+	c.fault(rt.PerFilter.Fault)
+	c.corsOf(rt.PerFilter.CORS)
 	for _, vh := range rt.VirtualHosts {
 		c.fault(vh.PerFilter.Fault)
 		c.corsOf(vh.PerFilter.CORS)

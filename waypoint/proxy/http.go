@@ -262,10 +262,11 @@ func (q *request) pickCluster() {
 }
 
 // disabled reports a filter off for this request: the most specific of
-// the route and its virtual host that names the filter decides, else the
-// connection manager's default (Envoy's filterDisabled).
+// the route, its virtual host and the route table that names the filter
+// decides, else the connection manager's default (Envoy's
+// filterDisabled).
 func (q *request) disabled(f httpFilter) bool {
-	for _, pf := range [2]*model.PerFilterConfig{q.routePF(), q.vhostPF()} {
+	for _, pf := range [3]*model.PerFilterConfig{q.routePF(), q.vhostPF(), q.tablePF()} {
 		if pf == nil {
 			continue
 		}
@@ -293,13 +294,24 @@ func (q *request) vhostPF() *model.PerFilterConfig {
 	return &q.vh.Model.PerFilter
 }
 
+func (q *request) tablePF() *model.PerFilterConfig {
+	if q.ch.table == nil {
+		return nil
+	}
+	return &q.ch.table.Model.PerFilter
+}
+
 // effectiveFault is the route's fault config, else the virtual host's,
-// else the filter's own (Envoy's most specific typed_per_filter_config).
+// else the route table's, else the filter's own (Envoy's most specific
+// typed_per_filter_config).
 func (q *request) effectiveFault(f httpFilter) *filter.Fault {
 	if m := q.rt.Model.PerFilter.Fault; m != nil {
 		return q.cfg.faults[m]
 	}
 	if m := q.vh.Model.PerFilter.Fault; m != nil {
+		return q.cfg.faults[m]
+	}
+	if m := q.ch.table.Model.PerFilter.Fault; m != nil {
 		return q.cfg.faults[m]
 	}
 	return f.fault
@@ -310,6 +322,9 @@ func (q *request) effectiveCORS(f httpFilter) *filter.CORS {
 		return q.cfg.cors[m]
 	}
 	if m := q.vh.Model.PerFilter.CORS; m != nil {
+		return q.cfg.cors[m]
+	}
+	if m := q.ch.table.Model.PerFilter.CORS; m != nil {
 		return q.cfg.cors[m]
 	}
 	return f.cors

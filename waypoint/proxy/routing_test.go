@@ -735,3 +735,38 @@ func TestFilterDisabledByDefault(t *testing.T) {
 		}
 	}
 }
+
+// A route table's own typed_per_filter_config is the least specific
+// level: it configures the fault filter for every route, a virtual host's
+// or a route's own config replaces it, and it enables a filter the
+// connection manager turns off.
+func TestRouteTablePerFilter(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	const fault = "envoy.filters.http.fault"
+	abort := func(code int) *model.Fault { return &model.Fault{AbortHTTPStatus: code, AbortPercent: 100} }
+	plain := fwd("be")
+	plain.Match = model.RouteMatch{Prefix: "/plain"}
+	own := fwd("be")
+	own.Match = model.RouteMatch{Prefix: "/own"}
+	own.PerFilter.Fault = abort(429)
+	off := fwd("be")
+	off.Match = model.RouteMatch{Prefix: "/off"}
+	off.PerFilter.Disabled = map[string]bool{fault: true}
+	rt := oneRoute(plain, own, off)
+	rt.VirtualHosts = append([]*model.VirtualHost{{Name: "vhb", Domains: []string{"vhb"}, Routes: []*model.Route{fwd("be")},
+		PerFilter: model.PerFilterConfig{Fault: abort(503)}}}, rt.VirtualHosts...)
+	rt.PerFilter = model.PerFilterConfig{Fault: abort(418), Enabled: map[string]bool{fault: true}}
+	snap := httpSnapshot(rt, false, be)
+	hcm := snap.Listeners[0].Chains["http"].HTTP
+	hcm.Filters[0] = model.HTTPFilter{Name: fault, Off: true, Fault: &model.Fault{}}
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	c := client(te.addr("main"))
+	for url, want := range map[string]int{
+		"http://x/plain": 418, "http://x/own": 429, "http://x/off": 200, "http://vhb/any": 503,
+	} {
+		if code, _, _ := get(t, c, url); code != want {
+			t.Errorf("%s: %d, want %d", url, code, want)
+		}
+	}
+}

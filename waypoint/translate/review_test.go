@@ -178,3 +178,25 @@ func TestClusterNotFoundResponseCode(t *testing.T) {
 		}
 	}
 }
+
+// A route configuration's own typed_per_filter_config is read (the
+// least specific level), not dropped.
+func TestRouteConfigPerFilter(t *testing.T) {
+	hf := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 418}, Percentage: &typev3.FractionalPercent{Numerator: 100}}}
+	own, _ := anypb.New(hf)
+	off, _ := anypb.New(&routev3.FilterConfig{Disabled: true})
+	rc := &routev3.RouteConfiguration{Name: "rc",
+		TypedPerFilterConfig: map[string]*anypb.Any{"envoy.filters.http.fault": own, "envoy.filters.http.cors": off},
+		VirtualHosts:         []*routev3.VirtualHost{{Name: "vh", Domains: []string{"*"}}}}
+	var tr translator
+	rt, err := tr.routeTable(rc, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := rt.PerFilter.Fault; f == nil || f.AbortHTTPStatus != 418 || !rt.PerFilter.Enabled["envoy.filters.http.fault"] {
+		t.Errorf("table-level fault %+v enabled %v; want abort 418, enabled", f, rt.PerFilter.Enabled)
+	}
+	if !rt.PerFilter.Disabled["envoy.filters.http.cors"] {
+		t.Errorf("table-level disabled %v; want cors", rt.PerFilter.Disabled)
+	}
+}

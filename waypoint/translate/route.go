@@ -32,6 +32,9 @@ func (t *translator) routeTable(rc *routev3.RouteConfiguration, where string) (*
 	if rc.GetVhds() != nil {
 		return nil, errorf(where, "VHDS is not supported")
 	}
+	if rt.PerFilter, err = t.perFilter(rc.GetTypedPerFilterConfig(), where); err != nil {
+		return nil, err
+	}
 	seen := map[string]string{}
 	for _, vh := range rc.GetVirtualHosts() {
 		v, err := t.virtualHost(vh, where+" / virtual host "+vh.GetName())
