@@ -510,3 +510,24 @@ func TestKernelDaemonChangesEnrollmentAfterAdd(t *testing.T) {
 	}
 	e.requireClean()
 }
+
+// Podman's CNI backend names no Kubernetes pod: it passes the container's
+// name as K8S_POD_NAME and no namespace (for the dnsname plugin), and a
+// container name may hold capitals and underscores. ADD treats that as
+// CNI_ARGS naming no pod (defaultEnroll decides), DEL undoes it.
+func TestKernelPodmanArgsNameNoPod(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{defaultEnroll: true})
+	p := e.newPod("podman")
+	p.rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", "My_Web.app-1"}}
+	e.mustAdd(list, p)
+	e.requireEnrolled(p)
+	d := e.daemon.Pod(p.rt.ContainerID)
+	if d == nil || !d.GetEnrolled() || d.GetName() != "" || d.GetNamespace() != "" || !strings.Contains(d.GetReason(), "defaultEnroll is true") {
+		t.Fatalf("daemon's record: %v", d)
+	}
+	if err := e.del(list, p); err != nil {
+		t.Fatal(err)
+	}
+	e.requireClean()
+}

@@ -28,8 +28,8 @@ func (p Pod) String() string {
 
 // ParseArgs reads the K8S_POD_* keys of CNI_ARGS ("K=V;K=V"). Other keys
 // are ignored whatever IgnoreUnknown says: kmesh-cni sits in chains whose
-// runtimes pass keys for other plugins. Names that Kubernetes would not
-// accept are refused, since they end up in API paths.
+// runtimes pass keys for other plugins. A pod's names that Kubernetes
+// would not accept are refused, since they end up in API paths.
 func ParseArgs(s string) (Pod, error) {
 	var p Pod
 	if s == "" {
@@ -53,19 +53,23 @@ func ParseArgs(s string) (Pod, error) {
 			p.UID = v
 		}
 	}
-	if p.Name != "" && !isDNSSubdomain(p.Name) {
+	// A pod is named by both keys (kubelet's runtimes always pass both).
+	// One without the other names no Kubernetes pod: podman's CNI backend
+	// passes the container's name as K8S_POD_NAME alone (for the dnsname
+	// plugin), and a container name may hold capitals and underscores.
+	// Refusing it failed every such container's ADD; it is a sandbox that
+	// is not a Kubernetes pod, which defaultEnroll decides.
+	if p.Name == "" || p.Namespace == "" {
+		return Pod{}, nil
+	}
+	if !isDNSSubdomain(p.Name) {
 		return Pod{}, argError("K8S_POD_NAME", p.Name)
 	}
-	if p.Namespace != "" && !isDNSLabel(p.Namespace) {
+	if !isDNSLabel(p.Namespace) {
 		return Pod{}, argError("K8S_POD_NAMESPACE", p.Namespace)
 	}
 	if p.UID != "" && !isUID(p.UID) {
 		return Pod{}, argError("K8S_POD_UID", p.UID)
-	}
-	if (p.Name == "") != (p.Namespace == "") {
-		return Pod{}, types.NewError(types.ErrInvalidEnvironmentVariables,
-			"CNI_ARGS names a pod without its namespace, or a namespace without a pod",
-			"pass both K8S_POD_NAME and K8S_POD_NAMESPACE, or neither")
 	}
 	return p, nil
 }

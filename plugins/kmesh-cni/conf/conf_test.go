@@ -117,10 +117,19 @@ func TestParseArgs(t *testing.T) {
 		"K8S_POD_NAME=../../secrets;K8S_POD_NAMESPACE=x",
 		"K8S_POD_NAME=a;K8S_POD_NAMESPACE=Bad_NS",
 		"K8S_POD_NAME=a;K8S_POD_NAMESPACE=ns;K8S_POD_UID=a/b",
-		"K8S_POD_NAME=a",
 	} {
 		if _, err := ParseArgs(bad); codeOf(t, err) != types.ErrInvalidEnvironmentVariables {
 			t.Errorf("%q: %v, want code 4", bad, err)
+		}
+	}
+	// Half a pod is no pod: podman passes a container's name alone.
+	for _, none := range []string{
+		"IgnoreUnknown=1;K8S_POD_NAME=My_Web.app-1",
+		"K8S_POD_NAME=a",
+		"K8S_POD_NAMESPACE=ns;K8S_POD_UID=0b8f-11",
+	} {
+		if p, err := ParseArgs(none); err != nil || p != (Pod{}) {
+			t.Errorf("%q: %+v %v, want no pod", none, p, err)
 		}
 	}
 }
