@@ -304,9 +304,11 @@ func TestKernelDaemonDownClosed(t *testing.T) {
 	e.requireEnrolled(q)
 }
 
+// Under failurePolicy closed ADD needs the daemon and the data path, so
+// STATUS reports either missing with code 50.
 func TestKernelStatusReportsTheDaemon(t *testing.T) {
 	e := newEnv(t)
-	list := e.conflist(netOpts{version: "1.1.0"})
+	list := e.conflist(netOpts{version: "1.1.0", policy: conf.FailClosed})
 	if err := e.status(list); err != nil {
 		t.Fatalf("STATUS with a ready daemon: %v", err)
 	}
@@ -324,11 +326,45 @@ func TestKernelStatusReportsTheDaemon(t *testing.T) {
 	mustContain(t, "STATUS error", err.Error(), "unreachable")
 	gone := *e
 	gone.pins = e.pins + "-missing"
-	err = e.status(gone.conflist(netOpts{version: "1.1.0"}))
+	err = e.status(gone.conflist(netOpts{version: "1.1.0", policy: conf.FailClosed}))
 	if ce := cniError(t, err); ce.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS, no data path: %v", err)
 	}
 	mustContain(t, "STATUS error", err.Error(), "data path not loaded")
+}
+
+// Under failurePolicy open ADD serves pods while the daemon is not ready,
+// not there, or has not loaded the data path, so STATUS succeeds (the spec:
+// zero when the plugin can service ADD). A runtime marks the node's
+// network not ready while STATUS fails: failing here turned every daemon
+// restart into a node that takes no pods, which open exists to avoid.
+func TestKernelStatusOpenPolicyServesAdd(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true, policy: conf.FailOpen})
+	e.daemon.SetReady(false)
+	if err := e.status(list); err != nil {
+		t.Fatalf("STATUS, daemon not ready, open: %v", err)
+	}
+	e.daemon.Stop()
+	if err := e.status(list); err != nil {
+		t.Fatalf("STATUS, daemon gone, open: %v", err)
+	}
+	p := e.newPod("p")
+	e.mustAdd(list, p)
+	e.requireEnrolled(p)
+	gone := *e
+	gone.pins = e.pins + "-missing"
+	if err := e.status(gone.conflist(netOpts{version: "1.1.0", policy: conf.FailOpen})); err != nil {
+		t.Fatalf("STATUS, no data path, open: %v", err)
+	}
+	q := e.newPod("q")
+	e.mustAdd(gone.conflist(netOpts{version: "1.1.0", defaultEnroll: true, policy: conf.FailOpen}), q)
+	for _, x := range []*pod{p, q} {
+		if err := e.del(list, x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.requireClean()
 }
 
 // GC also removes tc attachments whose interface is gone and that no record

@@ -17,9 +17,26 @@ func cmdStatus(args *skel.CmdArgs) error {
 	return r.done(r.status())
 }
 
-// status is ready when the data path is loaded and the daemon says it is
-// ready; otherwise CNI error 50 with what is missing.
+// status is ready when ADD can serve pods. Under failurePolicy closed that
+// needs the data path loaded and the daemon ready; otherwise CNI error 50
+// with what is missing. Under open ADD serves pods without either (it
+// enrolls in the kernel, or lets the pod start for the daemon to enroll
+// later), so STATUS succeeds and only logs what is missing: the spec asks
+// for zero whenever ADD can be served, and a runtime marks the node's
+// network not ready while STATUS fails, which would make a daemon restart
+// stop the node taking pods.
 func (r *run) status() error {
+	err := r.ready()
+	if err != nil && !r.conf.Closed() {
+		r.log.Info("ADD serves pods under failurePolicy open, but the mesh is not ready", "error", err)
+		return nil
+	}
+	return err
+}
+
+// ready tells whether the data path is loaded and the daemon says it is
+// ready, as a CNI error 50 when not.
+func (r *run) ready() error {
 	c := r.conf
 	m, err := openManage(c.BPFDir)
 	if err != nil {
