@@ -92,3 +92,26 @@ func TestServicePortListedPerProtocol(t *testing.T) {
 		t.Fatalf("%d services in the kernel, want 2", n)
 	}
 }
+
+// In a multi-network mesh istiod merges a service's VIPs from every cluster
+// and keeps one per network and IP. Clusters made with the same defaults
+// share a service CIDR, so kube-dns is 10.96.0.10 on both networks: one
+// IP listed twice. The kernel's frontend is keyed by IP alone; the service
+// must still reach the maps.
+func TestServiceVIPOnTwoNetworks(t *testing.T) {
+	d := open(t, loader.Sizes{})
+	dns := fromIstio(t, &workloadapi.Service{Name: "kube-dns", Namespace: "default", Hostname: "kube-dns.default.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{
+			{Network: "net1", Address: ip("10.96.0.10").AsSlice()},
+			{Network: "net2", Address: ip("10.96.0.10").AsSlice()},
+		},
+		Ports: []*workloadapi.Port{{ServicePort: 53, TargetPort: 53}}})
+	update(t, d, []model.Resource{dns, workload("coredns", "10.244.0.5", backs("kube-dns"))})
+	if err := d.Sync(); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	svcs := d.Maps().Services()
+	if len(svcs) != 1 || len(svcs[0].VIPs) != 1 || svcs[0].VIPs[0] != ip("10.96.0.10") {
+		t.Fatalf("kernel services %+v, want kube-dns at 10.96.0.10", svcs)
+	}
+}

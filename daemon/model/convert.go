@@ -57,6 +57,13 @@ func FromService(s *workloadapi.Service) (*Service, error) {
 		if err != nil {
 			return nil, where("addresses[%d]: %v", i, err)
 		}
+		// istiod keeps one VIP per network and IP: a service merged from
+		// clusters on two networks that share a service CIDR (clusters
+		// made with the same defaults) lists the same IP once per network.
+		// The data path matches a VIP by IP alone, so it is one VIP.
+		if slices.Contains(out.VIPs, ip) {
+			continue
+		}
 		out.VIPs = append(out.VIPs, ip)
 	}
 	for i, p := range s.GetPorts() {
