@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"time"
@@ -101,14 +102,16 @@ type beBlock struct {
 func backendEntries(b *Backend) *beEntries {
 	block := new(beBlock)
 	e := &block.e
-	if len(b.Addresses) <= len(block.fe) {
+	if len(b.Addresses) <= len(block.fe) || b.SharedAddresses {
 		e.fe = block.fe[:0]
 	} else {
 		e.fe = make(small[layout.FrontendKey, layout.FrontendValue], 0, len(b.Addresses))
 	}
 	v := layout.BackendValue{IdentityID: b.Identity, AuthzPS: b.PolicySet}
 	for _, a := range b.Addresses {
-		e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(a)}, layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload})
+		if !b.SharedAddresses {
+			e.fe.put(layout.FrontendKey{Addr: layout.AddrFrom(a)}, layout.FrontendValue{UpstreamID: b.ID, Kind: layout.KindWorkload})
+		}
 		a = a.Unmap()
 		if a.Is4() && v.Flags&layout.BeHasV4 == 0 || a.Is6() && v.Flags&layout.BeHasV6 == 0 {
 			v.SetAddr(a)
@@ -243,6 +246,20 @@ func (e *beEntries) backend(id uint32) Backend {
 	b := Backend{ID: id, Identity: e.value.IdentityID, PolicySet: e.value.AuthzPS, Waypoint: refOf(e.value.Waypoint)}
 	for _, f := range e.fe {
 		b.Addresses = append(b.Addresses, f.k.Addr.Netip())
+	}
+	if len(e.fe) == 0 {
+		// Only a backend of shared addresses has no frontend (every other
+		// one owns an address): its addresses are the ones it is
+		// connected at.
+		b.SharedAddresses = true
+		if e.value.Flags&layout.BeHasV4 != 0 {
+			var a4 [4]byte
+			binary.NativeEndian.PutUint32(a4[:], e.value.IP4)
+			b.Addresses = append(b.Addresses, netip.AddrFrom4(a4))
+		}
+		if e.value.Flags&layout.BeHasV6 != 0 {
+			b.Addresses = append(b.Addresses, layout.Addr{A: e.value.IP6}.Netip())
+		}
 	}
 	slices.SortFunc(b.Addresses, func(a, b netip.Addr) int { return a.Compare(b) })
 	return b

@@ -61,8 +61,15 @@ type Service struct {
 type Backend struct {
 	ID uint32 // non-zero, chosen by the caller
 	// Addresses of the workload; the first IPv4 and the first IPv6 are where
-	// service connections go. All of them resolve back to the workload.
+	// service connections go. All of them resolve back to the workload,
+	// unless SharedAddresses.
 	Addresses []netip.Addr
+	// SharedAddresses: other workloads have these addresses too (a
+	// host-network pod has its node's IP), so they get no frontend: an
+	// address that resolved to one of them would give its waypoint,
+	// policies and identity to all the others' traffic. The backend is
+	// reachable only as a service's endpoint.
+	SharedAddresses bool
 	// Waypoint, when set, receives TCP connections made to the workload's
 	// own addresses.
 	Waypoint Ref

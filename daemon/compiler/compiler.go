@@ -183,8 +183,10 @@ func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend, polic
 	byAddr := map[netip.Addr]uint32{}
 	identOf := map[uint32]uint32{}
 	for _, b := range backends {
-		for _, a := range b.Addresses {
-			byAddr[a] = b.ID
+		if !b.SharedAddresses {
+			for _, a := range b.Addresses {
+				byAddr[a] = b.ID
+			}
 		}
 		identOf[b.ID] = b.Identity
 	}
@@ -203,7 +205,9 @@ func (c *Compiler) Adopt(services []maps.Service, backends []maps.Backend, polic
 	}
 	c.store.Read(func(v model.View) {
 		v.EachWorkload(func(w *model.Workload) {
-			for _, a := range w.Addresses {
+			// A shared address names no one backend: such workloads get
+			// new ids, and the old backends go with the first build.
+			for _, a := range claimable(w) {
 				if id, ok := byAddr[a]; ok && c.wlIDs.reserve(id) {
 					c.wlRec(w.UID).id = id
 					c.adoptIdentity(w, identOf[id])
@@ -383,7 +387,7 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	}
 	// Ids before anything is compiled: a waypoint is named by its id.
 	for uid, wk := range wls {
-		wk.compile = wk.w != nil && c.ownsAny(obj{key: uid}, wk.w.Addresses)
+		wk.compile = c.workloadInKernel(uid, wk.w)
 		if wk.r.id == 0 && wk.compile {
 			wk.r.id = c.wlIDs.next()
 		}
@@ -470,10 +474,33 @@ func (c *Compiler) claimsOf(o obj) []netip.Addr {
 		}
 		return nil
 	}
-	if r := c.wl[o.key]; r != nil && r.prev != nil {
-		return r.prev.Addresses
+	if r := c.wl[o.key]; r != nil {
+		return claimable(r.prev)
 	}
 	return nil
+}
+
+// claimable is what a workload claims of its addresses: none when they are
+// shared (a host-network pod has its node's IP, as do the others on that
+// node), since the address would then stand for one of them at random.
+func claimable(w *model.Workload) []netip.Addr {
+	if w == nil || w.HostNetwork {
+		return nil
+	}
+	return w.Addresses
+}
+
+// workloadInKernel tells whether a workload is in the kernel once its
+// addresses are settled: while it owns one of them, or, with shared
+// addresses (which nobody owns), while it has any to be connected at.
+func (c *Compiler) workloadInKernel(uid string, w *model.Workload) bool {
+	switch {
+	case w == nil:
+		return false
+	case w.HostNetwork:
+		return len(w.Addresses) > 0
+	}
+	return c.ownsAny(obj{key: uid}, w.Addresses)
 }
 
 // claimAddresses settles ownership of every address the touched objects
@@ -543,14 +570,7 @@ func (c *Compiler) claimAddresses(v model.View, svcs map[model.ServiceKey]bool, 
 		update(o, c.claimsOf(o), vips)
 	}
 	for uid, wk := range wls {
-		var old, addrs []netip.Addr
-		if wk.r.prev != nil {
-			old = wk.r.prev.Addresses
-		}
-		if wk.w != nil {
-			addrs = wk.w.Addresses
-		}
-		update(obj{key: uid}, old, addrs)
+		update(obj{key: uid}, claimable(wk.r.prev), claimable(wk.w))
 	}
 	recompile := func(o obj) {
 		if o.svc {
@@ -585,6 +605,11 @@ func (c *Compiler) owned(o obj, addrs []netip.Addr) []netip.Addr {
 			out = append(out, a)
 		}
 	}
+	return v4First(out)
+}
+
+// v4First orders addresses IPv4 first, keeping the order within a family.
+func v4First(out []netip.Addr) []netip.Addr {
 	slices.SortStableFunc(out, func(a, b netip.Addr) int {
 		switch {
 		case a.Is4() == b.Is4():
@@ -675,6 +700,9 @@ func (c *Compiler) ports(s *model.Service, members []*model.Workload) []maps.Por
 func (c *Compiler) backend(v model.View, w *model.Workload, r *wlRec) maps.Backend {
 	self := obj{key: w.UID}
 	b := maps.Backend{ID: r.id, Addresses: c.owned(self, w.Addresses), Identity: c.identity(w)}
+	if w.HostNetwork {
+		b.Addresses, b.SharedAddresses = v4First(slices.Clone(w.Addresses)), true
+	}
 	b.PolicySet = c.policySet(v, w, r)
 	b.Waypoint = c.waypointRef(v, c.wp[self], c.isWaypointWorkload(w))
 	return b

@@ -161,8 +161,7 @@ func (c *Compiler) willCompile(v model.View, o obj) bool {
 		s := v.Service(model.ServiceKey(o.key))
 		return s != nil && s.LB.Mode != model.LBModePassthrough
 	}
-	w := v.Workload(o.key)
-	return w != nil && c.ownsAny(o, w.Addresses)
+	return c.workloadInKernel(o.key, v.Workload(o.key))
 }
 
 // compiled tells whether an object is in the kernel now.

@@ -115,3 +115,83 @@ func TestServiceVIPOnTwoNetworks(t *testing.T) {
 		t.Fatalf("kernel services %+v, want kube-dns at 10.96.0.10", svcs)
 	}
 }
+
+// workloadFromIstio converts a workload as istiod sends it.
+func workloadFromIstio(t *testing.T, w *workloadapi.Workload) model.Resource {
+	t.Helper()
+	_, wl, err := model.FromAddress(&workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return model.Resource{Name: wl.UID, Workload: wl}
+}
+
+// Host-network pods and the opaque endpoints of a selector-less service
+// (the kubernetes service's API server endpoints) all have the node's IP;
+// istiod marks them HOST_NETWORK because the address is shared and says
+// nothing about who is behind it. Each is still an endpoint of its own
+// service, and the node's IP must not resolve to any one of them (its
+// policies, waypoint and identity would apply to all the node's traffic).
+func TestHostNetworkWorkloadsShareTheNodeIP(t *testing.T) {
+	testbed.Require(t)
+	cfg := Config{Loader: loader.Config{PinDir: testbed.PinDir(t), CgroupPath: testbed.NewCgroup(t).Path}, Node: node}
+	d, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	service := func(name, vip string, port uint32) model.Resource {
+		return fromIstio(t, &workloadapi.Service{Name: name, Namespace: "default", Hostname: name + ".default.svc.cluster.local",
+			Addresses: []*workloadapi.NetworkAddress{{Address: ip(vip).AsSlice()}},
+			Ports:     []*workloadapi.Port{{ServicePort: port, TargetPort: port}}})
+	}
+	hostPod := func(uid, svc string, port uint32) model.Resource {
+		return workloadFromIstio(t, &workloadapi.Workload{Uid: uid, Name: uid, Namespace: "default",
+			Addresses: [][]byte{ip("172.18.0.2").AsSlice()}, NetworkMode: workloadapi.NetworkMode_HOST_NETWORK,
+			Services: map[string]*workloadapi.PortList{"default/" + svc + ".default.svc.cluster.local": {Ports: []*workloadapi.Port{{ServicePort: port, TargetPort: port}}}}})
+	}
+	state := []model.Resource{
+		service("kubernetes", "10.96.0.1", 443), service("node-exporter", "10.96.0.20", 9100),
+		hostPod("c1/discovery.k8s.io/EndpointSlice/default/kubernetes/172.18.0.2", "kubernetes", 6443),
+		hostPod("c1//Pod/default/node-exporter-x", "node-exporter", 9100),
+	}
+	update(t, d, state)
+	if err := d.Sync(); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	check := func(when string) {
+		t.Helper()
+		svcs := d.Maps().Services()
+		if len(svcs) != 2 {
+			t.Fatalf("%s: kernel services %+v, want 2", when, svcs)
+		}
+		for _, s := range svcs {
+			if len(s.Endpoints) != 1 || len(s.Endpoints[0]) != 1 {
+				t.Errorf("%s: service %d (VIPs %v) has endpoints %v, want its host-network pod", when, s.ID, s.VIPs, s.Endpoints)
+			}
+		}
+		if id, _ := d.WorkloadAt(ip("172.18.0.2")); id != 0 {
+			t.Errorf("%s: the node IP resolves to workload %d", when, id)
+		}
+	}
+	check("after sync")
+	// A third one arriving later changes nothing for the first two.
+	kubeProxy := hostPod("c1//Pod/default/kube-proxy-x", "kube-proxy", 10249)
+	update(t, d, []model.Resource{kubeProxy})
+	check("after an update")
+
+	// A restarted daemon finds backends without frontends and takes the
+	// same state over without leaving any of them behind.
+	_ = d.Close()
+	if d, err = Open(cfg); err != nil {
+		t.Fatal(err)
+	}
+	update(t, d, append(state, kubeProxy))
+	if err := d.Sync(); err != nil {
+		t.Fatalf("sync after a restart: %v", err)
+	}
+	check("after a restart")
+	if bes := d.Maps().Backends(); len(bes) != 3 {
+		t.Errorf("kernel backends after a restart %+v, want the 3 host-network pods", bes)
+	}
+}

@@ -180,6 +180,9 @@ func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 		Name:    strings.Clone(w.GetName()),
 		Node:    intern(w.GetNode()),
 		Healthy: w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY,
+		// Any other mode (none yet) is an address of the workload's own,
+		// as STANDARD.
+		HostNetwork: w.GetNetworkMode() == workloadapi.NetworkMode_HOST_NETWORK,
 	}
 	if len(w.GetAddresses()) <= len(block.addrs) {
 		out.Addresses = block.addrs[:0]

@@ -140,6 +140,11 @@ type Workload struct {
 	Addresses []netip.Addr `json:"addresses"`
 	Node      string       `json:"node,omitempty"`
 	Healthy   bool         `json:"healthy"`
+	// HostNetwork: the addresses are shared with other workloads (a
+	// host-network pod has its node's IP; istiod marks opaque endpoints the
+	// same way), so they say where to connect to the workload but not who
+	// is behind them (istio's NetworkMode HOST_NETWORK).
+	HostNetwork bool `json:"hostNetwork,omitempty"`
 	// Services lists the services the workload backs, with the workload's
 	// own port mapping for each (Istio resolves named target ports here).
 	// A slice, not a map: a node holds many workloads and few services each.
