@@ -195,3 +195,28 @@ func TestHostNetworkWorkloadsShareTheNodeIP(t *testing.T) {
 		t.Errorf("kernel backends after a restart %+v, want the 3 host-network pods", bes)
 	}
 }
+
+// istiod copies an EndpointSlice endpoint's addresses as they are, and a
+// user writing a selector-less service's slice may list one twice (also as
+// an IPv4-mapped IPv6 address). That workload must not keep the rest of the
+// state out of the kernel.
+func TestWorkloadAddressListedTwice(t *testing.T) {
+	d := open(t, loader.Sizes{})
+	ext := fromIstio(t, &workloadapi.Service{Name: "ext", Namespace: "default", Hostname: "ext.default.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.30").AsSlice()}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 80}}})
+	backsExt := map[string]*workloadapi.PortList{"default/ext.default.svc.cluster.local": {Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}}
+	slice := workloadFromIstio(t, &workloadapi.Workload{Uid: "c1/discovery.k8s.io/EndpointSlice/default/ext/10.0.5.1", Name: "ext", Namespace: "default",
+		Addresses:   [][]byte{ip("10.0.5.1").AsSlice(), ip("10.0.5.1").AsSlice(), ip("::ffff:10.0.5.1").AsSlice()},
+		NetworkMode: workloadapi.NetworkMode_HOST_NETWORK, Services: backsExt})
+	vm := workloadFromIstio(t, &workloadapi.Workload{Uid: "c1/networking.istio.io/WorkloadEntry/default/vm", Name: "vm", Namespace: "default",
+		Addresses: [][]byte{ip("10.0.6.1").AsSlice(), ip("::ffff:10.0.6.1").AsSlice()}, Services: backsExt})
+	update(t, d, []model.Resource{ext, slice, vm})
+	if err := d.Sync(); err != nil {
+		t.Fatalf("first sync: %v", err)
+	}
+	svcs := d.Maps().Services()
+	if len(svcs) != 1 || len(svcs[0].Endpoints) != 1 || len(svcs[0].Endpoints[0]) != 2 {
+		t.Fatalf("kernel services %+v, want ext with both endpoints", svcs)
+	}
+}

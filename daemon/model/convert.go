@@ -218,6 +218,12 @@ func FromWorkload(w *workloadapi.Workload) (*Workload, error) {
 		if err != nil {
 			return nil, where("addresses[%d]: %v", i, err)
 		}
+		// istiod copies an EndpointSlice endpoint's addresses as a user
+		// wrote them, repeats (or an IPv4-mapped twin) included; the data
+		// path keys addresses by IP, so a repeat is the same address.
+		if slices.Contains(out.Addresses, ip) {
+			continue
+		}
 		out.Addresses = append(out.Addresses, ip)
 	}
 	if len(w.GetServices()) > cap(out.Services) {
