@@ -57,6 +57,13 @@ func FromService(s *workloadapi.Service) (*Service, error) {
 		if err != nil {
 			return nil, where("addresses[%d]: %v", i, err)
 		}
+		// A ServiceEntry address may be a CIDR range (istiod sends its
+		// first address and prefix length). The data path matches a VIP
+		// exactly, so a range cannot be one: its first address (0.0.0.0
+		// for 0.0.0.0/0) would be taken for the whole range.
+		if na.Length != nil && int(na.GetLength()) < ip.BitLen() {
+			continue
+		}
 		// istiod keeps one VIP per network and IP: a service merged from
 		// clusters on two networks that share a service CIDR (clusters
 		// made with the same defaults) lists the same IP once per network.

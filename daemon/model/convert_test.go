@@ -1,6 +1,8 @@
 package model
 
 import (
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -184,5 +186,28 @@ func TestServicePortPerProtocolIsOnePort(t *testing.T) {
 	}
 	if len(s.Ports) != 2 || s.Ports[0] != (Port{ServicePort: 53, TargetPort: 5353}) || s.Ports[1] != (Port{ServicePort: 9153}) {
 		t.Fatalf("ports %+v, want 53->5353 and 9153", s.Ports)
+	}
+}
+
+// A ServiceEntry's addresses may be CIDR ranges; istiod sends the range's
+// first address with its prefix length. The data path matches VIPs exactly,
+// so a range is no VIP (its first address would stand for it otherwise),
+// while a full-length prefix is one address.
+func TestServiceCIDRAddressIsNoVIP(t *testing.T) {
+	length := func(n uint32) *uint32 { return &n }
+	s, _, err := FromAddress(svc(func(s *workloadapi.Service) {
+		s.Addresses = []*workloadapi.NetworkAddress{
+			{Address: []byte{10, 10, 0, 0}, Length: length(16)},
+			{Address: []byte{0, 0, 0, 0}, Length: length(0)},
+			{Address: []byte{192, 168, 1, 7}, Length: length(32)},
+			{Address: []byte{10, 96, 0, 10}},
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Addr{netip.MustParseAddr("192.168.1.7"), netip.MustParseAddr("10.96.0.10")}
+	if !slices.Equal(s.VIPs, want) {
+		t.Fatalf("VIPs %v, want %v", s.VIPs, want)
 	}
 }
