@@ -84,6 +84,11 @@ func (r *ModelResolver) refreshLocked() {
 	svcs := map[netip.Addr]*Service{}
 	r.store.Read(func(v model.View) {
 		v.EachWorkload(func(w *model.Workload) {
+			if w.HostNetwork {
+				// Its address is its node's, shared with every other
+				// host-network pod there: it names none of them.
+				return
+			}
 			p := PeerOf(w)
 			for _, a := range w.Addresses {
 				peers[a.Unmap()] = p
