@@ -36,6 +36,12 @@ func CompileAddress(a *workloadapi.Address) (*Workload, error) {
 		}
 		out.addrs = append(out.addrs, ip.Unmap())
 	}
+	if w.GetNetworkMode() == workloadapi.NetworkMode_HOST_NETWORK {
+		// Its address is its node's, shared with the node's other
+		// host-network pods: it names none of them (telemetry would give
+		// one pod's name, and policy one pod's identity, to all).
+		out.addrs = nil
+	}
 	return out, nil
 }
 
