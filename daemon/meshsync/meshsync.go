@@ -28,11 +28,16 @@ type Syncer struct {
 
 	ready     atomic.Bool
 	connected atomic.Bool
-	mu        sync.Mutex
-	lastErr   string
-	pushes    atomic.Uint64
-	nacks     atomic.Uint64
-	release   *time.Timer // hands a snapshot's garbage back to the OS
+	// The first sync: asked for (the source has sent its whole state),
+	// serialised, and tried again while it fails (syncRetry).
+	syncWanted atomic.Bool
+	syncMu     sync.Mutex
+	syncTimer  *time.Timer
+	mu         sync.Mutex
+	lastErr    string
+	pushes     atomic.Uint64
+	nacks      atomic.Uint64
+	release    *time.Timer // hands a snapshot's garbage back to the OS
 }
 
 // New makes a syncer for dp.
@@ -112,6 +117,11 @@ func (s *Syncer) update(good []model.Resource, removes []string, rejected map[st
 	for n, e := range more {
 		rejected[n] = e
 	}
+	if s.syncWanted.Load() && !s.ready.Load() {
+		// The first sync failed (a full map, say): this update may be
+		// what it lacked.
+		s.trySync()
+	}
 	if len(rejected) > 0 || err != nil {
 		s.nacks.Add(1)
 		s.mu.Lock()
@@ -150,18 +160,40 @@ func releaseMemory() {
 	debug.FreeOSMemory()
 }
 
-// Synced writes the first complete state into the kernel.
+// syncRetry is how long a failed first sync waits to be tried again,
+// when no update comes first.
+var syncRetry = 5 * time.Second
+
+// Synced writes the first complete state into the kernel. The source
+// calls it once per stream; if the kernel refuses (a full map), the sync
+// is tried again after each update and every syncRetry until it lands,
+// rather than leaving the node unready until the stream restarts.
 func (s *Syncer) Synced() {
+	s.syncWanted.Store(true)
+	s.trySync()
+}
+
+func (s *Syncer) trySync() {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
 	if s.ready.Load() {
 		return
 	}
 	start := time.Now()
 	if err := s.dp.Sync(); err != nil {
-		s.log.Error("first sync into the data path failed", "err", err)
+		s.log.Error("first sync into the data path failed; trying again after the next update or in "+syncRetry.String(), "err", err)
 		s.mu.Lock()
 		s.lastErr = err.Error()
 		s.mu.Unlock()
+		if s.syncTimer == nil {
+			s.syncTimer = time.AfterFunc(syncRetry, s.trySync)
+		} else {
+			s.syncTimer.Reset(syncRetry)
+		}
 		return
+	}
+	if s.syncTimer != nil {
+		s.syncTimer.Stop()
 	}
 	sv, wl, po := s.dp.Store().Counts()
 	s.log.Info("data path synced", "services", sv, "workloads", wl, "policies", po, "took", time.Since(start).Round(time.Millisecond))
