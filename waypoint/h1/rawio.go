@@ -77,6 +77,9 @@ func (c *rawConn) CloseWrite() error {
 // yet: one read per exchange that fails with EAGAIN (0.5 per proxied
 // request in strace, a system call of ~1 µs). Written after the wait has
 // started, the answer cannot come before it, so no readiness is missed.
+// What came before the wait is, though: a FIN or bytes the peer sent
+// before the request went out wake nothing. Only for a connection on
+// which the peer can have sent nothing yet (its first request).
 func HoldWrite(c net.Conn) bool {
 	rc, ok := c.(*rawConn)
 	if ok {

@@ -483,13 +483,16 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			bodyDone = make(chan error, 1)
 			bodyDone <- err
 		} else {
-			// The response's read writes the request (h1.HoldWrite): no
-			// read that fails before the wait for it. Nothing else writes
-			// to the connection before that read. An endpoint that closed
-			// the connection meanwhile resets it at the request, which
-			// ends the wait (a stale connection, as before); one idle for
-			// long was looked at first (alive).
-			if pc.bw.Buffered() > 0 && pc.sock != nil {
+			// On a new connection the response's read writes the request
+			// (h1.HoldWrite): no read that fails before the wait for it.
+			// Nothing else writes to the connection before that read.
+			// Only there: the wait forgets whatever arrived before it, and
+			// an endpoint has nothing to say before its first request. A
+			// kept connection may have its FIN in already (a lingering
+			// close: the endpoint shut its side and reads on, never to
+			// answer nor reset), which only the read tried before the wait
+			// sees (a stale connection, sent again on a new one).
+			if pc.bw.Buffered() > 0 && pc.sock != nil && pc.rc.n == 0 {
 				h1.HoldWrite(pc.sock)
 			}
 			if err := pc.bw.Flush(); err != nil {
