@@ -43,21 +43,33 @@ func (h *h2Conns) roundTrip(ctx context.Context, req *http.Request, host string)
 		}
 		resp, err := cc.RoundTrip(req)
 		if err != nil && try < 2 && notSent(err) {
-			// The connection closed between the reservation and the
-			// send: nothing went out, so another connection may take it
-			// (the HTTP/1.1 pool's stale connection, here).
+			// The connection closed or got a GOAWAY between the
+			// reservation and the send: nothing went out, so another
+			// connection may take it (the HTTP/1.1 pool's stale
+			// connection, here). The failed attempt closed the body
+			// (unread): the next one needs it from its start.
+			if req.Body != nil && req.Body != http.NoBody {
+				b := rewind(req)
+				if b == nil {
+					return nil, err
+				}
+				r := *req
+				r.Body = b
+				req = &r
+			}
 			continue
 		}
 		return resp, err
 	}
 }
 
-// notSent reports the errors a ClientConn's RoundTrip gives before it
+// notSent reports the error a ClientConn's RoundTrip gives before it
 // wrote anything of the request (net/http has no exported value for
-// them).
+// it): no stream could be opened. Not "client conn is closed", which
+// comes from the wait for flow control on the body, once the headers
+// went out.
 func notSent(err error) bool {
-	s := err.Error()
-	return strings.HasSuffix(s, "client conn not usable") || strings.HasSuffix(s, "client conn is closed")
+	return strings.HasSuffix(err.Error(), "client conn not usable")
 }
 
 func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error) {
