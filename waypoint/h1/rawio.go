@@ -78,8 +78,10 @@ func (c *rawConn) CloseWrite() error {
 // request in strace, a system call of ~1 µs). Written after the wait has
 // started, the answer cannot come before it, so no readiness is missed.
 // What came before the wait is, though: a FIN or bytes the peer sent
-// before the request went out wake nothing. Only for a connection on
-// which the peer can have sent nothing yet (its first request).
+// before the request went out wake nothing (a full close does: the
+// request meets a reset). Only for a connection on which the peer is
+// not expected to have sent anything: its first request, or, the
+// caller's judgment, one just after its last answer.
 func HoldWrite(c net.Conn) bool {
 	rc, ok := c.(*rawConn)
 	if ok {
