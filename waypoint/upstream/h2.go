@@ -27,10 +27,18 @@ type h2Conns struct {
 
 type h2Host struct {
 	conns []*http.ClientConn
-	// dialing is closed when the connection being opened is in conns (or
-	// failed): requests that find no free stream meanwhile wait for it
-	// rather than each open a connection, as Envoy's pool queues them.
-	dialing chan struct{}
+	// dialing is the connection being opened: requests that find no free
+	// stream meanwhile wait for it rather than each open a connection, as
+	// Envoy's pool queues them.
+	dialing *h2Dial
+}
+
+type h2Dial struct {
+	done chan struct{} // closed when the connection is in conns, or failed
+	// err: why it failed, for its waiters (Envoy fails a connection's
+	// pending requests with it); nil when it failed only because the
+	// request that opened it ended, which says nothing of the endpoint.
+	err error
 }
 
 // roundTrip sends req to host on a connection with a free stream,
@@ -101,23 +109,31 @@ func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error
 			h.mu.Unlock()
 			return pick, nil
 		}
-		if wait := hh.dialing; wait != nil {
+		if d := hh.dialing; d != nil {
 			h.mu.Unlock()
 			select {
-			case <-wait:
+			case <-d.done:
+				if d.err != nil {
+					// Not each waiter again, one connect timeout after
+					// another.
+					return nil, d.err
+				}
 				continue
 			case <-ctx.Done():
 				return nil, context.Cause(ctx)
 			}
 		}
-		done := make(chan struct{})
-		hh.dialing = done
+		d := &h2Dial{done: make(chan struct{})}
+		hh.dialing = d
 		h.mu.Unlock()
 
 		cc, err := h.p.c.Transport(true).NewClientConn(ctx, "http", host)
 		h.mu.Lock()
 		hh.dialing = nil
-		close(done)
+		if err != nil && ctx.Err() == nil {
+			d.err = err
+		}
+		close(d.done)
 		if err == nil {
 			if rerr := cc.Reserve(); rerr != nil {
 				cc.Close()

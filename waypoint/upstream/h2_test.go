@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,5 +189,66 @@ func TestH2NotUsableRetrySendsTheWholeBody(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("POST hung")
+	}
+}
+
+// fullListener is a loopback address whose accept queue is full: a
+// connect to it hangs (its SYNs are dropped) until the dialer gives up.
+func fullListener(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port))
+	// Fill the queue (a backlog of 0 holds one) with connections never
+	// accepted.
+	for i := 0; i < 2; i++ {
+		c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	return addr
+}
+
+// Requests waiting for a connection being opened fail with its failure,
+// as Envoy fails a connection's pending requests, rather than each open
+// one in turn after it: N waiters on an endpoint that never answers
+// would wait N connect timeouts.
+func TestH2DialFailureFailsItsWaiters(t *testing.T) {
+	addr := fullListener(t)
+	_, c := one(t, &model.Cluster{Name: "c", Protocol: "http2", ConnectTimeout: 300 * time.Millisecond,
+		Endpoints: [][]model.Endpoint{{{Address: addr, Healthy: true}}}})
+	h, _ := c.Pick(&PickOptions{})
+	const n = 4
+	start := time.Now()
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			req, _ := http.NewRequest("GET", "http://"+h.Key+"/", nil)
+			resp, err := c.RoundTrip(context.Background(), req, h, true)
+			if err == nil {
+				resp.Body.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err == nil {
+			t.Error("a request to an endpoint that never accepts succeeded")
+		}
+	}
+	if took := time.Since(start); took > 900*time.Millisecond {
+		t.Errorf("%d requests took %v for one connect timeout of 300ms: the waiters dialled in turn", n, took)
 	}
 }
