@@ -67,8 +67,9 @@ func (c *rawConn) CloseWrite() error {
 // HoldWrite makes the next Write on c, a connection of Raw, a promise:
 // its bytes go out in the next Read, inside the wait for the answer,
 // whose first attempt to read is then left out. The caller must Read
-// next and leave the written buffer alone until then (a request's flush
-// followed by the read of its response). False when c is not one of
+// next, with nothing buffered ahead of that read (it must reach the
+// socket), and leave the written buffer alone until then (a request's
+// flush followed by the read of its response). False when c is not one of
 // Raw's; its writes then go out as usual.
 //
 // Why: a read is tried before every wait (the poller forgets a socket's

@@ -506,8 +506,10 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			// (h1.HoldWrite): no read that fails before the wait for it.
 			// Nothing else writes to the connection before that read.
 			// Not on others: the wait forgets whatever arrived before it
-			// (see holdWithin).
-			if pc.bw.Buffered() > 0 && pc.sock != nil && (pc.rc.n == 0 || pc.warm) {
+			// (see holdWithin). Nor when bytes of the endpoint's wait in
+			// the reader: the response is parsed from them without a read,
+			// which would then never send the request.
+			if pc.bw.Buffered() > 0 && pc.br.Buffered() == 0 && pc.sock != nil && (pc.rc.n == 0 || pc.warm) {
 				h1.HoldWrite(pc.sock)
 			}
 			if err := pc.bw.Flush(); err != nil {
