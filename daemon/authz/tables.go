@@ -72,9 +72,15 @@ func Compile(policies []*model.AuthzPolicy, identities []Identity, ids PolicyIDs
 		for gi, g := range p.Groups {
 			conds[pi][gi] = make([][][]cond, len(g))
 			for ri, r := range g {
-				conds[pi][gi][ri] = make([][]cond, len(r))
+				conds[pi][gi][ri] = make([][]cond, 0, len(r))
 				for mi := range r {
-					conds[pi][gi][ri][mi] = pr.match(&r[mi])
+					// An empty match matches nothing (model.Match.Empty):
+					// it is left out of its clause's disjunction, where no
+					// conditions would mean "always".
+					if r[mi].Empty() {
+						continue
+					}
+					conds[pi][gi][ri] = append(conds[pi][gi][ri], pr.match(&r[mi]))
 				}
 			}
 		}

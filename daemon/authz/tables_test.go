@@ -205,3 +205,55 @@ func TestLargeSetsCompile(t *testing.T) {
 		t.Fatal("a set over the limit compiled")
 	}
 }
+
+// An empty match (every field empty) matches no connection, as ztunnel
+// skips it: istiod sends one for a DENY rule whose only conditions were
+// HTTP attributes (a `to` with methods only), and such a DENY must deny
+// nothing at L4. Both the reference evaluator and the compiled tables must
+// agree with that.
+func TestEmptyMatchMatchesNothing(t *testing.T) {
+	web := identities()[0]
+	ns := func(n string) model.Match {
+		return model.Match{Namespaces: []model.StringMatch{model.NewStringMatch(model.MatchExact, n)}}
+	}
+	cases := []struct {
+		name   string
+		action model.Action
+		groups [][][]model.Match
+		deny   bool
+	}{
+		// DENY `to: [{operation: {methods: [POST]}}]`: a no-op at L4.
+		{"deny l7 only", model.ActionDeny, [][][]model.Match{{{{}}}}, false},
+		// DENY from namespace a, to methods POST: the `to` clause holds
+		// only an empty match, so the rule never matches.
+		{"deny l7 clause and l4 clause", model.ActionDeny, [][][]model.Match{{{{}}, {ns(web.Namespace)}}}, false},
+		// An empty match next to a real one: only the real one counts.
+		{"deny empty or namespace", model.ActionDeny, [][][]model.Match{{{{}, ns(web.Namespace)}}}, true},
+		{"deny empty or other namespace", model.ActionDeny, [][][]model.Match{{{{}, ns("other")}}}, false},
+		// An ALLOW whose only match is empty allows nothing.
+		{"allow empty match", model.ActionAllow, [][][]model.Match{{{{}}}}, true},
+	}
+	for _, c := range cases {
+		expectDeny(t, c.name, c.action, c.groups, c.deny)
+	}
+}
+
+// expectDeny checks one policy's decision, by the reference and by the
+// tables, on a connection from a known identity of namespace "a" to port 80.
+func expectDeny(t *testing.T, name string, action model.Action, groups [][][]model.Match, deny bool) {
+	t.Helper()
+	web := identities()[0]
+	src, dst := addrs[0], addrs[1]
+	policies := []*model.AuthzPolicy{{Key: "ns/p0", Namespace: "ns", Name: "p0", Action: action, Groups: groups}}
+	conn := model.Conn{Src: model.Peer{IP: src, Known: true, Namespace: web.Namespace, ServiceAccount: web.ServiceAccount, TrustDomain: web.TrustDomain}, DstIP: dst, DstPort: 80}
+	if v := model.Evaluate(policies, conn); v.Allow == deny {
+		t.Errorf("%s: reference says %+v, want deny=%v", name, v, deny)
+	}
+	tables, err := Compile(policies, identities(), policyIDs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := tables.Decide(web.ID, src, dst, 80); v.Deny != deny {
+		t.Errorf("%s: tables say %+v, want deny=%v", name, v, deny)
+	}
+}

@@ -100,7 +100,8 @@ type SAMatch struct {
 }
 
 // Match is a conjunction of conditions; each condition is a disjunction of
-// values, each not_ condition must match none of its values.
+// values, each not_ condition must match none of its values. A match with
+// no condition matches nothing (see Empty).
 type Match struct {
 	Namespaces          []StringMatch  `json:"namespaces,omitempty"`
 	NotNamespaces       []StringMatch  `json:"notNamespaces,omitempty"`
@@ -303,7 +304,10 @@ func groupMatches(rules [][]Match, c Conn) bool {
 	for _, r := range rules {
 		any := false
 		for _, m := range r {
-			if m.matches(c) {
+			// An empty match matches nothing (ztunnel skips it): istiod
+			// sends one for a `to` or `from` whose only conditions were
+			// HTTP attributes.
+			if !m.Empty() && m.matches(c) {
 				any = true
 				break
 			}
@@ -313,6 +317,17 @@ func groupMatches(rules [][]Match, c Conn) bool {
 		}
 	}
 	return true
+}
+
+// Empty tells whether the match has no condition at all. Such a match
+// matches no connection, as in ztunnel.
+func (m *Match) Empty() bool {
+	return len(m.Namespaces) == 0 && len(m.NotNamespaces) == 0 &&
+		len(m.ServiceAccounts) == 0 && len(m.NotServiceAccounts) == 0 &&
+		len(m.Principals) == 0 && len(m.NotPrincipals) == 0 &&
+		len(m.SourceIPs) == 0 && len(m.NotSourceIPs) == 0 &&
+		len(m.DestinationIPs) == 0 && len(m.NotDestinationIPs) == 0 &&
+		len(m.DestinationPorts) == 0 && len(m.NotDestinationPorts) == 0
 }
 
 func (m *Match) matches(c Conn) bool {
