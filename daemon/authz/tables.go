@@ -70,9 +70,14 @@ func Compile(policies []*model.AuthzPolicy, identities []Identity, ids PolicyIDs
 	for pi, p := range policies {
 		conds[pi] = make([][][][]cond, len(p.Groups))
 		for gi, g := range p.Groups {
-			conds[pi][gi] = make([][][]cond, len(g))
-			for ri, r := range g {
-				conds[pi][gi][ri] = make([][]cond, 0, len(r))
+			conds[pi][gi] = make([][][]cond, 0, len(g))
+			for _, r := range g {
+				// A clause with no matches holds: it is left out of its
+				// group's conjunction, where it would never match.
+				if len(r) == 0 {
+					continue
+				}
+				rule := make([][]cond, 0, len(r))
 				for mi := range r {
 					// An empty match matches nothing (model.Match.Empty):
 					// it is left out of its clause's disjunction, where no
@@ -80,8 +85,9 @@ func Compile(policies []*model.AuthzPolicy, identities []Identity, ids PolicyIDs
 					if r[mi].Empty() {
 						continue
 					}
-					conds[pi][gi][ri] = append(conds[pi][gi][ri], pr.match(&r[mi]))
+					rule = append(rule, pr.match(&r[mi]))
 				}
+				conds[pi][gi] = append(conds[pi][gi], rule)
 			}
 		}
 	}

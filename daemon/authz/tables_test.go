@@ -257,3 +257,12 @@ func expectDeny(t *testing.T, name string, action model.Action, groups [][][]mod
 		t.Errorf("%s: tables say %+v, want deny=%v", name, v, deny)
 	}
 }
+
+// A clause (rule) with no matches at all holds, as in ztunnel: a group is
+// then decided by its other clauses alone.
+func TestEmptyClauseHolds(t *testing.T) {
+	ns := []model.StringMatch{model.NewStringMatch(model.MatchExact, identities()[0].Namespace)}
+	expectDeny(t, "deny empty clause and namespace", model.ActionDeny, [][][]model.Match{{{}, {{Namespaces: ns}}}}, true)
+	expectDeny(t, "allow empty clause only", model.ActionAllow, [][][]model.Match{{{}}}, false)
+	expectDeny(t, "allow empty clause, other port", model.ActionAllow, [][][]model.Match{{{}, {{DestinationPorts: []uint16{81}}}}}, true)
+}

@@ -302,6 +302,10 @@ func (p *AuthzPolicy) Matches(c Conn) bool {
 
 func groupMatches(rules [][]Match, c Conn) bool {
 	for _, r := range rules {
+		// A rule (clause) with no matches holds, as in ztunnel.
+		if len(r) == 0 {
+			continue
+		}
 		any := false
 		for _, m := range r {
 			// An empty match matches nothing (ztunnel skips it): istiod
