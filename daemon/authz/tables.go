@@ -120,7 +120,9 @@ func Compile(policies []*model.AuthzPolicy, identities []Identity, ids PolicyIDs
 	srcVecs, dstVecs, portVecs := newVectors(), newVectors(), newVectors()
 	t.Src = pr.cidrTable(pr.srcLists, srcVecs)
 	t.Dst = pr.cidrTable(pr.dstLists, dstVecs)
-	t.DefaultPort = portVecs.class(pr.portVector(0))
+	// Ports no list names: every port predicate false (port 0 may be
+	// named, so it is no stand-in for them).
+	t.DefaultPort = portVecs.class(make([]bool, len(pr.portLists)))
 	for _, port := range pr.ports() {
 		t.Ports[port] = portVecs.class(pr.portVector(port))
 	}

@@ -266,3 +266,23 @@ func TestEmptyClauseHolds(t *testing.T) {
 	expectDeny(t, "allow empty clause only", model.ActionAllow, [][][]model.Match{{{}}}, false)
 	expectDeny(t, "allow empty clause, other port", model.ActionAllow, [][][]model.Match{{{}, {{DestinationPorts: []uint16{81}}}}}, true)
 }
+
+// A list naming port 0 must not make every unlisted port match it: port 0
+// is no default.
+func TestPortZeroListed(t *testing.T) {
+	policies := []*model.AuthzPolicy{{Key: "ns/p0", Namespace: "ns", Name: "p0", Action: model.ActionAllow,
+		Groups: [][][]model.Match{{{{DestinationPorts: []uint16{0, 8080}}}}}}}
+	tables, err := Compile(policies, identities(), policyIDs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for port, deny := range map[uint16]bool{0: false, 8080: false, 80: true, 9090: true} {
+		if v := tables.Decide(1, addrs[0], addrs[1], port); v.Deny != deny {
+			t.Errorf("port %d: %+v, want deny=%v", port, v, deny)
+		}
+		conn := model.Conn{Src: model.Peer{IP: addrs[0]}, DstIP: addrs[1], DstPort: port}
+		if v := model.Evaluate(policies, conn); v.Allow == deny {
+			t.Errorf("port %d: reference %+v, want deny=%v", port, v, deny)
+		}
+	}
+}

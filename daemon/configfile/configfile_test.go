@@ -39,7 +39,7 @@ addresses:
   - workload: {uid: w2, namespace: ns, addresses: ["CvQAAQ=="], status: HEALTHY}
   - workload: {uid: w2, namespace: ns, addresses: ["CvQAAg=="]}
 authorizations:
-  - {name: p, namespace: ns, action: DENY, groups: [{rules: [{matches: [{destinationPorts: [0]}]}]}]}
+  - {name: p, namespace: ns, action: DENY, groups: [{rules: [{matches: [{destinationPorts: [70000]}]}]}]}
 `
 	res, rejected, err := Parse([]byte(doc))
 	if err != nil {
@@ -56,7 +56,7 @@ authorizations:
 		"ns/b.ns.svc.cluster.local": "service port 70000",
 		"w1":                        "invalid address bytes",
 		"w2":                        "defined twice",
-		"ns/p":                      "port 0 out of range",
+		"ns/p":                      "port 70000 out of range",
 	} {
 		if err := rejected[name]; err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", name, err, want)

@@ -230,8 +230,10 @@ func matchFrom(m *security.Match) (Match, error) {
 			if err != nil {
 				return nil
 			}
-			if p == 0 || p > 65535 {
-				err = fmt.Errorf("port %d out of range 1-65535", p)
+			// Port 0 is valid in Istio (ports: ["0"] passes its
+			// validation) and matches no real connection.
+			if p > 65535 {
+				err = fmt.Errorf("port %d out of range 0-65535", p)
 				return nil
 			}
 			o = append(o, uint16(p))

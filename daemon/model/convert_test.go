@@ -117,7 +117,7 @@ func TestAuthorizationConversion(t *testing.T) {
 	bad := []*security.Authorization{
 		{Name: "x", Action: 5},
 		{Name: "x", Scope: 9},
-		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{DestinationPorts: []uint32{0}}}}}}}},
+		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{DestinationPorts: []uint32{65536}}}}}}}},
 		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{SourceIps: []*security.Address{{Address: []byte{1, 2, 3, 4}, Length: 40}}}}}}}}},
 		{Name: ""},
 	}
@@ -125,6 +125,29 @@ func TestAuthorizationConversion(t *testing.T) {
 		if _, err := FromAuthorization(b); err == nil {
 			t.Errorf("bad authorization %d accepted", i)
 		}
+	}
+}
+
+// Port 0 is a port Istio's validation accepts (ports: ["0"]) and istiod
+// forwards; ztunnel takes it as a port no connection has. Refusing the
+// whole policy for it would leave an ALLOW policy out (the workload then
+// open to all) or a DENY unenforced.
+func TestAuthorizationPortZero(t *testing.T) {
+	a := &security.Authorization{Name: "p", Namespace: "ns", Scope: security.Scope_NAMESPACE, Action: security.Action_ALLOW,
+		Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{
+			DestinationPorts:    []uint32{0, 8080},
+			NotDestinationPorts: []uint32{0},
+		}}}}}}}
+	p, err := FromAuthorization(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Conn{Src: Peer{IP: netip.MustParseAddr("10.0.0.1")}, DstIP: netip.MustParseAddr("10.0.0.2"), DstPort: 8080}
+	if !p.Matches(c) {
+		t.Fatalf("port 8080 not matched by %+v", p.Groups)
+	}
+	if c.DstPort = 80; p.Matches(c) {
+		t.Fatalf("port 80 matched by %+v", p.Groups)
 	}
 }
 
