@@ -178,6 +178,9 @@ func TestKernelAuthzMatchTypes(t *testing.T) {
 		{"ALLOW principal prefix", []*model.AuthzPolicy{pol(1, model.ActionAllow, model.Match{Principals: strs(model.MatchPrefix, "cluster.local/ns/backend/")})}, backend},
 		{"DENY not_principals", []*model.AuthzPolicy{pol(1, model.ActionDeny, model.Match{NotPrincipals: strs(model.MatchExact, "cluster.local/ns/backend/sa/api")})}, evil},
 		{"DENY source CIDR", []*model.AuthzPolicy{pol(1, model.ActionDeny, model.Match{SourceIPs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}})}, backend},
+		// IPv4-mapped: an IPv6 prefix (as ztunnel takes it) no IPv4
+		// source is in, though its key is that of 10.244.0.0/24.
+		{"ALLOW IPv4-mapped source CIDR", []*model.AuthzPolicy{pol(1, model.ActionAllow, model.Match{SourceIPs: []netip.Prefix{netip.MustParsePrefix("::ffff:10.244.0.0/120")}})}, backend},
 		{"DENY not_source CIDR", []*model.AuthzPolicy{pol(1, model.ActionDeny, model.Match{NotSourceIPs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}})}, backend},
 		{"ALLOW destination port 9090", []*model.AuthzPolicy{pol(1, model.ActionAllow, model.Match{DestinationPorts: []uint16{9090}})}, backend},
 		{"DENY not_destination_ports 9090", []*model.AuthzPolicy{pol(1, model.ActionDeny, model.Match{NotDestinationPorts: []uint16{9090}})}, backend},

@@ -189,6 +189,13 @@ func (p *preds) cidrTable(lists [][]netip.Prefix, vecs *vectors) []CIDRClass {
 	for _, l := range lists {
 		for _, pf := range l {
 			pf = pf.Masked()
+			// An IPv4-mapped prefix (/96 or longer: shorter ones mask
+			// the mapping away) contains no connection's address, the
+			// kernel's and the reference's being IPv4 then; its entry
+			// would be the key of the IPv4 prefix it maps.
+			if pf.Addr().Is4In6() {
+				continue
+			}
 			if !slices.Contains(leaves, pf) {
 				leaves = append(leaves, pf)
 			}

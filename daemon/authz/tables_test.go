@@ -286,3 +286,31 @@ func TestPortZeroListed(t *testing.T) {
 		}
 	}
 }
+
+// An IPv4-mapped IPv6 prefix of /96 or longer (kept as IPv6, as ztunnel
+// does) matches no connection, and gets no entry in the address tables:
+// in the kernel's 16-byte key space it would be the very key of the IPv4
+// prefix it maps, and IPv4 sources would match it there.
+func TestIPv4MappedPrefixHasNoEntry(t *testing.T) {
+	mapped := netip.MustParsePrefix("::ffff:10.1.0.0/112")
+	policies := []*model.AuthzPolicy{{Key: "ns/p0", Namespace: "ns", Name: "p0", Action: model.ActionAllow,
+		Groups: [][][]model.Match{{{{SourceIPs: []netip.Prefix{mapped, netip.MustParsePrefix("192.168.0.0/16")}}}}}}}
+	tables, err := Compile(policies, identities(), policyIDs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range tables.Src {
+		if e.Prefix.Addr().Is4In6() {
+			t.Errorf("entry %v aliases an IPv4 prefix in the kernel", e.Prefix)
+		}
+	}
+	for src, deny := range map[string]bool{"10.1.2.3": true, "192.168.1.1": false} {
+		a := netip.MustParseAddr(src)
+		if v := tables.Decide(1, a, addrs[1], 80); v.Deny != deny {
+			t.Errorf("from %s: %+v, want deny=%v", src, v, deny)
+		}
+		if v := model.Evaluate(policies, model.Conn{Src: model.Peer{IP: a}, DstIP: addrs[1], DstPort: 80}); v.Allow == deny {
+			t.Errorf("from %s: reference %+v, want deny=%v", src, v, deny)
+		}
+	}
+}

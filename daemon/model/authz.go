@@ -211,9 +211,12 @@ func matchFrom(m *security.Match) (Match, error) {
 			if err != nil {
 				return nil
 			}
-			ip, e := addrFromBytes(a.GetAddress())
-			if e != nil {
-				err = e
+			// 16 bytes are an IPv6 prefix even when IPv4-mapped, as
+			// ztunnel takes them: connections from and to IPv4 addresses
+			// are IPv4, so a mapped prefix of /96 or longer matches none.
+			ip, ok := netip.AddrFromSlice(a.GetAddress())
+			if !ok {
+				err = fmt.Errorf("invalid address bytes: %d bytes, want 4 (IPv4) or 16 (IPv6)", len(a.GetAddress()))
 				return nil
 			}
 			if int(a.GetLength()) > ip.BitLen() {

@@ -151,6 +151,33 @@ func TestAuthorizationPortZero(t *testing.T) {
 	}
 }
 
+// A 16-byte address is an IPv6 prefix even when IPv4-mapped, as ztunnel
+// takes it (istiod sends ipBlocks: ["::ffff:10.0.0.0/104"] as 16 bytes):
+// connections from IPv4 sources are IPv4, so a mapped prefix of /96 or
+// longer matches none of them; a shorter one is an IPv6 prefix. Neither
+// may make the policy be refused, which leaves an ALLOW policy out.
+func TestAuthorizationIPv4MappedCIDR(t *testing.T) {
+	mapped := netip.MustParseAddr("::ffff:10.0.0.0").AsSlice()
+	a := &security.Authorization{Name: "p", Namespace: "ns", Scope: security.Scope_NAMESPACE, Action: security.Action_ALLOW,
+		Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{
+			SourceIps: []*security.Address{{Address: mapped, Length: 104}, {Address: []byte{192, 168, 0, 0}, Length: 16}, {Address: mapped, Length: 80}},
+		}}}}}}}
+	p, err := FromAuthorization(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := p.Groups[0][0][0].SourceIPs
+	if len(got) != 3 || got[0].String() != "::ffff:10.0.0.0/104" || got[2].String() != "::/80" {
+		t.Fatalf("source prefixes %v", got)
+	}
+	for src, want := range map[string]bool{"10.1.2.3": false, "192.168.1.1": true, "::1": true, "2001:db8::1": false} {
+		c := Conn{Src: Peer{IP: netip.MustParseAddr(src)}, DstIP: netip.MustParseAddr("10.0.0.2"), DstPort: 80}
+		if p.Matches(c) != want {
+			t.Errorf("from %s: matches=%v, want %v", src, !want, want)
+		}
+	}
+}
+
 func TestPriorityFollowsRoutingPreference(t *testing.T) {
 	node := Node{Name: "n1", ClusterID: "c", Network: "net", Locality: Locality{Region: "r1", Zone: "z1", Subzone: "s1"}}
 	lb := LoadBalancing{RoutingPreference: []Scope{ScopeNetwork, ScopeRegion, ScopeZone, ScopeNode}}
