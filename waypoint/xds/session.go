@@ -372,13 +372,21 @@ func applyCompiled[P proto.Message, C interface{ Equal(C) bool }](m map[string]C
 }
 
 // follow sets a named subscription to the names the parent type
-// references: names not held yet warm, names no longer referenced are
-// dropped.
+// references: names new to the subscription and not held yet warm, names
+// no longer referenced are dropped. A name subscribed already does not
+// warm again: it warmed when it came, and if its answer never came (the
+// warming timed out) or was a removal, a parent resent unchanged (istiod
+// resends every cluster on each push) is no reason to hold the next
+// snapshot; Envoy warms only what was added or changed.
 func follow[T any](s *Session, typeURL string, names []string, held map[string]T, now time.Time) {
+	subscribed := map[string]bool{}
+	for _, n := range s.client.Names(typeURL) {
+		subscribed[n] = true
+	}
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
-		if _, ok := held[n]; ok {
+		if _, ok := held[n]; ok || subscribed[n] {
 			continue
 		}
 		if _, ok := s.warming[warmKey(typeURL, n)]; !ok {

@@ -21,6 +21,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"istio.io/istio/pkg/workloadapi"
 
@@ -396,5 +397,65 @@ func TestSettleIsPerType(t *testing.T) {
 	s.settle(translate.TypeRoute, nil, []string{"x"})
 	if len(s.warming) != 0 {
 		t.Fatalf("still warming: %v", s.warming)
+	}
+}
+
+// A cluster whose endpoints timed out once does not warm again on a CDS
+// response that changes nothing (istiod resends every cluster on each
+// full push; here a response whose only cluster is rejected): nothing
+// timed that warming out, and the stale entry then let the next new
+// cluster be published at once, without its endpoints, rather than warm.
+// Envoy warms only a cluster that is added or changed.
+func TestTimedOutClusterDoesNotWarmAgain(t *testing.T) {
+	srv := startIstiod(t)
+	srv.serve(translatetest.Synthetic(2))
+	var got applied
+	const warm = 400 * time.Millisecond
+	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
+		WarmTimeout: warm, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	got.wait(t, "two services", func(sn *model.Snapshot) bool { return len(sn.Clusters) == 2 })
+
+	// x never gets endpoints: published without them after the timeout.
+	four := translatetest.Synthetic(4)
+	x, y := four.Clusters[2], four.Clusters[3]
+	srv.Set(translate.TypeCluster, map[string]types.Resource{x.GetName(): x})
+	got.wait(t, "x after its warming timed out", func(sn *model.Snapshot) bool { return sn.Clusters[x.GetName()] != nil })
+
+	// A CDS response that changes nothing: its one cluster is NACKed.
+	n := len(srv.Requests())
+	bad := proto.Clone(y).(*clusterv3.Cluster)
+	bad.Name = "bad"
+	bad.ConnectTimeout = durationpb.New(-time.Second)
+	srv.Set(translate.TypeCluster, map[string]types.Resource{"bad": bad})
+	srv.NACK(n, translate.TypeCluster)
+	time.Sleep(50 * time.Millisecond)
+	if w := s.Stats().Warming; w != 0 {
+		t.Errorf("warming %d after a CDS response that changed nothing", w)
+	}
+	time.Sleep(warm + 100*time.Millisecond)
+
+	// A new cluster y warms for its own timeout: its endpoints, 100 ms
+	// later, are in the first snapshot that has y.
+	before := got.count()
+	srv.Set(translate.TypeCluster, map[string]types.Resource{y.GetName(): y})
+	time.Sleep(100 * time.Millisecond)
+	srv.Set(translate.TypeEndpoint, map[string]types.Resource{y.GetName(): four.Endpoints[y.GetName()]})
+	got.wait(t, "y", func(sn *model.Snapshot) bool { return sn.Clusters[y.GetName()] != nil })
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	for _, sn := range got.snaps[before:] {
+		if c := sn.Clusters[y.GetName()]; c != nil {
+			if len(c.Endpoints) == 0 {
+				t.Fatalf("snapshot %s has y without endpoints, %v after y arrived (warming timeout %v)", sn.Version, "<100ms", warm)
+			}
+			break
+		}
 	}
 }
