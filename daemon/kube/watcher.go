@@ -244,9 +244,21 @@ func (w *Watcher) reconcile(ctx context.Context, uid string) error {
 	if pod == nil {
 		return nil
 	}
+	// A namespace the watch has not delivered (its watch lags behind the
+	// pods', or is re-listing) is read from the API server: deciding
+	// without its labels would release every pod its label enrolls.
 	var nsLabels map[string]string
 	if o, ok, _ := w.nss.GetStore().GetByKey(pod.Namespace); ok {
 		nsLabels = o.(*corev1.Namespace).Labels
+	} else {
+		ns, err := w.client.CoreV1().Namespaces().Get(ctx, pod.Namespace, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil // going with its pods; the watch decides when it sees the namespace again
+		}
+		if err != nil {
+			return fmt.Errorf("namespace %s (not yet in the watch): %w", pod.Namespace, err)
+		}
+		nsLabels = ns.Labels
 	}
 	want, why := enrollment.Decide(enrollmentView(pod), nsLabels)
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {

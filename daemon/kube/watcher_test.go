@@ -247,3 +247,60 @@ func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
 		}
 	}
 }
+
+// A namespace the watch has not delivered yet (its watch lags, or is
+// re-listing) does not release a pod the plugin enrolled by the
+// namespace's label: the label is read from the API server instead.
+func TestReconcileDoesNotReleaseForAnUnseenNamespace(t *testing.T) {
+	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
+	client := fake.NewClientset()
+	client.PrependWatchReactor("*", func(k8stesting.Action) (bool, watch.Interface, error) {
+		return true, watch.NewFake(), nil
+	})
+	kernel := &fakeKernel{enrolled: map[uint64]bool{}}
+	reg, err := cniserver.NewRegistry("", kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWatcherFor(client, "n1", reg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(2 * time.Second)
+	for !w.pods.HasSynced() || !w.nss.HasSynced() {
+		if time.Now().After(deadline) {
+			t.Fatal("not synced within 2s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The namespace exists in the API but not in the watch's store; the
+	// pod is in the store (as a pod watch that is up to date has it).
+	if err := client.Tracker().Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "fresh", Labels: kmesh}}); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "fresh", UID: "ua"},
+		Spec:       corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "app"}}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	if err := client.Tracker().Add(pod); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.pods.GetStore().Add(pod); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin enrolled it (it read the namespace from the API).
+	if _, err := reg.Add(&cniv1.Pod{Name: "app", Namespace: "fresh", Uid: "ua", ContainerId: "c1", NetnsCookie: 7, Enrolled: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !kernel.is(7) {
+		t.Fatal("not enrolled by the plugin's report")
+	}
+	if err := w.reconcile(ctx, "ua"); err != nil {
+		t.Fatal(err)
+	}
+	if !kernel.is(7) {
+		t.Fatalf("released while the namespace's label enrolls it: %+v", reg.ByUID("ua")[0])
+	}
+}
