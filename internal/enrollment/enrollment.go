@@ -52,9 +52,11 @@ func Decide(pod Pod, nsLabels map[string]string) (bool, string) {
 		return true, "pod label " + LabelDataplaneMode + "=" + mode
 	case strings.EqualFold(mode, ModeNone):
 		return false, "pod opted out (" + LabelDataplaneMode + "=none)"
-	case set:
+	case set && mode != "":
 		// The pod asked for another data plane (ambient, ...): not ours,
-		// whatever its namespace says.
+		// whatever its namespace says. An empty value (a template that
+		// rendered nothing) asks for none: the namespace decides, as in
+		// Istio (its selector is NotIn [none]) and Kmesh.
 		return false, "pod label " + LabelDataplaneMode + "=" + mode + " selects another data plane"
 	}
 	if mode := nsLabels[LabelDataplaneMode]; isKmesh(mode) {

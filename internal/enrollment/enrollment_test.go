@@ -30,6 +30,10 @@ func TestDecide(t *testing.T) {
 		{"opt out", pod(label(ModeNone)), labelled, false},
 		{"other data plane", pod(label("ambient")), plain, false},
 		{"other data plane in a kmesh namespace", pod(label("ambient")), labelled, false},
+		// An empty value selects nothing (Istio's NotIn [none] selector and
+		// Kmesh both let the namespace decide).
+		{"empty pod label in a kmesh namespace", pod(label("")), labelled, true},
+		{"empty pod label in a plain namespace", pod(label("")), plain, false},
 		{"host network", pod(func(p *Pod) { p.HostNetwork = true; p.Labels[LabelDataplaneMode] = ModeKmesh }), labelled, false},
 		{"sidecar container", pod(func(p *Pod) { p.Containers = append(p.Containers, "istio-proxy") }), labelled, false},
 		{"native sidecar", pod(func(p *Pod) { p.Containers = append([]string{"istio-proxy"}, p.Containers...) }), labelled, false},
