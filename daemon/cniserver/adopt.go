@@ -90,7 +90,8 @@ type Adoption struct {
 // away even if the plugin could not tell it:
 //   - a pod the registry does not know is registered as the plugin left it,
 //     enrolled only if its cookie is still in the manage map (the plugin
-//     enrolled it, or its DEL undid that);
+//     enrolled it, or its DEL undid that), and enrolled whenever it is
+//     (a daemon enrolled it after ADD and its file lost that);
 //   - a pod ADD decided to enroll but could not, for want of a data path,
 //     is enrolled here (manage entry and tc filter, as the plugin would
 //     have): nobody else would, when no Kubernetes watch decides again;
@@ -126,6 +127,12 @@ func (r *Registry) Adopt(plugin []PluginPod, complete bool) (Adoption, error) {
 		case p.Enrolled && !cookies[p.NetnsCookie]:
 			p.Enrolled = false
 			p.Reason = "not in the manage map when the daemon started (was: " + p.Reason + ")"
+		case !p.Enrolled && p.NetnsCookie != 0 && cookies[p.NetnsCookie]:
+			// ADD left it out and a daemon enrolled it since (its label
+			// came later), but the registry's file lost that: the manage
+			// map says what holds, and a later release must undo it.
+			p.Enrolled = true
+			p.Reason = "in the manage map when the daemon started (enrolled after ADD, which said: " + p.Reason + ")"
 		case !p.Enrolled && pp.WantsEnrollment:
 			if err := r.enrollAdopted(p); err != nil {
 				a.Failed = setErr(a.Failed, p.ContainerId, err)

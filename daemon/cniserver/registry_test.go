@@ -324,3 +324,33 @@ func TestDecidePodAsksTheWatch(t *testing.T) {
 		t.Fatalf("no decider: %v %v", r, err)
 	}
 }
+
+// A pod ADD left out and the daemon enrolled later (its label came after
+// the pod), when the daemon's file lost that (a crash before the
+// background write): the manage map says it is enrolled, and the registry
+// must too, or a later release (the label going again) is never made.
+func TestAdoptTakesTheManageMapForAPodTheDaemonEnrolled(t *testing.T) {
+	e := &fakeEnroller{cookies: map[uint64]bool{11: true}}
+	r, err := NewRegistry(filepath.Join(t.TempDir(), "pods.json"), e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	plugin := []PluginPod{{Pod: &cniv1.Pod{ContainerId: "late", Name: "late", Uid: "u", NetnsCookie: 11,
+		Reason: "no istio.io/dataplane-mode=kmesh label on the pod or its namespace"}}}
+	if _, err := r.Adopt(plugin, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(r.Pods()); !slices.Equal(got, []string{"late"}) {
+		t.Fatalf("pods %v", got)
+	}
+	if p := byID(r, "late"); !p.Enrolled {
+		t.Fatalf("registered as not enrolled while its cookie is in the manage map: %v", p)
+	}
+	if err := r.SetEnrolled("late", false, "label removed"); err != nil {
+		t.Fatal(err)
+	}
+	if e.cookies[11] {
+		t.Fatal("releasing the pod left its cookie in the manage map")
+	}
+}
