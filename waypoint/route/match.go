@@ -204,9 +204,10 @@ func (h *headerMatcher) matches(r *http.Request) bool {
 	case m.Present != nil:
 		res = ok == *m.Present
 	case !ok:
-		// Every other kind of matcher fails on a missing header (and so
-		// an inverted one matches).
-		res = false
+		// Every other kind of matcher fails on a missing header, inverted
+		// or not: Envoy's invert_match applies to a value, and a missing
+		// header has none (treat_missing_header_as_empty gives it one).
+		return false
 	case m.Range != nil:
 		n, err := strconv.ParseInt(v, 10, 64)
 		res = err == nil && n >= m.Range.Start && n < m.Range.End

@@ -108,7 +108,12 @@ func TestRouteMatch(t *testing.T) {
 		{"header regex partial", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Regex: regexp.MustCompile(`b`), Kind: "regex"}}), req("GET", "/", "X-V", "abc"), false},
 		{"header values joined", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "a,b", Kind: "exact"}}), req("GET", "/", "X-V", "a", "X-V", "b"), true},
 		{"header missing", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "a", Kind: "exact"}}), req("GET", "/"), false},
-		{"header missing inverted", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "a", Kind: "exact"}, Invert: true}), req("GET", "/"), true},
+		// Envoy: "the header is treated as not present. The match rule will
+		// not match when inverted" (treat_missing_header_as_empty).
+		{"header missing inverted", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "a", Kind: "exact"}, Invert: true}), req("GET", "/"), false},
+		{"header missing inverted range", hm(model.HeaderMatch{Name: "x-n", Range: &struct{ Start, End int64 }{0, 10}, Invert: true}), req("GET", "/"), false},
+		{"header missing as empty inverted", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "a", Kind: "exact"}, Invert: true, TreatMissingAsEmpty: true}), req("GET", "/"), true},
+		{"absent inverted on missing", hm(model.HeaderMatch{Name: "x-v", Present: ptr(false), Invert: true}), req("GET", "/"), false},
 		{"header inverted", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "a", Kind: "exact"}, Invert: true}), req("GET", "/", "X-V", "a"), false},
 		{"header missing as empty", hm(model.HeaderMatch{Name: "x-v", Value: &model.StringMatch{Exact: "", Kind: "exact"}, TreatMissingAsEmpty: true}), req("GET", "/"), true},
 		{"present", hm(model.HeaderMatch{Name: "x-v", Present: ptr(true)}), req("GET", "/", "X-V", ""), true},
