@@ -3,7 +3,6 @@ package route
 import (
 	"net/http"
 	"net/textproto"
-	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -106,19 +105,30 @@ func compileString(m *model.StringMatch, res regexCache) stringMatcher {
 type Input struct {
 	Request *http.Request
 	// Path is the raw :path, query included.
-	Path  string
-	query url.Values
+	Path string
+	// query holds the first value of each query parameter, as sent.
+	query map[string]string
 }
 
+// parseQuery splits the query as Envoy's route matching does
+// (QueryParamsMulti::parseQueryString): pairs separated by "&", the name
+// up to the first "=", the value after it ("" without one), nothing
+// percent-decoded ("+" stays "+", ";" is no separator), the first value
+// of a repeated name kept.
 func (in *Input) parseQuery() {
+	in.query = map[string]string{}
 	_, q, ok := strings.Cut(in.Path, "?")
 	if !ok {
-		in.query = url.Values{}
 		return
 	}
-	// A malformed pair is skipped, the rest kept: ParseQuery returns what it
-	// could parse along with the error.
-	in.query, _ = url.ParseQuery(q)
+	for q != "" {
+		var pair string
+		pair, q, _ = strings.Cut(q, "&")
+		name, value, _ := strings.Cut(pair, "=")
+		if _, dup := in.query[name]; !dup {
+			in.query[name] = value
+		}
+	}
 }
 
 // Matches reports whether every condition of the route holds for in.
@@ -249,16 +259,14 @@ func requestHeader(r *http.Request, key string) (string, bool) {
 	return strings.Join(vs, ","), true
 }
 
-func (q *queryMatcher) matches(values url.Values) bool {
-	vs, ok := values[q.m.Name]
-	if q.m.Value == nil {
-		// present_match (or no condition, which Envoy treats the same).
-		return ok
-	}
-	if !ok || len(vs) == 0 {
+func (q *queryMatcher) matches(values map[string]string) bool {
+	v, ok := values[q.m.Name]
+	if !ok {
 		return false
 	}
-	return q.value.match(vs[0])
+	// No value condition: present_match (or no condition, which Envoy
+	// treats the same).
+	return q.m.Value == nil || q.value.match(v)
 }
 
 func (s *stringMatcher) match(v string) bool {

@@ -132,7 +132,16 @@ func TestRouteMatch(t *testing.T) {
 
 		{"query exact", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "2", Kind: "exact"}}), req("GET", "/?v=2"), true},
 		{"query first value", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "2", Kind: "exact"}}), req("GET", "/?v=1&v=2"), false},
-		{"query decoded", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "a b", Kind: "exact"}}), req("GET", "/?v=a%20b"), true},
+		// Envoy matches query parameters as sent: nothing is decoded, and
+		// only "&" separates pairs.
+		{"query not decoded", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "a b", Kind: "exact"}}), req("GET", "/?v=a%20b"), false},
+		{"query raw value", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "a%20b", Kind: "exact"}}), req("GET", "/?v=a%20b"), true},
+		{"query plus kept", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "a+b", Kind: "exact"}}), req("GET", "/?v=a+b"), true},
+		{"query raw name", qm(model.QueryMatch{Name: "name", Present: true}), req("GET", "/?na%6De=1"), false},
+		{"query semicolon is no separator", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "1;w=2", Kind: "exact"}}), req("GET", "/?v=1;w=2"), true},
+		{"query bad escape", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "%zz", Kind: "exact"}}), req("GET", "/?v=%zz"), true},
+		{"query value with =", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "a=b", Kind: "exact"}}), req("GET", "/?v=a=b"), true},
+		{"query empty value", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Exact: "", Kind: "exact"}}), req("GET", "/?v"), true},
 		{"query regex", qm(model.QueryMatch{Name: "v", Value: &model.StringMatch{Regex: regexp.MustCompile(`[0-9]+`), Kind: "regex"}}), req("GET", "/?v=123"), true},
 		{"query present", qm(model.QueryMatch{Name: "debug", Present: true}), req("GET", "/?debug"), true},
 		{"query present missing", qm(model.QueryMatch{Name: "debug", Present: true}), req("GET", "/?x=1"), false},
