@@ -95,23 +95,50 @@ func ApplyResponse(h http.Header, levels ...*Ops) {
 	}
 }
 
+// apply adds one level's headers as Envoy's HeaderParser does: whether an
+// ADD_IF_ABSENT or OVERWRITE_IF_EXISTS entry applies is decided on the
+// headers as the level found them, then every overwrite is made, then
+// every append, each in configured order. So an overwrite listed after an
+// append of the same header does not erase that append.
 func apply(h http.Header, adds []headerValue) {
+	const (
+		skip = iota
+		overwrite
+		add
+	)
+	var buf [16]uint8
+	do := buf[:0]
+	if len(adds) > len(buf) {
+		do = make([]uint8, 0, len(adds))
+	}
 	for _, a := range adds {
+		_, there := h[a.key]
+		d := uint8(overwrite)
 		switch {
 		case a.ifPresent:
 			// OVERWRITE_IF_EXISTS: replace a header that is there, never
 			// add one.
-			if _, ok := h[a.key]; ok {
-				h[a.key] = []string{a.value}
+			if !there {
+				d = skip
 			}
 		case a.ifAbsent:
-			if _, ok := h[a.key]; !ok {
-				h[a.key] = []string{a.value}
+			d = add
+			if there {
+				d = skip
 			}
 		case a.append:
-			h[a.key] = append(h[a.key], a.value)
-		default:
+			d = add
+		}
+		do = append(do, d)
+	}
+	for i, a := range adds {
+		if do[i] == overwrite {
 			h[a.key] = []string{a.value}
+		}
+	}
+	for i, a := range adds {
+		if do[i] == add {
+			h[a.key] = append(h[a.key], a.value)
 		}
 	}
 }

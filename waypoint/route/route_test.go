@@ -281,3 +281,28 @@ func TestHeaderOnlyIfPresent(t *testing.T) {
 		t.Errorf("got %v, want %v", h, want)
 	}
 }
+
+// Within one level Envoy decides ADD_IF_ABSENT and OVERWRITE_IF_EXISTS on
+// the headers as they were, then makes every overwrite, then every append:
+// istiod lists a VirtualService's route-level "add" before its
+// destination-level "set", and the "set" must not erase the "add".
+func TestHeaderOpsOverwriteBeforeAppend(t *testing.T) {
+	o := compileOps(&model.HeaderOps{RequestAdd: []model.HeaderValue{
+		{Name: "x-a", Value: "added", Append: true},
+		{Name: "x-a", Value: "set"},
+		{Name: "x-b", Value: "first", Append: true},
+		{Name: "x-b", Value: "only-if-absent", AddIfAbsent: true},
+		{Name: "x-c", Value: "set"},
+		{Name: "x-c", Value: "only-if-present", OnlyIfPresent: true},
+	}})
+	h := http.Header{"X-A": {"client"}}
+	ApplyRequest(h, o)
+	want := http.Header{
+		"X-A": {"set", "added"},
+		"X-B": {"first", "only-if-absent"},
+		"X-C": {"set"},
+	}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("got %v, want %v", h, want)
+	}
+}
