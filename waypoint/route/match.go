@@ -177,14 +177,18 @@ func (r *Route) Matches(in *Input) bool {
 	return true
 }
 
-// MatchedPrefixLen is how much of the path a prefix rewrite replaces: the
-// route's prefix, or the whole path for a path match.
+// MatchedPrefixLen is how much of the path (query excluded) a prefix
+// rewrite replaces: the route's prefix, or the whole path for a path or
+// regex match (Envoy's matched path for a safe_regex route is the whole
+// path, so prefix_rewrite replaces all of it).
 func (r *Route) MatchedPrefixLen(path string) (int, bool) {
 	switch r.pathKind {
 	case pathPrefix, pathSeparated:
 		return len(r.pattern), true
 	case pathExact:
 		return len(r.pattern), true
+	case pathRegex:
+		return len(path), true
 	case pathAny:
 		// Prefix "/" or no path condition: "/" is what matched.
 		if strings.HasPrefix(path, "/") {

@@ -198,6 +198,10 @@ func TestRewritePath(t *testing.T) {
 		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`^/service/([^/]+)(/.*)$`), Substitution: "${2}/instance/${1}"}}, "/service/foo/v1/api?x=1", "/v1/api/instance/foo?x=1"},
 		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`o`), Substitution: "0"}}, "/foo/boo", "/f00/b00"},
 		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{}, "/same?x", "/same?x"},
+		// A VirtualService "uri: {regex}" with "rewrite: {uri}": istiod
+		// emits safe_regex + prefix_rewrite, and Envoy replaces the whole
+		// path (the regex's matched path), keeping the query.
+		{model.RouteMatch{Regex: regexp.MustCompile(`/v[0-9]+/.*`)}, model.ForwardAction{PrefixRewrite: "/latest"}, "/v1/items/7?q=1", "/latest?q=1"},
 	}
 	for _, c := range cases {
 		fwd := c.fwd
@@ -226,6 +230,7 @@ func TestRedirectLocation(t *testing.T) {
 		{model.RouteMatch{Prefix: "/v1"}, model.RedirectAction{PrefixRewrite: "/v2"}, "h", "/v1/x", "http://h/v2/x"},
 		{model.RouteMatch{}, model.RedirectAction{}, "[::1]:8080", "/", "http://[::1]:8080/"},
 		{model.RouteMatch{}, model.RedirectAction{Host: "::1"}, "h", "/", "http://[::1]/"},
+		{model.RouteMatch{Regex: regexp.MustCompile(`/old/.*`)}, model.RedirectAction{PrefixRewrite: "/new"}, "h", "/old/x?y=1", "http://h/new?y=1"},
 	}
 	for _, c := range cases {
 		ra := c.ra
