@@ -60,30 +60,60 @@ func (r *Route) RedirectLocation(scheme, authority, path string) string {
 	if a.StripQuery && !own {
 		query = ""
 	}
-	host, port := splitHostPort(authority)
-	if a.Host != "" {
-		host, port = splitHostPort(a.Host)
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
 	}
+	newScheme := scheme
 	if a.Scheme != "" {
-		// Changing scheme: a default port of the old scheme does not carry
-		// over.
-		if port == "80" || port == "443" {
-			port = ""
-		}
-		scheme = a.Scheme
+		newScheme = a.Scheme
 	}
+	var port string
 	if a.Port != 0 {
-		port = strconv.FormatUint(uint64(a.Port), 10)
+		port = ":" + strconv.FormatUint(uint64(a.Port), 10)
 	}
-	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
-		port = ""
+	var host string
+	if a.Host != "" {
+		// host_redirect replaces the authority, port and all (when
+		// port_redirect is set too, its port replaces the one in it).
+		host = a.Host
+		if port != "" {
+			h, _ := splitHostPort(host)
+			host = h
+		}
+		if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+			if h, _, err := net.SplitHostPort(host); err != nil || strings.Contains(h, ":") {
+				host = "[" + host + "]"
+			}
+		}
+	} else {
+		// Envoy keeps the request's authority as sent, dropping its port
+		// only for port_redirect, or when the scheme changes and the port
+		// is the request scheme's default (http://h:80 -> https://h). A
+		// default port is not dropped otherwise.
+		host = authority
+		if i := portStart(host); i >= 0 {
+			reqPort := host[i:]
+			drop := port != ""
+			if newScheme != scheme {
+				drop = drop || (scheme == "https" && reqPort == ":443") || (scheme == "http" && reqPort == ":80")
+			}
+			if drop {
+				host = host[:i]
+			}
+		}
 	}
-	if port != "" {
-		host = net.JoinHostPort(host, port)
-	} else if strings.Contains(host, ":") {
-		host = "[" + host + "]"
+	return newScheme + "://" + host + port + p + query
+}
+
+// portStart is the index of the ":" before an authority's port, or -1.
+func portStart(authority string) int {
+	if strings.HasPrefix(authority, "[") {
+		if i := strings.LastIndex(authority, "]:"); i >= 0 {
+			return i + 1
+		}
+		return -1
 	}
-	return scheme + "://" + host + p + query
+	return strings.LastIndexByte(authority, ':')
 }
 
 // RedirectStatus is the redirect's response code (301 when unset).

@@ -231,6 +231,15 @@ func TestRedirectLocation(t *testing.T) {
 		{model.RouteMatch{}, model.RedirectAction{}, "[::1]:8080", "/", "http://[::1]:8080/"},
 		{model.RouteMatch{}, model.RedirectAction{Host: "::1"}, "h", "/", "http://[::1]/"},
 		{model.RouteMatch{Regex: regexp.MustCompile(`/old/.*`)}, model.RedirectAction{PrefixRewrite: "/new"}, "h", "/old/x?y=1", "http://h/new?y=1"},
+		// Envoy drops the request's port only for port_redirect or a
+		// scheme change away from that port's scheme.
+		{model.RouteMatch{}, model.RedirectAction{Path: "/new"}, "h:80", "/old", "http://h:80/new"},
+		{model.RouteMatch{}, model.RedirectAction{Scheme: "http"}, "h:80", "/a", "http://h:80/a"},
+		{model.RouteMatch{}, model.RedirectAction{Scheme: "https"}, "h:443", "/a", "https://h:443/a"},
+		{model.RouteMatch{}, model.RedirectAction{Port: 80}, "h:8080", "/a", "http://h:80/a"},
+		{model.RouteMatch{}, model.RedirectAction{Port: 9090}, "[::1]:8080", "/a", "http://[::1]:9090/a"},
+		{model.RouteMatch{}, model.RedirectAction{Host: "n:1", Port: 2}, "h", "/a", "http://n:2/a"},
+		{model.RouteMatch{}, model.RedirectAction{Path: "new"}, "h", "/old", "http://h/new"},
 	}
 	for _, c := range cases {
 		ra := c.ra
@@ -239,6 +248,12 @@ func TestRedirectLocation(t *testing.T) {
 		if got := r.RedirectLocation("http", c.authority, c.uri); got != c.want {
 			t.Errorf("%+v on %s%s: got %q, want %q", c.ra, c.authority, c.uri, got, c.want)
 		}
+	}
+	// A request that came as https (X-Forwarded-Proto) redirected to
+	// http loses its :443.
+	https := Compile(&model.RouteTable{VirtualHosts: []*model.VirtualHost{{Domains: []string{"*"}, Routes: []*model.Route{{Redirect: &model.RedirectAction{Scheme: "http"}}}}}})
+	if got := https.VirtualHost("x").Routes[0].RedirectLocation("https", "h:443", "/a"); got != "http://h/a" {
+		t.Errorf("https h:443 to http: got %q", got)
 	}
 	if RedirectStatus(&model.RedirectAction{}) != 301 || RedirectStatus(&model.RedirectAction{Status: 307}) != 307 {
 		t.Error("redirect status")
