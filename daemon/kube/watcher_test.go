@@ -191,16 +191,14 @@ func TestDecideFromTheWatch(t *testing.T) {
 	}
 }
 
-// A pod (or namespace) the watch has not delivered yet is read from the
-// API server: the plugin's ADD often comes first. Here the watch never
-// delivers anything after its first list.
-func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
-	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
-	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mesh", Labels: kmesh}})
+// frozenWatcher runs a watcher over client whose watches deliver nothing
+// after their first list, synced; it stops when the test ends.
+func frozenWatcher(t *testing.T, client *fake.Clientset, kernel *fakeKernel) (*Watcher, *cniserver.Registry) {
+	t.Helper()
 	client.PrependWatchReactor("*", func(k8stesting.Action) (bool, watch.Interface, error) {
 		return true, watch.NewFake(), nil
 	})
-	reg, err := cniserver.NewRegistry("", &fakeKernel{enrolled: map[uint64]bool{}})
+	reg, err := cniserver.NewRegistry("", kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +206,7 @@ func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(2 * time.Second)
 	for !w.pods.HasSynced() || !w.nss.HasSynced() {
 		if time.Now().After(deadline) {
@@ -216,6 +214,16 @@ func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return w, reg
+}
+
+// A pod (or namespace) the watch has not delivered yet is read from the
+// API server: the plugin's ADD often comes first. Here the watch never
+// delivers anything after its first list.
+func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
+	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
+	client := fake.NewClientset(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mesh", Labels: kmesh}})
+	w, _ := frozenWatcher(t, client, &fakeKernel{enrolled: map[uint64]bool{}})
 	add := func(o runtime.Object) {
 		if err := client.Tracker().Add(o); err != nil {
 			t.Fatal(err)
@@ -254,26 +262,8 @@ func TestDecideReadsWhatTheWatchHasNotSeen(t *testing.T) {
 func TestReconcileDoesNotReleaseForAnUnseenNamespace(t *testing.T) {
 	kmesh := map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh}
 	client := fake.NewClientset()
-	client.PrependWatchReactor("*", func(k8stesting.Action) (bool, watch.Interface, error) {
-		return true, watch.NewFake(), nil
-	})
 	kernel := &fakeKernel{enrolled: map[uint64]bool{}}
-	reg, err := cniserver.NewRegistry("", kernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := NewWatcherFor(client, "n1", reg, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- w.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(2 * time.Second)
-	for !w.pods.HasSynced() || !w.nss.HasSynced() {
-		if time.Now().After(deadline) {
-			t.Fatal("not synced within 2s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	w, reg := frozenWatcher(t, client, kernel)
 	// The namespace exists in the API but not in the watch's store; the
 	// pod is in the store (as a pod watch that is up to date has it).
 	if err := client.Tracker().Add(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "fresh", Labels: kmesh}}); err != nil {
@@ -297,7 +287,7 @@ func TestReconcileDoesNotReleaseForAnUnseenNamespace(t *testing.T) {
 	if !kernel.is(7) {
 		t.Fatal("not enrolled by the plugin's report")
 	}
-	if err := w.reconcile(ctx, "ua"); err != nil {
+	if err := w.reconcile(context.Background(), "ua"); err != nil {
 		t.Fatal(err)
 	}
 	if !kernel.is(7) {

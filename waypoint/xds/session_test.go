@@ -93,6 +93,20 @@ func (a *applied) wait(t *testing.T, what string, cond func(*model.Snapshot) boo
 	return nil
 }
 
+// runSession starts a session with cfg; it ends with the test.
+func runSession(t *testing.T, cfg Config) *Session {
+	t.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
 func testNode() Node {
 	return Node{PodIP: netip.MustParseAddr("10.250.0.2"), PodName: "waypoint-0", Namespace: "wp", ServiceAccount: "waypoint", GatewayName: "waypoint"}
 }
@@ -118,15 +132,8 @@ func TestSession(t *testing.T) {
 	srv.Set(translate.TypeAddress, map[string]types.Resource{n: w})
 
 	var got applied
-	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
 		WarmTimeout: time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
 
 	first := got.wait(t, "two services and the peer", func(sn *model.Snapshot) bool {
 		return chains(sn) == 2 && len(sn.Clusters) == 2 && sn.Peers.Lookup(netip.MustParseAddr("10.250.9.9")) != nil
@@ -291,14 +298,7 @@ func TestSessionRDS(t *testing.T) {
 	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": l})
 	srv.Set(translate.TypeCluster, map[string]types.Resource{})
 	var got applied
-	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply, WarmTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply, WarmTimeout: 5 * time.Second})
 
 	weight := func(sn *model.Snapshot) uint32 {
 		rt := sn.Listeners[0].Chains["web"].HTTP.Routes
@@ -340,15 +340,8 @@ func TestSessionLatencyIncludesApply(t *testing.T) {
 	srv.serve(translatetest.Synthetic(2))
 	const slow = 30 * time.Millisecond
 	var got applied
-	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(),
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(),
 		Apply: func(sn *model.Snapshot) { time.Sleep(slow); got.apply(sn) }, MinBackoff: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
 	got.wait(t, "two services", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
 	three := translatetest.Synthetic(3)
 	c := three.Clusters[2]
@@ -411,15 +404,8 @@ func TestTimedOutClusterDoesNotWarmAgain(t *testing.T) {
 	srv.serve(translatetest.Synthetic(2))
 	var got applied
 	const warm = 400 * time.Millisecond
-	s, err := New(Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
 		WarmTimeout: warm, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
 	got.wait(t, "two services", func(sn *model.Snapshot) bool { return len(sn.Clusters) == 2 })
 
 	// x never gets endpoints: published without them after the timeout.
