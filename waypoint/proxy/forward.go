@@ -385,7 +385,7 @@ func (q *request) prepareHeaders(upgrade bool) {
 	if strings.EqualFold(te, "trailers") {
 		h.Set("Te", "trailers")
 	}
-	route.ApplyRequest(h, q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
+	route.ApplyRequest(h, q.vars(), q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
 }
 
 func removeHopByHop(h http.Header, keepUpgrade bool) {

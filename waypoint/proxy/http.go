@@ -102,6 +102,7 @@ type request struct {
 	respBytes    int64
 	upstreamTime time.Duration
 	wrote        bool
+	hv           route.Vars // see vars
 }
 
 // serveHTTP is net/http's handler (h2c connections).

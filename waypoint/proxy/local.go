@@ -75,9 +75,9 @@ func (q *request) decorate(h http.Header) {
 		h["X-Envoy-Attempt-Count"] = attemptCount(q.attempts)
 	}
 	if q.rt != nil {
-		route.ApplyResponse(h, q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
+		route.ApplyResponse(h, q.vars(), q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
 	} else if q.ch.table != nil {
-		route.ApplyResponse(h, q.ch.table.Headers)
+		route.ApplyResponse(h, q.vars(), q.ch.table.Headers)
 	}
 	for k, v := range q.cors {
 		h[k] = v
@@ -87,6 +87,20 @@ func (q *request) decorate(h http.Header) {
 		// is its last response.
 		h.Set("Connection", "close")
 	}
+}
+
+// vars are what header values' Envoy operators read (route.Vars).
+func (q *request) vars() *route.Vars {
+	v := &q.hv
+	if v.Request == nil {
+		proto := q.r.Proto
+		if q.r.ProtoMajor == 2 {
+			proto = "HTTP/2"
+		}
+		*v = route.Vars{Remote: q.cs.info.Source, DirectRemote: q.cs.peer, Local: q.cs.info.Destination,
+			Protocol: proto, Start: q.start, Request: q.r.Header}
+	}
+	return v
 }
 
 func (q *request) serverName() string {

@@ -770,3 +770,30 @@ func TestRouteTablePerFilter(t *testing.T) {
 		}
 	}
 }
+
+func TestHeaderValueOperatorsFilledIn(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s|%s|%v", r.Header.Get("X-Real-Ip"), r.Header.Get("X-Dst"), r.Header.Get("X-Ua"), r.Header["X-None"])
+	})
+	r := fwd("c")
+	r.Headers = model.HeaderOps{
+		RequestAdd: []model.HeaderValue{
+			{Name: "x-real-ip", Value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+			{Name: "x-dst", Value: "%DOWNSTREAM_LOCAL_ADDRESS%"},
+			{Name: "x-ua", Value: "ua=%REQ(user-agent)%"},
+			{Name: "x-none", Value: "%REQ(x-missing)%"},
+		},
+		ResponseAdd: []model.HeaderValue{{Name: "x-proto", Value: "%PROTOCOL%"}},
+	}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	code, body, resp := get(t, client(te.addr("main")), "http://x/", "User-Agent", "tester")
+	// The PROXY header's source and destination (the client and the
+	// original destination), as Envoy's proxy_protocol filter makes them.
+	if want := "10.0.0.9|10.96.0.10:80|ua=tester|[]"; code != 200 || body != want {
+		t.Errorf("got %d %q, want %q", code, body, want)
+	}
+	if p := resp.Header.Get("X-Proto"); p != "HTTP/1.1" {
+		t.Errorf("x-proto %q", p)
+	}
+}

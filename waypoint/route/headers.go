@@ -18,6 +18,7 @@ type Ops struct {
 
 type headerValue struct {
 	key, value                  string
+	pieces                      []piece // value's operators, nil when it has none
 	append, ifAbsent, ifPresent bool
 }
 
@@ -59,7 +60,11 @@ func compileValues(vs []model.HeaderValue) []headerValue {
 		if !mutable(v.Name) || v.Value == "" {
 			continue
 		}
-		out = append(out, headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent, ifPresent: v.OnlyIfPresent})
+		hv := headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent, ifPresent: v.OnlyIfPresent}
+		// A value the translation did not check (a snapshot made in
+		// code) whose operators do not parse goes out as written.
+		hv.pieces, _ = parseFormat(v.Value)
+		out = append(out, hv)
 	}
 	return out
 }
@@ -70,7 +75,8 @@ func compileValues(vs []model.HeaderValue) []headerValue {
 // most_specific_header_mutations_wins: so with overwrites the least
 // specific level has the last word. Within a level removals come before
 // additions.
-func ApplyRequest(h http.Header, levels ...*Ops) {
+// vars fill in values' operators (nil: they come out empty).
+func ApplyRequest(h http.Header, vars *Vars, levels ...*Ops) {
 	for _, o := range levels {
 		if o == nil {
 			continue
@@ -78,12 +84,12 @@ func ApplyRequest(h http.Header, levels ...*Ops) {
 		for _, k := range o.reqRemove {
 			delete(h, k)
 		}
-		apply(h, o.reqAdd)
+		apply(h, o.reqAdd, vars)
 	}
 }
 
 // ApplyResponse is ApplyRequest for response headers.
-func ApplyResponse(h http.Header, levels ...*Ops) {
+func ApplyResponse(h http.Header, vars *Vars, levels ...*Ops) {
 	for _, o := range levels {
 		if o == nil {
 			continue
@@ -91,7 +97,7 @@ func ApplyResponse(h http.Header, levels ...*Ops) {
 		for _, k := range o.respRemove {
 			delete(h, k)
 		}
-		apply(h, o.respAdd)
+		apply(h, o.respAdd, vars)
 	}
 }
 
@@ -99,8 +105,9 @@ func ApplyResponse(h http.Header, levels ...*Ops) {
 // ADD_IF_ABSENT or OVERWRITE_IF_EXISTS entry applies is decided on the
 // headers as the level found them, then every overwrite is made, then
 // every append, each in configured order. So an overwrite listed after an
-// append of the same header does not erase that append.
-func apply(h http.Header, adds []headerValue) {
+// append of the same header does not erase that append. A value whose
+// operators come out empty is not added (Envoy without keep_empty_value).
+func apply(h http.Header, adds []headerValue, vars *Vars) {
 	const (
 		skip = iota
 		overwrite
@@ -111,9 +118,28 @@ func apply(h http.Header, adds []headerValue) {
 	if len(adds) > len(buf) {
 		do = make([]uint8, 0, len(adds))
 	}
-	for _, a := range adds {
+	var rendered []string // values with operators, filled in once
+	for i, a := range adds {
+		if a.pieces != nil {
+			if rendered == nil {
+				rendered = make([]string, len(adds))
+			}
+			rendered[i] = render(a.pieces, vars)
+		}
+	}
+	value := func(i int) string {
+		if adds[i].pieces != nil {
+			return rendered[i]
+		}
+		return adds[i].value
+	}
+	for i, a := range adds {
 		_, there := h[a.key]
 		d := uint8(overwrite)
+		if a.pieces != nil && rendered[i] == "" {
+			do = append(do, skip)
+			continue
+		}
 		switch {
 		case a.ifPresent:
 			// OVERWRITE_IF_EXISTS: replace a header that is there, never
@@ -133,12 +159,12 @@ func apply(h http.Header, adds []headerValue) {
 	}
 	for i, a := range adds {
 		if do[i] == overwrite {
-			h[a.key] = []string{a.value}
+			h[a.key] = []string{value(i)}
 		}
 	}
 	for i, a := range adds {
 		if do[i] == add {
-			h[a.key] = append(h[a.key], a.value)
+			h[a.key] = append(h[a.key], value(i))
 		}
 	}
 }

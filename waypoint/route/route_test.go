@@ -272,9 +272,9 @@ func TestHeaderOpsOrder(t *testing.T) {
 	for _, resp := range []bool{false, true} {
 		h := http.Header{"X-Gone": {"1"}, "X-List": {"client"}}
 		if resp {
-			ApplyResponse(h, weighted, route, vhost, table)
+			ApplyResponse(h, nil, weighted, route, vhost, table)
 		} else {
-			ApplyRequest(h, weighted, route, vhost, table)
+			ApplyRequest(h, nil, weighted, route, vhost, table)
 		}
 		want := http.Header{
 			"X-Level": {"table"}, // least specific wins by default
@@ -295,7 +295,7 @@ func TestHeaderOnlyIfPresent(t *testing.T) {
 		{Name: "x-absent", Value: "new", OnlyIfPresent: true},
 	}})
 	h := http.Header{"X-There": {"old", "older"}}
-	ApplyRequest(h, o)
+	ApplyRequest(h, nil, o)
 	want := http.Header{"X-There": {"new"}}
 	if !reflect.DeepEqual(h, want) {
 		t.Errorf("got %v, want %v", h, want)
@@ -316,7 +316,7 @@ func TestHeaderOpsOverwriteBeforeAppend(t *testing.T) {
 		{Name: "x-c", Value: "only-if-present", OnlyIfPresent: true},
 	}})
 	h := http.Header{"X-A": {"client"}}
-	ApplyRequest(h, o)
+	ApplyRequest(h, nil, o)
 	want := http.Header{
 		"X-A": {"set", "added"},
 		"X-B": {"first", "only-if-absent"},

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
 	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
 )
 
 // defaultRouteTimeout is Envoy's when a route sets none.
@@ -586,6 +587,11 @@ func headerOps(reqAdd []*corev3.HeaderValueOption, reqRemove []string, respAdd [
 			}
 			if v == "" && !o.GetKeepEmptyValue() {
 				continue
+			}
+			if err := route.CheckHeaderValue(v); err != nil {
+				// Envoy refuses the configuration too; sending the text
+				// as it is would be worse.
+				return nil, fmt.Errorf("header %s: %v", name, err)
 			}
 			hv := model.HeaderValue{Name: name, Value: v}
 			if a := o.GetAppend(); a != nil {

@@ -189,6 +189,19 @@ func TestRoutes(t *testing.T) {
 				}
 			}},
 		{name: "no action", route: &routev3.Route{Match: prefix("/")}, err: "no action"},
+		{name: "header value operators kept", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
+			RequestHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-real-ip", Value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}}},
+			check: func(t *testing.T, r *model.Route) {
+				if v := r.Headers.RequestAdd[0].Value; v != "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" {
+					t.Errorf("%q", v)
+				}
+			}},
+		{name: "header value with a lone percent", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
+			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-p", Value: "100%"}}}},
+			err: "header x-p: \"100%\": a '%' at 3 starts no operator"},
+		{name: "header value with an operator not supported", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
+			RequestHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-u", Value: "%UPSTREAM_HOST%"}}}},
+			err: "operator UPSTREAM_HOST is not supported"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := &translator{}

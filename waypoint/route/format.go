@@ -1,0 +1,236 @@
+package route
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Header values with Envoy's command operators (its substitution format,
+// as in a VirtualService's `headers: request: set: x-real-ip:
+// "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"`). Envoy refuses a
+// configuration with a '%' that starts no operator it knows; so does
+// CheckHeaderValue, naming the operator, for the ones the waypoint does
+// not fill in (the translation NACKs them rather than send the text).
+
+// Vars is what the operators read, per request.
+type Vars struct {
+	// Remote is the client (the PROXY header's source, as Envoy's
+	// proxy_protocol filter makes it), DirectRemote the TCP peer, Local
+	// the original destination.
+	Remote, DirectRemote, Local netip.AddrPort
+	// Protocol is Envoy's: HTTP/1.0, HTTP/1.1 or HTTP/2.
+	Protocol string
+	Start    time.Time
+	// Request is the request's header (REQ, in request and response
+	// headers alike).
+	Request http.Header
+}
+
+type opKind uint8
+
+const (
+	opLiteral opKind = iota
+	opRemote
+	opRemoteNoPort
+	opRemotePort
+	opDirectRemote
+	opDirectRemoteNoPort
+	opLocal
+	opLocalNoPort
+	opLocalPort
+	opProtocol
+	opHostname
+	opStartTime
+	opReq
+)
+
+var operators = map[string]opKind{
+	"DOWNSTREAM_REMOTE_ADDRESS":                     opRemote,
+	"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":        opRemoteNoPort,
+	"DOWNSTREAM_REMOTE_PORT":                        opRemotePort,
+	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS":              opDirectRemote,
+	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": opDirectRemoteNoPort,
+	"DOWNSTREAM_LOCAL_ADDRESS":                      opLocal,
+	"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":         opLocalNoPort,
+	"DOWNSTREAM_LOCAL_PORT":                         opLocalPort,
+	"PROTOCOL":                                      opProtocol,
+	"HOSTNAME":                                      opHostname,
+	"START_TIME":                                    opStartTime,
+}
+
+// piece is a literal or an operator of a formatted value.
+type piece struct {
+	kind  opKind
+	text  string   // the literal
+	names []string // REQ's header names (X?Y: the first present)
+	max   int      // REQ's :Z truncation (0: none)
+}
+
+// CheckHeaderValue says what is wrong with a header value's operators,
+// nil when the waypoint fills them all in.
+func CheckHeaderValue(v string) error {
+	_, err := parseFormat(v)
+	return err
+}
+
+// parseFormat cuts v into literals and operators; nil pieces when v has
+// none ('%%' is a literal '%').
+func parseFormat(v string) ([]piece, error) {
+	if !strings.Contains(v, "%") {
+		return nil, nil
+	}
+	var out []piece
+	var lit strings.Builder
+	flush := func() {
+		if lit.Len() > 0 {
+			out = append(out, piece{kind: opLiteral, text: lit.String()})
+			lit.Reset()
+		}
+	}
+	for i := 0; i < len(v); {
+		c := v[i]
+		if c != '%' {
+			lit.WriteByte(c)
+			i++
+			continue
+		}
+		if i+1 < len(v) && v[i+1] == '%' {
+			lit.WriteByte('%')
+			i += 2
+			continue
+		}
+		end := strings.IndexByte(v[i+1:], '%')
+		if end < 0 {
+			return nil, fmt.Errorf("%q: a '%%' at %d starts no operator (write '%%%%' for the character)", v, i)
+		}
+		p, err := parseOperator(v[i+1 : i+1+end])
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", v, err)
+		}
+		flush()
+		out = append(out, p)
+		i += end + 2
+	}
+	flush()
+	return out, nil
+}
+
+func parseOperator(op string) (piece, error) {
+	if k, ok := operators[op]; ok {
+		return piece{kind: k}, nil
+	}
+	if rest, ok := strings.CutPrefix(op, "REQ("); ok {
+		names, after, ok := strings.Cut(rest, ")")
+		if !ok || names == "" {
+			return piece{}, fmt.Errorf("%%%s%%: REQ needs a header name in parentheses", op)
+		}
+		p := piece{kind: opReq}
+		for _, n := range strings.Split(names, "?") {
+			if n == "" {
+				return piece{}, fmt.Errorf("%%%s%%: empty header name", op)
+			}
+			p.names = append(p.names, http.CanonicalHeaderKey(n))
+		}
+		if len(p.names) > 2 {
+			return piece{}, fmt.Errorf("%%%s%%: at most one alternative header (X?Y)", op)
+		}
+		if after != "" {
+			z, ok := strings.CutPrefix(after, ":")
+			n, err := strconv.Atoi(z)
+			if !ok || err != nil || n <= 0 {
+				return piece{}, fmt.Errorf("%%%s%%: a length limit is :N with N > 0", op)
+			}
+			p.max = n
+		}
+		return p, nil
+	}
+	name := op
+	if i := strings.IndexAny(op, "(:"); i >= 0 {
+		name = op[:i]
+	}
+	if _, ok := operators[name]; ok || name == "START_TIME" {
+		return piece{}, fmt.Errorf("%%%s%%: %s takes no argument here (a custom format is not supported)", op, name)
+	}
+	return piece{}, fmt.Errorf("%%%s%%: operator %s is not supported by kmesh-waypoint", op, name)
+}
+
+var hostname = func() string {
+	h, _ := os.Hostname()
+	return h
+}()
+
+// render fills the operators in; an operator with no value gives "".
+func render(ps []piece, v *Vars) string {
+	var b strings.Builder
+	for i := range ps {
+		p := &ps[i]
+		switch p.kind {
+		case opLiteral:
+			b.WriteString(p.text)
+			continue
+		case opHostname:
+			b.WriteString(hostname)
+			continue
+		}
+		if v == nil {
+			continue
+		}
+		switch p.kind {
+		case opRemote:
+			writeAddr(&b, v.Remote, true)
+		case opRemoteNoPort:
+			writeAddr(&b, v.Remote, false)
+		case opRemotePort:
+			if v.Remote.IsValid() {
+				b.WriteString(strconv.Itoa(int(v.Remote.Port())))
+			}
+		case opDirectRemote:
+			writeAddr(&b, v.DirectRemote, true)
+		case opDirectRemoteNoPort:
+			writeAddr(&b, v.DirectRemote, false)
+		case opLocal:
+			writeAddr(&b, v.Local, true)
+		case opLocalNoPort:
+			writeAddr(&b, v.Local, false)
+		case opLocalPort:
+			if v.Local.IsValid() {
+				b.WriteString(strconv.Itoa(int(v.Local.Port())))
+			}
+		case opProtocol:
+			b.WriteString(v.Protocol)
+		case opStartTime:
+			if !v.Start.IsZero() {
+				// Envoy's default START_TIME format.
+				b.WriteString(v.Start.UTC().Format("2006-01-02T15:04:05.000Z"))
+			}
+		case opReq:
+			for _, n := range p.names {
+				if vs := v.Request[n]; len(vs) > 0 {
+					s := vs[0]
+					if p.max > 0 && len(s) > p.max {
+						s = s[:p.max]
+					}
+					b.WriteString(s)
+					break
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func writeAddr(b *strings.Builder, a netip.AddrPort, port bool) {
+	if !a.IsValid() {
+		return
+	}
+	if port {
+		b.WriteString(a.String())
+	} else {
+		b.WriteString(a.Addr().String())
+	}
+}

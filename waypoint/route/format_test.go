@@ -1,0 +1,85 @@
+package route
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+func TestHeaderValueOperators(t *testing.T) {
+	v := &Vars{
+		Remote: netip.MustParseAddrPort("10.0.0.9:40000"), DirectRemote: netip.MustParseAddrPort("10.0.0.1:5000"),
+		Local: netip.MustParseAddrPort("[fd00::10]:80"), Protocol: "HTTP/1.1",
+		Start:   time.Date(2026, 12, 7, 13, 4, 5, 678e6, time.UTC),
+		Request: http.Header{"User-Agent": {"curl/8"}, "X-B": {"bee"}},
+	}
+	for _, c := range []struct{ in, want string }{
+		{"plain", "plain"},
+		{"%DOWNSTREAM_REMOTE_ADDRESS%", "10.0.0.9:40000"},
+		{"ip=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%;", "ip=10.0.0.9;"},
+		{"%DOWNSTREAM_REMOTE_PORT%", "40000"},
+		{"%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%", "10.0.0.1"},
+		{"%DOWNSTREAM_LOCAL_ADDRESS%", "[fd00::10]:80"},
+		{"%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%", "fd00::10"},
+		{"%DOWNSTREAM_LOCAL_PORT%", "80"},
+		{"%PROTOCOL%", "HTTP/1.1"},
+		{"%START_TIME%", "2026-12-07T13:04:05.678Z"},
+		{"%REQ(user-agent)%", "curl/8"},
+		{"%REQ(x-a?x-b)%", "bee"},
+		{"%REQ(user-agent):4%", "curl"},
+		{"%REQ(x-missing)%", ""},
+		{"100%% sure", "100% sure"},
+		{"%PROTOCOL%%%%PROTOCOL%", "HTTP/1.1%HTTP/1.1"},
+	} {
+		ps, err := parseFormat(c.in)
+		if err != nil {
+			t.Errorf("%q: %v", c.in, err)
+			continue
+		}
+		got := c.in
+		if ps != nil {
+			got = render(ps, v)
+		}
+		if got != c.want {
+			t.Errorf("%q: got %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestHeaderValueOperatorsRefused(t *testing.T) {
+	for _, c := range []struct{ in, why string }{
+		{"100%", "starts no operator"},
+		{"%UPSTREAM_HOST%", "UPSTREAM_HOST is not supported"},
+		{"%START_TIME(%s)%", "a custom format is not supported"},
+		{"%START_TIME(x)%", "a custom format is not supported"},
+		{"%REQ()%", "header name"},
+		{"%REQ(a?b?c)%", "one alternative"},
+		{"%REQ(a):0%", "length limit"},
+		{"%PROTOCOL(x)%", "takes no argument"},
+	} {
+		err := CheckHeaderValue(c.in)
+		if err == nil || !strings.Contains(err.Error(), c.why) {
+			t.Errorf("%q: %v, want an error saying %q", c.in, err, c.why)
+		}
+	}
+}
+
+func TestFormattedValueEmptyIsNotAdded(t *testing.T) {
+	o := compileOps(&model.HeaderOps{RequestAdd: []model.HeaderValue{
+		{Name: "x-ua", Value: "%REQ(user-agent)%"},
+		{Name: "x-none", Value: "%REQ(x-missing)%", Append: true},
+		{Name: "x-lit", Value: "a%%b"},
+	}})
+	h := http.Header{"User-Agent": {"ua"}}
+	ApplyRequest(h, &Vars{Request: h}, o)
+	if h.Get("X-Ua") != "ua" || h.Get("X-Lit") != "a%b" {
+		t.Errorf("got %v", h)
+	}
+	if _, ok := h["X-None"]; ok {
+		t.Errorf("a value that came out empty was added: %v", h)
+	}
+}
