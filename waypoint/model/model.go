@@ -196,6 +196,12 @@ type HTTPConnectionManager struct {
 	// "forward" unescapes them and routes and forwards that (istiod's
 	// choice with DECODE_AND_MERGE_SLASHES path normalization).
 	EscapedSlashes string
+	// SuppressEnvoyHeaders is the router's suppress_envoy_headers: no
+	// x-envoy-upstream-service-time on responses, no
+	// x-envoy-expected-rq-timeout-ms and x-envoy-original-path upstream.
+	// istiod sets it when the mesh's proxyHeaders turn Envoy's debug
+	// headers off; by default they go out, as Envoy sends them.
+	SuppressEnvoyHeaders bool
 }
 
 // HTTPFilter is one HTTP filter with its listener-level config. Per-route

@@ -50,6 +50,12 @@ func (q *request) forward() {
 	upgrade := isUpgrade(r)
 	q.prepareHeaders(upgrade)
 	path := q.rt.RewritePath(q.path)
+	if (f.PrefixRewrite != "" || f.RegexRewrite != nil) && !q.ch.hcm.SuppressEnvoyHeaders {
+		// Envoy's router keeps the path as it came (before the rewrite)
+		// for the endpoint and for logs (Istio's default access log
+		// format reads it).
+		r.Header["X-Envoy-Original-Path"] = []string{q.path}
+	}
 	authority := q.authority
 	if f.HostRewrite != "" {
 		authority = f.HostRewrite
@@ -173,12 +179,18 @@ func (q *request) forward() {
 		a := q.startAttempt(ctx, eof, perTry)
 		h2 := q.upstreamH2(cl, upgrade)
 		out := q.outgoing(host, path, authority, attempt, upgrade && !h2)
+		if !hcm.SuppressEnvoyHeaders {
+			expectedTimeout(out.Header, timeout, perTry, time.Since(q.start))
+		}
 		if f.AutoHostRewrite {
 			out.Host = host.Key
 		}
 		a.body, _ = out.Body.(*bodyReader)
 		host.Started()
 		t0 := time.Now()
+		if attempt == 1 {
+			q.firstTry = t0
+		}
 		resp, err := cl.RoundTrip(a.ctx, out, host, h2)
 		if err != nil {
 			host.Done()
@@ -420,6 +432,25 @@ func isUpgrade(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// expectedTimeout tells the endpoint how long the waypoint will wait for
+// this try (Envoy's x-envoy-expected-rq-timeout-ms): the per-try
+// timeout, or what is left of the route timeout when that is sooner;
+// nothing without either.
+func expectedTimeout(h http.Header, route, perTry, elapsed time.Duration) {
+	d := perTry
+	if route > 0 {
+		left := max(route-elapsed, time.Millisecond)
+		if d <= 0 || left < d {
+			d = left
+		}
+	}
+	if d <= 0 {
+		delete(h, "X-Envoy-Expected-Rq-Timeout-Ms")
+		return
+	}
+	h["X-Envoy-Expected-Rq-Timeout-Ms"] = []string{strconv.FormatInt(d.Milliseconds(), 10)}
 }
 
 // attemptCounts are the x-envoy-attempt-count values of the first tries,

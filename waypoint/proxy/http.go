@@ -103,6 +103,7 @@ type request struct {
 	upstreamTime time.Duration
 	wrote        bool
 	hv           route.Vars // see vars
+	firstTry     time.Time  // the first upstream try started
 }
 
 // serveHTTP is net/http's handler (h2c connections).

@@ -4,8 +4,10 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 )
@@ -32,6 +34,12 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		}
 	}
 	removeHopByHop(h, upgrade && resp.StatusCode == http.StatusSwitchingProtocols)
+	if !q.ch.hcm.SuppressEnvoyHeaders {
+		// Envoy's router: how long the endpoint took, from the first try
+		// to this answer's headers (before the route's header operations,
+		// which may remove it).
+		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(q.firstTry).Milliseconds(), 10)}
+	}
 	q.decorate(h)
 	if upgrade && resp.StatusCode == http.StatusSwitchingProtocols {
 		q.upgrade(resp, a)

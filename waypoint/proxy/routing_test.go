@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -795,5 +796,50 @@ func TestHeaderValueOperatorsFilledIn(t *testing.T) {
 	}
 	if p := resp.Header.Get("X-Proto"); p != "HTTP/1.1" {
 		t.Errorf("x-proto %q", p)
+	}
+}
+
+func TestEnvoyRouterHeaders(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s|%s", r.URL.Path, r.Header.Get("X-Envoy-Original-Path"), r.Header.Get("X-Envoy-Expected-Rq-Timeout-Ms"))
+	})
+	rewrite := &model.Route{Name: "rw", Match: model.RouteMatch{Prefix: "/old/"}, Forward: &model.ForwardAction{Cluster: "c", PrefixRewrite: "/new/"}}
+	timed := &model.Route{Name: "timed", Match: model.RouteMatch{Prefix: "/timed"}, Forward: &model.ForwardAction{Cluster: "c", Timeout: 5 * time.Second}}
+	perTry := &model.Route{Name: "per-try", Match: model.RouteMatch{Prefix: "/try"}, Forward: &model.ForwardAction{Cluster: "c", Timeout: 5 * time.Second,
+		Retry: &model.RetryPolicy{On: map[string]bool{"5xx": true}, NumRetries: 1, PerTryTimeout: 300 * time.Millisecond}}}
+	direct := &model.Route{Name: "direct", Match: model.RouteMatch{Path: "/direct"}, Direct: &model.DirectResponse{Status: 200, Body: []byte("d")}}
+	for _, suppress := range []bool{false, true} {
+		snap := httpSnapshot(oneRoute(rewrite, timed, perTry, direct, fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+		snap.Listeners[0].Chains["http"].HTTP.SuppressEnvoyHeaders = suppress
+		te := newTestEngine(t, Options{})
+		te.apply(snap)
+		c := client(te.addr("main"))
+
+		code, body, resp := get(t, c, "http://x/old/a?q=1")
+		want := "/new/a|/old/a?q=1|"
+		if suppress {
+			want = "/new/a||"
+		}
+		if code != 200 || body != want {
+			t.Errorf("suppress=%v rewrite: %d %q, want %q", suppress, code, body, want)
+		}
+		st := resp.Header.Get("X-Envoy-Upstream-Service-Time")
+		if _, err := strconv.Atoi(st); (err != nil) != suppress {
+			t.Errorf("suppress=%v: x-envoy-upstream-service-time %q", suppress, st)
+		}
+		_, body, _ = get(t, c, "http://x/timed", "X-Envoy-Expected-Rq-Timeout-Ms", "1")
+		if ms, _ := strconv.Atoi(strings.Split(body, "|")[2]); suppress && ms != 0 || !suppress && (ms < 4000 || ms > 5000) {
+			t.Errorf("suppress=%v route timeout: %q", suppress, body)
+		}
+		if _, body, _ = get(t, c, "http://x/try"); !suppress && !strings.HasSuffix(body, "|300") {
+			t.Errorf("per-try timeout: %q", body)
+		}
+		if _, body, _ = get(t, c, "http://x/plain"); !strings.HasSuffix(body, "||") {
+			t.Errorf("no timeout, no header: %q", body)
+		}
+		// A local reply did not come from an endpoint.
+		if _, _, resp := get(t, c, "http://x/direct"); resp.Header.Get("X-Envoy-Upstream-Service-Time") != "" {
+			t.Errorf("a direct response with an upstream service time")
+		}
 	}
 }

@@ -241,3 +241,16 @@ func TestWeightedTCP(t *testing.T) {
 		t.Fatalf("%+v", m)
 	}
 }
+
+func TestRouterSuppressEnvoyHeaders(t *testing.T) {
+	for _, suppress := range []bool{false, true} {
+		l := hcmChain(httpFilter("envoy.filters.http.router", mustAny(&routerv3.Router{SuppressEnvoyHeaders: suppress})))
+		snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Listeners[0].Chains["only"].HTTP.SuppressEnvoyHeaders; got != suppress {
+			t.Errorf("suppress_envoy_headers %v translated to %v", suppress, got)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	"net/netip"
 	"strings"
 	"time"
@@ -346,6 +347,13 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 		switch tu {
 		case typeRouter:
 			m.Filters = append(m.Filters, model.HTTPFilter{Name: f.GetName(), Router: true})
+			var rc routerv3.Router
+			if tc.GetTypeUrl() == typeRouter {
+				if err := tc.UnmarshalTo(&rc); err != nil {
+					return nil, nil, errorf(fwhere, "%v", err)
+				}
+				m.SuppressEnvoyHeaders = rc.GetSuppressEnvoyHeaders()
+			}
 		case typeFault, typeCORS:
 			// disabled: off unless a route or virtual host turns it on
 			// (typed_per_filter_config). Never a filter that denies:
