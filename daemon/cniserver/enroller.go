@@ -56,12 +56,17 @@ func (k KernelEnroller) Enroll(p *cniv1.Pod) (uint64, error) {
 		return 0, err
 	}
 	if p.GetHostVeth() != "" {
+		// The tc program is the pod's inbound authorization: a pod
+		// enrolled without it would look meshed while its policies go
+		// unenforced, so no veth is no enrollment.
 		ifc, err := net.InterfaceByName(p.GetHostVeth())
-		if err == nil {
-			if err := loader.AttachPodTC(k.PinDir, loader.PodTCKey(p.GetContainerId(), p.GetHostVeth()), ifc.Index); err != nil {
-				_ = k.Manage.Release(cookie)
-				return 0, err
-			}
+		if err != nil {
+			_ = k.Manage.Release(cookie)
+			return 0, fmt.Errorf("pod %s/%s: host veth %q: %w (its inbound authorization cannot be attached)", p.GetNamespace(), p.GetName(), p.GetHostVeth(), err)
+		}
+		if err := loader.AttachPodTC(k.PinDir, loader.PodTCKey(p.GetContainerId(), p.GetHostVeth()), ifc.Index); err != nil {
+			_ = k.Manage.Release(cookie)
+			return 0, err
 		}
 	}
 	return cookie, nil

@@ -1,6 +1,7 @@
 package cniserver
 
 import (
+	"strings"
 	"testing"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
@@ -52,5 +53,33 @@ func TestKernelEnrollLeavesTheirTCToThePlugin(t *testing.T) {
 	}
 	if e, ok, err := manage.Get(c); err != nil || !ok || e.ClientID != 7 {
 		t.Fatalf("the plugin's manage entry was rewritten: %+v %v %v", e, ok, err)
+	}
+}
+
+// A pod whose host veth is gone is not enrolled: enrolled without its tc
+// program its inbound policies would go unenforced.
+func TestKernelEnrollRefusesAPodWithoutItsVeth(t *testing.T) {
+	testbed.Require(t)
+	cg := testbed.NewCgroup(t)
+	dp, pins := testbed.Datapath(t, cg, loader.Sizes{})
+	manage := maps.NewManage(dp)
+	n := testbed.NewNetwork(t)
+	p := n.AddPod(t, "p")
+	k := KernelEnroller{Manage: manage, PinDir: pins}
+	rec := &cniv1.Pod{Name: "p", Namespace: "ns", ContainerId: "c-p", NetnsPath: p.NSPath, HostVeth: "kmgone0",
+		Ips: []string{p.IP4.String() + "/24"}, Enrolled: true}
+	err := podns.Do(testbed.NSPath(n.Node), func() error {
+		_, err := k.Enroll(rec)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "kmgone0") {
+		t.Fatalf("enrolled a pod whose veth is gone: %v", err)
+	}
+	c, err := podns.Cookie(p.NSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := manage.Get(c); err != nil || ok {
+		t.Fatalf("a manage entry was left behind: %v %v", ok, err)
 	}
 }
