@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // DefaultBufferLimit is how much of a request body is kept for retries and
@@ -37,9 +38,10 @@ type requestBody struct {
 	pooled   *[]byte // buf's array, from bodyBufs
 	sealed   bool    // released: no reader may touch buf any more
 	n        int64
-	overflow bool  // the copy was dropped: the body cannot be replayed
-	eof      bool  // the source is done
-	err      error // the source failed (the client went away)
+	overflow bool      // the copy was dropped: the body cannot be replayed
+	eof      bool      // the source is done
+	eofAt    time.Time // when it was
+	err      error     // the source failed (the client went away)
 
 	// first is the first attempt's reader, made with the body (most
 	// requests make one attempt: an allocation saved per request).
@@ -135,6 +137,13 @@ func (b *requestBody) count() int64 {
 	return b.n
 }
 
+// completeAt is when the source ended, zero until it has.
+func (b *requestBody) completeAt() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.eofAt
+}
+
 func (b *requestBody) failed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -192,6 +201,7 @@ func (r *bodyReader) Read(p []byte) (int, error) {
 		switch {
 		case err == io.EOF:
 			b.eof, fire = true, b.onEOF != nil
+			b.eofAt = time.Now()
 		case err != nil:
 			b.err = err
 		}

@@ -99,8 +99,11 @@ func (q *request) forward() {
 			// gRPC or other bidirectional stream over HTTP/1.1).
 			http.NewResponseController(q.w).EnableFullDuplex()
 		}
-	} else if eof != nil {
-		eof.fire()
+	} else {
+		q.complete = time.Now()
+		if eof != nil {
+			eof.fire()
+		}
 	}
 
 	ctx := r.Context()
@@ -180,7 +183,14 @@ func (q *request) forward() {
 		h2 := q.upstreamH2(cl, upgrade)
 		out := q.outgoing(host, path, authority, attempt, upgrade && !h2)
 		if !hcm.SuppressEnvoyHeaders {
-			expectedTimeout(out.Header, timeout, perTry, time.Since(q.start))
+			// Counted, as the route timer, from the complete request (time
+			// before the router, a fault delay say, is not the endpoint's
+			// to lose); nothing elapsed while the body is still coming.
+			var elapsed time.Duration
+			if c := q.completeAt(); !c.IsZero() {
+				elapsed = time.Since(c)
+			}
+			expectedTimeout(out.Header, timeout, perTry, elapsed)
 		}
 		if f.AutoHostRewrite {
 			out.Host = host.Key
@@ -432,6 +442,15 @@ func isUpgrade(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// completeAt is when the request came in whole (Envoy's
+// downstream_request_complete_time), zero while its body is still coming.
+func (q *request) completeAt() time.Time {
+	if q.body != nil {
+		return q.body.completeAt()
+	}
+	return q.complete
 }
 
 // expectedTimeout tells the endpoint how long the waypoint will wait for

@@ -103,7 +103,10 @@ type request struct {
 	upstreamTime time.Duration
 	wrote        bool
 	hv           route.Vars // see vars
-	firstTry     time.Time  // the first upstream try started
+	// complete is when a request without a body reached the router (one
+	// with a body is complete at its end: completeAt).
+	complete time.Time
+	firstTry time.Time // the first upstream try started
 }
 
 // serveHTTP is net/http's handler (h2c connections).

@@ -843,3 +843,20 @@ func TestEnvoyRouterHeaders(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's router counts the expected timeout from the complete request
+// (its route timer starts then), not from the request's arrival: time
+// spent before the router (a fault filter's delay) is not taken off.
+func TestExpectedTimeoutAfterFaultDelay(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	r := fwd("be")
+	r.Forward.Timeout = 2 * time.Second
+	r.PerFilter.Fault = &model.Fault{Delay: 400 * time.Millisecond, DelayPercent: 100}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, be))
+	code, _, resp := get(t, client(te.addr("main")), "http://x/")
+	ms, err := strconv.Atoi(resp.Header.Get("X-Seen-X-Envoy-Expected-Rq-Timeout-Ms"))
+	if code != 200 || err != nil || ms < 1900 || ms > 2000 {
+		t.Errorf("%d: x-envoy-expected-rq-timeout-ms %d (%v), want 2000 (the route timeout, all of it left)", code, ms, err)
+	}
+}
