@@ -198,9 +198,6 @@ func (q *request) forward() {
 		a.body, _ = out.Body.(*bodyReader)
 		host.Started()
 		t0 := time.Now()
-		if attempt == 1 {
-			q.firstTry = t0
-		}
 		resp, err := cl.RoundTrip(a.ctx, out, host, h2)
 		if err != nil {
 			host.Done()

@@ -106,7 +106,6 @@ type request struct {
 	// complete is when a request without a body reached the router (one
 	// with a body is complete at its end: completeAt).
 	complete time.Time
-	firstTry time.Time // the first upstream try started
 }
 
 // serveHTTP is net/http's handler (h2c connections).

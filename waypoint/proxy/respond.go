@@ -34,11 +34,12 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		}
 	}
 	removeHopByHop(h, upgrade && resp.StatusCode == http.StatusSwitchingProtocols)
-	if !q.ch.hcm.SuppressEnvoyHeaders {
-		// Envoy's router: how long the endpoint took, from the first try
-		// to this answer's headers (before the route's header operations,
-		// which may remove it).
-		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(q.firstTry).Milliseconds(), 10)}
+	if c := q.completeAt(); !c.IsZero() && !q.ch.hcm.SuppressEnvoyHeaders {
+		// Envoy's router: how long the endpoint took, from the complete
+		// request (retries included) to this answer's headers, before the
+		// route's header operations, which may remove it. None for an
+		// answer that came before the request was complete.
+		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(c).Milliseconds(), 10)}
 	}
 	q.decorate(h)
 	if upgrade && resp.StatusCode == http.StatusSwitchingProtocols {

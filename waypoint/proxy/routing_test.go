@@ -860,3 +860,54 @@ func TestExpectedTimeoutAfterFaultDelay(t *testing.T) {
 		t.Errorf("%d: x-envoy-expected-rq-timeout-ms %d (%v), want 2000 (the route timeout, all of it left)", code, ms, err)
 	}
 }
+
+// x-envoy-upstream-service-time is Envoy's time from the complete request
+// to the endpoint's response headers, and is not sent when the endpoint
+// answered before the request was complete.
+func TestUpstreamServiceTimeFromCompleteRequest(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/early" {
+			http.NewResponseController(w).EnableFullDuplex()
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+		}
+		io.Copy(io.Discard, r.Body)
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	c := client(te.addr("main"))
+
+	// A slow upload: the time it takes is the client's, not the endpoint's.
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte("a"))
+		time.Sleep(500 * time.Millisecond)
+		pw.Write([]byte("b"))
+		pw.Close()
+	}()
+	resp, err := c.Post("http://x/slow", "text/plain", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	st, err := strconv.Atoi(resp.Header.Get("X-Envoy-Upstream-Service-Time"))
+	if err != nil || st >= 400 {
+		t.Errorf("slow upload: x-envoy-upstream-service-time %d (%v), want the endpoint's time after the body came in", st, err)
+	}
+
+	// An answer before the request is complete: no service time.
+	pr, pw = io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte("a"))
+	resp, err = c.Post("http://x/early", "text/plain", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := resp.Header["X-Envoy-Upstream-Service-Time"]; ok {
+		t.Errorf("early answer: x-envoy-upstream-service-time %v, want none", v)
+	}
+	pw.Close()
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+}
