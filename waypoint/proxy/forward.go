@@ -60,6 +60,11 @@ func (q *request) forward() {
 	if f.HostRewrite != "" {
 		authority = f.HostRewrite
 	}
+	// The response's header operations read the rewritten :path and
+	// :authority (Envoy rewrites the request's own headers, after the
+	// request's header operations).
+	v := q.vars()
+	v.Path, v.Authority = path, authority
 
 	policy := f.Retry
 	if policy == nil && q.vh != nil {

@@ -911,3 +911,31 @@ func TestUpstreamServiceTimeFromCompleteRequest(t *testing.T) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 }
+
+// %REQ(:AUTHORITY)%, %REQ(:PATH)% and %REQ(:METHOD)% are Envoy's
+// pseudo-headers: request header operations see the path before the
+// route's rewrite (Envoy rewrites after them), response ones after it.
+func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	r := fwd("be")
+	r.Match = model.RouteMatch{Prefix: "/old/"}
+	r.Forward.PrefixRewrite = "/new/"
+	r.Headers = model.HeaderOps{
+		RequestAdd: []model.HeaderValue{
+			{Name: "x-auth", Value: "%REQ(:AUTHORITY)%"},
+			{Name: "x-path", Value: "%REQ(:PATH)%"},
+			{Name: "x-method", Value: "%REQ(:METHOD)%"},
+		},
+		ResponseAdd: []model.HeaderValue{{Name: "x-path-resp", Value: "%REQ(:PATH)%"}},
+	}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, be))
+	code, _, resp := get(t, client(te.addr("main")), "http://svc.ns:8080/old/a?q=1")
+	h := resp.Header
+	if code != 200 || h.Get("X-Seen-X-Auth") != "svc.ns:8080" || h.Get("X-Seen-X-Path") != "/old/a?q=1" || h.Get("X-Seen-X-Method") != "GET" {
+		t.Errorf("%d: upstream saw x-auth %q x-path %q x-method %q", code, h.Get("X-Seen-X-Auth"), h.Get("X-Seen-X-Path"), h.Get("X-Seen-X-Method"))
+	}
+	if p := h.Get("X-Path-Resp"); p != "/new/a?q=1" {
+		t.Errorf("response x-path-resp %q, want the rewritten path", p)
+	}
+}

@@ -29,6 +29,26 @@ type Vars struct {
 	// Request is the request's header (REQ, in request and response
 	// headers alike).
 	Request http.Header
+	// Method, Authority and Path (with the query) are REQ's :METHOD,
+	// :AUTHORITY and :PATH: Go keeps the pseudo-headers out of Request.
+	Method, Authority, Path string
+}
+
+// header is REQ's value of a header (name as parseOperator keeps it) and
+// whether the request has it.
+func (v *Vars) header(name string) (string, bool) {
+	switch name {
+	case ":authority":
+		return v.Authority, v.Authority != ""
+	case ":path":
+		return v.Path, v.Path != ""
+	case ":method":
+		return v.Method, v.Method != ""
+	}
+	if vs := v.Request[name]; len(vs) > 0 {
+		return vs[0], true
+	}
+	return "", false
 }
 
 type opKind uint8
@@ -134,6 +154,11 @@ func parseOperator(op string) (piece, error) {
 			if n == "" {
 				return piece{}, fmt.Errorf("%%%s%%: empty header name", op)
 			}
+			if n[0] == ':' {
+				// A pseudo-header (Envoy's names are case-insensitive).
+				p.names = append(p.names, strings.ToLower(n))
+				continue
+			}
 			p.names = append(p.names, http.CanonicalHeaderKey(n))
 		}
 		if len(p.names) > 2 {
@@ -210,8 +235,7 @@ func render(ps []piece, v *Vars) string {
 			}
 		case opReq:
 			for _, n := range p.names {
-				if vs := v.Request[n]; len(vs) > 0 {
-					s := vs[0]
+				if s, ok := v.header(n); ok {
 					if p.max > 0 && len(s) > p.max {
 						s = s[:p.max]
 					}

@@ -83,3 +83,27 @@ func TestFormattedValueEmptyIsNotAdded(t *testing.T) {
 		t.Errorf("a value that came out empty was added: %v", h)
 	}
 }
+
+// Envoy's REQ reads the pseudo-headers too (Istio's and Envoy's default
+// access log formats read :AUTHORITY, :METHOD, X-ENVOY-ORIGINAL-PATH?:PATH):
+// Go keeps them out of the header map.
+func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
+	v := &Vars{Method: "POST", Path: "/a?b=1", Authority: "svc.ns:8080", Request: http.Header{"X-Other": {"o"}}}
+	for _, c := range []struct{ in, want string }{
+		{"%REQ(:AUTHORITY)%", "svc.ns:8080"},
+		{"%REQ(:authority)%", "svc.ns:8080"},
+		{"%REQ(:METHOD)%", "POST"},
+		{"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "/a?b=1"},
+		{"%REQ(:path?x-other)%", "/a?b=1"},
+		{"%REQ(:PATH):2%", "/a"},
+	} {
+		ps, err := parseFormat(c.in)
+		if err != nil {
+			t.Errorf("%q: %v", c.in, err)
+			continue
+		}
+		if got := render(ps, v); got != c.want {
+			t.Errorf("%q: got %q, want %q", c.in, got, c.want)
+		}
+	}
+}
