@@ -105,7 +105,11 @@ func (q *request) forward() {
 			http.NewResponseController(q.w).EnableFullDuplex()
 		}
 	} else {
-		q.complete = time.Now()
+		if !upgrade {
+			// An upgrade request is never complete: its stream goes on
+			// after the 101 (Envoy's HTTP/1 codec does not end it).
+			q.complete = time.Now()
+		}
 		if eof != nil {
 			eof.fire()
 		}

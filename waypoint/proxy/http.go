@@ -104,7 +104,7 @@ type request struct {
 	wrote        bool
 	hv           route.Vars // see vars
 	// complete is when a request without a body reached the router (one
-	// with a body is complete at its end: completeAt).
+	// with a body is complete at its end, an upgrade never: completeAt).
 	complete time.Time
 }
 

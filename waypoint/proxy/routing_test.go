@@ -939,3 +939,31 @@ func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
 		t.Errorf("response x-path-resp %q, want the rewritten path", p)
 	}
 }
+
+// Envoy's HTTP/1 codec never ends an upgrade request (the stream goes on
+// after the 101), so its router, which sends x-envoy-upstream-service-time
+// only for a complete request, sends none with the 101.
+func TestUpgradeWithoutUpstreamServiceTime(t *testing.T) {
+	up := rawServer(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		io.Copy(io.Discard, c)
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("ws")), false, &model.Cluster{Name: "ws", Endpoints: endpoints(up)}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if v, ok := resp.Header["X-Envoy-Upstream-Service-Time"]; ok {
+		t.Errorf("101 with x-envoy-upstream-service-time %v", v)
+	}
+}
