@@ -466,7 +466,9 @@ func (q *request) completeAt() time.Time {
 func expectedTimeout(h http.Header, route, perTry, elapsed time.Duration) {
 	d := perTry
 	if route > 0 {
-		left := max(route-elapsed, time.Millisecond)
+		// Envoy counts in whole milliseconds: a try within the first one
+		// announces the whole route timeout.
+		left := max(route-elapsed.Truncate(time.Millisecond), time.Millisecond)
 		if d <= 0 || left < d {
 			d = left
 		}

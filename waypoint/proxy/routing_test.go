@@ -967,3 +967,25 @@ func TestUpgradeWithoutUpstreamServiceTime(t *testing.T) {
 		t.Errorf("101 with x-envoy-upstream-service-time %v", v)
 	}
 }
+
+// Envoy computes the expected timeout in whole milliseconds: the time
+// elapsed is truncated first, so a try sent within the first millisecond
+// announces the route timeout exactly.
+func TestExpectedTimeoutWholeMilliseconds(t *testing.T) {
+	for _, c := range []struct {
+		route, perTry, elapsed time.Duration
+		want                   string
+	}{
+		{5 * time.Second, 0, 300 * time.Microsecond, "5000"},
+		{5 * time.Second, 0, 1700 * time.Microsecond, "4999"},
+		{5 * time.Second, 300 * time.Millisecond, 4800*time.Millisecond + 500*time.Microsecond, "200"},
+		{5 * time.Second, 0, 6 * time.Second, "1"},
+		{0, 300 * time.Millisecond, time.Second, "300"},
+	} {
+		h := http.Header{}
+		expectedTimeout(h, c.route, c.perTry, c.elapsed)
+		if got := h.Get("X-Envoy-Expected-Rq-Timeout-Ms"); got != c.want {
+			t.Errorf("route %v per try %v after %v: %q, want %q", c.route, c.perTry, c.elapsed, got, c.want)
+		}
+	}
+}
