@@ -434,6 +434,9 @@ type HeaderValue struct {
 	// OnlyIfPresent: overwrite the header when it is there, never add it
 	// (OVERWRITE_IF_EXISTS).
 	OnlyIfPresent bool
+	// KeepEmpty: add the header even when its value is, or its operators
+	// come out, empty (keep_empty_value).
+	KeepEmpty bool
 }
 
 // PerFilterConfig holds per-route (or per-vhost, or per-route-table)

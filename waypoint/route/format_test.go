@@ -73,6 +73,8 @@ func TestFormattedValueEmptyIsNotAdded(t *testing.T) {
 		{Name: "x-ua", Value: "%REQ(user-agent)%"},
 		{Name: "x-none", Value: "%REQ(x-missing)%", Append: true},
 		{Name: "x-lit", Value: "a%%b"},
+		{Name: "x-kept", Value: "%REQ(x-missing)%", KeepEmpty: true},
+		{Name: "x-kept-static", Value: "", KeepEmpty: true},
 	}})
 	h := http.Header{"User-Agent": {"ua"}}
 	ApplyRequest(h, &Vars{Request: h}, o)
@@ -81,6 +83,12 @@ func TestFormattedValueEmptyIsNotAdded(t *testing.T) {
 	}
 	if _, ok := h["X-None"]; ok {
 		t.Errorf("a value that came out empty was added: %v", h)
+	}
+	if v, ok := h["X-Kept"]; !ok || len(v) != 1 || v[0] != "" {
+		t.Errorf("keep_empty_value: an empty result was not added: %v", h)
+	}
+	if v, ok := h["X-Kept-Static"]; !ok || len(v) != 1 || v[0] != "" {
+		t.Errorf("keep_empty_value: an empty value was not added: %v", h)
 	}
 }
 

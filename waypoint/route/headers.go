@@ -20,6 +20,7 @@ type headerValue struct {
 	key, value                  string
 	pieces                      []piece // value's operators, nil when it has none
 	append, ifAbsent, ifPresent bool
+	keepEmpty                   bool
 }
 
 func compileOps(m *model.HeaderOps) *Ops {
@@ -55,12 +56,12 @@ func canonicalNames(names []string) []string {
 func compileValues(vs []model.HeaderValue) []headerValue {
 	var out []headerValue
 	for _, v := range vs {
-		// Envoy drops a header to add whose value is empty (keep_empty_value
-		// false, the default).
-		if !mutable(v.Name) || v.Value == "" {
+		// Envoy drops a header to add whose value is empty unless
+		// keep_empty_value.
+		if !mutable(v.Name) || v.Value == "" && !v.KeepEmpty {
 			continue
 		}
-		hv := headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent, ifPresent: v.OnlyIfPresent}
+		hv := headerValue{key: textproto.CanonicalMIMEHeaderKey(v.Name), value: v.Value, append: v.Append, ifAbsent: v.AddIfAbsent, ifPresent: v.OnlyIfPresent, keepEmpty: v.KeepEmpty}
 		// A value the translation did not check (a snapshot made in
 		// code) whose operators do not parse goes out as written.
 		hv.pieces, _ = parseFormat(v.Value)
@@ -106,7 +107,7 @@ func ApplyResponse(h http.Header, vars *Vars, levels ...*Ops) {
 // headers as the level found them, then every overwrite is made, then
 // every append, each in configured order. So an overwrite listed after an
 // append of the same header does not erase that append. A value whose
-// operators come out empty is not added (Envoy without keep_empty_value).
+// operators come out empty is not added, unless keep_empty_value.
 func apply(h http.Header, adds []headerValue, vars *Vars) {
 	const (
 		skip = iota
@@ -136,7 +137,7 @@ func apply(h http.Header, adds []headerValue, vars *Vars) {
 	for i, a := range adds {
 		_, there := h[a.key]
 		d := uint8(overwrite)
-		if a.pieces != nil && rendered[i] == "" {
+		if a.pieces != nil && rendered[i] == "" && !a.keepEmpty {
 			do = append(do, skip)
 			continue
 		}

@@ -593,7 +593,7 @@ func headerOps(reqAdd []*corev3.HeaderValueOption, reqRemove []string, respAdd [
 				// as it is would be worse.
 				return nil, fmt.Errorf("header %s: %v", name, err)
 			}
-			hv := model.HeaderValue{Name: name, Value: v}
+			hv := model.HeaderValue{Name: name, Value: v, KeepEmpty: o.GetKeepEmptyValue()}
 			if a := o.GetAppend(); a != nil {
 				hv.Append = a.GetValue()
 			} else {

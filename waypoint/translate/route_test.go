@@ -161,7 +161,7 @@ func TestRoutes(t *testing.T) {
 			check: func(t *testing.T, r *model.Route) {
 				want := []model.HeaderValue{{Name: "x-default", Value: "1", Append: true}, {Name: "x-legacy", Value: "1"},
 					{Name: "x-absent", Value: "1", AddIfAbsent: true}, {Name: "x-set", Value: "1"}, {Name: "x-only", Value: "1", OnlyIfPresent: true},
-					{Name: "x-keep", Value: "", Append: true}}
+					{Name: "x-keep", Value: "", Append: true, KeepEmpty: true}}
 				got := r.Headers.RequestAdd
 				if len(got) != len(want) {
 					t.Fatalf("%+v", got)
