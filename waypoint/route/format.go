@@ -67,6 +67,7 @@ const (
 	opHostname
 	opStartTime
 	opReq
+	opUnsupported // comes out empty
 )
 
 var operators = map[string]opKind{
@@ -91,15 +92,22 @@ type piece struct {
 	max   int      // REQ's :Z truncation (0: none)
 }
 
-// CheckHeaderValue says what is wrong with a header value's operators,
-// nil when the waypoint fills them all in.
-func CheckHeaderValue(v string) error {
-	_, err := parseFormat(v)
-	return err
+// CheckHeaderValue says what is wrong with a header value's operators
+// (err: malformed, as Envoy refuses it too) and which ones the waypoint
+// does not fill in (they come out empty; the translation reports them).
+func CheckHeaderValue(v string) (unsupported []string, err error) {
+	ps, err := parseFormat(v)
+	for _, p := range ps {
+		if p.kind == opUnsupported {
+			unsupported = append(unsupported, p.text)
+		}
+	}
+	return unsupported, err
 }
 
 // parseFormat cuts v into literals and operators; nil pieces when v has
-// none ('%%' is a literal '%').
+// none ('%%' is a literal '%'). An operator is %NAME%, %NAME(ARG)% or
+// either with :N after it.
 func parseFormat(v string) ([]piece, error) {
 	if !strings.Contains(v, "%") {
 		return nil, nil
@@ -124,35 +132,59 @@ func parseFormat(v string) ([]piece, error) {
 			i += 2
 			continue
 		}
-		end := strings.IndexByte(v[i+1:], '%')
-		if end < 0 {
+		j := i + 1
+		for j < len(v) && (v[j] >= 'A' && v[j] <= 'Z' || v[j] >= '0' && v[j] <= '9' || v[j] == '_') {
+			j++
+		}
+		if j == i+1 {
 			return nil, fmt.Errorf("%q: a '%%' at %d starts no operator (write '%%%%' for the character)", v, i)
 		}
-		p, err := parseOperator(v[i+1 : i+1+end])
+		name, arg, hasArg := v[i+1:j], "", false
+		if j < len(v) && v[j] == '(' {
+			k := strings.IndexByte(v[j:], ')')
+			if k < 0 {
+				return nil, fmt.Errorf("%q: %%%s( is not closed", v, name)
+			}
+			arg, hasArg = v[j+1:j+k], true
+			j += k + 1
+		}
+		limit, hasLimit := "", false
+		if j < len(v) && v[j] == ':' {
+			hasLimit = true
+			k := j + 1
+			for k < len(v) && v[k] >= '0' && v[k] <= '9' {
+				k++
+			}
+			limit = v[j+1 : k]
+			j = k
+		}
+		if j >= len(v) || v[j] != '%' {
+			return nil, fmt.Errorf("%q: the operator %%%s at %d does not end with '%%'", v, name, i)
+		}
+		p, err := operator(name, arg, hasArg, limit, hasLimit)
 		if err != nil {
 			return nil, fmt.Errorf("%q: %v", v, err)
 		}
 		flush()
 		out = append(out, p)
-		i += end + 2
+		i = j + 1
 	}
 	flush()
 	return out, nil
 }
 
-func parseOperator(op string) (piece, error) {
-	if k, ok := operators[op]; ok {
-		return piece{kind: k}, nil
-	}
-	if rest, ok := strings.CutPrefix(op, "REQ("); ok {
-		names, after, ok := strings.Cut(rest, ")")
-		if !ok || names == "" {
-			return piece{}, fmt.Errorf("%%%s%%: REQ needs a header name in parentheses", op)
+// operator makes the piece of one operator; one the waypoint does not
+// fill in is opUnsupported (Envoy knows many more, and a header is no
+// reason to refuse a whole configuration).
+func operator(name, arg string, hasArg bool, limit string, hasLimit bool) (piece, error) {
+	if name == "REQ" {
+		if !hasArg || arg == "" {
+			return piece{}, fmt.Errorf("%%REQ%%: REQ needs a header name in parentheses")
 		}
 		p := piece{kind: opReq}
-		for _, n := range strings.Split(names, "?") {
+		for _, n := range strings.Split(arg, "?") {
 			if n == "" {
-				return piece{}, fmt.Errorf("%%%s%%: empty header name", op)
+				return piece{}, fmt.Errorf("%%REQ(%s)%%: empty header name", arg)
 			}
 			if n[0] == ':' {
 				// A pseudo-header (Envoy's names are case-insensitive).
@@ -162,26 +194,28 @@ func parseOperator(op string) (piece, error) {
 			p.names = append(p.names, http.CanonicalHeaderKey(n))
 		}
 		if len(p.names) > 2 {
-			return piece{}, fmt.Errorf("%%%s%%: at most one alternative header (X?Y)", op)
+			return piece{}, fmt.Errorf("%%REQ(%s)%%: at most one alternative header (X?Y)", arg)
 		}
-		if after != "" {
-			z, ok := strings.CutPrefix(after, ":")
-			n, err := strconv.Atoi(z)
-			if !ok || err != nil || n <= 0 {
-				return piece{}, fmt.Errorf("%%%s%%: a length limit is :N with N > 0", op)
+		if hasLimit {
+			n, err := strconv.Atoi(limit)
+			if err != nil || n <= 0 {
+				return piece{}, fmt.Errorf("%%REQ(%s):%s%%: a length limit is :N with N > 0", arg, limit)
 			}
 			p.max = n
 		}
 		return p, nil
 	}
-	name := op
-	if i := strings.IndexAny(op, "(:"); i >= 0 {
-		name = op[:i]
+	if k, ok := operators[name]; ok && !hasArg && !hasLimit {
+		return piece{kind: k}, nil
 	}
-	if _, ok := operators[name]; ok || name == "START_TIME" {
-		return piece{}, fmt.Errorf("%%%s%%: %s takes no argument here (a custom format is not supported)", op, name)
+	full := name
+	if hasArg {
+		full += "(" + arg + ")"
 	}
-	return piece{}, fmt.Errorf("%%%s%%: operator %s is not supported by kmesh-waypoint", op, name)
+	if hasLimit {
+		full += ":" + limit
+	}
+	return piece{kind: opUnsupported, text: "%" + full + "%"}, nil
 }
 
 var hostname = func() string {

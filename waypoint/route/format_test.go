@@ -53,18 +53,40 @@ func TestHeaderValueOperators(t *testing.T) {
 func TestHeaderValueOperatorsRefused(t *testing.T) {
 	for _, c := range []struct{ in, why string }{
 		{"100%", "starts no operator"},
-		{"%UPSTREAM_HOST%", "UPSTREAM_HOST is not supported"},
-		{"%START_TIME(%s)%", "a custom format is not supported"},
-		{"%START_TIME(x)%", "a custom format is not supported"},
+		{"%lower%", "starts no operator"},
+		{"%PROTOCOL", "does not end with"},
+		{"%START_TIME(%s", "is not closed"},
+		{"%REQ%", "header name"},
 		{"%REQ()%", "header name"},
 		{"%REQ(a?b?c)%", "one alternative"},
 		{"%REQ(a):0%", "length limit"},
-		{"%PROTOCOL(x)%", "takes no argument"},
+		{"%REQ(a):%", "length limit"},
 	} {
-		err := CheckHeaderValue(c.in)
+		_, err := CheckHeaderValue(c.in)
 		if err == nil || !strings.Contains(err.Error(), c.why) {
 			t.Errorf("%q: %v, want an error saying %q", c.in, err, c.why)
 		}
+	}
+}
+
+func TestHeaderValueOperatorsNotFilledIn(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want []string
+	}{
+		{"%UPSTREAM_HOST%", []string{"%UPSTREAM_HOST%"}},
+		{"t=%START_TIME(%s)% p=%PROTOCOL%", []string{"%START_TIME(%s)%"}},
+		{"%FILTER_STATE(a:PLAIN):10%", []string{"%FILTER_STATE(a:PLAIN):10%"}},
+		{"%PROTOCOL(x)%", []string{"%PROTOCOL(x)%"}},
+	} {
+		got, err := CheckHeaderValue(c.in)
+		if err != nil || strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("%q: %q %v, want %q", c.in, got, err, c.want)
+		}
+	}
+	ps, _ := parseFormat("t=%START_TIME(%s)% p=%PROTOCOL%")
+	if got := render(ps, &Vars{Protocol: "HTTP/1.1"}); got != "t= p=HTTP/1.1" {
+		t.Errorf("rendered %q", got)
 	}
 }
 

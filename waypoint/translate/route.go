@@ -26,7 +26,7 @@ const defaultRouteTimeout = 15 * time.Second
 func (t *translator) routeTable(rc *routev3.RouteConfiguration, where string) (*model.RouteTable, error) {
 	rt := &model.RouteTable{Name: rc.GetName()}
 	var err error
-	if rt.Headers, err = headerOps(rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(),
+	if rt.Headers, err = t.headerOps(where, rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(),
 		rc.GetResponseHeadersToAdd(), rc.GetResponseHeadersToRemove()); err != nil {
 		return nil, errorf(where, "%v", err)
 	}
@@ -68,7 +68,7 @@ func (t *translator) virtualHost(vh *routev3.VirtualHost, where string) (*model.
 			return nil, err
 		}
 	}
-	if v.Headers, err = headerOps(vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(),
+	if v.Headers, err = t.headerOps(where, vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(),
 		vh.GetResponseHeadersToAdd(), vh.GetResponseHeadersToRemove()); err != nil {
 		return nil, errorf(where, "%v", err)
 	}
@@ -119,7 +119,7 @@ func (t *translator) route(r *routev3.Route, where string) (*model.Route, error)
 		return nil, nil
 	}
 	mr.Match = m
-	if mr.Headers, err = headerOps(r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove(),
+	if mr.Headers, err = t.headerOps(where, r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove(),
 		r.GetResponseHeadersToAdd(), r.GetResponseHeadersToRemove()); err != nil {
 		return nil, errorf(where, "%v", err)
 	}
@@ -356,7 +356,7 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 				}
 				return nil, "", errorf(where, "weighted cluster without a name")
 			}
-			ops, err := headerOps(c.GetRequestHeadersToAdd(), c.GetRequestHeadersToRemove(),
+			ops, err := t.headerOps(where+" / weighted cluster "+c.GetName(), c.GetRequestHeadersToAdd(), c.GetRequestHeadersToRemove(),
 				c.GetResponseHeadersToAdd(), c.GetResponseHeadersToRemove())
 			if err != nil {
 				return nil, "", errorf(where, "weighted cluster %s: %v", c.GetName(), err)
@@ -571,7 +571,7 @@ func redirect(r *routev3.RedirectAction, where string) (*model.RedirectAction, s
 // semantics: the deprecated append flag wins when set, else append_action
 // (APPEND_IF_EXISTS_OR_ADD by default); an empty value is not added unless
 // keep_empty_value.
-func headerOps(reqAdd []*corev3.HeaderValueOption, reqRemove []string, respAdd []*corev3.HeaderValueOption, respRemove []string) (model.HeaderOps, error) {
+func (t *translator) headerOps(where string, reqAdd []*corev3.HeaderValueOption, reqRemove []string, respAdd []*corev3.HeaderValueOption, respRemove []string) (model.HeaderOps, error) {
 	var ops model.HeaderOps
 	conv := func(in []*corev3.HeaderValueOption) ([]model.HeaderValue, error) {
 		var out []model.HeaderValue
@@ -588,10 +588,17 @@ func headerOps(reqAdd []*corev3.HeaderValueOption, reqRemove []string, respAdd [
 			if v == "" && !o.GetKeepEmptyValue() {
 				continue
 			}
-			if err := route.CheckHeaderValue(v); err != nil {
-				// Envoy refuses the configuration too; sending the text
-				// as it is would be worse.
+			unsupported, err := route.CheckHeaderValue(v)
+			if err != nil {
+				// Malformed: Envoy refuses the configuration too.
 				return nil, fmt.Errorf("header %s: %v", name, err)
+			}
+			for _, op := range unsupported {
+				// Envoy fills it in; here it comes out empty. Reported,
+				// not refused: one header is no reason to keep a whole
+				// configuration from running.
+				t.unsupported(model.Unsupported{Where: where + " / header " + name, Name: op,
+					Reason: "header value operator not filled in: it comes out empty (an empty value adds no header)"})
 			}
 			hv := model.HeaderValue{Name: name, Value: v, KeepEmpty: o.GetKeepEmptyValue()}
 			if a := o.GetAppend(); a != nil {

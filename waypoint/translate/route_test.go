@@ -199,9 +199,7 @@ func TestRoutes(t *testing.T) {
 		{name: "header value with a lone percent", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-p", Value: "100%"}}}},
 			err: "header x-p: \"100%\": a '%' at 3 starts no operator"},
-		{name: "header value with an operator not supported", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
-			RequestHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-u", Value: "%UPSTREAM_HOST%"}}}},
-			err: "operator UPSTREAM_HOST is not supported"},
+
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := &translator{}
@@ -265,5 +263,22 @@ func TestVirtualHostAttemptCount(t *testing.T) {
 		if v.AttemptCount != tc.req || v.AttemptCountInResponse != tc.inResp {
 			t.Errorf("%s: attempt count %v, in response %v", tc.vh.Name, v.AttemptCount, v.AttemptCountInResponse)
 		}
+	}
+}
+
+// An operator Envoy knows and the waypoint does not fill in is reported,
+// not refused: the route runs, the header comes out empty.
+func TestHeaderValueOperatorNotFilledInIsReported(t *testing.T) {
+	tr := &translator{}
+	r, err := tr.route(&routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
+		RequestHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-u", Value: "%UPSTREAM_HOST%"}}}}, "rt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Forward == nil || len(r.Headers.RequestAdd) != 1 {
+		t.Fatalf("%+v", r)
+	}
+	if len(tr.unsup) != 1 || tr.unsup[0].Name != "%UPSTREAM_HOST%" || tr.unsup[0].FailClosed || !strings.Contains(tr.unsup[0].Where, "header x-u") {
+		t.Errorf("reported %+v", tr.unsup)
 	}
 }
