@@ -199,7 +199,6 @@ func TestRoutes(t *testing.T) {
 		{name: "header value with a lone percent", route: &routev3.Route{Match: prefix("/"), Action: fwd(toCluster("c")),
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-p", Value: "100%"}}}},
 			err: "header x-p: \"100%\": a '%' at 3 starts no operator"},
-
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := &translator{}
