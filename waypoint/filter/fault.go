@@ -41,12 +41,11 @@ func CompileFault(m *model.Fault) *Fault {
 // The request headers Envoy's fault filter reads when header_delay or
 // header_abort is configured.
 const (
-	HeaderDelay          = "X-Envoy-Fault-Delay-Request"
-	HeaderDelayPercent   = "X-Envoy-Fault-Delay-Request-Percentage"
-	HeaderAbort          = "X-Envoy-Fault-Abort-Request"
-	HeaderAbortGRPC      = "X-Envoy-Fault-Abort-Grpc-Request"
-	HeaderAbortPercent   = "X-Envoy-Fault-Abort-Request-Percentage"
-	headerPercentDivisor = 100
+	HeaderDelay        = "X-Envoy-Fault-Delay-Request"
+	HeaderDelayPercent = "X-Envoy-Fault-Delay-Request-Percentage"
+	HeaderAbort        = "X-Envoy-Fault-Abort-Request"
+	HeaderAbortGRPC    = "X-Envoy-Fault-Abort-Grpc-Request"
+	HeaderAbortPercent = "X-Envoy-Fault-Abort-Request-Percentage"
 )
 
 // Decision is what a fault does to one request.
@@ -113,14 +112,14 @@ func delayOf(m *model.Fault, r *http.Request) (time.Duration, float64) {
 	if err != nil {
 		return 0, 0
 	}
-	return time.Duration(ms) * time.Millisecond, headerPercent(r, HeaderDelayPercent, m.DelayPercent)
+	return time.Duration(ms) * time.Millisecond, headerPercent(r, HeaderDelayPercent, m.DelayPercent, m.DelayDenominator)
 }
 
 func abortOf(m *model.Fault, r *http.Request) (int, *int, float64) {
 	if !m.HeaderAbort {
 		return m.AbortHTTPStatus, m.AbortGRPCStatus, m.AbortPercent
 	}
-	pct := headerPercent(r, HeaderAbortPercent, m.AbortPercent)
+	pct := headerPercent(r, HeaderAbortPercent, m.AbortPercent, m.AbortDenominator)
 	if v := r.Header.Get(HeaderAbort); v != "" {
 		if code, err := strconv.Atoi(v); err == nil && code >= 200 && code < 600 {
 			return code, nil, pct
@@ -135,9 +134,11 @@ func abortOf(m *model.Fault, r *http.Request) (int, *int, float64) {
 	return 0, nil, 0
 }
 
-// headerPercent reads a percentage header (a numerator over 100), capped
-// by the configured percentage; without the header the configured one.
-func headerPercent(r *http.Request, name string, configured float64) float64 {
+// headerPercent reads a percentage header, a numerator over the
+// configured percentage's denominator (Envoy keeps that denominator),
+// capped by the configured percentage; without the header the configured
+// one.
+func headerPercent(r *http.Request, name string, configured float64, denominator int) float64 {
 	v := r.Header.Get(name)
 	if v == "" {
 		return configured
@@ -146,7 +147,10 @@ func headerPercent(r *http.Request, name string, configured float64) float64 {
 	if err != nil {
 		return configured
 	}
-	return min(float64(n)*100/headerPercentDivisor, configured)
+	if denominator <= 0 {
+		denominator = 100
+	}
+	return min(float64(n)*100/float64(denominator), configured)
 }
 
 // hit draws with probability pct/100.

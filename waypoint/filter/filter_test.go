@@ -235,3 +235,24 @@ func TestRetryBudgetAndBackoff(t *testing.T) {
 		t.Error("a sixth retry of five")
 	}
 }
+
+// A percentage header is a numerator over the configured percentage's
+// denominator, as Envoy's HeaderPercentageProvider reads it: with 100% as
+// 1000000/MILLION (istiod's form) a header of 50 is 0.005%, not 50%.
+func TestFaultHeaderPercentOverConfiguredDenominator(t *testing.T) {
+	fs := &Faults{}
+	f := CompileFault(&model.Fault{HeaderAbort: true, AbortPercent: 100, AbortDenominator: 1000000})
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set(HeaderAbort, "503")
+	r.Header.Set(HeaderAbortPercent, "50")
+	hits := 0
+	for range 2000 {
+		if d := fs.Decide(f, r, "c"); d.Active() {
+			hits++
+			fs.Done()
+		}
+	}
+	if hits > 10 {
+		t.Errorf("%d of 2000 aborted: the header's 50 read over 100, not over 1000000", hits)
+	}
+}

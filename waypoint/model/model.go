@@ -464,6 +464,11 @@ type Fault struct {
 	AbortHTTPStatus int
 	AbortGRPCStatus *int
 	AbortPercent    float64
+	// DelayDenominator / AbortDenominator: the configured percentage's
+	// denominator (100, 10000 or 1000000; 0 reads as 100). A percentage
+	// header is a numerator over it, as in Envoy.
+	DelayDenominator int
+	AbortDenominator int
 	// HeaderDelay / HeaderAbort: the x-envoy-fault-* request headers
 	// choose (Envoy's header_delay / header_abort).
 	HeaderDelay bool

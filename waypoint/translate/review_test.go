@@ -200,3 +200,18 @@ func TestRouteConfigPerFilter(t *testing.T) {
 		t.Errorf("table-level disabled %v; want cors", rt.PerFilter.Disabled)
 	}
 }
+
+// header_abort with a percentage over MILLION: the header's percentage is
+// a numerator over MILLION, as Envoy reads it.
+func TestFaultHeaderPercentKeepsDenominator(t *testing.T) {
+	hf := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HeaderAbort_{HeaderAbort: &faultv3.FaultAbort_HeaderAbort{}},
+		Percentage: &typev3.FractionalPercent{Numerator: 1000000, Denominator: typev3.FractionalPercent_MILLION}}}
+	a, _ := anypb.New(hf)
+	f, err := (&translator{}).faultFromAny(a, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.AbortPercent != 100 || f.AbortDenominator != 1000000 {
+		t.Errorf("abort %v%% over %d, want 100%% over 1000000", f.AbortPercent, f.AbortDenominator)
+	}
+}

@@ -726,7 +726,7 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 		default:
 			return nil, fmt.Errorf("delay without fixed_delay or header_delay")
 		}
-		f.DelayPercent = faultPercent(d.GetPercentage())
+		f.DelayPercent, f.DelayDenominator = faultPercent(d.GetPercentage())
 	}
 	if ab := hf.GetAbort(); ab != nil {
 		switch s := ab.GetErrorType().(type) {
@@ -743,7 +743,7 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 		default:
 			return nil, fmt.Errorf("abort without http_status, grpc_status or header_abort")
 		}
-		f.AbortPercent = faultPercent(ab.GetPercentage())
+		f.AbortPercent, f.AbortDenominator = faultPercent(ab.GetPercentage())
 	}
 	for _, h := range hf.GetHeaders() {
 		hm, err := headerMatch(h)
@@ -758,11 +758,19 @@ func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
 // faultPercent is a fault's delay or abort percentage: a missing one is
 // 0%, as in Envoy (the proto's default) and in Istio's API ("if not
 // specified, no request will be aborted"; istiod leaves it unset then).
-func faultPercent(p *typev3.FractionalPercent) float64 {
+// The denominator is kept: a percentage header is a numerator over it.
+func faultPercent(p *typev3.FractionalPercent) (float64, int) {
 	if p == nil {
-		return 0
+		return 0, 100
 	}
-	return percent(p)
+	d := 100
+	switch p.GetDenominator() {
+	case typev3.FractionalPercent_TEN_THOUSAND:
+		d = 10000
+	case typev3.FractionalPercent_MILLION:
+		d = 1000000
+	}
+	return percent(p), d
 }
 
 // percent is a FractionalPercent as 0..100; a missing one is 100%, as a
