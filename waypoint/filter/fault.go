@@ -89,7 +89,7 @@ func (fs *Faults) Decide(f *Fault, r *http.Request, cluster string) Decision {
 	if !d.Active() {
 		return d
 	}
-	if m.MaxActive > 0 && fs.active.Load() >= int64(m.MaxActive) {
+	if m.MaxActive != nil && fs.active.Load() >= int64(*m.MaxActive) {
 		return Decision{}
 	}
 	fs.active.Add(1)

@@ -47,7 +47,7 @@ func TestFaultPercentages(t *testing.T) {
 
 func TestFaultConditionsAndMaxActive(t *testing.T) {
 	fs := &Faults{}
-	f := CompileFault(&model.Fault{AbortHTTPStatus: 500, AbortPercent: 100, MaxActive: 2, UpstreamClusters: []string{"target"},
+	f := CompileFault(&model.Fault{AbortHTTPStatus: 500, AbortPercent: 100, MaxActive: ptr(2), UpstreamClusters: []string{"target"},
 		Headers: []model.HeaderMatch{{Name: "x-canary", Value: &model.StringMatch{Exact: "1", Kind: "exact"}}}})
 	r := httptest.NewRequest("GET", "/", nil)
 	if fs.Decide(f, r, "target").Active() {

@@ -473,8 +473,9 @@ type Fault struct {
 	// choose (Envoy's header_delay / header_abort).
 	HeaderDelay bool
 	HeaderAbort bool
-	// MaxActive bounds concurrent faults (0: unbounded).
-	MaxActive int
+	// MaxActive bounds concurrent faults; nil is unbounded, and 0 lets
+	// none in, as in Envoy.
+	MaxActive *int
 	// Only for requests to these upstream clusters / with these headers.
 	UpstreamClusters []string
 	Headers          []HeaderMatch

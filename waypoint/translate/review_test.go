@@ -215,3 +215,19 @@ func TestFaultHeaderPercentKeepsDenominator(t *testing.T) {
 		t.Errorf("abort %v%% over %d, want 100%% over 1000000", f.AbortPercent, f.AbortDenominator)
 	}
 }
+
+// max_active_faults set to 0 lets no fault in (Envoy compares the active
+// count, at least 0, with it); only an unset one is unbounded.
+func TestFaultMaxActiveZeroInjectsNothing(t *testing.T) {
+	hf := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 503},
+		Percentage: &typev3.FractionalPercent{Numerator: 100}}, MaxActiveFaults: wrapperspb.UInt32(0)}
+	a, _ := anypb.New(hf)
+	f, err := (&translator{}).faultFromAny(a, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fs filter.Faults
+	if d := fs.Decide(filter.CompileFault(f), httptest.NewRequest("GET", "/", nil), "c"); d.Active() {
+		t.Errorf("max_active_faults 0: fault injected %+v", d)
+	}
+}

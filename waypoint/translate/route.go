@@ -709,7 +709,11 @@ func (t *translator) faultFromAny(a *anypb.Any, where string) (*model.Fault, err
 }
 
 func fault(hf *faultv3.HTTPFault) (*model.Fault, error) {
-	f := &model.Fault{MaxActive: int(hf.GetMaxActiveFaults().GetValue())}
+	f := &model.Fault{}
+	if m := hf.GetMaxActiveFaults(); m != nil {
+		n := int(m.GetValue())
+		f.MaxActive = &n
+	}
 	if c := hf.GetUpstreamCluster(); c != "" {
 		f.UpstreamClusters = []string{c}
 	}
