@@ -356,6 +356,12 @@ func (q *request) fault(f *filter.Fault) (done bool) {
 	switch {
 	case d.AbortGRPC != nil:
 		q.flags |= flagFI
+		if !q.grpc {
+			// Envoy's local reply takes the gRPC form only for a gRPC
+			// request; any other gets the abort's HTTP code, 200.
+			q.localReply(http.StatusOK, "fault filter abort", "fault_filter_abort")
+			return true
+		}
 		q.grpcReply(*d.AbortGRPC, "fault filter abort", "fault_filter_abort")
 		return true
 	case d.AbortStatus != 0:

@@ -989,3 +989,18 @@ func TestExpectedTimeoutWholeMilliseconds(t *testing.T) {
 		}
 	}
 }
+
+// A grpc_status abort on a request that is not gRPC: Envoy's local reply
+// is plain HTTP with the abort's HTTP code (200) and its text, no
+// grpc-status (the gRPC form is only for gRPC requests).
+func TestFaultGRPCAbortOnPlainHTTP(t *testing.T) {
+	be := mirrorBackend(t, "be")
+	r := fwd("be")
+	r.PerFilter.Fault = &model.Fault{AbortGRPCStatus: ptr(14), AbortPercent: 100}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, be))
+	code, body, resp := get(t, client(te.addr("main")), "http://x/")
+	if code != 200 || body != "fault filter abort" || resp.Header.Get("Grpc-Status") != "" || resp.Header.Get("Content-Type") == "application/grpc" {
+		t.Errorf("gRPC abort on plain HTTP: %d %q %v", code, body, resp.Header)
+	}
+}
