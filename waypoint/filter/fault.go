@@ -120,11 +120,11 @@ func abortOf(m *model.Fault, r *http.Request) (int, *int, float64) {
 		return m.AbortHTTPStatus, m.AbortGRPCStatus, m.AbortPercent
 	}
 	pct := headerPercent(r, HeaderAbortPercent, m.AbortPercent, m.AbortDenominator)
+	// An HTTP status Envoy cannot use is as none: the gRPC header is next.
 	if v := r.Header.Get(HeaderAbort); v != "" {
 		if code, err := strconv.Atoi(v); err == nil && code >= 200 && code < 600 {
 			return code, nil, pct
 		}
-		return 0, nil, 0
 	}
 	if v := r.Header.Get(HeaderAbortGRPC); v != "" {
 		if code, err := strconv.Atoi(v); err == nil && code >= 0 {

@@ -256,3 +256,16 @@ func TestFaultHeaderPercentOverConfiguredDenominator(t *testing.T) {
 		t.Errorf("%d of 2000 aborted: the header's 50 read over 100, not over 1000000", hits)
 	}
 }
+
+// An x-envoy-fault-abort-request Envoy cannot use (not a number, or out of
+// 200..599) gives no HTTP status, and the gRPC header is read next.
+func TestFaultBadHTTPAbortHeaderFallsToGRPC(t *testing.T) {
+	fs := &Faults{}
+	f := CompileFault(&model.Fault{HeaderAbort: true, AbortPercent: 100})
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set(HeaderAbort, "700")
+	r.Header.Set(HeaderAbortGRPC, "14")
+	if d := fs.Decide(f, r, "c"); d.AbortGRPC == nil || *d.AbortGRPC != 14 || d.AbortStatus != 0 {
+		t.Errorf("out of range HTTP status with a gRPC header: %+v", d)
+	}
+}
