@@ -43,24 +43,33 @@ type CORSResult struct {
 }
 
 // Evaluate applies a CORS policy to a request: nothing without an Origin
-// header or when the origin is not allowed (a preflight then goes to the
-// upstream, Envoy's forward_not_matching_preflights); otherwise a
-// preflight is answered here and an actual request gets the allow-origin,
-// credentials and expose headers on its response.
+// header; a preflight is answered here, and an actual request from an
+// allowed origin gets the allow-origin, credentials and expose headers on
+// its response. A preflight from an origin not allowed goes upstream
+// unless forward_not_matching_preflights is false: then it is answered
+// without allow-origin.
 func (c *CORS) Evaluate(r *http.Request) CORSResult {
 	if c == nil || c.M.Disabled {
 		return CORSResult{}
 	}
 	origin := header.Get(r.Header, "Origin")
-	if origin == "" || !c.allowed(origin) {
+	if origin == "" {
+		return CORSResult{}
+	}
+	allowed := c.allowed(origin)
+	preflight := r.Method == http.MethodOptions && header.Get(r.Header, "Access-Control-Request-Method") != ""
+	forward := c.M.ForwardNotMatchingPreflights == nil || *c.M.ForwardNotMatchingPreflights
+	if !allowed && (!preflight || forward) {
 		return CORSResult{}
 	}
 	h := http.Header{}
-	h.Set("Access-Control-Allow-Origin", origin)
+	if allowed {
+		h.Set("Access-Control-Allow-Origin", origin)
+	}
 	if c.M.AllowCredentials != nil && *c.M.AllowCredentials {
 		h.Set("Access-Control-Allow-Credentials", "true")
 	}
-	if r.Method == http.MethodOptions && header.Get(r.Header, "Access-Control-Request-Method") != "" {
+	if preflight {
 		set(h, "Access-Control-Allow-Methods", c.M.AllowMethods)
 		set(h, "Access-Control-Allow-Headers", c.M.AllowHeaders)
 		set(h, "Access-Control-Max-Age", c.M.MaxAge)

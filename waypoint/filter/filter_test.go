@@ -269,3 +269,24 @@ func TestFaultBadHTTPAbortHeaderFallsToGRPC(t *testing.T) {
 		t.Errorf("out of range HTTP status with a gRPC header: %+v", d)
 	}
 }
+
+// forward_not_matching_preflights false (istiod's unmatchedPreflights:
+// IGNORE): a preflight from an origin not allowed is answered here, 200
+// without Access-Control-Allow-Origin, instead of going upstream.
+func TestCORSNotMatchingPreflightAnsweredWhenNotForwarded(t *testing.T) {
+	c := CompileCORS(&model.CORS{AllowOrigins: []model.StringMatch{{Exact: "https://a.example", Kind: "exact"}},
+		AllowMethods: "GET", MaxAge: "60", ForwardNotMatchingPreflights: ptr(false)})
+	pre := httptest.NewRequest("OPTIONS", "/", nil)
+	pre.Header.Set("Origin", "https://evil.example")
+	pre.Header.Set("Access-Control-Request-Method", "GET")
+	res := c.Evaluate(pre)
+	if !res.Preflight || res.Headers.Get("Access-Control-Allow-Origin") != "" || res.Headers.Get("Access-Control-Allow-Methods") != "GET" ||
+		res.Headers.Get("Access-Control-Max-Age") != "60" {
+		t.Errorf("preflight not forwarded: %+v", res)
+	}
+	get := httptest.NewRequest("GET", "/", nil)
+	get.Header.Set("Origin", "https://evil.example")
+	if res := c.Evaluate(get); res.Preflight || res.Headers != nil {
+		t.Errorf("actual request from an origin not allowed: %+v", res)
+	}
+}

@@ -489,6 +489,10 @@ type CORS struct {
 	ExposeHeaders    string
 	MaxAge           string
 	AllowCredentials *bool
+	// ForwardNotMatchingPreflights: a preflight from an origin not
+	// allowed goes upstream (nil: Envoy's default, true) or is answered
+	// here without Access-Control-Allow-Origin (false).
+	ForwardNotMatchingPreflights *bool
 	// Disabled: the filter is off for this route (filter_enabled 0).
 	Disabled bool
 }

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -229,5 +230,17 @@ func TestFaultMaxActiveZeroInjectsNothing(t *testing.T) {
 	var fs filter.Faults
 	if d := fs.Decide(filter.CompileFault(f), httptest.NewRequest("GET", "/", nil), "c"); d.Active() {
 		t.Errorf("max_active_faults 0: fault injected %+v", d)
+	}
+}
+
+// istiod writes forward_not_matching_preflights on every CORS policy
+// (false for unmatchedPreflights: IGNORE); it reaches the filter.
+func TestCORSForwardNotMatchingPreflightsTranslated(t *testing.T) {
+	c, err := corsPolicy(&corsv3.CorsPolicy{ForwardNotMatchingPreflights: wrapperspb.Bool(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ForwardNotMatchingPreflights == nil || *c.ForwardNotMatchingPreflights {
+		t.Errorf("forward_not_matching_preflights false lost: %v", c.ForwardNotMatchingPreflights)
 	}
 }

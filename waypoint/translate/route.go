@@ -806,6 +806,7 @@ type corsFields interface {
 	GetAllowCredentials() *wrapperspb.BoolValue
 	GetAllowOriginStringMatch() []*matcherv3.StringMatcher
 	GetFilterEnabled() *corev3.RuntimeFractionalPercent
+	GetForwardNotMatchingPreflights() *wrapperspb.BoolValue
 }
 
 func corsPolicy(cp *corsv3.CorsPolicy) (*model.CORS, error) { return cors(cp, "allow_origin") }
@@ -819,6 +820,10 @@ func cors(cp corsFields, originField string) (*model.CORS, error) {
 	if v := cp.GetAllowCredentials(); v != nil {
 		b := v.GetValue()
 		c.AllowCredentials = &b
+	}
+	if v := cp.GetForwardNotMatchingPreflights(); v != nil {
+		b := v.GetValue()
+		c.ForwardNotMatchingPreflights = &b
 	}
 	for _, o := range cp.GetAllowOriginStringMatch() {
 		sm, err := stringMatch(o)
