@@ -12,9 +12,6 @@ import (
 type CORS struct {
 	M       *model.CORS
 	origins []route.StringMatcher
-	// anyOrigin: one of the origins is the literal "*", which Envoy reads
-	// as every origin.
-	anyOrigin bool
 }
 
 // CompileCORS compiles m (nil gives nil).
@@ -24,11 +21,7 @@ func CompileCORS(m *model.CORS) *CORS {
 	}
 	c := &CORS{M: m}
 	for i := range m.AllowOrigins {
-		o := &m.AllowOrigins[i]
-		if (o.Kind == "exact" || o.Kind == "") && o.Exact == "*" && o.Regex == nil {
-			c.anyOrigin = true
-		}
-		c.origins = append(c.origins, route.CompileString(o))
+		c.origins = append(c.origins, route.CompileString(&m.AllowOrigins[i]))
 	}
 	return c
 }
@@ -79,12 +72,11 @@ func (c *CORS) Evaluate(r *http.Request) CORSResult {
 	return CORSResult{Headers: h}
 }
 
+// allowed: as Envoy, a matcher that matches the string "*" (exact "*",
+// prefix "*", ...) allows every origin.
 func (c *CORS) allowed(origin string) bool {
-	if c.anyOrigin {
-		return true
-	}
 	for _, o := range c.origins {
-		if o.Match(origin) {
+		if o.Match("*") || o.Match(origin) {
 			return true
 		}
 	}

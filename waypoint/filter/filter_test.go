@@ -290,3 +290,14 @@ func TestCORSNotMatchingPreflightAnsweredWhenNotForwarded(t *testing.T) {
 		t.Errorf("actual request from an origin not allowed: %+v", res)
 	}
 }
+
+// Envoy allows every origin when an allow_origin matcher matches the
+// string "*" itself, whatever its kind: a prefix "*" is such a matcher.
+func TestCORSMatcherMatchingStarAllowsAll(t *testing.T) {
+	c := CompileCORS(&model.CORS{AllowOrigins: []model.StringMatch{{Prefix: "*", Kind: "prefix"}}})
+	get := httptest.NewRequest("GET", "/", nil)
+	get.Header.Set("Origin", "https://a.example")
+	if got := c.Evaluate(get).Headers.Get("Access-Control-Allow-Origin"); got != "https://a.example" {
+		t.Errorf(`prefix "*": allow-origin %q`, got)
+	}
+}
