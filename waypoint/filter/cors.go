@@ -63,8 +63,9 @@ func (c *CORS) Evaluate(r *http.Request) CORSResult {
 		h.Set("Access-Control-Allow-Credentials", "true")
 	}
 	if preflight {
-		set(h, "Access-Control-Allow-Methods", c.M.AllowMethods)
-		set(h, "Access-Control-Allow-Headers", c.M.AllowHeaders)
+		// "*" echoes what the preflight asks for, as Envoy does.
+		echo(h, "Access-Control-Allow-Methods", c.M.AllowMethods, r, "Access-Control-Request-Method")
+		echo(h, "Access-Control-Allow-Headers", c.M.AllowHeaders, r, "Access-Control-Request-Headers")
 		set(h, "Access-Control-Max-Age", c.M.MaxAge)
 		return CORSResult{Preflight: true, Headers: h}
 	}
@@ -87,4 +88,13 @@ func set(h http.Header, k, v string) {
 	if v != "" {
 		h.Set(k, v)
 	}
+}
+
+// echo sets k to v, or to the request's asked header when v is "*".
+func echo(h http.Header, k, v string, r *http.Request, asked string) {
+	if v == "*" {
+		h.Set(k, header.Get(r.Header, asked))
+		return
+	}
+	set(h, k, v)
 }

@@ -301,3 +301,17 @@ func TestCORSMatcherMatchingStarAllowsAll(t *testing.T) {
 		t.Errorf(`prefix "*": allow-origin %q`, got)
 	}
 }
+
+// allow_methods / allow_headers "*": Envoy's preflight answer echoes the
+// request's Access-Control-Request-Method / -Headers.
+func TestCORSPreflightStarEchoesRequest(t *testing.T) {
+	c := CompileCORS(&model.CORS{AllowOrigins: []model.StringMatch{{Exact: "*", Kind: "exact"}}, AllowMethods: "*", AllowHeaders: "*"})
+	pre := httptest.NewRequest("OPTIONS", "/", nil)
+	pre.Header.Set("Origin", "https://a.example")
+	pre.Header.Set("Access-Control-Request-Method", "DELETE")
+	pre.Header.Set("Access-Control-Request-Headers", "x-a, x-b")
+	res := c.Evaluate(pre)
+	if res.Headers.Get("Access-Control-Allow-Methods") != "DELETE" || res.Headers.Get("Access-Control-Allow-Headers") != "x-a, x-b" {
+		t.Errorf(`"*" methods/headers: %v`, res.Headers)
+	}
+}
