@@ -214,6 +214,11 @@ func (q *request) run() {
 				return
 			}
 		case f.isCORS:
+			if m.Forward == nil {
+				// A redirect or direct response has no route entry in
+				// Envoy: its CORS filter lets the request pass untouched.
+				continue
+			}
 			res := q.effectiveCORS(f).Evaluate(r)
 			if res.Preflight {
 				for k, v := range res.Headers {

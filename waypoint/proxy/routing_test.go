@@ -1004,3 +1004,25 @@ func TestFaultGRPCAbortOnPlainHTTP(t *testing.T) {
 		t.Errorf("gRPC abort on plain HTTP: %d %q %v", code, body, resp.Header)
 	}
 }
+
+// A redirect or direct_response route has no route entry in Envoy, and
+// the CORS filter does nothing there: a preflight gets the redirect, and
+// no CORS headers are added.
+func TestCORSNotOnRedirectRoute(t *testing.T) {
+	r := &model.Route{Name: "redir", Match: model.RouteMatch{Prefix: "/"}, Redirect: &model.RedirectAction{Path: "/new", Status: 302}}
+	r.PerFilter.CORS = &model.CORS{AllowOrigins: []model.StringMatch{{Exact: "*", Kind: "exact"}}, AllowMethods: "GET"}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false))
+	req, _ := http.NewRequest("OPTIONS", "http://x/", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "GET")
+	c := client(te.addr("main"))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 302 || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("preflight on a redirect route: %d %v", resp.StatusCode, resp.Header)
+	}
+}
