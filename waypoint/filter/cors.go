@@ -67,6 +67,10 @@ func (c *CORS) Evaluate(r *http.Request) CORSResult {
 		echo(h, "Access-Control-Allow-Methods", c.M.AllowMethods, r, "Access-Control-Request-Method")
 		echo(h, "Access-Control-Allow-Headers", c.M.AllowHeaders, r, "Access-Control-Request-Headers")
 		set(h, "Access-Control-Max-Age", c.M.MaxAge)
+		if p := c.M.AllowPrivateNetworkAccess; p != nil && *p &&
+			header.Get(r.Header, "Access-Control-Request-Private-Network") == "true" {
+			h.Set("Access-Control-Allow-Private-Network", "true")
+		}
 		return CORSResult{Preflight: true, Headers: h}
 	}
 	set(h, "Access-Control-Expose-Headers", c.M.ExposeHeaders)

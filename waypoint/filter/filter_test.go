@@ -315,3 +315,16 @@ func TestCORSPreflightStarEchoesRequest(t *testing.T) {
 		t.Errorf(`"*" methods/headers: %v`, res.Headers)
 	}
 }
+
+// allow_private_network_access: a preflight asking for it
+// (Access-Control-Request-Private-Network: true) is granted it.
+func TestCORSPrivateNetworkAccess(t *testing.T) {
+	c := CompileCORS(&model.CORS{AllowOrigins: []model.StringMatch{{Exact: "*", Kind: "exact"}}, AllowPrivateNetworkAccess: ptr(true)})
+	pre := httptest.NewRequest("OPTIONS", "/", nil)
+	pre.Header.Set("Origin", "https://a.example")
+	pre.Header.Set("Access-Control-Request-Method", "GET")
+	pre.Header.Set("Access-Control-Request-Private-Network", "true")
+	if got := c.Evaluate(pre).Headers.Get("Access-Control-Allow-Private-Network"); got != "true" {
+		t.Errorf("allow-private-network %q", got)
+	}
+}

@@ -489,6 +489,9 @@ type CORS struct {
 	ExposeHeaders    string
 	MaxAge           string
 	AllowCredentials *bool
+	// AllowPrivateNetworkAccess: a preflight asking for private network
+	// access is granted it.
+	AllowPrivateNetworkAccess *bool
 	// ForwardNotMatchingPreflights: a preflight from an origin not
 	// allowed goes upstream (nil: Envoy's default, true) or is answered
 	// here without Access-Control-Allow-Origin (false).

@@ -807,6 +807,7 @@ type corsFields interface {
 	GetAllowOriginStringMatch() []*matcherv3.StringMatcher
 	GetFilterEnabled() *corev3.RuntimeFractionalPercent
 	GetForwardNotMatchingPreflights() *wrapperspb.BoolValue
+	GetAllowPrivateNetworkAccess() *wrapperspb.BoolValue
 }
 
 func corsPolicy(cp *corsv3.CorsPolicy) (*model.CORS, error) { return cors(cp, "allow_origin") }
@@ -820,6 +821,10 @@ func cors(cp corsFields, originField string) (*model.CORS, error) {
 	if v := cp.GetAllowCredentials(); v != nil {
 		b := v.GetValue()
 		c.AllowCredentials = &b
+	}
+	if v := cp.GetAllowPrivateNetworkAccess(); v != nil {
+		b := v.GetValue()
+		c.AllowPrivateNetworkAccess = &b
 	}
 	if v := cp.GetForwardNotMatchingPreflights(); v != nil {
 		b := v.GetValue()
