@@ -224,7 +224,7 @@ func (q *request) run() {
 				for k, v := range res.Headers {
 					q.w.Header()[k] = v
 				}
-				q.localReply(http.StatusOK, "", "cors_preflight")
+				q.localReply(http.StatusOK, "", "cors_response") // Envoy's details for it
 				return
 			}
 			q.cors = res.Headers

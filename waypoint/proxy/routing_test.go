@@ -1026,3 +1026,24 @@ func TestCORSNotOnRedirectRoute(t *testing.T) {
 		t.Errorf("preflight on a redirect route: %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+// The preflight answer's response code details are Envoy's
+// "cors_response".
+func TestCORSPreflightDetails(t *testing.T) {
+	r := fwd("be")
+	r.PerFilter.CORS = &model.CORS{AllowOrigins: []model.StringMatch{{Exact: "*", Kind: "exact"}}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, mirrorBackend(t, "be")))
+	req, _ := http.NewRequest("OPTIONS", "http://x/", nil)
+	req.Header.Set("Origin", "https://app.example")
+	req.Header.Set("Access-Control-Request-Method", "GET")
+	resp, err := client(te.addr("main")).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	eventually(t, "the access log entry", func() bool { return strings.Contains(te.access.String(), "response_code_details") })
+	if log := te.access.String(); !strings.Contains(log, `"response_code_details":"cors_response"`) {
+		t.Errorf("access log: %s", log)
+	}
+}
