@@ -63,6 +63,7 @@ var tcpLabels = func() []string {
 const (
 	reporter = "waypoint"
 	unknown  = "unknown"
+	latest   = "latest"
 	// overflow replaces every identity label of the series that takes
 	// what comes beyond the cap.
 	overflow = "overflow"
@@ -335,22 +336,28 @@ func flags(f string) string {
 
 // appendPeer adds workload, canonical service, canonical revision,
 // namespace, principal, app, version and cluster, Istio's way: app and
-// version are the canonical service and revision.
+// version are the canonical service and revision (Istio reads them from
+// the same workload fields), and only the source's canonical revision
+// defaults to "latest", an unknown peer's too.
 func appendPeer(v []string, p *model.Peer) []string {
 	if p == nil {
-		return append(v, unknown, unknown, unknown, unknown, unknown, unknown, unknown, unknown)
+		return append(v, unknown, unknown, latest, unknown, unknown, unknown, unknown, unknown)
 	}
-	svc, rev := canonical(p)
-	return append(v, or(workload(p)), svc, rev, or(p.Namespace), or(p.Principal()), svc, rev, or(p.ClusterID))
+	svc, rev := or(p.CanonicalName), or(p.CanonicalRevision)
+	srcRev := p.CanonicalRevision
+	if srcRev == "" {
+		srcRev = latest
+	}
+	return append(v, or(workload(p)), svc, srcRev, or(p.Namespace), or(p.Principal()), svc, rev, or(p.ClusterID))
 }
 
 // appendDest adds the destination workload labels in Istio's order for
-// the destination side.
+// the destination side; a missing revision is "unknown" here.
 func appendDest(v []string, p *model.Peer) []string {
 	if p == nil {
 		return append(v, unknown, unknown, unknown, unknown, unknown, unknown, unknown, unknown)
 	}
-	svc, rev := canonical(p)
+	svc, rev := or(p.CanonicalName), or(p.CanonicalRevision)
 	return append(v, or(workload(p)), or(p.Namespace), svc, rev, or(p.Principal()), svc, rev, or(p.ClusterID))
 }
 
@@ -366,19 +373,6 @@ func workload(p *model.Peer) string {
 		return p.WorkloadName
 	}
 	return p.Name
-}
-
-// canonical is the canonical service and revision; Istio reads a known
-// service without a revision as "latest".
-func canonical(p *model.Peer) (string, string) {
-	if p.CanonicalName == "" {
-		return unknown, unknown
-	}
-	rev := p.CanonicalRevision
-	if rev == "" {
-		rev = "latest"
-	}
-	return p.CanonicalName, rev
 }
 
 func or(s string) string {

@@ -33,8 +33,8 @@ func TestRequestLabels(t *testing.T) {
 	want := `
 # HELP istio_requests_total Requests (Istio standard metric).
 # TYPE istio_requests_total counter
-istio_requests_total{connection_security_policy="none",destination_app="echo",destination_canonical_revision="latest",destination_canonical_service="echo",destination_cluster="Kubernetes",destination_principal="spiffe://cluster.local/ns/demo/sa/echo-sa",destination_service="echo.demo.svc.cluster.local",destination_service_name="echo",destination_service_namespace="demo",destination_version="latest",destination_workload="echo",destination_workload_namespace="demo",grpc_response_status="",reporter="waypoint",request_protocol="http",response_code="200",response_flags="-",source_app="sleep",source_canonical_revision="v1",source_canonical_service="sleep",source_cluster="Kubernetes",source_principal="spiffe://cluster.local/ns/demo/sa/sleep",source_version="v1",source_workload="sleep",source_workload_namespace="demo"} 2
-istio_requests_total{connection_security_policy="none",destination_app="unknown",destination_canonical_revision="unknown",destination_canonical_service="unknown",destination_cluster="unknown",destination_principal="unknown",destination_service="unknown",destination_service_name="unknown",destination_service_namespace="unknown",destination_version="unknown",destination_workload="unknown",destination_workload_namespace="unknown",grpc_response_status="14",reporter="waypoint",request_protocol="grpc",response_code="200",response_flags="UH",source_app="unknown",source_canonical_revision="unknown",source_canonical_service="unknown",source_cluster="unknown",source_principal="unknown",source_version="unknown",source_workload="unknown",source_workload_namespace="unknown"} 1
+istio_requests_total{connection_security_policy="none",destination_app="echo",destination_canonical_revision="unknown",destination_canonical_service="echo",destination_cluster="Kubernetes",destination_principal="spiffe://cluster.local/ns/demo/sa/echo-sa",destination_service="echo.demo.svc.cluster.local",destination_service_name="echo",destination_service_namespace="demo",destination_version="unknown",destination_workload="echo",destination_workload_namespace="demo",grpc_response_status="",reporter="waypoint",request_protocol="http",response_code="200",response_flags="-",source_app="sleep",source_canonical_revision="v1",source_canonical_service="sleep",source_cluster="Kubernetes",source_principal="spiffe://cluster.local/ns/demo/sa/sleep",source_version="v1",source_workload="sleep",source_workload_namespace="demo"} 2
+istio_requests_total{connection_security_policy="none",destination_app="unknown",destination_canonical_revision="unknown",destination_canonical_service="unknown",destination_cluster="unknown",destination_principal="unknown",destination_service="unknown",destination_service_name="unknown",destination_service_namespace="unknown",destination_version="unknown",destination_workload="unknown",destination_workload_namespace="unknown",grpc_response_status="14",reporter="waypoint",request_protocol="grpc",response_code="200",response_flags="UH",source_app="unknown",source_canonical_revision="latest",source_canonical_service="unknown",source_cluster="unknown",source_principal="unknown",source_version="unknown",source_workload="unknown",source_workload_namespace="unknown"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "istio_requests_total"); err != nil {
 		t.Error(err)
@@ -143,4 +143,42 @@ func TestAccessLogLine(t *testing.T) {
 	if err := json.Unmarshal([]byte(lines[1]), &e); err != nil || e["upstream_service_time"] != 2.0 || e["response_flags"] != "-" {
 		t.Errorf("second line %v: %s", err, lines[1])
 	}
+}
+
+// TestCanonicalRevisionDefaults: as Istio's stats filter (reporter
+// waypoint) labels them, a missing source revision reads "latest" (an
+// unknown peer too) while source_version, the destination's revision and
+// destination_version read "unknown".
+func TestCanonicalRevisionDefaults(t *testing.T) {
+	m := NewMetrics(0)
+	noRev := &model.Peer{Name: "a-1", Namespace: "demo", WorkloadName: "a", CanonicalName: "a"}
+	m.ObserveRequest(&RequestKey{Source: noRev, Dest: noRev, Protocol: "http", Code: 200}, time.Millisecond, 1, 1)
+	m.ObserveRequest(&RequestKey{Protocol: "http", Code: 503, Flags: "UH"}, time.Millisecond, 1, 1)
+	out, _ := testutil.CollectAndFormat(m.requests, expfmt.TypeTextPlain, "istio_requests_total")
+	text := string(out)
+	known := lineWith(text, `source_workload="a"`)
+	unknownPeer := lineWith(text, `response_code="503"`)
+	for _, c := range []struct{ line, label, want string }{
+		{known, "source_canonical_revision", "latest"},
+		{known, "source_version", "unknown"},
+		{known, "destination_canonical_revision", "unknown"},
+		{known, "destination_version", "unknown"},
+		{known, "source_app", "a"},
+		{unknownPeer, "source_canonical_revision", "latest"},
+		{unknownPeer, "source_version", "unknown"},
+		{unknownPeer, "destination_canonical_revision", "unknown"},
+	} {
+		if !strings.Contains(c.line, c.label+`="`+c.want+`"`) {
+			t.Errorf("%s: want %q in\n%s", c.label, c.want, c.line)
+		}
+	}
+}
+
+func lineWith(text, s string) string {
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			return l
+		}
+	}
+	return ""
 }
