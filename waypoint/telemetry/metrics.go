@@ -187,7 +187,9 @@ func (m *Metrics) Series() int {
 func (m *Metrics) ObserveRequest(k *RequestKey, d time.Duration, requestBytes, responseBytes int64) {
 	s := m.requestSeries(k)
 	s.requests.Inc()
-	s.duration.Observe(float64(d) / float64(time.Millisecond))
+	// Whole milliseconds, the fraction dropped, as Istio's filter records
+	// it (an integer division of the duration by a millisecond).
+	s.duration.Observe(float64(d.Milliseconds()))
 	s.reqBytes.Observe(float64(requestBytes))
 	s.respBytes.Observe(float64(responseBytes))
 }

@@ -182,3 +182,20 @@ func lineWith(text, s string) string {
 	}
 	return ""
 }
+
+// TestDurationWholeMilliseconds: Istio's filter records a request's
+// duration as whole milliseconds (the fraction dropped), so a 0.7 ms
+// request lands in the 0.5 bucket, as 0.
+func TestDurationWholeMilliseconds(t *testing.T) {
+	m := NewMetrics(0)
+	m.ObserveRequest(&RequestKey{Protocol: "http", Code: 200}, 700*time.Microsecond, 1, 1)
+	m.ObserveRequest(&RequestKey{Protocol: "http", Code: 200}, 2900*time.Microsecond, 1, 1)
+	out, _ := testutil.CollectAndFormat(m.duration, expfmt.TypeTextPlain, "istio_request_duration_milliseconds")
+	text := string(out)
+	if l := lineWith(text, `le="0.5"`); !strings.HasSuffix(l, " 1") {
+		t.Errorf("0.5 bucket: %s", l)
+	}
+	if l := lineWith(text, "istio_request_duration_milliseconds_sum"); !strings.HasSuffix(l, " 2") {
+		t.Errorf("sum: %s", l)
+	}
+}
