@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -420,6 +421,11 @@ func (q *request) finish() {
 	proto := "http"
 	if q.grpc {
 		proto = "grpc"
+		if q.grpcStatus == "" && q.code > 0 {
+			// No grpc-status came: Envoy's getGrpcStatus, which Istio's
+			// filter uses, infers one from the HTTP status.
+			q.grpcStatus = strconv.Itoa(httpToGRPC(q.code))
+		}
 	}
 	key := telemetry.RequestKey{Source: q.res.source, Protocol: proto, Code: q.code, GRPCStatus: q.grpcStatus, Flags: q.flags.String()}
 	key.Service = &q.ch.m.Service

@@ -111,3 +111,26 @@ func TestAccessLogLines(t *testing.T) {
 		t.Errorf("downstream_remote_address %q is not the TCP peer", ra)
 	}
 }
+
+// TestGRPCStatusFromHTTPStatus: a gRPC request answered without a
+// grpc-status (a plain HTTP error from the endpoint) is labelled with
+// the status the HTTP code maps to, as Envoy's getGrpcStatus infers it
+// for Istio's filter: 503 is UNAVAILABLE (14).
+func TestGRPCStatusFromHTTPStatus(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "busy", http.StatusServiceUnavailable) })
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	req, _ := http.NewRequest("POST", "http://reviews:9080/pkg.Svc/Call", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	resp, err := client(te.addr("main")).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var l string
+	eventually(t, "the request counted", func() bool { l = grep(metricsText(t, te), "istio_requests_total{"); return l != "" })
+	if !strings.Contains(l, `response_code="503"`) || !strings.Contains(l, `grpc_response_status="14"`) || !strings.Contains(l, `request_protocol="grpc"`) {
+		t.Errorf("series: %s", l)
+	}
+}
