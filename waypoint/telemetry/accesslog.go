@@ -59,6 +59,10 @@ type Entry struct {
 	Traceparent             string
 }
 
+// startTimeLayout is Envoy's default %START_TIME%: UTC, milliseconds,
+// always three digits.
+const startTimeLayout = "2006-01-02T15:04:05.000Z"
+
 // Write appends one line.
 func (l *AccessLog) Write(e *Entry) {
 	if l == nil {
@@ -67,8 +71,9 @@ func (l *AccessLog) Write(e *Entry) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.buf[:0]
-	b = append(b, `{"start_time":`...)
-	b = appendString(b, e.Start.UTC().Format(time.RFC3339Nano))
+	b = append(b, `{"start_time":"`...)
+	b = e.Start.UTC().AppendFormat(b, startTimeLayout)
+	b = append(b, '"')
 	b = field(b, "method", e.Method)
 	b = field(b, "path", e.Path)
 	b = field(b, "protocol", e.Protocol)

@@ -126,7 +126,7 @@ func TestAccessLogLine(t *testing.T) {
 		t.Fatalf("not JSON: %v\n%s", err, lines[0])
 	}
 	want := map[string]any{
-		"start_time": "2026-01-02T03:04:05.000006Z", "method": "GET", "path": "/a?\"b\"\n\ufffd", "protocol": "HTTP/1.1",
+		"start_time": "2026-01-02T03:04:05.000Z", "method": "GET", "path": "/a?\"b\"\n\ufffd", "protocol": "HTTP/1.1",
 		"response_code": 503.0, "response_flags": "UF,URX", "response_code_details": nil, "bytes_received": 3.0, "bytes_sent": 91.0,
 		"duration": 12.0, "upstream_service_time": nil, "upstream_host": "10.0.0.1:80", "upstream_cluster": "c", "route_name": "r",
 		"request_id": "id", "authority": "echo", "user_agent": "ua", "x_forwarded_for": nil, "downstream_remote_address": "10.0.0.9:5555",
@@ -197,5 +197,24 @@ func TestDurationWholeMilliseconds(t *testing.T) {
 	}
 	if l := lineWith(text, "istio_request_duration_milliseconds_sum"); !strings.HasSuffix(l, " 2") {
 		t.Errorf("sum: %s", l)
+	}
+}
+
+// TestAccessLogStartTimeMillis: %START_TIME% is written as Envoy's
+// default, always three fraction digits (e.g. 2016-04-15T20:17:00.310Z).
+func TestAccessLogStartTimeMillis(t *testing.T) {
+	for _, c := range []struct {
+		ns   int
+		want string
+	}{{123456789, "2026-01-02T03:04:05.123Z"}, {0, "2026-01-02T03:04:05.000Z"}, {300000000, "2026-01-02T03:04:05.300Z"}} {
+		var buf bytes.Buffer
+		NewAccessLog(&buf).Write(&Entry{Start: time.Date(2026, 1, 2, 3, 4, 5, c.ns, time.UTC)})
+		var e map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e["start_time"] != c.want {
+			t.Errorf("start_time %v, want %s", e["start_time"], c.want)
+		}
 	}
 }
