@@ -38,7 +38,8 @@ func (l *AccessLog) Failed() uint64 {
 // Entry is one access log line.
 type Entry struct {
 	Start time.Time
-	// Method, Path (as received), Protocol ("HTTP/1.1", "HTTP/2", "tcp").
+	// Method, Path (as received), Protocol ("HTTP/1.1", "HTTP/2"; none
+	// for TCP, as Envoy's %PROTOCOL%).
 	Method, Path, Protocol string
 	Code                   int
 	Flags                  string

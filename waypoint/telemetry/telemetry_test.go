@@ -116,7 +116,7 @@ func TestAccessLogLine(t *testing.T) {
 		BytesReceived: 3, BytesSent: 91, Duration: 12 * time.Millisecond, UpstreamHost: "10.0.0.1:80", UpstreamCluster: "c",
 		RouteName: "r", RequestID: "id", Authority: "echo", UserAgent: "ua", Downstream: "10.0.0.9:5555", OriginalDst: "10.96.0.1:80",
 		Traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
-	l.Write(&Entry{Start: start, Protocol: "tcp", Code: 0, UpstreamServiceTime: 2 * time.Millisecond})
+	l.Write(&Entry{Start: start, Code: 0, UpstreamServiceTime: 2 * time.Millisecond})
 	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("%d lines", len(lines))
