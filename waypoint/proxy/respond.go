@@ -12,6 +12,10 @@ import (
 	"github.com/kmesh-go/kmesh/waypoint/internal/header"
 )
 
+// viaUpstream is Envoy's response_code_details of an answer the endpoint
+// gave (a local reply says its own reason).
+const viaUpstream = "via_upstream"
+
 // headerSetter is package h1's writer taking a header map whole.
 type headerSetter interface{ SetHeader(http.Header) }
 
@@ -57,7 +61,7 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		q.idle.touch()
 	}
 	q.w.WriteHeader(resp.StatusCode)
-	q.code, q.wrote = resp.StatusCode, true
+	q.code, q.wrote, q.details = resp.StatusCode, true, viaUpstream
 
 	stream := resp.ContentLength < 0 || q.grpc || strings.HasPrefix(header.Get(resp.Header, "Content-Type"), "text/event-stream")
 	var flusher http.Flusher
@@ -145,7 +149,7 @@ func (q *request) upgrade(resp *http.Response, a *attempt) {
 		return
 	}
 	defer conn.Close()
-	q.code, q.wrote = http.StatusSwitchingProtocols, true
+	q.code, q.wrote, q.details = http.StatusSwitchingProtocols, true, viaUpstream
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
 	q.w.Header().Write(brw)
 	brw.WriteString("\r\n")

@@ -98,8 +98,9 @@ func TestAccessLogLines(t *testing.T) {
 	if err := json.Unmarshal([]byte(te.access.String()), &e); err != nil {
 		t.Fatal(err)
 	}
+	// response_code_details: Envoy's for an answer the endpoint gave.
 	want := map[string]any{"method": "POST", "path": "/a/b?c=d", "protocol": "HTTP/1.1", "response_code": 200.0, "response_flags": "-",
-		"bytes_received": 3.0, "bytes_sent": 10.0, "upstream_host": be.String(), "upstream_cluster": "c", "route_name": "to-c", "request_id": "rid-1",
+		"response_code_details": "via_upstream", "bytes_received": 3.0, "bytes_sent": 10.0, "upstream_host": be.String(), "upstream_cluster": "c", "route_name": "to-c", "request_id": "rid-1",
 		"authority": "reviews:9080", "user_agent": "tester/1", "x_forwarded_for": "1.2.3.4", "downstream_local_address": "10.96.0.10:80",
 		"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 	for k, v := range want {
