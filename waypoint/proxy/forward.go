@@ -206,7 +206,6 @@ func (q *request) forward() {
 		}
 		a.body, _ = out.Body.(*bodyReader)
 		host.Started()
-		t0 := time.Now()
 		resp, err := cl.RoundTrip(a.ctx, out, host, h2)
 		if err != nil {
 			host.Done()
@@ -237,7 +236,6 @@ func (q *request) forward() {
 			q.localReply(status, body, details)
 			return
 		}
-		q.upstreamTime = time.Since(t0)
 		endRetry()
 		if retry.RetriableResponse(resp.StatusCode, resp.Header) {
 			if q.retry(ctx, retry, cl) {

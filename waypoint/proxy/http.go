@@ -101,7 +101,7 @@ type request struct {
 	flags        flags
 	details      string
 	respBytes    int64
-	upstreamTime time.Duration
+	upstreamTime string // x-envoy-upstream-service-time as sent
 	wrote        bool
 	hv           route.Vars // see vars
 	// complete is when a request without a body reached the router (one

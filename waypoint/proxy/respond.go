@@ -46,6 +46,8 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(c).Milliseconds(), 10)}
 	}
 	q.decorate(h)
+	// Logged as the client gets it: the route's operations may remove it.
+	q.upstreamTime = header.Get(h, "X-Envoy-Upstream-Service-Time")
 	if upgrade && resp.StatusCode == http.StatusSwitchingProtocols {
 		q.upgrade(resp, a)
 		return

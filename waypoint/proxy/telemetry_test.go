@@ -135,3 +135,31 @@ func TestGRPCStatusFromHTTPStatus(t *testing.T) {
 		t.Errorf("series: %s", l)
 	}
 }
+
+// TestAccessLogUpstreamServiceTime: Istio's upstream_service_time is
+// %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%, the response header as the
+// client got it: a JSON string, the header's value.
+func TestAccessLogUpstreamServiceTime(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(15 * time.Millisecond)
+		io.WriteString(w, "ok")
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	code, _, resp := get(t, client(te.addr("main")), "http://reviews:9080/")
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	sent := resp.Header.Get("X-Envoy-Upstream-Service-Time")
+	if sent == "" {
+		t.Fatal("no x-envoy-upstream-service-time")
+	}
+	eventually(t, "a line", func() bool { return strings.Count(te.access.String(), "\n") == 1 })
+	var e map[string]any
+	if err := json.Unmarshal([]byte(te.access.String()), &e); err != nil {
+		t.Fatal(err)
+	}
+	if e["upstream_service_time"] != sent {
+		t.Errorf("upstream_service_time %#v, the header said %q", e["upstream_service_time"], sent)
+	}
+}

@@ -43,12 +43,14 @@ type Entry struct {
 	Method, Path, Protocol string
 	Code                   int
 	Flags                  string
-	// Details says why a local reply was given (Envoy's
-	// response_code_details), e.g. a Deny's reason.
-	Details                    string
-	BytesReceived, BytesSent   int64
-	Duration                   time.Duration
-	UpstreamServiceTime        time.Duration // 0: no upstream answered
+	// Details is Envoy's response_code_details: via_upstream for the
+	// endpoint's answer, else why a local reply was given (a Deny's reason).
+	Details                  string
+	BytesReceived, BytesSent int64
+	Duration                 time.Duration
+	// UpstreamServiceTime is the x-envoy-upstream-service-time the client
+	// got ("" if none), a string as Envoy's %RESP(...)% logs it.
+	UpstreamServiceTime        string
 	UpstreamHost               string
 	UpstreamCluster, RouteName string
 	RequestID, Authority       string
@@ -88,12 +90,7 @@ func (l *AccessLog) Write(e *Entry) {
 	b = strconv.AppendInt(b, e.BytesSent, 10)
 	b = append(b, `,"duration":`...)
 	b = strconv.AppendInt(b, e.Duration.Milliseconds(), 10)
-	b = append(b, `,"upstream_service_time":`...)
-	if e.UpstreamServiceTime > 0 {
-		b = strconv.AppendInt(b, e.UpstreamServiceTime.Milliseconds(), 10)
-	} else {
-		b = append(b, "null"...)
-	}
+	b = field(b, "upstream_service_time", e.UpstreamServiceTime)
 	b = field(b, "upstream_host", e.UpstreamHost)
 	b = field(b, "upstream_cluster", e.UpstreamCluster)
 	b = field(b, "route_name", e.RouteName)
