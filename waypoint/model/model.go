@@ -525,9 +525,15 @@ type Cluster struct {
 	// Protocol towards endpoints: "http1", "http2", or "downstream" (the
 	// client's own protocol, Envoy's use_downstream_protocol_config).
 	Protocol string
-	// Endpoints by locality priority (index 0 is used while any is
-	// healthy).
+	// Endpoints by locality priority. Each priority takes a share of the
+	// load by its health, as Envoy's priority load: see
+	// OverprovisioningFactor.
 	Endpoints [][]Endpoint
+	// OverprovisioningFactor in percent (the assignment's
+	// policy.overprovisioning_factor): a priority with this share of
+	// healthy endpoints or more takes all the load it is offered. 0 means
+	// Envoy's 140.
+	OverprovisioningFactor int
 	// Limits (circuit breakers, default priority): 0 means Envoy's
 	// default of 1024 for connections, pending and requests, 3 retries.
 	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries int
@@ -542,6 +548,9 @@ type Endpoint struct {
 	Address netip.AddrPort `json:"address"`
 	Weight  uint32         `json:"weight"` // default 1
 	Healthy bool           `json:"healthy"`
+	// Degraded (EDS DEGRADED, not Healthy): used only for the load that
+	// healthy endpoints of all priorities cannot take.
+	Degraded bool `json:"degraded,omitempty"`
 	// Workload identity for telemetry, when known ("" otherwise).
 	Workload string `json:"workload,omitempty"`
 }

@@ -101,7 +101,7 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 			if err != nil {
 				return nil, errorf(where, "endpoints: %v", err)
 			}
-			mc.Endpoints = eps
+			setEndpoints(mc, eps)
 		case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
 			mc.Kind = "static"
 			if c.GetLoadAssignment() != nil {
@@ -114,7 +114,7 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 					}
 					return nil, errorf(where, "load_assignment: %v", err)
 				}
-				mc.Endpoints = eps
+				setEndpoints(mc, eps)
 			}
 		case clusterv3.Cluster_ORIGINAL_DST:
 			mc.Kind = "original_dst"
@@ -134,14 +134,14 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 				if err != nil {
 					return nil, errorf(where, "load_assignment: %v", err)
 				}
-				mc.Endpoints = eps
+				setEndpoints(mc, eps)
 			}
 		} else {
 			eps, _, err := t.edsEndpoints(edsName(c))
 			if err != nil {
 				return nil, errorf(where, "endpoints: %v", err)
 			}
-			mc.Endpoints = eps
+			setEndpoints(mc, eps)
 		}
 	}
 
@@ -265,7 +265,7 @@ func clusterService(c *clusterv3.Cluster) model.ServiceRef {
 
 // endpoints translates a ClusterLoadAssignment into endpoints by
 // priority.
-func endpoints(cla *endpointv3.ClusterLoadAssignment) ([][]model.Endpoint, error) {
+func endpoints(cla *endpointv3.ClusterLoadAssignment) (*Endpoints, error) {
 	var out [][]model.Endpoint
 	for _, le := range cla.GetEndpoints() {
 		prio := int(le.GetPriority())
@@ -288,7 +288,13 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([][]model.Endpoint, error
 			out[i] = []model.Endpoint{}
 		}
 	}
-	return out, nil
+	eps := &Endpoints{byPriority: out}
+	if f := cla.GetPolicy().GetOverprovisioningFactor(); f != nil {
+		// Envoy's factor is in percent; 0 would make every priority
+		// unavailable.
+		eps.overprovisioning = max(1, int(f.GetValue()))
+	}
+	return eps, nil
 }
 
 // errNotIP is an endpoint address that is a name: fine for a DNS
@@ -305,6 +311,9 @@ func endpoint(lb *endpointv3.LbEndpoint) (model.Endpoint, error) {
 	}
 	switch lb.GetHealthStatus() {
 	case corev3.HealthStatus_UNKNOWN, corev3.HealthStatus_HEALTHY:
+	case corev3.HealthStatus_DEGRADED:
+		// Envoy still sends to degraded hosts what healthy ones cannot take.
+		e.Healthy, e.Degraded = false, true
 	default:
 		e.Healthy = false
 	}
@@ -358,4 +367,13 @@ func workloadOf(s *structpb.Struct) string {
 		return parts[1] + "/" + parts[0]
 	}
 	return w
+}
+
+// setEndpoints gives a cluster its assignment (nil: none yet).
+func setEndpoints(mc *model.Cluster, eps *Endpoints) {
+	if eps == nil {
+		return
+	}
+	mc.Endpoints = eps.byPriority
+	mc.OverprovisioningFactor = eps.overprovisioning
 }

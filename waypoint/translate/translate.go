@@ -195,9 +195,11 @@ func CheckEndpoints(cla *endpointv3.ClusterLoadAssignment) error {
 }
 
 // Endpoints is a compiled ClusterLoadAssignment: its endpoints by
-// priority. Immutable.
+// priority and its overprovisioning factor (percent, 0 for the default).
+// Immutable.
 type Endpoints struct {
-	byPriority [][]model.Endpoint
+	byPriority       [][]model.Endpoint
+	overprovisioning int
 }
 
 // CompileEndpoints checks and compiles a ClusterLoadAssignment.
@@ -205,11 +207,7 @@ func CompileEndpoints(cla *endpointv3.ClusterLoadAssignment) (*Endpoints, error)
 	if err := cla.Validate(); err != nil {
 		return nil, err
 	}
-	eps, err := endpoints(cla)
-	if err != nil {
-		return nil, err
-	}
-	return &Endpoints{byPriority: eps}, nil
+	return endpoints(cla)
 }
 
 // Equal reports whether two compiled assignments hold the same endpoints.
@@ -217,14 +215,15 @@ func (e *Endpoints) Equal(o *Endpoints) bool {
 	if e == nil || o == nil {
 		return e == o
 	}
-	return slices.EqualFunc(e.byPriority, o.byPriority, func(a, b []model.Endpoint) bool { return slices.Equal(a, b) })
+	return e.overprovisioning == o.overprovisioning &&
+		slices.EqualFunc(e.byPriority, o.byPriority, func(a, b []model.Endpoint) bool { return slices.Equal(a, b) })
 }
 
 // edsEndpoints finds a cluster's EDS endpoints: compiled ones first, else
 // the proto compiled now. key identifies them for the memo.
-func (t *translator) edsEndpoints(name string) (eps [][]model.Endpoint, key any, err error) {
+func (t *translator) edsEndpoints(name string) (eps *Endpoints, key any, err error) {
 	if e := t.in.EDS[name]; e != nil {
-		return e.byPriority, e, nil
+		return e, e, nil
 	}
 	if cla := t.in.Endpoints[name]; cla != nil {
 		eps, err := endpoints(cla)

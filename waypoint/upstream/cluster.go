@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -39,6 +40,8 @@ const (
 	DefaultIdleTimeout = time.Hour
 	defaultLimit       = 1024
 	defaultMaxRetries  = 3
+	// defaultOverprovisioning is Envoy's overprovisioning factor, 1.4.
+	defaultOverprovisioning = 140
 )
 
 // Host is one endpoint of a cluster.
@@ -90,10 +93,19 @@ type Cluster struct {
 
 // state is what one configuration of the cluster says, precomputed.
 type state struct {
-	m       *model.Cluster
-	limits  limits
-	healthy []*Host // the first priority with a healthy endpoint
-	lb      picker
+	m      *model.Cluster
+	limits limits
+	// choices split the load (1..100) between the priorities' healthy
+	// and degraded hosts, as Envoy's priority load; empty: no host to
+	// send to.
+	choices []choice
+}
+
+// choice is one priority's healthy or degraded hosts and the top of its
+// share of the load.
+type choice struct {
+	upTo uint64
+	lb   picker
 }
 
 type limits struct {
@@ -115,8 +127,9 @@ func (c *Cluster) update(m *model.Cluster) {
 	defer c.mu.Unlock()
 	st := &state{m: m, limits: limitsOf(m)}
 	seen := map[netip.AddrPort]bool{}
-	for _, prio := range m.Endpoints {
-		var hosts []*Host
+	healthy := make([][]*Host, len(m.Endpoints))
+	degraded := make([][]*Host, len(m.Endpoints))
+	for p, prio := range m.Endpoints {
 		for _, e := range prio {
 			a := e.Address
 			act := c.actives[a]
@@ -125,17 +138,19 @@ func (c *Cluster) update(m *model.Cluster) {
 				c.actives[a] = act
 			}
 			seen[a] = true
-			if !e.Healthy {
+			if !e.Healthy && !e.Degraded {
 				continue
 			}
 			w := e.Weight
 			if w == 0 {
 				w = 1
 			}
-			hosts = append(hosts, &Host{Addr: a, Key: a.String(), Weight: w, Healthy: true, Workload: e.Workload, active: act})
-		}
-		if len(hosts) > 0 && st.healthy == nil {
-			st.healthy = hosts
+			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy, Workload: e.Workload, active: act}
+			if e.Healthy {
+				healthy[p] = append(healthy[p], h)
+			} else {
+				degraded[p] = append(degraded[p], h)
+			}
 		}
 	}
 	for a := range c.actives {
@@ -143,9 +158,75 @@ func (c *Cluster) update(m *model.Cluster) {
 			delete(c.actives, a)
 		}
 	}
-	st.lb = newPicker(m.LB, st.healthy)
+	st.choices = priorityLoad(m, healthy, degraded)
 	old := c.state.Swap(st)
 	c.pools.update(old, st)
+}
+
+// priorityLoad shares the load out as Envoy does: each priority is
+// available in proportion to its healthy (then degraded) hosts times the
+// overprovisioning factor, capped at 100 %; higher priorities take what
+// they can and the rest spills down, healthy hosts of every priority
+// before degraded ones. Shares are scaled up when the total availability
+// is under 100 %.
+func priorityLoad(m *model.Cluster, healthy, degraded [][]*Host) []choice {
+	of := uint64(m.OverprovisioningFactor)
+	if of == 0 {
+		of = defaultOverprovisioning
+	}
+	n := len(m.Endpoints)
+	hAvail, dAvail := make([]uint64, n), make([]uint64, n)
+	var total uint64
+	for p := range n {
+		if t := uint64(len(m.Endpoints[p])); t > 0 {
+			hAvail[p] = min(100, of*uint64(len(healthy[p]))/t)
+			dAvail[p] = min(100, of*uint64(len(degraded[p]))/t)
+		}
+		total += min(100, hAvail[p]+dAvail[p])
+	}
+	total = min(100, total)
+	if total == 0 {
+		return nil
+	}
+	hLoad, dLoad := make([]uint64, n), make([]uint64, n)
+	left := uint64(100)
+	firstH, firstD := -1, -1
+	for p := range n {
+		if firstH < 0 && hAvail[p] > 0 {
+			firstH = p
+		}
+		hLoad[p] = min(left, hAvail[p]*100/total)
+		left -= hLoad[p]
+	}
+	for p := range n {
+		if firstD < 0 && dAvail[p] > 0 {
+			firstD = p
+		}
+		dLoad[p] = min(left, dAvail[p]*100/total)
+		left -= dLoad[p]
+	}
+	// Rounding leftovers go to the first available priority.
+	if firstH >= 0 {
+		hLoad[firstH] += left
+	} else {
+		dLoad[firstD] += left
+	}
+	var out []choice
+	var upTo uint64
+	add := func(load uint64, hosts []*Host) {
+		if load == 0 || len(hosts) == 0 {
+			return
+		}
+		upTo += load
+		out = append(out, choice{upTo: upTo, lb: newPicker(m.LB, hosts)})
+	}
+	for p := range n {
+		add(hLoad[p], healthy[p])
+	}
+	for p := range n {
+		add(dLoad[p], degraded[p])
+	}
+	return out
 }
 
 func limitsOf(m *model.Cluster) limits {
@@ -186,18 +267,40 @@ func (c *Cluster) Pick(o *PickOptions) (*Host, error) {
 		}
 		return &Host{Addr: o.OrigDst, Key: o.OrigDst.String(), Weight: 1, Healthy: true, active: new(atomic.Int64)}, nil
 	}
-	if len(st.healthy) == 0 {
+	if len(st.choices) == 0 {
 		return nil, ErrNoHealthy
 	}
-	h := st.lb.pick(c, o)
+	h := st.pick(c, o)
 	for i := 0; i < o.Attempts && len(o.Avoid) > 0 && avoided(h, o.Avoid); i++ {
 		// A hash policy gives the same host again; other policies move on.
-		if st.lb.hashed() && o.HasHash {
+		if o.HasHash {
 			o.Hash = mix64(o.Hash + uint64(i) + 1)
 		}
-		h = st.lb.pick(c, o)
+		h = st.pick(c, o)
 	}
 	return h, nil
+}
+
+// pick chooses a priority by its share of the load (by the request's
+// hash when a hash policy gives one, so a key keeps its priority), then a
+// host in it.
+func (st *state) pick(c *Cluster, o *PickOptions) *Host {
+	ch := st.choices[0]
+	if len(st.choices) > 1 {
+		var x uint64
+		if o.HasHash && ch.lb.hashed() {
+			x = o.Hash%100 + 1
+		} else {
+			x = rand.Uint64N(100) + 1
+		}
+		for _, c := range st.choices {
+			if x <= c.upTo {
+				ch = c
+				break
+			}
+		}
+	}
+	return ch.lb.pick(c, o)
 }
 
 func avoided(h *Host, avoid []*Host) bool {

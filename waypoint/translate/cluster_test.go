@@ -1,0 +1,48 @@
+package translate
+
+import (
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// DEGRADED endpoints stay (Envoy uses them when healthy ones are not
+// enough); the assignment's overprovisioning factor reaches the cluster,
+// from EDS as from a static assignment.
+func TestEndpointHealthAndOverprovisioning(t *testing.T) {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: "e",
+		Policy: &endpointv3.ClusterLoadAssignment_Policy{OverprovisioningFactor: wrapperspb.UInt32(100)},
+		Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{
+			socketEndpoint("10.0.0.1", 80, corev3.HealthStatus_DEGRADED, 0),
+			socketEndpoint("10.0.0.2", 80, corev3.HealthStatus_DRAINING, 0),
+			socketEndpoint("10.0.0.3", 80, corev3.HealthStatus_TIMEOUT, 0),
+		}}}}
+	compiled, err := CompileEndpoints(cla)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, in := range map[string]Input{"eds": {EDS: map[string]*Endpoints{"e": compiled}}, "proto": {Endpoints: map[string]*endpointv3.ClusterLoadAssignment{"e": cla}}} {
+		tr := &translator{in: in}
+		c, err := tr.cluster(&clusterv3.Cluster{Name: "e", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eps := c.Endpoints[0]
+		if eps[0].Healthy || !eps[0].Degraded || eps[1].Healthy || eps[1].Degraded || eps[2].Healthy || eps[2].Degraded {
+			t.Errorf("%s: health %+v", name, eps)
+		}
+		if c.OverprovisioningFactor != 100 {
+			t.Errorf("%s: overprovisioning factor %d, want 100", name, c.OverprovisioningFactor)
+		}
+	}
+	if err := CheckEndpoints(cla); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := CompileEndpoints(&endpointv3.ClusterLoadAssignment{ClusterName: "e", Endpoints: cla.Endpoints})
+	if compiled.Equal(other) {
+		t.Error("assignments differing only in overprovisioning factor are Equal")
+	}
+}
