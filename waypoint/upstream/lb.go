@@ -133,33 +133,48 @@ func (r *weightedRandom) one() *Host {
 func (r *weightedRandom) pick(*Cluster, *PickOptions) *Host { return r.one() }
 func (r *weightedRandom) hashed() bool                      { return false }
 
-// leastRequest is the power of two choices: two hosts drawn (by weight),
-// the one with fewer requests in flight per unit of weight wins.
+// leastRequest is Envoy's least_request. With equal weights it is the
+// power of two choices: two hosts drawn at random, the one with fewer
+// requests in flight wins. With unequal weights Envoy instead schedules
+// by weight / (active + 1) (active_request_bias 1), so idle hosts share
+// the load by weight; this draws at random in that proportion.
 type leastRequest struct{ r *weightedRandom }
 
 func newLeastRequest(hosts []*Host) *leastRequest { return &leastRequest{newRandom(hosts)} }
 
 func (l *leastRequest) pick(*Cluster, *PickOptions) *Host {
+	if l.r.cum != nil {
+		return l.weighted()
+	}
 	a := l.r.one()
 	if len(l.r.hosts) == 1 {
 		return a
 	}
-	b := l.r.one()
-	for tries := 0; b == a && tries < 3; tries++ {
-		b = l.r.one()
-	}
-	if b == a {
-		// Heavy weights keep drawing the same host: take any other one,
-		// so there are always two to compare.
-		hs := l.r.hosts
-		i := (slices.Index(hs, a) + 1 + rand.IntN(len(hs)-1)) % len(hs)
-		b = hs[i]
-	}
-	// a.active/a.weight < b.active/b.weight, without division.
-	if (a.Active()+1)*int64(b.Weight) <= (b.Active()+1)*int64(a.Weight) {
+	hs := l.r.hosts
+	// A second host, distinct from the first.
+	b := hs[(slices.Index(hs, a)+1+rand.IntN(len(hs)-1))%len(hs)]
+	if a.Active() <= b.Active() {
 		return a
 	}
 	return b
+}
+
+func (l *leastRequest) weighted() *Host {
+	hs := l.r.hosts
+	var total float64
+	eff := make([]float64, len(hs))
+	for i, h := range hs {
+		eff[i] = float64(h.Weight) / float64(max(0, h.Active())+1)
+		total += eff[i]
+	}
+	x := rand.Float64() * total
+	for i, e := range eff {
+		if x < e {
+			return hs[i]
+		}
+		x -= e
+	}
+	return hs[len(hs)-1]
 }
 
 func (l *leastRequest) hashed() bool { return false }

@@ -94,3 +94,22 @@ func TestPrioritySpilloverHashSticks(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's least_request with unequal weights shares idle hosts' load by
+// weight (weight / (active + 1)), not always the heavier of two.
+func TestLeastRequestWeightedIdle(t *testing.T) {
+	_, c := one(t, &model.Cluster{Name: "c", LB: "least_request", Endpoints: [][]model.Endpoint{{ep("10.0.0.1:80", 4), ep("10.0.0.2:80", 1)}}})
+	const n = 20000
+	got := counts(t, c, n, nil)
+	within(t, "share of weight 4 of 5", float64(got["10.0.0.1:80"])/n, 0.80, 0.02)
+	// Busy hosts lose weight: 4/(3+1) against 1/(0+1) is an even split.
+	h, _ := c.Pick(&PickOptions{})
+	for h.Key != "10.0.0.1:80" {
+		h, _ = c.Pick(&PickOptions{})
+	}
+	for range 3 {
+		h.Started()
+	}
+	got = counts(t, c, n, nil)
+	within(t, "share of the busy heavy host", float64(got["10.0.0.1:80"])/n, 0.50, 0.02)
+}
