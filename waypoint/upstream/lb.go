@@ -251,9 +251,10 @@ func (r *ring) pick(_ *Cluster, o *PickOptions) *Host {
 
 func (r *ring) hashed() bool { return true }
 
-// maglevTable is a Maglev lookup table over the hosts (weights are not
-// taken into account). A host's id is a hash of its address, so the table
-// depends only on the set of addresses.
+// maglevTable is a Maglev lookup table over the hosts. A host's id is a
+// hash of its address, so the table depends only on the set of addresses
+// (and weights). Unequal weights (Envoy's Maglev honours them) give a
+// host several ids, in proportion to its weight.
 type maglevTable struct {
 	hosts []*Host
 	once  sync.Once
@@ -265,6 +266,10 @@ type maglevTable struct {
 // maglevSize is Envoy's default table size (prime).
 const maglevSize = 65537
 
+// maglevVirtual is how many ids the heaviest host gets when weights
+// differ: shares are then right to about 1/64 of its weight.
+const maglevVirtual = 64
+
 // newMaglev defers the table (256 KiB) to its first use, like newRing.
 func newMaglev(hosts []*Host) *maglevTable {
 	return &maglevTable{hosts: hosts, any: newRandom(hosts)}
@@ -274,13 +279,29 @@ func (m *maglevTable) build() {
 	hosts := m.hosts
 	m.byID = map[uint32]*Host{}
 	ids := make([]uint32, 0, len(hosts))
+	var top uint32
 	for _, h := range hosts {
-		id := uint32(xxhash.Sum64String(h.Key))
-		for id == 0 || m.byID[id] != nil {
-			id++ // collisions are rare; any distinct non-zero id will do
+		top = max(top, h.Weight)
+	}
+	equal := equalWeights(hosts)
+	for _, h := range hosts {
+		n := uint64(1)
+		if !equal {
+			// Up to maglevVirtual ids for the heaviest host.
+			n = max(1, (uint64(h.Weight)*maglevVirtual+uint64(top)/2)/uint64(top))
 		}
-		m.byID[id] = h
-		ids = append(ids, id)
+		for i := range n {
+			key := h.Key
+			if i > 0 {
+				key += "#" + strconv.FormatUint(i, 10)
+			}
+			id := uint32(xxhash.Sum64String(key))
+			for id == 0 || m.byID[id] != nil {
+				id++ // collisions are rare; any distinct non-zero id will do
+			}
+			m.byID[id] = h
+			ids = append(ids, id)
+		}
 	}
 	m.table = maglev.Table(ids, maglevSize)
 }

@@ -113,3 +113,11 @@ func TestLeastRequestWeightedIdle(t *testing.T) {
 	got = counts(t, c, n, nil)
 	within(t, "share of the busy heavy host", float64(got["10.0.0.1:80"])/n, 0.50, 0.02)
 }
+
+// Envoy's Maglev honours endpoint weights.
+func TestMaglevWeighted(t *testing.T) {
+	_, c := one(t, &model.Cluster{Name: "c", LB: "maglev", Endpoints: [][]model.Endpoint{{ep("10.0.0.1:80", 3), ep("10.0.0.2:80", 1)}}})
+	const n = 20000
+	got := counts(t, c, n, func(i int) *PickOptions { return &PickOptions{Hash: mix64(uint64(i)), HasHash: true} })
+	within(t, "share of weight 3 of 4", float64(got["10.0.0.1:80"])/n, 0.75, 0.03)
+}
