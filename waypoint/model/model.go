@@ -534,6 +534,10 @@ type Cluster struct {
 	// healthy endpoints or more takes all the load it is offered. 0 means
 	// Envoy's 140.
 	OverprovisioningFactor int
+	// LocalityWeighted: Envoy's locality weighted LB (common_lb_config
+	// locality_weighted_lb_config), where each locality of a priority
+	// takes the share of its LocalityWeight, scaled by its availability.
+	LocalityWeighted bool
 	// Limits (circuit breakers, default priority): 0 means Envoy's
 	// default of 1024 for connections, pending and requests, 3 retries.
 	MaxConnections, MaxPendingRequests, MaxRequests, MaxRetries int
@@ -551,6 +555,10 @@ type Endpoint struct {
 	// Degraded (EDS DEGRADED, not Healthy): used only for the load that
 	// healthy endpoints of all priorities cannot take.
 	Degraded bool `json:"degraded,omitempty"`
+	// Locality ("region/zone/subzone") and its weight, for LocalityWeighted
+	// clusters.
+	Locality       string `json:"locality,omitempty"`
+	LocalityWeight uint32 `json:"localityWeight,omitempty"`
 	// Workload identity for telemetry, when known ("" otherwise).
 	Workload string `json:"workload,omitempty"`
 }

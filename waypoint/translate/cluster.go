@@ -189,6 +189,10 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 			}
 		}
 	}
+	if c.GetCommonLbConfig().GetLocalityWeightedLbConfig() != nil {
+		// istiod sets it for a DestinationRule's localityLbSetting.distribute.
+		mc.LocalityWeighted = true
+	}
 	for _, th := range c.GetCircuitBreakers().GetThresholds() {
 		if th.GetPriority() != corev3.RoutingPriority_DEFAULT {
 			continue
@@ -275,11 +279,16 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) (*Endpoints, error) {
 		for len(out) <= prio {
 			out = append(out, nil)
 		}
+		var locality string
+		if loc := le.GetLocality(); loc != nil {
+			locality = loc.GetRegion() + "/" + loc.GetZone() + "/" + loc.GetSubZone()
+		}
 		for _, lb := range le.GetLbEndpoints() {
 			e, err := endpoint(lb)
 			if err != nil {
 				return nil, err
 			}
+			e.Locality, e.LocalityWeight = locality, le.GetLoadBalancingWeight().GetValue()
 			out[prio] = append(out[prio], e)
 		}
 	}

@@ -46,3 +46,25 @@ func TestEndpointHealthAndOverprovisioning(t *testing.T) {
 		t.Error("assignments differing only in overprovisioning factor are Equal")
 	}
 }
+
+// Locality weighted LB (istiod's localityLbSetting.distribute) reaches
+// the cluster with each endpoint's locality and locality weight.
+func TestLocalityWeightedCluster(t *testing.T) {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: "l", Endpoints: []*endpointv3.LocalityLbEndpoints{
+		{Locality: &corev3.Locality{Region: "r", Zone: "a"}, LoadBalancingWeight: wrapperspb.UInt32(80),
+			LbEndpoints: []*endpointv3.LbEndpoint{socketEndpoint("10.0.0.1", 80, 0, 0)}},
+		{Locality: &corev3.Locality{Region: "r", Zone: "b"}, LoadBalancingWeight: wrapperspb.UInt32(20),
+			LbEndpoints: []*endpointv3.LbEndpoint{socketEndpoint("10.0.1.1", 80, 0, 0)}},
+	}}
+	tr := &translator{in: Input{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{"l": cla}}}
+	c, err := tr.cluster(&clusterv3.Cluster{Name: "l", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{LocalityConfigSpecifier: &clusterv3.Cluster_CommonLbConfig_LocalityWeightedLbConfig_{
+			LocalityWeightedLbConfig: &clusterv3.Cluster_CommonLbConfig_LocalityWeightedLbConfig{}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := c.Endpoints[0]
+	if !c.LocalityWeighted || eps[0].Locality != "r/a/" || eps[0].LocalityWeight != 80 || eps[1].Locality != "r/b/" || eps[1].LocalityWeight != 20 {
+		t.Errorf("weighted %v, endpoints %+v", c.LocalityWeighted, eps)
+	}
+}

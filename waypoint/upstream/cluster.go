@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -56,6 +57,9 @@ type Host struct {
 	// the Host values of successive configurations with the same address,
 	// so least_request keeps its view across swaps.
 	active *atomic.Int64
+	// locality and its weight, for locality weighted clusters.
+	locality       string
+	localityWeight uint32
 }
 
 // Active is the number of requests in flight to the host.
@@ -145,7 +149,8 @@ func (c *Cluster) update(m *model.Cluster) {
 			if w == 0 {
 				w = 1
 			}
-			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy, Workload: e.Workload, active: act}
+			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy, Workload: e.Workload, active: act,
+				locality: e.Locality, localityWeight: e.LocalityWeight}
 			if e.Healthy {
 				healthy[p] = append(healthy[p], h)
 			} else {
@@ -213,7 +218,10 @@ func priorityLoad(m *model.Cluster, healthy, degraded [][]*Host) []choice {
 	}
 	var out []choice
 	var upTo uint64
-	add := func(load uint64, hosts []*Host) {
+	add := func(load uint64, hosts []*Host, p int) {
+		if load > 0 && m.LocalityWeighted {
+			hosts = localityWeighted(hosts, m.Endpoints[p], of)
+		}
 		if load == 0 || len(hosts) == 0 {
 			return
 		}
@@ -221,10 +229,47 @@ func priorityLoad(m *model.Cluster, healthy, degraded [][]*Host) []choice {
 		out = append(out, choice{upTo: upTo, lb: newPicker(m.LB, hosts)})
 	}
 	for p := range n {
-		add(hLoad[p], healthy[p])
+		add(hLoad[p], healthy[p], p)
 	}
 	for p := range n {
-		add(dLoad[p], degraded[p])
+		add(dLoad[p], degraded[p], p)
+	}
+	return out
+}
+
+// localityWeighted folds Envoy's locality weighted LB into host weights:
+// a locality takes weight × min(100 %, factor × available/total) of the
+// priority's load, shared among its hosts by their own weights. A
+// locality without a weight takes none.
+func localityWeighted(hosts []*Host, all []model.Endpoint, of uint64) []*Host {
+	total := map[string]uint64{}
+	for _, e := range all {
+		total[e.Locality]++
+	}
+	avail, sum := map[string]uint64{}, map[string]float64{}
+	for _, h := range hosts {
+		avail[h.locality]++
+		sum[h.locality] += float64(h.Weight)
+	}
+	share := make([]float64, len(hosts))
+	var top float64
+	for i, h := range hosts {
+		eff := float64(h.localityWeight) * float64(min(100, of*avail[h.locality]/total[h.locality]))
+		share[i] = eff * float64(h.Weight) / sum[h.locality]
+		top = max(top, share[i])
+	}
+	if top == 0 {
+		return nil
+	}
+	out := make([]*Host, 0, len(hosts))
+	for i, h := range hosts {
+		if share[i] == 0 {
+			continue
+		}
+		c := *h
+		// 2^16 steps for the largest share keep the ratios to 1 in 65536.
+		c.Weight = uint32(max(1, math.Round(share[i]/top*(1<<16))))
+		out = append(out, &c)
 	}
 	return out
 }
