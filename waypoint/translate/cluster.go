@@ -189,6 +189,7 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 			}
 		}
 	}
+	t.ignoredLB(c, where)
 	if c.GetCommonLbConfig().GetLocalityWeightedLbConfig() != nil {
 		// istiod sets it for a DestinationRule's localityLbSetting.distribute.
 		mc.LocalityWeighted = true
@@ -222,6 +223,41 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 		mc.Endpoints = nil
 	}
 	return mc, nil
+}
+
+// ignoredLB records the load balancing settings istiod can emit from a
+// DestinationRule that the engine does not apply, so they are not
+// dropped silently.
+func (t *translator) ignoredLB(c *clusterv3.Cluster, where string) {
+	note := func(name, reason string) {
+		t.unsupported(model.Unsupported{Where: where, Name: name, Reason: reason})
+	}
+	if c.GetRoundRobinLbConfig().GetSlowStartConfig() != nil || c.GetLeastRequestLbConfig().GetSlowStartConfig() != nil {
+		note("slow_start_config", "slow start (warmupDurationSecs) is not applied: new endpoints take their full share at once")
+	}
+	if r := c.GetRingHashLbConfig(); r != nil {
+		if v := r.GetMinimumRingSize(); v != nil && v.GetValue() != 1024 {
+			note("ring_hash_lb_config.minimum_ring_size", "ring size is not applied: the ring has the default size")
+		}
+		if r.GetHashFunction() != clusterv3.Cluster_RingHashLbConfig_XX_HASH {
+			note("ring_hash_lb_config.hash_function", "only xxHash is used: keys map to other hosts than Envoy's")
+		}
+	}
+	if v := c.GetMaglevLbConfig().GetTableSize(); v != nil && v.GetValue() != 65537 {
+		note("maglev_lb_config.table_size", "Maglev table size is not applied: the table has 65537 entries")
+	}
+	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil && p.GetValue() > 0 {
+		note("healthy_panic_threshold", "panic mode is not applied: unhealthy endpoints never take load")
+	}
+	if a := c.GetTypedExtensionProtocolOptions()[strings.TrimPrefix(typeHTTPProtocolOptions, "type.googleapis.com/")]; a != nil {
+		var po httpv3.HttpProtocolOptions
+		if a.UnmarshalTo(&po) == nil && po.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil {
+			note("max_connection_duration", "upstream connections are not closed after max_connection_duration (maxConnectionDuration)")
+		}
+	}
+	if c.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil {
+		note("max_connection_duration", "upstream connections are not closed after max_connection_duration (maxConnectionDuration)")
+	}
 }
 
 // upstreamTransport says why a cluster's transport socket cannot be used,

@@ -2,10 +2,15 @@ package translate
 
 import (
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -66,5 +71,37 @@ func TestLocalityWeightedCluster(t *testing.T) {
 	eps := c.Endpoints[0]
 	if !c.LocalityWeighted || eps[0].Locality != "r/a/" || eps[0].LocalityWeight != 80 || eps[1].Locality != "r/b/" || eps[1].LocalityWeight != 20 {
 		t.Errorf("weighted %v, endpoints %+v", c.LocalityWeighted, eps)
+	}
+}
+
+// DestinationRule settings istiod emits that the engine does not apply
+// are reported, not dropped silently.
+func TestIgnoredLBSettingsAreReported(t *testing.T) {
+	for name, c := range map[string]*clusterv3.Cluster{
+		"slow_start_config": {LbConfig: &clusterv3.Cluster_RoundRobinLbConfig_{RoundRobinLbConfig: &clusterv3.Cluster_RoundRobinLbConfig{
+			SlowStartConfig: &clusterv3.Cluster_SlowStartConfig{SlowStartWindow: durationpb.New(time.Minute)}}}},
+		"ring_hash_lb_config.minimum_ring_size": {LbPolicy: clusterv3.Cluster_RING_HASH, LbConfig: &clusterv3.Cluster_RingHashLbConfig_{
+			RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{MinimumRingSize: wrapperspb.UInt64(100000)}}},
+		"maglev_lb_config.table_size": {LbPolicy: clusterv3.Cluster_MAGLEV, LbConfig: &clusterv3.Cluster_MaglevLbConfig_{
+			MaglevLbConfig: &clusterv3.Cluster_MaglevLbConfig{TableSize: wrapperspb.UInt64(131)}}},
+		"max_connection_duration": {TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
+			CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{MaxConnectionDuration: durationpb.New(time.Minute)}})}},
+		"healthy_panic_threshold": {CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 30}}},
+	} {
+		c.Name = "c"
+		tr := &translator{in: Input{}}
+		if _, err := tr.cluster(c); err != nil {
+			t.Fatal(err)
+		}
+		if len(tr.unsup) != 1 || tr.unsup[0].Name != name {
+			t.Errorf("%s: reported %+v", name, tr.unsup)
+		}
+	}
+	// Istio's defaults are not reported.
+	tr := &translator{in: Input{}}
+	if _, err := tr.cluster(&clusterv3.Cluster{Name: "d", LbPolicy: clusterv3.Cluster_RING_HASH, LbConfig: &clusterv3.Cluster_RingHashLbConfig_{
+		RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{MinimumRingSize: wrapperspb.UInt64(1024)}},
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{}}}); err != nil || len(tr.unsup) != 0 {
+		t.Errorf("defaults: %v %+v", err, tr.unsup)
 	}
 }
