@@ -101,6 +101,11 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 	if header.Get(h, "X-Envoy-Overloaded") != "" {
 		return false
 	}
+	// An upstream Envoy's rate-limited answer: only envoy-ratelimited
+	// retries it, whatever its status (Envoy checks this first).
+	if header.Get(h, "X-Envoy-Ratelimited") != "" {
+		return on["envoy-ratelimited"]
+	}
 	switch {
 	case on["5xx"] && code >= 500:
 		return true
@@ -109,8 +114,6 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 	case on["retriable-4xx"] && code == 409:
 		return true
 	case on["retriable-status-codes"] && slices.Contains(r.p.RetriableStatusCodes, code):
-		return true
-	case on["envoy-ratelimited"] && header.Get(h, "X-Envoy-Ratelimited") != "":
 		return true
 	}
 	if gs, ok := h["Grpc-Status"]; ok && len(gs) > 0 {
