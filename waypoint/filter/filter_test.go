@@ -163,7 +163,7 @@ func TestRetryConditions(t *testing.T) {
 		want bool
 	}{
 		{pol("5xx"), 500, nil, true},
-		{pol("5xx"), 503, http.Header{"X-Envoy-Overloaded": {"true"}}, false},
+		{pol("5xx"), 503, http.Header{"X-Envoy-Overloaded": {"true"}}, true},
 		{pol("5xx"), 404, nil, false},
 		{pol("gateway-error"), 500, nil, false},
 		{pol("gateway-error"), 502, nil, true},

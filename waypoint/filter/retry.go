@@ -97,10 +97,6 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 		return false
 	}
 	on := r.p.On
-	// An upstream Envoy shedding load says so; Envoy does not retry that.
-	if header.Get(h, "X-Envoy-Overloaded") != "" {
-		return false
-	}
 	// An upstream Envoy's rate-limited answer: only envoy-ratelimited
 	// retries it, whatever its status (Envoy checks this first).
 	if header.Get(h, "X-Envoy-Ratelimited") != "" {
