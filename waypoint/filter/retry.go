@@ -103,7 +103,7 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 		return on["envoy-ratelimited"]
 	}
 	switch {
-	case on["5xx"] && code >= 500:
+	case on["5xx"] && code >= 500 && code < 600:
 		return true
 	case on["gateway-error"] && (code == 502 || code == 503 || code == 504):
 		return true
