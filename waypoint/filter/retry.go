@@ -137,8 +137,9 @@ func (r *Retry) RetriableFailure(f Failure) bool {
 		// reset-before-request: nothing of the request went out.
 		return on["connect-failure"] || on["reset-before-request"]
 	case RefusedStream:
-		// Never processed, so never sent as far as the upstream knows.
-		return on["refused-stream"] || on["reset-before-request"]
+		// Not reset-before-request: the stream's headers went out (Envoy
+		// counts the request as started once they are sent).
+		return on["refused-stream"]
 	}
 	return false
 }
