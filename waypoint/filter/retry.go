@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/internal/header"
@@ -81,12 +83,21 @@ var RetryConditions = map[string]bool{
 }
 
 // gRPC status codes retry_on can name.
-var grpcRetryOn = map[string]string{
-	"1":  "cancelled",
-	"4":  "deadline-exceeded",
-	"8":  "resource-exhausted",
-	"13": "internal",
-	"14": "unavailable",
+var grpcRetryOn = map[uint64]string{
+	1:  "cancelled",
+	4:  "deadline-exceeded",
+	8:  "resource-exhausted",
+	13: "internal",
+	14: "unavailable",
+}
+
+// grpcStatus reads grpc-status as Envoy does (absl::SimpleAtoi): a number,
+// with surrounding spaces, a plus sign and leading zeros allowed.
+func grpcStatus(v string) (uint64, bool) {
+	v = strings.TrimSpace(v)
+	v = strings.TrimPrefix(v, "+")
+	n, err := strconv.ParseUint(v, 10, 64)
+	return n, err == nil
 }
 
 // RetriableResponse reports whether a response (its status and, for a
@@ -113,7 +124,7 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 		return true
 	}
 	if gs, ok := h["Grpc-Status"]; ok && len(gs) > 0 {
-		if name, ok := grpcRetryOn[gs[0]]; ok && on[name] {
+		if n, ok := grpcStatus(gs[0]); ok && on[grpcRetryOn[n]] {
 			return true
 		}
 	}
