@@ -531,6 +531,14 @@ func (t *translator) retryPolicy(rp *routev3.RetryPolicy, where string) (*model.
 		t.unsupported(model.Unsupported{Where: where, Name: "retry_policy",
 			Reason: "retriable headers and rate-limited back-off are not applied"})
 	}
+	if rp.GetPerTryIdleTimeout() != nil {
+		t.unsupported(model.Unsupported{Where: where, Name: "retry_policy per_try_idle_timeout",
+			Reason: "per-try idle timeout not applied: an idle try is not cut short"})
+	}
+	for _, p := range rp.GetRetryOptionsPredicates() {
+		t.unsupported(model.Unsupported{Where: where, Name: p.GetName(), TypeURL: p.GetTypedConfig().GetTypeUrl(),
+			Reason: "retry options predicate not applied"})
+	}
 	return r, nil
 }
 

@@ -1,0 +1,25 @@
+package translate
+
+import (
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Retry settings not applied here are reported, not dropped.
+func TestRetryPolicyUnappliedReported(t *testing.T) {
+	for name, rp := range map[string]*routev3.RetryPolicy{
+		"per_try_idle_timeout":     {RetryOn: "5xx", PerTryIdleTimeout: durationpb.New(1e9)},
+		"retry_options_predicates": {RetryOn: "5xx", RetryOptionsPredicates: []*corev3.TypedExtensionConfig{{Name: "acme"}}},
+	} {
+		tr := &translator{}
+		if _, err := tr.retryPolicy(rp, "x"); err != nil {
+			t.Fatal(err)
+		}
+		if len(tr.unsup) != 1 {
+			t.Errorf("%s: unsupported %+v, want one report", name, tr.unsup)
+		}
+	}
+}
