@@ -23,3 +23,16 @@ func TestRetryPolicyUnappliedReported(t *testing.T) {
 		}
 	}
 }
+
+// Envoy does not validate retriable_status_codes: an unusual code is kept
+// (it matches a response with that status), not a rejected route.
+func TestRetriableStatusCodesNotValidated(t *testing.T) {
+	tr := &translator{}
+	rp, err := tr.retryPolicy(&routev3.RetryPolicy{RetryOn: "retriable-status-codes", RetriableStatusCodes: []uint32{600, 503}}, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rp.RetriableStatusCodes) != 2 || rp.RetriableStatusCodes[0] != 600 {
+		t.Errorf("codes %v", rp.RetriableStatusCodes)
+	}
+}

@@ -496,10 +496,8 @@ func (t *translator) retryPolicy(rp *routev3.RetryPolicy, where string) (*model.
 	if d := rp.GetPerTryTimeout(); d != nil {
 		r.PerTryTimeout = d.AsDuration()
 	}
+	// Not validated, as in Envoy: a code no response has just never matches.
 	for _, c := range rp.GetRetriableStatusCodes() {
-		if c < 100 || c > 599 {
-			return nil, errorf(where, "retriable status code %d", c)
-		}
 		r.RetriableStatusCodes = append(r.RetriableStatusCodes, int(c))
 	}
 	if b := rp.GetRetryBackOff(); b != nil {
