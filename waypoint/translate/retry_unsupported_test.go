@@ -2,6 +2,7 @@ package translate
 
 import (
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -34,5 +35,24 @@ func TestRetriableStatusCodesNotValidated(t *testing.T) {
 	}
 	if len(rp.RetriableStatusCodes) != 2 || rp.RetriableStatusCodes[0] != 600 {
 		t.Errorf("codes %v", rp.RetriableStatusCodes)
+	}
+}
+
+// Envoy keeps back-off intervals in whole milliseconds, at least 1 ms, and
+// compares max with base after that rounding.
+func TestRetryBackOffMilliseconds(t *testing.T) {
+	tr := &translator{}
+	rp, err := tr.retryPolicy(&routev3.RetryPolicy{RetryOn: "5xx", RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+		BaseInterval: durationpb.New(1500 * time.Microsecond), MaxInterval: durationpb.New(1200 * time.Microsecond)}}, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rp.BackoffBase != time.Millisecond || rp.BackoffMax != time.Millisecond {
+		t.Errorf("base %v max %v, want 1ms 1ms", rp.BackoffBase, rp.BackoffMax)
+	}
+	rp, err = tr.retryPolicy(&routev3.RetryPolicy{RetryOn: "5xx", RetryBackOff: &routev3.RetryPolicy_RetryBackOff{
+		BaseInterval: durationpb.New(300 * time.Microsecond)}}, "x")
+	if err != nil || rp.BackoffBase != time.Millisecond {
+		t.Errorf("sub-ms base: %v, %v", err, rp)
 	}
 }

@@ -501,12 +501,12 @@ func (t *translator) retryPolicy(rp *routev3.RetryPolicy, where string) (*model.
 		r.RetriableStatusCodes = append(r.RetriableStatusCodes, int(c))
 	}
 	if b := rp.GetRetryBackOff(); b != nil {
-		r.BackoffBase = b.GetBaseInterval().AsDuration()
-		if r.BackoffBase <= 0 {
+		if b.GetBaseInterval().AsDuration() <= 0 {
 			return nil, errorf(where, "retry_back_off base_interval must be positive")
 		}
+		r.BackoffBase = wholeMillis(b.GetBaseInterval().AsDuration())
 		if b.GetMaxInterval() != nil {
-			r.BackoffMax = b.GetMaxInterval().AsDuration()
+			r.BackoffMax = wholeMillis(b.GetMaxInterval().AsDuration())
 			if r.BackoffMax < r.BackoffBase {
 				return nil, errorf(where, "retry_back_off max_interval below base_interval")
 			}
@@ -538,6 +538,12 @@ func (t *translator) retryPolicy(rp *routev3.RetryPolicy, where string) (*model.
 			Reason: "retry options predicate not applied"})
 	}
 	return r, nil
+}
+
+// wholeMillis is a back-off interval as Envoy keeps it: in whole
+// milliseconds (truncated), at least 1 ms.
+func wholeMillis(d time.Duration) time.Duration {
+	return max(d.Truncate(time.Millisecond), time.Millisecond)
 }
 
 func redirect(r *routev3.RedirectAction, where string) (*model.RedirectAction, string, error) {
