@@ -372,6 +372,9 @@ type Mirror struct {
 	Cluster string `json:"cluster"`
 	// Percent of requests mirrored, 0..100 (default 100).
 	Percent float64 `json:"percent"`
+	// KeepHost: disable_shadow_host_suffix_append, the copy keeps the
+	// authority as is instead of "host-shadow[:port]" (istiod sets it).
+	KeepHost bool `json:"keepHost,omitempty"`
 }
 
 // RedirectAction is Envoy's RedirectAction.

@@ -18,7 +18,8 @@ import (
 const mirrorTimeout = 15 * time.Second
 
 type mirrorTarget struct {
-	cluster *upstream.Cluster
+	cluster  *upstream.Cluster
+	keepHost bool
 }
 
 // mirrorTargets draws which of the route's mirrors this request goes to.
@@ -34,7 +35,7 @@ func (q *request) mirrorTargets() []mirrorTarget {
 			q.e.stats.mirror("failed")
 			continue
 		}
-		out = append(out, mirrorTarget{cluster: cl})
+		out = append(out, mirrorTarget{cluster: cl, keepHost: m.KeepHost})
 	}
 	return out
 }
@@ -74,7 +75,8 @@ func (q *request) mirrorAfter(ts []mirrorTarget, path, authority string) {
 // sendMirrors fires the copies and forgets them: their answers are read
 // and dropped, their failures counted, the client's response never waits
 // for them. Each carries the request's headers as sent upstream (trace
-// headers included) and Envoy's shadow authority ("host-shadow[:port]").
+// headers included) and Envoy's shadow authority ("host-shadow[:port]"),
+// or the authority unchanged when the policy disables the suffix.
 func (q *request) sendMirrors(ts []mirrorTarget, path, authority string, body []byte) {
 	h := q.r.Header.Clone()
 	h.Del("X-Envoy-Attempt-Count")
@@ -87,6 +89,10 @@ func (q *request) sendMirrors(ts []mirrorTarget, path, authority string, body []
 		timeout = mirrorTimeout
 	}
 	for _, t := range ts {
+		host := host
+		if t.keepHost {
+			host = authority
+		}
 		go q.e.mirror(t.cluster, q.r.Method, path, host, h.Clone(), body, timeout, q.cs.info.Destination, q.r.ProtoMajor)
 	}
 }

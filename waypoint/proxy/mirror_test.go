@@ -89,3 +89,29 @@ func TestMirroring(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 }
+
+// istiod sets disable_shadow_host_suffix_append: the copy keeps the
+// authority (after the route's host rewrite) unchanged.
+func TestMirrorKeepHost(t *testing.T) {
+	main := backend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "main") })
+	seen := make(chan string, 4)
+	shadow := backend(t, func(w http.ResponseWriter, r *http.Request) { seen <- r.Host })
+	r := fwd("main")
+	r.Forward.Mirrors = []model.Mirror{{Cluster: "shadow", Percent: 100, KeepHost: true}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false,
+		&model.Cluster{Name: "main", Endpoints: endpoints(main)},
+		&model.Cluster{Name: "shadow", Endpoints: endpoints(shadow)}))
+	c := client(te.addr("main"))
+	if code, _, _ := get(t, c, "http://reviews:9080/x"); code != 200 {
+		t.Fatalf("main response %d", code)
+	}
+	select {
+	case h := <-seen:
+		if h != "reviews:9080" {
+			t.Errorf("shadow host %q, want reviews:9080", h)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no mirror")
+	}
+}

@@ -227,7 +227,7 @@ func TestIstiodWaypoint(t *testing.T) {
 			!f.Retry.On["5xx"] || !f.Retry.On["gateway-error"] || !f.Retry.On["connect-failure"] || len(f.Retry.On) != 3 {
 			t.Errorf("v2 retry %+v", f.Retry)
 		}
-		if len(f.Mirrors) != 1 || f.Mirrors[0] != (model.Mirror{Cluster: vip(80, "http", "mirror.wp.svc.cluster.local"), Percent: 50}) {
+		if len(f.Mirrors) != 1 || f.Mirrors[0] != (model.Mirror{Cluster: vip(80, "http", "mirror.wp.svc.cluster.local"), Percent: 50, KeepHost: true}) {
 			t.Errorf("mirrors %+v", f.Mirrors)
 		}
 		fl := v2.PerFilter.Fault

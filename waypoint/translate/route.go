@@ -421,7 +421,7 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 				Reason: "a mirror by cluster_header is not sent"})
 			continue
 		}
-		m := model.Mirror{Cluster: mp.GetCluster(), Percent: 100}
+		m := model.Mirror{Cluster: mp.GetCluster(), Percent: 100, KeepHost: mp.GetDisableShadowHostSuffixAppend()}
 		if rf := mp.GetRuntimeFraction(); rf != nil {
 			m.Percent = percent(rf.GetDefaultValue())
 		}

@@ -124,11 +124,11 @@ func TestRoutes(t *testing.T) {
 			}},
 		{name: "mirror and hash", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"},
 			RequestMirrorPolicies: []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "m", RuntimeFraction: &corev3.RuntimeFractionalPercent{
-				DefaultValue: &typev3.FractionalPercent{Numerator: 2500, Denominator: typev3.FractionalPercent_TEN_THOUSAND}}}, {Cluster: "all"}},
+				DefaultValue: &typev3.FractionalPercent{Numerator: 2500, Denominator: typev3.FractionalPercent_TEN_THOUSAND}}}, {Cluster: "all", DisableShadowHostSuffixAppend: true}},
 			HashPolicy: []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: "X-User"}}}}})},
 			check: func(t *testing.T, r *model.Route) {
 				m := r.Forward.Mirrors
-				if len(m) != 2 || m[0] != (model.Mirror{Cluster: "m", Percent: 25}) || m[1].Percent != 100 || r.Forward.HashHeader != "x-user" {
+				if len(m) != 2 || m[0] != (model.Mirror{Cluster: "m", Percent: 25}) || m[1] != (model.Mirror{Cluster: "all", Percent: 100, KeepHost: true}) || r.Forward.HashHeader != "x-user" {
 					t.Errorf("%+v %q", m, r.Forward.HashHeader)
 				}
 			}},
