@@ -5,9 +5,9 @@ import (
 	"context"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
@@ -80,10 +80,7 @@ func (q *request) mirrorAfter(ts []mirrorTarget, path, authority string) {
 func (q *request) sendMirrors(ts []mirrorTarget, path, authority string, body []byte) {
 	h := q.r.Header.Clone()
 	h.Del("X-Envoy-Attempt-Count")
-	host := authority + "-shadow"
-	if name, port, err := net.SplitHostPort(authority); err == nil {
-		host = net.JoinHostPort(name+"-shadow", port)
-	}
+	host := shadowHost(authority)
 	timeout := q.rt.Model.Forward.Timeout
 	if timeout <= 0 {
 		timeout = mirrorTimeout
@@ -95,6 +92,17 @@ func (q *request) sendMirrors(ts []mirrorTarget, path, authority string, body []
 		}
 		go q.e.mirror(t.cluster, q.r.Method, path, host, h.Clone(), body, timeout, q.cs.info.Destination, q.r.ProtoMajor)
 	}
+}
+
+// shadowHost puts "-shadow" before the authority's port, if it has one:
+// the last ':' not inside an IPv6 literal's brackets, so "[::1]:80"
+// becomes "[::1]-shadow:80" (the brackets stay whole, as in Envoy).
+func shadowHost(authority string) string {
+	i := strings.LastIndexByte(authority, ':')
+	if i < 0 || strings.LastIndexByte(authority, ']') > i {
+		return authority + "-shadow"
+	}
+	return authority[:i] + "-shadow" + authority[i:]
 }
 
 func (e *Engine) mirror(cl *upstream.Cluster, method, path, authority string, h http.Header, body []byte, timeout time.Duration, origDst netip.AddrPort, protoMajor int) {

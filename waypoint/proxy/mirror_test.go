@@ -115,3 +115,34 @@ func TestMirrorKeepHost(t *testing.T) {
 		t.Fatal("no mirror")
 	}
 }
+
+// The "-shadow" suffix goes on the host before the port; an IPv6 literal
+// keeps its brackets whole ("[fd00::1]-shadow:9080", as Envoy writes it).
+func TestMirrorShadowHostIPv6(t *testing.T) {
+	main := backend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "main") })
+	seen := make(chan string, 4)
+	shadow := backend(t, func(w http.ResponseWriter, r *http.Request) { seen <- r.Host })
+	r := fwd("main")
+	r.Forward.Mirrors = []model.Mirror{{Cluster: "shadow", Percent: 100}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false,
+		&model.Cluster{Name: "main", Endpoints: endpoints(main)},
+		&model.Cluster{Name: "shadow", Endpoints: endpoints(shadow)}))
+	c := client(te.addr("main"))
+	for _, tc := range []struct{ in, want string }{
+		{"[fd00::1]:9080", "[fd00::1]-shadow:9080"},
+		{"[fd00::1]", "[fd00::1]-shadow"},
+	} {
+		if code, _, _ := get(t, c, "http://"+tc.in+"/x"); code != 200 {
+			t.Fatalf("%s: main response %d", tc.in, code)
+		}
+		select {
+		case h := <-seen:
+			if h != tc.want {
+				t.Errorf("shadow host %q, want %q", h, tc.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no mirror")
+		}
+	}
+}
