@@ -80,6 +80,11 @@ func (t *translator) virtualHost(vh *routev3.VirtualHost, where string) (*model.
 			return nil, errorf(where, "%v", err)
 		}
 	}
+	t.notApplied(where, vh.GetHedgePolicy(), vh.GetPerRequestBufferLimitBytes(), vh.GetRequestBodyBufferLimit())
+	if len(vh.GetRequestMirrorPolicies()) > 0 {
+		t.unsupported(model.Unsupported{Where: where, Name: "request_mirror_policies",
+			Reason: "virtual host mirrors are not sent"})
+	}
 	if vh.GetRequireTls() != routev3.VirtualHost_NONE {
 		// Plaintext is all the waypoint sees: Envoy would redirect every
 		// request to https.
@@ -126,6 +131,7 @@ func (t *translator) route(r *routev3.Route, where string) (*model.Route, error)
 	if mr.PerFilter, err = t.perFilter(r.GetTypedPerFilterConfig(), where); err != nil {
 		return nil, err
 	}
+	t.notApplied(where, nil, r.GetPerRequestBufferLimitBytes(), r.GetRequestBodyBufferLimit())
 	deny := denyMatch
 	switch a := r.GetAction().(type) {
 	case *routev3.Route_Route:
@@ -421,6 +427,14 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 				Reason: "a mirror by cluster_header is not sent"})
 			continue
 		}
+		if mp.GetHostRewriteLiteral() != "" {
+			t.unsupported(model.Unsupported{Where: where, Name: "request_mirror_policies host_rewrite_literal",
+				Reason: "the copy's authority is not rewritten"})
+		}
+		if len(mp.GetRequestHeadersMutations()) > 0 {
+			t.unsupported(model.Unsupported{Where: where, Name: "request_mirror_policies request_headers_mutations",
+				Reason: "the copy's headers are not changed"})
+		}
 		m := model.Mirror{Cluster: mp.GetCluster(), Percent: 100, KeepHost: mp.GetDisableShadowHostSuffixAppend()}
 		if rf := mp.GetRuntimeFraction(); rf != nil {
 			m.Percent = percent(rf.GetDefaultValue())
@@ -433,6 +447,19 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 	} else if mg := a.GetMaxGrpcTimeout(); mg != nil { //nolint:staticcheck // istiod still sends the deprecated field
 		d := mg.AsDuration()
 		f.MaxGRPCTimeout = &d
+	}
+	t.notApplied(where, a.GetHedgePolicy(), nil, nil)
+	if a.GetInternalRedirectPolicy() != nil || a.GetInternalRedirectAction() == routev3.RouteAction_HANDLE_INTERNAL_REDIRECT { //nolint:staticcheck // the deprecated action still turns it on
+		t.unsupported(model.Unsupported{Where: where, Name: "internal_redirect_policy",
+			Reason: "redirects are passed to the client, not followed"})
+	}
+	if a.GetMaxStreamDuration().GetMaxStreamDuration() != nil {
+		t.unsupported(model.Unsupported{Where: where, Name: "max_stream_duration",
+			Reason: "a stream is not cut at max_stream_duration"})
+	}
+	if a.GetMaxStreamDuration().GetGrpcTimeoutHeaderOffset() != nil || a.GetGrpcTimeoutOffset() != nil { //nolint:staticcheck // deprecated twin
+		t.unsupported(model.Unsupported{Where: where, Name: "grpc_timeout_header_offset",
+			Reason: "grpc-timeout is honoured without the offset"})
 	}
 	for _, hp := range a.GetHashPolicy() {
 		switch p := hp.GetPolicySpecifier().(type) {
@@ -450,6 +477,27 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 		}
 	}
 	return f, deny, nil
+}
+
+// notApplied reports route and virtual-host fields that change Envoy's
+// behaviour but are not applied; none can deny traffic, so nothing fails
+// closed.
+func (t *translator) notApplied(where string, hp *routev3.HedgePolicy, perReq *wrapperspb.UInt32Value, body *wrapperspb.UInt64Value) {
+	if hp.GetHedgeOnPerTryTimeout() {
+		// Envoy implements only hedge_on_per_try_timeout (a second try
+		// races the first when it times out).
+		t.unsupported(model.Unsupported{Where: where, Name: "hedge_policy",
+			Reason: "a timed-out try is not hedged: it ends before any retry starts"})
+	}
+	// Envoy's retry and mirror buffer limit (and the buffer filter's).
+	if perReq != nil {
+		t.unsupported(model.Unsupported{Where: where, Name: "per_request_buffer_limit_bytes",
+			Reason: "the proxy's own buffer limit applies"})
+	}
+	if body != nil {
+		t.unsupported(model.Unsupported{Where: where, Name: "request_body_buffer_limit",
+			Reason: "the proxy's own buffer limit applies"})
+	}
 }
 
 // regexpSubst translates regex_rewrite: RE2's \1 references become Go's

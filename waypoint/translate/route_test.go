@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -279,5 +280,47 @@ func TestHeaderValueOperatorNotFilledInIsReported(t *testing.T) {
 	}
 	if len(tr.unsup) != 1 || tr.unsup[0].Name != "%UPSTREAM_HOST%" || tr.unsup[0].FailClosed || !strings.Contains(tr.unsup[0].Where, "header x-u") {
 		t.Errorf("reported %+v", tr.unsup)
+	}
+}
+
+// Route and virtual-host fields that change Envoy's behaviour but that the
+// proxy does not apply are reported, not dropped silently; none can deny
+// traffic, so the route still forwards.
+func TestRouteFieldsNotAppliedReported(t *testing.T) {
+	tr := &translator{}
+	vh := &routev3.VirtualHost{Name: "vh", Domains: []string{"*"},
+		HedgePolicy:                &routev3.HedgePolicy{HedgeOnPerTryTimeout: true},
+		PerRequestBufferLimitBytes: wrapperspb.UInt32(1024),
+		RequestMirrorPolicies:      []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "m"}},
+		Routes: []*routev3.Route{{Match: prefix("/"), RequestBodyBufferLimit: wrapperspb.UInt64(2048),
+			Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"},
+				HedgePolicy:            &routev3.HedgePolicy{HedgeOnPerTryTimeout: true},
+				InternalRedirectPolicy: &routev3.InternalRedirectPolicy{},
+				MaxStreamDuration: &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(time.Second),
+					GrpcTimeoutHeaderOffset: durationpb.New(time.Millisecond)},
+				RequestMirrorPolicies: []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "m", HostRewriteLiteral: "other",
+					RequestHeadersMutations: []*mutationv3.HeaderMutation{{Action: &mutationv3.HeaderMutation_Remove{Remove: "x"}}}}},
+			})}},
+	}
+	v, err := tr.virtualHost(vh, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := v.Routes[0]; r.Forward == nil || r.Deny != nil || len(r.Forward.Mirrors) != 1 {
+		t.Fatalf("route %+v", r)
+	}
+	got := map[string]bool{}
+	for _, u := range tr.unsup {
+		if u.FailClosed {
+			t.Errorf("fail-closed %+v", u)
+		}
+		got[u.Name] = true
+	}
+	for _, n := range []string{"hedge_policy", "per_request_buffer_limit_bytes", "request_mirror_policies",
+		"request_body_buffer_limit", "internal_redirect_policy", "max_stream_duration", "grpc_timeout_header_offset",
+		"request_mirror_policies host_rewrite_literal", "request_mirror_policies request_headers_mutations"} {
+		if !got[n] {
+			t.Errorf("%s not reported; reported %v", n, got)
+		}
 	}
 }
