@@ -12,10 +12,10 @@ import (
 
 // Header values with Envoy's command operators (its substitution format,
 // as in a VirtualService's `headers: request: set: x-real-ip:
-// "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"`). Envoy refuses a
-// configuration with a '%' that starts no operator it knows; so does
-// CheckHeaderValue, naming the operator, for the ones the waypoint does
-// not fill in (the translation NACKs them rather than send the text).
+// "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"`). A malformed value is an
+// error, as Envoy refuses it; an operator the waypoint does not fill in
+// comes out empty, and CheckHeaderValue names it for the translation to
+// report.
 
 // Vars is what the operators read, per request.
 type Vars struct {
@@ -55,14 +55,7 @@ type opKind uint8
 
 const (
 	opLiteral opKind = iota
-	opRemote
-	opRemoteNoPort
-	opRemotePort
-	opDirectRemote
-	opDirectRemoteNoPort
-	opLocal
-	opLocalNoPort
-	opLocalPort
+	opAddr           // one of the connection's addresses (piece.addr, piece.form)
 	opProtocol
 	opHostname
 	opStartTime
@@ -70,19 +63,36 @@ const (
 	opUnsupported // comes out empty
 )
 
-var operators = map[string]opKind{
-	"DOWNSTREAM_REMOTE_ADDRESS":                     opRemote,
-	"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":        opRemoteNoPort,
-	"DOWNSTREAM_REMOTE_PORT":                        opRemotePort,
-	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS":              opDirectRemote,
-	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": opDirectRemoteNoPort,
-	"DOWNSTREAM_LOCAL_ADDRESS":                      opLocal,
-	"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":         opLocalNoPort,
-	"DOWNSTREAM_LOCAL_PORT":                         opLocalPort,
-	"PROTOCOL":                                      opProtocol,
-	"HOSTNAME":                                      opHostname,
-	"START_TIME":                                    opStartTime,
+// addrForm is how an address operator writes its address.
+type addrForm uint8
+
+const (
+	withPort addrForm = iota
+	withoutPort
+	portOnly
+)
+
+func remote(v *Vars) netip.AddrPort       { return v.Remote }
+func directRemote(v *Vars) netip.AddrPort { return v.DirectRemote }
+func local(v *Vars) netip.AddrPort        { return v.Local }
+
+var operators = map[string]piece{
+	"DOWNSTREAM_REMOTE_ADDRESS":                     {kind: opAddr, addr: remote},
+	"DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":        {kind: opAddr, addr: remote, form: withoutPort},
+	"DOWNSTREAM_REMOTE_PORT":                        {kind: opAddr, addr: remote, form: portOnly},
+	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS":              {kind: opAddr, addr: directRemote},
+	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": {kind: opAddr, addr: directRemote, form: withoutPort},
+	"DOWNSTREAM_LOCAL_ADDRESS":                      {kind: opAddr, addr: local},
+	"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":         {kind: opAddr, addr: local, form: withoutPort},
+	"DOWNSTREAM_LOCAL_PORT":                         {kind: opAddr, addr: local, form: portOnly},
+	"PROTOCOL":                                      {kind: opProtocol},
+	"HOSTNAME":                                      {kind: opHostname},
+	"START_TIME":                                    {kind: opStartTime},
 }
+
+// startTimeLayout is Envoy's default START_TIME format (the access log's
+// too).
+const startTimeLayout = "2006-01-02T15:04:05.000Z"
 
 // piece is a literal or an operator of a formatted value.
 type piece struct {
@@ -90,6 +100,8 @@ type piece struct {
 	text  string   // the literal
 	names []string // REQ's header names (X?Y: the first present)
 	max   int      // REQ's :Z truncation (0: none)
+	addr  func(*Vars) netip.AddrPort
+	form  addrForm
 }
 
 // CheckHeaderValue says what is wrong with a header value's operators
@@ -205,8 +217,8 @@ func operator(name, arg string, hasArg bool, limit string, hasLimit bool) (piece
 		}
 		return p, nil
 	}
-	if k, ok := operators[name]; ok && !hasArg && !hasLimit {
-		return piece{kind: k}, nil
+	if p, ok := operators[name]; ok && !hasArg && !hasLimit {
+		return p, nil
 	}
 	full := name
 	if hasArg {
@@ -240,32 +252,13 @@ func render(ps []piece, v *Vars) string {
 			continue
 		}
 		switch p.kind {
-		case opRemote:
-			writeAddr(&b, v.Remote, true)
-		case opRemoteNoPort:
-			writeAddr(&b, v.Remote, false)
-		case opRemotePort:
-			if v.Remote.IsValid() {
-				b.WriteString(strconv.Itoa(int(v.Remote.Port())))
-			}
-		case opDirectRemote:
-			writeAddr(&b, v.DirectRemote, true)
-		case opDirectRemoteNoPort:
-			writeAddr(&b, v.DirectRemote, false)
-		case opLocal:
-			writeAddr(&b, v.Local, true)
-		case opLocalNoPort:
-			writeAddr(&b, v.Local, false)
-		case opLocalPort:
-			if v.Local.IsValid() {
-				b.WriteString(strconv.Itoa(int(v.Local.Port())))
-			}
+		case opAddr:
+			writeAddr(&b, p.addr(v), p.form)
 		case opProtocol:
 			b.WriteString(v.Protocol)
 		case opStartTime:
 			if !v.Start.IsZero() {
-				// Envoy's default START_TIME format.
-				b.WriteString(v.Start.UTC().Format("2006-01-02T15:04:05.000Z"))
+				b.WriteString(v.Start.UTC().Format(startTimeLayout))
 			}
 		case opReq:
 			for _, n := range p.names {
@@ -282,13 +275,16 @@ func render(ps []piece, v *Vars) string {
 	return b.String()
 }
 
-func writeAddr(b *strings.Builder, a netip.AddrPort, port bool) {
+func writeAddr(b *strings.Builder, a netip.AddrPort, form addrForm) {
 	if !a.IsValid() {
 		return
 	}
-	if port {
+	switch form {
+	case withPort:
 		b.WriteString(a.String())
-	} else {
+	case withoutPort:
 		b.WriteString(a.Addr().String())
+	case portOnly:
+		b.WriteString(strconv.Itoa(int(a.Port())))
 	}
 }
