@@ -159,18 +159,21 @@ func (l *leastRequest) pick(*Cluster, *PickOptions) *Host {
 	return b
 }
 
+// weighted draws in two passes over the hosts, without a slice per pick:
+// counts that move between the passes only shift the draw a little (the
+// last host takes what is left).
 func (l *leastRequest) weighted() *Host {
 	hs := l.r.hosts
+	eff := func(h *Host) float64 { return float64(h.Weight) / float64(max(0, h.Active())+1) }
 	var total float64
-	eff := make([]float64, len(hs))
-	for i, h := range hs {
-		eff[i] = float64(h.Weight) / float64(max(0, h.Active())+1)
-		total += eff[i]
+	for _, h := range hs {
+		total += eff(h)
 	}
 	x := rand.Float64() * total
-	for i, e := range eff {
+	for _, h := range hs {
+		e := eff(h)
 		if x < e {
-			return hs[i]
+			return h
 		}
 		x -= e
 	}
