@@ -249,13 +249,13 @@ func (t *translator) ignoredLB(c *clusterv3.Cluster, where string) {
 	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil && p.GetValue() > 0 {
 		note("healthy_panic_threshold", "panic mode is not applied: unhealthy endpoints never take load")
 	}
+	// In the typed protocol options (istiod's) or the deprecated field.
+	maxDuration := c.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil
 	if a := c.GetTypedExtensionProtocolOptions()[strings.TrimPrefix(typeHTTPProtocolOptions, "type.googleapis.com/")]; a != nil {
 		var po httpv3.HttpProtocolOptions
-		if a.UnmarshalTo(&po) == nil && po.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil {
-			note("max_connection_duration", "upstream connections are not closed after max_connection_duration (maxConnectionDuration)")
-		}
+		maxDuration = maxDuration || a.UnmarshalTo(&po) == nil && po.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil
 	}
-	if c.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil {
+	if maxDuration {
 		note("max_connection_duration", "upstream connections are not closed after max_connection_duration (maxConnectionDuration)")
 	}
 }
