@@ -342,6 +342,11 @@ type ForwardAction struct {
 	// MaxGRPCTimeout: honour grpc-timeout up to this (0: Envoy's
 	// max_stream_duration.grpc_timeout_header_max unset, ignore it).
 	MaxGRPCTimeout *time.Duration
+	// RewriteGRPCTimeout: a gRPC request's grpc-timeout goes upstream as
+	// the time this try is given (Envoy's router does so for the
+	// deprecated max_grpc_timeout, which istiod sets on every route, not
+	// for max_stream_duration), so the server knows its real deadline.
+	RewriteGRPCTimeout bool
 	// HashPolicy for ring-hash/maglev clusters (header name, or use the
 	// source IP).
 	HashHeader   string

@@ -191,7 +191,7 @@ func (q *request) forward() {
 		a := q.startAttempt(ctx, eof, perTry)
 		h2 := q.upstreamH2(cl, upgrade)
 		out := q.outgoing(host, path, authority, attempt, upgrade && !h2)
-		if !hcm.SuppressEnvoyHeaders {
+		if rewrite := q.grpc && f.RewriteGRPCTimeout; rewrite || !hcm.SuppressEnvoyHeaders {
 			// Counted, as the route timer, from the complete request (time
 			// before the router, a fault delay say, is not the endpoint's
 			// to lose); nothing elapsed while the body is still coming.
@@ -199,7 +199,17 @@ func (q *request) forward() {
 			if c := q.completeAt(); !c.IsZero() {
 				elapsed = time.Since(c)
 			}
-			expectedTimeout(out.Header, timeout, perTry, elapsed)
+			d := expectedTimeout(timeout, perTry, elapsed)
+			if !hcm.SuppressEnvoyHeaders {
+				if d > 0 {
+					out.Header["X-Envoy-Expected-Rq-Timeout-Ms"] = []string{strconv.FormatInt(d.Milliseconds(), 10)}
+				} else {
+					delete(out.Header, "X-Envoy-Expected-Rq-Timeout-Ms")
+				}
+			}
+			if rewrite && d > 0 {
+				out.Header["Grpc-Timeout"] = []string{formatGRPCTimeout(d)}
+			}
 		}
 		if f.AutoHostRewrite {
 			out.Host = host.Key
@@ -457,11 +467,11 @@ func (q *request) completeAt() time.Time {
 	return q.complete
 }
 
-// expectedTimeout tells the endpoint how long the waypoint will wait for
-// this try (Envoy's x-envoy-expected-rq-timeout-ms): the per-try
-// timeout, or what is left of the route timeout when that is sooner;
-// nothing without either.
-func expectedTimeout(h http.Header, route, perTry, elapsed time.Duration) {
+// expectedTimeout is how long the waypoint will wait for this try, as
+// Envoy's router tells the endpoint (x-envoy-expected-rq-timeout-ms, and
+// grpc-timeout where it rewrites that): the per-try timeout, or what is
+// left of the route timeout when that is sooner; 0 without either.
+func expectedTimeout(route, perTry, elapsed time.Duration) time.Duration {
 	d := perTry
 	if route > 0 {
 		// Envoy counts in whole milliseconds: a try within the first one
@@ -471,11 +481,25 @@ func expectedTimeout(h http.Header, route, perTry, elapsed time.Duration) {
 			d = left
 		}
 	}
-	if d <= 0 {
-		delete(h, "X-Envoy-Expected-Rq-Timeout-Ms")
-		return
+	return max(d, 0).Truncate(time.Millisecond)
+}
+
+// formatGRPCTimeout writes d (whole milliseconds) in gRPC's timeout
+// format, at most 8 digits: milliseconds, else the largest unit that
+// fits, as Envoy writes it (hours capped at 99999999).
+func formatGRPCTimeout(d time.Duration) string {
+	const most = 99999999
+	n, unit := d.Milliseconds(), "m"
+	if n > most {
+		n, unit = n/1000, "S"
 	}
-	h["X-Envoy-Expected-Rq-Timeout-Ms"] = []string{strconv.FormatInt(d.Milliseconds(), 10)}
+	if n > most {
+		n, unit = n/60, "M"
+	}
+	if n > most {
+		n, unit = n/60, "H"
+	}
+	return strconv.FormatInt(min(n, most), 10) + unit
 }
 
 // attemptCounts are the x-envoy-attempt-count values of the first tries,

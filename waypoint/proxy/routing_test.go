@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -982,9 +983,7 @@ func TestExpectedTimeoutWholeMilliseconds(t *testing.T) {
 		{5 * time.Second, 0, 6 * time.Second, "1"},
 		{0, 300 * time.Millisecond, time.Second, "300"},
 	} {
-		h := http.Header{}
-		expectedTimeout(h, c.route, c.perTry, c.elapsed)
-		if got := h.Get("X-Envoy-Expected-Rq-Timeout-Ms"); got != c.want {
+		if got := strconv.FormatInt(expectedTimeout(c.route, c.perTry, c.elapsed).Milliseconds(), 10); got != c.want {
 			t.Errorf("route %v per try %v after %v: %q, want %q", c.route, c.perTry, c.elapsed, got, c.want)
 		}
 	}
@@ -1045,5 +1044,81 @@ func TestCORSPreflightDetails(t *testing.T) {
 	eventually(t, "the access log entry", func() bool { return strings.Contains(te.access.String(), "response_code_details") })
 	if log := te.access.String(); !strings.Contains(log, `"response_code_details":"cors_response"`) {
 		t.Errorf("access log: %s", log)
+	}
+}
+
+// istiod sets the deprecated max_grpc_timeout on every route, and Envoy's
+// router then sends a gRPC request's grpc-timeout upstream as the time
+// the try is given: the route's or the client's timeout, the per-try
+// timeout when sooner. Without the rewrite (max_stream_duration), or for
+// a request that is not gRPC, the client's header passes as it came.
+func TestGRPCTimeoutRewritten(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Grpc-Status", "0")
+		fmt.Fprint(w, r.Header.Get("Grpc-Timeout"))
+	})
+	route := func(prefix string, timeout time.Duration, max *time.Duration, rewrite bool, perTry time.Duration) *model.Route {
+		r := fwd("c")
+		r.Match.Prefix = prefix
+		r.Forward.Timeout, r.Forward.MaxGRPCTimeout, r.Forward.RewriteGRPCTimeout = timeout, max, rewrite
+		if perTry > 0 {
+			r.Forward.Retry = &model.RetryPolicy{On: map[string]bool{"5xx": true}, NumRetries: 1, PerTryTimeout: perTry}
+		}
+		return r
+	}
+	routes := []*model.Route{
+		route("/client", 0, ptr(time.Duration(0)), true, 0),                 // the client's 10 s, no cap
+		route("/capped", 0, ptr(2*time.Second), true, 0),                    // capped to 2 s
+		route("/try", 0, ptr(time.Duration(0)), true, 300*time.Millisecond), // the per-try timeout is sooner
+		route("/hours", 0, ptr(time.Duration(0)), true, 0),                  // a long one in a bigger unit
+		route("/kept", 0, ptr(time.Duration(0)), false, 0),                  // max_stream_duration: not rewritten
+		route("/none", 0, ptr(time.Duration(0)), true, 0),                   // no timeout at all: nothing to write
+	}
+	for _, suppress := range []bool{false, true} {
+		snap := httpSnapshot(oneRoute(routes...), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+		snap.Listeners[0].Chains["http"].HTTP.SuppressEnvoyHeaders = suppress
+		te := newTestEngine(t, Options{})
+		te.apply(snap)
+		c := client(te.addr("main"))
+		for _, tc := range []struct {
+			path, sent string
+			grpc       bool
+			want       []string
+		}{
+			{"/client", "10S", true, []string{"10000m", "9999m"}},
+			{"/capped", "10S", true, []string{"2000m", "1999m"}},
+			{"/try", "10S", true, []string{"300m"}},
+			{"/hours", "99999999M", true, []string{"99999999M", "99999998M"}},
+			{"/kept", "10S", true, []string{"10S"}},
+			{"/none", "", true, []string{""}},
+			{"/client", "10S", false, []string{"10S"}},
+		} {
+			hdr := []string{"Grpc-Timeout", tc.sent}
+			if tc.grpc {
+				hdr = append(hdr, "Content-Type", "application/grpc")
+			}
+			code, body, _ := get(t, c, "http://x"+tc.path, hdr...)
+			if code != 200 || !slices.Contains(tc.want, body) {
+				t.Errorf("suppress=%v %s grpc=%v sent %q: %d upstream got %q, want one of %q", suppress, tc.path, tc.grpc, tc.sent, code, body, tc.want)
+			}
+		}
+	}
+}
+
+func TestFormatGRPCTimeout(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{300 * time.Millisecond, "300m"},
+		{99999999 * time.Millisecond, "99999999m"},
+		{100000000 * time.Millisecond, "100000S"},
+		{99999999 * time.Minute, "99999999M"},
+		{100000000 * time.Minute, "1666666H"},
+		{time.Duration(1<<63 - 1), "2562047H"},
+	} {
+		if got := formatGRPCTimeout(c.d); got != c.want {
+			t.Errorf("%v: %q, want %q", c.d, got, c.want)
+		}
 	}
 }

@@ -220,7 +220,7 @@ func TestIstiodWaypoint(t *testing.T) {
 		}
 		f := v2.Forward
 		if f.Cluster != vip(9080, "http", reviewsHost) || f.PrefixRewrite != "/" || f.Timeout != 10*time.Second ||
-			f.MaxGRPCTimeout == nil || *f.MaxGRPCTimeout != 10*time.Second {
+			f.MaxGRPCTimeout == nil || *f.MaxGRPCTimeout != 10*time.Second || !f.RewriteGRPCTimeout {
 			t.Errorf("v2 forward %+v", f)
 		}
 		if f.Retry == nil || f.Retry.NumRetries != 3 || f.Retry.PerTryTimeout != 2*time.Second ||
@@ -242,7 +242,7 @@ func TestIstiodWaypoint(t *testing.T) {
 		if cors == nil || cors.Disabled || cors.AllowMethods != "GET,POST" || len(cors.AllowOrigins) != 1 || cors.AllowOrigins[0].Exact != "https://example.com" {
 			t.Errorf("cors %+v", cors)
 		}
-		if def.Forward.Timeout != 0 || def.Forward.MaxGRPCTimeout == nil || *def.Forward.MaxGRPCTimeout != 0 {
+		if def.Forward.Timeout != 0 || def.Forward.MaxGRPCTimeout == nil || *def.Forward.MaxGRPCTimeout != 0 || !def.Forward.RewriteGRPCTimeout {
 			t.Errorf("default route %+v", def.Forward)
 		}
 	})

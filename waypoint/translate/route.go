@@ -447,6 +447,7 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 	} else if mg := a.GetMaxGrpcTimeout(); mg != nil { //nolint:staticcheck // istiod still sends the deprecated field
 		d := mg.AsDuration()
 		f.MaxGRPCTimeout = &d
+		f.RewriteGRPCTimeout = a.GetMaxStreamDuration() == nil
 	}
 	t.notApplied(where, a.GetHedgePolicy(), nil, nil)
 	if a.GetInternalRedirectPolicy() != nil || a.GetInternalRedirectAction() == routev3.RouteAction_HANDLE_INTERNAL_REDIRECT { //nolint:staticcheck // the deprecated action still turns it on

@@ -324,3 +324,33 @@ func TestRouteFieldsNotAppliedReported(t *testing.T) {
 		}
 	}
 }
+
+// Envoy rewrites grpc-timeout upstream only on the deprecated
+// max_grpc_timeout (what istiod sends), not when the route has
+// max_stream_duration.
+func TestGRPCTimeoutRewriteOnlyOnTheDeprecatedField(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		a       *routev3.RouteAction
+		max     time.Duration
+		rewrite bool
+	}{
+		{"max_grpc_timeout", &routev3.RouteAction{MaxGrpcTimeout: durationpb.New(3 * time.Second)}, 3 * time.Second, true}, //nolint:staticcheck // istiod's field
+		{"grpc_timeout_header_max", &routev3.RouteAction{MaxStreamDuration: &routev3.RouteAction_MaxStreamDuration{
+			GrpcTimeoutHeaderMax: durationpb.New(2 * time.Second)}}, 2 * time.Second, false},
+		{"both", &routev3.RouteAction{MaxGrpcTimeout: durationpb.New(3 * time.Second), //nolint:staticcheck // istiod's field
+			MaxStreamDuration: &routev3.RouteAction_MaxStreamDuration{GrpcTimeoutHeaderMax: durationpb.New(2 * time.Second)}}, 2 * time.Second, false},
+	} {
+		c.a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: "c"}
+		tr := &translator{}
+		v, err := tr.virtualHost(&routev3.VirtualHost{Name: "vh", Domains: []string{"*"},
+			Routes: []*routev3.Route{{Match: prefix("/"), Action: fwd(c.a)}}}, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := v.Routes[0].Forward
+		if f.MaxGRPCTimeout == nil || *f.MaxGRPCTimeout != c.max || f.RewriteGRPCTimeout != c.rewrite {
+			t.Errorf("%s: max %v rewrite %v, want %v %v", c.name, f.MaxGRPCTimeout, f.RewriteGRPCTimeout, c.max, c.rewrite)
+		}
+	}
+}
