@@ -553,6 +553,39 @@ type Cluster struct {
 	MaxRequestsPerConnection int
 	IdleTimeout              time.Duration
 	Service                  ServiceRef
+	// PanicThreshold is Envoy's healthy_panic_threshold in percent: a
+	// priority whose healthy (and degraded) share of endpoints falls
+	// under it sends its load to all its endpoints, healthy or not. 0
+	// turns panic mode off (istiod's setting whenever a DestinationRule
+	// has outlierDetection); the translation fills Envoy's default, 50.
+	PanicThreshold float64
+	// Outlier: eject endpoints that fail in a row (nil: no detection).
+	Outlier *OutlierDetection
+}
+
+// OutlierDetection is Envoy's consecutive-error outlier detection (what
+// istiod makes of a DestinationRule's outlierDetection), every field
+// filled in (the translation applies Envoy's defaults).
+type OutlierDetection struct {
+	// Consecutive5xx answers (and, unless SplitLocalOrigin, connect
+	// failures, resets and timeouts, counted as 503 and 504) eject an
+	// endpoint, EnforcingConsecutive5xx percent of the time.
+	Consecutive5xx          uint32
+	EnforcingConsecutive5xx uint32
+	// ConsecutiveGatewayFailure: 502, 503 and 504 (and local failures
+	// unless split) in a row; Envoy enforces it 0 % of the time unless
+	// told (istiod: 100 % when consecutiveGatewayErrors is set).
+	ConsecutiveGatewayFailure          uint32
+	EnforcingConsecutiveGatewayFailure uint32
+	// SplitLocalOrigin counts connect failures, resets and timeouts
+	// apart, against ConsecutiveLocalOriginFailure.
+	SplitLocalOrigin                       bool
+	ConsecutiveLocalOriginFailure          uint32
+	EnforcingConsecutiveLocalOriginFailure uint32
+	Interval, BaseEjectionTime             time.Duration
+	MaxEjectionTime, MaxEjectionTimeJitter time.Duration
+	MaxEjectionPercent                     uint32
+	AlwaysEjectOneHost                     bool
 }
 
 // Endpoint is one upstream address.

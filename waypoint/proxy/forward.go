@@ -222,6 +222,9 @@ func (q *request) forward() {
 			a.end()
 			endRetry()
 			if q.timedOut(ctx) {
+				if context.Cause(ctx) == errRouteTimeout {
+					cl.ReportLocal(host, upstream.TimedOut)
+				}
 				return
 			}
 			if q.clientGone() {
@@ -229,6 +232,14 @@ func (q *request) forward() {
 				return
 			}
 			fail, fl, status, body, details := classify(err, a.ctx)
+			switch fail {
+			case filter.PerTryTimeout:
+				cl.ReportLocal(host, upstream.TimedOut)
+			case filter.ConnectFailure, filter.Reset, filter.RefusedStream:
+				// Envoy's router counts any reset but an overflow as a
+				// connect failure.
+				cl.ReportLocal(host, upstream.ConnectFailed)
+			}
 			if fail != 0 && retry.RetriableFailure(fail) {
 				if q.retry(ctx, retry, cl) {
 					retrying = true
@@ -247,6 +258,7 @@ func (q *request) forward() {
 			return
 		}
 		endRetry()
+		q.reportAnswer(cl, host, resp)
 		if retry.RetriableResponse(resp.StatusCode, resp.Header) {
 			if q.retry(ctx, retry, cl) {
 				retrying = true
@@ -268,6 +280,21 @@ func (q *request) forward() {
 		a.end()
 		return
 	}
+}
+
+// reportAnswer gives outlier detection the answer's status, as Envoy's
+// router does: for a gRPC request whose answer's head carries
+// grpc-status (trailers-only), the HTTP status that maps to.
+func (q *request) reportAnswer(cl *upstream.Cluster, host *upstream.Host, resp *http.Response) {
+	status := resp.StatusCode
+	if q.grpc {
+		if v := header.Get(resp.Header, "Grpc-Status"); v != "" {
+			if g, err := strconv.Atoi(v); err == nil {
+				status = grpcToHTTP(g)
+			}
+		}
+	}
+	cl.Report(host, status)
 }
 
 // retry decides to retry now: a retry left, the body kept whole, and a

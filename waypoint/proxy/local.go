@@ -128,6 +128,36 @@ func httpToGRPC(status int) int {
 	return 2 // UNKNOWN
 }
 
+// grpcToHTTP maps a gRPC status to the HTTP status Envoy's router
+// reports for it to outlier detection (Google's API error mapping).
+func grpcToHTTP(code int) int {
+	switch code {
+	case 0:
+		return 200
+	case 1:
+		return 499 // CANCELLED: the client closed the request
+	case 3, 9, 11:
+		return 400 // INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+	case 4:
+		return 504 // DEADLINE_EXCEEDED
+	case 5:
+		return 404
+	case 6, 10:
+		return 409 // ALREADY_EXISTS, ABORTED
+	case 7:
+		return 403
+	case 8:
+		return 429 // RESOURCE_EXHAUSTED
+	case 12:
+		return 501
+	case 14:
+		return 503
+	case 16:
+		return 401
+	}
+	return 500 // UNKNOWN, INTERNAL, DATA_LOSS and the rest
+}
+
 // grpcEncode percent-encodes a grpc-message as gRPC's wire format wants.
 func grpcEncode(s string) string {
 	const hexd = "0123456789ABCDEF"

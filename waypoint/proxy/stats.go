@@ -51,6 +51,20 @@ func (s *stats) register(reg prometheus.Registerer, e *Engine) error {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kmesh_waypoint_faults_active", Help: "Injected faults in progress."}, func() float64 {
 			return float64(e.faults.ActiveFaults())
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kmesh_waypoint_outlier_ejections_active", Help: "Endpoints outlier detection has taken out of load balancing now, all clusters."}, func() float64 {
+			n := 0
+			for _, st := range e.ClusterStats() {
+				n += st.Ejected
+			}
+			return float64(n)
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kmesh_waypoint_outlier_ejections_total", Help: "Endpoint ejections by outlier detection, all clusters."}, func() float64 {
+			var n uint64
+			for _, st := range e.ClusterStats() {
+				n += st.Ejections
+			}
+			return float64(n)
+		}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "kmesh_waypoint_accesslog_failures_total", Help: "Access log lines the writer refused."}, func() float64 {
 			return float64(e.access.Failed())
 		}),

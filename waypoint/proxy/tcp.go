@@ -54,10 +54,14 @@ func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain)
 		rec.flags = flagUF
 		if errors.Is(err, upstream.ErrOverflow) {
 			rec.flags = flagUO
+		} else {
+			cl.ReportLocal(host, upstream.ConnectFailed)
 		}
 		rec.done(nil)
 		return
 	}
+	// Envoy's tcp_proxy: a connection made is the whole exchange's success.
+	cl.ReportLocal(host, upstream.ConnectedFinal)
 	defer up.Close()
 	series := rec.series()
 	series.Opened.Inc()

@@ -17,6 +17,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -186,13 +187,41 @@ func TestClusters(t *testing.T) {
 					t.Errorf("%+v %+v", c, unsup)
 				}
 			}},
-		{name: "outlier detection is recorded", c: &clusterv3.Cluster{Name: "od", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		{name: "outlier detection with Envoy's defaults", c: &clusterv3.Cluster{Name: "od", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 			OutlierDetection: &clusterv3.OutlierDetection{}},
 			check: func(t *testing.T, c *model.Cluster, unsup []model.Unsupported) {
-				if len(unsup) != 1 || unsup[0].FailClosed || unsup[0].Name != "outlier_detection" {
+				want := model.OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100, ConsecutiveGatewayFailure: 5,
+					ConsecutiveLocalOriginFailure: 5, EnforcingConsecutiveLocalOriginFailure: 100, Interval: 10 * time.Second,
+					BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 10}
+				if c.Outlier == nil || *c.Outlier != want || c.PanicThreshold != 50 {
+					t.Errorf("outlier %+v panic threshold %v", c.Outlier, c.PanicThreshold)
+				}
+				// Envoy's default success-rate ejection is not applied: said so.
+				if len(unsup) != 1 || unsup[0].FailClosed || unsup[0].Name != "outlier_detection.enforcing_success_rate" {
 					t.Errorf("%+v", unsup)
 				}
 			}},
+		{name: "outlier detection as istiod writes it", c: &clusterv3.Cluster{Name: "od", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{}},
+			OutlierDetection: &clusterv3.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(3), EnforcingConsecutive_5Xx: wrapperspb.UInt32(100),
+				ConsecutiveGatewayFailure: wrapperspb.UInt32(2), EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
+				EnforcingSuccessRate: wrapperspb.UInt32(0), Interval: durationpb.New(time.Second), BaseEjectionTime: durationpb.New(time.Minute),
+				MaxEjectionPercent: wrapperspb.UInt32(100)}},
+			check: func(t *testing.T, c *model.Cluster, unsup []model.Unsupported) {
+				o := c.Outlier
+				if o == nil || o.Consecutive5xx != 3 || o.ConsecutiveGatewayFailure != 2 || o.EnforcingConsecutiveGatewayFailure != 100 ||
+					o.Interval != time.Second || o.BaseEjectionTime != time.Minute || o.MaxEjectionTime != 300*time.Second ||
+					o.MaxEjectionPercent != 100 || c.PanicThreshold != 0 {
+					t.Errorf("outlier %+v panic threshold %v", o, c.PanicThreshold)
+				}
+				if len(unsup) != 0 {
+					t.Errorf("%+v", unsup)
+				}
+			}},
+		{name: "outlier max ejection time under the base", c: &clusterv3.Cluster{Name: "od", OutlierDetection: &clusterv3.OutlierDetection{
+			BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionTime: durationpb.New(time.Second)}}, err: "max_ejection_time"},
+		{name: "panic threshold over 100", c: &clusterv3.Cluster{Name: "p", CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
+			HealthyPanicThreshold: &typev3.Percent{Value: 101}}}, err: "healthy_panic_threshold"},
 		{name: "negative connect timeout", c: &clusterv3.Cluster{Name: "neg", ConnectTimeout: durationpb.New(-time.Second)}, err: "connect_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

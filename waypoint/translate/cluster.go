@@ -12,7 +12,9 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	internalupstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -203,9 +205,19 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 		mc.MaxRequests = int(th.GetMaxRequests().GetValue())
 		mc.MaxRetries = int(th.GetMaxRetries().GetValue())
 	}
+	mc.PanicThreshold = 50 // Envoy's default
+	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil {
+		if v := p.GetValue(); v < 0 || v > 100 {
+			return nil, fmt.Errorf("cluster %s: healthy_panic_threshold %v is not a percentage", c.GetName(), v)
+		}
+		mc.PanicThreshold = p.GetValue()
+	}
 	if c.GetOutlierDetection() != nil {
-		t.unsupported(model.Unsupported{Where: where, Name: "outlier_detection",
-			Reason: "outlier detection is not applied: failing endpoints stay in rotation"})
+		od, err := t.outlierDetection(c.GetOutlierDetection(), where)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.GetName(), err)
+		}
+		mc.Outlier = od
 	}
 	if ts := c.GetTransportSocket(); ts != nil {
 		if reason := upstreamTransport(ts); reason != "" {
@@ -245,9 +257,6 @@ func (t *translator) ignoredLB(c *clusterv3.Cluster, where string) {
 	}
 	if v := c.GetMaglevLbConfig().GetTableSize(); v != nil && v.GetValue() != 65537 {
 		note("maglev_lb_config.table_size", "Maglev table size is not applied: the table has 65537 entries")
-	}
-	if p := c.GetCommonLbConfig().GetHealthyPanicThreshold(); p != nil && p.GetValue() > 0 {
-		note("healthy_panic_threshold", "panic mode is not applied: unhealthy endpoints never take load")
 	}
 	// In the typed protocol options (istiod's) or the deprecated field.
 	maxDuration := c.GetCommonHttpProtocolOptions().GetMaxConnectionDuration() != nil
@@ -421,4 +430,63 @@ func setEndpoints(mc *model.Cluster, eps *Endpoints) {
 	}
 	mc.Endpoints = eps.byPriority
 	mc.OverprovisioningFactor = eps.overprovisioning
+}
+
+// outlierDetection reads Envoy's outlier detection with its defaults. The
+// consecutive-error detectors are applied; success-rate and
+// failure-percentage detection are reported when they would eject
+// (istiod turns success rate off and never sets failure percentage).
+func (t *translator) outlierDetection(o *clusterv3.OutlierDetection, where string) (*model.OutlierDetection, error) {
+	u32 := func(v *wrapperspb.UInt32Value, def uint32) uint32 {
+		if v == nil {
+			return def
+		}
+		return v.GetValue()
+	}
+	dur := func(d *durationpb.Duration, def time.Duration) time.Duration {
+		if d == nil {
+			return def
+		}
+		return d.AsDuration()
+	}
+	od := &model.OutlierDetection{
+		Consecutive5xx:                         u32(o.GetConsecutive_5Xx(), 5),
+		EnforcingConsecutive5xx:                u32(o.GetEnforcingConsecutive_5Xx(), 100),
+		ConsecutiveGatewayFailure:              u32(o.GetConsecutiveGatewayFailure(), 5),
+		EnforcingConsecutiveGatewayFailure:     u32(o.GetEnforcingConsecutiveGatewayFailure(), 0),
+		SplitLocalOrigin:                       o.GetSplitExternalLocalOriginErrors(),
+		ConsecutiveLocalOriginFailure:          u32(o.GetConsecutiveLocalOriginFailure(), 5),
+		EnforcingConsecutiveLocalOriginFailure: u32(o.GetEnforcingConsecutiveLocalOriginFailure(), 100),
+		Interval:                               dur(o.GetInterval(), 10*time.Second),
+		BaseEjectionTime:                       dur(o.GetBaseEjectionTime(), 30*time.Second),
+		MaxEjectionTimeJitter:                  dur(o.GetMaxEjectionTimeJitter(), 0),
+		MaxEjectionPercent:                     min(100, u32(o.GetMaxEjectionPercent(), 10)),
+		AlwaysEjectOneHost:                     o.GetAlwaysEjectOneHost().GetValue(),
+	}
+	od.MaxEjectionTime = dur(o.GetMaxEjectionTime(), max(300*time.Second, od.BaseEjectionTime))
+	switch {
+	case od.Interval <= 0:
+		return nil, fmt.Errorf("outlier_detection.interval %v must be positive", od.Interval)
+	case od.BaseEjectionTime <= 0:
+		return nil, fmt.Errorf("outlier_detection.base_ejection_time %v must be positive", od.BaseEjectionTime)
+	case od.MaxEjectionTime < od.BaseEjectionTime:
+		// Envoy refuses the cluster too.
+		return nil, fmt.Errorf("outlier_detection.max_ejection_time %v is shorter than base_ejection_time %v", od.MaxEjectionTime, od.BaseEjectionTime)
+	}
+	note := func(name, reason string) {
+		t.unsupported(model.Unsupported{Where: where, Name: "outlier_detection." + name, Reason: reason})
+	}
+	if u32(o.GetEnforcingSuccessRate(), 100) > 0 {
+		note("enforcing_success_rate", "success-rate ejection is not applied (only consecutive errors eject)")
+	}
+	if od.SplitLocalOrigin && u32(o.GetEnforcingLocalOriginSuccessRate(), 100) > 0 {
+		note("enforcing_local_origin_success_rate", "local-origin success-rate ejection is not applied")
+	}
+	if u32(o.GetEnforcingFailurePercentage(), 0) > 0 || u32(o.GetEnforcingFailurePercentageLocalOrigin(), 0) > 0 {
+		note("enforcing_failure_percentage", "failure-percentage ejection is not applied")
+	}
+	if len(o.GetMonitors()) > 0 {
+		note("monitors", "outlier detection extensions are not applied")
+	}
+	return od, nil
 }

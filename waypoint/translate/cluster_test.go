@@ -86,7 +86,6 @@ func TestIgnoredLBSettingsAreReported(t *testing.T) {
 			MaglevLbConfig: &clusterv3.Cluster_MaglevLbConfig{TableSize: wrapperspb.UInt64(131)}}},
 		"max_connection_duration": {TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
 			CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{MaxConnectionDuration: durationpb.New(time.Minute)}})}},
-		"healthy_panic_threshold": {CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 30}}},
 	} {
 		c.Name = "c"
 		tr := &translator{in: Input{}}

@@ -303,6 +303,12 @@ func TestIstiodWaypoint(t *testing.T) {
 				r.MaxPendingRequests != 50 || r.MaxRequestsPerConnection != 10 || r.Protocol != "http1" {
 				t.Errorf("%s %+v", name, r)
 			}
+			// outlierDetection: 5 consecutive 5xx every 10 s, panic mode
+			// off (istiod's empty healthy_panic_threshold).
+			if o := r.Outlier; o == nil || o.Consecutive5xx != 5 || o.EnforcingConsecutive5xx != 100 || o.Interval != 10*time.Second ||
+				o.EnforcingConsecutiveGatewayFailure != 0 || r.PanicThreshold != 0 {
+				t.Errorf("%s outlier %+v panic threshold %v", name, o, r.PanicThreshold)
+			}
 		}
 		if v1 := snap.Clusters[vip(9080, "http/v1", reviewsHost)].Endpoints; len(v1) != 1 || len(v1[0]) != 1 ||
 			v1[0][0].Address != netip.MustParseAddrPort("10.250.2.1:9080") {
@@ -344,7 +350,7 @@ func TestIstiodWaypoint(t *testing.T) {
 			t.Errorf("fail-closed %v", failClosed)
 		}
 		for _, want := range []string{"connect_terminate", "connect_originate", "main_internal", "envoy.filters.http.grpc_stats",
-			"waypoint_upstream_peer_metadata", "istio.metadata_exchange", "connect_authority", "outlier_detection"} {
+			"waypoint_upstream_peer_metadata", "istio.metadata_exchange", "connect_authority"} {
 			if !slices.Contains(harmless, want) {
 				t.Errorf("%s not recorded as skipped: %v", want, harmless)
 			}

@@ -60,6 +60,8 @@ type Host struct {
 	// locality and its weight, for locality weighted clusters.
 	locality       string
 	localityWeight uint32
+	// od is the address's outlier detection state (nil: none).
+	od *outlierHost
 }
 
 // Active is the number of requests in flight to the host.
@@ -87,8 +89,15 @@ type Cluster struct {
 	// stays.
 	mu      sync.Mutex
 	actives map[netip.AddrPort]*atomic.Int64
-	pools   *pools
-	h1      *h1Pool
+	// outliers per address while the cluster has outlier detection,
+	// ejections how many of them are out, odTimer the detector's
+	// interval; under mu.
+	outliers       map[netip.AddrPort]*outlierHost
+	ejections      int
+	odTimer        *time.Timer
+	ejectionsTotal atomic.Uint64
+	pools          *pools
+	h1             *h1Pool
 	// netHTTP sends HTTP/1.1 through net/http's Transport instead of h1Pool
 	// (for comparison; see h1.go).
 	netHTTP bool
@@ -129,32 +138,18 @@ func (c *Cluster) Model() *model.Cluster { return c.state.Load().m }
 func (c *Cluster) update(m *model.Cluster) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := &state{m: m, limits: limitsOf(m)}
 	seen := map[netip.AddrPort]bool{}
-	healthy := make([][]*Host, len(m.Endpoints))
-	degraded := make([][]*Host, len(m.Endpoints))
-	for p, prio := range m.Endpoints {
+	for _, prio := range m.Endpoints {
 		for _, e := range prio {
-			a := e.Address
-			act := c.actives[a]
-			if act == nil {
-				act = new(atomic.Int64)
-				c.actives[a] = act
+			seen[e.Address] = true
+			if c.actives[e.Address] == nil {
+				c.actives[e.Address] = new(atomic.Int64)
 			}
-			seen[a] = true
-			if !e.Healthy && !e.Degraded {
-				continue
-			}
-			w := e.Weight
-			if w == 0 {
-				w = 1
-			}
-			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy, Workload: e.Workload, active: act,
-				locality: e.Locality, localityWeight: e.LocalityWeight}
-			if e.Healthy {
-				healthy[p] = append(healthy[p], h)
-			} else {
-				degraded[p] = append(degraded[p], h)
+			if m.Outlier != nil && c.outliers[e.Address] == nil {
+				if c.outliers == nil {
+					c.outliers = map[netip.AddrPort]*outlierHost{}
+				}
+				c.outliers[e.Address] = &outlierHost{}
 			}
 		}
 	}
@@ -163,7 +158,48 @@ func (c *Cluster) update(m *model.Cluster) {
 			delete(c.actives, a)
 		}
 	}
-	st.choices = priorityLoad(m, healthy, degraded)
+	for a, o := range c.outliers {
+		if m.Outlier == nil || !seen[a] {
+			if o.ejected.Load() {
+				c.ejections--
+			}
+			delete(c.outliers, a)
+		}
+	}
+	c.armOutlier(m)
+	c.rebuild(m)
+}
+
+// rebuild makes the state for m with the endpoints outlier detection has
+// ejected counted as unhealthy (under mu).
+func (c *Cluster) rebuild(m *model.Cluster) {
+	st := &state{m: m, limits: limitsOf(m)}
+	all := make([][]*Host, len(m.Endpoints))
+	healthy := make([][]*Host, len(m.Endpoints))
+	degraded := make([][]*Host, len(m.Endpoints))
+	for p, prio := range m.Endpoints {
+		all[p] = make([]*Host, 0, len(prio))
+		for _, e := range prio {
+			a := e.Address
+			w := e.Weight
+			if w == 0 {
+				w = 1
+			}
+			od := c.outliers[a]
+			out := od != nil && od.ejected.Load()
+			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy && !out, Workload: e.Workload, active: c.actives[a],
+				locality: e.Locality, localityWeight: e.LocalityWeight, od: od}
+			all[p] = append(all[p], h)
+			switch {
+			case out:
+			case e.Healthy:
+				healthy[p] = append(healthy[p], h)
+			case e.Degraded:
+				degraded[p] = append(degraded[p], h)
+			}
+		}
+	}
+	st.choices = priorityLoad(m, all, healthy, degraded)
 	old := c.state.Swap(st)
 	c.pools.update(old, st)
 }
@@ -173,23 +209,36 @@ func (c *Cluster) update(m *model.Cluster) {
 // overprovisioning factor, capped at 100 %; higher priorities take what
 // they can and the rest spills down, healthy hosts of every priority
 // before degraded ones. Shares are scaled up when the total availability
-// is under 100 %.
-func priorityLoad(m *model.Cluster, healthy, degraded [][]*Host) []choice {
+// is under 100 %. A priority whose healthy and degraded share is under
+// the panic threshold sends its load to all its hosts; when every
+// priority is in panic (or none has a host available and panic is on),
+// the load goes by host count, to all hosts.
+func priorityLoad(m *model.Cluster, all, healthy, degraded [][]*Host) []choice {
 	of := uint64(m.OverprovisioningFactor)
 	if of == 0 {
 		of = defaultOverprovisioning
 	}
 	n := len(m.Endpoints)
 	hAvail, dAvail := make([]uint64, n), make([]uint64, n)
+	inPanic := make([]bool, n)
+	totalPanic := true
 	var total uint64
 	for p := range n {
-		if t := uint64(len(m.Endpoints[p])); t > 0 {
+		t := uint64(len(all[p]))
+		if t > 0 {
 			hAvail[p] = min(100, of*uint64(len(healthy[p]))/t)
 			dAvail[p] = min(100, of*uint64(len(degraded[p]))/t)
+			inPanic[p] = 100*float64(len(healthy[p])+len(degraded[p]))/float64(t) < m.PanicThreshold
+		} else {
+			inPanic[p] = m.PanicThreshold > 0
 		}
+		totalPanic = totalPanic && inPanic[p]
 		total += min(100, hAvail[p]+dAvail[p])
 	}
 	total = min(100, total)
+	if m.PanicThreshold > 0 && (total == 0 || totalPanic) {
+		return totalPanicLoad(m, all)
+	}
 	if total == 0 {
 		return nil
 	}
@@ -219,7 +268,11 @@ func priorityLoad(m *model.Cluster, healthy, degraded [][]*Host) []choice {
 	var out []choice
 	var upTo uint64
 	add := func(load uint64, hosts []*Host, p int) {
-		if load > 0 && m.LocalityWeighted {
+		if inPanic[p] {
+			// Envoy's panic: the priority's share, healthy and degraded
+			// alike, over all its hosts, without locality weighting.
+			hosts = all[p]
+		} else if load > 0 && m.LocalityWeighted {
 			hosts = localityWeighted(hosts, m.Endpoints[p], of)
 		}
 		if load == 0 || len(hosts) == 0 {
@@ -233,6 +286,39 @@ func priorityLoad(m *model.Cluster, healthy, degraded [][]*Host) []choice {
 	}
 	for p := range n {
 		add(dLoad[p], degraded[p], p)
+	}
+	return out
+}
+
+// totalPanicLoad is Envoy's load when every priority is in panic: each
+// takes the share of all hosts it has, the rounding left to the first
+// with any, and sends it to all of them.
+func totalPanicLoad(m *model.Cluster, all [][]*Host) []choice {
+	var hosts uint64
+	for _, a := range all {
+		hosts += uint64(len(a))
+	}
+	if hosts == 0 {
+		return nil
+	}
+	load := make([]uint64, len(all))
+	left, first := uint64(100), -1
+	for p, a := range all {
+		if first < 0 && len(a) > 0 {
+			first = p
+		}
+		load[p] = 100 * uint64(len(a)) / hosts
+		left -= load[p]
+	}
+	load[first] += left
+	var out []choice
+	var upTo uint64
+	for p, a := range all {
+		if load[p] == 0 {
+			continue
+		}
+		upTo += load[p]
+		out = append(out, choice{upTo: upTo, lb: newPicker(m.LB, a)})
 	}
 	return out
 }
@@ -394,14 +480,27 @@ func (c *Cluster) EndRetry() { c.retries.Add(-1) }
 type Stats struct {
 	Requests, Retries, Connections int64
 	Overflows                      uint64
+	// Ejected endpoints now, and ejections so far (outlier detection).
+	Ejected   int
+	Ejections uint64
 }
 
 func (c *Cluster) Stats() Stats {
-	return Stats{Requests: c.requests.Load(), Retries: c.retries.Load(), Connections: c.connections.Load(), Overflows: c.overflows.Load()}
+	c.mu.Lock()
+	ejected := c.ejections
+	c.mu.Unlock()
+	return Stats{Requests: c.requests.Load(), Retries: c.retries.Load(), Connections: c.connections.Load(), Overflows: c.overflows.Load(),
+		Ejected: ejected, Ejections: c.ejectionsTotal.Load()}
 }
 
 func (c *Cluster) close() {
 	c.closed.Store(true)
+	c.mu.Lock()
+	if c.odTimer != nil {
+		c.odTimer.Stop()
+		c.odTimer = nil
+	}
+	c.mu.Unlock()
 	c.pools.closeIdle()
 	c.h1.closeIdle(true)
 }

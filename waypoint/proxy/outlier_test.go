@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+func outlierCluster(o *model.OutlierDetection, eps ...netip.AddrPort) *model.Cluster {
+	return &model.Cluster{Name: "c", Outlier: o, Endpoints: endpoints(eps...)}
+}
+
+func fastOutlier(n uint32) *model.OutlierDetection {
+	return &model.OutlierDetection{Consecutive5xx: n, EnforcingConsecutive5xx: 100, ConsecutiveGatewayFailure: 5,
+		ConsecutiveLocalOriginFailure: 5, EnforcingConsecutiveLocalOriginFailure: 100,
+		Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 50}
+}
+
+// A DestinationRule's outlierDetection through the engine: an endpoint
+// that answers 503 is ejected after its consecutive errors and takes no
+// more requests; its healthy peer takes them all.
+func TestOutlierDetectionEjectsFailingEndpoint(t *testing.T) {
+	good := backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "good") })
+	bad := backend(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, outlierCluster(fastOutlier(3), good, bad)))
+	c := client(te.addr("main"))
+	fails := 0
+	for range 10 {
+		if code, _, _ := get(t, c, "http://x/"); code != 200 {
+			fails++
+		}
+	}
+	if fails != 3 {
+		t.Errorf("%d of the first 10 requests failed, want 3 (round robin until the third 503 ejects it)", fails)
+	}
+	for i := range 20 {
+		if code, body, _ := get(t, c, "http://x/"); code != 200 || body != "good" {
+			t.Fatalf("request %d after the ejection: %d %q", i, code, body)
+		}
+	}
+	if st := te.ClusterStats()["c"]; st.Ejected != 1 || st.Ejections != 1 {
+		t.Errorf("cluster stats %+v", st)
+	}
+}
+
+// Connect failures count as 503s (Envoy's router without
+// split_external_local_origin_errors): an endpoint nobody listens on is
+// ejected too.
+func TestOutlierDetectionEjectsUnreachableEndpoint(t *testing.T) {
+	good := backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "good") })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, outlierCluster(fastOutlier(2), good, dead)))
+	c := client(te.addr("main"))
+	for range 6 {
+		get(t, c, "http://x/")
+	}
+	for i := range 10 {
+		if code, body, _ := get(t, c, "http://x/"); code != 200 || body != "good" {
+			t.Fatalf("request %d after the ejection: %d %q", i, code, body)
+		}
+	}
+	if !strings.Contains(te.access.String(), `"response_flags":"UF"`) {
+		t.Errorf("no connect failure logged before the ejection")
+	}
+}
+
+// gRPC: a trailers-only answer's grpc-status counts as the HTTP status
+// it maps to (UNAVAILABLE is a 503), though the HTTP status is 200.
+func TestOutlierDetectionReadsGRPCStatus(t *testing.T) {
+	good := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Grpc-Status", "0")
+	})
+	bad := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Grpc-Status", "14")
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, outlierCluster(fastOutlier(2), good, bad)))
+	c := client(te.addr("main"))
+	for range 6 {
+		get(t, c, "http://x/", "Content-Type", "application/grpc")
+	}
+	for i := range 10 {
+		if _, _, resp := get(t, c, "http://x/", "Content-Type", "application/grpc"); resp.Header.Get("Grpc-Status") != "0" {
+			t.Fatalf("request %d after the ejection: grpc-status %q", i, resp.Header.Get("Grpc-Status"))
+		}
+	}
+}
