@@ -97,10 +97,10 @@ func renderWaypoint(d *model.ConfigDump, what string, out io.Writer) error {
 			}
 		}
 	case "clusters":
-		fmt.Fprintln(w, "CLUSTER\tKIND\tLB\tPROTOCOL\tENDPOINTS\tCONNECT TIMEOUT\tSERVICE")
+		fmt.Fprintln(w, "CLUSTER\tKIND\tLB\tPROTOCOL\tENDPOINTS\tCONNECT TIMEOUT\tOUTLIER DETECTION\tSERVICE")
 		for _, c := range d.Clusters {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d/%d healthy\t%s\t%s\n", c.Name, c.Kind, c.LB, c.Protocol,
-				c.HealthyEndpoints, c.Endpoints, c.ConnectTimeout, c.Service)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d/%d healthy\t%s\t%s\t%s\n", c.Name, c.Kind, c.LB, c.Protocol,
+				c.HealthyEndpoints, c.Endpoints, c.ConnectTimeout, c.Outlier, c.Service)
 		}
 	case "endpoints":
 		fmt.Fprintln(w, "CLUSTER\tPRIORITY\tADDRESS\tWEIGHT\tHEALTHY\tWORKLOAD")

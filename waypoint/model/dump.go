@@ -145,6 +145,36 @@ type ClusterDump struct {
 	Service                  string `json:"service,omitempty"`
 	Endpoints                int    `json:"endpoints"`
 	HealthyEndpoints         int    `json:"healthyEndpoints"`
+	// PanicThreshold in percent (0: panic mode off).
+	PanicThreshold float64      `json:"panicThreshold"`
+	Outlier        *OutlierDump `json:"outlierDetection,omitempty"`
+}
+
+// OutlierDump is a cluster's outlier detection: the detectors that can
+// eject (a count of 0 is one that cannot) and the ejection times.
+type OutlierDump struct {
+	Consecutive5xx                uint32 `json:"consecutive5xx"`
+	ConsecutiveGatewayFailure     uint32 `json:"consecutiveGatewayFailure"`
+	ConsecutiveLocalOriginFailure uint32 `json:"consecutiveLocalOriginFailure"`
+	Interval                      string `json:"interval"`
+	BaseEjectionTime              string `json:"baseEjectionTime"`
+	MaxEjectionTime               string `json:"maxEjectionTime"`
+	MaxEjectionPercent            uint32 `json:"maxEjectionPercent"`
+}
+
+// String is the dump in a few words (kmeshctl's table).
+func (o *OutlierDump) String() string {
+	if o == nil {
+		return "-"
+	}
+	s := fmt.Sprintf("%d 5xx", o.Consecutive5xx)
+	if o.ConsecutiveGatewayFailure > 0 {
+		s += fmt.Sprintf(", %d gateway", o.ConsecutiveGatewayFailure)
+	}
+	if o.ConsecutiveLocalOriginFailure > 0 {
+		s += fmt.Sprintf(", %d local", o.ConsecutiveLocalOriginFailure)
+	}
+	return s + fmt.Sprintf(" in a row; out %s+, at most %d%%", o.BaseEjectionTime, o.MaxEjectionPercent)
 }
 
 // EndpointsDump is one cluster's endpoints by priority.
@@ -203,7 +233,21 @@ func Dump(s *Snapshot) *ConfigDump {
 		c := s.Clusters[name]
 		cd := ClusterDump{Name: c.Name, Kind: c.Kind, LB: c.LB, ConnectTimeout: dur(c.ConnectTimeout), Protocol: c.Protocol,
 			MaxConnections: c.MaxConnections, MaxPendingRequests: c.MaxPendingRequests, MaxRequests: c.MaxRequests,
-			MaxRetries: c.MaxRetries, MaxRequestsPerConnection: c.MaxRequestsPerConnection, Service: c.Service.Hostname}
+			MaxRetries: c.MaxRetries, MaxRequestsPerConnection: c.MaxRequestsPerConnection, Service: c.Service.Hostname,
+			PanicThreshold: c.PanicThreshold}
+		if o := c.Outlier; o != nil {
+			cd.Outlier = &OutlierDump{Interval: dur(o.Interval), BaseEjectionTime: dur(o.BaseEjectionTime),
+				MaxEjectionTime: dur(o.MaxEjectionTime), MaxEjectionPercent: o.MaxEjectionPercent}
+			if o.EnforcingConsecutive5xx > 0 {
+				cd.Outlier.Consecutive5xx = o.Consecutive5xx
+			}
+			if o.EnforcingConsecutiveGatewayFailure > 0 {
+				cd.Outlier.ConsecutiveGatewayFailure = o.ConsecutiveGatewayFailure
+			}
+			if o.SplitLocalOrigin && o.EnforcingConsecutiveLocalOriginFailure > 0 {
+				cd.Outlier.ConsecutiveLocalOriginFailure = o.ConsecutiveLocalOriginFailure
+			}
+		}
 		for _, prio := range c.Endpoints {
 			for _, e := range prio {
 				cd.Endpoints++

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 func TestDumpEmpty(t *testing.T) {
@@ -25,5 +26,18 @@ func TestPeers(t *testing.T) {
 	var none *Peers
 	if none.Lookup(netip.MustParseAddr("10.0.0.1")) != nil || (*Peer)(nil).Principal() != "" {
 		t.Fatal("nil peers")
+	}
+}
+
+func TestDumpOutlierDetection(t *testing.T) {
+	s := &Snapshot{Clusters: map[string]*Cluster{"c": {Name: "c", Outlier: &OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100,
+		ConsecutiveGatewayFailure: 5, Interval: 10 * time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second,
+		MaxEjectionPercent: 10}}}}
+	c := Dump(s).Clusters[0]
+	if c.Outlier == nil || c.Outlier.Consecutive5xx != 5 || c.Outlier.ConsecutiveGatewayFailure != 0 || c.Outlier.Interval != "10s" || c.PanicThreshold != 0 {
+		t.Fatalf("%+v %+v", c, c.Outlier)
+	}
+	if got, want := c.Outlier.String(), "5 5xx in a row; out 30s+, at most 10%"; got != want {
+		t.Errorf("%q, want %q", got, want)
 	}
 }

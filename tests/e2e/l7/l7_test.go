@@ -102,6 +102,7 @@ func TestWaypointTraffic(t *testing.T) {
 		{"H2CRoutedLikeHTTP1", s.testH2C},
 		{"GRPCMethodRoute", s.testGRPC},
 		{"RetryTurnsFailuresIntoSuccess", s.testRetry},
+		{"OutlierDetectionEjectsBrokenPod", s.testOutlier},
 		{"FaultAbortAndDelay", s.testFaults},
 		{"MetricsAndAccessLog", s.testMetrics},
 		{"PodAddressedDirectlyNoLoop", s.testDirect},
@@ -355,8 +356,9 @@ type backend struct {
 var backends = []backend{
 	{name: "v1-0", labels: map[string]string{"app": "web", "version": "v1"}},
 	{name: "v1-1", labels: map[string]string{"app": "web", "version": "v1"}},
-	{name: "v2-0", labels: map[string]string{"app": "web", "version": "v2"}},
+	{name: "v2-0", labels: map[string]string{"app": "web", "version": "v2", "pool": "outlier"}},
 	{name: "flaky-0", labels: map[string]string{"app": "flaky"}},
+	{name: "broken-0", labels: map[string]string{"app": "broken", "pool": "outlier"}},
 	{name: "grpc-a-0", labels: map[string]string{"app": "grpc", "version": "a"}, grpc: true},
 	{name: "grpc-b-0", labels: map[string]string{"app": "grpc", "version": "b"}, grpc: true},
 }
@@ -374,6 +376,7 @@ var services = []service{
 	{name: "web-v2", vip: "10.96.20.12", selector: map[string]string{"app": "web", "version": "v2"}},
 	{name: "flip", vip: "10.96.20.13", selector: map[string]string{"app": "web"}},
 	{name: "flaky", vip: "10.96.20.20", selector: map[string]string{"app": "flaky"}},
+	{name: "outlier", vip: "10.96.20.21", selector: map[string]string{"pool": "outlier"}},
 	{name: "fault-abort", vip: "10.96.20.30", selector: map[string]string{"app": "web", "version": "v1"}},
 	{name: "fault-delay", vip: "10.96.20.31", selector: map[string]string{"app": "web", "version": "v1"}},
 	{name: "grpc", vip: "10.96.20.40", selector: map[string]string{"app": "grpc"}, grpc: true},
@@ -417,6 +420,13 @@ func (s *suite) startWorkloads(t *testing.T) {
 			o.Ports = []corev1.ContainerPort{{ContainerPort: grpcPort}}
 		case b.labels["app"] == "flaky":
 			o.Serve = func(p *cluster.Pod) error { return p.ServeHTTP(httpPort, s.flaky) }
+			o.Ports = []corev1.ContainerPort{{ContainerPort: httpPort}}
+		case b.labels["app"] == "broken":
+			o.Serve = func(p *cluster.Pod) error {
+				return p.ServeHTTP(httpPort, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					http.Error(w, "broken-0 fails them all", http.StatusServiceUnavailable)
+				}))
+			}
 			o.Ports = []corev1.ContainerPort{{ContainerPort: httpPort}}
 		default:
 			o.Serve = func(p *cluster.Pod) error { return p.ServeHTTP(httpPort, echo(p.Name)) }

@@ -445,6 +445,83 @@ func (s *suite) testRetry(t *testing.T) {
 	}
 }
 
+// A DestinationRule's outlierDetection, as istiod sends it: of the
+// outlier service's two pods, broken-0 answers 503 to everything; after
+// two in a row it is ejected and v2-0 takes every request.
+func (s *suite) testOutlier(t *testing.T) {
+	s.apply(t, cluster.GVRDR, map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+		"metadata": map[string]any{"name": "outlier", "namespace": ns},
+		"spec": map[string]any{
+			"host": host("outlier"),
+			"trafficPolicy": map[string]any{
+				"loadBalancer":     map[string]any{"simple": "ROUND_ROBIN"},
+				"outlierDetection": map[string]any{"consecutive5xxErrors": int64(2), "interval": "1s", "baseEjectionTime": "5m", "maxEjectionPercent": int64(50)},
+			},
+		},
+	})
+	took := s.waitConfig(t, "the outlier detection", func(d *model.ConfigDump) (bool, string) {
+		for _, c := range d.Clusters {
+			if c.Service == host("outlier") && c.Outlier != nil && c.Outlier.Consecutive5xx == 2 {
+				return true, ""
+			}
+		}
+		return false, "no cluster of " + host("outlier") + " with 2 consecutive 5xx"
+	})
+	t.Logf("the outlier detection runs in the waypoint %s after the write", took.Round(time.Millisecond))
+	before := s.wpMetric(t, "kmesh_waypoint_outlier_ejections_total")
+	c := s.newConnClient()
+	served := func(n int) (map[string]int, int) {
+		by, failed := map[string]int{}, 0
+		for range n {
+			r, err := do(s.Ctx, c, http.MethodGet, url("outlier"), nil)
+			switch {
+			case err != nil:
+				t.Fatalf("outlier: %v", err)
+			case r.code != http.StatusOK:
+				failed++
+			default:
+				by[r.body]++
+			}
+		}
+		return by, failed
+	}
+	// Round robin: broken-0 gets every other request until its second 503.
+	by, failed := served(10)
+	t.Logf("first 10 requests: %d failed, served %v", failed, by)
+	if failed > 2 {
+		t.Errorf("%d of the first 10 requests failed: broken-0 not ejected after 2 503s in a row", failed)
+	}
+	by, failed = served(40)
+	t.Logf("next 40: %d failed, served %v", failed, by)
+	if failed != 0 || by["v2-0"] != 40 {
+		t.Errorf("after the ejection: %d failed, served %v; want all 40 by v2-0", failed, by)
+	}
+	if after := s.wpMetric(t, "kmesh_waypoint_outlier_ejections_total"); after-before != 1 {
+		t.Errorf("kmesh_waypoint_outlier_ejections_total went from %v to %v, want one ejection", before, after)
+	}
+}
+
+// wpMetric reads one unlabelled sample of the waypoint's /metrics.
+func (s *suite) wpMetric(t *testing.T, name string) float64 {
+	t.Helper()
+	code, b, err := s.wpAdmin("/metrics")
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("waypoint /metrics: %d %v", code, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%q: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in the waypoint's /metrics", name)
+	return 0
+}
+
 // (3) Fault injection: abort 50% with 503 and delay 100% by 200 ms, as
 // the client sees them.
 func (s *suite) testFaults(t *testing.T) {
