@@ -166,6 +166,15 @@ func (q *request) run() {
 		q.localReply(status, "", "route_configuration_missing")
 		return
 	}
+	if i := strings.IndexByte(q.path, '#'); i >= 0 {
+		// A fragment is no part of :path. Envoy as istiod runs it
+		// (http_reject_path_with_fragment off) drops it before anything
+		// reads the path, so it neither matches routes nor takes part in
+		// resolving dot segments ("/public#/../admin" is /public), and
+		// the endpoint never sees it.
+		q.path = q.path[:i]
+		r.RequestURI = q.path
+	}
 	if hcm.EscapedSlashes != "" {
 		// Envoy's path_with_escaped_slashes_action, before normalizing.
 		if np, ok := route.UnescapeSlashes(q.path); ok {

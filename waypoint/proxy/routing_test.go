@@ -1122,3 +1122,41 @@ func TestFormatGRPCTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A #fragment in the request target is no part of the path: Envoy as istiod
+// configures it (http_reject_path_with_fragment off, so the fragment is
+// stripped) routes and forwards "/admin#x" as "/admin", and never lets the
+// fragment take part in resolving dot segments ("/public#/../admin" is a
+// /public request).
+func TestFragmentStrippedBeforeRouting(t *testing.T) {
+	admin, public := mirrorBackend(t, "admin"), mirrorBackend(t, "public")
+	snap := httpSnapshot(oneRoute(
+		&model.Route{Name: "admin", Match: model.RouteMatch{Path: "/admin"}, Forward: &model.ForwardAction{Cluster: "admin"}},
+		&model.Route{Name: "public", Match: model.RouteMatch{PathSeparatedPrefix: "/public"}, Forward: &model.ForwardAction{Cluster: "public"}},
+	), false, admin, public)
+	hcm := snap.Listeners[0].Chains["http"].HTTP
+	hcm.NormalizePath, hcm.MergeSlashes = true, true
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	addr := te.addr("main")
+	for _, c := range []struct{ path, backend, seen string }{
+		{"/admin#frag", "admin", "/admin"},
+		{"/admin?x=1#frag", "admin", "/admin?x=1"},
+		{"/public#/../admin", "public", "/public"},
+	} {
+		conn, err := dialer(addr, clientAddr, serviceVIP)(t.Context(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.path)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		conn.Close()
+		if got := resp.Header.Get("X-Backend"); got != c.backend || resp.Header.Get("X-Seen-Uri") != c.seen {
+			t.Errorf("%s: %d, reached %q with %q, want %q with %q", c.path, resp.StatusCode, got, resp.Header.Get("X-Seen-Uri"), c.backend, c.seen)
+		}
+	}
+}
