@@ -175,6 +175,7 @@ func (q *request) run() {
 		q.path = q.path[:i]
 		r.RequestURI = q.path
 	}
+	redirect := false
 	if hcm.EscapedSlashes != "" {
 		// Envoy's path_with_escaped_slashes_action, before normalizing.
 		if np, ok := route.UnescapeSlashes(q.path); ok {
@@ -183,12 +184,11 @@ func (q *request) run() {
 				q.localReply(http.StatusBadRequest, "", "path_has_escaped_slashes")
 				return
 			case "redirect":
-				q.w.Header().Set("Location", np)
-				q.localReply(http.StatusTemporaryRedirect, "", "path_has_escaped_slashes")
-				return
-			case "forward":
-				q.path, r.RequestURI = np, np
+				// Answered once the path is normalized: Envoy's Location is
+				// the path as it would have been routed.
+				redirect = true
 			}
+			q.path, r.RequestURI = np, np
 		}
 	}
 	if hcm.NormalizePath || hcm.MergeSlashes {
@@ -196,6 +196,11 @@ func (q *request) run() {
 		if np := route.NormalizePath(q.path, hcm.NormalizePath, hcm.MergeSlashes); np != q.path {
 			q.path, r.RequestURI = np, np
 		}
+	}
+	if redirect {
+		q.w.Header().Set("Location", q.path)
+		q.localReply(http.StatusTemporaryRedirect, "", "path_has_escaped_slashes")
+		return
 	}
 	q.vh, q.rt = q.ch.table.Match(r)
 	if q.rt == nil {

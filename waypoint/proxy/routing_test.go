@@ -1160,3 +1160,18 @@ func TestFragmentStrippedBeforeRouting(t *testing.T) {
 		}
 	}
 }
+
+// With UNESCAPE_AND_REDIRECT Envoy unescapes, then normalizes and merges
+// slashes, and only then answers the redirect: its Location is the
+// normalized path, not the merely unescaped one.
+func TestEscapedSlashesRedirectIsNormalized(t *testing.T) {
+	snap := httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c"})
+	hcm := snap.Listeners[0].Chains["http"].HTTP
+	hcm.EscapedSlashes, hcm.NormalizePath, hcm.MergeSlashes = "redirect", true, true
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	code, _, resp := get(t, client(te.addr("main")), "http://x/a%2F%2Fb/c%2F..%2Fd?q=%2F")
+	if code != 307 || resp.Header.Get("Location") != "/a/b/d?q=%2F" {
+		t.Errorf("%d, Location %q; want 307, %q", code, resp.Header.Get("Location"), "/a/b/d?q=%2F")
+	}
+}
