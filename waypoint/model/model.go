@@ -364,6 +364,9 @@ type WeightedCluster struct {
 	Name    string
 	Weight  uint32
 	Headers HeaderOps
+	// HostRewrite sets :authority for the requests this cluster takes
+	// (its host_rewrite_literal); the route's HostRewrite, when set, wins.
+	HostRewrite string
 }
 
 // RegexRewrite is Envoy's regex_rewrite.

@@ -57,8 +57,12 @@ func (q *request) forward() {
 		r.Header["X-Envoy-Original-Path"] = []string{q.path}
 	}
 	authority := q.authority
+	// Envoy sets the weighted cluster's host first, then the route's over
+	// it: the route's rewrite wins when both are there.
 	if f.HostRewrite != "" {
 		authority = f.HostRewrite
+	} else if q.whost != "" {
+		authority = q.whost
 	}
 	// The response's header operations read the rewritten :path and
 	// :authority (Envoy rewrites the request's own headers, after the

@@ -86,6 +86,7 @@ type request struct {
 	clusterName     string
 	cluster         *upstream.Cluster
 	wops            *route.Ops // the chosen weighted cluster's header ops
+	whost           string     // the chosen weighted cluster's host rewrite
 	host            *upstream.Host
 	body            *requestBody
 	cors            http.Header // CORS headers for the response
@@ -278,6 +279,7 @@ func (q *request) pickCluster() {
 	if w := f.Weighted; w != nil && len(w.Clusters) > 0 {
 		i := pickWeighted(w)
 		q.clusterName = w.Clusters[i].Name
+		q.whost = w.Clusters[i].HostRewrite
 		if i < len(q.rt.Weighted) {
 			q.wops = q.rt.Weighted[i]
 		}

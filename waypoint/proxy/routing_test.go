@@ -1175,3 +1175,21 @@ func TestEscapedSlashesRedirectIsNormalized(t *testing.T) {
 		t.Errorf("%d, Location %q; want 307, %q", code, resp.Header.Get("Location"), "/a/b/d?q=%2F")
 	}
 }
+
+// A weighted cluster's host_rewrite_literal (istiod sets it for a
+// destination's headers.request.set authority) sets :authority for the
+// requests that cluster takes; the route's own rewrite, when set, wins, as
+// Envoy applies it after the cluster's.
+func TestWeightedClusterHostRewrite(t *testing.T) {
+	a := mirrorBackend(t, "a")
+	for _, c := range []struct{ route, want string }{{"", "a.example"}, {"route.example", "route.example"}} {
+		r := &model.Route{Name: "w", Forward: &model.ForwardAction{HostRewrite: c.route, Weighted: &model.WeightedClusters{Total: 1,
+			Clusters: []model.WeightedCluster{{Name: "a", Weight: 1, HostRewrite: "a.example"}}}}}
+		te := newTestEngine(t, Options{})
+		te.apply(httpSnapshot(oneRoute(r), false, a))
+		_, _, resp := get(t, client(te.addr("main")), "http://x/")
+		if got := resp.Header.Get("X-Seen-Host"); got != c.want {
+			t.Errorf("route rewrite %q: upstream saw Host %q, want %q", c.route, got, c.want)
+		}
+	}
+}

@@ -372,7 +372,10 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 					Reason: "per-cluster filter overrides are not applied"})
 			}
 			weight := c.GetWeight().GetValue()
-			w.Clusters = append(w.Clusters, model.WeightedCluster{Name: c.GetName(), Weight: weight, Headers: ops})
+			// istiod sets host_rewrite_literal here for a destination whose
+			// headers set the authority.
+			w.Clusters = append(w.Clusters, model.WeightedCluster{Name: c.GetName(), Weight: weight, Headers: ops,
+				HostRewrite: c.GetHostRewriteLiteral()})
 			w.Total += weight
 		}
 		if tw := cs.WeightedClusters.GetTotalWeight(); tw != nil && tw.GetValue() != w.Total {

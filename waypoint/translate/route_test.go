@@ -96,6 +96,16 @@ func TestRoutes(t *testing.T) {
 					t.Errorf("%+v", w)
 				}
 			}},
+		{name: "weighted host rewrite", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
+			WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+				{Name: "a", Weight: wrapperspb.UInt32(1), HostRewriteSpecifier: &routev3.WeightedCluster_ClusterWeight_HostRewriteLiteral{HostRewriteLiteral: "a.example"}},
+				{Name: "b", Weight: wrapperspb.UInt32(1)}}}}})},
+			check: func(t *testing.T, r *model.Route) {
+				w := r.Forward.Weighted
+				if w.Clusters[0].HostRewrite != "a.example" || w.Clusters[1].HostRewrite != "" {
+					t.Errorf("%+v", w)
+				}
+			}},
 		{name: "weights against total_weight", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
 			WeightedClusters: &routev3.WeightedCluster{TotalWeight: wrapperspb.UInt32(100), Clusters: []*routev3.WeightedCluster_ClusterWeight{{Name: "a", Weight: wrapperspb.UInt32(3)}}}}})},
 			err: "total_weight"},
