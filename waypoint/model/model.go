@@ -331,6 +331,10 @@ type ForwardAction struct {
 	// upstream host's address.
 	HostRewrite     string
 	AutoHostRewrite bool
+	// AppendXForwardedHost: a host rewrite appends the authority it
+	// replaces to x-forwarded-host (append_x_forwarded_host; istiod sets
+	// it with a rewrite when the mesh turns x-forwarded-host on).
+	AppendXForwardedHost bool
 	// Timeout for the whole request including retries (Envoy's default is
 	// 15 s; istiod sets 0 = none unless a VirtualService says otherwise).
 	Timeout     time.Duration

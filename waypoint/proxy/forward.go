@@ -61,6 +61,9 @@ func (q *request) forward() {
 	// it: the route's rewrite wins when both are there.
 	if f.HostRewrite != "" {
 		authority = f.HostRewrite
+		if f.AppendXForwardedHost {
+			appendForwardedHost(r.Header, q.authority)
+		}
 	} else if q.whost != "" {
 		authority = q.whost
 	}
@@ -719,4 +722,27 @@ func (e *eofTimers) fire() {
 		d.stop()
 	}
 	e.waiting, e.stops = nil, nil
+}
+
+// appendForwardedHost adds the authority a host rewrite replaces to
+// x-forwarded-host, as Envoy's updateAuthority does for
+// append_x_forwarded_host: after the values already there (joined by
+// ","), unless it is already the last of them; an empty authority adds
+// nothing.
+func appendForwardedHost(h http.Header, host string) {
+	if host == "" {
+		return
+	}
+	old := strings.Join(h["X-Forwarded-Host"], ",")
+	if old == "" {
+		h["X-Forwarded-Host"] = []string{host}
+		return
+	}
+	last := old
+	if i := strings.LastIndexByte(old, ','); i >= 0 {
+		last = old[i+1:]
+	}
+	if strings.TrimSpace(last) != host {
+		h["X-Forwarded-Host"] = []string{old + "," + host}
+	}
 }

@@ -1193,3 +1193,31 @@ func TestWeightedClusterHostRewrite(t *testing.T) {
 		}
 	}
 }
+
+// append_x_forwarded_host: a host rewrite appends the authority it
+// replaces to x-forwarded-host, unless that is already its last value
+// (Envoy's updateAuthority); no rewrite, nothing appended.
+func TestAppendXForwardedHostOnHostRewrite(t *testing.T) {
+	a := mirrorBackend(t, "a")
+	for _, c := range []struct {
+		rewrite, sent string
+		want          []string
+	}{
+		{"b.example", "", []string{"x:8080"}},
+		{"b.example", "p1, x:8080", []string{"p1, x:8080"}},
+		{"b.example", "p1", []string{"p1,x:8080"}},
+		{"", "", nil},
+	} {
+		r := &model.Route{Name: "r", Forward: &model.ForwardAction{Cluster: "a", HostRewrite: c.rewrite, AppendXForwardedHost: true}}
+		te := newTestEngine(t, Options{})
+		te.apply(httpSnapshot(oneRoute(r), false, a))
+		var hdr []string
+		if c.sent != "" {
+			hdr = []string{"X-Forwarded-Host", c.sent}
+		}
+		_, _, resp := get(t, client(te.addr("main")), "http://x:8080/", hdr...)
+		if got := resp.Header.Values("X-Seen-X-Forwarded-Host"); !slices.Equal(got, c.want) {
+			t.Errorf("rewrite %q, sent %q: upstream saw x-forwarded-host %q, want %q", c.rewrite, c.sent, got, c.want)
+		}
+	}
+}

@@ -106,6 +106,14 @@ func TestRoutes(t *testing.T) {
 					t.Errorf("%+v", w)
 				}
 			}},
+		{name: "append x-forwarded-host", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}, AppendXForwardedHost: true,
+			HostRewriteSpecifier: &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "backend.example"}})},
+			check: func(t *testing.T, r *model.Route) {
+				if !r.Forward.AppendXForwardedHost {
+					t.Errorf("%+v", r.Forward)
+				}
+			}},
 		{name: "weights against total_weight", route: &routev3.Route{Match: prefix("/"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{
 			WeightedClusters: &routev3.WeightedCluster{TotalWeight: wrapperspb.UInt32(100), Clusters: []*routev3.WeightedCluster_ClusterWeight{{Name: "a", Weight: wrapperspb.UInt32(3)}}}}})},
 			err: "total_weight"},
