@@ -222,6 +222,9 @@ type HTTPFilter struct {
 type RouteTable struct {
 	Name         string
 	VirtualHosts []*VirtualHost
+	// IgnorePortInHostMatching: the authority's port is dropped before
+	// it is matched against the domains (ignore_port_in_host_matching).
+	IgnorePortInHostMatching bool
 	// Header operations applied to every request/response (after the
 	// route's and the virtual host's, as in Envoy).
 	Headers HeaderOps

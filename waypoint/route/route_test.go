@@ -58,6 +58,30 @@ func TestVirtualHostDomainOrder(t *testing.T) {
 	}
 }
 
+// ignore_port_in_host_matching: the authority's port is dropped before
+// the domains are looked up (Envoy's getPortStart: the last ":" outside an
+// IPv6 literal's brackets).
+func TestIgnorePortInHostMatching(t *testing.T) {
+	tbl := Compile(&model.RouteTable{IgnorePortInHostMatching: true, VirtualHosts: []*model.VirtualHost{
+		vh("any", "*"),
+		vh("exact", "reviews.default.svc.cluster.local"),
+		vh("v6", "[fd00::1]"),
+		vh("suffix", "*.example.com"),
+	}})
+	for host, want := range map[string]string{
+		"reviews.default.svc.cluster.local:9080": "exact",
+		"reviews.default.svc.cluster.local":      "exact",
+		"[fd00::1]:80":                           "v6",
+		"[fd00::1]":                              "v6",
+		"a.example.com:443":                      "suffix",
+		"other:1":                                "any",
+	} {
+		if got := tbl.VirtualHost(host); got == nil || got.Model.Name != want {
+			t.Errorf("VirtualHost(%q) = %v, want %s", host, got, want)
+		}
+	}
+}
+
 func req(method, target string, hdr ...string) *http.Request {
 	r := httptest.NewRequest(method, target, nil)
 	r.Host = "svc"

@@ -27,6 +27,8 @@ type Table struct {
 	// longest first: Envoy prefers the longest wildcard.
 	suffix, prefix []wildcard
 	any            *VirtualHost
+	// ignorePort: match the authority without its port.
+	ignorePort bool
 	// Headers are the table-level operations.
 	Headers *Ops
 }
@@ -52,7 +54,7 @@ func Compile(rt *model.RouteTable) *Table {
 	if rt == nil {
 		return nil
 	}
-	t := &Table{Model: rt, exact: map[string]*VirtualHost{}, Headers: compileOps(&rt.Headers)}
+	t := &Table{Model: rt, exact: map[string]*VirtualHost{}, Headers: compileOps(&rt.Headers), ignorePort: rt.IgnorePortInHostMatching}
 	res := regexCache{}
 	for _, mv := range rt.VirtualHosts {
 		vh := &VirtualHost{Model: mv, Headers: compileOps(&mv.Headers)}
@@ -92,10 +94,16 @@ func Compile(rt *model.RouteTable) *Table {
 // exact domain, then the longest suffix wildcard, then the longest prefix
 // wildcard, then "*". A wildcard stands for at least one character. Like
 // Envoy (without strip_any_host_port) the authority is matched as sent,
-// port included; istiod lists each domain with and without its port.
+// port included (istiod lists each domain with and without its port),
+// unless the table says ignore_port_in_host_matching.
 func (t *Table) VirtualHost(authority string) *VirtualHost {
 	if t == nil {
 		return nil
+	}
+	if t.ignorePort {
+		if i := portStart(authority); i >= 0 {
+			authority = authority[:i]
+		}
 	}
 	host := strings.ToLower(authority)
 	if vh, ok := t.exact[host]; ok {

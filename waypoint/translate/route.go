@@ -24,7 +24,7 @@ import (
 const defaultRouteTimeout = 15 * time.Second
 
 func (t *translator) routeTable(rc *routev3.RouteConfiguration, where string) (*model.RouteTable, error) {
-	rt := &model.RouteTable{Name: rc.GetName()}
+	rt := &model.RouteTable{Name: rc.GetName(), IgnorePortInHostMatching: rc.GetIgnorePortInHostMatching()}
 	var err error
 	if rt.Headers, err = t.headerOps(where, rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(),
 		rc.GetResponseHeadersToAdd(), rc.GetResponseHeadersToRemove()); err != nil {

@@ -372,3 +372,17 @@ func TestGRPCTimeoutRewriteOnlyOnTheDeprecatedField(t *testing.T) {
 		}
 	}
 }
+
+// ignore_port_in_host_matching (istiod sets it on sidecar and gateway
+// route tables) reaches the table.
+func TestIgnorePortInHostMatchingTranslated(t *testing.T) {
+	tr := &translator{}
+	rt, err := tr.routeTable(&routev3.RouteConfiguration{Name: "rc", IgnorePortInHostMatching: true,
+		VirtualHosts: []*routev3.VirtualHost{{Name: "vh", Domains: []string{"a"}, Routes: []*routev3.Route{{Match: prefix("/"), Action: fwd(toCluster("c"))}}}}}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rt.IgnorePortInHostMatching {
+		t.Error("ignore_port_in_host_matching dropped")
+	}
+}
