@@ -276,6 +276,11 @@ func headerMatch(h *routev3.HeaderMatcher) (model.HeaderMatch, error) {
 	switch s := h.GetHeaderMatchSpecifier().(type) {
 	case *routev3.HeaderMatcher_ExactMatch:
 		hm.Value = &model.StringMatch{Kind: "exact", Exact: s.ExactMatch}
+		if s.ExactMatch == "" {
+			// Envoy's legacy exact_match: an empty value matches any value
+			// (a missing header still fails, as for other values).
+			hm.Value = &model.StringMatch{Kind: "prefix"}
+		}
 	case *routev3.HeaderMatcher_SafeRegexMatch:
 		re, err := anchored(s.SafeRegexMatch.GetRegex())
 		if err != nil {

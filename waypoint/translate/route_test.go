@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
 )
 
 func fwd(a *routev3.RouteAction) *routev3.Route_Route { return &routev3.Route_Route{Route: a} }
@@ -386,3 +388,37 @@ func TestIgnorePortInHostMatchingTranslated(t *testing.T) {
 		t.Error("ignore_port_in_host_matching dropped")
 	}
 }
+
+// The deprecated exact_match with an empty value matches any value of a
+// header that is there (Envoy's HeaderDataExactMatch), not only an empty
+// one; a missing header still fails, inverted or not.
+func TestLegacyEmptyExactMatchIsAnyValue(t *testing.T) {
+	for _, c := range []struct {
+		invert       bool
+		value        *string
+		want         bool
+		treatMissing bool
+	}{
+		{value: ptrTo("abc"), want: true},
+		{value: ptrTo(""), want: true},
+		{value: nil, want: false},
+		{invert: true, value: ptrTo("abc"), want: false},
+		{invert: true, value: nil, want: false},
+		{treatMissing: true, value: nil, want: true},
+	} {
+		hm, err := headerMatch(&routev3.HeaderMatcher{Name: "x-h", InvertMatch: c.invert, TreatMissingHeaderAsEmpty: c.treatMissing,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: ""}}) //nolint:staticcheck // the deprecated field is the point
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := httptest.NewRequest("GET", "/", nil)
+		if c.value != nil {
+			r.Header.Set("X-H", *c.value)
+		}
+		if got := route.CompileHeaders([]model.HeaderMatch{hm}).Match(r); got != c.want {
+			t.Errorf("invert %v treat-missing %v value %v: %v, want %v", c.invert, c.treatMissing, c.value, got, c.want)
+		}
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
