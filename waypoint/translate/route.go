@@ -36,6 +36,24 @@ func (t *translator) routeTable(rc *routev3.RouteConfiguration, where string) (*
 	if rt.PerFilter, err = t.perFilter(rc.GetTypedPerFilterConfig(), where); err != nil {
 		return nil, err
 	}
+	// Table options that change which virtual host, route or headers a
+	// request gets; reported so the difference from Envoy is visible.
+	if rc.GetVhostHeader() != "" {
+		t.unsupported(model.Unsupported{Where: where, Name: "vhost_header",
+			Reason: "the virtual host is chosen by :authority, not by " + rc.GetVhostHeader()})
+	}
+	if rc.GetMostSpecificHeaderMutationsWins() {
+		t.unsupported(model.Unsupported{Where: where, Name: "most_specific_header_mutations_wins",
+			Reason: "header operations run route first, table last: the least specific level wins"})
+	}
+	if rc.GetIgnorePathParametersInPathMatching() {
+		t.unsupported(model.Unsupported{Where: where, Name: "ignore_path_parameters_in_path_matching",
+			Reason: "path parameters (;...) take part in path matching"})
+	}
+	if len(rc.GetInternalOnlyHeaders()) > 0 {
+		t.unsupported(model.Unsupported{Where: where, Name: "internal_only_headers",
+			Reason: "these headers are not removed from requests"})
+	}
 	seen := map[string]string{}
 	for _, vh := range rc.GetVirtualHosts() {
 		v, err := t.virtualHost(vh, where+" / virtual host "+vh.GetName())
@@ -250,6 +268,11 @@ func (t *translator) routeMatch(m *routev3.RouteMatch, where string) (model.Rout
 		out.Query = append(out.Query, qm)
 	}
 	out.GRPC = m.GetGrpc() != nil
+	if len(m.GetCookies()) > 0 {
+		// A condition not evaluated would let the route take requests
+		// Envoy sends elsewhere.
+		return out, "cookie matching is not supported", false, nil
+	}
 	if tc := m.GetTlsContext(); tc != nil {
 		if tc.GetPresented().GetValue() || tc.GetValidated().GetValue() {
 			return out, "", true, nil
@@ -408,6 +431,9 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 	if a.GetPathRewritePolicy() != nil {
 		deny = "path_rewrite_policy (URI templates) is not supported"
 	}
+	if a.GetPathRewrite() != "" {
+		deny = "path_rewrite (a formatted path) is not supported"
+	}
 	switch h := a.GetHostRewriteSpecifier().(type) {
 	case *routev3.RouteAction_HostRewriteLiteral:
 		f.HostRewrite = h.HostRewriteLiteral
@@ -415,6 +441,8 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 		f.AutoHostRewrite = h.AutoHostRewrite.GetValue()
 	case *routev3.RouteAction_HostRewriteHeader, *routev3.RouteAction_HostRewritePathRegex:
 		deny = "host rewrite from a header or the path is not supported"
+	case *routev3.RouteAction_HostRewrite:
+		deny = "host_rewrite (a formatted host) is not supported"
 	}
 	if a.GetAppendXForwardedHost() {
 		f.AppendXForwardedHost = true
@@ -625,6 +653,8 @@ func redirect(r *routev3.RedirectAction, where string) (*model.RedirectAction, s
 		out.PrefixRewrite = p.PrefixRewrite
 	case *routev3.RedirectAction_RegexRewrite:
 		deny = "redirect with regex_rewrite is not supported"
+	case *routev3.RedirectAction_PathRewrite:
+		deny = "redirect with path_rewrite (a formatted path) is not supported"
 	}
 	switch r.GetResponseCode() {
 	case routev3.RedirectAction_MOVED_PERMANENTLY:

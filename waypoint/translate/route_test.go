@@ -422,3 +422,41 @@ func TestLegacyEmptyExactMatchIsAnyValue(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// Route fields that change what a request matches or where it goes and
+// that the waypoint does not apply are never dropped silently: a match
+// condition or a rewrite it cannot do denies the route (fail closed), a
+// route-table option is reported.
+func TestRouteFieldsNotUnderstoodAreReported(t *testing.T) {
+	tr := &translator{}
+	rc := &routev3.RouteConfiguration{Name: "rc", VhostHeader: "x-vhost", MostSpecificHeaderMutationsWins: true,
+		IgnorePathParametersInPathMatching: true, InternalOnlyHeaders: []string{"x-internal"},
+		VirtualHosts: []*routev3.VirtualHost{{Name: "vh", Domains: []string{"*"}, Routes: []*routev3.Route{
+			{Name: "cookie", Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/c"},
+				Cookies: []*routev3.CookieMatcher{{Name: "user", StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "a"}}}}},
+				Action: fwd(toCluster("c"))},
+			{Name: "path-formatter", Match: prefix("/p"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"}, PathRewrite: "/x"})},
+			{Name: "host-formatter", Match: prefix("/h"), Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"},
+				HostRewriteSpecifier: &routev3.RouteAction_HostRewrite{HostRewrite: "%REQ(x-host)%"}})},
+			{Name: "redirect-formatter", Match: prefix("/r"), Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{
+				PathRewriteSpecifier: &routev3.RedirectAction_PathRewrite{PathRewrite: "/y"}}}},
+		}}}}
+	rt, err := tr.routeTable(rc, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rt.VirtualHosts[0].Routes {
+		if r.Deny == nil {
+			t.Errorf("route %s runs without what it asks for: %+v", r.Name, r)
+		}
+	}
+	got := map[string]bool{}
+	for _, u := range tr.unsup {
+		got[u.Name] = true
+	}
+	for _, n := range []string{"vhost_header", "most_specific_header_mutations_wins", "ignore_path_parameters_in_path_matching", "internal_only_headers"} {
+		if !got[n] {
+			t.Errorf("%s not reported; reported %v", n, got)
+		}
+	}
+}
