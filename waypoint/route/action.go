@@ -28,6 +28,11 @@ func (r *Route) RewritePath(path string) string {
 		p = f.PrefixRewrite + p[n:]
 	case f.RegexRewrite != nil && f.RegexRewrite.Pattern != nil:
 		p = f.RegexRewrite.Pattern.ReplaceAllString(p, f.RegexRewrite.Substitution)
+		if p == "" {
+			// Envoy takes an empty result for a failed rewrite and keeps
+			// the path.
+			return path
+		}
 	default:
 		return path
 	}

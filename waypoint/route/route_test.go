@@ -222,6 +222,9 @@ func TestRewritePath(t *testing.T) {
 		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`^/service/([^/]+)(/.*)$`), Substitution: "${2}/instance/${1}"}}, "/service/foo/v1/api?x=1", "/v1/api/instance/foo?x=1"},
 		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`o`), Substitution: "0"}}, "/foo/boo", "/f00/b00"},
 		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{}, "/same?x", "/same?x"},
+		// A regex rewrite that leaves nothing of the path is no rewrite in
+		// Envoy: the path goes out as it came.
+		{model.RouteMatch{Prefix: "/"}, model.ForwardAction{RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`^.*$`), Substitution: ""}}, "/gone?x=1", "/gone?x=1"},
 		// A VirtualService "uri: {regex}" with "rewrite: {uri}": istiod
 		// emits safe_regex + prefix_rewrite, and Envoy replaces the whole
 		// path (the regex's matched path), keeping the query.
