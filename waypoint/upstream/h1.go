@@ -623,6 +623,13 @@ func (b *h1Body) finish(complete bool) {
 		return
 	}
 	reuse := complete && b.reuse
+	if reuse && b.pc.br.Buffered() > 0 {
+		// The endpoint sent more than this response (a second answer, a
+		// body after a 204 or an answer to HEAD): nothing of it answers
+		// the next request, which would take it for its own. Envoy's codec
+		// calls it extraneous data after the response and closes.
+		reuse = false
+	}
 	if b.bodyDone != nil {
 		if reuse {
 			// The request body must be all written before the connection

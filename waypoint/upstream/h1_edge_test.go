@@ -182,3 +182,43 @@ func TestUnsolicited101NotReused(t *testing.T) {
 		t.Errorf("the second request got the bytes after the first one's 101: %q", body)
 	}
 }
+
+// Bytes an endpoint sends after a complete response (a second answer to
+// one request, a body after a 204 or an answer to HEAD) are not an answer
+// to the next request on the connection: the connection is not reused
+// (Envoy's codec calls them extraneous data and closes; net/http's
+// Transport closes on an unsolicited response), so no request ever gets
+// another's answer.
+func TestExtraBytesAfterResponseNotReused(t *testing.T) {
+	for _, tc := range []struct{ name, method, resp string }{
+		{"second response", "GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"},
+		{"chunks after 204", "GET", "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"},
+		{"body after HEAD", "HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var conns atomic.Int32
+			addr := rawServer(t, func(i int, c net.Conn, br *bufio.Reader) {
+				conns.Add(1)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if req.Method == tc.method {
+						io.WriteString(c, tc.resp)
+					} else {
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+					}
+				}
+			})
+			_, c := one(t, &model.Cluster{Name: "c", Endpoints: [][]model.Endpoint{{{Address: addr, Healthy: true}}}})
+			if _, _, err := do(t, c, context.Background(), tc.method, ""); err != nil {
+				t.Fatal(err)
+			}
+			_, body, err := do(t, c, context.Background(), "POST", "x")
+			if err != nil || body != "fresh" {
+				t.Errorf("the next request got %q (%v), want its own answer", body, err)
+			}
+		})
+	}
+}
