@@ -441,8 +441,10 @@ func (q *request) upstreamH2(cl *upstream.Cluster, upgrade bool) bool {
 	return false
 }
 
-// hopByHop are the headers of one connection, never forwarded.
-var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te", "Trailer", "Expect"}
+// hopByHop are the headers of one connection, never forwarded
+// (HTTP2-Settings belongs to an h2c upgrade, which is never forwarded:
+// isUpgrade).
+var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te", "Trailer", "Expect", "Http2-Settings"}
 
 // prepareHeaders makes the request's headers the upstream's: hop-by-hop
 // ones out (Upgrade and Connection kept for an upgrade; TE: trailers
@@ -478,8 +480,15 @@ func removeHopByHop(h http.Header, keepUpgrade bool) {
 	}
 }
 
+// isUpgrade reports an HTTP/1 upgrade to forward. Not h2c: the endpoint
+// would switch the connection to HTTP/2 and the client's requests on it
+// would reach the endpoint without routing or filters (h2c smuggling).
+// Envoy's codec drops an h2c upgrade and serves the request as an
+// ordinary one; removeHopByHop then takes Upgrade, Connection and
+// HTTP2-Settings out.
 func isUpgrade(r *http.Request) bool {
-	if r.ProtoMajor != 1 || header.Get(r.Header, "Upgrade") == "" {
+	up := header.Get(r.Header, "Upgrade")
+	if r.ProtoMajor != 1 || up == "" || strings.EqualFold(strings.TrimSpace(up), "h2c") {
 		return false
 	}
 	for _, c := range r.Header["Connection"] {
