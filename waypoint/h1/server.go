@@ -741,9 +741,16 @@ func (w *response) WriteHeader(code int) {
 		// (HTTP/1.0 closes unless told otherwise: nothing to say.)
 		h.Set("Connection", "close")
 	}
-	if code == http.StatusNotModified {
+	switch {
+	case code == http.StatusNotModified:
 		// As net/http: a 304 describes no body of its own.
 		delete(h, "Content-Type")
+		delete(h, "Content-Length")
+	case code == http.StatusNoContent || code < 200:
+		// A 204 (or a 101) never has a length (RFC 9110 8.6): one relayed
+		// from an endpoint would have a client that trusts it read the
+		// next response as this one's body. net/http's server drops it,
+		// Envoy's codec refuses a non-zero one from the endpoint.
 		delete(h, "Content-Length")
 	}
 	writeStatus(bw, w.req.ProtoMinor, code)

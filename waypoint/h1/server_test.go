@@ -48,6 +48,10 @@ func handler(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ignored")
 	case "/notmodified":
 		w.WriteHeader(http.StatusNotModified)
+	case "/nocontent-length":
+		// As a proxy relays an endpoint's 204 that declares a length.
+		w.Header().Set("Content-Length", "7")
+		w.WriteHeader(http.StatusNoContent)
 	case "/close":
 		w.Header().Set("Connection", "close")
 		w.Header().Set("Content-Length", "2")
@@ -159,6 +163,7 @@ func TestServerMatchesNetHTTP(t *testing.T) {
 		{"client asks to close", "GET /length HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", []string{"GET"}},
 		{"handler asks to close", "GET /close HTTP/1.1\r\nHost: h\r\n\r\n", []string{"GET"}},
 		{"HEAD has no body", "HEAD /length HTTP/1.1\r\nHost: h\r\n\r\nGET /length HTTP/1.1\r\nHost: h\r\n\r\n", []string{"HEAD", "GET"}},
+		{"204 declaring a length", "GET /nocontent-length HTTP/1.1\r\nHost: h\r\n\r\nGET /length HTTP/1.1\r\nHost: h\r\n\r\n", []string{"GET", "GET"}},
 		{"204 and 304", "GET /nocontent HTTP/1.1\r\nHost: h\r\n\r\nGET /notmodified HTTP/1.1\r\nHost: h\r\n\r\n", []string{"GET", "GET"}},
 		{"unread body is skipped", "POST /status HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /length HTTP/1.1\r\nHost: h\r\n\r\n", []string{"POST", "GET"}},
 		{"missing Host", "GET / HTTP/1.1\r\n\r\n", []string{"GET"}},
