@@ -18,6 +18,7 @@ const (
 	flagURX                   // retries exhausted
 	flagNC                    // no cluster found
 	flagSI                    // stream idle timeout
+	flagUPE                   // upstream protocol error
 )
 
 // flagNames in Envoy's order of its short flag string.
@@ -27,6 +28,7 @@ var flagNames = []struct {
 }{
 	{flagUH, "UH"}, {flagUT, "UT"}, {flagUF, "UF"}, {flagUC, "UC"}, {flagUO, "UO"}, {flagNR, "NR"},
 	{flagDI, "DI"}, {flagFI, "FI"}, {flagDC, "DC"}, {flagURX, "URX"}, {flagSI, "SI"}, {flagNC, "NC"},
+	{flagUPE, "UPE"},
 }
 
 // String is Envoy's %RESPONSE_FLAGS%: short names joined by "," or "-".

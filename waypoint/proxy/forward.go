@@ -265,6 +265,19 @@ func (q *request) forward() {
 			return
 		}
 		endRetry()
+		if resp.StatusCode == http.StatusSwitchingProtocols && !upgrade {
+			// A switch the client never asked for (RFC 9110 7.8): relayed,
+			// the client would take its connection for switched while it
+			// is read as HTTP still. An endpoint's protocol error, as
+			// Envoy counts it (net/http's ReverseProxy answers 502 too).
+			resp.Body.Close()
+			host.Done()
+			a.end()
+			cl.ReportLocal(host, upstream.ConnectFailed) // a reset, to Envoy's outlier detection
+			q.flags |= flagUPE
+			q.localReply(http.StatusBadGateway, bodyProtocol, "upstream_reset_before_response_started{protocol_error}")
+			return
+		}
 		q.reportAnswer(cl, host, resp)
 		if retry.RetriableResponse(resp.StatusCode, resp.Header) {
 			if q.retry(ctx, retry, cl) {

@@ -64,3 +64,24 @@ func TestH2CUpgradeNotForwarded(t *testing.T) {
 		}
 	}
 }
+
+// A 101 to a request that asked for no upgrade is not relayed: the client
+// would take its connection for switched while the waypoint reads HTTP on
+// it still. A server must not switch to a protocol the client did not ask
+// for (RFC 9110 7.8); net/http's ReverseProxy answers such a 101 with 502,
+// and Envoy's codec counts the endpoint's protocol error (UPE).
+func TestUnrequested101Is502(t *testing.T) {
+	addr := rawServer(t, func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: Upgrade\r\n\r\n")
+		time.Sleep(time.Second)
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(addr)}))
+	resp, _ := rawExchange(t, te, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "GET")
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("a 101 the client never asked for: %d, want 502", resp.StatusCode)
+	}
+}

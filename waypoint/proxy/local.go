@@ -15,6 +15,7 @@ const (
 	bodyReset     = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 	bodyRefused   = "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
 	bodyOverflow  = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+	bodyProtocol  = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 )
 
 // localReply answers from the waypoint: for a gRPC request as gRPC (HTTP
