@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -240,4 +241,84 @@ func TestReadResponseChunkedAndLengthCloses(t *testing.T) {
 	if err != nil || string(b) != "ok" || !resp.Close || resp.Header.Get("Content-Length") != "" {
 		t.Errorf("body %q (%v), close %v, Content-Length %q; want \"ok\", close, no length", b, err, resp.Close, resp.Header.Get("Content-Length"))
 	}
+}
+
+// readAllRequests reads pipelined requests from raw until an error (at
+// most 8), each one as its method, target and body.
+func readAllRequests(raw string, read func(*bufio.Reader) (*http.Request, error)) (msgs []string, err error) {
+	br := bufio.NewReaderSize(strings.NewReader(raw), 4096)
+	for len(msgs) < 8 {
+		req, rerr := read(br)
+		if rerr != nil {
+			return msgs, rerr
+		}
+		b, berr := io.ReadAll(req.Body)
+		if berr != nil {
+			return msgs, berr
+		}
+		msgs = append(msgs, req.Method+" "+req.RequestURI+" "+strconv.Quote(string(b)))
+	}
+	return msgs, nil
+}
+
+// The parser never panics, and where it and net/http both take a run of
+// pipelined requests they cut it at the same places (no request the
+// waypoint reads as one thing that a server after it reads as another).
+func FuzzReadRequest(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /y HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nT: v\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+		"POST /x HTTP/1.1\nHost: h\nContent-Length: 1\n\nxGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		var p Parser
+		ours, _ := readAllRequests(raw, func(br *bufio.Reader) (*http.Request, error) { return p.ReadRequest(br, &http.Request{}) })
+		std, _ := readAllRequests(raw, http.ReadRequest)
+		n := min(len(ours), len(std))
+		if !slices.Equal(ours[:n], std[:n]) {
+			t.Fatalf("%q: ours %q, net/http %q", raw, ours, std)
+		}
+	})
+}
+
+// The same for responses to GET: where both parsers take a run of
+// responses they cut it at the same places (a response read one byte too
+// short or too long would be the next request's answer).
+func FuzzReadResponse(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 204 No Content\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.0 200 OK\r\n\r\nrest",
+		"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+	} {
+		f.Add(s)
+	}
+	read := func(raw string, next func(*bufio.Reader) (*http.Response, error)) (msgs []string) {
+		br := bufio.NewReaderSize(strings.NewReader(raw), 4096)
+		for len(msgs) < 8 {
+			resp, err := next(br)
+			if err != nil {
+				return msgs
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return msgs
+			}
+			msgs = append(msgs, resp.Status+" "+strconv.Quote(string(b)))
+		}
+		return msgs
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		var p Parser
+		ours := read(raw, func(br *bufio.Reader) (*http.Response, error) { return p.ReadResponse(br, "GET") })
+		std := read(raw, func(br *bufio.Reader) (*http.Response, error) {
+			return http.ReadResponse(br, &http.Request{Method: "GET"})
+		})
+		n := min(len(ours), len(std))
+		if !slices.Equal(ours[:n], std[:n]) {
+			t.Fatalf("%q: ours %q, net/http %q", raw, ours, std)
+		}
+	})
 }
