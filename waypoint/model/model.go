@@ -202,6 +202,10 @@ type HTTPConnectionManager struct {
 	// istiod sets it when the mesh's proxyHeaders turn Envoy's debug
 	// headers off; by default they go out, as Envoy sends them.
 	SuppressEnvoyHeaders bool
+	// Upgrades are the upgrade types (lower case) the HCM lets through,
+	// Envoy's upgrade_configs (istiod: websocket); a request asking for
+	// another is refused with 403. Nil: any (a model built by hand).
+	Upgrades map[string]bool
 }
 
 // HTTPFilter is one HTTP filter with its listener-level config. Per-route
@@ -321,6 +325,9 @@ type QueryMatch struct {
 type ForwardAction struct {
 	// One of Cluster, Weighted.
 	Cluster  string
+	// Upgrades turn upgrade types (lower case) on or off for this route
+	// over the HCM's (the route action's upgrade_configs).
+	Upgrades map[string]bool
 	Weighted *WeightedClusters
 	// ClusterNotFoundStatus answers a request whose cluster is not
 	// there (Envoy's cluster_not_found_response_code; istiod sets 500

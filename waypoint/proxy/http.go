@@ -210,6 +210,12 @@ func (q *request) run() {
 		return
 	}
 	m := q.rt.Model
+	if !q.upgradeAllowed() {
+		// Envoy's HCM, before any filter: an upgrade type neither the
+		// HCM nor the route turns on is refused.
+		q.localReply(http.StatusForbidden, "", "upgrade_failed")
+		return
+	}
 	if m.Deny != nil {
 		q.deny(m.Deny.HTTPStatus, m.Deny.Reason, "route")
 		return
@@ -557,4 +563,21 @@ func sanitize(h http.Header) {
 	for _, k := range envoyInternal {
 		delete(h, k)
 	}
+}
+
+// upgradeAllowed: not an upgrade, or one whose type the route's
+// upgrade_configs turn on, else the HCM's (compared without case, as
+// Envoy does).
+func (q *request) upgradeAllowed() bool {
+	hcm := q.ch.hcm
+	if hcm.Upgrades == nil || !isUpgrade(q.r) {
+		return true
+	}
+	t := strings.ToLower(strings.TrimSpace(header.Get(q.r.Header, "Upgrade")))
+	if f := q.rt.Model.Forward; f != nil {
+		if on, ok := f.Upgrades[t]; ok {
+			return on
+		}
+	}
+	return hcm.Upgrades[t]
 }

@@ -1221,3 +1221,50 @@ func TestAppendXForwardedHostOnHostRewrite(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's HCM lets through only the upgrade types its upgrade_configs
+// name (istiod: websocket), a route's own upgrade_configs turning a type
+// on or off over it; any other upgrade is refused with 403 before the
+// filters, and never reaches the endpoint.
+func TestUpgradeTypesAllowed(t *testing.T) {
+	var reached atomic.Int32
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		w.WriteHeader(http.StatusBadRequest) // no switch: the status tells it reached
+	})
+	echoOn := fwd("c")
+	echoOn.Match.Prefix = "/echo-on"
+	echoOn.Forward.Upgrades = map[string]bool{"echo": true}
+	wsOff := fwd("c")
+	wsOff.Match.Prefix = "/ws-off"
+	wsOff.Forward.Upgrades = map[string]bool{"websocket": false}
+	snap := httpSnapshot(oneRoute(echoOn, wsOff, fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)})
+	snap.Listeners[0].Chains["http"].HTTP.Upgrades = map[string]bool{"websocket": true}
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	for _, c := range []struct {
+		path, upgrade string
+		refused       bool
+	}{
+		{"/", "websocket", false},
+		{"/", "WebSocket", false},
+		{"/", "echo", true},
+		{"/echo-on", "echo", false},
+		{"/ws-off", "websocket", true},
+		{"/", "", false},
+	} {
+		before := reached.Load()
+		req := "GET " + c.path + " HTTP/1.1\r\nHost: x\r\n"
+		if c.upgrade != "" {
+			req += "Upgrade: " + c.upgrade + "\r\nConnection: Upgrade\r\n"
+		}
+		resp, _ := rawExchange(t, te, req+"\r\n", "GET")
+		got := reached.Load() > before
+		if c.refused && (resp.StatusCode != http.StatusForbidden || got) || !c.refused && (resp.StatusCode == http.StatusForbidden || !got) {
+			t.Errorf("%s upgrade %q: %d, reached the endpoint %v; want refused %v", c.path, c.upgrade, resp.StatusCode, got, c.refused)
+		}
+	}
+	if !strings.Contains(te.access.String(), `"response_code_details":"upgrade_failed"`) {
+		t.Errorf("no upgrade_failed in the access log")
+	}
+}

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"encoding/json"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -177,6 +178,9 @@ func TestIstiodWaypoint(t *testing.T) {
 			t.Fatalf("web chain %+v", c)
 		}
 		h := c.HTTP
+		if !maps.Equal(h.Upgrades, map[string]bool{"websocket": true}) {
+			t.Errorf("upgrades %v, want websocket (istiod's upgrade_configs)", h.Upgrades)
+		}
 		if h.Codec != "auto" || !h.NormalizePath || h.ServerName != "istio-envoy" || h.StreamIdleTimeout != 0 {
 			t.Errorf("HCM %+v", h)
 		}

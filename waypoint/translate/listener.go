@@ -267,6 +267,14 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 	if d := h.GetRequestTimeout(); d != nil {
 		m.RequestTimeout = d.AsDuration()
 	}
+	m.Upgrades = map[string]bool{}
+	for _, u := range h.GetUpgradeConfigs() {
+		m.Upgrades[strings.ToLower(u.GetUpgradeType())] = u.GetEnabled() == nil || u.GetEnabled().GetValue()
+		if len(u.GetFilters()) > 0 {
+			t.unsupported(model.Unsupported{Where: where, Name: "upgrade_configs.filters",
+				Reason: "an upgrade's own filter chain is not applied: upgrades go through the HCM's filters"})
+		}
+	}
 	m.NormalizePath = h.GetNormalizePath().GetValue()
 	m.MergeSlashes = h.GetMergeSlashes()
 	switch h.GetPathWithEscapedSlashesAction() {

@@ -364,6 +364,16 @@ func stringMatch(m *matcherv3.StringMatcher) (*model.StringMatch, error) {
 // forward translates a RouteAction; deny names a part we cannot enforce.
 func (t *translator) forward(a *routev3.RouteAction, where string) (*model.ForwardAction, string, error) {
 	f := &model.ForwardAction{Timeout: defaultRouteTimeout}
+	for _, u := range a.GetUpgradeConfigs() {
+		if f.Upgrades == nil {
+			f.Upgrades = map[string]bool{}
+		}
+		f.Upgrades[strings.ToLower(u.GetUpgradeType())] = u.GetEnabled() == nil || u.GetEnabled().GetValue()
+		if u.GetConnectConfig() != nil {
+			t.unsupported(model.Unsupported{Where: where, Name: "upgrade_configs.connect_config",
+				Reason: "CONNECT is not terminated on HTTP routes"})
+		}
+	}
 	switch a.GetClusterNotFoundResponseCode() {
 	case routev3.RouteAction_SERVICE_UNAVAILABLE:
 	case routev3.RouteAction_NOT_FOUND:

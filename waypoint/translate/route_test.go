@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"maps"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -458,5 +459,18 @@ func TestRouteFieldsNotUnderstoodAreReported(t *testing.T) {
 		if !got[n] {
 			t.Errorf("%s not reported; reported %v", n, got)
 		}
+	}
+}
+
+func TestRouteUpgradeConfigs(t *testing.T) {
+	tr := &translator{}
+	v, err := tr.virtualHost(&routev3.VirtualHost{Name: "vh", Domains: []string{"*"}, Routes: []*routev3.Route{{Match: prefix("/"),
+		Action: fwd(&routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "c"},
+			UpgradeConfigs: []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "WebSocket", Enabled: wrapperspb.Bool(false)}, {UpgradeType: "echo"}}})}}}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Routes[0].Forward.Upgrades; !maps.Equal(got, map[string]bool{"websocket": false, "echo": true}) {
+		t.Errorf("upgrades %v", got)
 	}
 }
