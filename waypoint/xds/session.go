@@ -113,9 +113,16 @@ type Session struct {
 	// listenerRoutes: the RDS names each listener's chains use.
 	listenerRoutes map[string][]string
 	addresses      map[string]*translate.Workload
-	answered       map[string]bool      // types that answered at least once
-	warming        map[string]time.Time // EDS/RDS names awaited, since
-	warmTimer      *time.Timer
+	// answered: types that answered; listeners count once a response
+	// of theirs was accepted whole. The first snapshot waits for both: a
+	// NACKed dispatch listener leaves nothing to serve, and a snapshot
+	// without it would start the engine (and report it ready) empty;
+	// Istio's readiness for Envoy likewise waits for an LDS update that
+	// succeeded. A rejected cluster costs only its own service (and some
+	// that are NACKed here Envoy would take), so clusters count at once.
+	answered  map[string]bool
+	warming   map[string]time.Time // EDS/RDS names awaited, since
+	warmTimer *time.Timer
 	// pending is when the oldest change not in a snapshot arrived.
 	pending   time.Time
 	memo      *translate.Memo
@@ -294,8 +301,10 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		s.mu.Unlock()
 		return nil, fmt.Errorf("unexpected type %s", typeURL)
 	}
-	first := !s.answered[typeURL]
-	s.answered[typeURL] = true
+	first := !s.answered[typeURL] && (typeURL != translate.TypeListener || len(rejected) == 0)
+	if first {
+		s.answered[typeURL] = true
+	}
 	if (changed || first) && s.pending.IsZero() {
 		s.pending = arrival
 	}

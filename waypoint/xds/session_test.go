@@ -445,3 +445,28 @@ func TestTimedOutClusterDoesNotWarmAgain(t *testing.T) {
 		}
 	}
 }
+
+// The first snapshot waits for listeners and clusters that were accepted:
+// a first LDS response whose dispatch listener is NACKed is not a
+// configuration to start serving (and be reported ready) with. Istio's
+// readiness for Envoy likewise waits for a successful LDS and CDS update;
+// a rejected one is "config received from XDS server, but was rejected".
+func TestFirstSnapshotWaitsForAcceptedListeners(t *testing.T) {
+	srv := startIstiod(t)
+	in := translatetest.Synthetic(2)
+	srv.serve(in)
+	bad := proto.Clone(in.Listeners[0]).(*listenerv3.Listener)
+	bad.FilterChains = bad.FilterChains[:1] // the matcher names a chain it lacks
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": bad})
+	var got applied
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
+		WarmTimeout: time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+
+	srv.NACK(0, translate.TypeListener)
+	time.Sleep(200 * time.Millisecond)
+	if n := got.count(); n != 0 || s.Ready() {
+		t.Fatalf("%d snapshots (ready %v) after the only listener was NACKed", n, s.Ready())
+	}
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": in.Listeners[0]})
+	got.wait(t, "two services once the listener is good", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
+}
