@@ -218,9 +218,9 @@ func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot) error) 
 		ServerName: o.xdsServerName,
 		Node:       o.node,
 		Translate:  topts,
-		// The session keeps its snapshot; a refusal is the engine's to
-		// log (the last configuration keeps serving).
-		Apply:  func(s *model.Snapshot) { _ = apply(s) },
+		// A refusal keeps the last configuration serving, and the session
+		// NACKs what brought the refused one.
+		Apply:  apply,
 		Logger: log,
 	}
 	if !o.xdsPlaintext {

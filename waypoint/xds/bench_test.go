@@ -19,7 +19,7 @@ import (
 // unchanged chains) into the snapshot handed over.
 func BenchmarkListenerPush1000(b *testing.B) {
 	in := translatetest.Synthetic(1000)
-	s, err := New(Config{Address: "127.0.0.1:1", Plaintext: true, Node: testNode(), Apply: func(*model.Snapshot) {}})
+	s, err := New(Config{Address: "127.0.0.1:1", Plaintext: true, Node: testNode(), Apply: func(*model.Snapshot) error { return nil }})
 	if err != nil {
 		b.Fatal(err)
 	}

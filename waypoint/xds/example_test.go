@@ -15,7 +15,7 @@ import (
 // engine stands for the waypoint's proxy engine.
 type engine struct{}
 
-func (engine) Apply(*model.Snapshot) {}
+func (engine) Apply(*model.Snapshot) error { return nil }
 
 // How kmesh-waypoint wires its istiod session: identity from the pod's
 // downward API, the engine's Apply as the callback, the snapshot dumped on

@@ -24,7 +24,7 @@ import (
 func TestMemory1000(t *testing.T) {
 	in := translatetest.Synthetic(1000)
 	var last *model.Snapshot
-	s, err := New(Config{Address: "127.0.0.1:1", Plaintext: true, Node: testNode(), Apply: func(sn *model.Snapshot) { last = sn }})
+	s, err := New(Config{Address: "127.0.0.1:1", Plaintext: true, Node: testNode(), Apply: func(sn *model.Snapshot) error { last = sn; return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,8 +53,11 @@ type Config struct {
 	// Translate options; zero means translate.IstiodOptions().
 	Translate translate.Options
 	// Apply receives each new snapshot, from one goroutine at a time. It
-	// should swap the snapshot in and return.
-	Apply func(*model.Snapshot)
+	// should swap the snapshot in and return; an error (a listener that
+	// cannot bind, say) leaves the last snapshot running, and a listener
+	// response that brought the change is NACKed with the error and
+	// undone here, as Envoy rejects a listener it cannot bind.
+	Apply func(*model.Snapshot) error
 	// WarmTimeout bounds the wait for the endpoints of new clusters
 	// (default 5s; Envoy's initial_fetch_timeout is 15s).
 	WarmTimeout time.Duration
@@ -257,6 +260,8 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 	s.publishMu.Lock()
 	defer s.publishMu.Unlock()
 	s.mu.Lock()
+	undo := s.saveLocked(typeURL)
+	wasAnswered := s.answered[typeURL]
 	var changed bool
 	switch typeURL {
 	case translate.TypeListener:
@@ -292,7 +297,8 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		// Envoy ignores the removal of a route configuration a listener
 		// still names, and keeps serving it: without it the chain would
 		// answer 503 to everything until a new version came.
-		removes = slices.DeleteFunc(removes, s.routeInUseLocked)
+		// (On a copy: the caller reads the response's removals again.)
+		removes = slices.DeleteFunc(slices.Clone(removes), s.routeInUseLocked)
 		changed = applyTyped(s.routes, ups, removes, rejected, translate.CheckRoute)
 		s.settle(translate.TypeRoute, ups, removes)
 	case translate.TypeAddress:
@@ -310,11 +316,46 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 	}
 	snap, since := s.buildLocked()
 	s.mu.Unlock()
-	if snap != nil {
-		s.cfg.Apply(snap)
-		s.applied(snap.Version, since)
+	if snap == nil {
+		return rejected, nil
 	}
+	if err := s.cfg.Apply(snap); err != nil {
+		// The engine kept the last snapshot running. A listener response
+		// (what brings binds, the usual refusal) is refused whole and
+		// undone, as Envoy rejects a listener it cannot bind; any other
+		// is kept, since the refusal may come from a change held back
+		// earlier (warming), and undoing this one would not clear it.
+		if typeURL != translate.TypeListener {
+			s.log.Error("snapshot refused by the engine; the last one keeps running", "type", typeURL, "version", snap.Version, "err", err)
+			return rejected, nil
+		}
+		s.mu.Lock()
+		undo()
+		s.answered[typeURL] = wasAnswered
+		s.pending = since
+		s.mu.Unlock()
+		s.log.Warn("snapshot refused by the engine; listener response NACKed and undone", "version", snap.Version, "err", err)
+		for _, r := range ups {
+			rejected[r.Name] = fmt.Errorf("%s: not applied: %v", r.Name, err)
+		}
+		if len(ups) == 0 && len(removes) > 0 {
+			rejected[removes[0]] = fmt.Errorf("removal not applied: %v", err)
+		}
+		return rejected, nil
+	}
+	s.committed(snap, since)
 	return rejected, nil
+}
+
+// saveLocked keeps what a listener response can change, and returns what
+// puts it back (the maps hold pointers to decoded resources that are
+// never modified, so shallow copies do); other types are not undone.
+func (s *Session) saveLocked(typeURL string) func() {
+	if typeURL != translate.TypeListener {
+		return func() {}
+	}
+	l, r := maps.Clone(s.listeners), maps.Clone(s.listenerRoutes)
+	return func() { s.listeners, s.listenerRoutes = l, r }
 }
 
 // applyTyped decodes upserts into m, checking each; a bad one keeps its
@@ -488,6 +529,12 @@ func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 	}
 	since := s.pending
 	s.pending = time.Time{}
+	return snap, since
+}
+
+// committed records a snapshot the engine took.
+func (s *Session) committed(snap *model.Snapshot, since time.Time) {
+	s.mu.Lock()
 	s.last = snap
 	s.stats.Snapshots++
 	s.stats.Version = snap.Version
@@ -497,9 +544,10 @@ func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 			s.stats.FailClosed++
 		}
 	}
+	s.mu.Unlock()
 	s.log.Info("snapshot", "version", snap.Version, "built", time.Since(since).Round(10*time.Microsecond),
 		"listeners", len(snap.Listeners), "clusters", len(snap.Clusters), "unsupported", len(snap.Unsupported))
-	return snap, since
+	s.applied(snap.Version, since)
 }
 
 func (s *Session) warmTimedOut() {
@@ -508,10 +556,15 @@ func (s *Session) warmTimedOut() {
 	s.mu.Lock()
 	snap, since := s.buildLocked()
 	s.mu.Unlock()
-	if snap != nil {
-		s.cfg.Apply(snap)
-		s.applied(snap.Version, since)
+	if snap == nil {
+		return
 	}
+	if err := s.cfg.Apply(snap); err != nil {
+		// No response to refuse: the last snapshot keeps running.
+		s.log.Warn("snapshot refused by the engine", "version", snap.Version, "err", err)
+		return
+	}
+	s.committed(snap, since)
 }
 
 // applied records a snapshot Apply took, and how long after the arrival

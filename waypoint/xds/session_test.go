@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
 	"sync"
@@ -62,10 +63,11 @@ type applied struct {
 	snaps []*model.Snapshot
 }
 
-func (a *applied) apply(s *model.Snapshot) {
+func (a *applied) apply(s *model.Snapshot) error {
 	a.mu.Lock()
 	a.snaps = append(a.snaps, s)
 	a.mu.Unlock()
+	return nil
 }
 
 func (a *applied) count() int {
@@ -264,7 +266,7 @@ func TestNode(t *testing.T) {
 		m["WORKLOAD_NAME"] != "waypoint" || m["LABELS"].(map[string]string)[GatewayNameLabel] != "waypoint" {
 		t.Fatalf("metadata %v", m)
 	}
-	if _, err := New(Config{Node: Node{}, Apply: func(*model.Snapshot) {}}); err == nil {
+	if _, err := New(Config{Node: Node{}, Apply: func(*model.Snapshot) error { return nil }}); err == nil {
 		t.Fatal("a node without identity accepted")
 	}
 }
@@ -341,7 +343,7 @@ func TestSessionLatencyIncludesApply(t *testing.T) {
 	const slow = 30 * time.Millisecond
 	var got applied
 	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(),
-		Apply: func(sn *model.Snapshot) { time.Sleep(slow); got.apply(sn) }, MinBackoff: 20 * time.Millisecond})
+		Apply: func(sn *model.Snapshot) error { time.Sleep(slow); return got.apply(sn) }, MinBackoff: 20 * time.Millisecond})
 	got.wait(t, "two services", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
 	three := translatetest.Synthetic(3)
 	c := three.Clusters[2]
@@ -469,4 +471,36 @@ func TestFirstSnapshotWaitsForAcceptedListeners(t *testing.T) {
 	}
 	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": in.Listeners[0]})
 	got.wait(t, "two services once the listener is good", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
+}
+
+// A snapshot the engine refuses (a listener it cannot bind) leaves the
+// last one running: the listener response that brought it is NACKed
+// with the engine's reason and undone, so the session neither reports
+// nor rebuilds on what is not running, and the next good listener
+// update applies.
+func TestEngineRefusalNACKsTheListenerResponse(t *testing.T) {
+	srv := startIstiod(t)
+	srv.serve(translatetest.Synthetic(2))
+	var got applied
+	refuse := func(sn *model.Snapshot) error {
+		if chains(sn) == 3 {
+			return errors.New("listen on 0.0.0.0:15019: address already in use")
+		}
+		return got.apply(sn)
+	}
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: refuse,
+		WarmTimeout: time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	got.wait(t, "two services", func(sn *model.Snapshot) bool { return chains(sn) == 2 })
+	n := len(srv.Requests())
+	applies := got.count()
+
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": translatetest.Synthetic(3).Listeners[0]})
+	if msg := srv.NACK(n, translate.TypeListener); !strings.Contains(msg, "address already in use") {
+		t.Errorf("NACK %q: want the engine's reason", msg)
+	}
+	if sn := s.Snapshot(); sn == nil || chains(sn) != 2 || got.count() != applies {
+		t.Errorf("after the refusal the session reports %d chains, %d snapshots applied (want 2 and %d)", chains(sn), got.count(), applies)
+	}
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": translatetest.Synthetic(1).Listeners[0]})
+	got.wait(t, "one service once a listener the engine takes comes", func(sn *model.Snapshot) bool { return chains(sn) == 1 })
 }

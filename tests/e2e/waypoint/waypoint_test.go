@@ -243,11 +243,12 @@ func sessionLatency(t *testing.T, ctx context.Context, cp *controlplane.ControlP
 	var at []time.Time
 	s, err := wpxds.New(wpxds.Config{Address: cp.IstiodTLSAddr, RootCertFile: rootFile, TokenFile: tokenFile,
 		ServerName: controlplane.IstiodServerName, Dialer: dial, Node: node, MinBackoff: 50 * time.Millisecond,
-		Apply: func(sn *model.Snapshot) {
+		Apply: func(sn *model.Snapshot) error {
 			mu.Lock()
 			snaps = append(snaps, sn)
 			at = append(at, time.Now())
 			mu.Unlock()
+			return nil
 		}})
 	if err != nil {
 		t.Fatal(err)
