@@ -473,6 +473,32 @@ func (q *request) prepareHeaders(upgrade bool) {
 	route.ApplyRequest(h, q.vars(), q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
 }
 
+// dropNominated removes the headers a request's Connection names, and
+// leaves Connection naming only Upgrade when it did (isUpgrade reads it).
+func dropNominated(h http.Header) {
+	cs := h["Connection"]
+	if len(cs) == 0 {
+		return
+	}
+	upgrade := false
+	for _, c := range cs {
+		for _, name := range strings.Split(c, ",") {
+			name = strings.TrimSpace(name)
+			switch {
+			case strings.EqualFold(name, "upgrade"):
+				upgrade = true
+			case name != "":
+				delete(h, http.CanonicalHeaderKey(name))
+			}
+		}
+	}
+	if upgrade {
+		h["Connection"] = []string{"Upgrade"}
+	} else {
+		delete(h, "Connection")
+	}
+}
+
 func removeHopByHop(h http.Header, keepUpgrade bool) {
 	for _, c := range h["Connection"] {
 		for _, name := range strings.Split(c, ",") {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -83,5 +84,23 @@ func TestUnrequested101Is502(t *testing.T) {
 	resp, _ := rawExchange(t, te, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "GET")
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Errorf("a 101 the client never asked for: %d, want 502", resp.StatusCode)
+	}
+}
+
+// Headers the client's Connection names are its hop's and go, but before
+// the waypoint adds its own: naming x-request-id or x-forwarded-proto
+// there does not take the waypoint's off, and naming Content-Length
+// does not lose the body.
+func TestConnectionNominatedHeadersDropped(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%v|%s|%s|%s|%s", r.Header.Get("X-Request-Id") != "", r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Hop"), r.Header.Get("X-Kept"), b)
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	resp, body := rawExchange(t, te, "POST / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Request-Id, X-Forwarded-Proto, X-Hop, Content-Length\r\n"+
+		"X-Request-Id: client-id\r\nX-Hop: 1\r\nX-Kept: 2\r\nContent-Length: 4\r\n\r\nbody", "POST")
+	if resp.StatusCode != 200 || body != "true|http||2|body" {
+		t.Errorf("%d %q, want the waypoint's id and proto, X-Hop dropped, X-Kept and the body through", resp.StatusCode, body)
 	}
 }

@@ -150,6 +150,10 @@ func (e *Engine) handle(w http.ResponseWriter, r *http.Request, cs *connState) {
 func (q *request) run() {
 	r, hcm := q.r, q.ch.hcm
 	sanitize(r.Header)
+	// The client's hop-by-hop headers (those its Connection names) go
+	// before the waypoint adds its own, so naming x-request-id there
+	// cannot take the waypoint's id off.
+	dropNominated(r.Header)
 	if header.Get(r.Header, "X-Forwarded-Proto") == "" {
 		r.Header["X-Forwarded-Proto"] = protoHTTP
 	}
