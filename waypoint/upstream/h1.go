@@ -532,6 +532,7 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 
 	var resp *http.Response
 	var err error
+	informational := 0
 	for {
 		resp, err = pc.parser.ReadResponseInto(pc.br, req.Method, into)
 		if err != nil {
@@ -553,8 +554,17 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			closed := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)
 			return fail(err, nothing && closed && replayable)
 		}
-		// 1xx responses (100 Continue, 103 Early Hints) precede the real one.
+		// 1xx responses (100 Continue, 103 Early Hints) precede the real
+		// one; a few, as net/http's Transport takes (an endpoint sending
+		// them without end would hold the request for good where no
+		// timeout is set, istiod's default).
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			if informational++; informational > maxInformational {
+				if bodyDone != nil {
+					pc.conn.SetDeadline(aLongTimeAgo) // the body's writer ends too
+				}
+				return fail(fmt.Errorf("more than %d 1xx responses", maxInformational), false)
+			}
 			continue
 		}
 		break
@@ -565,6 +575,10 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 	resp.Body = &h1Body{rc: resp.Body, pc: pc, stop: stop, reuse: reuse, bodyDone: bodyDone}
 	return resp, nil
 }
+
+// maxInformational bounds the 1xx responses before the final one
+// (net/http's Transport takes 5).
+const maxInformational = 5
 
 func noStop() bool { return true }
 

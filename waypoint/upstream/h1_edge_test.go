@@ -222,3 +222,26 @@ func TestExtraBytesAfterResponseNotReused(t *testing.T) {
 		})
 	}
 }
+
+// Informational responses before the final one: a few are skipped, an
+// endpoint that keeps sending them fails the request instead of holding
+// it for good (net/http's Transport takes 5 too).
+func TestInformationalResponsesBounded(t *testing.T) {
+	for _, c := range []struct {
+		n    int
+		fail bool
+	}{{2, false}, {5, false}, {6, true}} {
+		addr := rawServer(t, func(i int, conn net.Conn, br *bufio.Reader) {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(conn, strings.Repeat("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", c.n)+"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			time.Sleep(100 * time.Millisecond)
+		})
+		_, cl := one(t, &model.Cluster{Name: "c", Endpoints: [][]model.Endpoint{{{Address: addr, Healthy: true}}}})
+		_, body, err := do(t, cl, context.Background(), "GET", "")
+		if c.fail && err == nil || !c.fail && (err != nil || body != "ok") {
+			t.Errorf("%d 1xx before the answer: %q %v (want failure %v)", c.n, body, err, c.fail)
+		}
+	}
+}
