@@ -619,6 +619,9 @@ type Endpoint struct {
 	LocalityWeight uint32 `json:"localityWeight,omitempty"`
 	// Workload identity for telemetry, when known ("" otherwise).
 	Workload string `json:"workload,omitempty"`
+	// Hostname is the endpoint's (Envoy's endpoint.hostname): what
+	// auto_host_rewrite puts in Host; none, no rewrite.
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // Peers are the workloads istiod's address xDS names, by address.

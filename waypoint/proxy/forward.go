@@ -218,8 +218,13 @@ func (q *request) forward() {
 				out.Header["Grpc-Timeout"] = []string{formatGRPCTimeout(d)}
 			}
 		}
-		if f.AutoHostRewrite {
-			out.Host = host.Key
+		if f.AutoHostRewrite && host.Hostname != "" && out.Host != host.Hostname {
+			// Envoy's router: the endpoint's hostname, when it has one (an
+			// EDS endpoint from istiod has none: Host stays as it was).
+			if f.AppendXForwardedHost {
+				appendForwardedHost(out.Header, out.Host)
+			}
+			out.Host = host.Hostname
 		}
 		a.body, _ = out.Body.(*bodyReader)
 		host.Started()

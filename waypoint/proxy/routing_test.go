@@ -116,9 +116,10 @@ func TestRouteActions(t *testing.T) {
 		if _, _, resp := get(t, c, "http://reviews/host"); resp.Header.Get("X-Seen-Host") != "internal.svc" {
 			t.Errorf("upstream saw host %q", resp.Header.Get("X-Seen-Host"))
 		}
+		// An endpoint without a hostname (istiod's EDS): Envoy leaves Host.
 		_, _, resp := get(t, c, "http://reviews/auto")
-		if h := resp.Header.Get("X-Seen-Host"); !strings.HasPrefix(h, "127.0.0.1:") {
-			t.Errorf("auto host rewrite: upstream saw %q", h)
+		if h := resp.Header.Get("X-Seen-Host"); h != "reviews" {
+			t.Errorf("auto host rewrite to an endpoint without a hostname: upstream saw %q", h)
 		}
 	})
 	t.Run("header operations", func(t *testing.T) {
@@ -1266,5 +1267,23 @@ func TestUpgradeTypesAllowed(t *testing.T) {
 	}
 	if !strings.Contains(te.access.String(), `"response_code_details":"upgrade_failed"`) {
 		t.Errorf("no upgrade_failed in the access log")
+	}
+}
+
+// auto_host_rewrite puts the endpoint's hostname in Host (Envoy's
+// host->hostname()), appending the authority it replaces to
+// x-forwarded-host when the route asks.
+func TestAutoHostRewriteUsesEndpointHostname(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s|%s", r.Host, r.Header.Get("X-Forwarded-Host"))
+	})
+	r := fwd("c")
+	r.Forward.AutoHostRewrite, r.Forward.AppendXForwardedHost = true, true
+	eps := endpoints(be)
+	eps[0][0].Hostname = "backend.internal"
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Endpoints: eps}))
+	if code, body, _ := get(t, client(te.addr("main")), "http://reviews/"); code != 200 || body != "backend.internal|reviews" {
+		t.Errorf("%d %q, want Host backend.internal and x-forwarded-host reviews", code, body)
 	}
 }

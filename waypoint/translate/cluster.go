@@ -374,6 +374,7 @@ func endpoint(lb *endpointv3.LbEndpoint) (model.Endpoint, error) {
 	if lb.GetEndpoint() == nil {
 		return e, fmt.Errorf("named endpoints are not supported")
 	}
+	e.Hostname = lb.GetEndpoint().GetHostname()
 	md := lb.GetMetadata().GetFilterMetadata()
 	addr := lb.GetEndpoint().GetAddress()
 	switch {

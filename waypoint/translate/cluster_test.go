@@ -104,3 +104,13 @@ func TestIgnoredLBSettingsAreReported(t *testing.T) {
 		t.Errorf("defaults: %v %+v", err, tr.unsup)
 	}
 }
+
+// An endpoint's hostname is kept: auto_host_rewrite sends it as Host.
+func TestEndpointHostname(t *testing.T) {
+	lb := socketEndpoint("10.0.0.1", 80, 0, 0)
+	lb.GetEndpoint().Hostname = "backend.internal"
+	e, err := endpoint(lb)
+	if err != nil || e.Hostname != "backend.internal" {
+		t.Errorf("%+v %v", e, err)
+	}
+}

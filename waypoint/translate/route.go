@@ -456,10 +456,6 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 	}
 	if a.GetAppendXForwardedHost() {
 		f.AppendXForwardedHost = true
-		if f.AutoHostRewrite {
-			t.unsupported(model.Unsupported{Where: where, Name: "append_x_forwarded_host",
-				Reason: "not appended on auto_host_rewrite, only on a literal host rewrite"})
-		}
 	}
 	if d := a.GetTimeout(); d != nil {
 		f.Timeout = d.AsDuration()

@@ -53,6 +53,8 @@ type Host struct {
 	Weight   uint32
 	Healthy  bool
 	Workload string
+	// Hostname is the endpoint's own (auto_host_rewrite's Host).
+	Hostname string
 	// active counts requests in flight to this address; it is shared by
 	// the Host values of successive configurations with the same address,
 	// so least_request keeps its view across swaps.
@@ -187,7 +189,7 @@ func (c *Cluster) rebuild(m *model.Cluster) {
 			}
 			od := c.outliers[a]
 			out := od != nil && od.ejected.Load()
-			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy && !out, Workload: e.Workload, active: c.actives[a],
+			h := &Host{Addr: a, Key: a.String(), Weight: w, Healthy: e.Healthy && !out, Workload: e.Workload, Hostname: e.Hostname, active: c.actives[a],
 				locality: e.Locality, localityWeight: e.LocalityWeight, od: od}
 			all[p] = append(all[p], h)
 			switch {
