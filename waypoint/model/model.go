@@ -324,7 +324,7 @@ type QueryMatch struct {
 // ForwardAction is Envoy's RouteAction.
 type ForwardAction struct {
 	// One of Cluster, Weighted.
-	Cluster  string
+	Cluster string
 	// Upgrades turn upgrade types (lower case) on or off for this route
 	// over the HCM's (the route action's upgrade_configs).
 	Upgrades map[string]bool
