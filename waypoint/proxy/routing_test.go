@@ -634,32 +634,12 @@ func TestNormalizedPathRouting(t *testing.T) {
 		&model.Route{Name: "admin", Match: model.RouteMatch{Prefix: "/admin"}, Forward: &model.ForwardAction{Cluster: "admin"}},
 		&model.Route{Name: "public", Match: model.RouteMatch{Prefix: "/public"}, Forward: &model.ForwardAction{Cluster: "public"}},
 	), false, admin, public)
-	hcm := snap.Listeners[0].Chains["http"].HTTP
-	hcm.NormalizePath, hcm.MergeSlashes = true, true
-	te := newTestEngine(t, Options{})
-	te.apply(snap)
-	addr := te.addr("main")
-	for _, c := range []struct{ path, backend, seen string }{
+	checkNormalizedRouting(t, snap, []routedPath{
 		{"/public/../admin/x", "admin", "/admin/x"},
 		{"/public/%2e%2e/admin", "admin", "/admin"},
 		{"//public///x?y=1", "public", "/public/x?y=1"},
 		{"/%61dmin", "admin", "/admin"},
-	} {
-		conn, err := dialer(addr, clientAddr, serviceVIP)(t.Context(), "", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.path)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		conn.Close()
-		if got := resp.Header.Get("X-Backend"); got != c.backend || resp.Header.Get("X-Seen-Uri") != c.seen {
-			t.Errorf("%s: reached %q with %q, want %q with %q", c.path, got, resp.Header.Get("X-Seen-Uri"), c.backend, c.seen)
-		}
-	}
+	})
 }
 
 // Envoy's path_with_escaped_slashes_action: %2F and %5C in the path are
@@ -1135,31 +1115,11 @@ func TestFragmentStrippedBeforeRouting(t *testing.T) {
 		&model.Route{Name: "admin", Match: model.RouteMatch{Path: "/admin"}, Forward: &model.ForwardAction{Cluster: "admin"}},
 		&model.Route{Name: "public", Match: model.RouteMatch{PathSeparatedPrefix: "/public"}, Forward: &model.ForwardAction{Cluster: "public"}},
 	), false, admin, public)
-	hcm := snap.Listeners[0].Chains["http"].HTTP
-	hcm.NormalizePath, hcm.MergeSlashes = true, true
-	te := newTestEngine(t, Options{})
-	te.apply(snap)
-	addr := te.addr("main")
-	for _, c := range []struct{ path, backend, seen string }{
+	checkNormalizedRouting(t, snap, []routedPath{
 		{"/admin#frag", "admin", "/admin"},
 		{"/admin?x=1#frag", "admin", "/admin?x=1"},
 		{"/public#/../admin", "public", "/public"},
-	} {
-		conn, err := dialer(addr, clientAddr, serviceVIP)(t.Context(), "", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.path)
-		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		conn.Close()
-		if got := resp.Header.Get("X-Backend"); got != c.backend || resp.Header.Get("X-Seen-Uri") != c.seen {
-			t.Errorf("%s: %d, reached %q with %q, want %q with %q", c.path, resp.StatusCode, got, resp.Header.Get("X-Seen-Uri"), c.backend, c.seen)
-		}
-	}
+	})
 }
 
 // With UNESCAPE_AND_REDIRECT Envoy unescapes, then normalizes and merges
@@ -1285,5 +1245,36 @@ func TestAutoHostRewriteUsesEndpointHostname(t *testing.T) {
 	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Endpoints: eps}))
 	if code, body, _ := get(t, client(te.addr("main")), "http://reviews/"); code != 200 || body != "backend.internal|reviews" {
 		t.Errorf("%d %q, want Host backend.internal and x-forwarded-host reviews", code, body)
+	}
+}
+
+// routedPath is a raw request target, the backend it must reach and the
+// target that backend must see.
+type routedPath struct{ path, backend, seen string }
+
+// checkNormalizedRouting sends each path, raw, to snap with istiod's
+// path normalization (normalize_path and merge_slashes) on.
+func checkNormalizedRouting(t *testing.T, snap *model.Snapshot, cases []routedPath) {
+	t.Helper()
+	hcm := snap.Listeners[0].Chains["http"].HTTP
+	hcm.NormalizePath, hcm.MergeSlashes = true, true
+	te := newTestEngine(t, Options{})
+	te.apply(snap)
+	addr := te.addr("main")
+	for _, c := range cases {
+		conn, err := dialer(addr, clientAddr, serviceVIP)(t.Context(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", c.path)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		conn.Close()
+		if got := resp.Header.Get("X-Backend"); got != c.backend || resp.Header.Get("X-Seen-Uri") != c.seen {
+			t.Errorf("%s: %d, reached %q with %q, want %q with %q", c.path, resp.StatusCode, got, resp.Header.Get("X-Seen-Uri"), c.backend, c.seen)
+		}
 	}
 }
