@@ -13,6 +13,8 @@ import (
 	xdsmatcher "github.com/cncf/xds/go/xds/type/matcher/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
@@ -632,27 +634,20 @@ func cidr(addr string, plen *wrapperspb.UInt32Value) (netip.Prefix, error) {
 	return p, nil
 }
 
+// xdsStringMatch translates the xds StringMatcher (the matcher tree's)
+// through Envoy's, which has the same fields under the same numbers (a
+// matcher only the xds one has, custom, comes out as none: refused the
+// same way).
 func xdsStringMatch(m *xdsmatcher.StringMatcher) (*model.StringMatch, error) {
-	out := &model.StringMatch{IgnoreCase: m.GetIgnoreCase()}
-	switch p := m.GetMatchPattern().(type) {
-	case *xdsmatcher.StringMatcher_Exact:
-		out.Kind, out.Exact = "exact", p.Exact
-	case *xdsmatcher.StringMatcher_Prefix:
-		out.Kind, out.Prefix = "prefix", p.Prefix
-	case *xdsmatcher.StringMatcher_Suffix:
-		out.Kind, out.Suffix = "suffix", p.Suffix
-	case *xdsmatcher.StringMatcher_Contains:
-		out.Kind, out.Contains = "contains", p.Contains
-	case *xdsmatcher.StringMatcher_SafeRegex:
-		re, err := anchored(p.SafeRegex.GetRegex())
-		if err != nil {
-			return nil, err
-		}
-		out.Kind, out.Regex = "regex", re
-	default:
-		return nil, fmt.Errorf("string matcher %T is not supported", p)
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	var em matcherv3.StringMatcher
+	if err := proto.Unmarshal(b, &em); err != nil {
+		return nil, err
+	}
+	return stringMatch(&em)
 }
 
 // anchored compiles an RE2 regex that must match a whole value, as

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
 )
 
 func mustAny(m proto.Message) *anypb.Any {
@@ -198,5 +199,36 @@ func TestListSelectorPrecedence(t *testing.T) {
 	only := &listSelector{chains: []listChain{chains[2], chains[5]}} // port80-net-http, catch-all
 	if got := only.Select(model.ConnInfo{Destination: netip.MustParseAddrPort("10.96.0.11:80"), Protocol: model.ProtocolTCP}); got != "" {
 		t.Errorf("no backtracking: got %q", got)
+	}
+}
+
+// The matcher tree's string matchers read as Envoy's own: every kind,
+// ignore_case, regexes matching whole values; a custom one refused.
+func TestXDSStringMatch(t *testing.T) {
+	for _, c := range []struct {
+		m          *xdsmatcher.StringMatcher
+		yes, no    string
+		wantRefuse bool
+	}{
+		{m: &xdsmatcher.StringMatcher{MatchPattern: &xdsmatcher.StringMatcher_Exact{Exact: "http"}}, yes: "http", no: "https"},
+		{m: &xdsmatcher.StringMatcher{MatchPattern: &xdsmatcher.StringMatcher_Prefix{Prefix: "h2"}, IgnoreCase: true}, yes: "H2C", no: "http"},
+		{m: &xdsmatcher.StringMatcher{MatchPattern: &xdsmatcher.StringMatcher_Suffix{Suffix: ".local"}}, yes: "a.local", no: "a.localx"},
+		{m: &xdsmatcher.StringMatcher{MatchPattern: &xdsmatcher.StringMatcher_Contains{Contains: "svc"}}, yes: "a.svc.b", no: "a.b"},
+		{m: &xdsmatcher.StringMatcher{MatchPattern: &xdsmatcher.StringMatcher_SafeRegex{SafeRegex: &xdsmatcher.RegexMatcher{Regex: "ab+"}}}, yes: "abb", no: "xabb"},
+		{m: &xdsmatcher.StringMatcher{MatchPattern: &xdsmatcher.StringMatcher_Custom{}}, wantRefuse: true},
+	} {
+		sm, err := xdsStringMatch(c.m)
+		if c.wantRefuse {
+			if err == nil {
+				t.Errorf("%v: accepted", c.m)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", c.m, err)
+		}
+		if m := route.CompileString(sm); !m.Match(c.yes) || m.Match(c.no) {
+			t.Errorf("%v: %q %v, %q %v", c.m, c.yes, m.Match(c.yes), c.no, m.Match(c.no))
+		}
 	}
 }
