@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -681,7 +682,12 @@ func (q *request) startAttempt(ctx context.Context, eof *eofTimers, perTry time.
 		return attempt{ctx: ctx}
 	}
 	actx, cancel := context.WithCancelCause(ctx)
-	t := &deadline{d: perTry, cancel: cancel, cause: errPerTryTimeout}
+	// Envoy arms a try's timer when its connection is ready and the
+	// request complete: a slow connect is the connect timeout's (503 UF),
+	// not the try's (504 UT). The pools say when they have a connection
+	// through the trace's GotConn, as net/http's Transport does.
+	t := &deadline{d: perTry, cancel: cancel, cause: errPerTryTimeout, needConn: true}
+	actx = httptrace.WithClientTrace(actx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { t.connected() }})
 	eof.add(t)
 	return attempt{ctx: actx, cancel: cancel, timer: t}
 }
@@ -709,18 +715,38 @@ func discard(resp *http.Response) {
 // armed at the end of the request body follow Envoy: its route and
 // per-try timeouts count from the complete request.
 type deadline struct {
-	d       time.Duration
-	cancel  context.CancelCauseFunc
-	cause   error
-	mu      sync.Mutex
-	t       *time.Timer
-	stopped bool
+	d      time.Duration
+	cancel context.CancelCauseFunc
+	cause  error
+	// needConn: the timer starts only once a connection is ready too
+	// (connected).
+	needConn bool
+	mu       sync.Mutex
+	t        *time.Timer
+	armed    bool // the request is complete
+	conn     bool
+	stopped  bool
 }
 
+// arm: the request is complete; the timer starts (once its connection is
+// ready, when it waits for one).
 func (x *deadline) arm() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.t == nil && !x.stopped {
+	x.armed = true
+	x.startLocked()
+}
+
+// connected: the try has its connection.
+func (x *deadline) connected() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.conn = true
+	x.startLocked()
+}
+
+func (x *deadline) startLocked() {
+	if x.t == nil && !x.stopped && x.armed && (x.conn || !x.needConn) {
 		x.t = time.AfterFunc(x.d, func() { x.cancel(x.cause) })
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -426,5 +428,53 @@ func TestResponseHeaderReuseKeepsResponsesApart(t *testing.T) {
 	}
 	if n := calls.Load(); n != 100 {
 		t.Errorf("%d upstream calls, want 100 (two tries a request)", n)
+	}
+}
+
+// A try's timer starts when both the request is complete and its
+// connection ready (Envoy's onPoolReady with the downstream's end): a
+// slow connect is not the try's to lose.
+func TestPerTryTimerWaitsForTheConnection(t *testing.T) {
+	fired := make(chan error, 1)
+	d := &deadline{d: 20 * time.Millisecond, cause: errPerTryTimeout, needConn: true,
+		cancel: func(err error) { fired <- err }}
+	d.arm() // request complete, no connection yet
+	select {
+	case <-fired:
+		t.Fatal("fired before the connection was ready")
+	case <-time.After(60 * time.Millisecond):
+	}
+	d.connected()
+	select {
+	case err := <-fired:
+		if err != errPerTryTimeout {
+			t.Errorf("cause %v", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("never fired once connected")
+	}
+}
+
+// Through the engine: every pool (HTTP/1.1, h2c, upgrades through
+// net/http) says when it has a connection, so the per-try timeout still
+// fires on an endpoint that never answers.
+func TestPerTryTimeoutFiresOnEveryPool(t *testing.T) {
+	hang := backend(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	for _, proto := range []string{"http1", "http2"} {
+		r := fwd("c")
+		r.Forward.Retry = &model.RetryPolicy{On: map[string]bool{"5xx": true}, NumRetries: 0, PerTryTimeout: 100 * time.Millisecond}
+		te := newTestEngine(t, Options{})
+		c := &model.Cluster{Name: "c", Protocol: proto, Endpoints: endpoints(hang)}
+		if proto == "http2" {
+			srv := &http2.Server{}
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+			c.Endpoints = endpoints(rawServer(t, func(c net.Conn) { srv.ServeConn(c, &http2.ServeConnOpts{Handler: h}) }))
+		}
+		te.apply(httpSnapshot(oneRoute(r), false, c))
+		start := time.Now()
+		code, _, _ := get(t, client(te.addr("main")), "http://x/")
+		if d := time.Since(start); code != http.StatusGatewayTimeout || d > 2*time.Second {
+			t.Errorf("%s: %d after %v, want 504 after the 100 ms per-try timeout", proto, code, d)
+		}
 	}
 }

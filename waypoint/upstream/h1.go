@@ -393,6 +393,7 @@ func (p *h1Pool) roundTrip(ctx context.Context, req *http.Request, host string) 
 		if err != nil {
 			return nil, err
 		}
+		gotConn(ctx, reused)
 		resp, err := pc.exchange(ctx, req)
 		if err == nil {
 			return resp, nil

@@ -49,6 +49,7 @@ func (h *h2Conns) roundTrip(ctx context.Context, req *http.Request, host string)
 		if err != nil {
 			return nil, err
 		}
+		gotConn(ctx, try > 0)
 		resp, err := cc.RoundTrip(req)
 		if err != nil && try < 2 && notSent(err) {
 			// The connection closed or got a GOAWAY between the

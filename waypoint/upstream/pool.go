@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -154,4 +155,13 @@ func (cc *countedConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// gotConn tells the request's trace its connection is ready (the proxy
+// starts a try's timer then, as Envoy does on a pool's ready
+// connection); net/http's Transport, used for upgrades, calls it itself.
+func gotConn(ctx context.Context, reused bool) {
+	if tr := httptrace.ContextClientTrace(ctx); tr != nil && tr.GotConn != nil {
+		tr.GotConn(httptrace.GotConnInfo{Reused: reused})
+	}
 }
