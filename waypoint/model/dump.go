@@ -289,6 +289,9 @@ func dumpChain(c *FilterChain) ChainDump {
 		cd.Kind = "tcp"
 		cd.Clusters = weights(c.TCP.Cluster, c.TCP.Weighted)
 		cd.IdleTimeout = dur(c.TCP.IdleTimeout)
+		if c.TCP.IdleTimeout == NoTimeout {
+			cd.IdleTimeout = "none"
+		}
 	}
 	return cd
 }

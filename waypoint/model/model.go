@@ -367,6 +367,9 @@ type ForwardAction struct {
 	HashSourceIP bool
 }
 
+// NoTimeout is a timeout turned off where 0 stands for a default.
+const NoTimeout time.Duration = -1
+
 // WeightedClusters splits traffic (gray release).
 type WeightedClusters struct {
 	Clusters []WeightedCluster
@@ -529,9 +532,11 @@ type CORS struct {
 type TCPProxy struct {
 	StatPrefix string
 	// One of Cluster, Weighted.
-	Cluster     string
-	Weighted    *WeightedClusters
-	IdleTimeout time.Duration // 0: Envoy's default of 1 h
+	Cluster  string
+	Weighted *WeightedClusters
+	// IdleTimeout: 0 is Envoy's default of 1 h; NoTimeout turns it off
+	// (Envoy's idle_timeout of 0s).
+	IdleTimeout time.Duration
 	// MaxConnectionDuration: 0 means none.
 	MaxConnectionDuration time.Duration
 }

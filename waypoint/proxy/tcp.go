@@ -18,6 +18,9 @@ import (
 // DefaultTCPIdleTimeout is Envoy's tcp_proxy idle timeout.
 const DefaultTCPIdleTimeout = time.Hour
 
+// tcpIdleDefault is DefaultTCPIdleTimeout, shortened by tests.
+var tcpIdleDefault = DefaultTCPIdleTimeout
+
 // proxyTCP forwards a connection's bytes to an endpoint of the chain's
 // cluster and back, passing half-closes on, until both directions are
 // done, the idle timeout or the maximum duration.
@@ -67,8 +70,8 @@ func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain)
 	series.Opened.Inc()
 
 	idle := tp.IdleTimeout
-	if idle <= 0 {
-		idle = DefaultTCPIdleTimeout
+	if idle == 0 {
+		idle = tcpIdleDefault
 	}
 	wd := newWatchdog(idle, tp.MaxConnectionDuration, func() { c.Close(); up.Close() })
 	defer wd.stop()
@@ -124,7 +127,8 @@ func pipe(dst, src net.Conn, wd *watchdog, bytes interface{ Add(float64) }) int6
 
 // watchdog closes a connection after idle time without a byte either way,
 // or after its maximum duration; it wakes only at those deadlines, not per
-// read.
+// read. idle < 0 turns the idle check off; with no maximum either there is
+// no watchdog at all (nil: its methods do nothing).
 type watchdog struct {
 	idle     time.Duration
 	last     atomic.Int64
@@ -136,18 +140,27 @@ type watchdog struct {
 }
 
 func newWatchdog(idle, maxDuration time.Duration, fire func()) *watchdog {
+	if idle < 0 && maxDuration <= 0 {
+		return nil
+	}
 	w := &watchdog{idle: idle, fire: fire}
 	w.touch()
 	first := idle
 	if maxDuration > 0 {
 		w.maxUntil = time.Now().Add(maxDuration)
-		first = min(first, maxDuration)
+		if first < 0 || maxDuration < first {
+			first = maxDuration
+		}
 	}
 	w.t = time.AfterFunc(first, w.check)
 	return w
 }
 
-func (w *watchdog) touch() { w.last.Store(time.Now().UnixNano()) }
+func (w *watchdog) touch() {
+	if w != nil {
+		w.last.Store(time.Now().UnixNano())
+	}
+}
 
 func (w *watchdog) check() {
 	w.mu.Lock()
@@ -160,18 +173,24 @@ func (w *watchdog) check() {
 		w.fire()
 		return
 	}
-	next := time.Unix(0, w.last.Load()).Add(w.idle)
-	if !now.Before(next) {
-		w.fire()
-		return
-	}
-	if !w.maxUntil.IsZero() && w.maxUntil.Before(next) {
-		next = w.maxUntil
+	next := w.maxUntil
+	if w.idle >= 0 {
+		next = time.Unix(0, w.last.Load()).Add(w.idle)
+		if !now.Before(next) {
+			w.fire()
+			return
+		}
+		if !w.maxUntil.IsZero() && w.maxUntil.Before(next) {
+			next = w.maxUntil
+		}
 	}
 	w.t.Reset(next.Sub(now))
 }
 
 func (w *watchdog) stop() {
+	if w == nil {
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.stopped = true

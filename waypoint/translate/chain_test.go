@@ -283,3 +283,21 @@ func TestRouterSuppressEnvoyHeaders(t *testing.T) {
 		}
 	}
 }
+
+// idle_timeout 0s is Envoy's "no idle timeout", not its 1 h default.
+func TestTCPIdleTimeoutZeroDisables(t *testing.T) {
+	for _, tc := range []struct {
+		idle *durationpb.Duration
+		want time.Duration
+	}{{nil, 0}, {durationpb.New(0), model.NoTimeout}, {durationpb.New(time.Minute), time.Minute}} {
+		tp := &tcpproxyv3.TcpProxy{StatPrefix: "t", IdleTimeout: tc.idle, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"}}
+		snap, err := Translate(Input{Listeners: []*listenerv3.Listener{staticListener(
+			&listenerv3.Filter{Name: "tcp", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)}})}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Listeners[0].Chains["only"].TCP.IdleTimeout; got != tc.want {
+			t.Errorf("idle_timeout %v: model %v, want %v", tc.idle, got, tc.want)
+		}
+	}
+}

@@ -419,6 +419,10 @@ func tcpProxy(tp *tcpproxyv3.TcpProxy, where string) (*model.TCPProxy, error) {
 	}
 	if d := tp.GetIdleTimeout(); d != nil {
 		m.IdleTimeout = d.AsDuration()
+		if m.IdleTimeout <= 0 {
+			// Envoy: 0s turns the idle timeout off; only unset is 1 h.
+			m.IdleTimeout = model.NoTimeout
+		}
 	}
 	if d := tp.GetMaxDownstreamConnectionDuration(); d != nil {
 		m.MaxConnectionDuration = d.AsDuration()
