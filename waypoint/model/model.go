@@ -90,16 +90,18 @@ type ConnInfo struct {
 	// Source is the client address (PROXY header, or the TCP peer).
 	Source netip.AddrPort
 	// Protocol as detected by sniffing the first bytes: ProtocolHTTP1,
-	// ProtocolHTTP2 (h2c prior knowledge) or ProtocolTCP. Empty when the
-	// selector did not ask for it (NeedsProtocol false).
+	// ProtocolHTTP10, ProtocolHTTP2 (h2c prior knowledge) or ProtocolTCP.
+	// Empty when the selector did not ask for it (NeedsProtocol false).
 	Protocol string
 }
 
 // Detected application protocols, as Envoy's http_inspector names them.
 const (
 	ProtocolHTTP1 = "http/1.1"
-	ProtocolHTTP2 = "h2c"
-	ProtocolTCP   = "" // nothing HTTP was recognised
+	// ProtocolHTTP10: any HTTP/1.x request line but HTTP/1.1.
+	ProtocolHTTP10 = "http/1.0"
+	ProtocolHTTP2  = "h2c"
+	ProtocolTCP    = "" // nothing HTTP was recognised
 )
 
 // ChainSelector chooses a filter chain by connection attributes.

@@ -186,7 +186,8 @@ func TestSniffing(t *testing.T) {
 		want        string
 	}{
 		{"http1", "GET /x HTTP/1.1\r\nHost: a\r\n\r\n", model.ProtocolHTTP1},
-		{"http1.0", "POST /x?y=1 HTTP/1.0\r\n\r\n", model.ProtocolHTTP1},
+		{"http1.0", "POST /x?y=1 HTTP/1.0\r\n\r\n", model.ProtocolHTTP10},
+		{"other http1.x", "GET / HTTP/1.2\r\n\r\n", model.ProtocolHTTP10},
 		{"h2c", string(h2Preface), model.ProtocolHTTP2},
 		{"tls-like", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", model.ProtocolTCP},
 		{"redis", "*1\r\n$4\r\nPING\r\n", model.ProtocolTCP},

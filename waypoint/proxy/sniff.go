@@ -19,6 +19,7 @@ const (
 	needMore verdict = iota
 	isTCP
 	isHTTP1
+	isHTTP10 // any HTTP/1.x but HTTP/1.1
 	isH2
 )
 
@@ -40,6 +41,12 @@ func (e *Engine) sniff(br *bufio.Reader) string {
 		case isHTTP1:
 			e.stats.sniffed.WithLabelValues("http1").Inc()
 			return model.ProtocolHTTP1
+		case isHTTP10:
+			// Envoy's http_inspector names only HTTP/1.1 'http/1.1';
+			// every other HTTP/1.x is 'http/1.0', which istiod's matcher
+			// sends to the TCP chain unless PILOT_HTTP10 is on.
+			e.stats.sniffed.WithLabelValues("http1").Inc()
+			return model.ProtocolHTTP10
 		case isTCP:
 			e.stats.sniffed.WithLabelValues("tcp").Inc()
 			return model.ProtocolTCP
@@ -59,7 +66,8 @@ func (e *Engine) sniff(br *bufio.Reader) string {
 
 // classifyStart judges the bytes seen so far: the h2 preface, an HTTP/1.x
 // request line (token method, target without spaces, HTTP/1.x version),
-// or neither. needMore while a prefix could still become either.
+// (HTTP/1.1 or another minor version), or neither. needMore while a
+// prefix could still become either.
 func classifyStart(b []byte) verdict {
 	if n := min(len(b), len(h2Preface)); bytes.Equal(b[:n], h2Preface[:n]) {
 		if len(b) >= len(h2Preface) {
@@ -98,7 +106,10 @@ func classifyStart(b []byte) verdict {
 	}
 	version := line[sp+1:]
 	if len(version) == 8 && bytes.HasPrefix(version, []byte("HTTP/1.")) && version[7] >= '0' && version[7] <= '9' {
-		return isHTTP1
+		if version[7] == '1' {
+			return isHTTP1
+		}
+		return isHTTP10
 	}
 	return isTCP
 }

@@ -263,7 +263,8 @@ func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) (handedOver 
 		}
 		c.SetReadDeadline(time.Time{})
 	}
-	if cs.info.Protocol == model.ProtocolHTTP1 || cs.info.Protocol == model.ProtocolHTTP2 {
+	switch cs.info.Protocol {
+	case model.ProtocolHTTP1, model.ProtocolHTTP10, model.ProtocolHTTP2:
 		return e.serveHTTPConn(c, cs)
 	}
 	e.stats.denied.WithLabelValues("chain").Inc()

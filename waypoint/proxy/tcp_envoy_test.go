@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"io"
+	"net"
+	"net/netip"
+	"strconv"
 	"testing"
 	"time"
 
@@ -32,5 +35,50 @@ func TestTCPIdleTimeoutDisabled(t *testing.T) {
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			t.Fatalf("round %d: %v (closed while idle though the idle timeout is off)", i, err)
 		}
+	}
+}
+
+// istiodAppProtocol selects as istiod's application-protocol matcher does
+// without PILOT_HTTP10: 'http/1.1' and 'h2c' to the HTTP chain, anything
+// else (HTTP/1.0 included) to the TCP chain.
+type istiodAppProtocol struct{}
+
+func (istiodAppProtocol) Select(ci model.ConnInfo) string {
+	if ci.Protocol == "http/1.1" || ci.Protocol == "h2c" {
+		return "http"
+	}
+	return "tcp"
+}
+func (istiodAppProtocol) NeedsProtocol(netip.AddrPort) bool { return true }
+
+// Envoy's http_inspector reports an HTTP/1.0 request line as 'http/1.0',
+// not 'http/1.1': under istiod's matcher that connection is TCP proxied.
+func TestHTTP10SniffedAsHTTP10(t *testing.T) {
+	echo := tcpEcho(t, "127.0.0.1:0")
+	httpUp := echoBackend(t, "via-http-chain")
+	te := newTestEngine(t, Options{})
+	s := httpSnapshot(oneRoute(fwd("web")), false, &model.Cluster{Name: "web", Endpoints: endpoints(httpUp)},
+		&model.Cluster{Name: "echo", Endpoints: endpoints(echo)})
+	l := s.Listeners[0]
+	l.Select = istiodAppProtocol{}
+	l.Chains["tcp"] = &model.FilterChain{Name: "tcp", TCP: &model.TCPProxy{Cluster: "echo"}}
+	te.apply(s)
+
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET / HTTP/1.0\r\n\r\n"
+	io.WriteString(conn, req)
+	conn.(*net.TCPConn).CloseWrite()
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got, _ := io.ReadAll(conn)
+	if want := req + "|got " + strconv.Itoa(len(req)); string(got) != want {
+		t.Errorf("HTTP/1.0 under an http/1.1+h2c matcher: got %q, want the TCP chain's echo %q", got, want)
+	}
+	// HTTP/1.1 still takes the HTTP chain.
+	if code, body, _ := get(t, client(te.addr("main")), "http://x/"); code != 200 || body != "via-http-chain" {
+		t.Errorf("HTTP/1.1: %d %q", code, body)
 	}
 }
