@@ -541,6 +541,9 @@ type TCPProxy struct {
 	IdleTimeout time.Duration
 	// MaxConnectionDuration: 0 means none.
 	MaxConnectionDuration time.Duration
+	// HashSourceIP hashes the client's address (the PROXY header's
+	// source) for ring-hash and Maglev clusters (hash_policy source_ip).
+	HashSourceIP bool
 }
 
 // Cluster is an upstream: how to pick and reach its endpoints.

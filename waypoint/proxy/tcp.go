@@ -45,7 +45,12 @@ func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain)
 		return
 	}
 	rec.cl = cl
-	host, err := cl.Pick(&upstream.PickOptions{OrigDst: cs.info.Destination})
+	pick := upstream.PickOptions{OrigDst: cs.info.Destination}
+	if tp.HashSourceIP && cs.info.Source.IsValid() {
+		// As the HTTP path's hash on the source: the PROXY header's.
+		pick.Hash, pick.HasHash = upstream.HashKey(cs.info.Source.Addr().String()), true
+	}
+	host, err := cl.Pick(&pick)
 	if err != nil {
 		rec.flags = flagUH
 		rec.done(nil)

@@ -82,3 +82,64 @@ func TestHTTP10SniffedAsHTTP10(t *testing.T) {
 		t.Errorf("HTTP/1.1: %d %q", code, body)
 	}
 }
+
+// greeters are server-first endpoints that name themselves and close.
+func greeters(t *testing.T, n int) []netip.AddrPort {
+	var out []netip.AddrPort
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		name := "g" + strconv.Itoa(i)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				io.WriteString(c, name)
+				c.Close()
+			}
+		}()
+		out = append(out, mustAddrPort(ln.Addr().String()))
+	}
+	return out
+}
+
+func greetingVia(t *testing.T, te *testEngine, src netip.AddrPort) string {
+	t.Helper()
+	conn, err := dialer(te.addr("main"), src, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	b, _ := io.ReadAll(conn)
+	return string(b)
+}
+
+// Envoy's tcp_proxy hash_policy source_ip (istiod's consistentHash
+// useSourceIp) hashes the downstream address for a ring-hash cluster: one
+// client's connections all reach the same endpoint.
+func TestTCPHashPolicySourceIP(t *testing.T) {
+	te := newTestEngine(t, Options{})
+	te.apply(tcpSnapshot(&model.TCPProxy{Cluster: "c", HashSourceIP: true}, model.ServiceRef{},
+		&model.Cluster{Name: "c", LB: "ring_hash", Endpoints: endpoints(greeters(t, 4)...)}))
+	first := greetingVia(t, te, clientAddr)
+	for i := range 12 {
+		// Another source port, the same address: the same endpoint.
+		src := netip.AddrPortFrom(clientAddr.Addr(), uint16(41000+i))
+		if got := greetingVia(t, te, src); got != first || got == "" {
+			t.Fatalf("connection %d from %s reached %q, the first %q", i, src, got, first)
+		}
+	}
+	seen := map[string]bool{}
+	for i := range 32 {
+		seen[greetingVia(t, te, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i), 7}), 40000))] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("32 sources all reached %v: not spread", seen)
+	}
+}

@@ -301,3 +301,26 @@ func TestTCPIdleTimeoutZeroDisables(t *testing.T) {
 		}
 	}
 }
+
+// tcp_proxy's hash_policy: source_ip is applied; a filter-state key (set
+// by filters the waypoint does not run) is reported.
+func TestTCPHashPolicy(t *testing.T) {
+	tp := &tcpproxyv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"},
+		HashPolicy: []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_FilterState_{FilterState: &typev3.HashPolicy_FilterState{Key: "k"}}},
+			{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}}
+	snap, err := Translate(Input{Listeners: []*listenerv3.Listener{staticListener(
+		&listenerv3.Filter{Name: "tcp", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)}})}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := snap.Listeners[0].Chains["only"].TCP; !m.HashSourceIP {
+		t.Errorf("hash_policy source_ip not applied: %+v", m)
+	}
+	found := false
+	for _, u := range snap.Unsupported {
+		found = found || u.Name == "hash_policy" && !u.FailClosed
+	}
+	if !found {
+		t.Errorf("filter_state hash policy not reported: %+v", snap.Unsupported)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/proxy_protocol/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -231,7 +232,7 @@ func (t *translator) chain(fc *listenerv3.FilterChain, name, lwhere string, list
 			if err := tc.UnmarshalTo(&tp); err != nil {
 				return nil, errorf(fwhere, "%v", err)
 			}
-			m, err := tcpProxy(&tp, fwhere)
+			m, err := t.tcpProxy(&tp, fwhere)
 			if err != nil {
 				return nil, err
 			}
@@ -390,7 +391,7 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 	return m, deny, nil
 }
 
-func tcpProxy(tp *tcpproxyv3.TcpProxy, where string) (*model.TCPProxy, error) {
+func (t *translator) tcpProxy(tp *tcpproxyv3.TcpProxy, where string) (*model.TCPProxy, error) {
 	m := &model.TCPProxy{StatPrefix: tp.GetStatPrefix()}
 	switch cs := tp.GetClusterSpecifier().(type) {
 	case *tcpproxyv3.TcpProxy_Cluster:
@@ -426,6 +427,17 @@ func tcpProxy(tp *tcpproxyv3.TcpProxy, where string) (*model.TCPProxy, error) {
 	}
 	if d := tp.GetMaxDownstreamConnectionDuration(); d != nil {
 		m.MaxConnectionDuration = d.AsDuration()
+	}
+	// Envoy hashes with the first policy that yields a key; the source
+	// address always does.
+	for _, hp := range tp.GetHashPolicy() {
+		switch hp.GetPolicySpecifier().(type) {
+		case *typev3.HashPolicy_SourceIp_:
+			m.HashSourceIP = true
+		default:
+			t.unsupported(model.Unsupported{Where: where, Name: "hash_policy",
+				Reason: fmt.Sprintf("hash policy %T is not applied: connections spread without it", hp.GetPolicySpecifier())})
+		}
 	}
 	return m, nil
 }
