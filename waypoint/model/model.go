@@ -544,6 +544,9 @@ type TCPProxy struct {
 	// HashSourceIP hashes the client's address (the PROXY header's
 	// source) for ring-hash and Maglev clusters (hash_policy source_ip).
 	HashSourceIP bool
+	// MaxConnectAttempts: how many connects (each to a host picked again)
+	// before the connection fails; 0 is Envoy's default of 1.
+	MaxConnectAttempts uint32
 }
 
 // Cluster is an upstream: how to pick and reach its endpoints.

@@ -33,43 +33,56 @@ func (e *Engine) proxyTCP(c *proxiedConn, cs *connState, cfg *config, ch *chain)
 	tp := ch.m.TCP
 	defer c.Close()
 
-	name := tp.Cluster
-	if w := tp.Weighted; w != nil && len(w.Clusters) > 0 {
-		name = w.Clusters[pickWeighted(w)].Name
-	}
-	rec := tcpRecord{e: e, cfg: cfg, cs: cs, ch: ch, start: start, cluster: name}
-	cl := cfg.clusters[name]
-	if cl == nil {
-		rec.flags = flagNC
-		rec.done(nil)
-		return
-	}
-	rec.cl = cl
+	rec := tcpRecord{e: e, cfg: cfg, cs: cs, ch: ch, start: start}
 	pick := upstream.PickOptions{OrigDst: cs.info.Destination}
 	if tp.HashSourceIP && cs.info.Source.IsValid() {
 		// As the HTTP path's hash on the source: the PROXY header's.
 		pick.Hash, pick.HasHash = upstream.HashKey(cs.info.Source.Addr().String()), true
 	}
-	host, err := cl.Pick(&pick)
-	if err != nil {
-		rec.flags = flagUH
-		rec.done(nil)
-		return
-	}
-	rec.host = host
-	up, err := cl.Dial(context.Background(), host)
-	if err != nil {
-		rec.flags = flagUF
-		if errors.Is(err, upstream.ErrOverflow) {
-			rec.flags = flagUO
-		} else {
-			cl.ReportLocal(host, upstream.ConnectFailed)
+	// Envoy's max_connect_attempts: a failed connect (refused, reset or
+	// timed out) is tried again, the cluster and host picked again, until
+	// the attempts are used up. The UF of a failed attempt stays on the
+	// connection's record, as Envoy's response flag does.
+	var cl *upstream.Cluster
+	var up net.Conn
+	for attempt := uint32(1); ; attempt++ {
+		name := tp.Cluster
+		if w := tp.Weighted; w != nil && len(w.Clusters) > 0 {
+			name = w.Clusters[pickWeighted(w)].Name
 		}
-		rec.done(nil)
-		return
+		rec.cluster, rec.cl, rec.host = name, nil, nil
+		cl = cfg.clusters[name]
+		if cl == nil {
+			rec.flags |= flagNC
+			rec.done(nil)
+			return
+		}
+		rec.cl = cl
+		host, err := cl.Pick(&pick)
+		if err != nil {
+			rec.flags |= flagUH
+			rec.done(nil)
+			return
+		}
+		rec.host = host
+		up, err = cl.Dial(context.Background(), host)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, upstream.ErrOverflow) {
+			rec.flags |= flagUO
+			rec.done(nil)
+			return
+		}
+		cl.ReportLocal(host, upstream.ConnectFailed)
+		rec.flags |= flagUF
+		if attempt >= max(tp.MaxConnectAttempts, 1) {
+			rec.done(nil)
+			return
+		}
 	}
 	// Envoy's tcp_proxy: a connection made is the whole exchange's success.
-	cl.ReportLocal(host, upstream.ConnectedFinal)
+	cl.ReportLocal(rec.host, upstream.ConnectedFinal)
 	defer up.Close()
 	series := rec.series()
 	series.Opened.Inc()

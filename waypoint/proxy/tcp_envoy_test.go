@@ -143,3 +143,32 @@ func TestTCPHashPolicySourceIP(t *testing.T) {
 		t.Errorf("32 sources all reached %v: not spread", seen)
 	}
 }
+
+// Envoy's tcp_proxy max_connect_attempts: a failed connect is tried again
+// (a host picked again) before the connection is given up with UF.
+func TestTCPMaxConnectAttempts(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := mustAddrPort(ln.Addr().String())
+	ln.Close()
+	live := greeters(t, 1)[0]
+	te := newTestEngine(t, Options{})
+	te.apply(tcpSnapshot(&model.TCPProxy{Cluster: "c", MaxConnectAttempts: 2}, model.ServiceRef{},
+		&model.Cluster{Name: "c", Endpoints: endpoints(dead, live)}))
+	for i := range 6 {
+		if got := greetingVia(t, te, clientAddr); got != "g0" {
+			t.Fatalf("connection %d: %q, want the live endpoint after a second attempt", i, got)
+		}
+	}
+	// One attempt (the default): a connection that picks the dead endpoint fails.
+	te.apply(tcpSnapshot(&model.TCPProxy{Cluster: "c"}, model.ServiceRef{},
+		&model.Cluster{Name: "c", Endpoints: endpoints(dead, live)}))
+	failed := 0
+	for range 6 {
+		if greetingVia(t, te, clientAddr) == "" {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Error("with one attempt no connection failed")
+	}
+}

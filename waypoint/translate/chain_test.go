@@ -324,3 +324,31 @@ func TestTCPHashPolicy(t *testing.T) {
 		t.Errorf("filter_state hash policy not reported: %+v", snap.Unsupported)
 	}
 }
+
+// tcp_proxy fields the waypoint reads: max_connect_attempts applied, the
+// ones it does not apply reported.
+func TestTCPProxyFieldsAppliedOrReported(t *testing.T) {
+	tp := &tcpproxyv3.TcpProxy{StatPrefix: "t", ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: "c"},
+		MaxConnectAttempts: wrapperspb.UInt32(3),
+		TunnelingConfig:    &tcpproxyv3.TcpProxy_TunnelingConfig{Hostname: "h:443"},
+		MetadataMatch:      &corev3.Metadata{},
+		OnDemand:           &tcpproxyv3.TcpProxy_OnDemand{},
+	}
+	snap, err := Translate(Input{Listeners: []*listenerv3.Listener{staticListener(
+		&listenerv3.Filter{Name: "tcp", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)}})}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := snap.Listeners[0].Chains["only"].TCP; m.MaxConnectAttempts != 3 {
+		t.Errorf("max_connect_attempts: %+v", m)
+	}
+	reported := map[string]bool{}
+	for _, u := range snap.Unsupported {
+		reported[u.Name] = true
+	}
+	for _, name := range []string{"tunneling_config", "metadata_match", "on_demand"} {
+		if !reported[name] {
+			t.Errorf("%s not reported: %+v", name, snap.Unsupported)
+		}
+	}
+}

@@ -428,6 +428,31 @@ func (t *translator) tcpProxy(tp *tcpproxyv3.TcpProxy, where string) (*model.TCP
 	if d := tp.GetMaxDownstreamConnectionDuration(); d != nil {
 		m.MaxConnectionDuration = d.AsDuration()
 	}
+	if n := tp.GetMaxConnectAttempts(); n != nil {
+		m.MaxConnectAttempts = n.GetValue()
+	}
+	// Fields that change where or how the bytes go and that the engine
+	// does not apply: said, not dropped.
+	for _, f := range []struct {
+		set          bool
+		name, reason string
+	}{
+		{tp.GetTunnelingConfig() != nil, "tunneling_config", "the bytes go to the endpoint as they are, not tunnelled in an HTTP CONNECT or POST"},
+		{tp.GetOnDemand() != nil, "on_demand", "clusters are not discovered on demand: a cluster missing from the configuration fails the connection (NC)"},
+		{tp.GetMetadataMatch() != nil, "metadata_match", "endpoints are not narrowed by metadata: any endpoint of the cluster may be picked"},
+		{tp.GetBackoffOptions() != nil, "backoff_options", "connect attempts follow one another without a backoff"},
+		{tp.GetDownstreamIdleTimeout() != nil || tp.GetUpstreamIdleTimeout() != nil, "downstream_idle_timeout",
+			"only idle_timeout (no byte either way) closes an idle connection; per-direction idle timeouts are not applied"},
+		{tp.GetMaxDownstreamConnectionDurationJitterPercentage() != nil, "max_downstream_connection_duration_jitter_percentage",
+			"max_downstream_connection_duration is applied without jitter"},
+		{len(tp.GetProxyProtocolTlvs()) > 0, "proxy_protocol_tlvs", "no PROXY protocol TLVs are sent upstream"},
+		{tp.GetUpstreamConnectMode() != tcpproxyv3.UpstreamConnectMode_IMMEDIATE, "upstream_connect_mode",
+			"the upstream connection is made at once, not on the first downstream data"},
+	} {
+		if f.set {
+			t.unsupported(model.Unsupported{Where: where, Name: f.name, Reason: f.reason})
+		}
+	}
 	// Envoy hashes with the first policy that yields a key; the source
 	// address always does.
 	for _, hp := range tp.GetHashPolicy() {
