@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -185,6 +187,16 @@ func httpVersion(br *bufio.Reader, codec string) string {
 // invalid: the connection's own addresses stand. reason is the failure
 // counter's label.
 func readProxyHeader(br *bufio.Reader, allowWithout bool) (src, dst netip.AddrPort, reason string, err error) {
+	if allowWithout {
+		switch could, err := mayStartProxyHeader(br); {
+		case err != nil && !isTimeout(err):
+			return src, dst, "invalid", err
+		case err != nil || !could:
+			// Nothing came in time (a server-first client), or the
+			// bytes so far match neither signature: no header.
+			return netip.AddrPort{}, netip.AddrPort{}, "", nil
+		}
+	}
 	h, err := proxyproto.Read(br)
 	switch {
 	case err == nil:
@@ -210,6 +222,35 @@ func readProxyHeader(br *bufio.Reader, allowWithout bool) (src, dst netip.AddrPo
 	src = netip.AddrPortFrom(s.AddrPort().Addr().Unmap(), s.AddrPort().Port())
 	dst = netip.AddrPortFrom(d.AddrPort().Addr().Unmap(), d.AddrPort().Port())
 	return src, dst, "", nil
+}
+
+// mayStartProxyHeader waits for bytes only while those seen so far are a
+// prefix of a PROXY signature (v1 or v2), as Envoy does when headers are
+// optional: go-proxyproto alone would wait for 12 bytes once the first is
+// a 'P' or a CR, holding a short first message ("PING\r\n") until the
+// timeout. false as soon as the start matches neither; an EOF is no
+// header either.
+func mayStartProxyHeader(br *bufio.Reader) (bool, error) {
+	n := 1
+	for {
+		b, err := br.Peek(n)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return false, nil
+			}
+			return false, err
+		}
+		b = b[:br.Buffered()]
+		v1 := bytes.HasPrefix(proxyproto.SIGV1, b[:min(len(b), len(proxyproto.SIGV1))])
+		v2 := bytes.HasPrefix(proxyproto.SIGV2, b[:min(len(b), len(proxyproto.SIGV2))])
+		switch {
+		case !v1 && !v2:
+			return false, nil
+		case v1 && len(b) >= len(proxyproto.SIGV1), v2 && len(b) >= len(proxyproto.SIGV2):
+			return true, nil
+		}
+		n = len(b) + 1
+	}
 }
 
 func isTimeout(err error) bool {

@@ -172,3 +172,40 @@ func TestTCPMaxConnectAttempts(t *testing.T) {
 		t.Error("with one attempt no connection failed")
 	}
 }
+
+// With allow_requests_without_proxy_protocol Envoy gives up on a header as
+// soon as the bytes so far match neither signature: a short first message
+// that merely starts with a signature's first byte ('P', '\r') is not held
+// until the listener filter timeout.
+func TestWithoutProxyHeaderShortStartNotHeld(t *testing.T) {
+	echo := tcpEcho(t, "127.0.0.1:0")
+	te := newTestEngine(t, Options{})
+	s := tcpSnapshot(&model.TCPProxy{Cluster: "echo"}, model.ServiceRef{}, &model.Cluster{Name: "echo", Endpoints: endpoints(echo)})
+	s.Listeners[0].AllowWithoutProxyProtocol = true
+	s.Listeners[0].HeaderTimeout = 3 * time.Second
+	te.apply(s)
+	for _, first := range []string{"PING\r\n", "P", "\r\nhi", "PROX"} {
+		conn, err := net.Dial("tcp", te.addr("main").String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		io.WriteString(conn, first)
+		if first == "P" || first == "PROX" {
+			// A prefix of a signature: the next byte decides.
+			time.Sleep(50 * time.Millisecond)
+			io.WriteString(conn, "!")
+			first += "!"
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, len(first))
+		_, err = io.ReadFull(conn, buf)
+		conn.Close()
+		if err != nil || string(buf) != first {
+			t.Fatalf("%q: %q %v", first, buf, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%q echoed after %v: held for the header timeout", first, d)
+		}
+	}
+}
