@@ -200,6 +200,9 @@ func Dump(s *Snapshot) *ConfigDump {
 	for _, l := range s.Listeners {
 		ld := ListenerDump{Name: l.Name, Address: l.Address.String(), ProxyProtocol: l.ProxyProtocol,
 			AllowWithoutProxyProtocol: l.AllowWithoutProxyProtocol, HeaderTimeout: dur(l.HeaderTimeout), Chains: []ChainDump{}}
+		if l.HeaderTimeout == NoTimeout {
+			ld.HeaderTimeout = "none"
+		}
 		if rl, ok := l.Select.(RuleLister); ok {
 			ld.Rules = rl.Rules()
 		}

@@ -71,7 +71,8 @@ type Listener struct {
 	// destination is the listener's local address.
 	AllowWithoutProxyProtocol bool
 	// HeaderTimeout bounds the wait for the PROXY header and protocol
-	// sniffing (Envoy's listener_filters_timeout; 0: the engine's default).
+	// sniffing (Envoy's listener_filters_timeout; 0: the engine's default;
+	// NoTimeout: none, Envoy's 0s).
 	HeaderTimeout time.Duration
 	// Chains by name; Select names one of them.
 	Chains map[string]*FilterChain

@@ -61,7 +61,7 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		return
 	}
 	timeout := lc.m.HeaderTimeout
-	if timeout <= 0 {
+	if timeout == 0 {
 		timeout = e.opts.HeaderTimeout
 	}
 	cs := &connState{peer: addrPort(c.RemoteAddr()), listenerKey: b.key}
@@ -71,7 +71,11 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 	// One deadline covers the header and the sniffing: a client that
 	// never speaks (a server-first protocol without a header) is given
 	// up on, never waited for.
-	c.SetReadDeadline(deadlineFrom(timeout))
+	if timeout > 0 {
+		// NoTimeout (Envoy's listener_filters_timeout 0s): the header
+		// and first bytes are waited for as long as they take.
+		c.SetReadDeadline(deadlineFrom(timeout))
+	}
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(c)
 	if lc.m.ProxyProtocol {
@@ -98,7 +102,9 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		// Which HTTP server: h2c or HTTP/1.
 		cs.info.Protocol = httpVersion(br, ch.m.HTTP.Codec)
 	}
-	c.SetReadDeadline(time.Time{})
+	if timeout > 0 {
+		c.SetReadDeadline(time.Time{})
+	}
 
 	if ch == nil {
 		e.stats.connections.WithLabelValues("none").Inc()

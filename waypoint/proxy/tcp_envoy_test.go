@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -207,5 +208,33 @@ func TestWithoutProxyHeaderShortStartNotHeld(t *testing.T) {
 		if d := time.Since(start); d > time.Second {
 			t.Errorf("%q echoed after %v: held for the header timeout", first, d)
 		}
+	}
+}
+
+// listener_filters_timeout 0s is Envoy's "no timeout" (istiod's sidecar
+// listeners with the default protocolDetectionTimeout): a client slow to
+// send its first bytes is still sniffed as what it sends, not given up on
+// after the engine's default.
+func TestListenerFiltersTimeoutOff(t *testing.T) {
+	httpUp := echoBackend(t, "via-http-chain")
+	te := newTestEngine(t, Options{HeaderTimeout: 200 * time.Millisecond})
+	s := httpSnapshot(oneRoute(fwd("web")), false, &model.Cluster{Name: "web", Endpoints: endpoints(httpUp)})
+	l := s.Listeners[0]
+	l.HeaderTimeout = model.NoTimeout
+	l.Select = protoSelect{}
+	l.Chains["tcp"] = &model.FilterChain{Name: "tcp", TCP: &model.TCPProxy{Cluster: "web"}}
+	te.apply(s)
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	time.Sleep(500 * time.Millisecond)
+	io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 4096)
+	n, _ := io.ReadAtLeast(conn, buf, 1)
+	if got := string(buf[:n]); !strings.Contains(got, "X-Envoy-Upstream-Service-Time") {
+		t.Errorf("a late request: %q, want the HTTP chain's answer", got)
 	}
 }

@@ -352,3 +352,21 @@ func TestTCPProxyFieldsAppliedOrReported(t *testing.T) {
 		}
 	}
 }
+
+// listener_filters_timeout: unset is Envoy's 15 s, 0s no timeout at all.
+func TestListenerFiltersTimeoutZero(t *testing.T) {
+	for _, tc := range []struct {
+		d    *durationpb.Duration
+		want time.Duration
+	}{{nil, 15 * time.Second}, {durationpb.New(0), model.NoTimeout}, {durationpb.New(time.Second), time.Second}} {
+		l := hcmChain(router())
+		l.ListenerFiltersTimeout = tc.d
+		snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Listeners[0].HeaderTimeout; got != tc.want {
+			t.Errorf("listener_filters_timeout %v: %v, want %v", tc.d, got, tc.want)
+		}
+	}
+}

@@ -43,6 +43,11 @@ func (t *translator) listener(l *listenerv3.Listener) (*model.Listener, error) {
 	ml := &model.Listener{Name: l.GetName(), Chains: map[string]*model.FilterChain{}, HeaderTimeout: defaultListenerFilters}
 	if d := l.GetListenerFiltersTimeout(); d != nil {
 		ml.HeaderTimeout = d.AsDuration()
+		if ml.HeaderTimeout <= 0 {
+			// Envoy: 0s is no timeout (istiod's sidecar listeners with the
+			// default protocolDetectionTimeout), not a default.
+			ml.HeaderTimeout = model.NoTimeout
+		}
 	}
 	dispatch := t.opts.Dispatch != "" && l.GetName() == t.opts.Dispatch
 	switch {
