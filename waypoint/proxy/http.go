@@ -37,6 +37,21 @@ const (
 	downstreamIdleTime = time.Hour
 )
 
+// HTTP/2 receive windows of the downstream server. net/http gives back
+// connection window only as a handler reads its body, and by default
+// makes the connection's window no bigger than one stream's (1 MiB): one
+// upload whose endpoint does not read (a client-streaming call to a busy
+// server) then held every other request body of the connection, all
+// calls of a gRPC channel. Envoy's connection window (256 MiB by
+// default) is far above what a stream holds before it stops taking more
+// (its buffer limit, 1 MiB): a stream keeps net/http's 1 MiB, the
+// connection takes many of them, which also bounds what one connection
+// may make the waypoint buffer.
+const (
+	h2StreamWindow     = 1 << 20
+	h2ConnectionWindow = 64 << 20
+)
+
 // newServer is the HTTP server of h2c (prior knowledge) connections, all
 // chains together. HTTP/1 connections are served by package h1's server
 // (see newH1Server), or by this one with Options.NetHTTPServer.
@@ -47,6 +62,7 @@ func (e *Engine) newServer() *http.Server {
 	return &http.Server{
 		Handler:        http.HandlerFunc(e.serveHTTP),
 		Protocols:      &protos,
+		HTTP2:          &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnectionWindow},
 		IdleTimeout:    downstreamIdleTime,
 		MaxHeaderBytes: maxHeaderBytes,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {

@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// One stream whose endpoint does not read its body (a client-streaming
+// call to a busy server) must not hold up the bodies of the other
+// streams on the same downstream connection: grpc-go sends all of a
+// channel's calls over one connection. Envoy's connection window
+// (256 MiB by default) is far above what one stream may hold (it stops
+// taking a stream's data beyond its buffer limit); net/http's server
+// hands back connection window only as the handler reads and makes it
+// no bigger than one stream's (1 MiB), so a single stalled upload
+// stopped every other request body on the connection.
+func TestStalledUploadDoesNotBlockOtherStreams(t *testing.T) {
+	release := make(chan struct{})
+	slow := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		io.Copy(io.Discard, r.Body)
+	})
+	fast := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	})
+	defer close(release)
+	slowRoute := fwd("slow")
+	slowRoute.Match = model.RouteMatch{Prefix: "/slow"}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(slowRoute, fwd("fast")), false,
+		&model.Cluster{Name: "slow", Protocol: "http2", Endpoints: endpoints(slow)},
+		&model.Cluster{Name: "fast", Protocol: "http2", Endpoints: endpoints(fast)}))
+	c := h2client(te.addr("main"))
+
+	// The stalled upload: as much as flow control lets through.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	wrote := make(chan int, 1)
+	go func() {
+		chunk := make([]byte, 16<<10)
+		n := 0
+		defer func() { wrote <- n }()
+		for n < 16<<20 {
+			w, err := pw.Write(chunk)
+			n += w
+			if err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://x/slow", pr)
+	go func() {
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	// Let the upload fill every window on its way.
+	time.Sleep(500 * time.Millisecond)
+
+	done := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", "http://x/fast", strings.NewReader("ping"))
+		resp, err := c.Do(req)
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- string(b)
+	}()
+	select {
+	case got := <-done:
+		if got != "ping" {
+			t.Fatalf("other stream: %q", got)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a request body on the same connection is stuck behind the stalled upload")
+	}
+}
