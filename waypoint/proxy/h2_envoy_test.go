@@ -3,10 +3,14 @@ package proxy
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -88,5 +92,57 @@ func TestStalledUploadDoesNotBlockOtherStreams(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("a request body on the same connection is stuck behind the stalled upload")
+	}
+}
+
+// parkedStreams answers every FullDuplexCall's headers and holds it open
+// until its client ends it.
+type parkedStreams struct {
+	testpb.UnimplementedTestServiceServer
+}
+
+func (parkedStreams) FullDuplexCall(st grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
+	st.SendHeader(nil)
+	<-st.Context().Done()
+	return nil
+}
+
+func (parkedStreams) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return &testpb.SimpleResponse{Username: "ok"}, nil
+}
+
+// A gRPC channel with many long-lived streams (watches, subscriptions)
+// keeps opening calls on its one connection: Envoy's HTTP/2 codec takes
+// up to 2^31-1 concurrent streams by default, net/http's server 250,
+// past which grpc-go's next call waits for a stream to end, for ever.
+func TestManyConcurrentStreamsOnOneConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	testpb.RegisterTestServiceServer(s, parkedStreams{})
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(mustAddrPort(ln.Addr().String()))}))
+	c := grpcClient(t, te.addr("main"))
+	// Every stream lives until the end of the test: one blocked waiting
+	// for a free stream ends with the deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 300 {
+		st, err := c.FullDuplexCall(ctx)
+		if err == nil {
+			_, err = st.Header()
+		}
+		if err != nil {
+			t.Fatalf("stream %d: %v", i+1, err)
+		}
+	}
+	uctx, ucancel := context.WithTimeout(ctx, 3*time.Second)
+	defer ucancel()
+	if out, err := c.UnaryCall(uctx, &testpb.SimpleRequest{}); err != nil || out.GetUsername() != "ok" {
+		t.Fatalf("a call beside 300 open streams: %v %v", out, err)
 	}
 }

@@ -52,6 +52,13 @@ const (
 	h2ConnectionWindow = 64 << 20
 )
 
+// h2MaxStreams is how many streams a client may have open on one
+// connection: Envoy's default (istiod leaves the HCM's unset). net/http's
+// own, 250, left a gRPC channel with that many long-lived calls (watches,
+// subscriptions) unable to start another: grpc-go waits for a stream to
+// end, for ever.
+const h2MaxStreams = 1<<31 - 1
+
 // newServer is the HTTP server of h2c (prior knowledge) connections, all
 // chains together. HTTP/1 connections are served by package h1's server
 // (see newH1Server), or by this one with Options.NetHTTPServer.
@@ -60,9 +67,12 @@ func (e *Engine) newServer() *http.Server {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	return &http.Server{
-		Handler:        http.HandlerFunc(e.serveHTTP),
-		Protocols:      &protos,
-		HTTP2:          &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnectionWindow},
+		Handler:   http.HandlerFunc(e.serveHTTP),
+		Protocols: &protos,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:      h2MaxStreams,
+			MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnectionWindow,
+		},
 		IdleTimeout:    downstreamIdleTime,
 		MaxHeaderBytes: maxHeaderBytes,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
