@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -23,6 +25,19 @@ type h2Conns struct {
 	p     *pools
 	mu    sync.Mutex
 	hosts map[string]*h2Host
+
+	// Requests pending at max_connections, every stream of the
+	// connections taken: they wait for a stream or a connection slot to
+	// free up, as Envoy's pool queues them (bounded by
+	// max_pending_requests), rather than fail as an overflow. wake is
+	// closed (and replaced) when a connection's state changes (a stream
+	// ended, it went away, it closed) and someone watched it. Its own
+	// lock: net/http runs a ClientConn's state hook synchronously from
+	// Reserve and Close, which are called with mu held.
+	wmu     sync.Mutex
+	wake    chan struct{}
+	watched bool
+	waiters int64
 }
 
 type h2Host struct {
@@ -83,6 +98,9 @@ func notSent(err error) bool {
 
 func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error) {
 	for {
+		// Watched before the connections are looked at: a stream that
+		// frees up after the look wakes this request.
+		wake := h.watch()
 		h.mu.Lock()
 		if h.hosts == nil {
 			h.hosts = map[string]*h2Host{}
@@ -124,6 +142,21 @@ func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error
 				return nil, context.Cause(ctx)
 			}
 		}
+		if st := h.p.c.state.Load(); h.p.c.connections.Load() >= st.limits.connections {
+			// At max_connections. An idle connection to another endpoint
+			// gives its slot up to this one; else wait as a pending
+			// request.
+			if victim := h.takeIdle(host); victim != nil {
+				h.mu.Unlock()
+				victim.Close()
+				continue
+			}
+			h.mu.Unlock()
+			if err := h.pend(ctx, wake, st.limits.pending); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		d := &h2Dial{done: make(chan struct{})}
 		hh.dialing = d
 		h.mu.Unlock()
@@ -131,11 +164,19 @@ func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error
 		cc, err := h.p.c.Transport(true).NewClientConn(ctx, "http", host)
 		h.mu.Lock()
 		hh.dialing = nil
-		if err != nil && ctx.Err() == nil {
+		overflow := errors.Is(err, ErrOverflow)
+		if err != nil && ctx.Err() == nil && !overflow {
 			d.err = err
 		}
 		close(d.done)
+		if overflow {
+			// Another request took the last slot meanwhile: pending, as
+			// the others at the limit.
+			h.mu.Unlock()
+			continue
+		}
 		if err == nil {
+			cc.SetStateHook(func(*http.ClientConn) { h.signal() })
 			if rerr := cc.Reserve(); rerr != nil {
 				cc.Close()
 				err = rerr
@@ -149,6 +190,73 @@ func (h *h2Conns) get(ctx context.Context, host string) (*http.ClientConn, error
 		}
 		return cc, nil
 	}
+}
+
+// watch returns the channel the next change of a connection's state
+// closes.
+func (h *h2Conns) watch() chan struct{} {
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	if h.wake == nil {
+		h.wake = make(chan struct{})
+	}
+	h.watched = true
+	return h.wake
+}
+
+// signal wakes the requests watching the connections' state. It takes
+// no lock but wmu (see h2Conns).
+func (h *h2Conns) signal() {
+	h.wmu.Lock()
+	if h.watched {
+		close(h.wake)
+		h.wake, h.watched = make(chan struct{}), false
+	}
+	h.wmu.Unlock()
+}
+
+// pend waits, as one of at most max pending requests, for wake.
+func (h *h2Conns) pend(ctx context.Context, wake chan struct{}, max int64) error {
+	h.wmu.Lock()
+	if h.waiters >= max {
+		h.wmu.Unlock()
+		h.p.c.overflows.Add(1)
+		return fmt.Errorf("%w: max_pending_requests %d reached", ErrOverflow, max)
+	}
+	h.waiters++
+	h.wmu.Unlock()
+	defer func() {
+		h.wmu.Lock()
+		h.waiters--
+		h.wmu.Unlock()
+	}()
+	select {
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// takeIdle removes from the pool a connection to another endpoint than
+// host with no stream in flight, for its caller to close. Called with mu
+// held.
+func (h *h2Conns) takeIdle(host string) *http.ClientConn {
+	for other, hh := range h.hosts {
+		if other == host {
+			continue
+		}
+		for i, cc := range hh.conns {
+			if cc.InFlight() == 0 {
+				last := len(hh.conns) - 1
+				hh.conns[i] = hh.conns[last]
+				hh.conns[last] = nil
+				hh.conns = hh.conns[:last]
+				return cc
+			}
+		}
+	}
+	return nil
 }
 
 // closeIdle closes the connections with no stream in flight; with

@@ -137,7 +137,12 @@ type countedConn struct {
 }
 
 func (cc *countedConn) Close() error {
-	cc.once.Do(func() { cc.c.connections.Add(-1) })
+	cc.once.Do(func() {
+		cc.c.connections.Add(-1)
+		// A slot of max_connections is free: HTTP/2 requests pending at
+		// the limit may open a connection.
+		cc.c.pools.h2c.signal()
+	})
 	return cc.Conn.Close()
 }
 
