@@ -146,3 +146,39 @@ func TestManyConcurrentStreamsOnOneConnection(t *testing.T) {
 		t.Fatalf("a call beside 300 open streams: %v %v", out, err)
 	}
 }
+
+// A per-try timeout bounds a try until its answer starts: once the
+// response has begun downstream, Envoy ignores it (the route timeout
+// still applies), since it could neither retry nor answer otherwise. A
+// server-streaming gRPC call that outlived its per-try timeout was cut
+// with a reset mid-stream.
+func TestPerTryTimeoutIgnoredOnceAnswerStarted(t *testing.T) {
+	be := newH2CServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.WriteHeader(200)
+		for range 4 {
+			w.Write([]byte("\x00\x00\x00\x00\x00"))
+			http.NewResponseController(w).Flush()
+			time.Sleep(150 * time.Millisecond)
+		}
+		w.Header().Set("Grpc-Status", "0")
+	})
+	r := retryRoute("c", retryOn(1, "5xx", "reset"))
+	r.Forward.Retry.PerTryTimeout = 200 * time.Millisecond
+	r.Forward.Timeout = 5 * time.Second
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(be)}))
+	req, _ := http.NewRequest("POST", "http://x/svc/Stream", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := h2client(te.addr("main")).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || len(b) != 20 || resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Fatalf("stream longer than the per-try timeout: %d bytes, %v, grpc-status %q; want 20 bytes and 0", len(b), err, resp.Trailer.Get("Grpc-Status"))
+	}
+}

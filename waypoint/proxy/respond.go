@@ -62,6 +62,12 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 	if q.idle != nil {
 		q.idle.touch()
 	}
+	if a.timer != nil {
+		// The answer starts: the per-try timeout no longer applies, as
+		// Envoy ignores it once the response has begun downstream (no
+		// retry is possible any more); the route timeout goes on.
+		a.timer.stop()
+	}
 	q.w.WriteHeader(resp.StatusCode)
 	q.code, q.wrote, q.details = resp.StatusCode, true, viaUpstream
 
