@@ -19,6 +19,7 @@ const (
 	flagNC                    // no cluster found
 	flagSI                    // stream idle timeout
 	flagUPE                   // upstream protocol error
+	flagUR                    // upstream remote reset (HTTP/2 RST_STREAM)
 )
 
 // flagNames in Envoy's order of its short flag string.
@@ -26,7 +27,7 @@ var flagNames = []struct {
 	f    flags
 	name string
 }{
-	{flagUH, "UH"}, {flagUT, "UT"}, {flagUF, "UF"}, {flagUC, "UC"}, {flagUO, "UO"}, {flagNR, "NR"},
+	{flagUH, "UH"}, {flagUT, "UT"}, {flagUR, "UR"}, {flagUF, "UF"}, {flagUC, "UC"}, {flagUO, "UO"}, {flagNR, "NR"},
 	{flagDI, "DI"}, {flagFI, "FI"}, {flagDC, "DC"}, {flagURX, "URX"}, {flagSI, "SI"}, {flagNC, "NC"},
 	{flagUPE, "UPE"},
 }

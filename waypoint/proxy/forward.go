@@ -398,9 +398,20 @@ func classify(err error, actx context.Context) (fail filter.Failure, fl flags, s
 		// send again as Envoy's refused stream reset. (net/http's HTTP/2
 		// Transport would resend the latter itself, but only with
 		// GetBody, which it must not have: see outgoing.)
-		return filter.RefusedStream, flagUC, http.StatusServiceUnavailable, bodyRefused, "upstream_reset_before_response_started{remote_refused_stream_reset}"
+		// Envoy's router flags a refused stream as a remote reset (UR).
+		return filter.RefusedStream, flagUR, http.StatusServiceUnavailable, bodyRefused, "upstream_reset_before_response_started{remote_refused_stream_reset}"
+	case remoteReset(err):
+		return filter.Reset, flagUR, http.StatusServiceUnavailable, bodyRemote, "upstream_reset_before_response_started{remote_reset}"
 	}
 	return filter.Reset, flagUC, http.StatusServiceUnavailable, bodyReset, "upstream_reset_before_response_started{connection_termination}"
+}
+
+// remoteReset reports the endpoint resetting the stream (an HTTP/2
+// RST_STREAM), Envoy's remote reset, as against the connection closing
+// (a connection termination). net/http's HTTP/2 client has no exported
+// error for it: its stream error says it came from the peer.
+func remoteReset(err error) bool {
+	return strings.Contains(err.Error(), "received from peer")
 }
 
 // routeTimeout is the route's timeout, or, for a gRPC request on a route

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 
@@ -180,5 +184,66 @@ func TestPerTryTimeoutIgnoredOnceAnswerStarted(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || len(b) != 20 || resp.Trailer.Get("Grpc-Status") != "0" {
 		t.Fatalf("stream longer than the per-try timeout: %d bytes, %v, grpc-status %q; want 20 bytes and 0", len(b), err, resp.Trailer.Get("Grpc-Status"))
+	}
+}
+
+// An HTTP/2 endpoint resetting its stream (RST_STREAM) is Envoy's
+// remote reset: response flag UR, before the answer a 503 whose body
+// and details say "remote reset" (a refused stream is UR too), after it
+// the downstream stream reset, logged UR. They were logged UC (a
+// connection termination), which is what a closed connection is.
+func TestUpstreamStreamResetIsUR(t *testing.T) {
+	up := rawServer(t, func(c net.Conn) {
+		var path string
+		dec := hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
+			if hf.Name == ":path" {
+				path = hf.Value
+			}
+		})
+		h2cFrames(c, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
+			var b bytes.Buffer
+			enc := hpack.NewEncoder(&b)
+			dec.Write(f.HeaderBlockFragment())
+			switch path {
+			case "/refused":
+				fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			case "/before":
+				fr.WriteRSTStream(f.StreamID, http2.ErrCodeInternal)
+			default:
+				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: b.Bytes(), EndHeaders: true})
+				fr.WriteData(f.StreamID, false, []byte("\x00\x00\x00\x00\x00"))
+				fr.WriteRSTStream(f.StreamID, http2.ErrCodeInternal)
+			}
+			return true
+		})
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
+	c := h2client(te.addr("main"))
+	for _, tc := range []struct{ path, body, details string }{
+		{"/refused", bodyRefused, "upstream_reset_before_response_started{remote_refused_stream_reset}"},
+		{"/before", "upstream connect error or disconnect/reset before headers. reset reason: remote reset", "upstream_reset_before_response_started{remote_reset}"},
+		{"/after", "", "upstream_reset_after_response_started{remote_reset}"},
+	} {
+		req, _ := http.NewRequest("GET", "http://x"+tc.path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if tc.body != "" && (resp.StatusCode != 503 || string(b) != tc.body) {
+			t.Errorf("%s: %d %q", tc.path, resp.StatusCode, b)
+		}
+		if tc.body == "" && err == nil {
+			t.Errorf("%s: the reset came through as a clean end", tc.path)
+		}
+		want := fmt.Sprintf(`"path":"%s","protocol":"HTTP/2.0","response_code":%d,"response_flags":"UR","response_code_details":"%s"`, tc.path, resp.StatusCode, tc.details)
+		eventually(t, tc.path+" logged", func() bool { return strings.Contains(te.access.String(), `"path":"`+tc.path+`"`) })
+		if !strings.Contains(te.access.String(), want) {
+			t.Errorf("%s: want %s in %s", tc.path, want, te.access.String())
+		}
 	}
 }

@@ -14,6 +14,7 @@ const (
 	bodyConnect   = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 	bodyReset     = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 	bodyRefused   = "upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset"
+	bodyRemote    = "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
 	bodyOverflow  = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 	bodyProtocol  = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 )

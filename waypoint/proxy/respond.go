@@ -120,7 +120,15 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 			case errStreamIdle:
 				q.flags |= flagSI
 			default:
-				q.flags |= flagUC
+				// Envoy's flag and details for a reset after the answer
+				// started: the endpoint's RST_STREAM or a closed connection.
+				if remoteReset(rerr) {
+					q.flags |= flagUR
+					q.details = "upstream_reset_after_response_started{remote_reset}"
+				} else {
+					q.flags |= flagUC
+					q.details = "upstream_reset_after_response_started{connection_termination}"
+				}
 			}
 			panic(http.ErrAbortHandler)
 		}
