@@ -118,7 +118,8 @@ func (parkedStreams) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.
 // A gRPC channel with many long-lived streams (watches, subscriptions)
 // keeps opening calls on its one connection: Envoy's HTTP/2 codec takes
 // up to 2^31-1 concurrent streams by default, net/http's server 250,
-// past which grpc-go's next call waits for a stream to end, for ever.
+// past which grpc-go's next call waits for a stream to end, for ever;
+// the waypoint takes 1024.
 func TestManyConcurrentStreamsOnOneConnection(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

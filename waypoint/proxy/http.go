@@ -53,11 +53,13 @@ const (
 )
 
 // h2MaxStreams is how many streams a client may have open on one
-// connection: Envoy's default (istiod leaves the HCM's unset). net/http's
-// own, 250, left a gRPC channel with that many long-lived calls (watches,
-// subscriptions) unable to start another: grpc-go waits for a stream to
-// end, for ever.
-const h2MaxStreams = 1<<31 - 1
+// connection. net/http's own, 250, left a gRPC channel with that many
+// long-lived calls (watches, subscriptions) unable to start another:
+// grpc-go waits for a stream to end, for ever. Envoy's default is 2^31-1,
+// but net/http also bounds the handlers running at once by it (its guard
+// against a flood of opened-and-reset streams), so it stays bounded here:
+// four times net/http's, 1024.
+const h2MaxStreams = 1024
 
 // newServer is the HTTP server of h2c (prior knowledge) connections, all
 // chains together. HTTP/1 connections are served by package h1's server
