@@ -44,11 +44,11 @@ type Compiler struct {
 	// wp: what the waypoint of each object that names one names.
 	wp map[obj]wpName
 
-	// wpUsers: per object, who names it as their waypoint (by hostname, by
-	// address, or inherited from a service they back). An object anyone
-	// names is a waypoint: it gets no waypoint of its own, nor do the
-	// workloads backing it. wpAddrUsers: who names each address, to
-	// resolve again when the address changes owner.
+	// wpUsers: per object, who names it as their waypoint (by hostname or
+	// by address). An object anyone names is a waypoint: it gets no
+	// waypoint of its own, nor do the workloads backing it. wpAddrUsers:
+	// who names each address, to resolve again when the address changes
+	// owner.
 	wpUsers     map[obj]map[obj]bool
 	wpAddrUsers map[netip.Addr]map[obj]bool
 	// claims: the claimants of each address, oldest first; the owner is
@@ -334,16 +334,6 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	}
 	for _, k := range ch.Services {
 		svcs[k] = true
-		// Workloads that may take their waypoint from this service.
-		var prev *model.Service
-		if r := c.svc[k]; r != nil {
-			prev = r.prev
-		}
-		if !sameWaypoint(prev, v.Service(k)) {
-			for uid := range v.Backing(k) {
-				addWl(uid)
-			}
-		}
 	}
 	for _, uid := range ch.Workloads {
 		addWl(uid)
@@ -450,20 +440,6 @@ func (c *Compiler) changes(v model.View, ch model.Changes) maps.Txn {
 	}
 	c.finishPolicySets(v, &txn, wls, len(ch.Policies) > 0)
 	return txn
-}
-
-func sameWaypoint(a, b *model.Service) bool {
-	var wa, wb *model.Gateway
-	if a != nil {
-		wa = a.Waypoint
-	}
-	if b != nil {
-		wb = b.Waypoint
-	}
-	if wa.IsSet() != wb.IsSet() {
-		return false
-	}
-	return !wa.IsSet() || *wa == *wb
 }
 
 // claimsOf is what an object claimed when last compiled.

@@ -97,10 +97,12 @@ func (c *Compiler) settleWaypoints(v model.View, svcs map[model.ServiceKey]bool,
 	}
 }
 
-// named resolves what an object's waypoint names now. A workload without
-// a waypoint of its own takes the first of its services' (Services is
-// sorted, so the choice is stable): a service's waypoint covers connects
-// straight to its pods too.
+// named resolves what an object's waypoint names now. A workload's is its
+// own Workload.waypoint only, never its services': istiod sets that field
+// for a waypoint bound to the pod (or its namespace) that serves workloads
+// (istio.io/waypoint-for: workload or all), and a waypoint serving only
+// services has no chain for a pod's own address, so traffic to the pod's
+// IP must go straight to it, as it does in ztunnel.
 func (c *Compiler) named(v model.View, o obj) wpName {
 	var g *model.Gateway
 	if o.svc {
@@ -109,11 +111,6 @@ func (c *Compiler) named(v model.View, o obj) wpName {
 		}
 	} else if w := v.Workload(o.key); w != nil {
 		g = w.Waypoint
-		for i := 0; !g.IsSet() && i < len(w.Services); i++ {
-			if s := v.Service(w.Services[i].Service); s != nil {
-				g = s.Waypoint
-			}
-		}
 	}
 	if !g.IsSet() {
 		return wpName{}

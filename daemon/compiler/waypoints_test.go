@@ -22,8 +22,8 @@ func waypointSvc(mut ...func(*model.Service)) *model.Service {
 }
 
 // waypointPod backs the waypoint service.
-func waypointPod(uid, ip string) *model.Workload {
-	return pod(uid, ip, func(w *model.Workload) { w.Services = []model.ServicePorts{{Service: wpKey}} })
+func waypointPod(uid, ip string, mut ...func(*model.Workload)) *model.Workload {
+	return pod(uid, ip, append([]func(*model.Workload){func(w *model.Workload) { w.Services = []model.ServicePorts{{Service: wpKey}} }}, mut...)...)
 }
 
 func byHostname(k model.ServiceKey) *model.Gateway { return &model.Gateway{Service: k, Port: 15008} }
@@ -59,7 +59,7 @@ func TestWaypointByHostnameIsTheServiceAndItsPodsAreExempt(t *testing.T) {
 		wlRes(waypointPod("wp-1", "10.244.0.50")),
 		wlRes(waypointPod("wp-2", "10.244.0.51")),
 		svcRes(web(func(s *model.Service) { s.Waypoint = byHostname(wpKey) })),
-		wlRes(pod("a", "10.244.0.11")),
+		wlRes(pod("a", "10.244.0.11", func(w *model.Workload) { w.Waypoint = byHostname(wpKey) })),
 	})
 	svcs, wls := h.waypointsOf(txn)
 	want := maps.ServiceRef(h.c.ServiceID(wpKey))
@@ -67,7 +67,7 @@ func TestWaypointByHostnameIsTheServiceAndItsPodsAreExempt(t *testing.T) {
 		t.Errorf("web's waypoint %v, want %v", svcs[svcKey], want)
 	}
 	if wls["a"] != want {
-		t.Errorf("web's pod inherits %v, want %v (direct connects to it go to the waypoint too)", wls["a"], want)
+		t.Errorf("pod a's own waypoint %v, want %v (direct connects to it go to the waypoint)", wls["a"], want)
 	}
 	if svcs[wpKey].IsSet() || wls["wp-1"].IsSet() || wls["wp-2"].IsSet() {
 		t.Errorf("the waypoint's service %v and pods %v %v have a waypoint: they would loop", svcs[wpKey], wls["wp-1"], wls["wp-2"])
@@ -149,7 +149,7 @@ func TestWaypointGoneFailsClosed(t *testing.T) {
 		svcRes(waypointSvc()),
 		wlRes(waypointPod("wp-1", "10.244.0.50")),
 		svcRes(web(func(s *model.Service) { s.Waypoint = byHostname(wpKey) })),
-		wlRes(pod("a", "10.244.0.11")),
+		wlRes(pod("a", "10.244.0.11", func(w *model.Workload) { w.Waypoint = byHostname(wpKey) })),
 	})
 	wpID := h.c.ServiceID(wpKey)
 	txn := h.apply(nil, string(wpKey))
@@ -187,7 +187,7 @@ func TestServiceBecomesAndStopsBeingAWaypoint(t *testing.T) {
 			VIPs: []netip.Addr{addr("10.96.0.60")}, Ports: []model.Port{{ServicePort: 15008}}}),
 		// Not a waypoint yet: its own waypoint applies.
 		svcRes(waypointSvc(func(s *model.Service) { s.Waypoint = byHostname(otherKey) })),
-		wlRes(waypointPod("wp-1", "10.244.0.50")),
+		wlRes(waypointPod("wp-1", "10.244.0.50", func(w *model.Workload) { w.Waypoint = byHostname(otherKey) })),
 	})
 	otherRef := maps.ServiceRef(h.c.ServiceID(otherKey))
 	if h.c.WaypointWorkload("wp-1") {
@@ -205,5 +205,40 @@ func TestServiceBecomesAndStopsBeingAWaypoint(t *testing.T) {
 	svcs, wls = h.waypointsOf(txn)
 	if svcs[wpKey] != otherRef || wls["wp-1"] != otherRef || h.c.WaypointWorkload("wp-1") {
 		t.Fatalf("no longer a waypoint: service %v, pod %v flagged %v, want %v back", svcs[wpKey], wls["wp-1"], h.c.WaypointWorkload("wp-1"), otherRef)
+	}
+}
+
+// istiod sets Service.waypoint for a waypoint that serves services
+// (istio.io/waypoint-for: service, the default, or all) and
+// Workload.waypoint only for one the pod itself (or its namespace) binds
+// that serves workloads. A waypoint for services is configured with chains
+// for its services' VIPs only: a pod of the service addressed directly
+// goes straight to the pod, and sending it to the waypoint would find no
+// chain there. So a backend takes no waypoint from its service; one it
+// names itself applies.
+func TestServiceWaypointDoesNotCoverItsPodsAddressedDirectly(t *testing.T) {
+	h := newHarness(t)
+	txn := h.apply([]model.Resource{
+		svcRes(waypointSvc()),
+		wlRes(waypointPod("wp-1", "10.244.0.50")),
+		svcRes(web(func(s *model.Service) { s.Waypoint = byHostname(wpKey) })),
+		wlRes(pod("a", "10.244.0.11")),
+		wlRes(pod("b", "10.244.0.12", func(w *model.Workload) { w.Waypoint = byHostname(wpKey) })),
+	})
+	svcs, wls := h.waypointsOf(txn)
+	want := maps.ServiceRef(h.c.ServiceID(wpKey))
+	if svcs[svcKey] != want {
+		t.Errorf("web's waypoint %v, want %v", svcs[svcKey], want)
+	}
+	if wls["a"].IsSet() {
+		t.Errorf("web's pod a, with no waypoint of its own, has %v: connects to its IP would go to a waypoint for services only", wls["a"])
+	}
+	if wls["b"] != want {
+		t.Errorf("pod b's own waypoint %v, want %v", wls["b"], want)
+	}
+	// The service's waypoint changing is no reason for its pods to change.
+	txn = h.apply([]model.Resource{svcRes(web())})
+	if _, wls = h.waypointsOf(txn); wls["a"].IsSet() || wls["b"].IsSet() && wls["b"] != want {
+		t.Errorf("after web dropped its waypoint: a %v, b %v", wls["a"], wls["b"])
 	}
 }
