@@ -242,3 +242,28 @@ func TestServiceWaypointDoesNotCoverItsPodsAddressedDirectly(t *testing.T) {
 		t.Errorf("after web dropped its waypoint: a %v, b %v", wls["a"], wls["b"])
 	}
 }
+
+// istiod may send a destination naming its waypoint before the waypoint
+// itself (they come from different objects). Until the waypoint is known
+// the destination's TCP connections are refused, never let past it; once
+// it arrives they go to it, in the same transaction, by hostname or by
+// address.
+func TestWaypointNamedBeforeItArrives(t *testing.T) {
+	for _, g := range []*model.Gateway{byHostname(wpKey), byAddress("10.96.0.50"), byAddress("fd00::50")} {
+		h := newHarness(t)
+		txn := h.apply([]model.Resource{
+			svcRes(web(func(s *model.Service) { s.Waypoint = g })),
+			wlRes(pod("a", "10.244.0.11", func(w *model.Workload) { w.Waypoint = g })),
+		})
+		svcs, wls := h.waypointsOf(txn)
+		if svcs[svcKey] != maps.ClosedWaypoint || wls["a"] != maps.ClosedWaypoint {
+			t.Errorf("%v not known yet: web %v, a %v, want both closed", g, svcs[svcKey], wls["a"])
+		}
+		txn = h.apply([]model.Resource{svcRes(waypointSvc()), wlRes(waypointPod("wp-1", "10.244.0.50"))})
+		svcs, wls = h.waypointsOf(txn)
+		want := maps.ServiceRef(h.c.ServiceID(wpKey))
+		if svcs[svcKey] != want || wls["a"] != want || !h.c.WaypointWorkload("wp-1") {
+			t.Errorf("%v arrived: web %v, a %v, want %v; wp-1 flagged %v", g, svcs[svcKey], wls["a"], want, h.c.WaypointWorkload("wp-1"))
+		}
+	}
+}

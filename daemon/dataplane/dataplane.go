@@ -129,24 +129,22 @@ func (d *Dataplane) WorkloadID(uid string) uint32 {
 	return d.comp.WorkloadID(uid)
 }
 
-// Update applies converted resources and removals. Resources that cannot
-// apply (a waypoint nobody knows) are returned as rejected and leave their
-// previous state untouched; the rest reach the kernel as one transaction.
-// If the kernel refuses that transaction (a full map), the whole update is
-// undone and err says why.
+// Update applies converted resources and removals; they reach the kernel
+// as one transaction. If the kernel refuses that transaction (a full map),
+// the whole update is undone and err says why. No resource is rejected
+// (rejected stays empty): a destination whose waypoint names nothing known
+// yet is taken, with a warning, and its TCP connections are refused until
+// the waypoint arrives. Refusing it would keep its previous state, without
+// the waypoint, and istiod does not send a refused resource again.
 func (d *Dataplane) Update(upserts []model.Resource, removes []string) (rejected map[string]error, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t0 := time.Now()
 
-	rejected = d.store.Check(upserts, removes)
-	good := upserts[:0:0]
-	for _, r := range upserts {
-		if _, bad := rejected[r.Name]; !bad {
-			good = append(good, r)
-		}
+	for name, why := range d.store.UnresolvedWaypoints(upserts, removes) {
+		slog.Warn("waypoint not known yet: TCP to this destination is refused until it is", "resource", name, "reason", why)
 	}
-	ch, undo := d.store.ApplyWithUndo(good, removes)
+	ch, undo := d.store.ApplyWithUndo(upserts, removes)
 	if !d.synced || ch.Empty() {
 		// Before the first sync only the model fills up.
 		return rejected, nil

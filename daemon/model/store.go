@@ -74,11 +74,14 @@ func NewStore() *Store {
 	}
 }
 
-// Check finds the upserts that cannot apply against the store as it would
-// be after the update: a waypoint naming a service nobody knows, or an
-// address no service and no workload holds. It returns an error per
-// rejected resource name.
-func (s *Store) Check(upserts []Resource, removes []string) map[string]error {
+// UnresolvedWaypoints finds the upserts whose waypoint names nothing in
+// the store as it would be after the update: a service nobody knows, or an
+// address no service and no workload holds. They are for the log, not
+// reasons to refuse: istiod may send a destination before its waypoint,
+// and such a destination's TCP connections are refused (the compiler's
+// ClosedWaypoint) until the waypoint arrives. It returns an error per
+// resource name.
+func (s *Store) UnresolvedWaypoints(upserts []Resource, removes []string) map[string]error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	known := func(k ServiceKey) bool {

@@ -8,8 +8,8 @@ import (
 
 // A waypoint is named by hostname (a service key) or by address (a
 // service's VIP or a workload's address); one that names nothing in the
-// store as it will be after the update is rejected, with a reason.
-func TestCheckRejectsUnresolvableWaypoints(t *testing.T) {
+// store as it will be after the update is reported, with a reason.
+func TestUnresolvedWaypointsAreReported(t *testing.T) {
 	a := netip.MustParseAddr
 	wp := func(vips ...string) *Service {
 		s := &Service{Key: "default/waypoint.default.svc.cluster.local", Namespace: "default", Hostname: "waypoint.default.svc.cluster.local"}
@@ -56,12 +56,12 @@ func TestCheckRejectsUnresolvableWaypoints(t *testing.T) {
 			} else {
 				user.Workload = &Workload{UID: "user", Shared: &Shared{}, Addresses: []netip.Addr{a("10.244.0.9")}, Waypoint: c.g}
 			}
-			err := st.Check(append([]Resource{user}, c.also...), c.removes)["user"]
+			err := st.UnresolvedWaypoints(append([]Resource{user}, c.also...), c.removes)["user"]
 			switch {
 			case c.reason == "" && err != nil:
-				t.Errorf("%s (%s): rejected: %v", c.name, kind, err)
+				t.Errorf("%s (%s): reported: %v", c.name, kind, err)
 			case c.reason != "" && (err == nil || !strings.Contains(err.Error(), c.reason)):
-				t.Errorf("%s (%s): %v, want a rejection saying %q", c.name, kind, err, c.reason)
+				t.Errorf("%s (%s): %v, want a report saying %q", c.name, kind, err, c.reason)
 			}
 		}
 	}
