@@ -279,12 +279,7 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		for _, n := range removes {
 			delete(s.listenerRoutes, n)
 		}
-		var routes []string
-		for _, names := range s.listenerRoutes {
-			routes = append(routes, names...)
-		}
-		slices.Sort(routes)
-		follow(s, translate.TypeRoute, slices.Compact(routes), s.routes, arrival)
+		follow(s, translate.TypeRoute, s.listenerRouteNamesLocked(), s.routes, arrival)
 	case translate.TypeCluster:
 		changed = applyTyped(s.clusters, ups, removes, rejected, func(c *clusterv3.Cluster) error {
 			return translate.CheckCluster(c, s.cfg.Translate)
@@ -350,12 +345,32 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 // saveLocked keeps what a listener response can change, and returns what
 // puts it back (the maps hold pointers to decoded resources that are
 // never modified, so shallow copies do); other types are not undone.
+// Besides the listeners, a listener response changes the RDS side
+// (follow): route configurations no listener names any more are dropped
+// and unsubscribed, new names warm. The undo puts the routes held back
+// and follows the restored listeners again, which subscribes what they
+// name and stops the warming of what only the refused response named:
+// istiod sends no route the session unsubscribed, so the restored chains
+// would otherwise lose their routes for good.
 func (s *Session) saveLocked(typeURL string) func() {
 	if typeURL != translate.TypeListener {
 		return func() {}
 	}
-	l, r := maps.Clone(s.listeners), maps.Clone(s.listenerRoutes)
-	return func() { s.listeners, s.listenerRoutes = l, r }
+	l, r, routes := maps.Clone(s.listeners), maps.Clone(s.listenerRoutes), maps.Clone(s.routes)
+	return func() {
+		s.listeners, s.listenerRoutes, s.routes = l, r, routes
+		follow(s, translate.TypeRoute, s.listenerRouteNamesLocked(), s.routes, time.Now())
+	}
+}
+
+// listenerRouteNamesLocked lists the RDS names the listeners use, sorted.
+func (s *Session) listenerRouteNamesLocked() []string {
+	var routes []string
+	for _, names := range s.listenerRoutes {
+		routes = append(routes, names...)
+	}
+	slices.Sort(routes)
+	return slices.Compact(routes)
 }
 
 // applyTyped decodes upserts into m, checking each; a bad one keeps its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -503,4 +504,51 @@ func TestEngineRefusalNACKsTheListenerResponse(t *testing.T) {
 	}
 	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": translatetest.Synthetic(1).Listeners[0]})
 	got.wait(t, "one service once a listener the engine takes comes", func(sn *model.Snapshot) bool { return chains(sn) == 1 })
+}
+
+// A refused listener response is undone whole: the route configurations
+// the restored listeners name stay held and subscribed. The response
+// dropped them (its listener named none) before the engine refused it;
+// left so, the restored listener's chain lost its routes in the next
+// snapshot, and istiod, told to unsubscribe, would not send them again.
+func TestEngineRefusalKeepsTheRestoredListenersRoutes(t *testing.T) {
+	srv := startIstiod(t)
+	l, rc := rdsConfig(90)
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": l})
+	srv.Set(translate.TypeCluster, map[string]types.Resource{})
+	srv.Set(translate.TypeRoute, map[string]types.Resource{"web-routes": rc})
+	var got applied
+	refuse := func(sn *model.Snapshot) error {
+		if len(sn.Listeners) > 0 && sn.Listeners[0].Chains["web"] == nil {
+			return errors.New("listen on 0.0.0.0:15019: address already in use")
+		}
+		return got.apply(sn)
+	}
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: refuse,
+		WarmTimeout: time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	weight := func(sn *model.Snapshot) uint32 {
+		c := sn.Listeners[0].Chains["web"]
+		if c == nil || c.HTTP == nil || c.HTTP.Routes == nil {
+			return 0
+		}
+		return c.HTTP.Routes.VirtualHosts[0].Routes[0].Forward.Weighted.Clusters[0].Weight
+	}
+	got.wait(t, "the routes from RDS", func(sn *model.Snapshot) bool { return weight(sn) == 90 })
+
+	n := len(srv.Requests())
+	srv.Set(translate.TypeListener, map[string]types.Resource{"main_internal": translatetest.Synthetic(1).Listeners[0]})
+	srv.NACK(n, translate.TypeListener)
+	if names := s.client.Names(translate.TypeRoute); !slices.Contains(names, "web-routes") {
+		t.Errorf("route subscription %v after the refused listener was undone; want web-routes", names)
+	}
+
+	// Something else changes: the next snapshot still routes the chain.
+	one := translatetest.Synthetic(1)
+	c := one.Clusters[0]
+	srv.Set(translate.TypeEndpoint, map[string]types.Resource{c.GetName(): one.Endpoints[c.GetName()]})
+	srv.Set(translate.TypeCluster, map[string]types.Resource{c.GetName(): c})
+	sn := got.wait(t, "the new cluster", func(sn *model.Snapshot) bool { return sn.Clusters[c.GetName()] != nil })
+	if w := weight(sn); w != 90 {
+		t.Errorf("after the refused listener response: the restored listener's routes give weight %d, want 90", w)
+	}
 }
