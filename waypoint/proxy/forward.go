@@ -197,6 +197,15 @@ func (q *request) forward() {
 		}
 		q.host, q.attempts = host, attempt
 		a := q.startAttempt(ctx, eof, perTry)
+		if od := cl.Model().Outlier; od != nil && od.SplitLocalOrigin {
+			// Envoy's upstream request reports a connect success when its
+			// pool is ready, which starts the local-origin count over: a
+			// reset or timeout after that is one failure in a row, not
+			// the next of a series. Only split mode reads it.
+			a.ctx = httptrace.WithClientTrace(a.ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
+				cl.ReportLocal(host, upstream.Connected)
+			}})
+		}
 		h2 := q.upstreamH2(cl, upgrade)
 		out := q.outgoing(host, path, authority, attempt, upgrade && !h2)
 		if rewrite := q.grpc && f.RewriteGRPCTimeout; rewrite || !hcm.SuppressEnvoyHeaders {

@@ -98,3 +98,46 @@ func TestOutlierDetectionReadsGRPCStatus(t *testing.T) {
 		}
 	}
 }
+
+// With split_external_local_origin_errors, a try whose connection is
+// ready clears the endpoint's local-origin count, as Envoy's upstream
+// request reports a connect success on pool ready: an endpoint that
+// takes each connection and then drops the request fails once in a row
+// each time (Envoy counts such resets as local-origin failures only),
+// and is not ejected by consecutive_local_origin_failure.
+func TestOutlierSplitLocalOriginCountsFromTheConnection(t *testing.T) {
+	good := backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "good") })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				buf := make([]byte, 4096)
+				conn.Read(buf)
+				conn.Close()
+			}()
+		}
+	}()
+	drop := netip.MustParseAddrPort(ln.Addr().String())
+	o := fastOutlier(5)
+	o.SplitLocalOrigin, o.ConsecutiveLocalOriginFailure = true, 2
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, outlierCluster(o, good, drop)))
+	c := client(te.addr("main"))
+	fails := 0
+	for range 8 {
+		if code, _, _ := get(t, c, "http://x/"); code != 200 {
+			fails++
+		}
+	}
+	if st := te.ClusterStats()["c"]; st.Ejections != 0 || fails != 4 {
+		t.Errorf("%d of 8 requests failed, ejections %d: want 4 and none (each connection made clears the count)", fails, st.Ejections)
+	}
+}
