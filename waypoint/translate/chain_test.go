@@ -220,6 +220,13 @@ func TestClusters(t *testing.T) {
 			}},
 		{name: "outlier max ejection time under the base", c: &clusterv3.Cluster{Name: "od", OutlierDetection: &clusterv3.OutlierDetection{
 			BaseEjectionTime: durationpb.New(time.Minute), MaxEjectionTime: durationpb.New(time.Second)}}, err: "max_ejection_time"},
+		{name: "panic threshold rounded to a whole percent", c: &clusterv3.Cluster{Name: "p", CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
+			HealthyPanicThreshold: &typev3.Percent{Value: 0.4}}},
+			check: func(t *testing.T, c *model.Cluster, _ []model.Unsupported) {
+				if c.PanicThreshold != 0 {
+					t.Errorf("panic threshold %v, want 0 (Envoy rounds 0.4 down)", c.PanicThreshold)
+				}
+			}},
 		{name: "panic threshold over 100", c: &clusterv3.Cluster{Name: "p", CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{
 			HealthyPanicThreshold: &typev3.Percent{Value: 101}}}, err: "healthy_panic_threshold"},
 		{name: "negative connect timeout", c: &clusterv3.Cluster{Name: "neg", ConnectTimeout: durationpb.New(-time.Second)}, err: "connect_timeout"},

@@ -3,6 +3,7 @@ package translate
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"time"
@@ -210,7 +211,8 @@ func (t *translator) cluster(c *clusterv3.Cluster) (*model.Cluster, error) {
 		if v := p.GetValue(); v < 0 || v > 100 {
 			return nil, fmt.Errorf("cluster %s: healthy_panic_threshold %v is not a percentage", c.GetName(), v)
 		}
-		mc.PanicThreshold = p.GetValue()
+		// Envoy rounds it to a whole percent (0.4 turns panic off).
+		mc.PanicThreshold = math.Round(p.GetValue())
 	}
 	if c.GetOutlierDetection() != nil {
 		od, err := t.outlierDetection(c.GetOutlierDetection(), where)

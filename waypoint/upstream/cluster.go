@@ -97,6 +97,7 @@ type Cluster struct {
 	outliers       map[netip.AddrPort]*outlierHost
 	ejections      int
 	odTimer        *time.Timer
+	odGen          uint64 // which odTimer may tick: bumped when one is stopped or made
 	ejectionsTotal atomic.Uint64
 	pools          *pools
 	h1             *h1Pool
@@ -501,6 +502,7 @@ func (c *Cluster) close() {
 	if c.odTimer != nil {
 		c.odTimer.Stop()
 		c.odTimer = nil
+		c.odGen++
 	}
 	c.mu.Unlock()
 	c.pools.closeIdle()

@@ -148,9 +148,14 @@ func (c *Cluster) consecutive(h *Host, od *model.OutlierDetection, count *atomic
 // outlierTick is the detector's interval: endpoints whose ejection has
 // run its time come back, and those left in a whole interval since they
 // came back shrink their backoff.
-func (c *Cluster) outlierTick() {
+func (c *Cluster) outlierTick(gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if gen != c.odGen {
+		// This timer was stopped or replaced while it waited for mu
+		// (detection turned off and on again): the newer one ticks.
+		return
+	}
 	od := c.state.Load().m.Outlier
 	if od == nil || c.closed.Load() {
 		c.odTimer = nil
@@ -182,17 +187,20 @@ func (c *Cluster) outlierTick() {
 	if back {
 		c.rebuild(c.state.Load().m)
 	}
-	c.odTimer = time.AfterFunc(od.Interval, c.outlierTick)
+	c.odTimer = time.AfterFunc(od.Interval, func() { c.outlierTick(gen) })
 }
 
 // armOutlier starts or stops the interval timer for m (under mu).
 func (c *Cluster) armOutlier(m *model.Cluster) {
 	switch {
 	case m.Outlier != nil && c.odTimer == nil && !c.closed.Load():
-		c.odTimer = time.AfterFunc(m.Outlier.Interval, c.outlierTick)
+		c.odGen++
+		gen := c.odGen
+		c.odTimer = time.AfterFunc(m.Outlier.Interval, func() { c.outlierTick(gen) })
 	case m.Outlier == nil && c.odTimer != nil:
 		c.odTimer.Stop()
 		c.odTimer = nil
+		c.odGen++
 	}
 }
 

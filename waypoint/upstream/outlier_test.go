@@ -257,3 +257,24 @@ func TestOutlierAllEjected(t *testing.T) {
 		}
 	}
 }
+
+// A tick of a timer that was stopped, or replaced when detection went off
+// and on again while it waited for the lock, does nothing: only the
+// newest timer ticks (two would shrink the backoff twice an interval).
+func TestOutlierStaleTickDoesNothing(t *testing.T) {
+	s, c := one(t, threeHosts(od(1)))
+	c.mu.Lock()
+	stale := c.odGen
+	c.mu.Unlock()
+	s.Update(map[string]*model.Cluster{"c": threeHosts(nil)})
+	s.Update(map[string]*model.Cluster{"c": threeHosts(od(1))})
+	c.mu.Lock()
+	current := c.odTimer
+	c.mu.Unlock()
+	c.outlierTick(stale)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.odTimer != current {
+		t.Errorf("a stale tick replaced the running timer")
+	}
+}
