@@ -595,7 +595,11 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 	c.stats.Responses++
 	if err == nil {
 		for _, n := range resp.GetRemovedResources() {
-			delete(ts.versions, n)
+			if _, kept := rejected[n]; !kept {
+				// A removal the handler refused keeps its resource, and
+				// so its version: a resumed stream names it still.
+				delete(ts.versions, n)
+			}
 		}
 		for _, r := range ups {
 			if _, bad := rejected[r.Name]; !bad {

@@ -41,6 +41,8 @@ type store struct {
 	// seen: the versions each resource arrived with, accepted or not,
 	// by type and name.
 	seen map[string][]string
+	// keep: removals refused (the name stays, reported rejected).
+	keep map[string]bool
 }
 
 func newStore() *store {
@@ -79,6 +81,10 @@ func (s *store) Apply(typeURL string, ups []xdsclient.Resource, removes []string
 		m[r.Name] = msg
 	}
 	for _, n := range removes {
+		if s.keep[n] {
+			rejected[n] = fmt.Errorf("%s: removal not applied", n)
+			continue
+		}
 		delete(m, n)
 	}
 	s.applied++
@@ -372,5 +378,34 @@ func TestConfigErrors(t *testing.T) {
 	if _, err := xdsclient.New(xdsclient.Config{Address: "x",
 		Subscriptions: []xdsclient.Subscription{{TypeURL: typeCDS, Wildcard: true}, {TypeURL: typeCDS}}}, st); err == nil {
 		t.Fatal("a type subscribed twice accepted")
+	}
+}
+
+// A removal the handler refuses (it keeps the resource, and says so) is
+// NACKed, and the client keeps the resource's version: resuming on a new
+// stream, it still names what the handler still holds.
+func TestRefusedRemovalKeepsItsVersion(t *testing.T) {
+	srv := xdstest.Start(t, typeCDS, typeEDS)
+	srv.Set(typeCDS, map[string]types.Resource{"a": cluster("a", time.Second), "b": cluster("b", time.Second)})
+	st := newStore()
+	st.keep = map[string]bool{"b": true}
+	run(t, srv, st, nil)
+	st.waitNames(t, typeCDS, "a", "b")
+	srv.WaitRequest(0, isACK(typeCDS))
+	n := len(srv.Requests())
+	srv.Set(typeCDS, map[string]types.Resource{"b": nil})
+	_, nack := srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
+		return r.GetTypeUrl() == typeCDS && r.GetErrorDetail() != nil
+	})
+	if msg := nack.GetErrorDetail().GetMessage(); !strings.Contains(msg, "b: removal not applied") {
+		t.Fatalf("NACK reason %q", msg)
+	}
+	srv.Stop()
+	srv.Restart()
+	_, resume := srv.WaitRequest(n, func(r *discoveryv3.DeltaDiscoveryRequest) bool {
+		return r.GetTypeUrl() == typeCDS && r.GetNode() != nil
+	})
+	if vs := resume.GetInitialResourceVersions(); vs["b"] == "" || vs["a"] == "" {
+		t.Fatalf("resumed with %v: the refused removal dropped b's version", vs)
 	}
 }

@@ -333,8 +333,9 @@ func (s *Session) Apply(typeURL string, ups []xdsclient.Resource, removes []stri
 		for _, r := range ups {
 			rejected[r.Name] = fmt.Errorf("%s: not applied: %v", r.Name, err)
 		}
-		if len(ups) == 0 && len(removes) > 0 {
-			rejected[removes[0]] = fmt.Errorf("removal not applied: %v", err)
+		for _, n := range removes {
+			// Undone too: the client keeps their versions.
+			rejected[n] = fmt.Errorf("%s: removal not applied: %v", n, err)
 		}
 		return rejected, nil
 	}
