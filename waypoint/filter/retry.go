@@ -91,9 +91,9 @@ var grpcRetryOn = map[uint64]string{
 	14: "unavailable",
 }
 
-// grpcStatus reads grpc-status as Envoy does (absl::SimpleAtoi): a number,
+// GRPCStatus reads grpc-status as Envoy does (absl::SimpleAtoi): a number,
 // with surrounding spaces, a plus sign and leading zeros allowed.
-func grpcStatus(v string) (uint64, bool) {
+func GRPCStatus(v string) (uint64, bool) {
 	v = strings.TrimSpace(v)
 	v = strings.TrimPrefix(v, "+")
 	n, err := strconv.ParseUint(v, 10, 64)
@@ -124,7 +124,7 @@ func (r *Retry) RetriableResponse(code int, h http.Header) bool {
 		return true
 	}
 	if gs, ok := h["Grpc-Status"]; ok && len(gs) > 0 {
-		if n, ok := grpcStatus(gs[0]); ok && on[grpcRetryOn[n]] {
+		if n, ok := GRPCStatus(gs[0]); ok && on[grpcRetryOn[n]] {
 			return true
 		}
 	}

@@ -324,7 +324,7 @@ func (q *request) reportAnswer(cl *upstream.Cluster, host *upstream.Host, resp *
 	status := resp.StatusCode
 	if q.grpc {
 		if v := header.Get(resp.Header, "Grpc-Status"); v != "" {
-			if g, err := strconv.Atoi(v); err == nil {
+			if g, ok := filter.GRPCStatus(v); ok {
 				status = grpcToHTTP(g)
 			}
 		}

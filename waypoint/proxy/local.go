@@ -132,7 +132,7 @@ func httpToGRPC(status int) int {
 
 // grpcToHTTP maps a gRPC status to the HTTP status Envoy's router
 // reports for it to outlier detection (Google's API error mapping).
-func grpcToHTTP(code int) int {
+func grpcToHTTP(code uint64) int {
 	switch code {
 	case 0:
 		return 200

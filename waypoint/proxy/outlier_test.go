@@ -107,25 +107,8 @@ func TestOutlierDetectionReadsGRPCStatus(t *testing.T) {
 // and is not ejected by consecutive_local_origin_failure.
 func TestOutlierSplitLocalOriginCountsFromTheConnection(t *testing.T) {
 	good := backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "good") })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 4096)
-				conn.Read(buf)
-				conn.Close()
-			}()
-		}
-	}()
-	drop := netip.MustParseAddrPort(ln.Addr().String())
+	// Takes the connection, reads the request, closes without an answer.
+	drop := rawServer(t, func(c net.Conn) { c.Read(make([]byte, 4096)) })
 	o := fastOutlier(5)
 	o.SplitLocalOrigin, o.ConsecutiveLocalOriginFailure = true, 2
 	te := newTestEngine(t, Options{})
