@@ -50,11 +50,12 @@ func (q *request) forward() {
 	r := q.r
 	upgrade := isUpgrade(r)
 	q.prepareHeaders(upgrade)
-	path := q.rt.RewritePath(q.path)
-	if (f.PrefixRewrite != "" || f.RegexRewrite != nil) && !q.ch.hcm.SuppressEnvoyHeaders {
+	path, rewritten := q.rt.RewritePathOK(q.path)
+	if rewritten && !q.ch.hcm.SuppressEnvoyHeaders {
 		// Envoy's router keeps the path as it came (before the rewrite)
 		// for the endpoint and for logs (Istio's default access log
-		// format reads it).
+		// format reads it); a regex rewrite that failed (left nothing)
+		// rewrote nothing, and Envoy adds no header for it.
 		r.Header["X-Envoy-Original-Path"] = []string{q.path}
 	}
 	authority := q.authority

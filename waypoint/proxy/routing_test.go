@@ -1278,3 +1278,28 @@ func checkNormalizedRouting(t *testing.T, snap *model.Snapshot, cases []routedPa
 		}
 	}
 }
+
+// Envoy's router sets x-envoy-original-path only when its rewrite gave a
+// path (RouteEntryImplBase::finalizePathHeader): a regex rewrite that
+// leaves nothing is a failed one, the path goes out as it came and no
+// header is added; one that matches nothing still gave a path (the same
+// one), and the header is there.
+func TestOriginalPathOnlyWhenRewritten(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		_, had := r.Header["X-Envoy-Original-Path"]
+		fmt.Fprintf(w, "%s|%v|%s", r.URL.Path, had, r.Header.Get("X-Envoy-Original-Path"))
+	})
+	failed := &model.Route{Name: "failed", Match: model.RouteMatch{Prefix: "/gone"}, Forward: &model.ForwardAction{Cluster: "c",
+		RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`^.*$`), Substitution: ""}}}
+	same := &model.Route{Name: "same", Match: model.RouteMatch{Prefix: "/same"}, Forward: &model.ForwardAction{Cluster: "c",
+		RegexRewrite: &model.RegexRewrite{Pattern: regexp.MustCompile(`^/nomatch$`), Substitution: "/x"}}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(failed, same, fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	c := client(te.addr("main"))
+	if _, body, _ := get(t, c, "http://x/gone/a"); body != "/gone/a|false|" {
+		t.Errorf("failed regex rewrite: %q, want the path unchanged and no x-envoy-original-path", body)
+	}
+	if _, body, _ := get(t, c, "http://x/same/a"); body != "/same/a|true|/same/a" {
+		t.Errorf("regex rewrite that matched nothing: %q", body)
+	}
+}

@@ -11,9 +11,19 @@ import (
 // RewritePath applies a forward action's prefix or regex rewrite to a raw
 // :path (query included) and returns the new :path; the query is kept.
 func (r *Route) RewritePath(path string) string {
+	p, _ := r.RewritePathOK(path)
+	return p
+}
+
+// RewritePathOK is RewritePath, also saying whether a rewrite took place:
+// Envoy's router (RouteEntryImplBase::finalizePathHeader) sets :path and
+// x-envoy-original-path only when its rewrite gives a path, which a
+// prefix rewrite always does and a regex rewrite does unless it leaves
+// nothing (even when it gives the path back unchanged).
+func (r *Route) RewritePathOK(path string) (string, bool) {
 	f := r.Model.Forward
 	if f == nil {
-		return path
+		return path, false
 	}
 	p, query := path, ""
 	if i := strings.IndexByte(path, '?'); i >= 0 {
@@ -23,7 +33,7 @@ func (r *Route) RewritePath(path string) string {
 	case f.PrefixRewrite != "":
 		n, ok := r.MatchedPrefixLen(p)
 		if !ok || n > len(p) {
-			return path
+			return path, false
 		}
 		p = f.PrefixRewrite + p[n:]
 	case f.RegexRewrite != nil && f.RegexRewrite.Pattern != nil:
@@ -31,12 +41,12 @@ func (r *Route) RewritePath(path string) string {
 		if p == "" {
 			// Envoy takes an empty result for a failed rewrite and keeps
 			// the path.
-			return path
+			return path, false
 		}
 	default:
-		return path
+		return path, false
 	}
-	return p + query
+	return p + query, true
 }
 
 // RedirectLocation builds the Location of a redirect for a request with
