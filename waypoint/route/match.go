@@ -301,7 +301,7 @@ func (s *stringMatcher) match(v string) bool {
 		return tail == m.Suffix
 	case "contains":
 		if m.IgnoreCase {
-			return strings.Contains(strings.ToLower(v), strings.ToLower(m.Contains))
+			return containsFoldASCII(v, m.Contains)
 		}
 		return strings.Contains(v, m.Contains)
 	case "regex":
