@@ -40,3 +40,28 @@ func TestContainsFoldASCII(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's ignore_case (exact, prefix, suffix; a route's case-insensitive
+// path) folds ASCII letters only: "\u212a" (Kelvin sign), which Unicode
+// folds to "k", is not a "k" to Envoy.
+func TestIgnoreCaseFoldsASCIIOnly(t *testing.T) {
+	for _, m := range []*model.StringMatch{
+		{Kind: "exact", Exact: "k8s", IgnoreCase: true},
+		{Kind: "prefix", Prefix: "k8", IgnoreCase: true},
+		{Kind: "suffix", Suffix: "k8s", IgnoreCase: true},
+	} {
+		s := CompileString(m)
+		if !s.Match("K8S") {
+			t.Errorf("%s: K8S does not match", m.Kind)
+		}
+		if s.Match("\u212a8s") {
+			t.Errorf("%s: the Kelvin sign matched k", m.Kind)
+		}
+	}
+	tbl := Compile(&model.RouteTable{VirtualHosts: []*model.VirtualHost{{Domains: []string{"*"},
+		Routes: []*model.Route{{Match: model.RouteMatch{Prefix: "/k8s", CaseInsensitive: true}, Direct: &model.DirectResponse{Status: 200}}}}}})
+	r := tbl.VirtualHost("x").Routes[0]
+	if !r.Matches(&Input{Path: "/K8S/x"}) || r.Matches(&Input{Path: "/\u212a8s/x"}) {
+		t.Errorf("case-insensitive path prefix folds other than ASCII")
+	}
+}

@@ -285,7 +285,7 @@ func (s *stringMatcher) match(v string) bool {
 	switch kind {
 	case "exact":
 		if m.IgnoreCase {
-			return strings.EqualFold(v, m.Exact)
+			return equalFoldASCII(v, m.Exact)
 		}
 		return v == m.Exact
 	case "prefix":
@@ -296,7 +296,7 @@ func (s *stringMatcher) match(v string) bool {
 		}
 		tail := v[len(v)-len(m.Suffix):]
 		if m.IgnoreCase {
-			return strings.EqualFold(tail, m.Suffix)
+			return equalFoldASCII(tail, m.Suffix)
 		}
 		return tail == m.Suffix
 	case "contains":
@@ -331,7 +331,7 @@ func hasPrefix(s, prefix string, fold bool) bool {
 		return false
 	}
 	if fold {
-		return strings.EqualFold(s[:len(prefix)], prefix)
+		return equalFoldASCII(s[:len(prefix)], prefix)
 	}
 	return s[:len(prefix)] == prefix
 }
