@@ -287,7 +287,9 @@ func (q *request) run() {
 
 	switch {
 	case m.Redirect != nil:
-		loc := q.rt.RedirectLocation(header.Get(r.Header, "X-Forwarded-Proto"), q.authority, q.path)
+		// Envoy's Location takes the request's :scheme, not
+		// x-forwarded-proto as sent (which may name anything).
+		loc := q.rt.RedirectLocationProto(route.RequestScheme(r), header.Get(r.Header, "X-Forwarded-Proto"), q.authority, q.path)
 		q.w.Header().Set("Location", loc)
 		q.localReply(route.RedirectStatus(m.Redirect), "", "redirect")
 	case m.Direct != nil:

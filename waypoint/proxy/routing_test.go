@@ -1303,3 +1303,44 @@ func TestOriginalPathOnlyWhenRewritten(t *testing.T) {
 		t.Errorf("regex rewrite that matched nothing: %q", body)
 	}
 }
+
+// A redirect's Location keeps the request's :scheme (Envoy's
+// Http::Utility::newUri), which Envoy's connection manager takes from
+// x-forwarded-proto only when that names http or https, and from an
+// absolute-form target before that; the port is dropped on a scheme
+// change by x-forwarded-proto's default port. A :scheme header matcher
+// reads the same scheme.
+func TestRedirectSchemeIsTheRequestScheme(t *testing.T) {
+	redirect := &model.Route{Name: "r", Match: model.RouteMatch{Prefix: "/r"}, Redirect: &model.RedirectAction{Path: "/new", Status: 302}}
+	toHTTPS := &model.Route{Name: "s", Match: model.RouteMatch{Prefix: "/s"}, Redirect: &model.RedirectAction{Scheme: "https", Status: 302}}
+	byScheme := &model.Route{Name: "m", Match: model.RouteMatch{Prefix: "/m", Headers: []model.HeaderMatch{{Name: ":scheme", Value: &model.StringMatch{Kind: "exact", Exact: "https"}}}},
+		Direct: &model.DirectResponse{Status: 200, Body: []byte("https")}}
+	other := &model.Route{Name: "o", Match: model.RouteMatch{Prefix: "/m"}, Direct: &model.DirectResponse{Status: 200, Body: []byte("other")}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(redirect, toHTTPS, byScheme, other), false))
+	cases := []struct{ raw, want string }{
+		{"GET /r HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: javascript\r\n\r\n", "http://h/new"},
+		{"GET /r HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: HTTPS\r\n\r\n", "https://h/new"},
+		{"GET /r HTTP/1.1\r\nHost: h\r\n\r\n", "http://h/new"},
+		{"GET https://h/r HTTP/1.1\r\nHost: h\r\n\r\n", "https://h/new"},
+		// The request's scheme is http (x-forwarded-proto set for it):
+		// :80 goes with the change to https; :443 stays.
+		{"GET /s HTTP/1.1\r\nHost: h:80\r\n\r\n", "https://h/s"},
+		{"GET /s HTTP/1.1\r\nHost: h:443\r\nX-Forwarded-Proto: bogus\r\n\r\n", "https://h:443/s"},
+	}
+	for _, c := range cases {
+		resp, _ := rawExchange(t, te, c.raw, "GET")
+		if loc := resp.Header.Get("Location"); resp.StatusCode != 302 || loc != c.want {
+			t.Errorf("%q: %d Location %q, want %q", c.raw, resp.StatusCode, loc, c.want)
+		}
+	}
+	for raw, want := range map[string]string{
+		"GET /m HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\r\n": "https",
+		"GET /m HTTP/1.1\r\nHost: h\r\n\r\n":                             "other",
+		"GET https://h/m HTTP/1.1\r\nHost: h\r\n\r\n":                    "https",
+	} {
+		if _, body := rawExchange(t, te, raw, "GET"); body != want {
+			t.Errorf("%q: routed to %q, want %q", raw, body, want)
+		}
+	}
+}

@@ -53,8 +53,19 @@ func (r *Route) RewritePathOK(path string) (string, bool) {
 // the given scheme, authority and raw :path, as Envoy does: each part the
 // action does not replace comes from the request; a path redirect carries
 // its own query when it has one, otherwise the request's query is kept
-// unless StripQuery.
+// unless StripQuery. The scheme stands for x-forwarded-proto too (see
+// RedirectLocationProto).
 func (r *Route) RedirectLocation(scheme, authority, path string) string {
+	return r.RedirectLocationProto(scheme, scheme, authority, path)
+}
+
+// RedirectLocationProto is RedirectLocation with the request's :scheme
+// (RequestScheme) and its x-forwarded-proto apart, as Envoy's
+// Http::Utility::newUri reads them: the Location keeps the :scheme, and
+// the request's port is dropped on a scheme change when it is the
+// default port of the scheme x-forwarded-proto names (processRequestHost:
+// "http://foo.com:80 won't have the port stripped when served over TLS").
+func (r *Route) RedirectLocationProto(scheme, forwardedProto, authority, path string) string {
 	a := r.Model.Redirect
 	p, query := path, ""
 	if i := strings.IndexByte(path, '?'); i >= 0 {
@@ -103,14 +114,16 @@ func (r *Route) RedirectLocation(scheme, authority, path string) string {
 	} else {
 		// Envoy keeps the request's authority as sent, dropping its port
 		// only for port_redirect, or when the scheme changes and the port
-		// is the request scheme's default (http://h:80 -> https://h). A
-		// default port is not dropped otherwise.
+		// is the request's (x-forwarded-proto's) scheme's default
+		// (http://h:80 -> https://h). A default port is not dropped
+		// otherwise.
 		host = authority
 		if i := portStart(host); i >= 0 {
 			reqPort := host[i:]
 			drop := port != ""
-			if newScheme != scheme {
-				drop = drop || (scheme == "https" && reqPort == ":443") || (scheme == "http" && reqPort == ":80")
+			if newScheme != forwardedProto {
+				drop = drop || (strings.EqualFold(forwardedProto, "https") && reqPort == ":443") ||
+					(strings.EqualFold(forwardedProto, "http") && reqPort == ":80")
 			}
 			if drop {
 				host = host[:i]

@@ -246,7 +246,7 @@ func requestHeader(r *http.Request, key string) (string, bool) {
 		case ":path":
 			return RequestPath(r), true
 		case ":scheme":
-			return "http", true
+			return RequestScheme(r), true
 		}
 		return "", false
 	}

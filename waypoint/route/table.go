@@ -142,6 +142,36 @@ func (t *Table) Match(r *http.Request) (*VirtualHost, *Route) {
 	return vh, nil
 }
 
+// RequestScheme is the request's :scheme as Envoy's connection manager
+// gives it to an HTTP/1 request (ConnectionManagerUtility::
+// mutateRequestHeaders): an absolute-form target's scheme (the codec's,
+// lower-cased), else x-forwarded-proto when it names http or https (the
+// waypoint sets it to http when the client sent none, as Envoy does),
+// else the connection's, which for the waypoint is always plaintext. An
+// h2c request's own :scheme is not kept by net/http's server (it takes
+// only http or https), so x-forwarded-proto decides for it too.
+func RequestScheme(r *http.Request) string {
+	if r.URL != nil && r.URL.Scheme != "" {
+		return strings.ToLower(r.URL.Scheme)
+	}
+	var xfp string
+	switch vs := r.Header["X-Forwarded-Proto"]; len(vs) {
+	case 0:
+	case 1:
+		xfp = vs[0]
+	default:
+		// Envoy joins repeated values of this header: no longer a scheme.
+		xfp = strings.Join(vs, ",")
+	}
+	switch {
+	case strings.EqualFold(xfp, "https"):
+		return "https"
+	case strings.EqualFold(xfp, "http"):
+		return "http"
+	}
+	return "http"
+}
+
 // RequestPath is the request's :path as the client sent it (not decoded,
 // query included), which is what Envoy matches and rewrites.
 func RequestPath(r *http.Request) string {
