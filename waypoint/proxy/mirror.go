@@ -13,10 +13,6 @@ import (
 	"github.com/kmesh-go/kmesh/waypoint/upstream"
 )
 
-// mirrorTimeout bounds a mirrored request when its route has no timeout
-// (Envoy's default route timeout), so a stuck shadow cannot pile up.
-const mirrorTimeout = 15 * time.Second
-
 type mirrorTarget struct {
 	cluster  *upstream.Cluster
 	keepHost bool
@@ -81,10 +77,14 @@ func (q *request) sendMirrors(ts []mirrorTarget, path, authority string, body []
 	h := q.r.Header.Clone()
 	h.Del("X-Envoy-Attempt-Count")
 	host := shadowHost(authority)
-	timeout := q.rt.Model.Forward.Timeout
-	if timeout <= 0 {
-		timeout = mirrorTimeout
-	}
+	// Envoy's router gives a shadow the request's global timeout (the
+	// route's, or what grpc-timeout made of it), and none when that is 0
+	// (router.cc: RequestOptions().setTimeout(timeout_.global_timeout_)).
+	// A shadow with none that is never answered ends as in Envoy when its
+	// connection does, or when its cluster is closed (gone from the
+	// configuration, or the engine closing: Cluster.Context), so no
+	// goroutine outlives the cluster it waits on.
+	timeout := q.routeTimeout()
 	for _, t := range ts {
 		host := host
 		if t.keepHost {
@@ -116,8 +116,12 @@ func (e *Engine) mirror(cl *upstream.Cluster, method, path, authority string, h 
 		e.stats.mirror("failed")
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
+	ctx := cl.Context()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)

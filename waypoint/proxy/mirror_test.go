@@ -146,3 +146,65 @@ func TestMirrorShadowHostIPv6(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's router gives a shadow the request's global timeout, none when
+// the route has none (router.cc: setTimeout(timeout_.global_timeout_));
+// the waypoint used 15 s then. A shadow that is never answered ends with
+// the route's timeout, or, without one, when its cluster is closed (gone
+// from the configuration, or the engine closing), so its goroutine does
+// not outlive the cluster.
+func TestMirrorTimeoutIsTheRoutes(t *testing.T) {
+	main := backend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "main") })
+	started, ended := make(chan time.Time, 4), make(chan time.Time, 4)
+	release := make(chan struct{})
+	shadow := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		started <- time.Now()
+		select {
+		case <-r.Context().Done(): // the waypoint gave the copy up
+			ended <- time.Now()
+		case <-release:
+		}
+	})
+	t.Cleanup(func() { close(release) })
+	timed := fwd("main")
+	timed.Match.Prefix = "/timed"
+	timed.Forward.Timeout = 300 * time.Millisecond
+	timed.Forward.Mirrors = []model.Mirror{{Cluster: "shadow", Percent: 100}}
+	untimed := fwd("main")
+	untimed.Forward.Mirrors = []model.Mirror{{Cluster: "shadow", Percent: 100}}
+	clusters := []*model.Cluster{{Name: "main", Endpoints: endpoints(main)}, {Name: "shadow", Endpoints: endpoints(shadow)}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(timed, untimed), false, clusters...))
+	c := client(te.addr("main"))
+	wait := func(ch chan time.Time, what string, within time.Duration) time.Time {
+		t.Helper()
+		select {
+		case at := <-ch:
+			return at
+		case <-time.After(within):
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		return time.Time{}
+	}
+
+	if code, _, _ := get(t, c, "http://reviews/timed"); code != 200 {
+		t.Fatalf("main response %d", code)
+	}
+	s := wait(started, "timed mirror", 5*time.Second)
+	if d := wait(ended, "timed mirror given up", 5*time.Second).Sub(s); d > 2*time.Second {
+		t.Errorf("a mirror on a route with a 300ms timeout lasted %v", d)
+	}
+
+	if code, _, _ := get(t, c, "http://reviews/"); code != 200 {
+		t.Fatalf("main response %d", code)
+	}
+	wait(started, "untimed mirror", 5*time.Second)
+	select {
+	case <-ended:
+		t.Fatal("a mirror on a route without a timeout was given up by the waypoint")
+	case <-time.After(500 * time.Millisecond):
+	}
+	// The shadow cluster leaves the configuration: its copy ends with it.
+	te.apply(httpSnapshot(oneRoute(timed, untimed), false, clusters[0]))
+	wait(ended, "untimed mirror after its cluster was removed", 2*time.Second)
+}

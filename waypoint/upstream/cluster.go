@@ -105,6 +105,11 @@ type Cluster struct {
 	// (for comparison; see h1.go).
 	netHTTP bool
 	closed  atomic.Bool
+	// ctx ends when the cluster is closed (gone from the configuration,
+	// or the engine closing): what is sent on the cluster's own account
+	// rather than a client's (mirrors) ends with it.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // state is what one configuration of the cluster says, precomputed.
@@ -130,10 +135,16 @@ type limits struct {
 
 func newCluster(name string, log *slog.Logger) *Cluster {
 	c := &Cluster{Name: name, log: log, actives: map[netip.AddrPort]*atomic.Int64{}}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.pools = newPools(c)
 	c.h1 = newH1Pool(c)
 	return c
 }
+
+// Context ends when the cluster is closed: gone from the configuration
+// (Envoy closes a removed cluster's connection pools, and the streams on
+// them with it) or the engine closing.
+func (c *Cluster) Context() context.Context { return c.ctx }
 
 // Model is the cluster's current configuration.
 func (c *Cluster) Model() *model.Cluster { return c.state.Load().m }
@@ -498,6 +509,7 @@ func (c *Cluster) Stats() Stats {
 
 func (c *Cluster) close() {
 	c.closed.Store(true)
+	c.cancel()
 	c.mu.Lock()
 	if c.odTimer != nil {
 		c.odTimer.Stop()
