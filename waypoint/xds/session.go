@@ -8,8 +8,8 @@
 // Each resource is checked on arrival: one that cannot be translated is
 // NACKed with the reason and its last good version kept. Clusters warm as
 // in Envoy: a snapshot that brings a new EDS cluster waits (up to
-// WarmTimeout) for its endpoints, so traffic is never routed to a cluster
-// that exists but has no endpoints yet. While istiod is away the last
+// WarmTimeout, counted for each name) for its endpoints, so traffic is
+// never routed to a cluster that exists but has no endpoints yet. While istiod is away the last
 // snapshot keeps serving.
 package xds
 
@@ -58,8 +58,12 @@ type Config struct {
 	// response that brought the change is NACKed with the error and
 	// undone here, as Envoy rejects a listener it cannot bind.
 	Apply func(*model.Snapshot) error
-	// WarmTimeout bounds the wait for the endpoints of new clusters
-	// (default 5s; Envoy's initial_fetch_timeout is 15s).
+	// WarmTimeout bounds the wait for the endpoints of each new cluster
+	// and the routes of each new listener, from when that name started
+	// warming (default 5s). Envoy's bound is the subscription's
+	// initial_fetch_timeout, which istiod sets to 0s (no bound) for EDS
+	// and RDS; the waypoint keeps one so a lost answer cannot hold every
+	// later change back.
 	WarmTimeout time.Duration
 	Logger      *slog.Logger
 	// Backoff bounds of the reconnects (default 100ms .. 15s).
@@ -126,6 +130,9 @@ type Session struct {
 	answered  map[string]bool
 	warming   map[string]time.Time // EDS/RDS names awaited, since
 	warmTimer *time.Timer
+	// partial: names timed out, so the next snapshot goes out though
+	// others still warm (without them).
+	partial bool
 	// pending is when the oldest change not in a snapshot arrived.
 	pending   time.Time
 	memo      *translate.Memo
@@ -493,39 +500,38 @@ func (s *Session) settle(typeURL string, ups []xdsclient.Resource, removes []str
 }
 
 // buildLocked builds the snapshot to hand over, if there is something
-// new, the first listeners and clusters are in, and nothing warms (or
+// new, the first listeners and clusters are in, and nothing warms (or a
 // warming timed out), with the arrival of the oldest change it carries;
 // nil otherwise.
+//
+// Each name warms for WarmTimeout from when it started, as each of
+// Envoy's clusters has its own init timer (initial_fetch_timeout, per
+// subscription: source/common/upstream/cluster_manager_impl.cc and
+// cds_api_helper.cc; a cluster becomes active when it, not its
+// neighbours, is initialized). When names time out they are given up and
+// the snapshot goes out, but names still within their own time keep
+// warming: a new cluster among them is left out of it (Envoy does not
+// route to a cluster that is still warming) and so is a listener not
+// served yet that names a route configuration still warming (Envoy's
+// listener warms until its RDS answers).
 func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
+	now := time.Now()
+	if expired := s.expireLocked(now); !expired.IsZero() && s.pending.IsZero() {
+		// What was held back for the names that timed out goes out now.
+		s.pending = expired
+	}
 	if s.pending.IsZero() {
+		s.armWarmTimerLocked(now)
 		return nil, time.Time{}
 	}
 	if !s.answered[translate.TypeListener] || !s.answered[translate.TypeCluster] {
 		return nil, time.Time{}
 	}
-	if len(s.warming) > 0 {
-		oldest := time.Time{}
-		for _, t := range s.warming {
-			if oldest.IsZero() || t.Before(oldest) {
-				oldest = t
-			}
-		}
-		wait := s.cfg.WarmTimeout - time.Since(oldest)
-		if wait > 0 {
-			if s.warmTimer != nil {
-				s.warmTimer.Stop()
-			}
-			s.warmTimer = time.AfterFunc(wait, s.warmTimedOut)
-			return nil, time.Time{}
-		}
-		names := slices.Sorted(maps.Keys(s.warming))
-		s.log.Warn("warming timed out; publishing without them", "names", len(names), "first", names[0])
-		clear(s.warming)
+	if len(s.warming) > 0 && !s.partial {
+		s.armWarmTimerLocked(now)
+		return nil, time.Time{}
 	}
-	if s.warmTimer != nil {
-		s.warmTimer.Stop()
-		s.warmTimer = nil
-	}
+	s.partial = false
 	in := translate.Input{
 		Listeners: sortedValues(s.listeners),
 		Clusters:  sortedValues(s.clusters),
@@ -534,6 +540,10 @@ func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 		Workloads: sortedValues(s.addresses),
 		Memo:      s.memo,
 	}
+	if len(s.warming) > 0 {
+		in.Clusters, in.Listeners = s.withoutWarmingLocked(in.Clusters, in.Listeners)
+	}
+	s.armWarmTimerLocked(now)
 	s.gen++
 	in.Version = fmt.Sprintf("xds-%d", s.gen)
 	snap, err := translate.Translate(in, s.cfg.Translate)
@@ -546,6 +556,88 @@ func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 	since := s.pending
 	s.pending = time.Time{}
 	return snap, since
+}
+
+// expireLocked gives up the names that warmed for WarmTimeout, marks the
+// next snapshot as one that goes out despite what still warms, and
+// returns when the oldest of them started warming (zero when none).
+func (s *Session) expireLocked(now time.Time) time.Time {
+	var oldest time.Time
+	var names []string
+	for k, t := range s.warming {
+		if now.Sub(t) < s.cfg.WarmTimeout {
+			continue
+		}
+		names = append(names, k)
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	if len(names) == 0 {
+		return time.Time{}
+	}
+	for _, k := range names {
+		delete(s.warming, k)
+	}
+	slices.Sort(names)
+	_, first := cutKind(names[0])
+	s.log.Warn("warming timed out; publishing without them", "names", len(names), "first", first, "still_warming", len(s.warming))
+	s.partial = true
+	return oldest
+}
+
+// armWarmTimerLocked sets the timer for the next name to time out, or
+// stops it when nothing warms.
+func (s *Session) armWarmTimerLocked(now time.Time) {
+	if s.warmTimer != nil {
+		s.warmTimer.Stop()
+		s.warmTimer = nil
+	}
+	if len(s.warming) == 0 {
+		return
+	}
+	var oldest time.Time
+	for _, t := range s.warming {
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	s.warmTimer = time.AfterFunc(max(s.cfg.WarmTimeout-now.Sub(oldest), 0), s.warmTimedOut)
+}
+
+// withoutWarmingLocked leaves out of a snapshot that goes out while names
+// still warm the clusters whose endpoints are awaited and the listeners
+// not served yet whose route configurations are. (A listener served
+// already keeps its place: this session does not keep its previous
+// version, and leaving it out would stop all its traffic; its chains that
+// name a route configuration still warming answer 503 until it comes.)
+func (s *Session) withoutWarmingLocked(cs []*clusterv3.Cluster, ls []*listenerv3.Listener) ([]*clusterv3.Cluster, []*listenerv3.Listener) {
+	cs = slices.DeleteFunc(slices.Clone(cs), func(c *clusterv3.Cluster) bool {
+		for _, n := range translate.EDSClusters([]*clusterv3.Cluster{c}) {
+			if _, ok := s.warming[warmKey(translate.TypeEndpoint, n)]; ok {
+				return true
+			}
+		}
+		return false
+	})
+	served := map[string]bool{}
+	if s.last != nil {
+		for _, l := range s.last.Listeners {
+			served[l.Name] = true
+		}
+	}
+	ls = slices.DeleteFunc(slices.Clone(ls), func(l *listenerv3.Listener) bool {
+		if served[l.GetName()] {
+			return false
+		}
+		for _, n := range s.listenerRoutes[l.GetName()] {
+			if _, ok := s.warming[warmKey(translate.TypeRoute, n)]; ok {
+				return true
+			}
+		}
+		return false
+	})
+	return cs, ls
 }
 
 // committed records a snapshot the engine took.

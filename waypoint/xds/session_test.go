@@ -552,3 +552,65 @@ func TestEngineRefusalKeepsTheRestoredListenersRoutes(t *testing.T) {
 		t.Errorf("after the refused listener response: the restored listener's routes give weight %d, want 90", w)
 	}
 }
+
+// Each name warms for its own timeout, as each of Envoy's clusters has its
+// own init timer: when x times out, the snapshot that goes out has x
+// (without endpoints) but not y, which started warming later and is still
+// within its time; y comes in a later snapshot with its endpoints. The
+// session used to end every warming at the first timeout, publishing y
+// without endpoints.
+func TestWarmingTimesOutPerName(t *testing.T) {
+	srv := startIstiod(t)
+	srv.serve(translatetest.Synthetic(2))
+	var got applied
+	const warm = 600 * time.Millisecond
+	s := runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
+		WarmTimeout: warm, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	got.wait(t, "two services", func(sn *model.Snapshot) bool { return len(sn.Clusters) == 2 })
+
+	four := translatetest.Synthetic(4)
+	x, y := four.Clusters[2], four.Clusters[3]
+	before := got.count()
+	srv.Set(translate.TypeCluster, map[string]types.Resource{x.GetName(): x})
+	time.Sleep(warm * 2 / 3)
+	srv.Set(translate.TypeCluster, map[string]types.Resource{y.GetName(): y})
+	sn := got.wait(t, "x after its warming timed out", func(sn *model.Snapshot) bool { return sn.Clusters[x.GetName()] != nil })
+	if c := sn.Clusters[y.GetName()]; c != nil {
+		t.Fatalf("snapshot %s has y (endpoints %v) while y still warms", sn.Version, c.Endpoints)
+	}
+	if w := s.Stats().Warming; w != 1 {
+		t.Errorf("warming %d after x timed out, want 1 (y)", w)
+	}
+	srv.Set(translate.TypeEndpoint, map[string]types.Resource{y.GetName(): four.Endpoints[y.GetName()]})
+	got.wait(t, "y", func(sn *model.Snapshot) bool { return sn.Clusters[y.GetName()] != nil })
+	got.mu.Lock()
+	defer got.mu.Unlock()
+	for _, sn := range got.snaps[before:] {
+		if c := sn.Clusters[y.GetName()]; c != nil && len(c.Endpoints) == 0 {
+			t.Fatalf("snapshot %s has y without endpoints", sn.Version)
+		}
+	}
+}
+
+// A name that is still warming when another times out gets its own
+// timeout: y, which never answers, is published (without endpoints) once
+// its own time is up, with no other change to carry it.
+func TestWarmingHeldBackNameTimesOutAlone(t *testing.T) {
+	srv := startIstiod(t)
+	srv.serve(translatetest.Synthetic(2))
+	var got applied
+	const warm = 400 * time.Millisecond
+	runSession(t, Config{Address: srv.Addr(), Plaintext: true, Node: testNode(), Apply: got.apply,
+		WarmTimeout: warm, MinBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	got.wait(t, "two services", func(sn *model.Snapshot) bool { return len(sn.Clusters) == 2 })
+	four := translatetest.Synthetic(4)
+	x, y := four.Clusters[2], four.Clusters[3]
+	srv.Set(translate.TypeCluster, map[string]types.Resource{x.GetName(): x})
+	time.Sleep(warm / 2)
+	start := time.Now()
+	srv.Set(translate.TypeCluster, map[string]types.Resource{y.GetName(): y})
+	got.wait(t, "y after its own warming timed out", func(sn *model.Snapshot) bool { return sn.Clusters[y.GetName()] != nil })
+	if d := time.Since(start); d < warm*3/4 {
+		t.Errorf("y published %v after it came, before its own warming timeout %v", d, warm)
+	}
+}
