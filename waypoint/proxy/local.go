@@ -100,7 +100,8 @@ func (q *request) vars() *route.Vars {
 			proto = "HTTP/2"
 		}
 		*v = route.Vars{Remote: q.cs.info.Source, DirectRemote: q.cs.peer, Local: q.cs.info.Destination,
-			Protocol: proto, Start: q.start, Request: q.r.Header, Method: q.r.Method, Authority: q.authority, Path: q.path}
+			Protocol: proto, Start: q.start, Request: q.r.Header, Method: q.r.Method, Authority: q.authority, Path: q.path,
+			Scheme: route.RequestScheme(q.r)}
 	}
 	return v
 }

@@ -894,7 +894,7 @@ func TestUpstreamServiceTimeFromCompleteRequest(t *testing.T) {
 	resp.Body.Close()
 }
 
-// %REQ(:AUTHORITY)%, %REQ(:PATH)% and %REQ(:METHOD)% are Envoy's
+// %REQ(:AUTHORITY)%, %REQ(:PATH)%, %REQ(:METHOD)% and %REQ(:SCHEME)% are Envoy's
 // pseudo-headers: request header operations see the path before the
 // route's rewrite (Envoy rewrites after them), response ones after it.
 func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
@@ -907,6 +907,7 @@ func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
 			{Name: "x-auth", Value: "%REQ(:AUTHORITY)%"},
 			{Name: "x-path", Value: "%REQ(:PATH)%"},
 			{Name: "x-method", Value: "%REQ(:METHOD)%"},
+			{Name: "x-scheme", Value: "%REQ(:SCHEME)%"},
 		},
 		ResponseAdd: []model.HeaderValue{{Name: "x-path-resp", Value: "%REQ(:PATH)%"}},
 	}
@@ -914,8 +915,10 @@ func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
 	te.apply(httpSnapshot(oneRoute(r), false, be))
 	code, _, resp := get(t, client(te.addr("main")), "http://svc.ns:8080/old/a?q=1")
 	h := resp.Header
-	if code != 200 || h.Get("X-Seen-X-Auth") != "svc.ns:8080" || h.Get("X-Seen-X-Path") != "/old/a?q=1" || h.Get("X-Seen-X-Method") != "GET" {
-		t.Errorf("%d: upstream saw x-auth %q x-path %q x-method %q", code, h.Get("X-Seen-X-Auth"), h.Get("X-Seen-X-Path"), h.Get("X-Seen-X-Method"))
+	if code != 200 || h.Get("X-Seen-X-Auth") != "svc.ns:8080" || h.Get("X-Seen-X-Path") != "/old/a?q=1" || h.Get("X-Seen-X-Method") != "GET" ||
+		h.Get("X-Seen-X-Scheme") != "http" {
+		t.Errorf("%d: upstream saw x-auth %q x-path %q x-method %q x-scheme %q", code, h.Get("X-Seen-X-Auth"), h.Get("X-Seen-X-Path"),
+			h.Get("X-Seen-X-Method"), h.Get("X-Seen-X-Scheme"))
 	}
 	if p := h.Get("X-Path-Resp"); p != "/new/a?q=1" {
 		t.Errorf("response x-path-resp %q, want the rewritten path", p)

@@ -29,9 +29,10 @@ type Vars struct {
 	// Request is the request's header (REQ, in request and response
 	// headers alike).
 	Request http.Header
-	// Method, Authority and Path (with the query) are REQ's :METHOD,
-	// :AUTHORITY and :PATH: Go keeps the pseudo-headers out of Request.
-	Method, Authority, Path string
+	// Method, Authority, Path (with the query) and Scheme are REQ's
+	// :METHOD, :AUTHORITY, :PATH and :SCHEME: Go keeps the pseudo-headers
+	// out of Request.
+	Method, Authority, Path, Scheme string
 }
 
 // header is REQ's value of a header (name as parseOperator keeps it) and
@@ -44,6 +45,8 @@ func (v *Vars) header(name string) (string, bool) {
 		return v.Path, v.Path != ""
 	case ":method":
 		return v.Method, v.Method != ""
+	case ":scheme":
+		return v.Scheme, v.Scheme != ""
 	}
 	if vs := v.Request[name]; len(vs) > 0 {
 		return vs[0], true

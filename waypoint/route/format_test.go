@@ -118,7 +118,7 @@ func TestFormattedValueEmptyIsNotAdded(t *testing.T) {
 // access log formats read :AUTHORITY, :METHOD, X-ENVOY-ORIGINAL-PATH?:PATH):
 // Go keeps them out of the header map.
 func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
-	v := &Vars{Method: "POST", Path: "/a?b=1", Authority: "svc.ns:8080", Request: http.Header{"X-Other": {"o"}}}
+	v := &Vars{Method: "POST", Path: "/a?b=1", Authority: "svc.ns:8080", Scheme: "https", Request: http.Header{"X-Other": {"o"}}}
 	for _, c := range []struct{ in, want string }{
 		{"%REQ(:AUTHORITY)%", "svc.ns:8080"},
 		{"%REQ(:authority)%", "svc.ns:8080"},
@@ -126,6 +126,7 @@ func TestHeaderValueOperatorsPseudoHeaders(t *testing.T) {
 		{"%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "/a?b=1"},
 		{"%REQ(:path?x-other)%", "/a?b=1"},
 		{"%REQ(:PATH):2%", "/a"},
+		{"%REQ(:SCHEME)%", "https"},
 	} {
 		ps, err := parseFormat(c.in)
 		if err != nil {
