@@ -29,6 +29,7 @@ type ListenerDump struct {
 	ProxyProtocol             bool           `json:"proxyProtocol,omitempty"`
 	AllowWithoutProxyProtocol bool           `json:"allowWithoutProxyProtocol,omitempty"`
 	HeaderTimeout             string         `json:"headerTimeout,omitempty"`
+	ContinueOnFilterTimeout   bool           `json:"continueOnFilterTimeout,omitempty"`
 	Chains                    []ChainDump    `json:"chains"`
 	DefaultChain              string         `json:"defaultChain,omitempty"`
 	Rules                     []SelectorRule `json:"rules,omitempty"`
@@ -199,7 +200,7 @@ func Dump(s *Snapshot) *ConfigDump {
 	var tableOrder []*RouteTable
 	for _, l := range s.Listeners {
 		ld := ListenerDump{Name: l.Name, Address: l.Address.String(), ProxyProtocol: l.ProxyProtocol,
-			AllowWithoutProxyProtocol: l.AllowWithoutProxyProtocol, HeaderTimeout: dur(l.HeaderTimeout), Chains: []ChainDump{}}
+			AllowWithoutProxyProtocol: l.AllowWithoutProxyProtocol, HeaderTimeout: dur(l.HeaderTimeout), ContinueOnFilterTimeout: l.ContinueOnFilterTimeout, Chains: []ChainDump{}}
 		if l.HeaderTimeout == NoTimeout {
 			ld.HeaderTimeout = "none"
 		}

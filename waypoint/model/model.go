@@ -74,6 +74,12 @@ type Listener struct {
 	// sniffing (Envoy's listener_filters_timeout; 0: the engine's default;
 	// NoTimeout: none, Envoy's 0s).
 	HeaderTimeout time.Duration
+	// ContinueOnFilterTimeout is Envoy's continue_on_listener_filters_timeout:
+	// a connection whose protocol is still unknown when HeaderTimeout ends
+	// goes on to chain selection (as TCP) instead of being closed. istiod
+	// leaves it false on the waypoint's listener, so Envoy closes a
+	// server-first client on a port that needs sniffing.
+	ContinueOnFilterTimeout bool
 	// Chains by name; Select names one of them.
 	Chains map[string]*FilterChain
 	// Select picks a chain for a connection. Nil: DefaultChain for all.

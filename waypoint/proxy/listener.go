@@ -95,7 +95,17 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		}
 	}
 	if lc.needsProtocol(cs.info) {
-		cs.info.Protocol = e.sniff(br)
+		proto, ok := e.sniff(br, lc.m.ContinueOnFilterTimeout)
+		if !ok {
+			if ok, suppressed := e.warn.allow(); ok {
+				e.log.Warn("waypoint: closing connection whose protocol was not detected in time", "listener", lc.m.Name,
+					"peer", cs.peer, "destination", cs.info.Destination, "timeout", timeout, "suppressed", suppressed)
+			}
+			c.Close()
+			putReader(br)
+			return
+		}
+		cs.info.Protocol = proto
 	}
 	ch := lc.chainFor(cs.info)
 	if ch != nil && ch.m.HTTP != nil && cs.info.Protocol == "" {

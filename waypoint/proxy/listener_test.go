@@ -193,7 +193,6 @@ func TestSniffing(t *testing.T) {
 		{"redis", "*1\r\n$4\r\nPING\r\n", model.ProtocolTCP},
 		{"not a version", "GET / FOO/1.1\r\n", model.ProtocolTCP},
 		{"method with space only", "HELLO world\n", model.ProtocolTCP},
-		{"nothing (server-first)", "", model.ProtocolTCP},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

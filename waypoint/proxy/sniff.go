@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"io"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -25,41 +27,56 @@ const (
 
 // sniff tells HTTP/1.x, h2c prior knowledge and anything else apart from
 // a connection's first bytes, reading only as much as it takes (the
-// connection's read deadline bounds the wait). No bytes at all before the
-// deadline (a server-first protocol) is TCP.
-func (e *Engine) sniff(br *bufio.Reader) string {
-	if _, err := br.Peek(1); err != nil {
-		e.stats.sniffed.WithLabelValues("timeout").Inc()
-		return model.ProtocolTCP
-	}
+// connection's read deadline bounds the wait).
+//
+// ok false: the connection is to be closed, as Envoy's listener does when
+// its http_inspector has not decided by listener_filters_timeout and
+// continue_on_listener_filters_timeout is off (istiod's waypoint listener;
+// active_tcp_socket.cc onTimeout), or when the client closed before
+// sending a byte (the listener filter buffer's remote close). So a
+// server-first client on a port that needs sniffing is closed, not
+// proxied. With continueOnTimeout it goes on as TCP (Envoy's default
+// filter chain selection with nothing detected); bytes that still could
+// be HTTP when the client half-closed are treated the same way (Envoy
+// sees no further event and waits for the timeout).
+func (e *Engine) sniff(br *bufio.Reader, continueOnTimeout bool) (proto string, ok bool) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		switch classifyStart(buf) {
 		case isH2:
 			e.stats.sniffed.WithLabelValues("h2c").Inc()
-			return model.ProtocolHTTP2
+			return model.ProtocolHTTP2, true
 		case isHTTP1:
 			e.stats.sniffed.WithLabelValues("http1").Inc()
-			return model.ProtocolHTTP1
+			return model.ProtocolHTTP1, true
 		case isHTTP10:
 			// Envoy's http_inspector names only HTTP/1.1 'http/1.1';
 			// every other HTTP/1.x is 'http/1.0', which istiod's matcher
 			// sends to the TCP chain unless PILOT_HTTP10 is on.
 			e.stats.sniffed.WithLabelValues("http1").Inc()
-			return model.ProtocolHTTP10
+			return model.ProtocolHTTP10, true
 		case isTCP:
 			e.stats.sniffed.WithLabelValues("tcp").Inc()
-			return model.ProtocolTCP
+			return model.ProtocolTCP, true
 		}
 		if len(buf) >= br.Size() {
 			e.stats.sniffed.WithLabelValues("tcp").Inc()
-			return model.ProtocolTCP
+			return model.ProtocolTCP, true
 		}
 		// Wait for one byte more than we have (Peek returns as soon as the
 		// socket gives any).
 		if _, err := br.Peek(len(buf) + 1); err != nil {
-			e.stats.sniffed.WithLabelValues("tcp").Inc()
-			return model.ProtocolTCP
+			undecided := len(buf) > 0 && errors.Is(err, io.EOF)
+			if isTimeout(err) || undecided {
+				e.stats.sniffed.WithLabelValues("timeout").Inc()
+				if continueOnTimeout {
+					return model.ProtocolTCP, true
+				}
+				return "", false
+			}
+			// Gone (EOF before any byte, a reset): nothing to serve.
+			e.stats.sniffed.WithLabelValues("closed").Inc()
+			return "", false
 		}
 	}
 }

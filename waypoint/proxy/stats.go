@@ -11,7 +11,7 @@ import (
 type stats struct {
 	headerFailures *prometheus.CounterVec // reason: timeout, invalid
 	connections    *prometheus.CounterVec // chain kind: http, tcp, deny, none
-	sniffed        *prometheus.CounterVec // protocol: http1, h2c, tcp, timeout
+	sniffed        *prometheus.CounterVec // protocol: http1, h2c, tcp, timeout, closed
 	denied         *prometheus.CounterVec // where: chain, route
 	retries        prometheus.Counter
 	mirrors        *prometheus.CounterVec // result: sent, failed, skipped
@@ -31,7 +31,7 @@ func newStats() *stats {
 	return &stats{
 		headerFailures: cv("kmesh_waypoint_proxy_header_failures_total", "Connections closed for a missing or invalid PROXY protocol header.", "reason"),
 		connections:    cv("kmesh_waypoint_connections_total", "Connections accepted, by the kind of filter chain that took them (none: no chain matched).", "chain"),
-		sniffed:        cv("kmesh_waypoint_protocol_sniffs_total", "Protocol detections, by result (timeout: no bytes before the deadline, treated as TCP).", "protocol"),
+		sniffed:        cv("kmesh_waypoint_protocol_sniffs_total", "Protocol detections, by result (timeout: not decided before the deadline, closed unless the listener continues on timeout, then TCP; closed: the client left before its first byte).", "protocol"),
 		denied:         cv("kmesh_waypoint_denied_total", "Connections and requests refused by a fail-closed Deny chain or route.", "where"),
 		retries:        prometheus.NewCounter(prometheus.CounterOpts{Name: "kmesh_waypoint_upstream_retries_total", Help: "Upstream request retries."}),
 		mirrors:        cv("kmesh_waypoint_mirrored_requests_total", "Mirrored (shadow) requests, by result (skipped: the body was too long to keep).", "result"),

@@ -277,7 +277,8 @@ func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) (handedOver 
 		// than a closed connection.
 		c.SetReadDeadline(deadlineFrom(e.opts.HeaderTimeout))
 		if c.br != nil {
-			cs.info.Protocol = e.sniff(c.br)
+			// Not detected in time: closed below like any non-HTTP client.
+			cs.info.Protocol, _ = e.sniff(c.br, false)
 		}
 		c.SetReadDeadline(time.Time{})
 	}

@@ -238,3 +238,52 @@ func TestListenerFiltersTimeoutOff(t *testing.T) {
 		t.Errorf("a late request: %q, want the HTTP chain's answer", got)
 	}
 }
+
+// istiod's waypoint listener sets no continue_on_listener_filters_timeout:
+// where the protocol must be sniffed, Envoy closes a connection whose
+// http_inspector has not decided by listener_filters_timeout (a
+// server-first client that sends nothing, a request line that never ends)
+// or that closed before its first byte (active_tcp_socket.cc). With the
+// flag on, the undecided connection takes the TCP chain.
+func TestSniffTimeoutClosesUnlessContinue(t *testing.T) {
+	greeter := greeters(t, 1)[0]
+	for _, cont := range []bool{false, true} {
+		te := newTestEngine(t, Options{})
+		s := tcpSnapshot(&model.TCPProxy{Cluster: "g"}, model.ServiceRef{}, &model.Cluster{Name: "g", Endpoints: endpoints(greeter)})
+		l := s.Listeners[0]
+		l.HeaderTimeout = 150 * time.Millisecond
+		l.ContinueOnFilterTimeout = cont
+		l.Select = protoSelect{}
+		l.Chains["http"] = &model.FilterChain{Name: "http", Deny: &model.Deny{HTTPStatus: 403, Reason: "not here"}}
+		te.apply(s)
+		for _, first := range []string{"", "GET /never-ends"} {
+			conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(conn, first)
+			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			got, _ := io.ReadAll(conn)
+			conn.Close()
+			want := ""
+			if cont {
+				want = "g0"
+			}
+			if string(got) != want {
+				t.Errorf("continue=%v, first %q: got %q, want %q", cont, first, got, want)
+			}
+		}
+		// The client leaves before its first byte: nothing to proxy either way.
+		conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.(*net.TCPConn).CloseWrite()
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		got, _ := io.ReadAll(conn)
+		conn.Close()
+		if len(got) != 0 {
+			t.Errorf("continue=%v, a client gone before its first byte was proxied: %q", cont, got)
+		}
+	}
+}

@@ -377,3 +377,19 @@ func TestListenerFiltersTimeoutZero(t *testing.T) {
 		}
 	}
 }
+
+// continue_on_listener_filters_timeout is read (istiod's waypoint listener
+// leaves it false: an undetected connection is closed at the timeout).
+func TestContinueOnListenerFiltersTimeout(t *testing.T) {
+	for _, want := range []bool{false, true} {
+		l := hcmChain(router())
+		l.ContinueOnListenerFiltersTimeout = want
+		snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.Listeners[0].ContinueOnFilterTimeout; got != want {
+			t.Errorf("continue_on_listener_filters_timeout %v: got %v", want, got)
+		}
+	}
+}

@@ -49,6 +49,7 @@ func (t *translator) listener(l *listenerv3.Listener) (*model.Listener, error) {
 			ml.HeaderTimeout = model.NoTimeout
 		}
 	}
+	ml.ContinueOnFilterTimeout = l.GetContinueOnListenerFiltersTimeout()
 	dispatch := t.opts.Dispatch != "" && l.GetName() == t.opts.Dispatch
 	switch {
 	case dispatch:
