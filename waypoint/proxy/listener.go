@@ -95,7 +95,8 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		}
 	}
 	if lc.needsProtocol(cs.info) {
-		proto, ok := e.sniff(br, lc.m.ContinueOnFilterTimeout)
+		proto, nbr, ok := e.sniff(c, br, lc.m.ContinueOnFilterTimeout)
+		br = nbr
 		if !ok {
 			if ok, suppressed := e.warn.allow(); ok {
 				e.log.Warn("waypoint: closing connection whose protocol was not detected in time", "listener", lc.m.Name,
@@ -154,6 +155,10 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, sniffBufferSize) }}
 
 func putReader(br *bufio.Reader) {
+	if br.Size() != sniffBufferSize {
+		// Grown for a long request line (sniff): not the pool's kind.
+		return
+	}
 	br.Reset(nil)
 	readers.Put(br)
 }

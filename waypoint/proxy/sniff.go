@@ -5,13 +5,21 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
-// sniffBufferSize bounds how much of a connection's start is read to tell
-// its protocol: an HTTP/1 request line must end within it.
+// sniffBufferSize is the size of the reader every connection starts with
+// (PROXY header, sniffing): Envoy's http_inspector's first read size too.
 const sniffBufferSize = 8192
+
+// maxSniffSize bounds how much of a connection's start is read to tell its
+// protocol: an HTTP/1 request line must end within it. Envoy's
+// http_inspector doubles its read from 8 KiB up to this (MAX_INSPECT_SIZE)
+// and closes a connection still undecided there; a request line longer
+// than 8 KiB (a long query string) is still HTTP.
+const maxSniffSize = 64 << 10
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
@@ -39,29 +47,38 @@ const (
 // filter chain selection with nothing detected); bytes that still could
 // be HTTP when the client half-closed are treated the same way (Envoy
 // sees no further event and waits for the timeout).
-func (e *Engine) sniff(br *bufio.Reader, continueOnTimeout bool) (proto string, ok bool) {
+//
+// A request line longer than br holds moves the bytes to a larger reader
+// (up to maxSniffSize), returned as nbr: the connection is read through
+// it from then on.
+func (e *Engine) sniff(c net.Conn, br *bufio.Reader, continueOnTimeout bool) (proto string, nbr *bufio.Reader, ok bool) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		switch classifyStart(buf) {
 		case isH2:
 			e.stats.sniffed.WithLabelValues("h2c").Inc()
-			return model.ProtocolHTTP2, true
+			return model.ProtocolHTTP2, br, true
 		case isHTTP1:
 			e.stats.sniffed.WithLabelValues("http1").Inc()
-			return model.ProtocolHTTP1, true
+			return model.ProtocolHTTP1, br, true
 		case isHTTP10:
 			// Envoy's http_inspector names only HTTP/1.1 'http/1.1';
 			// every other HTTP/1.x is 'http/1.0', which istiod's matcher
 			// sends to the TCP chain unless PILOT_HTTP10 is on.
 			e.stats.sniffed.WithLabelValues("http1").Inc()
-			return model.ProtocolHTTP10, true
+			return model.ProtocolHTTP10, br, true
 		case isTCP:
 			e.stats.sniffed.WithLabelValues("tcp").Inc()
-			return model.ProtocolTCP, true
+			return model.ProtocolTCP, br, true
+		}
+		if len(buf) >= maxSniffSize {
+			// Envoy: "reached max buffer without determining HTTP
+			// version, dropping connection".
+			e.stats.sniffed.WithLabelValues("overflow").Inc()
+			return "", br, false
 		}
 		if len(buf) >= br.Size() {
-			e.stats.sniffed.WithLabelValues("tcp").Inc()
-			return model.ProtocolTCP, true
+			br = growReader(c, br, min(2*br.Size(), maxSniffSize))
 		}
 		// Wait for one byte more than we have (Peek returns as soon as the
 		// socket gives any).
@@ -70,15 +87,29 @@ func (e *Engine) sniff(br *bufio.Reader, continueOnTimeout bool) (proto string, 
 			if isTimeout(err) || undecided {
 				e.stats.sniffed.WithLabelValues("timeout").Inc()
 				if continueOnTimeout {
-					return model.ProtocolTCP, true
+					return model.ProtocolTCP, br, true
 				}
-				return "", false
+				return "", br, false
 			}
 			// Gone (EOF before any byte, a reset): nothing to serve.
 			e.stats.sniffed.WithLabelValues("closed").Inc()
-			return "", false
+			return "", br, false
 		}
 	}
+}
+
+// growReader moves what br holds (all of it is buffered: br is full) to a
+// reader of size bytes over the same connection; br goes back to its pool
+// when it is the pool's size. The bytes are given to the new reader by its
+// first fill (a bytes.Reader yields them in one read), so once it has read
+// past them it reads only the connection and a consumer that drains it
+// and then reads c directly loses nothing.
+func growReader(c net.Conn, br *bufio.Reader, size int) *bufio.Reader {
+	held, _ := br.Peek(br.Buffered())
+	nbr := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(held)), c), size)
+	nbr.Peek(len(held)) // the first fill: everything held, no read of c
+	putReader(br)
+	return nbr
 }
 
 // classifyStart judges the bytes seen so far: the h2 preface, an HTTP/1.x

@@ -278,7 +278,7 @@ func (e *Engine) denyConn(c *proxiedConn, cs *connState, ch *chain) (handedOver 
 		c.SetReadDeadline(deadlineFrom(e.opts.HeaderTimeout))
 		if c.br != nil {
 			// Not detected in time: closed below like any non-HTTP client.
-			cs.info.Protocol, _ = e.sniff(c.br, false)
+			cs.info.Protocol, c.br, _ = e.sniff(c.Conn, c.br, false)
 		}
 		c.SetReadDeadline(time.Time{})
 	}

@@ -287,3 +287,33 @@ func TestSniffTimeoutClosesUnlessContinue(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's http_inspector reads up to 64 KiB (from 8 KiB, doubling) to find
+// the end of the request line: a request with a long query string is HTTP,
+// not sent to the TCP chain; still undecided at 64 KiB, it is closed.
+func TestSniffLongRequestLine(t *testing.T) {
+	httpUp := echoBackend(t, "via-http-chain")
+	echo := tcpEcho(t, "127.0.0.1:0")
+	te := newTestEngine(t, Options{})
+	s := httpSnapshot(oneRoute(fwd("web")), false, &model.Cluster{Name: "web", Endpoints: endpoints(httpUp)},
+		&model.Cluster{Name: "echo", Endpoints: endpoints(echo)})
+	l := s.Listeners[0]
+	l.Select = protoSelect{}
+	l.Chains["tcp"] = &model.FilterChain{Name: "tcp", TCP: &model.TCPProxy{Cluster: "echo"}}
+	te.apply(s)
+	for _, n := range []int{20 << 10, 60 << 10} {
+		if code, body, _ := get(t, client(te.addr("main")), "http://x/?q="+strings.Repeat("a", n)); code != 200 || body != "via-http-chain" {
+			t.Errorf("request line of %d bytes: %d %q, want the HTTP chain's answer", n, code, body)
+		}
+	}
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go io.WriteString(conn, "GET /"+strings.Repeat("a", 70<<10))
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if got, err := io.ReadAll(conn); len(got) != 0 || !closedByPeer(err) {
+		t.Errorf("request line past 64 KiB: %d bytes back (%v), want the connection closed", len(got), err)
+	}
+}
