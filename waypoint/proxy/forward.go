@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/filter"
@@ -198,13 +199,25 @@ func (q *request) forward() {
 		}
 		q.host, q.attempts = host, attempt
 		a := q.startAttempt(ctx, eof, perTry)
-		if od := cl.Model().Outlier; od != nil && od.SplitLocalOrigin {
-			// Envoy's upstream request reports a connect success when its
-			// pool is ready, which starts the local-origin count over: a
-			// reset or timeout after that is one failure in a row, not
-			// the next of a series. Only split mode reads it.
+		// gotConn: the try has its connection. Envoy's upstream request
+		// learns its host only when its pool is ready (onPoolReady): a
+		// route timeout before that (connecting, or waiting for a
+		// connection) reports nothing to outlier detection, there being
+		// no host to report to. Nil without outlier detection.
+		var gotConn *atomic.Bool
+		if od := cl.Model().Outlier; od != nil {
+			gotConn = new(atomic.Bool)
+			split := od.SplitLocalOrigin
 			a.ctx = httptrace.WithClientTrace(a.ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
-				cl.ReportLocal(host, upstream.Connected)
+				gotConn.Store(true)
+				if split {
+					// Envoy's upstream request reports a connect success
+					// when its pool is ready, which starts the local-origin
+					// count over: a reset or timeout after that is one
+					// failure in a row, not the next of a series. Only
+					// split mode reads it.
+					cl.ReportLocal(host, upstream.Connected)
+				}
 			}})
 		}
 		h2 := q.upstreamH2(cl, upgrade)
@@ -245,7 +258,7 @@ func (q *request) forward() {
 			a.end()
 			endRetry()
 			if q.timedOut(ctx) {
-				if context.Cause(ctx) == errRouteTimeout {
+				if context.Cause(ctx) == errRouteTimeout && gotConn != nil && gotConn.Load() {
 					cl.ReportLocal(host, upstream.TimedOut)
 				}
 				return

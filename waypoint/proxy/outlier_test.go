@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,5 +123,65 @@ func TestOutlierSplitLocalOriginCountsFromTheConnection(t *testing.T) {
 	}
 	if st := te.ClusterStats()["c"]; st.Ejections != 0 || fails != 4 {
 		t.Errorf("%d of 8 requests failed, ejections %d: want 4 and none (each connection made clears the count)", fails, st.Ejections)
+	}
+}
+
+// stuckEndpoint is a loopback address whose connects hang: a listener
+// with a backlog of 0 whose one queued connection is never accepted, so
+// the kernel drops further SYNs. Skips the test where they do not hang.
+func stuckEndpoint(t *testing.T) netip.AddrPort {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.AddrPortFrom(netip.AddrFrom4(sa.(*syscall.SockaddrInet4).Addr), uint16(sa.(*syscall.SockaddrInet4).Port))
+	filler, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	if c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Skip("a full accept queue does not hold connects here")
+	}
+	return addr
+}
+
+// Envoy's router reports a route timeout to outlier detection only for a
+// try that has its host, which it learns when its pool is ready: a try
+// still connecting when the route timeout fires counts against nobody.
+func TestOutlierRouteTimeoutWhileConnectingNotCounted(t *testing.T) {
+	good := backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "good") })
+	stuck := stuckEndpoint(t)
+	cl := outlierCluster(fastOutlier(1), good, stuck)
+	cl.ConnectTimeout = 5 * time.Second
+	r := fwd("c")
+	r.Forward.Timeout = 200 * time.Millisecond
+	rt := oneRoute(r)
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(rt, false, cl))
+	c := client(te.addr("main"))
+	codes := map[int]int{}
+	for range 2 {
+		code, _, _ := get(t, c, "http://x/")
+		codes[code]++
+	}
+	if codes[200] != 1 || codes[504] != 1 {
+		t.Fatalf("answers %v, want one 200 and one 504 (the route timeout while connecting)", codes)
+	}
+	if st := te.ClusterStats()["c"]; st.Ejections != 0 {
+		t.Errorf("the endpoint still connecting at the route timeout was ejected: %+v", st)
 	}
 }
