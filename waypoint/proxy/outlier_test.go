@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -183,5 +184,32 @@ func TestOutlierRouteTimeoutWhileConnectingNotCounted(t *testing.T) {
 	}
 	if st := te.ClusterStats()["c"]; st.Ejections != 0 {
 		t.Errorf("the endpoint still connecting at the route timeout was ejected: %+v", st)
+	}
+}
+
+// A reset after the answer started is reported as Envoy's onUpstreamReset
+// does, whatever came before: an endpoint that answers 503 and breaks off
+// its body has failed twice in a row (the 503, then the reset, a
+// connect failure to the detector) and is ejected at two consecutive 5xx.
+func TestOutlierResetAfterAnswerCounted(t *testing.T) {
+	good := backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "good") })
+	cut := rawServer(t, func(c net.Conn) {
+		c.Read(make([]byte, 4096))
+		io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\npartial")
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, outlierCluster(fastOutlier(2), good, cut)))
+	c := client(te.addr("main"))
+	for range 10 {
+		// The client's transport retries a request whose kept connection
+		// broke on another one: errors are not counted here, the access
+		// log's lines are.
+		if resp, err := c.Get("http://x/"); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	if n := strings.Count(te.access.String(), `"response_flags":"UC"`); n != 1 {
+		t.Errorf("%d requests reached the endpoint that breaks off its answer, want 1 (ejected by its 503 and reset)", n)
 	}
 }

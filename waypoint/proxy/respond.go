@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/waypoint/internal/header"
+	"github.com/kmesh-go/kmesh/waypoint/upstream"
 )
 
 // viaUpstream is Envoy's response_code_details of an answer the endpoint
@@ -128,6 +129,14 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 				} else {
 					q.flags |= flagUC
 					q.details = "upstream_reset_after_response_started{connection_termination}"
+				}
+				// Envoy's router reports every upstream reset to outlier
+				// detection, after the answer's headers too (onUpstreamReset:
+				// a local-origin connect failure, a 503 unless local errors
+				// are split); resets of its own (timeouts, the client
+				// gone) are not, their callbacks removed first.
+				if q.cluster != nil {
+					q.cluster.ReportLocal(q.host, upstream.ConnectFailed)
 				}
 			}
 			panic(http.ErrAbortHandler)
