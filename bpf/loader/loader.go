@@ -810,16 +810,6 @@ func RemovePins(pinDir string) error {
 	return errors.Join(errs...)
 }
 
-// OpenPinnedMap opens one map of a running data path, for processes (the CNI
-// plugin, kmeshctl) that use the maps without loading programs.
-func OpenPinnedMap(pinDir, name string) (*ebpf.Map, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, mapsSubdir, name), nil)
-	if err != nil {
-		return nil, fmt.Errorf("open pinned map %s under %s (is the kmesh data path loaded?): %w", name, pinDir, err)
-	}
-	return m, nil
-}
-
 func (d *Datapath) mapPin(name string) string {
 	return filepath.Join(d.cfg.PinDir, mapsSubdir, name)
 }

@@ -58,9 +58,3 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 31
 	return x
 }
-
-// Slot is where the kernel looks a client up: the same function as
-// km_pick_maglev in bpf/src/include/km_lb.h.
-func Slot(clientKey uint64, m uint32) uint32 {
-	return uint32(mix64(clientKey) % uint64(m))
-}

@@ -10,14 +10,6 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/model"
 )
 
-// Decode turns one resource of a type into the model, validating it.
-func Decode(typeURL string, r Resource) (model.Resource, error) {
-	var out [1]model.Resource
-	var errs [1]error
-	DecodeBatch(typeURL, []Resource{r}, out[:], errs[:])
-	return out[0], errs[0]
-}
-
 // DecodeBatch decodes a run of resources of one type into out and errs
 // (as long as in). Every message of the run is unmarshalled before any is
 // converted, so the model objects, which stay, are allocated side by side

@@ -123,9 +123,6 @@ func Open(path string, exclusive bool) (*Dir, error) {
 // Close releases the lock.
 func (d *Dir) Close() error { return d.lock.Close() }
 
-// Path is the directory.
-func (d *Dir) Path() string { return d.path }
-
 func (d *Dir) file(containerID, ifName string) string {
 	return filepath.Join(d.path, recordName(containerID, ifName)+".json")
 }

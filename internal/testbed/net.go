@@ -3,7 +3,6 @@ package testbed
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -376,6 +375,3 @@ func (p *Pod) Command(cg *Cgroup, name string, args ...string) *exec.Cmd {
 	script := `echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@"`
 	return exec.Command("sh", append([]string{"-c", script, "sh", cg.Path, ns, name}, args...)...)
 }
-
-// IsRefused tells whether a dial failed with ECONNREFUSED.
-func IsRefused(err error) bool { return errors.Is(err, unix.ECONNREFUSED) }

@@ -55,12 +55,6 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
-// Parse reads a bootstrap's static_resources.
-func Parse(b []byte) (translate.Input, error) {
-	in, _, err := parse(b)
-	return in, err
-}
-
 // parse reads a bootstrap's static_resources, and names the other
 // top-level fields it sets: Envoy would act on them, kmesh-waypoint does
 // not (node alone is left out: with static resources it only names the

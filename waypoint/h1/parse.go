@@ -45,7 +45,7 @@ type Fields struct {
 	vals []string
 }
 
-type span struct{ start, colon, end int }
+type span struct{ start, end int }
 
 // Limits.
 const (
