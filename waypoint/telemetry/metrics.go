@@ -195,82 +195,70 @@ func (m *Metrics) ObserveRequest(k *RequestKey, d time.Duration, requestBytes, r
 }
 
 func (m *Metrics) requestSeries(k *RequestKey) *requestSeries {
-	m.fastMu.RLock()
-	s, ok := m.fast[*k]
-	m.fastMu.RUnlock()
-	if ok {
-		return s
-	}
-	values := requestValues(k)
-	key := strings.Join(values, "\xff")
-	m.mu.Lock()
-	s = m.slow[key]
-	if s == nil {
-		if len(m.slow) >= m.max {
-			m.overflowed.Inc()
-			values = overflowValues(values, k.Protocol, strconv.Itoa(k.Code), k.GRPCStatus, k.Flags)
-			key = strings.Join(values, "\xff")
-			s = m.slow[key]
-		}
-		if s == nil {
-			s = &requestSeries{
-				requests:  m.requests.WithLabelValues(values...),
-				duration:  m.duration.WithLabelValues(values...),
-				reqBytes:  m.reqBytes.WithLabelValues(values...),
-				respBytes: m.respBytes.WithLabelValues(values...),
+	return lookup(m, m.fast, m.slow, k, func() []string { return requestValues(k) },
+		func(v []string) []string {
+			return overflowValues(v, k.Protocol, strconv.Itoa(k.Code), k.GRPCStatus, k.Flags)
+		},
+		func(v []string) *requestSeries {
+			return &requestSeries{
+				requests:  m.requests.WithLabelValues(v...),
+				duration:  m.duration.WithLabelValues(v...),
+				reqBytes:  m.reqBytes.WithLabelValues(v...),
+				respBytes: m.respBytes.WithLabelValues(v...),
 			}
-			m.slow[key] = s
-		}
-	}
-	m.mu.Unlock()
-	m.fastMu.Lock()
-	m.bound()
-	m.fast[*k] = s
-	m.fastMu.Unlock()
-	return s
+		})
 }
 
 // TCP returns the series of a TCP connection: count it opened now, closed
 // and its bytes when it ends.
 func (m *Metrics) TCP(k *TCPKey) *TCPSeries {
+	return lookup(m, m.fastTCP, m.slowTCP, k, func() []string { return tcpValues(k) },
+		func(v []string) []string { return overflowValues(v, "tcp", k.Flags) },
+		func(v []string) *TCPSeries {
+			return &TCPSeries{
+				Opened:   m.tcpOpened.WithLabelValues(v...),
+				Closed:   m.tcpClosed.WithLabelValues(v...),
+				Sent:     m.tcpSent.WithLabelValues(v...),
+				Received: m.tcpReceived.WithLabelValues(v...),
+			}
+		})
+}
+
+// lookup finds a key's series in the fast cache, else by its label values
+// (those of the overflow set once the family has m.max label sets), made
+// with newSeries when the label set is new; then caches it under the key.
+func lookup[K comparable, S any](m *Metrics, fast map[K]*S, slow map[string]*S, k *K,
+	values func() []string, overflow func([]string) []string, newSeries func([]string) *S) *S {
 	m.fastMu.RLock()
-	s, ok := m.fastTCP[*k]
+	s, ok := fast[*k]
 	m.fastMu.RUnlock()
 	if ok {
 		return s
 	}
-	values := tcpValues(k)
-	key := strings.Join(values, "\xff")
+	v := values()
+	key := strings.Join(v, "\xff")
 	m.mu.Lock()
-	s = m.slowTCP[key]
+	s = slow[key]
 	if s == nil {
-		if len(m.slowTCP) >= m.max {
+		if len(slow) >= m.max {
 			m.overflowed.Inc()
-			values = overflowValues(values, "tcp", k.Flags)
-			key = strings.Join(values, "\xff")
-			s = m.slowTCP[key]
+			v = overflow(v)
+			key = strings.Join(v, "\xff")
+			s = slow[key]
 		}
 		if s == nil {
-			s = &TCPSeries{
-				Opened:   m.tcpOpened.WithLabelValues(values...),
-				Closed:   m.tcpClosed.WithLabelValues(values...),
-				Sent:     m.tcpSent.WithLabelValues(values...),
-				Received: m.tcpReceived.WithLabelValues(values...),
-			}
-			m.slowTCP[key] = s
+			s = newSeries(v)
+			slow[key] = s
 		}
 	}
 	m.mu.Unlock()
 	m.fastMu.Lock()
 	m.bound()
-	m.fastTCP[*k] = s
+	fast[*k] = s
 	m.fastMu.Unlock()
 	return s
 }
 
-// remember caches a key's series. Keys hold peer pointers of one snapshot,
-// so every swap brings new keys for the same series: past a bound the
-// cache starts over instead of growing with dead snapshots.
 // Reset forgets the series cache keyed by the previous snapshots' peers
 // (the series themselves stay: counters never go backwards).
 func (m *Metrics) Reset() {
