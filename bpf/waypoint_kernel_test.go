@@ -119,6 +119,17 @@ func (f *fixture) waypointService(policy maps.LBPolicy, pods ...*fakeWaypoint) {
 		Policy: policy, Endpoints: [][]uint32{eps}})
 }
 
+// behindWaypoint puts the waypoint service over the given pods and service
+// 1 (vip4, vip6 port 80) behind it, and returns service 1.
+func (f *fixture) behindWaypoint(pods ...*fakeWaypoint) maps.Service {
+	f.t.Helper()
+	f.waypointService(maps.Random, pods...)
+	svc := f.service(1, maps.Random, 0)
+	svc.Waypoint = maps.ServiceRef(wpServiceID)
+	f.upsert(svc)
+	return svc
+}
+
 // talk dials addr from the client pod, sends the payload, half-closes and
 // returns the waypoint's answer with the connection's own ends.
 func (f *fixture) talk(addr string) (answer string, local, peer netip.AddrPort) {
@@ -221,10 +232,7 @@ func TestKernelWaypointGetsProxyHeader(t *testing.T) {
 		t.Run(fmt.Sprintf("telemetry=%v,accel=%v", feat.Telemetry, feat.SockmapAccel), func(t *testing.T) {
 			f := newFixtureWith(t, 2, loader.Config{Features: feat})
 			wp := f.addWaypoint("wp0", 150)
-			f.waypointService(maps.Random, wp)
-			svc := f.service(1, maps.Random, 0)
-			svc.Waypoint = maps.ServiceRef(wpServiceID)
-			f.upsert(svc)
+			f.behindWaypoint(wp)
 			// s1's own address has a waypoint workload.
 			if err := f.maps.UpsertBackend(maps.Backend{ID: wid(1), Addresses: []netip.Addr{f.servers[1].IP4, f.servers[1].IP6},
 				Waypoint: maps.WorkloadRef(wp.id)}); err != nil {
@@ -304,10 +312,7 @@ func (f *fixture) v4MappedToWaypoint(wp *fakeWaypoint) {
 func TestKernelWaypointSpreadsOverItsPods(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{})
 	wps := []*fakeWaypoint{f.addWaypoint("wp0", 150), f.addWaypoint("wp1", 151)}
-	f.waypointService(maps.Random, wps...)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wps...)
 	counts := map[string]int{}
 	for range 100 {
 		answer, _, _ := f.talk(hostPort(vip4, 80))
@@ -331,10 +336,7 @@ func TestKernelWaypointSpreadsOverItsPods(t *testing.T) {
 func TestKernelWaypointPodReachesTheRealBackend(t *testing.T) {
 	f := newFixture(t, 2, loader.Sizes{})
 	wp := f.addWaypoint("wp0", 150)
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 	if err := f.maps.UpsertBackend(maps.Backend{ID: wid(1), Addresses: []netip.Addr{f.servers[1].IP4, f.servers[1].IP6},
 		Waypoint: maps.WorkloadRef(wp.id)}); err != nil {
 		t.Fatal(err)
@@ -370,10 +372,7 @@ func TestKernelWaypointPodReachesTheRealBackend(t *testing.T) {
 func TestKernelWaypointUDPGoesToTheBackend(t *testing.T) {
 	f := newFixture(t, 2, loader.Sizes{})
 	wp := f.addWaypoint("wp0", 150)
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 	if err := f.maps.UpsertBackend(maps.Backend{ID: wid(1), Addresses: []netip.Addr{f.servers[1].IP4, f.servers[1].IP6},
 		Waypoint: maps.WorkloadRef(wp.id)}); err != nil {
 		t.Fatal(err)
@@ -426,10 +425,7 @@ func TestKernelWaypointUDPGoesToTheBackend(t *testing.T) {
 // named but gone (maps.ClosedWaypoint).
 func TestKernelWaypointWithoutPodsRefuses(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{})
-	f.waypointService(maps.Random) // no pods
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	svc := f.behindWaypoint() // no pods
 	refused := func(what, dst string) {
 		t.Helper()
 		before := f.stat("no_waypoint")
@@ -499,10 +495,7 @@ func TestKernelWaypointConnectionsAreNotAccelerated(t *testing.T) {
 	if err := f.maps.UpsertBackend(maps.Backend{ID: wid(0), Addresses: []netip.Addr{backend.IP4, backend.IP6}}); err != nil {
 		t.Fatal(err)
 	}
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 
 	sockhash := func() map[layout.Tuple]uint64 {
 		out := map[layout.Tuple]uint64{}
@@ -564,10 +557,7 @@ func TestKernelWaypointServerFirst(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{})
 	wp := f.addWaypoint("wp0", 150)
 	wp.wait = 500 * time.Millisecond
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 
 	c, err := f.client.Dial("tcp", hostPort(vip4, 80), time.Second)
 	if err != nil {
@@ -614,10 +604,7 @@ func TestKernelWaypointServerFirst(t *testing.T) {
 func TestKernelWaypointSockFullIsCounted(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{WaypointSockets: 1})
 	wp := f.addWaypoint("wp0", 150)
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 
 	first, err := f.client.Dial("tcp", hostPort(vip4, 80), time.Second)
 	if err != nil {
@@ -647,10 +634,7 @@ func TestKernelWaypointSockFullIsCounted(t *testing.T) {
 func TestKernelWaypointSocketsSurviveARestart(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{})
 	wp := f.addWaypoint("wp0", 150)
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 	c, err := f.client.Dial("tcp", hostPort(vip4, 80), time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -693,10 +677,7 @@ func TestKernelWaypointElementIsMarked(t *testing.T) {
 func elementIsMarked(t *testing.T, feat loader.Features) {
 	f := newFixtureWith(t, 1, loader.Config{Features: feat})
 	wp := f.addWaypoint("wp0", 150)
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 	c, err := f.client.Dial("tcp", hostPort(vip4, 80), time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -740,10 +721,7 @@ func elementIsMarked(t *testing.T, feat loader.Features) {
 func TestKernelWaypointFastOpenGetsNoHeaderMidStream(t *testing.T) {
 	f := newFixture(t, 1, loader.Sizes{})
 	wp := f.addWaypoint("wp0", 150)
-	f.waypointService(maps.Random, wp)
-	svc := f.service(1, maps.Random, 0)
-	svc.Waypoint = maps.ServiceRef(wpServiceID)
-	f.upsert(svc)
+	f.behindWaypoint(wp)
 	// The waypoint accepts data in SYNs.
 	if err := podns.Do(wp.NSPath, func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte("3"), 0o644)
