@@ -82,6 +82,25 @@ func newFixtureWith(t *testing.T, nServers int, cfg loader.Config) *fixture {
 	return f
 }
 
+// restart closes the data path and opens it again from its pins, as a
+// daemon restart does, with new maps handles.
+func (f *fixture) restart() {
+	f.t.Helper()
+	f.maps.Close()
+	f.dp.Close()
+	dp, err := loader.Open(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { dp.Close() })
+	m, err := maps.New(dp)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(m.Close)
+	f.dp, f.maps = dp, m
+}
+
 func (f *fixture) enroll(p *testbed.Pod, e maps.Enrollment) uint64 {
 	f.t.Helper()
 	c, err := podns.Cookie(p.NSPath)

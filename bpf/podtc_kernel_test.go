@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
-	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
@@ -70,19 +69,7 @@ func TestKernelPodTCAttachSurvivesRestartAndDetaches(t *testing.T) {
 
 	// A restart re-points the pod's filter at the new program.
 	oldID := filterProgID(t, node, srv.HostVeth)
-	f.maps.Close()
-	f.dp.Close()
-	dp, err := loader.Open(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	m, err := maps.New(dp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	f.dp, f.maps = dp, m
+	f.restart()
 	before = seen()
 	traffic()
 	if after := seen(); after <= before {
@@ -303,19 +290,7 @@ func TestKernelPodTCRecordsMadeByThePlugin(t *testing.T) {
 		t.Fatalf("attach without km_pod_tc: %v", err)
 	}
 	oldID := filterProgID(t, node, srv.HostVeth)
-	f.maps.Close()
-	f.dp.Close()
-	dp, err := loader.Open(loader.Config{PinDir: f.pins, CgroupPath: f.cg.Path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	m, err := maps.New(dp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	f.dp, f.maps = dp, m
+	f.restart()
 	if keys, _ := loader.PodTCKeys(f.pins); !slices.Equal(keys, []string{"pod-s0"}) {
 		t.Fatalf("the restarted daemon dropped the plugin's record: %v", keys)
 	}
