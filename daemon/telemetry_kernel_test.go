@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -171,39 +170,11 @@ func (f *telFixture) exchange(req, resp int) {
 	}
 }
 
-// metric sums the samples of name in /metrics whose labels include want.
-func (f *telFixture) metric(name string, want ...string) float64 {
-	f.t.Helper()
-	_, b, err := f.d.get("/metrics")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		ok := true
-		for _, w := range want {
-			ok = ok && strings.Contains(line, w)
-		}
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			f.t.Fatalf("metric line %q", line)
-		}
-		sum += v
-	}
-	return sum
-}
-
 func (f *telFixture) waitMetric(value float64, name string, want ...string) {
 	f.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := f.metric(name, want...)
+		got := f.d.metric(f.t, name, want...)
 		if got == value {
 			return
 		}
@@ -263,7 +234,7 @@ func TestKernelDaemonTelemetryAndAccessLog(t *testing.T) {
 		f.waitMetric(req, "istio_tcp_received_bytes_total", l...)
 		f.waitMetric(resp, "istio_tcp_sent_bytes_total", l...)
 	}
-	if v := f.metric("kmesh_tcp_connection_duration_seconds_count", `reporter="source"`); v != float64(len(sizes)) {
+	if v := f.d.metric(f.t, "kmesh_tcp_connection_duration_seconds_count", `reporter="source"`); v != float64(len(sizes)) {
 		t.Errorf("duration histogram count %v", v)
 	}
 
@@ -397,12 +368,12 @@ func TestKernelDaemonRestartKeepsAcceleratedStream(t *testing.T) {
 		t.Fatalf("sent %d, received %d (err %v), checksums equal %v", sent, got, recvErr, bytes.Equal(sendSum.Sum(nil), recvSum.Sum(nil)))
 	}
 	t.Logf("%d MiB streamed across 2 SIGKILL restarts", sent>>20)
-	if v := f.metric("kmesh_datapath_events_total", `event="msg_redirect"`); v == 0 {
+	if v := f.d.metric(f.t, "kmesh_datapath_events_total", `event="msg_redirect"`); v == 0 {
 		t.Error("nothing was redirected")
 	}
-	before := f.metric("kmesh_datapath_events_total", `event="msg_redirect"`)
+	before := f.d.metric(f.t, "kmesh_datapath_events_total", `event="msg_redirect"`)
 	f.exchange(100, 100)
-	if after := f.metric("kmesh_datapath_events_total", `event="msg_redirect"`); after <= before {
+	if after := f.d.metric(f.t, "kmesh_datapath_events_total", `event="msg_redirect"`); after <= before {
 		t.Error("a connection after the restarts was not accelerated")
 	}
 }
@@ -424,14 +395,14 @@ func TestKernelDaemonDenyResetsAcceleratedConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, s := f.pair()
-	before := f.metric("kmesh_datapath_events_total", `event="msg_redirect"`)
+	before := f.d.metric(f.t, "kmesh_datapath_events_total", `event="msg_redirect"`)
 	if _, err := c.Write([]byte("ping\n")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := io.ReadFull(s, make([]byte, 5)); err != nil {
 		t.Fatal(err)
 	}
-	if f.metric("kmesh_datapath_events_total", `event="msg_redirect"`) == before {
+	if f.d.metric(f.t, "kmesh_datapath_events_total", `event="msg_redirect"`) == before {
 		t.Fatal("the connection is not accelerated")
 	}
 

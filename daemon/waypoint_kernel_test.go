@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"strings"
 	"testing"
 	"time"
 
@@ -104,7 +103,7 @@ func TestKernelDaemonWaypoint(t *testing.T) {
 	if who, err := wp.Ask("tcp", "10.96.0.10:80", 2*time.Second); err != nil || who != "s0" {
 		t.Fatalf("waypoint pod to web: %q %v, want s0", who, err)
 	}
-	if v := f.metric("kmesh_datapath_events_total", `event="wp_header"`); v < 2 {
+	if v := f.d.metric(f.t, "kmesh_datapath_events_total", `event="wp_header"`); v < 2 {
 		t.Errorf("kmesh_datapath_events_total{event=\"wp_header\"} = %v, want 2", v)
 	}
 
@@ -122,31 +121,4 @@ func TestKernelDaemonWaypoint(t *testing.T) {
 	if who, err := f.ask("10.96.0.10:80"); err != nil || who != "s0" {
 		t.Fatalf("client to web without a waypoint: %q %v", who, err)
 	}
-}
-
-// metric sums the samples of name in the daemon's /metrics whose labels
-// include every want.
-func (f *meshFixture) metric(name string, want ...string) float64 {
-	f.t.Helper()
-	_, b, err := f.d.get("/metrics")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		ok := true
-		for _, w := range want {
-			ok = ok && strings.Contains(line, w)
-		}
-		if !ok {
-			continue
-		}
-		var v float64
-		fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
-		sum += v
-	}
-	return sum
 }
