@@ -5,6 +5,7 @@ package bpf_test
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -414,22 +415,12 @@ func TestBenchWaypoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 256)
-				if _, err := c.Read(buf); err == nil {
-					c.Write([]byte("y"))
-				}
-			}()
+	testbed.Serve(t, ln, func(c net.Conn) {
+		buf := make([]byte, 256)
+		if _, err := c.Read(buf); err == nil {
+			c.Write([]byte("y"))
 		}
-	}()
+	})
 	if err := f.maps.UpsertBackend(maps.Backend{ID: 150, Addresses: []netip.Addr{wp.IP4}}); err != nil {
 		t.Fatal(err)
 	}

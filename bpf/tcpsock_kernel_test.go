@@ -14,6 +14,7 @@ import (
 	"github.com/kmesh-go/kmesh/bpf/layout"
 	"github.com/kmesh-go/kmesh/bpf/loader"
 	"github.com/kmesh-go/kmesh/bpf/maps"
+	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
 // tcpSocks lists km_tcp_sock.
@@ -90,20 +91,10 @@ func TestKernelTCPSockElementsLiveWithTheirSockets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte("hi"))
-				c.Read(make([]byte, 1)) // until the client closes
-			}()
-		}
-	}()
+	testbed.Serve(t, ln, func(c net.Conn) {
+		c.Write([]byte("hi"))
+		c.Read(make([]byte, 1)) // until the client closes
+	})
 	svc := f.service(1, maps.Random, 0)
 	svc.Ports = []maps.Port{{Port: 80, TargetPort: 8082}, {Port: 81, TargetPort: 9}} // nothing listens on 9
 	f.upsert(svc)

@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -65,30 +64,15 @@ func (f *fixture) addWaypoint(name string, id uint32) *fakeWaypoint {
 		f.t.Fatal(err)
 	}
 	w.ln = ln
-	var wg sync.WaitGroup
-	f.t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				if w.greetFirst {
-					io.WriteString(c, "220 "+name+"\n")
-				}
-				c.SetReadDeadline(time.Now().Add(w.wait))
-				b, _ := io.ReadAll(c)
-				w.got <- b
-				io.WriteString(c, name+"\n")
-			}()
+	testbed.Serve(f.t, ln, func(c net.Conn) {
+		if w.greetFirst {
+			io.WriteString(c, "220 "+name+"\n")
 		}
-	}()
+		c.SetReadDeadline(time.Now().Add(w.wait))
+		b, _ := io.ReadAll(c)
+		w.got <- b
+		io.WriteString(c, name+"\n")
+	})
 	if err := f.maps.UpsertBackend(maps.Backend{ID: id, Addresses: []netip.Addr{w.IP4, w.IP6}}); err != nil {
 		f.t.Fatal(err)
 	}
@@ -470,28 +454,18 @@ func TestKernelWaypointConnectionsAreNotAccelerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
+	// Read and write, not io.Copy: that splices, and a splice
+	// reader misses accelerated data (see docs/datapath.md).
+	testbed.Serve(t, ln, func(c net.Conn) {
+		buf := make([]byte, 4096)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			// Read and write, not io.Copy: that splices, and a splice
-			// reader misses accelerated data (see docs/datapath.md).
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					c.Write(buf[:n])
-				}
-			}()
+			c.Write(buf[:n])
 		}
-	}()
+	})
 	if err := f.maps.UpsertBackend(maps.Backend{ID: wid(0), Addresses: []netip.Addr{backend.IP4, backend.IP6}}); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -35,25 +36,15 @@ func TestKernelDaemonWaypoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetReadDeadline(time.Now().Add(3 * time.Second))
-				h, err := proxyproto.Read(bufio.NewReader(c))
-				if err != nil {
-					fmt.Fprintf(c, "error %v\n", err)
-					return
-				}
-				fmt.Fprintf(c, "to %s\n", h.DestinationAddr)
-			}()
+	testbed.Serve(t, ln, func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		h, err := proxyproto.Read(bufio.NewReader(c))
+		if err != nil {
+			fmt.Fprintf(c, "error %v\n", err)
+			return
 		}
-	}()
+		fmt.Fprintf(c, "to %s\n", h.DestinationAddr)
+	})
 	seen := len(f.xds.Replies())
 	nWP, wpSvc := xdstest.Service("default", "waypoint", []string{"10.96.0.50"}, map[uint32]uint32{15008: 15008})
 	nWPPod, wpPod := xdstest.Workload("uid-wp", "default", "wp", []string{wp.IP4.String(), wp.IP6.String()}, []string{waypointKey})

@@ -98,24 +98,9 @@ func serveIPv4Only(t *testing.T, p *testbed.Pod, port uint16) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		l.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := io.WriteString(c, "ipv4\n"); err == nil {
-					_, _ = io.Copy(c, c)
-				}
-			}()
+	testbed.Serve(t, l, func(c net.Conn) {
+		if _, err := io.WriteString(c, "ipv4\n"); err == nil {
+			_, _ = io.Copy(c, c)
 		}
-	}()
+	})
 }

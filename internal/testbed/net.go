@@ -289,6 +289,19 @@ func (p *Pod) ServeTCP(t testing.TB, port uint16, id string) {
 	if err != nil {
 		t.Fatalf("listen in %s: %v", p.Name, err)
 	}
+	Serve(t, l, func(c net.Conn) {
+		if _, err := io.WriteString(c, id+"\n"); err != nil {
+			return
+		}
+		_, _ = io.Copy(c, c)
+	})
+}
+
+// Serve runs handle on every connection l accepts, each in a goroutine of
+// its own, and closes the connection when handle returns. When the test
+// ends it closes l and the connections still open and waits for the
+// handlers, so none outlives the test.
+func Serve(t testing.TB, l net.Listener, handle func(c net.Conn)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() {
@@ -310,10 +323,7 @@ func (p *Pod) ServeTCP(t testing.TB, port uint16, id string) {
 				defer c.Close()
 				stop := context.AfterFunc(ctx, func() { c.Close() })
 				defer stop()
-				if _, err := io.WriteString(c, id+"\n"); err != nil {
-					return
-				}
-				_, _ = io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
