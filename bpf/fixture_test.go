@@ -137,6 +137,15 @@ func (f *fixture) upsert(s maps.Service) {
 }
 
 // ask connects from the client to addr and returns the answering server.
+// askLoop has n clients ask vip4:80 over and over until stop is called
+// (by the test, or by the cleanup when a step fails first).
+func (f *fixture) askLoop(n int) (stop func() (ok, failed int64, first string)) {
+	return testbed.Repeat(f.t, n, func() error {
+		_, err := f.ask(hostPort(vip4, 80))
+		return err
+	})
+}
+
 func (f *fixture) ask(addr string) (string, error) {
 	return f.client.Ask("tcp", addr, 2*time.Second)
 }

@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -499,33 +497,7 @@ func TestKernelEndpointChurnLosesNoConnect(t *testing.T) {
 	f := newFixture(t, 4, loader.Sizes{})
 	f.upsert(f.service(1, maps.Random, 0, 1, 2, 3))
 
-	stop := make(chan struct{})
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := f.ask(hostPort(vip4, 80)); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-	// Stopped at the end, or by the cleanup when a step fails first (before
-	// the fixture's own cleanups, which run after this one).
-	halt := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(halt)
+	stop := f.askLoop(2)
 	sets := [][]int{{0}, {0, 1, 2, 3}, {3}, {1, 2}, {2, 0, 3}, {1}, {3, 1, 0}, {2}}
 	deadline := time.Now().Add(3 * time.Second)
 	changes := 0
@@ -539,13 +511,13 @@ func TestKernelEndpointChurnLosesNoConnect(t *testing.T) {
 		changes++
 		time.Sleep(2 * time.Millisecond)
 	}
-	halt()
-	t.Logf("%d endpoint changes, %d connects, %d failed", changes, ok.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Fatalf("%d connects failed during churn; first: %v", failed.Load(), firstErr.Load())
+	ok, failed, first := stop()
+	t.Logf("%d endpoint changes, %d connects, %d failed", changes, ok, failed)
+	if failed != 0 {
+		t.Fatalf("%d connects failed during churn; first: %v", failed, first)
 	}
-	if ok.Load() < 100 {
-		t.Fatalf("only %d connects ran", ok.Load())
+	if ok < 100 {
+		t.Fatalf("only %d connects ran", ok)
 	}
 }
 
@@ -557,30 +529,10 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 	f.upsert(f.service(1, maps.RoundRobin, 0, 1, 2))
 	wantServices, wantBackends := f.maps.Services(), f.maps.Backends()
 
-	stop := make(chan struct{})
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if _, err := f.ask(hostPort(vip4, 80)); err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				ok.Add(1)
-			}
-		}
-	}()
+	stop := f.askLoop(1)
 	// Stopped at the end, or by the cleanup when a restart fails first; the
 	// programs and maps reopened by then are closed after it.
-	halt := sync.OnceFunc(func() { close(stop); <-done })
-	t.Cleanup(func() { halt(); f.dp.Close(); f.maps.Close() })
+	t.Cleanup(func() { stop(); f.dp.Close(); f.maps.Close() })
 
 	for i := range 5 {
 		time.Sleep(100 * time.Millisecond)
@@ -610,10 +562,10 @@ func TestKernelRestartFromPinsLosesNoConnect(t *testing.T) {
 		}
 	}
 	time.Sleep(100 * time.Millisecond)
-	halt()
-	t.Logf("%d connects across 5 restarts, %d failed", ok.Load(), failed.Load())
-	if failed.Load() != 0 {
-		t.Fatalf("%d connects failed; first: %v", failed.Load(), firstErr.Load())
+	ok, failed, first := stop()
+	t.Logf("%d connects across 5 restarts, %d failed", ok, failed)
+	if failed != 0 {
+		t.Fatalf("%d connects failed; first: %v", failed, first)
 	}
 	if len(f.dp.Links()) != 11 { // 8 socket-address hooks, sockops, two sk_msg
 		t.Fatalf("links %v", f.dp.Links())

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -360,44 +359,10 @@ func (f *meshFixture) spread(addr string, n int) map[string]int {
 
 // loop connects until stop is closed, counting failures.
 func (f *meshFixture) loop(addr string) (stop func() (ok, failed int64, first string)) {
-	return f.repeat(func() error {
+	return testbed.Repeat(f.t, 1, func() error {
 		_, err := f.ask(addr)
 		return err
 	})
-}
-
-// repeat calls try until stop is called, or the test ends (a test that
-// fails before calling stop leaves no goroutine dialing into the next
-// test's network), counting failures.
-func (f *meshFixture) repeat(try func() error) (stop func() (ok, failed int64, first string)) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	var okN, failN atomic.Int64
-	var firstErr atomic.Value
-	go func() {
-		defer close(finished)
-		for {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			if err := try(); err != nil {
-				failN.Add(1)
-				firstErr.CompareAndSwap(nil, err.Error())
-			} else {
-				okN.Add(1)
-			}
-		}
-	}()
-	var once sync.Once
-	halt := func() { once.Do(func() { close(done); <-finished }) }
-	f.t.Cleanup(halt)
-	return func() (int64, int64, string) {
-		halt()
-		s, _ := firstErr.Load().(string)
-		return okN.Load(), failN.Load(), s
-	}
 }
 
 func (f *meshFixture) waitFor(what string, cond func() bool) {

@@ -94,7 +94,7 @@ func TestKernelDaemonLayoutUpgradeUnderLoad(t *testing.T) {
 
 // udpLoop asks over a new connected UDP socket until stopped.
 func (f *meshFixture) udpLoop(addr string) (stop func() (ok, failed int64, first string)) {
-	return f.repeat(func() error {
+	return testbed.Repeat(f.t, 1, func() error {
 		c, err := f.client.Dial("udp", addr, time.Second)
 		if err != nil {
 			return err
