@@ -594,59 +594,22 @@ func TestKernelAccelSurvivesRestart(t *testing.T) {
 	hash := p.sockhash()
 
 	// Stream continuously across the restart.
-	stop := make(chan struct{})
-	var streamed sync.WaitGroup
-	streamed.Add(2)
-	var sent, got int64
-	sum := sha256.New()
-	recvSum := sha256.New()
-	go func() {
-		defer streamed.Done()
-		buf := make([]byte, 4096)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				_ = c.CloseWrite()
-				return
-			default:
-			}
-			for j := range buf {
-				buf[j] = byte(i + j)
-			}
-			n, err := c.Write(buf)
-			if err != nil {
-				t.Errorf("write during restart: %v", err)
-				return
-			}
-			sum.Write(buf[:n])
-			sent += int64(n)
-		}
-	}()
-	go func() {
-		defer streamed.Done()
-		n, err := io.Copy(recvSum, struct{ io.Reader }{s})
-		got = n
+	var dp2 *loader.Datapath
+	testbed.StreamAcross(t, c, s, 4096, func() {
+		time.Sleep(100 * time.Millisecond)
+		p.dp.Close()
+		var err error
+		dp2, err = loader.Open(loader.Config{PinDir: p.pins, CgroupPath: p.cg.Path, Features: loader.Features{SockmapAccel: true, Telemetry: true}})
 		if err != nil {
-			t.Errorf("read during restart: %v", err)
+			t.Fatal(err)
 		}
-	}()
-	time.Sleep(100 * time.Millisecond)
-	p.dp.Close()
-	dp2, err := loader.Open(loader.Config{PinDir: p.pins, CgroupPath: p.cg.Path, Features: loader.Features{SockmapAccel: true, Telemetry: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp2.Close() })
-	if !dp2.Reused {
-		t.Error("restart did not reuse the pinned maps")
-	}
-	p.dp = dp2
-	time.Sleep(100 * time.Millisecond)
-	close(stop)
-	streamed.Wait()
-	if sent != got || !bytes.Equal(sum.Sum(nil), recvSum.Sum(nil)) {
-		t.Fatalf("across the restart: sent %d, received %d, checksums equal %v", sent, got, bytes.Equal(sum.Sum(nil), recvSum.Sum(nil)))
-	}
+		t.Cleanup(func() { dp2.Close() })
+		if !dp2.Reused {
+			t.Error("restart did not reuse the pinned maps")
+		}
+		p.dp = dp2
+		time.Sleep(100 * time.Millisecond)
+	})
 	for k, v := range hash {
 		if p.sockhash()[k] != v {
 			t.Errorf("sockhash entry %v lost or changed across the restart", k)

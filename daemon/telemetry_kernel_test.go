@@ -7,7 +7,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -315,58 +314,16 @@ func TestKernelDaemonTelemetryAndAccessLog(t *testing.T) {
 func TestKernelDaemonRestartKeepsAcceleratedStream(t *testing.T) {
 	f := newTelFixture(t, "--sockmap-accel")
 	c, s := f.pair()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var sent int64
-	sendSum, recvSum := sha256.New(), sha256.New()
-	var got int64
-	var recvErr error
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 16384)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				_ = c.CloseWrite()
-				return
-			default:
-			}
-			for j := range buf {
-				buf[j] = byte(i * j)
-			}
-			n, err := c.Write(buf)
-			if err != nil {
-				t.Errorf("write: %v", err)
-				return
-			}
-			sendSum.Write(buf[:n])
-			sent += int64(n)
+	sent := testbed.StreamAcross(t, c, s, 16384, func() {
+		for range 2 {
+			time.Sleep(300 * time.Millisecond)
+			f.d.stop(syscall.SIGKILL)
+			time.Sleep(200 * time.Millisecond)
+			f.d.start()
+			f.d.waitReady(10 * time.Second)
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		got, recvErr = io.Copy(recvSum, struct{ io.Reader }{s})
-	}()
-	for range 2 {
-		time.Sleep(300 * time.Millisecond)
-		f.d.stop(syscall.SIGKILL)
 		time.Sleep(200 * time.Millisecond)
-		f.d.start()
-		f.d.waitReady(10 * time.Second)
-	}
-	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	finished := make(chan struct{})
-	go func() { wg.Wait(); close(finished) }()
-	select {
-	case <-finished:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the stream hung across the restarts")
-	}
-	if recvErr != nil || got != sent || !bytes.Equal(sendSum.Sum(nil), recvSum.Sum(nil)) {
-		t.Fatalf("sent %d, received %d (err %v), checksums equal %v", sent, got, recvErr, bytes.Equal(sendSum.Sum(nil), recvSum.Sum(nil)))
-	}
+	})
 	t.Logf("%d MiB streamed across 2 SIGKILL restarts", sent>>20)
 	if v := f.d.metric(f.t, "kmesh_datapath_events_total", `event="msg_redirect"`); v == 0 {
 		t.Error("nothing was redirected")
