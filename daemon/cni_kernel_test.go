@@ -7,13 +7,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -172,34 +170,6 @@ func TestKernelDaemonAdoptsPluginRecordsAndStatusFollowsDataPath(t *testing.T) {
 	}
 }
 
-var (
-	cniBuildOnce sync.Once
-	cniBinPath   string
-	cniBuildErr  error
-)
-
-// kmeshCNIBinary builds kmesh-cni once per test run (TestMain removes it).
-func kmeshCNIBinary(t *testing.T) string {
-	t.Helper()
-	cniBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kmesh-cni-bin")
-		if err != nil {
-			cniBuildErr = err
-			return
-		}
-		cniBinPath = filepath.Join(dir, "kmesh-cni")
-		cmd := exec.Command("go", "build", "-o", cniBinPath, "../plugins/kmesh-cni")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			cniBuildErr = fmt.Errorf("build kmesh-cni: %v\n%s", err, out)
-		}
-	})
-	if cniBuildErr != nil {
-		t.Fatal(cniBuildErr)
-	}
-	return cniBinPath
-}
-
 // cniAdd runs kmesh-cni's ADD for pod p as a runtime would, from the
 // node namespace, chained after a primary plugin whose result names p's
 // veth and address. conf is kmesh-cni's own fields.
@@ -218,7 +188,7 @@ func cniAdd(t *testing.T, n *testbed.Network, p *testbed.Pod, containerID string
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := kmeshCNIBinary(t)
+	bin := cniBin.get(t)
 	cmd := exec.Command(bin)
 	cmd.Stdin = bytes.NewReader(stdin)
 	cmd.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID="+containerID, "CNI_NETNS="+p.NSPath,

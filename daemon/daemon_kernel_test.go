@@ -34,39 +34,48 @@ import (
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
 
+// binary is a program the tests build once per run, into a directory of
+// its own that TestMain removes.
+type binary struct {
+	name, pkg string // pkg relative to daemon/
+	once      sync.Once
+	path      string
+	err       error
+}
+
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	daemonBin = &binary{name: "kmesh-daemon", pkg: "."}
+	cniBin    = &binary{name: "kmesh-cni", pkg: "../plugins/kmesh-cni"}
+	ctlBin    = &binary{name: "kmeshctl", pkg: "../kmeshctl"}
 )
 
-// daemonBinary builds kmesh-daemon once per test run.
-func daemonBinary(t *testing.T) string {
+// get builds the binary on first use and returns its path.
+func (b *binary) get(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kmesh-daemon-bin")
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", b.name+"-bin")
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
-		binPath = filepath.Join(dir, "kmesh-daemon")
-		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		b.path = filepath.Join(dir, b.name)
+		cmd := exec.Command("go", "build", "-o", b.path, b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("build kmesh-daemon: %v\n%s", err, out)
+			b.err = fmt.Errorf("build %s: %v\n%s", b.name, err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return binPath
+	return b.path
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, bin := range []string{binPath, cniBinPath} {
-		if bin != "" {
-			os.RemoveAll(filepath.Dir(bin))
+	for _, b := range []*binary{daemonBin, cniBin, ctlBin} {
+		if b.path != "" {
+			os.RemoveAll(filepath.Dir(b.path))
 		}
 	}
 	os.Exit(code)
@@ -129,7 +138,7 @@ func startDaemonIn(t *testing.T, netns string, cg *testbed.Cgroup, pins string, 
 
 func (d *daemon) start() {
 	d.t.Helper()
-	d.cmd = exec.Command(daemonBinary(d.t), d.args...)
+	d.cmd = exec.Command(daemonBin.get(d.t), d.args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	start := d.cmd.Start
 	if d.netns != "" {

@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,30 +30,6 @@ import (
 	"github.com/kmesh-go/kmesh/internal/podns"
 	"github.com/kmesh-go/kmesh/internal/testbed"
 )
-
-var (
-	ctlOnce sync.Once
-	ctlPath string
-	ctlErr  error
-)
-
-// kmeshctlBinary builds kmeshctl once per test run (next to the daemon).
-func kmeshctlBinary(t *testing.T) string {
-	t.Helper()
-	d := daemonBinary(t)
-	ctlOnce.Do(func() {
-		ctlPath = filepath.Join(filepath.Dir(d), "kmeshctl")
-		cmd := exec.Command("go", "build", "-o", ctlPath, "../kmeshctl")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			ctlErr = fmt.Errorf("build kmeshctl: %v\n%s", err, out)
-		}
-	})
-	if ctlErr != nil {
-		t.Fatal(ctlErr)
-	}
-	return ctlPath
-}
 
 // telFixture: a client pod and a server pod, both enrolled through the
 // daemon and both known to istiod (the fake), a service in front of the
@@ -186,7 +161,7 @@ func (f *telFixture) waitMetric(value float64, name string, want ...string) {
 
 func (f *telFixture) ctl(args ...string) string {
 	f.t.Helper()
-	out, err := exec.Command(kmeshctlBinary(f.t), append([]string{"-admin", f.d.admin}, args...)...).CombinedOutput()
+	out, err := exec.Command(ctlBin.get(f.t), append([]string{"-admin", f.d.admin}, args...)...).CombinedOutput()
 	if err != nil {
 		f.t.Fatalf("kmeshctl %v: %v\n%s", args, err, out)
 	}
@@ -197,7 +172,7 @@ func TestKernelDaemonTelemetryAndAccessLog(t *testing.T) {
 	f := newTelFixture(t, "--telemetry-interval", "300ms", "--sockmap-accel")
 
 	// kmeshctl logs -f follows the stream from before the first connection.
-	follow := exec.Command(kmeshctlBinary(t), "-admin", f.d.admin, "logs", "-f", "-o", "json")
+	follow := exec.Command(ctlBin.get(t), "-admin", f.d.admin, "logs", "-f", "-o", "json")
 	stdout, err := follow.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
