@@ -101,6 +101,16 @@ func (f *fixture) restart() {
 	f.dp, f.maps = dp, m
 }
 
+// stat is the data path counter name.
+func (f *fixture) stat(name string) uint64 {
+	f.t.Helper()
+	st, err := f.maps.Stats()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st[name]
+}
+
 func (f *fixture) enroll(p *testbed.Pod, e maps.Enrollment) uint64 {
 	f.t.Helper()
 	c, err := podns.Cookie(p.NSPath)

@@ -35,14 +35,6 @@ func TestKernelPodTCAttachSurvivesRestartAndDetaches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	seen := func() uint64 {
-		t.Helper()
-		st, err := f.maps.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st["tc_seen"]
-	}
 	traffic := func() {
 		t.Helper()
 		for range 5 {
@@ -52,9 +44,9 @@ func TestKernelPodTCAttachSurvivesRestartAndDetaches(t *testing.T) {
 
 	attach()
 	attach() // idempotent
-	before := seen()
+	before := f.stat("tc_seen")
 	traffic()
-	if after := seen(); after <= before {
+	if after := f.stat("tc_seen"); after <= before {
 		t.Fatalf("tc program saw no packets toward the pod (%d -> %d)", before, after)
 	}
 	// PodTC from this thread (outside the node namespace) finds the
@@ -70,9 +62,9 @@ func TestKernelPodTCAttachSurvivesRestartAndDetaches(t *testing.T) {
 	// A restart re-points the pod's filter at the new program.
 	oldID := filterProgID(t, node, srv.HostVeth)
 	f.restart()
-	before = seen()
+	before = f.stat("tc_seen")
 	traffic()
-	if after := seen(); after <= before {
+	if after := f.stat("tc_seen"); after <= before {
 		t.Fatal("tc program stopped seeing packets after the restart")
 	}
 	if newID, want := filterProgID(t, node, srv.HostVeth), pinnedProgID(t, f.pins); newID == oldID || newID != want {
@@ -86,9 +78,9 @@ func TestKernelPodTCAttachSurvivesRestartAndDetaches(t *testing.T) {
 		t.Fatalf("second detach: %v", err)
 	}
 	time.Sleep(10 * time.Millisecond)
-	before = seen()
+	before = f.stat("tc_seen")
 	traffic()
-	if after := seen(); after != before {
+	if after := f.stat("tc_seen"); after != before {
 		t.Fatalf("detached program still runs (%d -> %d)", before, after)
 	}
 	if _, ok, _ := loader.PodTC(f.pins, "pod-s0"); ok {
@@ -179,17 +171,9 @@ func TestKernelPodTCChainsWithOtherFilters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := func() uint64 {
-		t.Helper()
-		st, err := f.maps.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st["tc_seen"]
-	}
 	// Both programs count into the same map: with ours passing on, each
 	// packet toward the pod is counted twice.
-	before := seen()
+	before := f.stat("tc_seen")
 	f.mustAsk(hostPort(srv.IP4, serverPort))
 	onlyTheirs := func() (n uint64) {
 		t.Helper()
@@ -217,7 +201,7 @@ func TestKernelPodTCChainsWithOtherFilters(t *testing.T) {
 		}
 		return n
 	}
-	after := seen()
+	after := f.stat("tc_seen")
 	if d := after - before; d == 0 || d%2 != 0 {
 		t.Fatalf("tc_seen grew by %d: want both filters to see each packet (an even, non-zero count)", d)
 	}
@@ -228,9 +212,9 @@ func TestKernelPodTCChainsWithOtherFilters(t *testing.T) {
 	if n := onlyTheirs(); n != 1 {
 		t.Fatalf("%d filters after detach, want only the other tool's", n)
 	}
-	before = seen()
+	before = f.stat("tc_seen")
 	f.mustAsk(hostPort(srv.IP4, serverPort))
-	if after := seen(); after == before {
+	if after := f.stat("tc_seen"); after == before {
 		t.Fatal("the other filter stopped running after our detach (clsact removed?)")
 	}
 	if a, ok, err := loader.PodTC(f.pins, "pod-s0"); ok || err != nil {

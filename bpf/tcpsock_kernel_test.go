@@ -186,12 +186,8 @@ func TestKernelTCPSockFullIsCounted(t *testing.T) {
 	f.upsert(f.service(1, maps.Random, 0))
 
 	conns := f.dialVIP(3)
-	st, err := f.maps.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st["tcp_sock_full"] != 1 {
-		t.Errorf("tcp_sock_full = %d, want 1", st["tcp_sock_full"])
+	if n := f.stat("tcp_sock_full"); n != 1 {
+		t.Errorf("tcp_sock_full = %d, want 1", n)
 	}
 	if got := peerName(t, conns[2]); got != netip.AddrPortFrom(f.servers[0].IP4, serverPort) {
 		t.Errorf("getpeername of the socket that did not fit = %s, want the backend", got)

@@ -157,11 +157,7 @@ func TestKernelConnectedUDPLeavesARemovedEndpoint(t *testing.T) {
 		f.sweepUDP(sweeper)
 	}
 	t.Logf("one pod's sweep (enter its namespace, walk its UDP sockets): %s", (time.Since(start) / n).Round(time.Microsecond))
-	st, err := f.maps.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st["udp_endpoint_gone"] != 3 {
-		t.Fatalf("udp_endpoint_gone = %d, want 3", st["udp_endpoint_gone"])
+	if n := f.stat("udp_endpoint_gone"); n != 3 {
+		t.Fatalf("udp_endpoint_gone = %d, want 3", n)
 	}
 }

@@ -196,15 +196,6 @@ func wpSocks(t *testing.T, dp *loader.Datapath) []uint64 {
 	return out
 }
 
-func (f *fixture) stat(name string) uint64 {
-	f.t.Helper()
-	st, err := f.maps.Stats()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return st[name]
-}
-
 // Every way to a waypoint, with the kernel's features off (the header does
 // not depend on them) and on: a service VIP of each family (a waypoint
 // service), a pod addressed directly (a waypoint workload) of each family,
