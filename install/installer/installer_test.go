@@ -199,6 +199,17 @@ func (n *node) eventually(timeout time.Duration, what string, check func() error
 	}
 }
 
+// wantToken waits up to a second for the kubeconfig to carry token.
+func (n *node) wantToken(token string) {
+	n.t.Helper()
+	n.eventually(time.Second, "kubeconfig with "+token, func() error {
+		if kc, _ := os.ReadFile(n.host(kubeconfigPath)); !strings.Contains(string(kc), "token: "+token) {
+			return errors.New("old token")
+		}
+		return nil
+	})
+}
+
 // chain returns the plugin types of a conflist, as the runtime reads them.
 func (n *node) chain(name string) ([]string, error) {
 	list, err := libcni.ConfListFromFile(n.conf(name))
@@ -585,12 +596,7 @@ func TestTokenRotation(t *testing.T) {
 		t.Fatalf("kubeconfig:\n%s", kc)
 	}
 	rotate(t, sa, "token-2", 2)
-	n.eventually(time.Second, "kubeconfig with the new token", func() error {
-		if kc, _ := os.ReadFile(n.host(kubeconfigPath)); !strings.Contains(string(kc), "token: token-2") {
-			return errors.New("old token")
-		}
-		return nil
-	})
+	n.wantToken("token-2")
 	// A plain rewrite of a token file (no symlinks) is seen too.
 	plain := filepath.Join(t.TempDir(), "token")
 	n.write(plain, "token-3")
@@ -599,19 +605,9 @@ func TestTokenRotation(t *testing.T) {
 	}
 	n.cfg.TokenFile = plain
 	stop = n.start()
-	n.eventually(time.Second, "kubeconfig with token-3", func() error {
-		if kc, _ := os.ReadFile(n.host(kubeconfigPath)); !strings.Contains(string(kc), "token: token-3") {
-			return errors.New("old token")
-		}
-		return nil
-	})
+	n.wantToken("token-3")
 	n.write(plain, "token-4")
-	n.eventually(time.Second, "kubeconfig with token-4", func() error {
-		if kc, _ := os.ReadFile(n.host(kubeconfigPath)); !strings.Contains(string(kc), "token: token-4") {
-			return errors.New("old token")
-		}
-		return nil
-	})
+	n.wantToken("token-4")
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
