@@ -258,6 +258,16 @@ func (n *node) wantInstalled() {
 	}
 }
 
+// stopUninstalled stops the installer, which must exit cleanly, and
+// checks what it left as wantUninstalled does.
+func (n *node) stopUninstalled(stop func() error, want map[string]string) {
+	n.t.Helper()
+	if err := stop(); err != nil {
+		n.t.Fatal(err)
+	}
+	n.wantUninstalled(want)
+}
+
 // wantUninstalled checks that the conf dir holds exactly want (name ->
 // content) and that the binaries and kubeconfig are gone.
 func (n *node) wantUninstalled(want map[string]string) {
@@ -313,10 +323,7 @@ func TestFreshNodeWaitsForThePrimaryNetwork(t *testing.T) {
 	if c := strings.Count(n.logs.String(), `reason="no network config file yet"`); c != 1 {
 		t.Errorf("logged the same wait %d times, want once", c)
 	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
+	n.stopUninstalled(stop, map[string]string{"10-flannel.conflist": flannel})
 }
 
 func TestExistingConflist(t *testing.T) {
@@ -341,10 +348,7 @@ func TestExistingConflist(t *testing.T) {
 	if !strings.Contains(kc, "token: token-1") || !strings.Contains(kc, "server: https://10.96.0.1:443") {
 		t.Errorf("kubeconfig:\n%s", kc)
 	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel, "99-other.conflist": other, "README": "not config"})
+	n.stopUninstalled(stop, map[string]string{"10-flannel.conflist": flannel, "99-other.conflist": other, "README": "not config"})
 }
 
 func TestConfOnly(t *testing.T) {
@@ -361,10 +365,7 @@ func TestConfOnly(t *testing.T) {
 	if st, err := os.Stat(n.conf("10-bridge.conflist")); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("conflist mode: %v %v, want the original's 0640", st.Mode(), err)
 	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-bridge.conf": bridgeConf})
+	n.stopUninstalled(stop, map[string]string{"10-bridge.conf": bridgeConf})
 	if st, err := os.Stat(n.conf("10-bridge.conf")); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("restored mode: %v %v, want 0640", st.Mode(), err)
 	}
@@ -399,10 +400,7 @@ func TestRerunIsIdempotent(t *testing.T) {
 			if info, _ := os.Stat(n.conf(tc.list)); !info.ModTime().Equal(firstInfo.ModTime()) {
 				t.Error("re-run rewrote the conflist with the same content")
 			}
-			if err := stop(); err != nil {
-				t.Fatal(err)
-			}
-			n.wantUninstalled(map[string]string{tc.file: tc.content})
+			n.stopUninstalled(stop, map[string]string{tc.file: tc.content})
 		})
 	}
 }
@@ -430,11 +428,8 @@ func TestOldEntryIsUpdatedInPlace(t *testing.T) {
 		}
 		return nil
 	})
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
 	// The old entry was ours too: uninstall leaves no kmesh-cni behind.
-	n.wantUninstalled(map[string]string{"10-n.conflist": `{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"bridge"},{"type":"portmap"}]}`})
+	n.stopUninstalled(stop, map[string]string{"10-n.conflist": `{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"bridge"},{"type":"portmap"}]}`})
 }
 
 func TestAnotherAgentRewritesTheFile(t *testing.T) {
@@ -466,10 +461,7 @@ func TestAnotherAgentRewritesTheFile(t *testing.T) {
 		_, err := os.Stat(n.host(kubeconfigPath))
 		return err
 	})
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
+	n.stopUninstalled(stop, map[string]string{"10-flannel.conflist": flannel})
 }
 
 func TestAnotherAgentRewritesTheConf(t *testing.T) {
@@ -490,10 +482,7 @@ func TestAnotherAgentRewritesTheConf(t *testing.T) {
 		return nil
 	})
 	n.wantChain(time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-bridge.conf": changed})
+	n.stopUninstalled(stop, map[string]string{"10-bridge.conf": changed})
 }
 
 func TestPrimaryMoves(t *testing.T) {
@@ -509,10 +498,7 @@ func TestPrimaryMoves(t *testing.T) {
 	if got := n.read(n.conf("20-b.conflist")); got != b {
 		t.Errorf("20-b.conflist not restored: %s", got)
 	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"20-b.conflist": b, "10-a.conf": bridgeConf})
+	n.stopUninstalled(stop, map[string]string{"20-b.conflist": b, "10-a.conf": bridgeConf})
 }
 
 func TestNamedConflist(t *testing.T) {
@@ -532,10 +518,7 @@ func TestNamedConflist(t *testing.T) {
 	if got := n.read(n.conf("10-a.conflist")); got != a {
 		t.Errorf("10-a.conflist changed: %s", got)
 	}
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-a.conflist": a, "20-b.conf": bridgeConf})
+	n.stopUninstalled(stop, map[string]string{"10-a.conflist": a, "20-b.conf": bridgeConf})
 }
 
 func TestForeignConflistBlocksConversion(t *testing.T) {
@@ -550,10 +533,7 @@ func TestForeignConflistBlocksConversion(t *testing.T) {
 		}
 		return nil
 	})
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-x.conf": bridgeConf, "10-x.conflist": foreign})
+	n.stopUninstalled(stop, map[string]string{"10-x.conf": bridgeConf, "10-x.conflist": foreign})
 }
 
 // rotate swaps the token the way the kubelet updates a projected volume: a
@@ -608,10 +588,7 @@ func TestTokenRotation(t *testing.T) {
 	n.wantToken("token-3")
 	n.write(plain, "token-4")
 	n.wantToken("token-4")
-	if err := stop(); err != nil {
-		t.Fatal(err)
-	}
-	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
+	n.stopUninstalled(stop, map[string]string{"10-flannel.conflist": flannel})
 }
 
 func TestBadSetupFailsAndLeavesNothing(t *testing.T) {
