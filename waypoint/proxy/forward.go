@@ -415,7 +415,9 @@ func classify(err error, actx context.Context) (fail filter.Failure, fl flags, s
 		return filter.ConnectFailure, flagUF, http.StatusServiceUnavailable, bodyConnect, "upstream_reset_before_response_started{connection_failure}"
 	case context.Cause(actx) == errPerTryTimeout:
 		return filter.PerTryTimeout, flagUT, http.StatusGatewayTimeout, bodyTimeout, "upstream_per_try_timeout"
-	case strings.Contains(err.Error(), "REFUSED_STREAM"), strings.Contains(err.Error(), "graceful shutdown GOAWAY"):
+	}
+	switch upstream.ClassifyReset(err) {
+	case upstream.RefusedStream:
 		// A stream the upstream refused, or one beyond the last it took
 		// before it went away (GOAWAY): never processed, so as safe to
 		// send again as Envoy's refused stream reset. (net/http's HTTP/2
@@ -423,18 +425,13 @@ func classify(err error, actx context.Context) (fail filter.Failure, fl flags, s
 		// GetBody, which it must not have: see outgoing.)
 		// Envoy's router flags a refused stream as a remote reset (UR).
 		return filter.RefusedStream, flagUR, http.StatusServiceUnavailable, bodyRefused, "upstream_reset_before_response_started{remote_refused_stream_reset}"
-	case remoteReset(err):
+	case upstream.RemoteReset:
+		// The endpoint resetting the stream (an HTTP/2 RST_STREAM),
+		// Envoy's remote reset, as against the connection closing (a
+		// connection termination).
 		return filter.Reset, flagUR, http.StatusServiceUnavailable, bodyRemote, "upstream_reset_before_response_started{remote_reset}"
 	}
 	return filter.Reset, flagUC, http.StatusServiceUnavailable, bodyReset, "upstream_reset_before_response_started{connection_termination}"
-}
-
-// remoteReset reports the endpoint resetting the stream (an HTTP/2
-// RST_STREAM), Envoy's remote reset, as against the connection closing
-// (a connection termination). net/http's HTTP/2 client has no exported
-// error for it: its stream error says it came from the peer.
-func remoteReset(err error) bool {
-	return strings.Contains(err.Error(), "received from peer")
 }
 
 // routeTimeout is the route's timeout, or, for a gRPC request on a route

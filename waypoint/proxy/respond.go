@@ -123,10 +123,14 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 			default:
 				// Envoy's flag and details for a reset after the answer
 				// started: the endpoint's RST_STREAM or a closed connection.
-				if remoteReset(rerr) {
+				switch upstream.ClassifyReset(rerr) {
+				case upstream.RemoteReset:
 					q.flags |= flagUR
 					q.details = "upstream_reset_after_response_started{remote_reset}"
-				} else {
+				case upstream.RefusedStream:
+					q.flags |= flagUR
+					q.details = "upstream_reset_after_response_started{remote_refused_stream_reset}"
+				default:
 					q.flags |= flagUC
 					q.details = "upstream_reset_after_response_started{connection_termination}"
 				}
