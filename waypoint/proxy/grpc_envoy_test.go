@@ -215,9 +215,9 @@ func TestIsGRPCContentType(t *testing.T) {
 }
 
 // goAwayOnce is an h2c server whose first connection answers its first
-// stream with GOAWAY (last stream 0: nothing processed) and closes; the
-// connections after it serve h.
-func goAwayOnce(t *testing.T, h http.Handler, streams *atomic.Int64) netip.AddrPort {
+// stream with GOAWAY (last stream 0: nothing processed, with code) and
+// closes; the connections after it serve h.
+func goAwayOnce(t *testing.T, h http.Handler, code http2.ErrCode, streams *atomic.Int64) netip.AddrPort {
 	srv := &http2.Server{}
 	var conns atomic.Int64
 	return rawServer(t, func(c net.Conn) {
@@ -227,7 +227,7 @@ func goAwayOnce(t *testing.T, h http.Handler, streams *atomic.Int64) netip.AddrP
 		}
 		h2cFrames(c, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
 			streams.Add(1)
-			fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+			fr.WriteGoAway(0, code, nil)
 			time.Sleep(50 * time.Millisecond)
 			return false
 		})
@@ -236,31 +236,38 @@ func goAwayOnce(t *testing.T, h http.Handler, streams *atomic.Int64) netip.AddrP
 
 // An upstream going away (GOAWAY) before it processed a gRPC call: the
 // call was never seen, so Istio's default policy (refused-stream) sends
-// it again, here on a new connection that answers.
+// it again, here on a new connection that answers. Whatever the GOAWAY's
+// error code: Envoy's codecs (nghttp2, oghttp2's OnGoAway) close every
+// stream above its last stream with REFUSED_STREAM. (net/http fails the
+// first stream of a connection under a GOAWAY with a code differently
+// from the others; it was taken for a connection termination, not
+// retried.)
 func TestGOAWAYBeforeProcessingRetried(t *testing.T) {
-	var streams atomic.Int64
-	up := goAwayOnce(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/grpc")
-		w.Header().Set("Trailer", "Grpc-Status")
-		w.WriteHeader(200)
-		w.Write([]byte("\x00\x00\x00\x00\x00"))
-		w.Header().Set("Grpc-Status", "0")
-	}), &streams)
-	r := retryRoute("c", retryOn(2, "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"))
-	te := newTestEngine(t, Options{})
-	te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
-	req, _ := http.NewRequest("POST", "http://x/svc/M", strings.NewReader("\x00\x00\x00\x00\x00"))
-	req.Header.Set("Content-Type", "application/grpc")
-	c := h2client(te.addr("main"))
-	c.Timeout = 5 * time.Second
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if gs := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); resp.StatusCode != 200 || gs != "0" || streams.Load() != 1 {
-		t.Fatalf("HTTP %d grpc-status %q, %d streams went away; want 0 after a retry", resp.StatusCode, gs, streams.Load())
+	for _, code := range []http2.ErrCode{http2.ErrCodeNo, http2.ErrCodeEnhanceYourCalm} {
+		var streams atomic.Int64
+		up := goAwayOnce(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/grpc")
+			w.Header().Set("Trailer", "Grpc-Status")
+			w.WriteHeader(200)
+			w.Write([]byte("\x00\x00\x00\x00\x00"))
+			w.Header().Set("Grpc-Status", "0")
+		}), code, &streams)
+		r := retryRoute("c", retryOn(2, "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"))
+		te := newTestEngine(t, Options{})
+		te.apply(httpSnapshot(oneRoute(r), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
+		req, _ := http.NewRequest("POST", "http://x/svc/M", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		c := h2client(te.addr("main"))
+		c.Timeout = 5 * time.Second
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if gs := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); resp.StatusCode != 200 || gs != "0" || streams.Load() != 1 {
+			t.Errorf("GOAWAY %v: HTTP %d grpc-status %q, %d streams went away; want 0 after a retry", code, resp.StatusCode, gs, streams.Load())
+		}
 	}
 }

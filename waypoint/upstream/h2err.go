@@ -18,8 +18,8 @@ const (
 	NotReset StreamReset = iota
 	// RefusedStream: never processed. The endpoint's RST_STREAM
 	// (REFUSED_STREAM), or a stream above the last one its GOAWAY
-	// accepted: nghttp2 and oghttp2 close those with REFUSED_STREAM,
-	// Envoy's RemoteRefusedStreamReset.
+	// accepted, whatever the GOAWAY's error code: nghttp2 and oghttp2 close
+	// those with REFUSED_STREAM, Envoy's RemoteRefusedStreamReset.
 	RefusedStream
 	// RemoteReset: the endpoint's RST_STREAM with any other code.
 	RemoteReset
@@ -36,6 +36,10 @@ const (
 	fromPeerText = "received from peer"
 	// A stream above a GOAWAY's last stream (errClientConnGotGoAway).
 	goAwayText = "Transport received Server's graceful shutdown GOAWAY"
+	// The same for stream 1 when the GOAWAY carries an error code: net/http
+	// words it apart (so that its own RoundTrip does not resend it), but
+	// the endpoint did not process it either.
+	goAwayCodeText = "Transport received GOAWAY from server ErrCode:"
 )
 
 // ClassifyReset tells how an error of net/http's HTTP/2 client (from a
@@ -59,7 +63,7 @@ func ClassifyReset(err error) StreamReset {
 		// not the endpoint's.
 		return NotReset
 	}
-	if strings.Contains(err.Error(), goAwayText) {
+	if msg := err.Error(); strings.Contains(msg, goAwayText) || strings.Contains(msg, goAwayCodeText) {
 		return RefusedStream
 	}
 	return NotReset

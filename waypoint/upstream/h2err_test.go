@@ -110,8 +110,8 @@ func serveMisbehaving(c net.Conn) {
 // Each way an HTTP/2 endpoint can end a stream early, provoked through
 // the cluster's pool (net/http's client, of the Go in use) and told
 // apart as Envoy's codec tells them: REFUSED_STREAM and a stream above a
-// GOAWAY's last stream are refused streams (nghttp2 and oghttp2 close
-// those with REFUSED_STREAM); an
+// GOAWAY's last stream are refused streams, with or without the GOAWAY's
+// error code (nghttp2 and oghttp2 close those with REFUSED_STREAM); an
 // RST_STREAM with another code, before or during the answer, a remote
 // reset; the client's own reset and a closed connection neither. Several
 // of these are known only by their text (net/http exports no value):
