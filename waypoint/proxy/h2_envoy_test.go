@@ -248,3 +248,33 @@ func TestUpstreamStreamResetIsUR(t *testing.T) {
 		}
 	}
 }
+
+// An HTTP/2 client may split its Cookie header into one field per
+// cookie (RFC 9113 8.2.3); they are one header again for route matching
+// and for an HTTP/1.1 endpoint, joined with "; " as Envoy's codec joins
+// them (codec_impl.cc, reconstituteCrumbledCookies), not with ",", which
+// would make "b=2" part of a's value. net/http's server does the joining:
+// this pins it.
+func TestH2CookieCrumbsJoined(t *testing.T) {
+	got := make(chan []string, 1)
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) { got <- r.Header["Cookie"] })
+	matched := fwd("c")
+	matched.Match = model.RouteMatch{Prefix: "/", Headers: []model.HeaderMatch{{Name: "cookie", Value: &model.StringMatch{Exact: "a=1; b=2", Kind: "exact"}}}}
+	other := &model.Route{Name: "other", Direct: &model.DirectResponse{Status: 404}}
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(matched, other), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	req, _ := http.NewRequest("GET", "http://x/", nil)
+	req.Header.Add("Cookie", "a=1")
+	req.Header.Add("Cookie", "b=2")
+	resp, err := h2client(te.addr("main")).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("cookie crumbs did not match \"a=1; b=2\": %d", resp.StatusCode)
+	}
+	if c := <-got; len(c) != 1 || c[0] != "a=1; b=2" {
+		t.Errorf("HTTP/1.1 endpoint got Cookie %q, want one \"a=1; b=2\"", c)
+	}
+}
