@@ -430,6 +430,12 @@ func classify(err error, actx context.Context) (fail filter.Failure, fl flags, s
 		// Envoy's remote reset, as against the connection closing (a
 		// connection termination).
 		return filter.Reset, flagUR, http.StatusServiceUnavailable, bodyRemote, "upstream_reset_before_response_started{remote_reset}"
+	case upstream.ProtocolError:
+		// The endpoint broke HTTP/2 (an answer without :status, a
+		// malformed frame): Envoy's router answers its ProtocolError reset
+		// with a 502 (onUpstreamReset), flagged UPE by the codec; retried
+		// as any reset.
+		return filter.Reset, flagUPE, http.StatusBadGateway, bodyProtocol, "upstream_reset_before_response_started{protocol_error}"
 	}
 	return filter.Reset, flagUC, http.StatusServiceUnavailable, bodyReset, "upstream_reset_before_response_started{connection_termination}"
 }

@@ -278,3 +278,64 @@ func TestH2CookieCrumbsJoined(t *testing.T) {
 		t.Errorf("HTTP/1.1 endpoint got Cookie %q, want one \"a=1; b=2\"", c)
 	}
 }
+
+// An HTTP/2 endpoint that breaks the protocol (an answer without
+// :status, a frame HTTP/2 forbids) is Envoy's protocol error: its codec
+// resets the stream or closes the connection with ProtocolError, which
+// the router answers 502 UPE (onUpstreamReset), or, after the answer
+// started, cuts the downstream stream, logged UPE. They were 503 UC, a
+// connection termination.
+func TestUpstreamH2ProtocolErrorIsUPE(t *testing.T) {
+	up := rawServer(t, func(c net.Conn) {
+		var path string
+		dec := hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
+			if hf.Name == ":path" {
+				path = hf.Value
+			}
+		})
+		h2cFrames(c, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
+			var b bytes.Buffer
+			enc := hpack.NewEncoder(&b)
+			dec.Write(f.HeaderBlockFragment())
+			if path == "/no-status" {
+				enc.WriteField(hpack.HeaderField{Name: "x-a", Value: "b"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: b.Bytes(), EndHeaders: true, EndStream: true})
+				return true
+			}
+			enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: b.Bytes(), EndHeaders: true})
+			fr.WriteData(f.StreamID, false, []byte("part"))
+			// DATA on stream 0: a connection error.
+			fr.AllowIllegalWrites = true
+			fr.WriteData(0, false, []byte("x"))
+			return false
+		})
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: endpoints(up)}))
+	c := h2client(te.addr("main"))
+	for _, tc := range []struct {
+		path    string
+		code    int
+		details string
+	}{
+		{"/no-status", 502, "upstream_reset_before_response_started{protocol_error}"},
+		{"/after", 200, "upstream_reset_after_response_started{protocol_error}"},
+	} {
+		req, _ := http.NewRequest("GET", "http://x"+tc.path, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code || (tc.code == 502 && string(b) != bodyProtocol) || (tc.code == 200 && err == nil) {
+			t.Errorf("%s: %d %q %v", tc.path, resp.StatusCode, b, err)
+		}
+		want := fmt.Sprintf(`"path":"%s","protocol":"HTTP/2.0","response_code":%d,"response_flags":"UPE","response_code_details":"%s"`, tc.path, tc.code, tc.details)
+		eventually(t, tc.path+" logged", func() bool { return strings.Contains(te.access.String(), `"path":"`+tc.path+`"`) })
+		if !strings.Contains(te.access.String(), want) {
+			t.Errorf("%s: want %s in %s", tc.path, want, te.access.String())
+		}
+	}
+}

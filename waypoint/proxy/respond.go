@@ -130,6 +130,9 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 				case upstream.RefusedStream:
 					q.flags |= flagUR
 					q.details = "upstream_reset_after_response_started{remote_refused_stream_reset}"
+				case upstream.ProtocolError:
+					q.flags |= flagUPE
+					q.details = "upstream_reset_after_response_started{protocol_error}"
 				default:
 					q.flags |= flagUC
 					q.details = "upstream_reset_after_response_started{connection_termination}"

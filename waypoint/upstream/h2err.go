@@ -23,6 +23,13 @@ const (
 	RefusedStream
 	// RemoteReset: the endpoint's RST_STREAM with any other code.
 	RemoteReset
+	// ProtocolError: the client reset the stream, or closed the
+	// connection, because the endpoint broke the protocol (an answer
+	// without :status, DATA beyond the window, a malformed frame): Envoy's
+	// ProtocolError, from its codec's messaging errors on a stream
+	// (ClientConnectionImpl::getMessagingErrorResetReason) or, by default,
+	// from the codec error that closes the connection (CodecClient).
+	ProtocolError
 )
 
 // Texts of net/http's HTTP/2 client errors that have no exported value
@@ -40,6 +47,9 @@ const (
 	// words it apart (so that its own RoundTrip does not resend it), but
 	// the endpoint did not process it either.
 	goAwayCodeText = "Transport received GOAWAY from server ErrCode:"
+	// The client's ConnectionError, which ends every stream of a
+	// connection whose endpoint sent what HTTP/2 forbids.
+	connErrorText = "connection error: "
 )
 
 // ClassifyReset tells how an error of net/http's HTTP/2 client (from a
@@ -59,12 +69,16 @@ func ClassifyReset(err error) StreamReset {
 		case se.Cause != nil && se.Cause.Error() == fromPeerText:
 			return RemoteReset
 		}
-		// The client's own reset (a malformed answer, flow control):
-		// not the endpoint's.
-		return NotReset
+		// The client's own reset: the endpoint's answer broke the
+		// protocol.
+		return ProtocolError
 	}
-	if msg := err.Error(); strings.Contains(msg, goAwayText) || strings.Contains(msg, goAwayCodeText) {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, goAwayText), strings.Contains(msg, goAwayCodeText):
 		return RefusedStream
+	case strings.Contains(msg, connErrorText):
+		return ProtocolError
 	}
 	return NotReset
 }

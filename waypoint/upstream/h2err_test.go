@@ -101,6 +101,10 @@ func serveMisbehaving(c net.Conn) {
 			fr.WriteRSTStream(id, http2.ErrCodeInternal)
 		case "/no-status":
 			headers(id, true, "x-a", "b")
+		case "/conn-error":
+			// DATA on stream 0: a connection error.
+			fr.AllowIllegalWrites = true
+			fr.WriteData(0, false, []byte("x"))
 		case "/close":
 			return
 		}
@@ -113,9 +117,11 @@ func serveMisbehaving(c net.Conn) {
 // GOAWAY's last stream are refused streams, with or without the GOAWAY's
 // error code (nghttp2 and oghttp2 close those with REFUSED_STREAM); an
 // RST_STREAM with another code, before or during the answer, a remote
-// reset; the client's own reset and a closed connection neither. Several
-// of these are known only by their text (net/http exports no value):
-// this fails when a Go upgrade words them otherwise.
+// reset; the client's own reset of a stream, or of the connection, for
+// the endpoint breaking the protocol, a protocol error; a closed
+// connection none of these. Several of these are known only by their
+// text (net/http exports no value): this fails when a Go upgrade words
+// them otherwise.
 func TestH2StreamResetsClassified(t *testing.T) {
 	addr := misbehavingH2C(t)
 	_, c := one(t, &model.Cluster{Name: "c", Protocol: "http2", Endpoints: [][]model.Endpoint{{{Address: addr, Healthy: true}}}})
@@ -137,7 +143,8 @@ func TestH2StreamResetsClassified(t *testing.T) {
 		{[]string{"/ok", "/goaway-code"}, RefusedStream}, // stream 3
 		{[]string{"/goaway-processed"}, NotReset},
 		{[]string{"/mid-body"}, RemoteReset},
-		{[]string{"/no-status"}, NotReset},
+		{[]string{"/no-status"}, ProtocolError},
+		{[]string{"/conn-error"}, ProtocolError},
 		{[]string{"/close"}, NotReset},
 	} {
 		// A connection of its own for each case: close the pool's.
