@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"istio.io/istio/pkg/workloadapi/security"
+
 	"github.com/kmesh-go/kmesh/daemon/model"
 )
 
@@ -311,6 +313,34 @@ func TestIPv4MappedPrefixHasNoEntry(t *testing.T) {
 		}
 		if v := model.Evaluate(policies, model.Conn{Src: model.Peer{IP: a}, DstIP: addrs[1], DstPort: 80}); v.Allow == deny {
 			t.Errorf("from %s: reference %+v, want deny=%v", src, v, deny)
+		}
+	}
+}
+
+// Matches made to fail closed for values that could not be converted
+// (model.matchFrom) compile to the same decisions: an ALLOW's disabled
+// match allows nothing; a DENY left without conditions denies everyone,
+// known or not, over both families.
+func TestBadValuesFailClosedInTables(t *testing.T) {
+	convert := func(action security.Action, m *security.Match) *model.AuthzPolicy {
+		p, err := model.FromAuthorization(&security.Authorization{Name: "p0", Namespace: "ns", Scope: security.Scope_NAMESPACE, Action: action,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{m}}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	allow := convert(security.Action_ALLOW, &security.Match{DestinationPorts: []uint32{65616}})
+	expectDeny(t, "allow port out of range", model.ActionAllow, allow.Groups, true)
+	deny := convert(security.Action_DENY, &security.Match{SourceIps: []*security.Address{{Address: []byte{1, 2, 3}, Length: 8}}})
+	expectDeny(t, "deny bad source only", model.ActionDeny, deny.Groups, true)
+	tables, err := Compile([]*model.AuthzPolicy{deny}, identities(), policyIDs, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []netip.Addr{addrs[0], addrs[8]} {
+		if v := tables.Decide(0, src, addrs[1], 1234); !v.Deny {
+			t.Errorf("unknown source %s allowed: %+v", src, v)
 		}
 	}
 }

@@ -381,6 +381,9 @@ func (e *entry) convert() {
 			e.err = fmt.Errorf("%s: %v", where, err)
 			return
 		}
+		if len(p.Warnings) > 0 {
+			slog.Warn("config file: authorization values ignored", "policy", p.Key, "problems", p.Warnings)
+		}
 		e.res = model.Resource{Name: p.Key, Policy: p}
 	}
 	e.name = e.res.Name

@@ -39,7 +39,8 @@ addresses:
   - workload: {uid: w2, namespace: ns, addresses: ["CvQAAQ=="], status: HEALTHY}
   - workload: {uid: w2, namespace: ns, addresses: ["CvQAAg=="]}
 authorizations:
-  - {name: p, namespace: ns, action: DENY, groups: [{rules: [{matches: [{destinationPorts: [70000]}]}]}]}
+  - {name: p, namespace: ns, action: 7}
+  - {name: q, namespace: ns, action: DENY, groups: [{rules: [{matches: [{destinationPorts: [70000]}]}]}]}
 `
 	res, rejected, err := Parse([]byte(doc))
 	if err != nil {
@@ -49,14 +50,16 @@ authorizations:
 	for _, r := range res {
 		names = append(names, r.Name)
 	}
-	if !slices.Equal(names, []string{"ns/a.ns.svc.cluster.local", "w2"}) {
+	// A bad value does not refuse its policy (model.matchFrom: it fails
+	// closed instead); an unknown action does.
+	if !slices.Equal(names, []string{"ns/a.ns.svc.cluster.local", "w2", "ns/q"}) {
 		t.Fatalf("accepted %v", names)
 	}
 	for name, want := range map[string]string{
 		"ns/b.ns.svc.cluster.local": "service port 70000",
 		"w1":                        "invalid address bytes",
 		"w2":                        "defined twice",
-		"ns/p":                      "port 70000 out of range",
+		"ns/p":                      "unknown action 7",
 	} {
 		if err := rejected[name]; err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", name, err, want)

@@ -128,6 +128,9 @@ type AuthzPolicy struct {
 	Action    Action      `json:"action"`
 	DryRun    bool        `json:"dryRun,omitempty"`
 	Groups    [][][]Match `json:"groups"` // groups -> rules -> matches
+	// Warnings say which values could not be converted and how their
+	// matches were made to fail closed (see matchFrom).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PolicyKey is the resource name istiod uses for an Authorization.
@@ -165,9 +168,9 @@ func FromAuthorization(a *security.Authorization) (*AuthzPolicy, error) {
 		for ri, r := range g.GetRules() {
 			var ms []Match
 			for mi, m := range r.GetMatches() {
-				cm, err := matchFrom(m)
-				if err != nil {
-					return nil, where("groups[%d].rules[%d].matches[%d]: %v", gi, ri, mi, err)
+				cm, bad := matchFrom(m, p.Action)
+				for _, b := range bad {
+					p.Warnings = append(p.Warnings, fmt.Sprintf("groups[%d].rules[%d].matches[%d]: %s", gi, ri, mi, b))
 				}
 				ms = append(ms, cm)
 			}
@@ -178,17 +181,41 @@ func FromAuthorization(a *security.Authorization) (*AuthzPolicy, error) {
 	return p, nil
 }
 
-func matchFrom(m *security.Match) (Match, error) {
-	var out Match
-	var err error
-	strs := func(in []*security.StringMatch) []StringMatch {
-		var o []StringMatch
-		for _, s := range in {
-			if err != nil {
-				return nil
+// matchAll is a match every connection satisfies: every source address is
+// in one of the two family roots.
+func matchAll() Match {
+	return Match{SourceIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
+}
+
+// matchFrom converts one match. A value that cannot be converted (a string
+// match without a type, address bytes of neither 4 nor 16, a prefix or a
+// port out of range) does not refuse the policy: refusing it would leave an
+// ALLOW policy out, opening its workloads to everyone, or a DENY
+// unenforced. ztunnel (src/rbac.rs) drops such values one by one instead,
+// which opens as well when a positive list is left empty (the condition
+// disappears). Here the match fails closed, as istiod does with the HTTP
+// attributes ztunnel cannot enforce (pilot/pkg/serviceregistry/ambient/
+// authorization.go: "more restrictive than requested"): in an ALLOW policy
+// the match matches nothing; in a DENY policy each condition holding a bad
+// value is dropped, so the DENY applies whatever that condition said, and a
+// match left with no condition matches every connection. bad describes the
+// values given up.
+func matchFrom(m *security.Match, action Action) (out Match, bad []string) {
+	// Each field converts its good values; a bad value taints the field.
+	field := func(name string, n int, conv func(i int) error) *bool {
+		t := new(bool)
+		for i := 0; i < n; i++ {
+			if err := conv(i); err != nil {
+				*t = true
+				bad = append(bad, fmt.Sprintf("%s[%d]: %v", name, i, err))
 			}
+		}
+		return t
+	}
+	strs := func(name string, in []*security.StringMatch, o *[]StringMatch) *bool {
+		return field(name, len(in), func(i int) error {
 			var sm StringMatch
-			switch t := s.GetMatchType().(type) {
+			switch t := in[i].GetMatchType().(type) {
 			case *security.StringMatch_Exact:
 				sm = NewStringMatch(MatchExact, t.Exact)
 			case *security.StringMatch_Prefix:
@@ -198,50 +225,39 @@ func matchFrom(m *security.Match) (Match, error) {
 			case *security.StringMatch_Presence:
 				sm = NewStringMatch(MatchPresence, "")
 			default:
-				err = fmt.Errorf("string match without a type")
-				return nil
+				return fmt.Errorf("string match without a type")
 			}
-			o = append(o, sm)
-		}
-		return o
+			*o = append(*o, sm)
+			return nil
+		})
 	}
-	cidrs := func(in []*security.Address) []netip.Prefix {
-		var o []netip.Prefix
-		for _, a := range in {
-			if err != nil {
-				return nil
-			}
+	cidrs := func(name string, in []*security.Address, o *[]netip.Prefix) *bool {
+		return field(name, len(in), func(i int) error {
+			a := in[i]
 			// 16 bytes are an IPv6 prefix even when IPv4-mapped, as
 			// ztunnel takes them: connections from and to IPv4 addresses
 			// are IPv4, so a mapped prefix of /96 or longer matches none.
 			ip, ok := netip.AddrFromSlice(a.GetAddress())
 			if !ok {
-				err = fmt.Errorf("invalid address bytes: %d bytes, want 4 (IPv4) or 16 (IPv6)", len(a.GetAddress()))
-				return nil
+				return fmt.Errorf("invalid address bytes: %d bytes, want 4 (IPv4) or 16 (IPv6)", len(a.GetAddress()))
 			}
 			if int(a.GetLength()) > ip.BitLen() {
-				err = fmt.Errorf("prefix length %d too long for %s", a.GetLength(), ip)
-				return nil
+				return fmt.Errorf("prefix length %d too long for %s", a.GetLength(), ip)
 			}
-			o = append(o, netip.PrefixFrom(ip, int(a.GetLength())).Masked())
-		}
-		return o
+			*o = append(*o, netip.PrefixFrom(ip, int(a.GetLength())).Masked())
+			return nil
+		})
 	}
-	ports := func(in []uint32) []uint16 {
-		var o []uint16
-		for _, p := range in {
-			if err != nil {
-				return nil
-			}
+	ports := func(name string, in []uint32, o *[]uint16) *bool {
+		return field(name, len(in), func(i int) error {
 			// Port 0 is valid in Istio (ports: ["0"] passes its
 			// validation) and matches no real connection.
-			if p > 65535 {
-				err = fmt.Errorf("port %d out of range 0-65535", p)
-				return nil
+			if in[i] > 65535 {
+				return fmt.Errorf("port %d out of range 0-65535", in[i])
 			}
-			o = append(o, uint16(p))
-		}
-		return o
+			*o = append(*o, uint16(in[i]))
+			return nil
+		})
 	}
 	sas := func(in []*security.ServiceAccountMatch) []SAMatch {
 		var o []SAMatch
@@ -250,19 +266,41 @@ func matchFrom(m *security.Match) (Match, error) {
 		}
 		return o
 	}
-	out.Namespaces = strs(m.GetNamespaces())
-	out.NotNamespaces = strs(m.GetNotNamespaces())
-	out.Principals = strs(m.GetPrincipals())
-	out.NotPrincipals = strs(m.GetNotPrincipals())
+	drops := []struct {
+		t    *bool
+		drop func()
+	}{
+		{strs("namespaces", m.GetNamespaces(), &out.Namespaces), func() { out.Namespaces = nil }},
+		{strs("notNamespaces", m.GetNotNamespaces(), &out.NotNamespaces), func() { out.NotNamespaces = nil }},
+		{strs("principals", m.GetPrincipals(), &out.Principals), func() { out.Principals = nil }},
+		{strs("notPrincipals", m.GetNotPrincipals(), &out.NotPrincipals), func() { out.NotPrincipals = nil }},
+		{cidrs("sourceIps", m.GetSourceIps(), &out.SourceIPs), func() { out.SourceIPs = nil }},
+		{cidrs("notSourceIps", m.GetNotSourceIps(), &out.NotSourceIPs), func() { out.NotSourceIPs = nil }},
+		{cidrs("destinationIps", m.GetDestinationIps(), &out.DestinationIPs), func() { out.DestinationIPs = nil }},
+		{cidrs("notDestinationIps", m.GetNotDestinationIps(), &out.NotDestinationIPs), func() { out.NotDestinationIPs = nil }},
+		{ports("destinationPorts", m.GetDestinationPorts(), &out.DestinationPorts), func() { out.DestinationPorts = nil }},
+		{ports("notDestinationPorts", m.GetNotDestinationPorts(), &out.NotDestinationPorts), func() { out.NotDestinationPorts = nil }},
+	}
 	out.ServiceAccounts = sas(m.GetServiceAccounts())
 	out.NotServiceAccounts = sas(m.GetNotServiceAccounts())
-	out.SourceIPs = cidrs(m.GetSourceIps())
-	out.NotSourceIPs = cidrs(m.GetNotSourceIps())
-	out.DestinationIPs = cidrs(m.GetDestinationIps())
-	out.NotDestinationIPs = cidrs(m.GetNotDestinationIps())
-	out.DestinationPorts = ports(m.GetDestinationPorts())
-	out.NotDestinationPorts = ports(m.GetNotDestinationPorts())
-	return out, err
+	if len(bad) == 0 {
+		return out, nil
+	}
+	if action == ActionAllow {
+		// An empty match matches nothing.
+		return Match{}, append(bad, "ALLOW match disabled (matches nothing)")
+	}
+	for _, d := range drops {
+		if *d.t {
+			d.drop()
+		}
+	}
+	// The match had a condition (the bad value's), so it was not one of
+	// istiod's empty matches: with none left it applies to everyone.
+	if out.Empty() {
+		return matchAll(), append(bad, "DENY match reduced to no condition: matches every connection")
+	}
+	return out, append(bad, "DENY match enforced without the conditions holding these values")
 }
 
 // Peer is the source of a connection as authorization sees it. Identity

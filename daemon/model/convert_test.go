@@ -117,13 +117,64 @@ func TestAuthorizationConversion(t *testing.T) {
 	bad := []*security.Authorization{
 		{Name: "x", Action: 5},
 		{Name: "x", Scope: 9},
-		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{DestinationPorts: []uint32{65536}}}}}}}},
-		{Name: "x", Groups: []*security.Group{{Rules: []*security.Rules{{Matches: []*security.Match{{SourceIps: []*security.Address{{Address: []byte{1, 2, 3, 4}, Length: 40}}}}}}}}},
 		{Name: ""},
 	}
 	for i, b := range bad {
 		if _, err := FromAuthorization(b); err == nil {
 			t.Errorf("bad authorization %d accepted", i)
+		}
+	}
+}
+
+// A value that cannot be converted no longer refuses the whole policy
+// (which left an ALLOW policy out, its workloads open to all), nor is it
+// dropped alone as ztunnel does (a port truncated, a positive list left
+// empty: the condition gone, the ALLOW wider). Its match fails closed: in
+// an ALLOW it matches nothing; in a DENY the tainted conditions are dropped,
+// and a match left with none matches everyone.
+func TestAuthorizationBadValuesFailClosed(t *testing.T) {
+	typeless := &security.StringMatch{}
+	badIP := &security.Address{Address: []byte{10, 0, 0, 0, 1}, Length: 8}
+	longPrefix := &security.Address{Address: []byte{10, 0, 0, 0}, Length: 40}
+	pol := func(action security.Action, ms ...*security.Match) *AuthzPolicy {
+		t.Helper()
+		p, err := FromAuthorization(&security.Authorization{Name: "p", Namespace: "ns", Scope: security.Scope_NAMESPACE, Action: action,
+			Groups: []*security.Group{{Rules: []*security.Rules{{Matches: ms}}}}})
+		if err != nil {
+			t.Fatalf("policy refused: %v", err)
+		}
+		if len(p.Warnings) == 0 {
+			t.Fatalf("no warning for %+v", ms)
+		}
+		return p
+	}
+	from := func(ns string, port uint16) Conn {
+		return Conn{Src: Peer{IP: netip.MustParseAddr("10.0.0.1"), Known: true, Namespace: ns, ServiceAccount: "sa"},
+			DstIP: netip.MustParseAddr("10.0.0.2"), DstPort: port}
+	}
+	cases := []struct {
+		name string
+		p    *AuthzPolicy
+		conn Conn
+		want bool // allowed
+	}{
+		// ztunnel would truncate 65616 to 80 and allow port 80.
+		{"ALLOW port out of range", pol(security.Action_ALLOW, &security.Match{DestinationPorts: []uint32{65616}}), from("a", 80), false},
+		// ztunnel would drop the principal and allow all of namespace a.
+		{"ALLOW typeless principal", pol(security.Action_ALLOW, &security.Match{Principals: []*security.StringMatch{typeless}, Namespaces: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{Exact: "a"}}}}), from("a", 80), false},
+		{"ALLOW bad not_source", pol(security.Action_ALLOW, &security.Match{NotSourceIps: []*security.Address{badIP}, DestinationPorts: []uint32{80}}), from("a", 80), false},
+		{"ALLOW good match beside a bad one", pol(security.Action_ALLOW, &security.Match{DestinationPorts: []uint32{70000}}, &security.Match{DestinationPorts: []uint32{80}}), from("a", 80), true},
+		{"ALLOW good match beside a bad one, other port", pol(security.Action_ALLOW, &security.Match{DestinationPorts: []uint32{70000}}, &security.Match{DestinationPorts: []uint32{80}}), from("a", 81), false},
+		// The DENY keeps its namespace condition without the source one.
+		{"DENY bad source, namespace kept", pol(security.Action_DENY, &security.Match{SourceIps: []*security.Address{longPrefix}, Namespaces: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{Exact: "evil"}}}}), from("evil", 80), false},
+		{"DENY bad source, other namespace", pol(security.Action_DENY, &security.Match{SourceIps: []*security.Address{longPrefix}, Namespaces: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{Exact: "evil"}}}}), from("a", 80), true},
+		// Nothing left: the DENY applies to every connection.
+		{"DENY only bad values", pol(security.Action_DENY, &security.Match{DestinationPorts: []uint32{65616}, NotNamespaces: []*security.StringMatch{typeless}}), from("a", 80), false},
+		{"DENY only bad values, unknown source", pol(security.Action_DENY, &security.Match{NotDestinationIps: []*security.Address{badIP}}), Conn{Src: Peer{IP: netip.MustParseAddr("fd00::1")}, DstIP: netip.MustParseAddr("fd00::2"), DstPort: 1}, false},
+	}
+	for _, c := range cases {
+		if got := Evaluate([]*AuthzPolicy{c.p}, c.conn).Allow; got != c.want {
+			t.Errorf("%s: allowed=%v, want %v (groups %+v)", c.name, got, c.want, c.p.Groups)
 		}
 	}
 }

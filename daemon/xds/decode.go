@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"log/slog"
 
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
@@ -55,6 +56,11 @@ func DecodeBatch(typeURL string, in []Resource, out []model.Resource, errs []err
 			if err != nil {
 				errs[i] = err
 				continue
+			}
+			if len(p.Warnings) > 0 {
+				// Accepted (not NACKed: refusing would drop the whole
+				// policy), with the bad matches made to fail closed.
+				slog.Warn("authorization values ignored", "policy", in[i].Name, "problems", p.Warnings)
 			}
 			out[i] = model.Resource{Name: in[i].Name, Policy: p}
 		}
