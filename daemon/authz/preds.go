@@ -93,9 +93,10 @@ func anyString(ms []model.StringMatch, s string) bool {
 	return false
 }
 
+// anySA is model's: an empty namespace matches only an empty one.
 func anySA(ms []model.SAMatch, peer model.Peer) bool {
 	for _, m := range ms {
-		if m.ServiceAccount == peer.ServiceAccount && (m.Namespace == "" || m.Namespace == peer.Namespace) {
+		if m.ServiceAccount == peer.ServiceAccount && m.Namespace == peer.Namespace {
 			return true
 		}
 	}

@@ -344,3 +344,21 @@ func TestBadValuesFailClosedInTables(t *testing.T) {
 		}
 	}
 }
+
+// A service-account match with no namespace matches no identity of a
+// namespace, as ztunnel's (src/rbac.rs ServiceAccountMatch compares both
+// parts exactly): it is no wildcard over namespaces.
+func TestServiceAccountEmptyNamespace(t *testing.T) {
+	web := identities()[0]
+	sa := func(ns string) [][][]model.Match {
+		return [][][]model.Match{{{{ServiceAccounts: []model.SAMatch{{Namespace: ns, ServiceAccount: web.ServiceAccount}}}}}}
+	}
+	notSA := func(ns string) [][][]model.Match {
+		return [][][]model.Match{{{{NotServiceAccounts: []model.SAMatch{{Namespace: ns, ServiceAccount: web.ServiceAccount}}}}}}
+	}
+	expectDeny(t, "allow sa, its namespace", model.ActionAllow, sa(web.Namespace), false)
+	expectDeny(t, "allow sa, no namespace", model.ActionAllow, sa(""), true)
+	expectDeny(t, "deny sa, no namespace", model.ActionDeny, sa(""), false)
+	expectDeny(t, "deny not sa, no namespace", model.ActionDeny, notSA(""), true)
+	expectDeny(t, "deny not sa, its namespace", model.ActionDeny, notSA(web.Namespace), false)
+}

@@ -93,7 +93,7 @@ func (m StringMatch) Matches(s string) bool {
 	return s == m.Exact
 }
 
-// SAMatch matches a service account in a namespace (empty namespace: any).
+// SAMatch matches a service account in a namespace, both exactly.
 type SAMatch struct {
 	Namespace      string `json:"namespace,omitempty"`
 	ServiceAccount string `json:"serviceAccount"`
@@ -430,9 +430,12 @@ func anyString(ms []StringMatch, s string) bool {
 	return false
 }
 
+// anySA compares both parts exactly, as ztunnel's ServiceAccountMatch
+// does (src/rbac.rs): an empty namespace is not a wildcard. istiod always
+// fills it (the policy's namespace when the rule names none).
 func anySA(ms []SAMatch, p Peer) bool {
 	for _, m := range ms {
-		if m.ServiceAccount == p.ServiceAccount && (m.Namespace == "" || m.Namespace == p.Namespace) {
+		if m.ServiceAccount == p.ServiceAccount && m.Namespace == p.Namespace {
 			return true
 		}
 	}
