@@ -120,8 +120,10 @@ type Config struct {
 // Stats counts what the client did.
 type Stats struct {
 	Connects, Responses, ACKs, NACKs uint64
-	Connected                        bool
-	LastError                        string
+	// Ignored counts responses for types never subscribed (not answered).
+	Ignored   uint64
+	Connected bool
+	LastError string
 	// LastNACK is the reason of the latest NACK.
 	LastNACK string
 }
@@ -524,13 +526,16 @@ func (c *Client) setPaused(ls *liveStream, p bool) {
 	c.sendMu.Unlock()
 }
 
-// sendAndResume sends an ACK/NACK, then the subscription changes asked for
-// while the response was applied, in subscription order.
+// sendAndResume sends an ACK/NACK (none when ack is nil: a response that
+// is not answered), then the subscription changes asked for while the
+// response was applied, in subscription order.
 func (c *Client) sendAndResume(ls *liveStream, ack *discoveryv3.DeltaDiscoveryRequest) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	if err := ls.send(ack); err != nil {
-		return fmt.Errorf("send ACK: %w", err)
+	if ack != nil {
+		if err := ls.send(ack); err != nil {
+			return fmt.Errorf("send ACK: %w", err)
+		}
 	}
 	c.mu.Lock()
 	ls.paused = false
@@ -552,7 +557,8 @@ func (c *Client) sendAndResume(ls *liveStream, ack *discoveryv3.DeltaDiscoveryRe
 	return nil
 }
 
-// handle applies one response and builds its ACK or NACK.
+// handle applies one response and builds its ACK or NACK, or nil when the
+// response is not to be answered.
 func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryRequest {
 	t := resp.GetTypeUrl()
 	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}
@@ -564,11 +570,19 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 	}
 	c.mu.Unlock()
 	if ts == nil {
-		// Never asked for: refuse it rather than let it pass unseen.
-		msg := "type " + t + " was not subscribed"
-		c.countNACK(msg)
-		req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: msg}
-		return req
+		// Never asked for: dropped without an answer, as Envoy's delta
+		// mux does (new_grpc_mux_impl.cc, "Dropping received
+		// DeltaDiscoveryResponse ... for non-existent subscription").
+		// Any answer would be read by istiod as a request for that type
+		// (pilot/pkg/xds/delta.go shouldRespondDelta): an ACK subscribes
+		// us to it (ztunnel, src/xds/client.rs, ACKs it, with a TODO to
+		// send none), and a NACK for a type it does not track sets
+		// LastError on a WatchedResource that does not exist.
+		c.mu.Lock()
+		c.stats.Ignored++
+		c.mu.Unlock()
+		c.log.Warn("ignoring a response for a type not subscribed", "type", t, "nonce", resp.GetNonce(), "resources", len(resp.GetResources()))
+		return nil
 	}
 
 	ups := make([]Resource, 0, len(resp.GetResources()))

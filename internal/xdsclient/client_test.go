@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -16,7 +17,9 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
@@ -407,5 +410,91 @@ func TestRefusedRemovalKeepsItsVersion(t *testing.T) {
 	})
 	if vs := resume.GetInitialResourceVersions(); vs["b"] == "" || vs["a"] == "" {
 		t.Fatalf("resumed with %v: the refused removal dropped b's version", vs)
+	}
+}
+
+// unsolicited is an ADS server that, once the client has subscribed, sends
+// a response of a type nobody asked for, then a CDS response, and records
+// every request.
+type unsolicited struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	reqs chan *discoveryv3.DeltaDiscoveryRequest
+}
+
+func (u *unsolicited) DeltaAggregatedResources(s discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	body, err := anypb.New(cluster("a", time.Second))
+	if err != nil {
+		return err
+	}
+	unknown := &anypb.Any{TypeUrl: "type.googleapis.com/example.Unknown", Value: []byte{}}
+	if err := s.Send(&discoveryv3.DeltaDiscoveryResponse{TypeUrl: unknown.TypeUrl, Nonce: "u1",
+		Resources: []*discoveryv3.Resource{{Name: "x", Version: "1", Resource: unknown}}}); err != nil {
+		return err
+	}
+	if err := s.Send(&discoveryv3.DeltaDiscoveryResponse{TypeUrl: typeCDS, Nonce: "c1",
+		Resources: []*discoveryv3.Resource{{Name: "a", Version: "1", Resource: body}}}); err != nil {
+		return err
+	}
+	for {
+		r, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		u.reqs <- r
+	}
+}
+
+// A response for a type the client never subscribed is dropped without an
+// answer, as Envoy does: istiod would take an ACK as a subscription to the
+// type and a NACK for a type it does not track as an error on nothing.
+func TestUnsubscribedTypeIsNotAnswered(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unsolicited{reqs: make(chan *discoveryv3.DeltaDiscoveryRequest, 100)}
+	gs := grpc.NewServer()
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, u)
+	go func() { _ = gs.Serve(l) }()
+	t.Cleanup(gs.Stop)
+
+	st := newStore()
+	c, err := xdsclient.New(xdsclient.Config{Address: l.Addr().String(), Plaintext: true, NodeID: "n",
+		Subscriptions: []xdsclient.Subscription{{TypeURL: typeCDS, Wildcard: true}},
+		MinBackoff:    20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// Responses are answered in order: whatever answers u1 comes before
+	// the ACK of c1.
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-u.reqs:
+			if r.GetResponseNonce() == "u1" {
+				t.Fatalf("the unsubscribed type was answered: %v", r)
+			}
+			if r.GetResponseNonce() != "c1" {
+				continue
+			}
+			if r.GetTypeUrl() != typeCDS || r.GetErrorDetail() != nil {
+				t.Fatalf("c1 answered with %v", r)
+			}
+			st.waitNames(t, typeCDS, "a")
+			if s := c.Stats(); s.NACKs != 0 || s.Ignored != 1 || s.ACKs != 1 {
+				t.Fatalf("stats %+v", s)
+			}
+			return
+		case <-timeout:
+			t.Fatal("no ACK of the CDS response")
+		}
 	}
 }
