@@ -72,7 +72,10 @@ func (r *run) check() error {
 	want, veth := rec.Enrolled, rec.HostVeth
 	if known != nil {
 		want = known.Enrolled
-		if known.HostVeth != "" {
+		// The daemon keeps one attachment per sandbox, the last one
+		// added: the veth it names is this attachment's only when the
+		// interface is (a pod in two networks has a filter on each).
+		if known.HostVeth != "" && (known.CNIIfname == "" || known.CNIIfname == rec.IfName) {
 			veth = known.HostVeth
 		}
 	}

@@ -114,6 +114,8 @@ type netOpts struct {
 	kmeshType     string // default kmesh-cni (the benchmark: also kmesh-cni-grpc)
 	socket        string // default: the fake daemon's
 	logLevel      string // default: debug (benchmarks: info, as installed)
+	name          string // the network's name; default kmtest
+	subnet        string // host-local's range; default subnet
 }
 
 // conflist is bridge (host-local IPAM) + portmap + kmesh-cni.
@@ -128,9 +130,15 @@ func (e *env) conflist(o netOpts) *libcni.NetworkConfigList {
 	if o.logLevel == "" {
 		o.logLevel = "debug"
 	}
+	if o.name == "" {
+		o.name = "kmtest"
+	}
+	if o.subnet == "" {
+		o.subnet = subnet
+	}
 	plugins := []any{
 		map[string]any{"type": "bridge", "bridge": bridgeName, "ipam": map[string]any{
-			"type": "host-local", "ranges": [][]map[string]string{{{"subnet": subnet}}}, "dataDir": filepath.Join(e.dir, "ipam"),
+			"type": "host-local", "ranges": [][]map[string]string{{{"subnet": o.subnet}}}, "dataDir": filepath.Join(e.dir, "ipam"),
 		}},
 		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
 	}
@@ -151,7 +159,7 @@ func (e *env) conflist(o netOpts) *libcni.NetworkConfigList {
 		}
 		plugins = append(plugins, k)
 	}
-	b, err := json.Marshal(map[string]any{"cniVersion": o.version, "name": "kmtest", "plugins": plugins})
+	b, err := json.Marshal(map[string]any{"cniVersion": o.version, "name": o.name, "plugins": plugins})
 	if err != nil {
 		e.t.Fatal(err)
 	}
