@@ -2,6 +2,14 @@
 // interface) that kmesh-cni set up: which netns cookie it enrolled, which
 // tc filter it attached, and what it told the daemon.
 //
+// The records are also the reference count of a netns's enrollment: one
+// pod with several attachments (multus: one per network, each with its
+// own interface, all in the sandbox's netns) shares one manage entry,
+// which must stay while any of its attachments does. Sharing lists the
+// others, under LockRefs, so a DEL or a failed ADD releases the netns only
+// when its attachment was the last; being files, the count survives a
+// plugin or daemon restart.
+//
 // DEL, CHECK and GC read it to undo or verify exactly what ADD did, even
 // when the netns is gone. The daemon reads it (Read) when it starts, to
 // learn every pod that was added while it was away: this is the re-signal
@@ -92,7 +100,15 @@ type Dir struct {
 	lock *os.File
 }
 
-const lockName = "lock"
+const (
+	lockName = "lock"
+	// refsLockName serializes, briefly, the runs that change a netns's
+	// attachments and its manage entry (ADD's enrollment, DEL's and a
+	// failed ADD's release): without it two DELs of the two attachments
+	// of one pod could each see the other still there and both keep the
+	// entry, and an ADD could write the entry a DEL is about to remove.
+	refsLockName = "refs.lock"
+)
 
 // Open creates the directory if needed and takes its lock.
 func Open(path string, exclusive bool) (*Dir, error) {
@@ -107,21 +123,59 @@ func Open(path string, exclusive bool) (*Dir, error) {
 	if exclusive {
 		how = syscall.LOCK_EX
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), how)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	if err := flock(f, how); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("lock state directory %s: %w", path, err)
 	}
 	return &Dir{path: path, lock: f}, nil
 }
 
+func flock(f *os.File, how int) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), how)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
+}
+
 // Close releases the lock.
 func (d *Dir) Close() error { return d.lock.Close() }
+
+// LockRefs takes the lock under which a run counts a netns's attachments
+// (Sharing) and enrolls or releases it accordingly; unlock releases it.
+// It is held for a few file and map operations, never across a call to
+// the daemon or the API server. GC, which holds the directory exclusive,
+// needs no LockRefs.
+func (d *Dir) LockRefs() (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(d.path, refsLockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state lock: %w", err)
+	}
+	if err := flock(f, syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock state directory %s: %w", d.path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Sharing returns the records of the other attachments of the netns whose
+// cookie is given: all but (containerID, ifName). A cookie of 0 names no
+// netns and shares with nothing. Unreadable records are reported in err;
+// the readable ones are returned all the same.
+func (d *Dir) Sharing(cookie uint64, containerID, ifName string) ([]*Record, error) {
+	if cookie == 0 {
+		return nil, nil
+	}
+	recs, err := d.List()
+	var out []*Record
+	for _, r := range recs {
+		if r.Cookie == cookie && (r.ContainerID != containerID || r.IfName != ifName) {
+			out = append(out, r)
+		}
+	}
+	return out, err
+}
 
 func (d *Dir) file(containerID, ifName string) string {
 	return filepath.Join(d.path, recordName(containerID, ifName)+".json")

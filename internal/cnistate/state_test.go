@@ -113,3 +113,77 @@ func TestWantsEnrollment(t *testing.T) {
 		}
 	}
 }
+
+// The other attachments of a netns are what keeps it enrolled: a pod in
+// two networks has two records with one cookie.
+func TestSharingCountsTheOtherAttachmentsOfANetns(t *testing.T) {
+	d, err := Open(filepath.Join(t.TempDir(), "state"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, r := range []*Record{
+		{ContainerID: "c1", IfName: "eth0", Cookie: 7},
+		{ContainerID: "c1", IfName: "net1", Cookie: 7},
+		{ContainerID: "c2", IfName: "eth0", Cookie: 8},
+	} {
+		if err := d.Save(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	others, err := d.Sharing(7, "c1", "eth0")
+	if err != nil || len(others) != 1 || others[0].IfName != "net1" {
+		t.Fatalf("sharing of c1/eth0: %+v %v", others, err)
+	}
+	if others, _ := d.Sharing(8, "c2", "eth0"); len(others) != 0 {
+		t.Fatalf("c2 shares its netns with %+v", others)
+	}
+	if others, _ := d.Sharing(0, "c3", "eth0"); len(others) != 0 {
+		t.Fatalf("cookie 0 shares with %+v", others)
+	}
+	// The count lives in the files: a new run (another process) sees it.
+	if err := d.Remove("c1", "net1"); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := Open(d.path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if others, _ := d2.Sharing(7, "c1", "eth0"); len(others) != 0 {
+		t.Fatalf("after the other attachment's removal: %+v", others)
+	}
+}
+
+func TestLockRefsIsExclusive(t *testing.T) {
+	d, err := Open(filepath.Join(t.TempDir(), "state"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	unlock, err := d.LockRefs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		u, err := d.LockRefs()
+		if err != nil {
+			t.Error(err)
+		} else {
+			u()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("a second LockRefs did not wait")
+	case <-time.After(50 * time.Millisecond):
+	}
+	unlock()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("LockRefs still waits after unlock")
+	}
+}

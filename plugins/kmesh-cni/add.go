@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -105,11 +106,12 @@ func (r *run) add() (retErr error) {
 	}
 	// fail undoes ADD once the attach has finished, so nothing is attached
 	// after the undo (the mark is taken back on the way out).
+	var kept *cnistate.Record
 	fail := func(err error) error {
 		if tc != nil {
 			<-tc
 		}
-		r.undo(dir, rec)
+		kept = r.undo(dir, rec)
 		return err
 	}
 
@@ -143,7 +145,14 @@ func (r *run) add() (retErr error) {
 			tc = nil
 			err = fail(types.NewError(conf.ErrAttachTC, fmt.Sprintf("kmesh-cni: attach tc to host veth %s: %v", rec.HostVeth, err), ""))
 			if rec.Signaled {
+				// The daemon's registration is put back to what is left,
+				// not released: releasing the sandbox would release the
+				// netns another attachment keeps enrolled.
 				_ = r.daemon(func(ctx context.Context, cl *registry.Client) error {
+					if kept != nil {
+						_, err := cl.Enroll(ctx, podOf(kept))
+						return err
+					}
 					return cl.Release(ctx, rec.ContainerID, rec.Netns, rec.Cookie)
 				})
 			}
@@ -353,19 +362,37 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	}
 
 	rec.Enrolled, rec.TCKey = true, podtc.Key(rec.ContainerID, veth)
+	// The record and the manage entry under the refs lock: a DEL of
+	// another attachment of this netns either sees this record and keeps
+	// the entry, or releases it before this writes it.
+	unlock, err := dir.LockRefs()
+	if err != nil {
+		return nil, types.NewError(conf.ErrState, err.Error(), "")
+	}
 	if err := dir.Save(rec); err != nil {
+		unlock()
 		return nil, types.NewError(conf.ErrState, err.Error(), "")
 	}
 	done := make(chan error, 1)
 	go func() { done <- podtc.Attach(c.BPFDir, rec.TCKey, ifindex) }()
 
-	// The consistent-hashing key from the pod's address, as the daemon
-	// computes it when it enrolls a pod.
-	var ip netip.Addr
-	if len(prev.IPs) > 0 {
-		ip = prev.IPs[0].Addr()
+	// An entry that is there already is the pod's from an earlier ADD (of
+	// this attachment or another) or from the daemon, which may have
+	// filled in its workload since: it is left as it is, and a failure of
+	// this ADD leaves it too.
+	_, present, err := m.Get(rec.Cookie)
+	if err == nil && !present {
+		r.madeEntry = true
+		// The consistent-hashing key from the pod's address, as the
+		// daemon computes it when it enrolls a pod.
+		var ip netip.Addr
+		if len(prev.IPs) > 0 {
+			ip = prev.IPs[0].Addr()
+		}
+		err = m.Enroll(rec.Cookie, manage.Enrollment{ClientID: manage.ClientIDFor(ip.Unmap())})
 	}
-	if err := m.Enroll(rec.Cookie, manage.Enrollment{ClientID: manage.ClientIDFor(ip.Unmap())}); err != nil {
+	unlock()
+	if err != nil {
 		<-done
 		r.undo(dir, rec)
 		return nil, types.NewError(conf.ErrEnroll, "kmesh-cni: "+err.Error(), "")
@@ -374,15 +401,48 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	return done, nil
 }
 
-// undo removes what ADD wrote for rec; used when ADD fails.
-func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) {
-	if rec.Enrolled || rec.TCKey != "" {
-		if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
+// undo takes back what this ADD did for rec when it fails, and only that:
+// a manage entry it did not write (an earlier ADD's, the daemon's), or
+// one another attachment of the netns still needs, stays. It returns the
+// record of another attachment left for the netns, nil when none is.
+func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) *cnistate.Record {
+	unlock, err := dir.LockRefs()
+	if err != nil {
+		r.log.Error("undo: lock the state directory", "error", err)
+		unlock = func() {}
+	}
+	defer unlock()
+	others, err := dir.Sharing(rec.Cookie, rec.ContainerID, rec.IfName)
+	if err != nil {
+		r.log.Warn("undo: unreadable state records; counting the readable ones", "error", err)
+	}
+	var cookie uint64
+	if rec.Enrolled && r.madeEntry && len(others) == 0 {
+		cookie = rec.Cookie
+	}
+	tc := rec.TCKey
+	if cookie != 0 || tc != "" {
+		if err := release(rec.BPFDir, tc, cookie); err != nil {
 			r.log.Error("undo enrollment", "error", err)
 		}
 	}
+	// Whether the netns is enrolled now, for what is left: this ADD found
+	// it enrolled or enrolled it, and did not release it.
+	stillEnrolled := rec.Enrolled && cookie == 0
 	rec.Enrolled, rec.TCKey = false, ""
+	var kept *cnistate.Record
 	if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
 		r.log.Error("undo state record", "error", err)
 	}
+	if i := slices.IndexFunc(others, func(o *cnistate.Record) bool { return o.ContainerID == rec.ContainerID }); i >= 0 {
+		kept = others[i]
+	} else if len(others) > 0 {
+		kept = others[0]
+	}
+	if kept != nil && stillEnrolled && !kept.Enrolled {
+		k := *kept
+		k.Enrolled = true
+		kept = &k
+	}
+	return kept
 }

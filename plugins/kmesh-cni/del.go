@@ -55,17 +55,44 @@ func (r *run) del() error {
 	}
 	// The cookie is released even when ADD did not enroll: the daemon may
 	// have enrolled the pod since. Cookies are never reused, so this
-	// cannot touch another pod.
-	if err := release(rec.BPFDir, rec.TCKey, rec.Cookie); err != nil {
+	// cannot touch another pod. But the netns is the pod's, not this
+	// attachment's: while another attachment of it is recorded (the pod
+	// is in two networks), only this attachment's tc filter goes and the
+	// netns stays in the mesh. The count and the release are one step
+	// under the refs lock, so two DELs of a pod's two attachments cannot
+	// each leave the entry to the other.
+	unlock, err := dir.LockRefs()
+	if err != nil {
+		return types.NewError(conf.ErrState, err.Error(), "")
+	}
+	others, err := dir.Sharing(rec.Cookie, rec.ContainerID, rec.IfName)
+	if err != nil {
+		r.log.Warn("unreadable state records; counting the readable ones", "error", err)
+	}
+	cookie := rec.Cookie
+	if len(others) > 0 {
+		cookie = 0
+	}
+	if err := release(rec.BPFDir, rec.TCKey, cookie); err != nil {
+		unlock()
 		return types.NewError(conf.ErrEnroll, "kmesh-cni DEL: "+err.Error(), "the runtime retries DEL; the state record is kept until it succeeds")
+	}
+	err = dir.Remove(rec.ContainerID, rec.IfName)
+	unlock()
+	if err != nil {
+		return types.NewError(conf.ErrState, err.Error(), "")
+	}
+	// The daemon registers a sandbox, not an attachment, and releasing it
+	// releases its netns: it is told only when the last one goes.
+	if len(others) > 0 {
+		r.log.Info("deleted; the netns stays enrolled for its other attachments", "cookie", rec.Cookie, "hadRecord", ok,
+			"others", len(others))
+		return nil
 	}
 	if err := r.daemon(func(ctx context.Context, cl *registry.Client) error {
 		return cl.Release(ctx, rec.ContainerID, rec.Netns, rec.Cookie)
 	}); err != nil {
 		r.log.Warn("daemon not told; it reconciles with the state directory when it starts", "error", err)
-	}
-	if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
-		return types.NewError(conf.ErrState, err.Error(), "")
 	}
 	r.log.Info("deleted", "cookie", rec.Cookie, "hadRecord", ok)
 	return nil

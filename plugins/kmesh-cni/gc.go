@@ -45,9 +45,16 @@ func (r *run) gc() error {
 		errs = append(errs, err)
 	}
 	owned := map[string]bool{}
+	// left counts the recorded attachments of each netns (every network's:
+	// a pod's other network is no less an attachment of its netns). A
+	// stale attachment releases its netns only when it is the last.
+	left := map[uint64]int{}
 	var stale []*cnistate.Record
 	for _, rec := range recs {
 		owned[tcKey(rec)] = true
+		if rec.Cookie != 0 {
+			left[rec.Cookie]++
+		}
 		if rec.Network != c.Name || valid[types.GCAttachment{ContainerID: rec.ContainerID, IfName: rec.IfName}] {
 			continue
 		}
@@ -65,11 +72,17 @@ func (r *run) gc() error {
 		}
 	}()
 	for _, rec := range stale {
-		if err := release(rec.BPFDir, tcKey(rec), rec.Cookie); err != nil {
+		cookie := rec.Cookie
+		if left[rec.Cookie]--; left[rec.Cookie] > 0 {
+			cookie = 0
+		}
+		if err := release(rec.BPFDir, tcKey(rec), cookie); err != nil {
+			left[rec.Cookie]++ // its record stays
 			errs = append(errs, fmt.Errorf("container %s: %w", rec.ContainerID, err))
 			continue
 		}
-		if cl != nil {
+		// As in DEL: the daemon's sandbox goes with its last attachment.
+		if cl != nil && (cookie != 0 || rec.Cookie == 0) {
 			ctx, cancel := context.WithTimeout(context.Background(), daemonTimeout)
 			if err := cl.Release(ctx, rec.ContainerID, rec.Netns, rec.Cookie); err != nil {
 				r.log.Warn("daemon not told of a stale pod", "container", rec.ContainerID, "error", err)

@@ -37,6 +37,10 @@ type run struct {
 	start   time.Time
 	// registry is the connection to the daemon, once one is made.
 	registry *registry.Client
+
+	// madeEntry: ADD wrote the manage entry (what a failure may take
+	// back).
+	madeEntry bool
 }
 
 // newRun parses the conf and sets up logging.
