@@ -71,7 +71,10 @@ func (r *run) add() (retErr error) {
 		}
 	}
 	defer func() {
-		if retErr != nil {
+		// An earlier ADD of this attachment (a runtime's retry), or
+		// another attachment of the pod, enrolled it and marked it so:
+		// their mark stays.
+		if retErr != nil && marked && !r.enrollmentRemains() {
 			unmark()
 		}
 	}()
@@ -93,6 +96,14 @@ func (r *run) add() (retErr error) {
 		return err
 	}
 	defer dir.Close()
+	// The record of an earlier ADD of this attachment. The spec forbids a
+	// second ADD without a DEL in between, but runtimes retry ADD after a
+	// timeout: if this one fails, what the earlier one set up stays.
+	r.prior, _, err = dir.Load(args.ContainerID, args.IfName)
+	if err != nil {
+		r.log.Warn("unreadable record of an earlier ADD; replacing it", "error", err)
+	}
+	r.cookie = pl.cookie
 
 	// 4. Enroll in the kernel: the manage entry now, the tc filter on the
 	// host veth alongside the daemon call.
@@ -403,8 +414,10 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 
 // undo takes back what this ADD did for rec when it fails, and only that:
 // a manage entry it did not write (an earlier ADD's, the daemon's), or
-// one another attachment of the netns still needs, stays. It returns the
-// record of another attachment left for the netns, nil when none is.
+// one another attachment of the netns still needs, stays; so does the tc
+// filter an earlier ADD of this attachment attached (the same name), and
+// that ADD's record is put back. It returns the record left for the
+// netns (that one, or another attachment's), nil when none is.
 func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) *cnistate.Record {
 	unlock, err := dir.LockRefs()
 	if err != nil {
@@ -421,6 +434,9 @@ func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) *cnistate.Record {
 		cookie = rec.Cookie
 	}
 	tc := rec.TCKey
+	if r.prior != nil && tcKey(r.prior) == tc {
+		tc = ""
+	}
 	if cookie != 0 || tc != "" {
 		if err := release(rec.BPFDir, tc, cookie); err != nil {
 			r.log.Error("undo enrollment", "error", err)
@@ -431,13 +447,21 @@ func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) *cnistate.Record {
 	stillEnrolled := rec.Enrolled && cookie == 0
 	rec.Enrolled, rec.TCKey = false, ""
 	var kept *cnistate.Record
-	if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
-		r.log.Error("undo state record", "error", err)
-	}
-	if i := slices.IndexFunc(others, func(o *cnistate.Record) bool { return o.ContainerID == rec.ContainerID }); i >= 0 {
-		kept = others[i]
-	} else if len(others) > 0 {
-		kept = others[0]
+	switch {
+	case r.prior != nil:
+		if err := dir.Save(r.prior); err != nil {
+			r.log.Error("undo: put the earlier ADD's record back", "error", err)
+		}
+		kept = r.prior
+	default:
+		if err := dir.Remove(rec.ContainerID, rec.IfName); err != nil {
+			r.log.Error("undo state record", "error", err)
+		}
+		if i := slices.IndexFunc(others, func(o *cnistate.Record) bool { return o.ContainerID == rec.ContainerID }); i >= 0 {
+			kept = others[i]
+		} else if len(others) > 0 {
+			kept = others[0]
+		}
 	}
 	if kept != nil && stillEnrolled && !kept.Enrolled {
 		k := *kept
@@ -445,4 +469,19 @@ func (r *run) undo(dir *cnistate.Dir, rec *cnistate.Record) *cnistate.Record {
 		kept = &k
 	}
 	return kept
+}
+
+// enrollmentRemains tells whether a record other than what this failed ADD
+// wrote wants the pod enrolled: an earlier ADD of the attachment, or
+// another attachment of the sandbox or its netns.
+func (r *run) enrollmentRemains() bool {
+	dir, err := r.stateDir(false)
+	if err != nil {
+		return false
+	}
+	defer dir.Close()
+	recs, _ := dir.List()
+	return slices.ContainsFunc(recs, func(o *cnistate.Record) bool {
+		return (o.ContainerID == r.args.ContainerID || r.cookie != 0 && o.Cookie == r.cookie) && o.WantsEnrollment()
+	})
 }

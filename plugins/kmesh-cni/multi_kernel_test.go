@@ -5,11 +5,19 @@ package main
 // ADDs a runtime retries.
 
 import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
+
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
+	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakeapi"
 )
 
 // secondNetwork is p's attachment to another network: the same sandbox
@@ -147,6 +155,125 @@ func TestKernelTwoNetworksKeepTheNetnsEnrolledUntilTheLast(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+	e.requireClean()
+}
+
+// addKmeshOnly runs kmesh-cni's ADD alone, with the chain's result of an
+// earlier ADD as prevResult: the retry of ADD a runtime makes when the
+// chain's answer came too late (the primary plugin, whose interface
+// exists by then, is left out).
+func (e *env) addKmeshOnly(list *libcni.NetworkConfigList, p *pod) error {
+	e.t.Helper()
+	var k map[string]any
+	if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &k); err != nil {
+		e.t.Fatal(err)
+	}
+	k["name"], k["cniVersion"], k["prevResult"] = list.Name, list.CNIVersion, p.result
+	b, err := json.Marshal(k)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := libcni.ConfFromBytes(b)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.inNode(func() error {
+		_, err := e.cni.AddNetwork(context.Background(), c, p.rt)
+		return err
+	})
+}
+
+// A second ADD of the same attachment that fails (the spec forbids it,
+// runtimes retry) leaves what the first one set up: the manage entry as
+// it was, the tc filter, the state record and the daemon's registration.
+func TestKernelFailedRetriedADDLeavesTheFirst(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{defaultEnroll: true})
+	closed := e.conflist(netOpts{defaultEnroll: true, policy: conf.FailClosed})
+	p := e.newPod("p")
+	e.mustAdd(list, p)
+	cookie := e.cookie(p)
+	if ok, err := e.manage.SetWorkload(cookie, 42, false); err != nil || !ok {
+		t.Fatalf("set workload: %v %v", ok, err)
+	}
+	first := e.record(p)
+	intact := func(when string) {
+		t.Helper()
+		e.requireEnrolled(p)
+		if en, ok, err := e.manage.Get(cookie); err != nil || !ok || en.WorkloadID != 42 {
+			t.Fatalf("%s: manage entry %+v %v %v", when, en, ok, err)
+		}
+		if r := e.record(p); r == nil || !r.Enrolled || r.TCKey != first.TCKey || !r.Created.Equal(first.Created) {
+			t.Fatalf("%s: state record %+v, was %+v", when, r, first)
+		}
+		if d := e.daemon.Pod(p.rt.ContainerID); d == nil || !d.GetEnrolled() || d.GetHostVeth() != p.hostVeth {
+			t.Fatalf("%s: daemon's record %v", when, d)
+		}
+		if err := e.check(list, p); err != nil {
+			t.Fatalf("%s: CHECK: %v", when, err)
+		}
+	}
+
+	// A retry that works changes nothing either.
+	if err := e.addKmeshOnly(list, p); err != nil {
+		t.Fatalf("retried ADD: %v", err)
+	}
+	first = e.record(p)
+	intact("after a retried ADD")
+
+	// Fails after enrolling: the daemon is down and the policy closed.
+	e.daemon.Stop()
+	if err := e.addKmeshOnly(closed, p); err == nil {
+		t.Fatal("retried ADD succeeded with the daemon down and the policy closed")
+	}
+	e.daemon.Serve(t)
+	intact("after a retried ADD failed without the daemon")
+
+	// Fails after telling the daemon: the tc program cannot be attached.
+	if err := os.Remove(filepath.Join(e.pins, "progs", loader.ProgToPod)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.addKmeshOnly(list, p); err == nil {
+		t.Fatal("retried ADD succeeded without the tc program")
+	}
+	intact("after a retried ADD failed to attach tc")
+	if slices.Contains(e.daemon.Released(), p.rt.ContainerID) {
+		t.Fatal("the failed retry released the sandbox at the daemon")
+	}
+
+	if err := e.del(list, p); err != nil {
+		t.Fatal(err)
+	}
+	e.requireClean()
+}
+
+// The mark the first ADD put on the pod (decided from the API) stays when
+// a retry of that ADD fails: the pod is enrolled all the same.
+func TestKernelFailedRetriedADDLeavesTheMark(t *testing.T) {
+	e := newEnv(t)
+	api := fakeapi.New()
+	api.AddNamespace("mesh", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh})
+	list := e.conflist(netOpts{kubeconfig: e.fakeAPIServer(api)})
+	p := e.newPod("p").inNamespace("mesh")
+	api.AddPod("mesh", "p", p.uid(), nil, nil)
+	e.mustAdd(list, p)
+	e.requireEnrolled(p)
+	if _, has := api.Annotations("mesh", "p")[enrollment.AnnotationRedirection]; !has {
+		t.Fatal("the first ADD did not mark the pod")
+	}
+	if err := os.Remove(filepath.Join(e.pins, "progs", loader.ProgToPod)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.addKmeshOnly(list, p); err == nil {
+		t.Fatal("retried ADD succeeded without the tc program")
+	}
+	e.requireEnrolled(p)
+	if _, has := api.Annotations("mesh", "p")[enrollment.AnnotationRedirection]; !has {
+		t.Fatal("the failed retry took the first ADD's mark back")
+	}
+	if err := e.del(list, p); err != nil {
+		t.Fatal(err)
 	}
 	e.requireClean()
 }

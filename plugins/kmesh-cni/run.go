@@ -38,8 +38,11 @@ type run struct {
 	// registry is the connection to the daemon, once one is made.
 	registry *registry.Client
 
-	// madeEntry: ADD wrote the manage entry (what a failure may take
-	// back).
+	// ADD's: the record of an earlier ADD of the attachment, the pod's
+	// netns cookie, and whether this ADD wrote the manage entry (what a
+	// failure may take back).
+	prior     *cnistate.Record
+	cookie    uint64
 	madeEntry bool
 }
 
