@@ -357,6 +357,12 @@ func (p *Parser) ReadRequest(br *bufio.Reader, tmpl *http.Request) (*http.Reques
 		req.URL = &ru.url
 	} else if req.URL, err = url.ParseRequestURI(target); err != nil {
 		return nil, bad("malformed request target")
+	} else if sc := req.URL.Scheme; sc != "" && !strings.EqualFold(sc, "http") && !strings.EqualFold(sc, "https") {
+		// An absolute-form target names the scheme the request is for:
+		// Envoy's codec refuses one that is neither http nor https
+		// (http1 codec_impl.cc, "invalid scheme"), which would otherwise
+		// become the request's :scheme.
+		return nil, bad("invalid scheme in request target")
 	}
 	if req.Header, err = p.fieldsInto(head, &p.req); err != nil {
 		return nil, err

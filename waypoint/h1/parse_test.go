@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -321,4 +322,28 @@ func FuzzReadResponse(f *testing.F) {
 			t.Fatalf("%q: ours %q, net/http %q", raw, ours, std)
 		}
 	})
+}
+
+// An absolute-form target's scheme must be http or https, as Envoy's
+// codec requires; any other is a 400, not a request for that scheme.
+func TestAbsoluteFormSchemeMustBeHTTP(t *testing.T) {
+	for target, ok := range map[string]bool{
+		"http://svc/a":    true,
+		"HTTPS://svc/a":   true,
+		"/a":              true,
+		"ftp://svc/a":     false,
+		"javascript:x":    false,
+		"gopher://svc:70": false,
+	} {
+		var p Parser
+		br := bufio.NewReader(strings.NewReader("GET " + target + " HTTP/1.1\r\nHost: svc\r\n\r\n"))
+		_, err := p.ReadRequest(br, &http.Request{})
+		var pe *ParseError
+		switch {
+		case ok && err != nil:
+			t.Errorf("%s: %v, want accepted", target, err)
+		case !ok && (!errors.As(err, &pe) || pe.Status != http.StatusBadRequest):
+			t.Errorf("%s: %v, want a 400", target, err)
+		}
+	}
 }
