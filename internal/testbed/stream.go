@@ -48,10 +48,26 @@ func StreamAcross(t testing.TB, c *net.TCPConn, s io.Reader, chunk int, during f
 		// Plain reads: the wrapper hides the connection's WriteTo.
 		got, recvErr = io.Copy(recvSum, struct{ io.Reader }{s})
 	}()
-	during()
-	close(stop)
 	finished := make(chan struct{})
 	go func() { wg.Wait(); close(finished) }()
+	// A during that fails the test (t.Fatal ends this goroutine here) must
+	// not leave the writer streaming into the tests that follow, nor
+	// logging on this one once it has ended (a panic): the stream is
+	// stopped and waited for on the way out too.
+	halt := sync.OnceFunc(func() { close(stop) })
+	checked := false
+	defer func() {
+		if !checked {
+			halt()
+			select {
+			case <-finished:
+			case <-time.After(20 * time.Second):
+			}
+		}
+	}()
+	during()
+	checked = true
+	halt()
 	select {
 	case <-finished:
 	case <-time.After(20 * time.Second):
