@@ -277,3 +277,39 @@ func TestKernelFailedRetriedADDLeavesTheMark(t *testing.T) {
 	}
 	e.requireClean()
 }
+
+// A DEL that finds neither a record nor the netns (a repeated DEL with
+// CNI_NETNS empty, as runtimes send when they no longer track it) has no
+// cookie to count the netns's attachments by: the sandbox's other
+// attachments, found by container id, still keep the daemon's
+// registration of the sandbox, whose release would take the netns out of
+// the mesh under the attachment that remains.
+func TestKernelDELWithoutNetnsKeepsTheSandboxOfAnotherAttachment(t *testing.T) {
+	e := newEnv(t)
+	list := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true})
+	list2 := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true, name: "kmnet2", subnet: "10.245.0.0/16"})
+	p := e.newPod("p")
+	q := e.secondNetwork(p)
+	e.mustAdd(list, p)
+	e.mustAdd(list2, q)
+	if err := e.del(list2, q); err != nil {
+		t.Fatal(err)
+	}
+	rt := *q.rt
+	rt.NetNS = ""
+	noNetns := &pod{Pod: q.Pod, rt: &rt}
+	if err := e.del(list2, noNetns); err != nil {
+		t.Fatalf("DEL without a netns: %v", err)
+	}
+	e.requireEnrolled(p)
+	if slices.Contains(e.daemon.Released(), p.rt.ContainerID) || e.daemon.Pod(p.rt.ContainerID) == nil {
+		t.Fatalf("a DEL of net1 released the sandbox at the daemon while eth0 is recorded: released %v", e.daemon.Released())
+	}
+	if err := e.del(list, p); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(e.daemon.Released(), p.rt.ContainerID) {
+		t.Fatal("the last attachment's DEL did not release the sandbox at the daemon")
+	}
+	e.requireClean()
+}
