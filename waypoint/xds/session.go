@@ -130,9 +130,6 @@ type Session struct {
 	answered  map[string]bool
 	warming   map[string]time.Time // EDS/RDS names awaited, since
 	warmTimer *time.Timer
-	// partial: names timed out, so the next snapshot goes out though
-	// others still warm (without them).
-	partial bool
 	// pending is when the oldest change not in a snapshot arrived.
 	pending   time.Time
 	memo      *translate.Memo
@@ -516,7 +513,13 @@ func (s *Session) settle(typeURL string, ups []xdsclient.Resource, removes []str
 // listener warms until its RDS answers).
 func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 	now := time.Now()
-	if expired := s.expireLocked(now); !expired.IsZero() && s.pending.IsZero() {
+	// partial: names timed out just now, so this snapshot goes out though
+	// others still warm (without them). Only this build: one that cannot
+	// go out yet (the first LDS or CDS answer missing) must not let a
+	// later one skip the warming of names that came since.
+	expired := s.expireLocked(now)
+	partial := !expired.IsZero()
+	if partial && s.pending.IsZero() {
 		// What was held back for the names that timed out goes out now.
 		s.pending = expired
 	}
@@ -527,11 +530,10 @@ func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 	if !s.answered[translate.TypeListener] || !s.answered[translate.TypeCluster] {
 		return nil, time.Time{}
 	}
-	if len(s.warming) > 0 && !s.partial {
+	if len(s.warming) > 0 && !partial {
 		s.armWarmTimerLocked(now)
 		return nil, time.Time{}
 	}
-	s.partial = false
 	in := translate.Input{
 		Listeners: sortedValues(s.listeners),
 		Clusters:  sortedValues(s.clusters),
@@ -558,8 +560,7 @@ func (s *Session) buildLocked() (*model.Snapshot, time.Time) {
 	return snap, since
 }
 
-// expireLocked gives up the names that warmed for WarmTimeout, marks the
-// next snapshot as one that goes out despite what still warms, and
+// expireLocked gives up the names that warmed for WarmTimeout and
 // returns when the oldest of them started warming (zero when none).
 func (s *Session) expireLocked(now time.Time) time.Time {
 	var oldest time.Time
@@ -582,7 +583,6 @@ func (s *Session) expireLocked(now time.Time) time.Time {
 	slices.Sort(names)
 	_, first := cutKind(names[0])
 	s.log.Warn("warming timed out; publishing without them", "names", len(names), "first", first, "still_warming", len(s.warming))
-	s.partial = true
 	return oldest
 }
 

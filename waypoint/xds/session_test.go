@@ -614,3 +614,37 @@ func TestWarmingHeldBackNameTimesOutAlone(t *testing.T) {
 		t.Errorf("y published %v after it came, before its own warming timeout %v", d, warm)
 	}
 }
+
+// A warming timeout while the first listeners or clusters are not in yet
+// publishes nothing; it must not leave the session marked to publish the
+// next snapshot regardless of what warms then. Here x's time ran out
+// before LDS was answered; y started warming after that: once LDS is in,
+// the first snapshot still waits for y (Envoy's initialization waits for
+// every warming cluster), where a leftover mark published it without y.
+func TestWarmingTimeoutBeforeFirstAnswersDoesNotSkipLaterWarming(t *testing.T) {
+	const warm = time.Minute
+	s, err := New(Config{Address: "127.0.0.1:1", Plaintext: true, Node: testNode(), Apply: func(*model.Snapshot) error { return nil },
+		WarmTimeout: warm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer func() {
+		if s.warmTimer != nil {
+			s.warmTimer.Stop()
+		}
+	}()
+	now := time.Now()
+	s.answered[translate.TypeCluster] = true
+	s.warming[warmKey(translate.TypeEndpoint, "x")] = now.Add(-2 * warm)
+	s.pending = now
+	if snap, _ := s.buildLocked(); snap != nil {
+		t.Fatal("a snapshot before the first LDS answer")
+	}
+	s.warming[warmKey(translate.TypeEndpoint, "y")] = time.Now()
+	s.answered[translate.TypeListener] = true
+	if snap, _ := s.buildLocked(); snap != nil {
+		t.Fatalf("snapshot %s built while y warms (within its timeout)", snap.Version)
+	}
+}
