@@ -203,9 +203,12 @@ func (q *request) forward() {
 		// learns its host only when its pool is ready (onPoolReady): a
 		// route timeout before that (connecting, or waiting for a
 		// connection) reports nothing to outlier detection, there being
-		// no host to report to. Nil without outlier detection.
+		// no host to report to. Nil without outlier detection, and
+		// without a route timeout unless split mode needs the trace
+		// anyway: the trace costs a request four allocations, and
+		// istiod's routes have no timeout by default.
 		var gotConn *atomic.Bool
-		if od := cl.Model().Outlier; od != nil {
+		if od := cl.Model().Outlier; od != nil && (q.routeTimer != nil || od.SplitLocalOrigin) {
 			gotConn = new(atomic.Bool)
 			split := od.SplitLocalOrigin
 			a.ctx = httptrace.WithClientTrace(a.ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) {
