@@ -95,11 +95,15 @@ func (e *Engine) serveConn(b *boundListener, c net.Conn) {
 		}
 	}
 	if lc.needsProtocol(cs.info) {
-		proto, nbr, ok := e.sniff(c, br, lc.m.ContinueOnFilterTimeout)
+		proto, nbr, why := e.sniff(c, br, lc.m.ContinueOnFilterTimeout)
 		br = nbr
-		if !ok {
-			if ok, suppressed := e.warn.allow(); ok {
-				e.log.Warn("waypoint: closing connection whose protocol was not detected in time", "listener", lc.m.Name,
+		if why != "" {
+			// A client that left before its first byte (a TCP probe, a
+			// scan) is no operator's concern: counted, logged at debug.
+			if why == "closed" {
+				e.log.Debug("waypoint: client closed before its first byte", "listener", lc.m.Name, "peer", cs.peer)
+			} else if ok, suppressed := e.warn.allow(); ok {
+				e.log.Warn("waypoint: closing connection whose protocol was not detected", "reason", why, "listener", lc.m.Name,
 					"peer", cs.peer, "destination", cs.info.Destination, "timeout", timeout, "suppressed", suppressed)
 			}
 			c.Close()

@@ -37,7 +37,7 @@ const (
 // a connection's first bytes, reading only as much as it takes (the
 // connection's read deadline bounds the wait).
 //
-// ok false: the connection is to be closed, as Envoy's listener does when
+// why not empty ("timeout", "overflow", "closed"): the connection is to be closed, as Envoy's listener does when
 // its http_inspector has not decided by listener_filters_timeout and
 // continue_on_listener_filters_timeout is off (istiod's waypoint listener;
 // active_tcp_socket.cc onTimeout), or when the client closed before
@@ -51,31 +51,31 @@ const (
 // A request line longer than br holds moves the bytes to a larger reader
 // (up to maxSniffSize), returned as nbr: the connection is read through
 // it from then on.
-func (e *Engine) sniff(c net.Conn, br *bufio.Reader, continueOnTimeout bool) (proto string, nbr *bufio.Reader, ok bool) {
+func (e *Engine) sniff(c net.Conn, br *bufio.Reader, continueOnTimeout bool) (proto string, nbr *bufio.Reader, why string) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		switch classifyStart(buf) {
 		case isH2:
 			e.stats.sniffed.WithLabelValues("h2c").Inc()
-			return model.ProtocolHTTP2, br, true
+			return model.ProtocolHTTP2, br, ""
 		case isHTTP1:
 			e.stats.sniffed.WithLabelValues("http1").Inc()
-			return model.ProtocolHTTP1, br, true
+			return model.ProtocolHTTP1, br, ""
 		case isHTTP10:
 			// Envoy's http_inspector names only HTTP/1.1 'http/1.1';
 			// every other HTTP/1.x is 'http/1.0', which istiod's matcher
 			// sends to the TCP chain unless PILOT_HTTP10 is on.
 			e.stats.sniffed.WithLabelValues("http1").Inc()
-			return model.ProtocolHTTP10, br, true
+			return model.ProtocolHTTP10, br, ""
 		case isTCP:
 			e.stats.sniffed.WithLabelValues("tcp").Inc()
-			return model.ProtocolTCP, br, true
+			return model.ProtocolTCP, br, ""
 		}
 		if len(buf) >= maxSniffSize {
 			// Envoy: "reached max buffer without determining HTTP
 			// version, dropping connection".
 			e.stats.sniffed.WithLabelValues("overflow").Inc()
-			return "", br, false
+			return "", br, "overflow"
 		}
 		if len(buf) >= br.Size() {
 			br = growReader(c, br, min(2*br.Size(), maxSniffSize))
@@ -87,13 +87,13 @@ func (e *Engine) sniff(c net.Conn, br *bufio.Reader, continueOnTimeout bool) (pr
 			if isTimeout(err) || undecided {
 				e.stats.sniffed.WithLabelValues("timeout").Inc()
 				if continueOnTimeout {
-					return model.ProtocolTCP, br, true
+					return model.ProtocolTCP, br, ""
 				}
-				return "", br, false
+				return "", br, "timeout"
 			}
 			// Gone (EOF before any byte, a reset): nothing to serve.
 			e.stats.sniffed.WithLabelValues("closed").Inc()
-			return "", br, false
+			return "", br, "closed"
 		}
 	}
 }

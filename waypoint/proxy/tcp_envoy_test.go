@@ -285,6 +285,16 @@ func TestSniffTimeoutClosesUnlessContinue(t *testing.T) {
 		if len(got) != 0 {
 			t.Errorf("continue=%v, a client gone before its first byte was proxied: %q", cont, got)
 		}
+		// Why each was closed, in the log: a client gone is no warning (a
+		// TCP probe, a scan), an undetected protocol is.
+		eventually(t, "the log line of the client gone", func() bool { return strings.Contains(te.log.String(), "client closed before its first byte") })
+		log := te.log.String()
+		if strings.Contains(log, "level=WARN") && strings.Contains(log, "reason=closed") {
+			t.Errorf("continue=%v: a client gone before its first byte was warned about:\n%s", cont, log)
+		}
+		if !cont && !strings.Contains(log, "reason=timeout") {
+			t.Errorf("an undetected protocol was not warned about with its reason:\n%s", log)
+		}
 	}
 }
 
