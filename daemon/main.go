@@ -49,7 +49,7 @@ func main() {
 	fs.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "use istiod's plaintext port (15010) without TLS")
 	fs.StringVar(&o.xdsRootCert, "xds-root-cert", "/var/run/secrets/istio/root-cert.pem", "CA certificate of istiod (ConfigMap istio-ca-root-cert)")
 	fs.StringVar(&o.xdsToken, "xds-token", "/var/run/secrets/tokens/istio-token", "service-account token with audience istio-ca")
-	fs.StringVar(&o.xdsServerName, "xds-server-name", "istiod.istio-system.svc", "name in istiod's serving certificate")
+	fs.StringVar(&o.xdsServerName, "xds-server-name", "", "name in istiod's serving certificate (default: the host of --xds-address; istiod.istio-system.svc for an IP address or localhost)")
 	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (locality, node metadata)")
 	fs.StringVar(&o.nodeIP, "node-ip", envOr("INSTANCE_IP", "127.0.0.1"), "this node's IP, for the xDS node id")
 	fs.StringVar(&o.clusterID, "cluster-id", envOr("CLUSTER_ID", "Kubernetes"), "the cluster id istiod knows this cluster by")

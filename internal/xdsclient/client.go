@@ -95,8 +95,8 @@ type Config struct {
 	// with audience istio-ca); it is read on every connect, so rotation
 	// needs no restart.
 	TokenFile string
-	// ServerName checks the server's certificate (default
-	// istiod.istio-system.svc).
+	// ServerName checks the server's certificate; empty means
+	// DefaultServerName(Address).
 	ServerName string
 	NodeID     string
 	// Metadata is the node metadata: any value that encodes to a JSON
@@ -175,7 +175,7 @@ type liveStream struct {
 // New makes a client; Run drives it.
 func New(cfg Config, h Handler) (*Client, error) {
 	if cfg.ServerName == "" {
-		cfg.ServerName = "istiod.istio-system.svc"
+		cfg.ServerName = DefaultServerName(cfg.Address)
 	}
 	if cfg.MinBackoff == 0 {
 		cfg.MinBackoff = 100 * time.Millisecond
@@ -213,6 +213,48 @@ func New(cfg Config, h Handler) (*Client, error) {
 		c.order = append(c.order, s.TypeURL)
 	}
 	return c, nil
+}
+
+// DefaultServerName is the name istiod's certificate is checked against
+// when none is given: the host of address (a gRPC target, with or without
+// a scheme such as dns:///), as istio-agent (pilot/pkg/grpc/tls.go
+// getTLSDialOption) and ztunnel take it, so an istiod in another namespace
+// (istiod.NS.svc) or behind its own name (ISTIOD_CUSTOM_HOST) is checked
+// against the name it was dialled by. An IP address or localhost (a
+// port-forward, a node without cluster DNS), which istiod's certificate
+// does not name, means istiod.istio-system.svc; istio-agent does that for
+// localhost only and checks an IP as itself, which fails.
+func DefaultServerName(address string) string {
+	const fallback = "istiod.istio-system.svc"
+	if strings.HasPrefix(address, "unix:") || strings.HasPrefix(address, "unix-abstract:") {
+		return fallback // a socket path names no host
+	}
+	target := address
+	if i := strings.Index(target, "://"); i >= 0 {
+		// scheme://authority/endpoint: the endpoint is the address.
+		rest := target[i+3:]
+		j := strings.Index(rest, "/")
+		if j < 0 {
+			return fallback
+		}
+		target = rest[j+1:]
+	}
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		host = target
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "" || net.ParseIP(strings.Trim(host, "[]")) != nil ||
+		host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return fallback
+	}
+	// istiod's certificate names its Services as <name>.<namespace>.svc
+	// (pilot/pkg/bootstrap/server.go getDNSNames), never with the cluster
+	// domain: a fully qualified service name is checked in that form.
+	if i := strings.Index(host, ".svc."); i >= 0 && strings.Count(host[:i], ".") == 1 {
+		host = host[:i+len(".svc")]
+	}
+	return host
 }
 
 // metadataStruct encodes any JSON-object-shaped value as the node metadata.

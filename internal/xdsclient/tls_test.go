@@ -150,6 +150,48 @@ func nextAuth(t *testing.T, a *authServer, within time.Duration) (string, bool) 
 	}
 }
 
+// An istiod outside istio-system (istiod.istio.svc) carries its own
+// namespace's name, not istiod.istio-system.svc: without --xds-server-name
+// the client checks the name it dialled, as istio-agent does.
+func TestServerNameIsTheAddressHost(t *testing.T) {
+	ca := newCA(t)
+	cert := ca.serving(t, "istiod.istio.svc", "istiod-remote.istio.svc")
+	addr, a := startADS(t, &cert)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "root-cert.pem"), ca.pem)
+	writeFile(t, filepath.Join(dir, "token"), []byte("tok\n"))
+	c := runTLSClient(t, addr, xdsclient.Config{Address: "passthrough:///istiod.istio.svc:15012",
+		RootCertFile: filepath.Join(dir, "root-cert.pem"), TokenFile: filepath.Join(dir, "token")})
+	if got, ok := nextAuth(t, a, 5*time.Second); !ok {
+		t.Fatalf("no stream to istiod.istio.svc: %s", c.Stats().LastError)
+	} else if got != "Bearer tok" {
+		t.Fatalf("authorization %q", got)
+	}
+}
+
+func TestDefaultServerName(t *testing.T) {
+	for addr, want := range map[string]string{
+		"istiod.istio-system.svc:15012":                    "istiod.istio-system.svc",
+		"istiod.istio.svc:15012":                           "istiod.istio.svc",
+		"istiod-canary.istio-system.svc:15012":             "istiod-canary.istio-system.svc",
+		"istiod.istio-system.svc.cluster.local:15012":      "istiod.istio-system.svc",
+		"istiod.istio-system.svc.cluster.local.:15012":     "istiod.istio-system.svc",
+		"dns:///istiod.istio.svc:15012":                    "istiod.istio.svc",
+		"dns://10.0.0.10:53/istiod.istio-system.svc:15012": "istiod.istio-system.svc",
+		"istiod.mesh.example.com:15012":                    "istiod.mesh.example.com",
+		"127.0.0.1:15012":                                  "istiod.istio-system.svc",
+		"[fd00::1]:15012":                                  "istiod.istio-system.svc",
+		"localhost:15012":                                  "istiod.istio-system.svc",
+		"":                                                 "istiod.istio-system.svc",
+		"unix:///var/run/istiod.sock":                      "istiod.istio-system.svc",
+		"unix:/var/run/istiod.sock":                        "istiod.istio-system.svc",
+	} {
+		if got := xdsclient.DefaultServerName(addr); got != want {
+			t.Errorf("DefaultServerName(%q) = %q, want %q", addr, got, want)
+		}
+	}
+}
+
 // A server whose certificate the mesh root did not sign gets no stream,
 // so never sees the token; the root file is read again at every connect,
 // so a rotated root is trusted without a restart.

@@ -79,7 +79,7 @@ func parseFlags() *options {
 	flag.BoolVar(&o.xdsPlaintext, "xds-plaintext", false, "talk to istiod without TLS (its unauthenticated port 15010; tests only)")
 	flag.StringVar(&o.xdsRootCert, "xds-root-cert", env("XDS_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem"), "CA of istiod's serving certificate (ConfigMap istio-ca-root-cert)")
 	flag.StringVar(&o.xdsToken, "xds-token-file", env("XDS_TOKEN_FILE", "/var/run/secrets/tokens/istio-token"), "service-account token with audience istio-ca, read on every connect")
-	flag.StringVar(&o.xdsServerName, "xds-server-name", "istiod.istio-system.svc", "name in istiod's certificate")
+	flag.StringVar(&o.xdsServerName, "xds-server-name", "", "name in istiod's certificate (default: the host of --xds-address; istiod.istio-system.svc for an IP address or localhost)")
 	flag.StringVar(&o.podIP, "pod-ip", env("INSTANCE_IP", ""), "this pod's IP (istiod finds the waypoint's Pod by it; downward API status.podIP)")
 	flag.StringVar(&o.node.PodName, "pod-name", env("POD_NAME", ""), "this pod's name")
 	flag.StringVar(&o.node.Namespace, "pod-namespace", env("POD_NAMESPACE", ""), "this pod's namespace")

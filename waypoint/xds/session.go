@@ -45,7 +45,9 @@ type Config struct {
 	Plaintext    bool
 	RootCertFile string
 	TokenFile    string
-	// ServerName in istiod's certificate (default istiod.istio-system.svc).
+	// ServerName in istiod's certificate (default: the host of Address,
+	// istiod.istio-system.svc for an IP or localhost; see
+	// xdsclient.DefaultServerName).
 	ServerName string
 	// Dialer replaces the network dial (tests, network namespaces).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
