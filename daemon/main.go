@@ -33,6 +33,7 @@ type options struct {
 	podName, podNamespace, serviceAccount            string
 	configFile                                       string
 	cgroupRoot, bpfDir, cniSocket, adminAddress      string
+	statusAddress                                    string
 	stateDir, cniStateDir, kubeconfig, logLevel      string
 	sizes                                            loader.Sizes
 	features                                         loader.Features
@@ -62,7 +63,8 @@ func main() {
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "cgroup v2 directory the programs attach to (on a node: the cgroup2 mount itself)")
 	fs.StringVar(&o.bpfDir, "bpf-dir", "/sys/fs/bpf/kmesh", "bpffs directory for pinned maps, programs and links")
 	fs.StringVar(&o.cniSocket, "cni-socket", "/var/run/kmesh/cni.sock", "unix socket the CNI plugin talks to")
-	fs.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15200", "localhost address of the admin API")
+	fs.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15200", "localhost address of the admin API (dumps, pprof: keep it on loopback)")
+	fs.StringVar(&o.statusAddress, "status-address", "", "address serving only /ready and /metrics, for Prometheus (e.g. :15020, the node's addresses: the daemon is in the host network); empty: off")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/run/kmesh", "directory for the pod registry")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/kmesh/cni", "kmesh-cni's stateDir: its per-pod records, read at start to learn the pods added and deleted while the daemon was away")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for watching pods and namespaces (default: in-cluster when available)")

@@ -323,7 +323,7 @@ func (a *agent) enrolledNamespaces() []string {
 }
 
 // serveAdmin serves readiness, dumps, metrics and pprof on the admin
-// address.
+// address, and readiness and metrics alone on the status address.
 func (a *agent) serveAdmin(ctx context.Context) error {
 	h := admin.Handler(admin.Source{
 		Telemetry: a.tel,
@@ -333,6 +333,12 @@ func (a *agent) serveAdmin(ctx context.Context) error {
 		Status:    a.status,
 	}, a.metrics)
 	a.spawn(func() error { return admin.Serve(ctx, a.o.adminAddress, h) })
+	if a.o.statusAddress != "" && a.o.statusAddress != a.o.adminAddress {
+		// Metrics reachable from Prometheus without opening the dumps
+		// and pprof of the admin API to every pod that reaches the node.
+		st := admin.StatusHandler(a.syncer.Ready, a.metrics)
+		a.spawn(func() error { return admin.Serve(ctx, a.o.statusAddress, st) })
+	}
 	return nil
 }
 

@@ -137,16 +137,35 @@ type Connection = telemetry.Entry
 // Endpoint is one end of a Connection.
 type Endpoint = telemetry.Endpoint
 
-// Handler builds the HTTP handler.
-func Handler(src Source, reg *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
-		if src.Ready() {
+// readyHandler answers the readiness probe.
+func readyHandler(ready func() bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if ready() {
 			w.Write([]byte("ready\n"))
 			return
 		}
 		http.Error(w, "not ready: waiting for the first complete mesh state", http.StatusServiceUnavailable)
-	})
+	}
+}
+
+// StatusHandler serves /ready and /metrics and nothing else: what the
+// kubelet and Prometheus need, for an address beyond loopback. The daemon
+// runs in the host's network, so its loopback admin API is out of
+// Prometheus' reach; this is the port to open for it, as ztunnel opens its
+// stats port 15020 on every address while its admin (config dump, pprof)
+// stays on localhost:15000 (ztunnel src/config.rs: admin_addr and
+// stats_addr).
+func StatusHandler(ready func() bool, reg prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ready", readyHandler(ready))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Handler builds the HTTP handler of the (loopback) admin API.
+func Handler(src Source, reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ready", readyHandler(src.Ready))
 	mux.HandleFunc("/debug/config_dump", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, configDump(src.Dataplane))
 	})
