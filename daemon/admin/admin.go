@@ -291,6 +291,14 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = enc.Encode(v)
 }
 
+// newServer is the HTTP server of the admin and status addresses. An idle
+// kept connection is closed after two minutes: the status address is open
+// to the node's network, and one left idle would otherwise be held for
+// ever (a scraper reconnects at once).
+func newServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+}
+
 // Serve listens on addr until ctx ends. The address should be loopback: the
 // API has no authentication.
 func Serve(ctx context.Context, addr string, h http.Handler) error {
@@ -298,7 +306,7 @@ func Serve(ctx context.Context, addr string, h http.Handler) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := newServer(h)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

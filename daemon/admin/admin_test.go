@@ -47,3 +47,12 @@ func TestStatusHandlerServesOnlyReadyAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The admin and status servers close a kept connection left idle: the
+// status address is open to the node's network, and Go's server otherwise
+// holds an idle connection for ever.
+func TestServerClosesIdleConnections(t *testing.T) {
+	if s := newServer(http.NotFoundHandler()); s.IdleTimeout <= 0 {
+		t.Errorf("idle timeout %v: idle connections are held for ever", s.IdleTimeout)
+	}
+}

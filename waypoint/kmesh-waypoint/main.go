@@ -236,6 +236,10 @@ func newSource(o *options, log *slog.Logger, apply func(*model.Snapshot) error) 
 	}, nil
 }
 
+// serverIdleTimeout closes an admin or status connection idle this long
+// (Envoy's admin: an hour; a scraper reconnects at once).
+const serverIdleTimeout = 2 * time.Minute
+
 func serveAdmin(o *options, src admin.Source, reg *prometheus.Registry, log *slog.Logger) ([]*http.Server, error) {
 	var out []*http.Server
 	listen := func(addr string, h http.Handler, what string) error {
@@ -246,7 +250,9 @@ func serveAdmin(o *options, src admin.Source, reg *prometheus.Registry, log *slo
 		if err != nil {
 			return fmt.Errorf("%s address %s: %w", what, addr, err)
 		}
-		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		// IdleTimeout: the status port is open to the pod network, and a
+		// kept connection left idle would otherwise be held for ever.
+		s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: serverIdleTimeout}
 		out = append(out, s)
 		go func() {
 			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
