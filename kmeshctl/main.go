@@ -28,47 +28,91 @@ import (
 )
 
 func main() {
-	fs := flag.NewFlagSet("kmeshctl", flag.ExitOnError)
-	adminAddr := fs.String("admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"), "the daemon's admin address")
-	output := fs.String("o", "table", "output: table or json")
+	os.Exit(runCLI(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// options are kmeshctl's flags, wherever on the line they come.
+type options struct {
+	admin    string
+	adminSet bool
+	output   string
+	follow   bool
+	rounds   int
+	interval time.Duration
+}
+
+const usageLine = "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f] | waypoint listeners|routes|clusters|endpoints\n"
+
+// parseArgs reads the flags before, between and after the command's words
+// (kmeshctl dump maps -o json, kmeshctl status -admin host:port), so every
+// spelling the flag package knows (-o=json, --admin x) works in every
+// place, and an unknown flag is an error wherever it is.
+func parseArgs(args []string, stderr io.Writer) (options, []string, error) {
+	var o options
+	fs := flag.NewFlagSet("kmeshctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.admin, "admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"),
+		"admin address: the daemon's (KMESH_ADMIN), or for waypoint commands kmesh-waypoint's (KMESH_WAYPOINT_ADMIN, default "+defaultWaypointAdmin+")")
+	fs.StringVar(&o.output, "o", "table", "output: table or json")
+	fs.BoolVar(&o.follow, "f", false, "logs: follow the access log")
+	fs.BoolVar(&o.follow, "follow", false, "logs: follow the access log (same as -f)")
+	fs.IntVar(&o.rounds, "n", 0, "top: rounds to draw (0: until ^C)")
+	fs.DurationVar(&o.interval, "interval", 2*time.Second, "top: time between rounds")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f] | waypoint listeners|routes|clusters|endpoints\n")
+		fmt.Fprint(stderr, usageLine)
 		fs.PrintDefaults()
 	}
-	_ = fs.Parse(os.Args[1:])
-	args := fs.Args()
-	// Flags may also follow the command (kmeshctl dump maps -o json).
-	follow := false
-	rounds, interval := 0, 2*time.Second
-	for i := 0; i < len(args); i++ {
-		switch {
-		case (args[i] == "-o" || args[i] == "--o") && i+1 < len(args):
-			*output = args[i+1]
-		case args[i] == "-f" || args[i] == "--follow":
-			follow = true
-			args = append(args[:i], args[i+1:]...)
-			i--
-			continue
-		case args[i] == "-n" && i+1 < len(args):
-			if _, err := fmt.Sscanf(args[i+1], "%d", &rounds); err != nil {
-				fmt.Fprintln(os.Stderr, "kmeshctl: -n wants a number")
-				os.Exit(2)
-			}
-		case args[i] == "-interval" && i+1 < len(args):
-			d, err := time.ParseDuration(args[i+1])
-			if err != nil || d <= 0 {
-				fmt.Fprintln(os.Stderr, "kmeshctl: -interval wants a duration such as 2s")
-				os.Exit(2)
-			}
-			interval = d
-		default:
-			continue
+	var words []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return o, nil, err
 		}
-		args = append(args[:i], args[i+2:]...)
-		i--
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		// "--" ends the flags: everything after it is words.
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			words = append(words, rest...)
+			break
+		}
+		words = append(words, rest[0])
+		args = rest[1:]
 	}
-	c := client{base: "http://" + *adminAddr, json: *output == "json", out: os.Stdout}
-	var err error
+	fs.Visit(func(f *flag.Flag) { o.adminSet = o.adminSet || f.Name == "admin" })
+	if o.rounds < 0 {
+		return o, nil, badUsage("-n wants a number of rounds, 0 or more")
+	}
+	if o.interval <= 0 {
+		return o, nil, badUsage("-interval wants a duration such as 2s")
+	}
+	return o, words, nil
+}
+
+// badUsage is a command line kmeshctl refuses after the flag package
+// accepted it (the flag package prints its own errors).
+type badUsage string
+
+func (e badUsage) Error() string { return string(e) }
+
+// runCLI is kmeshctl with its arguments; it returns the exit code: 0, 1
+// when the command failed, 2 when the command line is wrong.
+func runCLI(argv []string, stdout, stderr io.Writer) int {
+	o, args, err := parseArgs(argv, stderr)
+	if err == flag.ErrHelp {
+		return 0
+	}
+	if err != nil {
+		if _, ok := err.(badUsage); ok {
+			fmt.Fprintln(stderr, "kmeshctl:", err)
+		}
+		return 2
+	}
+	usage := func() int {
+		fmt.Fprint(stderr, usageLine)
+		return 2
+	}
+	c := client{base: "http://" + o.admin, json: o.output == "json", out: stdout}
 	switch {
 	case len(args) == 1 && args[0] == "status":
 		err = c.status()
@@ -79,27 +123,25 @@ func main() {
 	case len(args) == 1 && args[0] == "connections":
 		err = c.showConnections()
 	case len(args) == 1 && args[0] == "top":
-		err = c.top(interval, rounds)
+		err = c.top(o.interval, o.rounds)
 	case len(args) == 1 && args[0] == "logs":
-		err = c.logs(follow)
+		err = c.logs(o.follow)
 	case len(args) == 2 && args[0] == "waypoint":
 		// The waypoint has its own admin; -admin (or KMESH_WAYPOINT_ADMIN)
 		// points elsewhere.
-		adminSet := false
-		fs.Visit(func(f *flag.Flag) { adminSet = adminSet || f.Name == "admin" })
-		if !adminSet {
+		if !o.adminSet {
 			c.base = "http://" + envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
 		}
 		c.server = "kmesh-waypoint"
 		err = c.waypoint(args[1])
 	default:
-		fs.Usage()
-		os.Exit(2)
+		return usage()
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "kmeshctl:", err)
-		os.Exit(1)
+		fmt.Fprintln(stderr, "kmeshctl:", err)
+		return 1
 	}
+	return 0
 }
 
 type client struct {

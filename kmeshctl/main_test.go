@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/kmesh-go/kmesh/daemon/admin"
+	"github.com/kmesh-go/kmesh/daemon/model"
+)
+
+// fakeDaemon answers the daemon's admin paths kmeshctl reads with the
+// admin API's own types.
+func fakeDaemon(t *testing.T) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var v any
+		switch r.URL.Path {
+		case "/debug/status":
+			v = admin.Status{Ready: true, Node: "node-a", Source: "file:/etc/kmesh/mesh.json"}
+		case "/debug/config_dump":
+			v = admin.ConfigDump{Node: model.Node{Name: "node-a"}, Services: []admin.ServiceDump{
+				{Service: &model.Service{Key: "default/web.default.svc.cluster.local", Name: "web"}, ID: 1}}}
+		case "/debug/connections":
+			v = []admin.Connection{}
+		case "/metrics":
+			_, _ = w.Write([]byte("# HELP x y\nx 1\n"))
+			return
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(v)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// cli runs kmeshctl's command line and returns its exit code and output.
+func cli(args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := runCLI(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// Flags may come after the command, in every spelling the flag package
+// knows, and an unknown or bad flag is a usage error (exit 2) wherever it
+// is.
+func TestFlagsAnywhere(t *testing.T) {
+	srv := fakeDaemon(t)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	t.Setenv("KMESH_ADMIN", addr)
+
+	code, out, errOut := cli("dump", "services", "-o=json")
+	var svcs []admin.ServiceDump
+	if code != 0 || json.Unmarshal([]byte(out), &svcs) != nil || len(svcs) != 1 {
+		t.Errorf("dump services -o=json: exit %d, %q %s", code, out, errOut)
+	}
+	// -admin after the command points kmeshctl at that address.
+	t.Setenv("KMESH_ADMIN", "127.0.0.1:1")
+	for _, args := range [][]string{{"status", "-admin", addr}, {"status", "--admin=" + addr}, {"-o", "json", "status", "-admin", addr}} {
+		if code, out, errOut := cli(args...); code != 0 || !strings.Contains(out, "node-a") {
+			t.Errorf("%v: exit %d, %q %s", args, code, out, errOut)
+		}
+	}
+	if code, out, _ := cli("top", "-admin", addr, "-n=1", "-interval", "10ms"); code != 0 || !strings.Contains(out, "0 open connection ends") {
+		t.Errorf("top -n=1: exit %d, %q", code, out)
+	}
+	for _, args := range [][]string{{"status", "-x"}, {"top", "-n", "abc"}, {"top", "-n", "-1"}, {"top", "-interval", "0s"}, {"bogus"}, {"dump"}, {}} {
+		if code, _, errOut := cli(args...); code != 2 || errOut == "" {
+			t.Errorf("%v: exit %d, stderr %q; want a usage error, exit 2", args, code, errOut)
+		}
+	}
+	if code, _, errOut := cli("-h"); code != 0 || !strings.Contains(errOut, "usage: kmeshctl") {
+		t.Errorf("-h: exit %d, %q", code, errOut)
+	}
+	// An unreachable admin is a failure, exit 1.
+	if code, _, errOut := cli("status"); code != 1 || !strings.Contains(errOut, "is kmesh-daemon running?") {
+		t.Errorf("unreachable: exit %d, %q", code, errOut)
+	}
+}
