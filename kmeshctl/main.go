@@ -86,6 +86,20 @@ func parseArgs(args []string, stderr io.Writer) (options, []string, error) {
 	if o.interval <= 0 {
 		return o, nil, badUsage("-interval wants a duration such as 2s")
 	}
+	if o.output != "table" && o.output != "json" {
+		return o, nil, badUsage(fmt.Sprintf("-o %q: table or json", o.output))
+	}
+	// metrics is Prometheus text and top a screen redrawn in place: neither
+	// has a JSON form, and printing them anyway would hand a script that
+	// asked for JSON something it cannot parse, with exit 0.
+	if o.output == "json" && len(words) > 0 {
+		switch words[0] {
+		case "metrics":
+			return o, nil, badUsage("metrics is Prometheus text; it has no -o json")
+		case "top":
+			return o, nil, badUsage("top has no -o json; connections -o json is the same data")
+		}
+	}
 	return o, words, nil
 }
 

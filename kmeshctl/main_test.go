@@ -83,3 +83,22 @@ func TestFlagsAnywhere(t *testing.T) {
 		t.Errorf("unreachable: exit %d, %q", code, errOut)
 	}
 }
+
+// -o takes table or json, and json only where there is JSON to print: a
+// script asking for JSON must not get a table or Prometheus text with exit
+// 0.
+func TestOutputFormat(t *testing.T) {
+	srv := fakeDaemon(t)
+	t.Setenv("KMESH_ADMIN", strings.TrimPrefix(srv.URL, "http://"))
+	for _, args := range [][]string{{"-o", "yaml", "status"}, {"status", "-o", "wide"}, {"metrics", "-o", "json"}, {"-o", "json", "top", "-n", "1"}} {
+		code, out, errOut := cli(args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, "-o") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want a usage error naming -o, exit 2", args, code, out, errOut)
+		}
+	}
+	for _, args := range [][]string{{"-o", "table", "status"}, {"-o", "json", "status"}, {"metrics"}, {"top", "-n", "1"}} {
+		if code, _, errOut := cli(args...); code != 0 {
+			t.Errorf("%v: exit %d: %s", args, code, errOut)
+		}
+	}
+}
