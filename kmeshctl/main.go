@@ -198,10 +198,45 @@ func (c client) getJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
+	return c.decode(path, b, v)
+}
+
+func (c client) decode(path string, b []byte, v any) error {
 	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		// A web page, or the other kmesh server's answer (the waypoint's
+		// /debug/status is not the daemon's): name what was expected where.
+		what := "not JSON"
+		if json.Valid(b) {
+			what = "JSON, but not " + c.serverName() + "'s"
+		}
+		return fmt.Errorf("%s answered %s with %s (is it %s's admin address?): %w", c.host(), path, what, c.serverName(), err)
 	}
 	return nil
+}
+
+// getObject is getJSON for an answer that is a JSON object holding key.
+// kmesh-daemon and kmesh-waypoint both serve /debug/config_dump, and each
+// one's dump decodes into the other's type as an empty one, which kmeshctl
+// would print as "nothing configured" with exit 0; key is a field the
+// expected server always writes.
+func (c client) getObject(path, key string, v any) error {
+	b, err := c.get(path)
+	if err != nil {
+		return err
+	}
+	var fields map[string]json.RawMessage
+	if err := c.decode(path, b, &fields); err != nil {
+		return err
+	}
+	if _, ok := fields[key]; !ok {
+		return fmt.Errorf("%s answered %s without %q: that is not %s's admin API", c.host(), path, key, c.serverName())
+	}
+	return c.decode(path, b, v)
+}
+
+// host is the admin address kmeshctl talks to.
+func (c client) host() string {
+	return strings.TrimPrefix(c.base, "http://")
 }
 
 // writeJSON is -o json: the server's types, indented.
@@ -256,7 +291,7 @@ func (c client) dump(what string) error {
 	switch what {
 	case "services", "workloads", "policies":
 		var d admin.ConfigDump
-		if err := c.getJSON("/debug/config_dump", &d); err != nil {
+		if err := c.getObject("/debug/config_dump", "services", &d); err != nil {
 			return err
 		}
 		return c.showConfig(&d, what)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/kmesh-go/kmesh/daemon/admin"
 	"github.com/kmesh-go/kmesh/daemon/model"
+	wpmodel "github.com/kmesh-go/kmesh/waypoint/model"
 )
 
 // fakeDaemon answers the daemon's admin paths kmeshctl reads with the
@@ -100,5 +101,54 @@ func TestOutputFormat(t *testing.T) {
 		if code, _, errOut := cli(args...); code != 0 {
 			t.Errorf("%v: exit %d: %s", args, code, errOut)
 		}
+	}
+}
+
+// Both kmesh-daemon and kmesh-waypoint serve /debug/config_dump; pointed
+// at the wrong one, kmeshctl must say so instead of printing an empty
+// table with exit 0. An answer that is not JSON names the server too.
+func TestWrongServer(t *testing.T) {
+	daemon := fakeDaemon(t)
+	waypoint := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/debug/config_dump":
+			_ = json.NewEncoder(w).Encode(wpmodel.ConfigDump{Version: "file:1", Listeners: []wpmodel.ListenerDump{{Name: "waypoint"}}})
+		case "/debug/status":
+			_ = json.NewEncoder(w).Encode(map[string]any{"ready": true, "source": map[string]any{"version": "x"}})
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer waypoint.Close()
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = w.Write([]byte("<html>hello</html>"))
+	}))
+	defer web.Close()
+
+	for _, what := range []string{"services", "workloads", "policies"} {
+		err := client{base: waypoint.URL, out: &bytes.Buffer{}}.dump(what)
+		if err == nil || !strings.Contains(err.Error(), "kmesh-daemon") {
+			t.Errorf("dump %s from a waypoint: %v", what, err)
+		}
+	}
+	for _, view := range waypointViews {
+		err := client{base: daemon.URL, server: "kmesh-waypoint", out: &bytes.Buffer{}}.waypoint(view)
+		if err == nil || !strings.Contains(err.Error(), "kmesh-waypoint") {
+			t.Errorf("waypoint %s from a daemon: %v", view, err)
+		}
+	}
+	if err := (client{base: waypoint.URL, out: &bytes.Buffer{}}).status(); err == nil || !strings.Contains(err.Error(), "kmesh-daemon") {
+		t.Errorf("status from a waypoint: %v", err)
+	}
+	if err := (client{base: web.URL, out: &bytes.Buffer{}}).status(); err == nil || !strings.Contains(err.Error(), "not JSON") {
+		t.Errorf("status from a web page: %v", err)
+	}
+	// The right servers still work.
+	if err := (client{base: daemon.URL, out: &bytes.Buffer{}}).dump("services"); err != nil {
+		t.Error(err)
+	}
+	if err := (client{base: waypoint.URL, server: "kmesh-waypoint", out: &bytes.Buffer{}}).waypoint("listeners"); err != nil {
+		t.Error(err)
 	}
 }

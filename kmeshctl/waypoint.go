@@ -20,7 +20,7 @@ var waypointViews = []string{"listeners", "routes", "clusters", "endpoints"}
 // waypoint shows one view of the waypoint's /debug/config_dump.
 func (c client) waypoint(what string) error {
 	var d model.ConfigDump
-	if err := c.getJSON("/debug/config_dump", &d); err != nil {
+	if err := c.getObject("/debug/config_dump", "listeners", &d); err != nil {
 		return err
 	}
 	if !c.json {
