@@ -294,6 +294,9 @@ func (c client) dump(what string) error {
 		if err := c.getObject("/debug/config_dump", "services", &d); err != nil {
 			return err
 		}
+		if err := complete(&d); err != nil {
+			return fmt.Errorf("%s answered /debug/config_dump with %w", c.host(), err)
+		}
 		return c.showConfig(&d, what)
 	case "maps":
 		var m admin.MapDump
@@ -315,6 +318,28 @@ func (c client) dump(what string) error {
 		return c.showPods(pods)
 	}
 	return fmt.Errorf("unknown dump %q (services, workloads, policies, maps, pods)", what)
+}
+
+// complete checks that every entry of d holds its object: the daemon
+// always writes them, and an entry without one (another version's or
+// another server's answer) would be a nil dereference in the tables.
+func complete(d *admin.ConfigDump) error {
+	for i, s := range d.Services {
+		if s.Service == nil {
+			return fmt.Errorf("service %d (id %d) without its service", i, s.ID)
+		}
+	}
+	for i, w := range d.Workloads {
+		if w.Workload == nil {
+			return fmt.Errorf("workload %d (id %d) without its workload", i, w.ID)
+		}
+	}
+	for i, p := range d.Policies {
+		if p == nil {
+			return fmt.Errorf("policy %d null, without its policy", i)
+		}
+	}
+	return nil
 }
 
 func (c client) showConfig(d *admin.ConfigDump, what string) error {

@@ -152,3 +152,20 @@ func TestWrongServer(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A dump with entries missing their object (a null policy, a service with
+// only its id: another version's or another server's answer) is reported,
+// not a nil-pointer panic.
+func TestDumpWithNullEntries(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"node":{},"services":[{"id":1}],"workloads":[{"id":2}],"policies":[null]}`))
+	}))
+	defer srv.Close()
+	for _, what := range []string{"services", "workloads", "policies"} {
+		var out bytes.Buffer
+		err := client{base: srv.URL, out: &out}.dump(what)
+		if err == nil || !strings.Contains(err.Error(), "without") {
+			t.Errorf("dump %s: %v\n%s", what, err, out.String())
+		}
+	}
+}
