@@ -55,7 +55,13 @@ func renderWaypoint(d *model.ConfigDump, what string, out io.Writer) error {
 					proxy += " (optional)"
 				}
 			}
-			fmt.Fprintf(w, "LISTENER %s\t%s\t%s\tversion %s\n", l.Name, l.Address, proxy, d.Version)
+			// The title has no tabs: a line with cells would join the
+			// chain table's columns and widen them to its own parts.
+			title := []string{"LISTENER " + l.Name, l.Address}
+			if proxy != "" {
+				title = append(title, proxy)
+			}
+			fmt.Fprintln(w, strings.Join(append(title, "version "+d.Version), "  "))
 			fmt.Fprintln(w, "CHAIN\tKIND\tSERVICE\tDETAIL")
 			for _, c := range l.Chains {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Name, c.Kind, c.Service, chainDetail(c))

@@ -67,3 +67,25 @@ func TestWaypointViews(t *testing.T) {
 		t.Fatalf("unreachable admin: %v", err)
 	}
 }
+
+// A listener's title line is not a row of its chain table: sharing the
+// table's columns, it widened them to the listener's name, address and
+// PROXY protocol note.
+func TestWaypointListenerTableAligned(t *testing.T) {
+	d := model.ConfigDump{Version: "v1", Listeners: []model.ListenerDump{{
+		Name: "a-rather-long-listener-name", Address: "0.0.0.0:15019", ProxyProtocol: true,
+		Chains: []model.ChainDump{{Name: "web", Kind: "tcp", Service: "s", Clusters: []model.WeightDump{{Cluster: "c"}}}},
+	}}}
+	var out bytes.Buffer
+	if err := renderWaypoint(&d, "listeners", &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	if !strings.HasPrefix(lines[0], "LISTENER a-rather-long-listener-name") {
+		t.Fatalf("title: %q", lines[0])
+	}
+	// The chain table is as wide as its own cells: CHAIN is the widest.
+	if lines[1] != "CHAIN  KIND  SERVICE  DETAIL" || lines[2] != "web    tcp   s        to c" {
+		t.Errorf("chain table misaligned:\n%s", out.String())
+	}
+}
