@@ -361,16 +361,12 @@ func (c client) showConfig(d *admin.ConfigDump, what string) error {
 			for _, p := range s.Ports {
 				ports = append(ports, fmt.Sprintf("%d->%d", p.ServicePort, p.TargetPort))
 			}
-			waypoint := s.Waypoint.String()
-			if waypoint == "" {
-				waypoint = "-"
-			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Key, s.ID, joinAddrs(s.VIPs), strings.Join(ports, ","), s.LB.Policy, waypoint, len(s.Endpoints))
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Key, s.ID, dash(joinAddrs(s.VIPs)), dash(strings.Join(ports, ",")), dash(string(s.LB.Policy)), dash(s.Waypoint.String()), len(s.Endpoints))
 		}
 	case "workloads":
 		fmt.Fprintln(w, "WORKLOAD\tID\tADDRESSES\tHEALTHY\tNODE")
 		for _, x := range d.Workloads {
-			fmt.Fprintf(w, "%s/%s\t%d\t%s\t%v\t%s\n", x.Namespace, x.Name, x.ID, joinAddrs(x.Addresses), x.Healthy, x.Node)
+			fmt.Fprintf(w, "%s/%s\t%d\t%s\t%v\t%s\n", x.Namespace, x.Name, x.ID, dash(joinAddrs(x.Addresses)), x.Healthy, dash(x.Node))
 		}
 	case "policies":
 		fmt.Fprintln(w, "POLICY\tACTION\tSCOPE\tDRY-RUN\tRULE GROUPS")
@@ -392,11 +388,11 @@ func (c client) showMaps(m *admin.MapDump) error {
 		for _, e := range s.Endpoints {
 			prios = append(prios, fmt.Sprint(e))
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", s.ID, joinAddrs(s.VIPs), strings.Join(ports, ","), strings.Join(prios, " "), s.Waypoint)
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", s.ID, dash(joinAddrs(s.VIPs)), dash(strings.Join(ports, ",")), dash(strings.Join(prios, " ")), dash(s.Waypoint.String()))
 	}
 	fmt.Fprintln(w, "\nKERNEL BACKEND\tADDRESSES\tIDENTITY\tWAYPOINT")
 	for _, be := range m.Backends {
-		fmt.Fprintf(w, "%d\t%s\t%d\t%s\n", be.ID, joinAddrs(be.Addresses), be.Identity, be.Waypoint)
+		fmt.Fprintf(w, "%d\t%s\t%d\t%s\n", be.ID, dash(joinAddrs(be.Addresses)), be.Identity, dash(be.Waypoint.String()))
 	}
 	fmt.Fprintf(w, "\nENROLLED NETNS\t%d\n", len(m.Enrolled))
 	fmt.Fprintln(w, "\nMAP\tENTRIES\tCAPACITY")
@@ -418,7 +414,7 @@ func (c client) showPods(pods admin.Pods) error {
 		if len(id) > 12 {
 			id = id[:12]
 		}
-		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%v\t%s\n", p.GetNamespace(), p.GetName(), id, strings.Join(p.GetIps(), ","), p.GetEnrolled(), p.GetReason())
+		fmt.Fprintf(w, "%s/%s\t%s\t%s\t%v\t%s\n", p.GetNamespace(), p.GetName(), dash(id), dash(strings.Join(p.GetIps(), ",")), p.GetEnrolled(), dash(p.GetReason()))
 	}
 	return w.Flush()
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/admin"
 	"github.com/kmesh-go/kmesh/daemon/model"
 	wpmodel "github.com/kmesh-go/kmesh/waypoint/model"
@@ -167,5 +168,44 @@ func TestDumpWithNullEntries(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "without") {
 			t.Errorf("dump %s: %v\n%s", what, err, out.String())
 		}
+	}
+}
+
+// The daemon's tables write "-" for an empty cell, so a row keeps its
+// columns: a kernel service or backend without a waypoint, a workload with
+// no node, a pod with no sandbox, IPs or reason.
+func TestDaemonEmptyCells(t *testing.T) {
+	fields := func(table, first string) int {
+		for _, l := range strings.Split(table, "\n") {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == first {
+				return len(f)
+			}
+		}
+		t.Fatalf("no row %q in\n%s", first, table)
+		return 0
+	}
+	var out bytes.Buffer
+	c := client{out: &out}
+	m := admin.MapDump{Services: []maps.Service{{ID: 7, Endpoints: [][]uint32{{1}}}}, Backends: []maps.Backend{{ID: 9}}}
+	if err := c.showMaps(&m); err != nil {
+		t.Fatal(err)
+	}
+	if fields(out.String(), "7") != 5 || fields(out.String(), "9") != 4 {
+		t.Errorf("maps:\n%s", out.String())
+	}
+	out.Reset()
+	if err := c.showPods(admin.Pods{{Name: "p", Namespace: "ns"}}); err != nil {
+		t.Fatal(err)
+	}
+	if fields(out.String(), "ns/p") != 5 {
+		t.Errorf("pods:\n%s", out.String())
+	}
+	out.Reset()
+	d := admin.ConfigDump{Workloads: []admin.WorkloadDump{{Workload: &model.Workload{Name: "w", Shared: model.ShareOf(model.Shared{Namespace: "ns"})}, ID: 3}}}
+	if err := c.showConfig(&d, "workloads"); err != nil {
+		t.Fatal(err)
+	}
+	if fields(out.String(), "ns/w") != 5 {
+		t.Errorf("workloads:\n%s", out.String())
 	}
 }

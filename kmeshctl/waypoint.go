@@ -64,7 +64,7 @@ func renderWaypoint(d *model.ConfigDump, what string, out io.Writer) error {
 			fmt.Fprintln(w, strings.Join(append(title, "version "+d.Version), "  "))
 			fmt.Fprintln(w, "CHAIN\tKIND\tSERVICE\tDETAIL")
 			for _, c := range l.Chains {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Name, c.Kind, c.Service, chainDetail(c))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", c.Name, c.Kind, dash(c.Service), dash(chainDetail(c)))
 			}
 			if len(l.Rules) > 0 {
 				fmt.Fprintln(w, "\nDESTINATIONS\tPORTS\tPROTOCOLS\tCHAIN")
@@ -97,23 +97,23 @@ func renderWaypoint(d *model.ConfigDump, what string, out io.Writer) error {
 		for _, t := range d.Routes {
 			for _, vh := range t.VirtualHosts {
 				for _, r := range vh.Routes {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, vh.Name, strings.Join(vh.Domains, ","), r.Name,
-						matchString(r.Match), routeAction(r), r.Timeout, retryString(r.Retry, vh.Retry))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(t.Name), dash(vh.Name), dash(strings.Join(vh.Domains, ",")), dash(r.Name),
+						matchString(r.Match), dash(routeAction(r)), dash(r.Timeout), retryString(r.Retry, vh.Retry))
 				}
 			}
 		}
 	case "clusters":
 		fmt.Fprintln(w, "CLUSTER\tKIND\tLB\tPROTOCOL\tENDPOINTS\tCONNECT TIMEOUT\tOUTLIER DETECTION\tSERVICE")
 		for _, c := range d.Clusters {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d/%d healthy\t%s\t%s\t%s\n", c.Name, c.Kind, c.LB, c.Protocol,
-				c.HealthyEndpoints, c.Endpoints, c.ConnectTimeout, c.Outlier, c.Service)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d/%d healthy\t%s\t%s\t%s\n", c.Name, dash(c.Kind), dash(c.LB), dash(c.Protocol),
+				c.HealthyEndpoints, c.Endpoints, dash(c.ConnectTimeout), c.Outlier, dash(c.Service))
 		}
 	case "endpoints":
 		fmt.Fprintln(w, "CLUSTER\tPRIORITY\tADDRESS\tWEIGHT\tHEALTHY\tWORKLOAD")
 		for _, e := range d.Endpoints {
 			for prio, eps := range e.Priorities {
 				for _, ep := range eps {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%v\t%s\n", e.Cluster, prio, ep.Address, ep.Weight, ep.Healthy, ep.Workload)
+					fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%v\t%s\n", e.Cluster, prio, ep.Address, ep.Weight, ep.Healthy, dash(ep.Workload))
 				}
 			}
 		}
@@ -236,6 +236,16 @@ func joinU32(ps []uint32) string {
 		parts = append(parts, fmt.Sprint(p))
 	}
 	return strings.Join(parts, ",")
+}
+
+// dash is an empty table cell: "-" keeps the row's columns in place (for
+// awk and for the eye), as dump services writes a service with no
+// waypoint.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func orAny(s string) string {

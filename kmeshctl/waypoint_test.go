@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -87,5 +88,29 @@ func TestWaypointListenerTableAligned(t *testing.T) {
 	// The chain table is as wide as its own cells: CHAIN is the widest.
 	if lines[1] != "CHAIN  KIND  SERVICE  DETAIL" || lines[2] != "web    tcp   s        to c" {
 		t.Errorf("chain table misaligned:\n%s", out.String())
+	}
+}
+
+// An empty cell is "-", as dump services writes a service without a
+// waypoint: a blank in the middle of a row shifts every column after it
+// for awk and for the eye.
+func TestWaypointEmptyCells(t *testing.T) {
+	d := model.ConfigDump{
+		Listeners: []model.ListenerDump{{Name: "l", Chains: []model.ChainDump{{Name: "c", Kind: "tcp"}}}},
+		Clusters:  []model.ClusterDump{{Name: "c", Kind: "static", LB: "round_robin", Protocol: "http1"}},
+		Endpoints: []model.EndpointsDump{{Cluster: "c", Priorities: [][]model.Endpoint{{{Address: netip.MustParseAddrPort("10.0.0.1:80"), Weight: 1}}}}},
+	}
+	for view, cols := range map[string]int{"listeners": 4, "clusters": 9, "endpoints": 6} {
+		var out bytes.Buffer
+		if err := renderWaypoint(&d, view, &out); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(out.String(), "\n") {
+			if strings.HasPrefix(l, "c ") {
+				if f := strings.Fields(l); len(f) != cols {
+					t.Errorf("%s: row %q has %d fields, want %d", view, l, len(f), cols)
+				}
+			}
+		}
 	}
 }
