@@ -126,7 +126,18 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usageLine)
 		return 2
 	}
-	c := client{base: "http://" + o.admin, json: o.output == "json", out: stdout}
+	adminAddr := o.admin
+	if len(args) > 0 && args[0] == "waypoint" && !o.adminSet {
+		// The waypoint has its own admin; -admin (or KMESH_WAYPOINT_ADMIN)
+		// points elsewhere.
+		adminAddr = envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
+	}
+	base, err := adminBase(adminAddr)
+	if err != nil {
+		fmt.Fprintln(stderr, "kmeshctl:", err)
+		return 2
+	}
+	c := client{base: base, json: o.output == "json", out: stdout}
 	switch {
 	case len(args) == 1 && args[0] == "status":
 		err = c.status()
@@ -141,11 +152,6 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 	case len(args) == 1 && args[0] == "logs":
 		err = c.logs(o.follow)
 	case len(args) == 2 && args[0] == "waypoint":
-		// The waypoint has its own admin; -admin (or KMESH_WAYPOINT_ADMIN)
-		// points elsewhere.
-		if !o.adminSet {
-			c.base = "http://" + envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
-		}
 		c.server = "kmesh-waypoint"
 		err = c.waypoint(args[1])
 	default:
@@ -156,6 +162,17 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// adminBase is the URL kmeshctl prefixes to the admin API's paths: addr
+// is host:port, or the admin's http:// URL as curl and a browser take it
+// (pasted as is it became http://http//host:port, a DNS lookup of "http").
+func adminBase(addr string) (string, error) {
+	hostPort := strings.TrimSuffix(strings.TrimPrefix(addr, "http://"), "/")
+	if strings.Contains(hostPort, "/") {
+		return "", fmt.Errorf("-admin %q: host:port or http://host:port (the admin API is plain HTTP)", addr)
+	}
+	return "http://" + hostPort, nil
 }
 
 type client struct {

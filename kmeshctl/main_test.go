@@ -209,3 +209,21 @@ func TestDaemonEmptyCells(t *testing.T) {
 		t.Errorf("workloads:\n%s", out.String())
 	}
 }
+
+// -admin takes host:port, and also the admin's URL as curl and a browser
+// take it (httptest's srv.URL is one).
+func TestAdminAsURL(t *testing.T) {
+	srv := fakeDaemon(t)
+	for _, addr := range []string{srv.URL, srv.URL + "/", strings.TrimPrefix(srv.URL, "http://")} {
+		if code, out, errOut := cli("-admin", addr, "status"); code != 0 || !strings.Contains(out, "node-a") {
+			t.Errorf("-admin %s: exit %d, %q %s", addr, code, out, errOut)
+		}
+	}
+	t.Setenv("KMESH_WAYPOINT_ADMIN", srv.URL)
+	if code, _, errOut := cli("waypoint", "listeners"); code != 1 || !strings.Contains(errOut, `without "listeners"`) {
+		t.Errorf("KMESH_WAYPOINT_ADMIN as a URL: exit %d, %s", code, errOut)
+	}
+	if code, _, errOut := cli("-admin", "https://"+strings.TrimPrefix(srv.URL, "http://"), "status"); code != 2 || !strings.Contains(errOut, "-admin") {
+		t.Errorf("-admin https://: exit %d, %s; want a usage error", code, errOut)
+	}
+}
