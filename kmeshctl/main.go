@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -258,6 +259,11 @@ func (c client) host() string {
 
 // writeJSON is -o json: the server's types, indented.
 func (c client) writeJSON(v any) error {
+	// A list view is a list even when empty: the daemon writes an empty
+	// kind as null (a nil slice), which jq '.[]' cannot iterate.
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Slice && rv.IsNil() {
+		v = []struct{}{}
+	}
 	enc := json.NewEncoder(c.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)

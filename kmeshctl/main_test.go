@@ -227,3 +227,31 @@ func TestAdminAsURL(t *testing.T) {
 		t.Errorf("-admin https://: exit %d, %s; want a usage error", code, errOut)
 	}
 }
+
+// A daemon with nothing of a kind writes null for it (a nil slice);
+// -o json prints a list view as a list either way, so jq '.[]' and a
+// script's len() work on an empty mesh.
+func TestJSONEmptyListIsArray(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/debug/config_dump":
+			_, _ = w.Write([]byte(`{"node":{},"services":null,"workloads":null,"policies":null}`))
+		case "/debug/pods", "/debug/connections":
+			_, _ = w.Write([]byte(`null`))
+		}
+	}))
+	defer srv.Close()
+	c := client{base: srv.URL, json: true}
+	for _, what := range []string{"services", "workloads", "policies", "pods"} {
+		var out bytes.Buffer
+		c.out = &out
+		if err := c.dump(what); err != nil || strings.TrimSpace(out.String()) != "[]" {
+			t.Errorf("dump %s -o json: %q %v, want []", what, out.String(), err)
+		}
+	}
+	var out bytes.Buffer
+	c.out = &out
+	if err := c.showConnections(); err != nil || strings.TrimSpace(out.String()) != "[]" {
+		t.Errorf("connections -o json: %q %v, want []", out.String(), err)
+	}
+}
