@@ -140,6 +140,11 @@ func (c client) logs(follow bool) error {
 	for sc.Scan() {
 		line := sc.Bytes()
 		if c.json {
+			// Passed on as the admin API wrote it, once it is known to be
+			// the JSON a script reading -o json expects.
+			if !json.Valid(line) {
+				return fmt.Errorf("access log line %q is not JSON", line)
+			}
 			out.Write(line)
 			out.WriteByte('\n')
 		} else {

@@ -69,3 +69,21 @@ func TestConnectionViews(t *testing.T) {
 		t.Errorf("logs:\n%s", got)
 	}
 }
+
+// logs -o json is one JSON object a line, as the admin API writes them; a
+// line that is not one (a proxy's error page, a truncated write) is an
+// error, as it is for the table, not passed on to the script reading it.
+func TestLogsJSONLinesAreJSON(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("{\"reporter\":\"source\"}\n<html>oops</html>\n"))
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	err := client{base: srv.URL, json: true, out: &out}.logs(false)
+	if err == nil || strings.Contains(out.String(), "<html>") {
+		t.Errorf("logs -o json: %v, printed %q", err, out.String())
+	}
+	if !strings.Contains(out.String(), `{"reporter":"source"}`) {
+		t.Errorf("logs -o json lost the good line: %q", out.String())
+	}
+}
