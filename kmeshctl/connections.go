@@ -125,7 +125,13 @@ func (c client) logs(follow bool) error {
 	if follow {
 		path += "?follow=1"
 	}
-	resp, err := http.Get(c.base + path) // no timeout: a follow lasts
+	// A follow lasts until ^C; the recent lines are one answer, bounded
+	// like every other command's.
+	hc := http.Client{}
+	if !follow {
+		hc.Timeout = requestTimeout
+	}
+	resp, err := hc.Get(c.base + path)
 	if err != nil {
 		return fmt.Errorf("is %s running? %w", c.serverName(), err)
 	}

@@ -87,3 +87,32 @@ func TestLogsJSONLinesAreJSON(t *testing.T) {
 		t.Errorf("logs -o json lost the good line: %q", out.String())
 	}
 }
+
+// logs without -f is one answer like any other command's and gives up on
+// a server that never finishes it; only -f waits for ever.
+func TestLogsWithoutFollowTimesOut(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	was := requestTimeout
+	requestTimeout = 200 * time.Millisecond
+	defer func() { requestTimeout = was }()
+	done := make(chan error, 1)
+	go func() { done <- client{base: srv.URL, out: &bytes.Buffer{}}.logs(false) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("logs from a server that never finished: no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("logs without -f still waiting after 5s")
+	}
+}

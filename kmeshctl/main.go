@@ -185,8 +185,11 @@ type client struct {
 	out io.Writer
 }
 
+// requestTimeout bounds one answer of the admin API (all but logs -f).
+var requestTimeout = 10 * time.Second
+
 func (c client) get(path string) ([]byte, error) {
-	hc := http.Client{Timeout: 10 * time.Second}
+	hc := http.Client{Timeout: requestTimeout}
 	resp, err := hc.Get(c.base + path)
 	if err != nil {
 		return nil, fmt.Errorf("is %s running? %w", c.serverName(), err)
