@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/fsnotify/fsnotify"
 
@@ -107,7 +108,7 @@ func New(cfg Config) (*Installer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkEntry(entry); err != nil {
+	if err := checkEntry(entry, "kmesh-install-check", "1.0.0"); err != nil {
 		return nil, err
 	}
 	in := &Installer{
@@ -128,14 +129,20 @@ func New(cfg Config) (*Installer, error) {
 }
 
 // checkEntry runs the entry through kmesh-cni's own parser, as a runtime
-// would hand it over, so a value the plugin rejects never reaches a node.
-func checkEntry(entry []byte) error {
+// would hand it over in a list called name at cniVersion version, so a value
+// the plugin rejects never reaches a node.
+func checkEntry(entry []byte, name, version string) error {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(entry, &fields); err != nil {
 		return err
 	}
-	fields["cniVersion"] = json.RawMessage(`"1.0.0"`)
-	fields["name"] = json.RawMessage(`"kmesh-install-check"`)
+	var err error
+	if fields["cniVersion"], err = json.Marshal(version); err != nil {
+		return err
+	}
+	if fields["name"], err = json.Marshal(name); err != nil {
+		return err
+	}
 	stdin, err := json.Marshal(fields)
 	if err != nil {
 		return err
@@ -146,6 +153,34 @@ func checkEntry(entry []byte) error {
 			return fmt.Errorf("kmesh-cni would reject its entry: %s: %s", cniErr.Msg, cniErr.Details)
 		}
 		return fmt.Errorf("kmesh-cni would reject its entry: %w", err)
+	}
+	return nil
+}
+
+// checkEntryIn checks the entry as the runtime would hand it over from list,
+// the conflist about to be written: libcni injects the list's name and
+// cniVersion into every plugin's config, and kmesh-cni fails an ADD whose
+// cniVersion it does not speak, whatever its failurePolicy. In such a chain
+// the entry would break every pod on the node, so it must not go in.
+func checkEntryIn(entry, list []byte) error {
+	parsed, err := libcni.NetworkConfFromBytes(list)
+	if err != nil {
+		return fmt.Errorf("the runtime would not read it: %w", err)
+	}
+	// A runtime with a libcni that knows "cniVersions" picks from it (that is
+	// parsed.CNIVersion); an older one uses "cniVersion" alone. Either may
+	// read the file.
+	versions := []string{parsed.CNIVersion}
+	var raw struct {
+		CNIVersion *string `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(list, &raw); err == nil && raw.CNIVersion != nil && *raw.CNIVersion != parsed.CNIVersion {
+		versions = append(versions, *raw.CNIVersion)
+	}
+	for _, v := range versions {
+		if err := checkEntry(entry, parsed.Name, v); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -418,6 +453,15 @@ func (in *Installer) reconcileConf() error {
 	if err != nil {
 		return fmt.Errorf("cannot add the kmesh-cni entry to %q: %w", path, err)
 	}
+	if err := checkEntryIn(in.entry, out); err != nil {
+		// An entry already there (the file changed under it) comes out.
+		if _, has, rerr := cniconf.Remove(doc); in.state.Files[name] != nil || (rerr == nil && has) {
+			if rerr := in.release(name); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return fmt.Errorf("not adding the kmesh-cni entry to %q: %w", path, err)
+	}
 	if in.state.Files[name] == nil {
 		in.state.Files[name] = &fileState{}
 		if err := in.state.save(in.statePath); err != nil {
@@ -451,6 +495,16 @@ func (in *Installer) convert(name string, doc []byte, mode os.FileMode) error {
 	out, err := cniconf.Upsert(made, in.entry)
 	if err != nil {
 		return err
+	}
+	if err := checkEntryIn(in.entry, out); err != nil {
+		// The file was written again at a version kmesh-cni does not
+		// speak: the conflist made from its earlier content goes too.
+		if st := in.state.Files[listName]; st != nil && st.FromName == name {
+			if rerr := in.release(listName); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return fmt.Errorf("not turning %q into a conflist with the kmesh-cni entry: %w", path, err)
 	}
 	// Remember the original before it goes, so a crash in between loses
 	// nothing.

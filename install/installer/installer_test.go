@@ -487,7 +487,7 @@ func TestAnotherAgentRewritesTheConf(t *testing.T) {
 
 func TestPrimaryMoves(t *testing.T) {
 	n := newNode(t)
-	b := `{"name":"b","plugins":[{"type":"ptp"}]}`
+	b := `{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"ptp"}]}`
 	n.write(n.conf("20-b.conflist"), b)
 	stop := n.start()
 	n.wantChain(2*time.Second, "20-b.conflist", "ptp", "kmesh-cni")
@@ -634,4 +634,47 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// kmesh-cni speaks CNI 0.3.0 to 1.1.0. In a chain whose cniVersion it does
+// not speak, every pod's ADD would fail on the entry, so the entry stays out
+// and the primary's files stay as they were.
+func TestUnsupportedCNIVersionIsNotChained(t *testing.T) {
+	noVersion := `{"name":"n","plugins":[{"type":"ptp"}]}`
+	oldConf := `{"cniVersion":"0.2.0","name":"mynet","type":"bridge"}`
+	oldConfNoVersion := `{"name":"mynet","type":"bridge"}`
+	for _, tc := range []struct{ name, file, content string }{
+		{"conflist without cniVersion", "10-n.conflist", noVersion},
+		{"conf at 0.2.0", "10-b.conf", oldConf},
+		{"conf without cniVersion", "10-b.conf", oldConfNoVersion},
+		{"conflist at 0.2.0 listing 1.0.0 too", "10-n.conflist",
+			`{"name":"n","cniVersion":"0.2.0","cniVersions":["1.0.0"],"plugins":[{"type":"ptp"}]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t)
+			n.write(n.conf(tc.file), tc.content)
+			stop := n.start()
+			n.eventually(2*time.Second, "refusal logged", func() error {
+				if !strings.Contains(n.logs.String(), "is not supported by kmesh-cni") {
+					return errors.New("no log line")
+				}
+				return nil
+			})
+			if got := n.read(n.conf(tc.file)); got != tc.content {
+				t.Errorf("%s changed:\n%s", tc.file, got)
+			}
+			n.stopUninstalled(stop, map[string]string{tc.file: tc.content})
+		})
+	}
+
+	// The primary's agent moves its chain to a version kmesh-cni does not
+	// speak, keeping the entry: the entry comes out.
+	n := newNode(t)
+	n.write(n.conf("10-flannel.conflist"), flannel)
+	stop := n.start()
+	n.wantChain(2*time.Second, "10-flannel.conflist", "flannel", "portmap", "kmesh-cni")
+	with := n.read(n.conf("10-flannel.conflist"))
+	n.write(n.conf("10-flannel.conflist"), strings.Replace(with, `"0.3.1"`, `"0.2.0"`, 1))
+	n.wantChain(2*time.Second, "10-flannel.conflist", "flannel", "portmap")
+	n.stopUninstalled(stop, map[string]string{"10-flannel.conflist": strings.Replace(flannel, `"0.3.1"`, `"0.2.0"`, 1)})
 }
