@@ -554,6 +554,14 @@ func (in *Installer) release(name string) error {
 				return fmt.Errorf("failed to remove %q after restoring %q: %w", path, orig, err)
 			}
 			in.log.Info("restored the original network config", "path", orig, "removed", path)
+		case orig != "" && bytes.Equal(out, st.Made):
+			// Its owner wrote the original again since: the conflist, made
+			// from an earlier copy, is stale, and would become the node's
+			// network once the owner renames or removes its file.
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("failed to remove %q, made from an earlier %q: %w", path, orig, err)
+			}
+			in.log.Info("removed the conflist made from an earlier copy of the network config", "removed", path, "original", orig)
 		case removed:
 			if err := atomicfile.Write(path, out, mode); err != nil {
 				return err

@@ -678,3 +678,42 @@ func TestUnsupportedCNIVersionIsNotChained(t *testing.T) {
 	n.wantChain(2*time.Second, "10-flannel.conflist", "flannel", "portmap")
 	n.stopUninstalled(stop, map[string]string{"10-flannel.conflist": strings.Replace(flannel, `"0.3.1"`, `"0.2.0"`, 1)})
 }
+
+// The primary's agent writes its single-plugin file again while the
+// installer is not looking (it was down, or stops before its next check):
+// the conflist made from the earlier copy is stale and must not outlive
+// the uninstall, or it becomes the node's network once the agent removes or
+// renames its file.
+func TestUninstallAfterTheConfIsWrittenAgain(t *testing.T) {
+	n := newNode(t)
+	n.write(n.conf("10-bridge.conf"), bridgeConf)
+	crash := n.startCrashing()
+	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
+	crash()
+	changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
+	n.write(n.conf("10-bridge.conf"), changed)
+	in, err := New(n.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	n.wantUninstalled(map[string]string{"10-bridge.conf": changed})
+
+	// Likewise when the file comes back at a version kmesh-cni does not
+	// speak, so that the entry cannot follow it.
+	n = newNode(t)
+	n.write(n.conf("10-bridge.conf"), bridgeConf)
+	stop := n.start()
+	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
+	old := strings.Replace(bridgeConf, `"0.4.0"`, `"0.2.0"`, 1)
+	n.write(n.conf("10-bridge.conf"), old)
+	n.eventually(2*time.Second, "stale conflist removed", func() error {
+		if _, err := os.Stat(n.conf("10-bridge.conflist")); err == nil {
+			return errors.New("10-bridge.conflist still there")
+		}
+		return nil
+	})
+	n.stopUninstalled(stop, map[string]string{"10-bridge.conf": old})
+}
