@@ -582,6 +582,12 @@ func (in *Installer) Uninstall() error {
 			errs = append(errs, err)
 		}
 	}
+	if len(errs) > 0 {
+		// An entry is still in a conf file: without its binary every
+		// pod's ADD would fail, so what it needs stays for a later try.
+		errs = append(errs, errors.New("kept the kmesh-cni binaries and kubeconfig, which an entry left in place needs"))
+		return errors.Join(errs...)
+	}
 	if in.kubecfg != "" {
 		if err := os.Remove(in.kubecfg); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("failed to remove the kubeconfig: %w", err))

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmesh-go/kmesh/install/cniconf"
 )
@@ -716,4 +717,62 @@ func TestUninstallAfterTheConfIsWrittenAgain(t *testing.T) {
 		return nil
 	})
 	n.stopUninstalled(stop, map[string]string{"10-bridge.conf": old})
+}
+
+// setImmutable sets or clears the immutable attribute of dir (chattr +i),
+// which makes even root's writes in it fail, as on a read-only mount.
+func setImmutable(t *testing.T, dir string, on bool) error {
+	t.Helper()
+	const immutable = 0x10 // FS_IMMUTABLE_FL in linux/fs.h
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	flags, err := unix.IoctlGetUint32(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return err
+	}
+	if on {
+		flags |= immutable
+	} else {
+		flags &^= immutable
+	}
+	return unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, int(flags))
+}
+
+// An entry that cannot be taken out keeps its binary: without it the
+// runtime fails every pod's ADD, while kmesh-cni with its daemon gone lets
+// pods start (failurePolicy open).
+func TestUninstallKeepsTheBinaryOfAnEntryLeftBehind(t *testing.T) {
+	n := newNode(t)
+	n.write(n.conf("10-flannel.conflist"), flannel)
+	crash := n.startCrashing()
+	n.wantChain(2*time.Second, "10-flannel.conflist", "flannel", "portmap", "kmesh-cni")
+	crash()
+	if err := setImmutable(t, n.host(confDir), true); err != nil {
+		t.Skipf("cannot make the conf dir immutable here: %v", err)
+	}
+	t.Cleanup(func() { setImmutable(t, n.host(confDir), false) })
+	in, err := New(n.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Uninstall(); err == nil {
+		t.Fatal("Uninstall succeeded in a conf dir it cannot write")
+	}
+	n.wantChain(0, "10-flannel.conflist", "flannel", "portmap", "kmesh-cni")
+	for _, b := range n.cfg.Binaries {
+		if _, err := os.Stat(n.host(filepath.Join(binDir, b))); err != nil {
+			t.Errorf("binary %s of the entry left behind: %v", b, err)
+		}
+	}
+	// Once the directory can be written, a later uninstall finishes.
+	if err := setImmutable(t, n.host(confDir), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
 }
