@@ -319,6 +319,15 @@ func TestFindPrimary(t *testing.T) {
 	if err != nil || name != "10-bridge.json" {
 		t.Errorf("FindPrimary = %q, %v; want 10-bridge.json", name, err)
 	}
+	// Conflists libcni will not load are no network to a runtime (CRI-O
+	// passes over them; containerd gives up): one without a name, one
+	// with a flag libcni cannot read.
+	write("05-no-name.conflist", `{"cniVersion":"1.0.0","plugins":[{"type":"ptp"}]}`)
+	write("06-bad-flag.conflist", `{"cniVersion":"1.0.0","name":"n","disableCheck":"maybe","plugins":[{"type":"ptp"}]}`)
+	name, skipped, err = FindPrimary(dir)
+	if err != nil || name != "10-bridge.json" || len(skipped) != 6 {
+		t.Errorf("FindPrimary = %q, %v; want 10-bridge.json", name, err)
+	}
 	if got := ListName("10-bridge.json"); got != "10-bridge.conflist" {
 		t.Errorf("ListName = %q", got)
 	}

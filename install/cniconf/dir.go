@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 // Extensions a container runtime reads from the conf directory (libcni's
@@ -77,6 +79,11 @@ func checkPrimary(name string, doc []byte) error {
 	if IsList(name) {
 		types, err := Types(doc)
 		if err != nil {
+			return err
+		}
+		// What the runtime's libcni will not load (no name, a flag it
+		// cannot read) is no network to it, whatever its plugins.
+		if _, err := libcni.NetworkConfFromBytes(doc); err != nil {
 			return err
 		}
 		for _, t := range types {
