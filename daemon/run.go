@@ -329,7 +329,7 @@ func (a *agent) serveAdmin(ctx context.Context) error {
 		Telemetry: a.tel,
 		Dataplane: a.dp,
 		Ready:     a.syncer.Ready,
-		Pods:      a.reg.Pods,
+		Pods:      a.reg.Attachments, // a row per attachment, each with its host veth
 		Status:    a.status,
 	}, a.metrics)
 	a.spawn(func() error { return admin.Serve(ctx, a.o.adminAddress, h) })

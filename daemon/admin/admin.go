@@ -98,8 +98,8 @@ type MapDump struct {
 	Stats map[string]uint64 `json:"stats"`
 }
 
-// Pods is /debug/pods: the CNI registry, each pod in the CNI API's JSON
-// (protojson).
+// Pods is /debug/pods: the CNI registry, each pod attachment in the CNI
+// API's JSON (protojson); a pod in several networks has a row per network.
 type Pods []*cniv1.Pod
 
 func (ps Pods) MarshalJSON() ([]byte, error) {

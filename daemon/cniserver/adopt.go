@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
@@ -85,18 +86,22 @@ type Adoption struct {
 	Failed map[string]error
 }
 
-// Adopt takes the plugin's records (PluginPods) as the node's pods when
-// the daemon starts, so it knows what was added and deleted while it was
-// away even if the plugin could not tell it:
-//   - a pod the registry does not know is registered as the plugin left it,
-//     enrolled only if its cookie is still in the manage map (the plugin
-//     enrolled it, or its DEL undid that), and enrolled whenever it is
-//     (a daemon enrolled it after ADD and its file lost that);
-//   - a pod ADD decided to enroll but could not, for want of a data path,
-//     is enrolled here (manage entry and tc filter, as the plugin would
-//     have): nobody else would, when no Kubernetes watch decides again;
-//   - a pod the registry knows keeps the registry's record: the daemon's
-//     later decisions (labels changed after ADD) win over ADD's;
+// Adopt takes the plugin's records (PluginPods, one per attachment) as the
+// node's pods when the daemon starts, so it knows what was added and
+// deleted while it was away even if the plugin could not tell it:
+//   - a sandbox the registry does not know is registered as the plugin
+//     left it, enrolled only if its cookie is still in the manage map (the
+//     plugin enrolled it, or its DEL undid that), and enrolled whenever it
+//     is (a daemon enrolled it after ADD and its file lost that);
+//   - a sandbox ADD decided to enroll but could not, for want of a data
+//     path, is enrolled here (manage entry and a tc filter on the host veth
+//     of every attachment, as the plugin would have): nobody else would,
+//     when no Kubernetes watch decides again;
+//   - a sandbox the registry knows keeps the registry's state: the
+//     daemon's later decisions (labels changed after ADD) win over ADD's;
+//     its attachments follow the records (when complete, one without a
+//     record had its DEL; one only the records name is added, and given
+//     the filter when the sandbox is enrolled);
 //   - an anonymous record (an enrolled cookie nobody had named) gives way
 //     to the plugin's record of that cookie;
 //   - when complete, a registered pod with no record whose cookie is not
@@ -112,77 +117,155 @@ func (r *Registry) Adopt(plugin []PluginPod, complete bool) (Adoption, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var a Adoption
-	recorded := map[string]bool{}
+	// The records by sandbox, in the order read.
+	var order []string
+	groups := map[string][]PluginPod{}
 	for _, pp := range plugin {
-		p := pp.Pod
-		if p.GetContainerId() == "" {
+		if pp.Pod.GetContainerId() == "" {
 			continue
 		}
-		recorded[p.ContainerId] = true
-		if _, ok := r.pods[p.ContainerId]; ok {
+		id := pp.Pod.ContainerId
+		if _, ok := groups[id]; !ok {
+			order = append(order, id)
+		}
+		groups[id] = append(groups[id], pp)
+	}
+	changed := false
+	for _, id := range order {
+		group := groups[id]
+		if sb, ok := r.pods[id]; ok {
+			if r.adoptAttachments(sb, group, complete, cookies, &a) {
+				changed = true
+			}
 			continue
 		}
-		p = clone(p)
+		sb := &sandbox{}
+		wants := false
+		for _, pp := range group {
+			sb.put(clone(pp.Pod))
+			wants = wants || pp.WantsEnrollment
+		}
+		p := sb.latest()
+		anyEnrolled := slices.ContainsFunc(sb.atts, func(q *cniv1.Pod) bool { return q.Enrolled })
 		switch {
-		case p.Enrolled && !cookies[p.NetnsCookie]:
-			p.Enrolled = false
-			p.Reason = "not in the manage map when the daemon started (was: " + p.Reason + ")"
-		case !p.Enrolled && p.NetnsCookie != 0 && cookies[p.NetnsCookie]:
+		case anyEnrolled && !cookies[p.NetnsCookie]:
+			for _, q := range sb.atts {
+				q.Enrolled = false
+				q.Reason = "not in the manage map when the daemon started (was: " + q.Reason + ")"
+			}
+		case !anyEnrolled && p.NetnsCookie != 0 && cookies[p.NetnsCookie]:
 			// ADD left it out and a daemon enrolled it since (its label
 			// came later), but the registry's file lost that: the manage
 			// map says what holds, and a later release must undo it.
-			p.Enrolled = true
-			p.Reason = "in the manage map when the daemon started (enrolled after ADD, which said: " + p.Reason + ")"
-		case !p.Enrolled && pp.WantsEnrollment:
-			if err := r.enrollAdopted(p); err != nil {
-				a.Failed = setErr(a.Failed, p.ContainerId, err)
-				p.Reason += "; the daemon could not enroll it at start: " + err.Error()
+			for _, q := range sb.atts {
+				q.Enrolled = true
+				q.Reason = "in the manage map when the daemon started (enrolled after ADD, which said: " + q.Reason + ")"
+			}
+		case !anyEnrolled && wants:
+			if err := r.enrollAdopted(sb); err != nil {
+				a.Failed = setErr(a.Failed, id, err)
+				for _, q := range sb.atts {
+					q.Reason += "; the daemon could not enroll it at start: " + err.Error()
+				}
 			} else {
-				a.Enrolled = append(a.Enrolled, p.ContainerId)
+				a.Enrolled = append(a.Enrolled, id)
+			}
+		case anyEnrolled:
+			// The netns is enrolled (the manage map says so): an
+			// attachment whose ADD said otherwise found it so.
+			sb.setState(true, p.Reason, 0)
+		}
+		for oid, old := range r.pods {
+			if c := old.latest().NetnsCookie; isAnonymous(oid) && c != 0 && c == p.NetnsCookie {
+				delete(r.pods, oid)
 			}
 		}
-		for id, old := range r.pods {
-			if isAnonymous(id) && old.NetnsCookie != 0 && old.NetnsCookie == p.NetnsCookie {
-				delete(r.pods, id)
-			}
-		}
-		r.pods[p.ContainerId] = p
-		a.Added = append(a.Added, p.ContainerId)
+		r.pods[id] = sb
+		a.Added = append(a.Added, id)
 	}
 	if complete {
-		for id, p := range r.pods {
-			if recorded[id] || p.NetnsCookie != 0 && cookies[p.NetnsCookie] {
+		for id, sb := range r.pods {
+			if c := sb.latest().NetnsCookie; groups[id] != nil || c != 0 && cookies[c] {
 				continue
 			}
 			delete(r.pods, id)
 			a.Dropped = append(a.Dropped, id)
 		}
 	}
-	if len(a.Added) == 0 && len(a.Dropped) == 0 {
+	if len(a.Added) == 0 && len(a.Dropped) == 0 && !changed {
 		return a, nil
 	}
 	return a, r.saveLocked()
 }
 
-// enrollAdopted enrolls a pod whose ADD could not, if its netns is still
-// there: one that is gone belongs to a pod whose DEL is due, and its
+// adoptAttachments brings the attachments of a sandbox the registry knows
+// in line with the plugin's records of it, keeping the registry's state.
+// It reports whether it changed anything.
+func (r *Registry) adoptAttachments(sb *sandbox, group []PluginPod, complete bool, cookies map[uint64]bool, a *Adoption) bool {
+	cur := sb.latest()
+	if c := group[0].Pod.NetnsCookie; c != 0 && cur.NetnsCookie != 0 && c != cur.NetnsCookie {
+		return false // another netns: the registry's newer report wins
+	}
+	recorded := map[string]bool{}
+	var added []*cniv1.Pod
+	for _, pp := range group {
+		recorded[pp.Pod.CniIfname] = true
+		if slices.ContainsFunc(sb.atts, func(q *cniv1.Pod) bool { return q.CniIfname == pp.Pod.CniIfname }) {
+			continue
+		}
+		q := clone(pp.Pod)
+		q.Enrolled, q.Reason = cur.Enrolled, cur.Reason
+		if q.NetnsCookie == 0 {
+			q.NetnsCookie = cur.NetnsCookie
+		}
+		added = append(added, q)
+	}
+	before := len(sb.atts)
+	if complete {
+		// An attachment with no record had its DEL while the daemon was
+		// away (the plugin tells it of a sandbox's last one only). A
+		// record of an older daemon names no interface: it is kept.
+		sb.atts = slices.DeleteFunc(sb.atts, func(q *cniv1.Pod) bool { return q.CniIfname != "" && !recorded[q.CniIfname] })
+	}
+	if len(sb.atts) == 0 {
+		// Keep the sandbox's state in its first recorded attachment.
+		sb.atts = append(sb.atts, added[0])
+		added = added[1:]
+	}
+	// Older attachments first: the registry's newest report stays newest.
+	sb.atts = append(added, sb.atts...)
+	if len(added) > 0 && cur.Enrolled && cookies[cur.NetnsCookie] {
+		// Enrolled by the daemon after these attachments' ADD, which may
+		// have left them out: each veth needs its filter.
+		if _, err := r.enroller.Enroll(added); err != nil {
+			a.Failed = setErr(a.Failed, cur.ContainerId, err)
+		}
+	}
+	return len(added) > 0 || len(sb.atts) != before
+}
+
+// enrollAdopted enrolls a sandbox whose ADD could not, if its netns is
+// still there: one that is gone belongs to a pod whose DEL is due, and its
 // cookie could name nothing else.
-func (r *Registry) enrollAdopted(p *cniv1.Pod) error {
+func (r *Registry) enrollAdopted(sb *sandbox) error {
+	p := sb.latest()
 	if p.GetNetnsPath() == "" {
 		return errors.New("the record names no network namespace")
 	}
 	if _, err := os.Stat(p.GetNetnsPath()); err != nil {
 		return fmt.Errorf("network namespace: %w", err)
 	}
-	cookie, err := r.enroller.Enroll(p)
+	cookie, err := r.enroller.Enroll(sb.clones())
 	if err != nil {
 		return err
 	}
-	p.NetnsCookie, p.Enrolled = cookie, true
-	if i := strings.Index(p.Reason, cnistate.NotEnrolledYet); i >= 0 {
-		p.Reason = p.Reason[:i]
+	for _, q := range sb.atts {
+		q.NetnsCookie, q.Enrolled = cookie, true
+		if i := strings.Index(q.Reason, cnistate.NotEnrolledYet); i >= 0 {
+			q.Reason = q.Reason[:i]
+		}
+		q.Reason += "; enrolled by the daemon at its start (kmesh-cni found no data path)"
 	}
-	p.Reason += "; enrolled by the daemon at its start (kmesh-cni found no data path)"
 	return nil
 }
 

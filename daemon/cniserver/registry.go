@@ -24,10 +24,12 @@ import (
 
 // Enroller puts a pod's netns under the data path or takes it out. The
 // registry calls it for enrollment decisions the daemon makes; the plugin
-// enrolls pods itself at creation.
+// enrolls pods itself at creation. It is given a sandbox's attachments
+// (one record per CNI interface, all in the sandbox's netns): the netns
+// has one manage entry, each attachment's host veth its own tc filter.
 type Enroller interface {
-	Enroll(p *cniv1.Pod) (cookie uint64, err error)
-	Release(p *cniv1.Pod) error
+	Enroll(atts []*cniv1.Pod) (cookie uint64, err error)
+	Release(atts []*cniv1.Pod) error
 	// Enrolled reports whether the cookie is in the manage map.
 	Enrolled(cookie uint64) (bool, error)
 	// List returns every enrolled cookie.
@@ -46,7 +48,7 @@ type Enroller interface {
 type Registry struct {
 	mu       sync.Mutex
 	path     string
-	pods     map[string]*cniv1.Pod // by container id
+	pods     map[string]*sandbox // by container id
 	enroller Enroller
 	// watchers are told when a pod is added or removed (the Kubernetes
 	// watcher re-evaluates labels for it).
@@ -58,6 +60,72 @@ type Registry struct {
 	saveMu sync.Mutex    // one writer of the file at a time
 }
 
+// sandbox is a pod sandbox as the plugin reported it: one record per
+// attachment (CNI_IFNAME), since a pod in several networks (multus, with
+// kmesh-cni in each network's chain) has a host veth, and so a tc filter,
+// per network, all in one netns. What is the sandbox's (enrolled, reason,
+// cookie) is kept the same in every record.
+type sandbox struct {
+	atts []*cniv1.Pod // the newest report last
+}
+
+// latest is the attachment reported last: it speaks for the sandbox.
+func (s *sandbox) latest() *cniv1.Pod { return s.atts[len(s.atts)-1] }
+
+// put records an attachment, replacing the record of its interface.
+func (s *sandbox) put(p *cniv1.Pod) {
+	s.atts = slices.DeleteFunc(s.atts, func(q *cniv1.Pod) bool { return q.CniIfname == p.CniIfname })
+	s.atts = append(s.atts, p)
+}
+
+// others are the attachments other than the one on ifname.
+func (s *sandbox) others(ifname string) []*cniv1.Pod {
+	var out []*cniv1.Pod
+	for _, a := range s.atts {
+		if a.CniIfname != ifname {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// setState makes the sandbox's state every attachment's.
+func (s *sandbox) setState(enrolled bool, reason string, cookie uint64) {
+	for _, a := range s.atts {
+		a.Enrolled, a.Reason = enrolled, reason
+		if cookie != 0 {
+			a.NetnsCookie = cookie
+		}
+	}
+}
+
+// view is the sandbox as one pod record: the newest attachment's, with
+// the addresses and interfaces of every attachment (the pod has them all).
+func (s *sandbox) view() *cniv1.Pod {
+	p := clone(s.latest())
+	for _, a := range s.atts[:len(s.atts)-1] {
+		for _, ip := range a.Ips {
+			if !slices.Contains(p.Ips, ip) {
+				p.Ips = append(p.Ips, ip)
+			}
+		}
+		for _, i := range a.Interfaces {
+			if !slices.ContainsFunc(p.Interfaces, func(j *cniv1.Interface) bool { return proto.Equal(i, j) }) {
+				p.Interfaces = append(p.Interfaces, clone(i))
+			}
+		}
+	}
+	return p
+}
+
+func (s *sandbox) clones() []*cniv1.Pod {
+	out := make([]*cniv1.Pod, len(s.atts))
+	for i, a := range s.atts {
+		out[i] = clone(a)
+	}
+	return out
+}
+
 // saveDelay lets a burst of changes (pods created together) be written once.
 const saveDelay = 50 * time.Millisecond
 
@@ -66,7 +134,7 @@ const saveDelay = 50 * time.Millisecond
 // marked not enrolled, and enrolled cookies nobody recorded are kept as
 // anonymous records so nothing enrolled is forgotten.
 func NewRegistry(path string, e Enroller) (*Registry, error) {
-	r := &Registry{path: path, pods: map[string]*cniv1.Pod{}, enroller: e,
+	r := &Registry{path: path, pods: map[string]*sandbox{}, enroller: e,
 		dirty: make(chan struct{}, 1), stop: make(chan struct{}), saved: make(chan struct{})}
 	if err := r.load(); err != nil {
 		return nil, err
@@ -76,18 +144,18 @@ func NewRegistry(path string, e Enroller) (*Registry, error) {
 		return nil, err
 	}
 	known := map[uint64]bool{}
-	for _, p := range r.pods {
+	for _, sb := range r.pods {
+		p := sb.latest()
 		if p.Enrolled && !cookies[p.NetnsCookie] {
-			p.Enrolled = false
-			p.Reason = "not in the manage map after restart"
+			sb.setState(false, "not in the manage map after restart", 0)
 		}
 		known[p.NetnsCookie] = true
 	}
 	for c := range cookies {
 		if !known[c] {
 			id := fmt.Sprintf("%s%d", anonymousPrefix, c)
-			r.pods[id] = &cniv1.Pod{ContainerId: id, NetnsCookie: c, Enrolled: true,
-				Reason: "enrolled in the kernel, not yet re-signalled by the plugin"}
+			r.pods[id] = &sandbox{atts: []*cniv1.Pod{{ContainerId: id, NetnsCookie: c, Enrolled: true,
+				Reason: "enrolled in the kernel, not yet re-signalled by the plugin"}}}
 		}
 	}
 	if err := r.saveLocked(); err != nil {
@@ -156,23 +224,47 @@ func (r *Registry) Watch(fn func(p *cniv1.Pod, added bool)) {
 	r.watchers = append(r.watchers, fn)
 }
 
-// Add records a pod, replacing the record for its sandbox.
+// Add records an attachment of a pod sandbox, replacing the record of
+// that interface; what it says of the sandbox (enrolled, reason) becomes
+// the sandbox's.
 func (r *Registry) Add(p *cniv1.Pod) (bool, error) {
 	if p.GetContainerId() == "" {
 		return false, errors.New("pod record without a container id")
 	}
 	p = clone(p)
 	r.mu.Lock()
+	sb := r.pods[p.ContainerId]
+	if sb != nil && p.NetnsCookie != 0 && sb.latest().NetnsCookie != 0 && sb.latest().NetnsCookie != p.NetnsCookie {
+		// Another netns under the same container id: the attachments
+		// recorded were in the one that is gone.
+		sb = nil
+	}
+	wasEnrolled := sb != nil && sb.latest().Enrolled
+	var others []*cniv1.Pod
+	if sb != nil {
+		others = sb.others(p.CniIfname)
+	}
 	if p.Enrolled && p.NetnsCookie != 0 {
 		ok, err := r.enroller.Enrolled(p.NetnsCookie)
 		if err != nil {
 			r.mu.Unlock()
 			return false, err
 		}
-		if !ok {
+		switch {
+		case !ok:
 			// The plugin said enrolled but the kernel has no entry (the
-			// pins were replaced in between): enroll again.
-			if _, err := r.enroller.Enroll(p); err != nil {
+			// pins were replaced in between): enroll again, every
+			// attachment.
+			if _, err := r.enroller.Enroll(append(slices.Clone(others), p)); err != nil {
+				r.mu.Unlock()
+				return false, err
+			}
+		case !wasEnrolled && len(others) > 0:
+			// This attachment's ADD enrolled the netns that the earlier
+			// ones had left out (the label came in between): their veths
+			// need the filter too, or what arrives on them is not
+			// authorized. This one's is the plugin's, being attached now.
+			if _, err := r.enroller.Enroll(others); err != nil {
 				r.mu.Unlock()
 				return false, err
 			}
@@ -180,28 +272,36 @@ func (r *Registry) Add(p *cniv1.Pod) (bool, error) {
 	}
 	// An anonymous record for the same netns is replaced by the real one.
 	for id, old := range r.pods {
-		if id != p.ContainerId && old.NetnsCookie == p.NetnsCookie && old.NetnsCookie != 0 && isAnonymous(id) {
+		if c := old.latest().NetnsCookie; id != p.ContainerId && c == p.NetnsCookie && c != 0 && isAnonymous(id) {
 			delete(r.pods, id)
 		}
 	}
-	r.pods[p.ContainerId] = p
+	if sb == nil {
+		sb = &sandbox{}
+		r.pods[p.ContainerId] = sb
+	}
+	sb.put(p)
+	sb.setState(p.Enrolled, p.Reason, p.NetnsCookie)
 	r.changed()
 	ws := slices.Clone(r.watchers)
+	v := sb.view()
 	r.mu.Unlock()
 	for _, fn := range ws {
-		fn(clone(p), true)
+		fn(clone(v), true)
 	}
 	return p.Enrolled, nil
 }
 
-// Remove forgets a sandbox and takes its netns out of the data path.
+// Remove forgets a sandbox, all its attachments, and takes its netns out
+// of the data path. The plugin calls it at the last attachment's DEL only
+// (ReleasePodRequest names no interface).
 func (r *Registry) Remove(containerID string, cookie uint64) (bool, error) {
 	r.mu.Lock()
-	p, ok := r.pods[containerID]
+	sb, ok := r.pods[containerID]
 	if !ok && cookie != 0 {
 		for id, q := range r.pods {
-			if q.NetnsCookie == cookie {
-				p, ok, containerID = q, true, id
+			if q.latest().NetnsCookie == cookie {
+				sb, ok, containerID = q, true, id
 				break
 			}
 		}
@@ -212,14 +312,15 @@ func (r *Registry) Remove(containerID string, cookie uint64) (bool, error) {
 	}
 	delete(r.pods, containerID)
 	var err error
-	if p.Enrolled {
-		err = r.enroller.Release(p)
+	if sb.latest().Enrolled {
+		err = r.enroller.Release(sb.clones())
 	}
 	r.changed()
 	ws := slices.Clone(r.watchers)
+	v := sb.view()
 	r.mu.Unlock()
 	for _, fn := range ws {
-		fn(clone(p), false)
+		fn(clone(v), false)
 	}
 	return true, err
 }
@@ -227,31 +328,30 @@ func (r *Registry) Remove(containerID string, cookie uint64) (bool, error) {
 // SetEnrolled enrolls or releases a registered pod (label changes).
 func (r *Registry) SetEnrolled(containerID string, enrolled bool, reason string) error {
 	r.mu.Lock()
-	p, ok := r.pods[containerID]
+	sb, ok := r.pods[containerID]
 	if !ok {
 		r.mu.Unlock()
 		return fmt.Errorf("pod sandbox %s is not registered", containerID)
 	}
-	if p.Enrolled == enrolled {
+	if sb.latest().Enrolled == enrolled {
 		r.mu.Unlock()
 		return nil
 	}
+	var cookie uint64
 	if enrolled {
-		cookie, err := r.enroller.Enroll(p)
-		if err != nil {
+		var err error
+		if cookie, err = r.enroller.Enroll(sb.clones()); err != nil {
 			r.mu.Unlock()
 			return err
 		}
-		p.NetnsCookie = cookie
-	} else if err := r.enroller.Release(p); err != nil {
+	} else if err := r.enroller.Release(sb.clones()); err != nil {
 		r.mu.Unlock()
 		return err
 	}
-	p.Enrolled = enrolled
-	p.Reason = reason
+	sb.setState(enrolled, reason, cookie)
 	r.changed()
 	ws := slices.Clone(r.watchers)
-	p = clone(p)
+	p := sb.view()
 	r.mu.Unlock()
 	for _, fn := range ws {
 		fn(clone(p), true)
@@ -259,16 +359,36 @@ func (r *Registry) SetEnrolled(containerID string, enrolled bool, reason string)
 	return nil
 }
 
-// Pods returns every record, sorted by namespace, name, container id.
+// Pods returns every sandbox as one record (see sandbox.view), sorted by
+// namespace, name, container id.
 func (r *Registry) Pods() []*cniv1.Pod {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]*cniv1.Pod, 0, len(r.pods))
-	for _, p := range r.pods {
-		out = append(out, clone(p))
+	for _, sb := range r.pods {
+		out = append(out, sb.view())
 	}
+	sortPods(out)
+	return out
+}
+
+// Attachments returns every attachment's record, sorted by namespace,
+// name, container id, interface: a pod in several networks has a row per
+// network, each with its host veth.
+func (r *Registry) Attachments() []*cniv1.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*cniv1.Pod, 0, len(r.pods))
+	for _, sb := range r.pods {
+		out = append(out, sb.clones()...)
+	}
+	sortPods(out)
+	return out
+}
+
+func sortPods(out []*cniv1.Pod) {
 	slices.SortFunc(out, func(a, b *cniv1.Pod) int {
-		for _, c := range [][2]string{{a.Namespace, b.Namespace}, {a.Name, b.Name}, {a.ContainerId, b.ContainerId}} {
+		for _, c := range [][2]string{{a.Namespace, b.Namespace}, {a.Name, b.Name}, {a.ContainerId, b.ContainerId}, {a.CniIfname, b.CniIfname}} {
 			if c[0] != c[1] {
 				if c[0] < c[1] {
 					return -1
@@ -278,7 +398,6 @@ func (r *Registry) Pods() []*cniv1.Pod {
 		}
 		return 0
 	})
-	return out
 }
 
 // ByUID finds the sandboxes of a Kubernetes pod.
@@ -292,7 +411,7 @@ func (r *Registry) ByUID(uid string) []*cniv1.Pod {
 	return out
 }
 
-func clone(p *cniv1.Pod) *cniv1.Pod { return proto.Clone(p).(*cniv1.Pod) }
+func clone[M proto.Message](p M) M { return proto.Clone(p).(M) }
 
 type stateFile struct {
 	Pods []json.RawMessage `json:"pods"`
@@ -318,7 +437,14 @@ func (r *Registry) load() error {
 	for _, raw := range sf.Pods {
 		p := &cniv1.Pod{}
 		if err := protojson.Unmarshal(raw, p); err == nil && p.ContainerId != "" {
-			r.pods[p.ContainerId] = p
+			// A row per attachment, the sandbox's newest last (a file of
+			// an older daemon has one per sandbox).
+			sb := r.pods[p.ContainerId]
+			if sb == nil {
+				sb = &sandbox{}
+				r.pods[p.ContainerId] = sb
+			}
+			sb.put(p)
 		}
 	}
 	return nil
@@ -349,7 +475,7 @@ func (r *Registry) snapshotLocked() []*cniv1.Pod {
 	slices.Sort(ids)
 	out := make([]*cniv1.Pod, 0, len(ids))
 	for _, id := range ids {
-		out = append(out, clone(r.pods[id]))
+		out = append(out, r.pods[id].clones()...)
 	}
 	return out
 }

@@ -13,18 +13,32 @@ import (
 	"github.com/kmesh-go/kmesh/internal/cnistate"
 )
 
-// fakeEnroller is the manage map as a set; it records every Enroll.
+// fakeEnroller is the manage map as a set, and the host veths with a tc
+// filter; it records every Enroll.
 type fakeEnroller struct {
 	cookies  map[uint64]bool
 	enrolled []uint64
+	tc       map[string]bool
 }
 
-func (f *fakeEnroller) Enroll(p *cniv1.Pod) (uint64, error) {
-	f.cookies[p.NetnsCookie] = true
-	f.enrolled = append(f.enrolled, p.NetnsCookie)
-	return p.NetnsCookie, nil
+func (f *fakeEnroller) Enroll(atts []*cniv1.Pod) (uint64, error) {
+	f.cookies[atts[0].NetnsCookie] = true
+	f.enrolled = append(f.enrolled, atts[0].NetnsCookie)
+	for _, a := range atts {
+		if f.tc == nil {
+			f.tc = map[string]bool{}
+		}
+		f.tc[a.HostVeth] = true
+	}
+	return atts[0].NetnsCookie, nil
 }
-func (f *fakeEnroller) Release(p *cniv1.Pod) error { delete(f.cookies, p.NetnsCookie); return nil }
+func (f *fakeEnroller) Release(atts []*cniv1.Pod) error {
+	for _, a := range atts {
+		delete(f.cookies, a.NetnsCookie)
+		delete(f.tc, a.HostVeth)
+	}
+	return nil
+}
 func (f *fakeEnroller) Enrolled(c uint64) (bool, error) {
 	return f.cookies[c], nil
 }
@@ -352,5 +366,140 @@ func TestAdoptTakesTheManageMapForAPodTheDaemonEnrolled(t *testing.T) {
 	}
 	if e.cookies[11] {
 		t.Fatal("releasing the pod left its cookie in the manage map")
+	}
+}
+
+// twoNetworks are the records of a pod in two networks (multus): one per
+// attachment, one netns.
+func twoNetworks(enrolled bool) []*cniv1.Pod {
+	return []*cniv1.Pod{
+		{ContainerId: "multi", Name: "multi", Uid: "u", NetnsCookie: 21, CniIfname: "eth0", HostVeth: "veth-a", Ips: []string{"10.0.0.5/24"}, Enrolled: enrolled},
+		{ContainerId: "multi", Name: "multi", Uid: "u", NetnsCookie: 21, CniIfname: "net1", HostVeth: "veth-b", Ips: []string{"10.99.0.5/24"}, Enrolled: enrolled},
+	}
+}
+
+// The registry keeps every attachment of a sandbox, in its file too, and
+// enrolling or releasing the sandbox covers all their veths.
+func TestRegistryKeepsEveryAttachment(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "pods.json")
+	e := &fakeEnroller{cookies: map[uint64]bool{}}
+	r, err := NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range twoNetworks(false) {
+		if _, err := r.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err = NewRegistry(file, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	pods, atts := r.Pods(), r.Attachments()
+	if len(pods) != 1 || len(atts) != 2 || atts[0].HostVeth != "veth-a" || atts[1].HostVeth != "veth-b" {
+		t.Fatalf("after a restart: sandboxes %v, attachments %v", pods, atts)
+	}
+	// The sandbox speaks with its newest report, and has every address.
+	if p := pods[0]; p.HostVeth != "veth-b" || !slices.Equal(p.Ips, []string{"10.99.0.5/24", "10.0.0.5/24"}) {
+		t.Fatalf("sandbox %v", p)
+	}
+	if err := r.SetEnrolled("multi", true, "label added"); err != nil {
+		t.Fatal(err)
+	}
+	if !e.tc["veth-a"] || !e.tc["veth-b"] || !e.cookies[21] {
+		t.Fatalf("enrolled: tc on %v, manage %v", e.tc, e.cookies)
+	}
+	for _, a := range r.Attachments() {
+		if !a.Enrolled || a.Reason != "label added" {
+			t.Errorf("attachment %s: %v", a.CniIfname, a)
+		}
+	}
+	if known, err := r.Remove("multi", 0); err != nil || !known {
+		t.Fatal(known, err)
+	}
+	if len(e.tc) != 0 || e.cookies[21] {
+		t.Fatalf("released: tc on %v, manage %v", e.tc, e.cookies)
+	}
+}
+
+// An attachment whose ADD enrolls the netns that an earlier attachment's
+// ADD had left out (the label came in between): the earlier veth gets the
+// filter from the daemon (the new one's is the plugin's), or what arrives
+// on it goes unchecked while the pod counts as enrolled.
+func TestAddEnrollsTheEarlierAttachments(t *testing.T) {
+	e := &fakeEnroller{cookies: map[uint64]bool{}}
+	r, err := NewRegistry("", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	atts := twoNetworks(false)
+	if _, err := r.Add(atts[0]); err != nil {
+		t.Fatal(err)
+	}
+	// net1's ADD enrolled the netns.
+	e.cookies[21] = true
+	atts[1].Enrolled = true
+	if _, err := r.Add(atts[1]); err != nil {
+		t.Fatal(err)
+	}
+	if !e.tc["veth-a"] || e.tc["veth-b"] {
+		t.Fatalf("tc by the daemon on %v, want veth-a only", e.tc)
+	}
+	if p := r.Pods()[0]; !p.Enrolled {
+		t.Fatalf("sandbox %v", p)
+	}
+}
+
+// At start the attachments follow kmesh-cni's records: one whose DEL ran
+// while the daemon was away is forgotten (its veth is gone), one the
+// daemon did not know of is added, and given the filter when the daemon
+// holds the sandbox enrolled.
+func TestAdoptFollowsTheAttachmentRecords(t *testing.T) {
+	e := &fakeEnroller{cookies: map[uint64]bool{}}
+	r, err := NewRegistry("", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, p := range twoNetworks(true) {
+		e.cookies[21] = true
+		if _, err := r.Add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eth0 := twoNetworks(true)[0]
+	net2 := &cniv1.Pod{ContainerId: "multi", Name: "multi", NetnsCookie: 21, CniIfname: "net2", HostVeth: "veth-c", Reason: "ADD said no"}
+	if _, err := r.Adopt([]PluginPod{{Pod: eth0, WantsEnrollment: true}, {Pod: net2}}, true); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range r.Attachments() {
+		got = append(got, a.CniIfname)
+		if !a.Enrolled {
+			t.Errorf("attachment %s not enrolled with its sandbox: %v", a.CniIfname, a)
+		}
+	}
+	if !slices.Equal(got, []string{"eth0", "net2"}) {
+		t.Fatalf("attachments %v, want eth0 and net2", got)
+	}
+	if !e.tc["veth-c"] {
+		t.Fatalf("net2's veth has no filter: %v", e.tc)
+	}
+	// A new sandbox's records come as one sandbox.
+	two := twoNetworks(false)
+	for _, p := range two {
+		p.ContainerId, p.NetnsCookie = "other", 22
+	}
+	if _, err := r.Adopt([]PluginPod{{Pod: two[0]}, {Pod: two[1]}}, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.Pods()); n != 2 {
+		t.Fatalf("%d sandboxes, want 2", n)
 	}
 }

@@ -85,8 +85,11 @@ func (s *Server) ReleasePod(_ context.Context, req *cniv1.ReleasePodRequest) (*c
 	return &cniv1.ReleasePodResponse{Known: known}, nil
 }
 
+// ListPods lists a row per attachment (a pod in several networks has
+// one per network, each with its host veth); the plugin picks its own by
+// container id and cni_ifname.
 func (s *Server) ListPods(context.Context, *cniv1.ListPodsRequest) (*cniv1.ListPodsResponse, error) {
-	return &cniv1.ListPodsResponse{Pods: s.reg.Pods()}, nil
+	return &cniv1.ListPodsResponse{Pods: s.reg.Attachments()}, nil
 }
 
 // Status is ready once the data path is loaded, not only after the first

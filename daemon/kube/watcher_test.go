@@ -26,17 +26,17 @@ type fakeKernel struct {
 	enrolled map[uint64]bool
 }
 
-func (k *fakeKernel) Enroll(p *cniv1.Pod) (uint64, error) {
+func (k *fakeKernel) Enroll(atts []*cniv1.Pod) (uint64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.enrolled[p.NetnsCookie] = true
-	return p.NetnsCookie, nil
+	k.enrolled[atts[0].NetnsCookie] = true
+	return atts[0].NetnsCookie, nil
 }
 
-func (k *fakeKernel) Release(p *cniv1.Pod) error {
+func (k *fakeKernel) Release(atts []*cniv1.Pod) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	delete(k.enrolled, p.NetnsCookie)
+	delete(k.enrolled, atts[0].NetnsCookie)
 	return nil
 }
 
