@@ -55,7 +55,7 @@ func (r *run) check() error {
 	// it enrolls and releases pods when their labels change after ADD.
 	var known *registry.Pod
 	derr := r.daemon(func(ctx context.Context, cl *registry.Client) error {
-		p, err := cl.Pod(ctx, rec.ContainerID)
+		p, err := cl.Pod(ctx, rec.ContainerID, rec.IfName)
 		if err != nil {
 			return err
 		}
@@ -72,7 +72,8 @@ func (r *run) check() error {
 	want, veth := rec.Enrolled, rec.HostVeth
 	if known != nil {
 		want = known.Enrolled
-		// The daemon keeps one attachment per sandbox, the last one
+		// The daemon lists a row per attachment and this is this
+		// one's; an older daemon keeps one per sandbox, the last one
 		// added: the veth it names is this attachment's only when the
 		// interface is (a pod in two networks has a filter on each).
 		if known.HostVeth != "" && (known.CNIIfname == "" || known.CNIIfname == rec.IfName) {

@@ -156,8 +156,9 @@ func (c *Client) Release(ctx context.Context, containerID, netns string, cookie 
 	return nil
 }
 
-// Pod returns the daemon's record of a sandbox, or nil if it has none.
-func (c *Client) Pod(ctx context.Context, containerID string) (*Pod, error) {
+// Pod returns the daemon's record of a sandbox's attachment on ifname (see
+// pick), or nil if it has none.
+func (c *Client) Pod(ctx context.Context, containerID, ifname string) (*Pod, error) {
 	b, err := c.call(ctx, "ListPods", nil)
 	var pods []*Pod
 	if err == nil {
@@ -166,12 +167,7 @@ func (c *Client) Pod(ctx context.Context, containerID string) (*Pod, error) {
 	if err != nil {
 		return nil, c.wrap("list pods", err)
 	}
-	for _, p := range pods {
-		if p.ContainerID == containerID {
-			return p, nil
-		}
-	}
-	return nil, nil
+	return pick(pods, containerID, ifname), nil
 }
 
 // Decide asks the daemon whether a pod is enrolled, from its watch of the

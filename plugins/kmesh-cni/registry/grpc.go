@@ -92,18 +92,20 @@ func (c *Client) Release(ctx context.Context, containerID, netns string, cookie 
 	return nil
 }
 
-// Pod returns the daemon's record of a sandbox, or nil if it has none.
-func (c *Client) Pod(ctx context.Context, containerID string) (*Pod, error) {
+// Pod returns the daemon's record of a sandbox's attachment on ifname (see
+// pick), or nil if it has none.
+func (c *Client) Pod(ctx context.Context, containerID, ifname string) (*Pod, error) {
 	r, err := c.api.ListPods(ctx, &cniv1.ListPodsRequest{})
 	if err != nil {
 		return nil, c.wrap("list pods", statusOf(err))
 	}
+	var pods []*Pod
 	for _, p := range r.GetPods() {
 		if p.GetContainerId() == containerID {
-			return fromProto(p), nil
+			pods = append(pods, fromProto(p))
 		}
 	}
-	return nil, nil
+	return pick(pods, containerID, ifname), nil
 }
 
 // Decide asks the daemon whether a pod is enrolled; a daemon without the

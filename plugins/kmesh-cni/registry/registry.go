@@ -74,6 +74,26 @@ type Pod struct {
 	CNIIfname   string
 }
 
+// pick finds the row of the attachment on ifname among the daemon's: it
+// lists a row per attachment of a sandbox (a pod in several networks has
+// one per network). A daemon that keeps one row per sandbox (older ones)
+// has its newest attachment's, which is the sandbox's all the same.
+func pick(pods []*Pod, containerID, ifname string) *Pod {
+	var first *Pod
+	for _, p := range pods {
+		if p.ContainerID != containerID {
+			continue
+		}
+		if p.CNIIfname == ifname {
+			return p
+		}
+		if first == nil {
+			first = p
+		}
+	}
+	return first
+}
+
 // Status is the daemon's answer to Status (message StatusResponse).
 type Status struct {
 	Ready        bool

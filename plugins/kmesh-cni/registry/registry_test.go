@@ -37,11 +37,11 @@ func TestRoundTrip(t *testing.T) {
 	if enrolled, err := c.Enroll(ctx(t, 2*time.Second), pod); err != nil || !enrolled {
 		t.Fatalf("enroll: %v %v", enrolled, err)
 	}
-	got, err := c.Pod(ctx(t, 2*time.Second), "c1")
+	got, err := c.Pod(ctx(t, 2*time.Second), "c1", "")
 	if err != nil || got.NetnsCookie != 9 {
 		t.Fatalf("pod: %v %v", got, err)
 	}
-	if got, err := c.Pod(ctx(t, 2*time.Second), "other"); err != nil || got != nil {
+	if got, err := c.Pod(ctx(t, 2*time.Second), "other", ""); err != nil || got != nil {
 		t.Fatalf("unknown pod: %v %v", got, err)
 	}
 	if d, err := c.Decide(ctx(t, 2*time.Second), "shop", "web", "u"); err != nil || d.Known {
@@ -138,9 +138,19 @@ func TestLargeAnswerDeadlineAndErrorStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	p, err := c.Pod(ctx(t, 3*time.Second), "c2999")
+	p, err := c.Pod(ctx(t, 3*time.Second), "c2999", "")
 	if err != nil || p == nil || p.Name != s.pods[2999].GetName() {
 		t.Fatalf("pod: %v %v", p, err)
+	}
+	// The daemon lists a row per attachment: the one asked for is found,
+	// whichever comes first.
+	s.pods = append(s.pods,
+		&cniv1.Pod{ContainerId: "multi", CniIfname: "eth0", HostVeth: "veth-a"},
+		&cniv1.Pod{ContainerId: "multi", CniIfname: "net1", HostVeth: "veth-b"})
+	for ifname, veth := range map[string]string{"eth0": "veth-a", "net1": "veth-b", "net9": "veth-a"} {
+		if p, err := c.Pod(ctx(t, 3*time.Second), "multi", ifname); err != nil || p == nil || p.HostVeth != veth {
+			t.Fatalf("attachment %s: %v %v, want the row of %s", ifname, p, err, veth)
+		}
 	}
 	if d := time.Duration(s.timeout.Load()); d <= 0 || d > 3*time.Second {
 		t.Fatalf("the daemon saw a deadline of %v, want up to 3s", d)
