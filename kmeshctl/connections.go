@@ -103,7 +103,9 @@ func (c client) top(interval time.Duration, rounds int) error {
 		w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
 		fmt.Fprintln(w, "RATE\tREPORTER\tSOURCE\tDESTINATION\tSERVICE\tTOTAL\tAGE\tRTT\tACCEL")
 		for i, r := range rows {
-			if i == 40 {
+			if i == topRows {
+				// Said, not silently cut: connections -o json has them all.
+				fmt.Fprintf(w, "(%d more)\n", len(rows)-topRows)
 				break
 			}
 			e := r.e
@@ -117,6 +119,9 @@ func (c client) top(interval time.Duration, rounds int) error {
 	}
 	return nil
 }
+
+// topRows bounds top's table to a screen.
+const topRows = 40
 
 // logs prints the access log: the recent lines, and with follow every new
 // one until interrupted.

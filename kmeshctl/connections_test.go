@@ -116,3 +116,33 @@ func TestLogsWithoutFollowTimesOut(t *testing.T) {
 		t.Fatal("logs without -f still waiting after 5s")
 	}
 }
+
+// top draws a screen's worth of rows and says how many it left out,
+// rather than cutting the table without a word.
+func TestTopSaysWhatItLeavesOut(t *testing.T) {
+	var es []admin.Connection
+	for i := range topRows + 5 {
+		es = append(es, admin.Connection{ID: uint64(i + 1), Reporter: "source",
+			Source: admin.Endpoint{Address: "10.0.0.1:1"}, Destination: admin.Endpoint{Address: "10.0.0.2:80"}})
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(es)
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	if err := (client{base: srv.URL, out: &out}).top(time.Second, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := out.String(); !strings.Contains(got, "(5 more)") || strings.Count(got, "10.0.0.2:80") != topRows {
+		t.Errorf("top of %d connections:\n%s", len(es), got)
+	}
+}
+
+// kmeshctl help answers with the usage on standard output and exit 0, as
+// -h does; it is not a wrong command line.
+func TestHelpCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := runCLI([]string{"help"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "usage: kmeshctl") {
+		t.Errorf("help: exit %d, stdout %q, stderr %q", code, out.String(), errOut.String())
+	}
+}

@@ -140,6 +140,10 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 	}
 	c := client{base: base, json: o.output == "json", out: stdout}
 	switch {
+	case len(args) == 1 && args[0] == "help":
+		// Asked for, the usage is an answer (stdout, exit 0), as with -h.
+		fmt.Fprint(stdout, usageLine)
+		return 0
 	case len(args) == 1 && args[0] == "status":
 		err = c.status()
 	case len(args) == 2 && args[0] == "dump":
