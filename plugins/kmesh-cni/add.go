@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -107,9 +108,23 @@ func (r *run) add() (retErr error) {
 
 	// 4. Enroll in the kernel: the manage entry now, the tc filter on the
 	// host veth alongside the daemon call.
+	//
+	// Enrollment is the netns's, not the attachment's: a pod decided out
+	// whose netns another attachment of the sandbox enrolled (its ADD ran
+	// before a label change) follows the netns and is enrolled too, tc on
+	// its own veth. Reporting it out instead would leave an enrolled netns
+	// with a veth whose inbound traffic nobody authorizes (fail-open), and
+	// tell the daemon the sandbox is out, so the label change it applies
+	// (SetEnrolled) would find nothing to do and the netns would stay in
+	// for good. Enrolled, the daemon holds the sandbox in and its watch,
+	// seeing the labels say out, releases every attachment at once.
 	var tc <-chan error
-	if decision.Enroll {
-		if tc, err = r.enroll(dir, rec, vethErr, prev, prep.wait()); err != nil {
+	follow := !decision.Enroll && netnsEnrolled(prep.wait(), pl.cookie)
+	if follow {
+		rec.Reason += followsNetns
+	}
+	if decision.Enroll || follow {
+		if tc, err = r.enroll(dir, rec, vethErr, prev, prep.wait(), follow); err != nil {
 			return err
 		}
 	} else if err := dir.Save(rec); err != nil {
@@ -341,12 +356,32 @@ func (p *prepared) close() {
 	}
 }
 
+// followsNetns is appended to Reason when the pod was decided out but is
+// enrolled with its netns, which another attachment enrolled.
+const followsNetns = "; enrolled all the same: another attachment of the sandbox enrolled its netns, and the daemon applies the labels to the whole sandbox"
+
+// netnsEnrolled reports whether the pod's netns has a manage entry: an
+// earlier ADD of another attachment (or of this one), or the daemon,
+// enrolled it. Without the map nothing is enrolled.
+func netnsEnrolled(p *prepared, cookie uint64) bool {
+	if p.manage == nil || p.manageErr != nil || cookie == 0 {
+		return false
+	}
+	_, present, err := p.manage.Get(cookie)
+	return err == nil && present
+}
+
 // enroll starts the tc attachment on the host veth (vethErr says why there
 // is none), whose outcome arrives on the returned channel, and writes the
 // manage entry. The record is saved first, so a
 // run killed halfway leaves what DEL and GC need to undo it. On error
 // nothing is left behind.
-func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *conf.Prev, p *prepared) (<-chan error, error) {
+//
+// follow: the pod was decided out, and is enrolled only because its netns
+// is (see add). It writes no manage entry: if the entry went in between
+// (the last other attachment's DEL, the daemon's release), the pod is
+// left out as decided.
+func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, prev *conf.Prev, p *prepared, follow bool) (<-chan error, error) {
 	c := r.conf
 	if vethErr != nil {
 		return nil, types.NewError(conf.ErrTopology, "kmesh-cni cannot enroll the pod: "+vethErr.Error(),
@@ -380,6 +415,22 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	if err != nil {
 		return nil, types.NewError(conf.ErrState, err.Error(), "")
 	}
+	// An entry that is there already is the pod's from an earlier ADD (of
+	// this attachment or another) or from the daemon, which may have
+	// filled in its workload since: it is left as it is, and a failure of
+	// this ADD leaves it too.
+	_, present, err := m.Get(rec.Cookie)
+	if follow && err == nil && !present {
+		// Released since add looked: the pod stays out, as decided.
+		rec.Enrolled, rec.TCKey = false, ""
+		rec.Reason = strings.TrimSuffix(rec.Reason, followsNetns)
+		err = dir.Save(rec)
+		unlock()
+		if err != nil {
+			return nil, types.NewError(conf.ErrState, err.Error(), "")
+		}
+		return nil, nil
+	}
 	if err := dir.Save(rec); err != nil {
 		unlock()
 		return nil, types.NewError(conf.ErrState, err.Error(), "")
@@ -387,11 +438,6 @@ func (r *run) enroll(dir *cnistate.Dir, rec *cnistate.Record, vethErr error, pre
 	done := make(chan error, 1)
 	go func() { done <- podtc.Attach(c.BPFDir, rec.TCKey, ifindex) }()
 
-	// An entry that is there already is the pod's from an earlier ADD (of
-	// this attachment or another) or from the daemon, which may have
-	// filled in its workload since: it is left as it is, and a failure of
-	// this ADD leaves it too.
-	_, present, err := m.Get(rec.Cookie)
 	if err == nil && !present {
 		r.madeEntry = true
 		// The consistent-hashing key from the pod's address, as the

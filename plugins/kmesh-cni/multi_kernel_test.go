@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/internal/cnistate"
 	"github.com/kmesh-go/kmesh/internal/enrollment"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/conf"
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakeapi"
@@ -310,6 +311,68 @@ func TestKernelDELWithoutNetnsKeepsTheSandboxOfAnotherAttachment(t *testing.T) {
 	}
 	if !slices.Contains(e.daemon.Released(), p.rt.ContainerID) {
 		t.Fatal("the last attachment's DEL did not release the sandbox at the daemon")
+	}
+	e.requireClean()
+}
+
+// attachmentRecord returns the state record of one attachment, or nil.
+func (e *env) attachmentRecord(p *pod) *cnistate.Record {
+	e.t.Helper()
+	recs, err := cnistate.Read(e.state)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	i := slices.IndexFunc(recs, func(r *cnistate.Record) bool {
+		return r.ContainerID == p.rt.ContainerID && r.IfName == p.rt.IfName
+	})
+	if i < 0 {
+		return nil
+	}
+	return recs[i]
+}
+
+// The label changes between the ADDs of a pod's two networks: eth0's
+// enrolled the netns, net1's decides the pod out. Enrollment is the
+// netns's, so net1 follows it: its veth gets the tc filter (or what
+// arrives on it would enter an enrolled netns unauthorized) and it is
+// reported enrolled, so the daemon's record of the sandbox says what the
+// kernel has and the daemon's release on the label change takes the netns
+// out (reported out, the daemon held the sandbox out and its release did
+// nothing: the netns stayed enrolled for good).
+func TestKernelSecondNetworkDecidedOutFollowsTheEnrolledNetns(t *testing.T) {
+	e := newEnv(t)
+	api := fakeapi.New()
+	api.AddNamespace("mesh", map[string]string{enrollment.LabelDataplaneMode: enrollment.ModeKmesh})
+	kc := e.fakeAPIServer(api)
+	list := e.conflist(netOpts{version: "1.1.0", kubeconfig: kc})
+	list2 := e.conflist(netOpts{version: "1.1.0", kubeconfig: kc, name: "kmnet2", subnet: "10.245.0.0/16"})
+	p := e.newPod("p").inNamespace("mesh")
+	q := e.secondNetwork(p)
+	api.AddPod("mesh", "p", p.uid(), nil, nil)
+	e.mustAdd(list, p)
+	e.requireEnrolled(p)
+
+	api.AddNamespace("mesh", nil)
+	e.mustAdd(list2, q)
+	e.requireEnrolled(q)
+	e.requireEnrolled(p)
+	if r := e.attachmentRecord(q); r == nil || !r.Enrolled || r.TCKey == "" {
+		t.Fatalf("net1's state record: %+v", r)
+	}
+	if d := e.daemon.Pod(p.rt.ContainerID); d == nil || !d.GetEnrolled() || d.GetCniIfname() != "net1" {
+		t.Fatalf("daemon's record after net1's ADD: %v", d)
+	}
+	if err := e.check(list2, q); err != nil {
+		t.Fatalf("CHECK net1: %v", err)
+	}
+
+	if err := e.del(list2, q); err != nil {
+		t.Fatal(err)
+	}
+	e.requireNoTC(q)
+	e.requireEnrolled(p)
+	if err := e.del(list, p); err != nil {
+		t.Fatal(err)
 	}
 	e.requireClean()
 }
