@@ -260,3 +260,76 @@ func TestKernelEnrollRefusesAPodWithoutItsVeth(t *testing.T) {
 		t.Fatalf("a manage entry was left behind: %v %v", ok, err)
 	}
 }
+
+// The label changes between the ADDs of a two-network pod: eth0's ADD
+// enrolled the netns, net1's decided the pod out. Either net1's ADD saw
+// the netns enrolled and followed it (tc on its veth, reported enrolled:
+// kmesh-cni's add.go), or it ran alongside eth0's (containerd adds a
+// pod's networks in parallel), did not see it, and reported out with no
+// filter. Both ways the registry holds the sandbox enrolled, as the
+// kernel has it, with a filter on both veths, and the label change it
+// applies releases the netns and both filters: holding the sandbox out
+// (the newest report), SetEnrolled(false) did nothing and the netns
+// stayed enrolled for good, net1's veth unfiltered.
+func TestRegistryReleasesANetnsASecondADDDecidedOut(t *testing.T) {
+	for _, followed := range []bool{true, false} {
+		name := "reported out"
+		if followed {
+			name = "followed by the plugin"
+		}
+		t.Run(name, func(t *testing.T) { testSecondADDDecidedOut(t, followed) })
+	}
+}
+
+func testSecondADDDecidedOut(t *testing.T, followed bool) {
+	testbed.Require(t)
+	cg := testbed.NewCgroup(t)
+	dp, pins := testbed.Datapath(t, cg, loader.Sizes{})
+	manage := maps.NewManage(dp)
+	n := testbed.NewNetwork(t)
+	p := n.AddPod(t, "follow")
+	net1 := addAttachment(t, n, p, "net1")
+	c, err := podns.Cookie(p.NSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := KernelEnroller{Manage: manage, PinDir: pins}
+	r, err := NewRegistry("", k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	inNode := func(fn func() error) {
+		t.Helper()
+		if err := podns.Do(testbed.NSPath(n.Node), fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	atts := attachments(p, net1, true)
+	atts[1].Enrolled = followed
+	for _, a := range atts {
+		a.NetnsCookie = c
+		if a.Enrolled {
+			// What the ADD did in the kernel before it told the daemon.
+			inNode(func() error { _, err := k.Enroll([]*cniv1.Pod{a}); return err })
+		}
+		inNode(func() error { _, err := r.Add(a); return err })
+	}
+	if ps := r.Pods(); len(ps) != 1 || !ps[0].Enrolled {
+		t.Fatalf("sandbox after both ADDs: %v", ps)
+	}
+	for _, v := range []string{p.HostVeth, net1} {
+		if !liveTC(t, pins, "c-follow", v) {
+			t.Errorf("the netns is enrolled, but %s has no tc program", v)
+		}
+	}
+	inNode(func() error { return r.SetEnrolled("c-follow", false, "label removed") })
+	for _, v := range []string{p.HostVeth, net1} {
+		if liveTC(t, pins, "c-follow", v) {
+			t.Errorf("released, but %s keeps its tc program", v)
+		}
+	}
+	if _, ok, err := manage.Get(c); err != nil || ok {
+		t.Fatalf("released, but the manage entry stays: %v %v", ok, err)
+	}
+}

@@ -224,6 +224,10 @@ func (r *Registry) Watch(fn func(p *cniv1.Pod, added bool)) {
 	r.watchers = append(r.watchers, fn)
 }
 
+// followsNetns is appended to the reason of an attachment reported out
+// whose netns the kernel has enrolled (see Add).
+const followsNetns = "; enrolled all the same: another attachment of the sandbox enrolled its netns"
+
 // Add records an attachment of a pod sandbox, replacing the record of
 // that interface; what it says of the sandbox (enrolled, reason) becomes
 // the sandbox's.
@@ -244,7 +248,32 @@ func (r *Registry) Add(p *cniv1.Pod) (bool, error) {
 	if sb != nil {
 		others = sb.others(p.CniIfname)
 	}
-	if p.Enrolled && p.NetnsCookie != 0 {
+	if !p.Enrolled && p.NetnsCookie != 0 {
+		// Told an attachment is out while the kernel has its netns in:
+		// another attachment's ADD enrolled it, concurrently with this
+		// one's (containerd's go-cni adds a pod's networks in parallel),
+		// so this ADD did not see the entry and attached no filter.
+		// Enrollment is the netns's: the sandbox is recorded in, as the
+		// kernel has it, so the release a label change brings takes the
+		// netns out (recorded out, SetEnrolled(false) would do nothing and
+		// the netns stay in for good); and this attachment's veth gets the
+		// filter, or what arrives on it enters an enrolled netns
+		// unauthorized. Taking only the kernel's state into the record
+		// would leave that veth open until the release.
+		ok, err := r.enroller.Enrolled(p.NetnsCookie)
+		if err != nil {
+			r.mu.Unlock()
+			return false, err
+		}
+		if ok {
+			if _, err := r.enroller.Enroll(append(slices.Clone(others), p)); err != nil {
+				r.mu.Unlock()
+				return false, err
+			}
+			p.Enrolled = true
+			p.Reason += followsNetns
+		}
+	} else if p.Enrolled && p.NetnsCookie != 0 {
 		ok, err := r.enroller.Enrolled(p.NetnsCookie)
 		if err != nil {
 			r.mu.Unlock()

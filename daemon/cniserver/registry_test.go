@@ -456,6 +456,40 @@ func TestAddEnrollsTheEarlierAttachments(t *testing.T) {
 	}
 }
 
+// An attachment reported out whose netns the kernel has enrolled (its ADD
+// ran alongside the one of the attachment that enrolled it, and did not
+// see the entry): the sandbox is recorded in, as the kernel has it, and
+// the attachment's veth gets the filter; a later release takes the netns
+// out. Recorded out, the release would do nothing and the netns stay in.
+func TestAddFollowsTheKernelForAnAttachmentReportedOut(t *testing.T) {
+	e := &fakeEnroller{cookies: map[uint64]bool{}}
+	r, err := NewRegistry("", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	atts := twoNetworks(true)
+	// eth0's ADD enrolled the netns, attached its filter and told the daemon.
+	e.cookies[21], e.tc = true, map[string]bool{"veth-a": true}
+	if _, err := r.Add(atts[0]); err != nil {
+		t.Fatal(err)
+	}
+	atts[1].Enrolled = false
+	enrolled, err := r.Add(atts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !enrolled || !r.Pods()[0].Enrolled || !e.tc["veth-b"] {
+		t.Fatalf("told %v, sandbox %v, tc %v: want enrolled with a filter on veth-b", enrolled, r.Pods()[0], e.tc)
+	}
+	if err := r.SetEnrolled("multi", false, "label removed"); err != nil {
+		t.Fatal(err)
+	}
+	if e.cookies[21] || len(e.tc) != 0 {
+		t.Fatalf("released, but cookie %v, tc %v", e.cookies[21], e.tc)
+	}
+}
+
 // At start the attachments follow kmesh-cni's records: one whose DEL ran
 // while the daemon was away is forgotten (its veth is gone), one the
 // daemon did not know of is added, and given the filter when the daemon
