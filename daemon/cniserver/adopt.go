@@ -172,7 +172,15 @@ func (r *Registry) Adopt(plugin []PluginPod, complete bool) (Adoption, error) {
 			}
 		case anyEnrolled:
 			// The netns is enrolled (the manage map says so): an
-			// attachment whose ADD said otherwise found it so.
+			// attachment whose ADD said otherwise found it so. Such an
+			// ADD ran alongside the one that enrolled it (the daemon
+			// was away), so its veth has no filter: it gets one, or
+			// what arrives on it enters an enrolled netns unauthorized.
+			if slices.ContainsFunc(sb.atts, func(q *cniv1.Pod) bool { return !q.Enrolled }) {
+				if _, err := r.enroller.Enroll(sb.clones()); err != nil {
+					a.Failed = setErr(a.Failed, id, err)
+				}
+			}
 			sb.setState(true, p.Reason, 0)
 		}
 		for oid, old := range r.pods {

@@ -490,6 +490,27 @@ func TestAddFollowsTheKernelForAnAttachmentReportedOut(t *testing.T) {
 	}
 }
 
+// The same at the daemon's start: two ADDs of a new sandbox ran at once
+// while the daemon was away, one enrolled the netns and the other, deciding
+// out, did not see it. The sandbox is adopted enrolled, and the veth of the
+// attachment recorded out gets its filter.
+func TestAdoptFillsTheFilterOfAnAttachmentRecordedOut(t *testing.T) {
+	e := &fakeEnroller{cookies: map[uint64]bool{21: true}, tc: map[string]bool{"veth-a": true}}
+	r, err := NewRegistry("", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	atts := twoNetworks(true)
+	atts[1].Enrolled = false
+	if _, err := r.Adopt([]PluginPod{{Pod: atts[0], WantsEnrollment: true}, {Pod: atts[1]}}, true); err != nil {
+		t.Fatal(err)
+	}
+	if ps := r.Pods(); len(ps) != 1 || !ps[0].Enrolled || !e.tc["veth-b"] {
+		t.Fatalf("sandboxes %v, tc %v: want one enrolled, a filter on veth-b", ps, e.tc)
+	}
+}
+
 // At start the attachments follow kmesh-cni's records: one whose DEL ran
 // while the daemon was away is forgotten (its veth is gone), one the
 // daemon did not know of is added, and given the filter when the daemon
