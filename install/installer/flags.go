@@ -45,6 +45,9 @@ func ParseArgs(args []string, logs io.Writer) (Config, error) {
 	fs.StringVar(&cfg.Entry.LogFile, "plugin-log-file", "", "the entry's logFile; empty leaves it out")
 	fs.StringVar(&cfg.Entry.LogLevel, "plugin-log-level", "info", "the entry's logLevel")
 	fs.DurationVar(&cfg.Resync, "resync", 30*time.Second, "how often to check the installation without a file event")
+	fs.StringVar(&cfg.DaemonSetName, "daemonset", "", "the DaemonSet running this installer: on stop, kmesh-cni stays on the node while it exists and is not being deleted (an upgrade, a node reboot); empty always uninstalls")
+	fs.StringVar(&cfg.DaemonSetNamespace, "daemonset-namespace", "", "the DaemonSet's namespace")
+	fs.BoolVar(&cfg.UninstallOnExit, "uninstall-on-exit", false, "uninstall on stop even while the DaemonSet exists")
 	fs.StringVar(&logLevel, "log-level", "info", "this installer's log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

@@ -7,12 +7,14 @@ import (
 )
 
 func TestParseArgs(t *testing.T) {
-	cfg, err := ParseArgs([]string{"--host-root=/host", "--binaries", "kmesh-cni, kmeshctl", "--default-enroll=true", "--failure-policy=closed"}, io.Discard)
+	cfg, err := ParseArgs([]string{"--host-root=/host", "--binaries", "kmesh-cni, kmeshctl", "--default-enroll=true", "--failure-policy=closed",
+		"--daemonset=kmesh", "--daemonset-namespace=kmesh-system", "--uninstall-on-exit"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.HostRoot != "/host" || len(cfg.Binaries) != 2 || cfg.Binaries[1] != "kmeshctl" ||
-		cfg.Entry.DefaultEnroll == nil || !*cfg.Entry.DefaultEnroll || cfg.Entry.FailurePolicy != "closed" {
+		cfg.Entry.DefaultEnroll == nil || !*cfg.Entry.DefaultEnroll || cfg.Entry.FailurePolicy != "closed" ||
+		cfg.DaemonSetName != "kmesh" || cfg.DaemonSetNamespace != "kmesh-system" || !cfg.UninstallOnExit {
 		t.Errorf("parsed %+v", cfg)
 	}
 	cfg, err = ParseArgs(nil, io.Discard)
@@ -25,7 +27,8 @@ func TestParseArgs(t *testing.T) {
 		cfg.KubeconfigPath != want.KubeconfigPath || cfg.TokenFile != serviceAccountDir+"/token" ||
 		cfg.Entry.DaemonSocket != "/var/run/kmesh/cni.sock" || cfg.Entry.BPFDir != "/sys/fs/bpf/kmesh" ||
 		cfg.Entry.FailurePolicy != "open" || cfg.Entry.LogLevel != "info" || cfg.Entry.DefaultEnroll != nil ||
-		strings.Join(cfg.Binaries, ",") != "kmesh-cni,kmesh-cni-kube" {
+		strings.Join(cfg.Binaries, ",") != "kmesh-cni,kmesh-cni-kube" ||
+		cfg.DaemonSetName != "" || cfg.UninstallOnExit {
 		t.Errorf("defaults %+v", cfg)
 	}
 }

@@ -1,7 +1,8 @@
 // Package installer puts kmesh-cni on a node and takes it off again: it
 // copies the binaries into the CNI bin directory, writes the plugin's
 // kubeconfig, adds the kmesh-cni entry to the primary network's conflist,
-// keeps all three in place while it runs, and undoes them when told to stop.
+// keeps all three in place while it runs, and undoes them when told to stop
+// unless its DaemonSet is still there to start the next installer pod.
 package installer
 
 import (
@@ -59,6 +60,17 @@ type Config struct {
 	// Debounce gathers a burst of file events into one check.
 	Debounce time.Duration
 
+	// DaemonSetName and DaemonSetNamespace name the DaemonSet that runs this
+	// installer. When set, stopping uninstalls only if it is gone or being
+	// deleted; otherwise (an upgrade, a node going down) everything stays
+	// for the next installer pod. Empty means always uninstall.
+	DaemonSetName      string
+	DaemonSetNamespace string
+	// UninstallOnExit uninstalls on stop whatever the DaemonSet's state.
+	UninstallOnExit bool
+	// ExitCheckTimeout bounds the DaemonSet look-up on stop.
+	ExitCheckTimeout time.Duration
+
 	Log *slog.Logger
 }
 
@@ -84,6 +96,9 @@ func New(cfg Config) (*Installer, error) {
 	if cfg.KubeconfigPath != "" && (cfg.TokenFile == "" || cfg.CAFile == "") {
 		return nil, errors.New("a kubeconfig needs the token and CA files")
 	}
+	if err := checkExitConfig(&cfg); err != nil {
+		return nil, err
+	}
 	if cfg.ConflistName != "" && (filepath.Base(cfg.ConflistName) != cfg.ConflistName || !cniconf.IsConfFile(cfg.ConflistName)) {
 		return nil, fmt.Errorf("--conflist-name %q must be a file name ending in one of %v", cfg.ConflistName, cniconf.Extensions)
 	}
@@ -97,6 +112,10 @@ func New(cfg Config) (*Installer, error) {
 	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.ExitCheckTimeout <= 0 {
+		// Well inside the pod's grace period, which the daemon shares.
+		cfg.ExitCheckTimeout = 5 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -192,12 +211,21 @@ func hostPath(root, p string) string {
 	return filepath.Join(root, p)
 }
 
-// Run installs, keeps the installation in place until ctx is done, then
-// uninstalls. It returns nil after a clean uninstall.
+// Run installs and keeps the installation in place until ctx is done. Then
+// it uninstalls, unless shouldUninstall finds the DaemonSet still there: the
+// entry, binaries, kubeconfig and state then stay, and the next installer
+// pod adopts them as they are. After an error it always uninstalls.
 func (in *Installer) Run(ctx context.Context) error {
 	err := in.run(ctx)
+	if err == nil && !in.shouldUninstall() {
+		in.log.Info("left kmesh-cni installed")
+		return nil
+	}
 	if uerr := in.Uninstall(); uerr != nil {
 		err = errors.Join(err, uerr)
+	}
+	if err == nil {
+		in.log.Info("uninstalled")
 	}
 	return err
 }

@@ -1,6 +1,8 @@
 // kmesh-install is the install container of the kmesh DaemonSet: it puts the
 // kmesh-cni binary, its kubeconfig and its conflist entry on the node, keeps
-// them there while it runs, and removes them on SIGTERM or SIGINT.
+// them there while it runs, and removes them on SIGTERM or SIGINT unless its
+// DaemonSet is still there (an upgrade or a node reboot: the next pod takes
+// them over).
 package main
 
 import (
@@ -35,12 +37,13 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	// The kubelet sends SIGTERM when the pod goes: uninstall, then exit 0.
+	// The kubelet sends SIGTERM when the pod goes: uninstall if kmesh is
+	// going away, then exit 0.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := in.Run(ctx); err != nil {
 		return err
 	}
-	cfg.Log.Info("uninstalled; exiting")
+	cfg.Log.Info("exiting")
 	return nil
 }

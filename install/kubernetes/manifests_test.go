@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -27,6 +28,8 @@ type objects struct {
 	serviceAccounts map[string]*corev1.ServiceAccount // by namespace/name
 	clusterRoles    map[string]*rbacv1.ClusterRole
 	bindings        []*rbacv1.ClusterRoleBinding
+	roles           map[string]*rbacv1.Role // by namespace/name
+	roleBindings    []*rbacv1.RoleBinding
 	daemonSets      []*appsv1.DaemonSet
 }
 
@@ -58,6 +61,7 @@ func load(t *testing.T) objects {
 		namespaces:      map[string]*corev1.Namespace{},
 		serviceAccounts: map[string]*corev1.ServiceAccount{},
 		clusterRoles:    map[string]*rbacv1.ClusterRole{},
+		roles:           map[string]*rbacv1.Role{},
 	}
 	files, err := fs.Glob(Manifests, "*.yaml")
 	if err != nil || len(files) == 0 {
@@ -87,6 +91,10 @@ func load(t *testing.T) objects {
 				o.clusterRoles[v.Name] = v
 			case *rbacv1.ClusterRoleBinding:
 				o.bindings = append(o.bindings, v)
+			case *rbacv1.Role:
+				o.roles[v.Namespace+"/"+v.Name] = v
+			case *rbacv1.RoleBinding:
+				o.roleBindings = append(o.roleBindings, v)
 			case *appsv1.DaemonSet:
 				o.daemonSets = append(o.daemonSets, v)
 			default:
@@ -303,9 +311,50 @@ func TestManifests(t *testing.T) {
 		t.Errorf("the daemon reads kmesh-cni's records from %q on the node (--cni-state-dir=%q); the plugin writes them to %q",
 			host, args["cni-state-dir"], pluginState)
 	}
+	// On stop, the installer looks up its own DaemonSet to tell an upgrade
+	// (keep kmesh-cni on the node) from an uninstall: it must name this
+	// DaemonSet, and its account must be allowed to get it.
+	if cfg.DaemonSetName != ds.Name {
+		t.Errorf("install-cni --daemonset=%q, want this DaemonSet, %q", cfg.DaemonSetName, ds.Name)
+	}
+	if ns := cfg.DaemonSetNamespace; ns != ds.Namespace && !(ns == "$(POD_NAMESPACE)" && fromField(install, "POD_NAMESPACE", "metadata.namespace")) {
+		t.Errorf("install-cni --daemonset-namespace=%q is neither %q nor $(POD_NAMESPACE) from metadata.namespace", ns, ds.Namespace)
+	}
+	if !o.mayGetDaemonSet(saKey, ds.Namespace, ds.Name) {
+		t.Errorf("no Role bound to %s allows get on daemonsets/%s in %s", saKey, ds.Name, ds.Namespace)
+	}
+	if cfg.UninstallOnExit {
+		t.Error("install-cni --uninstall-on-exit: an upgrade would take kmesh-cni off the node")
+	}
 	if cfg.Entry.FailurePolicy != "open" {
 		t.Errorf("failurePolicy %q: a cluster's default should let pods start while the daemon is down", cfg.Entry.FailurePolicy)
 	}
+}
+
+// mayGetDaemonSet says whether a RoleBinding in namespace grants the service
+// account sa (namespace/name) a Role that allows get on that DaemonSet.
+func (o objects) mayGetDaemonSet(sa, namespace, name string) bool {
+	for _, b := range o.roleBindings {
+		if b.Namespace != namespace || b.RoleRef.APIGroup != rbacv1.GroupName || b.RoleRef.Kind != "Role" {
+			continue
+		}
+		role := o.roles[namespace+"/"+b.RoleRef.Name]
+		if role == nil {
+			continue
+		}
+		for _, s := range b.Subjects {
+			if s.Kind != rbacv1.ServiceAccountKind || s.Namespace+"/"+s.Name != sa {
+				continue
+			}
+			for _, r := range role.Rules {
+				if allows([]rbacv1.PolicyRule{r}, "apps", "daemonsets", "get") &&
+					(len(r.ResourceNames) == 0 || slices.Contains(r.ResourceNames, name)) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 func allows(rules []rbacv1.PolicyRule, group, resource, verb string) bool {

@@ -23,6 +23,10 @@ func TestKmeshManifest(t *testing.T) {
 		"image: kmesh-go/kmesh-install:latest",
 		"kind: DaemonSet",
 		"kind: ClusterRoleBinding",
+		// kmesh-install tells an uninstall (UninstallKmesh deletes the
+		// DaemonSet) from an upgrade by looking the DaemonSet up.
+		"- --daemonset=kmesh\n",
+		"kind: RoleBinding",
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("manifest lacks %q", want)
