@@ -6,7 +6,7 @@
 //	kmeshctl connections [-o json]     open connections, live
 //	kmeshctl top [-n rounds] [-interval 2s]
 //	kmeshctl logs [-f] [-o json]       the access log, followed with -f
-//	kmeshctl waypoint listeners|routes|clusters|endpoints [-o json]
+//	kmeshctl waypoint listeners|routes|clusters|endpoints|status [-o json]
 //	                                   kmesh-waypoint's config (admin default 127.0.0.1:15000)
 package main
 
@@ -42,7 +42,7 @@ type options struct {
 	interval time.Duration
 }
 
-const usageLine = "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f] | waypoint listeners|routes|clusters|endpoints\n"
+const usageLine = "usage: kmeshctl [-admin addr] [-o table|json] status | dump services|workloads|policies|maps|pods | metrics | connections | top [-n rounds] [-interval d] | logs [-f] | waypoint listeners|routes|clusters|endpoints|status\n"
 
 // parseArgs reads the flags before, between and after the command's words
 // (kmeshctl dump maps -o json, kmeshctl status -admin host:port), so every

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -15,10 +18,14 @@ const defaultWaypointAdmin = "127.0.0.1:15000"
 
 // waypointViews are the parts of the waypoint's config dump kmeshctl
 // shows.
-var waypointViews = []string{"listeners", "routes", "clusters", "endpoints"}
+var waypointViews = []string{"listeners", "routes", "clusters", "endpoints", "status"}
 
-// waypoint shows one view of the waypoint's /debug/config_dump.
+// waypoint shows one view of the waypoint's /debug/config_dump, or its
+// /debug/status.
 func (c client) waypoint(what string) error {
+	if what == "status" {
+		return c.waypointStatus()
+	}
 	var d model.ConfigDump
 	if err := c.getObject("/debug/config_dump", "listeners", &d); err != nil {
 		return err
@@ -262,4 +269,37 @@ func abbreviate(items []string) string {
 		return strings.Join(items, ",")
 	}
 	return fmt.Sprintf("%s (+%d more)", strings.Join(items[:3], ","), len(items)-3)
+}
+
+// waypointStatus shows the waypoint's /debug/status: whether it serves a
+// configuration, and its source's own fields (the xDS session's counters
+// and last NACK, or the configuration file's last error), one a line.
+func (c client) waypointStatus() error {
+	var st map[string]any
+	if err := c.getObject("/debug/status", "source", &st); err != nil {
+		return err
+	}
+	if _, ok := st["services"]; ok {
+		// The daemon's status has ready and source too, and its counts.
+		return fmt.Errorf("%s answered /debug/status as kmesh-daemon does: that is not %s's admin API", c.host(), c.serverName())
+	}
+	if c.json {
+		return c.writeJSON(st)
+	}
+	w := tabwriter.NewWriter(c.out, 0, 2, 2, ' ', 0)
+	fmt.Fprintf(w, "ready\t%v\n", st["ready"])
+	src, _ := st["source"].(map[string]any)
+	for _, k := range slices.Sorted(maps.Keys(src)) {
+		var val string
+		switch v := src[k].(type) {
+		case nil:
+		case map[string]any, []any:
+			b, _ := json.Marshal(v)
+			val = string(b)
+		default:
+			val = fmt.Sprint(v)
+		}
+		fmt.Fprintf(w, "%s\t%s\n", k, dash(val))
+	}
+	return w.Flush()
 }

@@ -114,3 +114,35 @@ func TestWaypointEmptyCells(t *testing.T) {
 		}
 	}
 }
+
+// waypoint status shows whether the waypoint serves a configuration and
+// its source's fields, one a line (and the object itself with -o json).
+func TestWaypointStatus(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/debug/status" {
+			http.NotFound(w, r)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"ready": true, "source": map[string]any{
+			"connected": true, "acks": 12, "lastNACK": "", "versions": map[string]any{"lds": "v3"}}})
+	}))
+	defer srv.Close()
+	var out bytes.Buffer
+	if err := (client{base: srv.URL, server: "kmesh-waypoint", out: &out}).waypoint("status"); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{"ready      true", "acks       12", "connected  true", "lastNACK   -", `versions   {"lds":"v3"}`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in\n%s", want, got)
+		}
+	}
+	out.Reset()
+	if err := (client{base: srv.URL, server: "kmesh-waypoint", json: true, out: &out}).waypoint("status"); err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	if err := json.Unmarshal(out.Bytes(), &back); err != nil || back["ready"] != true {
+		t.Errorf("-o json: %v\n%s", err, out.String())
+	}
+}
