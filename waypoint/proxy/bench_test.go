@@ -15,6 +15,7 @@ import (
 	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/kmesh-go/kmesh/waypoint/internal/synth"
+	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
 // BenchmarkProxyHeader is the cost of the PROXY v2 header per connection
@@ -68,47 +69,7 @@ func BenchmarkProxyHeader(b *testing.B) {
 // is the engine's; ns/op is mostly loopback system calls (the CPU profile
 // of the engine's own share is what to read: -cpuprofile).
 func BenchmarkHTTP1Proxy(b *testing.B) {
-	body := bytes.Repeat([]byte("x"), 1024)
-	resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nContent-Type: application/octet-stream\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n"), body...)
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer up.Close()
-	go func() {
-		for {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 16<<10)
-				for {
-					// Every request is a 1 KiB POST: read its head and body.
-					if err := readMessage(c, buf); err != nil {
-						return
-					}
-					if _, err := c.Write(resp); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	snap := synth.Snapshot(synth.Options{Services: 1000, Listen: netip.MustParseAddrPort("127.0.0.1:0"), ProxyProtocol: true,
-		AllowWithoutProxyProtocol: true, Backend: netip.MustParseAddrPort(up.Addr().String())})
-	e := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	defer e.Close()
-	if err := e.Apply(snap); err != nil {
-		b.Fatal(err)
-	}
-	c, err := net.Dial("tcp", e.ListenerAddrs()["waypoint"].String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	req := append([]byte("POST / HTTP/1.1\r\nHost: 10.96.0.30:80\r\nUser-Agent: fortio.org/fortio-1.66.5\r\nContent-Length: 1024\r\nContent-Type: application/octet-stream\r\n\r\n"), body...)
+	c, req := rawProxyRig(b, synth.Options{Services: 1000, ProxyProtocol: true, AllowWithoutProxyProtocol: true}, nil)
 	buf := make([]byte, 16<<10)
 	b.ReportAllocs()
 	u0 := userTime()
@@ -124,6 +85,59 @@ func BenchmarkHTTP1Proxy(b *testing.B) {
 	// request (the engine's, plus the raw client's and upstream's little)
 	// is what the engine's own work moves.
 	b.ReportMetric(float64(userTime()-u0)/float64(b.N), "user-ns/op")
+}
+
+// rawProxyRig sets up BenchmarkHTTP1Proxy's path: a raw upstream that
+// answers every 1 KiB POST with 1 KiB, the engine on a synthetic
+// configuration (o, its listen and backend addresses filled in; edit, if
+// given, changes the snapshot before it is applied) and a raw client
+// connection to it. It returns the connection and the request to write;
+// each answer is read with readMessage. Everything closes with tb.
+func rawProxyRig(tb testing.TB, o synth.Options, edit func(*model.Snapshot)) (net.Conn, []byte) {
+	tb.Helper()
+	body := bytes.Repeat([]byte("x"), 1024)
+	resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nContent-Type: application/octet-stream\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n"), body...)
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { up.Close() })
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 16<<10)
+				// Every request is a 1 KiB POST: read its head and body.
+				for readMessage(c, buf) == nil {
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	o.Listen = netip.MustParseAddrPort("127.0.0.1:0")
+	o.Backend = netip.MustParseAddrPort(up.Addr().String())
+	snap := synth.Snapshot(o)
+	if edit != nil {
+		edit(snap)
+	}
+	e := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	tb.Cleanup(func() { e.Close() })
+	if err := e.Apply(snap); err != nil {
+		tb.Fatal(err)
+	}
+	c, err := net.Dial("tcp", e.ListenerAddrs()["waypoint"].String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	req := append([]byte("POST / HTTP/1.1\r\nHost: 10.96.0.30:80\r\nUser-Agent: fortio.org/fortio-1.66.5\r\nContent-Length: 1024\r\nContent-Type: application/octet-stream\r\n\r\n"), body...)
+	return c, req
 }
 
 // userTime is the process's user CPU time so far.

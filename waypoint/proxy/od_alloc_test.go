@@ -1,11 +1,6 @@
 package proxy
 
 import (
-	"bytes"
-	"io"
-	"log/slog"
-	"net"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -22,49 +17,16 @@ func TestOutlierDetectionWithoutRouteTimeoutAllocatesNothingMore(t *testing.T) {
 		t.Skip("allocation counts differ under the race detector")
 	}
 	perRequest := func(od bool) float64 {
-		body := bytes.Repeat([]byte("x"), 1024)
-		resp := append([]byte("HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n"), body...)
-		up, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer up.Close()
-		go func() {
-			for {
-				c, err := up.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					buf := make([]byte, 16<<10)
-					for readMessage(c, buf) == nil {
-						if _, err := c.Write(resp); err != nil {
-							return
-						}
-					}
-				}()
-			}
-		}()
-		snap := synth.Snapshot(synth.Options{Services: 10, Listen: netip.MustParseAddrPort("127.0.0.1:0"),
-			Backend: netip.MustParseAddrPort(up.Addr().String())})
+		var edit func(*model.Snapshot)
 		if od {
-			for _, c := range snap.Clusters {
-				c.Outlier = &model.OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100,
-					Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 10}
+			edit = func(snap *model.Snapshot) {
+				for _, c := range snap.Clusters {
+					c.Outlier = &model.OutlierDetection{Consecutive5xx: 5, EnforcingConsecutive5xx: 100,
+						Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionPercent: 10}
+				}
 			}
 		}
-		e := New(Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		defer e.Close()
-		if err := e.Apply(snap); err != nil {
-			t.Fatal(err)
-		}
-		c, err := net.Dial("tcp", e.ListenerAddrs()["waypoint"].String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		req := append([]byte("POST / HTTP/1.1\r\nHost: 10.96.0.30:80\r\nContent-Length: 1024\r\n\r\n"), body...)
+		c, req := rawProxyRig(t, synth.Options{Services: 10}, edit)
 		buf := make([]byte, 16<<10)
 		one := func() {
 			if _, err := c.Write(req); err != nil {
