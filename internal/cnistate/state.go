@@ -159,18 +159,21 @@ func (d *Dir) LockRefs() (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// Sharing returns the records of the other attachments of the netns whose
-// cookie is given: all but (containerID, ifName). A cookie of 0 names no
-// netns and shares with nothing. Unreadable records are reported in err;
-// the readable ones are returned all the same.
+// Sharing returns the records of the other attachments of the netns of
+// (containerID, ifName): those with its cookie, and those of its sandbox
+// (the same container id, another interface), which share its netns
+// whether or not a cookie was read (a DEL whose netns is gone or was not
+// given has none). A cookie of 0 names no netns: only the sandbox counts
+// then. Unreadable records are reported in err; the readable ones are
+// returned all the same.
 func (d *Dir) Sharing(cookie uint64, containerID, ifName string) ([]*Record, error) {
-	if cookie == 0 {
-		return nil, nil
-	}
 	recs, err := d.List()
 	var out []*Record
 	for _, r := range recs {
-		if r.Cookie == cookie && (r.ContainerID != containerID || r.IfName != ifName) {
+		if r.ContainerID == containerID && r.IfName == ifName {
+			continue
+		}
+		if (cookie != 0 && r.Cookie == cookie) || r.ContainerID == containerID {
 			out = append(out, r)
 		}
 	}

@@ -141,6 +141,11 @@ func TestSharingCountsTheOtherAttachmentsOfANetns(t *testing.T) {
 	if others, _ := d.Sharing(0, "c3", "eth0"); len(others) != 0 {
 		t.Fatalf("cookie 0 shares with %+v", others)
 	}
+	// Without a cookie (a DEL whose netns is gone), the sandbox's other
+	// attachments still share its netns; other sandboxes do not.
+	if others, _ := d.Sharing(0, "c1", "eth0"); len(others) != 1 || others[0].IfName != "net1" {
+		t.Fatalf("sharing of c1/eth0 without a cookie: %+v", others)
+	}
 	// The count lives in the files: a new run (another process) sees it.
 	if err := d.Remove("c1", "net1"); err != nil {
 		t.Fatal(err)

@@ -69,19 +69,6 @@ func (r *run) del() error {
 	if err != nil {
 		r.log.Warn("unreadable state records; counting the readable ones", "error", err)
 	}
-	if rec.Cookie == 0 {
-		// No record and no netns to read a cookie from (it is gone, or
-		// CNI_NETNS is empty): the sandbox's other attachments are found
-		// by container id instead. The daemon's registration is the
-		// sandbox's, and releasing it releases the netns those still
-		// use when it lives on.
-		recs, _ := dir.List()
-		for _, o := range recs {
-			if o.ContainerID == rec.ContainerID && o.IfName != rec.IfName {
-				others = append(others, o)
-			}
-		}
-	}
 	cookie := rec.Cookie
 	if len(others) > 0 {
 		cookie = 0
