@@ -12,6 +12,7 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/kmesh-go/kmesh/waypoint/internal/coalesce"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -172,7 +173,11 @@ func putReader(br *bufio.Reader) {
 // on this goroutine.
 func (e *Engine) serveHTTPConn(pc *proxiedConn, cs *connState) (handedOver bool) {
 	if cs.info.Protocol == model.ProtocolHTTP2 || e.opts.NetHTTPServer {
-		pc.keepBuffer = cs.info.Protocol == model.ProtocolHTTP2
+		if cs.info.Protocol == model.ProtocolHTTP2 {
+			pc.keepBuffer = true
+			// net/http's HTTP/2 server flushes every frame by itself.
+			pc.Conn = coalesce.New(pc.Conn)
+		}
 		if !e.handoff.give(pc) {
 			pc.Close()
 			return false

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/kmesh-go/kmesh/waypoint/internal/coalesce"
 )
 
 // pools are a cluster's HTTP connection pools: one http.Transport per
@@ -83,6 +85,7 @@ func (c *Cluster) Transport(h2 bool) *http.Transport {
 	}
 	var protos http.Protocols
 	if h2 {
+		t.DialContext = c.dialH2
 		protos.SetUnencryptedHTTP2(true)
 	} else {
 		protos.SetHTTP1(true)
@@ -121,6 +124,17 @@ func (c *Cluster) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 		return nil, &ConnectError{Addr: addr, Err: err}
 	}
 	return &countedConn{Conn: conn, c: c}, nil
+}
+
+// dialH2 dials a connection for HTTP/2, whose writes are coalesced:
+// net/http's Transport flushes every frame by itself (see package
+// coalesce).
+func (c *Cluster) dialH2(ctx context.Context, network, addr string) (net.Conn, error) {
+	conn, err := c.dial(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return coalesce.New(conn), nil
 }
 
 // Dial opens a TCP connection to a host for the TCP proxy, counted in the

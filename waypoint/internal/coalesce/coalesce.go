@@ -1,0 +1,133 @@
+// Package coalesce gathers the writes a connection gets in one burst into
+// one write call.
+//
+// net/http's HTTP/2 server and Transport flush every frame by itself: a
+// unary gRPC call through the waypoint made ~8 write calls (the request's
+// HEADERS, DATA and an empty END_STREAM DATA upstream; the response's
+// HEADERS, DATA and trailers downstream; PING acks and WINDOW_UPDATEs),
+// where HAProxy made ~4 for the same call. Each write to a local peer runs
+// the peer's TCP receive on the writer's time and may wake it: half of the
+// waypoint's CPU per gRPC call was in those writes.
+//
+// A Conn's Write appends to a buffer and starts, if none is running, a
+// goroutine that writes the buffer out. The goroutine is made runnable on
+// the writer's P, so it usually runs when the writer blocks (waiting for
+// a frame's answer, a channel, the next read): what the writer wrote until
+// then leaves in one call. Nothing waits for a timer, and a writer that
+// gets far ahead of the socket waits (at most maxPending bytes are held).
+// A write error is returned by the next Write (and Close).
+package coalesce
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// maxPending bounds the bytes held for writing: a Write that would go
+// past it waits for the socket (HTTP/2 frames are 16 KiB by default, so a
+// burst of a few frames goes out whole).
+const maxPending = 64 << 10
+
+// keepCap is the largest buffer kept between bursts; bigger ones (a long
+// burst of DATA) go back to the garbage collector.
+const keepCap = 16 << 10
+
+// closeGrace bounds how long Close waits for held bytes to be written
+// (an HTTP/2 GOAWAY, the last frames) when the peer does not read.
+const closeGrace = 250 * time.Millisecond
+
+// Conn is a net.Conn whose writes are coalesced. Reads, addresses and
+// deadlines are the underlying connection's.
+type Conn struct {
+	net.Conn
+
+	mu      sync.Mutex
+	cond    sync.Cond // signalled when held bytes leave or an error is set
+	pending []byte    // written by the caller, not yet to the socket
+	spare   []byte    // the other buffer, for the next burst
+	active  bool      // a flusher goroutine owns the socket's writes
+	err     error     // the first write error (or net.ErrClosed once closed)
+}
+
+// New wraps c.
+func New(c net.Conn) *Conn {
+	w := &Conn{Conn: c}
+	w.cond.L = &w.mu
+	return w
+}
+
+// Write holds p for the flusher and returns at once, unless more than
+// maxPending bytes are held: then it waits for the socket to take them.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	for c.err == nil && len(c.pending) > 0 && len(c.pending)+len(p) > maxPending {
+		c.cond.Wait()
+	}
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return 0, err
+	}
+	c.pending = append(c.pending, p...)
+	if !c.active {
+		c.active = true
+		go c.flush()
+	}
+	c.mu.Unlock()
+	return len(p), nil
+}
+
+// flush writes out what is held until nothing is.
+func (c *Conn) flush() {
+	c.mu.Lock()
+	for len(c.pending) > 0 && c.err == nil {
+		b := c.pending
+		c.pending = c.spare[:0]
+		c.spare = nil
+		c.mu.Unlock()
+		_, err := c.Conn.Write(b)
+		c.mu.Lock()
+		if cap(b) <= keepCap {
+			c.spare = b[:0]
+		}
+		if err != nil && c.err == nil {
+			c.err = err
+			c.pending = nil
+		}
+		c.cond.Broadcast()
+	}
+	c.active = false
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// Flush waits until every byte written so far has reached the socket, and
+// returns the write error if one came.
+func (c *Conn) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.active && c.err == nil {
+		c.cond.Wait()
+	}
+	return c.err
+}
+
+// Close writes out what is held (waiting at most closeGrace for a peer
+// that does not read), then closes the connection.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.active && c.err == nil {
+		c.Conn.SetWriteDeadline(time.Now().Add(closeGrace))
+		for c.active && c.err == nil {
+			c.cond.Wait()
+		}
+	}
+	if c.err == nil {
+		c.err = net.ErrClosed
+	}
+	c.pending = nil
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return c.Conn.Close()
+}
