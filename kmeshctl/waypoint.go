@@ -188,6 +188,9 @@ func routeAction(r model.RouteDump) string {
 		for _, m := range r.Mirrors {
 			s += fmt.Sprintf(" mirror %s %g%%", m.Cluster, m.Percent)
 		}
+		for _, h := range r.Hash {
+			s += " hash " + h
+		}
 		if r.Fault != nil {
 			if r.Fault.Delay != "" {
 				s += fmt.Sprintf(" delay %s %g%%", r.Fault.Delay, r.Fault.DelayPercent)

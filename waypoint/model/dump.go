@@ -79,14 +79,18 @@ type RouteDump struct {
 	Name  string         `json:"name,omitempty"`
 	Match RouteMatchDump `json:"match"`
 	// Action: "forward", "redirect", "direct" or "deny".
-	Action        string          `json:"action"`
-	Clusters      []WeightDump    `json:"clusters,omitempty"`
-	Timeout       string          `json:"timeout,omitempty"`
-	Retry         *RetryDump      `json:"retry,omitempty"`
-	Mirrors       []Mirror        `json:"mirrors,omitempty"`
-	PrefixRewrite string          `json:"prefixRewrite,omitempty"`
-	RegexRewrite  string          `json:"regexRewrite,omitempty"`
-	HostRewrite   string          `json:"hostRewrite,omitempty"`
+	Action        string       `json:"action"`
+	Clusters      []WeightDump `json:"clusters,omitempty"`
+	Timeout       string       `json:"timeout,omitempty"`
+	Retry         *RetryDump   `json:"retry,omitempty"`
+	Mirrors       []Mirror     `json:"mirrors,omitempty"`
+	PrefixRewrite string       `json:"prefixRewrite,omitempty"`
+	RegexRewrite  string       `json:"regexRewrite,omitempty"`
+	HostRewrite   string       `json:"hostRewrite,omitempty"`
+	// Hash: the hash policies in order ("header X-User", "cookie sess
+	// ttl=1h0m0s path=/", "source_ip", "query user"; " terminal" after
+	// one that ends the list).
+	Hash          []string        `json:"hash,omitempty"`
 	Redirect      *RedirectAction `json:"redirect,omitempty"`
 	DirectStatus  int             `json:"directStatus,omitempty"`
 	Deny          *Deny           `json:"deny,omitempty"`
@@ -335,6 +339,9 @@ func dumpRoute(r *Route, vh *VirtualHost, t *RouteTable) RouteDump {
 		rd.HostRewrite = f.HostRewrite
 		if f.AutoHostRewrite {
 			rd.HostRewrite = "(upstream host)"
+		}
+		for _, h := range f.Hash {
+			rd.Hash = append(rd.Hash, h.String())
 		}
 	case r.Redirect != nil:
 		rd.Action = "redirect"

@@ -3,6 +3,7 @@ package model
 import (
 	"encoding/json"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -39,5 +40,18 @@ func TestDumpOutlierDetection(t *testing.T) {
 	}
 	if got, want := c.Outlier.String(), "5 5xx in a row; out 30s+, at most 10%"; got != want {
 		t.Errorf("%q, want %q", got, want)
+	}
+}
+
+// The config dump shows a route's hash policies in order.
+func TestDumpHashPolicies(t *testing.T) {
+	ttl := time.Hour
+	r := &Route{Forward: &ForwardAction{Cluster: "c", Hash: []HashPolicy{
+		{Header: "X-User", Terminal: true}, {Cookie: &HashCookie{Name: "sess", TTL: &ttl, Path: "/"}},
+		{Cookie: &HashCookie{Name: "plain"}}, {SourceIP: true}, {QueryParameter: "u"}}}}
+	got := strings.Join(dumpRoute(r, nil, nil).Hash, "|")
+	want := "header X-User terminal|cookie sess ttl=1h0m0s path=/|cookie plain|source_ip|query u"
+	if got != want {
+		t.Errorf("hash %q, want %q", got, want)
 	}
 }

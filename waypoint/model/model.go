@@ -370,11 +370,73 @@ type ForwardAction struct {
 	// deprecated max_grpc_timeout, which istiod sets on every route, not
 	// for max_stream_duration), so the server knows its real deadline.
 	RewriteGRPCTimeout bool
-	// HashPolicy for ring-hash/maglev clusters (header name, or use the
-	// source IP).
-	HashHeader   string
-	HashSourceIP bool
+	// Hash is the route's hash_policy, for ring-hash and Maglev
+	// clusters: the policies that give a value are combined in order,
+	// up to the first terminal one that does (Envoy's HashPolicyImpl).
+	Hash []HashPolicy
 }
+
+// HashPolicy is one entry of a route's hash_policy; one of Header,
+// Cookie, SourceIP and QueryParameter is set (istiod makes one from a
+// DestinationRule's consistentHash: httpHeaderName, httpCookie,
+// useSourceIp, httpQueryParameterName).
+type HashPolicy struct {
+	// Header hashes the values of a request header, in canonical form
+	// ("X-User"); several values are sorted first, so their order does
+	// not matter.
+	Header string
+	// Cookie hashes a request cookie's value, and makes the cookie when
+	// the request has none and the policy has a TTL (sticky sessions).
+	Cookie *HashCookie
+	// SourceIP hashes the client's address (the PROXY header's).
+	SourceIP bool
+	// QueryParameter hashes the first value of the named query
+	// parameter, as sent (not decoded).
+	QueryParameter string
+	// Terminal: once a hash is made here or before, later policies are
+	// not looked at.
+	Terminal bool
+}
+
+// String is the policy as the config dump shows it.
+func (p HashPolicy) String() string {
+	var s string
+	switch {
+	case p.Header != "":
+		s = "header " + p.Header
+	case p.Cookie != nil:
+		s = "cookie " + p.Cookie.Name
+		if p.Cookie.TTL != nil {
+			s += " ttl=" + p.Cookie.TTL.String()
+		}
+		if p.Cookie.Path != "" {
+			s += " path=" + p.Cookie.Path
+		}
+	case p.SourceIP:
+		s = "source_ip"
+	case p.QueryParameter != "":
+		s = "query " + p.QueryParameter
+	}
+	if p.Terminal {
+		s += " terminal"
+	}
+	return s
+}
+
+// HashCookie is a cookie hash policy (Envoy's HashPolicy.Cookie).
+type HashCookie struct {
+	Name string
+	// TTL: nil, no cookie is made for a request without one (no hash
+	// then); 0, a session cookie; otherwise its Max-Age.
+	TTL  *time.Duration
+	Path string
+	// Attributes are added to a cookie made here ("; name=value", or
+	// "; name" without a value).
+	Attributes []CookieAttribute
+}
+
+// CookieAttribute is one attribute of a made cookie.
+type CookieAttribute struct{ Name, Value string }
 
 // NoTimeout is a timeout turned off where 0 stands for a default.
 const NoTimeout time.Duration = -1

@@ -171,7 +171,7 @@ func (q *request) forward() {
 	}
 
 	var tried []*upstream.Host
-	hash, hasHash := q.hashKey()
+	hash, hasHash := q.hashKey(path)
 	// retrying holds a slot of the cluster's max_retries from the decision
 	// to retry to the end of the retried attempt: Envoy counts retries in
 	// progress.
@@ -474,19 +474,6 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 		return 0, false
 	}
 	return time.Duration(n) * unit, true
-}
-
-func (q *request) hashKey() (uint64, bool) {
-	f := q.rt.Model.Forward
-	if f.HashHeader != "" {
-		if v := q.r.Header.Get(f.HashHeader); v != "" {
-			return upstream.HashKey(v), true
-		}
-	}
-	if f.HashSourceIP && q.cs.info.Source.IsValid() {
-		return upstream.HashKey(q.cs.info.Source.Addr().String()), true
-	}
-	return 0, false
 }
 
 // upstreamH2 tells whether this request goes to the cluster over h2c.

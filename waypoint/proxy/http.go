@@ -118,6 +118,7 @@ type request struct {
 	host            *upstream.Host
 	body            *requestBody
 	cors            http.Header // CORS headers for the response
+	setCookies      []string    // cookies a hash policy made, for an upstream answer
 	routeTimer      *deadline
 	requestTimer    *deadline // HCM request_timeout, until the request is in
 	idle            *watchdog // stream idle timeout

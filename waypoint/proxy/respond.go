@@ -46,6 +46,11 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 		// answer that came before the request was complete.
 		h["X-Envoy-Upstream-Service-Time"] = []string{strconv.FormatInt(time.Since(c).Milliseconds(), 10)}
 	}
+	if len(q.setCookies) > 0 {
+		// Envoy's router adds the cookies its hash policy made to every
+		// upstream answer (not to its own replies).
+		h["Set-Cookie"] = append(h["Set-Cookie"], q.setCookies...)
+	}
 	q.decorate(h)
 	// Logged as the client gets it: the route's operations may remove it.
 	q.upstreamTime = header.Get(h, "X-Envoy-Upstream-Service-Time")

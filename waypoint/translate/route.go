@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -512,19 +513,38 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 			Reason: "grpc-timeout is honoured without the offset"})
 	}
 	for _, hp := range a.GetHashPolicy() {
-		switch p := hp.GetPolicySpecifier().(type) {
+		p := model.HashPolicy{Terminal: hp.GetTerminal()}
+		switch spec := hp.GetPolicySpecifier().(type) {
 		case *routev3.RouteAction_HashPolicy_Header_:
-			if f.HashHeader == "" && !f.HashSourceIP {
-				f.HashHeader = strings.ToLower(p.Header.GetHeaderName())
+			p.Header = http.CanonicalHeaderKey(spec.Header.GetHeaderName())
+			if spec.Header.GetRegexRewrite() != nil {
+				t.unsupported(model.Unsupported{Where: where, Name: "hash_policy.header.regex_rewrite",
+					Reason: "the header's value is hashed as sent, not rewritten"})
 			}
+		case *routev3.RouteAction_HashPolicy_Cookie_:
+			c := &model.HashCookie{Name: spec.Cookie.GetName(), Path: spec.Cookie.GetPath()}
+			if ttl := spec.Cookie.GetTtl(); ttl != nil {
+				// Envoy keeps whole seconds (Max-Age).
+				d := time.Duration(ttl.GetSeconds()) * time.Second
+				c.TTL = &d
+			}
+			for _, at := range spec.Cookie.GetAttributes() {
+				c.Attributes = append(c.Attributes, model.CookieAttribute{Name: at.GetName(), Value: at.GetValue()})
+			}
+			p.Cookie = c
 		case *routev3.RouteAction_HashPolicy_ConnectionProperties_:
-			if p.ConnectionProperties.GetSourceIp() && f.HashHeader == "" {
-				f.HashSourceIP = true
+			if !spec.ConnectionProperties.GetSourceIp() {
+				continue // Envoy makes no policy of it
 			}
+			p.SourceIP = true
+		case *routev3.RouteAction_HashPolicy_QueryParameter_:
+			p.QueryParameter = spec.QueryParameter.GetName()
 		default:
 			t.unsupported(model.Unsupported{Where: where, Name: "hash_policy",
-				Reason: fmt.Sprintf("hash policy %T is not applied: requests spread without it", p)})
+				Reason: fmt.Sprintf("hash policy %T is not applied: the other policies hash without it", spec)})
+			continue
 		}
+		f.Hash = append(f.Hash, p)
 	}
 	return f, deny, nil
 }

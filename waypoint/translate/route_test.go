@@ -150,8 +150,8 @@ func TestRoutes(t *testing.T) {
 			HashPolicy: []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: "X-User"}}}}})},
 			check: func(t *testing.T, r *model.Route) {
 				m := r.Forward.Mirrors
-				if len(m) != 2 || m[0] != (model.Mirror{Cluster: "m", Percent: 25}) || m[1] != (model.Mirror{Cluster: "all", Percent: 100, KeepHost: true}) || r.Forward.HashHeader != "x-user" {
-					t.Errorf("%+v %q", m, r.Forward.HashHeader)
+				if len(m) != 2 || m[0] != (model.Mirror{Cluster: "m", Percent: 25}) || m[1] != (model.Mirror{Cluster: "all", Percent: 100, KeepHost: true}) || len(r.Forward.Hash) != 1 || r.Forward.Hash[0].Header != "X-User" {
+					t.Errorf("%+v %+v", m, r.Forward.Hash)
 				}
 			}},
 		{name: "redirect", route: &routev3.Route{Match: prefix("/"), Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{
@@ -472,5 +472,85 @@ func TestRouteUpgradeConfigs(t *testing.T) {
 	}
 	if got := v.Routes[0].Forward.Upgrades; !maps.Equal(got, map[string]bool{"websocket": false, "echo": true}) {
 		t.Errorf("upgrades %v", got)
+	}
+}
+
+// Every hash policy istiod makes from a DestinationRule's consistentHash
+// (httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName) is
+// translated, in order with its terminal flag; what is not applied is
+// reported, not dropped.
+func TestHashPolicies(t *testing.T) {
+	hp := func(spec any, terminal bool) *routev3.RouteAction_HashPolicy {
+		p := &routev3.RouteAction_HashPolicy{Terminal: terminal}
+		switch s := spec.(type) {
+		case *routev3.RouteAction_HashPolicy_Header:
+			p.PolicySpecifier = &routev3.RouteAction_HashPolicy_Header_{Header: s}
+		case *routev3.RouteAction_HashPolicy_Cookie:
+			p.PolicySpecifier = &routev3.RouteAction_HashPolicy_Cookie_{Cookie: s}
+		case *routev3.RouteAction_HashPolicy_ConnectionProperties:
+			p.PolicySpecifier = &routev3.RouteAction_HashPolicy_ConnectionProperties_{ConnectionProperties: s}
+		case *routev3.RouteAction_HashPolicy_QueryParameter:
+			p.PolicySpecifier = &routev3.RouteAction_HashPolicy_QueryParameter_{QueryParameter: s}
+		case *routev3.RouteAction_HashPolicy_FilterState:
+			p.PolicySpecifier = &routev3.RouteAction_HashPolicy_FilterState_{FilterState: s}
+		}
+		return p
+	}
+	a := toCluster("c")
+	a.HashPolicy = []*routev3.RouteAction_HashPolicy{
+		hp(&routev3.RouteAction_HashPolicy_Header{HeaderName: "x-user"}, false),
+		hp(&routev3.RouteAction_HashPolicy_Cookie{Name: "session", Ttl: durationpb.New(90 * time.Minute), Path: "/app",
+			Attributes: []*routev3.RouteAction_HashPolicy_CookieAttribute{{Name: "SameSite", Value: "Strict"}, {Name: "Secure"}}}, false),
+		hp(&routev3.RouteAction_HashPolicy_Cookie{Name: "plain"}, false),
+		hp(&routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: false}, false),
+		hp(&routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: true}, true),
+		hp(&routev3.RouteAction_HashPolicy_QueryParameter{Name: "user"}, false),
+		hp(&routev3.RouteAction_HashPolicy_FilterState{Key: "k"}, false),
+		hp(&routev3.RouteAction_HashPolicy_Header{HeaderName: "x-rw", RegexRewrite: &matcherv3.RegexMatchAndSubstitute{
+			Pattern: &matcherv3.RegexMatcher{Regex: "a"}, Substitution: "b"}}, false),
+	}
+	tr := &translator{}
+	r, err := tr.route(&routev3.Route{Match: prefix("/"), Action: fwd(a)}, "rt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttl := 90 * time.Minute
+	want := []model.HashPolicy{
+		{Header: "X-User"},
+		{Cookie: &model.HashCookie{Name: "session", TTL: &ttl, Path: "/app",
+			Attributes: []model.CookieAttribute{{Name: "SameSite", Value: "Strict"}, {Name: "Secure"}}}},
+		{Cookie: &model.HashCookie{Name: "plain"}},
+		{SourceIP: true, Terminal: true},
+		{QueryParameter: "user"},
+		{Header: "X-Rw"},
+	}
+	got := r.Forward.Hash
+	if len(got) != len(want) {
+		t.Fatalf("got %d policies %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.Header != w.Header || g.SourceIP != w.SourceIP || g.QueryParameter != w.QueryParameter || g.Terminal != w.Terminal ||
+			(g.Cookie == nil) != (w.Cookie == nil) {
+			t.Errorf("policy %d: %+v, want %+v", i, g, w)
+			continue
+		}
+		if w.Cookie != nil {
+			gc, wc := g.Cookie, w.Cookie
+			if gc.Name != wc.Name || gc.Path != wc.Path || (gc.TTL == nil) != (wc.TTL == nil) || gc.TTL != nil && *gc.TTL != *wc.TTL ||
+				len(gc.Attributes) != len(wc.Attributes) || len(wc.Attributes) > 0 && gc.Attributes[1] != wc.Attributes[1] {
+				t.Errorf("cookie %d: %+v, want %+v", i, gc, wc)
+			}
+		}
+	}
+	var names []string
+	for _, u := range tr.unsup {
+		if u.FailClosed {
+			t.Errorf("%+v fails closed: a hash policy cannot deny", u)
+		}
+		names = append(names, u.Name)
+	}
+	if strings.Join(names, ",") != "hash_policy,hash_policy.header.regex_rewrite" {
+		t.Errorf("reported %v", names)
 	}
 }

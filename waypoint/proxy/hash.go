@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"math/bits"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// hashKey is the route's hash_policy applied to the request (path is its
+// :path after the route's rewrite), as Envoy's HashPolicyImpl: each
+// policy that yields a value is folded in (the hash so far rotated left
+// by one, then xor), up to the first terminal policy once there is a
+// hash. No policy yielding a value: no hash (the cluster's load balancer
+// picks as if it had none). A cookie policy may make a cookie, kept in
+// q.setCookies for the answer.
+func (q *request) hashKey(path string) (uint64, bool) {
+	var h uint64
+	have := false
+	for i := range q.rt.Model.Forward.Hash {
+		p := &q.rt.Model.Forward.Hash[i]
+		if v, ok := q.evalHash(p, path); ok {
+			h = bits.RotateLeft64(h, 1) ^ v // h is 0 before the first
+			have = true
+		}
+		if p.Terminal && have {
+			break
+		}
+	}
+	return h, have
+}
+
+func (q *request) evalHash(p *model.HashPolicy, path string) (uint64, bool) {
+	switch {
+	case p.Header != "":
+		vs := q.r.Header[p.Header]
+		switch len(vs) {
+		case 0:
+			return 0, false
+		case 1:
+			return xxhash.Sum64String(vs[0]), true
+		}
+		// Several fields: the same hash whatever their order.
+		sorted := slices.Clone(vs)
+		slices.Sort(sorted)
+		d := xxhash.New()
+		for _, v := range sorted {
+			d.WriteString(v)
+		}
+		return d.Sum64(), true
+	case p.Cookie != nil:
+		if v := cookieValue(q.r.Header["Cookie"], p.Cookie.Name); v != "" {
+			return xxhash.Sum64String(v), true
+		}
+		if p.Cookie.TTL == nil {
+			return 0, false
+		}
+		v := q.makeCookie(p.Cookie)
+		return xxhash.Sum64String(v), true
+	case p.SourceIP:
+		if !q.cs.info.Source.IsValid() {
+			return 0, false
+		}
+		return xxhash.Sum64String(q.cs.info.Source.Addr().String()), true
+	case p.QueryParameter != "":
+		if v, ok := queryValue(path, p.QueryParameter); ok {
+			return xxhash.Sum64String(v), true
+		}
+	}
+	return 0, false
+}
+
+// cookieValue finds a cookie in the request's Cookie fields as Envoy's
+// Utility::parseCookieValue: pairs split at ";", leading spaces skipped,
+// the name up to the first "=", the value after it without surrounding
+// double quotes; the first match wins.
+func cookieValue(fields []string, name string) string {
+	for _, f := range fields {
+		for f != "" {
+			var pair string
+			pair, f, _ = strings.Cut(f, ";")
+			pair = strings.TrimLeft(pair, " ")
+			k, v, ok := strings.Cut(pair, "=")
+			if !ok || k != name {
+				continue
+			}
+			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			return v
+		}
+	}
+	return ""
+}
+
+// queryValue is the first value of a query parameter as sent, as Envoy's
+// QueryParamsMulti::parseQueryString reads it (the route matcher's
+// reading too): pairs split at "&", the name up to the first "=",
+// nothing decoded; a name without "=" has the value "".
+func queryValue(path, name string) (string, bool) {
+	_, query, ok := strings.Cut(path, "?")
+	if !ok {
+		return "", false
+	}
+	for query != "" {
+		var pair string
+		pair, query, _ = strings.Cut(query, "&")
+		if k, v, _ := strings.Cut(pair, "="); k == name {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// makeCookie makes the value of a cookie the request did not have and
+// keeps its Set-Cookie for the answer, as Envoy's router: the value is the
+// hex xxHash64 of the client's and the original destination's addresses,
+// the same for every request of a connection (requests racing on it get
+// one cookie), and the field is name="value"[; Max-Age=n][; Path=p]
+// [; attributes]; HttpOnly.
+func (q *request) makeCookie(c *model.HashCookie) string {
+	v := strconv.FormatUint(xxhash.Sum64String(q.cs.info.Source.String()+q.cs.info.Destination.String()), 16)
+	v = strings.Repeat("0", 16-len(v)) + v
+	var b strings.Builder
+	b.WriteString(c.Name)
+	b.WriteString(`="`)
+	b.WriteString(v)
+	b.WriteByte('"')
+	if secs := int64(*c.TTL / time.Second); secs != 0 {
+		b.WriteString("; Max-Age=")
+		b.WriteString(strconv.FormatInt(secs, 10))
+	}
+	if c.Path != "" {
+		b.WriteString("; Path=")
+		b.WriteString(c.Path)
+	}
+	for _, a := range c.Attributes {
+		b.WriteString("; ")
+		b.WriteString(a.Name)
+		if a.Value != "" {
+			b.WriteByte('=')
+			b.WriteString(a.Value)
+		}
+	}
+	b.WriteString("; HttpOnly")
+	q.setCookies = append(q.setCookies, b.String())
+	return v
+}

@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/kmesh-go/kmesh/waypoint/model"
+)
+
+// hashEngine is a waypoint whose one route hashes by policies onto a
+// ring-hash cluster of four endpoints answering their names.
+func hashEngine(t *testing.T, lb string, policies ...model.HashPolicy) *http.Client {
+	t.Helper()
+	var names [4]string
+	var eps []netip.AddrPort
+	for i := range names {
+		names[i] = "b" + strconv.Itoa(i)
+		name := names[i]
+		eps = append(eps, backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
+	}
+	rt := fwd("c")
+	rt.Forward.Hash = policies
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(rt), false, &model.Cluster{Name: "c", LB: lb, Endpoints: endpoints(eps...)}))
+	return client(te.addr("main"))
+}
+
+// reached does a GET and returns the endpoint that answered and its
+// Set-Cookie fields.
+func reached(t *testing.T, c *http.Client, url string, hdr ...string) (string, []string) {
+	t.Helper()
+	code, body, resp := get(t, c, url, hdr...)
+	if code != 200 {
+		t.Fatalf("GET %s: %d %s", url, code, body)
+	}
+	return body, resp.Header.Values("Set-Cookie")
+}
+
+// Envoy's cookie hash policy with a TTL (istiod's consistentHash
+// httpCookie, sticky sessions): a request without the cookie gets one
+// (name="hex of xxHash64(client address + original destination)";
+// Max-Age; Path; attributes; HttpOnly), and every request carrying it
+// reaches the endpoint its value hashes to, quoted or not.
+func TestCookieHashPolicyMakesAndFollowsTheCookie(t *testing.T) {
+	ttl := time.Hour
+	for _, lb := range []string{"ring_hash", "maglev"} {
+		t.Run(lb, func(t *testing.T) {
+			c := hashEngine(t, lb, model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &ttl, Path: "/",
+				Attributes: []model.CookieAttribute{{Name: "SameSite", Value: "Lax"}}}})
+			first, set := reached(t, c, "http://svc/")
+			v := fmt.Sprintf("%016x", xxhash.Sum64String(clientAddr.String()+serviceVIP.String()))
+			want := `sess="` + v + `"; Max-Age=3600; Path=/; SameSite=Lax; HttpOnly`
+			if len(set) != 1 || set[0] != want {
+				t.Fatalf("Set-Cookie %q, want %q", set, want)
+			}
+			for i := range 10 {
+				cookie := "other=1; sess=" + v
+				if i%2 == 1 {
+					cookie = `sess="` + v + `"`
+				}
+				got, set := reached(t, c, "http://svc/", "Cookie", cookie)
+				if got != first || len(set) != 0 {
+					t.Fatalf("with Cookie %q: reached %s (the cookie's request %s), Set-Cookie %q", cookie, got, first, set)
+				}
+			}
+			seen := map[string]bool{}
+			for i := range 40 {
+				got, _ := reached(t, c, "http://svc/", "Cookie", "sess=user"+strconv.Itoa(i))
+				seen[got] = true
+			}
+			if len(seen) < 2 {
+				t.Errorf("40 sessions all reached %v: the cookie is not hashed", seen)
+			}
+		})
+	}
+}
+
+// Without a TTL no cookie is made (Envoy: no hash from this policy); with
+// a TTL of 0 the made cookie is a session cookie (no Max-Age).
+func TestCookieHashPolicyTTL(t *testing.T) {
+	c := hashEngine(t, "ring_hash", model.HashPolicy{Cookie: &model.HashCookie{Name: "sess"}})
+	if _, set := reached(t, c, "http://svc/"); len(set) != 0 {
+		t.Errorf("no TTL: Set-Cookie %q", set)
+	}
+	zero := time.Duration(0)
+	c = hashEngine(t, "ring_hash", model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &zero}})
+	_, set := reached(t, c, "http://svc/")
+	if len(set) != 1 || strings.Contains(set[0], "Max-Age") || !strings.HasSuffix(set[0], `"; HttpOnly`) {
+		t.Errorf("TTL 0: Set-Cookie %q", set)
+	}
+}
+
+// Envoy's query_parameter hash policy (istiod's httpQueryParameterName):
+// the parameter's first value, as sent, picks the endpoint.
+func TestQueryParameterHashPolicy(t *testing.T) {
+	c := hashEngine(t, "ring_hash", model.HashPolicy{QueryParameter: "user"})
+	seen := map[string]bool{}
+	for i := range 40 {
+		u := "u" + strconv.Itoa(i)
+		first, _ := reached(t, c, "http://svc/a?user="+u)
+		seen[first] = true
+		for _, url := range []string{"http://svc/b?x=1&user=" + u, "http://svc/a?user=" + u + "&user=other"} {
+			if got, _ := reached(t, c, url); got != first {
+				t.Fatalf("%s reached %s, ?user=%s reached %s", url, got, u, first)
+			}
+		}
+	}
+	if len(seen) < 2 {
+		t.Errorf("40 users all reached %v: the parameter is not hashed", seen)
+	}
+}
+
+// Several policies fold their hashes together, and a terminal policy
+// that gave a hash ends the list (Envoy's HashPolicyImpl::generateHash).
+func TestHashPoliciesCombineUpToTheTerminal(t *testing.T) {
+	c := hashEngine(t, "ring_hash", model.HashPolicy{Header: "X-A", Terminal: true}, model.HashPolicy{Header: "X-B"})
+	first, _ := reached(t, c, "http://svc/", "X-A", "a", "X-B", "0")
+	for i := range 20 {
+		if got, _ := reached(t, c, "http://svc/", "X-A", "a", "X-B", strconv.Itoa(i)); got != first {
+			t.Fatalf("x-b %d moved the request (%s, not %s) past a terminal x-a", i, got, first)
+		}
+	}
+	seen := map[string]bool{}
+	for i := range 20 {
+		// No x-a: x-b alone decides.
+		got, _ := reached(t, c, "http://svc/", "X-B", strconv.Itoa(i))
+		seen[got] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("without x-a, 20 x-b values all reached %v", seen)
+	}
+
+	c = hashEngine(t, "ring_hash", model.HashPolicy{Header: "X-A"}, model.HashPolicy{Header: "X-B"})
+	seen = map[string]bool{}
+	for i := range 20 {
+		got, _ := reached(t, c, "http://svc/", "X-A", "a", "X-B", strconv.Itoa(i))
+		seen[got] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("not terminal: x-b did not count (%v)", seen)
+	}
+}
+
+// A header sent as several fields hashes the same whatever their order
+// (Envoy sorts the values before hashing them together).
+func TestHeaderHashPolicySeveralValues(t *testing.T) {
+	c := hashEngine(t, "ring_hash", model.HashPolicy{Header: "X-User"})
+	for i := range 20 {
+		a, b := "a"+strconv.Itoa(i), "b"+strconv.Itoa(i)
+		ab, _ := reached(t, c, "http://svc/", "X-User", a, "X-User", b)
+		ba, _ := reached(t, c, "http://svc/", "X-User", b, "X-User", a)
+		if ab != ba {
+			t.Fatalf("x-user %s,%s reached %s; %s,%s reached %s", a, b, ab, b, a, ba)
+		}
+	}
+}
