@@ -171,7 +171,13 @@ func (q *request) forward() {
 	}
 
 	var tried []*upstream.Host
-	hash, hasHash := q.hashKey(path)
+	var hash uint64
+	hasHash := false
+	if cl.Hashed() {
+		// Only a hashing load balancer asks (so only then is a cookie
+		// made).
+		hash, hasHash = q.hashKey(path)
+	}
 	// retrying holds a slot of the cluster's max_retries from the decision
 	// to retry to the end of the retried attempt: Envoy counts retries in
 	// progress.

@@ -161,3 +161,13 @@ func TestHeaderHashPolicySeveralValues(t *testing.T) {
 		}
 	}
 }
+
+// Only a hashing load balancer asks for the hash (Envoy's
+// computeHashKey): a round-robin cluster makes no cookie.
+func TestCookieMadeOnlyForAHashingCluster(t *testing.T) {
+	ttl := time.Hour
+	c := hashEngine(t, "round_robin", model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &ttl}})
+	if _, set := reached(t, c, "http://svc/"); len(set) != 0 {
+		t.Errorf("round robin: Set-Cookie %q", set)
+	}
+}

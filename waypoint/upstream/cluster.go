@@ -149,6 +149,14 @@ func (c *Cluster) Context() context.Context { return c.ctx }
 // Model is the cluster's current configuration.
 func (c *Cluster) Model() *model.Cluster { return c.state.Load().m }
 
+// Hashed reports a load balancer that picks by the request's hash (ring
+// hash, Maglev): only those ask for it, as Envoy's computeHashKey is
+// called by the hashing load balancers alone.
+func (c *Cluster) Hashed() bool {
+	lb := c.Model().LB
+	return lb == "ring_hash" || lb == "maglev"
+}
+
 func (c *Cluster) update(m *model.Cluster) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
