@@ -103,6 +103,7 @@ func TestWaypointTraffic(t *testing.T) {
 		{"GRPCMethodRoute", s.testGRPC},
 		{"RetryTurnsFailuresIntoSuccess", s.testRetry},
 		{"OutlierDetectionEjectsBrokenPod", s.testOutlier},
+		{"StickySessionCookie", s.testSticky},
 		{"FaultAbortAndDelay", s.testFaults},
 		{"MetricsAndAccessLog", s.testMetrics},
 		{"PodAddressedDirectlyNoLoop", s.testDirect},
@@ -377,6 +378,7 @@ var services = []service{
 	{name: "flip", vip: "10.96.20.13", selector: map[string]string{"app": "web"}},
 	{name: "flaky", vip: "10.96.20.20", selector: map[string]string{"app": "flaky"}},
 	{name: "outlier", vip: "10.96.20.21", selector: map[string]string{"pool": "outlier"}},
+	{name: "sticky", vip: "10.96.20.22", selector: map[string]string{"app": "web"}},
 	{name: "fault-abort", vip: "10.96.20.30", selector: map[string]string{"app": "web", "version": "v1"}},
 	{name: "fault-delay", vip: "10.96.20.31", selector: map[string]string{"app": "web", "version": "v1"}},
 	{name: "grpc", vip: "10.96.20.40", selector: map[string]string{"app": "grpc"}, grpc: true},
@@ -518,6 +520,7 @@ type response struct {
 	gotProto string // the client's view
 	took     time.Duration
 	body     string
+	cookies  []string // Set-Cookie
 }
 
 // requestTimeout bounds a request from the client. Generous: on this
@@ -568,7 +571,8 @@ func do(ctx context.Context, c *http.Client, method, u string, h http.Header) (_
 		return response{}, err
 	}
 	return response{code: resp.StatusCode, who: resp.Header.Get("x-served-by"), peer: resp.Header.Get("x-peer"),
-		proto: resp.Header.Get("x-proto"), gotProto: resp.Proto, took: time.Since(start), body: string(b)}, nil
+		proto: resp.Header.Get("x-proto"), gotProto: resp.Proto, took: time.Since(start), body: string(b),
+		cookies: resp.Header.Values("Set-Cookie")}, nil
 }
 
 // newConnClient is an HTTP/1.1 client from the client pod that opens a

@@ -502,6 +502,69 @@ func (s *suite) testOutlier(t *testing.T) {
 	}
 }
 
+// testSticky: a DestinationRule's consistentHash httpCookie (sticky
+// sessions). istiod makes the service's clusters ring-hash and its routes
+// hash the cookie; a request without the cookie gets one from the
+// waypoint, and every request carrying it reaches the same backend of
+// three, where other sessions spread.
+func (s *suite) testSticky(t *testing.T) {
+	s.apply(t, cluster.GVRDR, map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+		"metadata": map[string]any{"name": "sticky", "namespace": ns},
+		"spec": map[string]any{
+			"host": host("sticky"),
+			"trafficPolicy": map[string]any{"loadBalancer": map[string]any{
+				"consistentHash": map[string]any{"httpCookie": map[string]any{"name": "session", "path": "/", "ttl": "60s"}},
+			}},
+		},
+	})
+	took := s.waitConfig(t, "the cookie hash policy", func(d *model.ConfigDump) (bool, string) {
+		for _, r := range routesOf(d, chainOf("sticky", 80)) {
+			if slices.Contains(r.Hash, "cookie session ttl=1m0s path=/") {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprint("routes of ", chainOf("sticky", 80), ": ", routesOf(d, chainOf("sticky", 80)))
+	})
+	t.Logf("the cookie hash policy runs in the waypoint %s after the write", took.Round(time.Millisecond))
+	c := s.newConnClient()
+	first, err := do(s.Ctx, c, http.MethodGet, url("sticky"), nil)
+	if err != nil || first.code != http.StatusOK {
+		t.Fatalf("first request: %+v %v", first, err)
+	}
+	if len(first.cookies) != 1 || !strings.HasPrefix(first.cookies[0], `session="`) || !strings.Contains(first.cookies[0], "; Max-Age=60; Path=/; HttpOnly") {
+		t.Fatalf("first answer's Set-Cookie %q, want session=\"...\"; Max-Age=60; Path=/; HttpOnly", first.cookies)
+	}
+	value, _, _ := strings.Cut(strings.TrimPrefix(first.cookies[0], "session="), ";")
+	by := map[string]int{}
+	for range 20 {
+		r, err := do(s.Ctx, c, http.MethodGet, url("sticky"), http.Header{"Cookie": {"session=" + value}})
+		if err != nil || r.code != http.StatusOK {
+			t.Fatalf("request with the cookie: %+v %v", r, err)
+		}
+		if len(r.cookies) != 0 {
+			t.Errorf("a request with the cookie got Set-Cookie %q", r.cookies)
+		}
+		by[r.who]++
+	}
+	t.Logf("20 requests with the waypoint's cookie %s: served by %v (the first by %s)", value, by, first.who)
+	if len(by) != 1 || by[first.who] != 20 {
+		t.Errorf("the session was not sticky: served by %v, the first by %s", by, first.who)
+	}
+	spread := map[string]int{}
+	for i := range 30 {
+		r, err := do(s.Ctx, c, http.MethodGet, url("sticky"), http.Header{"Cookie": {"session=user-" + strconv.Itoa(i)}})
+		if err != nil || r.code != http.StatusOK {
+			t.Fatalf("request of session %d: %+v %v", i, r, err)
+		}
+		spread[r.who]++
+	}
+	t.Logf("30 other sessions: served by %v", spread)
+	if len(spread) < 2 {
+		t.Errorf("30 sessions all served by %v: the cookie is not hashed", spread)
+	}
+}
+
 // wpMetric reads one unlabelled sample of the waypoint's /metrics.
 func (s *suite) wpMetric(t *testing.T, name string) float64 {
 	t.Helper()
