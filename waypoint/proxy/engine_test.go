@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
@@ -264,4 +268,73 @@ func TestDrainFinishesKeepAliveConnections(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Drain did not return after the last connection closed")
 	}
+}
+
+// Close does not wait on h2c clients that stopped reading: net/http's
+// server closes its connections one after another under its lock, so a
+// close that waited for each one's unsent bytes made shutdown take that
+// wait times the number of stalled clients.
+func TestCloseDoesNotWaitOnStalledH2Clients(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("x"), 32<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	})
+	te := newTestEngine(t, Options{Listen: func(network, addr string) (net.Listener, error) {
+		ln, err := listen(network, addr)
+		return smallSendBuffers{ln}, err
+	}})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	addr := te.addr("main")
+	const clients = 4
+	var conns []net.Conn
+	for range clients {
+		c, err := dialer(addr, clientAddr, serviceVIP)(t.Context(), "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		// Windows far beyond what the sockets hold, a request, and no
+		// read ever: the waypoint's writes back up.
+		io.WriteString(c, http2.ClientPreface)
+		fr := http2.NewFramer(c, c)
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+		fr.WriteWindowUpdate(0, 1<<30)
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "x"}, {":path", "/"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	time.Sleep(300 * time.Millisecond) // every connection's writes stuck
+	start := time.Now()
+	te.Close()
+	if d := time.Since(start); d > 400*time.Millisecond {
+		t.Errorf("Close took %v with %d stalled h2c clients", d, clients)
+	}
+	// And their connections do end.
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); !closedByPeer(err) {
+			t.Errorf("a stalled client's connection did not end: %v", err)
+		}
+	}
+}
+
+// smallSendBuffers gives accepted connections a small send buffer, so a
+// peer that does not read stalls the writer after a few KiB.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(4 << 10)
+	}
+	return c, err
 }

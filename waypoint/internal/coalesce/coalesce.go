@@ -15,12 +15,13 @@
 // a frame's answer, a channel, the next read): what the writer wrote until
 // then leaves in one call. Nothing waits for a timer, and a writer that
 // gets far ahead of the socket waits (at most maxPending bytes are held).
-// A write error is returned by the next Write (and Close).
+// A write error is returned by the next Write.
 package coalesce
 
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,8 +34,9 @@ const maxPending = 64 << 10
 // burst of DATA) go back to the garbage collector.
 const keepCap = 16 << 10
 
-// closeGrace bounds how long Close waits for held bytes to be written
-// (an HTTP/2 GOAWAY, the last frames) when the peer does not read.
+// closeGrace bounds how long the socket stays open after Close for held
+// bytes to be written (an HTTP/2 GOAWAY, the last frames) when the peer
+// does not read.
 const closeGrace = 250 * time.Millisecond
 
 // Conn is a net.Conn whose writes are coalesced. Reads, addresses and
@@ -47,7 +49,10 @@ type Conn struct {
 	pending []byte    // written by the caller, not yet to the socket
 	spare   []byte    // the other buffer, for the next burst
 	active  bool      // a flusher goroutine owns the socket's writes
-	err     error     // the first write error (or net.ErrClosed once closed)
+	err     error     // the first write error
+	// closed: Close was called. Writes fail; a running flusher writes
+	// out what is held and closes the socket. Atomic for Read.
+	closed atomic.Bool
 }
 
 // New wraps c.
@@ -61,8 +66,12 @@ func New(c net.Conn) *Conn {
 // maxPending bytes are held: then it waits for the socket to take them.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	for c.err == nil && len(c.pending) > 0 && len(c.pending)+len(p) > maxPending {
+	for c.err == nil && !c.closed.Load() && len(c.pending) > 0 && len(c.pending)+len(p) > maxPending {
 		c.cond.Wait()
+	}
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return 0, net.ErrClosed
 	}
 	if c.err != nil {
 		err := c.err
@@ -78,7 +87,8 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// flush writes out what is held until nothing is.
+// flush writes out what is held until nothing is; after Close, it
+// closes the socket.
 func (c *Conn) flush() {
 	c.mu.Lock()
 	for len(c.pending) > 0 && c.err == nil {
@@ -98,8 +108,26 @@ func (c *Conn) flush() {
 		c.cond.Broadcast()
 	}
 	c.active = false
+	closed := c.closed.Load()
+	if closed {
+		c.pending, c.spare = nil, nil
+	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	if closed {
+		c.Conn.Close()
+	}
+}
+
+// Read is the connection's; once Close was called it fails as a closed
+// connection's does, though the socket may stay open a little longer for
+// the held bytes.
+func (c *Conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && c.closed.Load() {
+		err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: net.ErrClosed}
+	}
+	return n, err
 }
 
 // Flush waits until every byte written so far has reached the socket, and
@@ -110,24 +138,38 @@ func (c *Conn) Flush() error {
 	for c.active && c.err == nil {
 		c.cond.Wait()
 	}
+	if c.err == nil && c.closed.Load() {
+		return net.ErrClosed
+	}
 	return c.err
 }
 
-// Close writes out what is held (waiting at most closeGrace for a peer
-// that does not read), then closes the connection.
+// Close closes the connection at once for its user, as a net.Conn's
+// Close does: Writes fail, blocked ones included, and Reads end. Bytes
+// still held are not lost: the flusher writes them out, within
+// closeGrace for a peer that does not read, and closes the socket after
+// them. Close does not wait for that, since its callers do not expect it
+// to block: net/http's server closes all its connections one after
+// another holding its lock, the pools close idle connections holding
+// theirs.
 func (c *Conn) Close() error {
 	c.mu.Lock()
-	if c.active && c.err == nil {
-		c.Conn.SetWriteDeadline(time.Now().Add(closeGrace))
-		for c.active && c.err == nil {
-			c.cond.Wait()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return net.ErrClosed
+	}
+	c.closed.Store(true)
+	c.cond.Broadcast() // writers waiting for room give up
+	if c.active {
+		if c.err == nil {
+			c.Conn.SetWriteDeadline(time.Now().Add(closeGrace))
 		}
+		// The net.Conn contract: Close unblocks a Read.
+		c.Conn.SetReadDeadline(time.Now())
+		c.mu.Unlock()
+		return nil
 	}
-	if c.err == nil {
-		c.err = net.ErrClosed
-	}
-	c.pending = nil
-	c.cond.Broadcast()
+	c.pending, c.spare = nil, nil
 	c.mu.Unlock()
 	return c.Conn.Close()
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -229,5 +230,54 @@ func TestWriteErrorReturnedLater(t *testing.T) {
 	}
 	if _, werr := c.Write([]byte("again")); werr == nil {
 		t.Fatal("the error did not stick")
+	}
+}
+
+// Close returns at once, even with bytes held for a peer that does not
+// read (its callers close connections one after another under their
+// locks); a blocked Read ends as on a closed connection, and the socket
+// itself closes within closeGrace.
+func TestCloseDoesNotWaitForHeldBytes(t *testing.T) {
+	a, b := tcpPair(t)
+	c := New(a)
+	chunk := bytes.Repeat([]byte("x"), 16<<10)
+	filled := make(chan struct{})
+	go func() {
+		defer close(filled)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		read <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // socket buffers full, the writer waiting
+	start := time.Now()
+	c.Close()
+	if d := time.Since(start); d > closeGrace/5 {
+		t.Fatalf("Close took %v with a stuck peer", d)
+	}
+	select {
+	case <-filled:
+	case <-time.After(time.Second):
+		t.Fatal("the waiting writer was not released by Close")
+	}
+	select {
+	case err := <-read:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Read after Close = %v, want net.ErrClosed", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a blocked Read was not ended by Close")
+	}
+	// The socket closes once the held bytes are given up on.
+	time.Sleep(closeGrace + 100*time.Millisecond)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, b); err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("the peer's read ended with %v, not the connection's end", err)
 	}
 }
