@@ -30,9 +30,25 @@ import (
 // burst of a few frames goes out whole).
 const maxPending = 64 << 10
 
-// keepCap is the largest buffer kept between bursts; bigger ones (a long
+// keepCap is the largest buffer the pool keeps; bigger ones (a long
 // burst of DATA) go back to the garbage collector.
 const keepCap = 16 << 10
+
+// bufs hold bursts. A connection takes one for a burst and gives it back
+// when the burst is written: an idle connection holds none (net/http's
+// HTTP/2 server gives its write buffer back when idle for the same
+// reason: many idle connections stay cheap).
+var bufs = sync.Pool{New: func() any { return &buf{b: make([]byte, 0, 4<<10)} }}
+
+type buf struct{ b []byte }
+
+func putBuf(b *buf) {
+	if b == nil || cap(b.b) > keepCap {
+		return
+	}
+	b.b = b.b[:0]
+	bufs.Put(b)
+}
 
 // closeGrace bounds how long the socket stays open after Close for held
 // bytes to be written (an HTTP/2 GOAWAY, the last frames) when the peer
@@ -46,8 +62,7 @@ type Conn struct {
 
 	mu      sync.Mutex
 	cond    sync.Cond // signalled when held bytes leave or an error is set
-	pending []byte    // written by the caller, not yet to the socket
-	spare   []byte    // the other buffer, for the next burst
+	pending *buf      // written by the caller, not yet to the socket (nil: none)
 	active  bool      // a flusher goroutine owns the socket's writes
 	err     error     // the first write error
 	// closed: Close was called. Writes fail; a running flusher writes
@@ -66,7 +81,7 @@ func New(c net.Conn) *Conn {
 // maxPending bytes are held: then it waits for the socket to take them.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	for c.err == nil && !c.closed.Load() && len(c.pending) > 0 && len(c.pending)+len(p) > maxPending {
+	for c.err == nil && !c.closed.Load() && c.pending != nil && len(c.pending.b)+len(p) > maxPending {
 		c.cond.Wait()
 	}
 	if c.closed.Load() {
@@ -78,7 +93,14 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, err
 	}
-	c.pending = append(c.pending, p...)
+	if len(p) == 0 {
+		c.mu.Unlock()
+		return 0, nil
+	}
+	if c.pending == nil {
+		c.pending = bufs.Get().(*buf)
+	}
+	c.pending.b = append(c.pending.b, p...)
 	if !c.active {
 		c.active = true
 		go c.flush()
@@ -91,27 +113,22 @@ func (c *Conn) Write(p []byte) (int, error) {
 // closes the socket.
 func (c *Conn) flush() {
 	c.mu.Lock()
-	for len(c.pending) > 0 && c.err == nil {
+	for c.pending != nil && c.err == nil {
 		b := c.pending
-		c.pending = c.spare[:0]
-		c.spare = nil
+		c.pending = nil // the next Write takes another buffer
 		c.mu.Unlock()
-		_, err := c.Conn.Write(b)
+		_, err := c.Conn.Write(b.b)
+		putBuf(b)
 		c.mu.Lock()
-		if cap(b) <= keepCap {
-			c.spare = b[:0]
-		}
 		if err != nil && c.err == nil {
 			c.err = err
+			putBuf(c.pending)
 			c.pending = nil
 		}
 		c.cond.Broadcast()
 	}
 	c.active = false
 	closed := c.closed.Load()
-	if closed {
-		c.pending, c.spare = nil, nil
-	}
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	if closed {
@@ -169,7 +186,8 @@ func (c *Conn) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.pending, c.spare = nil, nil
+	putBuf(c.pending)
+	c.pending = nil
 	c.mu.Unlock()
 	return c.Conn.Close()
 }
