@@ -191,3 +191,16 @@ func (c *Conn) Close() error {
 	c.mu.Unlock()
 	return c.Conn.Close()
 }
+
+// CloseWrite half-closes the connection after what is held is written
+// (an HTTP/1 connection net/http serves on a chain fixed to HTTP/2, an
+// upgrade's stream): the FIN must not overtake the answer.
+func (c *Conn) CloseWrite() error {
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

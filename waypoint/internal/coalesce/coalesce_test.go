@@ -305,3 +305,24 @@ func TestIdleConnectionHoldsNoBuffer(t *testing.T) {
 		t.Fatalf("idle: pending %v, active %v", c.pending != nil, c.active)
 	}
 }
+
+// CloseWrite sends the FIN after what is held: the peer reads it all,
+// then EOF, and can still answer.
+func TestCloseWriteAfterHeldBytes(t *testing.T) {
+	a, b := tcpPair(t)
+	c := New(a)
+	want := bytes.Repeat([]byte("answer"), 2000)
+	c.Write(want)
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(b)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("peer read %d of %d bytes before EOF: %v", len(got), len(want), err)
+	}
+	b.Write([]byte("bye"))
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "bye" {
+		t.Fatalf("read after CloseWrite: %q %v", buf, err)
+	}
+}
