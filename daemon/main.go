@@ -23,6 +23,10 @@ import (
 // opting in.
 const defaultSockmapAccel = false
 
+// DefaultAdminAddress is the admin API's socket, beside the CNI socket
+// (kmeshctl's default too).
+const DefaultAdminAddress = "unix:/var/run/kmesh/admin.sock"
+
 // Version is set at build time.
 var Version = "dev"
 
@@ -63,7 +67,7 @@ func main() {
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "cgroup v2 directory the programs attach to (on a node: the cgroup2 mount itself)")
 	fs.StringVar(&o.bpfDir, "bpf-dir", "/sys/fs/bpf/kmesh", "bpffs directory for pinned maps, programs and links")
 	fs.StringVar(&o.cniSocket, "cni-socket", "/var/run/kmesh/cni.sock", "unix socket the CNI plugin talks to")
-	fs.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15200", "localhost address of the admin API (dumps, pprof: keep it on loopback)")
+	fs.StringVar(&o.adminAddress, "admin-address", DefaultAdminAddress, "admin API (dumps, pprof): unix:/path, a socket only root can open, or host:port (keep it on loopback: every host-network pod shares it)")
 	fs.StringVar(&o.statusAddress, "status-address", "", "address serving only /ready and /metrics, for Prometheus (e.g. :15020, the node's addresses: the daemon is in the host network); empty: off")
 	fs.StringVar(&o.stateDir, "state-dir", "/var/run/kmesh", "directory for the pod registry")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/kmesh/cni", "kmesh-cni's stateDir: its per-pod records, read at start to learn the pods added and deleted while the daemon was away")

@@ -132,11 +132,11 @@ func (c client) logs(follow bool) error {
 	}
 	// A follow lasts until ^C; the recent lines are one answer, bounded
 	// like every other command's.
-	hc := http.Client{}
+	var timeout time.Duration
 	if !follow {
-		hc.Timeout = requestTimeout
+		timeout = requestTimeout
 	}
-	resp, err := hc.Get(c.base + path)
+	resp, err := c.httpClient(timeout).Get(c.base + path)
 	if err != nil {
 		return fmt.Errorf("is %s running? %w", c.serverName(), err)
 	}

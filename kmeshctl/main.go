@@ -11,11 +11,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -26,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/daemon/admin"
+	"github.com/kmesh-go/kmesh/internal/unixsock"
 )
 
 func main() {
@@ -52,8 +55,8 @@ func parseArgs(args []string, stderr io.Writer) (options, []string, error) {
 	var o options
 	fs := flag.NewFlagSet("kmeshctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.admin, "admin", envOr("KMESH_ADMIN", "127.0.0.1:15200"),
-		"admin address: the daemon's (KMESH_ADMIN), or for waypoint commands kmesh-waypoint's (KMESH_WAYPOINT_ADMIN, default "+defaultWaypointAdmin+")")
+	fs.StringVar(&o.admin, "admin", envOr("KMESH_ADMIN", defaultDaemonAdmin()),
+		"admin address, unix:/path or host:port: the daemon's (KMESH_ADMIN; default its socket "+daemonSocket+", else "+legacyDaemonAdmin+"), or for waypoint commands kmesh-waypoint's (KMESH_WAYPOINT_ADMIN, default "+defaultWaypointAdmin+")")
 	fs.StringVar(&o.output, "o", "table", "output: table or json")
 	fs.BoolVar(&o.follow, "f", false, "logs: follow the access log")
 	fs.BoolVar(&o.follow, "follow", false, "logs: follow the access log (same as -f)")
@@ -133,12 +136,12 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 		// points elsewhere.
 		adminAddr = envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
 	}
-	base, err := adminBase(adminAddr)
+	base, sock, err := adminBase(adminAddr)
 	if err != nil {
 		fmt.Fprintln(stderr, "kmeshctl:", err)
 		return 2
 	}
-	c := client{base: base, json: o.output == "json", out: stdout}
+	c := client{base: base, sock: sock, json: o.output == "json", out: stdout}
 	switch {
 	case len(args) == 1 && args[0] == "help":
 		// Asked for, the usage is an answer (stdout, exit 0), as with -h.
@@ -169,19 +172,43 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// adminBase is the URL kmeshctl prefixes to the admin API's paths: addr
-// is host:port, or the admin's http:// URL as curl and a browser take it
+// The daemon's admin API: its socket (kmesh-daemon's --admin-address
+// default), or the loopback port a daemon of an earlier release, or one
+// started with a TCP address, listens on.
+const (
+	daemonSocket      = "/var/run/kmesh/admin.sock"
+	legacyDaemonAdmin = "127.0.0.1:15200"
+)
+
+// defaultDaemonAdmin is the daemon's socket when there is one, else its
+// old loopback port.
+func defaultDaemonAdmin() string {
+	if fi, err := os.Stat(daemonSocket); err == nil && fi.Mode().Type() == os.ModeSocket {
+		return unixsock.Prefix + daemonSocket
+	}
+	return legacyDaemonAdmin
+}
+
+// adminBase is the URL kmeshctl prefixes to the admin API's paths, and the
+// unix socket to reach it through ("" for TCP): addr is unix:/path,
+// host:port, or the admin's http:// URL as curl and a browser take it
 // (pasted as is it became http://http//host:port, a DNS lookup of "http").
-func adminBase(addr string) (string, error) {
+func adminBase(addr string) (base, sock string, err error) {
+	if path, ok := unixsock.Path(addr); ok {
+		return "http://localhost", path, nil
+	}
 	hostPort := strings.TrimSuffix(strings.TrimPrefix(addr, "http://"), "/")
 	if strings.Contains(hostPort, "/") {
-		return "", fmt.Errorf("-admin %q: host:port or http://host:port (the admin API is plain HTTP)", addr)
+		return "", "", fmt.Errorf("-admin %q: unix:/path, host:port or http://host:port (the admin API is plain HTTP)", addr)
 	}
-	return "http://" + hostPort, nil
+	return "http://" + hostPort, "", nil
 }
 
 type client struct {
 	base string
+	// sock is the unix socket the admin API is reached through ("":
+	// base's host:port).
+	sock string
 	json bool
 	// server names what answers at base, for errors (default kmesh-daemon).
 	server string
@@ -193,7 +220,7 @@ type client struct {
 var requestTimeout = 10 * time.Second
 
 func (c client) get(path string) ([]byte, error) {
-	hc := http.Client{Timeout: requestTimeout}
+	hc := c.httpClient(requestTimeout)
 	resp, err := hc.Get(c.base + path)
 	if err != nil {
 		return nil, fmt.Errorf("is %s running? %w", c.serverName(), err)
@@ -261,7 +288,23 @@ func (c client) getObject(path, key string, v any) error {
 
 // host is the admin address kmeshctl talks to.
 func (c client) host() string {
+	if c.sock != "" {
+		return c.sock
+	}
 	return strings.TrimPrefix(c.base, "http://")
+}
+
+// httpClient reaches the admin API (timeout 0: none).
+func (c client) httpClient(timeout time.Duration) *http.Client {
+	hc := &http.Client{Timeout: timeout}
+	if c.sock != "" {
+		sock := c.sock
+		hc.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}}
+	}
+	return hc
 }
 
 // writeJSON is -o json: the server's types, indented.

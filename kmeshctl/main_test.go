@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/admin"
 	"github.com/kmesh-go/kmesh/daemon/model"
+	"github.com/kmesh-go/kmesh/internal/unixsock"
 	wpmodel "github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -253,5 +255,32 @@ func TestJSONEmptyListIsArray(t *testing.T) {
 	c.out = &out
 	if err := c.showConnections(); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Errorf("connections -o json: %q %v, want []", out.String(), err)
+	}
+}
+
+// -admin unix:/path (and KMESH_ADMIN) reach the daemon's admin socket,
+// for every command, logs included; a daemon that is not there is named.
+func TestAdminOverUnixSocket(t *testing.T) {
+	tcp := fakeDaemon(t)
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	l, err := unixsock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: tcp.Config.Handler}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	if code, out, errOut := cli("-admin", "unix:"+path, "status"); code != 0 || !strings.Contains(out, "node-a") {
+		t.Errorf("-admin unix:%s status: exit %d, %q %s", path, code, out, errOut)
+	}
+	t.Setenv("KMESH_ADMIN", "unix:"+path)
+	for _, args := range [][]string{{"dump", "services"}, {"metrics"}, {"connections"}} {
+		if code, _, errOut := cli(args...); code != 0 {
+			t.Errorf("KMESH_ADMIN=unix:%s %v: exit %d, %s", path, args, code, errOut)
+		}
+	}
+	gone := filepath.Join(t.TempDir(), "none.sock")
+	if code, _, errOut := cli("-admin", "unix:"+gone, "status"); code != 1 || !strings.Contains(errOut, gone) && !strings.Contains(errOut, "kmesh-daemon") {
+		t.Errorf("no daemon at the socket: exit %d, %s", code, errOut)
 	}
 }

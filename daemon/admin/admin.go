@@ -21,6 +21,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/dataplane"
 	"github.com/kmesh-go/kmesh/daemon/model"
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
+	"github.com/kmesh-go/kmesh/internal/unixsock"
 )
 
 // Source is what the admin API reports on.
@@ -299,10 +300,18 @@ func newServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
 }
 
-// Serve listens on addr until ctx ends. The address should be loopback: the
-// API has no authentication.
+// Serve listens on addr until ctx ends: "unix:/path", a socket only root
+// can open (the admin API has no authentication, and on a node every
+// host-network pod shares the loopback), or host:port (the status
+// address, and tests).
 func Serve(ctx context.Context, addr string, h http.Handler) error {
-	l, err := net.Listen("tcp", addr)
+	var l net.Listener
+	var err error
+	if path, ok := unixsock.Path(addr); ok {
+		l, err = unixsock.Listen(path)
+	} else {
+		l, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
 		return err
 	}

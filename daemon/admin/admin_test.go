@@ -1,9 +1,15 @@
 package admin
 
 import (
+	"context"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -54,5 +60,46 @@ func TestStatusHandlerServesOnlyReadyAndMetrics(t *testing.T) {
 func TestServerClosesIdleConnections(t *testing.T) {
 	if s := newServer(http.NotFoundHandler()); s.IdleTimeout <= 0 {
 		t.Errorf("idle timeout %v: idle connections are held for ever", s.IdleTimeout)
+	}
+}
+
+// Serve on "unix:/path" listens on a socket only root can open, and
+// serves the API there; the socket goes when the server stops.
+func TestServeOnAUnixSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run", "admin.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, "unix:"+path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	}()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}}
+	var resp *http.Response
+	var err error
+	for i := 0; i < 100; i++ {
+		if resp, err = c.Get("http://admin/ready"); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Fatalf("body %q", b)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket %v %v, want mode 0600", fi, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("socket left after the server stopped: %v", err)
 	}
 }

@@ -2,11 +2,7 @@ package cniserver
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -14,6 +10,7 @@ import (
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
+	"github.com/kmesh-go/kmesh/internal/unixsock"
 )
 
 // Health is what Status reports.
@@ -128,24 +125,8 @@ func (s *Server) Status(context.Context, *cniv1.StatusRequest) (*cniv1.StatusRes
 }
 
 // Listen opens the unix socket at path, root-only (0600). A stale socket
-// file from a previous run is replaced.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("chmod %s: %w", path, err)
-	}
-	return l, nil
-}
+// from a previous run is replaced (package unixsock).
+func Listen(path string) (net.Listener, error) { return unixsock.Listen(path) }
 
 // Serve runs the gRPC service on l until ctx ends; calls in progress then
 // finish (every handler answers from memory, DecidePod within 150 ms).

@@ -226,10 +226,12 @@ func TestManifests(t *testing.T) {
 	}
 	args := parseArgs(t, daemon.Args)
 	for flag, want := range map[string]string{
-		"bpf-dir":     "/sys/fs/bpf/kmesh",
-		"cni-socket":  "/var/run/kmesh/cni.sock",
-		"xds-address": "istiod.istio-system.svc:15012",
-		"node-name":   "$(NODE_NAME)",
+		"bpf-dir":        "/sys/fs/bpf/kmesh",
+		"cni-socket":     "/var/run/kmesh/cni.sock",
+		"xds-address":    "istiod.istio-system.svc:15012",
+		"node-name":      "$(NODE_NAME)",
+		"admin-address":  "unix:/var/run/kmesh/admin.sock",
+		"status-address": "127.0.0.1:15200",
 	} {
 		if args[flag] != want {
 			t.Errorf("daemon --%s=%q, want %q", flag, args[flag], want)
@@ -258,7 +260,12 @@ func TestManifests(t *testing.T) {
 	}
 	if p := daemon.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Host != "127.0.0.1" ||
 		p.HTTPGet.Path != "/ready" || p.HTTPGet.Port.IntValue() != 15200 {
-		t.Errorf("daemon readiness probe %+v, want GET http://127.0.0.1:15200/ready", p)
+		t.Errorf("daemon readiness probe %+v, want GET http://127.0.0.1:15200/ready (the status address)", p)
+	}
+	// The admin socket is on the node, where kmeshctl in the pod and on
+	// the node finds it.
+	if host, _ := hostPathOf(spec, daemon, strings.TrimPrefix(args["admin-address"], "unix:")); host != "/var/run/kmesh/admin.sock" {
+		t.Errorf("daemon admin socket is %q on the node", host)
 	}
 	if !mountsVolume(spec, daemon, func(v corev1.Volume) bool {
 		if v.Projected == nil {

@@ -15,16 +15,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kmeshk8s "github.com/kmesh-go/kmesh/install/kubernetes"
-	"github.com/kmesh-go/kmesh/tests/e2e/controlplane"
 	"github.com/kmesh-go/kmesh/tests/images"
 )
 
-// Kmesh's DaemonSet on this node: namespace, name, admin address (the
-// daemon has hostNetwork, so its admin API is on the node's loopback).
+// Kmesh's DaemonSet on this node: namespace, name, and the daemon's admin
+// socket (on a root-only socket: the daemon has hostNetwork, and every
+// host-network pod shares the node's loopback).
 const (
-	KmeshNamespace = "kmesh-system"
-	KmeshDaemonSet = "kmesh"
-	kmeshAdmin     = "127.0.0.1:15200"
+	KmeshNamespace   = "kmesh-system"
+	KmeshDaemonSet   = "kmesh"
+	kmeshAdminSocket = "/run/kmesh/admin.sock" // the DaemonSet's --admin-address, /var/run/kmesh on the node
 )
 
 // manifestEdits are the only differences between install/kubernetes and
@@ -131,16 +131,24 @@ func daemonSetReady(ds *appsv1.DaemonSet) bool {
 		s.NumberUnavailable == 0
 }
 
-// DaemonAdmin GETs a path of kmesh-daemon's admin API (on the node's
-// loopback).
+// DaemonAdmin GETs a path of kmesh-daemon's admin API: its socket in the
+// node's /run (the DaemonSet's --admin-address), reached through the
+// kubelet's view of the node's files (/proc/<pid>/root; /var/run is a
+// link to /run, whose absolute target would resolve in this process's
+// files, so the path names /run).
 func (n *Node) DaemonAdmin(ctx context.Context, path string) ([]byte, error) {
+	if n.kubelet == nil || n.kubelet.cmd.Process == nil {
+		return nil, fmt.Errorf("the node's kubelet is not running")
+	}
+	sock := fmt.Sprintf("/proc/%d/root%s", n.kubelet.cmd.Process.Pid, kmeshAdminSocket)
 	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return controlplane.DialInNetNS(ctx, n.NetNS, network, addr)
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
 		},
 		DisableKeepAlives: true,
 	}, Timeout: 10 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+kmeshAdmin+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://kmesh-daemon"+path, nil)
 	if err != nil {
 		return nil, err
 	}

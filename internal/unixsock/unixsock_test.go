@@ -1,0 +1,59 @@
+package unixsock
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestListenRootOnlyAndReplacesAStaleSocket(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "run")
+	path := filepath.Join(dir, "admin.sock")
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v, %v; want 0600", fi.Mode(), err)
+	}
+	if di, _ := os.Stat(dir); di.Mode().Perm() != 0o700 {
+		t.Errorf("folder mode %v, want 0700", di.Mode())
+	}
+	// A socket left behind (a crash: the listener's file not unlinked).
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	l, err = Listen(path)
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	defer l.Close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
+
+func TestListenNeverRemovesAFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	if err := os.WriteFile(path, []byte("not a socket"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Listen(path); err == nil {
+		l.Close()
+		t.Fatal("listened over a regular file")
+	}
+	if b, _ := os.ReadFile(path); string(b) != "not a socket" {
+		t.Fatal("the file was touched")
+	}
+}
+
+func TestPath(t *testing.T) {
+	for addr, want := range map[string]string{"unix:/var/run/kmesh/admin.sock": "/var/run/kmesh/admin.sock", "127.0.0.1:15200": "", "unix:": ""} {
+		if got, ok := Path(addr); got != want || ok != (want != "") {
+			t.Errorf("Path(%q) = %q, %v", addr, got, ok)
+		}
+	}
+}
