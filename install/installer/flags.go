@@ -48,6 +48,7 @@ func ParseArgs(args []string, logs io.Writer) (Config, error) {
 	fs.StringVar(&cfg.DaemonSetName, "daemonset", "", "the DaemonSet running this installer: on stop, kmesh-cni stays on the node while it exists and is not being deleted (an upgrade, a node reboot); empty always uninstalls")
 	fs.StringVar(&cfg.DaemonSetNamespace, "daemonset-namespace", "", "the DaemonSet's namespace")
 	fs.BoolVar(&cfg.UninstallOnExit, "uninstall-on-exit", false, "uninstall on stop even while the DaemonSet exists")
+	fs.BoolVar(&cfg.UninstallNow, "uninstall", false, "take kmesh-cni off the node (its entry in every conf file, its kubeconfig and binaries) and exit, installing nothing")
 	fs.StringVar(&logLevel, "log-level", "info", "this installer's log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

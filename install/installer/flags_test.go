@@ -8,13 +8,13 @@ import (
 
 func TestParseArgs(t *testing.T) {
 	cfg, err := ParseArgs([]string{"--host-root=/host", "--binaries", "kmesh-cni, kmeshctl", "--default-enroll=true", "--failure-policy=closed",
-		"--daemonset=kmesh", "--daemonset-namespace=kmesh-system", "--uninstall-on-exit"}, io.Discard)
+		"--daemonset=kmesh", "--daemonset-namespace=kmesh-system", "--uninstall-on-exit", "--uninstall"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.HostRoot != "/host" || len(cfg.Binaries) != 2 || cfg.Binaries[1] != "kmeshctl" ||
 		cfg.Entry.DefaultEnroll == nil || !*cfg.Entry.DefaultEnroll || cfg.Entry.FailurePolicy != "closed" ||
-		cfg.DaemonSetName != "kmesh" || cfg.DaemonSetNamespace != "kmesh-system" || !cfg.UninstallOnExit {
+		cfg.DaemonSetName != "kmesh" || cfg.DaemonSetNamespace != "kmesh-system" || !cfg.UninstallOnExit || !cfg.UninstallNow {
 		t.Errorf("parsed %+v", cfg)
 	}
 	cfg, err = ParseArgs(nil, io.Discard)
@@ -28,7 +28,7 @@ func TestParseArgs(t *testing.T) {
 		cfg.Entry.DaemonSocket != "/var/run/kmesh/cni.sock" || cfg.Entry.BPFDir != "/sys/fs/bpf/kmesh" ||
 		cfg.Entry.FailurePolicy != "open" || cfg.Entry.LogLevel != "info" || cfg.Entry.DefaultEnroll != nil ||
 		strings.Join(cfg.Binaries, ",") != "kmesh-cni,kmesh-cni-kube" ||
-		cfg.DaemonSetName != "" || cfg.UninstallOnExit {
+		cfg.DaemonSetName != "" || cfg.UninstallOnExit || cfg.UninstallNow {
 		t.Errorf("defaults %+v", cfg)
 	}
 }

@@ -68,6 +68,11 @@ type Config struct {
 	DaemonSetNamespace string
 	// UninstallOnExit uninstalls on stop whatever the DaemonSet's state.
 	UninstallOnExit bool
+	// UninstallNow: take kmesh-cni off the node and exit, installing
+	// nothing (kmesh-install --uninstall, run by hand on a node whose
+	// installer could not uninstall, e.g. the API server unreachable when
+	// the DaemonSet went).
+	UninstallNow bool
 	// ExitCheckTimeout bounds the DaemonSet look-up on stop.
 	ExitCheckTimeout time.Duration
 
@@ -605,7 +610,17 @@ func (in *Installer) release(name string) error {
 // order, so the runtime never runs an entry without its binary.
 func (in *Installer) Uninstall() error {
 	var errs []error
+	// Every conf file carrying the entry, recorded or not: the state file
+	// may be gone (deleted by hand, another installer's), and an entry
+	// left in a file would fail every pod's ADD once the binary goes.
+	names, err := in.filesWithEntry()
+	if err != nil {
+		errs = append(errs, err)
+	}
 	for name := range in.state.Files {
+		names[name] = true
+	}
+	for name := range names {
 		if err := in.release(name); err != nil {
 			errs = append(errs, err)
 		}
@@ -632,6 +647,32 @@ func (in *Installer) Uninstall() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// filesWithEntry names the conf files in the conf directory that carry a
+// kmesh-cni entry.
+func (in *Installer) filesWithEntry() (map[string]bool, error) {
+	names := map[string]bool{}
+	des, err := os.ReadDir(in.confDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return names, nil
+	}
+	if err != nil {
+		return names, err
+	}
+	for _, de := range des {
+		if !de.Type().IsRegular() || !cniconf.IsConfFile(de.Name()) {
+			continue
+		}
+		doc, err := os.ReadFile(filepath.Join(in.confDir, de.Name()))
+		if err != nil {
+			return names, err
+		}
+		if _, removed, err := cniconf.Remove(doc); err == nil && removed {
+			names[de.Name()] = true
+		}
+	}
+	return names, nil
 }
 
 func readFile(path string) ([]byte, os.FileMode, error) {

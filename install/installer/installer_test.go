@@ -776,3 +776,25 @@ func TestUninstallKeepsTheBinaryOfAnEntryLeftBehind(t *testing.T) {
 	}
 	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
 }
+
+// Uninstall takes the entry out of every conf file that carries one, also
+// when the install state is gone (deleted by hand): the binaries go with
+// it, and an entry left without them would fail every pod's ADD.
+func TestUninstallWithoutTheState(t *testing.T) {
+	n := newNode(t)
+	n.write(n.conf("10-flannel.conflist"), flannel)
+	crash := n.startCrashing()
+	n.wantChain(2*time.Second, "10-flannel.conflist", "flannel", "portmap", "kmesh-cni")
+	crash()
+	if err := os.Remove(n.conf(stateName)); err != nil {
+		t.Fatal(err)
+	}
+	in, err := New(n.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
+}

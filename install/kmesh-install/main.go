@@ -2,7 +2,7 @@
 // kmesh-cni binary, its kubeconfig and its conflist entry on the node, keeps
 // them there while it runs, and removes them on SIGTERM or SIGINT unless its
 // DaemonSet is still there (an upgrade or a node reboot: the next pod takes
-// them over).
+// them over). --uninstall removes them and exits.
 package main
 
 import (
@@ -36,6 +36,14 @@ func run(args []string) error {
 	in, err := installer.New(cfg)
 	if err != nil {
 		return err
+	}
+	if cfg.UninstallNow {
+		// By hand, on a node the DaemonSet's installer could not clean.
+		if err := in.Uninstall(); err != nil {
+			return err
+		}
+		cfg.Log.Info("uninstalled")
+		return nil
 	}
 	// The kubelet sends SIGTERM when the pod goes: uninstall if kmesh is
 	// going away, then exit 0.
