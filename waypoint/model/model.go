@@ -211,6 +211,14 @@ type HTTPConnectionManager struct {
 	// istiod sets it when the mesh's proxyHeaders turn Envoy's debug
 	// headers off; by default they go out, as Envoy sends them.
 	SuppressEnvoyHeaders bool
+	// UseRemoteAddress and XffNumTrustedHops: where the stream's client
+	// address (Envoy's downstream remote address, which a source-IP hash
+	// policy reads) comes from. UseRemoteAddress: the connection's (the
+	// PROXY header's source). Otherwise (istiod's waypoint HCM) the last
+	// X-Forwarded-For address once XffNumTrustedHops more are skipped
+	// from the right, the connection's when that is no IP address.
+	UseRemoteAddress  bool
+	XffNumTrustedHops uint32
 	// Upgrades are the upgrade types (lower case) the HCM lets through,
 	// Envoy's upgrade_configs (istiod: websocket); a request asking for
 	// another is refused with 403. Nil: any (a model built by hand).

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"math/bits"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,10 +64,11 @@ func (q *request) evalHash(p *model.HashPolicy, path string) (uint64, bool) {
 		v := q.makeCookie(p.Cookie)
 		return xxhash.Sum64String(v), true
 	case p.SourceIP:
-		if !q.cs.info.Source.IsValid() {
+		a, ok := q.remoteIP()
+		if !ok {
 			return 0, false
 		}
-		return xxhash.Sum64String(q.cs.info.Source.Addr().String()), true
+		return xxhash.Sum64String(a.String()), true
 	case p.QueryParameter != "":
 		if v, ok := queryValue(path, p.QueryParameter); ok {
 			return xxhash.Sum64String(v), true
@@ -150,4 +152,48 @@ func (q *request) makeCookie(c *model.HashCookie) string {
 	b.WriteString("; HttpOnly")
 	q.setCookies = append(q.setCookies, b.String())
 	return v
+}
+
+// remoteIP is the stream's client address as Envoy's HCM sets it
+// (ConnectionManagerUtility::mutateRequestHeaders): the connection's with
+// use_remote_address; without it (istiod's waypoint) the default XFF
+// original IP detection's, the last X-Forwarded-For address once
+// xff_num_trusted_hops more are skipped from the right, and the
+// connection's only when that is not an IP address.
+func (q *request) remoteIP() (netip.Addr, bool) {
+	hcm := q.ch.hcm
+	if !hcm.UseRemoteAddress {
+		if a, ok := lastForwardedFor(q.r.Header["X-Forwarded-For"], hcm.XffNumTrustedHops); ok {
+			return a, true
+		}
+	}
+	src := q.cs.info.Source
+	return src.Addr(), src.IsValid()
+}
+
+// lastForwardedFor is Envoy's Utility::getLastAddressFromXFF: the fields
+// are one comma-separated list (Envoy keeps X-Forwarded-For as one
+// header, several fields joined), skip entries are dropped from its end,
+// and the last one left, without surrounding whitespace, must be an IP
+// address.
+func lastForwardedFor(fields []string, skip uint32) (netip.Addr, bool) {
+	if len(fields) == 0 {
+		return netip.Addr{}, false
+	}
+	list := fields[0]
+	if len(fields) > 1 {
+		list = strings.Join(fields, ",")
+	}
+	for range skip {
+		i := strings.LastIndexByte(list, ',')
+		if i < 0 {
+			return netip.Addr{}, false
+		}
+		list = list[:i]
+	}
+	if i := strings.LastIndexByte(list, ','); i >= 0 {
+		list = list[i+1:]
+	}
+	a, err := netip.ParseAddr(strings.TrimSpace(list))
+	return a, err == nil
 }

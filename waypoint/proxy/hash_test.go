@@ -171,3 +171,78 @@ func TestCookieMadeOnlyForAHashingCluster(t *testing.T) {
 		t.Errorf("round robin: Set-Cookie %q", set)
 	}
 }
+
+// The source-IP policy hashes Envoy's downstream remote address of the
+// stream: with use_remote_address false (istiod's waypoint HCM) that is
+// the last X-Forwarded-For address (past xff_num_trusted_hops), the
+// connection's only when there is none that parses
+// (ConnectionManagerUtility::mutateRequestHeaders, the default XFF
+// original IP detection). Behind a gateway that appends the client's
+// address, clients keep spreading instead of all landing on one pod.
+func TestSourceIPHashPolicyFollowsForwardedFor(t *testing.T) {
+	build := func(useRemote bool, hops uint32) *http.Client {
+		var eps []netip.AddrPort
+		for i := range 4 {
+			name := "b" + strconv.Itoa(i)
+			eps = append(eps, backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
+		}
+		rt := fwd("c")
+		rt.Forward.Hash = []model.HashPolicy{{SourceIP: true}}
+		snap := httpSnapshot(oneRoute(rt), false, &model.Cluster{Name: "c", LB: "ring_hash", Endpoints: endpoints(eps...)})
+		hcm := snap.Listeners[0].Chains["http"].HTTP
+		hcm.UseRemoteAddress, hcm.XffNumTrustedHops = useRemote, hops
+		te := newTestEngine(t, Options{})
+		te.apply(snap)
+		return client(te.addr("main"))
+	}
+
+	c := build(false, 0)
+	none, _ := reached(t, c, "http://svc/")
+	seen := map[string]bool{}
+	for i := range 30 {
+		ip := "192.168.7." + strconv.Itoa(i)
+		got, _ := reached(t, c, "http://svc/", "X-Forwarded-For", ip)
+		seen[got] = true
+		for _, xff := range []string{"203.0.113.1, " + ip, " 203.0.113.1 ," + ip + " "} {
+			if again, _ := reached(t, c, "http://svc/", "X-Forwarded-For", xff); again != got {
+				t.Fatalf("x-forwarded-for %q reached %s, %s reached %s", xff, again, ip, got)
+			}
+		}
+		// Two fields are one list, as Envoy's inline header.
+		if again, _ := reached(t, c, "http://svc/", "X-Forwarded-For", "203.0.113.1", "X-Forwarded-For", ip); again != got {
+			t.Fatalf("x-forwarded-for in two fields ending %s reached %s, not %s", ip, again, got)
+		}
+	}
+	if len(seen) < 2 {
+		t.Errorf("30 forwarded clients all reached %v: the connection's address was hashed", seen)
+	}
+	for _, bad := range []string{"not-an-ip", "192.168.7.1,", "[::1]"} {
+		if got, _ := reached(t, c, "http://svc/", "X-Forwarded-For", bad); got != none {
+			t.Errorf("x-forwarded-for %q reached %s, not the connection's endpoint %s", bad, got, none)
+		}
+	}
+
+	// One trusted hop: the address before the last one.
+	c = build(false, 1)
+	none, _ = reached(t, c, "http://svc/")
+	for i := range 10 {
+		ip := "192.168.7." + strconv.Itoa(i)
+		a, _ := reached(t, c, "http://svc/", "X-Forwarded-For", ip+", 203.0.113.1")
+		b, _ := reached(t, c, "http://svc/", "X-Forwarded-For", ip+", 203.0.113.2")
+		if a != b {
+			t.Fatalf("with one trusted hop, the last address moved %s: %s and %s", ip, a, b)
+		}
+	}
+	if got, _ := reached(t, c, "http://svc/", "X-Forwarded-For", "192.168.7.3"); got != none {
+		t.Errorf("one trusted hop, one address: reached %s, not the connection's endpoint %s", got, none)
+	}
+
+	// use_remote_address: the connection's address whatever XFF says.
+	c = build(true, 0)
+	none, _ = reached(t, c, "http://svc/")
+	for i := range 20 {
+		if got, _ := reached(t, c, "http://svc/", "X-Forwarded-For", "192.168.7."+strconv.Itoa(i)); got != none {
+			t.Fatalf("use_remote_address: x-forwarded-for moved the request to %s from %s", got, none)
+		}
+	}
+}

@@ -291,6 +291,29 @@ func TestRouterSuppressEnvoyHeaders(t *testing.T) {
 	}
 }
 
+// use_remote_address and xff_num_trusted_hops decide the client address a
+// source-IP hash policy reads (istiod's waypoint sets use_remote_address
+// false: X-Forwarded-For's last address).
+func TestHCMClientAddressSettings(t *testing.T) {
+	for _, tc := range []struct {
+		use  *wrapperspb.BoolValue
+		hops uint32
+	}{{nil, 0}, {wrapperspb.Bool(false), 2}, {wrapperspb.Bool(true), 0}} {
+		h := &hcmv3.HttpConnectionManager{StatPrefix: "t", UseRemoteAddress: tc.use, XffNumTrustedHops: tc.hops,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{}},
+			HttpFilters:    []*hcmv3.HttpFilter{router()}}
+		l := staticListener(&listenerv3.Filter{Name: "hcm", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(h)}})
+		snap, err := Translate(Input{Listeners: []*listenerv3.Listener{l}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := snap.Listeners[0].Chains["only"].HTTP
+		if m.UseRemoteAddress != tc.use.GetValue() || m.XffNumTrustedHops != tc.hops {
+			t.Errorf("use_remote_address %v, xff_num_trusted_hops %d: translated %v, %d", tc.use, tc.hops, m.UseRemoteAddress, m.XffNumTrustedHops)
+		}
+	}
+}
+
 // idle_timeout 0s is Envoy's "no idle timeout", not its 1 h default.
 func TestTCPIdleTimeoutZeroDisables(t *testing.T) {
 	for _, tc := range []struct {

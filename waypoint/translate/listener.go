@@ -282,6 +282,12 @@ func (t *translator) hcm(h *hcmv3.HttpConnectionManager, where string) (*model.H
 				Reason: "an upgrade's own filter chain is not applied: upgrades go through the HCM's filters"})
 		}
 	}
+	m.UseRemoteAddress = h.GetUseRemoteAddress().GetValue()
+	m.XffNumTrustedHops = h.GetXffNumTrustedHops()
+	if len(h.GetOriginalIpDetectionExtensions()) > 0 {
+		t.unsupported(model.Unsupported{Where: where, Name: "original_ip_detection_extensions",
+			Reason: "the client's address is taken from X-Forwarded-For as without them"})
+	}
 	m.NormalizePath = h.GetNormalizePath().GetValue()
 	m.MergeSlashes = h.GetMergeSlashes()
 	switch h.GetPathWithEscapedSlashesAction() {
