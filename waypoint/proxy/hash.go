@@ -11,6 +11,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/kmesh-go/kmesh/waypoint/model"
+	"github.com/kmesh-go/kmesh/waypoint/route"
 )
 
 // hashKey is the route's hash_policy applied to the request (path is its
@@ -39,6 +40,14 @@ func (q *request) hashKey(path string) (uint64, bool) {
 func (q *request) evalHash(p *model.HashPolicy, path string) (uint64, bool) {
 	switch {
 	case p.Header != "":
+		if p.Header[0] == ':' {
+			// Envoy's header map holds the pseudo-headers; Go keeps them
+			// in the request's own fields.
+			if v, ok := q.pseudoHeader(p.Header); ok {
+				return xxhash.Sum64String(v), true
+			}
+			return 0, false
+		}
 		vs := q.r.Header[p.Header]
 		switch len(vs) {
 		case 0:
@@ -75,6 +84,23 @@ func (q *request) evalHash(p *model.HashPolicy, path string) (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// pseudoHeader is a pseudo-header's value as Envoy's router has it when
+// it picks the first host: the authority and path as the HCM leaves them
+// (the route's rewrites come after).
+func (q *request) pseudoHeader(name string) (string, bool) {
+	switch name {
+	case ":authority":
+		return q.r.Host, q.r.Host != ""
+	case ":path":
+		return route.RequestPath(q.r), true
+	case ":method":
+		return q.r.Method, true
+	case ":scheme":
+		return route.RequestScheme(q.r), true
+	}
+	return "", false
 }
 
 // cookieValue finds a cookie in the request's Cookie fields as Envoy's

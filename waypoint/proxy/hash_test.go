@@ -246,3 +246,33 @@ func TestSourceIPHashPolicyFollowsForwardedFor(t *testing.T) {
 		}
 	}
 }
+
+// A header policy naming a pseudo-header hashes the request's own value
+// (Envoy keeps :authority, :path, :method and :scheme in its header map,
+// so HeaderHashMethod finds them); Go keeps them out of Header.
+func TestHeaderHashPolicyPseudoHeaders(t *testing.T) {
+	for _, name := range []string{":authority", ":path"} {
+		t.Run(name, func(t *testing.T) {
+			c := hashEngine(t, "ring_hash", model.HashPolicy{Header: name})
+			seen := map[string]bool{}
+			for i := range 30 {
+				host, path := "svc", "/"
+				if name == ":authority" {
+					host = "h" + strconv.Itoa(i)
+				} else {
+					path = "/p" + strconv.Itoa(i)
+				}
+				first, _ := reached(t, c, "http://svc"+path, "Host", host)
+				seen[first] = true
+				for range 3 {
+					if got, _ := reached(t, c, "http://svc"+path, "Host", host); got != first {
+						t.Fatalf("%s %s%s reached %s then %s", name, host, path, first, got)
+					}
+				}
+			}
+			if len(seen) < 2 {
+				t.Errorf("30 values of %s all reached %v: not hashed", name, seen)
+			}
+		})
+	}
+}
