@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // Prefix marks an address as a unix socket path ("unix:/var/run/x.sock").
@@ -29,7 +30,10 @@ func Path(addr string) (string, bool) {
 
 // Listen listens on a unix socket at path, mode 0600 in a folder made
 // 0700 if missing. A stale socket left by an earlier run is removed; any
-// other file there is an error, never removed.
+// other file there is an error, never removed. So is a live one: a second
+// daemon on the node (a DaemonSet's rolling update) takes the path over,
+// and the listener's Close removes the file only while it is still its
+// own socket.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
@@ -44,13 +48,40 @@ func Listen(path string) (net.Listener, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	l, err := net.Listen("unix", path)
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// net's own unlink on Close removes whatever is at the path by then,
+	// which after a takeover is the other daemon's live socket.
+	ul.SetUnlinkOnClose(false)
+	l := &listener{UnixListener: ul, path: path}
+	if l.file, err = os.Lstat(path); err != nil {
+		ul.Close()
+		return nil, fmt.Errorf("stat %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// listener is a unix listener that removes its socket file on Close only
+// if the path still names that file.
+type listener struct {
+	*net.UnixListener
+	path   string
+	file   fs.FileInfo
+	unlink sync.Once
+}
+
+func (l *listener) Close() error {
+	err := l.UnixListener.Close()
+	l.unlink.Do(func() {
+		if fi, serr := os.Lstat(l.path); serr == nil && os.SameFile(fi, l.file) {
+			_ = os.Remove(l.path)
+		}
+	})
+	return err
 }

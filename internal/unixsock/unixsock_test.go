@@ -21,9 +21,14 @@ func TestListenRootOnlyAndReplacesAStaleSocket(t *testing.T) {
 	if di, _ := os.Stat(dir); di.Mode().Perm() != 0o700 {
 		t.Errorf("folder mode %v, want 0700", di.Mode())
 	}
-	// A socket left behind (a crash: the listener's file not unlinked).
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
+	// A socket left behind (a crash: the listener's file not unlinked).
+	crashed, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed.SetUnlinkOnClose(false)
+	crashed.Close()
 	l, err = Listen(path)
 	if err != nil {
 		t.Fatalf("over a stale socket: %v", err)
@@ -55,5 +60,40 @@ func TestPath(t *testing.T) {
 		if got, ok := Path(addr); got != want || ok != (want != "") {
 			t.Errorf("Path(%q) = %q, %v", addr, got, ok)
 		}
+	}
+}
+
+// Two daemons on a node (a DaemonSet's rolling update, a daemon run by
+// hand beside the pod): the second takes the path over, and the first,
+// stopping, must leave the second's socket where it is; otherwise the
+// CNI plugin and kmeshctl find no socket until the survivor restarts.
+func TestCloseLeavesTheSocketThatReplacedIt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cni.sock")
+	old, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := Listen(path)
+	if err != nil {
+		old.Close()
+		t.Fatal(err)
+	}
+	defer cur.Close()
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if c, err := cur.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the live socket is gone after the replaced listener closed: %v", err)
+	}
+	c.Close()
+	cur.Close()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("the last listener left its socket: %v", err)
 	}
 }
