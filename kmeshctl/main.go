@@ -13,6 +13,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -39,6 +40,9 @@ func main() {
 type options struct {
 	admin    string
 	adminSet bool
+	// noSocket is why the default daemon address is not the daemon's
+	// socket ("": it is, or the address was given).
+	noSocket string
 	output   string
 	follow   bool
 	rounds   int
@@ -55,7 +59,8 @@ func parseArgs(args []string, stderr io.Writer) (options, []string, error) {
 	var o options
 	fs := flag.NewFlagSet("kmeshctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.admin, "admin", envOr("KMESH_ADMIN", defaultDaemonAdmin()),
+	defAdmin, noSocket := defaultDaemonAdmin()
+	fs.StringVar(&o.admin, "admin", envOr("KMESH_ADMIN", defAdmin),
 		"admin address, unix:/path or host:port: the daemon's (KMESH_ADMIN; default its socket "+daemonSocket+", else "+legacyDaemonAdmin+"), or for waypoint commands kmesh-waypoint's (KMESH_WAYPOINT_ADMIN, default "+defaultWaypointAdmin+")")
 	fs.StringVar(&o.output, "o", "table", "output: table or json")
 	fs.BoolVar(&o.follow, "f", false, "logs: follow the access log")
@@ -84,6 +89,9 @@ func parseArgs(args []string, stderr io.Writer) (options, []string, error) {
 		args = rest[1:]
 	}
 	fs.Visit(func(f *flag.Flag) { o.adminSet = o.adminSet || f.Name == "admin" })
+	if !o.adminSet && os.Getenv("KMESH_ADMIN") == "" {
+		o.noSocket = noSocket
+	}
 	if o.rounds < 0 {
 		return o, nil, badUsage("-n wants a number of rounds, 0 or more")
 	}
@@ -135,6 +143,7 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 		// The waypoint has its own admin; -admin (or KMESH_WAYPOINT_ADMIN)
 		// points elsewhere.
 		adminAddr = envOr("KMESH_WAYPOINT_ADMIN", defaultWaypointAdmin)
+		o.noSocket = ""
 	}
 	base, sock, err := adminBase(adminAddr)
 	if err != nil {
@@ -166,6 +175,13 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 		return usage()
 	}
 	if err != nil {
+		if o.noSocket != "" {
+			// On a DaemonSet node the old port is the status address
+			// (/ready and /metrics only): its 404, or no answer, is
+			// about the socket kmeshctl could not use.
+			err = fmt.Errorf("%w (%s, so kmeshctl asked %s; the daemon's admin API is on its socket, for root: -admin unix:%s)",
+				err, o.noSocket, legacyDaemonAdmin, daemonSocket)
+		}
 		fmt.Fprintln(stderr, "kmeshctl:", err)
 		return 1
 	}
@@ -174,19 +190,26 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 
 // The daemon's admin API: its socket (kmesh-daemon's --admin-address
 // default), or the loopback port a daemon of an earlier release, or one
-// started with a TCP address, listens on.
-const (
+// started with a TCP address, listens on (variables for tests).
+var (
 	daemonSocket      = "/var/run/kmesh/admin.sock"
 	legacyDaemonAdmin = "127.0.0.1:15200"
 )
 
 // defaultDaemonAdmin is the daemon's socket when there is one, else its
-// old loopback port.
-func defaultDaemonAdmin() string {
-	if fi, err := os.Stat(daemonSocket); err == nil && fi.Mode().Type() == os.ModeSocket {
-		return unixsock.Prefix + daemonSocket
+// old loopback port and why not the socket (not there, or not root: the
+// socket's folder is root's).
+func defaultDaemonAdmin() (addr, noSocket string) {
+	fi, err := os.Stat(daemonSocket)
+	switch {
+	case err == nil && fi.Mode().Type() == os.ModeSocket:
+		return unixsock.Prefix + daemonSocket, ""
+	case errors.Is(err, os.ErrNotExist):
+		return legacyDaemonAdmin, "no " + daemonSocket
+	case err != nil:
+		return legacyDaemonAdmin, err.Error()
 	}
-	return legacyDaemonAdmin
+	return legacyDaemonAdmin, daemonSocket + " is not a socket"
 }
 
 // adminBase is the URL kmeshctl prefixes to the admin API's paths, and the

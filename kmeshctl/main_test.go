@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kmesh-go/kmesh/bpf/maps"
 	"github.com/kmesh-go/kmesh/daemon/admin"
 	"github.com/kmesh-go/kmesh/daemon/model"
@@ -282,5 +284,33 @@ func TestAdminOverUnixSocket(t *testing.T) {
 	gone := filepath.Join(t.TempDir(), "none.sock")
 	if code, _, errOut := cli("-admin", "unix:"+gone, "status"); code != 1 || !strings.Contains(errOut, gone) && !strings.Contains(errOut, "kmesh-daemon") {
 		t.Errorf("no daemon at the socket: exit %d, %s", code, errOut)
+	}
+}
+
+// With no -admin and no daemon socket (not there, or not root: the
+// socket's folder is root's), kmeshctl asks the old loopback port, which
+// on a DaemonSet node is the status address (/ready and /metrics only).
+// Its 404, or a refused connection, must say the socket was not used.
+func TestDefaultAdminFallbackNamesTheSocket(t *testing.T) {
+	status := httptest.NewServer(admin.StatusHandler(func() bool { return true }, prometheus.NewRegistry()))
+	t.Cleanup(status.Close)
+	sock, legacy := daemonSocket, legacyDaemonAdmin
+	t.Cleanup(func() { daemonSocket, legacyDaemonAdmin = sock, legacy })
+	daemonSocket = filepath.Join(t.TempDir(), "admin.sock")
+	legacyDaemonAdmin = strings.TrimPrefix(status.URL, "http://")
+	t.Setenv("KMESH_ADMIN", "")
+	for _, args := range [][]string{{"status"}, {"logs"}} {
+		code, _, errOut := cli(args...)
+		if code != 1 || !strings.Contains(errOut, daemonSocket) {
+			t.Errorf("%v against the status address: exit %d, %q; want the socket %s named", args, code, errOut, daemonSocket)
+		}
+	}
+	status.Close()
+	if code, _, errOut := cli("status"); code != 1 || !strings.Contains(errOut, daemonSocket) {
+		t.Errorf("no daemon: exit %d, %q; want the socket %s named", code, errOut, daemonSocket)
+	}
+	// Asked for by name, the address is the whole story.
+	if code, _, errOut := cli("-admin", legacyDaemonAdmin, "status"); code != 1 || strings.Contains(errOut, daemonSocket) {
+		t.Errorf("-admin given: exit %d, %q", code, errOut)
 	}
 }
