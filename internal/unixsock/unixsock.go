@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // Prefix marks an address as a unix socket path ("unix:/var/run/x.sock").
@@ -30,10 +32,11 @@ func Path(addr string) (string, bool) {
 
 // Listen listens on a unix socket at path, mode 0600 in a folder made
 // 0700 if missing. A stale socket left by an earlier run is removed; any
-// other file there is an error, never removed. So is a live one: a second
-// daemon on the node (a DaemonSet's rolling update) takes the path over,
-// and the listener's Close removes the file only while it is still its
-// own socket.
+// other file there is an error, never removed, and so is a socket another
+// process still serves on: a second daemon on the node (a DaemonSet's new
+// pod before the old one stopped, a daemon run by hand) waits for the
+// first instead of leaving it serving a path no client finds. Close removes
+// the file only while it is still the listener's own socket.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
@@ -42,8 +45,21 @@ func Listen(path string) (net.Listener, error) {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket", path)
 		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		// Stale only if nothing listens: a refused connect. A listener
+		// that does not answer in time (its queue full) is still alive.
+		c, err := net.DialTimeout("unix", path, time.Second)
+		switch {
+		case err == nil:
+			c.Close()
+			return nil, fmt.Errorf("%s: another process serves on it (another kmesh-daemon?)", path)
+		case errors.Is(err, syscall.ECONNREFUSED):
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+			}
+		case errors.Is(err, fs.ErrNotExist):
+			// Removed meanwhile.
+		default:
+			return nil, fmt.Errorf("%s: another process may serve on it (another kmesh-daemon?): %w", path, err)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err

@@ -73,7 +73,12 @@ func TestCloseLeavesTheSocketThatReplacedIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cur, err := Listen(path)
+	// The path taken over under it, as a daemon of an earlier release
+	// did: the socket removed and bound again.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := net.Listen("unix", path)
 	if err != nil {
 		old.Close()
 		t.Fatal(err)
@@ -92,8 +97,40 @@ func TestCloseLeavesTheSocketThatReplacedIt(t *testing.T) {
 		t.Fatalf("the live socket is gone after the replaced listener closed: %v", err)
 	}
 	c.Close()
-	cur.Close()
+}
+
+// A socket another process still serves on is not stale: a second daemon
+// (a rolling update's new pod before the old one stopped, a daemon run by
+// hand) must not take it over. The first would go on serving a path no
+// client finds, and whichever stops first removes the socket the other
+// needs.
+func TestListenLeavesALiveSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cni.sock")
+	live, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	go func() {
+		for {
+			c, err := live.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if l, err := Listen(path); err == nil {
+		l.Close()
+		t.Fatal("listened over a socket another listener serves on")
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatalf("the live socket is gone: %v", err)
+	}
+	c.Close()
+	live.Close()
 	if _, err := os.Lstat(path); !os.IsNotExist(err) {
-		t.Errorf("the last listener left its socket: %v", err)
+		t.Errorf("the listener left its socket: %v", err)
 	}
 }
