@@ -25,6 +25,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -321,13 +322,32 @@ func (c client) host() string {
 func (c client) httpClient(timeout time.Duration) *http.Client {
 	hc := &http.Client{Timeout: timeout}
 	if c.sock != "" {
-		sock := c.sock
-		hc.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		hc.Transport = socketTransport(c.sock)
+	}
+	return hc
+}
+
+// socketTransports are the transports to admin sockets, one per path. A
+// transport per request would leave each request's connection open and
+// idle (top asks every interval until ^C) until the daemon's idle
+// timeout closes it; TCP addresses share http.DefaultTransport likewise.
+var socketTransports = struct {
+	sync.Mutex
+	m map[string]*http.Transport
+}{m: map[string]*http.Transport{}}
+
+func socketTransport(sock string) *http.Transport {
+	socketTransports.Lock()
+	defer socketTransports.Unlock()
+	t := socketTransports.m[sock]
+	if t == nil {
+		t = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		}}
+		socketTransports.m[sock] = t
 	}
-	return hc
+	return t
 }
 
 // writeJSON is -o json: the server's types, indented.

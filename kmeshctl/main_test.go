@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -312,5 +314,41 @@ func TestDefaultAdminFallbackNamesTheSocket(t *testing.T) {
 	// Asked for by name, the address is the whole story.
 	if code, _, errOut := cli("-admin", legacyDaemonAdmin, "status"); code != 1 || strings.Contains(errOut, daemonSocket) {
 		t.Errorf("-admin given: exit %d, %q", code, errOut)
+	}
+}
+
+// Every request over the admin socket reuses one connection: top asks
+// every interval until ^C, and a connection per round would stay open,
+// idle, on both sides until the daemon's idle timeout.
+func TestAdminSocketReusesTheConnection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	l, err := unixsock.Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	conns := 0
+	srv := &httptest.Server{Listener: l, Config: &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("{}")) }),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				mu.Lock()
+				conns++
+				mu.Unlock()
+			}
+		},
+	}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c := client{base: "http://localhost", sock: path, out: &bytes.Buffer{}}
+	for range 5 {
+		if _, err := c.get("/debug/status"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if conns != 1 {
+		t.Errorf("5 requests opened %d connections to the admin socket, want 1", conns)
 	}
 }
