@@ -50,7 +50,18 @@ func (q *request) forward() {
 
 	r := q.r
 	upgrade := isUpgrade(r)
-	q.prepareHeaders(upgrade)
+	q.stripHopByHop(upgrade)
+	var hash uint64
+	hasHash := false
+	if cl.Hashed() {
+		// Only a hashing load balancer asks (so only then is a cookie
+		// made). Envoy's router picks the host before it applies the
+		// route's header operations and path rewrite
+		// (finalizeRequestHeaders): the hash reads the request as the
+		// client sent it.
+		hash, hasHash = q.hashKey(q.path)
+	}
+	q.applyHeaderOps()
 	path, rewritten := q.rt.RewritePathOK(q.path)
 	if rewritten && !q.ch.hcm.SuppressEnvoyHeaders {
 		// Envoy's router keeps the path as it came (before the rewrite)
@@ -171,13 +182,6 @@ func (q *request) forward() {
 	}
 
 	var tried []*upstream.Host
-	var hash uint64
-	hasHash := false
-	if cl.Hashed() {
-		// Only a hashing load balancer asks (so only then is a cookie
-		// made).
-		hash, hasHash = q.hashKey(path)
-	}
 	// retrying holds a slot of the cluster's max_retries from the decision
 	// to retry to the end of the retried attempt: Envoy counts retries in
 	// progress.
@@ -498,18 +502,22 @@ func (q *request) upstreamH2(cl *upstream.Cluster, upgrade bool) bool {
 // isUpgrade).
 var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te", "Trailer", "Expect", "Http2-Settings"}
 
-// prepareHeaders makes the request's headers the upstream's: hop-by-hop
-// ones out (Upgrade and Connection kept for an upgrade; TE: trailers
-// kept, gRPC needs it; Expect out, the waypoint answered it), then the
-// header operations, most specific level first.
-func (q *request) prepareHeaders(upgrade bool) {
+// stripHopByHop takes the hop-by-hop headers out of the request: Upgrade
+// and Connection kept for an upgrade; TE: trailers kept, gRPC needs it;
+// Expect out, the waypoint answered it.
+func (q *request) stripHopByHop(upgrade bool) {
 	h := q.r.Header
 	te := header.Get(h, "Te")
 	removeHopByHop(h, upgrade)
 	if strings.EqualFold(te, "trailers") {
 		h.Set("Te", "trailers")
 	}
-	route.ApplyRequest(h, q.vars(), q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
+}
+
+// applyHeaderOps applies the header operations to the request, most
+// specific level first.
+func (q *request) applyHeaderOps() {
+	route.ApplyRequest(q.r.Header, q.vars(), q.wops, q.rt.Headers, q.vh.Headers, q.ch.table.Headers)
 }
 
 // dropNominated removes the headers a request's Connection names, and

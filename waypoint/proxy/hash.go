@@ -14,8 +14,9 @@ import (
 	"github.com/kmesh-go/kmesh/waypoint/route"
 )
 
-// hashKey is the route's hash_policy applied to the request (path is its
-// :path after the route's rewrite), as Envoy's HashPolicyImpl: each
+// hashKey is the route's hash_policy applied to the request as the
+// client sent it (path is its :path; the route's header operations and
+// rewrite come after), as Envoy's HashPolicyImpl: each
 // policy that yields a value is folded in (the hash so far rotated left
 // by one, then xor), up to the first terminal policy once there is a
 // hash. No policy yielding a value: no hash (the cluster's load balancer

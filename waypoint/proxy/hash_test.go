@@ -18,6 +18,14 @@ import (
 // ring-hash cluster of four endpoints answering their names.
 func hashEngine(t *testing.T, lb string, policies ...model.HashPolicy) *http.Client {
 	t.Helper()
+	rt := fwd("c")
+	rt.Forward.Hash = policies
+	return hashRouteEngine(t, lb, rt)
+}
+
+// hashRouteEngine is hashEngine with the route given.
+func hashRouteEngine(t *testing.T, lb string, rt *model.Route) *http.Client {
+	t.Helper()
 	var names [4]string
 	var eps []netip.AddrPort
 	for i := range names {
@@ -25,8 +33,6 @@ func hashEngine(t *testing.T, lb string, policies ...model.HashPolicy) *http.Cli
 		name := names[i]
 		eps = append(eps, backend(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, name) }))
 	}
-	rt := fwd("c")
-	rt.Forward.Hash = policies
 	te := newTestEngine(t, Options{})
 	te.apply(httpSnapshot(oneRoute(rt), false, &model.Cluster{Name: "c", LB: lb, Endpoints: endpoints(eps...)}))
 	return client(te.addr("main"))
@@ -274,5 +280,35 @@ func TestHeaderHashPolicyPseudoHeaders(t *testing.T) {
 				t.Errorf("30 values of %s all reached %v: not hashed", name, seen)
 			}
 		})
+	}
+}
+
+// The hash is the request's as it came: Envoy's router picks the host
+// (computeHashKey) before the route's header operations and path
+// rewrite are applied (finalizeRequestHeaders), so a header the route
+// removes or sets still hashes as the client sent it.
+func TestHashPolicyReadsTheRequestBeforeTheRoutesOperations(t *testing.T) {
+	rt := fwd("c")
+	rt.Forward.Hash = []model.HashPolicy{{Header: "X-User"}}
+	rt.Headers = model.HeaderOps{RequestRemove: []string{"x-user"}}
+	c := hashRouteEngine(t, "ring_hash", rt)
+	first, _ := reached(t, c, "http://svc/", "X-User", "u")
+	for range 20 {
+		if got, _ := reached(t, c, "http://svc/", "X-User", "u"); got != first {
+			t.Fatalf("x-user u reached %s, then %s: the route's removal of x-user took the hash away", first, got)
+		}
+	}
+
+	rt = fwd("c")
+	rt.Forward.Hash = []model.HashPolicy{{Header: "X-User"}}
+	rt.Headers = model.HeaderOps{RequestAdd: []model.HeaderValue{{Name: "x-user", Value: "fixed"}}}
+	c = hashRouteEngine(t, "ring_hash", rt)
+	seen := map[string]bool{}
+	for i := range 20 {
+		got, _ := reached(t, c, "http://svc/", "X-User", strconv.Itoa(i))
+		seen[got] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("20 x-user values all reached %v: the route's x-user was hashed, not the client's", seen)
 	}
 }
