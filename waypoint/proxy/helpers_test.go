@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"golang.org/x/net/http2"
 
+	"github.com/kmesh-go/kmesh/internal/testbed"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -285,26 +286,14 @@ func closedByPeer(err error) bool {
 
 // rawServer serves each connection to a new loopback listener with serve
 // on a goroutine of its own, closing it when serve returns; the listener
-// closes with the test.
+// and its open connections close with the test (testbed.Serve).
 func rawServer(t *testing.T, serve func(c net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
+	testbed.Serve(t, ln, serve)
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/kmesh-go/kmesh/internal/testbed"
 	"github.com/kmesh-go/kmesh/waypoint/model"
 )
 
@@ -25,19 +26,7 @@ func misbehavingH2C(t *testing.T) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serveMisbehaving(c)
-			}()
-		}
-	}()
+	testbed.Serve(t, ln, serveMisbehaving)
 	return netip.MustParseAddrPort(ln.Addr().String())
 }
 
