@@ -184,34 +184,6 @@ func TestCloseWritesOutHeldBytes(t *testing.T) {
 	}
 }
 
-// Close does not hang on a peer that reads nothing: it gives up on the
-// held bytes after closeGrace.
-func TestCloseGivesUpOnAStuckPeer(t *testing.T) {
-	a, _ := tcpPair(t)
-	c := New(a)
-	chunk := bytes.Repeat([]byte("x"), 16<<10)
-	filled := make(chan struct{})
-	go func() {
-		defer close(filled)
-		for {
-			if _, err := c.Write(chunk); err != nil {
-				return
-			}
-		}
-	}()
-	time.Sleep(200 * time.Millisecond) // socket buffers full, the writer waiting
-	start := time.Now()
-	c.Close()
-	if d := time.Since(start); d > closeGrace+time.Second {
-		t.Fatalf("Close took %v", d)
-	}
-	select {
-	case <-filled:
-	case <-time.After(2 * time.Second):
-		t.Fatal("the waiting writer was not released by Close")
-	}
-}
-
 // A write error (the peer reset the connection) comes back from a later
 // Write, and Flush.
 func TestWriteErrorReturnedLater(t *testing.T) {
