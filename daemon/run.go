@@ -26,6 +26,7 @@ import (
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
 	"github.com/kmesh-go/kmesh/daemon/udpsweep"
 	"github.com/kmesh-go/kmesh/daemon/xds"
+	"github.com/kmesh-go/kmesh/internal/unixsock"
 	"github.com/kmesh-go/kmesh/internal/xdsclient"
 )
 
@@ -225,7 +226,7 @@ func (a *agent) sweepConnectedUDP(ctx context.Context) error {
 // trying, and one that reaches it waits in the listen queue until the
 // records are in, so no pod falls between the two.
 func (a *agent) servePlugin(ctx context.Context) error {
-	l, err := cniserver.Listen(a.o.cniSocket)
+	l, err := unixsock.Listen(a.o.cniSocket)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 
 	cniv1 "github.com/kmesh-go/kmesh/api/cni/v1"
 	"github.com/kmesh-go/kmesh/api/cni/v1/podregistry"
-	"github.com/kmesh-go/kmesh/internal/unixsock"
 )
 
 // Health is what Status reports.
@@ -123,10 +122,6 @@ func (s *Server) Status(context.Context, *cniv1.StatusRequest) (*cniv1.StatusRes
 	}
 	return resp, nil
 }
-
-// Listen opens the unix socket at path, root-only (0600). A stale socket
-// from a previous run is replaced (package unixsock).
-func Listen(path string) (net.Listener, error) { return unixsock.Listen(path) }
 
 // Serve runs the gRPC service on l until ctx ends; calls in progress then
 // finish (every handler answers from memory, DecidePod within 150 ms).

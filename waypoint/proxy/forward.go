@@ -59,7 +59,7 @@ func (q *request) forward() {
 		// route's header operations and path rewrite
 		// (finalizeRequestHeaders): the hash reads the request as the
 		// client sent it.
-		hash, hasHash = q.hashKey(q.path)
+		hash, hasHash = q.hashKey()
 	}
 	q.applyHeaderOps()
 	path, rewritten := q.rt.RewritePathOK(q.path)

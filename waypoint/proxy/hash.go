@@ -15,19 +15,19 @@ import (
 )
 
 // hashKey is the route's hash_policy applied to the request as the
-// client sent it (path is its :path; the route's header operations and
-// rewrite come after), as Envoy's HashPolicyImpl: each
+// client sent it (the route's header operations and rewrite come after),
+// as Envoy's HashPolicyImpl: each
 // policy that yields a value is folded in (the hash so far rotated left
 // by one, then xor), up to the first terminal policy once there is a
 // hash. No policy yielding a value: no hash (the cluster's load balancer
 // picks as if it had none). A cookie policy may make a cookie, kept in
 // q.setCookies for the answer.
-func (q *request) hashKey(path string) (uint64, bool) {
+func (q *request) hashKey() (uint64, bool) {
 	var h uint64
 	have := false
 	for i := range q.rt.Model.Forward.Hash {
 		p := &q.rt.Model.Forward.Hash[i]
-		if v, ok := q.evalHash(p, path); ok {
+		if v, ok := q.evalHash(p); ok {
 			h = bits.RotateLeft64(h, 1) ^ v // h is 0 before the first
 			have = true
 		}
@@ -38,7 +38,7 @@ func (q *request) hashKey(path string) (uint64, bool) {
 	return h, have
 }
 
-func (q *request) evalHash(p *model.HashPolicy, path string) (uint64, bool) {
+func (q *request) evalHash(p *model.HashPolicy) (uint64, bool) {
 	switch {
 	case p.Header != "":
 		if p.Header[0] == ':' {
@@ -80,7 +80,7 @@ func (q *request) evalHash(p *model.HashPolicy, path string) (uint64, bool) {
 		}
 		return xxhash.Sum64String(a.String()), true
 	case p.QueryParameter != "":
-		if v, ok := queryValue(path, p.QueryParameter); ok {
+		if v, ok := queryValue(q.path, p.QueryParameter); ok {
 			return xxhash.Sum64String(v), true
 		}
 	}
@@ -95,7 +95,7 @@ func (q *request) pseudoHeader(name string) (string, bool) {
 	case ":authority":
 		return q.r.Host, q.r.Host != ""
 	case ":path":
-		return route.RequestPath(q.r), true
+		return q.path, true
 	case ":method":
 		return q.r.Method, true
 	case ":scheme":
