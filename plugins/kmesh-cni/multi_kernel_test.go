@@ -21,6 +21,10 @@ import (
 	"github.com/kmesh-go/kmesh/plugins/kmesh-cni/internal/fakeapi"
 )
 
+// secondNet is a second kmesh-cni network of the pods (multus), beside
+// the default one.
+var secondNet = netOpts{version: "1.1.0", defaultEnroll: true, name: "kmnet2", subnet: "10.245.0.0/16"}
+
 // secondNetwork is p's attachment to another network: the same sandbox
 // (container id, netns), another interface.
 func (e *env) secondNetwork(p *pod) *pod {
@@ -43,7 +47,7 @@ func (e *env) requireNoTC(p *pod) {
 func TestKernelCheckOfOneOfTwoNetworksChecksItsOwnFilter(t *testing.T) {
 	e := newEnv(t)
 	list := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true})
-	list2 := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true, name: "kmnet2", subnet: "10.245.0.0/16"})
+	list2 := e.conflist(secondNet)
 	p := e.newPod("p")
 	q := e.secondNetwork(p)
 	e.mustAdd(list, p)
@@ -79,8 +83,10 @@ func TestKernelCheckOfOneOfTwoNetworksChecksItsOwnFilter(t *testing.T) {
 func TestKernelTwoNetworksKeepTheNetnsEnrolledUntilTheLast(t *testing.T) {
 	e := newEnv(t)
 	list := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true})
-	list2 := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true, name: "kmnet2", subnet: "10.245.0.0/16"})
-	closed2 := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true, name: "kmnet2", subnet: "10.245.0.0/16", policy: conf.FailClosed})
+	list2 := e.conflist(secondNet)
+	closedNet := secondNet
+	closedNet.policy = conf.FailClosed
+	closed2 := e.conflist(closedNet)
 	p := e.newPod("p")
 	q := e.secondNetwork(p)
 	e.mustAdd(list, p)
@@ -288,7 +294,7 @@ func TestKernelFailedRetriedADDLeavesTheMark(t *testing.T) {
 func TestKernelDELWithoutNetnsKeepsTheSandboxOfAnotherAttachment(t *testing.T) {
 	e := newEnv(t)
 	list := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true})
-	list2 := e.conflist(netOpts{version: "1.1.0", defaultEnroll: true, name: "kmnet2", subnet: "10.245.0.0/16"})
+	list2 := e.conflist(secondNet)
 	p := e.newPod("p")
 	q := e.secondNetwork(p)
 	e.mustAdd(list, p)
