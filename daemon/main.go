@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/kmesh-go/kmesh/bpf/loader"
+	"github.com/kmesh-go/kmesh/daemon/admin"
 	"github.com/kmesh-go/kmesh/daemon/telemetry"
+	"github.com/kmesh-go/kmesh/internal/unixsock"
 )
 
 // defaultSockmapAccel is off: the same-node benchmark (docs/benchmarks.md) decides, and
@@ -23,9 +25,8 @@ import (
 // opting in.
 const defaultSockmapAccel = false
 
-// DefaultAdminAddress is the admin API's socket, beside the CNI socket
-// (kmeshctl's default too).
-const DefaultAdminAddress = "unix:/var/run/kmesh/admin.sock"
+// DefaultAdminAddress is the admin API's socket (admin.Socket).
+const DefaultAdminAddress = unixsock.Prefix + admin.Socket
 
 // Version is set at build time.
 var Version = "dev"

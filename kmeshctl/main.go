@@ -193,7 +193,7 @@ func runCLI(argv []string, stdout, stderr io.Writer) int {
 // default), or the loopback port a daemon of an earlier release, or one
 // started with a TCP address, listens on (variables for tests).
 var (
-	daemonSocket      = "/var/run/kmesh/admin.sock"
+	daemonSocket      = admin.Socket
 	legacyDaemonAdmin = "127.0.0.1:15200"
 )
 

@@ -292,6 +292,10 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = enc.Encode(v)
 }
 
+// Socket is where the daemon serves the admin API by default (its
+// --admin-address, beside the CNI socket) and where kmeshctl looks first.
+const Socket = "/var/run/kmesh/admin.sock"
+
 // newServer is the HTTP server of the admin and status addresses. An idle
 // kept connection is closed after two minutes: the status address is open
 // to the node's network, and one left idle would otherwise be held for
