@@ -74,11 +74,11 @@ func (q *request) evalHash(p *model.HashPolicy) (uint64, bool) {
 		v := q.makeCookie(p.Cookie)
 		return xxhash.Sum64String(v), true
 	case p.SourceIP:
-		a, ok := q.remoteIP()
-		if !ok {
+		a := q.remoteAddr()
+		if !a.IsValid() {
 			return 0, false
 		}
-		return xxhash.Sum64String(a.String()), true
+		return xxhash.Sum64String(a.Addr().String()), true
 	case p.QueryParameter != "":
 		if v, ok := queryValue(q.path, p.QueryParameter); ok {
 			return xxhash.Sum64String(v), true
@@ -181,21 +181,31 @@ func (q *request) makeCookie(c *model.HashCookie) string {
 	return v
 }
 
-// remoteIP is the stream's client address as Envoy's HCM sets it
-// (ConnectionManagerUtility::mutateRequestHeaders): the connection's with
-// use_remote_address; without it (istiod's waypoint) the default XFF
-// original IP detection's, the last X-Forwarded-For address once
-// xff_num_trusted_hops more are skipped from the right, and the
-// connection's only when that is not an IP address.
-func (q *request) remoteIP() (netip.Addr, bool) {
-	hcm := q.ch.hcm
-	if !hcm.UseRemoteAddress {
+// streamRemote is the stream's client address as Envoy's HCM sets it
+// (ConnectionManagerUtility::mutateRequestHeaders, then the stream's
+// downstream remote address): the connection's (the PROXY header's
+// source) with use_remote_address; without it (istiod's waypoint) the
+// default XFF original IP detection's, the last X-Forwarded-For address
+// once xff_num_trusted_hops more are skipped from the right, with port 0
+// as Envoy parses it, and the connection's only when that is not an IP
+// address. The source-IP hash policy, %DOWNSTREAM_REMOTE_ADDRESS% and
+// the access log's downstream_remote_address read it.
+func (q *request) streamRemote() netip.AddrPort {
+	if hcm := q.ch.hcm; hcm != nil && !hcm.UseRemoteAddress {
 		if a, ok := lastForwardedFor(q.r.Header["X-Forwarded-For"], hcm.XffNumTrustedHops); ok {
-			return a, true
+			return netip.AddrPortFrom(a, 0)
 		}
 	}
-	src := q.cs.info.Source
-	return src.Addr(), src.IsValid()
+	return q.cs.info.Source
+}
+
+// remoteAddr is streamRemote as the request's routing found it, the
+// connection's client before that (a chain's deny).
+func (q *request) remoteAddr() netip.AddrPort {
+	if q.remote.IsValid() {
+		return q.remote
+	}
+	return q.cs.info.Source
 }
 
 // lastForwardedFor is Envoy's Utility::getLastAddressFromXFF: the fields

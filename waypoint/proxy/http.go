@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,6 +135,9 @@ type request struct {
 	upstreamTime string // x-envoy-upstream-service-time as sent
 	wrote        bool
 	hv           route.Vars // see vars
+	// remote is the stream's client address (see streamRemote), set
+	// before routing; zero for a request a chain denied before that.
+	remote netip.AddrPort
 	// complete is when a request without a body reached the router (one
 	// with a body is complete at its end, an upgrade never: completeAt).
 	complete time.Time
@@ -183,6 +187,7 @@ func (q *request) run() {
 	// before the waypoint adds its own, so naming x-request-id there
 	// cannot take the waypoint's id off.
 	dropNominated(r.Header)
+	q.remote = q.streamRemote()
 	if header.Get(r.Header, "X-Forwarded-Proto") == "" {
 		r.Header["X-Forwarded-Proto"] = protoHTTP
 	}
@@ -507,7 +512,7 @@ func (q *request) finish() {
 		Details: q.details, BytesReceived: received, BytesSent: q.respBytes, Duration: dur,
 		UpstreamServiceTime: q.upstreamTime, UpstreamCluster: q.clusterName, RequestID: header.Get(q.r.Header, "X-Request-Id"),
 		Authority: q.authority, UserAgent: header.Get(q.r.Header, "User-Agent"), XForwardedFor: header.Get(q.r.Header, "X-Forwarded-For"),
-		Downstream: q.cs.peer.String(), OriginalDst: q.cs.info.Destination.String(), Traceparent: header.Get(q.r.Header, "Traceparent"),
+		Downstream: q.remoteAddr().String(), OriginalDst: q.cs.info.Destination.String(), Traceparent: header.Get(q.r.Header, "Traceparent"),
 	}
 	if q.rt != nil {
 		e.RouteName = q.rt.Model.Name

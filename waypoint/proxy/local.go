@@ -99,7 +99,7 @@ func (q *request) vars() *route.Vars {
 		if q.r.ProtoMajor == 2 {
 			proto = "HTTP/2"
 		}
-		*v = route.Vars{Remote: q.cs.info.Source, DirectRemote: q.cs.peer, Local: q.cs.info.Destination,
+		*v = route.Vars{Remote: q.remoteAddr(), DirectRemote: q.cs.peer, Local: q.cs.info.Destination,
 			Protocol: proto, Start: q.start, Request: q.r.Header, Method: q.r.Method, Authority: q.authority, Path: q.path,
 			Scheme: route.RequestScheme(q.r)}
 	}

@@ -779,6 +779,14 @@ func TestHeaderValueOperatorsFilledIn(t *testing.T) {
 	if p := resp.Header.Get("X-Proto"); p != "HTTP/1.1" {
 		t.Errorf("x-proto %q", p)
 	}
+	// Without use_remote_address (istiod's waypoint) the stream's client
+	// is X-Forwarded-For's last address, as Envoy's HCM sets it.
+	if _, body, _ := get(t, client(te.addr("main")), "http://x/", "X-Forwarded-For", "203.0.113.1, 203.0.113.7"); !strings.HasPrefix(body, "203.0.113.7|") {
+		t.Errorf("with x-forwarded-for: %q", body)
+	}
+	if _, body, _ := get(t, client(te.addr("main")), "http://x/", "X-Forwarded-For", "unknown"); !strings.HasPrefix(body, "10.0.0.9|") {
+		t.Errorf("with an x-forwarded-for that is no address: %q", body)
+	}
 }
 
 func TestEnvoyRouterHeaders(t *testing.T) {

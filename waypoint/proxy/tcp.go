@@ -261,7 +261,7 @@ func (r *tcpRecord) done(s *telemetry.TCPSeries) {
 	}
 	// No Protocol: Envoy's %PROTOCOL% is unset for a TCP connection.
 	e := telemetry.Entry{Start: r.start, Flags: r.flags.String(), BytesReceived: r.received, BytesSent: r.sent,
-		Duration: time.Since(r.start), UpstreamCluster: r.cluster, Downstream: r.cs.peer.String(), OriginalDst: r.cs.info.Destination.String()}
+		Duration: time.Since(r.start), UpstreamCluster: r.cluster, Downstream: r.cs.info.Source.String(), OriginalDst: r.cs.info.Destination.String()}
 	if r.host != nil {
 		e.UpstreamHost = r.host.Key
 	}

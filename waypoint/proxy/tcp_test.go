@@ -96,6 +96,11 @@ func TestTCPProxyHalfCloseAndBytes(t *testing.T) {
 	if !strings.Contains(te.access.String(), `"protocol":null,"response_code":0`) || !strings.Contains(te.access.String(), `"bytes_received":100000,"bytes_sent":100011`) {
 		t.Errorf("access log: %s", te.access.String())
 	}
+	// The client is the PROXY header's source, as Envoy's tcp_proxy logs
+	// the connection's remote address after the proxy_protocol filter.
+	if want := `"downstream_remote_address":"` + clientAddr.String() + `"`; !strings.Contains(te.access.String(), want) {
+		t.Errorf("access log lacks %s: %s", want, te.access.String())
+	}
 }
 
 func TestTCPProxyServerFirstAndWeighted(t *testing.T) {

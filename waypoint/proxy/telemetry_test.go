@@ -108,8 +108,31 @@ func TestAccessLogLines(t *testing.T) {
 			t.Errorf("%s = %#v, want %#v", k, e[k], v)
 		}
 	}
-	if ra, _ := e["downstream_remote_address"].(string); !strings.HasPrefix(ra, "127.0.0.1:") {
-		t.Errorf("downstream_remote_address %q is not the TCP peer", ra)
+	// The stream's client, as Envoy's HCM sets it without
+	// use_remote_address (istiod's waypoint): the last X-Forwarded-For
+	// address, with port 0 as Envoy parses it.
+	if ra := e["downstream_remote_address"]; ra != "1.2.3.4:0" {
+		t.Errorf("downstream_remote_address %v, want X-Forwarded-For's 1.2.3.4:0", ra)
+	}
+}
+
+// Without X-Forwarded-For, the access log's client is the PROXY header's
+// source (Envoy's proxy_protocol filter makes it the connection's remote
+// address), not the TCP peer.
+func TestAccessLogClientIsTheProxyHeadersSource(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	if code, _, _ := get(t, client(te.addr("main")), "http://reviews:9080/"); code != 200 {
+		t.Fatalf("code %d", code)
+	}
+	eventually(t, "a line", func() bool { return strings.Count(te.access.String(), "\n") == 1 })
+	var e map[string]any
+	if err := json.Unmarshal([]byte(te.access.String()), &e); err != nil {
+		t.Fatal(err)
+	}
+	if ra, _ := e["downstream_remote_address"].(string); !strings.HasPrefix(ra, "10.0.0.9:") {
+		t.Errorf("downstream_remote_address %q is not the PROXY header's source", ra)
 	}
 }
 

@@ -19,9 +19,10 @@ import (
 
 // Vars is what the operators read, per request.
 type Vars struct {
-	// Remote is the client (the PROXY header's source, as Envoy's
-	// proxy_protocol filter makes it), DirectRemote the TCP peer, Local
-	// the original destination.
+	// Remote is the stream's client (the PROXY header's source, as Envoy's
+	// proxy_protocol filter makes it, or X-Forwarded-For's as its HCM
+	// reads it without use_remote_address), DirectRemote the TCP peer,
+	// Local the original destination.
 	Remote, DirectRemote, Local netip.AddrPort
 	// Protocol is Envoy's: HTTP/1.0, HTTP/1.1 or HTTP/2.
 	Protocol string

@@ -55,7 +55,8 @@ type Entry struct {
 	UpstreamCluster, RouteName string
 	RequestID, Authority       string
 	UserAgent, XForwardedFor   string
-	// Downstream is the client (the TCP peer), OriginalDst the destination
+	// Downstream is the stream's client (the PROXY header's source, or
+	// X-Forwarded-For's as the HCM reads it), OriginalDst the destination
 	// the client dialled (the PROXY header's), Envoy's
 	// downstream_remote_address and downstream_local_address.
 	Downstream, OriginalDst string
