@@ -52,6 +52,7 @@ const (
 type limitedReader struct {
 	r         io.Reader
 	remaining int64 // < 0: unlimited
+	total     int64 // bytes read from the connection (WireBytes)
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
@@ -65,6 +66,20 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	if l.remaining > 0 {
 		l.remaining -= int64(n)
 	}
+	l.total += int64(n)
+	return n, err
+}
+
+// writeCounter is the connection as the response writes to it (through
+// bw, and after a hijack): it counts what is written (WireBytes).
+type writeCounter struct {
+	net.Conn
+	total int64
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	n, err := w.Conn.Write(p)
+	w.total += int64(n)
 	return n, err
 }
 
@@ -75,6 +90,7 @@ type conn struct {
 	s      *Server
 	c      net.Conn
 	lr     limitedReader
+	wc     writeCounter
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	state  any
@@ -86,6 +102,9 @@ type conn struct {
 	remote string
 	w      response
 	body   *requestBody // the current request's
+	// inMark and outMark: the connection's bytes read and written before
+	// the current request (WireBytes).
+	inMark, outMark int64
 	// watch: the client-gone watcher of the current request.
 	watchT    *time.Timer
 	watchMu   sync.Mutex
@@ -111,8 +130,9 @@ func (s *Server) ServeConn(c net.Conn, br *bufio.Reader, state any) (hijacked bo
 	}
 	cn.br = readers.Get().(*bufio.Reader)
 	cn.br.Reset(&cn.lr)
+	cn.wc.Conn = c
 	cn.bw = writers.Get().(*bufio.Writer)
-	cn.bw.Reset(c)
+	cn.bw.Reset(&cn.wc)
 	cn.ctx, cn.cancel = context.WithCancel(context.WithValue(context.Background(), hookKey{}, &cn.gone))
 	cn.gone.done = cn.ctx.Done()
 	cn.tmpl = (&http.Request{RemoteAddr: cn.remote}).WithContext(cn.ctx)
@@ -186,6 +206,8 @@ func (cn *conn) serve() bool {
 		// The line and headers may use the limit plus what net/http
 		// allows beyond it for the request line.
 		cn.lr.remaining = cn.s.maxHeader() + 4096
+		cn.inMark = cn.lr.total - int64(cn.br.Buffered())
+		cn.outMark = cn.wc.total + int64(cn.bw.Buffered())
 		req, err := cn.parser.ReadRequest(cn.br, cn.tmpl)
 		cn.lr.remaining = -1
 		if err != nil {
@@ -842,7 +864,39 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.c.c.SetReadDeadline(time.Time{})
 	w.continueLock(true)()
 	w.hijacked = true
-	return w.c.c, bufio.NewReadWriter(w.c.br, w.c.bw), nil
+	return &w.c.wc, bufio.NewReadWriter(w.c.br, w.c.bw), nil
+}
+
+// WireBytes are the bytes of the current request and of its response on
+// the connection so far, as they are on the wire: the head, the body
+// with its chunk framing, and after an upgrade what either side sent
+// (what Envoy's downstream bytes meter counts, and Istio's
+// istio_request_bytes and istio_response_bytes report). A response not
+// finished yet counts the end finish will write (a chunked body's last
+// chunk and trailers). ok is false when w is not this server's.
+func WireBytes(w http.ResponseWriter) (in, out int64, ok bool) {
+	r, ok := w.(*response)
+	if !ok || r.c.br == nil {
+		return 0, 0, false
+	}
+	cn := r.c
+	in = cn.lr.total - int64(cn.br.Buffered()) - cn.inMark
+	out = cn.wc.total + int64(cn.bw.Buffered()) - cn.outMark
+	if !r.wroteHeader && !r.hijacked {
+		// finish writes a head; what it will be is not known yet.
+		return in, out, true
+	}
+	if r.chunked {
+		out += int64(len("0\r\n\r\n"))
+		for k, vs := range r.header {
+			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+				for _, v := range vs {
+					out += int64(len(name) + len(": ") + len(v) + len("\r\n"))
+				}
+			}
+		}
+	}
+	return in, out, true
 }
 
 func writeStatus(bw *bufio.Writer, minor, code int) {

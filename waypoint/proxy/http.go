@@ -503,7 +503,16 @@ func (q *request) finish() {
 	if q.body != nil {
 		received += q.body.count()
 	}
-	q.e.metrics.ObserveRequest(&key, dur, received, q.respBytes)
+	// Istio's request and response sizes are the stream's wire bytes (its
+	// filter reads Envoy's downstream bytes meter): head and body as they
+	// were on the connection, counted by the HTTP/1 server. On HTTP/2
+	// (net/http's server keeps no count per stream) they are the bodies,
+	// as the access log's.
+	reqWire, respWire := received, q.respBytes
+	if in, out, ok := h1.WireBytes(q.w); ok {
+		reqWire, respWire = in, out
+	}
+	q.e.metrics.ObserveRequest(&key, dur, reqWire, respWire)
 	if q.e.access == nil {
 		return
 	}

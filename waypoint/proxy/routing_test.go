@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -414,8 +415,11 @@ func TestUpgradeIsAByteStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	io.WriteString(conn, "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
-	br := bufio.NewReader(conn)
+	head := "GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+	io.WriteString(conn, head)
+	// Everything the waypoint sends, for the sizes it reports.
+	var raw bytes.Buffer
+	br := bufio.NewReader(io.TeeReader(conn, &raw))
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" {
 		t.Fatalf("upgrade: %v %v", resp, err)
@@ -431,6 +435,19 @@ func TestUpgradeIsAByteStream(t *testing.T) {
 	conn.(*net.TCPConn).CloseWrite()
 	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
 		t.Errorf("after half-close: %q %v", rest, err)
+	}
+	// Istio's sizes of an upgraded stream are all its bytes each way, the
+	// heads included (Envoy's downstream bytes meter).
+	text := ""
+	eventually(t, "the stream counted", func() bool {
+		text = metricsText(t, te)
+		return strings.HasSuffix(grep(text, "istio_request_bytes_count"), "} 1")
+	})
+	if got, want := grep(text, "istio_request_bytes_sum"), fmt.Sprintf("} %d", len(head)+len("helloworld")); !strings.HasSuffix(got, want) {
+		t.Errorf("request bytes %s, want %s", got, want)
+	}
+	if got, want := grep(text, "istio_response_bytes_sum"), fmt.Sprintf("} %d", raw.Len()); !strings.HasSuffix(got, want) {
+		t.Errorf("response bytes %s, want %s", got, want)
 	}
 }
 

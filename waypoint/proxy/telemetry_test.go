@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -73,8 +76,68 @@ func TestMetricsIdentityFromPeer(t *testing.T) {
 			t.Errorf("%s:\n%s", h, grep(text, h))
 		}
 	}
-	if !strings.Contains(grep(text, "istio_response_bytes_sum"), "} 21") {
-		t.Errorf("response bytes: %s", grep(text, "istio_response_bytes_sum"))
+	// The sizes themselves: TestRequestAndResponseSizesAreWireBytes.
+}
+
+// istio_request_bytes and istio_response_bytes are the stream's wire
+// bytes, as Istio's filter reads them from Envoy's downstream bytes
+// meter: the head and the body with its chunk framing, each way (the
+// access log's bytes_received and bytes_sent stay the bodies').
+func TestRequestAndResponseSizesAreWireBytes(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/chunked" {
+			// No length: the waypoint answers chunked.
+			io.WriteString(w, "part one,")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "part two")
+			return
+		}
+		io.WriteString(w, "reviews")
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	wantIn, wantOut, bodies := 0, 0, 0
+	for _, rq := range []string{
+		"POST /sized HTTP/1.1\r\nHost: reviews\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /chunked HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"GET /chunked HTTP/1.1\r\nHost: reviews\r\n\r\n",
+	} {
+		if _, err := io.WriteString(conn, rq); err != nil {
+			t.Fatal(err)
+		}
+		wantIn += len(rq)
+		// The answer's bytes as they came: the response is read through a
+		// copy of everything taken from the connection.
+		var raw bytes.Buffer
+		resp, err := http.ReadResponse(bufio.NewReader(io.TeeReader(br, &raw)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%q: %d %v", rq, resp.StatusCode, err)
+		}
+		bodies += len(b)
+		wantOut += raw.Len()
+	}
+	text := metricsText(t, te)
+	eventually(t, "three requests counted", func() bool {
+		text = metricsText(t, te)
+		return strings.HasSuffix(grep(text, "istio_request_bytes_count"), "} 3")
+	})
+	if got := grep(text, "istio_request_bytes_sum"); !strings.HasSuffix(got, fmt.Sprintf("} %d", wantIn)) {
+		t.Errorf("request bytes, want %d on the wire: %s", wantIn, got)
+	}
+	if got := grep(text, "istio_response_bytes_sum"); !strings.HasSuffix(got, fmt.Sprintf("} %d", wantOut)) {
+		t.Errorf("response bytes, want %d on the wire (bodies %d): %s", wantOut, bodies, got)
 	}
 }
 
