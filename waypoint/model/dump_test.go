@@ -45,12 +45,12 @@ func TestDumpOutlierDetection(t *testing.T) {
 
 // The config dump shows a route's hash policies in order.
 func TestDumpHashPolicies(t *testing.T) {
-	ttl := time.Hour
+	ttl := int64(3600)
 	r := &Route{Forward: &ForwardAction{Cluster: "c", Hash: []HashPolicy{
 		{Header: "X-User", Terminal: true}, {Cookie: &HashCookie{Name: "sess", TTL: &ttl, Path: "/"}},
 		{Cookie: &HashCookie{Name: "plain"}}, {SourceIP: true}, {QueryParameter: "u"}}}}
 	got := strings.Join(dumpRoute(r, nil, nil).Hash, "|")
-	want := "header X-User terminal|cookie sess ttl=1h0m0s path=/|cookie plain|source_ip|query u"
+	want := "header X-User terminal|cookie sess ttl=3600s path=/|cookie plain|source_ip|query u"
 	if got != want {
 		t.Errorf("hash %q, want %q", got, want)
 	}

@@ -19,6 +19,7 @@ package model
 import (
 	"net/netip"
 	"regexp"
+	"strconv"
 	"time"
 )
 
@@ -415,7 +416,7 @@ func (p HashPolicy) String() string {
 	case p.Cookie != nil:
 		s = "cookie " + p.Cookie.Name
 		if p.Cookie.TTL != nil {
-			s += " ttl=" + p.Cookie.TTL.String()
+			s += " ttl=" + strconv.FormatInt(*p.Cookie.TTL, 10) + "s"
 		}
 		if p.Cookie.Path != "" {
 			s += " path=" + p.Cookie.Path
@@ -434,9 +435,11 @@ func (p HashPolicy) String() string {
 // HashCookie is a cookie hash policy (Envoy's HashPolicy.Cookie).
 type HashCookie struct {
 	Name string
-	// TTL: nil, no cookie is made for a request without one (no hash
-	// then); 0, a session cookie; otherwise its Max-Age.
-	TTL  *time.Duration
+	// TTL in whole seconds, as Envoy keeps it: nil, no cookie is made for
+	// a request without one (no hash then); 0, a session cookie;
+	// otherwise its Max-Age. Seconds, not a time.Duration: a protobuf
+	// Duration reaches 10000 years, a time.Duration 292.
+	TTL  *int64
 	Path string
 	// Attributes are added to a cookie made here ("; name=value", or
 	// "; name" without a value).

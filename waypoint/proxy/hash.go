@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -160,7 +159,7 @@ func (q *request) makeCookie(c *model.HashCookie) string {
 	b.WriteString(`="`)
 	b.WriteString(v)
 	b.WriteByte('"')
-	if secs := int64(*c.TTL / time.Second); secs != 0 {
+	if secs := *c.TTL; secs != 0 {
 		b.WriteString("; Max-Age=")
 		b.WriteString(strconv.FormatInt(secs, 10))
 	}

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -55,7 +54,7 @@ func reached(t *testing.T, c *http.Client, url string, hdr ...string) (string, [
 // Max-Age; Path; attributes; HttpOnly), and every request carrying it
 // reaches the endpoint its value hashes to, quoted or not.
 func TestCookieHashPolicyMakesAndFollowsTheCookie(t *testing.T) {
-	ttl := time.Hour
+	ttl := int64(3600)
 	for _, lb := range []string{"ring_hash", "maglev"} {
 		t.Run(lb, func(t *testing.T) {
 			c := hashEngine(t, lb, model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &ttl, Path: "/",
@@ -95,11 +94,17 @@ func TestCookieHashPolicyTTL(t *testing.T) {
 	if _, set := reached(t, c, "http://svc/"); len(set) != 0 {
 		t.Errorf("no TTL: Set-Cookie %q", set)
 	}
-	zero := time.Duration(0)
+	zero := int64(0)
 	c = hashEngine(t, "ring_hash", model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &zero}})
 	_, set := reached(t, c, "http://svc/")
 	if len(set) != 1 || strings.Contains(set[0], "Max-Age") || !strings.HasSuffix(set[0], `"; HttpOnly`) {
 		t.Errorf("TTL 0: Set-Cookie %q", set)
+	}
+	// The longest TTL a protobuf Duration holds, whole.
+	long := int64(315576000000)
+	c = hashEngine(t, "ring_hash", model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &long}})
+	if _, set := reached(t, c, "http://svc/"); len(set) != 1 || !strings.Contains(set[0], "; Max-Age=315576000000;") {
+		t.Errorf("TTL of 10000 years: Set-Cookie %q", set)
 	}
 }
 
@@ -171,7 +176,7 @@ func TestHeaderHashPolicySeveralValues(t *testing.T) {
 // Only a hashing load balancer asks for the hash (Envoy's
 // computeHashKey): a round-robin cluster makes no cookie.
 func TestCookieMadeOnlyForAHashingCluster(t *testing.T) {
-	ttl := time.Hour
+	ttl := int64(3600)
 	c := hashEngine(t, "round_robin", model.HashPolicy{Cookie: &model.HashCookie{Name: "sess", TTL: &ttl}})
 	if _, set := reached(t, c, "http://svc/"); len(set) != 0 {
 		t.Errorf("round robin: Set-Cookie %q", set)

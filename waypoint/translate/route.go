@@ -525,8 +525,8 @@ func (t *translator) forward(a *routev3.RouteAction, where string) (*model.Forwa
 			c := &model.HashCookie{Name: spec.Cookie.GetName(), Path: spec.Cookie.GetPath()}
 			if ttl := spec.Cookie.GetTtl(); ttl != nil {
 				// Envoy keeps whole seconds (Max-Age).
-				d := time.Duration(ttl.GetSeconds()) * time.Second
-				c.TTL = &d
+				secs := ttl.GetSeconds()
+				c.TTL = &secs
 			}
 			for _, at := range spec.Cookie.GetAttributes() {
 				c.Attributes = append(c.Attributes, model.CookieAttribute{Name: at.GetName(), Value: at.GetValue()})

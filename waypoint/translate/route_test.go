@@ -499,7 +499,9 @@ func TestHashPolicies(t *testing.T) {
 	a := toCluster("c")
 	a.HashPolicy = []*routev3.RouteAction_HashPolicy{
 		hp(&routev3.RouteAction_HashPolicy_Header{HeaderName: "x-user"}, false),
-		hp(&routev3.RouteAction_HashPolicy_Cookie{Name: "session", Ttl: durationpb.New(90 * time.Minute), Path: "/app",
+		// The longest a protobuf Duration holds (10000 years): past what a
+		// time.Duration does.
+		hp(&routev3.RouteAction_HashPolicy_Cookie{Name: "session", Ttl: &durationpb.Duration{Seconds: 315576000000}, Path: "/app",
 			Attributes: []*routev3.RouteAction_HashPolicy_CookieAttribute{{Name: "SameSite", Value: "Strict"}, {Name: "Secure"}}}, false),
 		hp(&routev3.RouteAction_HashPolicy_Cookie{Name: "plain"}, false),
 		hp(&routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: false}, false),
@@ -514,7 +516,7 @@ func TestHashPolicies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ttl := 90 * time.Minute
+	ttl := int64(315576000000)
 	want := []model.HashPolicy{
 		{Header: "X-User"},
 		{Cookie: &model.HashCookie{Name: "session", TTL: &ttl, Path: "/app",
