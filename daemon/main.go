@@ -96,6 +96,15 @@ func main() {
 	fs.Func("waypoint-port", fmt.Sprintf("port every waypoint pod listens on for connections that start with a PROXY v2 header naming the original destination (default %d)", loader.DefaultWaypointPort), port(&o.waypointPort))
 	fs.Func("max-waypoint-sockets", fmt.Sprintf("connections to waypoints established but not yet acknowledged past their PROXY v2 header (default %d; fixed once created; one beyond it reaches its waypoint without a header)", d.WaypointSockets), u32(&o.sizes.WaypointSockets))
 	_ = fs.Parse(os.Args[1:])
+	for _, f := range []struct{ name, value string }{{"admin-address", o.adminAddress}, {"status-address", o.statusAddress}} {
+		if f.name == "status-address" && f.value == "" {
+			continue // off
+		}
+		if err := admin.CheckAddress(f.value); err != nil {
+			fmt.Fprintf(os.Stderr, "kmesh-daemon: --%s: %v\n", f.name, err)
+			os.Exit(2)
+		}
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(o.logLevel)}))
 	slog.SetDefault(log)

@@ -10,6 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -302,6 +305,29 @@ const Socket = "/var/run/kmesh/admin.sock"
 // ever (a scraper reconnects at once).
 func newServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+}
+
+// CheckAddress says what is wrong with an address for Serve, so the
+// daemon refuses a bad flag at start instead of failing once its programs
+// are attached: "unix:" and an absolute path, or host:port.
+func CheckAddress(addr string) error {
+	if path, ok := unixsock.Path(addr); ok {
+		if !filepath.IsAbs(path) {
+			return fmt.Errorf("want an absolute path after unix:, got %q", addr)
+		}
+		return nil
+	}
+	if strings.HasPrefix(addr, "/") {
+		return fmt.Errorf("%q is a path: a unix socket is written unix:%s", addr, addr)
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("want unix:/path or host:port, got %q", addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("want a port number 0-65535 in %q", addr)
+	}
+	return nil
 }
 
 // Serve listens on addr until ctx ends: "unix:/path", a socket only root

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,5 +102,31 @@ func TestServeOnAUnixSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("socket left after the server stopped: %v", err)
+	}
+}
+
+// A bad --admin-address or --status-address is refused at start with the
+// form it should take; a path without "unix:" was taken for host:port and
+// failed only once the daemon's programs were attached.
+func TestCheckAddress(t *testing.T) {
+	for _, ok := range []string{"unix:/var/run/kmesh/admin.sock", "127.0.0.1:15200", ":15020", "[::1]:0", "localhost:80"} {
+		if err := CheckAddress(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		"/var/run/kmesh/admin.sock": "unix:/var/run/kmesh/admin.sock",
+		"unix:admin.sock":           "absolute path",
+		"":                          "host:port",
+		"unix:":                     "host:port",
+		"127.0.0.1":                 "host:port",
+		"127.0.0.1:":                "host:port",
+		"127.0.0.1:http-alt":        "port number",
+		"127.0.0.1:70000":           "port number",
+	} {
+		err := CheckAddress(bad)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error saying %q", bad, err, want)
+		}
 	}
 }
