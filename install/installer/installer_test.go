@@ -360,9 +360,14 @@ func TestConfOnly(t *testing.T) {
 	}
 	stop := n.start()
 	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
-	if _, err := os.Stat(n.conf("10-bridge.conf")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("10-bridge.conf still there next to the conflist (%v)", err)
-	}
+	// The conflist is written first, then the .conf removed: the check
+	// waits for the second step (it raced it on a slow machine).
+	n.eventually(2*time.Second, "10-bridge.conf gone next to the conflist", func() error {
+		if _, err := os.Stat(n.conf("10-bridge.conf")); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
 	if st, err := os.Stat(n.conf("10-bridge.conflist")); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("conflist mode: %v %v, want the original's 0640", st.Mode(), err)
 	}
