@@ -441,7 +441,8 @@ func TestUpgradeIsAByteStream(t *testing.T) {
 	text := ""
 	eventually(t, "the stream counted", func() bool {
 		text = metricsText(t, te)
-		return strings.HasSuffix(grep(text, "istio_request_bytes_count"), "} 1")
+		// Each histogram is observed in turn: both counts, then the sums.
+		return strings.HasSuffix(grep(text, "istio_request_bytes_count"), "} 1") && strings.HasSuffix(grep(text, "istio_response_bytes_count"), "} 1")
 	})
 	if got, want := grep(text, "istio_request_bytes_sum"), fmt.Sprintf("} %d", len(head)+len("helloworld")); !strings.HasSuffix(got, want) {
 		t.Errorf("request bytes %s, want %s", got, want)

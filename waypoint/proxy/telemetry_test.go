@@ -131,7 +131,8 @@ func TestRequestAndResponseSizesAreWireBytes(t *testing.T) {
 	text := metricsText(t, te)
 	eventually(t, "three requests counted", func() bool {
 		text = metricsText(t, te)
-		return strings.HasSuffix(grep(text, "istio_request_bytes_count"), "} 3")
+		// Each histogram is observed in turn: both counts, then the sums.
+		return strings.HasSuffix(grep(text, "istio_request_bytes_count"), "} 3") && strings.HasSuffix(grep(text, "istio_response_bytes_count"), "} 3")
 	})
 	if got := grep(text, "istio_request_bytes_sum"); !strings.HasSuffix(got, fmt.Sprintf("} %d", wantIn)) {
 		t.Errorf("request bytes, want %d on the wire: %s", wantIn, got)
