@@ -520,7 +520,7 @@ func (s *suite) testSticky(t *testing.T) {
 	})
 	took := s.waitConfig(t, "the cookie hash policy", func(d *model.ConfigDump) (bool, string) {
 		for _, r := range routesOf(d, chainOf("sticky", 80)) {
-			if slices.Contains(r.Hash, "cookie session ttl=1m0s path=/") {
+			if slices.Contains(r.Hash, "cookie session ttl=60s path=/") {
 				return true, ""
 			}
 		}
