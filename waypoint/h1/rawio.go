@@ -4,9 +4,34 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"syscall"
 	"unsafe"
 )
+
+// YieldBeforeWrite lets the goroutines that are ready to run reach their
+// own writes before the caller makes its write: the server before a
+// response goes to its client, the upstream client before a request goes
+// to its endpoint. One poll wakes the goroutines of several connections;
+// yielding, they parse and route, then write one after another, so their
+// peers get the requests (or answers) of one poll together and serve them
+// in one wake-up, as from an event loop that reads everything ready
+// before it writes (HAProxy). Writing as each is done spread them out, and
+// a peer that had gone idle between two was woken for each. With nothing
+// else ready it returns at once.
+//
+// Measured on kmesh-bench's held L7 path (fortio c=16 at saturation, 1
+// KiB each way, each waypoint run alternated with HAProxy's, perf
+// counting each process; a machine where a context switch is dear):
+// without, the fortio server behind the waypoint was woken 1.04 times per
+// request (0.87 behind HAProxy) and the client 0.73 (0.76), and the
+// waypoint reached 0.85x HAProxy's max qps (median of 10 pairs); yielding
+// before both writes, 0.94 and 0.66 times and 0.93x (11 pairs); before
+// the response's write alone, 0.82x (4 pairs). This build against the one
+// before it, 5 alternated rounds: 0.79x -> 0.91x HAProxy's max qps (higher
+// in every round), the waypoint's CPU 94.9 -> 84.4 µs per request, the
+// fortio server's 90.2 -> 81.6.
+func YieldBeforeWrite() { runtime.Gosched() }
 
 // rawConn reads and writes a socket with raw system calls through the
 // poller (syscall.RawConn): the socket is non-blocking, so a read or write

@@ -281,6 +281,9 @@ func (cn *conn) one(req *http.Request) bool {
 		return false
 	}
 	w.finish()
+	if cn.bw.Buffered() > 0 {
+		YieldBeforeWrite()
+	}
 	if err := cn.bw.Flush(); err != nil {
 		return false
 	}

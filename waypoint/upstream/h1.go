@@ -513,6 +513,8 @@ func (pc *h1Conn) exchange(ctx context.Context, req *http.Request) (*http.Respon
 			if pc.bw.Buffered() > 0 && pc.br.Buffered() == 0 && pc.sock != nil && (pc.rc.n == 0 || pc.warm) {
 				h1.HoldWrite(pc.sock)
 			}
+			// The requests of one poll reach the endpoint together.
+			h1.YieldBeforeWrite()
 			if err := pc.bw.Flush(); err != nil {
 				return fail(err, replayable)
 			}
