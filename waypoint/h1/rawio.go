@@ -30,7 +30,10 @@ import (
 // the response's write alone, 0.82x (4 pairs). This build against the one
 // before it, 5 alternated rounds: 0.79x -> 0.91x HAProxy's max qps (higher
 // in every round), the waypoint's CPU 94.9 -> 84.4 µs per request, the
-// fortio server's 90.2 -> 81.6.
+// fortio server's 90.2 -> 81.6. perf's counting makes every system call
+// and switch dearer; without it, 14 rounds of 2 s (as make bench's) on a
+// machine whose speed varied 3x over them: medians 0.77x -> 0.85x, the
+// new build ahead in 10 of the 14.
 func YieldBeforeWrite() { runtime.Gosched() }
 
 // rawConn reads and writes a socket with raw system calls through the
