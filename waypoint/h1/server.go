@@ -105,6 +105,11 @@ type conn struct {
 	// inMark and outMark: the connection's bytes read and written before
 	// the current request (WireBytes).
 	inMark, outMark int64
+	// inPos: the connection's bytes the request's head and body reads
+	// have taken from br so far, stored by whichever goroutine read
+	// (WireBytes reads it: lr and br are the reader's own, and the
+	// watcher or a proxy's body writer may be reading them meanwhile).
+	inPos atomic.Int64
 	// watch: the client-gone watcher of the current request.
 	watchT    *time.Timer
 	watchMu   sync.Mutex
@@ -210,6 +215,7 @@ func (cn *conn) serve() bool {
 		cn.outMark = cn.wc.total + int64(cn.bw.Buffered())
 		req, err := cn.parser.ReadRequest(cn.br, cn.tmpl)
 		cn.lr.remaining = -1
+		cn.markRead()
 		if err != nil {
 			cn.badRequest(err)
 			return false
@@ -534,6 +540,7 @@ func (b *requestBody) read(p []byte) (int, error) {
 	}
 	b.cn.moveIdleDeadline()
 	n, err := b.rc.Read(p)
+	b.cn.markRead()
 	if err != nil {
 		b.err = err
 		if err == io.EOF {
@@ -870,6 +877,10 @@ func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return &w.c.wc, bufio.NewReadWriter(w.c.br, w.c.bw), nil
 }
 
+// markRead notes what the connection's reads have consumed so far; only
+// the goroutine reading br calls it.
+func (cn *conn) markRead() { cn.inPos.Store(cn.lr.total - int64(cn.br.Buffered())) }
+
 // WireBytes are the bytes of the current request and of its response on
 // the connection so far, as they are on the wire: the head, the body
 // with its chunk framing, and after an upgrade what either side sent
@@ -883,8 +894,18 @@ func WireBytes(w http.ResponseWriter) (in, out int64, ok bool) {
 		return 0, 0, false
 	}
 	cn := r.c
-	in = cn.lr.total - int64(cn.br.Buffered()) - cn.inMark
+	if r.hijacked {
+		// The handler's own reads now (through the hijack's reader),
+		// done by the time it asks.
+		in = cn.lr.total - int64(cn.br.Buffered()) - cn.inMark
+	} else {
+		in = cn.inPos.Load() - cn.inMark
+	}
+	// A 100 Continue another goroutine's body read sends writes under
+	// this lock.
+	unlock := r.continueLock(false)
 	out = cn.wc.total + int64(cn.bw.Buffered()) - cn.outMark
+	unlock()
 	if !r.wroteHeader && !r.hijacked {
 		// finish writes a head; what it will be is not known yet.
 		return in, out, true

@@ -629,3 +629,53 @@ func TestServerExplicitInterimResponses(t *testing.T) {
 		t.Errorf("interim answers %q, want %q", heads, want)
 	}
 }
+
+// WireBytes is read by the handler while other goroutines may still read
+// the connection: the client-gone watcher (a slow handler, a pipelined
+// next request) and a proxy's upstream body writer still inside the
+// body. Neither may be raced (go test -race), and neither's bytes beyond
+// the request count.
+func TestWireBytesWhileOthersRead(t *testing.T) {
+	const first = "GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"
+	const head = "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n"
+	got := make(chan [2]int64, 2)
+	s := &Server{WatchAfter: 5 * time.Millisecond, Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		switch r.URL.Path {
+		case "/slow":
+			time.Sleep(60 * time.Millisecond) // the watcher reads the next request's bytes
+		case "/up":
+			read := make(chan struct{})
+			go func() {
+				buf := make([]byte, 5)
+				io.ReadFull(r.Body, buf)
+				close(read)
+				io.ReadAll(r.Body) // still reading when the handler returns
+			}()
+			<-read
+		}
+		w.Header().Set("Content-Length", "2")
+		io.WriteString(w, "ok")
+		in, _, _ := WireBytes(w)
+		got <- [2]int64{in, 0}
+		if r.URL.Path == "/up" {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}}
+	addr := serveOne(t, s)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, first)
+	time.Sleep(20 * time.Millisecond)
+	io.WriteString(c, head+"12345")
+	if in := (<-got)[0]; in != int64(len(first)) {
+		t.Errorf("first request: %d bytes in, want %d", in, len(first))
+	}
+	if in := (<-got)[0]; in != int64(len(head)+5) {
+		t.Errorf("second request: %d bytes in, want %d", in, len(head)+5)
+	}
+	io.WriteString(c, "67890")
+	time.Sleep(20 * time.Millisecond)
+}
