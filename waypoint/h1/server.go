@@ -915,7 +915,9 @@ func WireBytes(w http.ResponseWriter) (in, out int64, ok bool) {
 		for k, vs := range r.header {
 			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
 				for _, v := range vs {
-					out += int64(len(name) + len(": ") + len(v) + len("\r\n"))
+					if writable(name, v) {
+						out += int64(len(name) + len(": ") + len(v) + len("\r\n"))
+					}
 				}
 			}
 		}
@@ -956,13 +958,18 @@ func writeHeaders(bw *bufio.Writer, h http.Header, skipTrailers bool) {
 // on the way in refuse those, so only configuration could bring one) is
 // dropped rather than let it split the header.
 func writeField(bw *bufio.Writer, k, v string) {
-	if strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0 || !validName(k) {
+	if !writable(k, v) {
 		return
 	}
 	bw.WriteString(k)
 	bw.WriteString(": ")
 	bw.WriteString(v)
 	bw.WriteString("\r\n")
+}
+
+// writable: writeField writes the field.
+func writable(k, v string) bool {
+	return strings.IndexByte(v, '\n') < 0 && strings.IndexByte(v, '\r') < 0 && validName(k)
 }
 
 func validName(k string) bool {

@@ -679,3 +679,30 @@ func TestWireBytesWhileOthersRead(t *testing.T) {
 	io.WriteString(c, "67890")
 	time.Sleep(20 * time.Millisecond)
 }
+
+// WireBytes counts the end of a chunked response as finish writes it:
+// the trailers writeField drops (a bad name, a value with CR or LF) are
+// not on the wire.
+func TestWireBytesChunkedEnd(t *testing.T) {
+	out := make(chan int64, 1)
+	s := &Server{Handler: func(w http.ResponseWriter, r *http.Request, _ any) {
+		io.WriteString(w, "hello")
+		w.Header()[http.TrailerPrefix+"Good"] = []string{"yes"}
+		w.Header()[http.TrailerPrefix+"Bad Name"] = []string{"x"}
+		w.Header()[http.TrailerPrefix+"Bad-Value"] = []string{"a\r\nb"}
+		_, n, _ := WireBytes(w)
+		out <- n
+	}}
+	addr := serveOne(t, s)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	wire, _ := io.ReadAll(c)
+	if n := <-out; n != int64(len(wire)) {
+		t.Errorf("WireBytes says %d bytes out, the client got %d:\n%s", n, len(wire), wire)
+	}
+}
