@@ -887,8 +887,10 @@ func (cn *conn) markRead() { cn.inPos.Store(cn.lr.total - int64(cn.br.Buffered()
 // (what Envoy's downstream bytes meter counts, and Istio's
 // istio_request_bytes and istio_response_bytes report). A response not
 // finished yet counts the end finish will write (a chunked body's last
-// chunk and trailers). ok is false when w is not this server's.
-func WireBytes(w http.ResponseWriter) (in, out int64, ok bool) {
+// chunk and trailers) when ends says it will be finished (false: the
+// handler aborts it, or its client is gone). ok is false when w is not
+// this server's.
+func WireBytes(w http.ResponseWriter, ends bool) (in, out int64, ok bool) {
 	r, ok := w.(*response)
 	if !ok || r.c.br == nil {
 		return 0, 0, false
@@ -910,7 +912,7 @@ func WireBytes(w http.ResponseWriter) (in, out int64, ok bool) {
 		// finish writes a head; what it will be is not known yet.
 		return in, out, true
 	}
-	if r.chunked {
+	if r.chunked && ends {
 		out += int64(len("0\r\n\r\n"))
 		for k, vs := range r.header {
 			if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {

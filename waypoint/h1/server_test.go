@@ -655,7 +655,7 @@ func TestWireBytesWhileOthersRead(t *testing.T) {
 		}
 		w.Header().Set("Content-Length", "2")
 		io.WriteString(w, "ok")
-		in, _, _ := WireBytes(w)
+		in, _, _ := WireBytes(w, true)
 		got <- [2]int64{in, 0}
 		if r.URL.Path == "/up" {
 			time.Sleep(20 * time.Millisecond)
@@ -690,7 +690,7 @@ func TestWireBytesChunkedEnd(t *testing.T) {
 		w.Header()[http.TrailerPrefix+"Good"] = []string{"yes"}
 		w.Header()[http.TrailerPrefix+"Bad Name"] = []string{"x"}
 		w.Header()[http.TrailerPrefix+"Bad-Value"] = []string{"a\r\nb"}
-		_, n, _ := WireBytes(w)
+		_, n, _ := WireBytes(w, true)
 		out <- n
 	}}
 	addr := serveOne(t, s)

@@ -138,6 +138,9 @@ type request struct {
 	// remote is the stream's client address (see streamRemote), set
 	// before routing; zero for a request a chain denied before that.
 	remote netip.AddrPort
+	// aborted: the handler panics with http.ErrAbortHandler (the answer
+	// broke off mid-body): finish runs without the answer's end.
+	aborted bool
 	// complete is when a request without a body reached the router (one
 	// with a body is complete at its end, an upgrade never: completeAt).
 	complete time.Time
@@ -509,7 +512,8 @@ func (q *request) finish() {
 	// (net/http's server keeps no count per stream) they are the bodies,
 	// as the access log's.
 	reqWire, respWire := received, q.respBytes
-	if in, out, ok := h1.WireBytes(q.w); ok {
+	// An aborted answer (or one to a client gone) never gets its end.
+	if in, out, ok := h1.WireBytes(q.w, !q.aborted && q.flags&flagDC == 0); ok {
 		reqWire, respWire = in, out
 	}
 	q.e.metrics.ObserveRequest(&key, dur, reqWire, respWire)

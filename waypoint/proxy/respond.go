@@ -151,6 +151,7 @@ func (q *request) respond(resp *http.Response, upgrade bool, a *attempt) {
 					q.cluster.ReportLocal(q.host, upstream.ConnectFailed)
 				}
 			}
+			q.aborted = true
 			panic(http.ErrAbortHandler)
 		}
 	}

@@ -250,3 +250,40 @@ func TestAccessLogUpstreamServiceTime(t *testing.T) {
 		t.Errorf("upstream_service_time %#v, the header said %q", e["upstream_service_time"], sent)
 	}
 }
+
+// A chunked answer the endpoint breaks off mid-body is aborted (the
+// connection closes without the last chunk): its wire size is what went
+// out, not a last chunk that never did.
+func TestResponseSizeOfAnAbortedChunkedAnswer(t *testing.T) {
+	be := backend(t, func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		brw.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+		brw.Flush()
+		time.Sleep(20 * time.Millisecond)
+		c.Close()
+	})
+	te := newTestEngine(t, Options{})
+	te.apply(httpSnapshot(oneRoute(fwd("c")), false, &model.Cluster{Name: "c", Endpoints: endpoints(be)}))
+	conn, err := dialer(te.addr("main"), clientAddr, serviceVIP)(t.Context(), "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(conn, "GET /cut HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	raw, _ := io.ReadAll(conn)
+	if !bytes.Contains(raw, []byte("hello")) {
+		t.Fatalf("no partial answer: %q", raw)
+	}
+	var text string
+	eventually(t, "the request counted", func() bool {
+		text = metricsText(t, te)
+		return strings.HasSuffix(grep(text, "istio_response_bytes_count"), "} 1")
+	})
+	if got := grep(text, "istio_response_bytes_sum"); !strings.HasSuffix(got, fmt.Sprintf("} %d", len(raw))) {
+		t.Errorf("response bytes, want the %d that went out: %s", len(raw), got)
+	}
+}
