@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 BIN := bin
 
-.PHONY: all deps build generate verify-generate lint test fuzz test-unit e2e e2e-tools images node demo bench bench-node fortio clean
+.PHONY: all deps build generate verify-generate lint test race fuzz test-unit e2e e2e-tools images node demo bench bench-node fortio clean
 
 all: build
 
@@ -49,8 +49,15 @@ lint:
 # skips without it.
 test: deps fortio lint
 	KMESH_KERNEL_TESTS=1 CGO_ENABLED=0 $(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) race
 	$(MAKE) fuzz
 	$(MAKE) e2e
+
+# The waypoint's packages again under the race detector, which needs cgo
+# (tests only: the binaries stay static). Its goroutines share
+# connections, pools and configuration; about 1.5 minutes here.
+race:
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./waypoint/...
 
 # Budgets in executions, not seconds: a duration's deadline races the
 # fuzz workers in Go 1.26 (golang/go#75804: a bare "context deadline
