@@ -33,7 +33,8 @@ import (
 // fortio server's 90.2 -> 81.6. perf's counting makes every system call
 // and switch dearer; without it, 14 rounds of 2 s (as make bench's) on a
 // machine whose speed varied 3x over them: medians 0.77x -> 0.85x, the
-// new build ahead in 10 of the 14.
+// new build ahead in 10 of the 14. make bench's runs of 9 did not tell it
+// from their noise there (0.872x before, 0.858x twice after).
 func YieldBeforeWrite() { runtime.Gosched() }
 
 // rawConn reads and writes a socket with raw system calls through the
