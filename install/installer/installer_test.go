@@ -238,6 +238,22 @@ func (n *node) wantChain(timeout time.Duration, name string, want ...string) {
 	})
 }
 
+// wantConverted waits for a single-plugin .conf to have become name's
+// conflist with want's chain, and for the .conf to be gone. The installer
+// writes the conflist first, then removes the .conf: a test that writes the
+// .conf again as soon as the conflist appears races that second step, and
+// its file could be the one removed (it did on a slow machine).
+func (n *node) wantConverted(timeout time.Duration, conf, name string, want ...string) {
+	n.t.Helper()
+	n.wantChain(timeout, name, want...)
+	n.eventually(timeout, conf+" gone next to the conflist", func() error {
+		if _, err := os.Stat(n.conf(conf)); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+}
+
 // wantInstalled checks the binaries and the kubeconfig.
 func (n *node) wantInstalled() {
 	n.t.Helper()
@@ -359,15 +375,7 @@ func TestConfOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := n.start()
-	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
-	// The conflist is written first, then the .conf removed: the check
-	// waits for the second step (it raced it on a slow machine).
-	n.eventually(2*time.Second, "10-bridge.conf gone next to the conflist", func() error {
-		if _, err := os.Stat(n.conf("10-bridge.conf")); !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("still there (%v)", err)
-		}
-		return nil
-	})
+	n.wantConverted(2*time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
 	if st, err := os.Stat(n.conf("10-bridge.conflist")); err != nil || st.Mode().Perm() != 0o640 {
 		t.Errorf("conflist mode: %v %v, want the original's 0640", st.Mode(), err)
 	}
@@ -474,7 +482,7 @@ func TestAnotherAgentRewritesTheConf(t *testing.T) {
 	n := newNode(t)
 	n.write(n.conf("10-bridge.conf"), bridgeConf)
 	stop := n.start()
-	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
+	n.wantConverted(2*time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
 	// The agent puts its single-plugin file back, with a change.
 	changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
 	n.write(n.conf("10-bridge.conf"), changed)
@@ -694,7 +702,7 @@ func TestUninstallAfterTheConfIsWrittenAgain(t *testing.T) {
 	n := newNode(t)
 	n.write(n.conf("10-bridge.conf"), bridgeConf)
 	crash := n.startCrashing()
-	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
+	n.wantConverted(2*time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
 	crash()
 	changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
 	n.write(n.conf("10-bridge.conf"), changed)
@@ -712,7 +720,7 @@ func TestUninstallAfterTheConfIsWrittenAgain(t *testing.T) {
 	n = newNode(t)
 	n.write(n.conf("10-bridge.conf"), bridgeConf)
 	stop := n.start()
-	n.wantChain(2*time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
+	n.wantConverted(2*time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
 	old := strings.Replace(bridgeConf, `"0.4.0"`, `"0.2.0"`, 1)
 	n.write(n.conf("10-bridge.conf"), old)
 	n.eventually(2*time.Second, "stale conflist removed", func() error {
