@@ -548,6 +548,13 @@ func (in *Installer) convert(name string, doc []byte, mode os.FileMode) error {
 	if err := atomicfile.Write(listPath, out, mode); err != nil {
 		return err
 	}
+	// The network agent may have written the file again since it was read:
+	// removing that version would lose it. It stays, and its write event
+	// brings the conversion round again with what it now holds.
+	if now, err := os.ReadFile(path); err == nil && !bytes.Equal(now, doc) {
+		in.log.Info("the network config changed while it was converted; converting it again", "path", path)
+		return nil
+	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("failed to remove %q after writing %q: %w", path, listPath, err)
 	}

@@ -811,3 +811,41 @@ func TestUninstallWithoutTheState(t *testing.T) {
 	}
 	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
 }
+
+// The agent writes the .conf again between the installer's read of it and
+// its removal: the new version stays and is converted next, not lost.
+func TestConfWrittenAgainWhileConverted(t *testing.T) {
+	n := newNode(t)
+	changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
+	n.write(n.conf("10-bridge.conf"), changed)
+	in, err := New(n.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(n.host(binDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// What the installer read is the earlier version.
+	if err := in.convert("10-bridge.conf", []byte(bridgeConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.read(n.conf("10-bridge.conf")); got != changed {
+		t.Fatalf("10-bridge.conf = %s, want the version written meanwhile", got)
+	}
+	if !strings.Contains(n.logs.String(), "changed while it was converted") {
+		t.Errorf("no log line:\n%s", n.logs.String())
+	}
+	if err := in.reconcileConf(); err != nil {
+		t.Fatal(err)
+	}
+	n.wantConverted(time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
+	if !strings.Contains(n.read(n.conf("10-bridge.conflist")), "cni1") {
+		t.Errorf("conflist is not from the version written meanwhile: %s", n.read(n.conf("10-bridge.conflist")))
+	}
+	if err := in.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.read(n.conf("10-bridge.conf")); got != changed {
+		t.Errorf("restored 10-bridge.conf = %s, want the version written meanwhile", got)
+	}
+}
