@@ -37,10 +37,47 @@ func Path(addr string) (string, bool) {
 // pod before the old one stopped, a daemon run by hand) waits for the
 // first instead of leaving it serving a path no client finds. Close removes
 // the file only while it is still the listener's own socket.
+//
+// The listener holds an exclusive lock on path+".lock" for its life (the
+// kernel drops it when the process dies, so a crash leaves nothing to
+// clean): two processes starting at once would otherwise both find the
+// stale socket, and the second's removal could take the first's new one.
+// The lock file stays; removing it would let a third process lock a new
+// file while the second still holds the old one.
 func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
+	lock, err := lockFor(path)
+	if err != nil {
+		return nil, err
+	}
+	l, err := listenLocked(path)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	l.lock = lock
+	return l, nil
+}
+
+// lockFor takes path+".lock" without waiting.
+func lockFor(path string) (*os.File, error) {
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: another process serves on it (another kmesh-daemon?): it holds %s.lock", path, path)
+		}
+		return nil, fmt.Errorf("lock %s.lock: %w", path, err)
+	}
+	return f, nil
+}
+
+func listenLocked(path string) (*listener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("%s exists and is not a socket", path)
@@ -89,6 +126,7 @@ type listener struct {
 	*net.UnixListener
 	path   string
 	file   fs.FileInfo
+	lock   *os.File
 	unlink sync.Once
 }
 
@@ -97,6 +135,11 @@ func (l *listener) Close() error {
 	l.unlink.Do(func() {
 		if fi, serr := os.Lstat(l.path); serr == nil && os.SameFile(fi, l.file) {
 			_ = os.Remove(l.path)
+		}
+		// Released after the file is gone, so the next holder never finds
+		// this listener's socket.
+		if l.lock != nil {
+			l.lock.Close()
 		}
 	})
 	return err

@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -132,5 +133,88 @@ func TestListenLeavesALiveSocket(t *testing.T) {
 	live.Close()
 	if _, err := os.Lstat(path); !os.IsNotExist(err) {
 		t.Errorf("the listener left its socket: %v", err)
+	}
+}
+
+// Processes starting at once over a stale socket: one serves, the others
+// are told another serves, and the socket at the path is the one that
+// serves (without the lock, a second start could remove the first's new
+// socket after both found the stale one, and both would listen).
+func TestConcurrentStartsOverAStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cni.sock")
+	for round := 0; round < 200; round++ {
+		stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale.SetUnlinkOnClose(false)
+		stale.Close()
+
+		const starts = 6
+		var wg sync.WaitGroup
+		got := make([]net.Listener, starts)
+		errs := make([]error, starts)
+		for i := range starts {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got[i], errs[i] = Listen(path)
+			}()
+		}
+		wg.Wait()
+		var winner net.Listener
+		for i, l := range got {
+			if errs[i] != nil {
+				continue
+			}
+			if winner != nil {
+				winner.Close()
+				l.Close()
+				t.Fatalf("round %d: two starts listen on %s", round, path)
+			}
+			winner = l
+		}
+		if winner == nil {
+			t.Fatalf("round %d: no start listens: %v", round, errs)
+		}
+		accepted := make(chan error, 1)
+		go func() {
+			c, err := winner.Accept()
+			if err == nil {
+				c.Close()
+			}
+			accepted <- err
+		}()
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			winner.Close()
+			t.Fatalf("round %d: the socket at the path: %v", round, err)
+		}
+		c.Close()
+		if err := <-accepted; err != nil {
+			t.Fatal(err)
+		}
+		winner.Close()
+		if _, err := os.Lstat(path); !os.IsNotExist(err) {
+			t.Fatalf("round %d: the socket stayed after Close: %v", round, err)
+		}
+	}
+}
+
+// A lock held by a listener that is closed is released: the next start
+// listens.
+func TestListenAfterClose(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cni.sock")
+	for range 3 {
+		l, err := Listen(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l2, err := Listen(path); err == nil {
+			l2.Close()
+			l.Close()
+			t.Fatal("a second listener while the first serves")
+		}
+		l.Close()
 	}
 }
