@@ -73,6 +73,16 @@ func FindPrimary(dir string) (string, []Skipped, error) {
 	return "", skipped, fmt.Errorf("%w in %q", ErrNoPrimary, dir)
 }
 
+// CheckFile says why the file name in dir cannot be the primary network,
+// or nil if it can (as FindPrimary judges each file).
+func CheckFile(dir, name string) error {
+	doc, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return err
+	}
+	return checkPrimary(name, doc)
+}
+
 // checkPrimary says why doc, read from a file called name, cannot be the
 // primary network, or nil if it can.
 func checkPrimary(name string, doc []byte) error {

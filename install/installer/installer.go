@@ -453,6 +453,16 @@ func (in *Installer) target() (string, error) {
 	for _, s := range skipped {
 		in.log.Debug("skipped conf file", "name", s.Name, "reason", s.Reason)
 	}
+	// A single-plugin file this installer turned into name, written again
+	// by its agent: a .conf sorts before its conflist and is found first,
+	// but a .json sorts after it, and the conflist made from the earlier
+	// content would stay the node's network (for the runtime too). The
+	// file is converted again, as a .conf is.
+	if st := in.state.Files[name]; st != nil && st.FromName != "" && st.FromName != name {
+		if err := cniconf.CheckFile(in.confDir, st.FromName); err == nil {
+			return st.FromName, nil
+		}
+	}
 	return name, nil
 }
 
@@ -548,18 +558,50 @@ func (in *Installer) convert(name string, doc []byte, mode os.FileMode) error {
 	if err := atomicfile.Write(listPath, out, mode); err != nil {
 		return err
 	}
-	// The network agent may have written the file again since it was read:
-	// removing that version would lose it. It stays, and its write event
-	// brings the conversion round again with what it now holds.
-	if now, err := os.ReadFile(path); err == nil && !bytes.Equal(now, doc) {
+	changed, err := removeIfUnchanged(path, doc, mode)
+	if err != nil {
+		return fmt.Errorf("failed to remove %q after writing %q: %w", path, listPath, err)
+	}
+	if changed {
+		// Its write event (or the next resync) converts it again; target
+		// picks it over the conflist made from its earlier content.
 		in.log.Info("the network config changed while it was converted; converting it again", "path", path)
 		return nil
 	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("failed to remove %q after writing %q: %w", path, listPath, err)
-	}
 	in.log.Info("turned the network config into a conflist with the kmesh-cni entry", "from", path, "conflist", listPath)
 	return nil
+}
+
+// removeIfUnchanged removes path if it still holds doc with mode, and
+// reports whether it held something else, which it leaves in place. The
+// network agent may write its file again at any moment, in place or by a
+// rename: the file is first renamed aside (atomic: whatever is at path then
+// is what is judged, and a writer still holding it open writes on into the
+// aside copy), then compared; a changed one is linked back, unless an even
+// newer file took the name meanwhile, which then stays.
+func removeIfUnchanged(path string, doc []byte, mode os.FileMode) (bool, error) {
+	aside := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".kmesh-removed")
+	if err := os.Rename(path, aside); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil // removed meanwhile: nothing to keep
+		}
+		return false, err
+	}
+	now, nowMode, err := readFile(aside)
+	if err == nil && bytes.Equal(now, doc) && nowMode == mode {
+		return false, os.Remove(aside)
+	}
+	switch err := os.Link(aside, path); {
+	case err == nil, errors.Is(err, os.ErrExist):
+		return true, os.Remove(aside)
+	default:
+		// A file system without hard links: a rename puts it back (over
+		// a newer file, if one came in these microseconds).
+		if rerr := os.Rename(aside, path); rerr != nil {
+			return true, fmt.Errorf("put the changed %q back: %w (it is at %q)", path, errors.Join(err, rerr), aside)
+		}
+		return true, nil
+	}
 }
 
 // release takes the entry out of the conf file name and forgets the file. A

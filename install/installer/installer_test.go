@@ -479,24 +479,30 @@ func TestAnotherAgentRewritesTheFile(t *testing.T) {
 }
 
 func TestAnotherAgentRewritesTheConf(t *testing.T) {
-	n := newNode(t)
-	n.write(n.conf("10-bridge.conf"), bridgeConf)
-	stop := n.start()
-	n.wantConverted(2*time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
-	// The agent puts its single-plugin file back, with a change.
-	changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
-	n.write(n.conf("10-bridge.conf"), changed)
-	n.eventually(time.Second, "converted again", func() error {
-		if _, err := os.Stat(n.conf("10-bridge.conf")); err == nil {
-			return errors.New("10-bridge.conf still there")
-		}
-		if !strings.Contains(n.read(n.conf("10-bridge.conflist")), "cni1") {
-			return errors.New("conflist is not from the new .conf")
-		}
-		return nil
-	})
-	n.wantChain(time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
-	n.stopUninstalled(stop, map[string]string{"10-bridge.conf": changed})
+	// A .json sorts after its conflist, a .conf before: both are
+	// converted again.
+	for _, name := range []string{"10-bridge.conf", "10-bridge.json"} {
+		t.Run(name, func(t *testing.T) {
+			n := newNode(t)
+			n.write(n.conf(name), bridgeConf)
+			stop := n.start()
+			n.wantConverted(2*time.Second, name, "10-bridge.conflist", "bridge", "kmesh-cni")
+			// The agent puts its single-plugin file back, with a change.
+			changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
+			n.write(n.conf(name), changed)
+			n.eventually(2*time.Second, "converted again", func() error {
+				if _, err := os.Stat(n.conf(name)); err == nil {
+					return errors.New(name + " still there")
+				}
+				if !strings.Contains(n.read(n.conf("10-bridge.conflist")), "cni1") {
+					return errors.New("conflist is not from the new file")
+				}
+				return nil
+			})
+			n.wantChain(time.Second, "10-bridge.conflist", "bridge", "kmesh-cni")
+			n.stopUninstalled(stop, map[string]string{name: changed})
+		})
+	}
 }
 
 func TestPrimaryMoves(t *testing.T) {
@@ -812,40 +818,103 @@ func TestUninstallWithoutTheState(t *testing.T) {
 	n.wantUninstalled(map[string]string{"10-flannel.conflist": flannel})
 }
 
-// The agent writes the .conf again between the installer's read of it and
+// The agent writes the file again between the installer's read of it and
 // its removal: the new version stays and is converted next, not lost.
 func TestConfWrittenAgainWhileConverted(t *testing.T) {
-	n := newNode(t)
-	changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
-	n.write(n.conf("10-bridge.conf"), changed)
-	in, err := New(n.cfg)
-	if err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"10-bridge.conf", "10-bridge.json"} {
+		t.Run(name, func(t *testing.T) {
+			n := newNode(t)
+			changed := strings.Replace(bridgeConf, "cni0", "cni1", 1)
+			n.write(n.conf(name), changed)
+			in, err := New(n.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(n.host(binDir), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			// What the installer read is the earlier version.
+			if err := in.convert(name, []byte(bridgeConf), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.read(n.conf(name)); got != changed {
+				t.Fatalf("%s = %s, want the version written meanwhile", name, got)
+			}
+			if !strings.Contains(n.logs.String(), "changed while it was converted") {
+				t.Errorf("no log line:\n%s", n.logs.String())
+			}
+			if err := in.reconcileConf(); err != nil {
+				t.Fatal(err)
+			}
+			n.wantConverted(time.Second, name, "10-bridge.conflist", "bridge", "kmesh-cni")
+			if !strings.Contains(n.read(n.conf("10-bridge.conflist")), "cni1") {
+				t.Errorf("conflist is not from the version written meanwhile: %s", n.read(n.conf("10-bridge.conflist")))
+			}
+			if err := in.Uninstall(); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.read(n.conf(name)); got != changed {
+				t.Errorf("restored %s = %s, want the version written meanwhile", name, got)
+			}
+		})
 	}
-	if err := os.MkdirAll(n.host(binDir), 0o755); err != nil {
-		t.Fatal(err)
+}
+
+func TestRemoveIfUnchanged(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "10-bridge.conf")
+	write := func(content string, mode os.FileMode) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
 	}
-	// What the installer read is the earlier version.
-	if err := in.convert("10-bridge.conf", []byte(bridgeConf), 0o644); err != nil {
-		t.Fatal(err)
+	left := func() []string {
+		t.Helper()
+		des, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, de := range des {
+			names = append(names, de.Name())
+		}
+		return names
 	}
-	if got := n.read(n.conf("10-bridge.conf")); got != changed {
-		t.Fatalf("10-bridge.conf = %s, want the version written meanwhile", got)
+
+	write("a", 0o644)
+	if changed, err := removeIfUnchanged(path, []byte("a"), 0o644); err != nil || changed {
+		t.Fatalf("unchanged: changed=%v err=%v", changed, err)
 	}
-	if !strings.Contains(n.logs.String(), "changed while it was converted") {
-		t.Errorf("no log line:\n%s", n.logs.String())
+	if got := left(); len(got) != 0 {
+		t.Fatalf("left %v, want nothing", got)
 	}
-	if err := in.reconcileConf(); err != nil {
-		t.Fatal(err)
+
+	for _, tc := range []struct {
+		name    string
+		content string
+		mode    os.FileMode
+	}{{"content", "b", 0o644}, {"mode only", "a", 0o600}} {
+		write(tc.content, tc.mode)
+		changed, err := removeIfUnchanged(path, []byte("a"), 0o644)
+		if err != nil || !changed {
+			t.Fatalf("%s: changed=%v err=%v", tc.name, changed, err)
+		}
+		b, err := os.ReadFile(path)
+		st, serr := os.Stat(path)
+		if err != nil || serr != nil || string(b) != tc.content || st.Mode().Perm() != tc.mode {
+			t.Fatalf("%s: the changed file is not back as it was: %q %v %v %v", tc.name, b, err, st, serr)
+		}
+		if got := left(); len(got) != 1 {
+			t.Fatalf("%s: left %v, want the file alone", tc.name, got)
+		}
 	}
-	n.wantConverted(time.Second, "10-bridge.conf", "10-bridge.conflist", "bridge", "kmesh-cni")
-	if !strings.Contains(n.read(n.conf("10-bridge.conflist")), "cni1") {
-		t.Errorf("conflist is not from the version written meanwhile: %s", n.read(n.conf("10-bridge.conflist")))
-	}
-	if err := in.Uninstall(); err != nil {
-		t.Fatal(err)
-	}
-	if got := n.read(n.conf("10-bridge.conf")); got != changed {
-		t.Errorf("restored 10-bridge.conf = %s, want the version written meanwhile", got)
+
+	os.Remove(path)
+	if changed, err := removeIfUnchanged(path, []byte("a"), 0o644); err != nil || changed {
+		t.Fatalf("gone already: changed=%v err=%v", changed, err)
 	}
 }
