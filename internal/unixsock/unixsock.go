@@ -63,14 +63,15 @@ func Listen(path string) (net.Listener, error) {
 
 // lockFor takes path+".lock" without waiting.
 func lockFor(path string) (*os.File, error) {
-	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	// Read-only is enough for flock; no link is followed.
+	f, err := os.OpenFile(path+".lock", os.O_RDONLY|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: another process serves on it (another kmesh-daemon?): it holds %s.lock", path, path)
+			return nil, fmt.Errorf("%s: already served, by this process or another (another kmesh-daemon?): %s.lock is held", path, path)
 		}
 		return nil, fmt.Errorf("lock %s.lock: %w", path, err)
 	}
