@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -758,4 +759,78 @@ func TestKernelWaypointFastOpenGetsNoHeaderMidStream(t *testing.T) {
 	if n := f.stat("wp_no_header") - before; n != 1 {
 		t.Errorf("wp_no_header counted %d, want 1", n)
 	}
+}
+
+// The header leaves in the same segment as the first bytes behind it (a
+// segment of its own costs a transmit and a receive more per connection),
+// up to a page of them; a first write beyond a page arrives whole too.
+func TestKernelWaypointHeaderSharesTheFirstSegment(t *testing.T) {
+	f := newFixtureWith(t, 1, loader.Config{})
+	wp := f.addWaypoint("wp0", 150)
+	f.behindWaypoint(wp)
+	big := strings.Repeat("0123456789abcdef", 1000) // 16000 bytes
+	for _, tc := range []struct {
+		name    string
+		dst     netip.AddrPort
+		payload string
+		segs    uint32 // data segments the client sends, at most
+	}{
+		{"VIP v4", netip.AddrPortFrom(vip4, 80), payload, 1},
+		{"VIP v6", netip.AddrPortFrom(vip6, 80), payload, 1},
+		{"VIP v4, a page and more", netip.AddrPortFrom(vip4, 80), big, 0},
+	} {
+		c, err := f.client.Dial("tcp", tc.dst.String(), 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: dial: %v", tc.name, err)
+		}
+		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+		if _, err := io.WriteString(c, tc.payload); err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		answer, err := testbed.Greeting(c, 5*time.Second)
+		if err != nil || answer != "wp0" {
+			t.Fatalf("%s: answer %q, %v", tc.name, answer, err)
+		}
+		info := tcpInfo(t, c)
+		c.Close()
+		if tc.segs > 0 && info.Data_segs_out > tc.segs {
+			t.Errorf("%s: the client sent %d data segments for the header and %d bytes, want %d",
+				tc.name, info.Data_segs_out, len(tc.payload), tc.segs)
+		}
+		got := wp.received(t)
+		h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(got)))
+		if err != nil {
+			t.Fatalf("%s: go-proxyproto cannot read %q: %v", tc.name, got[:min(len(got), 64)], err)
+		}
+		s, d, ok := h.TCPAddrs()
+		if !ok || s.AddrPort() != local || d.AddrPort() != tc.dst {
+			t.Errorf("%s: header %v -> %v, want %s -> %s", tc.name, h.SourceAddr, h.DestinationAddr, local, tc.dst)
+		}
+		hlen := 16 + 12
+		if tc.dst.Addr().Is6() {
+			hlen = 16 + 36
+		}
+		if len(got) != hlen+len(tc.payload) || string(got[hlen:]) != tc.payload {
+			t.Errorf("%s: %d bytes after the header, want the %d of the payload intact", tc.name, len(got)-hlen, len(tc.payload))
+		}
+	}
+}
+
+// tcpInfo reads the kernel's TCP_INFO of a connection.
+func tcpInfo(t *testing.T, c net.Conn) *unix.TCPInfo {
+	t.Helper()
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := raw.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if ierr != nil {
+		t.Fatal(ierr)
+	}
+	return info
 }
