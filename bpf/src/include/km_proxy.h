@@ -87,7 +87,9 @@ static __always_inline int km_pp2_prepend(struct sk_msg_md *msg, const void *hdr
 		join = KM_PP2_JOIN_MAX;
 	if (join < len)
 		join = len;
-	if (bpf_msg_pull_data(msg, 0, join, 0))
+	/* A pull that cannot get its page (memory pressure) falls back to the
+	 * header alone, a segment of its own, rather than fail the send. */
+	if (bpf_msg_pull_data(msg, 0, join, 0) && bpf_msg_pull_data(msg, 0, len, 0))
 		return -1;
 	data = msg->data;
 	end = msg->data_end;
