@@ -60,6 +60,7 @@ type rawConn struct {
 	werr    error
 	readFn  func(uintptr) bool
 	writeFn func(uintptr) bool
+	heldFn  func(uintptr) bool // writeThenRead
 	// A write held for the next read (HoldWrite): hold asks for it, held
 	// is it (the caller's buffer, untouched until that read).
 	hold bool
@@ -78,7 +79,7 @@ func Raw(c net.Conn) net.Conn {
 		return c
 	}
 	rc := &rawConn{Conn: c, raw: raw}
-	rc.readFn, rc.writeFn = rc.doRead, rc.doWrite
+	rc.readFn, rc.writeFn, rc.heldFn = rc.doRead, rc.doWrite, rc.writeThenRead
 	return rc
 }
 
@@ -127,7 +128,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	c.rbuf, c.rn, c.rerr = p, 0, nil
 	var err error
 	if c.held != nil {
-		err = c.raw.Read(c.writeThenRead)
+		err = c.raw.Read(c.heldFn)
 		if err == nil && c.held != nil && c.rerr == nil {
 			// The socket was full: the rest goes out as a write that
 			// waits, then the read as usual.
