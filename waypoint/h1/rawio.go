@@ -18,7 +18,11 @@ import (
 // in one wake-up, as from an event loop that reads everything ready
 // before it writes (HAProxy). Writing as each is done spread them out, and
 // a peer that had gone idle between two was woken for each. With nothing
-// else ready it returns at once.
+// else ready it returns at once, though runtime.Gosched wakes an idle P's
+// thread (wakep) first: at a fixed 1000 qps, three alternated rounds with
+// and without the yield read p90 2.62-2.79 against 2.68-2.80 ms and the
+// waypoint's CPU 103-118 against 112-116 µs per request, so that costs
+// nothing measurable.
 //
 // Measured on kmesh-bench's held L7 path (fortio c=16 at saturation, 1
 // KiB each way, each waypoint run alternated with HAProxy's, perf
